@@ -1,0 +1,10 @@
+//! What the edgeshare gateway and agent both speak.
+//!
+//! - [`config`]: TOML loading that reports every problem at once, with key and line.
+//! - [`secret`]: a password/token type that never prints, and private atomic files.
+//!
+//! No daemon logic lives here, and nothing here touches nftables or packet capture.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod secret;
