@@ -8,3 +8,8 @@
 
 pub mod config;
 pub mod secret;
+pub mod jwt;
+pub mod logging;
+pub mod paths;
+pub mod retry;
+pub mod tls;
