@@ -212,7 +212,11 @@ where
     }
     // The process environment wins over the env file: later overrides replace earlier ones.
     vars.extend(std::env::vars());
-    parse(&text, &path.display().to_string(), &overrides_from_vars(vars))
+    parse(
+        &text,
+        &path.display().to_string(),
+        &overrides_from_vars(vars),
+    )
 }
 
 /// Parses configuration text with overrides applied. `source_name` names the text in errors.
@@ -227,9 +231,9 @@ where
     let spans = match toml_edit::Document::parse(text) {
         Ok(doc) => doc,
         Err(err) => {
-            let origin = err
-                .span()
-                .map_or(Origin::Nowhere, |span| Origin::Line(line_of(text, span.start)));
+            let origin = err.span().map_or(Origin::Nowhere, |span| {
+                Origin::Line(line_of(text, span.start))
+            });
             let message = err.message().trim().to_owned();
             return Err(invalid(vec![Problem {
                 key: String::new(),
@@ -520,9 +524,7 @@ fn find_line(doc: &toml_edit::Document<&str>, text: &str, key: &[String]) -> Ori
         let found = match item {
             None => doc.as_table().get_key_value(part),
             Some(toml_edit::Item::Table(t)) => t.get_key_value(part),
-            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
-                t.get_key_value(part).map(|(k, v)| (k, v))
-            }
+            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => t.get_key_value(part),
             _ => None,
         };
         let Some((k, v)) = found else { break };
@@ -535,7 +537,8 @@ fn find_line(doc: &toml_edit::Document<&str>, text: &str, key: &[String]) -> Ori
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -653,7 +656,10 @@ mod tests {
     #[test]
     fn validation_problems_carry_lines() {
         let text = "[lan]\ninterface = \"wlan0\"\n[portal]\nport = 0\n";
-        assert_eq!(problems(text, &[]), vec!["line 4: portal.port: must not be 0"]);
+        assert_eq!(
+            problems(text, &[]),
+            vec!["line 4: portal.port: must not be 0"]
+        );
     }
 
     #[test]
@@ -664,15 +670,17 @@ mod tests {
             ("EDGESHARE_CONFIG", "/ignored/because/no/double/underscore"),
             ("PATH", "/usr/bin"),
         ]);
-        let config: Example =
-            parse("[lan]\ninterface = \"wlan0\"\n", "t", &overrides).unwrap();
+        let config: Example = parse("[lan]\ninterface = \"wlan0\"\n", "t", &overrides).unwrap();
         assert_eq!(config.lan.interface, "42");
         assert_eq!(config.portal.port, 9090);
     }
 
     #[test]
     fn a_bad_override_names_the_variable() {
-        let overrides = env(&[("EDGESHARE_PORTAL__PORT", "eighty"), ("EDGESHARE_LAN__X", "1")]);
+        let overrides = env(&[
+            ("EDGESHARE_PORTAL__PORT", "eighty"),
+            ("EDGESHARE_LAN__X", "1"),
+        ]);
         assert_eq!(
             problems("[lan]\ninterface = \"wlan0\"\n", &overrides),
             vec![
@@ -688,7 +696,10 @@ mod tests {
         assert_eq!(
             parse_env_file(text),
             vec![
-                ("EDGESHARE_BACKEND__PASSWORD".to_owned(), "p=ss word".to_owned()),
+                (
+                    "EDGESHARE_BACKEND__PASSWORD".to_owned(),
+                    "p=ss word".to_owned()
+                ),
                 ("A".to_owned(), "b".to_owned()),
                 ("B".to_owned(), "c".to_owned()),
             ]
@@ -709,7 +720,10 @@ mod tests {
             classify("unknown field `x`, expected `a`"),
             SerdeFailure::UnknownKey("x".into())
         );
-        assert_eq!(classify("missing field `y`"), SerdeFailure::MissingKey("y".into()));
+        assert_eq!(
+            classify("missing field `y`"),
+            SerdeFailure::MissingKey("y".into())
+        );
         assert_eq!(classify("invalid type: string"), SerdeFailure::BadValue);
     }
 }

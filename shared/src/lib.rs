@@ -6,10 +6,12 @@
 //! No daemon logic lives here, and nothing here touches nftables or packet capture.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod code;
 pub mod config;
-pub mod secret;
 pub mod jwt;
 pub mod logging;
 pub mod paths;
 pub mod retry;
+pub mod secret;
 pub mod tls;

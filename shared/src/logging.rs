@@ -35,13 +35,16 @@ impl LogArgs {
         let ours = (2 + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 4);
         let theirs = (ours - 1).clamp(0, 4);
         let [ours, theirs] = [ours, theirs].map(|l| LEVELS[usize::try_from(l).unwrap_or(0)]);
-        format!("{theirs},edgeshare={ours},edgeshare_shared={ours},edgeshare_gateway={ours},edgeshare_agent={ours},edgeshare_standin={ours}")
+        format!(
+            "{theirs},edgeshare={ours},edgeshare_shared={ours},edgeshare_gateway={ours},edgeshare_agent={ours},edgeshare_standin={ours}"
+        )
     }
 }
 
 /// Installs the global subscriber, writing to stderr. Call once, first thing in `main`.
 pub fn init(args: &LogArgs) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(args.directive()));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(args.directive()));
     // systemd sets JOURNAL_STREAM when stderr goes to the journal, which adds its own time.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()

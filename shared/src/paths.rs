@@ -65,7 +65,10 @@ mod tests {
     fn root_uses_system_paths() {
         let dirs = directories::ProjectDirs::from("", "", "edgeshare");
         let paths = StandardPaths::resolve(Daemon::Gateway, true, dirs.as_ref());
-        assert_eq!(paths.config_file, PathBuf::from("/etc/edgeshare/gateway.toml"));
+        assert_eq!(
+            paths.config_file,
+            PathBuf::from("/etc/edgeshare/gateway.toml")
+        );
         assert_eq!(paths.state_dir, PathBuf::from("/var/lib/edgeshare"));
     }
 

@@ -97,7 +97,10 @@ mod tests {
     fn grows_then_caps() {
         let p = policy();
         let top: Vec<u128> = (0..10).map(|a| p.delay(a, 1.0).as_millis()).collect();
-        assert_eq!(top, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]);
+        assert_eq!(
+            top,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
         let bottom: Vec<u128> = (0..3).map(|a| p.delay(a, 0.0).as_millis()).collect();
         assert_eq!(bottom, [50, 100, 200]);
     }

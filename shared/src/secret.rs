@@ -105,7 +105,10 @@ mod tests {
     fn debug_never_shows_the_secret() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?}"), "Secret(***)");
-        assert_eq!(format!("{:#?}", Some(&secret)), "Some(\n    Secret(***),\n)");
+        assert_eq!(
+            format!("{:#?}", Some(&secret)),
+            "Some(\n    Secret(***),\n)"
+        );
         assert_eq!(format!("{:?}", Secret::default()), "Secret(empty)");
         assert_eq!(secret.expose(), "hunter2");
     }
