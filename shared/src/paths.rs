@@ -57,6 +57,23 @@ impl StandardPaths {
     }
 }
 
+/// The `[state]` section both daemons share.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// Where durable state lives (sessions, code store, usage ledger, cursors, spool).
+    pub dir: PathBuf,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        // The state directory does not depend on the daemon: both share /var/lib/edgeshare.
+        StateSettings {
+            dir: StandardPaths::for_current_user(Daemon::Gateway).state_dir,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,78 @@
+//! `edgeshare-agent check-config` as an operator meets it: the real binary, real files.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeshare-agent");
+
+fn check_text(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.example.toml");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&example)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_sensor_node_needs_only_device_and_stream() {
+    let (code, err) = check_text(
+        "[device]\nid = \"d1\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\nframing = \"typed\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn bad_files_name_their_keys() {
+    let (code, err) = check_text(
+        "[device]\nid = \"d1\"\n[stream]\nauth_url = \"not a url\"\nws_url = \"http://x/producer\"\nusername = \"u\"\npassword = \"p\"\nframing = \"xml\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 4: stream.auth_url: invalid value"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 8: stream.framing: unknown variant `xml`"),
+        "{err}"
+    );
+
+    let (code, err) = check_text("[device]\nid = \"\"\n");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 2: device.id: must not be empty"),
+        "{err}"
+    );
+    assert!(err.contains("nothing to do"), "{err}");
+
+    let (code, err) = check_text(
+        "[device]\nid = \"d\"\n[telemetry]\nurl = \"http://x\"\nemail = \"e\"\npassword = \"p\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 3: telemetry.tenant: is required but missing"),
+        "{err}"
+    );
+}

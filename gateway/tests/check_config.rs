@@ -1,0 +1,198 @@
+//! `edgeshare-gateway check-config` as an operator meets it: the real binary, real files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeshare-gateway");
+
+fn check(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("check-config")
+        // The machine's own overrides must not leak into the test.
+        .env_remove("EDGESHARE_ENV_FILE")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run edgeshare-gateway")
+}
+
+fn check_text(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/gateway.example.toml");
+    let out = check(&example);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn unknown_key() {
+    let (code, err) =
+        check_text("[lan]\ninterface = \"wlan0\"\ninterfase = \"x\"\n[wan]\nnat = false\n");
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("line 3: lan.interfase: unknown key"), "{err}");
+    assert_eq!(
+        err.matches("line ").count(),
+        1,
+        "exactly one problem: {err}"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let (code, err) =
+        check_text("[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[portal]\nport = \"http\"\n");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 6: portal.port: invalid type: string \"http\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let (code, err) = check_text("[wan]\nnat = false\n");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("lan.interface: is required but missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn backend_required_for_backend_codes() {
+    let (code, err) = check_text(
+        "[lan]\ninterface = \"wlan0\"\n[wan]\ninterface = \"eth0\"\n[codes]\nsource = \"backend\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("backend: section is required"), "{err}");
+}
+
+#[test]
+fn several_problems_are_listed_together() {
+    let (code, err) = check_text(
+        "[lan]\ninterface = \"this-name-is-far-too-long\"\n[portal]\nport = 0\n[codes]\nsource = \"cloud\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 6: codes.source: unknown variant `cloud`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("portal.port"),
+        "validation waits for a well-typed file: {err}"
+    );
+
+    let (code, err) =
+        check_text("[lan]\ninterface = \"this-name-is-far-too-long\"\n[portal]\nport = 0\n");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("line 2: lan.interface: \"this-name-is-far-too-long\" is not"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wan.interface: is required while wan.nat is on"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 4: portal.port: must be a port number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(&dir.path().join("nope.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("cannot read configuration file") && err.contains("nope.toml"),
+        "{err}"
+    );
+    // A directory is unreadable as a file too.
+    let out = check(dir.path());
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn env_file_supplies_the_secret_and_env_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[lan]\ninterface = \"wlan0\"\n[wan]\ninterface = \"eth0\"\n[codes]\nsource = \"backend\"\n\
+         [backend]\nurl = \"http://127.0.0.1:9\"\nemail = \"p@example.com\"\npassword = \"\"\n",
+    )
+    .unwrap();
+    let (code, err) = check_text(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(code, 78);
+    assert!(err.contains("backend.password: must not be empty"), "{err}");
+
+    // gateway.env beside gateway.toml is read by default.
+    std::fs::write(
+        dir.path().join("gateway.env"),
+        "EDGESHARE_BACKEND__PASSWORD=s3cret\n",
+    )
+    .unwrap();
+    let out = check(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The environment beats the env file.
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("EDGESHARE_PORTAL__PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EDGESHARE_PORTAL__PORT: portal.port: must be a port number"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"));
+}
+
+#[test]
+fn secrets_never_reach_the_output() {
+    let (_, err) = check_text(
+        "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[backend]\nurl = \"ftp://x\"\nemail = \"e\"\npassword = \"hunter2\"\n",
+    );
+    assert!(err.contains("backend.url: must be an http"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // Even at trace level, where the whole config is logged.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[backend]\nurl = \"http://x\"\nemail = \"e\"\npassword = \"hunter2\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["-vv", "--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("configuration loaded"), "{all}");
+    assert!(all.contains("Secret(***)"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}

@@ -1,0 +1,74 @@
+//! Command-line plumbing both daemons share: where the config is, and how an error becomes
+//! an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::{ConfigError, EXIT_CONFIG, Validate};
+use crate::paths::{Daemon, StandardPaths};
+
+/// `--config` and `--env-file`, flattened into each daemon's CLI.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file [default: /etc/edgeshare/<daemon>.toml as root, else
+    /// ~/.config/edgeshare/<daemon>.toml].
+    #[arg(
+        long,
+        short = 'c',
+        env = "EDGESHARE_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Env file with secrets (`EDGESHARE_BACKEND__PASSWORD=…`) [default: the config file's
+    /// name with `.env`, if it exists].
+    #[arg(long, env = "EDGESHARE_ENV_FILE", global = true, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// The config file to read for `daemon`.
+    pub fn path(&self, daemon: Daemon) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| StandardPaths::for_current_user(daemon).config_file)
+    }
+
+    /// Loads and validates the config for `daemon`.
+    pub fn load<T: DeserializeOwned + Validate>(&self, daemon: Daemon) -> Result<T, ConfigError> {
+        crate::config::load(&self.path(daemon), self.env_file.as_deref())
+    }
+}
+
+/// Turns a daemon's result into its exit code, printing the whole error chain:
+/// 78 (`EX_CONFIG`) for a configuration problem, 1 for anything else.
+pub fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.chain().any(|cause| cause.is::<ConfigError>()) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The `check-config` subcommand: loads the config, prints that it is good, returns it.
+pub fn check_config<T>(args: &ConfigArgs, daemon: Daemon) -> anyhow::Result<T>
+where
+    T: DeserializeOwned + Validate + std::fmt::Debug,
+{
+    use anyhow::Context;
+    let path = args.path(daemon);
+    let config: T = args
+        .load(daemon)
+        .with_context(|| format!("the {} configuration is not usable", daemon.name()))?;
+    tracing::debug!(?config, "configuration loaded");
+    println!("{}: configuration OK", path.display());
+    Ok(config)
+}
