@@ -1,4 +1,5 @@
 //! `edgeshare-agent check-config` as an operator meets it: the real binary, real files.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use std::path::Path;
 use std::process::Command;
@@ -51,7 +52,11 @@ fn bad_files_name_their_keys() {
     );
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("line 4: stream.auth_url: invalid value"),
+        err.contains("line 4: stream.auth_url: relative URL without a base"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 5: stream.ws_url: must be a ws or wss URL"),
         "{err}"
     );
     assert!(

@@ -1,4 +1,5 @@
 //! `edgeshare-gateway check-config` as an operator meets it: the real binary, real files.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use std::path::Path;
 use std::process::{Command, Output};

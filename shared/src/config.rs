@@ -12,7 +12,7 @@
 //! file. An override is named `EDGESHARE_<SECTION>__<KEY>`: `EDGESHARE_BACKEND__PASSWORD` sets
 //! `backend.password`. The double underscore separates levels because keys contain single ones.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -274,7 +274,7 @@ where
     };
 
     let mut reported: HashSet<Vec<String>> = HashSet::new();
-    let mut placeholders: HashSet<Vec<String>> = HashSet::new();
+    let mut placeholders: HashMap<Vec<String>, usize> = HashMap::new();
     let config = loop {
         if problems.len() >= MAX_PROBLEMS {
             return Err(invalid(problems));
@@ -299,6 +299,7 @@ where
                     origin: locate(&env_origin, &key),
                     message: format!("unknown key (valid keys: {})", expected_list(&message)),
                 });
+                reported.insert(key.clone());
                 if remove_path(&mut table, &key).is_none() {
                     break None;
                 }
@@ -339,7 +340,7 @@ where
                         continue;
                     }
                 }
-                if placeholders.contains(&path) {
+                if placeholders.contains_key(&path) {
                     if !try_placeholder(&mut table, &path, &mut placeholders) {
                         break None;
                     }
@@ -359,27 +360,28 @@ where
         }
     };
 
-    match config {
-        Some(config) if problems.is_empty() => {
-            let mut found = Problems::default();
-            config.validate(&mut found);
-            if found.found.is_empty() {
-                return Ok(config);
+    // Validation runs even when serde found problems: the document it built has the bad keys
+    // taken out (defaults in their place) or placeholders in, so its rules still apply to
+    // every other key. Rules about keys already reported are dropped as noise.
+    if let Some(config) = &config {
+        let mut found = Problems::default();
+        config.validate(&mut found);
+        for (key, message) in found.found {
+            let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
+            let noise = (1..=segments.len()).any(|n| {
+                reported.contains(&segments[..n]) || placeholders.contains_key(&segments[..n])
+            });
+            if !noise {
+                problems.push(Problem {
+                    origin: locate(&env_origin, &segments),
+                    key,
+                    message,
+                });
             }
-            let problems = found
-                .found
-                .into_iter()
-                .map(|(key, message)| {
-                    let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
-                    Problem {
-                        origin: locate(&env_origin, &segments),
-                        key,
-                        message,
-                    }
-                })
-                .collect();
-            Err(invalid(problems))
         }
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
         _ => {
             // File order reads best; overrides first, keys found nowhere last.
             problems.sort_by_key(|p| match p.origin {
@@ -425,36 +427,33 @@ fn expected_list(message: &str) -> String {
     list.replace("` or `", ", ").replace('`', "")
 }
 
+/// Puts the next placeholder candidate at `key`; false when none is left. Candidates cover
+/// what config fields are made of: strings (plain, URL, duration), numbers, booleans,
+/// sections and lists.
 fn try_placeholder(
     table: &mut toml::Table,
     key: &[String],
-    tried: &mut HashSet<Vec<String>>,
+    tried: &mut HashMap<Vec<String>, usize>,
 ) -> bool {
-    let candidates = [
-        toml::Value::String(String::new()),
-        toml::Value::Integer(0),
-        toml::Value::Boolean(false),
-        toml::Value::Table(toml::Table::new()),
-        toml::Value::Array(Vec::new()),
-        toml::Value::Float(0.0),
-    ];
-    let current = get_path(table, key).cloned();
-    let next = match current {
-        None => Some(0),
-        Some(value) if tried.contains(key) => candidates
-            .iter()
-            .position(|c| c.same_type(&value))
-            .map(|i| i + 1),
+    let next = match (get_path(table, key), tried.get(key)) {
+        (None, _) => 0,
+        (Some(_), Some(&index)) => index + 1,
         // A value the file itself has: nothing to try.
-        Some(_) => None,
+        (Some(_), None) => return false,
     };
-    match next.and_then(|i| candidates.get(i)) {
-        Some(candidate) => {
-            tried.insert(key.to_vec());
-            set_path(table, key, candidate.clone()).is_ok()
-        }
-        None => false,
-    }
+    let candidate = match next {
+        0 => toml::Value::String(String::new()),
+        1 => toml::Value::String("http://placeholder.invalid/".to_owned()),
+        2 => toml::Value::String("1s".to_owned()),
+        3 => toml::Value::Integer(0),
+        4 => toml::Value::Boolean(false),
+        5 => toml::Value::Table(toml::Table::new()),
+        6 => toml::Value::Array(Vec::new()),
+        7 => toml::Value::Float(0.0),
+        _ => return false,
+    };
+    tried.insert(key.to_vec(), next);
+    set_path(table, key, candidate).is_ok()
 }
 
 /// Reads an override's text as TOML (`8080`, `true`, `["a", "b"]`), or else as a string.
@@ -651,6 +650,19 @@ mod tests {
         let found = problems("[lan]\ninterface = \"wlan0\"\nport = = 3\n", &[]);
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("line 3: not valid TOML"), "{found:?}");
+    }
+
+    #[test]
+    fn validation_runs_beside_type_errors_but_not_on_reported_keys() {
+        let text = "[lan]\nmtu = \"big\"\n[portal]\nport = 0\n";
+        assert_eq!(
+            problems(text, &[]),
+            vec![
+                "line 1: lan.interface: is required but missing",
+                "line 2: lan.mtu: invalid type: string \"big\", expected u16",
+                "line 4: portal.port: must not be 0",
+            ]
+        );
     }
 
     #[test]
