@@ -93,9 +93,14 @@ fn several_problems_are_listed_together() {
         err.contains("line 6: codes.source: unknown variant `cloud`"),
         "{err}"
     );
+    // Range rules still run beside the type error.
     assert!(
-        !err.contains("portal.port"),
-        "validation waits for a well-typed file: {err}"
+        err.contains("line 4: portal.port: must be a port number"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wan.interface: is required while wan.nat is on"),
+        "{err}"
     );
 
     let (code, err) =
