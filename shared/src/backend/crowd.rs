@@ -246,10 +246,7 @@ impl CrowdClient {
         call: impl Fn() -> Call<'static>,
     ) -> Result<T, BackendError> {
         self.token
-            .with_token(
-                async || self.fresh_token().await,
-                async |token| self.api.send(call().bearer(token)).await,
-            )
+            .send(&self.api, || self.fresh_token(), call)
             .await
     }
 

@@ -11,6 +11,7 @@ pub mod depin;
 pub mod telemetry;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -391,10 +392,11 @@ struct TokenSlot {
 }
 
 impl TokenSlot {
-    async fn get(
-        &self,
-        renew: impl AsyncFnOnce() -> Result<Token, BackendError>,
-    ) -> Result<Secret, BackendError> {
+    /// The current token, or a new one from `renew` if there is none or it is about to expire.
+    async fn get<F>(&self, renew: impl FnOnce() -> F) -> Result<Secret, BackendError>
+    where
+        F: Future<Output = Result<Token, BackendError>>,
+    {
         let mut current = self.current.lock().await;
         match &*current {
             Some(token) if token.is_fresh(OffsetDateTime::now_utc()) => Ok(token.value.clone()),
@@ -415,21 +417,26 @@ impl TokenSlot {
         }
     }
 
-    /// Runs `call` with a valid token; on a 401, renews the token once and calls again. A 401
-    /// is sent by the backend's auth check before any handler runs, so the retry cannot apply
-    /// anything twice.
-    async fn with_token<T>(
+    /// Sends `call` with a valid bearer token; on a 401, renews the token once and sends
+    /// again. A 401 comes from the backend's auth check before any handler runs, so the
+    /// second send cannot apply anything twice.
+    async fn send<'c, T, F>(
         &self,
-        renew: impl AsyncFn() -> Result<Token, BackendError>,
-        call: impl AsyncFn(&Secret) -> Result<T, BackendError>,
-    ) -> Result<T, BackendError> {
+        api: &Api,
+        renew: impl Fn() -> F,
+        call: impl Fn() -> Call<'c>,
+    ) -> Result<T, BackendError>
+    where
+        T: DeserializeOwned,
+        F: Future<Output = Result<Token, BackendError>>,
+    {
         let token = self.get(&renew).await?;
-        match call(&token).await {
+        match api.send(call().bearer(&token)).await {
             Err(err) if err.is_unauthorized() => {
                 tracing::info!(error = %err, "token refused; logging in again");
                 self.forget(&token).await;
                 let token = self.get(&renew).await?;
-                call(&token).await
+                api.send(call().bearer(&token)).await
             }
             other => other,
         }

@@ -171,18 +171,15 @@ impl TelemetryClient {
                 limit: BODY_LIMIT,
             });
         }
+        let call = || {
+            let mut call = Call::new(reqwest::Method::POST, path).tenant(&self.tenant);
+            call.body = Some(body.clone());
+            call
+        };
         self.token
-            .with_token(
-                async || self.client_token().await,
-                async |token| {
-                    let mut call = Call::new(reqwest::Method::POST, path)
-                        .bearer(token)
-                        .tenant(&self.tenant);
-                    call.body = Some(body.clone());
-                    self.api.send::<serde::de::IgnoredAny>(call).await.map(drop)
-                },
-            )
+            .send::<serde::de::IgnoredAny, _>(&self.api, || self.client_token(), call)
             .await
+            .map(drop)
     }
 
     /// `POST /api/connections` (202). Batch at most a few hundred flows per call.
