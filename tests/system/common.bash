@@ -1,0 +1,40 @@
+# Helpers for the system tests. Sourced, not run.
+
+BIN_DIR=${BIN_DIR:-target/debug}
+ARTIFACTS=${ARTIFACTS:-artifacts}
+mkdir -p "$ARTIFACTS"
+
+STARTED_PIDS=()
+cleanup_started() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup_started EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+# start_standin OUTFILE ARGS…: starts the stand-in on a free loopback port, waits until it
+# listens and sets STANDIN_URL and STANDIN_PID.
+start_standin() {
+  local out=$1
+  shift
+  "$BIN_DIR/edgeshare-standin" --listen 127.0.0.1:0 "$@" >"$out" 2>"$out.log" &
+  STANDIN_PID=$!
+  STARTED_PIDS+=("$STANDIN_PID")
+  local i
+  for i in $(seq 1 100); do
+    STANDIN_URL=$(sed -n 's/^edgeshare-standin listening on //p' "$out")
+    [ -n "$STANDIN_URL" ] && return 0
+    kill -0 "$STANDIN_PID" 2>/dev/null || fail "stand-in exited: $(cat "$out.log")"
+    sleep 0.1
+  done
+  fail "stand-in did not start within 10 s"
+}
