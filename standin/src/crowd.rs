@@ -1,0 +1,653 @@
+//! Contract 1 (seed 000): the crowdsourced-internet backend under `/api` — users, access codes,
+//! authorize-code and report-usage.
+//!
+//! Its weak spots are reproduced on purpose, because the edge gateway must cope with them:
+//! report-usage has no idempotency, reads `remainingMB` and writes it back after
+//! [`StandinConfig::report_race_window`](crate::StandinConfig) (concurrent reports lose updates),
+//! lets a report overshoot by 0.01 MB and clamps to 0, grants `floor(bytes / 2^20)` points per
+//! report, grows `bytesShared` only by reports that earned a point, adds `bytes` the JavaScript
+//! way (a string is concatenated), and does not check who owns the code. authorize-code does
+//! not check `remainingMB > 0`. An expired code answers 400 until the TTL deletes it, then 404.
+//!
+//! Not served: `/api/consumer/*`, `/api/leaderboard` and the chat (so `redeemedBy` stays
+//! `null`). Lists (`GET /api/provider/codes`, usage logs) are newest first. Passwords are
+//! compared in clear and emails case-insensitively.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse as _;
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::{
+    ApiError, ApiResult, CODE_ALPHABET, CODE_LEN, JsonBody, Shared, bearer, hex_id, iso_ms, js_num,
+    lock, ms_to_datetime, now_ms, str_field,
+};
+
+const MB: f64 = 1_048_576.0;
+const HOUR_MS: f64 = 3_600_000.0;
+/// How far below zero a report may take a code (about 10 KB).
+const OVERSHOOT_MB: f64 = 0.01;
+const AUD: &str = "crowd";
+
+/// A contract 1 access code as the stand-in holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CodeState {
+    pub code: String,
+    #[serde(rename = "ownerId")]
+    pub owner_id: String,
+    #[serde(rename = "ownerEmail")]
+    pub owner_email: String,
+    #[serde(rename = "totalMB")]
+    pub total_mb: f64,
+    #[serde(rename = "remainingMB")]
+    pub remaining_mb: f64,
+    #[serde(rename = "redeemedBy")]
+    pub redeemed_by: Option<String>,
+    #[serde(rename = "expireAt", with = "time::serde::rfc3339")]
+    pub expire_at: OffsetDateTime,
+    /// Past `expireAt` (answers 400 `Code expired` until it is deleted).
+    pub expired: bool,
+}
+
+/// A contract 1 user as the stand-in holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserState {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub points: u64,
+    /// A JSON value because the real service can turn it into a string (see the module doc).
+    #[serde(rename = "bytesShared")]
+    pub bytes_shared: Value,
+    #[serde(rename = "bytesConsumed")]
+    pub bytes_consumed: u64,
+}
+
+#[derive(Debug)]
+struct User {
+    id: String,
+    email: String,
+    password: String,
+    name: String,
+    role: String,
+    points: u64,
+    bytes_shared: Value,
+    bytes_consumed: u64,
+}
+
+#[derive(Debug)]
+struct Code {
+    code: String,
+    owner: String,
+    total_mb: f64,
+    remaining_mb: f64,
+    redeemed_by: Option<String>,
+    expire_at_ms: i64,
+}
+
+#[derive(Debug)]
+struct UsageLog {
+    code: String,
+    owner: String,
+    bytes: f64,
+    consumer_id: Option<String>,
+    created_ms: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Db {
+    users: Vec<User>,
+    /// Oldest first.
+    codes: Vec<Code>,
+    logs: Vec<UsageLog>,
+    pub(crate) seed_codes: Vec<String>,
+}
+
+/// One report-usage call, validated.
+struct Report<'a> {
+    code: &'a str,
+    bytes: f64,
+    /// `bytes` as sent (a number or a numeric string), for the JavaScript `+=`.
+    bytes_sent: &'a Value,
+    consumer_id: Option<&'a str>,
+}
+
+/// Why a code was refused.
+enum Lookup {
+    Missing,
+    Expired,
+}
+
+impl From<Lookup> for ApiError {
+    fn from(l: Lookup) -> Self {
+        match l {
+            Lookup::Missing => ApiError::not_found("Invalid code"),
+            Lookup::Expired => ApiError::bad_request("Code expired"),
+        }
+    }
+}
+
+fn is_valid_code(code: &str) -> bool {
+    code.len() == CODE_LEN && code.chars().all(|c| CODE_ALPHABET.contains(c))
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// `a + b` as JavaScript evaluates it for the values a Mongo document can hold here: if either
+/// is a string, both are printed and concatenated.
+fn js_add(a: &Value, b: &Value) -> Value {
+    fn js_string(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    match (a, b) {
+        (Value::String(_), _) | (_, Value::String(_)) => {
+            Value::String(js_string(a) + &js_string(b))
+        }
+        _ => js_num(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+    }
+}
+
+/// `bytes` of a report: a positive JSON number, or a string that parses as one (JavaScript
+/// coerces it in `bytes <= 0` and `bytes / MB`). Returns the number and the value as sent.
+fn parse_bytes(v: Option<&Value>) -> Option<(f64, Value)> {
+    let n = match v? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (n.is_finite() && n > 0.0).then(|| (n, v.cloned().unwrap_or(Value::Null)))
+}
+
+impl Db {
+    pub(crate) fn seeded(seed_codes: &[String], now: i64) -> anyhow::Result<Self> {
+        let mut db = Self {
+            users: Vec::new(),
+            codes: Vec::new(),
+            logs: Vec::new(),
+            seed_codes: Vec::new(),
+        };
+        let provider = db.add_user(
+            "Demo Provider",
+            "provider@example.com",
+            "Provider@123",
+            "provider",
+        );
+        db.add_user("Admin", "admin@example.com", "Admin@123", "admin");
+        db.add_user(
+            "Demo Consumer",
+            "consumer@example.com",
+            "Consumer@123",
+            "consumer",
+        );
+        let expire = now + 24 * 3_600_000;
+        if seed_codes.is_empty() {
+            for _ in 0..3 {
+                let code = db.new_code(&provider, 500.0, expire);
+                db.seed_codes.push(code);
+            }
+        } else {
+            for code in seed_codes {
+                anyhow::ensure!(
+                    is_valid_code(code),
+                    "seed code {code:?} is not {CODE_LEN} characters of {CODE_ALPHABET}"
+                );
+                anyhow::ensure!(
+                    !db.codes.iter().any(|c| &c.code == code),
+                    "seed code {code} given twice"
+                );
+                db.codes.push(Code {
+                    code: code.clone(),
+                    owner: provider.clone(),
+                    total_mb: 500.0,
+                    remaining_mb: 500.0,
+                    redeemed_by: None,
+                    expire_at_ms: expire,
+                });
+                db.seed_codes.push(code.clone());
+            }
+        }
+        Ok(db)
+    }
+
+    fn add_user(&mut self, name: &str, email: &str, password: &str, role: &str) -> String {
+        let id = hex_id(24);
+        self.users.push(User {
+            id: id.clone(),
+            email: email.to_ascii_lowercase(),
+            password: password.to_owned(),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            points: 0,
+            bytes_shared: json!(0),
+            bytes_consumed: 0,
+        });
+        id
+    }
+
+    fn new_code(&mut self, owner: &str, total_mb: f64, expire_at_ms: i64) -> String {
+        let code = loop {
+            let candidate: String = (0..CODE_LEN)
+                .map(|_| {
+                    let i = fastrand::usize(..CODE_ALPHABET.len());
+                    char::from(CODE_ALPHABET.as_bytes()[i])
+                })
+                .collect();
+            if !self.codes.iter().any(|c| c.code == candidate) {
+                break candidate;
+            }
+        };
+        self.codes.push(Code {
+            code: code.clone(),
+            owner: owner.to_owned(),
+            total_mb,
+            remaining_mb: total_mb,
+            redeemed_by: None,
+            expire_at_ms,
+        });
+        code
+    }
+
+    /// Deletes codes whose expiry is more than `ttl` ago, like the real TTL index.
+    fn purge(&mut self, now: i64, ttl: Duration) {
+        let ttl = ttl_ms(ttl);
+        self.codes
+            .retain(|c| now <= c.expire_at_ms.saturating_add(ttl));
+    }
+
+    fn live_code(&mut self, code: &str, now: i64, ttl: Duration) -> Result<&mut Code, Lookup> {
+        self.purge(now, ttl);
+        let c = self
+            .codes
+            .iter_mut()
+            .find(|c| c.code == code)
+            .ok_or(Lookup::Missing)?;
+        if c.expire_at_ms < now {
+            return Err(Lookup::Expired);
+        }
+        Ok(c)
+    }
+
+    fn user_by_id(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    fn state_of(&self, c: &Code, now: i64) -> CodeState {
+        CodeState {
+            code: c.code.clone(),
+            owner_id: c.owner.clone(),
+            owner_email: self
+                .user_by_id(&c.owner)
+                .map(|u| u.email.clone())
+                .unwrap_or_default(),
+            total_mb: c.total_mb,
+            remaining_mb: c.remaining_mb,
+            redeemed_by: c.redeemed_by.clone(),
+            expire_at: ms_to_datetime(c.expire_at_ms),
+            expired: c.expire_at_ms < now,
+        }
+    }
+
+    pub(crate) fn code_state(&mut self, code: &str, now: i64, ttl: Duration) -> Option<CodeState> {
+        self.purge(now, ttl);
+        let c = self.codes.iter().find(|c| c.code == code)?;
+        Some(self.state_of(c, now))
+    }
+
+    pub(crate) fn code_states(&mut self, now: i64, ttl: Duration) -> Vec<CodeState> {
+        self.purge(now, ttl);
+        self.codes
+            .iter()
+            .rev()
+            .map(|c| self.state_of(c, now))
+            .collect()
+    }
+
+    fn user_state_of(u: &User) -> UserState {
+        UserState {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            role: u.role.clone(),
+            points: u.points,
+            bytes_shared: u.bytes_shared.clone(),
+            bytes_consumed: u.bytes_consumed,
+        }
+    }
+
+    pub(crate) fn user_state(&self, email: &str) -> Option<UserState> {
+        let email = email.to_ascii_lowercase();
+        self.users
+            .iter()
+            .find(|u| u.email == email)
+            .map(Self::user_state_of)
+    }
+
+    pub(crate) fn user_states(&self) -> Vec<UserState> {
+        self.users.iter().map(Self::user_state_of).collect()
+    }
+
+    /// The write half of report-usage: `read_remaining` is what was read before the race window.
+    fn apply_report(&mut self, report: &Report<'_>, read_remaining: f64, now: i64) -> f64 {
+        let Report {
+            code,
+            bytes,
+            bytes_sent,
+            consumer_id,
+        } = *report;
+        let remaining = (read_remaining - bytes / MB).max(0.0);
+        let Some(c) = self.codes.iter_mut().find(|c| c.code == code) else {
+            // Deleted during the window: the real `save()` of a deleted document is a no-op.
+            return remaining;
+        };
+        c.remaining_mb = remaining;
+        let owner = c.owner.clone();
+        self.logs.push(UsageLog {
+            code: code.to_owned(),
+            owner: owner.clone(),
+            bytes,
+            consumer_id: consumer_id.map(str::to_owned),
+            created_ms: now,
+        });
+        let points = (bytes / MB).floor();
+        if points >= 1.0
+            && let Some(u) = self.users.iter_mut().find(|u| u.id == owner)
+        {
+            // Saturating float-to-int conversion; points are far below u64::MAX.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let points = points as u64;
+            u.points += points;
+            u.bytes_shared = js_add(&u.bytes_shared, bytes_sent);
+        }
+        if let Some(u) = consumer_id.and_then(|id| self.users.iter_mut().find(|u| u.id == id)) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let bytes = bytes as u64;
+            u.bytes_consumed = u.bytes_consumed.saturating_add(bytes);
+        }
+        remaining
+    }
+}
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/me", get(me))
+        .route("/api/provider/codes", post(create_codes).get(list_codes))
+        .route("/api/provider/usage", get(usage))
+        .route("/api/gateway/authorize-code", post(authorize_code))
+        .route("/api/gateway/report-usage", post(report_usage))
+}
+
+/// The caller's user id and role, from the bearer token.
+struct Caller {
+    id: String,
+    role: String,
+}
+
+fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("No token provided"))?;
+    let claims = shared
+        .jwt
+        .verify(token, AUD)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let field = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    match (field("sub"), field("role")) {
+        (Some(id), Some(role)) => Ok(Caller { id, role }),
+        _ => Err(ApiError::unauthorized("Invalid token")),
+    }
+}
+
+/// Provider or admin (admins can do everything providers can).
+fn provider(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let c = caller(shared, headers)?;
+    if c.role == "provider" || c.role == "admin" {
+        Ok(c)
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
+async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+    let (Some(email), Some(password)) = (str_field(&body, "email"), str_field(&body, "password"))
+    else {
+        return Err(ApiError::bad_request("Email and password required"));
+    };
+    let email = email.to_ascii_lowercase();
+    let db = lock(&shared.crowd);
+    let user = db
+        .users
+        .iter()
+        .find(|u| u.email == email && u.password == password)
+        .ok_or_else(|| ApiError::unauthorized("Invalid credentials"))?;
+    let mut claims = Map::new();
+    claims.insert("sub".into(), json!(user.id));
+    claims.insert("role".into(), json!(user.role));
+    let token = shared.jwt.sign(AUD, claims, shared.config.login_token_ttl);
+    Ok(axum::Json(json!({
+        "token": token,
+        "user": { "id": user.id, "email": user.email, "role": user.role, "name": user.name },
+    }))
+    .into_response())
+}
+
+async fn register(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+    let (Some(name), Some(email), Some(password)) = (
+        str_field(&body, "name"),
+        str_field(&body, "email"),
+        str_field(&body, "password"),
+    ) else {
+        return Err(ApiError::bad_request("Missing fields"));
+    };
+    let role = str_field(&body, "role").unwrap_or("consumer");
+    if !["provider", "consumer", "admin"].contains(&role) {
+        return Err(ApiError::bad_request("Invalid role"));
+    }
+    let mut db = lock(&shared.crowd);
+    let email = email.to_ascii_lowercase();
+    if db.users.iter().any(|u| u.email == email) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "Email already registered",
+        ));
+    }
+    let id = db.add_user(name, &email, password, role);
+    Ok(axum::Json(json!({ "id": id, "email": email, "role": role })).into_response())
+}
+
+async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    let c = caller(&shared, &headers)?;
+    let db = lock(&shared.crowd);
+    let u = db
+        .user_by_id(&c.id)
+        .ok_or_else(|| ApiError::not_found("User not found"))?;
+    Ok(axum::Json(json!({
+        "id": u.id, "email": u.email, "role": u.role, "name": u.name,
+        "points": u.points, "bytesShared": u.bytes_shared, "bytesConsumed": u.bytes_consumed,
+    }))
+    .into_response())
+}
+
+async fn create_codes(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    let c = provider(&shared, &headers)?;
+    let total_mb = body
+        .get("totalMB")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .ok_or_else(|| ApiError::bad_request("totalMB must be > 0"))?;
+    let count = match body.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=50).contains(n))
+            .ok_or_else(|| ApiError::bad_request("count must be between 1 and 50"))?,
+    };
+    // JavaScript's `expireHours || 24`: missing or 0 means 24 h; fractions and negative values
+    // are taken as they are (a negative value makes an already expired code, handy in tests).
+    let hours = body
+        .get("expireHours")
+        .and_then(Value::as_f64)
+        .filter(|h| h.is_finite() && *h != 0.0)
+        .unwrap_or(24.0);
+    let now = now_ms();
+    // Rounded to whole milliseconds, like a JavaScript Date.
+    #[allow(clippy::cast_possible_truncation)]
+    let expire_at = now + (hours * HOUR_MS).round() as i64;
+    let mut db = lock(&shared.crowd);
+    let codes: Vec<Value> = (0..count)
+        .map(|_| {
+            let code = db.new_code(&c.id, total_mb, expire_at);
+            json!({ "code": code, "totalMB": js_num(total_mb), "expireAt": iso_ms(expire_at) })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "codes": codes })).into_response())
+}
+
+async fn list_codes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    let c = provider(&shared, &headers)?;
+    let mut db = lock(&shared.crowd);
+    db.purge(now_ms(), shared.config.expired_code_ttl);
+    let codes: Vec<Value> = db
+        .codes
+        .iter()
+        .rev()
+        .filter(|code| code.owner == c.id)
+        .map(|code| {
+            json!({
+                "code": code.code,
+                "totalMB": js_num(code.total_mb),
+                "remainingMB": js_num(code.remaining_mb),
+                "redeemedBy": code.redeemed_by,
+                "expireAt": iso_ms(code.expire_at_ms),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "codes": codes })).into_response())
+}
+
+async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    let c = provider(&shared, &headers)?;
+    let db = lock(&shared.crowd);
+    let mine: Vec<&UsageLog> = db.logs.iter().rev().filter(|l| l.owner == c.id).collect();
+    let total: f64 = mine.iter().map(|l| l.bytes).sum();
+    let logs: Vec<Value> = mine
+        .iter()
+        .map(|l| {
+            let mut entry = json!({
+                "code": l.code, "bytes": js_num(l.bytes), "createdAt": iso_ms(l.created_ms),
+            });
+            if let (Some(id), Some(obj)) = (&l.consumer_id, entry.as_object_mut()) {
+                obj.insert("consumerId".into(), json!(id));
+            }
+            entry
+        })
+        .collect();
+    Ok(axum::Json(json!({ "totalBytes": js_num(total), "logs": logs })).into_response())
+}
+
+async fn authorize_code(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    provider(&shared, &headers)?;
+    let code = str_field(&body, "code").ok_or_else(|| ApiError::bad_request("code required"))?;
+    let mut db = lock(&shared.crowd);
+    // No `remainingMB > 0` check: a used-up code is still `ok: true` (the real service's gap).
+    let c = db.live_code(code, now_ms(), shared.config.expired_code_ttl)?;
+    Ok(axum::Json(json!({
+        "ok": true,
+        "remainingMB": js_num(c.remaining_mb),
+        "totalMB": js_num(c.total_mb),
+        "redeemedBy": c.redeemed_by,
+    }))
+    .into_response())
+}
+
+async fn report_usage(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    // Any provider or admin, whoever owns the code (the real service does not check).
+    provider(&shared, &headers)?;
+    let (Some(code), Some((bytes, bytes_sent))) =
+        (str_field(&body, "code"), parse_bytes(body.get("bytes")))
+    else {
+        return Err(ApiError::bad_request("code and bytes required"));
+    };
+    let report = Report {
+        code,
+        bytes,
+        bytes_sent: &bytes_sent,
+        consumer_id: str_field(&body, "consumerId"),
+    };
+    let used_mb = bytes / MB;
+    // Read ...
+    let read_remaining = {
+        let mut db = lock(&shared.crowd);
+        let c = db.live_code(code, now_ms(), shared.config.expired_code_ttl)?;
+        if c.remaining_mb - used_mb < -OVERSHOOT_MB {
+            return Err(ApiError::bad_request("Not enough remaining MB"));
+        }
+        c.remaining_mb
+    };
+    // ... wait, as the real service awaits its database in between ...
+    let window = shared.config.report_race_window;
+    if !window.is_zero() {
+        tokio::time::sleep(window).await;
+    }
+    // ... and write back what was computed from the stale read: concurrent reports lose updates.
+    let remaining = lock(&shared.crowd).apply_report(&report, read_remaining, now_ms());
+    Ok(axum::Json(json!({ "ok": true, "remainingMB": js_num(remaining) })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn js_add_concatenates_strings() {
+        assert_eq!(js_add(&json!(0), &json!("2097152")), json!("02097152"));
+        assert_eq!(js_add(&json!("02097152"), &json!(5)), json!("020971525"));
+        assert_eq!(js_add(&json!(1), &json!(2)), json!(3));
+    }
+
+    #[test]
+    fn bytes_parsing() {
+        assert_eq!(parse_bytes(Some(&json!(5))).map(|b| b.0), Some(5.0));
+        assert_eq!(parse_bytes(Some(&json!("7"))).map(|b| b.0), Some(7.0));
+        assert!(parse_bytes(Some(&json!(0))).is_none());
+        assert!(parse_bytes(Some(&json!(-3))).is_none());
+        assert!(parse_bytes(Some(&json!("abc"))).is_none());
+        assert!(parse_bytes(Some(&json!(true))).is_none());
+        assert!(parse_bytes(None).is_none());
+    }
+
+    #[test]
+    fn seed_codes_are_checked() {
+        assert!(Db::seeded(&["ABCDEFGH".into()], 0).is_ok());
+        assert!(Db::seeded(&["ABCDEFGO".into()], 0).is_err());
+        assert!(Db::seeded(&["ABC".into()], 0).is_err());
+        assert!(Db::seeded(&["ABCDEFGH".into(), "ABCDEFGH".into()], 0).is_err());
+        let db = Db::seeded(&[], 0).expect("seeded");
+        assert_eq!(db.seed_codes.len(), 3);
+        assert!(db.seed_codes.iter().all(|c| is_valid_code(c)));
+    }
+}
