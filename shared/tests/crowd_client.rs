@@ -37,8 +37,8 @@ async fn login_and_me() {
     assert!((6.9..=7.0).contains(&days), "{days}");
 
     let me = client.me().await.unwrap();
-    assert_eq!(me.email, "provider@example.com");
-    assert_eq!(me.role, Role::Provider);
+    assert_eq!(me.user, login.user);
+    assert_eq!(me.user.name.as_deref(), Some("Demo Provider"));
     assert_eq!(me.points, 0.0);
 }
 

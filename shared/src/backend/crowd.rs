@@ -76,16 +76,12 @@ pub struct Login {
     pub user: User,
 }
 
-/// `GET /api/auth/me` reply.
+/// `GET /api/auth/me` reply: the user and what the account has earned and used.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Me {
-    #[serde(deserialize_with = "super::id_as_string")]
-    pub id: String,
-    pub email: String,
-    pub role: Role,
-    #[serde(default)]
-    pub name: Option<String>,
+    #[serde(flatten)]
+    pub user: User,
     #[serde(default)]
     pub points: f64,
     /// Kept as JSON: the backend turns it into a string if a report ever sent `bytes` as
