@@ -1,11 +1,18 @@
 //! The gateway's command line.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edgeshare_shared::backend::HttpClient;
+use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient};
 use edgeshare_shared::cli::ConfigArgs;
+use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::logging::LogArgs;
 use edgeshare_shared::paths::Daemon;
 
-use crate::config::GatewayConfig;
+use crate::codes::{CodeStore, mb_to_bytes};
+use crate::config::{CodeSource, GatewayConfig};
+use crate::control::{self, Request};
+use crate::net::{Mac, Millis};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
 /// counts the bytes they use.
@@ -22,16 +29,258 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: portal, enforcement, accounting (as root, or with CAP_NET_ADMIN).
+    Run,
     /// Check the configuration and exit: 0 if good, 78 with every problem listed if not.
     CheckConfig,
+    /// Show the running daemon's state.
+    Status,
+    /// List the sessions and their devices.
+    Clients {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log a device out now (it may enter its code again).
+    Kick {
+        /// The device's MAC address, e.g. 02:00:00:00:00:02.
+        mac: Mac,
+    },
+    /// Make, list or revoke access codes (works whether the daemon runs or not).
+    #[command(subcommand)]
+    Codes(CodesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Make codes; prints one code per line.
+    Create {
+        /// Data allowance of each code, in MB (2^20 bytes).
+        #[arg(long)]
+        mb: f64,
+        /// Hours each code stays valid.
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// How many codes.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// List the codes with what is left on each.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a code: it stops working and its devices are cut off.
+    Revoke { code: AccessCode },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     edgeshare_shared::logging::init(&cli.log);
+    let load = || -> anyhow::Result<GatewayConfig> {
+        cli.config
+            .load(Daemon::Gateway)
+            .context("the gateway configuration is not usable")
+    };
     match cli.command {
         Command::CheckConfig => {
             edgeshare_shared::cli::check_config::<GatewayConfig>(&cli.config, Daemon::Gateway)
                 .map(drop)
+        }
+        Command::Run => {
+            let config = load()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(crate::daemon::run(config))
+        }
+        Command::Status => {
+            let config = load()?;
+            let status = control::call(&config.control.socket, &Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Clients { json } => {
+            let config = load()?;
+            let sessions = control::call(&config.control.socket, &Request::Clients)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print_clients(&sessions);
+            }
+            Ok(())
+        }
+        Command::Kick { mac } => {
+            let config = load()?;
+            control::call(&config.control.socket, &Request::Kick { mac })?;
+            println!("{mac} logged out");
+            Ok(())
+        }
+        Command::Codes(command) => codes(&load()?, command),
+    }
+}
+
+fn codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
+    match config.codes.source {
+        CodeSource::Local => local_codes(config, command),
+        CodeSource::Backend => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(backend_codes(config, command))
+        }
+    }
+}
+
+fn check_create(mb: f64, hours: f64) -> anyhow::Result<()> {
+    if !(mb.is_finite() && mb > 0.0) {
+        anyhow::bail!("--mb must be a number above 0");
+    }
+    if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 366.0) {
+        anyhow::bail!("--hours must be above 0 and at most a year");
+    }
+    Ok(())
+}
+
+fn local_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
+    let store = CodeStore::new(&config.state.dir);
+    match command {
+        CodesCommand::Create { mb, hours, count } => {
+            check_create(mb, hours)?;
+            let valid_for = std::time::Duration::from_secs_f64(hours * 3600.0);
+            for code in store.create(mb_to_bytes(mb), valid_for, count, Millis::now())? {
+                println!("{}", code.code);
+            }
+        }
+        CodesCommand::List { json } => {
+            let codes = store.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&codes)?);
+            } else {
+                let now = Millis::now();
+                println!(
+                    "{:<10} {:>10} {:>10} {:<8}",
+                    "CODE", "MB LEFT", "MB TOTAL", "STATE"
+                );
+                for c in codes {
+                    let state = if c.revoked {
+                        "revoked"
+                    } else if c.expires_at <= now {
+                        "expired"
+                    } else if c.remaining_bytes() == 0 {
+                        "used up"
+                    } else {
+                        "valid"
+                    };
+                    println!(
+                        "{:<10} {:>10.1} {:>10.1} {:<8}",
+                        c.code,
+                        c.remaining_bytes() as f64 / 1_048_576.0,
+                        c.total_bytes as f64 / 1_048_576.0,
+                        state
+                    );
+                }
+            }
+        }
+        CodesCommand::Revoke { code } => {
+            store.revoke(&code)?;
+            // Devices online with it are cut off now if the daemon runs; if it does not,
+            // the revoked code simply no longer works when it starts.
+            match control::call(
+                &config.control.socket,
+                &Request::RevokeCode { code: code.clone() },
+            ) {
+                Ok(_) | Err(control::ControlError::NotRunning { .. }) => {}
+                Err(err) => eprintln!(
+                    "warning: revoked in the store, but the daemon did not confirm: {err}"
+                ),
+            }
+            println!("{code} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
+    let backend = config
+        .backend
+        .as_ref()
+        .context("codes.source = \"backend\" needs a [backend] section")?;
+    let client = CrowdClient::new(&HttpClient::new(&config.http)?, backend);
+    match command {
+        CodesCommand::Create { mb, hours, count } => {
+            check_create(mb, hours)?;
+            if count == 0 || count > 50 {
+                anyhow::bail!("the backend makes 1 to 50 codes at a time (--count)");
+            }
+            let made = client
+                .create_codes(&CreateCodes {
+                    total_mb: mb,
+                    count,
+                    expire_hours: Some(hours),
+                })
+                .await?;
+            for code in made {
+                println!("{}", code.code);
+            }
+        }
+        CodesCommand::List { json } => {
+            let codes = client.list_codes().await?;
+            if json {
+                let value: Vec<_> = codes
+                    .iter()
+                    .map(|c| serde_json::json!({"code": c.code, "totalMB": c.total_mb, "remainingMB": c.remaining_mb}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{:<10} {:>10} {:>10}", "CODE", "MB LEFT", "MB TOTAL");
+                for c in codes {
+                    println!(
+                        "{:<10} {:>10.1} {:>10.1}",
+                        c.code, c.remaining_mb, c.total_mb
+                    );
+                }
+            }
+        }
+        CodesCommand::Revoke { code } => {
+            // The backend has no revoke call; what this gateway can do is cut the code's
+            // devices off (the code may still work elsewhere until it expires).
+            control::call(
+                &config.control.socket,
+                &Request::RevokeCode { code: code.clone() },
+            )?;
+            println!(
+                "{code}: devices on this gateway cut off; the backend has no way to revoke codes, so it works until it expires"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_clients(sessions: &serde_json::Value) {
+    println!(
+        "{:<10} {:<17} {:<39} {:>12} {:>12}",
+        "CODE", "MAC", "IP", "USED MB", "QUOTA MB"
+    );
+    for s in sessions.as_array().into_iter().flatten() {
+        let mb = |key: &str| s[key].as_f64().unwrap_or(0.0) / 1_048_576.0;
+        let code = s["code"].as_str().unwrap_or("?");
+        let devices = s["devices"].as_array().cloned().unwrap_or_default();
+        if devices.is_empty() {
+            println!(
+                "{:<10} {:<17} {:<39} {:>12.1} {:>12.1}",
+                code,
+                "-",
+                "-",
+                mb("used_bytes"),
+                mb("quota_bytes")
+            );
+        }
+        for d in devices {
+            println!(
+                "{:<10} {:<17} {:<39} {:>12.1} {:>12.1}",
+                code,
+                d["client"]["mac"].as_str().unwrap_or("?"),
+                d["client"]["ip"].as_str().unwrap_or("?"),
+                mb("used_bytes"),
+                mb("quota_bytes")
+            );
         }
     }
 }

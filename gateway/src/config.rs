@@ -28,6 +28,10 @@ pub struct GatewayConfig {
     pub state: StateSettings,
     #[serde(default)]
     pub control: Control,
+    #[serde(default)]
+    pub session: Session,
+    #[serde(default)]
+    pub firewall: Firewall,
 }
 
 /// The interface consumers join (the Wi-Fi access point or a LAN port).
@@ -62,11 +66,67 @@ pub struct Portal {
     /// TCP port of the portal's HTTP server on the LAN address; port-80 traffic of captive
     /// clients is redirected to it.
     pub port: u16,
+    /// Hosts or CIDRs captive clients may reach before logging in (the backend's host is
+    /// always included when codes are checked there). Host names are resolved at start.
+    pub walled_garden: Vec<String>,
+    /// Failed code attempts allowed per client, and for all clients together, per minute.
+    pub attempts_per_client: u32,
+    pub attempts_global: u32,
 }
 
 impl Default for Portal {
     fn default() -> Self {
-        Portal { port: 8080 }
+        Portal {
+            port: 8080,
+            walled_garden: Vec::new(),
+            attempts_per_client: 5,
+            attempts_global: 60,
+        }
+    }
+}
+
+/// How a code's session behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Session {
+    /// Devices that may be online with one code at once; a further device moves the session.
+    pub devices_per_code: u32,
+    /// A device with no traffic for this long is logged out (it may enter its code again);
+    /// "0s" turns this off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: std::time::Duration,
+    /// Longest session when the code source gives no expiry.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: std::time::Duration,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            devices_per_code: 1,
+            idle_timeout: std::time::Duration::from_secs(30 * 60),
+            max_duration: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Firewall {
+    /// Our own nftables table (family inet).
+    pub table: String,
+    /// Delete the table when the daemon stops. Off by default: with the table in place the
+    /// LAN stays closed to captive clients and online clients keep their access until their
+    /// kernel timeouts, even while the daemon restarts or after it crashed.
+    pub remove_on_exit: bool,
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Firewall {
+            table: "edgeshare".to_owned(),
+            remove_on_exit: false,
+        }
     }
 }
 
@@ -90,14 +150,17 @@ pub struct Codes {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Control {
-    /// Unix socket for `status`, `clients`, `kick` and `codes`.
+    /// Unix socket for `status`, `clients`, `kick` and `codes revoke`.
     pub socket: PathBuf,
+    /// A group whose members may use the socket besides root (mode 0660); none: root only.
+    pub group: Option<String>,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Control {
             socket: PathBuf::from("/run/edgeshare/gateway.sock"),
+            group: None,
         }
     }
 }
@@ -132,6 +195,22 @@ impl Validate for GatewayConfig {
         }
         if self.portal.port == 0 {
             problems.push("portal.port", "must be a port number from 1 to 65535");
+        }
+        if self.session.devices_per_code == 0 {
+            problems.push("session.devices_per_code", "must be at least 1");
+        }
+        if self.session.max_duration.is_zero() {
+            problems.push("session.max_duration", "must be longer than 0s");
+        }
+        let table_ok = !self.firewall.table.is_empty()
+            && self.firewall.table.len() <= 64
+            && self
+                .firewall
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !table_ok {
+            problems.push("firewall.table", "must be 1-64 letters, digits, '_' or '-'");
         }
         match (&self.backend, self.codes.source) {
             (Some(backend), _) => backend.validate("backend", problems),

@@ -1,8 +1,20 @@
 //! The edgeshare gateway: the captive-portal daemon on the provider's device.
 //!
-//! So far this crate holds the gateway's configuration and command line; the portal,
-//! enforcement and accounting follow.
+//! - [`core`]: the pure session logic (codes, devices, quota, expiry, idle); no I/O.
+//! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake.
+//! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
+//! - [`codes`]: where codes are checked (the backend, or a local store).
+//! - [`daemon`]: `run`, the async shell that wires these together.
+//! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
+//! - [`net`]: who a client is (MAC and IP).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod codes;
 pub mod config;
+pub mod control;
+pub mod core;
+pub mod daemon;
+pub mod firewall;
+pub mod net;
+pub mod portal;

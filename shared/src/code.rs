@@ -51,6 +51,13 @@ impl AccessCode {
     }
 }
 
+impl std::str::FromStr for AccessCode {
+    type Err = BadCode;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AccessCode::parse(text)
+    }
+}
+
 impl TryFrom<String> for AccessCode {
     type Error = BadCode;
     fn try_from(value: String) -> Result<Self, Self::Error> {

@@ -34,6 +34,32 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/__standin/connections/{tenant}", get(connections))
         .route("/__standin/snapshots/{tenant}", get(snapshots))
         .route("/__standin/state", get(state))
+        .route("/__standin/download/{bytes}", get(download))
+}
+
+/// Largest download served: 16 GiB, far above any test, bounded so a typo cannot stream
+/// forever.
+const MAX_DOWNLOAD: u64 = 16 << 30;
+
+/// `GET /__standin/download/{bytes}`: exactly that many zero bytes, streamed in 64 KiB
+/// chunks with a Content-Length. The demo and the accounting tests download from it as
+/// "the internet" behind the gateway.
+async fn download(Path(bytes): Path<u64>) -> Response {
+    if bytes > MAX_DOWNLOAD {
+        return ApiError::bad_request("at most 16 GiB per download").into_response();
+    }
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from_static(&[0u8; CHUNK as usize]);
+    let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(bytes - i * CHUNK) as usize;
+        Ok::<_, std::convert::Infallible>(chunk.slice(..len))
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_LENGTH, bytes)
+        .body(body)
+        .unwrap_or_else(|_| ApiError::bad_request("cannot build the reply").into_response())
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

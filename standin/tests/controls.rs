@@ -502,3 +502,30 @@ async fn serves_https() {
     };
     assert!(edgeshare_standin::start(listener, missing).await.is_err());
 }
+
+#[tokio::test]
+async fn download_streams_exactly_the_bytes_asked_for() {
+    let s = start_default().await;
+    for bytes in [0u64, 1, 65_536, 65_537, 3 * 1024 * 1024 + 5] {
+        let reply = client()
+            .get(format!("{}/__standin/download/{bytes}", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(reply.content_length(), Some(bytes));
+        let body = reply.bytes().await.unwrap();
+        assert_eq!(body.len() as u64, bytes);
+        assert!(body.iter().all(|b| *b == 0));
+    }
+    let too_big = client()
+        .get(format!(
+            "{}/__standin/download/{}",
+            s.base_url(),
+            17u64 << 30
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,429 @@
+//! Where access codes are checked: the crowdsourced-internet backend, or a store of codes
+//! made on this device (the standalone default). Both answer with a [`Verdict`].
+//!
+//! The local store is one JSON file in the state directory, replaced atomically (temp file,
+//! fsync, rename) and guarded by an advisory lock, so `edgeshare-gateway codes create` can
+//! write it while the daemon runs. Codes are secrets: the file is mode 0600.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use edgeshare_shared::backend::crowd::{CrowdClient, MB};
+use edgeshare_shared::backend::{BackendError, Rejection};
+use edgeshare_shared::code::{ALPHABET, AccessCode, LENGTH};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Grant;
+use crate::net::Millis;
+
+/// What a code source says about a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Granted(Grant),
+    Invalid,
+    Expired,
+    UsedUp,
+    Revoked,
+    /// The source could not be asked (backend down, misconfigured account); the reason is
+    /// for the log, not for the consumer.
+    Unreachable(String),
+}
+
+/// A code in the local store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalCode {
+    pub code: AccessCode,
+    pub total_bytes: u64,
+    /// Bytes used so far, as the daemon last recorded it.
+    pub used_bytes: u64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked: bool,
+}
+
+impl LocalCode {
+    pub fn remaining_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    codes: Vec<LocalCode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use the code store {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the code store {} is damaged ({source}); move it away to start a new one", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no code {0} in the local store")]
+    NotFound(AccessCode),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// The local code store.
+#[derive(Debug, Clone)]
+pub struct CodeStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// At most this many codes per `codes create`.
+pub const MAX_CREATE: u32 = 1000;
+
+impl CodeStore {
+    pub fn new(state_dir: &Path) -> Self {
+        CodeStore {
+            path: state_dir.join("codes.json"),
+            lock_path: state_dir.join("codes.lock"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Runs `change` on the store's contents under the lock, and saves the result.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<LocalCode>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = self.lock()?;
+        let mut file = self.read()?;
+        let result = change(&mut file.codes)?;
+        file.version = 1;
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| self.io(e.into()))?;
+        edgeshare_shared::secret::write_private(&self.path, &json).map_err(|e| self.io(e))?;
+        Ok(result)
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        if let Some(dir) = self.lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| self.io(e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| self.io(e.into()))?;
+        Ok(file)
+    }
+
+    fn read(&self) -> Result<StoreFile, StoreError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Damaged {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreFile::default()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Makes `count` new codes of `total_bytes` each, valid for `valid_for` from `now`.
+    pub fn create(
+        &self,
+        total_bytes: u64,
+        valid_for: std::time::Duration,
+        count: u32,
+        now: Millis,
+    ) -> Result<Vec<LocalCode>, StoreError> {
+        if total_bytes == 0 {
+            return Err(StoreError::BadRequest("a code needs more than 0 MB".into()));
+        }
+        if count == 0 || count > MAX_CREATE {
+            return Err(StoreError::BadRequest(format!(
+                "make between 1 and {MAX_CREATE} codes at a time"
+            )));
+        }
+        self.update(|codes| {
+            let mut made = Vec::new();
+            while made.len() < count as usize {
+                let code = random_code()?;
+                if codes
+                    .iter()
+                    .chain(&made)
+                    .any(|c: &LocalCode| c.code == code)
+                {
+                    continue;
+                }
+                made.push(LocalCode {
+                    code,
+                    total_bytes,
+                    used_bytes: 0,
+                    created_at: now,
+                    expires_at: now.plus(valid_for),
+                    revoked: false,
+                });
+            }
+            codes.extend(made.iter().cloned());
+            Ok(made)
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<LocalCode>, StoreError> {
+        let _lock = self.lock()?;
+        Ok(self.read()?.codes)
+    }
+
+    /// Marks a code revoked. Returns an error if there is no such code.
+    pub fn revoke(&self, code: &AccessCode) -> Result<(), StoreError> {
+        self.update(|codes| {
+            let found = codes
+                .iter_mut()
+                .find(|c| &c.code == code)
+                .ok_or_else(|| StoreError::NotFound(code.clone()))?;
+            found.revoked = true;
+            Ok(())
+        })
+    }
+
+    /// Records how many bytes a code has used in all (never lowers the figure, so a stale
+    /// writer cannot give bytes back).
+    pub fn record_usage(&self, usage: &[(AccessCode, u64)]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        self.update(|codes| {
+            for (code, used) in usage {
+                if let Some(c) = codes.iter_mut().find(|c| &c.code == code) {
+                    c.used_bytes = c.used_bytes.max(*used);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The verdict on a code a consumer entered.
+    pub fn check(&self, code: &AccessCode, now: Millis) -> Verdict {
+        let codes = match self.list() {
+            Ok(codes) => codes,
+            Err(e) => return Verdict::Unreachable(e.to_string()),
+        };
+        match codes.into_iter().find(|c| &c.code == code) {
+            None => Verdict::Invalid,
+            Some(c) if c.revoked => Verdict::Revoked,
+            Some(c) if c.expires_at <= now => Verdict::Expired,
+            Some(c) if c.remaining_bytes() == 0 => Verdict::UsedUp,
+            Some(c) => Verdict::Granted(Grant {
+                remaining_bytes: c.remaining_bytes(),
+                expires_at: Some(c.expires_at),
+                code: c.code,
+            }),
+        }
+    }
+}
+
+/// A code from the OS's random source: codes are bearer secrets, so a predictable generator
+/// would let a neighbour guess them.
+fn random_code() -> Result<AccessCode, StoreError> {
+    let mut bytes = [0u8; LENGTH];
+    let mut filled = 0;
+    while filled < LENGTH {
+        filled +=
+            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
+                .map_err(|e| {
+                    StoreError::BadRequest(format!("no random numbers from the OS: {e}"))
+                })?;
+    }
+    // The alphabet has 32 symbols, so the low 5 bits pick one uniformly.
+    let text: String = bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+        .collect();
+    AccessCode::parse(&text).map_err(|e| StoreError::BadRequest(e.to_string()))
+}
+
+/// Checks codes against the backend's authorize-code (contract 1).
+#[derive(Debug)]
+pub struct BackendCodes {
+    client: CrowdClient,
+}
+
+impl BackendCodes {
+    pub fn new(client: CrowdClient) -> Self {
+        BackendCodes { client }
+    }
+
+    pub fn client(&self) -> &CrowdClient {
+        &self.client
+    }
+
+    /// The verdict on a code. authorize-code does not say when a code expires; the
+    /// provider's code list does, for the provider's own codes, so it is read as well
+    /// (without it the session lasts `session.max_duration`).
+    pub async fn check(&self, code: &AccessCode) -> Verdict {
+        let authorized = match self.client.authorize_code(code).await {
+            Ok(authorized) => authorized,
+            Err(err) => return refusal(err),
+        };
+        let remaining_bytes = authorized.remaining_bytes();
+        if remaining_bytes == 0 {
+            // The backend says ok to a code with nothing left; a gateway must not.
+            return Verdict::UsedUp;
+        }
+        let expires_at = match self.client.list_codes().await {
+            Ok(list) => list.into_iter().find(|c| &c.code == code).map(|c| {
+                let ms = c.expire_at.unix_timestamp_nanos() / 1_000_000;
+                Millis(u64::try_from(ms).unwrap_or(0))
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the code list for the expiry; using session.max_duration");
+                None
+            }
+        };
+        Verdict::Granted(Grant {
+            code: code.clone(),
+            remaining_bytes,
+            expires_at,
+        })
+    }
+}
+
+fn refusal(err: BackendError) -> Verdict {
+    match err.rejection() {
+        // An expired code answers 400 "Code expired" until the database deletes it, then 404.
+        Some(Rejection::NotFound) => Verdict::Invalid,
+        Some(Rejection::CodeExpired) => Verdict::Expired,
+        _ => {
+            tracing::warn!(error = %err, "cannot check a code with the backend");
+            Verdict::Unreachable(err.to_string())
+        }
+    }
+}
+
+/// Megabytes (2^20 bytes, as the backend counts) to bytes.
+pub fn mb_to_bytes(mb: f64) -> u64 {
+    // Saturating, NaN to 0: a bad figure makes a code of nothing, never a huge one.
+    (mb.max(0.0) * MB).round() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store() -> (tempfile::TempDir, CodeStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        (dir, store)
+    }
+
+    #[test]
+    fn created_codes_are_granted_with_their_quota_and_expiry() {
+        let (_dir, store) = store();
+        let now = Millis(1_000_000);
+        let made = store
+            .create(mb_to_bytes(10.0), Duration::from_secs(3600), 3, now)
+            .unwrap();
+        assert_eq!(made.len(), 3);
+        let verdict = store.check(&made[0].code, now);
+        assert_eq!(
+            verdict,
+            Verdict::Granted(Grant {
+                code: made[0].code.clone(),
+                remaining_bytes: 10 * 1_048_576,
+                expires_at: Some(Millis(1_000_000 + 3_600_000)),
+            })
+        );
+        assert_eq!(store.list().unwrap().len(), 3);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "codes are secrets");
+    }
+
+    #[test]
+    fn refusals() {
+        let (_dir, store) = store();
+        let now = Millis(1_000_000);
+        let made = store.create(1000, Duration::from_secs(60), 3, now).unwrap();
+        assert_eq!(
+            store.check(&AccessCode::parse("ZZZZ9999").unwrap(), now),
+            Verdict::Invalid
+        );
+        assert_eq!(
+            store.check(&made[0].code, Millis(1_060_000)),
+            Verdict::Expired
+        );
+        store.revoke(&made[1].code).unwrap();
+        assert_eq!(store.check(&made[1].code, now), Verdict::Revoked);
+        store.record_usage(&[(made[2].code.clone(), 1000)]).unwrap();
+        assert_eq!(store.check(&made[2].code, now), Verdict::UsedUp);
+        assert!(matches!(
+            store.revoke(&AccessCode::parse("ZZZZ9999").unwrap()),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn usage_never_goes_down() {
+        let (_dir, store) = store();
+        let made = store
+            .create(1000, Duration::from_secs(60), 1, Millis(0))
+            .unwrap();
+        store.record_usage(&[(made[0].code.clone(), 600)]).unwrap();
+        store.record_usage(&[(made[0].code.clone(), 200)]).unwrap();
+        assert_eq!(store.list().unwrap()[0].used_bytes, 600);
+    }
+
+    #[test]
+    fn bad_requests_and_a_damaged_file_are_clear_errors() {
+        let (_dir, store) = store();
+        assert!(matches!(
+            store.create(0, Duration::from_secs(1), 1, Millis(0)),
+            Err(StoreError::BadRequest(_))
+        ));
+        assert!(matches!(
+            store.create(1, Duration::from_secs(1), 0, Millis(0)),
+            Err(StoreError::BadRequest(_))
+        ));
+        std::fs::write(store.path(), "{not json").unwrap();
+        let err = store.list().unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(matches!(
+            store.check(&AccessCode::parse("ABCD2345").unwrap(), Millis(0)),
+            Verdict::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn random_codes_are_well_formed_and_differ() {
+        let codes: std::collections::HashSet<_> =
+            (0..200).map(|_| random_code().unwrap()).collect();
+        assert_eq!(codes.len(), 200);
+    }
+
+    #[test]
+    fn megabytes_are_binary() {
+        assert_eq!(mb_to_bytes(1.0), 1_048_576);
+        assert_eq!(mb_to_bytes(0.5), 524_288);
+        assert_eq!(mb_to_bytes(-3.0), 0);
+        assert_eq!(mb_to_bytes(f64::NAN), 0);
+    }
+}

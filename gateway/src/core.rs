@@ -1,0 +1,1767 @@
+//! The session core: which device may use the internet, on which access code, until when and
+//! for how many bytes.
+//!
+//! This is a pure state machine in the manner of boringtun's `Tunn`: **no I/O here** — no
+//! sockets, no files, no tokio, no clock reads. The async shell feeds it events (a code accepted
+//! at the portal, byte counters, a tick about once a second, an operator's kick or revoke),
+//! passes the time in as [`Millis`], and carries out the [`Action`]s it returns:
+//! [`Action::Allow`] and [`Action::Revoke`] go to the firewall, [`Action::SessionEnded`] to the
+//! usage ledger or the local code store. Its state is serialisable ([`Snapshot`]) so sessions
+//! survive a restart or `kill -9`.
+//!
+//! # Words
+//! - A *session* belongs to one access code: its quota, the bytes used so far and its expiry.
+//!   It lives from the first time the code is accepted until it ends *for good* (quota used,
+//!   expired, code revoked); it outlives its devices (kick, idle, a device moving elsewhere).
+//! - A *device* is a [`Client`] (MAC + IP) bound to a session and allowed through the
+//!   firewall. A MAC and an IP are each in at most one device at a time.
+//! - An *ended code* is remembered after its session ended and refused until the code itself
+//!   expires, or for [`REMEMBER_ENDED`] at most: the backend only learns usage when the ledger
+//!   has reported it, so until then it would grant the code again with bytes already spent.
+//!
+//! # Byte bookkeeping
+//! Every delta given to [`Core::record_usage`] lands in exactly one place: the `used_bytes`
+//! of the session its client is a device of (and that device's own tally), or, if the client is
+//! in no session, [`Core::unattributed_bytes`]. A session's `used_bytes` is handed out once, in
+//! the [`Action::SessionEnded`] that ends it; nothing else ever subtracts from it. So at every
+//! moment, exactly (below 2^64 bytes, where the counters saturate):
+//!
+//! ```text
+//! Σ deltas given = Σ used_bytes of live sessions + Σ SessionEnded.used_bytes + unattributed_bytes
+//! ```
+//!
+//! Bytes of a device that is kicked, idles out or moves stay in its session. What the shell
+//! must do for the sum to mean what it should: read a client's counter before it carries out
+//! that client's `Revoke` (else the last bytes arrive for a client in no session), and call
+//! `record_usage` before `tick` (so bytes used just before expiry are still charged to the
+//! session they were used in). A session's `used_bytes` may exceed its quota by the last
+//! delta: those bytes were really used; the ledger clamps the final report to what remains.
+
+use std::cmp::Reverse;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use edgeshare_shared::code::AccessCode;
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Client, Mac, Millis};
+
+/// How long an ended code is refused at most when the code itself expires later (or never):
+/// by then the ledger has long reported the session's usage to the backend.
+pub const REMEMBER_ENDED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The operator's rules for sessions (from the `[session]` part of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How many devices may use one code at once; 0 is treated as 1.
+    pub devices_per_code: u32,
+    /// A device with no traffic for longer than this is revoked (its session stays);
+    /// `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// The longest a session lasts; the expiry of a code that has none of its own.
+    pub max_session: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            devices_per_code: 1,
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
+            max_session: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl Policy {
+    fn device_limit(&self) -> usize {
+        usize::try_from(self.devices_per_code.max(1)).unwrap_or(usize::MAX)
+    }
+}
+
+/// What a code source (the backend or the local store) granted for a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub code: AccessCode,
+    /// What the source believes is left. It may not know yet about bytes this gateway counted
+    /// and has not reported.
+    pub remaining_bytes: u64,
+    /// The code's own expiry; `None`: the code does not expire.
+    pub expires_at: Option<Millis>,
+}
+
+/// Why a code the source accepted is refused all the same; the text is fit for a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("This code has no data left.")]
+    UsedUp,
+    #[error("This code has expired.")]
+    Expired,
+    #[error("This code has been cancelled.")]
+    Revoked,
+}
+
+/// Why a device lost access, or why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The session's quota is used up (ends the session).
+    QuotaUsed,
+    /// The session reached its expiry (ends the session).
+    Expired,
+    /// The device had no traffic for longer than the idle timeout.
+    Idle,
+    /// The operator kicked the device.
+    Kicked,
+    /// The code was revoked (ends the session).
+    CodeRevoked,
+    /// The device's MAC or IP now belongs to another binding: a new IP from DHCP, the MAC
+    /// entered another code, its IP went to another MAC, or a newer device took its place
+    /// on a code at its device limit.
+    Moved,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::QuotaUsed => "quota used",
+            EndReason::Expired => "expired",
+            EndReason::Idle => "idle",
+            EndReason::Kicked => "kicked",
+            EndReason::CodeRevoked => "code revoked",
+            EndReason::Moved => "moved",
+        }
+    }
+
+    /// For the reasons that end a session for good: how a later entry of the code is refused.
+    fn refusal(self) -> Option<Refusal> {
+        match self {
+            EndReason::QuotaUsed => Some(Refusal::UsedUp),
+            EndReason::Expired => Some(Refusal::Expired),
+            EndReason::CodeRevoked => Some(Refusal::Revoked),
+            EndReason::Idle | EndReason::Kicked | EndReason::Moved => None,
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the shell must do. Actions are in order: carry them out in that order (a device can
+/// be revoked and allowed again in one answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Let this client through until `until` (the firewall sets a kernel timeout of
+    /// `until - now`, so access ends at expiry even if the daemon is dead). An `Allow` for a
+    /// client already allowed replaces its deadline.
+    Allow { client: Client, until: Millis },
+    /// Stop this client now.
+    Revoke { client: Client, reason: EndReason },
+    /// A session ended for good (quota used, expired, code revoked): its final usage for the
+    /// ledger or the local store. Emitted exactly once per session.
+    SessionEnded {
+        code: AccessCode,
+        reason: EndReason,
+        used_bytes: u64,
+    },
+}
+
+/// The session of one online device, for the portal's status page and RFC 8908 API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub code: AccessCode,
+    pub mac: Mac,
+    /// What is left of the session's quota (shared by all its devices).
+    pub bytes_left: u64,
+    /// What the whole session (all its devices) has used.
+    pub used_bytes: u64,
+    pub expires_at: Millis,
+}
+
+/// One device of a session, for `clients --json` and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub client: Client,
+    /// When this device joined the session.
+    pub since: Millis,
+    /// Its last traffic (or when it joined or last entered the code).
+    pub last_active: Millis,
+    /// Bytes this device used in this session.
+    pub used_bytes: u64,
+}
+
+/// One live session, for `clients --json` and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub code: AccessCode,
+    pub devices: Vec<DeviceView>,
+    pub quota_bytes: u64,
+    /// All bytes of the session, including those of devices no longer in it.
+    pub used_bytes: u64,
+    pub expires_at: Millis,
+}
+
+/// The core's durable state; the shell writes it to disk (temp file, fsync, rename) after
+/// changes so sessions survive a restart. Fields added later must be `#[serde(default)]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    sessions: Vec<SavedSession>,
+    ended: Vec<SavedEnded>,
+    unattributed_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedSession {
+    code: AccessCode,
+    #[serde(flatten)]
+    session: Session,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedEnded {
+    code: AccessCode,
+    #[serde(flatten)]
+    ended: Ended,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    /// Invariant outside a call: `used_bytes < quota_bytes` (reaching the quota ends it).
+    quota_bytes: u64,
+    used_bytes: u64,
+    /// When access ends: the code's expiry, capped at first acceptance + `max_session`.
+    expires_at: Millis,
+    /// The code's own expiry as its source last stated it (`None`: never). Unlike
+    /// `expires_at` it is not capped by `max_session`: after the cap the source still grants
+    /// the code, so it tells how long the code must be remembered once the session ends.
+    code_expires_at: Option<Millis>,
+    devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Device {
+    client: Client,
+    since: Millis,
+    last_active: Millis,
+    used_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Ended {
+    refusal: Refusal,
+    forget_at: Millis,
+}
+
+/// The sessions of all codes on this gateway. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Core {
+    policy: Policy,
+    // BTreeMaps so that actions and views come out in a stable order.
+    sessions: BTreeMap<AccessCode, Session>,
+    ended: BTreeMap<AccessCode, Ended>,
+    unattributed_bytes: u64,
+}
+
+/// The earlier of two optional deadlines, `None` meaning never.
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Core {
+    pub fn new(policy: Policy) -> Self {
+        Core {
+            policy,
+            sessions: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            unattributed_bytes: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Bytes reported for clients that were in no session when their delta arrived.
+    pub fn unattributed_bytes(&self) -> u64 {
+        self.unattributed_bytes
+    }
+
+    /// A consumer entered a code the source granted, from `client`.
+    ///
+    /// Refused, changing nothing, when the code's session already ended for good, when the
+    /// grant has no bytes left, or when the code (or its session) is expired at `now`.
+    ///
+    /// Re-entering a code that has a session keeps the session's used bytes and never raises
+    /// its quota: the new quota is `used + min(quota - used, grant.remaining_bytes)`. The
+    /// source's figure is `original - reported`, and the ledger reports only bytes counted
+    /// here, so it is normally at least `quota - used` and the session's own figure stands
+    /// (taking the source's would hand back the bytes used but not yet reported). It is lower
+    /// only when the code was also used elsewhere, and then the lower one is right. As
+    /// `used_bytes` is never reset, the bytes counted so far are reported once, in this
+    /// session's `SessionEnded`, never again by a fresh session. The expiry likewise only
+    /// moves earlier; if it does, the other devices are allowed again with the new deadline.
+    pub fn accept_code(
+        &mut self,
+        client: Client,
+        grant: Grant,
+        now: Millis,
+    ) -> Result<Vec<Action>, Refusal> {
+        let Grant {
+            code,
+            remaining_bytes,
+            expires_at: code_expires_at,
+        } = grant;
+        if let Some(ended) = self.ended.get(&code) {
+            return Err(ended.refusal);
+        }
+        // The backend answers ok for a code with nothing left: refusing it is our job.
+        if remaining_bytes == 0 {
+            return Err(Refusal::UsedUp);
+        }
+        if code_expires_at.is_some_and(|at| at <= now) {
+            return Err(Refusal::Expired);
+        }
+        let capped = |deadline: Millis| code_expires_at.map_or(deadline, |at| at.min(deadline));
+        match self.sessions.get(&code) {
+            // Expired but not yet ticked: `tick` ends it and reports its usage; refusing here
+            // leaves that to it.
+            Some(session) if session.expires_at <= now => return Err(Refusal::Expired),
+            // Only with a zero `max_session`.
+            None if capped(now.plus(self.policy.max_session)) <= now => {
+                return Err(Refusal::Expired);
+            }
+            _ => {}
+        }
+
+        // Accepted: nothing below refuses.
+        let mut actions = Vec::new();
+        self.unbind_others(client, &code, &mut actions);
+        let limit = self.policy.device_limit();
+        let session = self.sessions.entry(code).or_insert_with(|| Session {
+            quota_bytes: remaining_bytes,
+            used_bytes: 0,
+            expires_at: capped(now.plus(self.policy.max_session)),
+            code_expires_at,
+            devices: Vec::new(),
+        });
+        let left = session
+            .quota_bytes
+            .saturating_sub(session.used_bytes)
+            .min(remaining_bytes);
+        session.quota_bytes = session.used_bytes.saturating_add(left);
+        session.code_expires_at = earliest(session.code_expires_at, code_expires_at);
+        let expires_at = capped(session.expires_at);
+        let deadline_moved = expires_at != session.expires_at;
+        session.expires_at = expires_at;
+
+        if let Some(device) = session
+            .devices
+            .iter_mut()
+            .find(|device| device.client.mac == client.mac)
+        {
+            // The same device again (its IP already updated by `unbind_others`): the person
+            // is at the portal, so it counts as activity.
+            device.last_active = now;
+        } else {
+            // At the limit the device active least recently makes room: a phone that
+            // re-enters its code with a new randomised MAC moves its session instead of
+            // being refused.
+            while session.devices.len() >= limit {
+                let Some(oldest) = session
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, device)| (device.last_active, device.since, device.client))
+                    .map(|(index, _)| index)
+                else {
+                    break;
+                };
+                let gone = session.devices.remove(oldest);
+                actions.push(Action::Revoke {
+                    client: gone.client,
+                    reason: EndReason::Moved,
+                });
+            }
+            session.devices.push(Device {
+                client,
+                since: now,
+                last_active: now,
+                used_bytes: 0,
+            });
+        }
+        if deadline_moved {
+            // The kernel's timeouts of the other devices must shrink too.
+            for device in session.devices.iter().filter(|d| d.client != client) {
+                actions.push(Action::Allow {
+                    client: device.client,
+                    until: expires_at,
+                });
+            }
+        }
+        actions.push(Action::Allow {
+            client,
+            until: expires_at,
+        });
+        Ok(actions)
+    }
+
+    /// Before `client` joins the session of `code`: every other device holding its MAC or its
+    /// IP is revoked (`Moved`) and leaves its session. A device with the same MAC in the
+    /// session of `code` itself stays (its bytes and `since` are kept); only its old IP is
+    /// revoked (a DHCP renewal).
+    fn unbind_others(&mut self, client: Client, code: &AccessCode, actions: &mut Vec<Action>) {
+        for (session_code, session) in &mut self.sessions {
+            let own = session_code == code;
+            session.devices.retain_mut(|device| {
+                let same_mac = device.client.mac == client.mac;
+                let same_ip = device.client.ip == client.ip;
+                if !same_mac && !same_ip {
+                    return true;
+                }
+                if own && same_mac {
+                    if !same_ip {
+                        actions.push(Action::Revoke {
+                            client: device.client,
+                            reason: EndReason::Moved,
+                        });
+                        device.client = client;
+                    }
+                    return true;
+                }
+                actions.push(Action::Revoke {
+                    client: device.client,
+                    reason: EndReason::Moved,
+                });
+                false
+            });
+        }
+    }
+
+    /// Byte deltas per client since the last call (up and down together). A delta of a
+    /// client in no session is added to [`Core::unattributed_bytes`]. A session that reaches
+    /// its quota ends at once: all its devices revoked, then `SessionEnded`.
+    pub fn record_usage(&mut self, deltas: &[(Client, u64)], now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if deltas.is_empty() {
+            return actions;
+        }
+        // Built once per call: hundreds of clients times hundreds of deltas every second is
+        // too many scans for a Pi.
+        let owners: HashMap<Client, AccessCode> = self
+            .sessions
+            .iter()
+            .flat_map(|(code, session)| {
+                session
+                    .devices
+                    .iter()
+                    .map(move |device| (device.client, code.clone()))
+            })
+            .collect();
+        for &(client, delta) in deltas {
+            // A session that ended earlier in this call is gone from `sessions`, so later
+            // deltas of its devices are unattributed, like those of any client not allowed.
+            let found = owners.get(&client).and_then(|code| {
+                let session = self.sessions.get_mut(code)?;
+                let device = session.devices.iter_mut().find(|d| d.client == client)?;
+                device.used_bytes = device.used_bytes.saturating_add(delta);
+                if delta > 0 {
+                    device.last_active = now;
+                }
+                session.used_bytes = session.used_bytes.saturating_add(delta);
+                Some((code, session.used_bytes >= session.quota_bytes))
+            });
+            match found {
+                None => self.unattributed_bytes = self.unattributed_bytes.saturating_add(delta),
+                Some((code, true)) => {
+                    self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+                }
+                Some((_, false)) => {}
+            }
+        }
+        actions
+    }
+
+    /// Expiry and idle checks; call about once a second, after `record_usage`. Ends sessions
+    /// at their expiry, revokes devices idle for longer than the idle timeout (their session
+    /// stays), and forgets ended codes whose time is up.
+    pub fn tick(&mut self, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.ended.retain(|_, ended| ended.forget_at > now);
+        let expired: Vec<AccessCode> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.expires_at <= now)
+            .map(|(code, _)| code.clone())
+            .collect();
+        for code in &expired {
+            self.end_session(code, EndReason::Expired, now, &mut actions);
+        }
+        if let Some(timeout) = self.policy.idle_timeout {
+            for session in self.sessions.values_mut() {
+                session.devices.retain(|device| {
+                    let idle = device.last_active.until(now) > timeout;
+                    if idle {
+                        actions.push(Action::Revoke {
+                            client: device.client,
+                            reason: EndReason::Idle,
+                        });
+                    }
+                    !idle
+                });
+            }
+        }
+        actions
+    }
+
+    /// The operator kicks a device: it is revoked now. Its session stays, so the consumer may
+    /// enter the code again.
+    pub fn kick(&mut self, mac: Mac, _now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for session in self.sessions.values_mut() {
+            session.devices.retain(|device| {
+                let kicked = device.client.mac == mac;
+                if kicked {
+                    actions.push(Action::Revoke {
+                        client: device.client,
+                        reason: EndReason::Kicked,
+                    });
+                }
+                !kicked
+            });
+        }
+        actions
+    }
+
+    /// The code was revoked (by the operator or the backend): every device out, the session
+    /// ended for good, the code refused from now on (for [`REMEMBER_ENDED`]; the source is
+    /// expected to refuse it itself by then). A code with no session is remembered as revoked
+    /// all the same.
+    pub fn revoke_code(&mut self, code: &AccessCode, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.sessions.contains_key(code) {
+            self.end_session(code, EndReason::CodeRevoked, now, &mut actions);
+        } else {
+            let until = now.plus(REMEMBER_ENDED);
+            let forget_at = self
+                .ended
+                .get(code)
+                .map_or(until, |ended| ended.forget_at.min(until));
+            self.ended.insert(
+                code.clone(),
+                Ended {
+                    refusal: Refusal::Revoked,
+                    forget_at,
+                },
+            );
+        }
+        actions
+    }
+
+    /// Ends the session of `code`: revokes its devices, reports its usage once, and remembers
+    /// the code as ended.
+    fn end_session(
+        &mut self,
+        code: &AccessCode,
+        reason: EndReason,
+        now: Millis,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.remove(code) else {
+            return;
+        };
+        for device in &session.devices {
+            actions.push(Action::Revoke {
+                client: device.client,
+                reason,
+            });
+        }
+        actions.push(Action::SessionEnded {
+            code: code.clone(),
+            reason,
+            used_bytes: session.used_bytes,
+        });
+        if let Some(refusal) = reason.refusal() {
+            let forget_at = earliest(session.code_expires_at, Some(now.plus(REMEMBER_ENDED)))
+                .unwrap_or_else(|| now.plus(REMEMBER_ENDED));
+            self.ended
+                .insert(code.clone(), Ended { refusal, forget_at });
+        }
+    }
+
+    /// The session of the device at `ip`, if it is online at `now`.
+    pub fn status_of(&self, ip: IpAddr, now: Millis) -> Option<ClientStatus> {
+        self.sessions
+            .iter()
+            .filter(|(_, session)| {
+                session.expires_at > now && session.used_bytes < session.quota_bytes
+            })
+            .find_map(|(code, session)| {
+                let device = session.devices.iter().find(|d| d.client.ip == ip)?;
+                Some(ClientStatus {
+                    code: code.clone(),
+                    mac: device.client.mac,
+                    bytes_left: session.quota_bytes.saturating_sub(session.used_bytes),
+                    used_bytes: session.used_bytes,
+                    expires_at: session.expires_at,
+                })
+            })
+    }
+
+    /// Every online device with its access deadline, sorted by client: what the kernel's set
+    /// should hold (for reconciling with it).
+    pub fn allowed(&self) -> Vec<(Client, Millis)> {
+        let mut allowed: Vec<(Client, Millis)> = self
+            .sessions
+            .values()
+            .flat_map(|session| {
+                session
+                    .devices
+                    .iter()
+                    .map(|device| (device.client, session.expires_at))
+            })
+            .collect();
+        allowed.sort();
+        allowed
+    }
+
+    /// The live sessions, by code.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        self.sessions
+            .iter()
+            .map(|(code, session)| SessionView {
+                code: code.clone(),
+                devices: session
+                    .devices
+                    .iter()
+                    .map(|device| DeviceView {
+                        client: device.client,
+                        since: device.since,
+                        last_active: device.last_active,
+                        used_bytes: device.used_bytes,
+                    })
+                    .collect(),
+                quota_bytes: session.quota_bytes,
+                used_bytes: session.used_bytes,
+                expires_at: session.expires_at,
+            })
+            .collect()
+    }
+
+    /// The durable state.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(code, session)| SavedSession {
+                    code: code.clone(),
+                    session: session.clone(),
+                })
+                .collect(),
+            ended: self
+                .ended
+                .iter()
+                .map(|(code, ended)| SavedEnded {
+                    code: code.clone(),
+                    ended: *ended,
+                })
+                .collect(),
+            unattributed_bytes: self.unattributed_bytes,
+        }
+    }
+
+    /// The core again from a snapshot, at `now`, under `policy` (which may have changed).
+    ///
+    /// The actions bring a firewall that still holds the snapshot's [`Core::allowed`] (the
+    /// kernel set outlives the daemon) in step: sessions that expired while the daemon was
+    /// down end (`Revoke` + `SessionEnded`), idle devices are revoked, and every device still
+    /// valid is allowed again with its deadline. A damaged or hand-edited snapshot cannot make
+    /// it panic: a device whose MAC or IP is already bound, or beyond the policy's device
+    /// limit (the least recently active go first), is revoked (`Moved`); a second entry for a
+    /// code merges its bytes into the first; a session at its quota ends.
+    pub fn restore(policy: Policy, snapshot: Snapshot, now: Millis) -> (Self, Vec<Action>) {
+        let mut core = Core::new(policy);
+        core.unattributed_bytes = snapshot.unattributed_bytes;
+        let mut actions = Vec::new();
+        for SavedEnded { code, ended } in snapshot.ended {
+            core.ended.entry(code).or_insert(ended);
+        }
+        let limit = core.policy.device_limit();
+        let mut macs = HashSet::new();
+        let mut ips = HashSet::new();
+        for SavedSession { code, mut session } in snapshot.sessions {
+            let devices = std::mem::take(&mut session.devices);
+            core.ended.remove(&code);
+            let kept = match core.sessions.entry(code) {
+                Entry::Occupied(entry) => {
+                    let kept = entry.into_mut();
+                    kept.used_bytes = kept.used_bytes.saturating_add(session.used_bytes);
+                    kept
+                }
+                Entry::Vacant(entry) => entry.insert(session),
+            };
+            // Most recently active first, so the limit keeps those...
+            let mut candidates: Vec<(usize, Device)> = devices.into_iter().enumerate().collect();
+            candidates.sort_by_key(|(_, device)| Reverse((device.last_active, device.since)));
+            let mut chosen = Vec::new();
+            for (index, device) in candidates {
+                let fits = kept.devices.len() + chosen.len() < limit
+                    && !macs.contains(&device.client.mac)
+                    && !ips.contains(&device.client.ip);
+                if fits {
+                    macs.insert(device.client.mac);
+                    ips.insert(device.client.ip);
+                    chosen.push((index, device));
+                } else {
+                    actions.push(Action::Revoke {
+                        client: device.client,
+                        reason: EndReason::Moved,
+                    });
+                }
+            }
+            // ...but kept in their saved order, so a restored core is the saved one.
+            chosen.sort_by_key(|(index, _)| *index);
+            kept.devices
+                .extend(chosen.into_iter().map(|(_, device)| device));
+        }
+        let used_up: Vec<AccessCode> = core
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.used_bytes >= session.quota_bytes)
+            .map(|(code, _)| code.clone())
+            .collect();
+        for code in &used_up {
+            core.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+        }
+        actions.extend(core.tick(now));
+        actions.extend(
+            core.allowed()
+                .into_iter()
+                .map(|(client, until)| Action::Allow { client, until }),
+        );
+        (core, actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const T0: Millis = Millis(1_700_000_000_000);
+    const MB: u64 = 1 << 20;
+
+    fn at(secs: u64) -> Millis {
+        T0.plus(Duration::from_secs(secs))
+    }
+
+    fn code(n: usize) -> AccessCode {
+        AccessCode::parse(["AAAA2222", "BBBB3333", "CCCC4444", "DDDD5555"][n]).unwrap()
+    }
+
+    fn mac(n: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, n])
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 66, 0, n))
+    }
+
+    fn client(m: u8, i: u8) -> Client {
+        Client {
+            mac: mac(m),
+            ip: ip(i),
+        }
+    }
+
+    fn grant(n: usize, remaining_bytes: u64, expires_at: Option<Millis>) -> Grant {
+        Grant {
+            code: code(n),
+            remaining_bytes,
+            expires_at,
+        }
+    }
+
+    /// A code with 100 MB valid for 10 hours.
+    fn good(n: usize) -> Grant {
+        grant(n, 100 * MB, Some(at(10 * 3600)))
+    }
+
+    fn allow(c: Client, until: Millis) -> Action {
+        Action::Allow { client: c, until }
+    }
+
+    fn revoke(c: Client, reason: EndReason) -> Action {
+        Action::Revoke { client: c, reason }
+    }
+
+    fn ended(n: usize, reason: EndReason, used_bytes: u64) -> Action {
+        Action::SessionEnded {
+            code: code(n),
+            reason,
+            used_bytes,
+        }
+    }
+
+    fn policy(devices_per_code: u32) -> Policy {
+        Policy {
+            devices_per_code,
+            ..Policy::default()
+        }
+    }
+
+    fn session(core: &Core, n: usize) -> SessionView {
+        core.sessions()
+            .into_iter()
+            .find(|s| s.code == code(n))
+            .unwrap()
+    }
+
+    #[test]
+    fn policy_defaults() {
+        let policy = Policy::default();
+        assert_eq!(policy.devices_per_code, 1);
+        assert_eq!(policy.idle_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(policy.max_session, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn refusals_for_grants_with_nothing_left() {
+        // (remaining bytes, expiry, max_session, expected)
+        let cases = [
+            (MB, None, Duration::from_secs(3600), Ok(at(3600))),
+            (MB, Some(at(60)), Duration::from_secs(3600), Ok(at(60))),
+            (MB, Some(at(7200)), Duration::from_secs(3600), Ok(at(3600))),
+            (
+                0,
+                Some(at(60)),
+                Duration::from_secs(3600),
+                Err(Refusal::UsedUp),
+            ),
+            (
+                MB,
+                Some(at(0)),
+                Duration::from_secs(3600),
+                Err(Refusal::Expired),
+            ),
+            (
+                1,
+                Some(Millis(0)),
+                Duration::from_secs(3600),
+                Err(Refusal::Expired),
+            ),
+            (MB, None, Duration::ZERO, Err(Refusal::Expired)),
+        ];
+        for (remaining, expires, max_session, expected) in cases {
+            let mut core = Core::new(Policy {
+                max_session,
+                ..Policy::default()
+            });
+            let got = core.accept_code(client(1, 1), grant(0, remaining, expires), at(0));
+            let expected = expected.map(|until| vec![allow(client(1, 1), until)]);
+            assert_eq!(got, expected, "{remaining} {expires:?} {max_session:?}");
+            if got.is_err() {
+                assert!(core.sessions().is_empty() && core.allowed().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_speak_to_consumers() {
+        for refusal in [Refusal::UsedUp, Refusal::Expired, Refusal::Revoked] {
+            let text = refusal.to_string();
+            assert!(
+                text.starts_with("This code") && text.ends_with('.'),
+                "{text}"
+            );
+        }
+        assert_eq!(EndReason::QuotaUsed.to_string(), "quota used");
+        assert_eq!(
+            serde_json::to_value(EndReason::CodeRevoked).unwrap(),
+            "code_revoked"
+        );
+    }
+
+    #[test]
+    fn reentry_keeps_used_bytes_and_never_raises_the_quota() {
+        // (first grant, bytes used, second grant's remaining, quota after, bytes left after)
+        let cases = [
+            // The backend has not heard of the 30 bytes yet: the session's own figure stands.
+            (100, 30, 100, 100, 70),
+            // The backend heard of 20 of them.
+            (100, 30, 80, 100, 70),
+            // Used elsewhere as well: the lower figure wins.
+            (100, 30, 50, 80, 50),
+            (100, 0, 1, 1, 1),
+        ];
+        for (first, used, second, quota, left) in cases {
+            let mut core = Core::new(policy(2));
+            core.accept_code(client(1, 1), grant(0, first, None), at(0))
+                .unwrap();
+            core.record_usage(&[(client(1, 1), used)], at(1));
+            core.accept_code(client(2, 2), grant(0, second, None), at(2))
+                .unwrap();
+            let view = session(&core, 0);
+            assert_eq!(
+                (view.quota_bytes, view.used_bytes),
+                (quota, used),
+                "{first} {used} {second}"
+            );
+            let status = core.status_of(ip(2), at(2)).unwrap();
+            assert_eq!(status.bytes_left, left);
+        }
+    }
+
+    #[test]
+    fn reentry_with_an_earlier_expiry_moves_every_deadline() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        let actions = core
+            .accept_code(client(2, 2), grant(0, MB, Some(at(600))), at(1))
+            .unwrap();
+        assert_eq!(
+            actions,
+            [allow(client(1, 1), at(600)), allow(client(2, 2), at(600))]
+        );
+        // A later expiry never extends it.
+        let actions = core.accept_code(client(2, 2), good(0), at(2)).unwrap();
+        assert_eq!(actions, [allow(client(2, 2), at(600))]);
+        assert_eq!(
+            core.allowed(),
+            [(client(1, 1), at(600)), (client(2, 2), at(600))]
+        );
+    }
+
+    #[test]
+    fn device_bindings() {
+        struct Case {
+            name: &'static str,
+            /// (client, code) accepted first, in order.
+            before: Vec<(Client, usize)>,
+            then: (Client, usize),
+            actions: Vec<Action>,
+            allowed: Vec<Client>,
+        }
+        let until = at(10 * 3600);
+        let cases = [
+            Case {
+                name: "same MAC and IP again is idempotent",
+                before: vec![(client(1, 1), 0)],
+                then: (client(1, 1), 0),
+                actions: vec![allow(client(1, 1), until)],
+                allowed: vec![client(1, 1)],
+            },
+            Case {
+                name: "same MAC with a new IP (DHCP renewal)",
+                before: vec![(client(1, 1), 0)],
+                then: (client(1, 2), 0),
+                actions: vec![
+                    revoke(client(1, 1), EndReason::Moved),
+                    allow(client(1, 2), until),
+                ],
+                allowed: vec![client(1, 2)],
+            },
+            Case {
+                name: "a MAC entering another code leaves its old session",
+                before: vec![(client(1, 1), 0)],
+                then: (client(1, 1), 1),
+                actions: vec![
+                    revoke(client(1, 1), EndReason::Moved),
+                    allow(client(1, 1), until),
+                ],
+                allowed: vec![client(1, 1)],
+            },
+            Case {
+                name: "an IP taken over by another MAC",
+                before: vec![(client(1, 1), 0)],
+                then: (client(2, 1), 1),
+                actions: vec![
+                    revoke(client(1, 1), EndReason::Moved),
+                    allow(client(2, 1), until),
+                ],
+                allowed: vec![client(2, 1)],
+            },
+            Case {
+                name: "a new (randomised) MAC at the limit moves the session",
+                before: vec![(client(1, 1), 0)],
+                then: (client(2, 2), 0),
+                actions: vec![
+                    revoke(client(1, 1), EndReason::Moved),
+                    allow(client(2, 2), until),
+                ],
+                allowed: vec![client(2, 2)],
+            },
+            Case {
+                name: "another code's device is left alone",
+                before: vec![(client(1, 1), 0)],
+                then: (client(2, 2), 1),
+                actions: vec![allow(client(2, 2), until)],
+                allowed: vec![client(1, 1), client(2, 2)],
+            },
+        ];
+        for case in cases {
+            let mut core = Core::new(Policy::default());
+            for (n, (c, code)) in case.before.into_iter().enumerate() {
+                core.accept_code(c, good(code), at(n as u64)).unwrap();
+            }
+            let (c, code) = case.then;
+            let actions = core.accept_code(c, good(code), at(100)).unwrap();
+            assert_eq!(actions, case.actions, "{}", case.name);
+            let allowed: Vec<Client> = core.allowed().into_iter().map(|(c, _)| c).collect();
+            assert_eq!(allowed, case.allowed, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_device_keeps_its_bytes_across_a_new_ip() {
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.record_usage(&[(client(1, 1), 500)], at(5));
+        core.accept_code(client(1, 2), good(0), at(10)).unwrap();
+        let view = session(&core, 0);
+        assert_eq!(view.used_bytes, 500);
+        assert_eq!(
+            view.devices,
+            [DeviceView {
+                client: client(1, 2),
+                since: at(0),
+                last_active: at(10),
+                used_bytes: 500,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_device_active_least_recently_makes_room() {
+        // (devices per code, MACs accepted and then active in this order, revoked)
+        let cases: [(u32, &[u8], Option<u8>); 5] = [
+            (3, &[1, 2], None),
+            (2, &[1, 2], Some(1)),
+            (2, &[2, 1], Some(2)),
+            (3, &[3, 1, 2], Some(3)),
+            (1, &[1], Some(1)),
+        ];
+        for (limit, active, gone) in cases {
+            let mut core = Core::new(policy(limit));
+            for &m in active {
+                core.accept_code(client(m, m), good(0), at(0)).unwrap();
+            }
+            for (t, &m) in active.iter().enumerate() {
+                core.record_usage(&[(client(m, m), 1)], at(1 + t as u64));
+            }
+            let actions = core.accept_code(client(9, 9), good(0), at(10)).unwrap();
+            let mut expected: Vec<Action> = gone
+                .map(|m| revoke(client(m, m), EndReason::Moved))
+                .into_iter()
+                .collect();
+            expected.push(allow(client(9, 9), at(36_000)));
+            assert_eq!(actions, expected, "{limit} {active:?}");
+            let devices = session(&core, 0).devices.len();
+            assert_eq!(devices, (active.len() + 1).min(limit as usize));
+        }
+    }
+
+    #[test]
+    fn zero_devices_per_code_means_one() {
+        let mut core = Core::new(policy(0));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), good(0), at(1)).unwrap();
+        assert_eq!(core.allowed(), [(client(2, 2), at(36_000))]);
+    }
+
+    #[test]
+    fn usage_is_attributed_per_device_and_session() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), good(0), at(0)).unwrap();
+        let actions = core.record_usage(
+            &[
+                (client(1, 1), 100),
+                (client(2, 2), 0),
+                (client(1, 1), 50),
+                (client(3, 3), 7),
+                // Right MAC, wrong IP: not the bound client.
+                (client(1, 9), 5),
+            ],
+            at(20),
+        );
+        assert!(actions.is_empty());
+        assert_eq!(core.unattributed_bytes(), 12);
+        let view = session(&core, 0);
+        assert_eq!(view.used_bytes, 150);
+        let devices: Vec<(Client, u64, Millis)> = view
+            .devices
+            .iter()
+            .map(|d| (d.client, d.used_bytes, d.last_active))
+            .collect();
+        // A zero delta is no activity.
+        assert_eq!(
+            devices,
+            [(client(1, 1), 150, at(20)), (client(2, 2), 0, at(0))]
+        );
+    }
+
+    #[test]
+    fn reaching_the_quota_ends_the_session() {
+        // (quota, deltas of the two devices, ended with)
+        let cases = [
+            (1000, vec![(1, 999)], None),
+            (1000, vec![(1, 1000)], Some(1000)),
+            (1000, vec![(1, 600), (2, 600)], Some(1200)),
+            // Bytes after the end are not the session's.
+            (1000, vec![(1, 1500), (2, 10)], Some(1500)),
+        ];
+        for (quota, deltas, ended_with) in cases {
+            let mut core = Core::new(policy(2));
+            core.accept_code(client(1, 1), grant(0, quota, None), at(0))
+                .unwrap();
+            core.accept_code(client(2, 2), grant(0, quota, None), at(0))
+                .unwrap();
+            let deltas: Vec<(Client, u64)> =
+                deltas.iter().map(|&(m, d)| (client(m, m), d)).collect();
+            let actions = core.record_usage(&deltas, at(5));
+            match ended_with {
+                None => {
+                    assert!(actions.is_empty());
+                    assert_eq!(core.allowed().len(), 2);
+                }
+                Some(used) => {
+                    assert_eq!(
+                        actions,
+                        [
+                            revoke(client(1, 1), EndReason::QuotaUsed),
+                            revoke(client(2, 2), EndReason::QuotaUsed),
+                            ended(0, EndReason::QuotaUsed, used),
+                        ],
+                        "{deltas:?}"
+                    );
+                    let total: u64 = deltas.iter().map(|(_, d)| d).sum();
+                    assert_eq!(core.unattributed_bytes(), total - used);
+                    assert!(core.allowed().is_empty() && core.sessions().is_empty());
+                    // The backend still says bytes are left: the core knows better.
+                    assert_eq!(
+                        core.accept_code(client(1, 1), good(0), at(6)),
+                        Err(Refusal::UsedUp)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_ends_the_session() {
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), grant(0, MB, Some(at(60))), at(0))
+            .unwrap();
+        core.record_usage(&[(client(1, 1), 42)], at(30));
+        assert!(core.tick(at(59)).is_empty());
+        // Expired but not yet ticked: refused, and left for tick to end.
+        assert_eq!(
+            core.accept_code(client(1, 1), good(0), at(60)),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(
+            core.tick(at(60)),
+            [
+                revoke(client(1, 1), EndReason::Expired),
+                ended(0, EndReason::Expired, 42)
+            ]
+        );
+        assert!(core.allowed().is_empty());
+        assert!(core.tick(at(61)).is_empty());
+    }
+
+    #[test]
+    fn idle_devices_are_revoked_and_their_session_stays() {
+        // (idle timeout, last traffic at, tick at, revoked)
+        let minute = Duration::from_secs(60);
+        let cases = [
+            (Some(minute), 0, 60, false),
+            (Some(minute), 0, 61, true),
+            (Some(minute), 30, 90, false),
+            (Some(minute), 30, 91, true),
+            (None, 0, 30_000, false),
+        ];
+        for (idle_timeout, traffic, tick, revoked) in cases {
+            let mut core = Core::new(Policy {
+                idle_timeout,
+                ..Policy::default()
+            });
+            core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+            if traffic > 0 {
+                core.record_usage(&[(client(1, 1), 10)], at(traffic));
+            }
+            let actions = core.tick(at(tick));
+            if revoked {
+                assert_eq!(actions, [revoke(client(1, 1), EndReason::Idle)]);
+                assert!(core.allowed().is_empty());
+                // The session stays: entering the code again brings the device back with
+                // the session's bytes.
+                assert_eq!(
+                    session(&core, 0).used_bytes,
+                    if traffic > 0 { 10 } else { 0 }
+                );
+                core.accept_code(client(1, 1), good(0), at(tick)).unwrap();
+                assert_eq!(core.allowed().len(), 1);
+            } else {
+                assert!(actions.is_empty(), "{idle_timeout:?} {traffic} {tick}");
+                assert_eq!(core.allowed().len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn ended_codes_are_forgotten_after_their_expiry_or_seven_days() {
+        let week = REMEMBER_ENDED.as_secs();
+        // (code's own expiry, checked at, still refused)
+        let cases = [
+            (Some(at(3600)), 3599, true),
+            (Some(at(3600)), 3600, false),
+            (Some(at(30 * 86_400)), week - 1, true),
+            (Some(at(30 * 86_400)), week + 10, false),
+            (None, week - 1, true),
+            (None, week + 10, false),
+        ];
+        for (expires, check, refused) in cases {
+            let mut core = Core::new(Policy::default());
+            core.accept_code(client(1, 1), grant(0, 100, expires), at(0))
+                .unwrap();
+            core.record_usage(&[(client(1, 1), 100)], at(10));
+            core.tick(at(check));
+            let again = core.accept_code(client(1, 1), grant(0, 100, None), at(check));
+            assert_eq!(again.is_err(), refused, "{expires:?} {check}: {again:?}");
+        }
+    }
+
+    #[test]
+    fn a_session_capped_by_max_session_stays_ended() {
+        // The backend still grants a code with no expiry after the cap, maybe with bytes it
+        // has not heard of: the code stays refused.
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), grant(0, MB, None), at(0))
+            .unwrap();
+        let actions = core.tick(at(86_400));
+        assert_eq!(actions.last(), Some(&ended(0, EndReason::Expired, 0)));
+        core.tick(at(86_401));
+        assert_eq!(
+            core.accept_code(client(1, 1), grant(0, MB, None), at(86_401)),
+            Err(Refusal::Expired)
+        );
+    }
+
+    #[test]
+    fn kick_revokes_the_device_and_keeps_the_session() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), good(0), at(0)).unwrap();
+        core.record_usage(&[(client(1, 1), 99)], at(1));
+        assert_eq!(
+            core.kick(mac(1), at(2)),
+            [revoke(client(1, 1), EndReason::Kicked)]
+        );
+        assert!(core.kick(mac(1), at(3)).is_empty());
+        assert!(core.kick(mac(7), at(3)).is_empty());
+        assert_eq!(core.allowed(), [(client(2, 2), at(36_000))]);
+        assert_eq!(session(&core, 0).used_bytes, 99);
+        assert_eq!(
+            core.accept_code(client(1, 1), good(0), at(4)),
+            Ok(vec![allow(client(1, 1), at(36_000))])
+        );
+    }
+
+    #[test]
+    fn revoking_a_code_ends_its_session_for_good() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), good(0), at(0)).unwrap();
+        core.accept_code(client(3, 3), good(1), at(0)).unwrap();
+        core.record_usage(&[(client(1, 1), 7), (client(2, 2), 8)], at(1));
+        assert_eq!(
+            core.revoke_code(&code(0), at(2)),
+            [
+                revoke(client(1, 1), EndReason::CodeRevoked),
+                revoke(client(2, 2), EndReason::CodeRevoked),
+                ended(0, EndReason::CodeRevoked, 15),
+            ]
+        );
+        assert_eq!(core.allowed(), [(client(3, 3), at(36_000))]);
+        assert_eq!(
+            core.accept_code(client(1, 1), good(0), at(3)),
+            Err(Refusal::Revoked)
+        );
+        // A code never entered here is refused too, and nothing is reported for it.
+        assert!(core.revoke_code(&code(2), at(3)).is_empty());
+        assert_eq!(
+            core.accept_code(client(4, 4), good(2), at(4)),
+            Err(Refusal::Revoked)
+        );
+        // Revoking an ended code changes how it is refused, and nothing else.
+        core.record_usage(&[(client(3, 3), 100 * MB)], at(5));
+        assert_eq!(
+            core.accept_code(client(3, 3), good(1), at(6)),
+            Err(Refusal::UsedUp)
+        );
+        assert!(core.revoke_code(&code(1), at(6)).is_empty());
+        assert_eq!(
+            core.accept_code(client(3, 3), good(1), at(7)),
+            Err(Refusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn status_of_an_online_device() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), grant(0, 1000, Some(at(60))), at(0))
+            .unwrap();
+        core.accept_code(client(2, 2), grant(0, 1000, Some(at(60))), at(0))
+            .unwrap();
+        core.record_usage(&[(client(1, 1), 100), (client(2, 2), 50)], at(1));
+        assert_eq!(
+            core.status_of(ip(2), at(2)),
+            Some(ClientStatus {
+                code: code(0),
+                mac: mac(2),
+                bytes_left: 850,
+                used_bytes: 150,
+                expires_at: at(60),
+            })
+        );
+        assert_eq!(core.status_of(ip(3), at(2)), None);
+        // Past its expiry it is not online, even before the tick that ends it.
+        assert_eq!(core.status_of(ip(2), at(60)), None);
+    }
+
+    #[test]
+    fn views_serialize_for_the_command_line() {
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        let json = serde_json::to_value(core.sessions()).unwrap();
+        assert_eq!(json[0]["code"], "AAAA2222");
+        assert_eq!(json[0]["devices"][0]["client"]["mac"], "02:00:00:00:00:01");
+        assert_eq!(json[0]["devices"][0]["client"]["ip"], "10.66.0.1");
+        assert_eq!(json[0]["quota_bytes"], 100 * MB);
+        assert_eq!(json[0]["expires_at"], at(36_000).0);
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_json() {
+        let mut core = Core::new(policy(2));
+        core.accept_code(client(1, 1), good(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), good(1), at(0)).unwrap();
+        core.record_usage(&[(client(1, 1), 10), (client(9, 9), 3)], at(1));
+        core.revoke_code(&code(1), at(2));
+        let json = serde_json::to_string(&core.snapshot()).unwrap();
+        let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+        let (restored, actions) = Core::restore(policy(2), snapshot, at(3));
+        assert_eq!(actions, [allow(client(1, 1), at(36_000))]);
+        assert_eq!(restored.snapshot(), core.snapshot());
+        assert_eq!(restored.unattributed_bytes(), 3);
+        let mut restored = restored;
+        assert_eq!(
+            restored.accept_code(client(2, 2), good(1), at(4)),
+            Err(Refusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn restore_ends_what_ended_while_the_daemon_was_down() {
+        let mut core = Core::new(Policy {
+            devices_per_code: 2,
+            idle_timeout: Some(Duration::from_secs(600)),
+            ..Policy::default()
+        });
+        core.accept_code(client(1, 1), grant(0, MB, Some(at(60))), at(0))
+            .unwrap();
+        core.accept_code(client(2, 2), good(1), at(0)).unwrap();
+        core.accept_code(client(3, 3), good(1), at(0)).unwrap();
+        core.record_usage(&[(client(1, 1), 5), (client(3, 3), 6)], at(500));
+        let (restored, actions) = Core::restore(*core.policy(), core.snapshot(), at(700));
+        assert_eq!(
+            actions,
+            [
+                revoke(client(1, 1), EndReason::Expired),
+                ended(0, EndReason::Expired, 5),
+                revoke(client(2, 2), EndReason::Idle),
+                allow(client(3, 3), at(36_000)),
+            ]
+        );
+        assert_eq!(restored.allowed(), [(client(3, 3), at(36_000))]);
+    }
+
+    #[test]
+    fn restore_under_a_smaller_device_limit_keeps_the_most_recent() {
+        let mut core = Core::new(policy(3));
+        for m in 1..=3 {
+            core.accept_code(client(m, m), good(0), at(0)).unwrap();
+        }
+        core.record_usage(&[(client(2, 2), 1)], at(5));
+        let (restored, actions) = Core::restore(policy(1), core.snapshot(), at(6));
+        assert_eq!(
+            actions,
+            [
+                revoke(client(1, 1), EndReason::Moved),
+                revoke(client(3, 3), EndReason::Moved),
+                allow(client(2, 2), at(36_000)),
+            ]
+        );
+        assert_eq!(session(&restored, 0).used_bytes, 1);
+    }
+
+    #[test]
+    fn restore_survives_a_damaged_snapshot() {
+        let json = r#"{
+            "sessions": [
+                {"code": "AAAA2222", "quota_bytes": 100, "used_bytes": 10,
+                 "expires_at": 1700000060000, "code_expires_at": null,
+                 "devices": [{"client": {"mac": "02:00:00:00:00:01", "ip": "10.66.0.1"},
+                              "since": 1700000000000, "last_active": 1700000000000,
+                              "used_bytes": 10}]},
+                {"code": "AAAA2222", "quota_bytes": 100, "used_bytes": 95,
+                 "expires_at": 1700000060000, "code_expires_at": null,
+                 "devices": [{"client": {"mac": "02:00:00:00:00:01", "ip": "10.66.0.2"},
+                              "since": 1700000000000, "last_active": 1700000000000,
+                              "used_bytes": 95}]},
+                {"code": "BBBB3333", "quota_bytes": 5, "used_bytes": 9,
+                 "expires_at": 1700000060000, "code_expires_at": null, "devices": []}
+            ],
+            "ended": [{"code": "AAAA2222", "refusal": "revoked", "forget_at": 1800000000000}],
+            "unattributed_bytes": 4
+        }"#;
+        let snapshot: Snapshot = serde_json::from_str(json).unwrap();
+        let (core, actions) = Core::restore(Policy::default(), snapshot, at(1));
+        assert_eq!(
+            actions,
+            [
+                revoke(client(1, 2), EndReason::Moved),
+                revoke(client(1, 1), EndReason::QuotaUsed),
+                ended(0, EndReason::QuotaUsed, 105),
+                ended(1, EndReason::QuotaUsed, 9),
+            ]
+        );
+        assert!(core.allowed().is_empty());
+        assert_eq!(core.unattributed_bytes(), 4);
+    }
+
+    // ---- Properties over random sequences of operations ----
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Accept {
+            code: usize,
+            mac: u8,
+            ip: u8,
+            remaining: u64,
+            /// Seconds from now; `None`: the code does not expire.
+            expires_in: Option<u64>,
+        },
+        Usage {
+            /// (index into `allowed()`, delta): traffic of online devices.
+            online: Vec<(usize, u64)>,
+            /// (MAC, IP, delta): traffic of anyone.
+            stray: Vec<(u8, u8, u64)>,
+        },
+        /// Milliseconds that pass before the tick.
+        Tick(u64),
+        Kick(u8),
+        Revoke(usize),
+        /// A restart through the JSON snapshot, after this many milliseconds down.
+        Restart(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (
+                0..3usize,
+                0..5u8,
+                // Mostly a device keeps its IP; sometimes it gets a new one, or one another
+                // device had.
+                prop_oneof![4 => Just(0u8), 1 => 0..5u8],
+                prop_oneof![1 => Just(0u64), 3 => 1..6_000u64, 3 => 6_000..60_000u64],
+                proptest::option::weighted(0.8, 0..150u64),
+            )
+                .prop_map(|(code, mac, shift, remaining, expires_in)| Op::Accept {
+                    code,
+                    mac,
+                    ip: (mac + shift) % 5,
+                    remaining,
+                    expires_in,
+                }),
+            5 => (
+                proptest::collection::vec((0..8usize, 0..3_000u64), 0..4),
+                proptest::collection::vec((0..5u8, 0..5u8, 0..1_000u64), 0..2),
+            )
+                .prop_map(|(online, stray)| Op::Usage { online, stray }),
+            // Mostly the second-by-second ticks, sometimes a long quiet spell.
+            3 => prop_oneof![3 => 0..5_000u64, 1 => 0..40_000u64].prop_map(Op::Tick),
+            1 => (0..5u8).prop_map(Op::Kick),
+            1 => (0..3usize).prop_map(Op::Revoke),
+            1 => (0..40_000u64).prop_map(Op::Restart),
+        ]
+    }
+
+    fn policies() -> impl Strategy<Value = Policy> {
+        (
+            1..=3u32,
+            proptest::option::of(Just(Duration::from_secs(30))),
+        )
+            .prop_map(|(devices_per_code, idle_timeout)| Policy {
+                devices_per_code,
+                idle_timeout,
+                max_session: Duration::from_secs(90),
+            })
+    }
+
+    /// Snapshots no core would write: duplicate codes, MACs and IPs bound twice, sessions
+    /// at or over quota, too many devices, times anywhere.
+    fn damaged_snapshots() -> impl Strategy<Value = Snapshot> {
+        let time = prop_oneof![Just(0u64), 0..200_000u64, Just(u64::MAX)]
+            .prop_map(|ms| Millis(T0.0.saturating_add(ms)));
+        let device = (0..4u8, 0..4u8, time.clone(), time.clone(), any::<u64>()).prop_map(
+            |(m, i, since, last_active, used_bytes)| Device {
+                client: client(m, i),
+                since,
+                last_active,
+                used_bytes,
+            },
+        );
+        let session = (
+            0..3usize,
+            any::<u64>(),
+            any::<u64>(),
+            time.clone(),
+            proptest::option::of(time.clone()),
+            proptest::collection::vec(device, 0..5),
+        )
+            .prop_map(
+                |(n, quota_bytes, used_bytes, expires_at, code_expires_at, devices)| SavedSession {
+                    code: code(n),
+                    session: Session {
+                        quota_bytes,
+                        used_bytes,
+                        expires_at,
+                        code_expires_at,
+                        devices,
+                    },
+                },
+            );
+        let ended = (0..3usize, time, 0..3usize).prop_map(|(n, forget_at, r)| SavedEnded {
+            code: code(n),
+            ended: Ended {
+                refusal: [Refusal::UsedUp, Refusal::Expired, Refusal::Revoked][r],
+                forget_at,
+            },
+        });
+        (
+            proptest::collection::vec(session, 0..5),
+            proptest::collection::vec(ended, 0..3),
+            any::<u64>(),
+        )
+            .prop_map(|(sessions, ended, unattributed_bytes)| Snapshot {
+                sessions,
+                ended,
+                unattributed_bytes,
+            })
+    }
+
+    /// What the shell and the outside world see: the firewall set built only from actions,
+    /// and the bytes given and reported.
+    struct World {
+        firewall: HashMap<Client, Millis>,
+        given: u64,
+        reported: u64,
+    }
+
+    impl World {
+        fn apply(&mut self, actions: &[Action]) -> Result<(), TestCaseError> {
+            for action in actions {
+                match action {
+                    Action::Allow { client, until } => {
+                        self.firewall.insert(*client, *until);
+                    }
+                    Action::Revoke { client, .. } => {
+                        // The core never revokes what it did not allow.
+                        prop_assert!(self.firewall.remove(client).is_some(), "{action:?}");
+                    }
+                    Action::SessionEnded { used_bytes, .. } => self.reported += used_bytes,
+                }
+            }
+            Ok(())
+        }
+
+        fn check(&self, core: &Core, now: Millis) -> Result<(), TestCaseError> {
+            let sessions = core.sessions();
+            let allowed = core.allowed();
+
+            // 1. Bytes are never lost or counted twice.
+            let live: u64 = sessions.iter().map(|s| s.used_bytes).sum();
+            prop_assert_eq!(self.given, live + self.reported + core.unattributed_bytes());
+
+            // 2. No allowed device is over quota or past its expiry.
+            for (client, until) in &allowed {
+                let session = sessions
+                    .iter()
+                    .find(|s| s.devices.iter().any(|d| d.client == *client));
+                prop_assert!(session.is_some(), "{client} in no session");
+                if let Some(session) = session {
+                    prop_assert!(session.used_bytes < session.quota_bytes);
+                    prop_assert!(*until > now && *until == session.expires_at);
+                }
+                let status = core.status_of(client.ip, now);
+                prop_assert_eq!(status.map(|s| s.mac), Some(client.mac));
+            }
+            // A session's devices account for no more than its bytes.
+            for session in &sessions {
+                let devices: u64 = session.devices.iter().map(|d| d.used_bytes).sum();
+                prop_assert!(devices <= session.used_bytes);
+            }
+
+            // 3. The firewall, fed only the actions, is in step with the core.
+            let expected: HashMap<Client, Millis> = allowed.iter().copied().collect();
+            prop_assert_eq!(&self.firewall, &expected);
+
+            // 4. Devices per code is never exceeded; a MAC or an IP is bound once at most.
+            let limit = core.policy().devices_per_code as usize;
+            for session in &sessions {
+                prop_assert!(session.devices.len() <= limit);
+            }
+            let macs: HashSet<Mac> = allowed.iter().map(|(c, _)| c.mac).collect();
+            let ips: HashSet<IpAddr> = allowed.iter().map(|(c, _)| c.ip).collect();
+            prop_assert_eq!(macs.len(), allowed.len());
+            prop_assert_eq!(ips.len(), allowed.len());
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_core_keeps_its_promises(
+            policy in policies(),
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let mut core = Core::new(policy);
+            let mut now = T0;
+            let mut world = World { firewall: HashMap::new(), given: 0, reported: 0 };
+            for op in ops {
+                let actions = match op {
+                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in } => {
+                        let expires = expires_in.map(|s| now.plus(Duration::from_secs(s)));
+                        let before = core.snapshot();
+                        match core.accept_code(client(m, i), grant(n, remaining, expires), now) {
+                            Ok(actions) => actions,
+                            Err(_) => {
+                                // A refusal changes nothing.
+                                prop_assert_eq!(core.snapshot(), before);
+                                Vec::new()
+                            }
+                        }
+                    }
+                    Op::Usage { online, stray } => {
+                        let allowed = core.allowed();
+                        let mut deltas: Vec<(Client, u64)> = online
+                            .into_iter()
+                            .filter_map(|(i, d)| {
+                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, d))
+                            })
+                            .collect();
+                        deltas.extend(stray.into_iter().map(|(m, i, d)| (client(m, i), d)));
+                        world.given += deltas.iter().map(|(_, d)| d).sum::<u64>();
+                        core.record_usage(&deltas, now)
+                    }
+                    Op::Tick(ms) => {
+                        now = now.plus(Duration::from_millis(ms));
+                        core.tick(now)
+                    }
+                    Op::Kick(m) => core.kick(mac(m), now),
+                    Op::Revoke(n) => core.revoke_code(&code(n), now),
+                    Op::Restart(ms) => {
+                        now = now.plus(Duration::from_millis(ms));
+                        let json = serde_json::to_string(&core.snapshot()).unwrap();
+                        let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+                        let (restored, actions) = Core::restore(policy, snapshot, now);
+                        core = restored;
+                        actions
+                    }
+                };
+                world.apply(&actions)?;
+                world.check(&core, now)?;
+            }
+        }
+
+        #[test]
+        fn restoring_at_once_changes_nothing(
+            policy in policies(),
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let mut core = Core::new(policy);
+            let mut now = T0;
+            for op in ops {
+                match op {
+                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in } => {
+                        let expires = expires_in.map(|s| now.plus(Duration::from_secs(s)));
+                        let _ = core.accept_code(client(m, i), grant(n, remaining, expires), now);
+                    }
+                    Op::Usage { online, .. } => {
+                        let allowed = core.allowed();
+                        let deltas: Vec<(Client, u64)> = online
+                            .into_iter()
+                            .filter_map(|(i, d)| {
+                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, d))
+                            })
+                            .collect();
+                        core.record_usage(&deltas, now);
+                    }
+                    Op::Tick(ms) | Op::Restart(ms) => {
+                        now = now.plus(Duration::from_millis(ms));
+                        core.tick(now);
+                    }
+                    Op::Kick(m) => {
+                        core.kick(mac(m), now);
+                    }
+                    Op::Revoke(n) => {
+                        core.revoke_code(&code(n), now);
+                    }
+                }
+            }
+            // Right after a tick nothing is due, so a restart only re-allows.
+            core.tick(now);
+            let (restored, actions) = Core::restore(policy, core.snapshot(), now);
+            prop_assert_eq!(restored.snapshot(), core.snapshot());
+            let allows: Vec<Action> = core
+                .allowed()
+                .into_iter()
+                .map(|(client, until)| Action::Allow { client, until })
+                .collect();
+            prop_assert_eq!(actions, allows);
+        }
+
+        #[test]
+        fn a_damaged_snapshot_never_panics(snapshot in damaged_snapshots(), policy in policies()) {
+            let (core, _) = Core::restore(policy, snapshot, at(60));
+            let allowed = core.allowed();
+            let macs: HashSet<Mac> = allowed.iter().map(|(c, _)| c.mac).collect();
+            let ips: HashSet<IpAddr> = allowed.iter().map(|(c, _)| c.ip).collect();
+            prop_assert_eq!(macs.len(), allowed.len());
+            prop_assert_eq!(ips.len(), allowed.len());
+            for session in core.sessions() {
+                prop_assert!(session.used_bytes < session.quota_bytes);
+                prop_assert!(session.expires_at > at(60));
+                prop_assert!(session.devices.len() <= policy.devices_per_code as usize);
+            }
+        }
+    }
+}

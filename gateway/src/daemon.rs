@@ -1,0 +1,697 @@
+//! `edgeshare-gateway run`: the async shell around the pure session core. It owns the
+//! firewall, feeds the core the kernel's byte counters once a second, carries out the core's
+//! actions, serves the portal and the control socket, and keeps the state on disk so that a
+//! restart or `kill -9` keeps online clients online with the quota they had.
+//!
+//! Locking: one `std::sync::Mutex` guards the core and the firewall together, so the kernel
+//! set always follows the core's decisions in order. nft calls block for milliseconds, so
+//! everything that holds the lock runs on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use edgeshare_shared::backend::HttpClient;
+use edgeshare_shared::backend::crowd::CrowdClient;
+use edgeshare_shared::code::AccessCode;
+use serde::{Deserialize, Serialize};
+
+use crate::codes::{BackendCodes, CodeStore, Verdict};
+use crate::config::{CodeSource, GatewayConfig};
+use crate::control::{self, Reply, Request};
+use crate::core::{Action, Core, Policy, Refusal, Snapshot};
+use crate::firewall::{Cidr, Firewall, FirewallConfig, NftFirewall};
+use crate::net::{Client, Millis};
+use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+
+/// How often kernel counters are read and the core ticks.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the table is checked (someone may flush the ruleset).
+const REPAIR_EVERY: Duration = Duration::from_secs(5);
+/// Longest time between two saves of the session state while bytes are flowing. A save
+/// after a crash is exact anyway (see [`Persisted`]); this only bounds the work redone.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// What is saved to `sessions.json`. The core's usage figures and the kernel counter
+/// baselines are saved together, so after a crash the bytes the kernel counted since the
+/// save are still the difference between its counters and these baselines: none is lost
+/// and none is counted twice.
+#[derive(Debug, Serialize, Deserialize)]
+struct Persisted {
+    core: Snapshot,
+    baselines: Vec<(Client, u64)>,
+}
+
+/// Where codes are checked.
+#[derive(Debug)]
+enum Codes {
+    Local(CodeStore),
+    Backend(BackendCodes),
+}
+
+/// The core and the firewall, always changed together.
+struct State {
+    core: Core,
+    firewall: Box<dyn Firewall>,
+    /// Kernel byte counter (up + down) of each allowed client when last read.
+    baselines: HashMap<Client, u64>,
+    /// Something worth saving changed since the last save.
+    dirty: bool,
+    /// A session started or ended since the last save: save now, not at the next interval.
+    urgent: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    codes: Codes,
+    sessions_file: PathBuf,
+    started: Millis,
+    lan: String,
+    portal_url: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the core as it was after its last complete
+        // call, which is consistent: carry on rather than take the gateway down.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Carries out the core's actions on the firewall (and the local code store).
+    fn apply(&mut self, actions: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
+        let mut ended = Vec::new();
+        for action in actions {
+            match action {
+                Action::Allow { client, until } => {
+                    if let Err(err) = self.firewall.allow(&client, now.until(until)) {
+                        tracing::error!(%client, error = %err, "cannot let a client through");
+                    }
+                    self.urgent = true;
+                }
+                Action::Revoke { client, reason } => {
+                    tracing::info!(%client, ?reason, "client cut off");
+                    if let Err(err) = self.firewall.revoke(&client) {
+                        tracing::error!(%client, error = %err, "cannot cut a client off");
+                    }
+                    self.urgent = true;
+                }
+                Action::SessionEnded {
+                    code,
+                    reason,
+                    used_bytes,
+                } => {
+                    tracing::info!(code = %short(&code), ?reason, used_bytes, "session ended");
+                    ended.push((code, used_bytes));
+                    self.urgent = true;
+                }
+            }
+        }
+        self.dirty |= self.urgent;
+        if let Some(store) = store {
+            if let Err(err) = store.record_usage(&ended) {
+                tracing::error!(error = %err, "cannot record final usage in the code store");
+            }
+        }
+    }
+
+    /// Reads the kernel counters and hands the core the bytes since the last read. Called
+    /// before anything that may cut a client off (a tick, a kick, a revoke, a login that
+    /// moves a session), because a removed element takes its counter with it: bytes not
+    /// read before the cut would be lost.
+    fn settle(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let counters = match self.firewall.clients() {
+            Ok(counters) => counters,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the kernel counters");
+                return;
+            }
+        };
+        let mut deltas = Vec::new();
+        let mut seen = HashMap::new();
+        for c in counters {
+            let total = c.up_bytes.saturating_add(c.down_bytes);
+            let before = self.baselines.get(&c.client).copied().unwrap_or(0);
+            // A counter below its baseline belongs to a re-added element that started at 0.
+            let delta = if total >= before {
+                total - before
+            } else {
+                total
+            };
+            if delta > 0 {
+                deltas.push((c.client, delta));
+            }
+            seen.insert(c.client, total);
+        }
+        if !deltas.is_empty() {
+            self.dirty = true;
+        }
+        self.baselines = seen;
+        let actions = self.core.record_usage(&deltas, now);
+        self.apply(actions, now, store);
+    }
+
+    /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
+    fn tick(&mut self, now: Millis, store: Option<&CodeStore>) {
+        self.settle(now, store);
+        let actions = self.core.tick(now);
+        self.apply(actions, now, store);
+    }
+
+    /// Puts the kernel set in step with the core: clients the core does not know are cut
+    /// off, clients it allows are (re-)added.
+    fn reconcile(&mut self, now: Millis) {
+        let allowed: HashMap<Client, Millis> = self.core.allowed().into_iter().collect();
+        match self.firewall.clients() {
+            Ok(in_kernel) => {
+                for c in in_kernel {
+                    if !allowed.contains_key(&c.client) {
+                        tracing::info!(client = %c.client, "removing a client the sessions do not know");
+                        if let Err(err) = self.firewall.revoke(&c.client) {
+                            tracing::error!(client = %c.client, error = %err, "cannot remove a stale client");
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot list the kernel's clients"),
+        }
+        for (client, until) in allowed {
+            if let Err(err) = self.firewall.allow(&client, now.until(until)) {
+                tracing::error!(%client, error = %err, "cannot restore a client");
+            }
+        }
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            core: self.core.snapshot(),
+            baselines: self.baselines.iter().map(|(c, b)| (*c, *b)).collect(),
+        }
+    }
+}
+
+/// The first two characters of a code: enough to tell codes apart in a log, not to use one.
+fn short(code: &AccessCode) -> String {
+    format!("{}…", code.as_str().get(..2).unwrap_or(""))
+}
+
+fn policy(config: &GatewayConfig) -> Policy {
+    Policy {
+        devices_per_code: config.session.devices_per_code,
+        idle_timeout: (!config.session.idle_timeout.is_zero())
+            .then_some(config.session.idle_timeout),
+        max_session: config.session.max_duration,
+    }
+}
+
+/// The first IPv4 address of an interface, from `ip -j -4 addr show dev IFACE`.
+fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", interface])
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "lan.interface {interface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_ipv4(&out.stdout).with_context(|| {
+        format!("lan.interface {interface} has no IPv4 address; give it one (the portal is served on it) and start again")
+    })
+}
+
+fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
+    #[derive(Deserialize)]
+    struct Link {
+        #[serde(default)]
+        addr_info: Vec<AddrInfo>,
+    }
+    #[derive(Deserialize)]
+    struct AddrInfo {
+        local: Option<String>,
+    }
+    let links: Vec<Link> = serde_json::from_slice(ip_json).ok()?;
+    links
+        .iter()
+        .flat_map(|l| &l.addr_info)
+        .find_map(|a| a.local.as_deref()?.parse().ok())
+}
+
+/// The walled garden: configured CIDRs and host names (resolved now), and the backend's
+/// host when codes are checked there.
+async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<Cidr>> {
+    let mut entries: Vec<String> = config.portal.walled_garden.clone();
+    if let (CodeSource::Backend, Some(backend)) = (config.codes.source, &config.backend) {
+        if let Some(host) = backend.url.host_str() {
+            entries.push(host.trim_matches(['[', ']']).to_owned());
+        }
+    }
+    let mut garden = Vec::new();
+    for entry in entries {
+        if let Ok(cidr) = entry.parse::<Cidr>() {
+            garden.push(cidr);
+            continue;
+        }
+        let addrs = tokio::net::lookup_host((entry.as_str(), 0))
+            .await
+            .with_context(|| format!("portal.walled_garden: cannot resolve \"{entry}\""))?;
+        for addr in addrs {
+            garden.push(Cidr {
+                addr: addr.ip(),
+                prefix: if addr.is_ipv4() { 32 } else { 128 },
+            });
+        }
+    }
+    Ok(garden)
+}
+
+fn enable_forwarding() -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .context("turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
+}
+
+fn load_state(path: &PathBuf) -> anyhow::Result<Option<Persisted>> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(state) => Ok(Some(state)),
+            Err(err) => {
+                // A torn file cannot happen (atomic writes); a damaged one must not stop the
+                // gateway: keep it for inspection and start without sessions.
+                let aside = path.with_extension("json.damaged");
+                tracing::error!(path = %path.display(), error = %err, "session state is damaged; moved aside, starting without sessions");
+                std::fs::rename(path, &aside).ok();
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save_state(shared: &Shared) {
+    let (persisted, was_dirty) = {
+        let mut state = shared.lock();
+        let was_dirty = state.dirty;
+        state.dirty = false;
+        state.urgent = false;
+        (state.persisted(), was_dirty)
+    };
+    if !was_dirty {
+        return;
+    }
+    let result = serde_json::to_vec(&persisted)
+        .map_err(std::io::Error::other)
+        .and_then(|json| edgeshare_shared::secret::write_private(&shared.sessions_file, &json));
+    if let Err(err) = result {
+        shared.lock().dirty = true;
+        tracing::error!(path = %shared.sessions_file.display(), error = %err, "cannot save the session state");
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let state_dir = config.state.dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state.dir {}", state_dir.display()))?;
+    let lan_ip = interface_ipv4(&config.lan.interface)?;
+    let portal_url = format!("http://{lan_ip}:{}/", config.portal.port);
+    enable_forwarding()?;
+
+    let codes = match config.codes.source {
+        CodeSource::Local => Codes::Local(CodeStore::new(&state_dir)),
+        CodeSource::Backend => {
+            let backend = config
+                .backend
+                .as_ref()
+                .context("codes.source = \"backend\" needs a [backend] section")?;
+            let http = HttpClient::new(&config.http)?;
+            Codes::Backend(BackendCodes::new(CrowdClient::new(&http, backend)))
+        }
+    };
+
+    let garden = walled_garden(&config).await?;
+    let mut firewall: Box<dyn Firewall> = Box::new(NftFirewall::new(FirewallConfig {
+        table: config.firewall.table.clone(),
+        lan: config.lan.interface.clone(),
+        wan: config.wan.interface.clone(),
+        nat: config.wan.nat,
+        portal_port: config.portal.port,
+        garden,
+    }));
+    firewall.install().context(
+        "installing the nftables table (is nftables installed, and do we have CAP_NET_ADMIN?)",
+    )?;
+
+    let sessions_file = state_dir.join("sessions.json");
+    let now = Millis::now();
+    let (core, actions, baselines) = match load_state(&sessions_file)? {
+        Some(saved) => {
+            let (core, actions) = Core::restore(policy(&config), saved.core, now);
+            (core, actions, saved.baselines.into_iter().collect())
+        }
+        None => (Core::new(policy(&config)), Vec::new(), HashMap::new()),
+    };
+    let mut state = State {
+        core,
+        firewall,
+        baselines,
+        dirty: true,
+        urgent: false,
+    };
+    let store = match &codes {
+        Codes::Local(store) => Some(store.clone()),
+        Codes::Backend(_) => None,
+    };
+    state.apply(actions, now, store.as_ref());
+    state.reconcile(now);
+    tracing::info!(online = state.core.allowed().len(), "sessions restored");
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        codes,
+        sessions_file,
+        started: now,
+        lan: config.lan.interface.clone(),
+        portal_url: portal_url.clone(),
+    });
+
+    let portal_listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(lan_ip), config.portal.port))
+            .await
+            .with_context(|| format!("binding the portal to {lan_ip}:{}", config.portal.port))?;
+    let group = match &config.control.group {
+        Some(name) => Some(
+            control::group_id(name)
+                .with_context(|| format!("control.group: no group \"{name}\""))?,
+        ),
+        None => None,
+    };
+    let control_listener = control::bind(&config.control.socket, group)
+        .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = PortalSettings {
+        url: portal_url.clone(),
+        per_client_attempts: config.portal.attempts_per_client,
+        global_attempts: config.portal.attempts_global,
+        window: Duration::from_secs(60),
+    };
+    let gate = Arc::new(PortalGate {
+        shared: shared.clone(),
+        store: store.clone(),
+    });
+    let mut portal_stop = stop_rx.clone();
+    let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
+        let _ = portal_stop.wait_for(|stop| *stop).await;
+    }));
+    let control_task = tokio::spawn(serve_control(
+        control_listener,
+        shared.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(portal = %portal_url, lan = %config.lan.interface, "gateway running");
+
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_repair = tokio::time::Instant::now();
+    let mut last_save = tokio::time::Instant::now();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        let repair = last_repair.elapsed() >= REPAIR_EVERY;
+        if repair {
+            last_repair = tokio::time::Instant::now();
+        }
+        let shared_for_tick = shared.clone();
+        let store_for_tick = store.clone();
+        let urgent = tokio::task::spawn_blocking(move || {
+            let now = Millis::now();
+            let mut state = shared_for_tick.lock();
+            if repair {
+                match state.firewall.is_installed() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            "our nftables table is gone (a firewall reload?); restoring it"
+                        );
+                        match state.firewall.install() {
+                            Ok(()) => state.reconcile(now),
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot restore the nftables table")
+                            }
+                        }
+                    }
+                    Err(err) => tracing::error!(error = %err, "cannot check the nftables table"),
+                }
+            }
+            state.tick(now, store_for_tick.as_ref());
+            state.urgent
+        })
+        .await
+        .unwrap_or(true);
+        if urgent || last_save.elapsed() >= SAVE_EVERY {
+            last_save = tokio::time::Instant::now();
+            let shared_for_save = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || save_state(&shared_for_save)).await;
+        }
+        if let Some(store) = &store {
+            record_live_usage(&shared, store).await;
+        }
+    }
+
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+    let shared_for_exit = shared.clone();
+    let remove = config.firewall.remove_on_exit;
+    tokio::task::spawn_blocking(move || {
+        shared_for_exit.lock().dirty = true;
+        save_state(&shared_for_exit);
+        if remove {
+            if let Err(err) = shared_for_exit.lock().firewall.uninstall() {
+                tracing::error!(error = %err, "cannot remove the nftables table");
+            }
+        }
+    })
+    .await
+    .ok();
+    std::fs::remove_file(&config.control.socket).ok();
+    Ok(())
+}
+
+/// Writes the usage of live local-code sessions to the code store about every 30 s, so that
+/// `codes list` shows what is left.
+async fn record_live_usage(shared: &Arc<Shared>, store: &CodeStore) {
+    let now = Millis::now();
+    if (now.0 / 1000) % 30 != 0 {
+        return;
+    }
+    let usage: Vec<(AccessCode, u64)> = shared
+        .lock()
+        .core
+        .sessions()
+        .into_iter()
+        .map(|s| (s.code, s.used_bytes))
+        .collect();
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || store.record_usage(&usage)).await;
+    if let Ok(Err(err)) = result {
+        tracing::error!(error = %err, "cannot record usage in the code store");
+    }
+}
+
+/// The portal's view of the daemon.
+struct PortalGate {
+    shared: Arc<Shared>,
+    store: Option<CodeStore>,
+}
+
+impl PortalGate {
+    fn status_now(&self, ip: IpAddr) -> Option<ClientStatus> {
+        let now = Millis::now();
+        let state = self.shared.lock();
+        state.core.status_of(ip, now).map(|s| ClientStatus {
+            bytes_left: s.bytes_left,
+            seconds_left: now.until(s.expires_at).as_secs(),
+        })
+    }
+}
+
+impl Gate for PortalGate {
+    async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
+        let Some(mac) = crate::net::lookup_mac(ip) else {
+            tracing::info!(%ip, "no MAC for this client in the neighbour table");
+            return Redeem::UnknownDevice;
+        };
+        let client = Client { mac, ip };
+        let verdict = match &self.shared.codes {
+            Codes::Local(store) => {
+                let store = store.clone();
+                let code = code.clone();
+                tokio::task::spawn_blocking(move || store.check(&code, Millis::now()))
+                    .await
+                    .unwrap_or_else(|e| Verdict::Unreachable(e.to_string()))
+            }
+            Codes::Backend(backend) => backend.check(&code).await,
+        };
+        let grant = match verdict {
+            Verdict::Granted(grant) => grant,
+            Verdict::Invalid => return Redeem::Invalid,
+            Verdict::Expired => return Redeem::Expired,
+            Verdict::UsedUp => return Redeem::UsedUp,
+            Verdict::Revoked => return Redeem::Revoked,
+            Verdict::Unreachable(reason) => {
+                tracing::warn!(%reason, "code check failed");
+                return Redeem::BackendUnreachable;
+            }
+        };
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let accepted = tokio::task::spawn_blocking(move || {
+            let now = Millis::now();
+            let mut state = shared.lock();
+            state.settle(now, store.as_ref());
+            let actions = state.core.accept_code(client, grant, now)?;
+            state.apply(actions, now, store.as_ref());
+            Ok::<_, Refusal>(())
+        })
+        .await;
+        match accepted {
+            Ok(Ok(())) => {
+                tracing::info!(%client, "client online");
+                match self.status_now(ip) {
+                    Some(status) => Redeem::Online(status),
+                    None => Redeem::Internal,
+                }
+            }
+            Ok(Err(Refusal::UsedUp)) => Redeem::UsedUp,
+            Ok(Err(Refusal::Expired)) => Redeem::Expired,
+            Ok(Err(Refusal::Revoked)) => Redeem::Revoked,
+            Err(_) => Redeem::Internal,
+        }
+    }
+
+    async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
+        self.status_now(ip)
+    }
+}
+
+/// Serves the control socket until `stop` turns true.
+async fn serve_control(
+    listener: tokio::net::UnixListener,
+    shared: Arc<Shared>,
+    store: Option<CodeStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "control socket accept failed");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let shared = shared.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64));
+            let reply = match reader.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => tokio::task::spawn_blocking(move || {
+                        handle_control(&shared, store.as_ref(), request)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Reply::Error(format!("internal error: {e}"))),
+                    Err(err) => Reply::Error(format!("bad request: {err}")),
+                },
+                Err(err) => Reply::Error(format!("cannot read the request: {err}")),
+            };
+            let mut text = serde_json::to_string(&reply)
+                .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_owned());
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) -> Reply {
+    let now = Millis::now();
+    let mut state = shared.lock();
+    if matches!(request, Request::Kick { .. } | Request::RevokeCode { .. }) {
+        state.settle(now, store);
+    }
+    match request {
+        Request::Status => {
+            let sessions = state.core.sessions();
+            Reply::Ok(serde_json::json!({
+                "lan": shared.lan,
+                "portal": shared.portal_url,
+                "codes": match shared.codes { Codes::Local(_) => "local", Codes::Backend(_) => "backend" },
+                "uptime_seconds": shared.started.until(now).as_secs(),
+                "sessions": sessions.len(),
+                "online_devices": state.core.allowed().len(),
+                "unattributed_bytes": state.core.unattributed_bytes(),
+            }))
+        }
+        Request::Clients => match serde_json::to_value(state.core.sessions()) {
+            Ok(value) => Reply::Ok(value),
+            Err(err) => Reply::Error(format!("internal error: {err}")),
+        },
+        Request::Kick { mac } => {
+            let actions = state.core.kick(mac, now);
+            let kicked = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Revoke { .. }))
+                .count();
+            state.apply(actions, now, store);
+            if kicked == 0 {
+                Reply::Error(format!("no online device has MAC {mac}"))
+            } else {
+                Reply::Ok(serde_json::json!({ "kicked": kicked }))
+            }
+        }
+        Request::RevokeCode { code } => {
+            let actions = state.core.revoke_code(&code, now);
+            let cut = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Revoke { .. }))
+                .count();
+            state.apply(actions, now, store);
+            Reply::Ok(serde_json::json!({ "devices_cut_off": cut }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lan_address_is_read_from_ip_json() {
+        let json = br#"[{"ifindex":2,"ifname":"veth0","addr_info":[{"family":"inet","local":"10.66.0.1","prefixlen":24}]}]"#;
+        assert_eq!(parse_ipv4(json), Some(Ipv4Addr::new(10, 66, 0, 1)));
+        assert_eq!(parse_ipv4(br#"[{"ifindex":2,"addr_info":[]}]"#), None);
+        assert_eq!(parse_ipv4(b"[]"), None);
+        assert_eq!(parse_ipv4(b"garbage"), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! Enforcement: the nftables table that keeps captive clients on the portal and lets
+//! allowed clients through, behind the small [`Firewall`] trait.
+//!
+//! Two implementations: [`NftFirewall`] runs the real `nft` (JSON on stdin, one atomic batch
+//! per change) and [`MemoryFirewall`] records calls for unit tests of the daemon shell. The
+//! batches themselves are built by pure functions (`rules`) and nft's listings are read by
+//! pure functions (`listing`), so both are unit-tested without a kernel.
+//!
+//! What this module does not do: it does not turn IP forwarding on (the daemon sets
+//! `net.ipv4.ip_forward=1` and `net.ipv6.conf.all.forwarding=1`; without them nothing is
+//! forwarded whatever the table says), it runs no DHCP or DNS server, and it resolves no host
+//! names (the walled garden arrives as [`Cidr`]s).
+//!
+//! # The table
+//!
+//! Everything lives in one table of our own, `table inet <table>` (default `edgeshare`):
+//! `inet` so that one set of chains sees IPv4 and IPv6 alike (no IPv6 bypass), and a table of
+//! our own so that another tool reloading its rules does not touch ours, and `uninstall` is
+//! one `delete table`. `nft flush ruleset` still removes it: the daemon's repair loop checks
+//! [`Firewall::is_installed`] and installs again.
+//!
+//! Sets (all created with `add`, which leaves an existing set and its elements alone):
+//! - `clients4_up` (`ether_addr . ipv4_addr`), `clients6_up` (`ether_addr . ipv6_addr`):
+//!   allowed clients, matched on the source of what they send. Binding MAC and IP together
+//!   stops a captive device from borrowing an allowed device's IP (or MAC) alone.
+//! - `clients4_down` (`ipv4_addr`), `clients6_down` (`ipv6_addr`): the same clients as
+//!   destinations. Only the IP is known there: at the forward hook the frame that will carry
+//!   the packet to the client has not been built yet.
+//! - All four have `flags timeout` (each element has the time left on the client's code, so
+//!   the kernel closes access at expiry even if the daemon is down) and `counter` (a packet
+//!   and byte counter per element, updated by the forward chain's lookups: the billing meter).
+//! - `garden4`, `garden6` (`flags interval`): the walled garden, flushed and refilled in
+//!   every install batch (nested networks merged, which interval sets require).
+//!
+//! `add set` with a declaration that differs from the existing set's fails: a version that
+//! changes a set's type or flags must delete the table (losing online clients) first.
+//!
+//! Chains, and why each sits at its priority:
+//! - `prerouting` (nat, hook prerouting, priority `dstnat` = -100): redirects captive
+//!   clients' TCP port 80 to the portal. `dstnat` is the standard place for destination NAT:
+//!   after conntrack (-200), so the redirect is bound to the connection (nat chains see only
+//!   its first packet), and before the routing decision, so the redirected packet is routed
+//!   to this host's input. Not redirected: allowed clients, the walled garden, and addresses
+//!   of the gateway itself (they reach the input chain as they are). IPv6 port 80 is not
+//!   redirected; it is dropped in `forward` like the rest.
+//! - `forward` (filter, hook forward, priority `filter` = 0): the enforcement. Allowed
+//!   clients first (their lookups are the per-client meters; towards a client only
+//!   established/related traffic, so nothing unsolicited gets in or is billed to it), then
+//!   the walled garden (replies only towards the LAN), then DNS, then everything else to or
+//!   from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
+//!   real destination. Every base chain on a hook must accept a packet for it to pass, so
+//!   our drops hold whatever other tables do, and their drops hold over our accepts (a host
+//!   firewall that drops forwarded traffic must let the LAN through).
+//! - `input` (filter, hook input, priority `filter` = 0): what LAN clients may reach on the
+//!   gateway itself: DHCP, DHCPv6, DNS, the portal port (also the target of the redirect),
+//!   ICMP and ICMPv6 (neighbour discovery must work), replies; nothing else from the LAN.
+//!   Traffic from other interfaces is left to the host's own firewall.
+//! - `postrouting` (nat, hook postrouting, priority `srcnat` = 100): masquerade on the WAN
+//!   interface when NAT is on (empty otherwise), after every filter has had its say.
+//!
+//! Every rule carries a comment saying why it is there; `nft list table inet edgeshare`
+//! shows them.
+//!
+//! # Counting
+//!
+//! The element counters count what the `forward` chain accepted for the client: IP packets
+//! as the kernel forwards them (IP header included, link-layer header not; with GRO one
+//! aggregated packet counts once), upload and download separately. DNS and walled-garden
+//! traffic of captive clients is not counted, nor is unsolicited traffic towards a client
+//! (dropped); traffic to the gateway itself never is. Counting happens before NAT.
+//! Re-allowing a client replaces its elements, which starts their counters again at zero:
+//! read [`Firewall::clients`] before, and treat a counter lower than last time as restarted.
+//!
+//! Calls run `nft` and wait for it: from async code call them inside `spawn_blocking`.
+
+mod cidr;
+mod listing;
+mod memory;
+mod nft;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::net::Client;
+
+pub use cidr::{BadCidr, Cidr};
+pub use memory::{Call, MemoryFirewall};
+pub use nft::NftFirewall;
+
+/// The longest kernel timeout [`Firewall::allow`] sets: 2^32 - 1 milliseconds, the limit of
+/// older kernels' timeout arithmetic. Longer times are clamped: allow the client again before
+/// this runs out.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(4_294_967);
+
+/// What the table enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// Our own table (family `inet`), default `edgeshare`: 1-64 letters, digits, `_`, `-`.
+    pub table: String,
+    /// The interface consumers join (the Wi-Fi access point or a LAN port).
+    pub lan: String,
+    /// The uplink; needed for NAT.
+    pub wan: Option<String>,
+    /// Masquerade forwarded traffic leaving on `wan`.
+    pub nat: bool,
+    /// The portal's TCP port on the gateway; captive port-80 traffic is redirected here.
+    pub portal_port: u16,
+    /// Networks captive clients may reach (the backend's host, extra hosts or CIDRs).
+    pub garden: Vec<Cidr>,
+}
+
+impl FirewallConfig {
+    /// The defaults around a LAN interface: table `edgeshare`, no WAN, no NAT, portal on
+    /// 8080, empty garden.
+    pub fn new(lan: impl Into<String>) -> Self {
+        FirewallConfig {
+            table: "edgeshare".to_owned(),
+            lan: lan.into(),
+            wan: None,
+            nat: false,
+            portal_port: 8080,
+            garden: Vec::new(),
+        }
+    }
+
+    /// Checks every name and number that ends up in a rule. [`Firewall::install`] runs this
+    /// first; it is public so that a `check-config` can run it too.
+    pub fn validate(&self) -> Result<(), FirewallError> {
+        let invalid = |field, problem: String| Err(FirewallError::InvalidConfig { field, problem });
+        if !valid_table_name(&self.table) {
+            return invalid(
+                "table",
+                format!(
+                    "{:?} is not a table name (1-64 letters, digits, '_' or '-')",
+                    self.table
+                ),
+            );
+        }
+        if !valid_interface_name(&self.lan) {
+            return invalid("lan", interface_problem(&self.lan));
+        }
+        if let Some(wan) = &self.wan {
+            if !valid_interface_name(wan) {
+                return invalid("wan", interface_problem(wan));
+            }
+            if *wan == self.lan {
+                return invalid("wan", format!("{wan:?} must differ from the LAN interface"));
+            }
+        }
+        if self.nat && self.wan.is_none() {
+            return invalid(
+                "wan",
+                "is needed for NAT (masquerade on the uplink)".to_owned(),
+            );
+        }
+        if self.portal_port == 0 {
+            return invalid("portal_port", "must be a port from 1 to 65535".to_owned());
+        }
+        for cidr in &self.garden {
+            if let Err(bad) = cidr.validated() {
+                return invalid("garden", bad.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn interface_problem(name: &str) -> String {
+    format!("{name:?} is not an interface name (1-15 bytes; no '/', ':', '*', spaces or quotes)")
+}
+
+/// Linux's own rule (`dev_valid_name`) plus `*` (a wildcard in nft's interface matches),
+/// quotes and control characters.
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '/' | ':' | '*' | '"' | '\\')
+        })
+}
+
+fn valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// One allowed client as the kernel counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCounters {
+    pub client: Client,
+    /// Until the kernel removes the client (whole seconds, rounded down by nft).
+    pub expires_in: Duration,
+    /// What the client sent that was forwarded (IP bytes and packets).
+    pub up_bytes: u64,
+    pub up_packets: u64,
+    /// What was forwarded to the client.
+    pub down_bytes: u64,
+    pub down_packets: u64,
+}
+
+/// What the firewall was doing when it failed (for error messages and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Install,
+    CheckInstalled,
+    Allow(Client),
+    Revoke(Client),
+    /// Listing one set's elements for [`Firewall::clients`].
+    ListSet(&'static str),
+    Uninstall,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::Install => f.write_str("install the table"),
+            Operation::CheckInstalled => f.write_str("check the table"),
+            Operation::Allow(client) => write!(f, "allow client {client}"),
+            Operation::Revoke(client) => write!(f, "revoke client {client}"),
+            Operation::ListSet(set) => write!(f, "list set {set}"),
+            Operation::Uninstall => f.write_str("delete the table"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("firewall configuration: {field} {problem}")]
+    InvalidConfig {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("cannot {operation}: {program:?} not found (is nftables installed?)")]
+    NftNotFound {
+        program: OsString,
+        operation: Operation,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {operation}: running {program:?} failed")]
+    Spawn {
+        program: OsString,
+        operation: Operation,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft refused to {operation} ({status}): {stderr}")]
+    Refused {
+        operation: Operation,
+        status: ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot {operation}: unexpected nft output: {detail}")]
+    Listing {
+        operation: Operation,
+        detail: String,
+    },
+    #[error("cannot {operation}: failure injected by MemoryFirewall::fail_next")]
+    Injected { operation: Operation },
+}
+
+impl FirewallError {
+    /// The operation that failed, if the error came from one.
+    pub fn operation(&self) -> Option<&Operation> {
+        match self {
+            FirewallError::InvalidConfig { .. } => None,
+            FirewallError::NftNotFound { operation, .. }
+            | FirewallError::Spawn { operation, .. }
+            | FirewallError::Refused { operation, .. }
+            | FirewallError::Listing { operation, .. }
+            | FirewallError::Injected { operation } => Some(operation),
+        }
+    }
+}
+
+/// The enforcement the daemon shell drives. Every call is one atomic change (or one read).
+pub trait Firewall: Send {
+    /// Creates or repairs our table in ONE atomic batch, idempotently: sets are added if
+    /// missing and never flushed (online clients survive a daemon restart), chains are added
+    /// if missing, flushed and refilled, the walled-garden sets are replaced.
+    fn install(&mut self) -> Result<(), FirewallError>;
+
+    /// True if our table is in place with all its sets and chains, each chain holding
+    /// exactly the rules `install` puts there (the repair loop installs again when not, e.g.
+    /// after `nft flush ruleset`, or `nft flush table`).
+    fn is_installed(&mut self) -> Result<bool, FirewallError>;
+
+    /// Lets `client` through for `timeout` (ceiled to whole seconds, at least 1 s, at most
+    /// [`MAX_TIMEOUT`]): adds or replaces its elements in the upload set (MAC . IP) and the
+    /// download set (IP). Replacing restarts the element counters at zero.
+    ///
+    /// The download set is keyed by IP alone: when a session moves to another MAC on the
+    /// same IP, revoke the old client before allowing the new one, not after.
+    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError>;
+
+    /// Stops `client` now; not an error if it is not allowed.
+    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError>;
+
+    /// Every allowed client with its time left and kernel counters, sorted by client.
+    fn clients(&mut self) -> Result<Vec<ClientCounters>, FirewallError>;
+
+    /// Deletes our table (`stop`); not an error if it is not there.
+    fn uninstall(&mut self) -> Result<(), FirewallError>;
+}
+
+/// The kernel timeout for a requested one: whole seconds rounded up, 1 s to [`MAX_TIMEOUT`].
+pub fn kernel_timeout(requested: Duration) -> Duration {
+    let secs = requested
+        .as_secs()
+        .saturating_add(u64::from(requested.subsec_nanos() > 0));
+    Duration::from_secs(secs.clamp(1, MAX_TIMEOUT.as_secs()))
+}

@@ -1,0 +1,506 @@
+//! The nft JSON batches, built from typed values only (validated names, `Mac`, `IpAddr`,
+//! `u16`, whole seconds): no nft text is ever assembled here. Pure functions, no I/O.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::cidr::{Cidr, minimal_cover};
+use super::{FirewallConfig, kernel_timeout};
+use crate::net::Client;
+
+pub(crate) const FAMILY: &str = "inet";
+
+pub(crate) const CLIENTS4_UP: &str = "clients4_up";
+pub(crate) const CLIENTS4_DOWN: &str = "clients4_down";
+pub(crate) const CLIENTS6_UP: &str = "clients6_up";
+pub(crate) const CLIENTS6_DOWN: &str = "clients6_down";
+pub(crate) const GARDEN4: &str = "garden4";
+pub(crate) const GARDEN6: &str = "garden6";
+
+pub(crate) const PREROUTING: &str = "prerouting";
+pub(crate) const FORWARD: &str = "forward";
+pub(crate) const INPUT: &str = "input";
+pub(crate) const POSTROUTING: &str = "postrouting";
+
+/// Every set of the table: name, key type, flags, per-element counter.
+pub(crate) const SETS: [SetDecl; 6] = [
+    SetDecl {
+        name: CLIENTS4_UP,
+        key: &["ether_addr", "ipv4_addr"],
+        flags: "timeout",
+        counter: true,
+    },
+    SetDecl {
+        name: CLIENTS4_DOWN,
+        key: &["ipv4_addr"],
+        flags: "timeout",
+        counter: true,
+    },
+    SetDecl {
+        name: CLIENTS6_UP,
+        key: &["ether_addr", "ipv6_addr"],
+        flags: "timeout",
+        counter: true,
+    },
+    SetDecl {
+        name: CLIENTS6_DOWN,
+        key: &["ipv6_addr"],
+        flags: "timeout",
+        counter: true,
+    },
+    SetDecl {
+        name: GARDEN4,
+        key: &["ipv4_addr"],
+        flags: "interval",
+        counter: false,
+    },
+    SetDecl {
+        name: GARDEN6,
+        key: &["ipv6_addr"],
+        flags: "interval",
+        counter: false,
+    },
+];
+
+/// Every chain: name, type, hook, priority (see the module doc for why these priorities).
+pub(crate) const CHAINS: [ChainDecl; 4] = [
+    ChainDecl {
+        name: PREROUTING,
+        kind: "nat",
+        hook: "prerouting",
+        priority: -100,
+    },
+    ChainDecl {
+        name: FORWARD,
+        kind: "filter",
+        hook: "forward",
+        priority: 0,
+    },
+    ChainDecl {
+        name: INPUT,
+        kind: "filter",
+        hook: "input",
+        priority: 0,
+    },
+    ChainDecl {
+        name: POSTROUTING,
+        kind: "nat",
+        hook: "postrouting",
+        priority: 100,
+    },
+];
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SetDecl {
+    pub name: &'static str,
+    pub key: &'static [&'static str],
+    pub flags: &'static str,
+    pub counter: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChainDecl {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub priority: i32,
+}
+
+/// One rule of our table, before it is wrapped in an `add` command.
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub chain: &'static str,
+    /// Why the rule exists; nft keeps it with the rule (at most 128 bytes).
+    pub comment: &'static str,
+    pub expr: Vec<Value>,
+}
+
+// Expression builders. Each returns one statement of a rule's "expr" list.
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn is(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+
+fn is_not(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "!=", "left": left, "right": right}})
+}
+
+/// `left @set` (a lookup; on a set with counters it also counts the packet for the element).
+fn in_set(left: Value, set: &str) -> Value {
+    is(left, Value::String(format!("@{set}")))
+}
+
+fn not_in_set(left: Value, set: &str) -> Value {
+    is_not(left, Value::String(format!("@{set}")))
+}
+
+fn iif(name: &str) -> Value {
+    is(meta("iifname"), json!(name))
+}
+
+fn oif(name: &str) -> Value {
+    is(meta("oifname"), json!(name))
+}
+
+fn tcp_or_udp() -> Value {
+    is(meta("l4proto"), json!({"set": ["tcp", "udp"]}))
+}
+
+fn l4proto(name: &str) -> Value {
+    is(meta("l4proto"), json!(name))
+}
+
+fn established() -> Value {
+    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
+}
+
+fn accept() -> Value {
+    json!({"accept": null})
+}
+
+fn drop() -> Value {
+    json!({"drop": null})
+}
+
+fn mac_ip(ip_protocol: &str) -> Value {
+    json!({"concat": [payload("ether", "saddr"), payload(ip_protocol, "saddr")]})
+}
+
+/// Every rule of the table for `config`, chain by chain, in order.
+pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
+    let lan = config.lan.as_str();
+    let rule = |chain, comment, expr| Rule {
+        chain,
+        comment,
+        expr,
+    };
+    let mut rules = vec![
+        rule(
+            PREROUTING,
+            "captive HTTP goes to the portal (not allowed clients, the garden, or the gateway itself)",
+            vec![
+                iif(lan),
+                is(payload("tcp", "dport"), json!(80)),
+                not_in_set(mac_ip("ip"), CLIENTS4_UP),
+                not_in_set(payload("ip", "daddr"), GARDEN4),
+                is_not(
+                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                    json!("local"),
+                ),
+                json!({"redirect": {"port": config.portal_port}}),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "allowed IPv4 client, upload: this lookup is the client's upload meter",
+            vec![iif(lan), in_set(mac_ip("ip"), CLIENTS4_UP), accept()],
+        ),
+        rule(
+            FORWARD,
+            "allowed IPv4 client, download, replies only: this lookup is its download meter",
+            vec![
+                oif(lan),
+                established(),
+                in_set(payload("ip", "daddr"), CLIENTS4_DOWN),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "allowed IPv6 client, upload: this lookup is the client's upload meter",
+            vec![iif(lan), in_set(mac_ip("ip6"), CLIENTS6_UP), accept()],
+        ),
+        rule(
+            FORWARD,
+            "allowed IPv6 client, download, replies only: this lookup is its download meter",
+            vec![
+                oif(lan),
+                established(),
+                in_set(payload("ip6", "daddr"), CLIENTS6_DOWN),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "walled garden (portal, backend) reachable while captive",
+            vec![iif(lan), in_set(payload("ip", "daddr"), GARDEN4), accept()],
+        ),
+        rule(
+            FORWARD,
+            "walled garden (portal, backend) reachable while captive, IPv6",
+            vec![iif(lan), in_set(payload("ip6", "daddr"), GARDEN6), accept()],
+        ),
+        rule(
+            FORWARD,
+            "garden replies only: the garden cannot open connections into the LAN",
+            vec![
+                oif(lan),
+                in_set(payload("ip", "saddr"), GARDEN4),
+                established(),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "garden replies only, IPv6",
+            vec![
+                oif(lan),
+                in_set(payload("ip6", "saddr"), GARDEN6),
+                established(),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "DNS to any server while captive: OS probes and the portal need names; not counted",
+            vec![
+                iif(lan),
+                tcp_or_udp(),
+                is(payload("th", "dport"), json!(53)),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "DNS replies to captive clients",
+            vec![
+                oif(lan),
+                tcp_or_udp(),
+                is(payload("th", "sport"), json!(53)),
+                established(),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "everything else from the LAN is captive: dropped, IPv4 and IPv6 (no IPv6 bypass)",
+            vec![iif(lan), drop()],
+        ),
+        rule(FORWARD, "nothing else into the LAN", vec![oif(lan), drop()]),
+        rule(
+            INPUT,
+            "replies to what the gateway itself sent to the LAN",
+            vec![iif(lan), established(), accept()],
+        ),
+        rule(
+            INPUT,
+            "DHCP server: clients need an address before anything else",
+            vec![iif(lan), is(payload("udp", "dport"), json!(67)), accept()],
+        ),
+        rule(
+            INPUT,
+            "DHCPv6 server",
+            vec![iif(lan), is(payload("udp", "dport"), json!(547)), accept()],
+        ),
+        rule(
+            INPUT,
+            "DNS resolver on the gateway",
+            vec![
+                iif(lan),
+                tcp_or_udp(),
+                is(payload("th", "dport"), json!(53)),
+                accept(),
+            ],
+        ),
+        rule(
+            INPUT,
+            "the portal, also the target of the port-80 redirect",
+            vec![
+                iif(lan),
+                is(payload("tcp", "dport"), json!(config.portal_port)),
+                accept(),
+            ],
+        ),
+        rule(
+            INPUT,
+            "ICMP: ping and error messages (path MTU)",
+            vec![iif(lan), l4proto("icmp"), accept()],
+        ),
+        rule(
+            INPUT,
+            "ICMPv6: neighbour and router discovery, without which IPv6 on the LAN breaks",
+            vec![iif(lan), l4proto("ipv6-icmp"), accept()],
+        ),
+        rule(
+            INPUT,
+            "nothing else on the gateway is open to the LAN (ssh, metrics, control)",
+            vec![iif(lan), drop()],
+        ),
+    ];
+    if let (true, Some(wan)) = (config.nat, config.wan.as_deref()) {
+        rules.push(rule(
+            POSTROUTING,
+            "NAT: forwarded traffic leaves with the uplink's address",
+            vec![oif(wan), json!({"masquerade": null})],
+        ));
+    }
+    rules
+}
+
+fn table_ref(table: &str) -> Value {
+    json!({"family": FAMILY, "name": table})
+}
+
+fn set_ref(table: &str, set: &str) -> Value {
+    json!({"family": FAMILY, "table": table, "name": set})
+}
+
+fn batch(commands: Vec<Value>) -> Value {
+    let mut all = Vec::with_capacity(commands.len() + 1);
+    all.push(json!({"metainfo": {"json_schema_version": 1}}));
+    all.extend(commands);
+    json!({ "nftables": all })
+}
+
+fn set_declaration(table: &str, decl: &SetDecl) -> Value {
+    let key = match decl.key {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let mut set = json!({
+        "family": FAMILY,
+        "table": table,
+        "name": decl.name,
+        "type": key,
+        "flags": [decl.flags],
+    });
+    if decl.counter {
+        set["stmt"] = json!([{"counter": null}]);
+    }
+    set
+}
+
+/// An interval-set element: a bare address for a single host, else a prefix.
+fn garden_element(cidr: &Cidr) -> Value {
+    if cidr.is_host() {
+        json!(cidr.addr.to_string())
+    } else {
+        json!({"prefix": {"addr": cidr.addr.to_string(), "len": cidr.prefix}})
+    }
+}
+
+/// The install batch: table, sets (added, never flushed, except the garden), chains (added,
+/// flushed, refilled). `config` must have been validated.
+pub(crate) fn install_batch(config: &FirewallConfig) -> Value {
+    let table = config.table.as_str();
+    let mut commands = vec![json!({"add": {"table": table_ref(table)}})];
+    for decl in &SETS {
+        commands.push(json!({"add": {"set": set_declaration(table, decl)}}));
+    }
+    for (set, v4) in [(GARDEN4, true), (GARDEN6, false)] {
+        commands.push(json!({"flush": {"set": set_ref(table, set)}}));
+        let members = minimal_cover(config.garden.iter().copied().filter(|c| c.is_ipv4() == v4));
+        if !members.is_empty() {
+            let mut element = set_ref(table, set);
+            element["elem"] = members.iter().map(garden_element).collect();
+            commands.push(json!({"add": {"element": element}}));
+        }
+    }
+    for chain in &CHAINS {
+        commands.push(json!({"add": {"chain": {
+            "family": FAMILY,
+            "table": table,
+            "name": chain.name,
+            "type": chain.kind,
+            "hook": chain.hook,
+            "prio": chain.priority,
+            "policy": "accept",
+        }}}));
+        commands.push(json!({"flush": {"chain": {
+            "family": FAMILY, "table": table, "name": chain.name,
+        }}}));
+    }
+    for rule in rules(config) {
+        commands.push(json!({"add": {"rule": {
+            "family": FAMILY,
+            "table": table,
+            "chain": rule.chain,
+            "comment": rule.comment,
+            "expr": rule.expr,
+        }}}));
+    }
+    batch(commands)
+}
+
+/// The sets a client's elements live in: (upload set, download set).
+pub(crate) fn client_sets(ip: IpAddr) -> (&'static str, &'static str) {
+    match ip {
+        IpAddr::V4(_) => (CLIENTS4_UP, CLIENTS4_DOWN),
+        IpAddr::V6(_) => (CLIENTS6_UP, CLIENTS6_DOWN),
+    }
+}
+
+fn up_key(client: &Client) -> Value {
+    json!({"concat": [client.mac.to_string(), client.ip.to_string()]})
+}
+
+fn down_key(client: &Client) -> Value {
+    json!(client.ip.to_string())
+}
+
+fn element_command(verb: &str, table: &str, set: &str, key: Value, timeout: Option<u64>) -> Value {
+    let mut element = set_ref(table, set);
+    element["elem"] = match timeout {
+        Some(secs) => json!([{"elem": {"val": key, "timeout": secs}}]),
+        None => json!([key]),
+    };
+    json!({ verb: {"element": element} })
+}
+
+/// Add (so the delete cannot fail), delete, add with the new timeout: a replacement that does
+/// not depend on whether the kernel updates the timeout of an element added twice (older
+/// kernels do not).
+pub(crate) fn allow_batch(table: &str, client: &Client, timeout: Duration) -> Value {
+    let secs = kernel_timeout(timeout).as_secs();
+    let (up, down) = client_sets(client.ip);
+    let mut commands = Vec::with_capacity(6);
+    for verb in ["add", "delete", "add"] {
+        let timeout = (verb == "add").then_some(secs);
+        commands.push(element_command(verb, table, up, up_key(client), timeout));
+        commands.push(element_command(
+            verb,
+            table,
+            down,
+            down_key(client),
+            timeout,
+        ));
+    }
+    batch(commands)
+}
+
+/// Add (a no-op if present, so the delete cannot fail) then delete: revoking a client that
+/// is not there is not an error. (nft 1.0.6 has no `destroy`.)
+pub(crate) fn revoke_batch(table: &str, client: &Client) -> Value {
+    let (up, down) = client_sets(client.ip);
+    let mut commands = Vec::with_capacity(4);
+    for verb in ["add", "delete"] {
+        let timeout = (verb == "add").then_some(1);
+        commands.push(element_command(verb, table, up, up_key(client), timeout));
+        commands.push(element_command(
+            verb,
+            table,
+            down,
+            down_key(client),
+            timeout,
+        ));
+    }
+    batch(commands)
+}
+
+/// Add then delete the table: removing a table that is not there is not an error.
+pub(crate) fn uninstall_batch(table: &str) -> Value {
+    batch(vec![
+        json!({"add": {"table": table_ref(table)}}),
+        json!({"delete": {"table": table_ref(table)}}),
+    ])
+}

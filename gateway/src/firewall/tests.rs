@@ -1,0 +1,1003 @@
+//! Unit tests of the firewall module: batches, listings, CIDRs, the in-memory firewall.
+//! (The real kernel is exercised by `tests/firewall_netns.rs`.)
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::cidr::minimal_cover;
+use super::listing::{self, Element};
+use super::rules::{self, CHAINS, SETS};
+use super::*;
+use crate::net::{Client, Mac};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn mac(text: &str) -> Mac {
+    text.parse().expect("test MAC")
+}
+
+fn cidr(text: &str) -> Cidr {
+    text.parse().expect("test CIDR")
+}
+
+fn client4() -> Client {
+    Client {
+        mac: mac("02:00:00:00:00:02"),
+        ip: ip("10.0.0.2"),
+    }
+}
+
+fn client6() -> Client {
+    Client {
+        mac: mac("02:00:00:00:00:06"),
+        ip: ip("fd00:66::2"),
+    }
+}
+
+fn config() -> FirewallConfig {
+    FirewallConfig {
+        table: "es_test".to_owned(),
+        lan: "lan0".to_owned(),
+        wan: Some("wan0".to_owned()),
+        nat: true,
+        portal_port: 8080,
+        garden: vec![
+            cidr("192.0.2.0/24"),
+            cidr("192.0.2.7"),
+            cidr("198.51.100.9"),
+            cidr("2001:db8::/32"),
+        ],
+    }
+}
+
+/// The commands of a batch, without the leading metainfo object.
+fn commands(batch: &Value) -> &[Value] {
+    let all = batch["nftables"].as_array().expect("nftables array");
+    assert_eq!(all[0]["metainfo"]["json_schema_version"], 1);
+    &all[1..]
+}
+
+/// (verb, object kind, object) of each command.
+fn verbs(batch: &Value) -> Vec<(&str, &str, &Value)> {
+    commands(batch)
+        .iter()
+        .map(|command| {
+            let (verb, inner) = command
+                .as_object()
+                .expect("command")
+                .iter()
+                .next()
+                .expect("verb");
+            let (kind, object) = inner
+                .as_object()
+                .expect("object")
+                .iter()
+                .next()
+                .expect("kind");
+            (verb.as_str(), kind.as_str(), object)
+        })
+        .collect()
+}
+
+/// Every string anywhere in a JSON value.
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+// ---- Cidr ----
+
+#[test]
+fn cidrs_parse_validate_and_print() {
+    let cases = [
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        (" 10.1.2.3 ", "10.1.2.3/32"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("fd00::1", "fd00::1/128"),
+        ("192.168.1.128/25", "192.168.1.128/25"),
+    ];
+    for (text, shown) in cases {
+        let parsed: Cidr = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parsed.to_string(), shown);
+        assert_eq!(shown.parse::<Cidr>().expect("round trip"), parsed);
+    }
+    assert!(cidr("10.1.2.3").is_host());
+    assert!(!cidr("10.0.0.0/8").is_host());
+
+    for bad in [
+        "",
+        "10.0.0.0/",
+        "/8",
+        "10.0.0/8",
+        "10.0.0.0/+8",
+        "10.0.0.0/ 8",
+        "example.org",
+        "10.0.0.0/8/8",
+    ] {
+        assert_eq!(
+            bad.parse::<Cidr>(),
+            Err(BadCidr::Syntax(bad.to_owned())),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        "10.0.0.0/33".parse::<Cidr>(),
+        Err(BadCidr::Prefix { max: 32, .. })
+    ));
+    assert!(matches!(
+        "fd00::/129".parse::<Cidr>(),
+        Err(BadCidr::Prefix { max: 128, .. })
+    ));
+    assert!(matches!(
+        "10.0.0.0/256".parse::<Cidr>(),
+        Err(BadCidr::Syntax(_))
+    ));
+    assert_eq!(
+        "192.168.1.10/24".parse::<Cidr>(),
+        Err(BadCidr::HostBits {
+            addr: ip("192.168.1.10"),
+            prefix: 24,
+            network: ip("192.168.1.0"),
+        })
+    );
+    assert!("fd00::1/64".parse::<Cidr>().is_err());
+    // A value built through the public fields is checked again before use.
+    let forged = Cidr {
+        addr: ip("10.0.0.1"),
+        prefix: 8,
+    };
+    assert!(forged.validated().is_err());
+}
+
+#[test]
+fn cidr_containment_and_serde() {
+    let net = cidr("10.0.0.0/8");
+    assert!(net.contains(ip("10.200.0.1")));
+    assert!(!net.contains(ip("11.0.0.1")));
+    assert!(!net.contains(ip("::a00:1")), "never across families");
+    assert!(net.covers(&cidr("10.1.0.0/16")));
+    assert!(!cidr("10.1.0.0/16").covers(&net));
+    assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.1")));
+    assert!(cidr("::/0").contains(ip("2001:db8::1")));
+
+    let parsed: Vec<Cidr> =
+        serde_json::from_value(json!(["10.0.0.0/8", "fd00::1"])).expect("serde");
+    assert_eq!(parsed, vec![cidr("10.0.0.0/8"), cidr("fd00::1/128")]);
+    assert!(serde_json::from_value::<Cidr>(json!("10.0.0.1/8")).is_err());
+    assert_eq!(
+        serde_json::to_value(cidr("10.0.0.0/8")).expect("serde"),
+        json!("10.0.0.0/8")
+    );
+}
+
+#[test]
+fn nested_and_duplicate_networks_are_dropped_for_interval_sets() {
+    let kept = minimal_cover(
+        [
+            "10.1.0.0/16",
+            "10.0.0.0/8",
+            "10.0.0.0/8",
+            "10.2.3.4",
+            "11.0.0.1",
+            "11.0.0.0/31",
+            "12.0.0.0/24",
+            "12.0.1.0/24",
+        ]
+        .map(cidr),
+    );
+    assert_eq!(
+        kept,
+        ["10.0.0.0/8", "11.0.0.0/31", "12.0.0.0/24", "12.0.1.0/24"].map(cidr)
+    );
+}
+
+// ---- configuration and timeouts ----
+
+#[test]
+fn config_is_validated_before_use() {
+    assert!(config().validate().is_ok());
+    let mut plain = FirewallConfig::new("wlan0");
+    assert_eq!(plain.table, "edgeshare");
+    assert!(plain.validate().is_ok(), "defaults are valid");
+    plain.nat = true;
+    assert!(matches!(
+        plain.validate(),
+        Err(FirewallError::InvalidConfig { field: "wan", .. })
+    ));
+
+    type Spoil = Box<dyn Fn(&mut FirewallConfig)>;
+    let bad: Vec<(&str, Spoil)> = vec![
+        ("table", Box::new(|c| c.table = String::new())),
+        ("table", Box::new(|c| c.table = "has space".to_owned())),
+        ("table", Box::new(|c| c.table = "x".repeat(65))),
+        ("lan", Box::new(|c| c.lan = String::new())),
+        ("lan", Box::new(|c| c.lan = "a".repeat(16))),
+        ("lan", Box::new(|c| c.lan = "eth*".to_owned())),
+        ("lan", Box::new(|c| c.lan = "a/b".to_owned())),
+        ("lan", Box::new(|c| c.lan = "a b".to_owned())),
+        ("lan", Box::new(|c| c.lan = "a\"b".to_owned())),
+        ("lan", Box::new(|c| c.lan = "..".to_owned())),
+        ("wan", Box::new(|c| c.wan = Some("lan0".to_owned()))),
+        ("wan", Box::new(|c| c.wan = Some("eth0:1".to_owned()))),
+        ("portal_port", Box::new(|c| c.portal_port = 0)),
+        (
+            "garden",
+            Box::new(|c| {
+                c.garden.push(Cidr {
+                    addr: ip("10.0.0.1"),
+                    prefix: 8,
+                })
+            }),
+        ),
+    ];
+    for (field, spoil) in bad {
+        let mut config = config();
+        spoil(&mut config);
+        match config.validate() {
+            Err(FirewallError::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{config:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn kernel_timeouts_are_whole_seconds_rounded_up() {
+    assert_eq!(kernel_timeout(Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(
+        kernel_timeout(Duration::from_millis(1)),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        kernel_timeout(Duration::from_secs(2)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        kernel_timeout(Duration::from_millis(2001)),
+        Duration::from_secs(3)
+    );
+    assert_eq!(kernel_timeout(Duration::MAX), MAX_TIMEOUT);
+    assert_eq!(kernel_timeout(MAX_TIMEOUT), MAX_TIMEOUT);
+}
+
+// ---- batches ----
+
+#[test]
+fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
+    let config = config();
+    let batch = rules::install_batch(&config);
+    let verbs = verbs(&batch);
+
+    assert_eq!(verbs[0].0, "add");
+    assert_eq!(verbs[0].1, "table");
+    assert_eq!(verbs[0].2, &json!({"family": "inet", "name": "es_test"}));
+
+    // Every set is added with its declaration; client sets count per element.
+    let sets: Vec<&Value> = verbs
+        .iter()
+        .filter(|(verb, kind, _)| *verb == "add" && *kind == "set")
+        .map(|(_, _, set)| *set)
+        .collect();
+    assert_eq!(sets.len(), 6);
+    let set = |name: &str| {
+        *sets
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("set {name}"))
+    };
+    assert_eq!(
+        set("clients4_up")["type"],
+        json!(["ether_addr", "ipv4_addr"])
+    );
+    assert_eq!(
+        set("clients6_up")["type"],
+        json!(["ether_addr", "ipv6_addr"])
+    );
+    assert_eq!(set("clients4_down")["type"], json!("ipv4_addr"));
+    assert_eq!(set("clients6_down")["type"], json!("ipv6_addr"));
+    for name in [
+        "clients4_up",
+        "clients4_down",
+        "clients6_up",
+        "clients6_down",
+    ] {
+        assert_eq!(set(name)["flags"], json!(["timeout"]), "{name}");
+        assert_eq!(set(name)["stmt"], json!([{"counter": null}]), "{name}");
+        assert_eq!(set(name)["table"], "es_test");
+    }
+    for name in ["garden4", "garden6"] {
+        assert_eq!(set(name)["flags"], json!(["interval"]), "{name}");
+        assert!(set(name).get("stmt").is_none());
+    }
+
+    // Only the garden sets are flushed, and refilled (nested networks merged, bare hosts).
+    let flushed_sets: Vec<&Value> = verbs
+        .iter()
+        .filter(|(verb, kind, _)| *verb == "flush" && *kind == "set")
+        .map(|(_, _, set)| &set["name"])
+        .collect();
+    assert_eq!(flushed_sets, [&json!("garden4"), &json!("garden6")]);
+    let elements: Vec<&Value> = verbs
+        .iter()
+        .filter(|(verb, kind, _)| *verb == "add" && *kind == "element")
+        .map(|(_, _, element)| *element)
+        .collect();
+    assert_eq!(elements.len(), 2);
+    assert_eq!(elements[0]["name"], "garden4");
+    assert_eq!(
+        elements[0]["elem"],
+        json!([{"prefix": {"addr": "192.0.2.0", "len": 24}}, "198.51.100.9"])
+    );
+    assert_eq!(elements[1]["name"], "garden6");
+    assert_eq!(
+        elements[1]["elem"],
+        json!([{"prefix": {"addr": "2001:db8::", "len": 32}}])
+    );
+
+    // Each chain is added on its hook and priority, then flushed, before any rule.
+    let first_rule = verbs
+        .iter()
+        .position(|(_, kind, _)| *kind == "rule")
+        .expect("rules");
+    for decl in &CHAINS {
+        let added = verbs
+            .iter()
+            .position(|(verb, kind, c)| {
+                *verb == "add" && *kind == "chain" && c["name"] == decl.name
+            })
+            .unwrap_or_else(|| panic!("chain {}", decl.name));
+        let chain = verbs[added].2;
+        assert_eq!(chain["hook"], decl.hook);
+        assert_eq!(chain["type"], decl.kind);
+        assert_eq!(chain["prio"], decl.priority);
+        assert_eq!(chain["policy"], "accept");
+        assert_eq!(verbs[added + 1].0, "flush");
+        assert_eq!(verbs[added + 1].2["name"], decl.name);
+        assert!(added < first_rule);
+    }
+    assert!(
+        verbs[first_rule..]
+            .iter()
+            .all(|(verb, kind, _)| *verb == "add" && *kind == "rule")
+    );
+    assert_eq!(verbs.len(), first_rule + rules::rules(&config).len());
+    // Chain names nft would not parse in a listing are avoided.
+    assert!(CHAINS.iter().all(|c| c.name != "fwd"));
+}
+
+#[test]
+fn every_rule_says_why_and_uses_only_configured_values() {
+    let config = config();
+    let batch = rules::install_batch(&config);
+    let rules: Vec<&Value> = verbs(&batch)
+        .into_iter()
+        .filter(|(_, kind, _)| *kind == "rule")
+        .map(|(_, _, rule)| rule)
+        .collect();
+    for rule in &rules {
+        let comment = rule["comment"].as_str().expect("comment");
+        assert!(!comment.is_empty() && comment.len() <= 128, "{comment}");
+        // The interface matches name our two interfaces and nothing else.
+        for statement in rule["expr"].as_array().expect("expr") {
+            let left = &statement["match"]["left"]["meta"]["key"];
+            if left == "iifname" || left == "oifname" {
+                let name = &statement["match"]["right"];
+                assert!(name == "lan0" || name == "wan0", "{statement}");
+            }
+        }
+    }
+    let in_chain = |chain: &str| -> Vec<&Value> {
+        rules
+            .iter()
+            .copied()
+            .filter(|r| r["chain"] == chain)
+            .collect()
+    };
+
+    // prerouting: one redirect with the negated MAC . IP lookup, garden and local excluded.
+    let pre = in_chain("prerouting");
+    assert_eq!(pre.len(), 1);
+    let expr = &pre[0]["expr"];
+    assert_eq!(
+        expr[2],
+        json!({"match": {"op": "!=", "left": {"concat": [
+            {"payload": {"protocol": "ether", "field": "saddr"}},
+            {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@clients4_up"}})
+    );
+    assert_eq!(expr[1]["match"]["right"], 80);
+    assert_eq!(expr[3]["match"]["right"], "@garden4");
+    assert_eq!(expr[3]["match"]["op"], "!=");
+    assert_eq!(expr[4]["match"]["left"]["fib"]["result"], "type");
+    assert_eq!(expr[4]["match"]["op"], "!=");
+    assert_eq!(expr[5], json!({"redirect": {"port": 8080}}));
+
+    // forward: the four client lookups come first, each ending in accept; downloads only
+    // for connections the client opened (unsolicited traffic is neither let in nor billed).
+    let forward = in_chain("forward");
+    let lookup = |rule: &Value| -> Value {
+        rule["expr"]
+            .as_array()
+            .expect("expr")
+            .iter()
+            .map(|statement| &statement["match"]["right"])
+            .find(|right| right.as_str().is_some_and(|s| s.starts_with('@')))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let lookups: Vec<Value> = forward[..4].iter().map(|r| lookup(r)).collect();
+    assert_eq!(
+        lookups,
+        [
+            "@clients4_up",
+            "@clients4_down",
+            "@clients6_up",
+            "@clients6_down"
+        ]
+        .map(|s| json!(s))
+    );
+    for rule in &forward[..4] {
+        assert_eq!(
+            rule["expr"].as_array().expect("expr").last(),
+            Some(&json!({"accept": null}))
+        );
+    }
+    for rule in [forward[1], forward[3]] {
+        assert_eq!(
+            rule["expr"][1]["match"]["left"]["ct"]["key"], "state",
+            "{rule}"
+        );
+        assert_eq!(
+            rule["expr"][1]["match"]["right"],
+            json!(["established", "related"])
+        );
+    }
+    let n = forward.len();
+    assert_eq!(
+        forward[n - 2]["expr"],
+        json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lan0"}}, {"drop": null}])
+    );
+    assert_eq!(
+        forward[n - 1]["expr"],
+        json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "lan0"}}, {"drop": null}])
+    );
+    // Garden replies only for established connections.
+    let replies: Vec<&&Value> = forward
+        .iter()
+        .filter(|r| {
+            r["expr"][1]["match"]["right"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("@garden"))
+        })
+        .filter(|r| r["expr"][0]["match"]["left"]["meta"]["key"] == "oifname")
+        .collect();
+    assert_eq!(replies.len(), 2);
+    for reply in replies {
+        assert_eq!(reply["expr"][2]["match"]["left"]["ct"]["key"], "state");
+    }
+
+    // input: the portal port is open, everything else from the LAN ends in a drop.
+    let input = in_chain("input");
+    assert!(input.iter().any(|r| r["expr"][1]["match"]["right"] == 8080));
+    assert_eq!(
+        input.last().expect("input rules")["expr"][1],
+        json!({"drop": null})
+    );
+    for proto in ["icmp", "ipv6-icmp"] {
+        assert!(
+            input
+                .iter()
+                .any(|r| r["expr"][1]["match"]["right"] == proto),
+            "{proto}"
+        );
+    }
+
+    // postrouting: masquerade on the WAN only with NAT on.
+    let post = in_chain("postrouting");
+    assert_eq!(post.len(), 1);
+    assert_eq!(post[0]["expr"][0]["match"]["right"], "wan0");
+    assert_eq!(post[0]["expr"][1], json!({"masquerade": null}));
+    let mut no_nat = config.clone();
+    no_nat.nat = false;
+    assert!(
+        rules::rules(&no_nat)
+            .iter()
+            .all(|r| r.chain != "postrouting"),
+        "no masquerade without NAT"
+    );
+}
+
+#[test]
+fn allow_batch_replaces_both_elements_with_a_ceiled_timeout() {
+    let batch = rules::allow_batch("es_test", &client4(), Duration::from_millis(3_600_500));
+    let verbs = verbs(&batch);
+    let plan: Vec<(&str, &Value)> = verbs
+        .iter()
+        .map(|(verb, kind, element)| {
+            assert_eq!(*kind, "element");
+            assert_eq!(element["table"], "es_test");
+            assert_eq!(element["family"], "inet");
+            (*verb, &element["name"])
+        })
+        .collect();
+    let up = json!("clients4_up");
+    let down = json!("clients4_down");
+    assert_eq!(
+        plan,
+        [
+            ("add", &up),
+            ("add", &down),
+            ("delete", &up),
+            ("delete", &down),
+            ("add", &up),
+            ("add", &down)
+        ]
+    );
+    let up_elem = json!({"concat": ["02:00:00:00:00:02", "10.0.0.2"]});
+    assert_eq!(
+        verbs[4].2["elem"],
+        json!([{"elem": {"val": up_elem, "timeout": 3601}}])
+    );
+    assert_eq!(
+        verbs[5].2["elem"],
+        json!([{"elem": {"val": "10.0.0.2", "timeout": 3601}}])
+    );
+    assert_eq!(verbs[2].2["elem"], json!([up_elem]));
+    assert_eq!(verbs[3].2["elem"], json!(["10.0.0.2"]));
+
+    let batch = rules::allow_batch("es_test", &client6(), Duration::ZERO);
+    let verbs = self::verbs(&batch);
+    assert_eq!(verbs[4].2["name"], "clients6_up");
+    assert_eq!(verbs[5].2["name"], "clients6_down");
+    assert_eq!(
+        verbs[4].2["elem"],
+        json!([{"elem": {"val": {"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "timeout": 1}}])
+    );
+}
+
+#[test]
+fn revoke_and_uninstall_batches_do_not_fail_on_absent_objects() {
+    let batch = rules::revoke_batch("es_test", &client4());
+    let plan: Vec<(&str, String)> = verbs(&batch)
+        .iter()
+        .map(|(verb, _, element)| (*verb, element["name"].as_str().expect("name").to_owned()))
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            ("add", "clients4_up".to_owned()),
+            ("add", "clients4_down".to_owned()),
+            ("delete", "clients4_up".to_owned()),
+            ("delete", "clients4_down".to_owned()),
+        ]
+    );
+    let batch = rules::uninstall_batch("es_test");
+    let plan: Vec<(&str, &str)> = verbs(&batch)
+        .iter()
+        .map(|(verb, kind, _)| (*verb, *kind))
+        .collect();
+    assert_eq!(plan, [("add", "table"), ("delete", "table")]);
+}
+
+#[test]
+fn batches_carry_input_only_as_typed_values() {
+    // A MAC and an IP go in as their canonical text, nothing else of the caller's.
+    let client = Client {
+        mac: mac("AA-BB-CC-DD-EE-FF"),
+        ip: ip("::ffff:10.0.0.2"),
+    };
+    let mut found = Vec::new();
+    strings(
+        &rules::allow_batch("es_test", &client, Duration::from_secs(5)),
+        &mut found,
+    );
+    let mut unusual: Vec<&String> = found
+        .iter()
+        .filter(|s| {
+            ![
+                "add",
+                "delete",
+                "inet",
+                "es_test",
+                "clients6_up",
+                "clients6_down",
+            ]
+            .contains(&s.as_str())
+        })
+        .collect();
+    unusual.sort();
+    unusual.dedup();
+    assert_eq!(
+        unusual,
+        [
+            &"::ffff:10.0.0.2".to_owned(),
+            &"aa:bb:cc:dd:ee:ff".to_owned()
+        ]
+    );
+}
+
+// ---- listings ----
+
+const LIST4_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients4_up", "table": "t", "type": ["ether_addr", "ipv4_addr"], "handle": 1, "flags": ["timeout"], "elem": [{"elem": {"val": {"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "timeout": 3600, "expires": 3599, "counter": {"packets": 12, "bytes": 3456}}}, {"elem": {"val": {"concat": ["02:00:00:00:00:03", "10.0.0.3"]}, "timeout": 60, "expires": 7, "counter": {"packets": 0, "bytes": 0}}}], "stmt": [{"counter": null}]}}]}"#;
+const LIST4_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients4_down", "table": "t", "type": "ipv4_addr", "handle": 2, "flags": ["timeout"], "elem": [{"elem": {"val": "10.0.0.2", "timeout": 3600, "expires": 3599, "counter": {"packets": 20, "bytes": 98765}}}, {"elem": {"val": "10.0.0.9", "timeout": 3600, "expires": 3599, "counter": {"packets": 1, "bytes": 60}}}], "stmt": [{"counter": null}]}}]}"#;
+const LIST6_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_up", "table": "t", "type": ["ether_addr", "ipv6_addr"], "handle": 3, "flags": ["timeout"], "elem": [{"elem": {"val": {"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "timeout": 120, "expires": 118, "counter": {"packets": 3, "bytes": 240}}}], "stmt": [{"counter": null}]}}]}"#;
+const LIST6_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_down", "table": "t", "type": "ipv6_addr", "handle": 4, "flags": ["timeout"], "elem": [{"elem": {"val": "fd00:66::2", "timeout": 120, "expires": 118, "counter": {"packets": 4, "bytes": 400}}}], "stmt": [{"counter": null}]}}]}"#;
+const LIST_EMPTY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_up", "table": "t", "type": ["ether_addr", "ipv6_addr"], "handle": 3, "flags": ["timeout"], "stmt": [{"counter": null}]}}]}"#;
+
+#[test]
+fn captured_listings_become_client_counters() {
+    let up = listing::up_elements(LIST4_UP, "clients4_up").expect("v4 up");
+    assert_eq!(
+        up[0],
+        Element {
+            key: client4(),
+            expires: Some(Duration::from_secs(3599)),
+            bytes: 3456,
+            packets: 12,
+        }
+    );
+    let down = listing::down_elements(LIST4_DOWN, "clients4_down").expect("v4 down");
+    assert_eq!(down.len(), 2);
+    let joined = listing::join(up, down);
+    assert_eq!(
+        joined,
+        vec![
+            ClientCounters {
+                client: client4(),
+                expires_in: Duration::from_secs(3599),
+                up_bytes: 3456,
+                up_packets: 12,
+                down_bytes: 98765,
+                down_packets: 20,
+            },
+            // No download element (yet, or any more): zero, not missing.
+            ClientCounters {
+                client: Client {
+                    mac: mac("02:00:00:00:00:03"),
+                    ip: ip("10.0.0.3"),
+                },
+                expires_in: Duration::from_secs(7),
+                up_bytes: 0,
+                up_packets: 0,
+                down_bytes: 0,
+                down_packets: 0,
+            },
+        ],
+        "10.0.0.9 has no upload element and no MAC: left out"
+    );
+
+    let v6 = listing::join(
+        listing::up_elements(LIST6_UP, "clients6_up").expect("v6 up"),
+        listing::down_elements(LIST6_DOWN, "clients6_down").expect("v6 down"),
+    );
+    assert_eq!(
+        v6,
+        vec![ClientCounters {
+            client: client6(),
+            expires_in: Duration::from_secs(118),
+            up_bytes: 240,
+            up_packets: 3,
+            down_bytes: 400,
+            down_packets: 4,
+        }]
+    );
+    assert_eq!(
+        listing::up_elements(LIST_EMPTY, "clients6_up"),
+        Ok(Vec::new())
+    );
+}
+
+#[test]
+fn unexpected_listings_are_errors_not_zeros() {
+    let no_counter = LIST6_DOWN.replace(r#", "counter": {"packets": 4, "bytes": 400}"#, "");
+    let bad_key = LIST6_DOWN.replace(r#""val": "fd00:66::2""#, r#""val": "not-an-ip""#);
+    let bare = LIST6_DOWN.replace(
+        r#"{"elem": {"val": "fd00:66::2", "timeout": 120, "expires": 118, "counter": {"packets": 4, "bytes": 400}}}"#,
+        r#""fd00:66::2""#,
+    );
+    for text in [
+        no_counter.as_str(),
+        bad_key.as_str(),
+        bare.as_str(),
+        "",
+        "{}",
+        "[1]",
+        "{\"nftables\": 3}",
+    ] {
+        assert!(
+            listing::down_elements(text, "clients6_down").is_err(),
+            "{text}"
+        );
+    }
+    assert!(
+        listing::down_elements(LIST6_DOWN, "clients4_down").is_err(),
+        "wrong set"
+    );
+    let three = LIST6_UP.replace(r#""fd00:66::2"]"#, r#""fd00:66::2", "x"]"#);
+    assert!(listing::up_elements(&three, "clients6_up").is_err());
+}
+
+/// A terse listing (`nft -j -t list table`) of the table as `install` makes it.
+fn terse_listing(config: &FirewallConfig) -> Value {
+    let table = config.table.as_str();
+    let mut objects = vec![
+        json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
+        json!({"table": {"family": "inet", "name": table, "handle": 1}}),
+    ];
+    for set in &SETS {
+        objects.push(json!({"set": {"family": "inet", "name": set.name, "table": table}}));
+    }
+    for chain in &CHAINS {
+        objects.push(json!({"chain": {"family": "inet", "table": table, "name": chain.name, "hook": chain.hook, "prio": chain.priority}}));
+    }
+    for rule in rules::rules(config) {
+        objects.push(json!({"rule": {"family": "inet", "table": table, "chain": rule.chain, "expr": rule.expr}}));
+    }
+    json!({ "nftables": objects })
+}
+
+#[test]
+fn completeness_check_spots_flushed_chains_and_missing_parts() {
+    let config = config();
+    let expected = rules::rules(&config);
+    let complete = terse_listing(&config);
+    assert_eq!(
+        listing::is_complete(&complete.to_string(), "es_test", &expected),
+        Ok(true)
+    );
+    assert_eq!(
+        listing::is_complete(&complete.to_string(), "other", &expected),
+        Ok(false)
+    );
+
+    let without = |keep: &dyn Fn(&Value) -> bool| -> String {
+        let objects: Vec<Value> = complete["nftables"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .filter(|o| keep(o))
+            .cloned()
+            .collect();
+        json!({ "nftables": objects }).to_string()
+    };
+    // `nft flush table`: chains stay, rules go.
+    let flushed = without(&|o| o.get("rule").is_none());
+    assert_eq!(
+        listing::is_complete(&flushed, "es_test", &expected),
+        Ok(false)
+    );
+    let one_rule_less = without(&|o| o["rule"]["chain"] != "postrouting");
+    assert_eq!(
+        listing::is_complete(&one_rule_less, "es_test", &expected),
+        Ok(false)
+    );
+    let no_chain = without(&|o| o["chain"]["name"] != "input");
+    assert_eq!(
+        listing::is_complete(&no_chain, "es_test", &expected),
+        Ok(false)
+    );
+    let no_set = without(&|o| o["set"]["name"] != "clients6_down");
+    assert_eq!(
+        listing::is_complete(&no_set, "es_test", &expected),
+        Ok(false)
+    );
+    assert!(listing::is_complete("not json", "es_test", &expected).is_err());
+
+    let tables = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": "ip", "name": "es_test", "handle": 1}}, {"table": {"family": "inet", "name": "mine", "handle": 2}}]}"#;
+    assert_eq!(listing::has_table(tables, "mine"), Ok(true));
+    assert_eq!(
+        listing::has_table(tables, "es_test"),
+        Ok(false),
+        "family matters"
+    );
+}
+
+// ---- errors ----
+
+#[test]
+fn errors_name_the_operation() {
+    let error = FirewallError::Injected {
+        operation: Operation::Allow(client4()),
+    };
+    assert_eq!(error.operation(), Some(&Operation::Allow(client4())));
+    assert!(
+        error
+            .to_string()
+            .contains("allow client 02:00:00:00:00:02 10.0.0.2"),
+        "{error}"
+    );
+    assert_eq!(
+        Operation::ListSet("clients4_up").to_string(),
+        "list set clients4_up"
+    );
+}
+
+#[test]
+fn missing_nft_is_its_own_error() {
+    let mut firewall = NftFirewall::with_command(
+        FirewallConfig::new("lan0"),
+        vec!["/nonexistent/edgeshare-test/nft".into()],
+    );
+    match firewall.install() {
+        Err(FirewallError::NftNotFound { operation, .. }) => {
+            assert_eq!(operation, Operation::Install)
+        }
+        other => panic!("{other:?}"),
+    }
+    // An invalid configuration never reaches nft.
+    let mut bad =
+        NftFirewall::with_command(FirewallConfig::new("a/b"), vec!["/nonexistent/nft".into()]);
+    assert!(matches!(
+        bad.install(),
+        Err(FirewallError::InvalidConfig { field: "lan", .. })
+    ));
+}
+
+#[test]
+fn nft_refusals_carry_stderr_and_the_operation() {
+    // `false` stands in for an nft that refuses: exit status 1, no output.
+    let mut firewall = NftFirewall::with_command(FirewallConfig::new("lan0"), vec!["false".into()]);
+    match firewall.allow(&client4(), Duration::from_secs(5)) {
+        Err(FirewallError::Refused {
+            operation, status, ..
+        }) => {
+            assert_eq!(operation, Operation::Allow(client4()));
+            assert!(!status.success());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A listing that is not nft's JSON is reported as such.
+    let mut firewall = NftFirewall::with_command(FirewallConfig::new("lan0"), vec!["true".into()]);
+    match firewall.clients() {
+        Err(FirewallError::Listing { operation, .. }) => {
+            assert_eq!(operation, Operation::ListSet("clients4_up"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---- MemoryFirewall ----
+
+#[test]
+fn memory_firewall_models_the_kernel_table() {
+    let mut firewall = MemoryFirewall::new();
+    let probe = firewall.clone();
+    assert!(matches!(
+        firewall.allow(&client4(), Duration::from_secs(10)),
+        Err(FirewallError::Refused { .. })
+    ));
+    firewall.install().expect("install");
+    assert!(firewall.is_installed().expect("check"));
+    firewall
+        .allow(&client4(), Duration::from_millis(9_200))
+        .expect("allow");
+    firewall
+        .allow(&client6(), Duration::from_secs(60))
+        .expect("allow");
+    assert_eq!(probe.allowed(), vec![client4(), client6()]);
+    assert_eq!(probe.expires_in(&client4()), Some(Duration::from_secs(10)));
+
+    assert!(probe.set_counters(&client4(), 1_000, 20_000));
+    assert!(probe.set_packets(&client4(), 10, 20));
+    let unknown = Client {
+        mac: mac("02:00:00:00:00:99"),
+        ip: ip("10.0.0.99"),
+    };
+    assert!(!probe.set_counters(&unknown, 1, 1));
+    let clients = firewall.clients().expect("clients");
+    assert_eq!(clients.len(), 2);
+    assert_eq!(
+        clients[0],
+        ClientCounters {
+            client: client4(),
+            expires_in: Duration::from_secs(10),
+            up_bytes: 1_000,
+            up_packets: 10,
+            down_bytes: 20_000,
+            down_packets: 20,
+        }
+    );
+
+    // install again keeps clients (sets are never flushed).
+    firewall.install().expect("reinstall");
+    assert_eq!(probe.allowed().len(), 2);
+    // Re-allowing replaces the elements: new timeout, counters from zero.
+    firewall
+        .allow(&client4(), Duration::from_secs(30))
+        .expect("re-allow");
+    let again = firewall.clients().expect("clients");
+    assert_eq!(again[0].up_bytes, 0);
+    assert_eq!(again[0].expires_in, Duration::from_secs(30));
+
+    // Time runs out on its own.
+    probe.advance(Duration::from_secs(30));
+    assert_eq!(probe.allowed(), vec![client6()]);
+    firewall.revoke(&client6()).expect("revoke");
+    firewall.revoke(&client6()).expect("revoking twice is fine");
+    assert!(firewall.clients().expect("clients").is_empty());
+
+    assert_eq!(
+        probe.calls(),
+        vec![
+            Call::Allow {
+                client: client4(),
+                timeout: Duration::from_secs(10)
+            },
+            Call::Install,
+            Call::IsInstalled,
+            Call::Allow {
+                client: client4(),
+                timeout: Duration::from_millis(9_200)
+            },
+            Call::Allow {
+                client: client6(),
+                timeout: Duration::from_secs(60)
+            },
+            Call::Clients,
+            Call::Install,
+            Call::Allow {
+                client: client4(),
+                timeout: Duration::from_secs(30)
+            },
+            Call::Clients,
+            Call::Revoke(client6()),
+            Call::Revoke(client6()),
+            Call::Clients,
+        ]
+    );
+}
+
+#[test]
+fn memory_firewall_fails_on_request_and_can_be_flushed() {
+    let mut firewall = MemoryFirewall::new();
+    firewall.install().expect("install");
+    firewall
+        .allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    firewall.fail_next(2);
+    match firewall.revoke(&client4()) {
+        Err(FirewallError::Injected { operation }) => {
+            assert_eq!(operation, Operation::Revoke(client4()))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(firewall.clients().is_err());
+    assert_eq!(
+        firewall.allowed(),
+        vec![client4()],
+        "a failed call changes nothing"
+    );
+    assert_eq!(firewall.clients().expect("third call works").len(), 1);
+
+    // `nft flush ruleset`: the repair loop sees it and installs again; the clients are gone.
+    firewall.flush_ruleset();
+    assert!(!firewall.is_installed().expect("check"));
+    assert!(firewall.clients().is_err());
+    firewall.install().expect("repair");
+    assert!(firewall.clients().expect("clients").is_empty());
+
+    firewall.uninstall().expect("uninstall");
+    assert!(!firewall.installed());
+    firewall.uninstall().expect("uninstall twice");
+    firewall.clear_calls();
+    assert!(firewall.calls().is_empty());
+}
+
+#[test]
+fn firewalls_are_usable_as_trait_objects() {
+    let mut boxed: Vec<Box<dyn Firewall>> = vec![
+        Box::new(MemoryFirewall::new()),
+        Box::new(NftFirewall::new(FirewallConfig::new("lan0"))),
+    ];
+    assert!(boxed[0].install().is_ok());
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&boxed);
+    boxed.clear();
+}

@@ -1,0 +1,689 @@
+//! The captive portal consumers meet: the access-code form, the success and status pages, the
+//! operating systems' captive-portal probes, and the RFC 8908 captive-portal API.
+//!
+//! What it does not do: check codes, track sessions or touch the firewall. All of that is
+//! behind [`Gate`], which the daemon implements; the portal only asks "redeem this code for
+//! this IP" and "what does this IP have left". Code guessing is rate-limited here, by the pure
+//! limiter in `limiter.rs`.
+//!
+//! # How clients get here
+//! While a client is captive, nftables redirects its TCP port-80 traffic to *any* host to this
+//! server, so requests arrive with the original `Host` header (`connectivitycheck.gstatic.com`,
+//! `captive.apple.com`, `example.com`, …). The portal's own pages are served only on the
+//! portal's own host (the host and port of [`PortalSettings::url`]); everything else is
+//! answered by who is asking:
+//!
+//! | request                                   | captive client         | online client                |
+//! |-------------------------------------------|------------------------|------------------------------|
+//! | `GET /` (portal host)                     | 200 code form          | 200 status page              |
+//! | `POST /login` (form field `code`, any host)| success page, or the form with the error (below) ||
+//! | `GET /login`                              | 303 to `/`             | 303 to `/`                   |
+//! | `GET /status` (portal host)               | 200 "not online" page  | 200 status page              |
+//! | `GET /captive-portal/api` (any host)      | `{"captive": true, …}` | `{"captive": false, …}`      |
+//! | OS probe path (any host, see `probes.rs`) | 302 to the portal      | the OS's exact success reply |
+//! | any other `GET`/`HEAD` (any host)         | 302 to the portal      | 200 "you are online" page    |
+//! | any other method                          | 405 page with `Allow`  | 405 page with `Allow`        |
+//!
+//! A `Host` that does not name the portal gets the redirect even for `/` and `/status`: the form
+//! must not appear under `http://example.com/`, where its address bar would lie. (A request
+//! without `Host` counts as the portal's own.) The URL in the settings must therefore reach this
+//! server with that same host and port, or captive clients loop between it and the redirect.
+//!
+//! Every reply carries `Cache-Control: no-store` (a cached redirect or probe reply would keep a
+//! phone "captive" after login, or "online" after expiry), except the API's `private`.
+//!
+//! # Code redemption
+//! `POST /login` reads a form of at most 4 KiB (413 beyond), `application/x-www-form-urlencoded`
+//! only (400 otherwise), with one `code` field of at most 64 characters (400). A code that does
+//! not parse gets [`BadCode`]'s explanation (400). Then the limiter is asked (429 with
+//! `Retry-After`), then [`Gate::redeem`]. The redemption runs in its own task: a phone that
+//! drops the connection mid-login does not cancel a half-applied login in the daemon.
+//! Outcomes and their status codes: online 200; invalid, expired, used up or revoked 403;
+//! unknown device 409; backend unreachable 503 with `Retry-After: 60`; internal error 500.
+//! Each outcome is logged at info with the client's IP and at most the code's first two
+//! characters.
+//!
+//! # RFC 8908 and RFC 8910
+//! `GET /captive-portal/api` answers with `application/captive+json`. To announce it (DHCP
+//! option 114, RFC 8910), add to dnsmasq's configuration, with the configured portal URL's
+//! origin in place of `http://10.66.0.1:8080` ([`dnsmasq_captive_option`] prints the line):
+//!
+//! ```text
+//! dhcp-option=114,"http://10.66.0.1:8080/captive-portal/api"
+//! ```
+//!
+//! RFC 8908 requires the API to be reached over `https`; clients that enforce this (recent
+//! Android and iOS) ignore a plain `http` URI, and the probes above remain what brings their
+//! login window up. Serving the API over TLS needs a certificate the phones trust for a
+//! hostname, which a LAN-only gateway does not have.
+
+mod form;
+mod limiter;
+mod pages;
+mod probes;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION,
+    REFERRER_POLICY, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use edgeshare_shared::code::{AccessCode, BadCode};
+use serde::Serialize;
+
+use self::form::FormError;
+use self::limiter::{Limiter, Wait};
+use self::pages::Online;
+use crate::net::Millis;
+
+pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS};
+
+/// What the portal needs from the daemon. The daemon implements it (code check against the
+/// backend or local store, session core, firewall).
+pub trait Gate: Send + Sync + 'static {
+    /// Binds `code` to the client at `ip` (whose MAC the daemon looks up) and lets it online.
+    /// Runs to completion even if the client hangs up: the portal spawns it.
+    fn redeem(&self, ip: IpAddr, code: AccessCode) -> impl Future<Output = Redeem> + Send;
+    /// What the client at `ip` has left, if it is online.
+    fn status(&self, ip: IpAddr) -> impl Future<Output = Option<ClientStatus>> + Send;
+}
+
+/// The outcome of a code redemption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeem {
+    Online(ClientStatus),
+    /// No such code.
+    Invalid,
+    Expired,
+    /// Its data is used up.
+    UsedUp,
+    /// The provider revoked it.
+    Revoked,
+    /// The code service cannot be reached (backend down, or the gateway's uplink).
+    BackendUnreachable,
+    /// No MAC is known for this IP.
+    UnknownDevice,
+    Internal,
+}
+
+impl Redeem {
+    /// The outcome as a log field.
+    fn label(&self) -> &'static str {
+        match self {
+            Redeem::Online(_) => "online",
+            Redeem::Invalid => "invalid",
+            Redeem::Expired => "expired",
+            Redeem::UsedUp => "used_up",
+            Redeem::Revoked => "revoked",
+            Redeem::BackendUnreachable => "backend_unreachable",
+            Redeem::UnknownDevice => "unknown_device",
+            Redeem::Internal => "internal",
+        }
+    }
+
+    /// Whether this outcome is a wrong guess that counts against the client. Successes and
+    /// failures that are not the client's doing give their limiter slot back.
+    fn is_failed_guess(&self) -> bool {
+        matches!(
+            self,
+            Redeem::Invalid | Redeem::Expired | Redeem::UsedUp | Redeem::Revoked
+        )
+    }
+}
+
+/// What an online client has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStatus {
+    pub bytes_left: u64,
+    pub seconds_left: u64,
+}
+
+/// How the portal is reached and how hard it limits code guessing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalSettings {
+    /// The page captive clients are sent to, e.g. `http://10.66.0.1:8080/`. Its host and port
+    /// must be how clients reach this server (see the module docs).
+    pub url: String,
+    /// Failed attempts per client per window.
+    pub per_client_attempts: u32,
+    /// Failed attempts of all clients together per window.
+    pub global_attempts: u32,
+    pub window: Duration,
+}
+
+impl PortalSettings {
+    pub const DEFAULT_PER_CLIENT_ATTEMPTS: u32 = 5;
+    pub const DEFAULT_GLOBAL_ATTEMPTS: u32 = 60;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+    /// Settings for a portal at `url` with the default limits.
+    pub fn new(url: impl Into<String>) -> Self {
+        PortalSettings {
+            url: url.into(),
+            per_client_attempts: Self::DEFAULT_PER_CLIENT_ATTEMPTS,
+            global_attempts: Self::DEFAULT_GLOBAL_ATTEMPTS,
+            window: Self::DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// The RFC 8908 API's URL for a portal at `portal_url`.
+pub fn api_url(portal_url: &str) -> Result<String, url::ParseError> {
+    Ok(url::Url::parse(portal_url)?.join(API_PATH)?.into())
+}
+
+/// The dnsmasq line announcing the API by DHCP option 114 (RFC 8910).
+pub fn dnsmasq_captive_option(portal_url: &str) -> Result<String, url::ParseError> {
+    Ok(format!("dhcp-option=114,\"{}\"", api_url(portal_url)?))
+}
+
+const API_PATH: &str = "/captive-portal/api";
+/// Pages load nothing and post only to themselves: a defence in depth behind escaping.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+const HTML: &str = "text/html; charset=utf-8";
+/// How long to tell clients to wait when the code service is down ("try again in a minute").
+const BACKEND_RETRY_SECONDS: u64 = 60;
+
+/// The portal's routes. Handlers read the client's address from
+/// `ConnectInfo<SocketAddr>`: serve the router with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, as [`serve`] does.
+pub fn router<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> Router {
+    let portal = Arc::new(Portal::new(gate, settings));
+    Router::new()
+        .route("/", get(index::<G>))
+        .route("/status", get(status::<G>))
+        .route("/login", get(login_form).post(login::<G>))
+        .route(API_PATH, get(api::<G>))
+        .fallback(elsewhere::<G>)
+        .layer(axum::middleware::map_response(finish))
+        .with_state(portal)
+}
+
+/// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
+/// is the TCP peer's.
+pub async fn serve<G: Gate>(
+    listener: tokio::net::TcpListener,
+    gate: Arc<G>,
+    settings: PortalSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(gate, settings).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+struct Portal<G> {
+    gate: Arc<G>,
+    url: String,
+    location: HeaderValue,
+    /// Host and port of `url`; `None` if it has none, and then every host is ours.
+    own: Option<(String, u16)>,
+    limiter: Mutex<Limiter>,
+    /// The limiter's clock: monotonic, because a Pi has no real-time clock and its wall clock
+    /// jumps when NTP first syncs after boot.
+    started: tokio::time::Instant,
+}
+
+impl<G: Gate> Portal<G> {
+    fn new(gate: Arc<G>, settings: PortalSettings) -> Self {
+        let location = HeaderValue::from_str(&settings.url).unwrap_or_else(|_| {
+            tracing::error!(url = %settings.url, "portal URL is not a valid header value; redirecting to /");
+            HeaderValue::from_static("/")
+        });
+        let own = url::Url::parse(&settings.url)
+            .ok()
+            .as_ref()
+            .and_then(authority);
+        if own.is_none() {
+            tracing::warn!(url = %settings.url, "portal URL has no host; serving the portal on every host");
+        }
+        Portal {
+            gate,
+            location,
+            own,
+            limiter: Mutex::new(Limiter::new(
+                settings.per_client_attempts,
+                settings.global_attempts,
+                settings.window,
+            )),
+            url: settings.url,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn limiter(&self) -> MutexGuard<'_, Limiter> {
+        // The limiter's state is valid after any panic (each method leaves it consistent).
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the request's `Host` names the portal itself.
+    fn is_own_host(&self, headers: &HeaderMap) -> bool {
+        let (Some(own), Some(host)) = (&self.own, headers.get(HOST)) else {
+            return true;
+        };
+        let parsed = host
+            .to_str()
+            .ok()
+            .and_then(|host| url::Url::parse(&format!("http://{host}/")).ok());
+        parsed.as_ref().and_then(authority).as_ref() == Some(own)
+    }
+
+    fn redirect(&self) -> Response {
+        let mut response = html(StatusCode::FOUND, pages::redirect(&self.url));
+        response
+            .headers_mut()
+            .insert(LOCATION, self.location.clone());
+        response
+    }
+
+    /// Any page that is not the portal's own: the redirect while captive, the probe's success
+    /// reply or a small "you are online" page once online.
+    async fn captive_or_online(&self, ip: IpAddr, path: &str) -> Response {
+        let Some(status) = self.gate.status(ip).await else {
+            return self.redirect();
+        };
+        match probes::find(path) {
+            Some(probe) => {
+                let mut response = (probe.status, probe.body).into_response();
+                match probe.content_type {
+                    Some(kind) => {
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+                    }
+                    None => {
+                        response.headers_mut().remove(CONTENT_TYPE);
+                    }
+                }
+                response
+            }
+            None => html(StatusCode::OK, pages::online(&status, Online::Status)),
+        }
+    }
+}
+
+fn authority(url: &url::Url) -> Option<(String, u16)> {
+    Some((
+        url.host_str()?.to_ascii_lowercase(),
+        url.port_or_known_default()?,
+    ))
+}
+
+/// The client's address; an IPv4 client reaching a dual-stack socket shows as `::ffff:a.b.c.d`.
+fn client_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (CONTENT_TYPE, HTML),
+            (CONTENT_SECURITY_POLICY, CSP),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn retry_after(mut response: Response, seconds: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// At most the first two characters of a code, for logs.
+fn redacted(code: &str) -> String {
+    let mut shown: String = code.chars().take(2).collect();
+    shown.push('…');
+    shown
+}
+
+async fn index<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let ip = client_ip(peer);
+    if !portal.is_own_host(&headers) {
+        return portal.captive_or_online(ip, uri.path()).await;
+    }
+    match portal.gate.status(ip).await {
+        Some(status) => html(StatusCode::OK, pages::online(&status, Online::Status)),
+        None => html(StatusCode::OK, pages::form(None, "")),
+    }
+}
+
+async fn status<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let ip = client_ip(peer);
+    if !portal.is_own_host(&headers) {
+        return portal.captive_or_online(ip, uri.path()).await;
+    }
+    match portal.gate.status(ip).await {
+        Some(status) => html(StatusCode::OK, pages::online(&status, Online::Status)),
+        None => html(StatusCode::OK, pages::not_online()),
+    }
+}
+
+/// `GET /login` (a bookmark, a reload after the POST): back to the form.
+async fn login_form() -> Response {
+    (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response()
+}
+
+async fn login<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ip = client_ip(peer);
+    let typed = match form::read_code(&headers, body).await {
+        Ok(typed) => typed,
+        Err(error) => {
+            tracing::debug!(client = %ip, %error, "unusable login request");
+            return form_error(&error);
+        }
+    };
+    let code = match AccessCode::parse(&typed) {
+        Ok(code) => code,
+        Err(bad) => {
+            tracing::debug!(client = %ip, code = ?redacted(&typed), "malformed code");
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::form(Some(&bad_code_text(&bad)), &typed),
+            );
+        }
+    };
+    let attempt = match portal.limiter().begin(ip, portal.now()) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::debug!(client = %ip, wait = wait.seconds, global = wait.global, "code attempt rate-limited");
+            let page = pages::form(Some(&too_many_text(wait)), &typed);
+            return retry_after(html(StatusCode::TOO_MANY_REQUESTS, page), wait.seconds);
+        }
+    };
+    let shown = redacted(code.as_str());
+    let task = {
+        let portal = Arc::clone(&portal);
+        tokio::spawn(async move {
+            let outcome = portal.gate.redeem(ip, code).await;
+            if !outcome.is_failed_guess() {
+                portal.limiter().refund(attempt);
+            }
+            outcome
+        })
+    };
+    let outcome = task.await.unwrap_or_else(|error| {
+        tracing::error!(client = %ip, %error, "code redemption task failed");
+        Redeem::Internal
+    });
+    tracing::info!(client = %ip, outcome = outcome.label(), code = %shown, "code redemption");
+    redeem_reply(outcome, &typed)
+}
+
+fn redeem_reply(outcome: Redeem, typed: &str) -> Response {
+    let (status, text) = match outcome {
+        Redeem::Online(status) => {
+            return html(StatusCode::OK, pages::online(&status, Online::JustNow));
+        }
+        Redeem::Invalid => (
+            StatusCode::FORBIDDEN,
+            "That code is not valid. Check each letter and digit and try again.",
+        ),
+        Redeem::Expired => (
+            StatusCode::FORBIDDEN,
+            "That code has expired. Ask the Wi-Fi provider for a new one.",
+        ),
+        Redeem::UsedUp => (
+            StatusCode::FORBIDDEN,
+            "That code's data is used up. Ask the Wi-Fi provider for a new one.",
+        ),
+        Redeem::Revoked => (
+            StatusCode::FORBIDDEN,
+            "That code has been cancelled by the Wi-Fi provider. Ask them for a new one.",
+        ),
+        Redeem::BackendUnreachable => {
+            let text = "Can't check codes right now — the provider's connection to the code \
+                        service is down; try again in a minute.";
+            let page = pages::form(Some(text), typed);
+            return retry_after(
+                html(StatusCode::SERVICE_UNAVAILABLE, page),
+                BACKEND_RETRY_SECONDS,
+            );
+        }
+        Redeem::UnknownDevice => (
+            StatusCode::CONFLICT,
+            "This device could not be recognised (devices are identified by their network \
+             hardware address). Reconnect to the Wi-Fi and try again.",
+        ),
+        Redeem::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong on the Wi-Fi gateway. Try again in a minute.",
+        ),
+    };
+    html(status, pages::form(Some(text), typed))
+}
+
+fn bad_code_text(bad: &BadCode) -> String {
+    format!("That does not look like an access code: {bad}.")
+}
+
+fn too_many_text(wait: Wait) -> String {
+    let unit = if wait.seconds == 1 {
+        "second"
+    } else {
+        "seconds"
+    };
+    if wait.global {
+        format!(
+            "Too many codes have been tried on this Wi-Fi just now. Wait {} {unit}, then try again.",
+            wait.seconds
+        )
+    } else {
+        format!(
+            "Too many wrong codes from this device. Wait {} {unit}, then try again.",
+            wait.seconds
+        )
+    }
+}
+
+fn form_error(error: &FormError) -> Response {
+    let (status, text) = match error {
+        FormError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "That was far more than an access code. Type just the code and send it again.",
+        ),
+        FormError::CodeTooLong(_) => (
+            StatusCode::BAD_REQUEST,
+            "That is too long for an access code: a code has 8 letters and digits.",
+        ),
+        FormError::NotAForm(_) | FormError::Malformed | FormError::Unreadable(_) => (
+            StatusCode::BAD_REQUEST,
+            "The code did not arrive in a form this page understands. Type it and send it again.",
+        ),
+    };
+    // Nothing of what was sent is echoed: it was not a sensible code form.
+    html(status, pages::form(Some(text), ""))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct CaptiveApi<'a> {
+    captive: bool,
+    user_portal_url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_extend_session: Option<bool>,
+}
+
+/// RFC 8908's API. `private`, not `no-store`: the RFC asks for a cacheable-by-the-client reply.
+async fn api<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let status = portal.gate.status(client_ip(peer)).await;
+    let reply = CaptiveApi {
+        captive: status.is_none(),
+        user_portal_url: &portal.url,
+        seconds_remaining: status.map(|s| s.seconds_left),
+        bytes_remaining: status.map(|s| s.bytes_left),
+        can_extend_session: status.map(|_| false),
+    };
+    match serde_json::to_vec(&reply) {
+        Ok(json) => (
+            [
+                (CONTENT_TYPE, "application/captive+json"),
+                (CACHE_CONTROL, "private"),
+            ],
+            json,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the captive-portal API reply");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Every path that is not the portal's own, on any host.
+async fn elsewhere<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = method_not_allowed();
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
+        return response;
+    }
+    portal.captive_or_online(client_ip(peer), uri.path()).await
+}
+
+fn method_not_allowed() -> Response {
+    html(
+        StatusCode::METHOD_NOT_ALLOWED,
+        pages::message(
+            "Not possible here",
+            "This page cannot be used that way. Open the access code page instead.",
+        ),
+    )
+}
+
+/// Last touches on every reply: a page for axum's bare 405s (which keep their `Allow`), and
+/// `Cache-Control: no-store` wherever a handler did not choose otherwise.
+async fn finish(response: Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(CONTENT_TYPE)
+    {
+        let (mut parts, _) = response.into_parts();
+        let page = method_not_allowed();
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.headers.extend(page.headers().clone());
+        Response::from_parts(parts, page.into_body())
+    } else {
+        response
+    };
+    response
+        .headers_mut()
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_and_dnsmasq_line_follow_the_portal_url() {
+        assert_eq!(
+            dnsmasq_captive_option("http://10.66.0.1:8080/").unwrap(),
+            "dhcp-option=114,\"http://10.66.0.1:8080/captive-portal/api\""
+        );
+        assert_eq!(
+            api_url("http://portal.lan/welcome/").unwrap(),
+            "http://portal.lan/captive-portal/api"
+        );
+        assert!(api_url("not a url").is_err());
+    }
+
+    #[test]
+    fn codes_in_logs_are_cut_to_two_characters() {
+        assert_eq!(redacted("ABCD2345"), "AB…");
+        assert_eq!(redacted("é"), "é…");
+        assert_eq!(redacted(""), "…");
+    }
+
+    #[test]
+    fn only_wrong_codes_count_as_guesses() {
+        let status = ClientStatus {
+            bytes_left: 1,
+            seconds_left: 1,
+        };
+        for (outcome, counts) in [
+            (Redeem::Online(status), false),
+            (Redeem::Invalid, true),
+            (Redeem::Expired, true),
+            (Redeem::UsedUp, true),
+            (Redeem::Revoked, true),
+            (Redeem::BackendUnreachable, false),
+            (Redeem::UnknownDevice, false),
+            (Redeem::Internal, false),
+        ] {
+            assert_eq!(outcome.is_failed_guess(), counts, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn wait_messages_name_the_seconds() {
+        let one = Wait {
+            seconds: 1,
+            global: false,
+        };
+        assert!(too_many_text(one).contains("Wait 1 second,"));
+        let many = Wait {
+            seconds: 42,
+            global: true,
+        };
+        assert!(too_many_text(many).contains("Wait 42 seconds,"));
+    }
+
+    #[test]
+    fn bad_codes_are_explained_with_bad_code_text() {
+        let bad = AccessCode::parse("ABC").unwrap_err();
+        assert_eq!(
+            bad_code_text(&bad),
+            "That does not look like an access code: a code has 8 characters; this one has 3."
+        );
+    }
+}

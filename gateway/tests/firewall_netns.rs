@@ -1,0 +1,557 @@
+//! The nftables firewall against the real kernel: real `nft`, real veth pairs, three network
+//! namespaces (client — gw — up, see `support::Testbed`), traffic from `std::net` probes.
+//! Needs root; skips with a message when not root, fails when not root in CI.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use edgeshare_gateway::firewall::{
+    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall,
+};
+use edgeshare_gateway::net::{Client, Mac};
+use support::probe::Event;
+use support::{Testbed, sock, unique_name};
+
+netns_probe_entry!();
+
+const PORTAL_PORT: u16 = 8080;
+/// How long a connection that should fail is given: on veth a working one takes well under
+/// a millisecond.
+const BLOCKED: Duration = Duration::from_millis(700);
+/// How long a connection that should work is given.
+const OPEN: Duration = Duration::from_secs(3);
+const GARDEN: &str = "10.77.0.128/25";
+
+fn client_mac() -> Mac {
+    Testbed::CLIENT_MAC.parse().expect("test MAC")
+}
+
+fn client4() -> Client {
+    Client {
+        mac: client_mac(),
+        ip: Testbed::client_v4(),
+    }
+}
+
+fn client6() -> Client {
+    Client {
+        mac: client_mac(),
+        ip: Testbed::client_v6(),
+    }
+}
+
+fn config() -> FirewallConfig {
+    FirewallConfig {
+        table: unique_name("t"),
+        lan: Testbed::GW_LAN_IF.to_owned(),
+        wan: Some(Testbed::GW_WAN_IF.to_owned()),
+        nat: false,
+        portal_port: PORTAL_PORT,
+        garden: vec![GARDEN.parse().expect("garden")],
+    }
+}
+
+/// The firewall of the bed's gateway namespace.
+fn firewall(bed: &Testbed, config: FirewallConfig) -> NftFirewall {
+    NftFirewall::with_command(config, bed.gw.command_prefix("nft"))
+}
+
+fn counters_of(firewall: &mut NftFirewall, client: &Client) -> Option<ClientCounters> {
+    firewall
+        .clients()
+        .expect("clients")
+        .into_iter()
+        .find(|c| c.client == *client)
+}
+
+/// Asserts that a counter holds the payload plus between 40 (IP + TCP headers, no options)
+/// and 80 bytes of headers per counted packet: the element counters count IP packets.
+fn assert_ip_bytes(what: &str, counted_bytes: u64, packets: u64, payload: u64) {
+    assert!(packets > 0, "{what}: no packets counted");
+    assert!(
+        counted_bytes > payload,
+        "{what}: counted {counted_bytes} bytes for {payload} bytes of payload"
+    );
+    let (low, high) = (payload + 40 * packets, payload + 80 * packets);
+    assert!(
+        (low..=high).contains(&counted_bytes),
+        "{what}: {counted_bytes} bytes in {packets} packets for a payload of {payload} \
+         (expected {low}..={high})"
+    );
+}
+
+fn ping_installed() -> bool {
+    std::process::Command::new("ping")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn captive_client_gets_dns_the_garden_and_the_portal_only() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    println!(
+        "{}",
+        bed.gw
+            .run_ok(&["nft", "-a", "list", "table", "inet", &fw.config().table])
+    );
+
+    let https4 = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 100);
+    let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 100);
+    let garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 100);
+    let _dns4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
+    let _dns6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
+    let _other_udp = bed.up.udp_echo(sock(Testbed::up_v4(), 5353));
+    let portal = bed.gw.tcp_listen("0.0.0.0:8080".parse().expect("addr"), 10);
+
+    // Anything else to the internet is dropped, IPv4 and IPv6 alike.
+    let err = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 443), 10, BLOCKED)
+        .expect_err("HTTPS must be dropped while captive");
+    assert!(err.starts_with("connect"), "{err}");
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), BLOCKED),
+        "IPv6 must be dropped while captive (no IPv6 bypass)"
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v4(), 5353), BLOCKED)
+            .is_err(),
+        "UDP other than DNS must be dropped"
+    );
+    if ping_installed() {
+        let ping = bed
+            .client
+            .run(&["ping", "-c", "1", "-W", "1", &Testbed::up_v4().to_string()]);
+        assert!(
+            !ping.status.success(),
+            "ICMP to the internet must be dropped"
+        );
+    } else {
+        println!("note: ping is not installed; the ICMP check is left out");
+    }
+
+    // DNS to any server passes, both families.
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v4(), 53), OPEN)
+            .is_ok()
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v6(), 53), OPEN)
+            .is_ok()
+    );
+
+    // The walled garden is reachable, both ways for the connection.
+    let sent = bed
+        .client
+        .tcp_send(sock(Testbed::up_extra_v4(), 443), 1000, OPEN)
+        .expect("the walled garden is open");
+    assert_eq!((sent.sent, sent.received), (1000, 100));
+    match garden.next_event(OPEN) {
+        Some(Event::Accepted { peer, received, .. }) => {
+            assert_eq!(peer.ip(), Testbed::client_v4());
+            assert_eq!(received, 1000);
+        }
+        other => panic!("garden listener: {other:?}"),
+    }
+
+    // Port 80 anywhere ends at the portal on the gateway (nothing listens on up's port 80).
+    let sent = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 80), 18, OPEN)
+        .expect("port 80 is redirected to the portal");
+    assert_eq!(sent.received, 10, "the portal's answer");
+    match portal.next_event(OPEN) {
+        Some(Event::Accepted {
+            peer,
+            local,
+            received,
+            ..
+        }) => {
+            assert_eq!(peer.ip(), Testbed::client_v4());
+            assert_eq!(local, sock(Testbed::gw_lan_v4(), PORTAL_PORT));
+            assert_eq!(received, 18);
+        }
+        other => panic!("portal listener: {other:?}"),
+    }
+    assert!(
+        https4.events_so_far().is_empty(),
+        "nothing may have reached up's port 443"
+    );
+    assert!(
+        fw.clients().expect("clients").is_empty(),
+        "no one is allowed"
+    );
+}
+
+#[test]
+fn gateway_and_lan_are_closed_to_everything_else() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    let _gw_ssh = bed.gw.tcp_listen("[::]:2222".parse().expect("addr"), 0);
+    let _portal = bed.gw.tcp_listen("[::]:8080".parse().expect("addr"), 0);
+    let _gw_dns = bed.gw.udp_echo("0.0.0.0:53".parse().expect("addr"));
+    let on_client = bed.client.tcp_listen("[::]:9000".parse().expect("addr"), 0);
+
+    // On the gateway: the portal and DNS yes, any other port no.
+    assert!(
+        bed.client
+            .tcp_connects(sock(Testbed::gw_lan_v4(), PORTAL_PORT), OPEN)
+    );
+    assert!(
+        bed.client
+            .tcp_connects(sock(Testbed::gw_lan_v6(), PORTAL_PORT), OPEN)
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::gw_lan_v4(), 53), OPEN)
+            .is_ok()
+    );
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::gw_lan_v4(), 2222), BLOCKED)
+    );
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::gw_lan_v6(), 2222), BLOCKED)
+    );
+    // Traffic from the gateway's other side is not ours to filter.
+    assert!(bed.up.tcp_connects(sock(Testbed::gw_wan_v4(), 2222), OPEN));
+
+    // Nothing unsolicited into the LAN, captive or allowed.
+    let into_lan = |bed: &Testbed| {
+        bed.up
+            .tcp_connects(sock(Testbed::client_v4(), 9000), BLOCKED)
+            || bed
+                .up
+                .tcp_connects(sock(Testbed::client_v6(), 9000), BLOCKED)
+    };
+    assert!(!into_lan(&bed), "captive client reachable from outside");
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    fw.allow(&client6(), Duration::from_secs(60))
+        .expect("allow");
+    assert!(!into_lan(&bed), "allowed client reachable from outside");
+    assert!(on_client.events_so_far().is_empty());
+    for counters in fw.clients().expect("clients") {
+        assert_eq!(
+            (counters.down_bytes, counters.down_packets),
+            (0, 0),
+            "unsolicited traffic must not be billed: {counters:?}"
+        );
+    }
+}
+
+#[test]
+fn allowed_client_passes_is_counted_and_revoked() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    const UP4: u64 = 200_000;
+    const DOWN4: u64 = 300_000;
+    const UP6: u64 = 120_000;
+    const DOWN6: u64 = 50_000;
+    let https4 = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), DOWN4);
+    let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), DOWN6);
+    let http4 = bed.up.tcp_listen(sock(Testbed::up_v4(), 80), 5);
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED)
+    );
+
+    let started = Instant::now();
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow v4");
+    fw.allow(&client6(), Duration::from_secs(60))
+        .expect("allow v6");
+    let sent = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 443), UP4, OPEN)
+        .expect("allowed client reaches the internet");
+    assert_eq!((sent.sent, sent.received), (UP4, DOWN4));
+    match https4.next_event(OPEN) {
+        Some(Event::Accepted { peer, received, .. }) => {
+            assert_eq!(peer.ip(), Testbed::client_v4(), "no NAT in this test");
+            assert_eq!(received, UP4);
+        }
+        other => panic!("listener: {other:?}"),
+    }
+    let sent6 = bed
+        .client
+        .tcp_send(sock(Testbed::up_v6(), 443), UP6, OPEN)
+        .expect("allowed client reaches the internet over IPv6");
+    assert_eq!((sent6.sent, sent6.received), (UP6, DOWN6));
+
+    // The kernel counted exactly these two connections, at the IP level.
+    let all = fw.clients().expect("clients");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let v4 = counters_of(&mut fw, &client4()).expect("v4 counters");
+    println!("after {UP4} up / {DOWN4} down over IPv4: {v4:?}");
+    assert_ip_bytes("IPv4 upload", v4.up_bytes, v4.up_packets, UP4);
+    assert_ip_bytes("IPv4 download", v4.down_bytes, v4.down_packets, DOWN4);
+    let timeout_left = Duration::from_secs(60).saturating_sub(started.elapsed());
+    assert!(
+        v4.expires_in <= Duration::from_secs(60)
+            && v4.expires_in + Duration::from_secs(2) >= timeout_left,
+        "{v4:?}"
+    );
+    let v6 = counters_of(&mut fw, &client6()).expect("v6 counters");
+    println!("after {UP6} up / {DOWN6} down over IPv6: {v6:?}");
+    // IPv6 headers are 20 bytes longer than IPv4's.
+    assert_ip_bytes(
+        "IPv6 upload",
+        v6.up_bytes - 20 * v6.up_packets,
+        v6.up_packets,
+        UP6,
+    );
+    assert_ip_bytes(
+        "IPv6 download",
+        v6.down_bytes - 20 * v6.down_packets,
+        v6.down_packets,
+        DOWN6,
+    );
+
+    // An allowed client's port 80 is not redirected.
+    let sent = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 80), 7, OPEN)
+        .expect("port 80 of an allowed client");
+    assert_eq!(sent.received, 5);
+    assert!(matches!(
+        http4.next_event(OPEN),
+        Some(Event::Accepted { received: 7, .. })
+    ));
+
+    // Revoked: blocked at once, gone from the listing; revoking again is fine.
+    fw.revoke(&client4()).expect("revoke");
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED)
+    );
+    assert_eq!(counters_of(&mut fw, &client4()), None);
+    fw.revoke(&client4()).expect("revoking twice");
+    assert!(
+        bed.client.tcp_connects(sock(Testbed::up_v6(), 443), OPEN),
+        "the IPv6 address stays allowed"
+    );
+    fw.revoke(&client6()).expect("revoke v6");
+    assert!(fw.clients().expect("clients").is_empty());
+}
+
+#[test]
+fn only_the_allowed_mac_passes_with_the_allowed_ip() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    let target = sock(Testbed::up_v4(), 443);
+    assert!(bed.client.tcp_connects(target, OPEN));
+
+    let set_mac = |mac: &str| {
+        bed.client.set_mac(Testbed::CLIENT_IF, mac);
+        // So that only the firewall can make the difference, not a stale neighbour entry.
+        bed.gw.ip(&["neigh", "flush", "dev", Testbed::GW_LAN_IF]);
+    };
+    set_mac("02:00:00:66:00:99");
+    assert!(
+        !bed.client.tcp_connects(target, BLOCKED),
+        "another device must not pass by taking an allowed IP"
+    );
+    set_mac(Testbed::CLIENT_MAC);
+    assert!(bed.client.tcp_connects(target, OPEN));
+}
+
+#[test]
+fn kernel_timeout_closes_access_by_itself() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    let target = sock(Testbed::up_v4(), 443);
+
+    let allowed_at = Instant::now();
+    // 1.5 s is ceiled to 2 s.
+    fw.allow(&client4(), Duration::from_millis(1_500))
+        .expect("allow");
+    assert!(bed.client.tcp_connects(target, OPEN));
+    let listed = counters_of(&mut fw, &client4()).expect("listed");
+    assert!(listed.expires_in <= Duration::from_secs(2), "{listed:?}");
+
+    // No daemon involved from here: the kernel alone ends the access.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(allowed_at.elapsed()));
+    assert!(
+        !bed.client.tcp_connects(target, BLOCKED),
+        "expired yet open"
+    );
+    assert_eq!(counters_of(&mut fw, &client4()), None);
+}
+
+#[test]
+fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let config = config();
+    let mut fw = firewall(&bed, config.clone());
+    fw.install().expect("install");
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 1_000);
+    let _garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 0);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 443), 5_000, OPEN)
+        .expect("allowed");
+    let before = counters_of(&mut fw, &client4()).expect("counters");
+    let listing = |fw: &NftFirewall| {
+        bed.gw.run_ok(&[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            &fw.config().table,
+            "forward",
+        ])
+    };
+    let rules_before = listing(&fw);
+
+    // A restarted daemon installs again, twice even: same rules, same clients, same counts.
+    fw.install().expect("install again");
+    fw.install().expect("and again");
+    assert!(fw.is_installed().expect("check"));
+    assert_eq!(listing(&fw), rules_before, "rules duplicated or changed");
+    let after = counters_of(&mut fw, &client4()).expect("client survived the reinstall");
+    assert_eq!(
+        (after.up_bytes, after.down_bytes),
+        (before.up_bytes, before.down_bytes),
+        "counters survive a reinstall"
+    );
+    assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
+
+    // The garden is replaced, not added to.
+    fw.revoke(&client4()).expect("revoke");
+    let garden = sock(Testbed::up_extra_v4(), 443);
+    assert!(bed.client.tcp_connects(garden, OPEN));
+    let mut no_garden = config.clone();
+    no_garden.garden.clear();
+    firewall(&bed, no_garden)
+        .install()
+        .expect("install without garden");
+    assert!(
+        !bed.client.tcp_connects(garden, BLOCKED),
+        "old garden still open"
+    );
+    let mut nested = config;
+    nested.garden.push("10.77.0.130".parse().expect("host"));
+    nested.garden.push("fd00:77::/64".parse().expect("v6 net"));
+    firewall(&bed, nested)
+        .install()
+        .expect("install with nested garden");
+    assert!(bed.client.tcp_connects(garden, OPEN));
+}
+
+#[test]
+fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    let table = fw.config().table.clone();
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    let target = sock(Testbed::up_v4(), 443);
+    assert!(!fw.is_installed().expect("check"), "nothing installed yet");
+
+    fw.install().expect("install");
+    assert!(fw.is_installed().expect("check"));
+    bed.gw.run_ok(&["nft", "flush", "ruleset"]);
+    assert!(!fw.is_installed().expect("check after flush ruleset"));
+    fw.install().expect("repair");
+    assert!(fw.is_installed().expect("check"));
+    assert!(!bed.client.tcp_connects(target, BLOCKED), "captive again");
+
+    bed.gw.run_ok(&["nft", "flush", "table", "inet", &table]);
+    assert!(
+        !fw.is_installed().expect("check after flush table"),
+        "empty chains are not installed"
+    );
+    fw.install().expect("repair");
+    assert!(fw.is_installed().expect("check"));
+
+    fw.uninstall().expect("uninstall");
+    let tables = bed.gw.run_ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains(&table), "{tables}");
+    assert!(!fw.is_installed().expect("check"));
+    fw.uninstall().expect("uninstalling twice");
+    assert!(matches!(fw.clients(), Err(FirewallError::Refused { .. })));
+    // With our table gone, nothing of ours blocks the client any more.
+    assert!(bed.client.tcp_connects(target, OPEN));
+}
+
+#[test]
+fn nat_masquerades_on_the_wan_interface() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut config = config();
+    config.nat = true;
+    let mut fw = firewall(&bed, config);
+    fw.install().expect("install");
+    let https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 443), 10, OPEN)
+        .expect("allowed");
+    match https.next_event(OPEN) {
+        Some(Event::Accepted { peer, .. }) => assert_eq!(peer.ip(), Testbed::gw_wan_v4()),
+        other => panic!("listener: {other:?}"),
+    }
+    let counters = counters_of(&mut fw, &client4()).expect("counted before NAT");
+    assert!(counters.up_bytes > 10, "{counters:?}");
+}
+
+#[test]
+fn bad_batches_are_refused_with_nft_stderr() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    // Allowing before the table exists: nft says why, and the error names the client.
+    match fw.allow(&client4(), Duration::from_secs(5)) {
+        Err(FirewallError::Refused {
+            operation, stderr, ..
+        }) => {
+            assert!(operation.to_string().contains("10.66.0.2"), "{operation}");
+            assert!(stderr.contains("No such file or directory"), "{stderr}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,742 @@
+//! The portal over real HTTP on loopback: a fake [`Gate`] (a map of online clients and a
+//! scripted redemption result), the real server from `serve` on 127.0.0.1:0, reqwest with
+//! redirects off so the 302s are visible, and raw TCP where reqwest cannot be rude enough.
+//!
+//! Set `PORTAL_PAGES_DIR` to keep a form, an error and a success page as HTML files.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeshare_gateway::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+use edgeshare_shared::code::AccessCode;
+use reqwest::StatusCode;
+use reqwest::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const APPLE_SUCCESS: &str = "<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>";
+const FIREFOX_CANONICAL: &str =
+    r#"<meta http-equiv="refresh" content="0;url=https://support.mozilla.org/kb/captive-portal"/>"#;
+const STATUS: ClientStatus = ClientStatus {
+    bytes_left: 512 * 1_048_576 + 300_000,
+    seconds_left: 4_320,
+};
+
+/// The daemon as the portal sees it: who is online, and what the next redemption returns.
+struct FakeGate {
+    online: Mutex<HashMap<IpAddr, ClientStatus>>,
+    next: Mutex<Redeem>,
+    /// How long a redemption takes.
+    delay: Mutex<Duration>,
+    redeemed: Mutex<Vec<(IpAddr, String)>>,
+}
+
+impl FakeGate {
+    fn new() -> Self {
+        FakeGate {
+            online: Mutex::new(HashMap::new()),
+            next: Mutex::new(Redeem::Invalid),
+            delay: Mutex::new(Duration::ZERO),
+            redeemed: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn script(&self, outcome: Redeem) {
+        *self.next.lock().unwrap() = outcome;
+    }
+
+    fn set_online(&self, ip: IpAddr, status: Option<ClientStatus>) {
+        let mut online = self.online.lock().unwrap();
+        match status {
+            Some(status) => online.insert(ip, status),
+            None => online.remove(&ip),
+        };
+    }
+}
+
+impl Gate for FakeGate {
+    async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.redeemed
+            .lock()
+            .unwrap()
+            .push((ip, code.as_str().to_owned()));
+        let outcome = *self.next.lock().unwrap();
+        if let Redeem::Online(status) = outcome {
+            self.set_online(ip, Some(status));
+        }
+        outcome
+    }
+
+    async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
+        self.online.lock().unwrap().get(&ip).copied()
+    }
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+struct Running {
+    addr: SocketAddr,
+    url: String,
+    gate: Arc<FakeGate>,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A client whose connections come from `source` (any 127.0.0.0/8 address is loopback).
+fn client_from(source: IpAddr) -> reqwest::Client {
+    // reqwest is built without a default rustls provider; the project's own TLS config brings
+    // ring, so no process-wide provider is needed even for plain HTTP.
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(edgeshare_shared::tls::client_config(None).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(source)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn start(tune: impl FnOnce(&mut PortalSettings)) -> Running {
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/");
+    let mut settings = PortalSettings::new(url.clone());
+    tune(&mut settings);
+    let gate = Arc::new(FakeGate::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(portal::serve(
+        listener,
+        Arc::clone(&gate),
+        settings,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        addr,
+        url,
+        gate,
+        http: client_from(LOCALHOST),
+        stop: Some(stop),
+        server,
+    }
+}
+
+impl Running {
+    fn at(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        Reply::from(self.http.get(self.at(path)).send().await.unwrap()).await
+    }
+
+    async fn get_as_host(&self, host: &str, path: &str) -> Reply {
+        let request = self.http.get(self.at(path)).header(HOST, host);
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    async fn post_code(&self, http: &reqwest::Client, code: &str) -> Reply {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", code)
+            .finish();
+        self.post(http, FORM, body).await
+    }
+
+    async fn post(&self, http: &reqwest::Client, content_type: &str, body: String) -> Reply {
+        let request = http
+            .post(self.at("/login"))
+            .header(CONTENT_TYPE, content_type)
+            .body(body);
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let result = tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("server stops after the shutdown signal");
+        result.unwrap().unwrap();
+    }
+
+    /// The server still answers a normal request.
+    async fn assert_alive(&self) {
+        let reply = self.get("/").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Self {
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    fn header(&self, name: reqwest::header::HeaderName) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn assert_redirect_to(&self, url: &str) {
+        assert_eq!(self.status, StatusCode::FOUND, "{}", self.body);
+        assert_eq!(self.header(LOCATION), Some(url));
+        assert_eq!(self.header(CACHE_CONTROL), Some("no-store"));
+    }
+
+    fn assert_page(&self, status: StatusCode, text: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.header(CONTENT_TYPE), Some("text/html; charset=utf-8"));
+        assert_eq!(self.header(CACHE_CONTROL), Some("no-store"));
+        assert!(self.body.contains(text), "{text:?} not in {}", self.body);
+    }
+
+    /// The error is in the alert, announced to screen readers.
+    fn assert_alert(&self, status: StatusCode, text: &str) {
+        self.assert_page(status, "role=\"alert\"");
+        let alert = self.body.split("role=\"alert\"").nth(1).unwrap();
+        let alert = alert.split("</div>").next().unwrap();
+        assert!(alert.contains(text), "{text:?} not in the alert {alert}");
+    }
+}
+
+/// (path, host, status once online, content type, body once online)
+const PROBES: &[(&str, &str, u16, Option<&str>, &str)] = &[
+    (
+        "/generate_204",
+        "connectivitycheck.gstatic.com",
+        204,
+        None,
+        "",
+    ),
+    ("/gen_204", "clients3.google.com", 204, None, ""),
+    (
+        "/hotspot-detect.html",
+        "captive.apple.com",
+        200,
+        Some("text/html"),
+        APPLE_SUCCESS,
+    ),
+    (
+        "/library/test/success.html",
+        "www.apple.com",
+        200,
+        Some("text/html"),
+        APPLE_SUCCESS,
+    ),
+    (
+        "/connecttest.txt",
+        "www.msftconnecttest.com",
+        200,
+        Some("text/plain"),
+        "Microsoft Connect Test",
+    ),
+    (
+        "/ncsi.txt",
+        "www.msftncsi.com",
+        200,
+        Some("text/plain"),
+        "Microsoft NCSI",
+    ),
+    (
+        "/canonical.html",
+        "detectportal.firefox.com",
+        200,
+        Some("text/html"),
+        FIREFOX_CANONICAL,
+    ),
+    (
+        "/success.txt?ipv4",
+        "detectportal.firefox.com",
+        200,
+        Some("text/plain"),
+        "success\n",
+    ),
+];
+
+#[tokio::test]
+async fn probes_redirect_while_captive_and_succeed_once_online() {
+    let portal = start(|_| {}).await;
+    let own_host = portal.addr.to_string();
+    for (path, host, _, _, _) in PROBES {
+        for host in [*host, own_host.as_str()] {
+            portal
+                .get_as_host(host, path)
+                .await
+                .assert_redirect_to(&portal.url);
+        }
+    }
+    portal.gate.set_online(LOCALHOST, Some(STATUS));
+    for (path, host, status, content_type, body) in PROBES {
+        for host in [*host, own_host.as_str()] {
+            let reply = portal.get_as_host(host, path).await;
+            assert_eq!(reply.status.as_u16(), *status, "{host}{path}");
+            assert_eq!(reply.header(CONTENT_TYPE), *content_type, "{host}{path}");
+            assert_eq!(reply.body, *body, "{host}{path}");
+            assert_eq!(reply.header(LOCATION), None);
+        }
+    }
+    // And back: a client cut off is captive again at once.
+    portal.gate.set_online(LOCALHOST, None);
+    portal
+        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
+        .await
+        .assert_redirect_to(&portal.url);
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn any_host_and_path_redirects_while_captive() {
+    let portal = start(|_| {}).await;
+    let own = portal.addr.to_string();
+    for (host, path) in [
+        ("example.com", "/"),
+        ("example.com", "/status"),
+        ("example.com", "/some/page.html?q=1&r=<x>"),
+        ("neverssl.com", "/online"),
+        ("10.66.0.1", "/"),
+        (own.as_str(), "/favicon.ico"),
+        (own.as_str(), "/captive-portal"),
+    ] {
+        let reply = portal.get_as_host(host, path).await;
+        reply.assert_redirect_to(&portal.url);
+        // Clients that do not follow redirects get a link.
+        assert!(reply.body.contains(&format!("href=\"{}\"", portal.url)));
+    }
+    let head = portal
+        .http
+        .head(portal.at("/anything"))
+        .header(HOST, "example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::FOUND);
+    assert_eq!(head.headers()[LOCATION], portal.url.as_str());
+
+    // Online: a small page, not a redirect back to the portal (which would loop).
+    portal.gate.set_online(LOCALHOST, Some(STATUS));
+    for (host, path) in [("example.com", "/"), ("example.com", "/a/b")] {
+        portal
+            .get_as_host(host, path)
+            .await
+            .assert_page(StatusCode::OK, "You are online");
+    }
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn the_form_and_the_status_page() {
+    let portal = start(|_| {}).await;
+    let form = portal.get("/").await;
+    form.assert_page(StatusCode::OK, "<form method=\"post\" action=\"/login\">");
+    for needle in [
+        "<html lang=\"en\">",
+        "<label for=\"code\">",
+        "inputmode=\"text\"",
+        "autocapitalize=\"characters\"",
+        "autocomplete=\"one-time-code\"",
+    ] {
+        assert!(form.body.contains(needle), "{needle}");
+    }
+    assert!(!form.body.contains("role=\"alert\""));
+    assert!(
+        form.header(reqwest::header::CONTENT_SECURITY_POLICY)
+            .is_some()
+    );
+
+    portal
+        .get("/status")
+        .await
+        .assert_page(StatusCode::OK, "You are not online yet");
+    assert!(portal.get("/status").await.body.contains("href=\"/\""));
+
+    let reply = portal.get("/login").await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(reply.header(LOCATION), Some("/"));
+
+    portal.gate.set_online(LOCALHOST, Some(STATUS));
+    for path in ["/", "/status"] {
+        let reply = portal.get(path).await;
+        reply.assert_page(StatusCode::OK, "<dd>512 MB</dd>");
+        assert!(reply.body.contains("<dd>1 h 12 min</dd>"));
+    }
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn each_redemption_outcome_has_its_page() {
+    let portal = start(|_| {}).await;
+    let pages = std::env::var_os("PORTAL_PAGES_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &pages {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("form.html"), portal.get("/").await.body).unwrap();
+    }
+    // (outcome, status, text in the alert, Retry-After)
+    let cases = [
+        (
+            Redeem::Invalid,
+            StatusCode::FORBIDDEN,
+            "That code is not valid",
+            None,
+        ),
+        (Redeem::Expired, StatusCode::FORBIDDEN, "has expired", None),
+        (
+            Redeem::UsedUp,
+            StatusCode::FORBIDDEN,
+            "data is used up",
+            None,
+        ),
+        (
+            Redeem::Revoked,
+            StatusCode::FORBIDDEN,
+            "cancelled by the Wi-Fi provider",
+            None,
+        ),
+        (
+            Redeem::BackendUnreachable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Can't check codes right now — the provider's connection to the code service is \
+             down; try again in a minute",
+            Some("60"),
+        ),
+        (
+            Redeem::UnknownDevice,
+            StatusCode::CONFLICT,
+            "Reconnect to the Wi-Fi and try again",
+            None,
+        ),
+        (
+            Redeem::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            None,
+        ),
+    ];
+    for (outcome, status, text, retry) in cases {
+        portal.gate.script(outcome);
+        let reply = portal.post_code(&portal.http, "abcd-2345").await;
+        // The alert text is HTML-escaped ("can&#39;t"); compare with the escaped form.
+        reply.assert_alert(status, &text.replace('\'', "&#39;"));
+        assert_eq!(reply.header(RETRY_AFTER), retry, "{outcome:?}");
+        // What was typed comes back, for fixing a typo.
+        assert!(reply.body.contains("value=\"abcd-2345\""), "{outcome:?}");
+        assert!(reply.body.contains("aria-invalid=\"true\""));
+        if let (Some(dir), Redeem::Invalid) = (&pages, outcome) {
+            std::fs::write(dir.join("error.html"), &reply.body).unwrap();
+        }
+    }
+    // The gate got the code in its normal form, from this client.
+    let redeemed = portal.gate.redeemed.lock().unwrap().clone();
+    assert_eq!(redeemed.len(), cases.len());
+    assert!(
+        redeemed
+            .iter()
+            .all(|(ip, code)| *ip == LOCALHOST && code == "ABCD2345")
+    );
+
+    portal.gate.script(Redeem::Online(STATUS));
+    let reply = portal.post_code(&portal.http, "ABCD 2345").await;
+    reply.assert_page(StatusCode::OK, "Your code was accepted");
+    assert!(reply.body.contains("<dd>512 MB</dd>"));
+    assert!(reply.body.contains("<dd>1 h 12 min</dd>"));
+    if let Some(dir) = &pages {
+        std::fs::write(dir.join("success.html"), &reply.body).unwrap();
+    }
+    // Online now: the probes say so.
+    let probe = portal
+        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
+        .await;
+    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_codes_are_explained_and_escaped() {
+    let portal = start(|_| {}).await;
+    let reply = portal.post_code(&portal.http, "ABC").await;
+    reply.assert_alert(
+        StatusCode::BAD_REQUEST,
+        "a code has 8 characters; this one has 3",
+    );
+    let reply = portal.post_code(&portal.http, "ABCD234O").await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "&#39;O&#39; is not one of them");
+
+    let hostile = "\"><script>alert(1)</script>";
+    let reply = portal.post_code(&portal.http, hostile).await;
+    reply.assert_alert(
+        StatusCode::BAD_REQUEST,
+        "&#39;&quot;&#39; is not one of them",
+    );
+    assert!(!reply.body.contains("<script>"), "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("value=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\"")
+    );
+
+    let reply = portal.post_code(&portal.http, &"A".repeat(65)).await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "too long for an access code");
+    assert!(!reply.body.contains(&"A".repeat(65)));
+    // 64 characters is a bad code, not a too-long field.
+    let reply = portal.post_code(&portal.http, &"A".repeat(64)).await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "this one has 64");
+
+    // Malformed codes never reached the gate and did not count as guesses.
+    assert!(portal.gate.redeemed.lock().unwrap().is_empty());
+    portal.gate.script(Redeem::Invalid);
+    let reply = portal.post_code(&portal.http, "ABCD2345").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_wrong_codes_are_refused_with_a_wait() {
+    let portal = start(|settings| {
+        settings.per_client_attempts = 3;
+        settings.global_attempts = 4;
+    })
+    .await;
+    portal.gate.script(Redeem::Invalid);
+    for _ in 0..3 {
+        let reply = portal.post_code(&portal.http, "ABCD2345").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    let reply = portal.post_code(&portal.http, "ABCD2345").await;
+    reply.assert_alert(StatusCode::TOO_MANY_REQUESTS, "Too many wrong codes");
+    let wait: u64 = reply.header(RETRY_AFTER).unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(reply.body.contains(&format!("Wait {wait} seconds")));
+    assert!(reply.body.contains("value=\"ABCD2345\""));
+    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 3);
+
+    // Another client is not blocked by the first one's limit…
+    let second = client_from(IpAddr::from([127, 0, 0, 2]));
+    let reply = portal.post_code(&second, "ABCD2345").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // …but the four failures fill the global window for everyone.
+    let third = client_from(IpAddr::from([127, 0, 0, 3]));
+    let reply = portal.post_code(&third, "ABCD2345").await;
+    reply.assert_alert(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many codes have been tried",
+    );
+    assert!(reply.header(RETRY_AFTER).is_some());
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn successes_and_outages_do_not_count_as_guesses() {
+    let portal = start(|settings| settings.per_client_attempts = 2).await;
+    for outcome in [
+        Redeem::Online(STATUS),
+        Redeem::BackendUnreachable,
+        Redeem::UnknownDevice,
+    ] {
+        portal.gate.script(outcome);
+        for _ in 0..4 {
+            let reply = portal.post_code(&portal.http, "ABCD2345").await;
+            assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{outcome:?}");
+        }
+    }
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_pages_and_the_server_lives_on() {
+    let portal = start(|_| {}).await;
+    let http = &portal.http;
+
+    // 413: a body over 4 KiB, announced by Content-Length…
+    let big = format!("code=ABCD2345&pad={}", "x".repeat(5000));
+    let reply = portal.post(http, FORM, big).await;
+    reply.assert_alert(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "far more than an access code",
+    );
+    // …or chunked, with no length up front.
+    let mut request = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nb\r\ncode=A&pad=\r\n",
+        portal.addr
+    );
+    for _ in 0..5 {
+        request.push_str(&format!("3e8\r\n{}\r\n", "x".repeat(1000)));
+    }
+    request.push_str("0\r\n\r\n");
+    let raw = raw_exchange(portal.addr, request.as_bytes(), false).await;
+    assert!(raw.starts_with("HTTP/1.1 413 "), "{raw}");
+
+    // 400: not a form, no code field, two code fields, not UTF-8.
+    for (content_type, body) in [
+        ("application/json", r#"{"code":"ABCD2345"}"#.to_owned()),
+        ("text/plain", "code=ABCD2345".to_owned()),
+        (FORM, "other=1".to_owned()),
+        (FORM, "code=ABCD2345&code=EFGH2345".to_owned()),
+        (FORM, String::new()),
+    ] {
+        let reply = portal.post(http, content_type, body.clone()).await;
+        reply.assert_alert(StatusCode::BAD_REQUEST, "did not arrive in a form");
+        assert!(!reply.body.contains("ABCD2345"), "{body}");
+    }
+    let reply = http
+        .post(portal.at("/login"))
+        .body("code=ABCD2345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let reply = http
+        .post(portal.at("/login"))
+        .header(CONTENT_TYPE, FORM)
+        .body(b"code=AB\xffCD".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+
+    // 405 with Allow, on the portal's own paths and elsewhere.
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/", "GET,HEAD"),
+        (reqwest::Method::PUT, "/login", "GET,HEAD,POST"),
+        (reqwest::Method::POST, "/status", "GET,HEAD"),
+        (reqwest::Method::PATCH, "/captive-portal/api", "GET,HEAD"),
+        (reqwest::Method::POST, "/generate_204", "GET,HEAD"),
+        (
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            "/coffee",
+            "GET,HEAD",
+        ),
+    ] {
+        let response = http
+            .request(method.clone(), portal.at(path))
+            .send()
+            .await
+            .unwrap();
+        let reply = Reply::from(response).await;
+        reply.assert_page(StatusCode::METHOD_NOT_ALLOWED, "cannot be used that way");
+        let mut allowed: Vec<&str> = reply.header(ALLOW).unwrap().split(',').collect();
+        allowed.sort_unstable();
+        assert_eq!(allowed.join(","), allow, "{method} {path}");
+    }
+
+    // Garbage on the wire is hyper's to refuse; the server carries on.
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET / HTTP/1.1\r\nHost: \x01\x02\r\nX: \xff\r\n\r\n",
+        b"POST /login HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"\r\n\r\n\r\n",
+    ] {
+        let raw = raw_exchange(portal.addr, garbage, true).await;
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 4"), "{raw}");
+        portal.assert_alive().await;
+    }
+    // A connection that sends half a body and hangs up.
+    let mut stream = TcpStream::connect(portal.addr).await.unwrap();
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: 100\r\n\r\ncode=",
+        portal.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    drop(stream);
+
+    portal.assert_alive().await;
+    portal.stop().await;
+}
+
+/// Sends `request` on a fresh connection (then closes our side if `close`) and reads until the
+/// server closes the connection.
+async fn raw_exchange(addr: SocketAddr, request: &[u8], close: bool) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    if close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Err(_) => panic!("the server neither answered nor closed within 5 s: {reply:?}"),
+            // A reset after the reply is fine: the reply is what counts.
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn rfc_8908_api_both_ways() {
+    let portal = start(|_| {}).await;
+    for host in ["10.66.0.1:8080", "example.com"] {
+        let reply = portal.get_as_host(host, "/captive-portal/api").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header(CONTENT_TYPE), Some("application/captive+json"));
+        assert_eq!(reply.header(CACHE_CONTROL), Some("private"));
+        let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"captive": true, "user-portal-url": portal.url})
+        );
+    }
+    portal.gate.set_online(LOCALHOST, Some(STATUS));
+    let reply = portal.get("/captive-portal/api").await;
+    assert_eq!(reply.header(CONTENT_TYPE), Some("application/captive+json"));
+    assert_eq!(reply.header(CACHE_CONTROL), Some("private"));
+    let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "captive": false,
+            "user-portal-url": portal.url,
+            "seconds-remaining": 4_320,
+            "bytes-remaining": 512 * 1_048_576 + 300_000,
+            "can-extend-session": false,
+        })
+    );
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_login_still_completes_in_the_gate() {
+    let portal = start(|_| {}).await;
+    portal.gate.script(Redeem::Online(STATUS));
+    *portal.gate.delay.lock().unwrap() = Duration::from_millis(300);
+    let body = "code=ABCD2345";
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
+        portal.addr,
+        body.len()
+    );
+    let mut stream = TcpStream::connect(portal.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Hang up while the gate is still working.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while portal.gate.redeemed.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the redemption ran to the end");
+    // The client is online although it never saw the success page.
+    let probe = portal
+        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
+        .await;
+    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.stop().await;
+}

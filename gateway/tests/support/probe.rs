@@ -1,0 +1,302 @@
+//! Traffic probes that run inside a network namespace: TCP and UDP listeners and clients
+//! written with `std::net`, so the tests need no netcat, socat or python.
+//!
+//! A namespace belongs to a process (a thread, strictly, but `setns` is not in std), so a
+//! probe is this very test binary started again under `ip netns exec NS`, told what to do
+//! through the environment variable [`PROBE_ENV`]. libtest then runs only the test named
+//! [`PROBE_TEST`], which every test file that uses probes declares with
+//! `netns_probe_entry!()` at its crate root; that test does nothing in a normal run. The
+//! probe reports on stdout, one `@probe {json}` line per [`Event`], and exits.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Carries the [`Request`] (JSON) to the probe process.
+pub const PROBE_ENV: &str = "EDGESHARE_NETNS_PROBE";
+/// The libtest name of the entry test `netns_probe_entry!()` declares.
+pub const PROBE_TEST: &str = "netns_probe_entry";
+/// Carries the PID of the test process that started the probe.
+pub const PARENT_ENV: &str = "EDGESHARE_NETNS_PROBE_PARENT";
+/// Prefix of the probe's report lines on stdout (libtest prints its own lines too).
+pub const EVENT_PREFIX: &str = "@probe ";
+
+/// How long a probe's sockets wait for the other side before giving up, so that no probe
+/// hangs whatever the firewall does.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a probe process does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Accepts TCP connections until killed; reads each to EOF, then writes `reply_bytes`
+    /// bytes and closes. Reports [`Event::Ready`] once bound, [`Event::Accepted`] per
+    /// connection.
+    TcpListen { bind: SocketAddr, reply_bytes: u64 },
+    /// Answers each UDP datagram with the same bytes until killed. Reports
+    /// [`Event::Ready`], then [`Event::Datagram`] per datagram.
+    UdpEcho { bind: SocketAddr },
+    /// Connects (within `connect_timeout_ms`), sends `bytes` bytes, shuts down its sending
+    /// side, reads the reply to EOF. Reports [`Event::Sent`] or [`Event::Failed`].
+    TcpSend {
+        to: SocketAddr,
+        bytes: u64,
+        connect_timeout_ms: u64,
+    },
+    /// Sends one datagram and waits `timeout_ms` for the answer. Reports [`Event::Reply`]
+    /// or [`Event::Failed`].
+    UdpQuery { to: SocketAddr, timeout_ms: u64 },
+}
+
+/// What a probe reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Ready {
+        local: SocketAddr,
+    },
+    Accepted {
+        peer: SocketAddr,
+        local: SocketAddr,
+        received: u64,
+        sent: u64,
+    },
+    Datagram {
+        peer: SocketAddr,
+        len: usize,
+    },
+    Sent {
+        local: SocketAddr,
+        peer: SocketAddr,
+        sent: u64,
+        received: u64,
+    },
+    Reply {
+        len: usize,
+    },
+    Failed {
+        stage: String,
+        error: String,
+    },
+}
+
+/// Declares the probe's entry test; invoke once at the crate root of a test file that uses
+/// probes (`mod support;` first).
+#[macro_export]
+macro_rules! netns_probe_entry {
+    () => {
+        /// Not a test: the entry point of probe processes (see `support::probe`). Passes at
+        /// once in a normal run.
+        #[test]
+        fn netns_probe_entry() {
+            $crate::support::probe::serve_if_requested();
+        }
+    };
+}
+
+/// The body of the entry test: if this process was started as a probe, do the work and exit
+/// (0 on success, 1 on failure); otherwise return.
+pub fn serve_if_requested() {
+    let Ok(json) = std::env::var(PROBE_ENV) else {
+        return;
+    };
+    die_with_parent();
+    let code = match serde_json::from_str::<Request>(&json) {
+        Ok(request) => run(request),
+        Err(e) => {
+            report(&Event::Failed {
+                stage: "request".to_owned(),
+                error: e.to_string(),
+            });
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// A probe must not outlive the test that started it, even when that test process is
+/// killed before its drops run: ask the kernel for SIGKILL when the parent goes (`ip netns
+/// exec` execs in place, so the parent is the test process), and leave at once if it has
+/// gone already.
+fn die_with_parent() {
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    let _ = set_parent_process_death_signal(Some(Signal::KILL));
+    let expected = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    let actual = getppid().map(|pid| pid.as_raw_nonzero().get());
+    if expected.is_some() && expected != actual {
+        std::process::exit(1);
+    }
+}
+
+fn report(event: &Event) {
+    // Straight to the stdout handle (not `println!`, which libtest may capture), one whole
+    // line per lock so that events from several connection threads never interleave.
+    let line = format!(
+        "{EVENT_PREFIX}{}\n",
+        serde_json::to_string(event).unwrap_or_default()
+    );
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+fn failed(stage: &str, error: io::Error) -> i32 {
+    report(&Event::Failed {
+        stage: stage.to_owned(),
+        error: error.to_string(),
+    });
+    1
+}
+
+fn run(request: Request) -> i32 {
+    match request {
+        Request::TcpListen { bind, reply_bytes } => tcp_listen(bind, reply_bytes),
+        Request::UdpEcho { bind } => udp_echo(bind),
+        Request::TcpSend {
+            to,
+            bytes,
+            connect_timeout_ms,
+        } => tcp_send(to, bytes, Duration::from_millis(connect_timeout_ms)),
+        Request::UdpQuery { to, timeout_ms } => udp_query(to, Duration::from_millis(timeout_ms)),
+    }
+}
+
+/// Writes `count` bytes of a fixed pattern.
+fn write_bytes(stream: &mut TcpStream, count: u64) -> io::Result<u64> {
+    let chunk = [0x5a_u8; 16 * 1024];
+    let mut left = count;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        stream.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(count)
+}
+
+/// Reads to EOF, counting.
+fn drain(stream: &mut TcpStream) -> io::Result<u64> {
+    let mut buffer = [0_u8; 16 * 1024];
+    let mut total = 0_u64;
+    loop {
+        match stream.read(&mut buffer)? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
+    }
+}
+
+fn tcp_listen(bind: SocketAddr, reply_bytes: u64) -> i32 {
+    let listener = match TcpListener::bind(bind) {
+        Ok(listener) => listener,
+        Err(e) => return failed("bind", e),
+    };
+    let local = listener.local_addr().unwrap_or(bind);
+    report(&Event::Ready { local });
+    loop {
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => return failed("accept", e),
+        };
+        std::thread::spawn(move || {
+            let local = stream.local_addr().unwrap_or(local);
+            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            let outcome = drain(&mut stream).and_then(|received| {
+                let sent = write_bytes(&mut stream, reply_bytes)?;
+                stream.shutdown(Shutdown::Write)?;
+                Ok((received, sent))
+            });
+            match outcome {
+                Ok((received, sent)) => report(&Event::Accepted {
+                    peer,
+                    local,
+                    received,
+                    sent,
+                }),
+                Err(e) => {
+                    failed("serve", e);
+                }
+            }
+        });
+    }
+}
+
+fn udp_echo(bind: SocketAddr) -> i32 {
+    let socket = match UdpSocket::bind(bind) {
+        Ok(socket) => socket,
+        Err(e) => return failed("bind", e),
+    };
+    report(&Event::Ready {
+        local: socket.local_addr().unwrap_or(bind),
+    });
+    let mut buffer = [0_u8; 2048];
+    loop {
+        match socket.recv_from(&mut buffer) {
+            Ok((len, peer)) => {
+                let _ = socket.send_to(&buffer[..len], peer);
+                report(&Event::Datagram { peer, len });
+            }
+            Err(e) => return failed("receive", e),
+        }
+    }
+}
+
+fn tcp_send(to: SocketAddr, bytes: u64, connect_timeout: Duration) -> i32 {
+    let mut stream = match TcpStream::connect_timeout(&to, connect_timeout) {
+        Ok(stream) => stream,
+        Err(e) => return failed("connect", e),
+    };
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(e) => return failed("connect", e),
+    };
+    let sent = match write_bytes(&mut stream, bytes).and_then(|sent| {
+        stream.shutdown(Shutdown::Write)?;
+        Ok(sent)
+    }) {
+        Ok(sent) => sent,
+        Err(e) => return failed("send", e),
+    };
+    match drain(&mut stream) {
+        Ok(received) => {
+            report(&Event::Sent {
+                local,
+                peer: to,
+                sent,
+                received,
+            });
+            0
+        }
+        Err(e) => failed("receive", e),
+    }
+}
+
+fn udp_query(to: SocketAddr, timeout: Duration) -> i32 {
+    let any: SocketAddr = if to.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0_u16; 8], 0))
+    };
+    let socket = match UdpSocket::bind(any) {
+        Ok(socket) => socket,
+        Err(e) => return failed("bind", e),
+    };
+    if let Err(e) = socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))) {
+        return failed("bind", e);
+    }
+    if let Err(e) = socket.send_to(b"edgeshare netns probe", to) {
+        return failed("send", e);
+    }
+    let mut buffer = [0_u8; 2048];
+    match socket.recv_from(&mut buffer) {
+        Ok((len, _)) => {
+            report(&Event::Reply { len });
+            0
+        }
+        Err(e) => failed("receive", e),
+    }
+}
