@@ -7,7 +7,7 @@
 //! set always follows the core's decisions in order. nft calls block for milliseconds, so
 //! everything that holds the lock runs on tokio's blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +43,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 struct Persisted {
     core: Snapshot,
     baselines: Vec<(Client, u64)>,
+    /// When this was saved: the core is restored as of then, so that the bytes counted
+    /// while the daemon was down are recorded before sessions that expired meanwhile end.
+    saved_at: Millis,
 }
 
 /// Where codes are checked.
@@ -90,9 +93,7 @@ impl State {
         for action in actions {
             match action {
                 Action::Allow { client, until } => {
-                    if let Err(err) = self.firewall.allow(&client, now.until(until)) {
-                        tracing::error!(%client, error = %err, "cannot let a client through");
-                    }
+                    self.allow(client, until, now);
                     self.urgent = true;
                 }
                 Action::Revoke { client, reason } => {
@@ -100,6 +101,7 @@ impl State {
                     if let Err(err) = self.firewall.revoke(&client) {
                         tracing::error!(%client, error = %err, "cannot cut a client off");
                     }
+                    self.baselines.remove(&client);
                     self.urgent = true;
                 }
                 Action::SessionEnded {
@@ -121,16 +123,28 @@ impl State {
         }
     }
 
+    /// Lets a client through until `until`. Adding an element restarts its kernel counter at
+    /// zero, so its baseline does too (the caller has settled the old counter first).
+    fn allow(&mut self, client: Client, until: Millis, now: Millis) {
+        match self.firewall.allow(&client, now.until(until)) {
+            Ok(()) => {
+                self.baselines.insert(client, 0);
+            }
+            Err(err) => tracing::error!(%client, error = %err, "cannot let a client through"),
+        }
+    }
+
     /// Reads the kernel counters and hands the core the bytes since the last read. Called
     /// before anything that may cut a client off (a tick, a kick, a revoke, a login that
     /// moves a session), because a removed element takes its counter with it: bytes not
     /// read before the cut would be lost.
-    fn settle(&mut self, now: Millis, store: Option<&CodeStore>) {
+    /// Returns the clients the kernel lets through, or `None` if it could not be asked.
+    fn settle(&mut self, now: Millis, store: Option<&CodeStore>) -> Option<HashSet<Client>> {
         let counters = match self.firewall.clients() {
             Ok(counters) => counters,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the kernel counters");
-                return;
+                return None;
             }
         };
         let mut deltas = Vec::new();
@@ -138,7 +152,8 @@ impl State {
         for c in counters {
             let total = c.up_bytes.saturating_add(c.down_bytes);
             let before = self.baselines.get(&c.client).copied().unwrap_or(0);
-            // A counter below its baseline belongs to a re-added element that started at 0.
+            // A counter below its baseline was reset behind our back (the table was restored
+            // after a flush): it counts from zero.
             let delta = if total >= before {
                 total - before
             } else {
@@ -152,9 +167,11 @@ impl State {
         if !deltas.is_empty() {
             self.dirty = true;
         }
+        let present = seen.keys().copied().collect();
         self.baselines = seen;
         let actions = self.core.record_usage(&deltas, now);
         self.apply(actions, now, store);
+        Some(present)
     }
 
     /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
@@ -165,33 +182,70 @@ impl State {
     }
 
     /// Puts the kernel set in step with the core: clients the core does not know are cut
-    /// off, clients it allows are (re-)added.
+    /// off, clients it allows but the kernel lacks are added. Clients already there are left
+    /// alone: re-adding would restart their counters and lose what they hold.
     fn reconcile(&mut self, now: Millis) {
         let allowed: HashMap<Client, Millis> = self.core.allowed().into_iter().collect();
-        match self.firewall.clients() {
-            Ok(in_kernel) => {
-                for c in in_kernel {
-                    if !allowed.contains_key(&c.client) {
-                        tracing::info!(client = %c.client, "removing a client the sessions do not know");
-                        if let Err(err) = self.firewall.revoke(&c.client) {
-                            tracing::error!(client = %c.client, error = %err, "cannot remove a stale client");
-                        }
-                    }
-                }
+        let in_kernel: HashSet<Client> = match self.firewall.clients() {
+            Ok(list) => list.into_iter().map(|c| c.client).collect(),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list the kernel's clients");
+                return;
             }
-            Err(err) => tracing::error!(error = %err, "cannot list the kernel's clients"),
+        };
+        for client in &in_kernel {
+            if !allowed.contains_key(client) {
+                tracing::info!(%client, "removing a client the sessions do not know");
+                if let Err(err) = self.firewall.revoke(client) {
+                    tracing::error!(%client, error = %err, "cannot remove a stale client");
+                }
+                self.baselines.remove(client);
+            }
         }
         for (client, until) in allowed {
-            if let Err(err) = self.firewall.allow(&client, now.until(until)) {
-                tracing::error!(%client, error = %err, "cannot restore a client");
+            if !in_kernel.contains(&client) {
+                self.allow(client, until, now);
             }
         }
     }
 
-    fn persisted(&self) -> Persisted {
+    /// Picks up after a restart: the bytes the kernel counted while the daemon was down go
+    /// to their sessions first, then the restored core's decisions are carried out (clients
+    /// still in the kernel are not re-added), then expiry and idle checks run at `now`.
+    fn resume(&mut self, restored: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
+        let present = self.settle(now, store).unwrap_or_default();
+        let actions = restored
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Allow { client, .. } if present.contains(client)))
+            .collect();
+        self.apply(actions, now, store);
+        let actions = self.core.tick(now);
+        self.apply(actions, now, store);
+        self.reconcile(now);
+    }
+
+    /// Restores our table if someone removed it (a firewall reload, `nft flush ruleset`),
+    /// with every online client back in it. Their counters restart at zero, which
+    /// [`State::settle`] treats as a reset; what they used since the last read is lost.
+    fn repair(&mut self, now: Millis) {
+        match self.firewall.is_installed() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("our nftables table is gone (a firewall reload?); restoring it");
+                match self.firewall.install() {
+                    Ok(()) => self.reconcile(now),
+                    Err(err) => tracing::error!(error = %err, "cannot restore the nftables table"),
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot check the nftables table"),
+        }
+    }
+
+    fn persisted(&self, now: Millis) -> Persisted {
         Persisted {
             core: self.core.snapshot(),
             baselines: self.baselines.iter().map(|(c, b)| (*c, *b)).collect(),
+            saved_at: now,
         }
     }
 }
@@ -301,7 +355,7 @@ fn save_state(shared: &Shared) {
         let was_dirty = state.dirty;
         state.dirty = false;
         state.urgent = false;
-        (state.persisted(), was_dirty)
+        (state.persisted(Millis::now()), was_dirty)
     };
     if !was_dirty {
         return;
@@ -353,7 +407,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let now = Millis::now();
     let (core, actions, baselines) = match load_state(&sessions_file)? {
         Some(saved) => {
-            let (core, actions) = Core::restore(policy(&config), saved.core, now);
+            // As of the save; `resume` brings it forward to now.
+            let (core, actions) =
+                Core::restore(policy(&config), saved.core, saved.saved_at.min(now));
             (core, actions, saved.baselines.into_iter().collect())
         }
         None => (Core::new(policy(&config)), Vec::new(), HashMap::new()),
@@ -369,8 +425,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
     };
-    state.apply(actions, now, store.as_ref());
-    state.reconcile(now);
+    state.resume(actions, now, store.as_ref());
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
 
     let shared = Arc::new(Shared {
@@ -441,21 +496,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             let now = Millis::now();
             let mut state = shared_for_tick.lock();
             if repair {
-                match state.firewall.is_installed() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(
-                            "our nftables table is gone (a firewall reload?); restoring it"
-                        );
-                        match state.firewall.install() {
-                            Ok(()) => state.reconcile(now),
-                            Err(err) => {
-                                tracing::error!(error = %err, "cannot restore the nftables table")
-                            }
-                        }
-                    }
-                    Err(err) => tracing::error!(error = %err, "cannot check the nftables table"),
-                }
+                state.repair(now);
             }
             state.tick(now, store_for_tick.as_ref());
             state.urgent
@@ -685,6 +726,219 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Grant;
+    use crate::firewall::MemoryFirewall;
+
+    const MB: u64 = 1_048_576;
+
+    fn client(n: u8) -> Client {
+        Client {
+            mac: format!("02:00:00:00:00:{n:02x}").parse().unwrap(),
+            ip: format!("10.66.0.{n}").parse().unwrap(),
+        }
+    }
+
+    fn code(text: &str) -> AccessCode {
+        AccessCode::parse(text).unwrap()
+    }
+
+    fn grant(text: &str, bytes: u64) -> Grant {
+        Grant {
+            code: code(text),
+            remaining_bytes: bytes,
+            expires_at: None,
+        }
+    }
+
+    fn state(firewall: &MemoryFirewall) -> State {
+        let mut firewall_box: Box<dyn Firewall> = Box::new(firewall.clone());
+        firewall_box.install().unwrap();
+        State {
+            core: Core::new(Policy::default()),
+            firewall: firewall_box,
+            baselines: HashMap::new(),
+            dirty: false,
+            urgent: false,
+        }
+    }
+
+    fn login(state: &mut State, who: Client, text: &str, bytes: u64, now: Millis) {
+        let actions = state
+            .core
+            .accept_code(who, grant(text, bytes), now)
+            .unwrap();
+        state.apply(actions, now, None);
+    }
+
+    fn used(state: &State) -> u64 {
+        state.core.sessions().iter().map(|s| s.used_bytes).sum()
+    }
+
+    #[test]
+    fn kernel_counters_reach_the_core_as_deltas_and_the_quota_cuts_off() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        let now = Millis(1_000);
+        login(&mut state, client(2), "ABCD2345", MB, now);
+        assert_eq!(fw.allowed(), vec![client(2)]);
+
+        fw.set_counters(&client(2), 300_000, 200_000);
+        state.tick(Millis(2_000), None);
+        assert_eq!(used(&state), 500_000);
+        fw.set_counters(&client(2), 310_000, 300_000);
+        state.tick(Millis(3_000), None);
+        assert_eq!(used(&state), 610_000, "only the growth is added");
+
+        fw.set_counters(&client(2), 700_000, 400_000);
+        state.tick(Millis(4_000), None);
+        assert!(fw.allowed().is_empty(), "over quota: cut off");
+        assert!(state.urgent, "a session change is saved at once");
+    }
+
+    #[test]
+    fn a_counter_that_went_back_counts_from_zero() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
+        fw.set_counters(&client(2), 500, 0);
+        state.tick(Millis(2_000), None);
+        // The element was re-added (a repair, a re-allow): its counter restarted.
+        fw.set_counters(&client(2), 100, 0);
+        state.tick(Millis(3_000), None);
+        assert_eq!(used(&state), 600);
+    }
+
+    #[test]
+    fn the_last_bytes_are_read_before_a_kick() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared {
+            state: Mutex::new(state(&fw)),
+            codes: Codes::Local(CodeStore::new(dir.path())),
+            sessions_file: dir.path().join("sessions.json"),
+            started: Millis(0),
+            lan: "lan0".into(),
+            portal_url: "http://10.66.0.1:8080/".into(),
+        };
+        login(
+            &mut shared.lock(),
+            client(2),
+            "ABCD2345",
+            100 * MB,
+            Millis::now(),
+        );
+        fw.set_counters(&client(2), 4_000, 1_000);
+        let reply = handle_control(&shared, None, Request::Kick { mac: client(2).mac });
+        assert_eq!(reply, Reply::Ok(serde_json::json!({ "kicked": 1 })));
+        assert!(fw.allowed().is_empty());
+        assert_eq!(
+            used(&shared.lock()),
+            5_000,
+            "bytes before the kick are not lost"
+        );
+
+        let reply = handle_control(&shared, None, Request::Kick { mac: client(9).mac });
+        assert!(
+            matches!(reply, Reply::Error(ref m) if m.contains("no online device")),
+            "{reply:?}"
+        );
+
+        let Reply::Ok(clients) = handle_control(&shared, None, Request::Clients) else {
+            panic!("clients failed");
+        };
+        assert_eq!(clients[0]["used_bytes"], 5_000);
+    }
+
+    #[test]
+    fn reconcile_removes_strangers_and_restores_the_sessions_clients() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        // A client left in the kernel by an older run, and ours deleted by hand.
+        state
+            .firewall
+            .allow(&client(7), Duration::from_secs(60))
+            .unwrap();
+        state.firewall.revoke(&client(2)).unwrap();
+        state.reconcile(Millis(2_000));
+        assert_eq!(fw.allowed(), vec![client(2)]);
+    }
+
+    #[test]
+    fn a_flushed_table_is_repaired_with_its_clients() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        fw.flush_ruleset();
+        assert!(fw.allowed().is_empty());
+        state.repair(Millis(2_000));
+        assert!(fw.installed());
+        assert_eq!(fw.allowed(), vec![client(2)]);
+    }
+
+    #[test]
+    fn saved_state_is_exact_after_a_crash() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
+        fw.set_counters(&client(2), 300, 200);
+        state.tick(Millis(2_000), None);
+        let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
+        // The daemon dies; the kernel keeps counting the client's traffic.
+        drop(state);
+        fw.set_counters(&client(2), 900, 600);
+        let saved: Persisted = serde_json::from_slice(&saved).unwrap();
+        let (core, actions) = Core::restore(Policy::default(), saved.core, saved.saved_at);
+        let mut restarted = State {
+            core,
+            firewall: Box::new(fw.clone()),
+            baselines: saved.baselines.into_iter().collect(),
+            dirty: false,
+            urgent: false,
+        };
+        restarted.resume(actions, Millis(5_000), None);
+        assert_eq!(
+            used(&restarted),
+            1_500,
+            "every byte the kernel counted, once"
+        );
+        assert_eq!(fw.allowed(), vec![client(2)], "still online");
+        fw.set_counters(&client(2), 1_000, 600);
+        restarted.tick(Millis(6_000), None);
+        assert_eq!(used(&restarted), 1_600, "and counting goes on from there");
+    }
+
+    #[test]
+    fn bytes_used_before_an_expiry_during_downtime_still_count() {
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw);
+        let g = Grant {
+            code: code("ABCD2345"),
+            remaining_bytes: 100 * MB,
+            expires_at: Some(Millis(10_000)),
+        };
+        let actions = state.core.accept_code(client(2), g, Millis(1_000)).unwrap();
+        state.apply(actions, Millis(1_000), None);
+        let saved = state.persisted(Millis(2_000));
+        drop(state);
+        // While the daemon is down the client uses 7 kB, then the code expires.
+        fw.set_counters(&client(2), 5_000, 2_000);
+        let (core, actions) = Core::restore(Policy::default(), saved.core, saved.saved_at);
+        let mut restarted = State {
+            core,
+            firewall: Box::new(fw.clone()),
+            baselines: saved.baselines.into_iter().collect(),
+            dirty: false,
+            urgent: false,
+        };
+        restarted.resume(actions, Millis(20_000), None);
+        assert!(fw.allowed().is_empty(), "expired: cut off");
+        assert_eq!(
+            restarted.core.unattributed_bytes(),
+            0,
+            "the 7 kB went to the session"
+        );
+    }
 
     #[test]
     fn the_lan_address_is_read_from_ip_json() {
