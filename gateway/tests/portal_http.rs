@@ -740,3 +740,29 @@ async fn a_dropped_login_still_completes_in_the_gate() {
     assert_eq!(probe.status, StatusCode::NO_CONTENT);
     portal.stop().await;
 }
+
+/// A client that sends no headers is disconnected after the header timeout, and meanwhile
+/// others are served.
+#[tokio::test]
+async fn a_silent_client_does_not_hold_the_portal() {
+    let server = start(|_| {}).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Others are served while it waits.
+    let reply = server.get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // After the header timeout the server closes the silent connection.
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(
+        edgeshare_gateway::portal::HEADER_TIMEOUT + std::time::Duration::from_secs(5),
+        silent.read(&mut buf),
+    )
+    .await
+    .expect("the portal must close a connection that sends no headers");
+    // Closed (0 bytes) or answered with a 408 and closed: either way, not held.
+    let n = read.unwrap_or(0);
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

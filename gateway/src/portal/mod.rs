@@ -211,17 +211,78 @@ pub fn router<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> Router {
 
 /// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
 /// is the TCP peer's.
+///
+/// The portal faces every device on the LAN, so each connection is bounded: headers must
+/// arrive within [`HEADER_TIMEOUT`], a whole request is answered within [`REQUEST_TIMEOUT`]
+/// (408 otherwise), and at most [`MAX_CONNECTIONS`] are open at once (further ones are closed
+/// at once). A device trickling bytes cannot hold the portal's sockets.
 pub async fn serve<G: Gate>(
     listener: tokio::net::TcpListener,
     gate: Arc<G>,
     settings: PortalSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(gate, settings).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    use tower::ServiceExt as _;
+    let app = router(gate, settings);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %err, "portal accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(client = %peer.ip(), "portal connection limit reached; closing");
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let app = app.clone();
+                    async move {
+                        let response = match tokio::time::timeout(
+                            REQUEST_TIMEOUT,
+                            app.oneshot(request.map(Body::new)),
+                        )
+                        .await
+                        {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(never)) => match never {},
+                            Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
+                                .into_response(),
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(err) = connection.await {
+                tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
+            }
+            drop(slot);
+        });
+    }
 }
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take in all (a code check with the backend included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Portal connections open at once.
+pub const MAX_CONNECTIONS: usize = 256;
 
 struct Portal<G> {
     gate: Arc<G>,
