@@ -746,14 +746,14 @@ async fn a_dropped_login_still_completes_in_the_gate() {
 #[tokio::test]
 async fn a_silent_client_does_not_hold_the_portal() {
     let server = start(|_| {}).await;
-    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
     // Others are served while it waits.
     let reply = server.get("/").await;
     assert_eq!(reply.status, StatusCode::OK);
     // After the header timeout the server closes the silent connection.
     let mut buf = [0u8; 256];
     let read = tokio::time::timeout(
-        edgeshare_gateway::portal::HEADER_TIMEOUT + std::time::Duration::from_secs(5),
+        portal::HEADER_TIMEOUT + Duration::from_secs(5),
         silent.read(&mut buf),
     )
     .await
