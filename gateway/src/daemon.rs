@@ -31,9 +31,14 @@ use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 const TICK: Duration = Duration::from_secs(1);
 /// How often the table is checked (someone may flush the ruleset).
 const REPAIR_EVERY: Duration = Duration::from_secs(5);
-/// Longest time between two saves of the session state while bytes are flowing. A save
-/// after a crash is exact anyway (see [`Persisted`]); this only bounds the work redone.
+/// Longest time between two saves of the session state while only usage changes. Usage
+/// needs no prompt save: after a crash the kernel's counters minus the saved baselines give
+/// exactly what was used since (see [`Persisted`]). Sessions starting or ending are saved at
+/// once, before the consumer or operator is answered.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// How often live usage is written to the local code store (for `codes list`) and codes
+/// revoked there are cut off (for a `codes revoke` the daemon did not hear about).
+const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// What is saved to `sessions.json`. The core's usage figures and the kernel counter
 /// baselines are saved together, so after a crash the bytes the kernel counted since the
@@ -65,12 +70,14 @@ struct State {
     dirty: bool,
     /// A session started or ended since the last save: save now, not at the next interval.
     urgent: bool,
+    /// Where the state is saved (`sessions.json`).
+    file: PathBuf,
+    last_saved: Millis,
 }
 
 struct Shared {
     state: Mutex<State>,
     codes: Codes,
-    sessions_file: PathBuf,
     started: Millis,
     lan: String,
     portal_url: String,
@@ -241,6 +248,64 @@ impl State {
         }
     }
 
+    /// Writes the state to disk now (temp file, fsync, rename).
+    fn save(&mut self, now: Millis) {
+        let persisted = self.persisted(now);
+        let result = serde_json::to_vec(&persisted)
+            .map_err(std::io::Error::other)
+            .and_then(|json| edgeshare_shared::secret::write_private(&self.file, &json));
+        match result {
+            Ok(()) => {
+                self.dirty = false;
+                self.urgent = false;
+                self.last_saved = now;
+            }
+            Err(err) => {
+                tracing::error!(path = %self.file.display(), error = %err, "cannot save the session state");
+            }
+        }
+    }
+
+    /// Saves at once if a session started or ended (callers answer only after this, so what
+    /// they confirm survives a crash), else if usage changed and the last save is old.
+    fn persist(&mut self, now: Millis) {
+        if self.urgent || (self.dirty && self.last_saved.until(now) >= SAVE_EVERY) {
+            self.save(now);
+        }
+    }
+
+    /// Writes live sessions' usage to the local code store, and cuts off codes revoked there
+    /// (a `codes revoke` while the daemon was down, or one it did not hear about).
+    fn sync_store(&mut self, store: &CodeStore, now: Millis) {
+        let sessions = self.core.sessions();
+        let usage: Vec<(AccessCode, u64)> = sessions
+            .iter()
+            .map(|s| (s.code.clone(), s.used_bytes))
+            .collect();
+        if let Err(err) = store.record_usage(&usage) {
+            tracing::error!(error = %err, "cannot record usage in the code store");
+        }
+        let revoked: Vec<AccessCode> = match store.list() {
+            Ok(codes) => codes
+                .into_iter()
+                .filter(|c| c.revoked && sessions.iter().any(|s| s.code == c.code))
+                .map(|c| c.code)
+                .collect(),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the code store");
+                return;
+            }
+        };
+        if !revoked.is_empty() {
+            self.settle(now, Some(store));
+        }
+        for code in revoked {
+            tracing::info!(code = %short(&code), "code revoked in the store; cutting its devices off");
+            let actions = self.core.revoke_code(&code, now);
+            self.apply(actions, now, Some(store));
+        }
+    }
+
     fn persisted(&self, now: Millis) -> Persisted {
         Persisted {
             core: self.core.snapshot(),
@@ -349,26 +414,6 @@ fn load_state(path: &PathBuf) -> anyhow::Result<Option<Persisted>> {
     }
 }
 
-fn save_state(shared: &Shared) {
-    let (persisted, was_dirty) = {
-        let mut state = shared.lock();
-        let was_dirty = state.dirty;
-        state.dirty = false;
-        state.urgent = false;
-        (state.persisted(Millis::now()), was_dirty)
-    };
-    if !was_dirty {
-        return;
-    }
-    let result = serde_json::to_vec(&persisted)
-        .map_err(std::io::Error::other)
-        .and_then(|json| edgeshare_shared::secret::write_private(&shared.sessions_file, &json));
-    if let Err(err) = result {
-        shared.lock().dirty = true;
-        tracing::error!(path = %shared.sessions_file.display(), error = %err, "cannot save the session state");
-    }
-}
-
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let state_dir = config.state.dir.clone();
@@ -420,18 +465,23 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         baselines,
         dirty: true,
         urgent: false,
+        file: sessions_file,
+        last_saved: now,
     };
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
     };
     state.resume(actions, now, store.as_ref());
+    if let Some(store) = &store {
+        state.sync_store(store, now);
+    }
+    state.save(now);
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
 
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         codes,
-        sessions_file,
         started: now,
         lan: config.lan.interface.clone(),
         portal_url: portal_url.clone(),
@@ -477,7 +527,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_repair = tokio::time::Instant::now();
-    let mut last_save = tokio::time::Instant::now();
+    let mut last_store_sync = tokio::time::Instant::now();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
@@ -490,26 +540,27 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         if repair {
             last_repair = tokio::time::Instant::now();
         }
+        let sync = store.is_some() && last_store_sync.elapsed() >= STORE_SYNC_EVERY;
+        if sync {
+            last_store_sync = tokio::time::Instant::now();
+        }
         let shared_for_tick = shared.clone();
         let store_for_tick = store.clone();
-        let urgent = tokio::task::spawn_blocking(move || {
+        let ticked = tokio::task::spawn_blocking(move || {
             let now = Millis::now();
             let mut state = shared_for_tick.lock();
             if repair {
                 state.repair(now);
             }
             state.tick(now, store_for_tick.as_ref());
-            state.urgent
+            if let (true, Some(store)) = (sync, &store_for_tick) {
+                state.sync_store(store, now);
+            }
+            state.persist(now);
         })
-        .await
-        .unwrap_or(true);
-        if urgent || last_save.elapsed() >= SAVE_EVERY {
-            last_save = tokio::time::Instant::now();
-            let shared_for_save = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || save_state(&shared_for_save)).await;
-        }
-        if let Some(store) = &store {
-            record_live_usage(&shared, store).await;
+        .await;
+        if let Err(err) = ticked {
+            tracing::error!(error = %err, "the tick failed");
         }
     }
 
@@ -520,10 +571,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let shared_for_exit = shared.clone();
     let remove = config.firewall.remove_on_exit;
     tokio::task::spawn_blocking(move || {
-        shared_for_exit.lock().dirty = true;
-        save_state(&shared_for_exit);
+        let mut state = shared_for_exit.lock();
+        state.settle(Millis::now(), None);
+        state.save(Millis::now());
         if remove {
-            if let Err(err) = shared_for_exit.lock().firewall.uninstall() {
+            if let Err(err) = state.firewall.uninstall() {
                 tracing::error!(error = %err, "cannot remove the nftables table");
             }
         }
@@ -532,27 +584,6 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     .ok();
     std::fs::remove_file(&config.control.socket).ok();
     Ok(())
-}
-
-/// Writes the usage of live local-code sessions to the code store about every 30 s, so that
-/// `codes list` shows what is left.
-async fn record_live_usage(shared: &Arc<Shared>, store: &CodeStore) {
-    let now = Millis::now();
-    if (now.0 / 1000) % 30 != 0 {
-        return;
-    }
-    let usage: Vec<(AccessCode, u64)> = shared
-        .lock()
-        .core
-        .sessions()
-        .into_iter()
-        .map(|s| (s.code, s.used_bytes))
-        .collect();
-    let store = store.clone();
-    let result = tokio::task::spawn_blocking(move || store.record_usage(&usage)).await;
-    if let Ok(Err(err)) = result {
-        tracing::error!(error = %err, "cannot record usage in the code store");
-    }
 }
 
 /// The portal's view of the daemon.
@@ -608,6 +639,8 @@ impl Gate for PortalGate {
             state.settle(now, store.as_ref());
             let actions = state.core.accept_code(client, grant, now)?;
             state.apply(actions, now, store.as_ref());
+            // On disk before the consumer is told "online": a crash now must not undo it.
+            state.persist(now);
             Ok::<_, Refusal>(())
         })
         .await;
@@ -705,6 +738,7 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
                 .filter(|a| matches!(a, Action::Revoke { .. }))
                 .count();
             state.apply(actions, now, store);
+            state.persist(now);
             if kicked == 0 {
                 Reply::Error(format!("no online device has MAC {mac}"))
             } else {
@@ -718,6 +752,7 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
                 .filter(|a| matches!(a, Action::Revoke { .. }))
                 .count();
             state.apply(actions, now, store);
+            state.persist(now);
             Reply::Ok(serde_json::json!({ "devices_cut_off": cut }))
         }
     }
@@ -750,7 +785,7 @@ mod tests {
         }
     }
 
-    fn state(firewall: &MemoryFirewall) -> State {
+    fn state(firewall: &MemoryFirewall, dir: &tempfile::TempDir) -> State {
         let mut firewall_box: Box<dyn Firewall> = Box::new(firewall.clone());
         firewall_box.install().unwrap();
         State {
@@ -759,6 +794,8 @@ mod tests {
             baselines: HashMap::new(),
             dirty: false,
             urgent: false,
+            file: dir.path().join("sessions.json"),
+            last_saved: Millis(0),
         }
     }
 
@@ -777,7 +814,8 @@ mod tests {
     #[test]
     fn kernel_counters_reach_the_core_as_deltas_and_the_quota_cuts_off() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         let now = Millis(1_000);
         login(&mut state, client(2), "ABCD2345", MB, now);
         assert_eq!(fw.allowed(), vec![client(2)]);
@@ -798,7 +836,8 @@ mod tests {
     #[test]
     fn a_counter_that_went_back_counts_from_zero() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
         fw.set_counters(&client(2), 500, 0);
         state.tick(Millis(2_000), None);
@@ -813,9 +852,8 @@ mod tests {
         let fw = MemoryFirewall::new();
         let dir = tempfile::tempdir().unwrap();
         let shared = Shared {
-            state: Mutex::new(state(&fw)),
+            state: Mutex::new(state(&fw, &dir)),
             codes: Codes::Local(CodeStore::new(dir.path())),
-            sessions_file: dir.path().join("sessions.json"),
             started: Millis(0),
             lan: "lan0".into(),
             portal_url: "http://10.66.0.1:8080/".into(),
@@ -850,9 +888,60 @@ mod tests {
     }
 
     #[test]
+    fn a_login_is_on_disk_before_it_is_confirmed() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        state.persist(Millis(1_000));
+        let saved: Persisted =
+            serde_json::from_slice(&std::fs::read(dir.path().join("sessions.json")).unwrap())
+                .unwrap();
+        let (core, _) = Core::restore(Policy::default(), saved.core, saved.saved_at);
+        assert_eq!(core.allowed().len(), 1);
+
+        // Usage alone waits for the interval; a session change does not.
+        fw.set_counters(&client(2), 10, 0);
+        state.tick(Millis(2_000), None);
+        state.persist(Millis(2_000));
+        assert!(state.dirty, "usage only: saved later");
+        state.persist(Millis(1_000 + SAVE_EVERY.as_millis() as u64));
+        assert!(!state.dirty);
+    }
+
+    #[test]
+    fn a_code_revoked_in_the_store_is_cut_off_at_the_next_sync() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        let store = CodeStore::new(dir.path());
+        let made = store
+            .create(MB, Duration::from_secs(3600), 2, Millis::now())
+            .unwrap();
+        let now = Millis::now();
+        login(&mut state, client(2), made[0].code.as_str(), MB, now);
+        login(&mut state, client(3), made[1].code.as_str(), MB, now);
+        fw.set_counters(&client(2), 700, 0);
+        // Revoked while the daemon did not hear about it.
+        store.revoke(&made[0].code).unwrap();
+        state.sync_store(&store, now);
+        assert_eq!(fw.allowed(), vec![client(3)]);
+        let codes = store.list().unwrap();
+        assert_eq!(
+            codes
+                .iter()
+                .find(|c| c.code == made[0].code)
+                .unwrap()
+                .used_bytes,
+            700
+        );
+    }
+
+    #[test]
     fn reconcile_removes_strangers_and_restores_the_sessions_clients() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
         // A client left in the kernel by an older run, and ours deleted by hand.
         state
@@ -867,7 +956,8 @@ mod tests {
     #[test]
     fn a_flushed_table_is_repaired_with_its_clients() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
         fw.flush_ruleset();
         assert!(fw.allowed().is_empty());
@@ -879,7 +969,8 @@ mod tests {
     #[test]
     fn saved_state_is_exact_after_a_crash() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
         fw.set_counters(&client(2), 300, 200);
         state.tick(Millis(2_000), None);
@@ -895,6 +986,8 @@ mod tests {
             baselines: saved.baselines.into_iter().collect(),
             dirty: false,
             urgent: false,
+            file: dir.path().join("sessions.json"),
+            last_saved: Millis(0),
         };
         restarted.resume(actions, Millis(5_000), None);
         assert_eq!(
@@ -911,7 +1004,8 @@ mod tests {
     #[test]
     fn bytes_used_before_an_expiry_during_downtime_still_count() {
         let fw = MemoryFirewall::new();
-        let mut state = state(&fw);
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
         let g = Grant {
             code: code("ABCD2345"),
             remaining_bytes: 100 * MB,
@@ -930,6 +1024,8 @@ mod tests {
             baselines: saved.baselines.into_iter().collect(),
             dirty: false,
             urgent: false,
+            file: dir.path().join("sessions.json"),
+            last_saved: Millis(0),
         };
         restarted.resume(actions, Millis(20_000), None);
         assert!(fw.allowed().is_empty(), "expired: cut off");

@@ -165,8 +165,48 @@ pub struct Background {
 }
 
 impl Background {
+    /// Starts `command` (e.g. one from [`Netns::command`], with its stdio and environment
+    /// set by the caller) and keeps it: killed and reaped when the handle drops.
+    pub fn start(command: &mut Command) -> Background {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Background {
+            child,
+            what: format!("{command:?}"),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (by PID) unless it has exited already.
+    pub fn signal(&mut self, signal: rustix::process::Signal) {
+        if !self.is_running() {
+            return;
+        }
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit by itself: its exit status, or `None` if it is
+    /// still running (it is then killed on drop as usual).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Still running?
@@ -308,6 +348,15 @@ impl Netns {
         self.ip(&[family, "route", "add", to, "via", via]);
     }
 
+    /// Limits what leaves `interface` in here to `rate` (a token bucket, tc's syntax, e.g.
+    /// `8mbit`), so that a transfer through it takes a known time whatever the client does.
+    pub fn limit_rate(&self, interface: &str, rate: &str) {
+        self.run_ok(&[
+            "tc", "qdisc", "add", "dev", interface, "root", "tbf", "rate", rate, "burst", "16kb",
+            "latency", "200ms",
+        ]);
+    }
+
     /// Turns on IPv4 and IPv6 forwarding in here (a router).
     pub fn enable_forwarding(&self) {
         self.sysctl("net.ipv4.ip_forward", "1");
@@ -429,6 +478,12 @@ impl Netns {
     /// Starts a UDP echo server in here; returns once it is bound.
     pub fn udp_echo(&self, bind: SocketAddr) -> Listener {
         self.listen(Request::UdpEcho { bind })
+    }
+
+    /// Starts a tiny web server in here serving `pages` (see [`Request::HttpServe`]);
+    /// returns once it is bound.
+    pub fn http_serve(&self, bind: SocketAddr, pages: Vec<probe::Page>) -> Listener {
+        self.listen(Request::HttpServe { bind, pages })
     }
 
     fn listen(&self, request: Request) -> Listener {

@@ -47,6 +47,32 @@ pub enum Request {
     /// Sends one datagram and waits `timeout_ms` for the answer. Reports [`Event::Reply`]
     /// or [`Event::Failed`].
     UdpQuery { to: SocketAddr, timeout_ms: u64 },
+    /// A tiny web server ("a site on the internet") until killed: one request per
+    /// connection (its head only, a body is not read), answered from `pages` by exact path
+    /// (query left out), `404` otherwise, then closed. Reports [`Event::Ready`] once bound,
+    /// [`Event::HttpRequest`] per request.
+    HttpServe { bind: SocketAddr, pages: Vec<Page> },
+}
+
+/// One page of [`Request::HttpServe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub path: String,
+    pub status: u16,
+    /// `None`: no `Content-Type` header.
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Page {
+    pub fn new(path: &str, status: u16, content_type: Option<&str>, body: &str) -> Page {
+        Page {
+            path: path.to_owned(),
+            status,
+            content_type: content_type.map(str::to_owned),
+            body: body.to_owned(),
+        }
+    }
 }
 
 /// What a probe reports.
@@ -73,6 +99,14 @@ pub enum Event {
     },
     Reply {
         len: usize,
+    },
+    /// A request [`Request::HttpServe`] answered (`host` empty if there was none).
+    HttpRequest {
+        peer: SocketAddr,
+        method: String,
+        path: String,
+        host: String,
+        status: u16,
     },
     Failed {
         stage: String,
@@ -160,6 +194,7 @@ fn run(request: Request) -> i32 {
             connect_timeout_ms,
         } => tcp_send(to, bytes, Duration::from_millis(connect_timeout_ms)),
         Request::UdpQuery { to, timeout_ms } => udp_query(to, Duration::from_millis(timeout_ms)),
+        Request::HttpServe { bind, pages } => http_serve(bind, pages),
     }
 }
 
@@ -299,4 +334,100 @@ fn udp_query(to: SocketAddr, timeout: Duration) -> i32 {
         }
         Err(e) => failed("receive", e),
     }
+}
+
+/// The longest request head [`Request::HttpServe`] reads.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+
+fn http_serve(bind: SocketAddr, pages: Vec<Page>) -> i32 {
+    let listener = match TcpListener::bind(bind) {
+        Ok(listener) => listener,
+        Err(e) => return failed("bind", e),
+    };
+    report(&Event::Ready {
+        local: listener.local_addr().unwrap_or(bind),
+    });
+    let pages = std::sync::Arc::new(pages);
+    loop {
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => return failed("accept", e),
+        };
+        let pages = pages.clone();
+        std::thread::spawn(move || {
+            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            let head = match read_head(&mut stream) {
+                Ok(head) => head,
+                Err(e) => {
+                    failed("serve", e);
+                    return;
+                }
+            };
+            let mut lines = head.lines();
+            let mut parts = lines.next().unwrap_or_default().split_whitespace();
+            let method = parts.next().unwrap_or_default().to_owned();
+            let target = parts.next().unwrap_or_default();
+            let path = target.split('?').next().unwrap_or_default().to_owned();
+            let host = lines
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+                .map(|(_, value)| value.trim().to_owned())
+                .unwrap_or_default();
+            let not_found = Page::new("", 404, Some("text/plain"), "not found\n");
+            let page = pages.iter().find(|p| p.path == path).unwrap_or(&not_found);
+            let reason = match page.status {
+                200 => "OK",
+                204 => "No Content",
+                302 => "Found",
+                404 => "Not Found",
+                _ => "Status",
+            };
+            let mut reply = format!("HTTP/1.1 {} {reason}\r\nConnection: close\r\n", page.status);
+            if let Some(kind) = &page.content_type {
+                reply.push_str(&format!("Content-Type: {kind}\r\n"));
+            }
+            if page.status != 204 {
+                reply.push_str(&format!("Content-Length: {}\r\n", page.body.len()));
+            }
+            reply.push_str("\r\n");
+            if method != "HEAD" && page.status != 204 {
+                reply.push_str(&page.body);
+            }
+            let outcome = stream
+                .write_all(reply.as_bytes())
+                .and_then(|()| stream.shutdown(Shutdown::Write));
+            match outcome {
+                Ok(()) => report(&Event::HttpRequest {
+                    peer,
+                    method,
+                    path,
+                    host,
+                    status: page.status,
+                }),
+                Err(e) => {
+                    failed("serve", e);
+                }
+            }
+        });
+    }
+}
+
+/// Reads a request head (up to the empty line), at most [`MAX_HTTP_HEAD`] bytes.
+fn read_head(stream: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut buffer = [0_u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HTTP_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too long",
+            ));
+        }
+        match stream.read(&mut buffer)? {
+            0 => break,
+            n => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }

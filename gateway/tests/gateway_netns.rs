@@ -1,0 +1,1600 @@
+//! The gateway end to end: the real `edgeshare-gateway run` in the gateway namespace of a
+//! client — gw — up testbed (see `support::Testbed`), each test with its own configuration,
+//! state directory, control socket and nftables table; real clients in the client namespace
+//! (curl, and the harness's probes); "the internet" in up (a web server answering the OS
+//! probes like the real ones, a TCP service on 443, DNS, the stand-in backend, and a second
+//! stand-in serving downloads). Needs root; skips with a message when not root, fails when
+//! not root in CI. Traffic stays inside the namespaces each test creates. Tests marked
+
+mod support;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::process::Signal;
+use serde_json::Value;
+use support::probe::{Event, Page};
+use support::{Background, Listener, Netns, Testbed, sock, unique_name, wait_until};
+
+netns_probe_entry!();
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_edgeshare-gateway");
+const PORTAL_URL: &str = "http://10.66.0.1:8080/";
+const LOGIN_URL: &str = "http://10.66.0.1:8080/login";
+const MB: u64 = 1 << 20;
+/// How long a connection that should fail is given: on veth a working one takes well under
+/// a millisecond.
+const BLOCKED: Duration = Duration::from_millis(700);
+/// How long a connection that should work is given.
+const OPEN: Duration = Duration::from_secs(3);
+/// A second address of the client (same MAC): a captive client beside the one that logs in.
+const SECOND_CLIENT: &str = "10.66.0.3";
+/// The stand-in backend's address in up (inside the walled garden when codes are checked
+/// there); the downloads come from another stand-in on up's main address.
+const BACKEND_ADDR: &str = "10.77.0.130:8080";
+const DOWNLOAD_ADDR: &str = "10.77.0.2:8000";
+const PROVIDER_EMAIL: &str = "provider@example.com";
+const PROVIDER_PASSWORD: &str = "Provider@123";
+
+const APPLE_SUCCESS: &str = "<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>";
+const FIREFOX_CANONICAL: &str =
+    r#"<meta http-equiv="refresh" content="0;url=https://support.mozilla.org/kb/captive-portal"/>"#;
+
+/// An operating system's captive-portal probe and the reply that means "online".
+struct Probe {
+    os: &'static str,
+    host: &'static str,
+    path: &'static str,
+    status: u16,
+    content_type: Option<&'static str>,
+    body: &'static str,
+}
+
+const PROBES: [Probe; 5] = [
+    Probe {
+        os: "Android",
+        host: "connectivitycheck.gstatic.com",
+        path: "/generate_204",
+        status: 204,
+        content_type: None,
+        body: "",
+    },
+    Probe {
+        os: "Apple",
+        host: "captive.apple.com",
+        path: "/hotspot-detect.html",
+        status: 200,
+        content_type: Some("text/html"),
+        body: APPLE_SUCCESS,
+    },
+    Probe {
+        os: "Windows",
+        host: "www.msftconnecttest.com",
+        path: "/connecttest.txt",
+        status: 200,
+        content_type: Some("text/plain"),
+        body: "Microsoft Connect Test",
+    },
+    Probe {
+        os: "Windows (NCSI)",
+        host: "www.msftncsi.com",
+        path: "/ncsi.txt",
+        status: 200,
+        content_type: Some("text/plain"),
+        body: "Microsoft NCSI",
+    },
+    Probe {
+        os: "Firefox",
+        host: "detectportal.firefox.com",
+        path: "/canonical.html",
+        status: 200,
+        content_type: Some("text/html"),
+        body: FIREFOX_CANONICAL,
+    },
+];
+
+impl Probe {
+    fn url(&self) -> String {
+        format!("http://{}{}", self.host, self.path)
+    }
+
+    /// curl's `--resolve` that sends the probe's host to `ip` (the address "DNS" gave).
+    fn resolve(&self, ip: &str) -> String {
+        format!("{}:80:{ip}", self.host)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway under test
+
+/// Where codes are checked.
+enum Codes {
+    Local,
+    /// The stand-in at this base URL, with the provider's account.
+    Backend(String),
+}
+
+/// The real daemon in the bed's gateway namespace, with its own temporary directory
+/// (config, state, control socket, log) and nftables table. Dropping it kills the daemon,
+/// then the namespaces (the table lives in gw and goes with it), then the directory; if the
+/// test is failing, the daemon's log is printed first.
+struct Gateway {
+    daemon: Option<Background>,
+    bed: Testbed,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    log: PathBuf,
+    table: String,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Gateway {
+    /// A testbed and a running gateway with local codes.
+    fn start_local() -> Gateway {
+        Gateway::start(Testbed::new(), Codes::Local)
+    }
+
+    fn start(bed: Testbed, codes: Codes) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("es-gw-")
+            .tempdir()
+            .expect("a temporary directory");
+        let table = unique_name("t");
+        let (codes_toml, env) = match codes {
+            Codes::Local => ("[codes]\nsource = \"local\"\n".to_owned(), Vec::new()),
+            Codes::Backend(url) => (
+                format!(
+                    "[codes]\nsource = \"backend\"\n\n[backend]\nurl = \"{url}\"\n\
+                     email = \"{PROVIDER_EMAIL}\"\n\n[http]\ntimeout = \"3s\"\n\
+                     connect_timeout = \"1s\"\n"
+                ),
+                vec![("EDGESHARE_BACKEND__PASSWORD", PROVIDER_PASSWORD)],
+            ),
+        };
+        let config_text = format!(
+            "[lan]\ninterface = \"{lan}\"\n\n[wan]\ninterface = \"{wan}\"\nnat = true\n\n\
+             [portal]\nport = 8080\n\n{codes_toml}\n[state]\ndir = {state:?}\n\n\
+             [control]\nsocket = {socket:?}\n\n[firewall]\ntable = \"{table}\"\n",
+            lan = Testbed::GW_LAN_IF,
+            wan = Testbed::GW_WAN_IF,
+            state = dir.path().join("state").display().to_string(),
+            socket = dir.path().join("gateway.sock").display().to_string(),
+        );
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, config_text).expect("writing the config");
+        let log = dir.path().join("gateway.log");
+        let mut gateway = Gateway {
+            daemon: None,
+            bed,
+            dir,
+            config,
+            log,
+            table,
+            env,
+        };
+        let check = gateway.cli(&["check-config"]);
+        assert!(
+            check.status.success(),
+            "check-config: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        gateway.run();
+        gateway
+    }
+
+    /// `edgeshare-gateway --config OUR_CONFIG args…` in the gateway namespace, with no
+    /// `EDGESHARE_*` variable from the test's own environment.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.bed.gw.command(GATEWAY);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("EDGESHARE_") {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.env.iter().copied());
+        command.arg("--config").arg(&self.config).args(args);
+        command
+    }
+
+    /// Runs a CLI command (15 s at most) and returns its output, whatever its exit status.
+    fn cli(&self, args: &[&str]) -> Output {
+        let (status, stdout, stderr) =
+            support::run_with_timeout(&mut self.command(args), Duration::from_secs(15));
+        Output {
+            status: status.unwrap_or_else(|| panic!("edgeshare-gateway {args:?} timed out")),
+            stdout: stdout.into_bytes(),
+            stderr: stderr.into_bytes(),
+        }
+    }
+
+    /// Runs a CLI command that must succeed; its stdout.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "edgeshare-gateway {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts `run` (its output appended to the log) and waits until `status` answers.
+    fn run(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon runs already");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the daemon's log file");
+        let mut command = self.command(&["run"]);
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let mut daemon = Background::start(&mut command);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = daemon.wait_timeout(Duration::ZERO) {
+                panic!(
+                    "the daemon exited at start ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            if self.cli(&["status"]).status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer `status` within 10 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.daemon = Some(daemon);
+    }
+
+    /// Stops the daemon with `signal` and waits for it to end (5 s at most).
+    fn stop(&mut self, signal: Signal) {
+        let mut daemon = self.daemon.take().expect("a running daemon");
+        daemon.signal(signal);
+        let status = daemon.wait_timeout(Duration::from_secs(5));
+        assert!(
+            status.is_some(),
+            "the daemon did not stop within 5 s of {signal:?}"
+        );
+        if signal == Signal::TERM {
+            let status = status.expect("checked");
+            assert!(
+                status.success(),
+                "the daemon exited with {status} on SIGTERM"
+            );
+        }
+    }
+
+    fn daemon_is_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(Background::is_running)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A new local code.
+    fn create_code(&self, mb: f64, hours: f64) -> String {
+        let out = self.cli_ok(&[
+            "codes",
+            "create",
+            "--mb",
+            &mb.to_string(),
+            "--hours",
+            &hours.to_string(),
+        ]);
+        let codes: Vec<&str> = out.lines().collect();
+        assert_eq!(codes.len(), 1, "one code per line: {out:?}");
+        codes[0].trim().to_owned()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.cli_ok(&["status"])).expect("status prints JSON")
+    }
+
+    fn clients(&self) -> Vec<Value> {
+        let json: Value = serde_json::from_str(&self.cli_ok(&["clients", "--json"]))
+            .expect("clients --json prints JSON");
+        json.as_array().expect("a list of sessions").clone()
+    }
+
+    /// The session of `code` in `clients --json`, if listed.
+    fn session(&self, code: &str) -> Option<Value> {
+        self.clients().into_iter().find(|s| s["code"] == code)
+    }
+
+    /// The entry of `code` in `codes list --json` (local codes).
+    fn listed_code(&self, code: &str) -> Value {
+        let json: Value = serde_json::from_str(&self.cli_ok(&["codes", "list", "--json"]))
+            .expect("codes list --json prints JSON");
+        json.as_array()
+            .expect("a list of codes")
+            .iter()
+            .find(|c| c["code"] == code)
+            .unwrap_or_else(|| panic!("{code} not in codes list: {json}"))
+            .clone()
+    }
+
+    fn table_exists(&self) -> bool {
+        self.bed
+            .gw
+            .run(&["nft", "list", "table", "inet", &self.table])
+            .status
+            .success()
+    }
+
+    /// Logs the client in with `code` through the portal; the portal's answer.
+    fn login(&self, code: &str) -> Http {
+        curl(
+            &self.bed.client,
+            &["-d", &format!("code={code}"), LOGIN_URL],
+        )
+        .expect("the portal answers a login")
+    }
+
+    /// Logs in and asserts the "online" page.
+    fn login_ok(&self, code: &str) {
+        let reply = self.login(code);
+        assert_eq!(reply.status, 200, "login with a valid code: {reply:?}");
+        assert!(
+            reply.body.contains("You are online"),
+            "the success page: {}",
+            reply.body
+        );
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- edgeshare-gateway's log ({}) ----\n{}\n---- end of log ----",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        // The daemon first (by PID), then the namespaces, then the directory (fields' order).
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.kill();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients and servers
+
+/// An HTTP reply as curl received it.
+#[derive(Debug)]
+struct Http {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Http {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses curl's `-i` output: the last response after any `1xx` interim ones.
+fn parse_http(raw: &str) -> Result<Http, String> {
+    let mut rest = raw;
+    loop {
+        let (head, body) = rest
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP head in {raw:?}"))?;
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no status line in {raw:?}"))?;
+        if (100..200).contains(&status) {
+            rest = body;
+            continue;
+        }
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        return Ok(Http {
+            status,
+            headers,
+            body: body.to_owned(),
+        });
+    }
+}
+
+/// `curl -sS -i -m 5 args…` in `ns`; the reply, or `Err` with curl's complaint.
+fn curl(ns: &Netns, args: &[&str]) -> Result<Http, String> {
+    let mut all = vec!["curl", "-sS", "-i", "-m", "5"];
+    all.extend_from_slice(args);
+    let output = ns.run(&all);
+    if !output.status.success() {
+        return Err(format!(
+            "curl {args:?}: {} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    parse_http(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Asserts that `reply` is the portal's redirect (what a captive client gets).
+fn assert_redirected(reply: &Http, what: &str) {
+    assert_eq!(reply.status, 302, "{what}: {reply:?}");
+    assert_eq!(reply.header("location"), Some(PORTAL_URL), "{what}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"), "{what}");
+}
+
+/// A plain port-80 request to up while captive ends at the portal.
+fn assert_http_redirected(gateway: &Gateway, what: &str) {
+    let reply = curl(
+        &gateway.bed.client,
+        &[
+            "--resolve",
+            "example.com:80:10.77.0.2",
+            "http://example.com/",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{what}: port 80 must reach the portal: {e}"));
+    assert_redirected(&reply, what);
+}
+
+/// The "internet": a web server on up's port 80 answering the probes like the real
+/// servers do, and a TCP service on 443 (HTTPS, as far as the firewall can tell).
+struct Internet {
+    web: Listener,
+    https: Listener,
+}
+
+impl Internet {
+    fn start(bed: &Testbed) -> Internet {
+        let mut pages: Vec<Page> = PROBES
+            .iter()
+            .map(|p| Page::new(p.path, p.status, p.content_type, p.body))
+            .collect();
+        pages.push(Page::new(
+            "/",
+            200,
+            Some("text/plain"),
+            "the upstream site\n",
+        ));
+        Internet {
+            web: bed.up.http_serve(sock(Testbed::up_v4(), 80), pages),
+            https: bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 100),
+        }
+    }
+
+    /// The requests the web server answered so far.
+    fn web_requests(&self) -> Vec<Event> {
+        self.web
+            .events_so_far()
+            .into_iter()
+            .filter(|e| matches!(e, Event::HttpRequest { .. }))
+            .collect()
+    }
+}
+
+/// Can the client open a connection to up's 443 (through the gateway)?
+fn reaches_upstream(bed: &Testbed, timeout: Duration) -> bool {
+    bed.client
+        .tcp_connects(sock(Testbed::up_v4(), 443), timeout)
+}
+
+/// Can the client, sending from its address `source`, open a connection to up's 443?
+/// (curl, since the probes cannot choose their source address.)
+fn reaches_upstream_from(bed: &Testbed, source: &str) -> bool {
+    let output = bed.client.run(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{time_connect}",
+        "--interface",
+        source,
+        "--connect-timeout",
+        "0.7",
+        "-m",
+        "1",
+        "http://10.77.0.2:443/",
+    ]);
+    // The service on 443 does not answer HTTP, so curl ends with a timeout either way;
+    // whether it connected shows in its connect time (0 if it never did).
+    let connect: f64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
+    connect > 0.0
+}
+
+/// The second client address (captive unless it logs in itself).
+fn second_client_reaches_upstream(bed: &Testbed) -> bool {
+    reaches_upstream_from(bed, SECOND_CLIENT)
+}
+
+/// Waits (10 s at most) until the client cannot reach up any more; when that happened
+/// relative to `expires_at` (ms since the epoch), in ms. Asserts it was not early and at
+/// most 2.5 s late.
+fn cut_off_after(bed: &Testbed, expires_at: u64) -> i128 {
+    let mut blocked_at = None;
+    let done = wait_until(Duration::from_secs(10), || {
+        let tried_at = epoch_millis();
+        let blocked = !reaches_upstream(bed, BLOCKED);
+        if blocked {
+            blocked_at = Some(tried_at);
+        }
+        blocked
+    });
+    let now = epoch_millis();
+    assert!(
+        done,
+        "still online {} ms after the expiry",
+        i128::from(now) - i128::from(expires_at)
+    );
+    let blocked_at = blocked_at.expect("set when blocked");
+    let late_ms = i128::from(blocked_at) - i128::from(expires_at);
+    assert!(
+        late_ms > -300,
+        "cut off {late_ms} ms before the expiry (too early)"
+    );
+    assert!(
+        late_ms < 2_500,
+        "cut off {late_ms} ms after the expiry (more than 2.5 s)"
+    );
+    late_ms
+}
+
+fn epoch_millis() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The stand-in binary (another crate's, so no `CARGO_BIN_EXE_` here): beside the
+/// gateway's binary, built once if it is missing.
+fn standin_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(GATEWAY).with_file_name("edgeshare-standin");
+        if !path.exists() {
+            let cargo = std::env::var_os("CARGO")
+                .or_else(|| option_env!("CARGO").map(Into::into))
+                .unwrap_or_else(|| "cargo".into());
+            let mut command = Command::new(cargo);
+            command
+                .args([
+                    "build",
+                    "-p",
+                    "edgeshare-standin",
+                    "--bin",
+                    "edgeshare-standin",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if path.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+                command.arg("--release");
+            }
+            let status = command.status().expect("running cargo build");
+            assert!(status.success(), "cargo build -p edgeshare-standin failed");
+        }
+        assert!(path.exists(), "no stand-in at {}", path.display());
+        path
+    })
+    .clone()
+}
+
+/// Starts the stand-in in `ns` on `listen` with `seed_codes`; returns once it listens.
+fn start_standin(ns: &Netns, dir: &Path, listen: &str, seed_codes: &[&str]) -> Background {
+    let out = dir.join(format!("standin-{}.out", listen.replace([':', '.'], "_")));
+    let mut command = ns.command(standin_binary());
+    command.args(["--listen", listen]);
+    for code in seed_codes {
+        command.args(["--seed-code", code]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("stand-in output file"))
+        .stderr(Stdio::null());
+    let mut standin = Background::start(&mut command);
+    let listening = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|text| text.contains("listening on"))
+    });
+    assert!(
+        listening && standin.is_running(),
+        "the stand-in on {listen} did not start: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    standin
+}
+
+/// Downloads `bytes` from the download stand-in for 7 s at most (a download that is cut off
+/// stalls until then); the bytes received.
+fn download(bed: &Testbed, bytes: u64) -> u64 {
+    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{bytes}");
+    let output = bed.client.run(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        "-m",
+        "7",
+        &url,
+    ]);
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The RFC 8908 API as the client sees it.
+fn captive_api(gateway: &Gateway) -> Value {
+    let reply = curl(
+        &gateway.bed.client,
+        &["http://10.66.0.1:8080/captive-portal/api"],
+    )
+    .expect("the captive-portal API answers");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/captive+json")
+    );
+    serde_json::from_str(&reply.body).expect("the API answers JSON")
+}
+
+fn used_bytes(session: &Value) -> u64 {
+    session["used_bytes"].as_u64().expect("used_bytes")
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn os_probes_are_redirected_while_captive_and_succeed_once_online() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let internet = Internet::start(&gateway.bed);
+    let client = &gateway.bed.client;
+
+    // Captive: every probe, sent to an upstream address with its real Host, gets the
+    // redirect to the portal, and nothing reaches the upstream server.
+    for probe in &PROBES {
+        let reply = curl(
+            client,
+            &["--resolve", &probe.resolve("10.77.0.2"), &probe.url()],
+        )
+        .unwrap_or_else(|e| panic!("{} probe while captive: {e}", probe.os));
+        assert_redirected(&reply, probe.os);
+        println!("captive: {} {} -> 302 {PORTAL_URL}", probe.os, probe.url());
+    }
+    assert!(
+        internet.web_requests().is_empty(),
+        "no probe may reach the internet while captive"
+    );
+
+    // A phone's connection opened while captive (so it ends at the portal) and used again
+    // right after the login gets the portal's own success reply.
+    let code = gateway.create_code(50.0, 1.0);
+    let probe = &PROBES[0];
+    let output = client.run(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "first %{http_code} %{num_connects}\n",
+        "--resolve",
+        &probe.resolve("10.77.0.2"),
+        &probe.url(),
+        "--next",
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "login %{http_code}\n",
+        "-d",
+        &format!("code={code}"),
+        LOGIN_URL,
+        "--next",
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "again %{http_code} %{num_connects}\n",
+        "--resolve",
+        &probe.resolve("10.77.0.2"),
+        &probe.url(),
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text} {output:?}");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["first 302 1", "login 200", "again 204 0"],
+        "the same connection, captive then online"
+    );
+    assert!(internet.web_requests().is_empty());
+
+    // Online: the same probes on new connections reach the internet and get its replies.
+    for probe in &PROBES {
+        let reply = curl(
+            client,
+            &["--resolve", &probe.resolve("10.77.0.2"), &probe.url()],
+        )
+        .unwrap_or_else(|e| panic!("{} probe once online: {e}", probe.os));
+        assert_eq!(reply.status, probe.status, "{}: {reply:?}", probe.os);
+        assert_eq!(reply.body, probe.body, "{}", probe.os);
+        if let Some(kind) = probe.content_type {
+            assert_eq!(reply.header("content-type"), Some(kind), "{}", probe.os);
+        }
+        println!(
+            "online: {} {} -> {} {:?}",
+            probe.os,
+            probe.url(),
+            reply.status,
+            reply.body
+        );
+    }
+    let seen: Vec<(String, String)> = internet
+        .web_requests()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HttpRequest { host, path, .. } => Some((host, path)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(String, String)> = PROBES
+        .iter()
+        .map(|p| (p.host.to_owned(), p.path.to_owned()))
+        .collect();
+    assert_eq!(seen, expected, "each probe reached the internet once");
+}
+
+#[test]
+fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let internet = Internet::start(bed);
+    let _other = bed.up.tcp_listen(sock(Testbed::up_v4(), 8443), 10);
+    let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
+    let _web6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 80), 10);
+    let _dns4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
+    let _dns6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
+    let _udp_other = bed.up.udp_echo(sock(Testbed::up_v4(), 5353));
+
+    let err = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 443), 10, BLOCKED)
+        .expect_err("HTTPS must be dropped while captive");
+    assert!(err.starts_with("connect"), "dropped, not refused: {err}");
+    let err = bed
+        .client
+        .tcp_send(sock(Testbed::up_v4(), 8443), 10, BLOCKED)
+        .expect_err("other ports must be dropped while captive");
+    assert!(err.starts_with("connect"), "dropped, not refused: {err}");
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v4(), 5353), BLOCKED)
+            .is_err(),
+        "UDP other than DNS is dropped"
+    );
+    for port in [443, 80] {
+        assert!(
+            !bed.client
+                .tcp_connects(sock(Testbed::up_v6(), port), BLOCKED),
+            "IPv6 port {port} must be dropped while captive (no IPv6 bypass)"
+        );
+    }
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS passes while captive"
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_v6(), 53), OPEN)
+            .is_ok(),
+        "DNS over IPv6 passes while captive"
+    );
+    assert!(internet.https.events_so_far().is_empty());
+    assert_http_redirected(&gateway, "port 80 while captive");
+    assert!(internet.web_requests().is_empty());
+}
+
+#[test]
+fn a_valid_code_opens_access_within_a_second() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let internet = Internet::start(bed);
+    let code = gateway.create_code(10.0, 1.0);
+    assert!(!reaches_upstream(bed, BLOCKED), "captive before the login");
+
+    let submitted = Instant::now();
+    gateway.login_ok(&code);
+    let answered = submitted.elapsed();
+    let mut attempts = 0;
+    let through = wait_until(Duration::from_secs(3), || {
+        attempts += 1;
+        reaches_upstream(bed, Duration::from_millis(200))
+    });
+    let access = submitted.elapsed();
+    assert!(through, "no access within 3 s of a valid code");
+    println!(
+        "code submitted -> first connection through: {} ms (portal's reply after {} ms, \
+         {attempts} connection attempt(s); includes starting curl and the probe)",
+        access.as_millis(),
+        answered.as_millis()
+    );
+    assert!(
+        access < Duration::from_secs(1),
+        "access took {access:?} (more than a second)"
+    );
+    match internet.https.next_event(OPEN) {
+        Some(Event::Accepted { peer, .. }) => {
+            // NAT is on: the internet sees the gateway's WAN address.
+            assert_eq!(peer.ip(), Testbed::gw_wan_v4());
+        }
+        other => panic!("the upstream service saw {other:?}"),
+    }
+}
+
+#[test]
+fn the_client_is_cut_off_at_its_quota() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let _downloads = start_standin(&bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
+    // The internet sends at 1 MB/s (8 Mbit/s), so the 5 MB would take 5 s uncut: within
+    // the download's 7 s.
+    bed.up.limit_rate(Testbed::UP_IF, "8mbit");
+    let code = gateway.create_code(1.0, 1.0);
+    gateway.login_ok(&code);
+
+    let start = Instant::now();
+    let got = download(bed, 5 * MB);
+    let took = start.elapsed();
+    println!(
+        "1 MB code: downloaded {got} bytes ({:.2} MB) of 5 MB at 1 MB/s before the cut-off, \
+         {} KB past the quota (kernel counters also count headers and ACKs); curl gave up \
+         after {:.1} s",
+        got as f64 / MB as f64,
+        (i128::from(got) - i128::from(MB)) / 1024,
+        took.as_secs_f64()
+    );
+    assert!(
+        got > MB / 2,
+        "the client was online for a while: {got} bytes"
+    );
+    assert!(got < 5 * MB, "the download must be cut off: {got} bytes");
+
+    assert!(
+        !reaches_upstream(bed, BLOCKED),
+        "upstream must be unreachable after the quota"
+    );
+    assert_http_redirected(&gateway, "port 80 after the quota");
+    assert!(
+        gateway.session(&code).is_none(),
+        "clients --json must not list a used-up session: {:?}",
+        gateway.clients()
+    );
+    let listed = gateway.listed_code(&code);
+    let (used, total) = (
+        listed["used_bytes"].as_u64().expect("used_bytes"),
+        listed["total_bytes"].as_u64().expect("total_bytes"),
+    );
+    assert!(used >= total, "codes list: the code is used up: {listed}");
+    let again = gateway.login(&code);
+    assert_eq!(again.status, 403, "a used-up code is refused: {again:?}");
+    assert!(again.body.contains("used up"), "{}", again.body);
+}
+
+#[test]
+fn the_client_is_cut_off_when_its_code_expires() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    // 0.001 h = 3.6 s.
+    let code = gateway.create_code(10.0, 0.001);
+    let expires_at = gateway.listed_code(&code)["expires_at"]
+        .as_u64()
+        .expect("expires_at");
+    gateway.login_ok(&code);
+    assert!(reaches_upstream(bed, OPEN), "online before the expiry");
+
+    let late_ms = cut_off_after(bed, expires_at);
+    println!("expiry -> traffic stops: {late_ms} ms (first failing connection attempt)");
+    assert_http_redirected(&gateway, "port 80 after the expiry");
+    let again = gateway.login(&code);
+    assert_eq!(again.status, 403, "an expired code is refused: {again:?}");
+    assert!(again.body.contains("expired"), "{}", again.body);
+}
+
+#[test]
+fn the_kernel_closes_access_at_expiry_while_the_daemon_is_down() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    // 0.001 h = 3.6 s.
+    let code = gateway.create_code(10.0, 0.001);
+    let expires_at = gateway.listed_code(&code)["expires_at"]
+        .as_u64()
+        .expect("expires_at");
+    gateway.login_ok(&code);
+    gateway.stop(Signal::KILL);
+    let bed = &gateway.bed;
+    assert!(reaches_upstream(bed, OPEN), "online with the daemon down");
+    let late_ms = cut_off_after(bed, expires_at);
+    println!("expiry -> traffic stops with the daemon down (the set's timeout): {late_ms} ms");
+
+    gateway.run();
+    let bed = &gateway.bed;
+    assert!(
+        !reaches_upstream(bed, BLOCKED),
+        "blocked after the restart too"
+    );
+    assert!(
+        gateway.session(&code).is_none(),
+        "the expired session ended: {:?}",
+        gateway.clients()
+    );
+    assert_http_redirected(&gateway, "port 80 after the expiry and restart");
+    let again = gateway.login(&code);
+    assert_eq!(again.status, 403, "an expired code is refused: {again:?}");
+}
+
+#[test]
+fn revoke_and_kick_block_at_once_and_a_kicked_client_may_log_in_again() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+
+    // Revoke: cut off at once, and the code no longer works.
+    let revoked = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&revoked);
+    assert!(reaches_upstream(bed, OPEN));
+    let out = gateway.cli_ok(&["codes", "revoke", &revoked]);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(
+        !reaches_upstream(bed, BLOCKED),
+        "blocked right after `codes revoke`"
+    );
+    assert_http_redirected(&gateway, "port 80 after revoke");
+    let again = gateway.login(&revoked);
+    assert_eq!(again.status, 403, "a revoked code is refused: {again:?}");
+    assert!(again.body.contains("cancelled"), "{}", again.body);
+
+    // Kick: cut off at once; the code works again.
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    assert!(reaches_upstream(bed, OPEN));
+    let out = gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+    assert!(out.contains("logged out"), "{out}");
+    assert!(
+        !reaches_upstream(bed, BLOCKED),
+        "blocked right after `kick`"
+    );
+    assert_http_redirected(&gateway, "port 80 after kick");
+    let session = gateway
+        .session(&code)
+        .expect("a kicked device's session stays");
+    assert_eq!(session["devices"].as_array().map(Vec::len), Some(0));
+    gateway.login_ok(&code);
+    assert!(reaches_upstream(bed, OPEN), "online again after a kick");
+    let kicked_again = gateway.cli(&["kick", "02:00:00:00:00:99"]);
+    assert!(
+        !kicked_again.status.success(),
+        "kicking an unknown MAC is an error"
+    );
+}
+
+/// Restart (SIGTERM) or crash (SIGKILL): the online client stays online while the daemon is
+/// down and after it is back, with its used bytes kept; a captive client stays captive.
+fn restart_keeps_clients(signal: Signal) {
+    /// Sent and received by the client while the daemon is down (payload only).
+    const WHILE_DOWN: u64 = 300_000;
+    let mut gateway = Gateway::start_local();
+    gateway
+        .bed
+        .client
+        .add_addr(Testbed::CLIENT_IF, "10.66.0.3/24");
+    let _internet = Internet::start(&gateway.bed);
+    let _traffic = gateway
+        .bed
+        .up
+        .tcp_listen(sock(Testbed::up_v4(), 9000), 200_000);
+    let code = gateway.create_code(50.0, 1.0);
+    gateway.login_ok(&code);
+    let bed = &gateway.bed;
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 9000), 100_000, OPEN)
+        .expect("traffic while online");
+    let mut before = 0;
+    assert!(
+        wait_until(Duration::from_secs(4), || {
+            before = gateway.session(&code).as_ref().map_or(0, used_bytes);
+            before >= 300_000
+        }),
+        "the session counts its bytes: {before}"
+    );
+    assert!(
+        reaches_upstream_from(bed, "10.66.0.2"),
+        "the online client's address passes (the check itself works)"
+    );
+    assert!(!second_client_reaches_upstream(bed), "the other is captive");
+
+    gateway.stop(signal);
+    assert!(
+        gateway.table_exists(),
+        "the table stays while the daemon is down"
+    );
+    let bed = &gateway.bed;
+    assert!(
+        reaches_upstream(bed, OPEN),
+        "online client cut off while the daemon is down ({signal:?})"
+    );
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 9000), 100_000, OPEN)
+        .expect("traffic while the daemon is down");
+    assert!(
+        !second_client_reaches_upstream(bed),
+        "a captive client got through while the daemon is down ({signal:?})"
+    );
+
+    gateway.run();
+    let bed = &gateway.bed;
+    assert!(
+        reaches_upstream(bed, OPEN),
+        "online client cut off after the restart ({signal:?})"
+    );
+    assert!(
+        !second_client_reaches_upstream(bed),
+        "captive client let through after the restart"
+    );
+    // The kernel kept counting while the daemon was down: those bytes are the session's
+    // once it has read the counters again (its first tick).
+    let mut after = 0;
+    let counted = wait_until(Duration::from_secs(3), || {
+        after = gateway.session(&code).as_ref().map_or(0, used_bytes);
+        after >= before + WHILE_DOWN
+    });
+    println!(
+        "{signal:?}: used bytes {before} before, {after} after the restart \
+         ({WHILE_DOWN}+ moved while the daemon was down)"
+    );
+    assert!(
+        counted,
+        "used bytes over the restart ({signal:?}): {before} before, {after} after, \
+         {WHILE_DOWN}+ moved while down (0 after: the session is gone)"
+    );
+    let session = gateway.session(&code).expect("the session");
+    assert_eq!(
+        session["devices"][0]["client"]["mac"],
+        Testbed::CLIENT_MAC,
+        "{session}"
+    );
+    let status = gateway.status();
+    assert_eq!(status["online_devices"], 1, "{status}");
+}
+
+#[test]
+fn restart_with_sigterm_keeps_online_clients_online() {
+    if !support::require_root() {
+        return;
+    }
+    restart_keeps_clients(Signal::TERM);
+}
+
+#[test]
+fn kill_9_keeps_online_clients_online() {
+    if !support::require_root() {
+        return;
+    }
+    restart_keeps_clients(Signal::KILL);
+}
+
+#[test]
+fn bad_codes_and_bad_requests_get_4xx_and_the_daemon_lives_on() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let client = &gateway.bed.client;
+    let dir = gateway.dir.path().to_owned();
+
+    // Malformed and too long codes: 400 with an explanation, the typed text not lost.
+    for (code, what, expected) in [
+        ("AB!", "malformed", "does not look like an access code"),
+        ("ABCD234", "too short", "does not look like an access code"),
+        (
+            "ABCD23456",
+            "too long for a code",
+            "does not look like an access code",
+        ),
+        (
+            &"A".repeat(200) as &str,
+            "far too long",
+            "too long for an access code",
+        ),
+    ] {
+        let reply = gateway.login(code);
+        assert_eq!(reply.status, 400, "{what}: {reply:?}");
+        assert!(reply.body.contains(expected), "{what}: {}", reply.body);
+        assert!(reply.body.contains("<form"), "{what}: the form again");
+    }
+    // Not a form, no code field, two code fields: 400.
+    for (args, what) in [
+        (
+            vec![
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{\"code\":\"ABCD2345\"}",
+            ],
+            "JSON",
+        ),
+        (vec!["-d", "other=1"], "no code field"),
+        (vec!["-d", "code=ABCD2345&code=EFGH2345"], "two codes"),
+        (vec!["-d", "code=%FF%FE"], "not UTF-8"),
+    ] {
+        let mut all = args.clone();
+        all.push(LOGIN_URL);
+        let reply = curl(client, &all).expect("the portal answers");
+        assert_eq!(reply.status, 400, "{what}: {reply:?}");
+    }
+    // Oversized bodies: 413, announced or chunked.
+    let big = dir.join("big-form");
+    std::fs::write(&big, format!("code=ABCD2345&pad={}", "x".repeat(64 * 1024))).expect("file");
+    let big_arg = format!("@{}", big.display());
+    for (extra, what) in [
+        (vec![], "with Content-Length"),
+        (vec!["-H", "Transfer-Encoding: chunked"], "chunked"),
+    ] {
+        let mut all = vec!["-H", "Expect:", "--data-binary", &big_arg];
+        all.extend(extra);
+        all.push(LOGIN_URL);
+        let reply = curl(client, &all).expect("the portal answers an oversized POST");
+        assert_eq!(
+            reply.status, 413,
+            "oversized POST {what}: {:?}",
+            reply.status
+        );
+    }
+    // Other methods: 405.
+    let reply = curl(client, &["-X", "PUT", "-d", "code=ABCD2345", LOGIN_URL]).expect("405");
+    assert_eq!(reply.status, 405, "{reply:?}");
+
+    // Malformed requests over raw TCP: a 4xx answer, on the portal's port and through the
+    // port-80 redirect alike.
+    let raw_requests: [(&str, &str); 5] = [
+        (
+            "TLS hello on plain HTTP",
+            "\\x16\\x03\\x01\\x00\\xa5\\x01\\x00\\x00\\xa1\\x03\\x03",
+        ),
+        (
+            "garbage line",
+            "\\x00\\xff\\xfe garbage \\x01\\x02\\r\\n\\r\\n",
+        ),
+        ("no version", "GET /\\r\\n\\r\\n"),
+        (
+            "bad header",
+            "GET / HTTP/1.1\\r\\nHost: 10.66.0.1\\r\\nno colon here\\r\\n\\r\\n",
+        ),
+        (
+            "bad content length",
+            "POST /login HTTP/1.1\\r\\nHost: 10.66.0.1\\r\\nContent-Length: -5\\r\\n\\r\\ncode=",
+        ),
+    ];
+    for (target, port) in [("10.66.0.1", "8080"), ("10.77.0.2", "80")] {
+        for (what, bytes) in raw_requests {
+            let script = format!(
+                "exec 3<>/dev/tcp/{target}/{port} && printf '{bytes}' >&3 && timeout 3 cat <&3"
+            );
+            let output = client.run(&["bash", "-c", &script]);
+            let reply = String::from_utf8_lossy(&output.stdout);
+            let status = reply.split_whitespace().nth(1).unwrap_or("none");
+            println!("raw {what} to {target}:{port} -> {status}");
+            assert!(
+                reply.starts_with("HTTP/1.1 4"),
+                "{what} to {target}:{port}: a 4xx answer expected, got {reply:?}"
+            );
+        }
+    }
+    // A megabyte without a line end, and a request cut short: whatever the answer, the
+    // daemon must carry on.
+    let _ = client.tcp_send(sock(Testbed::gw_lan_v4(), 8080), MB, OPEN);
+    let _ = client.run(&[
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/10.66.0.1/8080 && printf 'POST /login HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100\\r\\n\\r\\ncode=' >&3",
+    ]);
+
+    // The daemon lives on: control socket, portal, and a real login.
+    assert!(gateway.daemon_is_running(), "the daemon died");
+    let client = &gateway.bed.client;
+    let status = gateway.status();
+    assert_eq!(status["portal"], PORTAL_URL, "{status}");
+    let form = curl(client, &[PORTAL_URL]).expect("the portal still serves");
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("<form"), "{}", form.body);
+
+    // Wrong codes: 403; a valid one still works; then too many wrong ones: 429.
+    let wrong = gateway.login("ZZZZ9999");
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    assert!(wrong.body.contains("not valid"), "{}", wrong.body);
+    let code = gateway.create_code(5.0, 1.0);
+    gateway.login_ok(&code);
+    let mut limited = None;
+    for attempt in 2..=10 {
+        let reply = gateway.login("ZZZZ8888");
+        if reply.status == 429 {
+            limited = Some((attempt, reply));
+            break;
+        }
+        assert_eq!(reply.status, 403, "wrong code {attempt}: {reply:?}");
+    }
+    let (attempt, reply) = limited.expect("wrong codes are rate-limited");
+    println!("rate limit after {} wrong codes", attempt - 1);
+    assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    assert!(reply.body.contains("Wait"), "{}", reply.body);
+    assert!(gateway.daemon_is_running(), "the daemon died");
+    gateway.status();
+}
+
+#[test]
+fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
+    if !support::require_root() {
+        return;
+    }
+    const SEEDED: &str = "GATE2345";
+    const SECOND: &str = "GATE6789";
+    let bed = Testbed::new();
+    bed.client.add_addr(Testbed::CLIENT_IF, "10.66.0.3/24");
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[SEEDED, SECOND]);
+    let gateway = Gateway::start(bed, Codes::Backend(format!("http://{BACKEND_ADDR}")));
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let status = gateway.status();
+    assert_eq!(status["codes"], "backend", "{status}");
+
+    // The backend is in the walled garden; the rest of the internet is not.
+    let backend: SocketAddr = BACKEND_ADDR.parse().expect("address");
+    assert!(
+        bed.client.tcp_connects(backend, OPEN),
+        "the backend host is reachable while captive"
+    );
+    assert!(!reaches_upstream(bed, BLOCKED));
+
+    let wrong = gateway.login("ZZZZ9999");
+    assert_eq!(
+        wrong.status, 403,
+        "a code the backend does not know: {wrong:?}"
+    );
+    gateway.login_ok(SEEDED);
+    assert!(reaches_upstream(bed, OPEN), "online with a backend code");
+    let session = gateway.session(SEEDED).expect("the session");
+    assert_eq!(session["quota_bytes"], 500 * MB, "{session}");
+
+    // The backend goes away.
+    let refuse = bed.up.run_ok(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "-d",
+        "{\"for_ms\": 30000}",
+        &format!("http://{BACKEND_ADDR}/__standin/refuse-connections"),
+    ]);
+    assert!(refuse.contains("ok"), "{refuse}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            !bed.gw
+                .run(&["curl", "-sS", "-m", "1", &format!("http://{BACKEND_ADDR}/")])
+                .status
+                .success()
+        }),
+        "the stand-in still answers"
+    );
+
+    let started = Instant::now();
+    let reply = curl(
+        &bed.client,
+        &[
+            "--interface",
+            SECOND_CLIENT,
+            "-d",
+            &format!("code={SECOND}"),
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers while the backend is down");
+    println!(
+        "login with the backend down: {} after {} ms",
+        reply.status,
+        started.elapsed().as_millis()
+    );
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.body.contains("try again"), "{}", reply.body);
+    assert_eq!(reply.header("retry-after"), Some("60"));
+    assert!(
+        !second_client_reaches_upstream(bed),
+        "the second client stays captive"
+    );
+    assert!(
+        reaches_upstream(bed, OPEN),
+        "the client already online stays online while the backend is down"
+    );
+    let reply = curl(&bed.client, &[PORTAL_URL]).expect("the status page");
+    assert_eq!(reply.status, 200);
+    assert!(gateway.session(SEEDED).is_some());
+}
+
+#[test]
+fn status_clients_and_codes_list_show_the_running_gateway() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let _traffic = bed.up.tcp_listen(sock(Testbed::up_v4(), 9000), 0);
+
+    let status = gateway.status();
+    println!("status before a login:\n{status:#}");
+    assert_eq!(status["lan"], Testbed::GW_LAN_IF);
+    assert_eq!(status["portal"], PORTAL_URL);
+    assert_eq!(status["codes"], "local");
+    assert_eq!(status["sessions"], 0);
+    assert_eq!(status["online_devices"], 0);
+    assert!(status["uptime_seconds"].is_u64());
+    assert!(gateway.clients().is_empty());
+    let table = gateway.cli_ok(&["clients"]);
+    assert_eq!(table.lines().count(), 1, "only the heading: {table}");
+    let api = captive_api(&gateway);
+    assert_eq!(api["captive"], true, "{api}");
+    assert_eq!(api["user-portal-url"], PORTAL_URL, "{api}");
+
+    let code = gateway.create_code(20.0, 1.0);
+    let listed = gateway.cli_ok(&["codes", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&code))
+        .unwrap_or_else(|| panic!("{code} not in {listed}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[1..], ["20.0", "20.0", "valid"], "{row}");
+
+    gateway.login_ok(&code);
+    let status = gateway.status();
+    assert_eq!(status["sessions"], 1, "{status}");
+    assert_eq!(status["online_devices"], 1, "{status}");
+    let table = gateway.cli_ok(&["clients"]);
+    println!("clients:\n{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&code))
+        .unwrap_or_else(|| panic!("{code} not in {table}"));
+    assert!(row.contains(Testbed::CLIENT_MAC), "{row}");
+    assert!(row.contains("10.66.0.2"), "{row}");
+    let session = gateway.session(&code).expect("the session");
+    assert_eq!(session["quota_bytes"], 20 * MB, "{session}");
+    assert_eq!(session["devices"][0]["client"]["ip"], "10.66.0.2");
+    // What the client itself sees: the RFC 8908 API and the portal's status page.
+    let api = captive_api(&gateway);
+    println!("captive-portal API once online: {api}");
+    assert_eq!(api["captive"], false, "{api}");
+    let bytes_left = api["bytes-remaining"].as_u64().expect("bytes-remaining");
+    assert!((19 * MB..=20 * MB).contains(&bytes_left), "{api}");
+    let seconds_left = api["seconds-remaining"]
+        .as_u64()
+        .expect("seconds-remaining");
+    assert!((3500..=3600).contains(&seconds_left), "{api}");
+    let page = curl(&bed.client, &[PORTAL_URL]).expect("the status page");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("You are online"), "{}", page.body);
+
+    // 3 MB through the gateway: the session counts it within a couple of ticks.
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 9000), 3 * MB, OPEN)
+        .expect("traffic");
+    let mut used = 0;
+    assert!(
+        wait_until(Duration::from_secs(4), || {
+            used = gateway.session(&code).as_ref().map_or(0, used_bytes);
+            used >= 3 * MB
+        }),
+        "clients --json shows the bytes used: {used}"
+    );
+    let table = gateway.cli_ok(&["clients"]);
+    println!("clients after 3 MB:\n{table}");
+
+    // `codes list` shows what is left once the daemon records the usage in the store: at
+    // the ticks whose wall-clock second is a multiple of 30 while a session runs.
+    let started = Instant::now();
+    let mut left = String::new();
+    let recorded = wait_until(Duration::from_secs(62), || {
+        let listed = gateway.cli_ok(&["codes", "list"]);
+        left = listed
+            .lines()
+            .find(|l| l.starts_with(&code))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        left.parse::<f64>().is_ok_and(|mb| mb <= 17.0)
+    });
+    println!(
+        "codes list: {left} MB left of 20.0, shown after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(recorded, "codes list still shows {left} MB left after 62 s");
+}
+
+#[test]
+fn a_flushed_ruleset_is_restored_with_its_online_clients() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    bed.client.add_addr(Testbed::CLIENT_IF, "10.66.0.3/24");
+    let _internet = Internet::start(bed);
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    assert!(reaches_upstream(bed, OPEN));
+
+    // A firewall reload in the gateway's namespace wipes every table, ours too.
+    bed.gw.run_ok(&["nft", "flush", "ruleset"]);
+    assert!(!gateway.table_exists());
+    let flushed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(8), || gateway.table_exists()),
+        "the table is not restored within 8 s"
+    );
+    let restored = flushed.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(2), || reaches_upstream(bed, BLOCKED)),
+        "the online client is not let through again after the repair"
+    );
+    println!(
+        "ruleset flushed -> table and online client restored after {} ms",
+        restored.as_millis()
+    );
+    assert!(
+        !second_client_reaches_upstream(bed),
+        "a captive client got through after the repair"
+    );
+    let reply = curl(
+        &bed.client,
+        &["--interface", SECOND_CLIENT, "http://10.77.0.2/"],
+    )
+    .expect("port 80 of the captive client reaches the portal after the repair");
+    assert_redirected(&reply, "captive client's port 80 after the repair");
+}
+
+#[test]
+fn a_code_revoked_while_the_daemon_is_down_cuts_its_client_off_at_start() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    assert!(reaches_upstream(&gateway.bed, OPEN));
+    gateway.stop(Signal::TERM);
+
+    // `codes revoke` works without the daemon ("its devices are cut off").
+    let out = gateway.cli_ok(&["codes", "revoke", &code]);
+    assert!(out.contains("revoked"), "{out}");
+    assert_eq!(gateway.listed_code(&code)["revoked"], true);
+
+    gateway.run();
+    assert!(
+        wait_until(Duration::from_secs(3), || !reaches_upstream(
+            &gateway.bed,
+            BLOCKED
+        )),
+        "a client online with a code revoked while the daemon was down is still online after \
+         the start: {:?}",
+        gateway.clients()
+    );
+    assert!(gateway.session(&code).is_none(), "{:?}", gateway.clients());
+}
+
+#[test]
+fn a_login_just_before_a_kill_9_survives_it() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let code = gateway.create_code(10.0, 1.0);
+    // The portal says "You are online"; the daemon dies right after.
+    gateway.login_ok(&code);
+    gateway.stop(Signal::KILL);
+    assert!(
+        reaches_upstream(&gateway.bed, OPEN),
+        "online while the daemon is down"
+    );
+    gateway.run();
+    assert!(
+        reaches_upstream(&gateway.bed, OPEN),
+        "a client told it is online was cut off by the restart after a kill -9: sessions {:?}",
+        gateway.clients()
+    );
+    assert!(gateway.session(&code).is_some());
+}
+
+#[test]
+fn a_kick_just_before_a_kill_9_survives_it() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    // The login is saved (at the next tick).
+    let saved = gateway.dir.path().join("state/sessions.json");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&saved).is_ok_and(|text| text.contains(&code))
+        }),
+        "the session is saved"
+    );
+    // The CLI confirms the kick; the daemon dies right after.
+    gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+    gateway.stop(Signal::KILL);
+    assert!(
+        !reaches_upstream(&gateway.bed, BLOCKED),
+        "cut off by the kick"
+    );
+    gateway.run();
+    assert!(
+        !reaches_upstream(&gateway.bed, BLOCKED),
+        "a kicked client is online again after a kill -9: sessions {:?}",
+        gateway.clients()
+    );
+}
