@@ -4,7 +4,7 @@
 //! (curl, and the harness's probes); "the internet" in up (a web server answering the OS
 //! probes like the real ones, a TCP service on 443, DNS, the stand-in backend, and a second
 //! stand-in serving downloads). Needs root; skips with a message when not root, fails when
-//! not root in CI. Traffic stays inside the namespaces each test creates. Tests marked
+//! not root in CI. Traffic stays inside the namespaces each test creates.
 
 mod support;
 
