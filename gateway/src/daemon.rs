@@ -29,6 +29,11 @@ use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
+/// How long the kernel keeps a client after its code's expiry. While the daemon runs, its
+/// tick (at most [`TICK`] after expiry) reads the client's last bytes and cuts it off; the
+/// kernel's own timeout, which would delete the element and its counter unread, is only the
+/// safety net for a daemon that is down.
+const KERNEL_GRACE: Duration = Duration::from_secs(2);
 /// How often the table is checked (someone may flush the ruleset).
 const REPAIR_EVERY: Duration = Duration::from_secs(5);
 /// Longest time between two saves of the session state while only usage changes. Usage
@@ -130,10 +135,14 @@ impl State {
         }
     }
 
-    /// Lets a client through until `until`. Adding an element restarts its kernel counter at
-    /// zero, so its baseline does too (the caller has settled the old counter first).
+    /// Lets a client through until `until` (plus [`KERNEL_GRACE`] in the kernel). Adding an
+    /// element restarts its kernel counter at zero, so its baseline does too (the caller has
+    /// settled the old counter first).
     fn allow(&mut self, client: Client, until: Millis, now: Millis) {
-        match self.firewall.allow(&client, now.until(until)) {
+        match self
+            .firewall
+            .allow(&client, now.until(until) + KERNEL_GRACE)
+        {
             Ok(()) => {
                 self.baselines.insert(client, 0);
             }

@@ -766,3 +766,32 @@ async fn a_silent_client_does_not_hold_the_portal() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+/// Connections a device opened while captive (browsers open some ahead of use) reach the
+/// portal through the kernel's redirect; when the device logs in they are closed, so its
+/// next requests go to the real sites. Other devices' connections stay open.
+#[tokio::test]
+async fn logging_in_closes_the_devices_other_connections() {
+    let server = start(|_| {}).await;
+    let mut preconnected = TcpStream::connect(server.addr).await.unwrap();
+    let other_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    other_socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other_device = other_socket.connect(server.addr).await.unwrap();
+    server.gate.script(Redeem::Online(STATUS));
+    let reply = server.post_code(&server.http, "ABCD2345").await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), preconnected.read(&mut buf))
+        .await
+        .expect("the device's idle connection is closed at its login");
+    assert_eq!(read.unwrap_or(0), 0, "closed without a reply");
+
+    let mut other_device = other_device;
+    let still_open =
+        tokio::time::timeout(Duration::from_millis(300), other_device.read(&mut buf)).await;
+    assert!(
+        still_open.is_err(),
+        "another device's connection stays open"
+    );
+}

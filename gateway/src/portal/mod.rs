@@ -71,14 +71,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION,
-    REFERRER_POLICY, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST,
+    LOCATION, REFERRER_POLICY, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use edgeshare_shared::code::{AccessCode, BadCode};
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 use self::form::FormError;
 use self::limiter::{Limiter, Wait};
@@ -198,15 +199,22 @@ const BACKEND_RETRY_SECONDS: u64 = 60;
 /// `ConnectInfo<SocketAddr>`: serve the router with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, as [`serve`] does.
 pub fn router<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> Router {
+    app(gate, settings).0
+}
+
+/// The router, and the channel on which it announces each device that logs in.
+fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, broadcast::Sender<IpAddr>) {
     let portal = Arc::new(Portal::new(gate, settings));
-    Router::new()
+    let logins = portal.logins.clone();
+    let router = Router::new()
         .route("/", get(index::<G>))
         .route("/status", get(status::<G>))
         .route("/login", get(login_form).post(login::<G>))
         .route(API_PATH, get(api::<G>))
         .fallback(elsewhere::<G>)
         .layer(axum::middleware::map_response(finish))
-        .with_state(portal)
+        .with_state(portal);
+    (router, logins)
 }
 
 /// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
@@ -223,7 +231,7 @@ pub async fn serve<G: Gate>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use tower::ServiceExt as _;
-    let app = router(gate, settings);
+    let (app, logins) = app(gate, settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -244,6 +252,7 @@ pub async fn serve<G: Gate>(
             continue;
         };
         let app = app.clone();
+        let mut logged_in = logins.subscribe();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -269,7 +278,31 @@ pub async fn serve<G: Gate>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let me = client_ip(peer);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    login = logged_in.recv(), if !closing => {
+                        // This device just logged in. Its other connections here were opened
+                        // while it was captive (browsers open some ahead of use) and the
+                        // kernel's redirect holds them to the portal: close them, so the
+                        // browser reaches the real sites on new ones. A reply in progress
+                        // (the success page) is finished first.
+                        let close = match login {
+                            Ok(ip) => ip == me,
+                            Err(broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(broadcast::error::RecvError::Closed) => false,
+                        };
+                        if close {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
             }
             drop(slot);
@@ -294,6 +327,8 @@ struct Portal<G> {
     /// The limiter's clock: monotonic, because a Pi has no real-time clock and its wall clock
     /// jumps when NTP first syncs after boot.
     started: tokio::time::Instant,
+    /// Each device that logs in, for [`serve`] to close its connections made while captive.
+    logins: broadcast::Sender<IpAddr>,
 }
 
 impl<G: Gate> Portal<G> {
@@ -320,6 +355,7 @@ impl<G: Gate> Portal<G> {
             )),
             url: settings.url,
             started: tokio::time::Instant::now(),
+            logins: broadcast::channel(64).0,
         }
     }
 
@@ -354,7 +390,20 @@ impl<G: Gate> Portal<G> {
 
     /// Any page that is not the portal's own: the redirect while captive, the probe's success
     /// reply or a small "you are online" page once online.
+    ///
+    /// Each of these replies closes its connection: it reached us through the port-80
+    /// redirect, which the kernel decides once per connection. A browser that kept it open
+    /// would go on seeing the portal instead of the site after logging in; a new connection
+    /// made after login goes to the real site.
     async fn captive_or_online(&self, ip: IpAddr, path: &str) -> Response {
+        let mut response = self.foreign_reply(ip, path).await;
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
+    async fn foreign_reply(&self, ip: IpAddr, path: &str) -> Response {
         let Some(status) = self.gate.status(ip).await else {
             return self.redirect();
         };
@@ -502,6 +551,10 @@ async fn login<G: Gate>(
         tracing::error!(client = %ip, %error, "code redemption task failed");
         Redeem::Internal
     });
+    if matches!(outcome, Redeem::Online(_)) {
+        // No receiver (tests serving the router alone) is fine.
+        let _ = portal.logins.send(ip);
+    }
     tracing::info!(client = %ip, outcome = outcome.label(), code = %shown, "code redemption");
     redeem_reply(outcome, &typed)
 }

@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# The gateway's figures, measured with the release binaries in network namespaces (a benchmark,
+# not a test: it prints a table and asserts nothing beyond the set-up working). As root:
+#
+#   bash bench/gateway.sh            # builds target/release first (cargo build --release)
+#   BENCH_NO_BUILD=1 bash bench/gateway.sh
+#
+#   clients (10.66.0.2 and more) ── lan0 [gateway] wan0 ── upstream: a stand-in at
+#   one veth, macvlans on it        10.66.0.1/16 10.99.0.1  10.99.0.3:9000 (connect target
+#                                                           and download server)
+#
+# What it measures (issue 3, "Figures for the closing note"):
+#   1. code submitted → first packet through: LOGINS logins with as many codes from one client;
+#      from the moment the POST /login starts, a TCP connect to the upstream is tried every
+#      1 ms until one succeeds; then `edgeshare-gateway kick` and the next code;
+#   2. quota crossed → traffic stops: a 2 MB code and one download, RUNS runs each at full
+#      speed, with the uplink limited to RATE, and with the LAN link (the Wi-Fi) limited to
+#      RATE (tc tbf on the upstream's or on the gateway's LAN side): bytes past the quota as
+#      received by the client and as counted by the gateway (the code store's used_bytes), and
+#      the time from the quota's crossing to the last byte received;
+#   3. code expired → traffic stops: a code valid for EXPIRY_S seconds, a steady download with
+#      the uplink at RATE, RUNS runs: time from the code's expiry instant to the last byte;
+#   4. the gateway's RSS (VmRSS) idle, and with CLIENTS clients online: each a macvlan with
+#      its own MAC and address on the client side (the gateway binds a session to MAC+IP and
+#      treats one MAC as one device, so clients sharing a MAC would take each other's place),
+#      each logging in with its own code; the latency of the last login and the total time.
+#
+# Every client, the gateway and the upstream run in namespaces made here; traffic stays in
+# them. Each loop is bounded in count and time. Everything is removed on exit, on Ctrl-C too.
+# The table goes to stdout and to bench/results/gateway-<date>.txt; progress to stderr.
+# Needs python3 (the client side and the report; standard library only). About 4 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LOGINS=${LOGINS:-100}
+RUNS=${RUNS:-10}
+CLIENTS=${CLIENTS:-500}
+RATE=${RATE:-20mbit}
+QUOTA_MB=${QUOTA_MB:-2}
+EXPIRY_S=${EXPIRY_S:-3}
+
+[ "$(id -u)" = 0 ] || { echo "bench: run as root (network namespaces, nftables)" >&2; exit 1; }
+for tool in ip nft tc jq python3; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "bench: $tool is missing (bash scripts/install-deps; apt-get install python3)" >&2
+    exit 1
+  }
+done
+if [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 1000 ]; then echo "bench: CLIENTS must be 1..1000" >&2; exit 1; fi
+if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
+  if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  echo "bench: cargo build --release --workspace --bins" >&2
+  cargo build --release --workspace --bins --locked >&2
+fi
+BIN=$PWD/target/release
+for bin in edgeshare-gateway edgeshare-standin; do
+  [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
+done
+
+ID=$$
+NS_C=es-bench-c-$ID
+NS_G=es-bench-g-$ID
+NS_U=es-bench-u-$ID
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  local status=$? ns pid
+  trap - EXIT INT TERM
+  set +e
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+  done
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do ip netns del "$ns" 2>/dev/null; done
+  if [ "$status" != 0 ]; then
+    mkdir -p artifacts/bench
+    cp "$WORK"/*.log "$WORK"/*.jsonl "$WORK"/*.json artifacts/bench/ 2>/dev/null
+    echo "bench: failed; logs in artifacts/bench/" >&2
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+in_ns() {
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@"
+}
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+say "network namespaces $NS_C, $NS_G, $NS_U"
+for ns in "$NS_C" "$NS_G" "$NS_U"; do
+  ip netns add "$ns"
+  in_ns "$ns" ip link set lo up
+done
+ip link add c0 netns "$NS_C" address 02:00:00:00:00:02 type veth peer name lan0 netns "$NS_G"
+ip link add wan0 netns "$NS_G" type veth peer name u0 netns "$NS_U"
+# Many clients on one veth, each a macvlan with its own MAC: ARP must answer for an address
+# only on its own interface (arp_ignore=1), or the gateway learns the wrong MAC for it.
+in_ns "$NS_C" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+  net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+in_ns "$NS_C" ip addr add 10.66.0.2/16 dev c0
+in_ns "$NS_C" ip link set c0 up
+in_ns "$NS_C" ip route add default via 10.66.0.1
+in_ns "$NS_G" ip addr add 10.66.0.1/16 dev lan0
+in_ns "$NS_G" ip addr add 10.99.0.1/24 dev wan0
+in_ns "$NS_G" ip link set lan0 up
+in_ns "$NS_G" ip link set wan0 up
+in_ns "$NS_G" ip route add default via 10.99.0.2
+in_ns "$NS_U" ip addr add 10.99.0.2/24 dev u0
+in_ns "$NS_U" ip addr add 10.99.0.3/24 dev u0
+in_ns "$NS_U" ip link set u0 up
+
+# add_clients PREFIX FIRST COUNT: clients number FIRST to FIRST + COUNT - 1, each a macvlan
+# PREFIX<n> with MAC 02:00:00:HH:LL:01 and address 10.66.HH.LL (HH = 1 + n / 250,
+# LL = 1 + n % 250; n < 60000).
+add_clients() {
+  local prefix=$1 first=$2 count=$3 n hi lo
+  for n in $(seq "$first" $((first + count - 1))); do
+    hi=$((1 + n / 250))
+    lo=$((1 + n % 250))
+    printf 'link add link c0 name %s%d address 02:00:00:%02x:%02x:01 type macvlan mode bridge\n' "$prefix" "$n" "$hi" "$lo"
+    printf 'addr add 10.66.%d.%d/16 dev %s%d\n' "$hi" "$lo" "$prefix" "$n"
+    printf 'link set %s%d up\n' "$prefix" "$n"
+    # A socket bound to the device needs a default route through it.
+    printf 'route add default via 10.66.0.1 dev %s%d metric %d\n' "$prefix" "$n" $((100 + n))
+  done >"$WORK/clients.batch"
+  ip -n "$NS_C" -batch "$WORK/clients.batch"
+}
+client_ip() { local n=$1; echo "10.66.$((1 + n / 250)).$((1 + n % 250))"; }
+
+say "upstream: the stand-in at 10.99.0.3:9000"
+ip netns exec "$NS_U" "$BIN/edgeshare-standin" --listen 10.99.0.3:9000 >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
+PIDS+=($!)
+
+cat >"$WORK/gateway.toml" <<TOML
+[lan]
+interface = "lan0"
+[wan]
+interface = "wan0"
+nat = true
+[portal]
+port = 8080
+[codes]
+source = "local"
+[state]
+dir = "$WORK/state"
+[control]
+socket = "$WORK/gateway.sock"
+[firewall]
+table = "es_bench_$ID"
+remove_on_exit = true
+TOML
+GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
+ip netns exec "$NS_G" "${GW[@]}" run >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+for _ in $(seq 1 100); do
+  [ -S "$WORK/gateway.sock" ] && grep -q "listening on" "$WORK/upstream.out" && break
+  sleep 0.1
+done
+[ -S "$WORK/gateway.sock" ] || { cat "$WORK/gateway.log" >&2; exit 1; }
+grep -q "listening on" "$WORK/upstream.out" || { cat "$WORK/upstream.log" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status"; }
+# CPU time of the gateway and its reaped children (nft), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$GW_PID/stat"; }
+codes() { # codes MB HOURS COUNT FILE
+  in_ns "$NS_G" "${GW[@]}" codes create --mb "$1" --hours "$2" --count "$3" >"$4"
+  [ "$(wc -l <"$4")" = "$3" ] || { echo "bench: codes create gave $(wc -l <"$4") codes" >&2; exit 1; }
+}
+sleep 2
+RSS_IDLE=$(rss_kib)
+
+# The client side and the report: one Python program (standard library only); the client
+# commands run in the client namespace.
+cat >"$WORK/client.py" <<'PY'
+import json, math, os, select, socket, statistics, subprocess, sys, threading, time
+
+PORTAL = ("10.66.0.1", 8080)
+UPSTREAM = ("10.99.0.3", 9000)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def sock(iface, src):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.encode())
+    s.bind((src, 0))
+    return s
+
+
+def http(iface, src, request, timeout=30):
+    """Sends a request with Connection: close; returns (status, body) once the server closes."""
+    s = sock(iface, src)
+    s.settimeout(timeout)
+    try:
+        s.connect(PORTAL)
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        s.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, body.decode("utf-8", "replace")
+
+
+def login(iface, src, code):
+    body = f"code={code}".encode()
+    request = (b"POST /login HTTP/1.1\r\nHost: 10.66.0.1:8080\r\n"
+               b"Content-Type: application/x-www-form-urlencoded\r\n"
+               + f"Content-Length: {len(body)}\r\n".encode()
+               + b"Connection: close\r\n\r\n" + body)
+    status, page = http(iface, src, request)
+    if status != 200 or "You are online" not in page:
+        raise SystemExit(f"login of {src} with {code[:2]}… failed: {status} {page[:300]!r}")
+
+
+def through_once(iface, src, wait):
+    """One TCP connect to the upstream, given `wait` seconds; True if it was answered."""
+    s = sock(iface, src)
+    s.setblocking(False)
+    try:
+        s.connect_ex(UPSTREAM)
+        _, writable, _ = select.select([], [s], [], wait)
+        return bool(writable) and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    finally:
+        s.close()
+
+
+def pct(values, p):
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * p / 100)) - 1]
+
+
+def summary(values):
+    return {"n": len(values), "median": statistics.median(values), "p99": pct(values, 99),
+            "max": max(values), "min": min(values)}
+
+
+def cmd_get(iface, src, count):
+    """Baseline: GET / (the form), one connection each."""
+    times = []
+    for _ in range(int(count)):
+        t = time.perf_counter()
+        status, _ = http(iface, src, b"GET / HTTP/1.1\r\nHost: 10.66.0.1:8080\r\nConnection: close\r\n\r\n")
+        times.append((time.perf_counter() - t) * 1000)
+        if status != 200:
+            raise SystemExit(f"GET / answered {status}")
+    print(json.dumps(summary(times)))
+
+
+def cmd_logins(iface, src, mac, codes_file, *gateway):
+    """Per code: POST /login while another thread tries a TCP connect to the upstream every
+    1 ms from the same moment on; then the device is kicked for the next code."""
+    firsts, replies = [], []
+    for code in open(codes_file).read().split():
+        if through_once(iface, src, 0.05):
+            raise SystemExit("the client reaches the upstream before logging in")
+        start = time.perf_counter()
+        found = []
+
+        def poll():
+            while time.perf_counter() < start + 5:
+                if through_once(iface, src, 0.001):
+                    found.append(time.perf_counter())
+                    return
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        login(iface, src, code)
+        replied = time.perf_counter()
+        poller.join()
+        if not found:
+            raise SystemExit("no packet went through within 5 s of a login")
+        firsts.append((found[0] - start) * 1000)
+        replies.append((replied - start) * 1000)
+        subprocess.run([*gateway, "kick", mac], check=True, stdout=subprocess.DEVNULL)
+    print(json.dumps({"first": summary(firsts), "reply": summary(replies)}))
+
+
+def cmd_transfer(iface, src, code, size, stall, limit, record_until):
+    """Logs in, downloads `size` bytes until `stall` s pass without data (or `limit` s in
+    all). Reports the body bytes received, when the last one came (wall clock), and the
+    moments the running total passed (up to `record_until` bytes)."""
+    size, stall, limit, record_until = int(size), float(stall), float(limit), int(record_until)
+    login(iface, src, code)
+    s = sock(iface, src)
+    s.settimeout(5)
+    s.connect(UPSTREAM)
+    s.sendall(f"GET /__standin/download/{size} HTTP/1.1\r\nHost: 10.99.0.3:9000\r\n"
+              "Connection: close\r\n\r\n".encode())
+    s.setblocking(False)
+    view = memoryview(bytearray(4 << 20))
+    head = b""
+    body = 0
+    timeline = []
+    last = started = time.time()
+    eof = False
+    while time.time() - started < limit:
+        ready, _, _ = select.select([s], [], [], 0.05)
+        if not ready:
+            if time.time() - last >= stall:
+                break
+            continue
+        n = s.recv_into(view)
+        if n == 0:
+            eof = True
+            break
+        last = time.time()
+        if head is not None:
+            head += bytes(view[:n])
+            if b"\r\n\r\n" not in head:
+                continue
+            n = len(head) - head.index(b"\r\n\r\n") - 4
+            head = None
+        body += n
+        if body - n < record_until:
+            timeline.append((last, body))
+    s.close()
+    print(json.dumps({"got": body, "last": last, "started": started, "eof": eof,
+                      "timeline": timeline}))
+
+
+def cmd_many(list_file):
+    """Logs in each `iface ip code` line in turn; reports the latencies."""
+    lines = [l.split() for l in open(list_file) if l.strip()]
+    latencies = []
+    start = time.perf_counter()
+    for iface, src, code in lines:
+        t = time.perf_counter()
+        login(iface, src, code)
+        latencies.append((time.perf_counter() - t) * 1000)
+    print(json.dumps({"total_s": time.perf_counter() - start, "all": summary(latencies),
+                      "first": latencies[0], "last": latencies[-1],
+                      "first50": statistics.median(latencies[:50]),
+                      "last50": statistics.median(latencies[-50:])}))
+
+
+def cmd_report(results_file):
+    r = json.load(open(results_file))
+    mb = 1048576
+    quota = r["quota_bytes"]
+    out = []
+
+    def row(label, a="", b="", n=""):
+        out.append(f"{label:<62} {a:>10} {b:>10} {n:>4}")
+
+    def f(v, d=1):
+        return f"{v:.{d}f}"
+
+    out.append(f"edgeshare-gateway benchmark, {r['date']}, commit {r['commit']}")
+    out.append(f"machine: {r['machine']}")
+    out.append(f"set-up: {r['setup']}")
+    out.append("")
+    row("figure", "median", "p99/worst", "n")
+    login_ = r["logins"]
+    row("code submitted → first packet through (ms, 1 ms polling)",
+        f(login_["first"]["median"]), f(login_["first"]["p99"]), str(login_["first"]["n"]))
+    row("code submitted → success page received (ms)",
+        f(login_["reply"]["median"]), f(login_["reply"]["p99"]), str(login_["reply"]["n"]))
+    row("  for comparison: GET / (the form page) (ms)",
+        f(r["get"]["median"]), f(r["get"]["p99"]), str(r["get"]["n"]))
+    out.append("  (p99 is the nearest-rank 99th percentile; below, the second column is the worst run)")
+    for name, label in (("full", "full speed"), ("uplink", f"{r['rate']} uplink"),
+                        ("lan", f"{r['rate']} LAN link")):
+        runs = [x for x in r["quota"] if x["variant"] == name]
+        if not runs:
+            continue
+        cut, past_got, past_used, uncounted, speed, drops = [], [], [], [], [], []
+        for x in runs:
+            # The moment the gateway's count passed the quota, seen from the client: when it
+            # had received the same share of its total as the quota is of the gateway's count.
+            mark = quota * x["got"] / x["used"] if x["used"] else quota
+            t = next((t for t, total in x["timeline"] if total >= mark), None)
+            if t is None:
+                t = x["timeline"][-1][0] if x["timeline"] else x["last"]
+            cut.append((x["last"] - t) * 1000)
+            past_got.append((x["got"] - quota) / mb)
+            past_used.append((x["used"] - quota) / mb)
+            uncounted.append((x["got"] - x["used"]) / mb)
+            speed.append(mark / mb / max(t - x["started"], 1e-6))
+            drops.append(x.get("drops", 0))
+        row(f"quota {quota / mb:g} MB crossed → last byte (ms), {label}",
+            f(statistics.median(cut), 0), f(max(cut), 0), str(len(runs)))
+        row("  MB past the quota: received by the client",
+            f(statistics.median(past_got), 2), f(max(past_got), 2), str(len(runs)))
+        row("  MB past the quota: counted by the gateway",
+            f(statistics.median(past_used), 2), f(max(past_used), 2), str(len(runs)))
+        row("  MB received but not counted (received − counted)",
+            f(statistics.median(uncounted), 2), f(max(uncounted), 2), str(len(runs)))
+        row("  download speed before the quota (MB/s)",
+            f(statistics.median(speed), 1), f(min(speed), 1) + " min", str(len(runs)))
+        if name == "lan":
+            row("  packets dropped by the LAN link's queue, per run",
+                f(statistics.median(drops), 0), f(max(drops), 0), str(len(runs)))
+    late = [(x["last"] - x["expires"]) * 1000 for x in r["expiry"]]
+    row(f"code expired → last byte received (ms), {r['rate']} uplink",
+        f(statistics.median(late), 0), f(max(late), 0), str(len(late)))
+    unbilled = [(x["got"] - x["used"]) / mb for x in r["expiry"]]
+    row("  MB received but not counted (received − counted)",
+        f(statistics.median(unbilled), 2), f(max(unbilled), 2), str(len(unbilled)))
+    kib = lambda k: f(k / 1024)
+    row("gateway RSS idle (MiB)", kib(r["rss_idle"]))
+    row("gateway RSS after the runs above (MiB)", kib(r["rss_after_runs"]))
+    row(f"gateway RSS with {r['online']} clients online (MiB); peak (VmHWM)",
+        kib(r["rss_many"]), kib(r["hwm"]))
+    m = r["many"]
+    row(f"{m['all']['n']} logins one after another, one client each: total (s)", f(m["total_s"]))
+    row("  login latency (ms)", f(m["all"]["median"]), f(m["all"]["max"]), str(m["all"]["n"]))
+    row(f"  latency of the 1st / of the {m['all']['n']}th login (ms)", f(m["first"]), f(m["last"]))
+    row("  median latency of the first 50 / of the last 50 (ms)", f(m["first50"]), f(m["last50"]))
+    row(f"gateway CPU with {r['online']} online, no traffic (% of a core, with nft)", f(r["cpu_many"]))
+    out.append(f"clients online per the gateway's status: {r['online']}; "
+               f"elements in the kernel's client set: {r['elements']}")
+    bad = [x for x in r["quota"] + r["expiry"] if x["eof"]]
+    if bad:
+        out.append(f"WARNING: {len(bad)} download(s) ended by themselves instead of being cut off")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    commands = {"get": cmd_get, "logins": cmd_logins, "transfer": cmd_transfer,
+                "many": cmd_many, "report": cmd_report}
+    commands[sys.argv[1]](*sys.argv[2:])
+PY
+client() { # client TIMEOUT COMMAND ARGS…: the client program in the client namespace
+  local limit=$1
+  shift
+  timeout "$limit" ip netns exec "$NS_C" python3 "$WORK/client.py" "$@"
+}
+
+say "1/4: $LOGINS logins from one client, each code → first packet through"
+GET_JSON=$(client 60 get c0 10.66.0.2 20)
+codes 50 1 "$LOGINS" "$WORK/login-codes"
+LOGIN_JSON=$(client 300 logins c0 10.66.0.2 02:00:00:00:00:02 "$WORK/login-codes" "${GW[@]}")
+
+# 2. and 3.: each run on a client of its own, so that a stalled connection of one run cannot
+# leak bytes into the next.
+NEXT_CLIENT=1
+next_client() { # sets IFACE and SRC to a new macvlan client
+  add_clients x "$NEXT_CLIENT" 1
+  IFACE=x$NEXT_CLIENT
+  SRC=$(client_ip "$NEXT_CLIENT")
+  NEXT_CLIENT=$((NEXT_CLIENT + 1))
+}
+shape() { # shape full|uplink|lan: where the link rate RATE applies (tc tbf)
+  tc -n "$NS_U" qdisc del dev u0 root 2>/dev/null || true
+  tc -n "$NS_G" qdisc del dev lan0 root 2>/dev/null || true
+  case $1 in
+    uplink) tc -n "$NS_U" qdisc add dev u0 root tbf rate "$RATE" burst 64kb latency 50ms ;;
+    lan) tc -n "$NS_G" qdisc add dev lan0 root tbf rate "$RATE" burst 64kb latency 50ms ;;
+  esac
+}
+lan_drops() { tc -n "$NS_G" -s -j qdisc show dev lan0 | jq '[.[] | select(.kind == "tbf") | .drops] | add // 0'; }
+used_bytes() { # used_bytes CODE: the code store's figure
+  in_ns "$NS_G" "${GW[@]}" codes list --json | jq -r --arg c "$1" '.[] | select(.code == $c) | .used_bytes'
+}
+# The gateway works in 1 s ticks: start each run at a random point of the tick, so that the
+# runs do not all see the same phase.
+random_pause() { sleep "0.$(printf '%03d' $((RANDOM % 1000)))"; }
+final_used() { # final_used CODE: the code store's count once the gateway has ended the session
+  local used='' _
+  for _ in $(seq 1 50); do
+    used=$(used_bytes "$1")
+    [ -n "$used" ] && [ "$used" -gt 0 ] && break
+    sleep 0.1
+  done
+  echo "${used:-0}"
+}
+QUOTA=$((QUOTA_MB * 1048576))
+: >"$WORK/quota.jsonl"
+for variant in full uplink lan; do
+  say "2/4: quota crossed → traffic stops, $RUNS runs, $variant$([ "$variant" = full ] || echo " at $RATE")"
+  shape "$variant"
+  for _ in $(seq 1 "$RUNS"); do
+    next_client
+    codes "$QUOTA_MB" 1 1 "$WORK/code"
+    code=$(cat "$WORK/code")
+    drops_before=0
+    [ "$variant" != lan ] || drops_before=$(lan_drops)
+    random_pause
+    out=$(client 60 transfer "$IFACE" "$SRC" "$code" $((8 << 30)) 2 20 $((4 * QUOTA)))
+    drops=0
+    [ "$variant" != lan ] || drops=$(($(lan_drops) - drops_before))
+    echo "$out" | jq -c --arg v "$variant" --argjson used "$(final_used "$code")" --argjson drops "$drops" \
+      '. + {variant: $v, used: $used, drops: $drops}' >>"$WORK/quota.jsonl"
+  done
+done
+
+say "3/4: code expired → traffic stops, $RUNS runs at $RATE (uplink)"
+shape uplink
+: >"$WORK/expiry.jsonl"
+hours=$(awk -v s="$EXPIRY_S" 'BEGIN { printf "%.8f", s / 3600 }')
+for _ in $(seq 1 "$RUNS"); do
+  next_client
+  codes 1000 "$hours" 1 "$WORK/code"
+  code=$(cat "$WORK/code")
+  expires=$(in_ns "$NS_G" "${GW[@]}" codes list --json | jq -r --arg c "$code" '.[] | select(.code == $c) | .expires_at')
+  random_pause
+  out=$(client 60 transfer "$IFACE" "$SRC" "$code" $((8 << 30)) 2 $((EXPIRY_S + 15)) 0)
+  echo "$out" | jq -c --argjson expires "$expires" --argjson used "$(final_used "$code")" \
+    '. + {expires: ($expires / 1000), used: $used}' >>"$WORK/expiry.jsonl"
+done
+shape full
+RSS_AFTER_RUNS=$(rss_kib)
+
+say "4/4: $CLIENTS clients, each its own MAC, address and code"
+add_clients m 1000 "$CLIENTS"
+codes 50 1 "$CLIENTS" "$WORK/many-codes"
+n=1000
+while read -r code; do
+  echo "m$n $(client_ip "$n") $code"
+  n=$((n + 1))
+done <"$WORK/many-codes" >"$WORK/many"
+MANY_JSON=$(client 600 many "$WORK/many")
+sleep 2
+ONLINE=$(in_ns "$NS_G" "${GW[@]}" status | jq -r .online_devices)
+ELEMENTS=$(in_ns "$NS_G" nft -j list set inet "es_bench_$ID" clients4_up | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add')
+RSS_MANY=$(rss_kib)
+ticks_before=$(cpu_ticks)
+sleep 10
+ticks_after=$(cpu_ticks)
+CPU_MANY=$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$(getconf CLK_TCK)" 'BEGIN { print (b - a) / hz / 10 * 100 }')
+
+# The table.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+git diff --quiet HEAD -- gateway shared Cargo.lock 2>/dev/null || commit+=" (with local changes)"
+machine="$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/^Mem:/ {print $2}') GiB"
+machine+=", kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"), $(nft --version | awk '{print $1, $2}')"
+jq -n \
+  --arg date "$(date -u '+%F %H:%M UTC')" --arg commit "$commit" --arg machine "$machine" \
+  --arg setup "release build, namespaces (veth; clients as macvlans), local codes; gateway tick 1 s; tbf for $RATE" \
+  --arg rate "$RATE" --argjson quota_bytes "$QUOTA" \
+  --argjson get "$GET_JSON" --argjson logins "$LOGIN_JSON" --argjson many "$MANY_JSON" \
+  --slurpfile quota "$WORK/quota.jsonl" --slurpfile expiry "$WORK/expiry.jsonl" \
+  --argjson rss_idle "$RSS_IDLE" --argjson rss_after_runs "$RSS_AFTER_RUNS" \
+  --argjson rss_many "$RSS_MANY" --argjson hwm "$(hwm_kib)" --argjson cpu_many "$CPU_MANY" \
+  --argjson online "$ONLINE" --argjson elements "${ELEMENTS:-0}" \
+  '$ARGS.named' >"$WORK/results.json"
+RESULT=bench/results/gateway-$(date -u +%F).txt
+mkdir -p bench/results
+python3 "$WORK/client.py" report "$WORK/results.json" | tee "$RESULT"
+say "saved to $RESULT"

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# A real browser at the portal: Debian's headless Chromium, driven through chromedriver's
+# WebDriver HTTP API with plain curl, runs inside the client's network namespace of a
+#
+#   client (10.66.0.2) ── lan0 [gateway] wan0 ── upstream (10.99.0.2, .3 and .4, port 80)
+#
+# testbed (as in scripts/demo, local codes). It opens a page on the "internet" and is sent to
+# the portal, types a code, submits and lands on "You are online"; then a page on the internet
+# loads for real. A second run with JavaScript switched off in the browser does the
+# same with a second code: the form posts without any script. Screenshots of the code form and
+# of the success page are kept in artifacts/browser/ (portal-form.png, portal-success.png,
+# portal-success-nojs.png).
+#
+# Needs root, nftables, iproute2, and the packages chromium and chromium-driver
+# (scripts/install-deps). Where one is missing it says so and passes, except under CI=true,
+# where it fails. Binaries come from target/debug (built by scripts/test). Traffic stays in the
+# namespaces made here; all of them, and every process started, are removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. tests/system/common.bash
+
+unavailable() {
+  if [ "${CI:-}" = true ]; then
+    fail "browser test cannot run under CI: $*"
+  fi
+  echo "browser: SKIPPED (not under CI): $*" >&2
+  exit 0
+}
+[ "$(id -u)" = 0 ] || unavailable "needs root (network namespaces, nftables)"
+for tool in ip nft curl jq base64; do
+  command -v "$tool" >/dev/null 2>&1 || unavailable "$tool is not installed (bash scripts/install-deps)"
+done
+CHROMIUM=$(command -v chromium || true)
+CHROMEDRIVER=$(command -v chromedriver || true)
+[ -n "$CHROMIUM" ] || unavailable "chromium is not installed (bash scripts/install-deps)"
+[ -n "$CHROMEDRIVER" ] || unavailable "chromedriver is not installed (package chromium-driver; bash scripts/install-deps)"
+for bin in edgeshare-gateway edgeshare-standin; do
+  [ -x "$BIN_DIR/$bin" ] || fail "$BIN_DIR/$bin is missing: run cargo build --workspace --bins first"
+done
+BIN=$(cd "$BIN_DIR" && pwd)
+OUT=$ARTIFACTS/browser
+mkdir -p "$OUT"
+rm -f "$OUT"/*.png
+
+ID=$$
+NS_C=es-br-c-$ID
+NS_G=es-br-g-$ID
+NS_U=es-br-u-$ID
+MAC=02:00:00:00:00:02
+PORTAL=http://10.66.0.1:8080/
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+SID=
+WD=http://127.0.0.1:9515
+
+# Every process this test starts runs in one of its namespaces, so on exit: the processes we
+# recorded, then whatever else still runs in our namespaces (Chromium's children, started by
+# chromedriver), each by its PID; then the namespaces, then the files.
+cleanup() {
+  local status=$? ns pid
+  trap - EXIT INT TERM
+  set +e
+  if [ "$status" != 0 ] && [ -n "${SID:-}" ]; then
+    # What the browser showed when it went wrong.
+    ip netns exec "$NS_C" curl -sS -m 10 "$WD/session/$SID/screenshot" 2>/dev/null |
+      jq -r '.value' 2>/dev/null | base64 -d >"$OUT/failure.png" 2>/dev/null
+  fi
+  cleanup_started
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+  done
+  sleep 0.2
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
+  rm -rf "/etc/netns/$NS_C"
+  rmdir /etc/netns 2>/dev/null
+  cp "$WORK"/*.log "$OUT"/ 2>/dev/null
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'echo "browser: interrupted" >&2; exit 130' INT TERM
+
+in_ns() {
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@"
+}
+
+# The testbed, as in scripts/demo.
+for ns in "$NS_C" "$NS_G" "$NS_U"; do
+  ip netns add "$ns"
+  in_ns "$ns" ip link set lo up
+done
+ip link add c0 netns "$NS_C" address "$MAC" type veth peer name lan0 netns "$NS_G"
+ip link add wan0 netns "$NS_G" type veth peer name u0 netns "$NS_U"
+in_ns "$NS_C" ip addr add 10.66.0.2/24 dev c0
+in_ns "$NS_C" ip link set c0 up
+in_ns "$NS_C" ip route add default via 10.66.0.1
+in_ns "$NS_G" ip addr add 10.66.0.1/24 dev lan0
+in_ns "$NS_G" ip addr add 10.99.0.1/24 dev wan0
+in_ns "$NS_G" ip link set lan0 up
+in_ns "$NS_G" ip link set wan0 up
+in_ns "$NS_G" ip route add default via 10.99.0.2
+in_ns "$NS_U" ip addr add 10.99.0.2/24 dev u0
+in_ns "$NS_U" ip addr add 10.99.0.3/24 dev u0
+in_ns "$NS_U" ip link set u0 up
+# The client's resolver is the gateway (which runs none): names the browser may look up go
+# nowhere, and never to the host's own resolver.
+mkdir -p "/etc/netns/$NS_C"
+echo "nameserver 10.66.0.1" >"/etc/netns/$NS_C/resolv.conf"
+
+# "The internet": a stand-in on port 80 of 10.99.0.3 and 10.99.0.4 (its /__standin/state page
+# is plain JSON).
+in_ns "$NS_U" ip addr add 10.99.0.4/24 dev u0
+ip netns exec "$NS_U" "$BIN/edgeshare-standin" --listen 0.0.0.0:80 >"$WORK/internet.out" 2>"$WORK/internet.log" &
+STARTED_PIDS+=($!)
+
+cat >"$WORK/gateway.toml" <<TOML
+[lan]
+interface = "lan0"
+[wan]
+interface = "wan0"
+nat = true
+[portal]
+port = 8080
+[codes]
+source = "local"
+[state]
+dir = "$WORK/state"
+[control]
+socket = "$WORK/gateway.sock"
+[firewall]
+table = "es_br_$ID"
+remove_on_exit = true
+TOML
+GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
+ip netns exec "$NS_G" "${GW[@]}" run >"$WORK/gateway.log" 2>&1 &
+GATEWAY_PID=$!
+STARTED_PIDS+=("$GATEWAY_PID")
+for _ in $(seq 1 100); do
+  [ -S "$WORK/gateway.sock" ] && break
+  kill -0 "$GATEWAY_PID" 2>/dev/null || fail "gateway exited: $(cat "$WORK/gateway.log")"
+  sleep 0.1
+done
+[ -S "$WORK/gateway.sock" ] || fail "gateway did not start within 10 s: $(cat "$WORK/gateway.log")"
+for _ in $(seq 1 100); do
+  grep -q "listening on" "$WORK/internet.out" && break
+  sleep 0.1
+done
+grep -q "listening on" "$WORK/internet.out" || fail "stand-in did not start: $(cat "$WORK/internet.log")"
+
+mapfile -t CODES < <(in_ns "$NS_G" "${GW[@]}" codes create --mb 50 --hours 1 --count 2)
+[ "${#CODES[@]}" = 2 ] || fail "codes create printed ${#CODES[@]} codes"
+
+# chromedriver on the client's loopback; it starts Chromium in the same namespace.
+ip netns exec "$NS_C" "$CHROMEDRIVER" --port=9515 --log-path="$WORK/chromedriver.log" >/dev/null 2>&1 &
+STARTED_PIDS+=($!)
+for _ in $(seq 1 100); do
+  in_ns "$NS_C" curl -sf -m 2 "$WD/status" 2>/dev/null | jq -e '.value.ready' >/dev/null 2>&1 && break
+  sleep 0.1
+done
+in_ns "$NS_C" curl -sf -m 2 "$WD/status" | jq -e '.value.ready' >/dev/null ||
+  fail "chromedriver did not get ready within 10 s"
+
+# wd METHOD PATH [JSON]: one WebDriver call; prints the reply's "value", fails on an error.
+wd() {
+  local method=$1 path=$2 body=${3:-} reply
+  local args=(-sS -m 60 -X "$method" "$WD$path")
+  [ -n "$body" ] && args+=(-H 'content-type: application/json' -d "$body")
+  reply=$(in_ns "$NS_C" curl "${args[@]}") || fail "WebDriver $method $path: no reply"
+  if echo "$reply" | jq -e '.value | type == "object" and has("error")' >/dev/null 2>&1; then
+    fail "WebDriver $method $path: $(echo "$reply" | jq -c '.value | {error, message}')"
+  fi
+  echo "$reply" | jq -c '.value'
+}
+ELEMENT_KEY=element-6066-11e4-a52e-4f735466cecf
+# el CSS: the element's WebDriver id.
+el() { wd POST "/session/$SID/element" "$(jq -nc --arg v "$1" '{using: "css selector", value: $v}')" | jq -r --arg k "$ELEMENT_KEY" '.[$k]'; }
+text_of() { wd GET "/session/$SID/element/$(el "$1")/text" | jq -r .; }
+current_url() { wd GET "/session/$SID/url" | jq -r .; }
+go() { wd POST "/session/$SID/url" "$(jq -nc --arg u "$1" '{url: $u}')" >/dev/null; }
+screenshot() { wd GET "/session/$SID/screenshot" | jq -r . | base64 -d >"$1"; }
+
+# new_session JAVASCRIPT(true|false): a fresh profile each time.
+new_session() {
+  local profile caps
+  profile=$(mktemp -d "$WORK/profile.XXXX")
+  caps=$(jq -nc --arg bin "$CHROMIUM" --arg profile "$profile" --argjson js "$1" '{
+    capabilities: {alwaysMatch: {
+      browserName: "chrome",
+      pageLoadStrategy: "normal",
+      timeouts: {pageLoad: 20000, script: 10000, implicit: 0},
+      "goog:chromeOptions": ({
+        binary: $bin,
+        args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+               "--user-data-dir=\($profile)", "--window-size=500,860"],
+        prefs: (if $js then {} else {"profile.managed_default_content_settings.javascript": 2} end)
+      }
+      # A phone-sized page for the screenshots. Not with JavaScript off: chromedriver 156 then
+      # never completes a click (its emulated tap waits for ever).
+      + (if $js then {mobileEmulation: {deviceMetrics: {width: 412, height: 860, pixelRatio: 1}}} else {} end))
+    }}
+  }')
+  SID=$(wd POST /session "$caps" | jq -r .sessionId)
+  if [ -z "$SID" ] || [ "$SID" = null ]; then fail "no WebDriver session"; fi
+}
+
+# login CODE SHOT [FORM-SHOT]: from a page on the internet to the portal, the code typed
+# (the filled-in form kept as FORM-SHOT) and submitted, the success page checked and kept as
+# SHOT; then the internet page again, loaded for real.
+login() {
+  local code=$1 shot=$2 url heading source
+  go "http://10.99.0.3/__standin/state"
+  url=$(current_url)
+  [ "$url" = "$PORTAL" ] || fail "a captive browser opening the internet should land on $PORTAL, got $url"
+  [ "$(text_of h1)" = "Get online" ] || fail "portal form heading: $(text_of h1)"
+  # The form the way a person meets it: http://10.66.0.1:8080/ typed in.
+  go "$PORTAL"
+  [ "$(wd GET "/session/$SID/title" | jq -r .)" = "Get online · Wi-Fi access" ] || fail "form title"
+  [ "$(text_of 'label[for=code]')" = "Access code" ] || fail "label of the code input"
+  wd POST "/session/$SID/element/$(el 'input#code[name=code]')/value" \
+    "$(jq -nc --arg t "$code" '{text: $t}')" >/dev/null
+  [ -z "${3:-}" ] || screenshot "$3"
+  wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
+  for _ in $(seq 1 100); do
+    heading=$(in_ns "$NS_C" curl -sS -m 5 -X POST -H 'content-type: application/json' \
+      -d '{"using":"css selector","value":"h1"}' "$WD/session/$SID/element" |
+      jq -r --arg k "$ELEMENT_KEY" '.value[$k] // empty')
+    [ -n "$heading" ] && [ "$(wd GET "/session/$SID/element/$heading/text" | jq -r .)" = "You are online" ] && break
+    sleep 0.1
+  done
+  [ "$(text_of h1)" = "You are online" ] || fail "after submitting: $(text_of main)"
+  [ "$(current_url)" = "${PORTAL}login" ] || fail "success page URL: $(current_url)"
+  text_of '[role=status]' | grep -qx "Your code was accepted. You can use the internet now." ||
+    fail "no acceptance message: $(text_of main)"
+  text_of dl | tr '\n' ' ' | grep -Eq "^Data left (50|49) MB Time left (59 min|1 h) $" ||
+    fail "data and time left: $(text_of dl | tr '\n' ' ')"
+  screenshot "$shot"
+  # Online now: pages on the internet load for real, also on the host the browser opened
+  # while captive (the portal closed that redirected connection, so a new one is made).
+  local host
+  for host in 10.99.0.4 10.99.0.3; do
+    go "http://$host/__standin/state"
+    [ "$(current_url)" = "http://$host/__standin/state" ] || fail "online, but sent to $(current_url)"
+    source=$(wd GET "/session/$SID/source" | jq -r .)
+    if ! grep -q '"codes"' <<<"$source" || grep -q 'Wi-Fi access' <<<"$source"; then
+      fail "the internet page on $host did not load: $source"
+    fi
+  done
+}
+
+png_ok() { # FILE: a PNG, and not an empty one
+  [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "$1 is not a PNG"
+  [ "$(stat -c %s "$1")" -gt 2000 ] || fail "$1 is suspiciously small"
+}
+
+echo "browser: Chromium $("$CHROMIUM" --version 2>/dev/null | awk '{print $2}') in $NS_C, portal $PORTAL"
+new_session true
+login "${CODES[0]}" "$OUT/portal-success.png" "$OUT/portal-form.png"
+png_ok "$OUT/portal-form.png"
+png_ok "$OUT/portal-success.png"
+wd DELETE "/session/$SID" >/dev/null
+clients=$(in_ns "$NS_G" "${GW[@]}" clients --json)
+echo "$clients" | jq -e --arg code "${CODES[0]}" --arg mac "$MAC" \
+  '[.[] | select(.code == $code) | .devices[].client | select(.mac == $mac and .ip == "10.66.0.2")] | length == 1' \
+  >/dev/null || fail "the gateway does not list the client online: $clients"
+echo "browser: logged in with JavaScript on; screenshots in $OUT"
+
+# Log the device out, then the same with JavaScript off in the browser.
+in_ns "$NS_G" "${GW[@]}" kick "$MAC" >/dev/null
+new_session false
+go 'data:text/html,<title>js-off</title><script>document.title="js-on"</script>'
+[ "$(wd GET "/session/$SID/title" | jq -r .)" = js-off ] || fail "JavaScript is not off in the no-JS browser"
+login "${CODES[1]}" "$OUT/portal-success-nojs.png"
+png_ok "$OUT/portal-success-nojs.png"
+wd DELETE "/session/$SID" >/dev/null
+echo "browser: logged in with JavaScript off"
+kill -0 "$GATEWAY_PID" || fail "the gateway died"
+echo "browser: ok"
