@@ -473,14 +473,7 @@ async fn index<G: Gate>(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let ip = client_ip(peer);
-    if !portal.is_own_host(&headers) {
-        return portal.captive_or_online(ip, uri.path()).await;
-    }
-    match portal.gate.status(ip).await {
-        Some(status) => html(StatusCode::OK, pages::online(&status, Online::Status)),
-        None => html(StatusCode::OK, pages::form(None, "")),
-    }
+    own_page(&portal, peer, &headers, &uri, || pages::form(None, "")).await
 }
 
 async fn status<G: Gate>(
@@ -489,13 +482,25 @@ async fn status<G: Gate>(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    own_page(&portal, peer, &headers, &uri, pages::not_online).await
+}
+
+/// A page of the portal's own: the status page for a device that is online, `captive`'s page
+/// for one that is not; on a foreign host, what any foreign page gets.
+async fn own_page<G: Gate>(
+    portal: &Portal<G>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    captive: impl FnOnce() -> String,
+) -> Response {
     let ip = client_ip(peer);
-    if !portal.is_own_host(&headers) {
+    if !portal.is_own_host(headers) {
         return portal.captive_or_online(ip, uri.path()).await;
     }
     match portal.gate.status(ip).await {
         Some(status) => html(StatusCode::OK, pages::online(&status, Online::Status)),
-        None => html(StatusCode::OK, pages::not_online()),
+        None => html(StatusCode::OK, captive()),
     }
 }
 
