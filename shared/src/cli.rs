@@ -48,7 +48,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             if err.chain().any(|cause| cause.is::<ConfigError>()) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -56,6 +56,20 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
             }
         }
     }
+}
+
+/// An error and its causes on one line. Errors that are also logged alone carry their
+/// cause in their own text; a cause already shown is not repeated.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// The `check-config` subcommand: loads the config, prints that it is good, returns it.
@@ -71,4 +85,26 @@ where
     tracing::debug!(?config, "configuration loaded");
     println!("{}: configuration OK", path.display());
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read f.toml: {source}")]
+    struct WithCause {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(WithCause { source: io }).context("config not usable");
+        assert_eq!(describe(&err), "config not usable: cannot read f.toml: no such file");
+
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
+    }
 }
