@@ -60,61 +60,31 @@ for bin in edgeshare-gateway edgeshare-standin; do
   [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
 done
 
+# The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
+# the daemons and the clean-up: scripts/lib/netns.bash.
+# shellcheck source=scripts/lib/netns.bash
+. scripts/lib/netns.bash
 ID=$$
-NS_C=es-bench-c-$ID
-NS_G=es-bench-g-$ID
-NS_U=es-bench-u-$ID
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  local status=$? ns pid
-  trap - EXIT INT TERM
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  for ns in "$NS_C" "$NS_G" "$NS_U"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
-  done
-  for ns in "$NS_C" "$NS_G" "$NS_U"; do ip netns del "$ns" 2>/dev/null; done
-  if [ "$status" != 0 ]; then
+after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run
+  if [ "$1" != 0 ]; then
     mkdir -p artifacts/bench
     cp "$WORK"/*.log "$WORK"/*.jsonl "$WORK"/*.json artifacts/bench/ 2>/dev/null
     echo "bench: failed; logs in artifacts/bench/" >&2
   fi
   rm -rf "$WORK"
-  exit "$status"
 }
-trap cleanup EXIT
+netns_exit_traps "" after_cleanup
 trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
-in_ns() {
-  local ns=$1
-  shift
-  ip netns exec "$ns" "$@"
-}
+netns_fail() { echo "bench: $*" >&2; exit 1; }
 say() { printf 'bench: %s\n' "$*" >&2; }
 
+netns_testbed bench 16
 say "network namespaces $NS_C, $NS_G, $NS_U"
-for ns in "$NS_C" "$NS_G" "$NS_U"; do
-  ip netns add "$ns"
-  in_ns "$ns" ip link set lo up
-done
-ip link add c0 netns "$NS_C" address 02:00:00:00:00:02 type veth peer name lan0 netns "$NS_G"
-ip link add wan0 netns "$NS_G" type veth peer name u0 netns "$NS_U"
 # Many clients on one veth, each a macvlan with its own MAC: ARP must answer for an address
 # only on its own interface (arp_ignore=1), or the gateway learns the wrong MAC for it.
 in_ns "$NS_C" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
   net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-in_ns "$NS_C" ip addr add 10.66.0.2/16 dev c0
-in_ns "$NS_C" ip link set c0 up
-in_ns "$NS_C" ip route add default via 10.66.0.1
-in_ns "$NS_G" ip addr add 10.66.0.1/16 dev lan0
-in_ns "$NS_G" ip addr add 10.99.0.1/24 dev wan0
-in_ns "$NS_G" ip link set lan0 up
-in_ns "$NS_G" ip link set wan0 up
-in_ns "$NS_G" ip route add default via 10.99.0.2
-in_ns "$NS_U" ip addr add 10.99.0.2/24 dev u0
-in_ns "$NS_U" ip addr add 10.99.0.3/24 dev u0
-in_ns "$NS_U" ip link set u0 up
 
 # add_clients PREFIX FIRST COUNT: clients number FIRST to FIRST + COUNT - 1, each a macvlan
 # PREFIX<n> with MAC 02:00:00:HH:LL:01 and address 10.66.HH.LL (HH = 1 + n / 250,
@@ -135,42 +105,15 @@ add_clients() {
 client_ip() { local n=$1; echo "10.66.$((1 + n / 250)).$((1 + n % 250))"; }
 
 say "upstream: the stand-in at 10.99.0.3:9000"
-ip netns exec "$NS_U" "$BIN/edgeshare-standin" --listen 10.99.0.3:9000 >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
-PIDS+=($!)
-
-cat >"$WORK/gateway.toml" <<TOML
-[lan]
-interface = "lan0"
-[wan]
-interface = "wan0"
-nat = true
-[portal]
-port = 8080
-[codes]
-source = "local"
-[state]
-dir = "$WORK/state"
-[control]
-socket = "$WORK/gateway.sock"
-[firewall]
-table = "es_bench_$ID"
-remove_on_exit = true
-TOML
+netns_start_standin "$NS_U" "$WORK/upstream" "$BIN/edgeshare-standin" --listen 10.99.0.3:9000
+netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_bench_$ID" local
 GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
-ip netns exec "$NS_G" "${GW[@]}" run >"$WORK/gateway.log" 2>&1 &
-GW_PID=$!
-PIDS+=("$GW_PID")
-for _ in $(seq 1 100); do
-  [ -S "$WORK/gateway.sock" ] && grep -q "listening on" "$WORK/upstream.out" && break
-  sleep 0.1
-done
-[ -S "$WORK/gateway.sock" ] || { cat "$WORK/gateway.log" >&2; exit 1; }
-grep -q "listening on" "$WORK/upstream.out" || { cat "$WORK/upstream.log" >&2; exit 1; }
+netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
-hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
 # CPU time of the gateway and its reaped children (nft), in clock ticks.
-cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$GW_PID/stat"; }
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$GATEWAY_PID/stat"; }
 codes() { # codes MB HOURS COUNT FILE
   in_ns "$NS_G" "${GW[@]}" codes create --mb "$1" --hours "$2" --count "$3" >"$4"
   [ "$(wc -l <"$4")" = "$3" ] || { echo "bench: codes create gave $(wc -l <"$4") codes" >&2; exit 1; }
@@ -444,7 +387,7 @@ client() { # client TIMEOUT COMMAND ARGS…: the client program in the client na
 say "1/4: $LOGINS logins from one client, each code → first packet through"
 GET_JSON=$(client 60 get c0 10.66.0.2 20)
 codes 50 1 "$LOGINS" "$WORK/login-codes"
-LOGIN_JSON=$(client 300 logins c0 10.66.0.2 02:00:00:00:00:02 "$WORK/login-codes" "${GW[@]}")
+LOGIN_JSON=$(client 300 logins c0 10.66.0.2 "$NETNS_CLIENT_MAC" "$WORK/login-codes" "${GW[@]}")
 
 # 2. and 3.: each run on a client of its own, so that a stalled connection of one run cannot
 # leak bytes into the next.

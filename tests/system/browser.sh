@@ -18,6 +18,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/system/common.bash
+# The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
+# the daemons and the clean-up.
+# shellcheck source=scripts/lib/netns.bash
+. scripts/lib/netns.bash
+netns_fail() { fail "$@"; }
 
 unavailable() {
   if [ "${CI:-}" = true ]; then
@@ -43,70 +48,33 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.png
 
 ID=$$
-NS_C=es-br-c-$ID
-NS_G=es-br-g-$ID
-NS_U=es-br-u-$ID
-MAC=02:00:00:00:00:02
+MAC=$NETNS_CLIENT_MAC
 PORTAL=http://10.66.0.1:8080/
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 SID=
 WD=http://127.0.0.1:9515
 
-# Every process this test starts runs in one of its namespaces, so on exit: the processes we
-# recorded, then whatever else still runs in our namespaces (Chromium's children, started by
-# chromedriver), each by its PID; then the namespaces, then the files.
-cleanup() {
-  local status=$? ns pid
-  trap - EXIT INT TERM
-  set +e
-  if [ "$status" != 0 ] && [ -n "${SID:-}" ]; then
-    # What the browser showed when it went wrong.
+# Every process this test starts runs in one of its namespaces; netns_cleanup ends them (the
+# recorded ones, then whatever else still runs there, such as Chromium's children started by
+# chromedriver), each by its PID, and deletes the namespaces. Before that, if the test failed,
+# what the browser showed; after it, the client's resolver file and the files.
+failure_screenshot() {
+  if [ "$1" != 0 ] && [ -n "${SID:-}" ]; then
     ip netns exec "$NS_C" curl -sS -m 10 "$WD/session/$SID/screenshot" 2>/dev/null |
       jq -r '.value' 2>/dev/null | base64 -d >"$OUT/failure.png" 2>/dev/null
   fi
-  cleanup_started
-  for ns in "$NS_C" "$NS_G" "$NS_U"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
-  done
-  sleep 0.2
-  for ns in "$NS_C" "$NS_G" "$NS_U"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-    ip netns del "$ns" 2>/dev/null
-  done
-  rm -rf "/etc/netns/$NS_C"
+}
+remove_files() {
+  [ -z "$NS_C" ] || rm -rf "/etc/netns/$NS_C"
   rmdir /etc/netns 2>/dev/null
   cp "$WORK"/*.log "$OUT"/ 2>/dev/null
   rm -rf "$WORK"
-  exit "$status"
 }
-trap cleanup EXIT
+netns_exit_traps failure_screenshot remove_files
 trap 'echo "browser: interrupted" >&2; exit 130' INT TERM
 
-in_ns() {
-  local ns=$1
-  shift
-  ip netns exec "$ns" "$@"
-}
-
-# The testbed, as in scripts/demo.
-for ns in "$NS_C" "$NS_G" "$NS_U"; do
-  ip netns add "$ns"
-  in_ns "$ns" ip link set lo up
-done
-ip link add c0 netns "$NS_C" address "$MAC" type veth peer name lan0 netns "$NS_G"
-ip link add wan0 netns "$NS_G" type veth peer name u0 netns "$NS_U"
-in_ns "$NS_C" ip addr add 10.66.0.2/24 dev c0
-in_ns "$NS_C" ip link set c0 up
-in_ns "$NS_C" ip route add default via 10.66.0.1
-in_ns "$NS_G" ip addr add 10.66.0.1/24 dev lan0
-in_ns "$NS_G" ip addr add 10.99.0.1/24 dev wan0
-in_ns "$NS_G" ip link set lan0 up
-in_ns "$NS_G" ip link set wan0 up
-in_ns "$NS_G" ip route add default via 10.99.0.2
-in_ns "$NS_U" ip addr add 10.99.0.2/24 dev u0
-in_ns "$NS_U" ip addr add 10.99.0.3/24 dev u0
-in_ns "$NS_U" ip link set u0 up
+netns_testbed br
 # The client's resolver is the gateway (which runs none): names the browser may look up go
 # nowhere, and never to the host's own resolver.
 mkdir -p "/etc/netns/$NS_C"
@@ -115,49 +83,18 @@ echo "nameserver 10.66.0.1" >"/etc/netns/$NS_C/resolv.conf"
 # "The internet": a stand-in on port 80 of 10.99.0.3 and 10.99.0.4 (its /__standin/state page
 # is plain JSON).
 in_ns "$NS_U" ip addr add 10.99.0.4/24 dev u0
-ip netns exec "$NS_U" "$BIN/edgeshare-standin" --listen 0.0.0.0:80 >"$WORK/internet.out" 2>"$WORK/internet.log" &
-STARTED_PIDS+=($!)
+netns_start_standin "$NS_U" "$WORK/internet" "$BIN/edgeshare-standin" --listen 0.0.0.0:80
 
-cat >"$WORK/gateway.toml" <<TOML
-[lan]
-interface = "lan0"
-[wan]
-interface = "wan0"
-nat = true
-[portal]
-port = 8080
-[codes]
-source = "local"
-[state]
-dir = "$WORK/state"
-[control]
-socket = "$WORK/gateway.sock"
-[firewall]
-table = "es_br_$ID"
-remove_on_exit = true
-TOML
+netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_br_$ID" local
 GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
-ip netns exec "$NS_G" "${GW[@]}" run >"$WORK/gateway.log" 2>&1 &
-GATEWAY_PID=$!
-STARTED_PIDS+=("$GATEWAY_PID")
-for _ in $(seq 1 100); do
-  [ -S "$WORK/gateway.sock" ] && break
-  kill -0 "$GATEWAY_PID" 2>/dev/null || fail "gateway exited: $(cat "$WORK/gateway.log")"
-  sleep 0.1
-done
-[ -S "$WORK/gateway.sock" ] || fail "gateway did not start within 10 s: $(cat "$WORK/gateway.log")"
-for _ in $(seq 1 100); do
-  grep -q "listening on" "$WORK/internet.out" && break
-  sleep 0.1
-done
-grep -q "listening on" "$WORK/internet.out" || fail "stand-in did not start: $(cat "$WORK/internet.log")"
+netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
 
 mapfile -t CODES < <(in_ns "$NS_G" "${GW[@]}" codes create --mb 50 --hours 1 --count 2)
 [ "${#CODES[@]}" = 2 ] || fail "codes create printed ${#CODES[@]} codes"
 
 # chromedriver on the client's loopback; it starts Chromium in the same namespace.
 ip netns exec "$NS_C" "$CHROMEDRIVER" --port=9515 --log-path="$WORK/chromedriver.log" >/dev/null 2>&1 &
-STARTED_PIDS+=($!)
+netns_track_pid $!
 for _ in $(seq 1 100); do
   in_ns "$NS_C" curl -sf -m 2 "$WD/status" 2>/dev/null | jq -e '.value.ready' >/dev/null 2>&1 && break
   sleep 0.1

@@ -1,0 +1,197 @@
+# The network-namespace testbed shared by scripts/demo, bench/gateway.sh and
+# tests/system/browser.sh. Sourced (from the repository's root), not run:
+#
+#   client (10.66.0.2) ── lan0 [gateway] wan0 ── upstream (10.99.0.2 and 10.99.0.3 on u0)
+#     c0                   10.66.0.1  10.99.0.1
+#
+# The namespaces are named es-TAG-c-PID, es-TAG-g-PID and es-TAG-u-PID (PID: the script's),
+# so that runs side by side do not meet. Every process started here is recorded by its PID and
+# every namespace by its name; netns_cleanup ends and removes exactly those, and
+# netns_exit_traps makes it run on any exit, Ctrl-C and SIGTERM included. Traffic stays in
+# these namespaces.
+#
+# The functions work under `set -euo pipefail`: a step that fails makes the function return
+# non-zero (so the caller stops), and a daemon that does not come up ends the script through
+# netns_fail, also where the caller tests the function's status.
+
+# The client's MAC address on c0 (the gateway binds a session to MAC + IP).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+NETNS_CLIENT_MAC=02:00:00:00:00:02
+NS_C='' NS_G='' NS_U='' # the namespaces' names, set by netns_testbed
+NETNS_PIDS=()  # processes to end on exit, by PID (each started with `ip netns exec` directly)
+NETNS_NAMES=() # namespaces to delete on exit
+NETNS_BEFORE_CLEANUP=
+NETNS_AFTER_CLEANUP=
+
+# in_ns NS COMMAND…: runs COMMAND in the namespace NS. For commands waited for; a background
+# process is started with `ip netns exec` itself instead, so that $! is the program (not a
+# subshell running this function) and netns_cleanup can end it by its PID.
+in_ns() {
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@"
+}
+
+# netns_fail MESSAGE…: prints MESSAGE on stderr and ends the script with status 1 (which runs
+# the clean-up). A script may define its own after sourcing this file (the system tests use
+# common.bash's `fail`, which prefixes "FAIL:").
+netns_fail() {
+  echo "$*" >&2
+  exit 1
+}
+
+# netns_track_pid PID…: records processes for netns_cleanup to end.
+netns_track_pid() {
+  NETNS_PIDS+=("$@")
+}
+
+# netns_track_ns NAME…: records namespaces for netns_cleanup to delete.
+netns_track_ns() {
+  NETNS_NAMES+=("$@")
+}
+
+# netns_testbed TAG [LAN_PREFIX_LENGTH]: makes the client, gateway and upstream namespaces
+# (their names in NS_C, NS_G and NS_U, each recorded for clean-up as soon as it exists), joins
+# them with two veth pairs (client c0 ── lan0 gateway wan0 ── u0 upstream) and gives them
+# their addresses and default routes as drawn at the top. The LAN is a /24 unless told
+# otherwise (the benchmark puts many clients on a /16).
+netns_testbed() {
+  local tag=$1 lan=${2:-24} ns
+  NS_C=es-$tag-c-$$
+  NS_G=es-$tag-g-$$
+  NS_U=es-$tag-u-$$
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do
+    ip netns add "$ns" || return
+    netns_track_ns "$ns"
+    ip -n "$ns" link set lo up || return
+  done
+  ip link add c0 netns "$NS_C" address "$NETNS_CLIENT_MAC" type veth peer name lan0 netns "$NS_G" || return
+  ip link add wan0 netns "$NS_G" type veth peer name u0 netns "$NS_U" || return
+  ip -n "$NS_C" -batch - <<EOF || return
+addr add 10.66.0.2/$lan dev c0
+link set c0 up
+route add default via 10.66.0.1
+EOF
+  ip -n "$NS_G" -batch - <<EOF || return
+addr add 10.66.0.1/$lan dev lan0
+addr add 10.99.0.1/24 dev wan0
+link set lan0 up
+link set wan0 up
+route add default via 10.99.0.2
+EOF
+  ip -n "$NS_U" -batch - <<EOF
+addr add 10.99.0.2/24 dev u0
+addr add 10.99.0.3/24 dev u0
+link set u0 up
+EOF
+}
+
+# netns_gateway_config FILE STATE_DIR SOCKET TABLE SOURCE [BACKEND_URL BACKEND_EMAIL]: writes
+# the gateway's configuration for this testbed to FILE: LAN lan0 with the portal on port 8080,
+# WAN wan0 with NAT, codes from SOURCE ("local" or "backend", the latter with a [backend]
+# section for BACKEND_URL and BACKEND_EMAIL; its password comes from the environment), the
+# given state folder, control socket and nftables table, the table removed on exit.
+netns_gateway_config() {
+  local file=$1 state=$2 socket=$3 table=$4 source=$5 url=${6:-} email=${7:-}
+  {
+    printf '[lan]\ninterface = "lan0"\n[wan]\ninterface = "wan0"\nnat = true\n'
+    printf '[portal]\nport = 8080\n[codes]\nsource = "%s"\n' "$source"
+    if [ -n "$url" ]; then
+      printf '[backend]\nurl = "%s"\nemail = "%s"\n' "$url" "$email"
+    fi
+    printf '[state]\ndir = "%s"\n[control]\nsocket = "%s"\n' "$state" "$socket"
+    printf '[firewall]\ntable = "%s"\nremove_on_exit = true\n' "$table"
+  } >"$file"
+}
+
+# netns_wait_for WHAT PID LOG TEST…: waits up to 10 s for the command TEST to succeed; if the
+# process PID ends first, or the time runs out, fails with WHAT and the contents of LOG (the
+# process's own account of what went wrong).
+netns_wait_for() {
+  local what=$1 pid=$2 log=$3 _
+  shift 3
+  for _ in $(seq 1 100); do
+    "$@" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || netns_fail "$what exited: $(cat "$log" 2>/dev/null)"
+    sleep 0.1
+  done
+  "$@" 2>/dev/null || netns_fail "$what did not start within 10 s: $(cat "$log" 2>/dev/null)"
+}
+
+# netns_start_gateway SOCKET LOG GATEWAY…: starts `GATEWAY… run` (the gateway binary with its
+# --config) in the gateway namespace, its output in LOG, records it for clean-up (its PID in
+# GATEWAY_PID) and waits until its control socket SOCKET exists, i.e. until it serves.
+netns_start_gateway() {
+  local socket=$1 log=$2
+  shift 2
+  ip netns exec "$NS_G" "$@" run >"$log" 2>&1 &
+  GATEWAY_PID=$!
+  netns_track_pid "$GATEWAY_PID"
+  netns_wait_for gateway "$GATEWAY_PID" "$log" test -S "$socket"
+}
+
+# netns_start_standin NS PREFIX STANDIN…: starts the stand-in (STANDIN…: its binary and
+# arguments, e.g. --listen ADDRESS) in the namespace NS, its stdout in PREFIX.out and stderr in
+# PREFIX.log, records it for clean-up (its PID in STANDIN_PID) and waits for its
+# "listening on" line, i.e. until it accepts connections.
+netns_start_standin() {
+  local ns=$1 prefix=$2
+  shift 2
+  ip netns exec "$ns" "$@" >"$prefix.out" 2>"$prefix.log" &
+  STANDIN_PID=$!
+  netns_track_pid "$STANDIN_PID"
+  netns_wait_for stand-in "$STANDIN_PID" "$prefix.log" grep -q "listening on" "$prefix.out"
+}
+
+# netns_cleanup: ends the recorded processes (SIGTERM, then waits, so that the gateway removes
+# its nftables table), then whatever else still runs in the recorded namespaces (children such
+# as Chromium's; SIGTERM, then SIGKILL), each by its PID, and deletes the namespaces (which
+# removes their veths and anything left in their nftables). Never fails; safe to call twice.
+netns_cleanup() {
+  local pid ns left
+  for pid in "${NETNS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${NETNS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  NETNS_PIDS=()
+  left=0
+  for ns in "${NETNS_NAMES[@]}"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+      kill "$pid" 2>/dev/null || true
+      left=1
+    done
+  done
+  [ "$left" = 0 ] || sleep 0.2
+  for ns in "${NETNS_NAMES[@]}"; do
+    if [ "$left" != 0 ]; then
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    fi
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  NETNS_NAMES=()
+}
+
+# netns_exit_traps [BEFORE [AFTER]]: makes any exit of the script run netns_cleanup: the EXIT
+# trap, plus SIGINT (Ctrl-C) and SIGTERM traps that exit with 130 and 143 (a script may set its
+# own INT/TERM traps afterwards, e.g. to say "interrupted", as long as they exit). The
+# functions BEFORE and AFTER, if given, run with the exit status as argument before the
+# clean-up (the processes still run: e.g. a last screenshot) and after it (e.g. keep the logs,
+# remove the work folder). The script's exit status is kept; further Ctrl-Cs during the
+# clean-up are ignored so that it completes.
+netns_exit_traps() {
+  NETNS_BEFORE_CLEANUP=${1:-}
+  NETNS_AFTER_CLEANUP=${2:-}
+  trap netns_on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# netns_on_exit: the EXIT trap set by netns_exit_traps.
+netns_on_exit() {
+  local status=$?
+  trap - EXIT
+  trap '' INT TERM
+  set +e
+  [ -z "$NETNS_BEFORE_CLEANUP" ] || "$NETNS_BEFORE_CLEANUP" "$status"
+  netns_cleanup
+  [ -z "$NETNS_AFTER_CLEANUP" ] || "$NETNS_AFTER_CLEANUP" "$status"
+  exit "$status"
+}
