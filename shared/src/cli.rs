@@ -102,7 +102,10 @@ mod tests {
     fn causes_are_shown_once() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         let err = anyhow::Error::new(WithCause { source: io }).context("config not usable");
-        assert_eq!(describe(&err), "config not usable: cannot read f.toml: no such file");
+        assert_eq!(
+            describe(&err),
+            "config not usable: cannot read f.toml: no such file"
+        );
 
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(describe(&plain), "outer: inner");
