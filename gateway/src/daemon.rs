@@ -29,6 +29,10 @@ use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
+/// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
+/// The shortest time between two rounds of the main loop.
+const MIN_WAKE: Duration = Duration::from_millis(50);
 /// How long the kernel keeps a client after its code's expiry. While the daemon runs, its
 /// tick (at most [`TICK`] after expiry) reads the client's last bytes and cuts it off; the
 /// kernel's own timeout, which would delete the element and its counter unread, is only the
@@ -540,8 +544,24 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
+        // Besides the regular tick, wake when the next online device's code expires, so the
+        // cut-off (after the final counter read) comes at expiry, not up to a tick later.
+        let next_expiry = shared
+            .lock()
+            .core
+            .allowed()
+            .into_iter()
+            .map(|(_, until)| until)
+            .min();
+        let started = tokio::time::Instant::now();
+        let expiry_wake = match next_expiry {
+            // Never sooner than MIN_WAKE: a deadline that cannot be cleared must not spin.
+            Some(until) => started + (Millis::now().until(until) + EXPIRY_MARGIN).max(MIN_WAKE),
+            None => started + TICK,
+        };
         tokio::select! {
             _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(expiry_wake) => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
