@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use edgeshare_gateway::firewall::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall,
+    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, SessionQuota,
 };
 use edgeshare_gateway::net::{Client, Mac};
 use support::probe::Event;
@@ -554,4 +554,316 @@ fn bad_batches_are_refused_with_nft_stderr() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- session quotas ----
+
+/// How long a transfer waits for a stalled direction before it counts as stopped.
+const STALL: Duration = Duration::from_millis(1_500);
+const MB: u64 = 1_000_000;
+
+/// What the client elements counted for `clients` (upload + download): the IP bytes the
+/// forward chain let through, after the quota rules.
+fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
+    clients
+        .iter()
+        .filter_map(|c| counters_of(fw, c))
+        .map(|c| c.up_bytes + c.down_bytes)
+        .sum()
+}
+
+fn quota_of(fw: &mut NftFirewall, session: &str) -> Option<SessionQuota> {
+    fw.quota_used(session).expect("quota_used")
+}
+
+/// Moves the bed's only client device to another MAC and IPv4 address: a second device.
+fn become_device(bed: &Testbed, mac: &str, old_ip: &str, new_ip: &str) {
+    bed.client.set_mac(Testbed::CLIENT_IF, mac);
+    bed.client.ip(&[
+        "addr",
+        "del",
+        &format!("{old_ip}/24"),
+        "dev",
+        Testbed::CLIENT_IF,
+    ]);
+    bed.client.ip(&[
+        "addr",
+        "add",
+        &format!("{new_ip}/24"),
+        "dev",
+        Testbed::CLIENT_IF,
+    ]);
+    bed.client.add_route("default", "10.66.0.1");
+    bed.gw.ip(&["neigh", "flush", "dev", Testbed::GW_LAN_IF]);
+}
+
+#[test]
+fn session_quota_stops_a_full_speed_download_in_the_kernel() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let config = config();
+    let mut fw = firewall(&bed, config.clone());
+    fw.install().expect("install");
+    let _sink = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v4(), 443), 200 * MB, STALL);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    fw.set_quota("sess-1", &[client4()], MB).expect("set_quota");
+    assert_eq!(
+        quota_of(&mut fw, "sess-1"),
+        Some(SessionQuota {
+            limit_bytes: MB,
+            used_bytes: 0
+        })
+    );
+    assert!(fw.is_installed().expect("check"), "quota rules are ours");
+
+    // No daemon from here on: nothing reads counters while the kernel enforces the quota.
+    drop(fw);
+    let started = Instant::now();
+    let download = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v4(), 443), 0, OPEN, STALL)
+        .expect("connects");
+    let took = started.elapsed().saturating_sub(STALL);
+
+    let mut fw = firewall(&bed, config);
+    let counted = counters_of(&mut fw, &client4()).expect("counters");
+    let through = counted.up_bytes + counted.down_bytes;
+    let quota = quota_of(&mut fw, "sess-1").expect("quota");
+    println!(
+        "1 MB quota, 200 MB offered at veth speed: client received {} payload bytes in ~{took:?} \
+         (eof: {}); forwarded {} IP bytes ({} up + {} down, {} packets down); overshoot past \
+         the quota: {} bytes; quota listed {quota:?}",
+        download.received,
+        download.eof,
+        through,
+        counted.up_bytes,
+        counted.down_bytes,
+        counted.down_packets,
+        through as i64 - MB as i64,
+    );
+    assert!(!download.eof, "the download must have been stopped");
+    assert!(
+        through <= MB,
+        "forwarded {through} IP bytes, past the {MB}-byte quota"
+    );
+    assert!(
+        download.received <= MB && download.received >= MB / 2,
+        "received {} payload bytes",
+        download.received
+    );
+    assert_eq!(
+        quota.used_bytes, MB,
+        "used up (nft lists at most the limit)"
+    );
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED),
+        "a used-up session cannot open new connections"
+    );
+
+    // A new quota (more bytes) in one batch: traffic flows again, counted from zero.
+    fw.set_quota("sess-1", &[client4()], 3 * MB)
+        .expect("replace the quota");
+    assert_eq!(
+        quota_of(&mut fw, "sess-1").map(|q| q.limit_bytes),
+        Some(3 * MB)
+    );
+    let before = forwarded(&mut fw, &[client4()]);
+    let again = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v4(), 443), 0, OPEN, STALL)
+        .expect("connects after the new quota");
+    let through = forwarded(&mut fw, &[client4()]) - before;
+    println!(
+        "3 MB quota: received {} payload bytes, forwarded {through} IP bytes, overshoot {}",
+        again.received,
+        through as i64 - 3 * MB as i64
+    );
+    assert!(!again.eof);
+    assert!(
+        through <= 3 * MB && again.received > 2 * MB,
+        "{again:?} {through}"
+    );
+
+    // Lifting the quota: the client is back to its plain allowance.
+    fw.clear_quota("sess-1").expect("clear_quota");
+    fw.clear_quota("sess-1").expect("clearing twice");
+    assert_eq!(quota_of(&mut fw, "sess-1"), None);
+    let free = bed.client.tcp_send(sock(Testbed::up_v4(), 443), 0, OPEN);
+    // The sink sends 200 MB; with no quota it all arrives.
+    assert_eq!(free.map(|s| s.received), Ok(200 * MB));
+}
+
+#[test]
+fn session_quota_counts_upload_and_download_of_all_its_clients() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    fw.install().expect("install");
+    const MAC_B: &str = "02:00:00:66:00:03";
+    let device_a = client4();
+    let device_a6 = client6();
+    let device_b = Client {
+        mac: MAC_B.parse().expect("mac"),
+        ip: "10.66.0.3".parse().expect("ip"),
+    };
+    let all = [device_a, device_a6, device_b];
+    for client in &all {
+        fw.allow(client, Duration::from_secs(60)).expect("allow");
+    }
+    const QUOTA: u64 = 2 * MB;
+    fw.set_quota("shared", &all, QUOTA).expect("set_quota");
+    let listen = |reply: u64| {
+        (
+            bed.up.tcp_sink(sock(Testbed::up_v4(), 443), reply, STALL),
+            bed.up.tcp_sink(sock(Testbed::up_v6(), 443), reply, STALL),
+        )
+    };
+
+    // Upload counts.
+    let sinks = listen(0);
+    let up = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v4(), 443), 400_000, OPEN, STALL)
+        .expect("upload");
+    assert_eq!((up.sent, up.eof), (400_000, true), "{up:?}");
+    let used_up = quota_of(&mut fw, "shared").expect("quota").used_bytes;
+    println!("after a 400 kB upload: quota used {used_up}");
+    assert!((400_000..460_000).contains(&used_up), "{used_up}");
+    drop(sinks);
+
+    // Download counts, into the same quota, and IPv6 too.
+    let sinks = listen(300_000);
+    let down = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v6(), 443), 0, OPEN, STALL)
+        .expect("download over IPv6");
+    assert_eq!((down.received, down.eof), (300_000, true), "{down:?}");
+    let used_down = quota_of(&mut fw, "shared").expect("quota").used_bytes;
+    println!("after a 300 kB IPv6 download: quota used {used_down}");
+    assert!(
+        (used_up + 300_000..used_up + 360_000).contains(&used_down),
+        "{used_down}"
+    );
+    drop(sinks);
+
+    // Device B (another MAC and IP) uses up the rest, uploading: the kernel stops it.
+    become_device(&bed, MAC_B, "10.66.0.2", "10.66.0.3");
+    let sink = bed.up.tcp_sink(sock(Testbed::up_v4(), 443), 0, STALL);
+    let upload = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v4(), 443), 100 * MB, OPEN, STALL)
+        .expect("device B connects");
+    let served = match sink.next_event(OPEN + STALL * 2) {
+        Some(Event::Transferred { received, eof, .. }) => {
+            assert!(!eof, "the upload must have been stopped");
+            received
+        }
+        other => panic!("sink: {other:?}"),
+    };
+    let through = forwarded(&mut fw, &all);
+    println!(
+        "device B uploading 100 MB into the rest of a {QUOTA}-byte shared quota: the socket took \
+         {} bytes, up received {served}; the session's clients forwarded {through} IP bytes in \
+         all, overshoot {}",
+        upload.sent,
+        through as i64 - QUOTA as i64
+    );
+    assert!(through <= QUOTA, "{through} > {QUOTA}");
+    assert!(served < QUOTA - used_down, "{served}");
+    assert_eq!(
+        quota_of(&mut fw, "shared").map(|q| q.used_bytes),
+        Some(QUOTA)
+    );
+    drop(sink);
+
+    // The quota is the session's: device A is stopped as well, IPv4 and IPv6.
+    let _sinks = listen(0);
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED),
+        "device B is stopped"
+    );
+    become_device(&bed, Testbed::CLIENT_MAC, "10.66.0.3", "10.66.0.2");
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED),
+        "device A shares the used-up quota"
+    );
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), BLOCKED),
+        "and so does its IPv6 address"
+    );
+
+    // Moving device A to a session of its own frees it; B stays stopped.
+    fw.set_quota("own", &[device_a], MB).expect("move A");
+    assert!(
+        bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN),
+        "device A on its own quota"
+    );
+    // A reinstall keeps quotas and their maps.
+    fw.install().expect("reinstall");
+    assert!(fw.is_installed().expect("check"));
+    assert!(quota_of(&mut fw, "own").is_some_and(|q| q.used_bytes > 0));
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), BLOCKED),
+        "A's IPv6 address is still in the used-up session"
+    );
+    fw.clear_quota("shared").expect("clear");
+    assert!(
+        bed.client.tcp_connects(sock(Testbed::up_v6(), 443), OPEN),
+        "cleared: IPv6 of A flows again"
+    );
+    fw.clear_quota("own").expect("clear");
+    let listed = bed
+        .gw
+        .run_ok(&["nft", "list", "table", "inet", &fw.config().table]);
+    assert!(!listed.contains("quota q_"), "{listed}");
+}
+
+#[test]
+fn session_quota_calls_are_checked() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config());
+    assert!(matches!(
+        fw.set_quota("s", &[client4()], MB),
+        Err(FirewallError::Refused { .. })
+    ));
+    fw.install().expect("install");
+    assert!(matches!(
+        fw.set_quota("not a session id", &[client4()], MB),
+        Err(FirewallError::InvalidConfig {
+            field: "session",
+            ..
+        })
+    ));
+    assert_eq!(quota_of(&mut fw, "s"), None);
+    // Zero bytes left: nothing passes.
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    fw.set_quota("s", &[client4()], 0).expect("zero quota");
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED)
+    );
+    fw.set_quota("s", &[client4()], u64::MAX)
+        .expect("huge quota");
+    assert_eq!(
+        quota_of(&mut fw, "s").map(|q| q.limit_bytes),
+        Some(i64::MAX as u64)
+    );
+    assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::ClientCounters;
-use super::rules::{CHAINS, FAMILY, Rule, SETS};
+use super::rules::{CHAINS, FAMILY, QUOTA_MAPS, QuotaElement, QuotaKey, Rule, SETS};
+use super::{ClientCounters, SessionQuota};
 use crate::net::{Client, Mac};
 
 /// One element of a client set, as listed.
@@ -132,7 +132,7 @@ pub(crate) fn join(up: Vec<Element<Client>>, down: Vec<Element<IpAddr>>) -> Vec<
     joined.into_values().collect()
 }
 
-/// Does the output of `nft -j -t list table inet TABLE` show every set, every chain on its
+/// Does the output of `nft -j -t list table inet TABLE` show every set and map, every chain on its
 /// hook, and exactly `expected` rules in each chain? (A table someone flushed with
 /// `nft flush table` keeps its chains but loses the rules; a stray rule added to one of our
 /// chains also counts as "not installed", so the repair puts the table back as we wrote it.)
@@ -157,6 +157,15 @@ pub(crate) fn is_complete(text: &str, table: &str, expected: &[Rule]) -> Result<
         .filter_map(|s| s.get("name").and_then(Value::as_str))
         .collect();
     if !SETS.iter().all(|decl| sets.contains(&decl.name)) {
+        return Ok(false);
+    }
+    let maps: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o.get("map"))
+        .filter(|m| ours(m))
+        .filter_map(|m| m.get("name").and_then(Value::as_str))
+        .collect();
+    if !QUOTA_MAPS.iter().all(|decl| maps.contains(&decl.name)) {
         return Ok(false);
     }
     let chains: Vec<&Value> = objects
@@ -194,4 +203,70 @@ pub(crate) fn has_table(text: &str, table: &str) -> Result<bool, String> {
             t.get("family").and_then(Value::as_str) == Some(FAMILY)
                 && t.get("name").and_then(Value::as_str) == Some(table)
         }))
+}
+
+/// The elements of the one quota map in the output of `nft -j list map inet TABLE NAME`
+/// (`"elem": [[key, "quota"], ..]`).
+pub(crate) fn quota_map_elements(text: &str, map_name: &str) -> Result<Vec<QuotaElement>, String> {
+    let listing: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let map = objects(&listing)?
+        .iter()
+        .filter_map(|object| object.get("map"))
+        .find(|map| map.get("name").and_then(Value::as_str) == Some(map_name))
+        .ok_or_else(|| format!("map {map_name} is not in the listing"))?;
+    let Some(elements) = map.get("elem") else {
+        return Ok(Vec::new());
+    };
+    let elements = elements
+        .as_array()
+        .ok_or_else(|| format!("\"elem\" of {map_name} is not an array"))?;
+    let up = map_name.ends_with("_up");
+    elements
+        .iter()
+        .map(|element| {
+            let unexpected = || format!("unexpected element in {map_name}: {element}");
+            let [key, quota] = element.as_array().map(Vec::as_slice).unwrap_or(&[]) else {
+                return Err(unexpected());
+            };
+            let key = if up {
+                mac_ip_key(key).map(QuotaKey::Up)
+            } else {
+                ip_key(key).map(QuotaKey::Down)
+            };
+            match (key, quota.as_str()) {
+                (Some(key), Some(quota)) => Ok(QuotaElement {
+                    key,
+                    quota: quota.to_owned(),
+                }),
+                _ => Err(unexpected()),
+            }
+        })
+        .collect()
+}
+
+/// The quota object `name` of our table in the output of `nft -j list quotas table inet
+/// TABLE`, if there: its limit and what it has used (nft lists at most the limit).
+pub(crate) fn quota(text: &str, table: &str, name: &str) -> Result<Option<SessionQuota>, String> {
+    let listing: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(quota) = objects(&listing)?
+        .iter()
+        .filter_map(|object| object.get("quota"))
+        .find(|q| {
+            q.get("family").and_then(Value::as_str) == Some(FAMILY)
+                && q.get("table").and_then(Value::as_str) == Some(table)
+                && q.get("name").and_then(Value::as_str) == Some(name)
+        })
+    else {
+        return Ok(None);
+    };
+    let number = |field: &str| {
+        quota
+            .get(field)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("quota {name} without {field}: {quota}"))
+    };
+    Ok(Some(SessionQuota {
+        limit_bytes: number("bytes")?,
+        used_bytes: number("used")?,
+    }))
 }

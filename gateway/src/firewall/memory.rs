@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::listing::{Element, join};
-use super::{ClientCounters, Firewall, FirewallError, Operation, kernel_timeout};
+use super::rules::{MAX_QUOTA_BYTES, QuotaKey, quota_keys};
+use super::{
+    ClientCounters, Firewall, FirewallError, Operation, SessionQuota, kernel_timeout,
+    session_quota_name,
+};
 use crate::net::Client;
 
 /// One call made on a [`MemoryFirewall`], with its arguments as given.
@@ -16,10 +20,20 @@ use crate::net::Client;
 pub enum Call {
     Install,
     IsInstalled,
-    Allow { client: Client, timeout: Duration },
+    Allow {
+        client: Client,
+        timeout: Duration,
+    },
     Revoke(Client),
     Clients,
     Uninstall,
+    SetQuota {
+        session: String,
+        clients: Vec<Client>,
+        remaining_bytes: u64,
+    },
+    ClearQuota(String),
+    QuotaUsed(String),
 }
 
 /// An in-memory firewall that behaves like the kernel's table as [`super::NftFirewall`]
@@ -43,6 +57,9 @@ struct State {
     down: HashMap<IpAddr, Meter>,
     calls: Vec<Call>,
     failures_left: usize,
+    /// Session quotas by session id, and the session each quota-map key counts against.
+    quotas: BTreeMap<String, SessionQuota>,
+    quota_keys: BTreeMap<QuotaKey, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,12 +175,43 @@ impl MemoryFirewall {
         });
     }
 
-    /// What `nft flush ruleset` does: the table and every client are gone.
+    /// What `nft flush ruleset` does: the table, every client and every quota are gone.
     pub fn flush_ruleset(&self) {
-        let mut state = self.state();
-        state.installed = false;
-        state.up.clear();
-        state.down.clear();
+        self.state().clear();
+    }
+
+    /// The session whose quota `client`'s upload counts against, if any.
+    pub fn quota_session(&self, client: &Client) -> Option<String> {
+        self.state().quota_keys.get(&QuotaKey::Up(*client)).cloned()
+    }
+
+    /// Every session quota, by session id.
+    pub fn quotas(&self) -> BTreeMap<String, SessionQuota> {
+        self.state().quotas.clone()
+    }
+
+    /// Traffic of `session`'s clients: adds `bytes` to what its quota has used (as nft lists
+    /// it, at most the limit). False, and nothing changes, if the session has no quota.
+    pub fn use_quota(&self, session: &str, bytes: u64) -> bool {
+        match self.state().quotas.get_mut(session) {
+            Some(quota) => {
+                quota.used_bytes = quota
+                    .used_bytes
+                    .saturating_add(bytes)
+                    .min(quota.limit_bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True if `session` has a quota and it is used up (the kernel would drop its clients'
+    /// traffic).
+    pub fn quota_exhausted(&self, session: &str) -> bool {
+        self.state()
+            .quotas
+            .get(session)
+            .is_some_and(|q| q.used_bytes >= q.limit_bytes)
     }
 
     /// Records `call`; fails it if a failure is due or, for calls that need the table, if the
@@ -189,6 +237,16 @@ impl MemoryFirewall {
             });
         }
         Ok(state)
+    }
+}
+
+impl State {
+    fn clear(&mut self) {
+        self.installed = false;
+        self.up.clear();
+        self.down.clear();
+        self.quotas.clear();
+        self.quota_keys.clear();
     }
 }
 
@@ -241,10 +299,54 @@ impl Firewall for MemoryFirewall {
     }
 
     fn uninstall(&mut self) -> Result<(), FirewallError> {
-        let mut state = self.begin(Call::Uninstall, Operation::Uninstall, false)?;
-        state.installed = false;
-        state.up.clear();
-        state.down.clear();
+        self.begin(Call::Uninstall, Operation::Uninstall, false)?
+            .clear();
         Ok(())
+    }
+
+    fn set_quota(
+        &mut self,
+        session: &str,
+        clients: &[Client],
+        remaining_bytes: u64,
+    ) -> Result<(), FirewallError> {
+        let call = Call::SetQuota {
+            session: session.to_owned(),
+            clients: clients.to_vec(),
+            remaining_bytes,
+        };
+        let operation = Operation::SetQuota(session.to_owned());
+        let mut state = self.begin(call, operation, true)?;
+        session_quota_name(session)?;
+        state.quota_keys.retain(|_, owner| owner != session);
+        for key in quota_keys(clients) {
+            state.quota_keys.insert(key, session.to_owned());
+        }
+        state.quotas.insert(
+            session.to_owned(),
+            SessionQuota {
+                limit_bytes: remaining_bytes.min(MAX_QUOTA_BYTES),
+                used_bytes: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
+        let call = Call::ClearQuota(session.to_owned());
+        let operation = Operation::ClearQuota(session.to_owned());
+        let mut state = self.begin(call, operation, true)?;
+        session_quota_name(session)?;
+        state.quota_keys.retain(|_, owner| owner != session);
+        state.quotas.remove(session);
+        Ok(())
+    }
+
+    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError> {
+        let call = Call::QuotaUsed(session.to_owned());
+        let operation = Operation::ListQuota(session.to_owned());
+        let state = self.begin(call, operation, true)?;
+        session_quota_name(session)?;
+        Ok(state.quotas.get(session).copied())
     }
 }

@@ -31,6 +31,9 @@
 //!   and byte counter per element, updated by the forward chain's lookups: the billing meter).
 //! - `garden4`, `garden6` (`flags interval`): the walled garden, flushed and refilled in
 //!   every install batch (nested networks merged, which interval sets require).
+//! - `quota4_up`, `quota6_up` (`ether_addr . ipvN_addr : quota`), `quota4_down`,
+//!   `quota6_down` (`ipvN_addr : quota`): maps from a client's keys to the named quota object
+//!   of its session (see "Session quotas"). Added by `install`, never flushed.
 //!
 //! `add set` with a declaration that differs from the existing set's fails: a version that
 //! changes a set's type or flags must delete the table (losing online clients) first.
@@ -43,11 +46,11 @@
 //!   to this host's input. Not redirected: allowed clients, the walled garden, and addresses
 //!   of the gateway itself (they reach the input chain as they are). IPv6 port 80 is not
 //!   redirected; it is dropped in `forward` like the rest.
-//! - `forward` (filter, hook forward, priority `filter` = 0): the enforcement. Allowed
-//!   clients first (their lookups are the per-client meters; towards a client only
-//!   established/related traffic, so nothing unsolicited gets in or is billed to it), then
-//!   the walled garden (replies only towards the LAN), then DNS, then everything else to or
-//!   from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
+//! - `forward` (filter, hook forward, priority `filter` = 0): the enforcement. Session
+//!   quotas first (see below), then allowed clients (their lookups are the per-client
+//!   meters; towards a client only established/related traffic, so nothing unsolicited gets
+//!   in or is billed to it), then the walled garden (replies only towards the LAN), then
+//!   DNS, then everything else to or from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
 //!   real destination. Every base chain on a hook must accept a packet for it to pass, so
 //!   our drops hold whatever other tables do, and their drops hold over our accepts (a host
 //!   firewall that drops forwarded traffic must let the LAN through).
@@ -70,6 +73,25 @@
 //! (dropped); traffic to the gateway itself never is. Counting happens before NAT.
 //! Re-allowing a client replaces its elements, which starts their counters again at zero:
 //! read [`Firewall::clients`] before, and treat a counter lower than last time as restarted.
+//!
+//! # Session quotas
+//!
+//! [`Firewall::set_quota`] makes the kernel itself enforce a byte quota shared by all the
+//! devices of a session, upload and download together, so that a client cannot go past it
+//! between two reads of the counters, nor while the daemon is down. Each session has a named
+//! quota object `q_<session>` (`quota q_S { over N bytes }`), and each of its clients has an
+//! element in the quota maps pointing at it (upload: MAC . IP, download: IP). The first four
+//! `forward` rules, before the allowed-client accepts, are
+//! `iifname LAN quota name ether saddr . ip saddr map @quota4_up drop` and
+//! `oifname LAN ct state established,related quota name ip daddr map @quota4_down drop`
+//! (and the same for IPv6): each packet of a client with an element adds its IP length to
+//! the session's quota, and the packet that reaches the limit, and every one after it, is
+//! dropped. A client without an element is not affected (the map lookup fails, the rule
+//! ends). The quota counts what the element counters count, plus a client's traffic that a
+//! later rule drops (towards an allowed client only established traffic, as for the
+//! meters) and, once used up, the dropped packets themselves (nft lists `used` at most the
+//! limit). A quota outlives a revoke: call [`Firewall::clear_quota`] when the session
+//! ends, or a captive device whose quota is used up cannot reach DNS, the garden or the portal.
 //!
 //! Calls run `nft` and wait for it: from async code call them inside `spawn_blocking`.
 
@@ -209,6 +231,17 @@ pub struct ClientCounters {
     pub down_packets: u64,
 }
 
+/// A session's kernel-side quota as listed: [`Firewall::quota_used`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionQuota {
+    /// The limit given to the last [`Firewall::set_quota`] (at most `i64::MAX`).
+    pub limit_bytes: u64,
+    /// What the session's clients have used of it since then (IP bytes, both directions).
+    /// nft lists at most `limit_bytes`: at the limit the quota is used up and the kernel
+    /// drops the session's traffic.
+    pub used_bytes: u64,
+}
+
 /// What the firewall was doing when it failed (for error messages and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
@@ -219,6 +252,14 @@ pub enum Operation {
     /// Listing one set's elements for [`Firewall::clients`].
     ListSet(&'static str),
     Uninstall,
+    /// [`Firewall::set_quota`] of a session (its opaque id).
+    SetQuota(String),
+    /// [`Firewall::clear_quota`] of a session.
+    ClearQuota(String),
+    /// [`Firewall::quota_used`] of a session.
+    ListQuota(String),
+    /// Listing one quota map's elements, for `set_quota` and `clear_quota`.
+    ListMap(&'static str),
 }
 
 impl fmt::Display for Operation {
@@ -230,6 +271,10 @@ impl fmt::Display for Operation {
             Operation::Revoke(client) => write!(f, "revoke client {client}"),
             Operation::ListSet(set) => write!(f, "list set {set}"),
             Operation::Uninstall => f.write_str("delete the table"),
+            Operation::SetQuota(session) => write!(f, "set the quota of session {session}"),
+            Operation::ClearQuota(session) => write!(f, "clear the quota of session {session}"),
+            Operation::ListQuota(session) => write!(f, "list the quota of session {session}"),
+            Operation::ListMap(map) => write!(f, "list map {map}"),
         }
     }
 }
@@ -312,6 +357,41 @@ pub trait Firewall: Send {
 
     /// Deletes our table (`stop`); not an error if it is not there.
     fn uninstall(&mut self) -> Result<(), FirewallError>;
+
+    /// Gives `session` (an opaque id, 1-64 ASCII letters, digits, `_`, `-`, `.`; not the
+    /// code) a kernel-side quota of `remaining_bytes` (at most `i64::MAX`) from now, shared
+    /// by `clients`, upload and download together (see "Session quotas" in the module doc):
+    /// once they have used it up, the kernel drops their forwarded traffic.
+    ///
+    /// Replaces the session's quota and client list: what was used before is forgotten, the
+    /// session's clients not in `clients` stop counting against it, and a client of another
+    /// session's quota moves to this one. `clients` should be allowed clients (a quota lets
+    /// nothing through; `revoke` still closes access). Not atomic with the listing it reads
+    /// first, so make quota calls from one thread.
+    fn set_quota(
+        &mut self,
+        session: &str,
+        clients: &[Client],
+        remaining_bytes: u64,
+    ) -> Result<(), FirewallError>;
+
+    /// Removes the session's quota and its clients' elements (they are no longer limited);
+    /// not an error if the session has none.
+    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError>;
+
+    /// The session's quota and what it has used, `None` if it has none.
+    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError>;
+}
+
+/// The quota object of `session`, or the error for an id that cannot be one.
+pub(crate) fn session_quota_name(session: &str) -> Result<String, FirewallError> {
+    rules::quota_name(session).ok_or_else(|| FirewallError::InvalidConfig {
+        field: "session",
+        problem: format!(
+            "{session:?} is not a session id (1-{} ASCII letters, digits, '_', '-' or '.')",
+            rules::MAX_SESSION_LEN
+        ),
+    })
 }
 
 /// The kernel timeout for a requested one: whole seconds rounded up, 1 s to [`MAX_TIMEOUT`].

@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::rules::{self, CLIENTS4_DOWN, CLIENTS4_UP, CLIENTS6_DOWN, CLIENTS6_UP, FAMILY};
-use super::{ClientCounters, Firewall, FirewallConfig, FirewallError, Operation, listing};
+use super::rules::{
+    self, CLIENTS4_DOWN, CLIENTS4_UP, CLIENTS6_DOWN, CLIENTS6_UP, FAMILY, QUOTA_MAPS, QuotaElement,
+};
+use super::{
+    ClientCounters, Firewall, FirewallConfig, FirewallError, Operation, SessionQuota, listing,
+    session_quota_name,
+};
 use crate::net::Client;
 
 /// The firewall on the real kernel, through the `nft` program.
@@ -130,6 +135,25 @@ impl NftFirewall {
             .map_err(|detail| FirewallError::Listing { operation, detail })
     }
 
+    /// Every element of the four quota maps (`nft -j list map` each).
+    fn quota_elements(&self) -> Result<Vec<QuotaElement>, FirewallError> {
+        let mut all = Vec::new();
+        for decl in &QUOTA_MAPS {
+            let operation = Operation::ListMap(decl.name);
+            let output = self.run(
+                &operation,
+                &["-j", "list", "map", FAMILY, &self.config.table, decl.name],
+                None,
+            )?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            all.extend(
+                listing::quota_map_elements(&text, decl.name)
+                    .map_err(|detail| FirewallError::Listing { operation, detail })?,
+            );
+        }
+        Ok(all)
+    }
+
     fn down(
         &self,
         set: &'static str,
@@ -216,5 +240,54 @@ impl Firewall for NftFirewall {
             Operation::Uninstall,
             &rules::uninstall_batch(&self.config.table),
         )
+    }
+
+    /// Four `nft -j list map` runs (the quota maps), then one batch.
+    fn set_quota(
+        &mut self,
+        session: &str,
+        clients: &[Client],
+        remaining_bytes: u64,
+    ) -> Result<(), FirewallError> {
+        self.config.validate()?;
+        let name = session_quota_name(session)?;
+        let existing = self.quota_elements()?;
+        self.apply(
+            Operation::SetQuota(session.to_owned()),
+            &rules::set_quota_batch(
+                &self.config.table,
+                &name,
+                clients,
+                remaining_bytes,
+                &existing,
+            ),
+        )
+    }
+
+    /// Four `nft -j list map` runs (the quota maps), then one batch.
+    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
+        self.config.validate()?;
+        let name = session_quota_name(session)?;
+        let existing = self.quota_elements()?;
+        self.apply(
+            Operation::ClearQuota(session.to_owned()),
+            &rules::clear_quota_batch(&self.config.table, &name, &existing),
+        )
+    }
+
+    /// `nft -j list quotas table inet TABLE`.
+    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError> {
+        self.config.validate()?;
+        let name = session_quota_name(session)?;
+        let operation = Operation::ListQuota(session.to_owned());
+        let table = self.config.table.as_str();
+        let output = self.run(
+            &operation,
+            &["-j", "list", "quotas", "table", FAMILY, table],
+            None,
+        )?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        listing::quota(&text, table, &name)
+            .map_err(|detail| FirewallError::Listing { operation, detail })
     }
 }

@@ -18,6 +18,17 @@ pub(crate) const CLIENTS6_UP: &str = "clients6_up";
 pub(crate) const CLIENTS6_DOWN: &str = "clients6_down";
 pub(crate) const GARDEN4: &str = "garden4";
 pub(crate) const GARDEN6: &str = "garden6";
+pub(crate) const QUOTA4_UP: &str = "quota4_up";
+pub(crate) const QUOTA4_DOWN: &str = "quota4_down";
+pub(crate) const QUOTA6_UP: &str = "quota6_up";
+pub(crate) const QUOTA6_DOWN: &str = "quota6_down";
+
+/// The prefix of a session's quota object: `q_<session>`.
+pub(crate) const QUOTA_PREFIX: &str = "q_";
+/// The longest session id [`quota_name`] takes.
+pub(crate) const MAX_SESSION_LEN: usize = 64;
+/// The largest quota the kernel takes (it refuses more than `i64::MAX` bytes).
+pub(crate) const MAX_QUOTA_BYTES: u64 = i64::MAX as u64;
 
 pub(crate) const PREROUTING: &str = "prerouting";
 pub(crate) const FORWARD: &str = "forward";
@@ -91,6 +102,33 @@ pub(crate) const CHAINS: [ChainDecl; 4] = [
         priority: 100,
     },
 ];
+
+/// Every quota map (client key to a session's named quota object): name, key type. No
+/// timeout, no counter: an element lives until `set_quota` moves it or `clear_quota` ends it.
+pub(crate) const QUOTA_MAPS: [MapDecl; 4] = [
+    MapDecl {
+        name: QUOTA4_UP,
+        key: &["ether_addr", "ipv4_addr"],
+    },
+    MapDecl {
+        name: QUOTA4_DOWN,
+        key: &["ipv4_addr"],
+    },
+    MapDecl {
+        name: QUOTA6_UP,
+        key: &["ether_addr", "ipv6_addr"],
+    },
+    MapDecl {
+        name: QUOTA6_DOWN,
+        key: &["ipv6_addr"],
+    },
+];
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MapDecl {
+    pub name: &'static str,
+    pub key: &'static [&'static str],
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SetDecl {
@@ -172,6 +210,14 @@ fn drop() -> Value {
     json!({"drop": null})
 }
 
+/// `quota name KEY map @MAP`: looks the packet's key up in a quota map and runs the named
+/// quota it finds (which adds the packet's length to what that quota has used). For a quota
+/// `over N bytes` the rule goes on only when the quota is used up (the packet that reaches N
+/// included); no element, or a quota not yet used up, ends the rule there.
+fn quota_map(key: Value, map: &str) -> Value {
+    json!({"quota": {"map": {"key": key, "data": format!("@{map}")}}})
+}
+
 fn mac_ip(ip_protocol: &str) -> Value {
     json!({"concat": [payload("ether", "saddr"), payload(ip_protocol, "saddr")]})
 }
@@ -198,6 +244,36 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
                     json!("local"),
                 ),
                 json!({"redirect": {"port": config.portal_port}}),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "session quota, IPv4 upload: counts against the session's quota, drops once used up",
+            vec![iif(lan), quota_map(mac_ip("ip"), QUOTA4_UP), drop()],
+        ),
+        rule(
+            FORWARD,
+            "session quota, IPv4 download (replies only): same quota, drops once used up",
+            vec![
+                oif(lan),
+                established(),
+                quota_map(payload("ip", "daddr"), QUOTA4_DOWN),
+                drop(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "session quota, IPv6 upload: counts against the session's quota, drops once used up",
+            vec![iif(lan), quota_map(mac_ip("ip6"), QUOTA6_UP), drop()],
+        ),
+        rule(
+            FORWARD,
+            "session quota, IPv6 download (replies only): same quota, drops once used up",
+            vec![
+                oif(lan),
+                established(),
+                quota_map(payload("ip6", "daddr"), QUOTA6_DOWN),
+                drop(),
             ],
         ),
         rule(
@@ -380,6 +456,20 @@ fn set_declaration(table: &str, decl: &SetDecl) -> Value {
     set
 }
 
+fn map_declaration(table: &str, decl: &MapDecl) -> Value {
+    let key = match decl.key {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    json!({
+        "family": FAMILY,
+        "table": table,
+        "name": decl.name,
+        "type": key,
+        "map": "quota",
+    })
+}
+
 /// An interval-set element: a bare address for a single host, else a prefix.
 fn garden_element(cidr: &Cidr) -> Value {
     if cidr.is_host() {
@@ -396,6 +486,9 @@ pub(crate) fn install_batch(config: &FirewallConfig) -> Value {
     let mut commands = vec![json!({"add": {"table": table_ref(table)}})];
     for decl in &SETS {
         commands.push(json!({"add": {"set": set_declaration(table, decl)}}));
+    }
+    for decl in &QUOTA_MAPS {
+        commands.push(json!({"add": {"map": map_declaration(table, decl)}}));
     }
     for (set, v4) in [(GARDEN4, true), (GARDEN6, false)] {
         commands.push(json!({"flush": {"set": set_ref(table, set)}}));
@@ -503,4 +596,159 @@ pub(crate) fn uninstall_batch(table: &str) -> Value {
         json!({"add": {"table": table_ref(table)}}),
         json!({"delete": {"table": table_ref(table)}}),
     ])
+}
+
+// ---- session quotas ----
+
+/// The quota object of a session: `q_<session>`, or `None` if `session` is not 1 to
+/// [`MAX_SESSION_LEN`] ASCII letters, digits, `_`, `-` or `.` (so the object name is always
+/// a plain nft identifier, and one session id gives one object).
+pub(crate) fn quota_name(session: &str) -> Option<String> {
+    let valid = !session.is_empty()
+        && session.len() <= MAX_SESSION_LEN
+        && session
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    valid.then(|| format!("{QUOTA_PREFIX}{session}"))
+}
+
+/// The key of one quota-map element: a client's upload key (MAC . IP) or download key (IP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum QuotaKey {
+    Up(Client),
+    Down(IpAddr),
+}
+
+impl QuotaKey {
+    /// The quota map this key lives in.
+    pub fn map(&self) -> &'static str {
+        match self {
+            QuotaKey::Up(Client {
+                ip: IpAddr::V4(_), ..
+            }) => QUOTA4_UP,
+            QuotaKey::Up(Client {
+                ip: IpAddr::V6(_), ..
+            }) => QUOTA6_UP,
+            QuotaKey::Down(IpAddr::V4(_)) => QUOTA4_DOWN,
+            QuotaKey::Down(IpAddr::V6(_)) => QUOTA6_DOWN,
+        }
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            QuotaKey::Up(client) => up_key(client),
+            QuotaKey::Down(ip) => json!(ip.to_string()),
+        }
+    }
+}
+
+/// One element of a quota map: a client key and the quota object it counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QuotaElement {
+    pub key: QuotaKey,
+    pub quota: String,
+}
+
+/// The quota-map keys of `clients`: each client's upload key and its IP's download key,
+/// sorted, without duplicates.
+pub(crate) fn quota_keys(clients: &[Client]) -> Vec<QuotaKey> {
+    let mut keys: Vec<QuotaKey> = clients
+        .iter()
+        .flat_map(|c| [QuotaKey::Up(*c), QuotaKey::Down(c.ip)])
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn quota_object(table: &str, name: &str, bytes: u64) -> Value {
+    json!({"quota": {
+        "family": FAMILY,
+        "table": table,
+        "name": name,
+        "bytes": bytes.min(MAX_QUOTA_BYTES),
+        "inv": true,
+    }})
+}
+
+/// One command per quota map that has keys among `keys`: `verb` with the keys
+/// (`delete`) or key-to-quota pairs (`add`, with `quota`).
+fn quota_elements(verb: &str, table: &str, keys: &[QuotaKey], quota: Option<&str>) -> Vec<Value> {
+    QUOTA_MAPS
+        .iter()
+        .filter_map(|decl| {
+            let elems: Vec<Value> = keys
+                .iter()
+                .filter(|key| key.map() == decl.name)
+                .map(|key| match quota {
+                    Some(quota) => json!([key.value(), quota]),
+                    None => key.value(),
+                })
+                .collect();
+            if elems.is_empty() {
+                return None;
+            }
+            let mut element = set_ref(table, decl.name);
+            element["elem"] = Value::Array(elems);
+            Some(json!({ verb: {"element": element} }))
+        })
+        .collect()
+}
+
+/// The elements to delete before the quota object `name` can be deleted or `keys` added:
+/// those counting against `name`, and those of `keys` counting against another quota (a
+/// map element cannot be re-added with a new quota).
+fn stale_keys(name: &str, keys: &[QuotaKey], existing: &[QuotaElement]) -> Vec<QuotaKey> {
+    let mut stale: Vec<QuotaKey> = existing
+        .iter()
+        .filter(|e| e.quota == name || keys.contains(&e.key))
+        .map(|e| e.key)
+        .collect();
+    stale.sort();
+    stale.dedup();
+    stale
+}
+
+/// Gives the session's quota object `name` a fresh limit of `bytes` (nothing used yet) and
+/// makes exactly `clients` count against it, in one batch: the object is added (updated if
+/// there, so the delete cannot fail), the elements pointing at it or at the clients' keys
+/// (`existing`, as just listed) are deleted, the object is deleted and added again (which
+/// resets what it has used), and the clients' elements are added.
+pub(crate) fn set_quota_batch(
+    table: &str,
+    name: &str,
+    clients: &[Client],
+    bytes: u64,
+    existing: &[QuotaElement],
+) -> Value {
+    let keys = quota_keys(clients);
+    let mut commands = vec![json!({"add": quota_object(table, name, bytes)})];
+    commands.extend(quota_elements(
+        "delete",
+        table,
+        &stale_keys(name, &keys, existing),
+        None,
+    ));
+    commands.push(json!({"delete": quota_object_ref(table, name)}));
+    commands.push(json!({"add": quota_object(table, name, bytes)}));
+    commands.extend(quota_elements("add", table, &keys, Some(name)));
+    batch(commands)
+}
+
+/// Removes the session's quota object `name` and every element pointing at it (`existing`,
+/// as just listed); not an error if there is none.
+pub(crate) fn clear_quota_batch(table: &str, name: &str, existing: &[QuotaElement]) -> Value {
+    let mut commands = vec![json!({"add": quota_object(table, name, 0)})];
+    commands.extend(quota_elements(
+        "delete",
+        table,
+        &stale_keys(name, &[], existing),
+        None,
+    ));
+    commands.push(json!({"delete": quota_object_ref(table, name)}));
+    batch(commands)
+}
+
+fn quota_object_ref(table: &str, name: &str) -> Value {
+    json!({"quota": {"family": FAMILY, "table": table, "name": name}})
 }

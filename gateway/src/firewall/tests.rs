@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::cidr::minimal_cover;
 use super::listing::{self, Element};
-use super::rules::{self, CHAINS, SETS};
+use super::rules::{self, CHAINS, QUOTA_MAPS, QuotaElement, QuotaKey, SETS};
 use super::*;
 use crate::net::{Client, Mac};
 
@@ -419,9 +419,12 @@ fn every_rule_says_why_and_uses_only_configured_values() {
     assert_eq!(expr[4]["match"]["op"], "!=");
     assert_eq!(expr[5], json!({"redirect": {"port": 8080}}));
 
-    // forward: the four client lookups come first, each ending in accept; downloads only
-    // for connections the client opened (unsolicited traffic is neither let in nor billed).
-    let forward = in_chain("forward");
+    // forward: the four session-quota rules come first (see
+    // `quota_rules_come_first_and_drop_once_used_up`), then the four client lookups, each
+    // ending in accept; downloads only for connections the client opened (unsolicited
+    // traffic is neither let in nor billed).
+    let all_forward = in_chain("forward");
+    let forward = &all_forward[4..];
     let lookup = |rule: &Value| -> Value {
         rule["expr"]
             .as_array()
@@ -734,6 +737,11 @@ fn terse_listing(config: &FirewallConfig) -> Value {
     for set in &SETS {
         objects.push(json!({"set": {"family": "inet", "name": set.name, "table": table}}));
     }
+    for map in &QUOTA_MAPS {
+        objects.push(
+            json!({"map": {"family": "inet", "name": map.name, "table": table, "map": "quota"}}),
+        );
+    }
     for chain in &CHAINS {
         objects.push(json!({"chain": {"family": "inet", "table": table, "name": chain.name, "hook": chain.hook, "prio": chain.priority}}));
     }
@@ -786,6 +794,12 @@ fn completeness_check_spots_flushed_chains_and_missing_parts() {
     let no_set = without(&|o| o["set"]["name"] != "clients6_down");
     assert_eq!(
         listing::is_complete(&no_set, "es_test", &expected),
+        Ok(false)
+    );
+    // A table from before the quota maps: install again.
+    let no_map = without(&|o| o["map"]["name"] != "quota6_down");
+    assert_eq!(
+        listing::is_complete(&no_map, "es_test", &expected),
         Ok(false)
     );
     assert!(listing::is_complete("not json", "es_test", &expected).is_err());
@@ -1000,4 +1014,397 @@ fn firewalls_are_usable_as_trait_objects() {
     fn is_send<T: Send>(_: &T) {}
     is_send(&boxed);
     boxed.clear();
+}
+
+// ---- session quotas ----
+
+#[test]
+fn install_batch_adds_quota_maps_without_flushing_them() {
+    let batch = rules::install_batch(&config());
+    let verbs = verbs(&batch);
+    let maps: Vec<&Value> = verbs
+        .iter()
+        .filter(|(verb, kind, _)| *verb == "add" && *kind == "map")
+        .map(|(_, _, map)| *map)
+        .collect();
+    assert_eq!(
+        maps,
+        [
+            &json!({"family": "inet", "table": "es_test", "name": "quota4_up", "type": ["ether_addr", "ipv4_addr"], "map": "quota"}),
+            &json!({"family": "inet", "table": "es_test", "name": "quota4_down", "type": "ipv4_addr", "map": "quota"}),
+            &json!({"family": "inet", "table": "es_test", "name": "quota6_up", "type": ["ether_addr", "ipv6_addr"], "map": "quota"}),
+            &json!({"family": "inet", "table": "es_test", "name": "quota6_down", "type": "ipv6_addr", "map": "quota"}),
+        ]
+    );
+    assert!(
+        !verbs
+            .iter()
+            .any(|(verb, kind, _)| *verb == "flush" && *kind == "map"),
+        "quota maps are never flushed"
+    );
+    assert!(
+        !verbs.iter().any(|(_, kind, _)| *kind == "quota"),
+        "install leaves quota objects alone"
+    );
+}
+
+#[test]
+fn quota_rules_come_first_and_drop_once_used_up() {
+    let forward: Vec<rules::Rule> = rules::rules(&config())
+        .into_iter()
+        .filter(|r| r.chain == "forward")
+        .collect();
+    let lan =
+        |dir: &str| json!({"match": {"op": "==", "left": {"meta": {"key": dir}}, "right": "lan0"}});
+    let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
+    let mac_ip = |proto: &str| {
+        json!({"concat": [
+            {"payload": {"protocol": "ether", "field": "saddr"}},
+            {"payload": {"protocol": proto, "field": "saddr"}}]})
+    };
+    let quota = |key: Value, map: &str| json!({"quota": {"map": {"key": key, "data": map}}});
+    let drop = json!({"drop": null});
+    assert_eq!(
+        forward[0].expr,
+        [
+            lan("iifname"),
+            quota(mac_ip("ip"), "@quota4_up"),
+            drop.clone()
+        ]
+    );
+    assert_eq!(
+        forward[1].expr,
+        [
+            lan("oifname"),
+            established.clone(),
+            quota(
+                json!({"payload": {"protocol": "ip", "field": "daddr"}}),
+                "@quota4_down"
+            ),
+            drop.clone()
+        ]
+    );
+    assert_eq!(
+        forward[2].expr,
+        [
+            lan("iifname"),
+            quota(mac_ip("ip6"), "@quota6_up"),
+            drop.clone()
+        ]
+    );
+    assert_eq!(
+        forward[3].expr,
+        [
+            lan("oifname"),
+            established,
+            quota(
+                json!({"payload": {"protocol": "ip6", "field": "daddr"}}),
+                "@quota6_down"
+            ),
+            drop
+        ]
+    );
+    for rule in &forward[..4] {
+        assert!(
+            rule.comment.starts_with("session quota"),
+            "{}",
+            rule.comment
+        );
+    }
+    // The client meters follow, untouched: a quota rule never looks up a client set (that
+    // lookup would count the packet twice).
+    assert!(forward[..4].iter().all(|r| !r.expr.iter().any(|e| {
+        e["match"]["right"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("@clients"))
+    })));
+    assert_eq!(forward[4].expr[1]["match"]["right"], "@clients4_up");
+}
+
+#[test]
+fn session_ids_become_plain_quota_names() {
+    assert_eq!(
+        rules::quota_name("abc-1_2.3"),
+        Some("q_abc-1_2.3".to_owned())
+    );
+    assert_eq!(
+        rules::quota_name(&"x".repeat(64)),
+        Some(format!("q_{}", "x".repeat(64)))
+    );
+    for bad in ["", " ", "a b", "a\"b", "a/b", "é", "a;b", &"x".repeat(65)] {
+        assert_eq!(rules::quota_name(bad), None, "{bad:?}");
+        assert!(matches!(
+            session_quota_name(bad),
+            Err(FirewallError::InvalidConfig {
+                field: "session",
+                ..
+            })
+        ));
+    }
+}
+
+fn other4() -> Client {
+    Client {
+        mac: mac("02:00:00:00:00:03"),
+        ip: ip("10.0.0.3"),
+    }
+}
+
+#[test]
+fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
+    let existing = [
+        // Ours from before: a device no longer in the session, and one still in it.
+        QuotaElement {
+            key: QuotaKey::Up(other4()),
+            quota: "q_s1".to_owned(),
+        },
+        QuotaElement {
+            key: QuotaKey::Down(other4().ip),
+            quota: "q_s1".to_owned(),
+        },
+        QuotaElement {
+            key: QuotaKey::Up(client4()),
+            quota: "q_s1".to_owned(),
+        },
+        // The IPv6 client's IP counted against another session: it moves.
+        QuotaElement {
+            key: QuotaKey::Down(client6().ip),
+            quota: "q_s2".to_owned(),
+        },
+        // Another session's device: left alone.
+        QuotaElement {
+            key: QuotaKey::Up(Client {
+                mac: mac("02:00:00:00:00:09"),
+                ip: ip("10.0.0.9"),
+            }),
+            quota: "q_s2".to_owned(),
+        },
+    ];
+    let batch = rules::set_quota_batch(
+        "es_test",
+        "q_s1",
+        &[client4(), client6(), client4()],
+        1_000_000,
+        &existing,
+    );
+    let quota = |bytes: u64| json!({"family": "inet", "table": "es_test", "name": "q_s1", "bytes": bytes, "inv": true});
+    let element = |map: &str, elem: Value| json!({"family": "inet", "table": "es_test", "name": map, "elem": elem});
+    assert_eq!(
+        commands(&batch),
+        [
+            json!({"add": {"quota": quota(1_000_000)}}),
+            json!({"delete": {"element": element("quota4_up", json!([
+                {"concat": ["02:00:00:00:00:02", "10.0.0.2"]},
+                {"concat": ["02:00:00:00:00:03", "10.0.0.3"]}]))}}),
+            json!({"delete": {"element": element("quota4_down", json!(["10.0.0.3"]))}}),
+            json!({"delete": {"element": element("quota6_down", json!(["fd00:66::2"]))}}),
+            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
+            json!({"add": {"quota": quota(1_000_000)}}),
+            json!({"add": {"element": element("quota4_up", json!([
+                [{"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "q_s1"]]))}}),
+            json!({"add": {"element": element("quota4_down", json!([["10.0.0.2", "q_s1"]]))}}),
+            json!({"add": {"element": element("quota6_up", json!([
+                [{"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "q_s1"]]))}}),
+            json!({"add": {"element": element("quota6_down", json!([["fd00:66::2", "q_s1"]]))}}),
+        ]
+    );
+
+    // Nothing listed, no clients, a huge quota: no element commands, the limit clamped.
+    let batch = rules::set_quota_batch("es_test", "q_s1", &[], u64::MAX, &[]);
+    assert_eq!(
+        commands(&batch),
+        [
+            json!({"add": {"quota": quota(i64::MAX as u64)}}),
+            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
+            json!({"add": {"quota": quota(i64::MAX as u64)}}),
+        ]
+    );
+}
+
+#[test]
+fn clear_quota_batch_does_not_fail_on_an_absent_quota() {
+    let existing = [
+        QuotaElement {
+            key: QuotaKey::Up(client4()),
+            quota: "q_s1".to_owned(),
+        },
+        QuotaElement {
+            key: QuotaKey::Down(client4().ip),
+            quota: "q_s2".to_owned(),
+        },
+    ];
+    let batch = rules::clear_quota_batch("es_test", "q_s1", &existing);
+    assert_eq!(
+        commands(&batch),
+        [
+            json!({"add": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1", "bytes": 0, "inv": true}}}),
+            json!({"delete": {"element": {"family": "inet", "table": "es_test", "name": "quota4_up", "elem": [
+                {"concat": ["02:00:00:00:00:02", "10.0.0.2"]}]}}}),
+            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
+        ]
+    );
+}
+
+#[test]
+fn quota_batches_carry_input_only_as_typed_values() {
+    let client = Client {
+        mac: mac("AA-BB-CC-DD-EE-FF"),
+        ip: ip("10.0.0.2"),
+    };
+    let mut found = Vec::new();
+    strings(
+        &rules::set_quota_batch("es_test", "q_s-1", &[client], 5, &[]),
+        &mut found,
+    );
+    let mut unusual: Vec<&String> = found
+        .iter()
+        .filter(|s| {
+            ![
+                "add",
+                "delete",
+                "inet",
+                "es_test",
+                "quota4_up",
+                "quota4_down",
+                "q_s-1",
+            ]
+            .contains(&s.as_str())
+        })
+        .collect();
+    unusual.sort();
+    unusual.dedup();
+    assert_eq!(
+        unusual,
+        [&"10.0.0.2".to_owned(), &"aa:bb:cc:dd:ee:ff".to_owned()]
+    );
+}
+
+const LIST_QUOTA4_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota4_up", "table": "t", "type": ["ether_addr", "ipv4_addr"], "handle": 3, "map": "quota", "elem": [[{"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "q_s1"]]}}]}"#;
+const LIST_QUOTA6_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota6_down", "table": "t", "type": "ipv6_addr", "handle": 4, "map": "quota", "elem": [["fd00:66::2", "q_s1"], ["fd00:66::3", "q_s2"]]}}]}"#;
+const LIST_QUOTA_EMPTY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota4_down", "table": "t", "type": "ipv4_addr", "handle": 4, "map": "quota"}}]}"#;
+const LIST_QUOTAS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"quota": {"family": "inet", "name": "q_s1", "table": "t", "handle": 2, "bytes": 1000000, "used": 1000000, "inv": true}}, {"quota": {"family": "inet", "name": "q_s2", "table": "t", "handle": 5, "bytes": 500, "used": 12, "inv": true}}]}"#;
+
+#[test]
+fn captured_quota_listings_are_read() {
+    assert_eq!(
+        listing::quota_map_elements(LIST_QUOTA4_UP, "quota4_up"),
+        Ok(vec![QuotaElement {
+            key: QuotaKey::Up(client4()),
+            quota: "q_s1".to_owned()
+        }])
+    );
+    assert_eq!(
+        listing::quota_map_elements(LIST_QUOTA6_DOWN, "quota6_down"),
+        Ok(vec![
+            QuotaElement {
+                key: QuotaKey::Down(ip("fd00:66::2")),
+                quota: "q_s1".to_owned()
+            },
+            QuotaElement {
+                key: QuotaKey::Down(ip("fd00:66::3")),
+                quota: "q_s2".to_owned()
+            }
+        ])
+    );
+    assert_eq!(
+        listing::quota_map_elements(LIST_QUOTA_EMPTY, "quota4_down"),
+        Ok(vec![])
+    );
+    assert!(listing::quota_map_elements(LIST_QUOTA_EMPTY, "quota4_up").is_err());
+    assert!(
+        listing::quota_map_elements(
+            LIST_QUOTA4_UP.replace("\"q_s1\"", "7").as_str(),
+            "quota4_up"
+        )
+        .is_err()
+    );
+    assert!(listing::quota_map_elements("nope", "quota4_up").is_err());
+
+    assert_eq!(
+        listing::quota(LIST_QUOTAS, "t", "q_s2"),
+        Ok(Some(SessionQuota {
+            limit_bytes: 500,
+            used_bytes: 12
+        }))
+    );
+    assert_eq!(
+        listing::quota(LIST_QUOTAS, "t", "q_s1"),
+        Ok(Some(SessionQuota {
+            limit_bytes: 1_000_000,
+            used_bytes: 1_000_000
+        }))
+    );
+    assert_eq!(listing::quota(LIST_QUOTAS, "t", "q_s3"), Ok(None));
+    assert_eq!(listing::quota(LIST_QUOTAS, "other", "q_s1"), Ok(None));
+    assert!(listing::quota(&LIST_QUOTAS.replace("\"used\"", "\"x\""), "t", "q_s1").is_err());
+}
+
+#[test]
+fn memory_firewall_models_session_quotas() {
+    let mut fw = MemoryFirewall::new();
+    assert!(
+        fw.set_quota("s1", &[client4()], 10).is_err(),
+        "not installed"
+    );
+    fw.install().expect("install");
+    fw.set_quota("s1", &[client4(), client6()], 1_000)
+        .expect("set");
+    assert_eq!(fw.quota_session(&client4()).as_deref(), Some("s1"));
+    assert_eq!(fw.quota_session(&client6()).as_deref(), Some("s1"));
+    assert!(fw.use_quota("s1", 400));
+    assert!(!fw.quota_exhausted("s1"));
+    assert_eq!(
+        fw.quota_used("s1").expect("used"),
+        Some(SessionQuota {
+            limit_bytes: 1_000,
+            used_bytes: 400
+        })
+    );
+    assert!(fw.use_quota("s1", 4_000));
+    assert!(fw.quota_exhausted("s1"));
+    assert_eq!(
+        fw.quota_used("s1").expect("used").map(|q| q.used_bytes),
+        Some(1_000),
+        "listed at most the limit, as nft does"
+    );
+
+    // Replacing: a fresh limit, and a client moves to another session.
+    fw.set_quota("s1", &[client4()], 50).expect("set again");
+    assert_eq!(fw.quota_session(&client6()), None);
+    fw.set_quota("s2", &[client4()], 70).expect("other session");
+    assert_eq!(fw.quota_session(&client4()).as_deref(), Some("s2"));
+    assert_eq!(
+        fw.quota_used("s1").expect("used"),
+        Some(SessionQuota {
+            limit_bytes: 50,
+            used_bytes: 0
+        })
+    );
+
+    fw.clear_quota("s2").expect("clear");
+    fw.clear_quota("s2").expect("clearing twice");
+    assert_eq!(fw.quota_session(&client4()), None);
+    assert_eq!(fw.quota_used("s2").expect("used"), None);
+    assert!(!fw.use_quota("s2", 1));
+    assert!(matches!(
+        fw.set_quota("bad id", &[], 1),
+        Err(FirewallError::InvalidConfig {
+            field: "session",
+            ..
+        })
+    ));
+    assert_eq!(
+        fw.calls()[1..4],
+        [
+            Call::Install,
+            Call::SetQuota {
+                session: "s1".to_owned(),
+                clients: vec![client4(), client6()],
+                remaining_bytes: 1_000
+            },
+            Call::QuotaUsed("s1".to_owned()),
+        ]
+    );
+    fw.flush_ruleset();
+    assert!(fw.quotas().is_empty());
 }

@@ -450,6 +450,49 @@ impl Netns {
         }
     }
 
+    /// Connects to `to`, sends up to `bytes` bytes, reads the answer; a direction that
+    /// stalls for `stall` ends without error (see [`Request::TcpTransfer`]). `Err` if it
+    /// could not connect within `connect_timeout`.
+    pub fn tcp_transfer(
+        &self,
+        to: SocketAddr,
+        bytes: u64,
+        connect_timeout: Duration,
+        stall: Duration,
+    ) -> Result<Transfer, String> {
+        let request = Request::TcpTransfer {
+            to,
+            bytes,
+            connect_timeout_ms: millis(connect_timeout),
+            stall_ms: millis(stall),
+        };
+        let timeout = connect_timeout + stall * 2 + Duration::from_secs(60);
+        match self.probe(&request, timeout).pop() {
+            Some(Event::Transferred {
+                sent,
+                received,
+                eof,
+                ..
+            }) => Ok(Transfer {
+                sent,
+                received,
+                eof,
+            }),
+            Some(Event::Failed { stage, error }) => Err(format!("{stage}: {error}")),
+            other => panic!("unexpected probe report {other:?}"),
+        }
+    }
+
+    /// Starts a stall-tolerant TCP listener in here (see [`Request::TcpSink`]); returns
+    /// once it is bound.
+    pub fn tcp_sink(&self, bind: SocketAddr, reply_bytes: u64, stall: Duration) -> Listener {
+        self.listen(Request::TcpSink {
+            bind,
+            reply_bytes,
+            stall_ms: millis(stall),
+        })
+    }
+
     /// True if a TCP connection to `to` is established within `timeout`.
     pub fn tcp_connects(&self, to: SocketAddr, timeout: Duration) -> bool {
         self.tcp_send(to, 0, timeout).is_ok()
@@ -553,6 +596,15 @@ pub struct Sent {
     pub peer: SocketAddr,
     pub sent: u64,
     pub received: u64,
+}
+
+/// The outcome of [`Netns::tcp_transfer`]: bytes the socket took, bytes read, and whether
+/// reading ended at EOF (false: it stalled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub sent: u64,
+    pub received: u64,
+    pub eof: bool,
 }
 
 /// A listener probe running in a namespace; killed on drop.

@@ -52,6 +52,24 @@ pub enum Request {
     /// (query left out), `404` otherwise, then closed. Reports [`Event::Ready`] once bound,
     /// [`Event::HttpRequest`] per request.
     HttpServe { bind: SocketAddr, pages: Vec<Page> },
+    /// Like [`Request::TcpListen`], but a connection that stalls (nothing can be read or
+    /// written for `stall_ms`) is not an error: reads to EOF or a stall, then writes
+    /// `reply_bytes` bytes or until a stall. Reports [`Event::Transferred`] per connection.
+    TcpSink {
+        bind: SocketAddr,
+        reply_bytes: u64,
+        stall_ms: u64,
+    },
+    /// Like [`Request::TcpSend`], but a stall (nothing can be written or read for
+    /// `stall_ms`) ends that direction instead of failing: sends up to `bytes` bytes, shuts
+    /// down its sending side, reads to EOF or a stall. Reports [`Event::Transferred`] (or
+    /// [`Event::Failed`] if it cannot connect).
+    TcpTransfer {
+        to: SocketAddr,
+        bytes: u64,
+        connect_timeout_ms: u64,
+        stall_ms: u64,
+    },
 }
 
 /// One page of [`Request::HttpServe`].
@@ -111,6 +129,15 @@ pub enum Event {
     Failed {
         stage: String,
         error: String,
+    },
+    /// What a [`Request::TcpSink`] or [`Request::TcpTransfer`] moved: `sent` counts bytes
+    /// the socket took (not necessarily delivered), `received` bytes read; `eof` is false
+    /// when reading ended in a stall.
+    Transferred {
+        peer: SocketAddr,
+        sent: u64,
+        received: u64,
+        eof: bool,
     },
 }
 
@@ -195,7 +222,98 @@ fn run(request: Request) -> i32 {
         } => tcp_send(to, bytes, Duration::from_millis(connect_timeout_ms)),
         Request::UdpQuery { to, timeout_ms } => udp_query(to, Duration::from_millis(timeout_ms)),
         Request::HttpServe { bind, pages } => http_serve(bind, pages),
+        Request::TcpSink {
+            bind,
+            reply_bytes,
+            stall_ms,
+        } => tcp_sink(bind, reply_bytes, Duration::from_millis(stall_ms)),
+        Request::TcpTransfer {
+            to,
+            bytes,
+            connect_timeout_ms,
+            stall_ms,
+        } => tcp_transfer(
+            to,
+            bytes,
+            Duration::from_millis(connect_timeout_ms),
+            Duration::from_millis(stall_ms),
+        ),
     }
+}
+
+/// Writes up to `count` bytes; stops early at a stall (the write timeout) or a reset.
+fn write_until_stall(stream: &mut TcpStream, count: u64) -> u64 {
+    let chunk = [0x5a_u8; 16 * 1024];
+    let mut sent = 0;
+    while sent < count {
+        let n = usize::try_from((count - sent).min(chunk.len() as u64)).unwrap_or(chunk.len());
+        match stream.write(&chunk[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(written) => sent += written as u64,
+        }
+    }
+    sent
+}
+
+/// Reads to EOF (true) or until a stall (the read timeout) or a reset (false).
+fn read_until_stall(stream: &mut TcpStream) -> (u64, bool) {
+    let mut buffer = [0_u8; 64 * 1024];
+    let mut total = 0_u64;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return (total, true),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (total, false),
+        }
+    }
+}
+
+fn tcp_sink(bind: SocketAddr, reply_bytes: u64, stall: Duration) -> i32 {
+    let listener = match TcpListener::bind(bind) {
+        Ok(listener) => listener,
+        Err(e) => return failed("bind", e),
+    };
+    let local = listener.local_addr().unwrap_or(bind);
+    report(&Event::Ready { local });
+    loop {
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => return failed("accept", e),
+        };
+        std::thread::spawn(move || {
+            let _ = stream.set_read_timeout(Some(stall));
+            let _ = stream.set_write_timeout(Some(stall));
+            let (received, eof) = read_until_stall(&mut stream);
+            let sent = write_until_stall(&mut stream, reply_bytes);
+            let _ = stream.shutdown(Shutdown::Write);
+            report(&Event::Transferred {
+                peer,
+                sent,
+                received,
+                eof,
+            });
+        });
+    }
+}
+
+fn tcp_transfer(to: SocketAddr, bytes: u64, connect_timeout: Duration, stall: Duration) -> i32 {
+    let mut stream = match TcpStream::connect_timeout(&to, connect_timeout) {
+        Ok(stream) => stream,
+        Err(e) => return failed("connect", e),
+    };
+    let _ = stream.set_read_timeout(Some(stall));
+    let _ = stream.set_write_timeout(Some(stall));
+    let sent = write_until_stall(&mut stream, bytes);
+    let _ = stream.shutdown(Shutdown::Write);
+    let (received, eof) = read_until_stall(&mut stream);
+    report(&Event::Transferred {
+        peer: to,
+        sent,
+        received,
+        eof,
+    });
+    0
 }
 
 /// Writes `count` bytes of a fixed pattern.
