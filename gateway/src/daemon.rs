@@ -29,6 +29,11 @@ use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
+/// How far past its quota the kernel lets a session go. The kernel's quota is set to what is
+/// left plus this, so the daemon's own reading (at most a tick later) reaches the quota first
+/// and ends the session in order; the kernel's stop is the hard limit between readings and
+/// while the daemon is down.
+const QUOTA_SLACK: u64 = 64 * 1024;
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
 /// The shortest time between two rounds of the main loop.
@@ -79,6 +84,8 @@ struct State {
     dirty: bool,
     /// A session started or ended since the last save: save now, not at the next interval.
     urgent: bool,
+    /// The devices each session's kernel quota was last set for.
+    quotas: HashMap<AccessCode, Vec<Client>>,
     /// Where the state is saved (`sessions.json`).
     file: PathBuf,
     last_saved: Millis,
@@ -132,9 +139,54 @@ impl State {
             }
         }
         self.dirty |= self.urgent;
+        self.sync_quotas();
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
+            }
+        }
+    }
+
+    /// Keeps each session's kernel quota in step with its devices: set (to what is left, plus
+    /// [`QUOTA_SLACK`]) when they change, cleared when the session has none or has ended. A
+    /// quota left behind would block a captive device's DNS and portal too. Setting restarts
+    /// the kernel's count, so callers settle the counters first (they do before any action).
+    fn sync_quotas(&mut self) {
+        let mut live = HashSet::new();
+        for session in self.core.sessions() {
+            let mut clients: Vec<Client> = session.devices.iter().map(|d| d.client).collect();
+            clients.sort();
+            if clients.is_empty() {
+                continue;
+            }
+            live.insert(session.code.clone());
+            if self.quotas.get(&session.code) == Some(&clients) {
+                continue;
+            }
+            let left = session.quota_bytes.saturating_sub(session.used_bytes);
+            let id = quota_id(&session.code);
+            match self
+                .firewall
+                .set_quota(&id, &clients, left.saturating_add(QUOTA_SLACK))
+            {
+                Ok(()) => {
+                    self.quotas.insert(session.code, clients);
+                }
+                Err(err) => tracing::error!(error = %err, "cannot set a session's kernel quota"),
+            }
+        }
+        let gone: Vec<AccessCode> = self
+            .quotas
+            .keys()
+            .filter(|code| !live.contains(*code))
+            .cloned()
+            .collect();
+        for code in gone {
+            match self.firewall.clear_quota(&quota_id(&code)) {
+                Ok(()) => {
+                    self.quotas.remove(&code);
+                }
+                Err(err) => tracing::error!(error = %err, "cannot clear a session's kernel quota"),
             }
         }
     }
@@ -242,6 +294,7 @@ impl State {
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
         self.reconcile(now);
+        self.sync_quotas();
     }
 
     /// Restores our table if someone removed it (a firewall reload, `nft flush ruleset`),
@@ -253,7 +306,12 @@ impl State {
             Ok(false) => {
                 tracing::warn!("our nftables table is gone (a firewall reload?); restoring it");
                 match self.firewall.install() {
-                    Ok(()) => self.reconcile(now),
+                    Ok(()) => {
+                        self.reconcile(now);
+                        // The quota objects went with the table.
+                        self.quotas.clear();
+                        self.sync_quotas();
+                    }
                     Err(err) => tracing::error!(error = %err, "cannot restore the nftables table"),
                 }
             }
@@ -326,6 +384,14 @@ impl State {
             saved_at: now,
         }
     }
+}
+
+/// The name of a session's kernel quota: derived from the code so it is the same after a
+/// restart, but not the code itself (the ruleset is readable to anyone with CAP_NET_ADMIN).
+fn quota_id(code: &AccessCode) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(code.as_str().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first two characters of a code: enough to tell codes apart in a log, not to use one.
@@ -478,6 +544,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         baselines,
         dirty: true,
         urgent: false,
+        quotas: HashMap::new(),
         file: sessions_file,
         last_saved: now,
     };
@@ -823,6 +890,7 @@ mod tests {
             baselines: HashMap::new(),
             dirty: false,
             urgent: false,
+            quotas: HashMap::new(),
             file: dir.path().join("sessions.json"),
             last_saved: Millis(0),
         }
@@ -967,6 +1035,54 @@ mod tests {
     }
 
     #[test]
+    fn each_session_gets_a_kernel_quota_that_follows_its_devices() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        state.core = Core::new(Policy {
+            devices_per_code: 2,
+            ..Policy::default()
+        });
+        let id = quota_id(&code("ABCD2345"));
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+        assert_eq!(fw.quota_session(&client(2)), Some(id.clone()));
+
+        // Usage alone leaves the kernel's count running.
+        fw.set_counters(&client(2), 300_000, 0);
+        state.tick(Millis(2_000), None);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+
+        // A second device: the quota is set again for both, to what is left.
+        login(&mut state, client(3), "ABCD2345", MB, Millis(3_000));
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000 + QUOTA_SLACK);
+        assert_eq!(fw.quota_session(&client(3)), Some(id.clone()));
+
+        // The quota is reached: the session ends and its kernel quota goes with it, so the
+        // captive devices keep their DNS and portal.
+        fw.set_counters(&client(3), MB, 0);
+        state.tick(Millis(4_000), None);
+        assert!(fw.allowed().is_empty());
+        assert!(fw.quotas().is_empty(), "{:?}", fw.quotas());
+        assert_eq!(fw.quota_session(&client(2)), None);
+    }
+
+    #[test]
+    fn a_kicked_devices_quota_is_cleared_and_ids_hide_the_code() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        let actions = state.core.kick(client(2).mac, Millis(2_000));
+        state.apply(actions, Millis(2_000), None);
+        assert!(fw.quotas().is_empty());
+        let id = quota_id(&code("ABCD2345"));
+        assert_eq!(id.len(), 16);
+        assert!(!id.contains("ABCD"));
+        assert_eq!(id, quota_id(&code("abcd-2345")), "stable across restarts");
+    }
+
+    #[test]
     fn reconcile_removes_strangers_and_restores_the_sessions_clients() {
         let fw = MemoryFirewall::new();
         let dir = tempfile::tempdir().unwrap();
@@ -1015,6 +1131,7 @@ mod tests {
             baselines: saved.baselines.into_iter().collect(),
             dirty: false,
             urgent: false,
+            quotas: HashMap::new(),
             file: dir.path().join("sessions.json"),
             last_saved: Millis(0),
         };
@@ -1053,6 +1170,7 @@ mod tests {
             baselines: saved.baselines.into_iter().collect(),
             dirty: false,
             urgent: false,
+            quotas: HashMap::new(),
             file: dir.path().join("sessions.json"),
             last_saved: Millis(0),
         };
