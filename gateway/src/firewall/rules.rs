@@ -555,38 +555,32 @@ fn element_command(verb: &str, table: &str, set: &str, key: Value, timeout: Opti
 /// kernels do not).
 pub(crate) fn allow_batch(table: &str, client: &Client, timeout: Duration) -> Value {
     let secs = kernel_timeout(timeout).as_secs();
-    let (up, down) = client_sets(client.ip);
-    let mut commands = Vec::with_capacity(6);
-    for verb in ["add", "delete", "add"] {
-        let timeout = (verb == "add").then_some(secs);
-        commands.push(element_command(verb, table, up, up_key(client), timeout));
-        commands.push(element_command(
-            verb,
-            table,
-            down,
-            down_key(client),
-            timeout,
-        ));
-    }
-    batch(commands)
+    client_batch(
+        table,
+        client,
+        &[("add", Some(secs)), ("delete", None), ("add", Some(secs))],
+    )
 }
 
 /// Add (a no-op if present, so the delete cannot fail) then delete: revoking a client that
 /// is not there is not an error. (nft 1.0.6 has no `destroy`.)
 pub(crate) fn revoke_batch(table: &str, client: &Client) -> Value {
+    client_batch(table, client, &[("add", Some(1)), ("delete", None)])
+}
+
+/// One batch applying each `(verb, timeout)` step to the client's elements in its upload
+/// and download sets, in that order.
+fn client_batch(table: &str, client: &Client, steps: &[(&str, Option<u64>)]) -> Value {
     let (up, down) = client_sets(client.ip);
-    let mut commands = Vec::with_capacity(4);
-    for verb in ["add", "delete"] {
-        let timeout = (verb == "add").then_some(1);
-        commands.push(element_command(verb, table, up, up_key(client), timeout));
-        commands.push(element_command(
-            verb,
-            table,
-            down,
-            down_key(client),
-            timeout,
-        ));
-    }
+    let commands = steps
+        .iter()
+        .flat_map(|(verb, timeout)| {
+            [
+                element_command(verb, table, up, up_key(client), *timeout),
+                element_command(verb, table, down, down_key(client), *timeout),
+            ]
+        })
+        .collect();
     batch(commands)
 }
 
