@@ -110,6 +110,36 @@ impl Shared {
 }
 
 impl State {
+    /// The state as it was saved (a fresh one without a save), and the actions the restored
+    /// core asks for; [`State::resume`] carries them out. The core is restored as of the
+    /// save, so that `resume` can record what the kernel counted meanwhile first.
+    fn restored(
+        policy: Policy,
+        saved: Option<Persisted>,
+        firewall: Box<dyn Firewall>,
+        file: PathBuf,
+        now: Millis,
+    ) -> (State, Vec<Action>) {
+        let (core, actions, baselines) = match saved {
+            Some(saved) => {
+                let (core, actions) = Core::restore(policy, saved.core, saved.saved_at.min(now));
+                (core, actions, saved.baselines.into_iter().collect())
+            }
+            None => (Core::new(policy), Vec::new(), HashMap::new()),
+        };
+        let state = State {
+            core,
+            firewall,
+            baselines,
+            dirty: true,
+            urgent: false,
+            quotas: HashMap::new(),
+            file,
+            last_saved: now,
+        };
+        (state, actions)
+    }
+
     /// Carries out the core's actions on the firewall (and the local code store).
     fn apply(&mut self, actions: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
         let mut ended = Vec::new();
@@ -529,25 +559,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
 
     let sessions_file = state_dir.join("sessions.json");
     let now = Millis::now();
-    let (core, actions, baselines) = match load_state(&sessions_file)? {
-        Some(saved) => {
-            // As of the save; `resume` brings it forward to now.
-            let (core, actions) =
-                Core::restore(policy(&config), saved.core, saved.saved_at.min(now));
-            (core, actions, saved.baselines.into_iter().collect())
-        }
-        None => (Core::new(policy(&config)), Vec::new(), HashMap::new()),
-    };
-    let mut state = State {
-        core,
-        firewall,
-        baselines,
-        dirty: true,
-        urgent: false,
-        quotas: HashMap::new(),
-        file: sessions_file,
-        last_saved: now,
-    };
+    let saved = load_state(&sessions_file)?;
+    let (mut state, actions) =
+        State::restored(policy(&config), saved, firewall, sessions_file, now);
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
@@ -884,16 +898,27 @@ mod tests {
     fn state(firewall: &MemoryFirewall, dir: &tempfile::TempDir) -> State {
         let mut firewall_box: Box<dyn Firewall> = Box::new(firewall.clone());
         firewall_box.install().unwrap();
-        State {
-            core: Core::new(Policy::default()),
-            firewall: firewall_box,
-            baselines: HashMap::new(),
-            dirty: false,
-            urgent: false,
-            quotas: HashMap::new(),
-            file: dir.path().join("sessions.json"),
-            last_saved: Millis(0),
-        }
+        let file = dir.path().join("sessions.json");
+        State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0
+    }
+
+    /// The daemon starting again from `saved` at `now`, as `run` does.
+    fn restart(
+        fw: &MemoryFirewall,
+        dir: &tempfile::TempDir,
+        saved: Persisted,
+        now: Millis,
+    ) -> State {
+        let file = dir.path().join("sessions.json");
+        let (mut state, actions) = State::restored(
+            Policy::default(),
+            Some(saved),
+            Box::new(fw.clone()),
+            file,
+            now,
+        );
+        state.resume(actions, now, None);
+        state
     }
 
     fn login(state: &mut State, who: Client, text: &str, bytes: u64, now: Millis) {
@@ -1124,18 +1149,7 @@ mod tests {
         drop(state);
         fw.set_counters(&client(2), 900, 600);
         let saved: Persisted = serde_json::from_slice(&saved).unwrap();
-        let (core, actions) = Core::restore(Policy::default(), saved.core, saved.saved_at);
-        let mut restarted = State {
-            core,
-            firewall: Box::new(fw.clone()),
-            baselines: saved.baselines.into_iter().collect(),
-            dirty: false,
-            urgent: false,
-            quotas: HashMap::new(),
-            file: dir.path().join("sessions.json"),
-            last_saved: Millis(0),
-        };
-        restarted.resume(actions, Millis(5_000), None);
+        let mut restarted = restart(&fw, &dir, saved, Millis(5_000));
         assert_eq!(
             used(&restarted),
             1_500,
@@ -1163,18 +1177,7 @@ mod tests {
         drop(state);
         // While the daemon is down the client uses 7 kB, then the code expires.
         fw.set_counters(&client(2), 5_000, 2_000);
-        let (core, actions) = Core::restore(Policy::default(), saved.core, saved.saved_at);
-        let mut restarted = State {
-            core,
-            firewall: Box::new(fw.clone()),
-            baselines: saved.baselines.into_iter().collect(),
-            dirty: false,
-            urgent: false,
-            quotas: HashMap::new(),
-            file: dir.path().join("sessions.json"),
-            last_saved: Millis(0),
-        };
-        restarted.resume(actions, Millis(20_000), None);
+        let restarted = restart(&fw, &dir, saved, Millis(20_000));
         assert!(fw.allowed().is_empty(), "expired: cut off");
         assert_eq!(
             restarted.core.unattributed_bytes(),
