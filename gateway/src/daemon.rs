@@ -142,6 +142,10 @@ impl State {
 
     /// Carries out the core's actions on the firewall (and the local code store).
     fn apply(&mut self, actions: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
+        // Most ticks decide nothing; the quota sync below walks every session.
+        if actions.is_empty() {
+            return;
+        }
         let mut ended = Vec::new();
         for action in actions {
             match action {
