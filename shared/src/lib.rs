@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod code;
 pub mod config;
+pub mod control;
 pub mod jwt;
 pub mod logging;
 pub mod paths;
