@@ -99,6 +99,15 @@ pub struct ClientUsage {
     pub down_rate: f64,
 }
 
+/// Reply to `{"cmd":"flows"}`: the latest tallies of every flow (5-tuple) that carried bytes
+/// since the previous `flows` request, as the capture meter saw them, plus the flows that
+/// ended since then (status `closed`). Each request drains them: the caller keeps what it
+/// could not deliver yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flows {
+    pub connections: Vec<crate::backend::telemetry::Connection>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
