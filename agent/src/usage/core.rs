@@ -32,6 +32,15 @@ const SAME_MB: f64 = 0.5 / MB;
 /// its tail in a power cut) never finds a session the cursor has forgotten.
 pub const FORGET_AFTER_MS: u64 = 2 * 30 * 24 * 3600 * 1000;
 
+/// Whole bytes left on a code with `remaining_mb`. The backend's 0.01 MB of slack is not
+/// used, so that a code is never billed past what it was sold with. A millionth of a byte is
+/// added before rounding down because JSON parsers may read a number one unit in the last
+/// place low: 1674389 bytes left must not become 1674388.
+fn room_bytes(remaining_mb: f64) -> u64 {
+    // f64 → u64 saturates and maps NaN to 0, the safe answer.
+    (remaining_mb.max(0.0) * MB + 1e-6).floor() as u64
+}
+
 /// What the reporter has learnt and promised; persisted by the shell after every change that
 /// matters (see [`Reporter::cursor`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -302,9 +311,7 @@ impl Reporter {
                 });
                 continue;
             };
-            // Whole bytes left; the backend's 0.01 MB of slack is not used, so that a code is
-            // never billed past what it was sold with.
-            let room = (before_mb.max(0.0) * MB).floor() as u64;
+            let room = room_bytes(before_mb);
             if room == 0 {
                 self.write_off(&code);
                 self.notices.push(Notice::Unbilled {
@@ -645,6 +652,17 @@ mod tests {
         // Less than a byte left counts as nothing.
         r.ingest(&[rec(3, "ABCD2345-3", 10, true)]);
         assert!(r.plan(0, &left(&[(CODE, 0.5 / MB)])).is_empty());
+    }
+
+    #[test]
+    fn room_is_whole_bytes_and_survives_a_reading_one_ulp_low() {
+        let exact = 1_674_389.0 / MB;
+        let low = f64::from_bits(exact.to_bits() - 1);
+        assert_eq!(room_bytes(exact), 1_674_389);
+        assert_eq!(room_bytes(low), 1_674_389);
+        assert_eq!(room_bytes(5.3), 5_557_452);
+        assert_eq!(room_bytes(-0.004), 0);
+        assert_eq!(room_bytes(f64::NAN), 0);
     }
 
     #[test]
