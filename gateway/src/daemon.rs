@@ -22,18 +22,17 @@ use serde::{Deserialize, Serialize};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
-use crate::core::{Action, Core, Policy, Refusal, Snapshot};
+use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, FirewallConfig, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
-/// How far past its quota the kernel lets a session go. The kernel's quota is set to what is
-/// left plus this, so the daemon's own reading (at most a tick later) reaches the quota first
-/// and ends the session in order; the kernel's stop is the hard limit between readings and
-/// while the daemon is down.
-const QUOTA_SLACK: u64 = 64 * 1024;
+/// The largest IP packet the kernel forwards (a GRO/GSO super-packet): a session's kernel
+/// quota can only be used up once what it has left is below this, so only then does the
+/// daemon ask the kernel whether it is.
+const LARGEST_PACKET: u64 = 64 * 1024;
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
 /// The shortest time between two rounds of the main loop.
@@ -61,7 +60,7 @@ const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Serialize, Deserialize)]
 struct Persisted {
     core: Snapshot,
-    baselines: Vec<(Client, u64)>,
+    baselines: Vec<(Client, Usage)>,
     /// When this was saved: the core is restored as of then, so that the bytes counted
     /// while the daemon was down are recorded before sessions that expired meanwhile end.
     saved_at: Millis,
@@ -78,8 +77,8 @@ enum Codes {
 struct State {
     core: Core,
     firewall: Box<dyn Firewall>,
-    /// Kernel byte counter (up + down) of each allowed client when last read.
-    baselines: HashMap<Client, u64>,
+    /// Kernel byte counters of each allowed client when last read.
+    baselines: HashMap<Client, Usage>,
     /// Something worth saving changed since the last save.
     dirty: bool,
     /// A session started or ended since the last save: save now, not at the next interval.
@@ -165,6 +164,7 @@ impl State {
                     code,
                     reason,
                     used_bytes,
+                    ..
                 } => {
                     tracing::info!(code = %short(&code), ?reason, used_bytes, "session ended");
                     ended.push((code, used_bytes));
@@ -181,8 +181,8 @@ impl State {
         }
     }
 
-    /// Keeps each session's kernel quota in step with its devices: set (to what is left, plus
-    /// [`QUOTA_SLACK`]) when they change, cleared when the session has none or has ended. A
+    /// Keeps each session's kernel quota in step with its devices: set to what is left when
+    /// they change, cleared when the session has none or has ended. A
     /// quota left behind would block a captive device's DNS and portal too. Setting restarts
     /// the kernel's count, so callers settle the counters first (they do before any action).
     fn sync_quotas(&mut self) {
@@ -199,10 +199,7 @@ impl State {
             }
             let left = session.quota_bytes.saturating_sub(session.used_bytes);
             let id = quota_id(&session.code);
-            match self
-                .firewall
-                .set_quota(&id, &clients, left.saturating_add(QUOTA_SLACK))
-            {
+            match self.firewall.set_quota(&id, &clients, left) {
                 Ok(()) => {
                     self.quotas.insert(session.code, clients);
                 }
@@ -234,7 +231,7 @@ impl State {
             .allow(&client, now.until(until) + KERNEL_GRACE)
         {
             Ok(()) => {
-                self.baselines.insert(client, 0);
+                self.baselines.insert(client, Usage::default());
             }
             Err(err) => tracing::error!(%client, error = %err, "cannot let a client through"),
         }
@@ -256,19 +253,26 @@ impl State {
         let mut deltas = Vec::new();
         let mut seen = HashMap::new();
         for c in counters {
-            let total = c.up_bytes.saturating_add(c.down_bytes);
-            let before = self.baselines.get(&c.client).copied().unwrap_or(0);
-            // A counter below its baseline was reset behind our back (the table was restored
-            // after a flush): it counts from zero.
-            let delta = if total >= before {
-                total - before
-            } else {
-                total
+            let now_counted = Usage {
+                up: c.up_bytes,
+                down: c.down_bytes,
             };
-            if delta > 0 {
+            let before = self.baselines.get(&c.client).copied().unwrap_or_default();
+            // A counter below its baseline was reset behind our back (the element was added
+            // again, the table restored after a flush): it counts from zero.
+            let reset = now_counted.up < before.up || now_counted.down < before.down;
+            let delta = if reset {
+                now_counted
+            } else {
+                Usage {
+                    up: now_counted.up - before.up,
+                    down: now_counted.down - before.down,
+                }
+            };
+            if delta.total() > 0 {
                 deltas.push((c.client, delta));
             }
-            seen.insert(c.client, total);
+            seen.insert(c.client, now_counted);
         }
         if !deltas.is_empty() {
             self.dirty = true;
@@ -283,8 +287,52 @@ impl State {
     /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
     fn tick(&mut self, now: Millis, store: Option<&CodeStore>) {
         self.settle(now, store);
+        self.end_used_up(now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
+    }
+
+    /// Ends the sessions whose kernel quota is used up. The kernel drops the packet that would
+    /// pass a quota, so the counters stop just short of it and the core cannot see the end by
+    /// itself; only sessions with less than one packet left can be there, so the kernel is
+    /// asked only about those (most ticks, none).
+    fn end_used_up(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let near: Vec<AccessCode> = self
+            .core
+            .sessions()
+            .into_iter()
+            .filter(|s| s.quota_bytes.saturating_sub(s.used_bytes) < LARGEST_PACKET)
+            .filter(|s| self.quotas.contains_key(&s.code))
+            .map(|s| s.code)
+            .collect();
+        if near.is_empty() {
+            return;
+        }
+        let listed = match self.firewall.list_quotas() {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the session quotas");
+                return;
+            }
+        };
+        let used_up: Vec<AccessCode> = near
+            .into_iter()
+            .filter(|code| {
+                listed
+                    .get(&quota_id(code))
+                    .is_some_and(|q| q.used_bytes >= q.limit_bytes)
+            })
+            .collect();
+        if used_up.is_empty() {
+            return;
+        }
+        // Packets forwarded since the last reading are in the counters, not yet in the
+        // sessions: read them before the cut takes the counters away.
+        self.settle(now, store);
+        for code in used_up {
+            let actions = self.core.quota_reached(&code, now);
+            self.apply(actions, now, store);
+        }
     }
 
     /// Puts the kernel set in step with the core: clients the core does not know are cut
@@ -876,7 +924,7 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 mod tests {
     use super::*;
     use crate::core::Grant;
-    use crate::firewall::MemoryFirewall;
+    use crate::firewall::{Call, MemoryFirewall};
 
     const MB: u64 = 1_048_576;
 
@@ -1074,17 +1122,17 @@ mod tests {
         });
         let id = quota_id(&code("ABCD2345"));
         login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB);
         assert_eq!(fw.quota_session(&client(2)), Some(id.clone()));
 
         // Usage alone leaves the kernel's count running.
         fw.set_counters(&client(2), 300_000, 0);
         state.tick(Millis(2_000), None);
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB);
 
         // A second device: the quota is set again for both, to what is left.
         login(&mut state, client(3), "ABCD2345", MB, Millis(3_000));
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000 + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000);
         assert_eq!(fw.quota_session(&client(3)), Some(id.clone()));
 
         // The quota is reached: the session ends and its kernel quota goes with it, so the
@@ -1094,6 +1142,48 @@ mod tests {
         assert!(fw.allowed().is_empty());
         assert!(fw.quotas().is_empty(), "{:?}", fw.quotas());
         assert_eq!(fw.quota_session(&client(2)), None);
+    }
+
+    #[test]
+    fn a_session_ends_when_the_kernel_quota_is_used_up_a_packet_short() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        let id = quota_id(&code("ABCD2345"));
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        let calls = || {
+            fw.calls()
+                .iter()
+                .filter(|c| **c == Call::ListQuotas)
+                .count()
+        };
+
+        // Far from the quota the kernel is not asked.
+        fw.set_counters(&client(2), 100_000, 400_000);
+        state.tick(Millis(2_000), None);
+        assert_eq!(calls(), 0);
+        let session = &state.core.sessions()[0];
+        assert_eq!((session.used_bytes, session.up_bytes), (500_000, 100_000));
+
+        // Less than a packet left, the kernel's quota not used up: asked, nothing ends.
+        fw.set_counters(&client(2), 100_000, MB - 100_000 - 1_000);
+        state.tick(Millis(3_000), None);
+        assert_eq!(calls(), 1);
+        assert_eq!(fw.allowed(), vec![client(2)]);
+
+        // The kernel dropped the packet that would have passed the quota: the session ends
+        // with the bytes forwarded before it, and the bytes forwarded since the last reading
+        // are read before the cut.
+        fw.set_counters(&client(2), 100_000, MB - 100_000 - 200);
+        assert!(fw.use_quota(&id, MB));
+        state.tick(Millis(4_000), None);
+        assert!(fw.allowed().is_empty());
+        assert!(state.core.sessions().is_empty());
+        assert_eq!(
+            state.core.status_of(client(2).ip, Millis(4_000)),
+            None,
+            "ended for good"
+        );
     }
 
     #[test]
