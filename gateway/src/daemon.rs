@@ -17,8 +17,11 @@ use anyhow::{Context, bail};
 use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, DriftFound};
+use crate::capture::{Capture, CaptureSettings, Report};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
@@ -26,6 +29,7 @@ use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, FirewallConfig, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+use crate::report::{self, FlowBook, GatewayFigures};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
@@ -42,6 +46,10 @@ const MIN_WAKE: Duration = Duration::from_millis(50);
 /// kernel's own timeout, which would delete the element and its counter unread, is only the
 /// safety net for a daemon that is down.
 const KERNEL_GRACE: Duration = Duration::from_secs(2);
+/// Most flow tallies kept for the agent between two of its `flows` requests.
+const FLOW_BOOK_LIMIT: usize = 50_000;
+/// How often the capture meter reports.
+const CAPTURE_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often the table is checked (someone may flush the ruleset).
 const REPAIR_EVERY: Duration = Duration::from_secs(5);
 /// Longest time between two saves of the session state while only usage changes. Usage
@@ -88,6 +96,17 @@ struct State {
     /// Where the state is saved (`sessions.json`).
     file: PathBuf,
     last_saved: Millis,
+    /// The capture meter (`None` when off or it could not start) and its comparison with
+    /// the kernel's counters.
+    capture: Option<Capture>,
+    audit: Option<Audit>,
+    /// Flow tallies waiting for the agent.
+    flows: FlowBook,
+    /// Each online client's bytes at the last counter reading, and how long that reading
+    /// covered: the live rates of `usage`.
+    rates: HashMap<Client, Usage>,
+    rate_window: Duration,
+    last_settle: Option<Millis>,
 }
 
 struct Shared {
@@ -135,6 +154,12 @@ impl State {
             quotas: HashMap::new(),
             file,
             last_saved: now,
+            capture: None,
+            audit: None,
+            flows: FlowBook::new(FLOW_BOOK_LIMIT),
+            rates: HashMap::new(),
+            rate_window: TICK,
+            last_settle: None,
         };
         (state, actions)
     }
@@ -158,6 +183,7 @@ impl State {
                         tracing::error!(%client, error = %err, "cannot cut a client off");
                     }
                     self.baselines.remove(&client);
+                    self.rates.remove(&client);
                     self.urgent = true;
                 }
                 Action::SessionEnded {
@@ -174,6 +200,7 @@ impl State {
         }
         self.dirty |= self.urgent;
         self.sync_quotas();
+        self.meters_follow_clients();
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
@@ -277,8 +304,17 @@ impl State {
         if !deltas.is_empty() {
             self.dirty = true;
         }
-        let present = seen.keys().copied().collect();
+        let present: HashSet<Client> = seen.keys().copied().collect();
         self.baselines = seen;
+        if let Some(last) = self.last_settle {
+            self.rate_window = last.until(now).max(Duration::from_millis(1));
+        }
+        self.last_settle = Some(now);
+        self.rates = deltas.iter().copied().collect();
+        if let Some(audit) = &mut self.audit {
+            let online: Vec<Client> = present.iter().copied().collect();
+            warn_drift(&audit.kernel(&deltas, &online));
+        }
         let actions = self.core.record_usage(&deltas, now);
         self.apply(actions, now, store);
         Some(present)
@@ -361,6 +397,91 @@ impl State {
                 self.allow(client, until, now);
             }
         }
+        self.meters_follow_clients();
+    }
+
+    /// Tells the capture meter and the audit which clients are let through now.
+    fn meters_follow_clients(&mut self) {
+        let online: Vec<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
+        if let Some(audit) = &mut self.audit {
+            audit.set_online(&online);
+        }
+        if let Some(capture) = &self.capture {
+            capture.set_clients(online);
+        }
+    }
+
+    /// A report of the capture meter: checked against the kernel's counts, flows kept for
+    /// the agent.
+    fn capture_report(&mut self, report: &Report) {
+        if report.kernel.drops > 0 {
+            tracing::warn!(
+                dropped = report.kernel.drops,
+                received = report.kernel.packets,
+                "the capture meter lost packets (its socket buffer was full): raise capture.buffer_bytes; billing is unaffected (the kernel counters bill)"
+            );
+        }
+        if let Some(audit) = &mut self.audit {
+            warn_drift(&audit.capture(
+                &report.batch.clients,
+                report.kernel,
+                report.batch.untracked_packets,
+            ));
+        }
+        self.flows.add(&report.batch.flows);
+    }
+
+    /// Every online device's usage in its session, with its rates over the last reading.
+    fn live_usage(&self) -> LiveUsage {
+        let window = self.rate_window.as_secs_f64();
+        let mut clients = Vec::new();
+        for session in self.core.sessions() {
+            let id = session_id(&session.code, session.started_at);
+            for device in session.devices {
+                let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                clients.push(ClientUsage {
+                    mac: device.client.mac.to_string(),
+                    ip: device.client.ip,
+                    session: id.clone(),
+                    up_bytes: device.up_bytes,
+                    down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                    up_rate: rate.up as f64 / window,
+                    down_rate: rate.down as f64 / window,
+                });
+            }
+        }
+        LiveUsage {
+            at_ms: self.last_settle.unwrap_or_default().0,
+            clients,
+        }
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    fn metrics(&self, capture_interface: &str) -> String {
+        let sessions = self.core.sessions();
+        let billed: Vec<(Client, Usage)> = sessions
+            .iter()
+            .flat_map(|s| &s.devices)
+            .map(|d| {
+                (
+                    d.client,
+                    Usage {
+                        up: d.up_bytes,
+                        down: d.used_bytes.saturating_sub(d.up_bytes),
+                    },
+                )
+            })
+            .collect();
+        let figures = GatewayFigures {
+            sessions: sessions.len(),
+            online: billed.len(),
+            unattributed_bytes: self.core.unattributed_bytes(),
+            billed: &billed,
+            capture_interface: self.capture.as_ref().map(|_| capture_interface),
+            capture_buffer_bytes: self.capture.as_ref().map_or(0, |c| c.buffer_bytes),
+            flows_dropped: self.flows.dropped,
+        };
+        report::metrics_text(&figures, self.audit.as_ref())
     }
 
     /// Picks up after a restart: the bytes the kernel counted while the daemon was down go
@@ -476,6 +597,26 @@ fn quota_id(code: &AccessCode) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A session's id in the ledger, logs and `usage`: its quota id and start, not the code.
+fn session_id(code: &AccessCode, started_at: Millis) -> String {
+    format!("{}-{}", quota_id(code), started_at.0)
+}
+
+fn warn_drift(found: &[DriftFound]) {
+    for drift in found {
+        let who = drift
+            .client
+            .map_or_else(|| "all clients".to_owned(), |c| c.to_string());
+        tracing::warn!(
+            client = %who,
+            kernel_bytes = drift.pair.kernel.total(),
+            capture_bytes = drift.pair.capture.total(),
+            drift_percent = drift.ratio * 100.0,
+            "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
+        );
+    }
+}
+
 /// The first two characters of a code: enough to tell codes apart in a log, not to use one.
 fn short(code: &AccessCode) -> String {
     format!("{}…", code.as_str().get(..2).unwrap_or(""))
@@ -508,6 +649,16 @@ fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
 }
 
 fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
+    parse_addresses(ip_json)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+}
+
+/// Every address in `ip -j addr` output.
+fn parse_addresses(ip_json: &[u8]) -> Vec<IpAddr> {
     #[derive(Deserialize)]
     struct Link {
         #[serde(default)]
@@ -517,11 +668,113 @@ fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
     struct AddrInfo {
         local: Option<String>,
     }
-    let links: Vec<Link> = serde_json::from_slice(ip_json).ok()?;
+    let links: Vec<Link> = serde_json::from_slice(ip_json).unwrap_or_default();
     links
         .iter()
         .flat_map(|l| &l.addr_info)
-        .find_map(|a| a.local.as_deref()?.parse().ok())
+        .filter_map(|a| a.local.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// The gateway's own addresses on every interface: traffic to them is delivered here, not
+/// forwarded, so the capture meter must not bill it. Read once at start; an uplink that gets
+/// a new address later only matters for traffic aimed at the gateway's WAN address.
+fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .context("running `ip -j addr show` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "ip -j addr show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_addresses(&out.stdout))
+}
+
+/// Starts the capture meter on the LAN interface; its reports come through `reports`. A
+/// capture that cannot start is logged, not fatal: billing runs on the kernel's counters.
+fn start_capture(
+    config: &GatewayConfig,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+) -> Option<Capture> {
+    if !config.capture.enabled {
+        tracing::info!("the capture meter is off (capture.enabled = false)");
+        return None;
+    }
+    let local = match local_addresses() {
+        Ok(local) => local,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "the capture meter cannot start");
+            return None;
+        }
+    };
+    let settings = CaptureSettings {
+        interface: config.lan.interface.clone(),
+        buffer_bytes: config.capture.buffer_bytes,
+        local,
+        max_flows: config.capture.max_flows,
+        max_clients: 1024,
+        flow_idle: config.capture.flow_idle,
+        report_every: CAPTURE_REPORT_EVERY,
+    };
+    match Capture::start(settings, move |report| {
+        // Only fails once the daemon is stopping.
+        let _ = reports.send(report);
+    }) {
+        Ok(capture) => {
+            tracing::info!(
+                interface = %config.lan.interface,
+                buffer_bytes = capture.buffer_bytes,
+                "capture meter running"
+            );
+            Some(capture)
+        }
+        Err(err) => {
+            tracing::error!(
+                interface = %config.lan.interface,
+                error = %err,
+                "the capture meter cannot start (needs CAP_NET_RAW); billing goes on with the kernel counters alone"
+            );
+            None
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listen` until `stop`.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move {
+                let text = tokio::task::spawn_blocking(move || shared.lock().metrics(&shared.lan))
+                    .await
+                    .unwrap_or_default();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "the metrics endpoint failed");
+    }
 }
 
 /// The walled garden: configured CIDRs and host names (resolved now), and the backend's
@@ -624,6 +877,14 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
     state.save(now);
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
+    // Started after the resume: the bytes the kernel counted while the daemon was down have
+    // no capture to compare with.
+    let (report_tx, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
+    state.capture = start_capture(&config, report_tx);
+    if state.capture.is_some() {
+        state.audit = Some(Audit::default());
+        state.meters_follow_clients();
+    }
 
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -648,6 +909,18 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        Some(tokio::spawn(serve_metrics(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )))
+    };
     let settings = PortalSettings {
         url: portal_url.clone(),
         per_client_attempts: config.portal.attempts_per_client,
@@ -695,6 +968,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = tokio::time::sleep_until(expiry_wake) => {}
+            Some(report) = report_rx.recv() => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.lock().capture_report(&report)).await;
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -730,10 +1008,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     let shared_for_exit = shared.clone();
     let remove = config.firewall.remove_on_exit;
     tokio::task::spawn_blocking(move || {
         let mut state = shared_for_exit.lock();
+        // Joins the capture thread (within its read timeout).
+        state.capture = None;
         state.settle(Millis::now(), None);
         state.save(Millis::now());
         if remove {
@@ -893,6 +1176,19 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
             Ok(value) => Reply::Ok(value),
             Err(err) => Reply::Error(format!("internal error: {err}")),
         },
+        Request::Usage => match serde_json::to_value(state.live_usage()) {
+            Ok(value) => Reply::Ok(value),
+            Err(err) => Reply::Error(format!("internal error: {err}")),
+        },
+        Request::Flows => {
+            let flows = Flows {
+                connections: state.flows.drain().iter().map(report::connection).collect(),
+            };
+            match serde_json::to_value(flows) {
+                Ok(value) => Reply::Ok(value),
+                Err(err) => Reply::Error(format!("internal error: {err}")),
+            }
+        }
         Request::Kick { mac } => {
             let actions = state.core.kick(mac, now);
             let kicked = actions

@@ -11,6 +11,7 @@
 // Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod capture;
 pub mod cli;
 pub mod codes;
@@ -21,3 +22,4 @@ pub mod daemon;
 pub mod firewall;
 pub mod net;
 pub mod portal;
+pub mod report;
