@@ -1,6 +1,7 @@
 //! What the edgeshare gateway and agent both speak.
 //!
 //! - [`config`]: TOML loading that reports every problem at once, with key and line.
+//! - [`ledger`]: the durable usage ledger the gateway writes and the agent reports from.
 //! - [`secret`]: a password/token type that never prints, and private atomic files.
 //!
 //! No daemon logic lives here, and nothing here touches nftables or packet capture.
@@ -12,6 +13,7 @@ pub mod code;
 pub mod config;
 pub mod control;
 pub mod jwt;
+pub mod ledger;
 pub mod logging;
 pub mod paths;
 pub mod retry;
