@@ -1848,8 +1848,7 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     let records = reader.read_after(0).expect("ledger records");
     let last = records
         .iter()
-        .filter(|r| r.code == code)
-        .next_back()
+        .rfind(|r| r.code == code)
         .expect("the session's records");
     println!(
         "kill -9 mid-download: ledger up {} down {} ({} records), ground truth up {truth_up} \
