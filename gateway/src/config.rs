@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     pub session: Session,
     #[serde(default)]
     pub firewall: Firewall,
+    #[serde(default)]
+    pub capture: Capture,
+    #[serde(default)]
+    pub metrics: Metrics,
 }
 
 /// The interface consumers join (the Wi-Fi access point or a LAN port).
@@ -131,6 +135,46 @@ impl Default for Firewall {
 }
 
 /// Where access codes are checked.
+/// The packet-capture meter that audits the kernel's counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capture {
+    pub enabled: bool,
+    /// Socket receive buffer, bytes. The kernel drops what does not fit while the capture
+    /// thread is behind.
+    pub buffer_bytes: usize,
+    pub max_flows: usize,
+    #[serde(with = "humantime_serde")]
+    pub flow_idle: std::time::Duration,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            enabled: true,
+            buffer_bytes: 8 * 1024 * 1024,
+            max_flows: 16_384,
+            flow_idle: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `host:port`; empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CodeSource {
@@ -211,6 +255,28 @@ impl Validate for GatewayConfig {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !table_ok {
             problems.push("firewall.table", "must be 1-64 letters, digits, '_' or '-'");
+        }
+        if self.capture.enabled {
+            if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.capture.buffer_bytes) {
+                problems.push("capture.buffer_bytes", "must be from 65536 to 1073741824");
+            }
+            if self.capture.max_flows == 0 {
+                problems.push("capture.max_flows", "must be at least 1");
+            }
+            if self.capture.flow_idle.is_zero() {
+                problems.push("capture.flow_idle", "must be longer than 0s");
+            }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            problems.push(
+                "metrics.listen",
+                format!(
+                    "\"{}\" is not an address and port like \"127.0.0.1:9464\" (empty turns metrics off)",
+                    self.metrics.listen
+                ),
+            );
         }
         match (&self.backend, self.codes.source) {
             (Some(backend), _) => backend.validate("backend", problems),

@@ -19,8 +19,16 @@ pub use edgeshare_shared::control::{ControlError, MAX_REQUEST, Reply, call};
 pub enum Request {
     Status,
     Clients,
-    Kick { mac: Mac },
-    RevokeCode { code: AccessCode },
+    Kick {
+        mac: Mac,
+    },
+    RevokeCode {
+        code: AccessCode,
+    },
+    /// Live usage per online device: [`edgeshare_shared::control::LiveUsage`].
+    Usage,
+    /// Flow tallies since the last request: [`edgeshare_shared::control::Flows`].
+    Flows,
 }
 
 /// Binds the control socket at `path`: its directory is created (mode 0755), a stale socket

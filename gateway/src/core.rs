@@ -168,9 +168,29 @@ pub enum Action {
     /// ledger or the local store. Emitted exactly once per session.
     SessionEnded {
         code: AccessCode,
+        /// When the session began: with the code, the session's id in the ledger.
+        started_at: Millis,
         reason: EndReason,
         used_bytes: u64,
+        /// Of `used_bytes`, what its devices sent (the rest they received).
+        up_bytes: u64,
     },
+}
+
+/// Billable bytes of one client, each direction apart: what the kernel counted between two
+/// readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Sent by the client, forwarded to the WAN.
+    pub up: u64,
+    /// Forwarded from the WAN to the client.
+    pub down: u64,
+}
+
+impl Usage {
+    pub fn total(self) -> u64 {
+        self.up.saturating_add(self.down)
+    }
 }
 
 /// The session of one online device, for the portal's status page and RFC 8908 API.
@@ -195,16 +215,21 @@ pub struct DeviceView {
     pub last_active: Millis,
     /// Bytes this device used in this session.
     pub used_bytes: u64,
+    /// Of those, what it sent.
+    pub up_bytes: u64,
 }
 
 /// One live session, for `clients --json` and `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     pub code: AccessCode,
+    pub started_at: Millis,
     pub devices: Vec<DeviceView>,
     pub quota_bytes: u64,
     /// All bytes of the session, including those of devices no longer in it.
     pub used_bytes: u64,
+    /// Of those, what its devices sent.
+    pub up_bytes: u64,
     pub expires_at: Millis,
 }
 
@@ -236,6 +261,12 @@ struct Session {
     /// Invariant outside a call: `used_bytes < quota_bytes` (reaching the quota ends it).
     quota_bytes: u64,
     used_bytes: u64,
+    /// Of `used_bytes`, what the devices sent (so `used_bytes - up_bytes` they received).
+    #[serde(default)]
+    up_bytes: u64,
+    /// When the code was first accepted.
+    #[serde(default)]
+    started_at: Millis,
     /// When access ends: the code's expiry, capped at first acceptance + `max_session`.
     expires_at: Millis,
     /// The code's own expiry as its source last stated it (`None`: never). Unlike
@@ -251,6 +282,8 @@ struct Device {
     since: Millis,
     last_active: Millis,
     used_bytes: u64,
+    #[serde(default)]
+    up_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +383,8 @@ impl Core {
         let session = self.sessions.entry(code).or_insert_with(|| Session {
             quota_bytes: remaining_bytes,
             used_bytes: 0,
+            up_bytes: 0,
+            started_at: now,
             expires_at: capped(now.plus(self.policy.max_session)),
             code_expires_at,
             devices: Vec::new(),
@@ -397,6 +432,7 @@ impl Core {
                 since: now,
                 last_active: now,
                 used_bytes: 0,
+                up_bytes: 0,
             });
         }
         if deadline_moved {
@@ -447,10 +483,10 @@ impl Core {
         }
     }
 
-    /// Byte deltas per client since the last call (up and down together). A delta of a
-    /// client in no session is added to [`Core::unattributed_bytes`]. A session that reaches
+    /// Byte deltas per client since the last call. A delta of a client in no session is
+    /// added to [`Core::unattributed_bytes`]. A session that reaches
     /// its quota ends at once: all its devices revoked, then `SessionEnded`.
-    pub fn record_usage(&mut self, deltas: &[(Client, u64)], now: Millis) -> Vec<Action> {
+    pub fn record_usage(&mut self, deltas: &[(Client, Usage)], now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
         if deltas.is_empty() {
             return actions;
@@ -467,17 +503,20 @@ impl Core {
                     .map(move |device| (device.client, code.clone()))
             })
             .collect();
-        for &(client, delta) in deltas {
+        for &(client, usage) in deltas {
+            let delta = usage.total();
             // A session that ended earlier in this call is gone from `sessions`, so later
             // deltas of its devices are unattributed, like those of any client not allowed.
             let found = owners.get(&client).and_then(|code| {
                 let session = self.sessions.get_mut(code)?;
                 let device = session.devices.iter_mut().find(|d| d.client == client)?;
                 device.used_bytes = device.used_bytes.saturating_add(delta);
+                device.up_bytes = device.up_bytes.saturating_add(usage.up);
                 if delta > 0 {
                     device.last_active = now;
                 }
                 session.used_bytes = session.used_bytes.saturating_add(delta);
+                session.up_bytes = session.up_bytes.saturating_add(usage.up);
                 Some((code, session.used_bytes >= session.quota_bytes))
             });
             match found {
@@ -542,6 +581,44 @@ impl Core {
         actions
     }
 
+    /// The kernel's hard stop for the session of `code` is used up: it drops the session's
+    /// traffic from now on, so the session ends as used up. Its bytes stay what the counters
+    /// gave: the packet that would have gone past the quota was dropped, never forwarded, so
+    /// never billed, and the session's `used_bytes` may end a packet short of its quota.
+    pub fn quota_reached(&mut self, code: &AccessCode, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+        actions
+    }
+
+    /// After a restart, the usage ledger may hold more for a session than the restored
+    /// state plus the kernel's counters (the counters were lost, by a reboot say, after the
+    /// ledger was last written). The session's bytes become at least the ledger's totals,
+    /// never their sum, so nothing is counted twice; a session that reaches its quota so ends.
+    pub fn raise_usage(
+        &mut self,
+        code: &AccessCode,
+        started_at: Millis,
+        at_least: Usage,
+        now: Millis,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(session) = self
+            .sessions
+            .get_mut(code)
+            .filter(|s| s.started_at == started_at)
+        else {
+            return actions;
+        };
+        let down = session.used_bytes.saturating_sub(session.up_bytes);
+        session.up_bytes = session.up_bytes.max(at_least.up);
+        session.used_bytes = session.up_bytes.saturating_add(down.max(at_least.down));
+        if session.used_bytes >= session.quota_bytes {
+            self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+        }
+        actions
+    }
+
     /// The code was revoked (by the operator or the backend): every device out, the session
     /// ended for good, the code refused from now on (for [`REMEMBER_ENDED`]; the source is
     /// expected to refuse it itself by then). A code with no session is remembered as revoked
@@ -587,8 +664,10 @@ impl Core {
         }
         actions.push(Action::SessionEnded {
             code: code.clone(),
+            started_at: session.started_at,
             reason,
             used_bytes: session.used_bytes,
+            up_bytes: session.up_bytes,
         });
         if let Some(refusal) = reason.refusal() {
             let forget_at = earliest(session.code_expires_at, Some(now.plus(REMEMBER_ENDED)))
@@ -640,6 +719,7 @@ impl Core {
             .iter()
             .map(|(code, session)| SessionView {
                 code: code.clone(),
+                started_at: session.started_at,
                 devices: session
                     .devices
                     .iter()
@@ -648,10 +728,12 @@ impl Core {
                         since: device.since,
                         last_active: device.last_active,
                         used_bytes: device.used_bytes,
+                        up_bytes: device.up_bytes,
                     })
                     .collect(),
                 quota_bytes: session.quota_bytes,
                 used_bytes: session.used_bytes,
+                up_bytes: session.up_bytes,
                 expires_at: session.expires_at,
             })
             .collect()
@@ -706,6 +788,7 @@ impl Core {
                 Entry::Occupied(entry) => {
                     let kept = entry.into_mut();
                     kept.used_bytes = kept.used_bytes.saturating_add(session.used_bytes);
+                    kept.up_bytes = kept.up_bytes.saturating_add(session.up_bytes);
                     kept
                 }
                 Entry::Vacant(entry) => entry.insert(session),
@@ -808,12 +891,28 @@ mod tests {
         Action::Revoke { client: c, reason }
     }
 
+    /// The session of code `n`, started at `at(0)`, ended with `used_bytes`, all received.
     fn ended(n: usize, reason: EndReason, used_bytes: u64) -> Action {
         Action::SessionEnded {
             code: code(n),
+            started_at: at(0),
             reason,
             used_bytes,
+            up_bytes: 0,
         }
+    }
+
+    /// `bytes` of a client, a quarter of them sent.
+    fn split(bytes: u64) -> Usage {
+        Usage {
+            up: bytes / 4,
+            down: bytes - bytes / 4,
+        }
+    }
+
+    /// `bytes` received by a client.
+    fn down(bytes: u64) -> Usage {
+        Usage { up: 0, down: bytes }
     }
 
     fn policy(devices_per_code: u32) -> Policy {
@@ -911,7 +1010,7 @@ mod tests {
             let mut core = Core::new(policy(2));
             core.accept_code(client(1, 1), grant(0, first, None), at(0))
                 .unwrap();
-            core.record_usage(&[(client(1, 1), used)], at(1));
+            core.record_usage(&[(client(1, 1), down(used))], at(1));
             core.accept_code(client(2, 2), grant(0, second, None), at(2))
                 .unwrap();
             let view = session(&core, 0);
@@ -1029,7 +1128,7 @@ mod tests {
     fn a_device_keeps_its_bytes_across_a_new_ip() {
         let mut core = Core::new(Policy::default());
         core.accept_code(client(1, 1), good(0), at(0)).unwrap();
-        core.record_usage(&[(client(1, 1), 500)], at(5));
+        core.record_usage(&[(client(1, 1), down(500))], at(5));
         core.accept_code(client(1, 2), good(0), at(10)).unwrap();
         let view = session(&core, 0);
         assert_eq!(view.used_bytes, 500);
@@ -1040,6 +1139,7 @@ mod tests {
                 since: at(0),
                 last_active: at(10),
                 used_bytes: 500,
+                up_bytes: 0,
             }]
         );
     }
@@ -1060,7 +1160,7 @@ mod tests {
                 core.accept_code(client(m, m), good(0), at(0)).unwrap();
             }
             for (t, &m) in active.iter().enumerate() {
-                core.record_usage(&[(client(m, m), 1)], at(1 + t as u64));
+                core.record_usage(&[(client(m, m), down(1))], at(1 + t as u64));
             }
             let actions = core.accept_code(client(9, 9), good(0), at(10)).unwrap();
             let mut expected: Vec<Action> = gone
@@ -1089,12 +1189,12 @@ mod tests {
         core.accept_code(client(2, 2), good(0), at(0)).unwrap();
         let actions = core.record_usage(
             &[
-                (client(1, 1), 100),
-                (client(2, 2), 0),
-                (client(1, 1), 50),
-                (client(3, 3), 7),
+                (client(1, 1), down(100)),
+                (client(2, 2), down(0)),
+                (client(1, 1), down(50)),
+                (client(3, 3), down(7)),
                 // Right MAC, wrong IP: not the bound client.
-                (client(1, 9), 5),
+                (client(1, 9), down(5)),
             ],
             at(20),
         );
@@ -1130,8 +1230,10 @@ mod tests {
                 .unwrap();
             core.accept_code(client(2, 2), grant(0, quota, None), at(0))
                 .unwrap();
-            let deltas: Vec<(Client, u64)> =
-                deltas.iter().map(|&(m, d)| (client(m, m), d)).collect();
+            let deltas: Vec<(Client, Usage)> = deltas
+                .iter()
+                .map(|&(m, d)| (client(m, m), down(d)))
+                .collect();
             let actions = core.record_usage(&deltas, at(5));
             match ended_with {
                 None => {
@@ -1148,7 +1250,7 @@ mod tests {
                         ],
                         "{deltas:?}"
                     );
-                    let total: u64 = deltas.iter().map(|(_, d)| d).sum();
+                    let total: u64 = deltas.iter().map(|(_, d)| d.total()).sum();
                     assert_eq!(core.unattributed_bytes(), total - used);
                     assert!(core.allowed().is_empty() && core.sessions().is_empty());
                     // The backend still says bytes are left: the core knows better.
@@ -1166,7 +1268,7 @@ mod tests {
         let mut core = Core::new(Policy::default());
         core.accept_code(client(1, 1), grant(0, MB, Some(at(60))), at(0))
             .unwrap();
-        core.record_usage(&[(client(1, 1), 42)], at(30));
+        core.record_usage(&[(client(1, 1), down(42))], at(30));
         assert!(core.tick(at(59)).is_empty());
         // Expired but not yet ticked: refused, and left for tick to end.
         assert_eq!(
@@ -1202,7 +1304,7 @@ mod tests {
             });
             core.accept_code(client(1, 1), good(0), at(0)).unwrap();
             if traffic > 0 {
-                core.record_usage(&[(client(1, 1), 10)], at(traffic));
+                core.record_usage(&[(client(1, 1), down(10))], at(traffic));
             }
             let actions = core.tick(at(tick));
             if revoked {
@@ -1239,7 +1341,7 @@ mod tests {
             let mut core = Core::new(Policy::default());
             core.accept_code(client(1, 1), grant(0, 100, expires), at(0))
                 .unwrap();
-            core.record_usage(&[(client(1, 1), 100)], at(10));
+            core.record_usage(&[(client(1, 1), down(100))], at(10));
             core.tick(at(check));
             let again = core.accept_code(client(1, 1), grant(0, 100, None), at(check));
             assert_eq!(again.is_err(), refused, "{expires:?} {check}: {again:?}");
@@ -1267,7 +1369,7 @@ mod tests {
         let mut core = Core::new(policy(2));
         core.accept_code(client(1, 1), good(0), at(0)).unwrap();
         core.accept_code(client(2, 2), good(0), at(0)).unwrap();
-        core.record_usage(&[(client(1, 1), 99)], at(1));
+        core.record_usage(&[(client(1, 1), down(99))], at(1));
         assert_eq!(
             core.kick(mac(1), at(2)),
             [revoke(client(1, 1), EndReason::Kicked)]
@@ -1288,7 +1390,7 @@ mod tests {
         core.accept_code(client(1, 1), good(0), at(0)).unwrap();
         core.accept_code(client(2, 2), good(0), at(0)).unwrap();
         core.accept_code(client(3, 3), good(1), at(0)).unwrap();
-        core.record_usage(&[(client(1, 1), 7), (client(2, 2), 8)], at(1));
+        core.record_usage(&[(client(1, 1), down(7)), (client(2, 2), down(8))], at(1));
         assert_eq!(
             core.revoke_code(&code(0), at(2)),
             [
@@ -1309,7 +1411,7 @@ mod tests {
             Err(Refusal::Revoked)
         );
         // Revoking an ended code changes how it is refused, and nothing else.
-        core.record_usage(&[(client(3, 3), 100 * MB)], at(5));
+        core.record_usage(&[(client(3, 3), down(100 * MB))], at(5));
         assert_eq!(
             core.accept_code(client(3, 3), good(1), at(6)),
             Err(Refusal::UsedUp)
@@ -1328,7 +1430,10 @@ mod tests {
             .unwrap();
         core.accept_code(client(2, 2), grant(0, 1000, Some(at(60))), at(0))
             .unwrap();
-        core.record_usage(&[(client(1, 1), 100), (client(2, 2), 50)], at(1));
+        core.record_usage(
+            &[(client(1, 1), down(100)), (client(2, 2), down(50))],
+            at(1),
+        );
         assert_eq!(
             core.status_of(ip(2), at(2)),
             Some(ClientStatus {
@@ -1361,7 +1466,7 @@ mod tests {
         let mut core = Core::new(policy(2));
         core.accept_code(client(1, 1), good(0), at(0)).unwrap();
         core.accept_code(client(2, 2), good(1), at(0)).unwrap();
-        core.record_usage(&[(client(1, 1), 10), (client(9, 9), 3)], at(1));
+        core.record_usage(&[(client(1, 1), down(10)), (client(9, 9), down(3))], at(1));
         core.revoke_code(&code(1), at(2));
         let json = serde_json::to_string(&core.snapshot()).unwrap();
         let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
@@ -1387,7 +1492,7 @@ mod tests {
             .unwrap();
         core.accept_code(client(2, 2), good(1), at(0)).unwrap();
         core.accept_code(client(3, 3), good(1), at(0)).unwrap();
-        core.record_usage(&[(client(1, 1), 5), (client(3, 3), 6)], at(500));
+        core.record_usage(&[(client(1, 1), down(5)), (client(3, 3), down(6))], at(500));
         let (restored, actions) = Core::restore(*core.policy(), core.snapshot(), at(700));
         assert_eq!(
             actions,
@@ -1407,7 +1512,7 @@ mod tests {
         for m in 1..=3 {
             core.accept_code(client(m, m), good(0), at(0)).unwrap();
         }
-        core.record_usage(&[(client(2, 2), 1)], at(5));
+        core.record_usage(&[(client(2, 2), down(1))], at(5));
         let (restored, actions) = Core::restore(policy(1), core.snapshot(), at(6));
         assert_eq!(
             actions,
@@ -1421,11 +1526,45 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_raises_a_restored_session_but_never_adds_to_it() {
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), grant(0, 1_000, None), at(0))
+            .unwrap();
+        core.record_usage(&[(client(1, 1), Usage { up: 100, down: 300 })], at(1));
+        // The ledger has less down, more up: each direction takes the larger.
+        let actions = core.raise_usage(&code(0), at(0), Usage { up: 150, down: 200 }, at(2));
+        assert!(actions.is_empty());
+        let view = session(&core, 0);
+        assert_eq!((view.up_bytes, view.used_bytes), (150, 450));
+        // Another session of the same code (another start) is not touched.
+        assert!(
+            core.raise_usage(&code(0), at(1), Usage { up: 900, down: 900 }, at(2))
+                .is_empty()
+        );
+        assert_eq!(session(&core, 0).used_bytes, 450);
+        // Raised to the quota: the session ends with the ledger's totals.
+        let actions = core.raise_usage(&code(0), at(0), Usage { up: 150, down: 850 }, at(3));
+        assert_eq!(
+            actions,
+            [
+                revoke(client(1, 1), EndReason::QuotaUsed),
+                Action::SessionEnded {
+                    code: code(0),
+                    started_at: at(0),
+                    reason: EndReason::QuotaUsed,
+                    used_bytes: 1_000,
+                    up_bytes: 150,
+                }
+            ]
+        );
+    }
+
+    #[test]
     fn restore_survives_a_damaged_snapshot() {
         let json = r#"{
             "sessions": [
                 {"code": "AAAA2222", "quota_bytes": 100, "used_bytes": 10,
-                 "expires_at": 1700000060000, "code_expires_at": null,
+                 "started_at": 1700000000000, "expires_at": 1700000060000, "code_expires_at": null,
                  "devices": [{"client": {"mac": "02:00:00:00:00:01", "ip": "10.66.0.1"},
                               "since": 1700000000000, "last_active": 1700000000000,
                               "used_bytes": 10}]},
@@ -1435,7 +1574,7 @@ mod tests {
                               "since": 1700000000000, "last_active": 1700000000000,
                               "used_bytes": 95}]},
                 {"code": "BBBB3333", "quota_bytes": 5, "used_bytes": 9,
-                 "expires_at": 1700000060000, "code_expires_at": null, "devices": []}
+                 "started_at": 1700000000000, "expires_at": 1700000060000, "code_expires_at": null, "devices": []}
             ],
             "ended": [{"code": "AAAA2222", "refusal": "revoked", "forget_at": 1800000000000}],
             "unattributed_bytes": 4
@@ -1531,6 +1670,7 @@ mod tests {
             .prop_map(|ms| Millis(T0.0.saturating_add(ms)));
         let device = (0..4u8, 0..4u8, time.clone(), time.clone(), any::<u64>()).prop_map(
             |(m, i, since, last_active, used_bytes)| Device {
+                up_bytes: used_bytes / 3,
                 client: client(m, i),
                 since,
                 last_active,
@@ -1549,6 +1689,8 @@ mod tests {
                 |(n, quota_bytes, used_bytes, expires_at, code_expires_at, devices)| SavedSession {
                     code: code(n),
                     session: Session {
+                        up_bytes: used_bytes / 2,
+                        started_at: T0,
                         quota_bytes,
                         used_bytes,
                         expires_at,
@@ -1672,14 +1814,14 @@ mod tests {
                     }
                     Op::Usage { online, stray } => {
                         let allowed = core.allowed();
-                        let mut deltas: Vec<(Client, u64)> = online
+                        let mut deltas: Vec<(Client, Usage)> = online
                             .into_iter()
                             .filter_map(|(i, d)| {
-                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, d))
+                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, split(d)))
                             })
                             .collect();
-                        deltas.extend(stray.into_iter().map(|(m, i, d)| (client(m, i), d)));
-                        world.given += deltas.iter().map(|(_, d)| d).sum::<u64>();
+                        deltas.extend(stray.into_iter().map(|(m, i, d)| (client(m, i), split(d))));
+                        world.given += deltas.iter().map(|(_, d)| d.total()).sum::<u64>();
                         core.record_usage(&deltas, now)
                     }
                     Op::Tick(ms) => {
@@ -1717,10 +1859,10 @@ mod tests {
                     }
                     Op::Usage { online, .. } => {
                         let allowed = core.allowed();
-                        let deltas: Vec<(Client, u64)> = online
+                        let deltas: Vec<(Client, Usage)> = online
                             .into_iter()
                             .filter_map(|(i, d)| {
-                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, d))
+                                allowed.get(i % allowed.len().max(1)).map(|(c, _)| (*c, split(d)))
                             })
                             .collect();
                         core.record_usage(&deltas, now);

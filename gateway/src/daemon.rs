@@ -17,23 +17,27 @@ use anyhow::{Context, bail};
 use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, DriftFound};
+use crate::capture::{Capture, CaptureSettings, Report};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
-use crate::core::{Action, Core, Policy, Refusal, Snapshot};
+use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, FirewallConfig, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+use crate::report::{self, FlowBook, GatewayFigures};
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
-/// How far past its quota the kernel lets a session go. The kernel's quota is set to what is
-/// left plus this, so the daemon's own reading (at most a tick later) reaches the quota first
-/// and ends the session in order; the kernel's stop is the hard limit between readings and
-/// while the daemon is down.
-const QUOTA_SLACK: u64 = 64 * 1024;
+/// The largest IP packet the kernel forwards (a GRO/GSO super-packet): a session's kernel
+/// quota can only be used up once what it has left is below this, so only then does the
+/// daemon ask the kernel whether it is.
+const LARGEST_PACKET: u64 = 64 * 1024;
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
 /// The shortest time between two rounds of the main loop.
@@ -43,6 +47,10 @@ const MIN_WAKE: Duration = Duration::from_millis(50);
 /// kernel's own timeout, which would delete the element and its counter unread, is only the
 /// safety net for a daemon that is down.
 const KERNEL_GRACE: Duration = Duration::from_secs(2);
+/// Most flow tallies kept for the agent between two of its `flows` requests.
+const FLOW_BOOK_LIMIT: usize = 50_000;
+/// How often the capture meter reports.
+const CAPTURE_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often the table is checked (someone may flush the ruleset).
 const REPAIR_EVERY: Duration = Duration::from_secs(5);
 /// Longest time between two saves of the session state while only usage changes. Usage
@@ -61,7 +69,7 @@ const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Serialize, Deserialize)]
 struct Persisted {
     core: Snapshot,
-    baselines: Vec<(Client, u64)>,
+    baselines: Vec<(Client, Usage)>,
     /// When this was saved: the core is restored as of then, so that the bytes counted
     /// while the daemon was down are recorded before sessions that expired meanwhile end.
     saved_at: Millis,
@@ -78,8 +86,8 @@ enum Codes {
 struct State {
     core: Core,
     firewall: Box<dyn Firewall>,
-    /// Kernel byte counter (up + down) of each allowed client when last read.
-    baselines: HashMap<Client, u64>,
+    /// Kernel byte counters of each allowed client when last read.
+    baselines: HashMap<Client, Usage>,
     /// Something worth saving changed since the last save.
     dirty: bool,
     /// A session started or ended since the last save: save now, not at the next interval.
@@ -89,6 +97,21 @@ struct State {
     /// Where the state is saved (`sessions.json`).
     file: PathBuf,
     last_saved: Millis,
+    /// The capture meter (`None` when off or it could not start) and its comparison with
+    /// the kernel's counters.
+    capture: Option<Capture>,
+    audit: Option<Audit>,
+    /// Flow tallies waiting for the agent.
+    flows: FlowBook,
+    /// Each online client's bytes at the last counter reading, and how long that reading
+    /// covered: the live rates of `usage`.
+    rates: HashMap<Client, Usage>,
+    rate_window: Duration,
+    last_settle: Option<Millis>,
+    /// The usage ledger the agent reports from (`None` in tests that do not look at it).
+    ledger: Option<LedgerWriter>,
+    /// Final records of ended sessions not yet in the ledger.
+    ledger_pending: Vec<UsageUpdate>,
 }
 
 struct Shared {
@@ -136,6 +159,14 @@ impl State {
             quotas: HashMap::new(),
             file,
             last_saved: now,
+            capture: None,
+            audit: None,
+            flows: FlowBook::new(FLOW_BOOK_LIMIT),
+            rates: HashMap::new(),
+            rate_window: TICK,
+            last_settle: None,
+            ledger: None,
+            ledger_pending: Vec::new(),
         };
         (state, actions)
     }
@@ -159,14 +190,25 @@ impl State {
                         tracing::error!(%client, error = %err, "cannot cut a client off");
                     }
                     self.baselines.remove(&client);
+                    self.rates.remove(&client);
                     self.urgent = true;
                 }
                 Action::SessionEnded {
                     code,
+                    started_at,
                     reason,
                     used_bytes,
+                    up_bytes,
                 } => {
-                    tracing::info!(code = %short(&code), ?reason, used_bytes, "session ended");
+                    let session = session_id(&code, started_at);
+                    tracing::info!(%session, ?reason, used_bytes, up_bytes, "session ended");
+                    self.ledger_pending.push(UsageUpdate {
+                        session,
+                        code: code.as_str().to_owned(),
+                        up: up_bytes,
+                        down: used_bytes.saturating_sub(up_bytes),
+                        ended: Some(reason.as_str().to_owned()),
+                    });
                     ended.push((code, used_bytes));
                     self.urgent = true;
                 }
@@ -174,6 +216,10 @@ impl State {
         }
         self.dirty |= self.urgent;
         self.sync_quotas();
+        self.meters_follow_clients();
+        if !self.ledger_pending.is_empty() {
+            self.write_ledger(Vec::new());
+        }
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
@@ -181,8 +227,8 @@ impl State {
         }
     }
 
-    /// Keeps each session's kernel quota in step with its devices: set (to what is left, plus
-    /// [`QUOTA_SLACK`]) when they change, cleared when the session has none or has ended. A
+    /// Keeps each session's kernel quota in step with its devices: set to what is left when
+    /// they change, cleared when the session has none or has ended. A
     /// quota left behind would block a captive device's DNS and portal too. Setting restarts
     /// the kernel's count, so callers settle the counters first (they do before any action).
     fn sync_quotas(&mut self) {
@@ -199,10 +245,7 @@ impl State {
             }
             let left = session.quota_bytes.saturating_sub(session.used_bytes);
             let id = quota_id(&session.code);
-            match self
-                .firewall
-                .set_quota(&id, &clients, left.saturating_add(QUOTA_SLACK))
-            {
+            match self.firewall.set_quota(&id, &clients, left) {
                 Ok(()) => {
                     self.quotas.insert(session.code, clients);
                 }
@@ -234,7 +277,7 @@ impl State {
             .allow(&client, now.until(until) + KERNEL_GRACE)
         {
             Ok(()) => {
-                self.baselines.insert(client, 0);
+                self.baselines.insert(client, Usage::default());
             }
             Err(err) => tracing::error!(%client, error = %err, "cannot let a client through"),
         }
@@ -256,25 +299,41 @@ impl State {
         let mut deltas = Vec::new();
         let mut seen = HashMap::new();
         for c in counters {
-            let total = c.up_bytes.saturating_add(c.down_bytes);
-            let before = self.baselines.get(&c.client).copied().unwrap_or(0);
-            // A counter below its baseline was reset behind our back (the table was restored
-            // after a flush): it counts from zero.
-            let delta = if total >= before {
-                total - before
-            } else {
-                total
+            let now_counted = Usage {
+                up: c.up_bytes,
+                down: c.down_bytes,
             };
-            if delta > 0 {
+            let before = self.baselines.get(&c.client).copied().unwrap_or_default();
+            // A counter below its baseline was reset behind our back (the element was added
+            // again, the table restored after a flush): it counts from zero.
+            let reset = now_counted.up < before.up || now_counted.down < before.down;
+            let delta = if reset {
+                now_counted
+            } else {
+                Usage {
+                    up: now_counted.up - before.up,
+                    down: now_counted.down - before.down,
+                }
+            };
+            if delta.total() > 0 {
                 deltas.push((c.client, delta));
             }
-            seen.insert(c.client, total);
+            seen.insert(c.client, now_counted);
         }
         if !deltas.is_empty() {
             self.dirty = true;
         }
-        let present = seen.keys().copied().collect();
+        let present: HashSet<Client> = seen.keys().copied().collect();
         self.baselines = seen;
+        if let Some(last) = self.last_settle {
+            self.rate_window = last.until(now).max(Duration::from_millis(1));
+        }
+        self.last_settle = Some(now);
+        self.rates = deltas.iter().copied().collect();
+        if let Some(audit) = &mut self.audit {
+            let online: Vec<Client> = present.iter().copied().collect();
+            warn_drift(&audit.kernel(&deltas, &online));
+        }
         let actions = self.core.record_usage(&deltas, now);
         self.apply(actions, now, store);
         Some(present)
@@ -283,8 +342,52 @@ impl State {
     /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
     fn tick(&mut self, now: Millis, store: Option<&CodeStore>) {
         self.settle(now, store);
+        self.end_used_up(now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
+    }
+
+    /// Ends the sessions whose kernel quota is used up. The kernel drops the packet that would
+    /// pass a quota, so the counters stop just short of it and the core cannot see the end by
+    /// itself; only sessions with less than one packet left can be there, so the kernel is
+    /// asked only about those (most ticks, none).
+    fn end_used_up(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let near: Vec<AccessCode> = self
+            .core
+            .sessions()
+            .into_iter()
+            .filter(|s| s.quota_bytes.saturating_sub(s.used_bytes) < LARGEST_PACKET)
+            .filter(|s| self.quotas.contains_key(&s.code))
+            .map(|s| s.code)
+            .collect();
+        if near.is_empty() {
+            return;
+        }
+        let listed = match self.firewall.list_quotas() {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the session quotas");
+                return;
+            }
+        };
+        let used_up: Vec<AccessCode> = near
+            .into_iter()
+            .filter(|code| {
+                listed
+                    .get(&quota_id(code))
+                    .is_some_and(|q| q.used_bytes >= q.limit_bytes)
+            })
+            .collect();
+        if used_up.is_empty() {
+            return;
+        }
+        // Packets forwarded since the last reading are in the counters, not yet in the
+        // sessions: read them before the cut takes the counters away.
+        self.settle(now, store);
+        for code in used_up {
+            let actions = self.core.quota_reached(&code, now);
+            self.apply(actions, now, store);
+        }
     }
 
     /// Puts the kernel set in step with the core: clients the core does not know are cut
@@ -313,6 +416,91 @@ impl State {
                 self.allow(client, until, now);
             }
         }
+        self.meters_follow_clients();
+    }
+
+    /// Tells the capture meter and the audit which clients are let through now.
+    fn meters_follow_clients(&mut self) {
+        let online: Vec<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
+        if let Some(audit) = &mut self.audit {
+            audit.set_online(&online);
+        }
+        if let Some(capture) = &self.capture {
+            capture.set_clients(online);
+        }
+    }
+
+    /// A report of the capture meter: checked against the kernel's counts, flows kept for
+    /// the agent.
+    fn capture_report(&mut self, report: &Report) {
+        if report.kernel.drops > 0 {
+            tracing::warn!(
+                dropped = report.kernel.drops,
+                received = report.kernel.packets,
+                "the capture meter lost packets (its socket buffer was full): raise capture.buffer_bytes; billing is unaffected (the kernel counters bill)"
+            );
+        }
+        if let Some(audit) = &mut self.audit {
+            warn_drift(&audit.capture(
+                &report.batch.clients,
+                report.kernel,
+                report.batch.untracked_packets,
+            ));
+        }
+        self.flows.add(&report.batch.flows);
+    }
+
+    /// Every online device's usage in its session, with its rates over the last reading.
+    fn live_usage(&self) -> LiveUsage {
+        let window = self.rate_window.as_secs_f64();
+        let mut clients = Vec::new();
+        for session in self.core.sessions() {
+            let id = session_id(&session.code, session.started_at);
+            for device in session.devices {
+                let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                clients.push(ClientUsage {
+                    mac: device.client.mac.to_string(),
+                    ip: device.client.ip,
+                    session: id.clone(),
+                    up_bytes: device.up_bytes,
+                    down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                    up_rate: rate.up as f64 / window,
+                    down_rate: rate.down as f64 / window,
+                });
+            }
+        }
+        LiveUsage {
+            at_ms: self.last_settle.unwrap_or_default().0,
+            clients,
+        }
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    fn metrics(&self, capture_interface: &str) -> String {
+        let sessions = self.core.sessions();
+        let billed: Vec<(Client, Usage)> = sessions
+            .iter()
+            .flat_map(|s| &s.devices)
+            .map(|d| {
+                (
+                    d.client,
+                    Usage {
+                        up: d.up_bytes,
+                        down: d.used_bytes.saturating_sub(d.up_bytes),
+                    },
+                )
+            })
+            .collect();
+        let figures = GatewayFigures {
+            sessions: sessions.len(),
+            online: billed.len(),
+            unattributed_bytes: self.core.unattributed_bytes(),
+            billed: &billed,
+            capture_interface: self.capture.as_ref().map(|_| capture_interface),
+            capture_buffer_bytes: self.capture.as_ref().map_or(0, |c| c.buffer_bytes),
+            flows_dropped: self.flows.dropped,
+        };
+        report::metrics_text(&figures, self.audit.as_ref())
     }
 
     /// Picks up after a restart: the bytes the kernel counted while the daemon was down go
@@ -325,6 +513,8 @@ impl State {
             .filter(|a| !matches!(a, Action::Allow { client, .. } if present.contains(client)))
             .collect();
         self.apply(actions, now, store);
+        let raised = self.raise_to_ledger(now);
+        self.apply(raised, now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
         self.reconcile(now);
@@ -355,6 +545,10 @@ impl State {
 
     /// Writes the state to disk now (temp file, fsync, rename).
     fn save(&mut self, now: Millis) {
+        // The ledger first: should the daemon die between the two writes, the restored core
+        // is raised to the ledger's totals, never added to them (see `State::restored`).
+        let live = self.live_ledger_updates();
+        self.write_ledger(live);
         let persisted = self.persisted(now);
         let result = serde_json::to_vec(&persisted)
             .map_err(std::io::Error::other)
@@ -411,6 +605,70 @@ impl State {
         }
     }
 
+    /// Raises each live session to its last ledger record where that is higher (see
+    /// [`Core::raise_usage`]).
+    fn raise_to_ledger(&mut self, now: Millis) -> Vec<Action> {
+        let Some(ledger) = &self.ledger else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        for session in self.core.sessions() {
+            let id = session_id(&session.code, session.started_at);
+            let Some(record) = ledger.latest(&id) else {
+                continue;
+            };
+            let recorded = Usage {
+                up: record.up,
+                down: record.down,
+            };
+            if recorded.total() > session.used_bytes || recorded.up > session.up_bytes {
+                tracing::warn!(
+                    session = %id,
+                    restored_bytes = session.used_bytes,
+                    ledger_bytes = recorded.total(),
+                    "the ledger holds more than the saved state and the kernel counters (were the counters lost, by a reboot?); continuing from the ledger"
+                );
+            }
+            actions.extend(
+                self.core
+                    .raise_usage(&session.code, session.started_at, recorded, now),
+            );
+        }
+        actions
+    }
+
+    /// Every live session's totals now, for the ledger.
+    fn live_ledger_updates(&self) -> Vec<UsageUpdate> {
+        self.core
+            .sessions()
+            .into_iter()
+            .map(|s| UsageUpdate {
+                session: session_id(&s.code, s.started_at),
+                code: s.code.as_str().to_owned(),
+                up: s.up_bytes,
+                down: s.used_bytes.saturating_sub(s.up_bytes),
+                ended: None,
+            })
+            .collect()
+    }
+
+    /// Appends the ended sessions' final records waiting in `ledger_pending`, and `live`, as
+    /// one batch (one fsync). On failure (a full disk, say) the final records wait for the
+    /// next try; live totals need no retry, the next save carries them (they are cumulative).
+    fn write_ledger(&mut self, live: Vec<UsageUpdate>) {
+        let Some(ledger) = &mut self.ledger else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.ledger_pending);
+        let finals = batch.len();
+        batch.extend(live);
+        if let Err(err) = ledger.append(&batch) {
+            tracing::error!(error = %err, "cannot write the usage ledger; retrying at the next save");
+            batch.truncate(finals);
+            self.ledger_pending = batch;
+        }
+    }
+
     fn persisted(&self, now: Millis) -> Persisted {
         Persisted {
             core: self.core.snapshot(),
@@ -426,6 +684,26 @@ fn quota_id(code: &AccessCode) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(code.as_str().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session's id in the ledger, logs and `usage`: its quota id and start, not the code.
+fn session_id(code: &AccessCode, started_at: Millis) -> String {
+    format!("{}-{}", quota_id(code), started_at.0)
+}
+
+fn warn_drift(found: &[DriftFound]) {
+    for drift in found {
+        let who = drift
+            .client
+            .map_or_else(|| "all clients".to_owned(), |c| c.to_string());
+        tracing::warn!(
+            client = %who,
+            kernel_bytes = drift.pair.kernel.total(),
+            capture_bytes = drift.pair.capture.total(),
+            drift_percent = drift.ratio * 100.0,
+            "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
+        );
+    }
 }
 
 /// The first two characters of a code: enough to tell codes apart in a log, not to use one.
@@ -460,6 +738,16 @@ fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
 }
 
 fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
+    parse_addresses(ip_json)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+}
+
+/// Every address in `ip -j addr` output.
+fn parse_addresses(ip_json: &[u8]) -> Vec<IpAddr> {
     #[derive(Deserialize)]
     struct Link {
         #[serde(default)]
@@ -469,11 +757,113 @@ fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
     struct AddrInfo {
         local: Option<String>,
     }
-    let links: Vec<Link> = serde_json::from_slice(ip_json).ok()?;
+    let links: Vec<Link> = serde_json::from_slice(ip_json).unwrap_or_default();
     links
         .iter()
         .flat_map(|l| &l.addr_info)
-        .find_map(|a| a.local.as_deref()?.parse().ok())
+        .filter_map(|a| a.local.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// The gateway's own addresses on every interface: traffic to them is delivered here, not
+/// forwarded, so the capture meter must not bill it. Read once at start; an uplink that gets
+/// a new address later only matters for traffic aimed at the gateway's WAN address.
+fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .context("running `ip -j addr show` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "ip -j addr show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_addresses(&out.stdout))
+}
+
+/// Starts the capture meter on the LAN interface; its reports come through `reports`. A
+/// capture that cannot start is logged, not fatal: billing runs on the kernel's counters.
+fn start_capture(
+    config: &GatewayConfig,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+) -> Option<Capture> {
+    if !config.capture.enabled {
+        tracing::info!("the capture meter is off (capture.enabled = false)");
+        return None;
+    }
+    let local = match local_addresses() {
+        Ok(local) => local,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "the capture meter cannot start");
+            return None;
+        }
+    };
+    let settings = CaptureSettings {
+        interface: config.lan.interface.clone(),
+        buffer_bytes: config.capture.buffer_bytes,
+        local,
+        max_flows: config.capture.max_flows,
+        max_clients: 1024,
+        flow_idle: config.capture.flow_idle,
+        report_every: CAPTURE_REPORT_EVERY,
+    };
+    match Capture::start(settings, move |report| {
+        // Only fails once the daemon is stopping.
+        let _ = reports.send(report);
+    }) {
+        Ok(capture) => {
+            tracing::info!(
+                interface = %config.lan.interface,
+                buffer_bytes = capture.buffer_bytes,
+                "capture meter running"
+            );
+            Some(capture)
+        }
+        Err(err) => {
+            tracing::error!(
+                interface = %config.lan.interface,
+                error = %err,
+                "the capture meter cannot start (needs CAP_NET_RAW); billing goes on with the kernel counters alone"
+            );
+            None
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listen` until `stop`.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move {
+                let text = tokio::task::spawn_blocking(move || shared.lock().metrics(&shared.lan))
+                    .await
+                    .unwrap_or_default();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "the metrics endpoint failed");
+    }
 }
 
 /// The walled garden: configured CIDRs and host names (resolved now), and the backend's
@@ -566,6 +956,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let saved = load_state(&sessions_file)?;
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
+    let ledger_dir = state_dir.join("ledger");
+    state.ledger = Some(
+        LedgerWriter::open(&ledger_dir, LedgerLimits::default())
+            .with_context(|| format!("opening the usage ledger in {}", ledger_dir.display()))?,
+    );
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
@@ -576,6 +971,14 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
     state.save(now);
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
+    // Started after the resume: the bytes the kernel counted while the daemon was down have
+    // no capture to compare with.
+    let (report_tx, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
+    state.capture = start_capture(&config, report_tx);
+    if state.capture.is_some() {
+        state.audit = Some(Audit::default());
+        state.meters_follow_clients();
+    }
 
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -600,6 +1003,18 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        Some(tokio::spawn(serve_metrics(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )))
+    };
     let settings = PortalSettings {
         url: portal_url.clone(),
         per_client_attempts: config.portal.attempts_per_client,
@@ -647,6 +1062,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = tokio::time::sleep_until(expiry_wake) => {}
+            Some(report) = report_rx.recv() => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.lock().capture_report(&report)).await;
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -682,10 +1102,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     let shared_for_exit = shared.clone();
     let remove = config.firewall.remove_on_exit;
     tokio::task::spawn_blocking(move || {
         let mut state = shared_for_exit.lock();
+        // Joins the capture thread (within its read timeout).
+        state.capture = None;
         state.settle(Millis::now(), None);
         state.save(Millis::now());
         if remove {
@@ -845,6 +1270,19 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
             Ok(value) => Reply::Ok(value),
             Err(err) => Reply::Error(format!("internal error: {err}")),
         },
+        Request::Usage => match serde_json::to_value(state.live_usage()) {
+            Ok(value) => Reply::Ok(value),
+            Err(err) => Reply::Error(format!("internal error: {err}")),
+        },
+        Request::Flows => {
+            let flows = Flows {
+                connections: state.flows.drain().iter().map(report::connection).collect(),
+            };
+            match serde_json::to_value(flows) {
+                Ok(value) => Reply::Ok(value),
+                Err(err) => Reply::Error(format!("internal error: {err}")),
+            }
+        }
         Request::Kick { mac } => {
             let actions = state.core.kick(mac, now);
             let kicked = actions
@@ -876,7 +1314,7 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 mod tests {
     use super::*;
     use crate::core::Grant;
-    use crate::firewall::MemoryFirewall;
+    use crate::firewall::{Call, MemoryFirewall};
 
     const MB: u64 = 1_048_576;
 
@@ -903,7 +1341,26 @@ mod tests {
         let mut firewall_box: Box<dyn Firewall> = Box::new(firewall.clone());
         firewall_box.install().unwrap();
         let file = dir.path().join("sessions.json");
-        State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0
+        let mut state = State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0;
+        state.ledger = Some(ledger(dir));
+        state
+    }
+
+    fn ledger(dir: &tempfile::TempDir) -> LedgerWriter {
+        LedgerWriter::open(&dir.path().join("ledger"), LedgerLimits::default()).unwrap()
+    }
+
+    /// Each session's last ledger record.
+    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<edgeshare_shared::ledger::UsageRecord> {
+        let mut reader =
+            edgeshare_shared::ledger::LedgerReader::open(&dir.path().join("ledger")).unwrap();
+        let mut latest: HashMap<String, edgeshare_shared::ledger::UsageRecord> = HashMap::new();
+        for record in reader.read_after(0).unwrap() {
+            latest.insert(record.session.clone(), record);
+        }
+        let mut records: Vec<_> = latest.into_values().collect();
+        records.sort_by_key(|r| r.seq);
+        records
     }
 
     /// The daemon starting again from `saved` at `now`, as `run` does.
@@ -921,6 +1378,7 @@ mod tests {
             file,
             now,
         );
+        state.ledger = Some(ledger(dir));
         state.resume(actions, now, None);
         state
     }
@@ -1074,17 +1532,17 @@ mod tests {
         });
         let id = quota_id(&code("ABCD2345"));
         login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB);
         assert_eq!(fw.quota_session(&client(2)), Some(id.clone()));
 
         // Usage alone leaves the kernel's count running.
         fw.set_counters(&client(2), 300_000, 0);
         state.tick(Millis(2_000), None);
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB);
 
         // A second device: the quota is set again for both, to what is left.
         login(&mut state, client(3), "ABCD2345", MB, Millis(3_000));
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000 + QUOTA_SLACK);
+        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000);
         assert_eq!(fw.quota_session(&client(3)), Some(id.clone()));
 
         // The quota is reached: the session ends and its kernel quota goes with it, so the
@@ -1094,6 +1552,48 @@ mod tests {
         assert!(fw.allowed().is_empty());
         assert!(fw.quotas().is_empty(), "{:?}", fw.quotas());
         assert_eq!(fw.quota_session(&client(2)), None);
+    }
+
+    #[test]
+    fn a_session_ends_when_the_kernel_quota_is_used_up_a_packet_short() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        let id = quota_id(&code("ABCD2345"));
+        login(&mut state, client(2), "ABCD2345", MB, Millis(1_000));
+        let calls = || {
+            fw.calls()
+                .iter()
+                .filter(|c| **c == Call::ListQuotas)
+                .count()
+        };
+
+        // Far from the quota the kernel is not asked.
+        fw.set_counters(&client(2), 100_000, 400_000);
+        state.tick(Millis(2_000), None);
+        assert_eq!(calls(), 0);
+        let session = &state.core.sessions()[0];
+        assert_eq!((session.used_bytes, session.up_bytes), (500_000, 100_000));
+
+        // Less than a packet left, the kernel's quota not used up: asked, nothing ends.
+        fw.set_counters(&client(2), 100_000, MB - 100_000 - 1_000);
+        state.tick(Millis(3_000), None);
+        assert_eq!(calls(), 1);
+        assert_eq!(fw.allowed(), vec![client(2)]);
+
+        // The kernel dropped the packet that would have passed the quota: the session ends
+        // with the bytes forwarded before it, and the bytes forwarded since the last reading
+        // are read before the cut.
+        fw.set_counters(&client(2), 100_000, MB - 100_000 - 200);
+        assert!(fw.use_quota(&id, MB));
+        state.tick(Millis(4_000), None);
+        assert!(fw.allowed().is_empty());
+        assert!(state.core.sessions().is_empty());
+        assert_eq!(
+            state.core.status_of(client(2).ip, Millis(4_000)),
+            None,
+            "ended for good"
+        );
     }
 
     #[test]
@@ -1138,6 +1638,72 @@ mod tests {
         state.repair(Millis(2_000));
         assert!(fw.installed());
         assert_eq!(fw.allowed(), vec![client(2)]);
+    }
+
+    #[test]
+    fn the_ledger_is_exact_across_a_crash_between_its_write_and_the_state_save() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", 10_000, Millis(1_000));
+        fw.set_counters(&client(2), 300, 2_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000));
+        let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
+        // More traffic; the ledger is written, then the daemon dies before sessions.json.
+        fw.set_counters(&client(2), 400, 3_000);
+        state.tick(Millis(3_000), None);
+        let live = state.live_ledger_updates();
+        state.write_ledger(live);
+        let id = session_id(&code("ABCD2345"), Millis(1_000));
+        let last = ledger_latest(&dir);
+        assert_eq!(
+            (last[0].session.as_str(), last[0].up, last[0].down),
+            (id.as_str(), 400, 3_000)
+        );
+        drop(state);
+        // The kernel counts on while the daemon is down.
+        fw.set_counters(&client(2), 500, 4_000);
+        let saved: Persisted = serde_json::from_slice(&saved).unwrap();
+        let mut restarted = restart(&fw, &dir, saved, Millis(5_000));
+        assert_eq!(
+            used(&restarted),
+            4_500,
+            "the kernel's count, not ledger plus delta"
+        );
+        // The session reaches its quota: the ledger's last record is final and exact.
+        fw.set_counters(&client(2), 600, 9_400);
+        restarted.tick(Millis(6_000), None);
+        let last = ledger_latest(&dir);
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].up, last[0].down), (600, 9_400));
+        assert_eq!(last[0].ended.as_deref(), Some("quota used"));
+        assert!(!last[0].code.is_empty());
+    }
+
+    #[test]
+    fn after_a_reboot_the_ledger_keeps_what_the_lost_counters_held() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
+        fw.set_counters(&client(2), 300, 2_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000));
+        let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
+        fw.set_counters(&client(2), 700, 9_000);
+        state.tick(Millis(3_000), None);
+        let live = state.live_ledger_updates();
+        state.write_ledger(live);
+        drop(state);
+        // A reboot: the kernel's table and its counters are gone.
+        let rebooted = MemoryFirewall::new();
+        let mut boxed: Box<dyn Firewall> = Box::new(rebooted.clone());
+        boxed.install().unwrap();
+        let saved: Persisted = serde_json::from_slice(&saved).unwrap();
+        let restarted = restart(&rebooted, &dir, saved, Millis(60_000));
+        assert_eq!(used(&restarted), 9_700, "raised to the ledger's totals");
+        assert_eq!(rebooted.allowed(), vec![client(2)], "back online");
     }
 
     #[test]

@@ -7,8 +7,12 @@
 //! - [`daemon`]: `run`, the async shell that wires these together.
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
 //! - [`net`]: who a client is (MAC and IP).
-#![forbid(unsafe_code)]
+//! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
+// Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
+#![deny(unsafe_code)]
 
+pub mod audit;
+pub mod capture;
 pub mod cli;
 pub mod codes;
 pub mod config;
@@ -18,3 +22,4 @@ pub mod daemon;
 pub mod firewall;
 pub mod net;
 pub mod portal;
+pub mod report;

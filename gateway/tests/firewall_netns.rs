@@ -573,7 +573,7 @@ fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
 }
 
 fn quota_of(fw: &mut NftFirewall, session: &str) -> Option<SessionQuota> {
-    fw.quota_used(session).expect("quota_used")
+    fw.list_quotas().expect("list_quotas").remove(session)
 }
 
 /// Moves the bed's only client device to another MAC and IPv4 address: a second device.

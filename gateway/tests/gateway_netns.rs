@@ -914,8 +914,8 @@ fn the_client_is_cut_off_at_its_quota() {
         "the client was online for a while: {got} bytes"
     );
     assert!(
-        got <= MB + QUOTA_SLACK,
-        "the kernel's quota stops the session within {QUOTA_SLACK} bytes of its quota: {got} bytes"
+        got <= MB,
+        "the kernel's quota stops the session at its quota: {got} bytes"
     );
 
     assert!(
@@ -933,15 +933,19 @@ fn the_client_is_cut_off_at_its_quota() {
         listed["used_bytes"].as_u64().expect("used_bytes"),
         listed["total_bytes"].as_u64().expect("total_bytes"),
     );
-    assert!(used >= total, "codes list: the code is used up: {listed}");
+    assert!(
+        used <= total && total - used < LARGEST_PACKET,
+        "codes list: billed up to the quota, never past it, short by less than the packet the \
+         kernel dropped: {listed}"
+    );
     let again = gateway.login(&code);
     assert_eq!(again.status, 403, "a used-up code is refused: {again:?}");
     assert!(again.body.contains("used up"), "{}", again.body);
 }
 
-/// How far past its quota the gateway lets a session go (its `QUOTA_SLACK`): the kernel's
-/// quota, set to what is left plus this, stops forwarding even between two readings.
-const QUOTA_SLACK: u64 = 64 * 1024;
+/// The largest packet the kernel forwards (a GRO super-packet): the kernel's quota drops the
+/// packet that would pass it, so a used-up session is billed at most this much short of it.
+const LARGEST_PACKET: u64 = 64 * 1024;
 
 #[test]
 fn at_full_speed_the_kernel_stops_the_client_at_its_quota() {
@@ -962,14 +966,22 @@ fn at_full_speed_the_kernel_stops_the_client_at_its_quota() {
         i128::from(got) - i128::from(2 * MB)
     );
     assert!(got > MB, "the client was online: {got} bytes");
-    assert!(
-        got <= 2 * MB + QUOTA_SLACK,
-        "stopped within {QUOTA_SLACK} bytes of the quota: {got} bytes"
-    );
+    assert!(got <= 2 * MB, "stopped at the quota: {got} bytes");
     assert!(
         wait_until(Duration::from_secs(3), || gateway.session(&code).is_none()),
         "the session ends: {:?}",
         gateway.clients()
+    );
+    let listed = gateway.listed_code(&code);
+    let used = listed["used_bytes"].as_u64().expect("used_bytes");
+    println!(
+        "billed {used} bytes (IP bytes both ways, by the kernel counters): {} bytes past the \
+         quota",
+        i128::from(used) - i128::from(2 * MB)
+    );
+    assert!(
+        used <= 2 * MB && 2 * MB - used < LARGEST_PACKET,
+        "billed up to the quota, never past it: {listed}"
     );
     assert!(!reaches_upstream(bed, BLOCKED), "cut off after the quota");
 }
@@ -1648,4 +1660,211 @@ fn a_kick_just_before_a_kill_9_survives_it() {
         "a kicked client is online again after a kill -9: sessions {:?}",
         gateway.clients()
     );
+}
+
+/// The value of the metric line that starts with `series` (name and labels), if any.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let _downloads = start_standin(&bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
+    // 200 Mbit/s: fast, but well within what the capture thread keeps up with on a busy CI
+    // machine (the benchmark measures full speed).
+    bed.up.limit_rate(Testbed::UP_IF, "200mbit");
+    let code = gateway.create_code(100.0, 1.0);
+    gateway.login_ok(&code);
+    let got = download(bed, 20 * MB);
+    assert_eq!(got, 20 * MB, "the download completes");
+
+    let metrics = || {
+        let text =
+            gateway
+                .bed
+                .gw
+                .run_ok(&["curl", "-sS", "-m", "2", "http://127.0.0.1:9464/metrics"]);
+        let get = |series: &str| metric(&text, series).unwrap_or(-1.0) as u64;
+        let totals = [
+            ("kernel", "up"),
+            ("kernel", "down"),
+            ("capture", "up"),
+            ("capture", "down"),
+        ]
+        .map(|(meter, direction)| {
+            get(&format!(
+                "edgeshare_metered_bytes_total{{meter=\"{meter}\",direction=\"{direction}\"}}"
+            ))
+        });
+        let drops = get("edgeshare_capture_drops_total{interface=\"gw-lan\"}");
+        (text, totals, drops)
+    };
+    // Both meters settle within a couple of seconds of the last packet.
+    let settled = wait_until(Duration::from_secs(5), || {
+        let (_, [k_up, k_down, c_up, c_down], _) = metrics();
+        k_down >= 20 * MB && (k_up, k_down) == (c_up, c_down)
+    });
+    let (text, [k_up, k_down, c_up, c_down], drops) = metrics();
+    println!(
+        "20 MB download at 200 Mbit/s: kernel up {k_up} down {k_down}, capture up {c_up} down \
+         {c_down}, capture drops {drops}"
+    );
+    assert_eq!(drops, 0, "no frame lost by the capture: {text}");
+    assert!(settled, "the meters agree exactly once quiet:\n{text}");
+    assert!(
+        text.contains("edgeshare_meter_drift_ratio 0\n"),
+        "drift 0 exported:\n{text}"
+    );
+
+    // The agent's view: live usage as the kernel counted it, and the flow of the download.
+    let socket = gateway.dir.path().join("gateway.sock");
+    let usage: edgeshare_shared::control::LiveUsage = serde_json::from_value(
+        edgeshare_shared::control::call(&socket, &serde_json::json!({"cmd": "usage"}))
+            .expect("usage"),
+    )
+    .expect("a LiveUsage reply");
+    assert_eq!(usage.clients.len(), 1, "{usage:?}");
+    let client = &usage.clients[0];
+    assert_eq!(
+        (client.up_bytes, client.down_bytes),
+        (k_up, k_down),
+        "{usage:?}"
+    );
+    assert!(
+        !client.session.contains(&code),
+        "session ids do not show the code"
+    );
+    let flows: edgeshare_shared::control::Flows = serde_json::from_value(
+        edgeshare_shared::control::call(&socket, &serde_json::json!({"cmd": "flows"}))
+            .expect("flows"),
+    )
+    .expect("a Flows reply");
+    let download_flow = flows
+        .connections
+        .iter()
+        .find(|c| c.dest_port == 8000)
+        .expect("the download's flow");
+    assert!(download_flow.bytes_in >= 20 * MB, "{download_flow:?}");
+    assert_eq!(download_flow.source_ip, Testbed::client_v4());
+    let again: edgeshare_shared::control::Flows = serde_json::from_value(
+        edgeshare_shared::control::call(&socket, &serde_json::json!({"cmd": "flows"}))
+            .expect("flows"),
+    )
+    .expect("a Flows reply");
+    assert!(
+        again.connections.iter().all(|c| c.dest_port != 8000),
+        "drained by the first request: {again:?}"
+    );
+}
+
+/// Counters in the client's own namespace (its own nftables table, independent of the
+/// gateway's) of its traffic with the download stand-in: IP bytes as the client sent and
+/// received them, after every qdisc on the way (the upstream's rate limiter cuts the
+/// sender's 64 KiB segments into wire-sized packets, each with its own headers).
+fn install_client_truth(bed: &Testbed) {
+    bed.client.run_ok(&[
+        "nft",
+        "add table inet truth; \
+         add chain inet truth input { type filter hook input priority 0; }; \
+         add chain inet truth output { type filter hook output priority 0; }; \
+         add rule inet truth output ip daddr 10.77.0.2 tcp dport 8000 counter; \
+         add rule inet truth input ip saddr 10.77.0.2 tcp sport 8000 counter",
+    ]);
+}
+
+/// What the client's own counters hold: `(sent, received)`.
+fn client_truth(bed: &Testbed) -> (u64, u64) {
+    let listing = bed
+        .client
+        .run_ok(&["nft", "-j", "list", "table", "inet", "truth"]);
+    let json: Value = serde_json::from_str(&listing).expect("nft -j output");
+    let mut counts = Vec::new();
+    for item in json["nftables"].as_array().expect("nftables array") {
+        if let Some(rule) = item.get("rule") {
+            for expr in rule["expr"].as_array().expect("rule expr") {
+                if let Some(counter) = expr.get("counter") {
+                    counts.push((
+                        rule["chain"].as_str().unwrap_or_default().to_owned(),
+                        counter["bytes"].as_u64().expect("bytes"),
+                    ));
+                }
+            }
+        }
+    }
+    let of = |chain: &str| {
+        counts
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map(|(_, bytes)| *bytes)
+            .expect("a counter per chain")
+    };
+    (of("output"), of("input"))
+}
+
+#[test]
+fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let _downloads = start_standin(&gateway.bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
+    gateway.bed.up.limit_rate(Testbed::UP_IF, "100mbit");
+    let code = gateway.create_code(500.0, 1.0);
+    gateway.login_ok(&code);
+    // Ground truth from here on: the client counts the download's packets itself.
+    install_client_truth(&gateway.bed);
+
+    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{}", 40 * MB);
+    let mut curl = gateway
+        .bed
+        .client
+        .spawn(&["curl", "-sS", "-o", "/dev/null", "-m", "20", &url]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    gateway.stop(Signal::KILL);
+    std::thread::sleep(Duration::from_millis(500));
+    gateway.run();
+    let finished = curl.wait_timeout(Duration::from_secs(20));
+    assert!(
+        finished.is_some_and(|s| s.success()),
+        "the download completes across the kill: {finished:?}"
+    );
+    // Both the kernel and the daemon have read the last packets, then a clean stop writes
+    // the ledger.
+    std::thread::sleep(Duration::from_millis(1_500));
+    gateway.stop(Signal::TERM);
+
+    let (truth_up, truth_down) = client_truth(&gateway.bed);
+    let mut reader =
+        edgeshare_shared::ledger::LedgerReader::open(&gateway.dir.path().join("state/ledger"))
+            .expect("the ledger");
+    let records = reader.read_after(0).expect("ledger records");
+    let last = records
+        .iter()
+        .rfind(|r| r.code == code)
+        .expect("the session's records");
+    println!(
+        "kill -9 mid-download: ledger up {} down {} ({} records), ground truth up {truth_up} \
+         down {truth_down}",
+        last.up,
+        last.down,
+        records.len()
+    );
+    assert!(
+        truth_down >= 40 * MB,
+        "the whole download was counted upstream"
+    );
+    assert_eq!(
+        (last.up, last.down),
+        (truth_up, truth_down),
+        "the ledger's totals are the ground truth, byte for byte"
+    );
+    gateway.run();
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::rules::{CHAINS, FAMILY, QUOTA_MAPS, QuotaElement, QuotaKey, Rule, SETS};
+use super::rules::{CHAINS, FAMILY, QUOTA_MAPS, QUOTA_PREFIX, QuotaElement, QuotaKey, Rule, SETS};
 use super::{ClientCounters, SessionQuota};
 use crate::net::{Client, Mac};
 
@@ -246,27 +246,38 @@ pub(crate) fn quota_map_elements(text: &str, map_name: &str) -> Result<Vec<Quota
 
 /// The quota object `name` of our table in the output of `nft -j list quotas table inet
 /// TABLE`, if there: its limit and what it has used (nft lists at most the limit).
-pub(crate) fn quota(text: &str, table: &str, name: &str) -> Result<Option<SessionQuota>, String> {
+pub(crate) fn quotas(text: &str, table: &str) -> Result<BTreeMap<String, SessionQuota>, String> {
     let listing: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(quota) = objects(&listing)?
+    let mut quotas = BTreeMap::new();
+    for quota in objects(&listing)?
         .iter()
         .filter_map(|object| object.get("quota"))
-        .find(|q| {
+        .filter(|q| {
             q.get("family").and_then(Value::as_str) == Some(FAMILY)
                 && q.get("table").and_then(Value::as_str) == Some(table)
-                && q.get("name").and_then(Value::as_str) == Some(name)
         })
-    else {
-        return Ok(None);
-    };
-    let number = |field: &str| {
-        quota
-            .get(field)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| format!("quota {name} without {field}: {quota}"))
-    };
-    Ok(Some(SessionQuota {
-        limit_bytes: number("bytes")?,
-        used_bytes: number("used")?,
-    }))
+    {
+        let name = quota
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        // Only our session quotas; anything else someone put in the table is not ours to read.
+        let Some(session) = name.strip_prefix(QUOTA_PREFIX) else {
+            continue;
+        };
+        let number = |field: &str| {
+            quota
+                .get(field)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("quota {name} without {field}: {quota}"))
+        };
+        quotas.insert(
+            session.to_owned(),
+            SessionQuota {
+                limit_bytes: number("bytes")?,
+                used_bytes: number("used")?,
+            },
+        );
+    }
+    Ok(quotas)
 }

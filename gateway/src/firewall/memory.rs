@@ -33,7 +33,7 @@ pub enum Call {
         remaining_bytes: u64,
     },
     ClearQuota(String),
-    QuotaUsed(String),
+    ListQuotas,
 }
 
 /// An in-memory firewall that behaves like the kernel's table as [`super::NftFirewall`]
@@ -342,11 +342,12 @@ impl Firewall for MemoryFirewall {
         Ok(())
     }
 
-    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError> {
-        let call = Call::QuotaUsed(session.to_owned());
-        let operation = Operation::ListQuota(session.to_owned());
-        let state = self.begin(call, operation, true)?;
-        session_quota_name(session)?;
-        Ok(state.quotas.get(session).copied())
+    fn list_quotas(&mut self) -> Result<BTreeMap<String, SessionQuota>, FirewallError> {
+        let state = self.begin(Call::ListQuotas, Operation::ListQuotas, true)?;
+        Ok(state
+            .quotas
+            .iter()
+            .map(|(session, quota)| (session.clone(), *quota))
+            .collect())
     }
 }

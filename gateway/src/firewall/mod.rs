@@ -104,6 +104,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::process::ExitStatus;
@@ -231,7 +232,7 @@ pub struct ClientCounters {
     pub down_packets: u64,
 }
 
-/// A session's kernel-side quota as listed: [`Firewall::quota_used`].
+/// A session's kernel-side quota as listed: [`Firewall::list_quotas`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionQuota {
     /// The limit given to the last [`Firewall::set_quota`] (at most `i64::MAX`).
@@ -256,8 +257,8 @@ pub enum Operation {
     SetQuota(String),
     /// [`Firewall::clear_quota`] of a session.
     ClearQuota(String),
-    /// [`Firewall::quota_used`] of a session.
-    ListQuota(String),
+    /// [`Firewall::list_quotas`].
+    ListQuotas,
     /// Listing one quota map's elements, for `set_quota` and `clear_quota`.
     ListMap(&'static str),
 }
@@ -273,7 +274,7 @@ impl fmt::Display for Operation {
             Operation::Uninstall => f.write_str("delete the table"),
             Operation::SetQuota(session) => write!(f, "set the quota of session {session}"),
             Operation::ClearQuota(session) => write!(f, "clear the quota of session {session}"),
-            Operation::ListQuota(session) => write!(f, "list the quota of session {session}"),
+            Operation::ListQuotas => f.write_str("list the session quotas"),
             Operation::ListMap(map) => write!(f, "list map {map}"),
         }
     }
@@ -379,8 +380,9 @@ pub trait Firewall: Send {
     /// not an error if the session has none.
     fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError>;
 
-    /// The session's quota and what it has used, `None` if it has none.
-    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError>;
+    /// Every session's quota and what it has used, by session id (one listing for all, as
+    /// the daemon checks them every tick).
+    fn list_quotas(&mut self) -> Result<BTreeMap<String, SessionQuota>, FirewallError>;
 }
 
 /// The quota object of `session`, or the error for an id that cannot be one.

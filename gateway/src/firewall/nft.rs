@@ -1,6 +1,7 @@
 //! [`NftFirewall`]: the batches of `rules` applied with the real `nft` (`nft -j -f -`, the
 //! JSON on stdin), and its listings read back with `listing`.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::process::{Command, Output, Stdio};
@@ -276,10 +277,9 @@ impl Firewall for NftFirewall {
     }
 
     /// `nft -j list quotas table inet TABLE`.
-    fn quota_used(&mut self, session: &str) -> Result<Option<SessionQuota>, FirewallError> {
+    fn list_quotas(&mut self) -> Result<BTreeMap<String, SessionQuota>, FirewallError> {
         self.config.validate()?;
-        let name = session_quota_name(session)?;
-        let operation = Operation::ListQuota(session.to_owned());
+        let operation = Operation::ListQuotas;
         let table = self.config.table.as_str();
         let output = self.run(
             &operation,
@@ -287,7 +287,6 @@ impl Firewall for NftFirewall {
             None,
         )?;
         let text = String::from_utf8_lossy(&output.stdout);
-        listing::quota(&text, table, &name)
-            .map_err(|detail| FirewallError::Listing { operation, detail })
+        listing::quotas(&text, table).map_err(|detail| FirewallError::Listing { operation, detail })
     }
 }

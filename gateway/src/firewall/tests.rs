@@ -1,6 +1,7 @@
 //! Unit tests of the firewall module: batches, listings, CIDRs, the in-memory firewall.
 //! (The real kernel is exercised by `tests/firewall_netns.rs`.)
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -1320,23 +1321,24 @@ fn captured_quota_listings_are_read() {
     );
     assert!(listing::quota_map_elements("nope", "quota4_up").is_err());
 
+    let quotas = listing::quotas(LIST_QUOTAS, "t").unwrap();
     assert_eq!(
-        listing::quota(LIST_QUOTAS, "t", "q_s2"),
-        Ok(Some(SessionQuota {
+        quotas.get("s2"),
+        Some(&SessionQuota {
             limit_bytes: 500,
             used_bytes: 12
-        }))
+        })
     );
     assert_eq!(
-        listing::quota(LIST_QUOTAS, "t", "q_s1"),
-        Ok(Some(SessionQuota {
+        quotas.get("s1"),
+        Some(&SessionQuota {
             limit_bytes: 1_000_000,
             used_bytes: 1_000_000
-        }))
+        })
     );
-    assert_eq!(listing::quota(LIST_QUOTAS, "t", "q_s3"), Ok(None));
-    assert_eq!(listing::quota(LIST_QUOTAS, "other", "q_s1"), Ok(None));
-    assert!(listing::quota(&LIST_QUOTAS.replace("\"used\"", "\"x\""), "t", "q_s1").is_err());
+    assert_eq!(quotas.len(), 2, "{quotas:?}");
+    assert_eq!(listing::quotas(LIST_QUOTAS, "other"), Ok(BTreeMap::new()));
+    assert!(listing::quotas(&LIST_QUOTAS.replace("\"used\"", "\"x\""), "t").is_err());
 }
 
 #[test]
@@ -1354,7 +1356,7 @@ fn memory_firewall_models_session_quotas() {
     assert!(fw.use_quota("s1", 400));
     assert!(!fw.quota_exhausted("s1"));
     assert_eq!(
-        fw.quota_used("s1").expect("used"),
+        fw.list_quotas().expect("used").get("s1").copied(),
         Some(SessionQuota {
             limit_bytes: 1_000,
             used_bytes: 400
@@ -1363,7 +1365,10 @@ fn memory_firewall_models_session_quotas() {
     assert!(fw.use_quota("s1", 4_000));
     assert!(fw.quota_exhausted("s1"));
     assert_eq!(
-        fw.quota_used("s1").expect("used").map(|q| q.used_bytes),
+        fw.list_quotas()
+            .expect("used")
+            .get("s1")
+            .map(|q| q.used_bytes),
         Some(1_000),
         "listed at most the limit, as nft does"
     );
@@ -1374,7 +1379,7 @@ fn memory_firewall_models_session_quotas() {
     fw.set_quota("s2", &[client4()], 70).expect("other session");
     assert_eq!(fw.quota_session(&client4()).as_deref(), Some("s2"));
     assert_eq!(
-        fw.quota_used("s1").expect("used"),
+        fw.list_quotas().expect("used").get("s1").copied(),
         Some(SessionQuota {
             limit_bytes: 50,
             used_bytes: 0
@@ -1384,7 +1389,7 @@ fn memory_firewall_models_session_quotas() {
     fw.clear_quota("s2").expect("clear");
     fw.clear_quota("s2").expect("clearing twice");
     assert_eq!(fw.quota_session(&client4()), None);
-    assert_eq!(fw.quota_used("s2").expect("used"), None);
+    assert_eq!(fw.list_quotas().expect("used").get("s2"), None);
     assert!(!fw.use_quota("s2", 1));
     assert!(matches!(
         fw.set_quota("bad id", &[], 1),
@@ -1402,7 +1407,7 @@ fn memory_firewall_models_session_quotas() {
                 clients: vec![client4(), client6()],
                 remaining_bytes: 1_000
             },
-            Call::QuotaUsed("s1".to_owned()),
+            Call::ListQuotas,
         ]
     );
     fw.flush_ruleset();

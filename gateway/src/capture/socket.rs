@@ -1,0 +1,147 @@
+//! The capture socket: an AF_PACKET socket made here (pnet cannot size its receive buffer or
+//! read its drop count), handed to pnet for reading.
+//!
+//! The only unsafe code of the gateway is here: `getsockopt(PACKET_STATISTICS)`, which
+//! neither rustix nor pnet offers.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::time::Duration;
+
+use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use rustix::net::{AddressFamily, SocketType, sockopt};
+
+use crate::net::Mac;
+
+/// Frames up to this size are read whole: GSO/GRO super-packets on veth and offloading
+/// NICs reach 64 KiB; the IP header (all the meter reads) is at the start either way.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The kernel's own count of what reached the socket, since the last reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Frames the socket received (including those dropped).
+    pub packets: u64,
+    /// Frames the kernel dropped because the socket's buffer was full: the meter missed them.
+    pub drops: u64,
+}
+
+pub struct CaptureSocket {
+    rx: Box<dyn DataLinkReceiver>,
+    // Kept so the descriptor stays open: pnet closes it when both halves are dropped.
+    _tx: Box<dyn DataLinkSender>,
+    fd: RawFd,
+    /// The receive buffer the kernel granted (it doubles what is asked, for its overhead).
+    pub buffer_bytes: usize,
+    /// The interface's MAC.
+    pub mac: Mac,
+}
+
+impl std::fmt::Debug for CaptureSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureSocket")
+            .field("fd", &self.fd)
+            .field("buffer_bytes", &self.buffer_bytes)
+            .finish()
+    }
+}
+
+fn interface(name: &str) -> io::Result<NetworkInterface> {
+    pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no network interface {name:?} to capture on"),
+            )
+        })
+}
+
+impl CaptureSocket {
+    /// Opens a capture of every frame in and out of `interface`, with a receive buffer of
+    /// `buffer_bytes` (forced past `net.core.rmem_max`, which needs CAP_NET_ADMIN; without it
+    /// the buffer is capped there and a warning says so). Reads give up after
+    /// `read_timeout`, so the reading thread can hand over its tallies on time when idle.
+    pub fn open(
+        interface_name: &str,
+        buffer_bytes: usize,
+        read_timeout: Duration,
+    ) -> io::Result<Self> {
+        let iface = interface(interface_name)?;
+        let mac = iface.mac.map(|m| Mac(m.octets())).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("interface {interface_name:?} has no MAC address (not Ethernet?)"),
+            )
+        })?;
+        // Protocol 0: the socket receives nothing until pnet binds it to the interface with
+        // ETH_P_ALL, so no frame of another interface slips in first.
+        let socket = rustix::net::socket(AddressFamily::PACKET, SocketType::RAW, None)?;
+        if let Err(err) = sockopt::set_socket_recv_buffer_size_force(&socket, buffer_bytes) {
+            tracing::warn!(
+                interface = interface_name,
+                error = %err,
+                "cannot force the capture buffer size (needs CAP_NET_ADMIN); using net.core.rmem_max at most, so the meter may drop packets under load"
+            );
+            sockopt::set_socket_recv_buffer_size(&socket, buffer_bytes)?;
+        }
+        let granted = sockopt::socket_recv_buffer_size(&socket)?;
+        let fd = socket.into_raw_fd();
+        let config = pnet_datalink::Config {
+            read_buffer_size: READ_BUFFER,
+            write_buffer_size: 0,
+            read_timeout: Some(read_timeout),
+            // Frames for other hosts are never forwarded by us, so never billable.
+            promiscuous: false,
+            socket_fd: Some(fd),
+            ..pnet_datalink::Config::default()
+        };
+        // On failure pnet has closed the descriptor.
+        match pnet_datalink::channel(&iface, config)? {
+            Channel::Ethernet(tx, rx) => Ok(CaptureSocket {
+                rx,
+                _tx: tx,
+                fd,
+                buffer_bytes: granted,
+                mac,
+            }),
+            _ => Err(io::Error::other(
+                "pnet returned a channel that is not Ethernet",
+            )),
+        }
+    }
+
+    /// The next frame, or an error of kind `TimedOut` after the read timeout.
+    pub fn next(&mut self) -> io::Result<&[u8]> {
+        self.rx.next()
+    }
+
+    /// What the kernel counted since the last call (reading resets its counters).
+    pub fn statistics(&self) -> io::Result<KernelStats> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `self.fd` is open for as long as `self` lives (pnet's halves, held here,
+        // own it); `stats` and `len` are valid for writes of the size `len` states.
+        let result = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut stats).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(KernelStats {
+            packets: u64::from(stats.tp_packets),
+            drops: u64::from(stats.tp_drops),
+        })
+    }
+}
