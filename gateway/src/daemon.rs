@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
-use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::code::{AccessCode, redact};
 use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
 use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
 use serde::{Deserialize, Serialize};
@@ -599,7 +599,7 @@ impl State {
             self.settle(now, Some(store));
         }
         for code in revoked {
-            tracing::info!(code = %short(&code), "code revoked in the store; cutting its devices off");
+            tracing::info!(code = %redact(code.as_str()), "code revoked in the store; cutting its devices off");
             let actions = self.core.revoke_code(&code, now);
             self.apply(actions, now, Some(store));
         }
@@ -704,11 +704,6 @@ fn warn_drift(found: &[DriftFound]) {
             "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
         );
     }
-}
-
-/// The first two characters of a code: enough to tell codes apart in a log, not to use one.
-fn short(code: &AccessCode) -> String {
-    format!("{}…", code.as_str().get(..2).unwrap_or(""))
 }
 
 fn policy(config: &GatewayConfig) -> Policy {
