@@ -277,7 +277,7 @@ pub fn metrics_text(figures: &GatewayFigures<'_>, audit: Option<&Audit>) -> Stri
         &mut out,
         "edgeshare_capture_buffer_bytes",
         "gauge",
-        "The capture socket's receive buffer as the kernel granted it.",
+        "The capture socket's receive buffer as the kernel reports it (twice capture.buffer_bytes: it counts its own overhead).",
     );
     let _ = writeln!(
         out,

@@ -1,10 +1,10 @@
 //! Reading the few header fields the meter needs from a captured Ethernet frame. Pure, no
 //! allocation, never panics on any input (a proptest feeds it garbage).
 //!
-//! The byte count is the IP header's total length, not the captured length: on veth and on
-//! NICs with segmentation offload a frame can be a 64 KiB GSO/GRO super-packet that the
-//! capture buffer cuts short, and the nftables counters the meter is checked against count
-//! the IP length too.
+//! The byte count is the IP header's total length, not the captured length: the capture
+//! keeps only each frame's first 128 bytes (its headers), on veth and on NICs with
+//! segmentation offload a frame can be a 64 KiB GSO/GRO super-packet, and the nftables
+//! counters the meter is checked against count the IP length too.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -66,8 +66,9 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
             let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
             let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
             let stated = u32::from(u16_at(ip, 2)?);
-            // A super-packet past 64 KiB (BIG TCP) states 0: its captured length is all there
-            // is (the buffer holds 64 KiB, enough for every frame the offloads make today).
+            // A super-packet past 64 KiB (BIG TCP, off unless gro_max_size is raised) states
+            // 0, and the capture keeps only the headers: what was captured is all there is
+            // to count, and the drift check against the kernel's counters will say so.
             let ip_len = if stated == 0 {
                 u32::try_from(ip.len()).ok()?
             } else {

@@ -1,12 +1,12 @@
 //! The capture socket: an AF_PACKET socket made here (pnet cannot size its receive buffer or
 //! read its drop count), handed to pnet for reading.
 //!
-//! The only unsafe code of the gateway is here: `getsockopt(PACKET_STATISTICS)`, which
-//! neither rustix nor pnet offers.
+//! The only unsafe code of the gateway is here: `getsockopt(PACKET_STATISTICS)` and
+//! `setsockopt(SO_ATTACH_FILTER)`, which neither rustix nor pnet offers.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::Duration;
 
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
@@ -14,9 +14,18 @@ use rustix::net::{AddressFamily, SocketType, sockopt};
 
 use crate::net::Mac;
 
-/// Frames up to this size are read whole: GSO/GRO super-packets on veth and offloading
-/// NICs reach 64 KiB; the IP header (all the meter reads) is at the start either way.
-const READ_BUFFER: usize = 64 * 1024;
+/// How much of each frame the kernel hands over: the headers the meter reads (Ethernet, a
+/// VLAN tag, an IPv4 header with options or an IPv6 header, the ports), not the payload. A
+/// 64 KiB GSO/GRO super-packet is then neither copied to us nor kept whole in the socket
+/// buffer while the thread is behind, which is what made the capture drop under load.
+const SNAPLEN: u32 = 128;
+/// pnet's read buffer: a little more than the snap length.
+const READ_BUFFER: usize = 256;
+/// `SO_ATTACH_FILTER` from asm-generic/socket.h (x86, ARM and arm64); the libc crate does
+/// not export it for glibc targets.
+const SO_ATTACH_FILTER: libc::c_int = 26;
+/// The classic BPF instruction `ret #k`: accept the packet, at most `k` bytes of it.
+const BPF_RET_K: u16 = 0x06;
 
 /// The kernel's own count of what reached the socket, since the last reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,6 +98,11 @@ impl CaptureSocket {
         }
         let granted = sockopt::socket_recv_buffer_size(&socket)?;
         let fd = socket.into_raw_fd();
+        if let Err(err) = attach_snaplen_filter(fd, SNAPLEN) {
+            // SAFETY: `fd` was just made here and is not used after this.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            return Err(err);
+        }
         let config = pnet_datalink::Config {
             read_buffer_size: READ_BUFFER,
             write_buffer_size: 0,
@@ -118,7 +132,8 @@ impl CaptureSocket {
         self.rx.next()
     }
 
-    /// What the kernel counted since the last call (reading resets its counters).
+    /// What the kernel counted since the last call (reading resets its counters). Drops
+    /// count frames the buffer had no room for; the filter's cut does not count.
     pub fn statistics(&self) -> io::Result<KernelStats> {
         let mut stats = libc::tpacket_stats {
             tp_packets: 0,
@@ -143,5 +158,35 @@ impl CaptureSocket {
             packets: u64::from(stats.tp_packets),
             drops: u64::from(stats.tp_drops),
         })
+    }
+}
+
+/// Attaches the one-instruction filter `ret #snaplen` to the socket `fd`.
+fn attach_snaplen_filter(fd: RawFd, snaplen: u32) -> io::Result<()> {
+    let mut program = [libc::sock_filter {
+        code: BPF_RET_K,
+        jt: 0,
+        jf: 0,
+        k: snaplen,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fd` is an open socket; `fprog` and the program it points to outlive the call,
+    // and the kernel copies the program before it returns.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&raw const fprog).cast::<libc::c_void>(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
