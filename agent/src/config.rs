@@ -6,9 +6,12 @@ use edgeshare_shared::backend::HttpSettings;
 use edgeshare_shared::backend::crowd::CrowdConfig;
 use edgeshare_shared::backend::depin::{DepinPaths, Framing};
 use edgeshare_shared::config::{Problems, Validate};
+use edgeshare_shared::ledger;
 use edgeshare_shared::paths::StateSettings;
 use edgeshare_shared::secret::Secret;
 use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
 use url::Url;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +27,9 @@ pub struct AgentConfig {
     /// Connections and metrics to the telemetry backend (contract 3).
     #[serde(default)]
     pub telemetry: Option<TelemetryConfig>,
+    /// How the gateway's usage ledger is reported; only used with `[backend]`.
+    #[serde(default)]
+    pub usage: Option<UsageSettings>,
     #[serde(default)]
     pub http: HttpSettings,
     #[serde(default)]
@@ -60,6 +66,30 @@ pub struct TelemetryConfig {
     pub password: Secret,
     /// Sent as `X-Tenant-Id` on every ingest call.
     pub tenant: String,
+}
+
+/// The `[usage]` section: reporting the gateway's usage ledger to `[backend]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSettings {
+    /// The gateway's ledger directory (the agent needs read access, e.g. through the group).
+    pub ledger: PathBuf,
+    /// A code's usage is reported once this many bytes are pending, or when a session ends:
+    /// the backend grants points per whole MiB of each report.
+    pub min_report_bytes: u64,
+    /// How often the ledger is read.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            ledger: ledger::default_dir(),
+            min_report_bytes: 1 << 20,
+            interval: Duration::from_secs(10),
+        }
+    }
 }
 
 fn check_scheme(key: &str, url: &Url, allowed: [&str; 2], problems: &mut Problems) {
@@ -99,6 +129,26 @@ impl Validate for AgentConfig {
             check_not_empty("telemetry.email", &telemetry.email, problems);
             check_not_empty("telemetry.password", telemetry.password.expose(), problems);
             check_not_empty("telemetry.tenant", &telemetry.tenant, problems);
+        }
+        if let Some(usage) = &self.usage {
+            if self.backend.is_none() {
+                problems.push(
+                    "usage",
+                    "reports go to [backend], which is not configured: add [backend] or remove [usage]",
+                );
+            }
+            if usage.min_report_bytes == 0 {
+                problems.push(
+                    "usage.min_report_bytes",
+                    "must be at least 1 (1048576 earns points)",
+                );
+            }
+            if usage.interval.is_zero() {
+                problems.push("usage.interval", "must be longer than 0 (e.g. \"10s\")");
+            }
+            if usage.ledger.as_os_str().is_empty() {
+                problems.push("usage.ledger", "must not be empty");
+            }
         }
         if self.backend.is_none() && self.stream.is_none() && self.telemetry.is_none() {
             problems.push(

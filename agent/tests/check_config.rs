@@ -81,3 +81,32 @@ fn bad_files_name_their_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn the_usage_section_needs_the_backend_and_sane_values() {
+    let (code, err) = check_text(
+        "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\n[usage]\nmin_report_bytes = 0\ninterval = \"0s\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("usage: reports go to [backend]"), "{err}");
+    assert!(
+        err.contains("usage.min_report_bytes: must be at least 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("usage.interval: must be longer than 0"),
+        "{err}"
+    );
+
+    let (code, err) = check_text(
+        "[device]\nid = \"d\"\n[backend]\nurl = \"http://127.0.0.1:1\"\nemail = \"e\"\npassword = \"p\"\n[usage]\nledger = \"/tmp/l\"\ninterval = \"ten seconds\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("line 9: usage.interval"), "{err}");
+
+    // With [backend], [usage] may be left out: the defaults apply.
+    let (code, err) = check_text(
+        "[device]\nid = \"d\"\n[backend]\nurl = \"http://127.0.0.1:1\"\nemail = \"e\"\npassword = \"p\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}

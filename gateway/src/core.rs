@@ -591,6 +591,34 @@ impl Core {
         actions
     }
 
+    /// After a restart, the usage ledger may hold more for a session than the restored
+    /// state plus the kernel's counters (the counters were lost, by a reboot say, after the
+    /// ledger was last written). The session's bytes become at least the ledger's totals,
+    /// never their sum, so nothing is counted twice; a session that reaches its quota so ends.
+    pub fn raise_usage(
+        &mut self,
+        code: &AccessCode,
+        started_at: Millis,
+        at_least: Usage,
+        now: Millis,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(session) = self
+            .sessions
+            .get_mut(code)
+            .filter(|s| s.started_at == started_at)
+        else {
+            return actions;
+        };
+        let down = session.used_bytes.saturating_sub(session.up_bytes);
+        session.up_bytes = session.up_bytes.max(at_least.up);
+        session.used_bytes = session.up_bytes.saturating_add(down.max(at_least.down));
+        if session.used_bytes >= session.quota_bytes {
+            self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+        }
+        actions
+    }
+
     /// The code was revoked (by the operator or the backend): every device out, the session
     /// ended for good, the code refused from now on (for [`REMEMBER_ENDED`]; the source is
     /// expected to refuse it itself by then). A code with no session is remembered as revoked
@@ -1495,6 +1523,40 @@ mod tests {
             ]
         );
         assert_eq!(session(&restored, 0).used_bytes, 1);
+    }
+
+    #[test]
+    fn the_ledger_raises_a_restored_session_but_never_adds_to_it() {
+        let mut core = Core::new(Policy::default());
+        core.accept_code(client(1, 1), grant(0, 1_000, None), at(0))
+            .unwrap();
+        core.record_usage(&[(client(1, 1), Usage { up: 100, down: 300 })], at(1));
+        // The ledger has less down, more up: each direction takes the larger.
+        let actions = core.raise_usage(&code(0), at(0), Usage { up: 150, down: 200 }, at(2));
+        assert!(actions.is_empty());
+        let view = session(&core, 0);
+        assert_eq!((view.up_bytes, view.used_bytes), (150, 450));
+        // Another session of the same code (another start) is not touched.
+        assert!(
+            core.raise_usage(&code(0), at(1), Usage { up: 900, down: 900 }, at(2))
+                .is_empty()
+        );
+        assert_eq!(session(&core, 0).used_bytes, 450);
+        // Raised to the quota: the session ends with the ledger's totals.
+        let actions = core.raise_usage(&code(0), at(0), Usage { up: 150, down: 850 }, at(3));
+        assert_eq!(
+            actions,
+            [
+                revoke(client(1, 1), EndReason::QuotaUsed),
+                Action::SessionEnded {
+                    code: code(0),
+                    started_at: at(0),
+                    reason: EndReason::QuotaUsed,
+                    used_bytes: 1_000,
+                    up_bytes: 150,
+                }
+            ]
+        );
     }
 
     #[test]

@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
-use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::code::{AccessCode, redact};
 use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, DriftFound};
@@ -107,6 +108,10 @@ struct State {
     rates: HashMap<Client, Usage>,
     rate_window: Duration,
     last_settle: Option<Millis>,
+    /// The usage ledger the agent reports from (`None` in tests that do not look at it).
+    ledger: Option<LedgerWriter>,
+    /// Final records of ended sessions not yet in the ledger.
+    ledger_pending: Vec<UsageUpdate>,
 }
 
 struct Shared {
@@ -160,6 +165,8 @@ impl State {
             rates: HashMap::new(),
             rate_window: TICK,
             last_settle: None,
+            ledger: None,
+            ledger_pending: Vec::new(),
         };
         (state, actions)
     }
@@ -188,11 +195,20 @@ impl State {
                 }
                 Action::SessionEnded {
                     code,
+                    started_at,
                     reason,
                     used_bytes,
-                    ..
+                    up_bytes,
                 } => {
-                    tracing::info!(code = %short(&code), ?reason, used_bytes, "session ended");
+                    let session = session_id(&code, started_at);
+                    tracing::info!(%session, ?reason, used_bytes, up_bytes, "session ended");
+                    self.ledger_pending.push(UsageUpdate {
+                        session,
+                        code: code.as_str().to_owned(),
+                        up: up_bytes,
+                        down: used_bytes.saturating_sub(up_bytes),
+                        ended: Some(reason.as_str().to_owned()),
+                    });
                     ended.push((code, used_bytes));
                     self.urgent = true;
                 }
@@ -201,6 +217,9 @@ impl State {
         self.dirty |= self.urgent;
         self.sync_quotas();
         self.meters_follow_clients();
+        if !self.ledger_pending.is_empty() {
+            self.write_ledger(Vec::new());
+        }
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
@@ -494,6 +513,8 @@ impl State {
             .filter(|a| !matches!(a, Action::Allow { client, .. } if present.contains(client)))
             .collect();
         self.apply(actions, now, store);
+        let raised = self.raise_to_ledger(now);
+        self.apply(raised, now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
         self.reconcile(now);
@@ -524,6 +545,10 @@ impl State {
 
     /// Writes the state to disk now (temp file, fsync, rename).
     fn save(&mut self, now: Millis) {
+        // The ledger first: should the daemon die between the two writes, the restored core
+        // is raised to the ledger's totals, never added to them (see `State::restored`).
+        let live = self.live_ledger_updates();
+        self.write_ledger(live);
         let persisted = self.persisted(now);
         let result = serde_json::to_vec(&persisted)
             .map_err(std::io::Error::other)
@@ -574,9 +599,73 @@ impl State {
             self.settle(now, Some(store));
         }
         for code in revoked {
-            tracing::info!(code = %short(&code), "code revoked in the store; cutting its devices off");
+            tracing::info!(code = %redact(code.as_str()), "code revoked in the store; cutting its devices off");
             let actions = self.core.revoke_code(&code, now);
             self.apply(actions, now, Some(store));
+        }
+    }
+
+    /// Raises each live session to its last ledger record where that is higher (see
+    /// [`Core::raise_usage`]).
+    fn raise_to_ledger(&mut self, now: Millis) -> Vec<Action> {
+        let Some(ledger) = &self.ledger else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        for session in self.core.sessions() {
+            let id = session_id(&session.code, session.started_at);
+            let Some(record) = ledger.latest(&id) else {
+                continue;
+            };
+            let recorded = Usage {
+                up: record.up,
+                down: record.down,
+            };
+            if recorded.total() > session.used_bytes || recorded.up > session.up_bytes {
+                tracing::warn!(
+                    session = %id,
+                    restored_bytes = session.used_bytes,
+                    ledger_bytes = recorded.total(),
+                    "the ledger holds more than the saved state and the kernel counters (were the counters lost, by a reboot?); continuing from the ledger"
+                );
+            }
+            actions.extend(
+                self.core
+                    .raise_usage(&session.code, session.started_at, recorded, now),
+            );
+        }
+        actions
+    }
+
+    /// Every live session's totals now, for the ledger.
+    fn live_ledger_updates(&self) -> Vec<UsageUpdate> {
+        self.core
+            .sessions()
+            .into_iter()
+            .map(|s| UsageUpdate {
+                session: session_id(&s.code, s.started_at),
+                code: s.code.as_str().to_owned(),
+                up: s.up_bytes,
+                down: s.used_bytes.saturating_sub(s.up_bytes),
+                ended: None,
+            })
+            .collect()
+    }
+
+    /// Appends the ended sessions' final records waiting in `ledger_pending`, and `live`, as
+    /// one batch (one fsync). On failure (a full disk, say) the final records wait for the
+    /// next try; live totals need no retry, the next save carries them (they are cumulative).
+    fn write_ledger(&mut self, live: Vec<UsageUpdate>) {
+        let Some(ledger) = &mut self.ledger else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.ledger_pending);
+        let finals = batch.len();
+        batch.extend(live);
+        if let Err(err) = ledger.append(&batch) {
+            tracing::error!(error = %err, "cannot write the usage ledger; retrying at the next save");
+            batch.truncate(finals);
+            self.ledger_pending = batch;
         }
     }
 
@@ -615,11 +704,6 @@ fn warn_drift(found: &[DriftFound]) {
             "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
         );
     }
-}
-
-/// The first two characters of a code: enough to tell codes apart in a log, not to use one.
-fn short(code: &AccessCode) -> String {
-    format!("{}…", code.as_str().get(..2).unwrap_or(""))
 }
 
 fn policy(config: &GatewayConfig) -> Policy {
@@ -867,6 +951,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let saved = load_state(&sessions_file)?;
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
+    let ledger_dir = state_dir.join("ledger");
+    state.ledger = Some(
+        LedgerWriter::open(&ledger_dir, LedgerLimits::default())
+            .with_context(|| format!("opening the usage ledger in {}", ledger_dir.display()))?,
+    );
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
@@ -1247,7 +1336,26 @@ mod tests {
         let mut firewall_box: Box<dyn Firewall> = Box::new(firewall.clone());
         firewall_box.install().unwrap();
         let file = dir.path().join("sessions.json");
-        State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0
+        let mut state = State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0;
+        state.ledger = Some(ledger(dir));
+        state
+    }
+
+    fn ledger(dir: &tempfile::TempDir) -> LedgerWriter {
+        LedgerWriter::open(&dir.path().join("ledger"), LedgerLimits::default()).unwrap()
+    }
+
+    /// Each session's last ledger record.
+    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<edgeshare_shared::ledger::UsageRecord> {
+        let mut reader =
+            edgeshare_shared::ledger::LedgerReader::open(&dir.path().join("ledger")).unwrap();
+        let mut latest: HashMap<String, edgeshare_shared::ledger::UsageRecord> = HashMap::new();
+        for record in reader.read_after(0).unwrap() {
+            latest.insert(record.session.clone(), record);
+        }
+        let mut records: Vec<_> = latest.into_values().collect();
+        records.sort_by_key(|r| r.seq);
+        records
     }
 
     /// The daemon starting again from `saved` at `now`, as `run` does.
@@ -1265,6 +1373,7 @@ mod tests {
             file,
             now,
         );
+        state.ledger = Some(ledger(dir));
         state.resume(actions, now, None);
         state
     }
@@ -1524,6 +1633,72 @@ mod tests {
         state.repair(Millis(2_000));
         assert!(fw.installed());
         assert_eq!(fw.allowed(), vec![client(2)]);
+    }
+
+    #[test]
+    fn the_ledger_is_exact_across_a_crash_between_its_write_and_the_state_save() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", 10_000, Millis(1_000));
+        fw.set_counters(&client(2), 300, 2_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000));
+        let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
+        // More traffic; the ledger is written, then the daemon dies before sessions.json.
+        fw.set_counters(&client(2), 400, 3_000);
+        state.tick(Millis(3_000), None);
+        let live = state.live_ledger_updates();
+        state.write_ledger(live);
+        let id = session_id(&code("ABCD2345"), Millis(1_000));
+        let last = ledger_latest(&dir);
+        assert_eq!(
+            (last[0].session.as_str(), last[0].up, last[0].down),
+            (id.as_str(), 400, 3_000)
+        );
+        drop(state);
+        // The kernel counts on while the daemon is down.
+        fw.set_counters(&client(2), 500, 4_000);
+        let saved: Persisted = serde_json::from_slice(&saved).unwrap();
+        let mut restarted = restart(&fw, &dir, saved, Millis(5_000));
+        assert_eq!(
+            used(&restarted),
+            4_500,
+            "the kernel's count, not ledger plus delta"
+        );
+        // The session reaches its quota: the ledger's last record is final and exact.
+        fw.set_counters(&client(2), 600, 9_400);
+        restarted.tick(Millis(6_000), None);
+        let last = ledger_latest(&dir);
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].up, last[0].down), (600, 9_400));
+        assert_eq!(last[0].ended.as_deref(), Some("quota used"));
+        assert!(!last[0].code.is_empty());
+    }
+
+    #[test]
+    fn after_a_reboot_the_ledger_keeps_what_the_lost_counters_held() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(&fw, &dir);
+        login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
+        fw.set_counters(&client(2), 300, 2_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000));
+        let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
+        fw.set_counters(&client(2), 700, 9_000);
+        state.tick(Millis(3_000), None);
+        let live = state.live_ledger_updates();
+        state.write_ledger(live);
+        drop(state);
+        // A reboot: the kernel's table and its counters are gone.
+        let rebooted = MemoryFirewall::new();
+        let mut boxed: Box<dyn Firewall> = Box::new(rebooted.clone());
+        boxed.install().unwrap();
+        let saved: Persisted = serde_json::from_slice(&saved).unwrap();
+        let restarted = restart(&rebooted, &dir, saved, Millis(60_000));
+        assert_eq!(used(&restarted), 9_700, "raised to the ledger's totals");
+        assert_eq!(rebooted.allowed(), vec![client(2)], "back online");
     }
 
     #[test]

@@ -1763,3 +1763,108 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
         "drained by the first request: {again:?}"
     );
 }
+
+/// Counters in the client's own namespace (its own nftables table, independent of the
+/// gateway's) of its traffic with the download stand-in: IP bytes as the client sent and
+/// received them, after every qdisc on the way (the upstream's rate limiter cuts the
+/// sender's 64 KiB segments into wire-sized packets, each with its own headers).
+fn install_client_truth(bed: &Testbed) {
+    bed.client.run_ok(&[
+        "nft",
+        "add table inet truth; \
+         add chain inet truth input { type filter hook input priority 0; }; \
+         add chain inet truth output { type filter hook output priority 0; }; \
+         add rule inet truth output ip daddr 10.77.0.2 tcp dport 8000 counter; \
+         add rule inet truth input ip saddr 10.77.0.2 tcp sport 8000 counter",
+    ]);
+}
+
+/// What the client's own counters hold: `(sent, received)`.
+fn client_truth(bed: &Testbed) -> (u64, u64) {
+    let listing = bed
+        .client
+        .run_ok(&["nft", "-j", "list", "table", "inet", "truth"]);
+    let json: Value = serde_json::from_str(&listing).expect("nft -j output");
+    let mut counts = Vec::new();
+    for item in json["nftables"].as_array().expect("nftables array") {
+        if let Some(rule) = item.get("rule") {
+            for expr in rule["expr"].as_array().expect("rule expr") {
+                if let Some(counter) = expr.get("counter") {
+                    counts.push((
+                        rule["chain"].as_str().unwrap_or_default().to_owned(),
+                        counter["bytes"].as_u64().expect("bytes"),
+                    ));
+                }
+            }
+        }
+    }
+    let of = |chain: &str| {
+        counts
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map(|(_, bytes)| *bytes)
+            .expect("a counter per chain")
+    };
+    (of("output"), of("input"))
+}
+
+#[test]
+fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let _downloads = start_standin(&gateway.bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
+    gateway.bed.up.limit_rate(Testbed::UP_IF, "100mbit");
+    let code = gateway.create_code(500.0, 1.0);
+    gateway.login_ok(&code);
+    // Ground truth from here on: the client counts the download's packets itself.
+    install_client_truth(&gateway.bed);
+
+    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{}", 40 * MB);
+    let mut curl = gateway
+        .bed
+        .client
+        .spawn(&["curl", "-sS", "-o", "/dev/null", "-m", "20", &url]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    gateway.stop(Signal::KILL);
+    std::thread::sleep(Duration::from_millis(500));
+    gateway.run();
+    let finished = curl.wait_timeout(Duration::from_secs(20));
+    assert!(
+        finished.is_some_and(|s| s.success()),
+        "the download completes across the kill: {finished:?}"
+    );
+    // Both the kernel and the daemon have read the last packets, then a clean stop writes
+    // the ledger.
+    std::thread::sleep(Duration::from_millis(1_500));
+    gateway.stop(Signal::TERM);
+
+    let (truth_up, truth_down) = client_truth(&gateway.bed);
+    let mut reader =
+        edgeshare_shared::ledger::LedgerReader::open(&gateway.dir.path().join("state/ledger"))
+            .expect("the ledger");
+    let records = reader.read_after(0).expect("ledger records");
+    let last = records
+        .iter()
+        .rfind(|r| r.code == code)
+        .expect("the session's records");
+    println!(
+        "kill -9 mid-download: ledger up {} down {} ({} records), ground truth up {truth_up} \
+         down {truth_down}",
+        last.up,
+        last.down,
+        records.len()
+    );
+    assert!(
+        truth_down >= 40 * MB,
+        "the whole download was counted upstream"
+    );
+    assert_eq!(
+        (last.up, last.down),
+        (truth_up, truth_down),
+        "the ledger's totals are the ground truth, byte for byte"
+    );
+    gateway.run();
+}

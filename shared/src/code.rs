@@ -51,6 +51,20 @@ impl AccessCode {
     }
 }
 
+/// A code as it may appear in a log line or an error: its first two characters only, since
+/// the whole code is a secret that lets anyone online.
+pub fn redact(code: &str) -> String {
+    format!("{}…", code.get(..2).unwrap_or(""))
+}
+
+/// A session id (`<code>-<start ms>`) with its code redacted: `AB…-1732190000000`.
+pub fn redact_session(session: &str) -> String {
+    match session.split_once('-') {
+        Some((code, rest)) => format!("{}-{rest}", redact(code)),
+        None => redact(session),
+    }
+}
+
 impl std::str::FromStr for AccessCode {
     type Err = BadCode;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -87,6 +101,17 @@ impl fmt::Debug for AccessCode {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn redacted_forms_keep_two_characters() {
+        assert_eq!(redact("ABCD2345"), "AB…");
+        assert_eq!(redact("A"), "…");
+        assert_eq!(
+            redact_session("ABCD2345-1732190000000"),
+            "AB…-1732190000000"
+        );
+        assert_eq!(redact_session("ABCD2345"), "AB…");
+    }
 
     #[test]
     fn typed_forms_are_accepted() {

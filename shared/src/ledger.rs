@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::code::{redact, redact_session};
 use crate::paths::{Daemon, StandardPaths};
 
 /// Rotate to a new segment once the current one is this large.
@@ -122,7 +123,8 @@ impl Default for LedgerLimits {
     }
 }
 
-/// A failed ledger operation; each says which file and what to do.
+/// A failed ledger operation; each says which file and what to do. Sessions and codes in it
+/// are redacted (codes are secrets).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger limits: {0}")]
@@ -526,14 +528,14 @@ impl LedgerWriter {
             if let Some(prev) = previous {
                 if prev.code != update.code {
                     return Err(LedgerError::CodeChanged {
-                        session: update.session.clone(),
-                        known: prev.code.clone(),
-                        given: update.code.clone(),
+                        session: redact_session(&update.session),
+                        known: redact(&prev.code),
+                        given: redact(&update.code),
                     });
                 }
                 if update.up < prev.up || update.down < prev.down {
                     return Err(LedgerError::WentBack {
-                        session: update.session.clone(),
+                        session: redact_session(&update.session),
                         up: update.up,
                         down: update.down,
                         prev_up: prev.up,
@@ -547,7 +549,7 @@ impl LedgerWriter {
                         continue;
                     }
                     return Err(LedgerError::AlreadyEnded {
-                        session: update.session.clone(),
+                        session: redact_session(&update.session),
                         reason: reason.clone(),
                     });
                 }
@@ -998,7 +1000,11 @@ mod tests {
             .append_at(2, &[update("BBBB2345-2", 1, 1), update(a, 9, 11)])
             .unwrap_err();
         assert!(matches!(err, LedgerError::WentBack { .. }), "{err}");
-        assert!(err.to_string().contains("AAAA2345-1"), "{err}");
+        assert!(err.to_string().contains("AA…-1"), "{err}");
+        assert!(
+            !err.to_string().contains("AAAA2345"),
+            "codes are secrets: {err}"
+        );
         // Refused whole: the good update in the batch was not written either.
         assert_eq!(w.last_seq(), 1);
         assert!(w.latest("BBBB2345-2").is_none());

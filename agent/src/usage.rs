@@ -1,0 +1,359 @@
+//! Reports the gateway's usage ledger to the codes backend (contract 1), exactly once.
+//!
+//! The logic is the pure state machine in [`core`](self::core); this is its shell: it reads
+//! the ledger from the persisted cursor, reads `remainingMB` (`GET /api/provider/codes`)
+//! before reports and after lost replies, persists the cursor **before** each report goes out
+//! (so a crash mid-report is settled by reading back, never by sending again blindly), sends
+//! the reports (one per code at a time, codes in parallel) and feeds their outcomes back.
+//!
+//! It does not write the ledger (the gateway does) and does not start itself: the agent's
+//! `run` spawns [`run_reporter`].
+
+mod core;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgeshare_shared::backend::crowd::{CrowdClient, UsageReport};
+use edgeshare_shared::backend::{BackendError, Rejection};
+use edgeshare_shared::code::{AccessCode, redact};
+use edgeshare_shared::ledger::{LedgerError, LedgerReader};
+use edgeshare_shared::retry::Backoff;
+use tokio::time::Instant;
+
+pub use self::core::{Cursor, InFlight, Notice, Outcome, Reporter, Send, SessionState};
+use crate::config::AgentConfig;
+
+/// The cursor's file name in the agent's state directory.
+pub const CURSOR_FILE: &str = "usage-cursor.json";
+
+/// What the reporter needs to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReporterSettings {
+    /// The gateway's ledger directory.
+    pub ledger: PathBuf,
+    /// Where the cursor is kept (replaced atomically).
+    pub cursor_file: PathBuf,
+    /// A code's report waits for this many bytes, unless a session of it ended.
+    pub min_report_bytes: u64,
+    /// How often the ledger is read.
+    pub interval: Duration,
+    /// How long after a lost reply `remainingMB` is read back: a request that is still on
+    /// its way must have been applied by then. The HTTP timeout is a fair value.
+    pub settle: Duration,
+    /// Delays between rounds that failed.
+    pub backoff: Backoff,
+}
+
+impl ReporterSettings {
+    /// The settings from the agent's config; `None` without a `[backend]`.
+    pub fn from_config(config: &AgentConfig) -> Option<Self> {
+        config.backend.as_ref()?;
+        let usage = config.usage.clone().unwrap_or_default();
+        Some(ReporterSettings {
+            ledger: usage.ledger,
+            cursor_file: config.state.dir.join(CURSOR_FILE),
+            min_report_bytes: usage.min_report_bytes,
+            interval: usage.interval,
+            settle: config.http.timeout,
+            backoff: Backoff::default(),
+        })
+    }
+}
+
+/// Why the reporter cannot run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    #[error("cannot read the usage cursor {}: {source}", path.display())]
+    ReadCursor {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the usage cursor {} is damaged ({source}); it records which usage was already reported: restore it from a backup, or move it away to report the whole ledger again (which may bill some usage twice)",
+        path.display()
+    )]
+    BadCursor {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The cursor saved at `path`, or an empty one if there is none yet.
+pub fn load_cursor(path: &Path) -> Result<Cursor, ReporterError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ReporterError::BadCursor {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Err(source) => Err(ReporterError::ReadCursor {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn save_cursor(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
+    let json = serde_json::to_vec(cursor)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // It names access codes, which are secrets: owner only.
+    edgeshare_shared::secret::write_private(path, &json)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The shell's state between rounds.
+struct Shell<'a> {
+    settings: &'a ReporterSettings,
+    client: &'a CrowdClient,
+    reporter: Reporter,
+    reader: Option<LedgerReader>,
+    started: Instant,
+    /// A missing ledger is reported once, not every round.
+    warned_missing: bool,
+}
+
+impl Shell<'_> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn log_notices(&mut self) {
+        for notice in self.reporter.take_notices() {
+            let message = notice.describe();
+            match notice {
+                Notice::Resolved { .. } => tracing::info!("{message}"),
+                Notice::Unbilled { bytes, .. } => {
+                    tracing::warn!(unbilled_bytes = bytes, "{message}")
+                }
+                Notice::Unclear { .. } => tracing::warn!("{message}"),
+                Notice::CodeGone { bytes, .. } | Notice::Parked { bytes, .. } => {
+                    tracing::error!(bytes, "{message}");
+                }
+            }
+        }
+    }
+
+    fn save(&self) -> bool {
+        match save_cursor(&self.settings.cursor_file, self.reporter.cursor()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    file = %self.settings.cursor_file.display(),
+                    error = %e,
+                    "cannot save the usage cursor; no report is sent until it can be (check the state directory's space and permissions)"
+                );
+                false
+            }
+        }
+    }
+
+    /// Opens the ledger if needed and takes in what is new. False if that failed.
+    fn read_ledger(&mut self) -> bool {
+        if self.reader.is_none() {
+            match LedgerReader::open(&self.settings.ledger) {
+                Ok(mut reader) => {
+                    self.warned_missing = false;
+                    // After a power cut the ledger may have lost a tail this cursor read.
+                    match reader.last_seq() {
+                        Ok(last) if last < self.reporter.cursor().read_seq => {
+                            tracing::warn!(
+                                ledger = %self.settings.ledger.display(),
+                                ledger_seq = last,
+                                cursor_seq = self.reporter.cursor().read_seq,
+                                "the ledger ends before what was read from it (a power cut?); reading it again from the start (nothing is reported twice)"
+                            );
+                            self.reporter.rewind();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the usage ledger");
+                            return false;
+                        }
+                    }
+                    self.reader = Some(reader);
+                }
+                Err(LedgerError::Missing { path }) => {
+                    if !self.warned_missing {
+                        tracing::warn!(
+                            ledger = %path.display(),
+                            "no usage ledger yet; waiting for the gateway to write one (check [usage] ledger if the gateway runs)"
+                        );
+                        self.warned_missing = true;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the usage ledger");
+                    return false;
+                }
+            }
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return true;
+        };
+        match reader.read_after(self.reporter.cursor().read_seq) {
+            Ok(records) => {
+                self.reporter.ingest(&records);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the usage ledger");
+                false
+            }
+        }
+    }
+
+    /// One round: read the ledger, and if there is work, read what the codes have left,
+    /// send the reports and settle them. False if something failed and the round should be
+    /// retried after a backoff.
+    async fn round(&mut self) -> bool {
+        let mut ok = self.read_ledger();
+        self.reporter.forget_old(unix_ms());
+        if !self.reporter.wants_remaining(self.now()) {
+            return ok;
+        }
+        let remaining: HashMap<String, f64> = match self.client.list_codes().await {
+            Ok(codes) => codes
+                .into_iter()
+                .map(|c| (c.code.as_str().to_owned(), c.remaining_mb))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read what the codes have left; usage reports wait");
+                return false;
+            }
+        };
+        let sends = self.reporter.plan(self.now(), &remaining);
+        self.log_notices();
+        // Written down before anything is sent: a crash from here on is settled by reading
+        // back, never by sending again.
+        if !self.save() {
+            for send in &sends {
+                self.reporter
+                    .on_outcome(&send.code, Outcome::NotApplied, self.now());
+            }
+            return false;
+        }
+        if sends.is_empty() {
+            return ok;
+        }
+        let client = self.client;
+        let outcomes = futures_util::future::join_all(
+            sends
+                .iter()
+                .map(|send| async move { (send, report(client, send).await) }),
+        )
+        .await;
+        for (send, outcome) in outcomes {
+            if outcome == Outcome::NotApplied {
+                ok = false;
+            }
+            if outcome == Outcome::Applied {
+                tracing::debug!(code = %redact(&send.code), bytes = send.bytes, "usage reported");
+            }
+            self.reporter.on_outcome(&send.code, outcome, self.now());
+        }
+        self.log_notices();
+        // If this fails, the cursor on disk still holds the reports in flight, and a restart
+        // reads them back: nothing is lost or doubled.
+        ok &= self.save();
+        ok
+    }
+}
+
+/// Sends one report and says how it ended.
+async fn report(client: &CrowdClient, send: &Send) -> Outcome {
+    let Ok(code) = AccessCode::parse(&send.code) else {
+        return Outcome::Refused {
+            kind: Rejection::NotFound,
+            message: "the ledger holds a malformed access code".to_owned(),
+        };
+    };
+    let request = UsageReport {
+        code,
+        bytes: send.bytes,
+        consumer_id: None,
+    };
+    match client.report_usage(&request).await {
+        Ok(_) => Outcome::Applied,
+        Err(err) => {
+            tracing::warn!(code = %redact(&send.code), bytes = send.bytes, error = %err, "usage report failed");
+            outcome_of(err)
+        }
+    }
+}
+
+fn outcome_of(err: BackendError) -> Outcome {
+    match err {
+        // A success status with a body not in the contract's shape was most likely applied;
+        // reading back decides.
+        BackendError::NoReply { .. } | BackendError::BadReply { .. } => Outcome::Unknown,
+        err if err.is_transient() => Outcome::NotApplied,
+        BackendError::Rejected { kind, message, .. } => Outcome::Refused { kind, message },
+        BackendError::Setup(_)
+        | BackendError::Unreachable { .. }
+        | BackendError::BodyTooLarge { .. } => Outcome::NotApplied,
+    }
+}
+
+/// Reports the ledger until `shutdown` completes. Returns an error only when it cannot run at
+/// all (a damaged cursor); everything else (no ledger yet, backend down) is logged and retried.
+pub async fn run_reporter(
+    settings: &ReporterSettings,
+    client: &CrowdClient,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ReporterError> {
+    let cursor = load_cursor(&settings.cursor_file)?;
+    let started = Instant::now();
+    let settle_ms = u64::try_from(settings.settle.as_millis()).unwrap_or(u64::MAX);
+    let mut shell = Shell {
+        settings,
+        client,
+        reporter: Reporter::new(cursor, settings.min_report_bytes, settle_ms, 0),
+        reader: None,
+        started,
+        warned_missing: false,
+    };
+    tracing::info!(
+        ledger = %settings.ledger.display(),
+        cursor = %settings.cursor_file.display(),
+        pending_bytes = shell.reporter.pending_total(),
+        "usage reporter started"
+    );
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut delays = settings.backoff.delays();
+    loop {
+        let ok = tokio::select! {
+            ok = shell.round() => ok,
+            () = &mut shutdown => return Ok(()),
+        };
+        let wait = if ok {
+            delays = settings.backoff.delays();
+            let now = shell.now();
+            let to_verify = shell
+                .reporter
+                .next_verify_ms()
+                .map_or(settings.interval, |at| {
+                    Duration::from_millis(at.saturating_sub(now))
+                });
+            settings.interval.min(to_verify)
+        } else {
+            delays.next().unwrap_or(settings.backoff.max)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The usage reporter against the real stand-in backend over loopback, with injected faults
+//! (500s, slow replies, replies after the client gave up, dropped connections) and agent
+//! crashes: whatever happens, once the faults stop each code is billed exactly its sessions'
+//! totals from the ledger, clamped to what the code was sold with.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use edgeshare_agent::usage::{ReporterSettings, load_cursor, run_reporter};
+use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient, CrowdConfig, MB};
+use edgeshare_shared::backend::{HttpClient, HttpSettings};
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
+use edgeshare_shared::retry::Backoff;
+use edgeshare_shared::secret::Secret;
+use edgeshare_standin::{Fault, FaultKind, Standin, StandinConfig};
+use proptest::prelude::*;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const MIB: u64 = 1 << 20;
+const REPORT: &str = "/api/gateway/report-usage";
+const LIST: &str = "/api/provider/codes";
+/// Client timeout: short, so that faults cost little time.
+const TIMEOUT: Duration = Duration::from_millis(200);
+/// A request still on its way after the client gave up is applied within this.
+const SETTLE: Duration = Duration::from_millis(700);
+/// Longest a case may take before it counts as stuck.
+const DEADLINE: Duration = Duration::from_secs(40);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(standin: &Standin) -> CrowdClient {
+    let http = HttpClient::new(&HttpSettings {
+        timeout: TIMEOUT,
+        connect_timeout: Duration::from_secs(1),
+        ca_file: None,
+    })
+    .unwrap();
+    CrowdClient::new(
+        &http,
+        &CrowdConfig {
+            url: standin.base_url().parse().unwrap(),
+            email: "provider@example.com".into(),
+            password: Secret::new("Provider@123"),
+        },
+    )
+}
+
+fn settings(dir: &Path) -> ReporterSettings {
+    ReporterSettings {
+        ledger: dir.join("ledger"),
+        cursor_file: dir.join("agent/usage-cursor.json"),
+        min_report_bytes: MIB,
+        interval: Duration::from_millis(40),
+        settle: SETTLE,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(150),
+            multiplier: 2.0,
+        },
+    }
+}
+
+/// A session: the code it is on, and how much it uses at each step.
+type Session = (usize, Vec<u64>);
+
+/// Writes the sessions to the ledger in rounds, the way the gateway would: each round adds
+/// one step to every session still going; a session's last step ends it.
+fn write_round(
+    ledger: &mut LedgerWriter,
+    codes: &[String],
+    sessions: &[Session],
+    round: usize,
+    start_ms: u64,
+) -> bool {
+    let mut batch = Vec::new();
+    for (i, (code, steps)) in sessions.iter().enumerate() {
+        if round >= steps.len() {
+            continue;
+        }
+        let total: u64 = steps[..=round].iter().sum();
+        batch.push(UsageUpdate {
+            session: format!("{}-{}", codes[*code], start_ms + i as u64),
+            code: codes[*code].clone(),
+            up: total / 4,
+            down: total - total / 4,
+            ended: (round + 1 == steps.len()).then(|| "expired".to_owned()),
+        });
+    }
+    ledger.append(&batch).unwrap();
+    !batch.is_empty()
+}
+
+/// Makes one code per quota (in bytes) and returns them.
+async fn make_codes(client: &CrowdClient, quotas: &[u64]) -> Vec<String> {
+    let mut codes = Vec::new();
+    for quota in quotas {
+        let made = client
+            .create_codes(&CreateCodes {
+                total_mb: *quota as f64 / MB,
+                count: 1,
+                expire_hours: Some(24.0),
+            })
+            .await
+            .unwrap();
+        codes.push(made[0].code.as_str().to_owned());
+    }
+    codes
+}
+
+/// Bytes the backend has deducted from `code`.
+fn billed(standin: &Standin, code: &str) -> u64 {
+    let state = standin.code(code).unwrap();
+    ((state.total_mb - state.remaining_mb) * MB).round() as u64
+}
+
+fn expected(quotas: &[u64], sessions: &[Session]) -> Vec<u64> {
+    let mut used = vec![0u64; quotas.len()];
+    for (code, steps) in sessions {
+        used[*code] += steps.iter().sum::<u64>();
+    }
+    used.iter().zip(quotas).map(|(u, q)| (*u).min(*q)).collect()
+}
+
+/// True once the cursor on disk says nothing is pending or in flight.
+fn cursor_settled(path: &Path) -> bool {
+    let Ok(cursor) = load_cursor(path) else {
+        return false;
+    };
+    cursor.in_flight.is_empty() && cursor.sessions.values().all(|s| s.settled == s.seen)
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+fn spawn_reporter(settings: &ReporterSettings, standin: &Standin) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let settings = settings.clone();
+    let client = client(standin);
+    let task = tokio::spawn(async move {
+        run_reporter(&settings, &client, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running { stop, task }
+}
+
+/// Waits until the backend shows `want` for every code and the cursor is settled, then a
+/// while longer to see that nothing more arrives (a late duplicate would).
+async fn wait_exact(standin: &Standin, codes: &[String], want: &[u64], cursor: &Path) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let got: Vec<u64> = codes.iter().map(|c| billed(standin, c)).collect();
+        if got == want && cursor_settled(cursor) {
+            break;
+        }
+        for (g, w) in got.iter().zip(want) {
+            assert!(g <= w, "billed more than used: {got:?} > {want:?}");
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "not settled: billed {got:?}, want {want:?}, cursor {:?}, requests {:?}",
+            load_cursor(cursor).ok(),
+            standin
+                .received()
+                .iter()
+                .filter(|r| r.path.starts_with("/api/"))
+                .map(|r| format!("{} {} {:?} {}", r.path, r.body, r.status, r.at))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(SETTLE + TIMEOUT * 2).await;
+    let got: Vec<u64> = codes.iter().map(|c| billed(standin, c)).collect();
+    assert_eq!(got, want, "changed after it had settled");
+}
+
+/// The backend's own usage log agrees: every deduction has a log line, none was lost to a
+/// concurrent report on the same code.
+async fn check_logs(client: &CrowdClient, codes: &[String], want: &[u64]) {
+    let usage = client.usage().await.unwrap();
+    let mut logged: HashMap<String, u64> = HashMap::new();
+    for log in &usage.logs {
+        *logged
+            .entry(log["code"].as_str().unwrap().to_owned())
+            .or_default() += log["bytes"].as_u64().unwrap();
+    }
+    for (code, w) in codes.iter().zip(want) {
+        assert_eq!(logged.get(code).copied().unwrap_or(0), *w, "log of {code}");
+    }
+}
+
+fn fault_kind() -> impl Strategy<Value = FaultKind> {
+    prop_oneof![
+        Just(FaultKind::Status500),
+        // A slow reply, within the timeout.
+        Just(FaultKind::DelayBefore(TIMEOUT / 2)),
+        // Applied after the client gave up.
+        Just(FaultKind::DelayBefore(TIMEOUT * 2)),
+        Just(FaultKind::DelayAfter(TIMEOUT * 2)),
+        Just(FaultKind::ApplyThenDrop),
+    ]
+}
+
+fn faults() -> impl Strategy<Value = Vec<(bool, FaultKind, u32)>> {
+    // (on the list call instead of the report, kind, how many times)
+    prop::collection::vec((prop::bool::weighted(0.2), fault_kind(), 1u32..3), 0..5)
+}
+
+fn sessions() -> impl Strategy<Value = Vec<Session>> {
+    // Steps from nothing to 1.5 MiB: sessions under 1 MiB and well over.
+    prop::collection::vec(
+        (0usize..3, prop::collection::vec(0u64..3 * MIB / 2, 1..5)),
+        1..7,
+    )
+}
+
+fn quotas() -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(MIB / 2..6 * MIB, 3)
+}
+
+fn install(standin: &Standin, faults: &[(bool, FaultKind, u32)]) {
+    for (on_list, kind, times) in faults {
+        let prefix = if *on_list { LIST } else { REPORT };
+        standin.set_fault(Fault::new(prefix, *kind).times(*times));
+    }
+}
+
+async fn start_standin() -> Standin {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    edgeshare_standin::start(listener, StandinConfig::default())
+        .await
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_backend_bills_exactly_the_ledger(
+        sessions in sessions(),
+        quotas in quotas(),
+        faults in faults(),
+    ) {
+        runtime().block_on(async {
+            let standin = start_standin().await;
+            let provider = client(&standin);
+            let codes = make_codes(&provider, &quotas).await;
+            let dir = tempfile::tempdir().unwrap();
+            let settings = settings(dir.path());
+            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            install(&standin, &faults);
+            let running = spawn_reporter(&settings, &standin);
+            // The gateway writes while the agent reports.
+            let mut round = 0;
+            while write_round(&mut ledger, &codes, &sessions, round, 1_732_190_000_000) {
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            let want = expected(&quotas, &sessions);
+            wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
+            standin.clear_faults();
+            check_logs(&provider, &codes, &want).await;
+            running.stop.send(()).unwrap();
+            running.task.await.unwrap();
+            standin.shutdown().await;
+        });
+    }
+
+    #[test]
+    fn an_agent_killed_at_any_moment_resumes_exactly(
+        sessions in sessions(),
+        quotas in quotas(),
+        faults in faults(),
+        kills in prop::collection::vec(0u64..400, 1..4),
+    ) {
+        runtime().block_on(async {
+            let standin = start_standin().await;
+            let provider = client(&standin);
+            let codes = make_codes(&provider, &quotas).await;
+            let dir = tempfile::tempdir().unwrap();
+            let settings = settings(dir.path());
+            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let mut round = 0;
+            while write_round(&mut ledger, &codes, &sessions, round, 1_732_190_000_000) {
+                round += 1;
+            }
+            install(&standin, &faults);
+            for after_ms in kills {
+                let running = spawn_reporter(&settings, &standin);
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                // As abrupt as a crash: wherever it is, the task stops at its next await.
+                running.task.abort();
+                let _ = running.task.await;
+            }
+            let running = spawn_reporter(&settings, &standin);
+            let want = expected(&quotas, &sessions);
+            wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
+            standin.clear_faults();
+            check_logs(&provider, &codes, &want).await;
+            running.stop.send(()).unwrap();
+            running.task.await.unwrap();
+            standin.shutdown().await;
+        });
+    }
+}
+
+fn count(standin: &Standin, path: &str) -> usize {
+    standin.received().iter().filter(|r| r.path == path).count()
+}
+
+/// One fault of each kind on the first report: the bytes arrive once, and a report whose
+/// reply was lost is read back rather than sent again when it was applied.
+#[test]
+fn each_fault_costs_no_byte_and_no_double() {
+    runtime().block_on(async {
+        for (kind, reports) in [
+            (FaultKind::Status500, Some(2)),
+            (FaultKind::DelayAfter(TIMEOUT * 2), Some(1)),
+            (FaultKind::ApplyThenDrop, Some(1)),
+            // Whether the stand-in still applies a request whose client left is its own
+            // business; either way the bytes arrive once.
+            (FaultKind::DelayBefore(TIMEOUT * 2), None),
+        ] {
+            let standin = start_standin().await;
+            let provider = client(&standin);
+            let codes = make_codes(&provider, &[10 * MIB]).await;
+            let dir = tempfile::tempdir().unwrap();
+            let settings = settings(dir.path());
+            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let sessions = vec![(0, vec![MIB / 3, 2 * MIB])];
+            let mut round = 0;
+            while write_round(&mut ledger, &codes, &sessions, round, 1) {
+                round += 1;
+            }
+            standin.set_fault(Fault::new(REPORT, kind).times(1));
+            let running = spawn_reporter(&settings, &standin);
+            let want = expected(&[10 * MIB], &sessions);
+            wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
+            if let Some(reports) = reports {
+                assert_eq!(count(&standin, REPORT), reports, "{kind:?}");
+            }
+            check_logs(&provider, &codes, &want).await;
+            running.stop.send(()).unwrap();
+            running.task.await.unwrap();
+            standin.shutdown().await;
+        }
+    });
+}
+
+/// A report the backend refuses (here: the code expired) is not sent again and again, and
+/// an idle reporter does not poll the backend.
+#[test]
+fn a_refused_report_is_not_retried_in_a_loop() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let provider = client(&standin);
+        let made = provider
+            .create_codes(&CreateCodes {
+                total_mb: 10.0,
+                count: 1,
+                // Already expired: the backend lists it, and refuses reports for it.
+                expire_hours: Some(-0.001),
+            })
+            .await
+            .unwrap();
+        let code = made[0].code.as_str().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        write_round(
+            &mut ledger,
+            std::slice::from_ref(&code),
+            &[(0, vec![2 * MIB])],
+            0,
+            1,
+        );
+        let running = spawn_reporter(&settings, &standin);
+        let started = tokio::time::Instant::now();
+        while !cursor_settled(&settings.cursor_file) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "never gave up on the refused report"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Many intervals later: still one report, and no polling of the code list.
+        tokio::time::sleep(settings.interval * 10).await;
+        assert_eq!(count(&standin, REPORT), 1);
+        assert_eq!(
+            count(&standin, LIST),
+            1 + 1,
+            "one create, one read before the report"
+        );
+        let received = standin.received();
+        let refused = received.iter().find(|r| r.path == REPORT).unwrap();
+        assert_eq!(refused.status, Some(400));
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}
