@@ -4,6 +4,9 @@
 #
 #   bash bench/accounting.sh            # builds target/release first (cargo build --release)
 #   BENCH_NO_BUILD=1 bash bench/accounting.sh
+#   EDGESHARE_CAPTURE__BUFFER_BYTES=67108864 CAPTURE_NICE=-10 bash bench/accounting.sh
+#     (experiments: the gateway reads the first from its environment; the second renices its
+#     capture thread; both are named in the table's set-up line)
 #
 #   client c0 (10.66.0.2), ── lan0 [gateway] wan0 ── upstream u0: iperf3 -s on 10.99.0.2,
 #   macvlans on c0           10.66.0.1/16 10.99.0.1   the stand-in on 10.99.0.3:9000 (downloads)
