@@ -81,28 +81,6 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 
 netns_testbed bench 16
 say "network namespaces $NS_C, $NS_G, $NS_U"
-# Many clients on one veth, each a macvlan with its own MAC: ARP must answer for an address
-# only on its own interface (arp_ignore=1), or the gateway learns the wrong MAC for it.
-in_ns "$NS_C" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
-  net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-
-# add_clients PREFIX FIRST COUNT: clients number FIRST to FIRST + COUNT - 1, each a macvlan
-# PREFIX<n> with MAC 02:00:00:HH:LL:01 and address 10.66.HH.LL (HH = 1 + n / 250,
-# LL = 1 + n % 250; n < 60000).
-add_clients() {
-  local prefix=$1 first=$2 count=$3 n hi lo
-  for n in $(seq "$first" $((first + count - 1))); do
-    hi=$((1 + n / 250))
-    lo=$((1 + n % 250))
-    printf 'link add link c0 name %s%d address 02:00:00:%02x:%02x:01 type macvlan mode bridge\n' "$prefix" "$n" "$hi" "$lo"
-    printf 'addr add 10.66.%d.%d/16 dev %s%d\n' "$hi" "$lo" "$prefix" "$n"
-    printf 'link set %s%d up\n' "$prefix" "$n"
-    # A socket bound to the device needs a default route through it.
-    printf 'route add default via 10.66.0.1 dev %s%d metric %d\n' "$prefix" "$n" $((100 + n))
-  done >"$WORK/clients.batch"
-  ip -n "$NS_C" -batch "$WORK/clients.batch"
-}
-client_ip() { local n=$1; echo "10.66.$((1 + n / 250)).$((1 + n % 250))"; }
 
 say "upstream: the stand-in at 10.99.0.3:9000"
 netns_start_standin "$NS_U" "$WORK/upstream" "$BIN/edgeshare-standin" --listen 10.99.0.3:9000
@@ -393,9 +371,9 @@ LOGIN_JSON=$(client 300 logins c0 10.66.0.2 "$NETNS_CLIENT_MAC" "$WORK/login-cod
 # leak bytes into the next.
 NEXT_CLIENT=1
 next_client() { # sets IFACE and SRC to a new macvlan client
-  add_clients x "$NEXT_CLIENT" 1
+  netns_add_clients x "$NEXT_CLIENT" 1
   IFACE=x$NEXT_CLIENT
-  SRC=$(client_ip "$NEXT_CLIENT")
+  SRC=$(netns_client_ip "$NEXT_CLIENT")
   NEXT_CLIENT=$((NEXT_CLIENT + 1))
 }
 shape() { # shape full|uplink|lan: where the link rate RATE applies (tc tbf)
@@ -460,11 +438,11 @@ shape full
 RSS_AFTER_RUNS=$(rss_kib)
 
 say "4/4: $CLIENTS clients, each its own MAC, address and code"
-add_clients m 1000 "$CLIENTS"
+netns_add_clients m 1000 "$CLIENTS"
 codes 50 1 "$CLIENTS" "$WORK/many-codes"
 n=1000
 while read -r code; do
-  echo "m$n $(client_ip "$n") $code"
+  echo "m$n $(netns_client_ip "$n") $code"
   n=$((n + 1))
 done <"$WORK/many-codes" >"$WORK/many"
 MANY_JSON=$(client 600 many "$WORK/many")

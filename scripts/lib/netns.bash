@@ -4,6 +4,9 @@
 #   client (10.66.0.2) ── lan0 [gateway] wan0 ── upstream (10.99.0.2 and 10.99.0.3 on u0)
 #     c0                   10.66.0.1  10.99.0.1
 #
+# Clients beyond the first are macvlans on c0 (netns_add_clients); netns_quiet keeps the links
+# silent but for the traffic under test (for benchmarks that count bytes on them).
+#
 # The namespaces are named es-TAG-c-PID, es-TAG-g-PID and es-TAG-u-PID (PID: the script's),
 # so that runs side by side do not meet. Every process started here is recorded by its PID and
 # every namespace by its name; netns_cleanup ends and removes exactly those, and
@@ -84,6 +87,70 @@ addr add 10.99.0.2/24 dev u0
 addr add 10.99.0.3/24 dev u0
 link set u0 up
 EOF
+}
+
+# netns_client_ip N, netns_client_mac N: the address and MAC of client number N made by
+# netns_add_clients (N < 60000): 10.66.HH.LL and 02:00:00:HH:LL:01, with HH = 1 + N / 250 and
+# LL = 1 + N % 250 (so the testbed's LAN must be a /16: `netns_testbed TAG 16`).
+netns_client_ip() { echo "10.66.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
+netns_client_mac() { printf '02:00:00:%02x:%02x:01\n' $((1 + $1 / 250)) $((1 + $1 % 250)); }
+
+# netns_add_clients PREFIX FIRST COUNT: clients number FIRST to FIRST + COUNT - 1 in the client
+# namespace, each a macvlan PREFIX<n> on c0 with its own MAC and address (netns_client_ip): the
+# gateway binds a session to MAC + IP and treats one MAC as one device, so clients sharing a
+# MAC would take each other's place.
+netns_add_clients() {
+  local prefix=$1 first=$2 count=$3 n
+  # Many clients on one veth: ARP must answer for an address only on its own interface
+  # (arp_ignore=1), or the gateway learns the wrong MAC for it.
+  in_ns "$NS_C" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 || return
+  for n in $(seq "$first" $((first + count - 1))); do
+    printf 'link add link c0 name %s%d address %s type macvlan mode bridge\n' "$prefix" "$n" "$(netns_client_mac "$n")"
+    printf 'addr add %s/16 dev %s%d\n' "$(netns_client_ip "$n")" "$prefix" "$n"
+    printf 'link set %s%d up\n' "$prefix" "$n"
+    # A socket bound to the device needs a default route through it.
+    printf 'route add default via 10.66.0.1 dev %s%d metric %d\n' "$prefix" "$n" $((100 + n))
+  done | ip -n "$NS_C" -batch -
+}
+
+# netns_mac NS IFACE: the MAC address of IFACE in the namespace NS.
+netns_mac() {
+  ip -n "$1" -br link show dev "$2" | awk '{print $3}'
+}
+
+# netns_quiet: keeps the testbed's links silent but for the traffic under test, so that their
+# interface counters can serve as the ground truth for the gateway's meters: IPv6 off in the
+# three namespaces (no neighbour or router solicitations, no MLD reports) and permanent
+# neighbour entries for the testbed's addresses (no ARP). Clients added with
+# netns_add_clients are pinned with netns_pin_clients.
+netns_quiet() {
+  local ns lan wan u0
+  for ns in "$NS_C" "$NS_G" "$NS_U"; do
+    # "all" applies to the interfaces that exist, "default" to those made later (macvlans).
+    in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 || return
+  done
+  lan=$(netns_mac "$NS_G" lan0) && wan=$(netns_mac "$NS_G" wan0) && u0=$(netns_mac "$NS_U" u0) || return
+  ip -n "$NS_C" neigh replace 10.66.0.1 lladdr "$lan" dev c0 nud permanent || return
+  ip -n "$NS_G" -batch - <<EOF || return
+neigh replace 10.66.0.2 lladdr $NETNS_CLIENT_MAC dev lan0 nud permanent
+neigh replace 10.99.0.2 lladdr $u0 dev wan0 nud permanent
+neigh replace 10.99.0.3 lladdr $u0 dev wan0 nud permanent
+EOF
+  ip -n "$NS_U" neigh replace 10.99.0.1 lladdr "$wan" dev u0 nud permanent
+}
+
+# netns_pin_clients PREFIX FIRST COUNT: permanent neighbour entries (no ARP) both ways between
+# the gateway and the clients FIRST to FIRST + COUNT - 1 made by netns_add_clients.
+netns_pin_clients() {
+  local prefix=$1 first=$2 count=$3 n lan
+  lan=$(netns_mac "$NS_G" lan0) || return
+  for n in $(seq "$first" $((first + count - 1))); do
+    printf 'neigh replace 10.66.0.1 lladdr %s dev %s%d nud permanent\n' "$lan" "$prefix" "$n"
+  done | ip -n "$NS_C" -batch - || return
+  for n in $(seq "$first" $((first + count - 1))); do
+    printf 'neigh replace %s lladdr %s dev lan0 nud permanent\n' "$(netns_client_ip "$n")" "$(netns_client_mac "$n")"
+  done | ip -n "$NS_G" -batch -
 }
 
 # netns_gateway_config FILE STATE_DIR SOCKET TABLE SOURCE [BACKEND_URL BACKEND_EMAIL]: writes
