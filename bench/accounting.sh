@@ -25,7 +25,7 @@
 #
 # What it measures:
 #   1. one client, iperf3 to the upstream for DURATION s per row: TCP 1 and 8 streams, upload
-#      and download (-R), as fast as it goes; UDP with 64- and 1400-byte payloads at UDP_RATES
+#      and download (-R), as fast as it goes, and 1 stream held to 1 Gbit/s each way; UDP with 64- and 1400-byte payloads at UDP_RATES
 #      (upload; 0 = as fast as iperf3 can send), and each at full speed downloading. Per row:
 #      the rate and frames/s into the gateway, iperf3's own payload count, the bytes by ground
 #      truth and by each meter and their error, capture drops, the gateway's CPU (utime +
@@ -469,6 +469,8 @@ row "TCP 1 stream, upload" up
 row "TCP 1 stream, download" down -R
 row "TCP 8 streams, upload" up -P 8
 row "TCP 8 streams, download" down -P 8 -R
+row "TCP 1 stream, 1 Gbit/s, upload" up -b 1G
+row "TCP 1 stream, 1 Gbit/s, download" down -b 1G -R
 for size in 64 1400; do
   for rate in $UDP_RATES; do
     row "UDP $size B, upload, $([ "$rate" = 0 ] && echo max || echo "$rate")" up -u -l "$size" -b "$rate"
