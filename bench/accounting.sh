@@ -25,8 +25,9 @@
 #
 # What it measures:
 #   1. one client, iperf3 to the upstream for DURATION s per row: TCP 1 and 8 streams, upload
-#      and download (-R), as fast as it goes, and 1 stream held to 1 Gbit/s each way; UDP with 64- and 1400-byte payloads at UDP_RATES
-#      (upload; 0 = as fast as iperf3 can send), and each at full speed downloading. Per row:
+#      and download (-R), as fast as it goes, and 1 stream held to 1 Gbit/s each way; UDP with
+#      64- and 1400-byte payloads at UDP_RATES (upload; 0 = as fast as iperf3 can send), and
+#      each at full speed downloading. Per row:
 #      the rate and frames/s into the gateway, iperf3's own payload count, the bytes by ground
 #      truth and by each meter and their error, capture drops, the gateway's CPU (utime +
 #      stime, children included, over the run) and its largest RSS sampled during the run;
