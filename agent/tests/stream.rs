@@ -120,7 +120,9 @@ async fn a_backend_process_restarted_on_its_port_loses_nothing() {
     for _ in 0..3 {
         let current = standin.take().unwrap();
         assert!(wait_until(DELIVERY, || async { received(&current).len() > 3 }).await);
-        // Killed: everything it received is kept here, then it is gone.
+        // Killed: every connection cut at once, what it received kept here, then it is gone.
+        current.refuse_connections().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         seen.extend(received(&current));
         drop(current);
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -111,13 +111,18 @@ impl Link {
                     self.metrics.connected.store(true, Ordering::Relaxed);
                     tracing::info!(url = %redacted(&self.settings.ws_url), "stream connected");
                     let started = Instant::now();
+                    let confirmed = self.metrics.messages_confirmed.load(Ordering::Relaxed);
                     let end = self.session(ws, &mut shutdown).await;
                     self.metrics.connected.store(false, Ordering::Relaxed);
                     if let Err(err) = lock(&self.outbox).set_online(false) {
                         tracing::error!(error = %err, "cannot move waiting messages to the spool");
                     }
-                    // A connection that lived a while was a success: start backing off anew.
-                    if started.elapsed() >= self.settings.dead_after {
+                    // A connection that carried messages, or lived a while, was a success:
+                    // back off anew. One that the server cut at once does not count, so a
+                    // flapping server is not hammered.
+                    let progressed =
+                        self.metrics.messages_confirmed.load(Ordering::Relaxed) != confirmed;
+                    if progressed || started.elapsed() >= self.settings.dead_after {
                         attempt = 0;
                     }
                     match end {
