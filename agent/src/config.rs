@@ -324,6 +324,27 @@ pub struct TelemetryConfig {
     pub password: Secret,
     /// Sent as `X-Tenant-Id` on every ingest call.
     pub tenant: String,
+    /// How often the gateway's flows are read and posted.
+    #[serde(default = "default_telemetry_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How often a metrics snapshot is posted.
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Flows kept at most while the backend is away; the oldest go first.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+}
+
+fn default_telemetry_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_flows() -> usize {
+    10_000
 }
 
 fn check_scheme(key: &str, url: &Url, allowed: [&str; 2], problems: &mut Problems) {
@@ -381,6 +402,15 @@ impl Validate for AgentConfig {
             check_not_empty("telemetry.email", &telemetry.email, problems);
             check_not_empty("telemetry.password", telemetry.password.expose(), problems);
             check_not_empty("telemetry.tenant", &telemetry.tenant, problems);
+            if telemetry.interval < Duration::from_millis(100) {
+                problems.push("telemetry.interval", "must be at least 100ms");
+            }
+            if telemetry.snapshot_interval < Duration::from_secs(1) {
+                problems.push("telemetry.snapshot_interval", "must be at least 1s");
+            }
+            if telemetry.max_flows == 0 {
+                problems.push("telemetry.max_flows", "must be at least 1");
+            }
         }
         if self.backend.is_none() && self.stream.is_none() && self.telemetry.is_none() {
             problems.push(

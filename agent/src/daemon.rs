@@ -3,7 +3,7 @@
 //! SIGINT, with the spool flushed to disk last.
 //!
 //! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
-//! the gateway usage source and the spool's fsync tick. Further tasks (the usage reporter,
+//! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster. Further tasks (the usage reporter,
 //! the systemd watchdog) are spawned beside them with [`Supervisor::spawn`].
 
 use std::future::Future;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::depin::DepinAuth;
+use edgeshare_shared::backend::telemetry::TelemetryClient;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -23,6 +24,7 @@ use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::sources::{self, Sink};
 use crate::spool::SpoolLimits;
+use crate::telemetry::TelemetrySettings;
 
 /// Every task is given this long to finish after the shutdown signal (systemd's default
 /// stop timeout is far longer; the brief for operators is "gone within 5 s").
@@ -135,6 +137,28 @@ pub async fn run(
             .context("serving metrics")
     });
 
+    let http = HttpClient::new(&config.http).context("setting up the HTTP client")?;
+    if let Some(telemetry) = &config.telemetry {
+        let client = Arc::new(TelemetryClient::new(
+            &http,
+            &telemetry.url,
+            telemetry.email.clone(),
+            telemetry.password.clone(),
+            telemetry.tenant.clone(),
+        ));
+        let settings = TelemetrySettings {
+            control_socket: config.gateway.control_socket.clone(),
+            interval: telemetry.interval,
+            snapshot_interval: telemetry.snapshot_interval,
+            max_flows: telemetry.max_flows,
+        };
+        let (stop, telemetry_metrics) = (supervisor.stopping(), metrics.clone());
+        supervisor.spawn("telemetry", async move {
+            crate::telemetry::run(settings, client, telemetry_metrics, stop).await;
+            Ok(())
+        });
+    }
+
     let mut outbox_for_flush = None;
     if let Some(stream) = &config.stream {
         metrics
@@ -155,7 +179,6 @@ pub async fn run(
         let outbox = Arc::new(Mutex::new(outbox));
         outbox_for_flush = Some(outbox.clone());
         let wake = Arc::new(Notify::new());
-        let http = HttpClient::new(&config.http).context("setting up the HTTP client")?;
         let tls = edgeshare_shared::tls::client_config(config.http.ca_file.as_deref())
             .context("setting up TLS for the stream (http.ca_file)")?;
         let auth = Arc::new(StreamAuth::new(

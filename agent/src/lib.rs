@@ -6,11 +6,11 @@
 //!   disk [`spool`] while it does not;
 //! - the [`link`] streams them over the producer WebSocket (contract 2), with [`auth`]'s
 //!   tokens, and heals itself (keepalive, reconnect with backoff);
+//! - [`telemetry`] posts the gateway's flows and a snapshot a minute (contract 3);
 //! - [`metrics`] exposes health and counters; [`status`] reads them back;
 //! - [`daemon`] runs all of it side by side and stops it cleanly.
 //!
-//! Not here (yet): the exactly-once usage reports (contract 1) and the telemetry ingest
-//! (contract 3).
+//! Not here (yet): the exactly-once usage reports (contract 1).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -23,3 +23,4 @@ pub mod outbox;
 pub mod sources;
 pub mod spool;
 pub mod status;
+pub mod telemetry;

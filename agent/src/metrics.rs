@@ -30,6 +30,9 @@ pub struct Metrics {
     pub samples: AtomicU64,
     pub sample_errors: AtomicU64,
     pub gateway_present: AtomicBool,
+    pub telemetry_flows_posted: AtomicU64,
+    pub telemetry_flows_dropped: AtomicU64,
+    pub telemetry_snapshots_posted: AtomicU64,
     outbox: Mutex<OutboxStats>,
     last_error: Mutex<Option<(String, u64)>>,
 }
@@ -50,6 +53,9 @@ impl Default for Metrics {
             samples: AtomicU64::new(0),
             sample_errors: AtomicU64::new(0),
             gateway_present: AtomicBool::new(false),
+            telemetry_flows_posted: AtomicU64::new(0),
+            telemetry_flows_dropped: AtomicU64::new(0),
+            telemetry_snapshots_posted: AtomicU64::new(0),
             outbox: Mutex::new(OutboxStats::default()),
             last_error: Mutex::new(None),
         }
@@ -186,6 +192,24 @@ impl Metrics {
             "gauge",
             "1 if the gateway's control socket answered the last usage poll.",
             flag(&self.gateway_present),
+        );
+        metric(
+            "telemetry_flows_posted_total",
+            "counter",
+            "Connections posted to the telemetry backend.",
+            get(&self.telemetry_flows_posted),
+        );
+        metric(
+            "telemetry_flows_dropped_total",
+            "counter",
+            "Connections never posted: over telemetry.max_flows while the backend was away.",
+            get(&self.telemetry_flows_dropped),
+        );
+        metric(
+            "telemetry_snapshots_posted_total",
+            "counter",
+            "Metric snapshots posted to the telemetry backend.",
+            get(&self.telemetry_snapshots_posted),
         );
         metric(
             "spool_depth",

@@ -275,10 +275,14 @@ pub async fn wait_all_delivered(agent: &Agent, seen: impl Fn() -> Vec<u64>, time
     );
 }
 
-/// A fake gateway control socket answering `{"cmd":"usage"}` with `clients` clients each
-/// having sent `up` bytes, counting the requests it answered.
+/// A fake gateway control socket answering `{"cmd":"usage"}` (one client, the n-th answer
+/// with n bytes up) and `{"cmd":"flows"}`, counting the requests it answered.
 pub struct FakeGateway {
+    /// `usage` requests answered.
     pub answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `flows` requests answered; the n-th gives flow f1 `1000 * n` bytes in (and the 2nd
+    /// also a finished flow f2).
+    pub flows_answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     path: PathBuf,
 }
@@ -291,7 +295,8 @@ impl FakeGateway {
         listener.set_nonblocking(true).unwrap();
         let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (count, halt) = (answered.clone(), stop.clone());
+        let flows_answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (count, halt, flows) = (answered.clone(), stop.clone(), flows_answered.clone());
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
                 let Ok((stream, _)) = listener.accept() else {
@@ -304,7 +309,24 @@ impl FakeGateway {
                     continue;
                 }
                 let request: Value = serde_json::from_str(&line).unwrap_or_default();
-                let reply = if request["cmd"] == "usage" {
+                let reply = if request["cmd"] == "flows" {
+                    let n = flows.fetch_add(1, Ordering::SeqCst) + 1;
+                    let flow = |id: &str, bytes: u64, status: &str| {
+                        serde_json::json!({
+                            "id": id, "sourceIp": "10.66.0.2", "destIp": "192.0.2.10",
+                            "sourcePort": 40000, "destPort": 443, "protocol": "TCP",
+                            "status": status, "startTime": "2026-11-21T12:00:00Z",
+                            "lastActivity": "2026-11-21T12:00:01Z", "bytesIn": bytes,
+                            "bytesOut": bytes / 10, "packetsIn": n, "packetsOut": n,
+                            "bandwidth": 100.0
+                        })
+                    };
+                    let mut connections = vec![flow("f1", 1000 * n, "active")];
+                    if n == 2 {
+                        connections.push(flow("f2", 500, "inactive"));
+                    }
+                    serde_json::json!({"ok": {"connections": connections}})
+                } else if request["cmd"] == "usage" {
                     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                     serde_json::json!({"ok": {"at_ms": 1_790_000_000_000u64 + n, "clients": [
                         {"mac": "aa:bb:cc:dd:ee:01", "ip": "10.66.0.2", "session": "ABCD2345-1",
@@ -318,6 +340,7 @@ impl FakeGateway {
         });
         FakeGateway {
             answered,
+            flows_answered,
             stop,
             path: path.to_owned(),
         }
