@@ -121,7 +121,9 @@ chmod 600 "$work/agent.env"
 agent=$!
 pids+=("$agent")
 
+# utime + stime of the agent itself, and of its finished children (the sensor commands).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$agent/stat"; }
+child_ticks() { awk '{print $16 + $17}' "/proc/$agent/stat"; }
 status_kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$agent/status"; }
 ws_count() {
   python3 - "$backend_port" <<'EOF'
@@ -136,10 +138,12 @@ sleep "$WARMUP"
 hz=$(getconf CLK_TCK)
 t0=$(date +%s.%N)
 c0=$(cpu_ticks)
+k0=$(child_ticks)
 m0=$(ws_count)
 sleep "$DURATION"
 t1=$(date +%s.%N)
 c1=$(cpu_ticks)
+k1=$(child_ticks)
 m1=$(ws_count)
 rss=$(status_kb VmRSS)
 hwm=$(status_kb VmHWM)
@@ -160,14 +164,17 @@ out="bench/results/agent-$(date +%Y-%m-%d).txt"
 {
   echo "edgeshare-agent, release build, 10 sources at 1 Hz, typed framing, stand-in on loopback"
   echo "host: $(nproc) cores, $(uname -r); measured $(date -u +%Y-%m-%dT%H:%M:%SZ) over ${DURATION}s after ${WARMUP}s warm-up"
-  python3 - "$t0" "$t1" "$c0" "$c1" "$hz" "$m0" "$m1" "$rss" "$hwm" "$stop_start" "$stop_end" "$stopped" "$exit_code" <<'EOF'
+  python3 - "$t0" "$t1" "$c0" "$c1" "$hz" "$m0" "$m1" "$rss" "$hwm" "$stop_start" "$stop_end" "$stopped" "$exit_code" "$k0" "$k1" <<'EOF'
 import sys
 t0, t1, c0, c1, hz, m0, m1 = (float(x) for x in sys.argv[1:8])
 rss, hwm = int(sys.argv[8]), int(sys.argv[9])
 s0, s1, stopped, code = float(sys.argv[10]), float(sys.argv[11]), sys.argv[12], sys.argv[13]
 wall = t1 - t0
 cpu = (c1 - c0) / hz
-print(f"{'CPU (user+system)':<34} {100 * cpu / wall:.2f} % of one core ({cpu:.2f} s in {wall:.1f} s)")
+k0, k1 = float(sys.argv[14]), float(sys.argv[15])
+children = (k1 - k0) / hz
+print(f"{'CPU of the agent (user+system)':<34} {100 * cpu / wall:.2f} % of one core ({cpu:.2f} s in {wall:.1f} s)")
+print(f"{'CPU of its 3 sensor commands':<34} {100 * children / wall:.2f} % of one core (180 runs of cat)")
 print(f"{'RSS at the end (VmRSS)':<34} {rss / 1024:.1f} MiB")
 print(f"{'RSS peak (VmHWM)':<34} {hwm / 1024:.1f} MiB")
 print(f"{'messages delivered':<34} {int(m1 - m0)} in {wall:.1f} s ({(m1 - m0) / wall:.1f}/s; 10/s expected)")
