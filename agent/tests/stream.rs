@@ -79,21 +79,28 @@ async fn a_backend_down_and_up_again_loses_nothing() {
             ..Setup::default()
         };
         let (standin, agent, _dir) = start(&setup).await;
-        for _ in 0..3 {
+        for round in 0..3 {
             let before = received(&standin).len();
             assert!(
                 wait_until(DELIVERY, || async {
                     agent.metric("connected").await == 1.0 && received(&standin).len() > before + 2
                 })
-                .await
+                .await,
+                "{framing}, round {round}: not streaming: {}",
+                agent.metrics_text().await
             );
             standin.refuse_connections().await;
             tokio::time::sleep(Duration::from_millis(700)).await;
-            assert_eq!(agent.metric("connected").await, 0.0);
+            assert_eq!(
+                agent.metric("connected").await,
+                0.0,
+                "{framing}, round {round}: still connected to a backend that is down"
+            );
             standin.accept_connections().await.unwrap();
         }
         wait_all_delivered(&agent, || received(&standin), DELIVERY).await;
-        assert!(agent.metric("reconnects_total").await >= 3.0);
+        let reconnects = agent.metric("reconnects_total").await;
+        assert!(reconnects >= 3.0, "{framing}: {reconnects} reconnects");
         // Confirmations follow the deliveries within a round trip.
         assert!(
             wait_until(DELIVERY, || async {

@@ -261,8 +261,10 @@ where
 
 /// Waits until every sample produced up to now has arrived (across `standins`' records).
 pub async fn wait_all_delivered(agent: &Agent, seen: impl Fn() -> Vec<u64>, timeout: Duration) {
+    // The first sample may still be on its way (the command runs at start).
+    let ran = wait_until(timeout, || async { agent.produced() > 0 }).await;
+    assert!(ran, "the sensor command never ran");
     let target = agent.produced();
-    assert!(target > 0, "the sensor command never ran");
     let ok = wait_until(timeout, || {
         let seen = seen();
         async move { missing(&seen, target).is_empty() }
