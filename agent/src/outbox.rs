@@ -158,9 +158,15 @@ impl Outbox {
             self.memory.pop_front();
             self.confirmed += 1;
         }
-        let before = self.disk.len();
-        self.disk.confirm_through(seq)?;
-        self.confirmed += before - self.disk.len();
+        // Only when it concerns the disk: confirming messages that never left memory must
+        // not rewrite the head file (a healthy stream writes nothing to the SD card). Seqs
+        // of memory messages may then be used again after a restart, which is harmless:
+        // new seqs always follow what is on disk.
+        if self.disk.oldest().is_some_and(|oldest| oldest <= seq) {
+            let before = self.disk.len();
+            self.disk.confirm_through(seq)?;
+            self.confirmed += before - self.disk.len();
+        }
         Ok(())
     }
 
@@ -245,6 +251,22 @@ mod tests {
         out.push(Kind::Sensor, reading(7)).unwrap();
         assert_eq!(out.stats().disk_entries, 0);
         assert!(out.has_unsent());
+    }
+
+    #[test]
+    fn a_stream_that_keeps_pace_writes_nothing_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = open(dir.path(), 100);
+        out.set_online(true).unwrap();
+        for n in 1..=50 {
+            out.push(Kind::Sensor, reading(n)).unwrap();
+            let sent = out.next_batch(10).unwrap();
+            out.confirm_through(sent.last().unwrap().seq).unwrap();
+            out.sync().unwrap();
+        }
+        assert_eq!(out.stats().confirmed, 50);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(files.is_empty(), "{files:?}");
     }
 
     #[test]

@@ -263,6 +263,13 @@ impl DiskSpool {
         self.last_seq
     }
 
+    /// The seq of the oldest entry waiting, if any.
+    pub fn oldest(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .find_map(|s| s.index.front().map(|&(seq, _)| seq))
+    }
+
     /// The seq of the newest entry waiting, if any.
     pub fn newest(&self) -> Option<u64> {
         self.segments

@@ -22,7 +22,7 @@ use crate::auth::StreamAuth;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::spool::SpoolError;
-use window::{Liveness, Reply, Window};
+use window::{Liveness, Reconnect, Reply, Window};
 
 /// What the link needs to know.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ type Ws =
 
 impl Link {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut attempt = 0u32;
+        let mut reconnect = Reconnect::new(self.settings.backoff);
         let mut ever_connected = false;
         loop {
             if *shutdown.borrow() {
@@ -117,14 +117,9 @@ impl Link {
                     if let Err(err) = lock(&self.outbox).set_online(false) {
                         tracing::error!(error = %err, "cannot move waiting messages to the spool");
                     }
-                    // A connection that carried messages, or lived a while, was a success:
-                    // back off anew. One that the server cut at once does not count, so a
-                    // flapping server is not hammered.
                     let progressed =
                         self.metrics.messages_confirmed.load(Ordering::Relaxed) != confirmed;
-                    if progressed || started.elapsed() >= self.settings.dead_after {
-                        attempt = 0;
-                    }
+                    reconnect.ended(progressed, started.elapsed(), self.settings.dead_after);
                     match end {
                         End::Shutdown => return,
                         End::Lost(err) => err,
@@ -138,8 +133,7 @@ impl Link {
             if let LinkError::TokenRefused { .. } = error {
                 self.auth.access_refused().await;
             }
-            let delay = self.settings.backoff.delay(attempt, fastrand::f64());
-            attempt = attempt.saturating_add(1);
+            let delay = reconnect.next_delay(fastrand::f64());
             tracing::warn!(error = %error, retry_in = ?delay, "stream down; reconnecting");
             self.metrics.set_last_error(&error.to_string());
             tokio::select! {

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use edgeshare_shared::backend::depin::{Framing, ServerMessage};
+use edgeshare_shared::retry::Backoff;
 
 /// What a server reply meant for the messages in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,9 +175,74 @@ impl Liveness {
     }
 }
 
+/// When to try again after a connection failed or was lost: jittered exponential backoff,
+/// started anew after a connection that was a success.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    policy: Backoff,
+    attempt: u32,
+}
+
+impl Reconnect {
+    pub fn new(policy: Backoff) -> Self {
+        Reconnect { policy, attempt: 0 }
+    }
+
+    /// The wait before the next attempt, given `unit_random` in [0, 1) for the jitter.
+    pub fn next_delay(&mut self, unit_random: f64) -> Duration {
+        let delay = self.policy.delay(self.attempt, unit_random);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// A connection ended. One that carried messages, or lived `dead_after`, was a
+    /// success: back off anew. One the server cut at once does not count, so a flapping
+    /// server is not hammered.
+    pub fn ended(&mut self, progressed: bool, lived: Duration, dead_after: Duration) {
+        if progressed || lived >= dead_after {
+            self.attempt = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shipped() -> Backoff {
+        // The agent's default `[stream.backoff]`.
+        Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+        }
+    }
+
+    #[test]
+    fn reconnects_back_off_to_the_cap_with_jitter_and_start_anew_after_a_success() {
+        let mut r = Reconnect::new(shipped());
+        let top: Vec<u128> = (0..10).map(|_| r.next_delay(1.0).as_millis()).collect();
+        assert_eq!(
+            top,
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000
+            ]
+        );
+        // Jitter: never less than half, so a whole fleet does not retry in one instant.
+        let mut r = Reconnect::new(shipped());
+        let bottom: Vec<u128> = (0..3).map(|_| r.next_delay(0.0).as_millis()).collect();
+        assert_eq!(bottom, [250, 500, 1000]);
+        // Cut at once, nothing carried: keep backing off.
+        r.ended(false, Duration::from_millis(10), Duration::from_secs(30));
+        assert_eq!(r.next_delay(1.0), Duration::from_secs(4));
+        // Carried messages: start anew.
+        r.ended(true, Duration::from_millis(10), Duration::from_secs(30));
+        assert_eq!(r.next_delay(1.0), Duration::from_millis(500));
+        // Lived long enough: start anew too.
+        r.next_delay(1.0);
+        r.ended(false, Duration::from_secs(30), Duration::from_secs(30));
+        assert_eq!(r.next_delay(1.0), Duration::from_millis(500));
+    }
 
     fn ack() -> Option<ServerMessage> {
         ServerMessage::parse(r#"{"type":"ack","subscriberCount":0}"#)
