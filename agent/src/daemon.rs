@@ -19,9 +19,9 @@ use tokio::task::JoinSet;
 
 use crate::auth::StreamAuth;
 use crate::config::AgentConfig;
-use crate::link::{Link, LinkSettings, lock};
+use crate::link::{Link, LinkSettings};
 use crate::metrics::{self, Metrics};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, lock};
 use crate::sources::{self, Sink};
 use crate::spool::SpoolLimits;
 use crate::telemetry::TelemetrySettings;

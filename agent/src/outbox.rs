@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use edgeshare_shared::backend::depin::Reading;
 
@@ -23,6 +24,13 @@ use crate::spool::{Appended, DiskSpool, Entry, Kind, Recovered, SpoolError, Spoo
 
 /// Messages held in memory at most before they go to disk.
 pub const MEMORY_LIMIT: usize = 1000;
+
+/// Locks a shared outbox. Poisoning is ignored rather than taking every task down: no
+/// outbox method panics midway, so a poisoned lock means a caller panicked while holding
+/// the guard, with the outbox itself whole.
+pub fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    outbox.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Counters of what the outbox did, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,8 +115,12 @@ impl Outbox {
         if self.memory.is_empty() {
             return Ok(Appended::default());
         }
-        let entries: Vec<Entry> = self.memory.drain(..).collect();
-        self.disk.append(&entries)
+        // Memory is cleared only once the disk has them: a failed write (disk full) loses
+        // nothing; at worst some are on disk and in memory, and go out twice.
+        let entries: Vec<Entry> = self.memory.iter().cloned().collect();
+        let appended = self.disk.append(&entries)?;
+        self.memory.clear();
+        Ok(appended)
     }
 
     /// The link is up (messages may wait in memory) or down (everything goes to disk).

@@ -7,7 +7,7 @@
 pub mod window;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeshare_shared::backend::depin::{Framing, ServerMessage, producer_url, redacted};
@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::auth::StreamAuth;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, lock};
 use crate::spool::SpoolError;
 use window::{Liveness, Reconnect, Reply, Window};
 
@@ -34,12 +34,6 @@ pub struct LinkSettings {
     pub backoff: Backoff,
     pub connect_timeout: Duration,
     pub tls: Arc<rustls::ClientConfig>,
-}
-
-/// Locks the outbox; a panic elsewhere while holding it left it consistent (every method
-/// finishes its in-memory change before any I/O that could fail).
-pub fn lock(outbox: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
-    outbox.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ impl Sink {
             timestamp,
             data,
         };
-        let mut outbox = crate::link::lock(&self.outbox);
+        let mut outbox = crate::outbox::lock(&self.outbox);
         let pushed = outbox.push(kind, reading);
         let stats = outbox.stats();
         drop(outbox);
@@ -123,6 +123,7 @@ pub async fn run(config: SourceConfig, sink: Sink, mut shutdown: watch::Receiver
                         Err(err) => Err(format!("sampling task failed: {err}")),
                     }
                 }
+                // The last sampling task died with the sampler: start with a new one.
                 None => {
                     system = Some(system::Sampler::new());
                     continue;
