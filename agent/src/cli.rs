@@ -1,5 +1,6 @@
 //! The agent's command line.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edgeshare_shared::cli::ConfigArgs;
 use edgeshare_shared::logging::LogArgs;
@@ -22,8 +23,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: stream sources (and the gateway's usage) until SIGTERM or SIGINT.
+    Run,
     /// Check the configuration and exit: 0 if good, 78 with every problem listed if not.
     CheckConfig,
+    /// Show the running daemon's health (read from its metrics endpoint, metrics.listen).
+    Status,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers are plenty for a handful of sockets and timers on a small device.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,6 +45,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig => {
             edgeshare_shared::cli::check_config::<AgentConfig>(&cli.config, Daemon::Agent).map(drop)
+        }
+        Command::Run => {
+            let config: AgentConfig = cli
+                .config
+                .load(Daemon::Agent)
+                .context("the agent configuration is not usable")?;
+            runtime()?.block_on(async {
+                let signal = crate::daemon::termination();
+                // Listening for the signals before anything runs, so an early SIGTERM is
+                // not lost.
+                let signal = tokio::spawn(signal);
+                let stop = async move {
+                    match signal.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::error!(error = %err, "no signal handling"),
+                        Err(err) => tracing::error!(error = %err, "signal task failed"),
+                    }
+                };
+                crate::daemon::run(config, stop, |_| {}).await
+            })
+        }
+        Command::Status => {
+            let config: AgentConfig = cli
+                .config
+                .load(Daemon::Agent)
+                .context("the agent configuration is not usable")?;
+            let text = runtime()?.block_on(crate::status::fetch(config.metrics.listen))?;
+            print!("{}", crate::status::render(&text));
+            Ok(())
         }
     }
 }

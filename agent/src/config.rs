@@ -2,16 +2,19 @@
 //! comments, in `packaging/agent.example.toml`. Each backend section is optional: an agent
 //! with only `[stream]` is a plain sensor node.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use edgeshare_shared::backend::HttpSettings;
 use edgeshare_shared::backend::crowd::CrowdConfig;
 use edgeshare_shared::backend::depin::{DepinPaths, Framing};
 use edgeshare_shared::config::{Problems, Validate};
 use edgeshare_shared::ledger;
 use edgeshare_shared::paths::StateSettings;
+use edgeshare_shared::retry::Backoff;
 use edgeshare_shared::secret::Secret;
 use serde::Deserialize;
-use std::path::PathBuf;
-use std::time::Duration;
 use url::Url;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +37,34 @@ pub struct AgentConfig {
     pub http: HttpSettings,
     #[serde(default)]
     pub state: StateSettings,
+    /// What is measured and streamed (`[[source]]`, one table per source). Absent: the system
+    /// source every 10 s; `source = []` streams no sensor data.
+    #[serde(default)]
+    pub source: Option<Vec<SourceConfig>>,
+    /// The gateway on this device, if any, whose live usage is streamed too.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub spool: SpoolSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+impl AgentConfig {
+    /// The sources to run: the configured ones, or the system source alone.
+    pub fn sources(&self) -> Vec<SourceConfig> {
+        self.source
+            .clone()
+            .unwrap_or_else(|| vec![SourceConfig::system(Duration::from_secs(10))])
+    }
+
+    /// Where the spool lives: `spool.dir`, or `agent/spool` in the state directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("agent").join("spool"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +87,237 @@ pub struct StreamConfig {
     pub framing: Framing,
     #[serde(default)]
     pub paths: DepinPaths,
+    /// A link that has received nothing (no pong, no message) for this long is dead and
+    /// is replaced; pings go out every third of it. Catches a peer that vanished without a
+    /// close (power cut, a NAT that forgot the connection, packets silently dropped).
+    #[serde(default = "default_dead_after", with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Messages sent but not yet confirmed (acked, or covered by a pong) at most.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Reconnect delays: jittered, growing from `initial` by `multiplier` up to `max`.
+    #[serde(default = "default_backoff")]
+    pub backoff: Backoff,
+}
+
+fn default_dead_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_in_flight() -> usize {
+    64
+}
+
+fn default_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(60),
+        multiplier: 2.0,
+    }
+}
+
+/// What a source measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// CPU, memory, load, uptime, disks, network rx/tx, temperatures (sysinfo).
+    System,
+    /// A sensor file: `/sys/class/thermal/…/temp`, hwmon `…_input`, 1-wire `w1_slave`.
+    File,
+    /// A command whose output is a number or a JSON object.
+    Command,
+}
+
+/// How a sensor file's text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// A number, times `scale`.
+    #[default]
+    Number,
+    /// An integer in thousandths (thermal zones, hwmon `temp*_input`: milli-°C).
+    Milli,
+    /// A 1-wire sensor's `w1_slave`: CRC line ending in `YES`, then `t=` in milli-°C.
+    W1Slave,
+}
+
+/// One `[[source]]` table. Kept flat (not an enum per kind) so that every bad key is
+/// reported with its own name and line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// The key of the value in `data` (file and command; the system source uses its own).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// file: the file to read.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// file: how to read it.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// file with format "number": a factor applied to the value.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    /// command: the program and its arguments (no shell).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// command: killed if it runs longer than this.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl SourceConfig {
+    pub fn system(interval: Duration) -> Self {
+        SourceConfig {
+            kind: SourceKind::System,
+            name: None,
+            interval,
+            path: None,
+            format: FileFormat::default(),
+            scale: None,
+            command: None,
+            timeout: default_command_timeout(),
+        }
+    }
+
+    /// A name for logs and metrics: the `name` key, or the kind.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            match self.kind {
+                SourceKind::System => "system",
+                SourceKind::File => "file",
+                SourceKind::Command => "command",
+            }
+            .to_owned()
+        })
+    }
+
+    fn validate(&self, key: &str, problems: &mut Problems) {
+        if self.interval < Duration::from_millis(100) {
+            problems.push(format!("{key}.interval"), "must be at least 100ms");
+        }
+        let needs_name = matches!(self.kind, SourceKind::File | SourceKind::Command);
+        match &self.name {
+            Some(name) if name.trim().is_empty() => {
+                problems.push(format!("{key}.name"), "must not be empty");
+            }
+            None if needs_name => problems.push(
+                format!("{key}.name"),
+                "is required for this kind (the key of the value in `data`)",
+            ),
+            _ => {}
+        }
+        let only = |problems: &mut Problems, field: &str, set: bool, kind: &str| {
+            if set {
+                problems.push(
+                    format!("{key}.{field}"),
+                    format!("is only used by kind = \"{kind}\""),
+                );
+            }
+        };
+        match self.kind {
+            SourceKind::System => {
+                only(problems, "path", self.path.is_some(), "file");
+                only(problems, "command", self.command.is_some(), "command");
+            }
+            SourceKind::File => {
+                if self.path.is_none() {
+                    problems.push(
+                        format!("{key}.path"),
+                        "is required for kind = \"file\" (e.g. \"/sys/class/thermal/thermal_zone0/temp\")",
+                    );
+                }
+                only(problems, "command", self.command.is_some(), "command");
+                if self.scale.is_some() && self.format != FileFormat::Number {
+                    problems.push(
+                        format!("{key}.scale"),
+                        "is only used with format = \"number\"",
+                    );
+                }
+            }
+            SourceKind::Command => {
+                match &self.command {
+                    None => problems.push(
+                        format!("{key}.command"),
+                        "is required for kind = \"command\" (e.g. [\"/usr/local/bin/read-sensor\", \"--json\"])",
+                    ),
+                    Some(argv) if argv.first().is_none_or(|p| p.trim().is_empty()) => {
+                        problems.push(format!("{key}.command"), "must name a program");
+                    }
+                    Some(_) => {}
+                }
+                only(problems, "path", self.path.is_some(), "file");
+                if self.timeout.is_zero() {
+                    problems.push(format!("{key}.timeout"), "must be more than 0");
+                }
+            }
+        }
+    }
+}
+
+/// `[gateway]`: the gateway daemon on this device, if it is installed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// The gateway's control socket (its `control.socket`). No socket: no gateway here; the
+    /// usage source stays idle.
+    pub control_socket: PathBuf,
+    /// How often its live usage is read and streamed.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            // The gateway's own default (gateway/src/config.rs, `control.socket`).
+            control_socket: PathBuf::from("/run/edgeshare/gateway.sock"),
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[spool]`: where messages wait while the stream is down.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Default: `agent/spool` in `state.dir`.
+    pub dir: Option<PathBuf>,
+    /// Disk used at most (bytes). When full, the oldest sensor samples go first; usage
+    /// messages are never dropped.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            dir: None,
+            max_bytes: 50 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[metrics]`: health and counters in Prometheus text format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Local address of `GET /metrics` (also read by `edgeshare-agent status`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +328,27 @@ pub struct TelemetryConfig {
     pub password: Secret,
     /// Sent as `X-Tenant-Id` on every ingest call.
     pub tenant: String,
+    /// How often the gateway's flows are read and posted.
+    #[serde(default = "default_telemetry_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How often a metrics snapshot is posted.
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Flows kept at most while the backend is away; the oldest go first.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+}
+
+fn default_telemetry_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_flows() -> usize {
+    10_000
 }
 
 /// The `[usage]` section: reporting the gateway's usage ledger to `[backend]`.
@@ -123,12 +406,39 @@ impl Validate for AgentConfig {
             check_scheme("stream.ws_url", &stream.ws_url, ["ws", "wss"], problems);
             check_not_empty("stream.username", &stream.username, problems);
             check_not_empty("stream.password", stream.password.expose(), problems);
+            if stream.dead_after < Duration::from_secs(1) {
+                problems.push("stream.dead_after", "must be at least 1s");
+            }
+            if stream.max_in_flight == 0 {
+                problems.push("stream.max_in_flight", "must be at least 1");
+            }
+            if stream.backoff.initial.is_zero() || stream.backoff.max < stream.backoff.initial {
+                problems.push("stream.backoff", "needs initial > 0 and max >= initial");
+            }
+        }
+        for (i, source) in self.source.iter().flatten().enumerate() {
+            source.validate(&format!("source.{i}"), problems);
+        }
+        if self.gateway.interval < Duration::from_millis(100) {
+            problems.push("gateway.interval", "must be at least 100ms");
+        }
+        if self.spool.max_bytes < 64 * 1024 {
+            problems.push("spool.max_bytes", "must be at least 65536 (64 KiB)");
         }
         if let Some(telemetry) = &self.telemetry {
             check_scheme("telemetry.url", &telemetry.url, ["http", "https"], problems);
             check_not_empty("telemetry.email", &telemetry.email, problems);
             check_not_empty("telemetry.password", telemetry.password.expose(), problems);
             check_not_empty("telemetry.tenant", &telemetry.tenant, problems);
+            if telemetry.interval < Duration::from_millis(100) {
+                problems.push("telemetry.interval", "must be at least 100ms");
+            }
+            if telemetry.snapshot_interval < Duration::from_secs(1) {
+                problems.push("telemetry.snapshot_interval", "must be at least 1s");
+            }
+            if telemetry.max_flows == 0 {
+                problems.push("telemetry.max_flows", "must be at least 1");
+            }
         }
         if let Some(usage) = &self.usage {
             if self.backend.is_none() {

@@ -1,272 +1,391 @@
-//! Flows and metrics for the connections-telemetry backend (contract 3), from the gateway's
-//! capture meter (its `flows` control request).
+//! The gateway's flows to the connection-telemetry backend (contract 3): connections as
+//! cumulative upserts, and a summary snapshot per `snapshot_interval`.
 //!
-//! [`Outbox`] is the pure part: flows in (the latest cumulative tallies of each), batches out
-//! (at most [`MAX_BATCH_CONNECTIONS`] connections and [`MAX_BATCH_BYTES`] of JSON, as the
-//! backend's own client sent them), a snapshot a minute. The backend upserts connections by
-//! id, so a flow that changes again before it is sent goes once, with its latest tallies.
+//! The gateway's `flows` reply drains its tallies, so what cannot be delivered yet stays
+//! here, in [`FlowBook`]: one entry per flow id with its latest totals (a newer reading
+//! replaces an older one: the backend overwrites by id anyway), bounded, oldest dropped
+//! first and counted. Batches follow the backend's own client: at most 200 connections and
+//! 1.5 MB per call. Sign-in, the tenant's client token (renewed before its 12 h expiry) and
+//! `X-Tenant-Id` on every call are [`TelemetryClient`]'s.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgeshare_shared::backend::telemetry::{Connection, FlowStatus, MetricsSnapshot};
+use edgeshare_shared::backend::telemetry::{
+    Connection, FlowStatus, MetricsSnapshot, TelemetryClient,
+};
+use edgeshare_shared::control::{self, ControlError, Flows};
+use serde_json::json;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
-/// Most connections in one `POST /api/connections`.
-pub const MAX_BATCH_CONNECTIONS: usize = 200;
-/// Most bytes of JSON in one `POST /api/connections` (the backend takes 2 MB).
-pub const MAX_BATCH_BYTES: usize = 1_500_000;
-/// How often flows are fetched from the gateway and sent.
-pub const SEND_EVERY: Duration = Duration::from_secs(5);
-/// How often a metrics snapshot is sent.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
-/// Most connections kept while the backend is unreachable; the oldest go first (telemetry,
-/// not billing).
-pub const MAX_PENDING: usize = 20_000;
-/// Most snapshots kept while the backend is unreachable.
-pub const MAX_PENDING_SNAPSHOTS: usize = 60;
+use crate::metrics::Metrics;
 
-/// What waits to be sent, and the current minute's figures.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    /// Connection ids in the order they first became pending.
+/// Connections per ingest call at most (the backend's own client's batch).
+pub const BATCH_FLOWS: usize = 200;
+/// Bytes per ingest call at most, under the backend's 2 MB body limit.
+pub const BATCH_BYTES: usize = 1_500_000;
+/// Snapshots kept while the backend is unreachable (an hour at one a minute).
+const MAX_SNAPSHOTS: usize = 60;
+
+/// Flows waiting to be posted, and the tallies behind the next snapshot. No I/O.
+#[derive(Debug)]
+pub struct FlowBook {
+    max_flows: usize,
+    /// Flow ids, oldest first; `pending` holds their latest reading.
     order: VecDeque<String>,
     pending: HashMap<String, Connection>,
-    snapshots: VecDeque<MetricsSnapshot>,
-    /// Each flow's cumulative bytes (in, out) when last seen, for the minute's bandwidth.
-    last_seen: HashMap<String, (u64, u64)>,
+    dropped: u64,
+    /// Last totals seen per flow (in, out), for the snapshot's byte rates.
+    totals: HashMap<String, (u64, u64)>,
     window_in: u64,
     window_out: u64,
-    active_in_window: HashMap<String, ()>,
-    inactive_in_window: u64,
-    /// Connections and snapshots dropped for room since start.
-    pub dropped_connections: u64,
-    pub dropped_snapshots: u64,
+    window_active: HashMap<String, ()>,
+    window_inactive: u64,
 }
 
-impl Outbox {
-    /// The gateway's latest flow tallies.
-    pub fn add(&mut self, connections: Vec<Connection>) {
-        for connection in connections {
-            let (bytes_in, bytes_out) = (connection.bytes_in, connection.bytes_out);
-            let (seen_in, seen_out) = self
-                .last_seen
-                .get(&connection.id)
-                .copied()
-                .unwrap_or((0, 0));
-            self.window_in += bytes_in.saturating_sub(seen_in);
-            self.window_out += bytes_out.saturating_sub(seen_out);
-            match connection.status {
-                FlowStatus::Active => {
-                    self.last_seen
-                        .insert(connection.id.clone(), (bytes_in, bytes_out));
-                    self.active_in_window.insert(connection.id.clone(), ());
-                }
-                FlowStatus::Inactive => {
-                    // Its last report: nothing will come after it.
-                    self.last_seen.remove(&connection.id);
-                    self.active_in_window.remove(&connection.id);
-                    self.inactive_in_window += 1;
-                }
-            }
-            if !self.pending.contains_key(&connection.id) {
-                self.order.push_back(connection.id.clone());
-            }
-            self.pending.insert(connection.id.clone(), connection);
-        }
-        while self.order.len() > MAX_PENDING {
-            if let Some(id) = self.order.pop_front() {
-                self.pending.remove(&id);
-                self.dropped_connections += 1;
-            }
+impl FlowBook {
+    pub fn new(max_flows: usize) -> Self {
+        FlowBook {
+            max_flows: max_flows.max(1),
+            order: VecDeque::new(),
+            pending: HashMap::new(),
+            dropped: 0,
+            totals: HashMap::new(),
+            window_in: 0,
+            window_out: 0,
+            window_active: HashMap::new(),
+            window_inactive: 0,
         }
     }
 
-    /// The next batch to send: the oldest pending connections, within both limits (a single
-    /// connection is always small enough).
-    pub fn next_batch(&self) -> Vec<Connection> {
-        let mut batch = Vec::new();
-        // `{"connections":[` … `]}` plus commas.
-        let mut bytes = 20;
-        for id in self.order.iter().take(MAX_BATCH_CONNECTIONS) {
-            let Some(connection) = self.pending.get(id) else {
-                continue;
-            };
-            let size = serde_json::to_vec(connection).map_or(0, |json| json.len()) + 1;
-            if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
-                break;
-            }
-            bytes += size;
-            batch.push(connection.clone());
-        }
-        batch
-    }
-
-    /// The backend took `sent` (the last [`Outbox::next_batch`]). A connection updated
-    /// since (a newer tally under the same id) stays pending.
-    pub fn confirm(&mut self, sent: &[Connection]) {
-        for connection in sent {
-            if self.pending.get(&connection.id) == Some(connection) {
-                self.pending.remove(&connection.id);
-            }
-        }
-        let pending = &self.pending;
-        self.order.retain(|id| pending.contains_key(id));
+    /// Flows dropped (never posted) to stay within the bound.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    /// Closes the minute ending `now` (of length `window`): its snapshot joins those to send.
-    pub fn close_minute(&mut self, now: OffsetDateTime, window: Duration) {
-        let seconds = window.as_secs_f64().max(1.0);
-        self.snapshots.push_back(MetricsSnapshot {
-            timestamp: now,
-            connections: self.active_in_window.len() as u64,
-            bandwidth_in: self.window_in as f64 / seconds,
-            bandwidth_out: self.window_out as f64 / seconds,
-            inactive: self.inactive_in_window,
-        });
-        // Flows still active carry into the next minute once they are reported again.
-        self.active_in_window.clear();
-        self.window_in = 0;
-        self.window_out = 0;
-        self.inactive_in_window = 0;
-        while self.snapshots.len() > MAX_PENDING_SNAPSHOTS {
-            self.snapshots.pop_front();
-            self.dropped_snapshots += 1;
+    /// Takes in a `flows` reply.
+    pub fn add(&mut self, flows: Vec<Connection>) {
+        for flow in flows {
+            let (last_in, last_out) = self.totals.get(&flow.id).copied().unwrap_or((0, 0));
+            self.window_in += flow.bytes_in.saturating_sub(last_in);
+            self.window_out += flow.bytes_out.saturating_sub(last_out);
+            match flow.status {
+                FlowStatus::Active => {
+                    self.totals
+                        .insert(flow.id.clone(), (flow.bytes_in, flow.bytes_out));
+                    self.window_active.insert(flow.id.clone(), ());
+                }
+                FlowStatus::Inactive => {
+                    self.totals.remove(&flow.id);
+                    self.window_active.remove(&flow.id);
+                    self.window_inactive += 1;
+                }
+            }
+            self.keep(flow);
         }
     }
 
-    /// The snapshots waiting to be sent, oldest first.
-    pub fn snapshots(&self) -> Vec<MetricsSnapshot> {
-        self.snapshots.iter().cloned().collect()
+    fn keep(&mut self, flow: Connection) {
+        if self.pending.insert(flow.id.clone(), flow.clone()).is_none() {
+            self.order.push_back(flow.id);
+        }
+        while self.pending.len() > self.max_flows {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.pending.remove(&oldest).is_some() {
+                self.dropped += 1;
+            }
+        }
     }
 
-    /// The backend took the first `count` snapshots.
-    pub fn confirm_snapshots(&mut self, count: usize) {
-        for _ in 0..count.min(self.snapshots.len()) {
-            self.snapshots.pop_front();
+    /// The oldest waiting flows, at most `max_flows` and `max_bytes` of JSON.
+    pub fn take_batch(&mut self, max_flows: usize, max_bytes: usize) -> Vec<Connection> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < max_flows {
+            let Some(id) = self.order.front() else { break };
+            let Some(flow) = self.pending.get(id) else {
+                self.order.pop_front();
+                continue;
+            };
+            let size = serde_json::to_vec(flow).map_or(0, |v| v.len()) + 1;
+            if !batch.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            if let Some(flow) = self.pending.remove(id) {
+                batch.push(flow);
+            }
+            self.order.pop_front();
+        }
+        batch
+    }
+
+    /// A batch that could not be posted goes back to the front, except flows a newer
+    /// reading has replaced meanwhile.
+    pub fn put_back(&mut self, batch: Vec<Connection>) {
+        for flow in batch.into_iter().rev() {
+            if self.pending.contains_key(&flow.id) {
+                continue;
+            }
+            self.order.push_front(flow.id.clone());
+            self.pending.insert(flow.id.clone(), flow);
+        }
+        while self.pending.len() > self.max_flows {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.pending.remove(&oldest).is_some() {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    /// The summary of the window since the last snapshot (`seconds` long), and a new window.
+    pub fn snapshot(&mut self, at: OffsetDateTime, seconds: f64) -> MetricsSnapshot {
+        let seconds = seconds.max(1e-3);
+        let snapshot = MetricsSnapshot {
+            timestamp: at,
+            connections: self.window_active.len() as u64,
+            bandwidth_in: (self.window_in as f64 / seconds).round(),
+            bandwidth_out: (self.window_out as f64 / seconds).round(),
+            inactive: self.window_inactive,
+        };
+        self.window_in = 0;
+        self.window_out = 0;
+        self.window_active.clear();
+        self.window_inactive = 0;
+        snapshot
+    }
+}
+
+/// `[telemetry]` settings the task needs besides the client.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub control_socket: PathBuf,
+    pub interval: Duration,
+    pub snapshot_interval: Duration,
+    pub max_flows: usize,
+}
+
+/// Polls the gateway's flows every `interval` and posts them; a snapshot every
+/// `snapshot_interval`. No gateway (no socket): idle, said once at debug level.
+pub async fn run(
+    settings: TelemetrySettings,
+    client: Arc<TelemetryClient>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut book = FlowBook::new(settings.max_flows);
+    let mut snapshots: VecDeque<MetricsSnapshot> = VecDeque::new();
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut window_start = tokio::time::Instant::now();
+    let mut absent_logged = false;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = crate::daemon::stopped(&mut shutdown) => return,
+            _ = ticker.tick() => {}
+        }
+        let socket = settings.control_socket.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            control::call(&socket, &json!({"cmd": "flows"})).and_then(|value| {
+                serde_json::from_value::<Flows>(value)
+                    .map_err(|e| ControlError::BadReply(e.to_string()))
+            })
+        })
+        .await;
+        match reply {
+            Ok(Ok(flows)) => {
+                absent_logged = false;
+                book.add(flows.connections);
+            }
+            Ok(Err(ControlError::NotRunning { path })) => {
+                if !absent_logged {
+                    tracing::debug!(socket = %path.display(), "no gateway control socket: no flows to send");
+                    absent_logged = true;
+                }
+                continue;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot read the gateway's flows");
+                metrics.set_last_error(&format!("reading the gateway's flows: {err}"));
+                continue;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "flows task failed");
+                continue;
+            }
+        }
+        if window_start.elapsed() >= settings.snapshot_interval {
+            let seconds = window_start.elapsed().as_secs_f64();
+            window_start = tokio::time::Instant::now();
+            snapshots.push_back(book.snapshot(OffsetDateTime::now_utc(), seconds));
+            if snapshots.len() > MAX_SNAPSHOTS {
+                snapshots.pop_front();
+            }
+        }
+        let result = post(&client, &mut book, &mut snapshots, &metrics).await;
+        metrics
+            .telemetry_flows_dropped
+            .store(book.dropped(), Ordering::Relaxed);
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("telemetry backend reachable again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(err) => {
+                if crate::auth::is_auth_failure(&err) {
+                    Metrics::add(&metrics.auth_failures, 1);
+                }
+                if !failing {
+                    tracing::warn!(error = %err, waiting = book.pending(), "cannot post to the telemetry backend; keeping the flows");
+                }
+                failing = true;
+                metrics.set_last_error(&err.to_string());
+            }
         }
     }
 }
 
+async fn post(
+    client: &TelemetryClient,
+    book: &mut FlowBook,
+    snapshots: &mut VecDeque<MetricsSnapshot>,
+    metrics: &Metrics,
+) -> Result<(), edgeshare_shared::backend::BackendError> {
+    loop {
+        let batch = book.take_batch(BATCH_FLOWS, BATCH_BYTES);
+        if batch.is_empty() {
+            break;
+        }
+        if let Err(err) = client.post_connections(&batch).await {
+            book.put_back(batch);
+            return Err(err);
+        }
+        Metrics::add(&metrics.telemetry_flows_posted, batch.len() as u64);
+    }
+    if !snapshots.is_empty() {
+        let all: Vec<MetricsSnapshot> = snapshots.iter().cloned().collect();
+        client.post_metrics(&all).await?;
+        Metrics::add(&metrics.telemetry_snapshots_posted, all.len() as u64);
+        snapshots.clear();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use edgeshare_shared::backend::telemetry::Protocol;
-
     use super::*;
 
-    fn connection(id: usize, bytes_in: u64, status: FlowStatus) -> Connection {
-        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    fn flow(id: &str, bytes_in: u64, status: FlowStatus) -> Connection {
+        let at = time::macros::datetime!(2026-11-21 12:00:00 UTC);
         Connection {
-            id: format!("flow-{id}"),
-            source_ip: "10.0.0.2".parse().unwrap(),
+            id: id.into(),
+            source_ip: "10.66.0.2".parse().unwrap(),
             dest_ip: "192.0.2.1".parse().unwrap(),
-            source_port: 40_000,
+            source_port: 40000,
             dest_port: 443,
-            protocol: Protocol::Tcp,
+            protocol: edgeshare_shared::backend::telemetry::Protocol::Tcp,
             status,
             start_time: at,
             last_activity: at,
-            duration: Some(0),
+            duration: None,
             bytes_in,
-            bytes_out: 10,
+            bytes_out: bytes_in / 10,
             packets_in: 1,
             packets_out: 1,
             bandwidth: 0.0,
         }
     }
 
-    #[test]
-    fn batches_respect_both_limits_and_keep_the_order() {
-        let mut outbox = Outbox::default();
-        outbox.add(
-            (0..450)
-                .map(|i| connection(i, 1, FlowStatus::Active))
-                .collect(),
-        );
-        let first = outbox.next_batch();
-        assert_eq!(first.len(), MAX_BATCH_CONNECTIONS);
-        assert_eq!(first[0].id, "flow-0");
-        outbox.confirm(&first);
-        assert_eq!(outbox.pending(), 250);
-        assert_eq!(outbox.next_batch()[0].id, "flow-200");
-
-        // Big connections: the byte limit cuts the batch first.
-        let mut big = Outbox::default();
-        let mut fat = connection(0, 1, FlowStatus::Active);
-        fat.id = "x".repeat(100_000);
-        big.add(
-            (0..30)
-                .map(|i| {
-                    let mut c = fat.clone();
-                    c.id.push_str(&i.to_string());
-                    c
-                })
-                .collect(),
-        );
-        let batch = big.next_batch();
-        let json = serde_json::to_vec(&batch).unwrap();
-        assert!(json.len() <= MAX_BATCH_BYTES, "{}", json.len());
-        assert_eq!(batch.len(), 14);
+    fn ids(batch: &[Connection]) -> Vec<&str> {
+        batch.iter().map(|c| c.id.as_str()).collect()
     }
 
     #[test]
-    fn a_flow_updated_while_its_batch_is_in_flight_is_sent_again_with_the_update() {
-        let mut outbox = Outbox::default();
-        outbox.add(vec![connection(1, 100, FlowStatus::Active)]);
-        let batch = outbox.next_batch();
-        outbox.add(vec![connection(1, 500, FlowStatus::Active)]);
-        outbox.confirm(&batch);
-        let again = outbox.next_batch();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].bytes_in, 500);
-        outbox.confirm(&again);
-        assert_eq!(outbox.pending(), 0);
-        assert!(outbox.next_batch().is_empty());
-    }
-
-    #[test]
-    fn a_minute_counts_new_bytes_once_and_flows_that_ended() {
-        let mut outbox = Outbox::default();
-        outbox.add(vec![
-            connection(1, 6_000, FlowStatus::Active),
-            connection(2, 600, FlowStatus::Active),
+    fn the_latest_reading_of_a_flow_wins_and_order_is_first_seen() {
+        let mut book = FlowBook::new(100);
+        book.add(vec![
+            flow("a", 10, FlowStatus::Active),
+            flow("b", 5, FlowStatus::Active),
         ]);
-        // Flow 1 reported again with more; flow 2 ends.
-        outbox.add(vec![
-            connection(1, 12_000, FlowStatus::Active),
-            connection(2, 600, FlowStatus::Inactive),
-        ]);
-        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-        outbox.close_minute(now, Duration::from_secs(60));
-        let snapshot = &outbox.snapshots()[0];
-        assert_eq!(snapshot.connections, 1);
-        assert_eq!(snapshot.inactive, 1);
-        assert!((snapshot.bandwidth_in - 12_600.0 / 60.0).abs() < 1e-9);
-        assert!((snapshot.bandwidth_out - 20.0 / 60.0).abs() < 1e-9);
-        outbox.confirm_snapshots(1);
-        assert!(outbox.snapshots().is_empty());
+        book.add(vec![flow("a", 30, FlowStatus::Active)]);
+        let batch = book.take_batch(10, BATCH_BYTES);
+        assert_eq!(ids(&batch), ["a", "b"]);
+        assert_eq!(batch[0].bytes_in, 30);
+        assert_eq!(book.pending(), 0);
     }
 
     #[test]
-    fn an_unreachable_backend_costs_the_oldest_flows_not_memory() {
-        let mut outbox = Outbox::default();
-        outbox.add(
-            (0..MAX_PENDING + 5)
-                .map(|i| connection(i, 1, FlowStatus::Active))
+    fn a_failed_batch_goes_back_unless_superseded() {
+        let mut book = FlowBook::new(100);
+        book.add(vec![
+            flow("a", 10, FlowStatus::Active),
+            flow("b", 5, FlowStatus::Active),
+        ]);
+        let batch = book.take_batch(10, BATCH_BYTES);
+        book.add(vec![
+            flow("b", 50, FlowStatus::Active),
+            flow("c", 1, FlowStatus::Active),
+        ]);
+        book.put_back(batch);
+        let again = book.take_batch(10, BATCH_BYTES);
+        assert_eq!(ids(&again), ["a", "b", "c"]);
+        assert_eq!(again[1].bytes_in, 50, "the newer reading of b stays");
+    }
+
+    #[test]
+    fn batches_respect_count_and_size_and_the_bound_drops_oldest() {
+        let mut book = FlowBook::new(3);
+        book.add(
+            (0..5)
+                .map(|i| flow(&format!("f{i}"), i, FlowStatus::Active))
                 .collect(),
         );
-        assert_eq!(outbox.pending(), MAX_PENDING);
-        assert_eq!(outbox.dropped_connections, 5);
-        assert_eq!(outbox.next_batch()[0].id, "flow-5");
-        let now = OffsetDateTime::UNIX_EPOCH;
-        for _ in 0..MAX_PENDING_SNAPSHOTS + 2 {
-            outbox.close_minute(now, SNAPSHOT_EVERY);
-        }
-        assert_eq!(outbox.snapshots().len(), MAX_PENDING_SNAPSHOTS);
-        assert_eq!(outbox.dropped_snapshots, 2);
+        assert_eq!(book.dropped(), 2);
+        assert_eq!(ids(&book.take_batch(2, BATCH_BYTES)), ["f2", "f3"]);
+        let one = serde_json::to_vec(&flow("f4", 4, FlowStatus::Active))
+            .unwrap()
+            .len();
+        let mut book = FlowBook::new(10);
+        book.add(
+            (0..5)
+                .map(|i| flow(&format!("g{i}"), 1, FlowStatus::Active))
+                .collect(),
+        );
+        assert_eq!(book.take_batch(10, one * 2 + 2).len(), 2);
+    }
+
+    #[test]
+    fn snapshots_sum_the_window() {
+        let mut book = FlowBook::new(100);
+        book.add(vec![
+            flow("a", 100, FlowStatus::Active),
+            flow("b", 200, FlowStatus::Active),
+        ]);
+        book.add(vec![
+            flow("a", 700, FlowStatus::Active),
+            flow("b", 200, FlowStatus::Inactive),
+        ]);
+        let at = time::macros::datetime!(2026-11-21 12:01:00 UTC);
+        let s = book.snapshot(at, 60.0);
+        assert_eq!(s.connections, 1);
+        assert_eq!(s.inactive, 1);
+        assert_eq!(s.bandwidth_in, 15.0, "(700 + 200) bytes over 60 s");
+        book.add(vec![flow("a", 760, FlowStatus::Active)]);
+        let s = book.snapshot(at, 60.0);
+        assert_eq!((s.connections, s.bandwidth_in), (1, 1.0));
     }
 }

@@ -275,6 +275,7 @@ where
 
     let mut reported: HashSet<Vec<String>> = HashSet::new();
     let mut placeholders: HashMap<Vec<String>, usize> = HashMap::new();
+    let mut noisy: HashSet<Vec<String>> = HashSet::new();
     let config = loop {
         if problems.len() >= MAX_PROBLEMS {
             return Err(invalid(problems));
@@ -341,6 +342,19 @@ where
                     }
                 }
                 if placeholders.contains_key(&path) {
+                    // A required enum (a `[[source]]`'s `kind`) that was taken out for a bad
+                    // value: no generic placeholder fits, so put in a variant serde named, so
+                    // that the rest is still checked. The index marks it as used up.
+                    if let Some(variant) = first_variant(&message)
+                        && !path.is_empty()
+                        && placeholders.get(&path) != Some(&ENUM_PLACEHOLDER)
+                        && set_path(&mut table, &path, toml::Value::String(variant)).is_ok()
+                    {
+                        placeholders.insert(path.clone(), ENUM_PLACEHOLDER);
+                        // Rules that depend on the variant would only report on the stand-in.
+                        noisy.insert(path[..path.len() - 1].to_vec());
+                        continue;
+                    }
                     if !try_placeholder(&mut table, &path, &mut placeholders) {
                         break None;
                     }
@@ -369,7 +383,9 @@ where
         for (key, message) in found.found {
             let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
             let noise = (1..=segments.len()).any(|n| {
-                reported.contains(&segments[..n]) || placeholders.contains_key(&segments[..n])
+                reported.contains(&segments[..n])
+                    || placeholders.contains_key(&segments[..n])
+                    || noisy.contains(&segments[..n])
             });
             if !noise {
                 problems.push(Problem {
@@ -427,6 +443,21 @@ fn expected_list(message: &str) -> String {
     list.replace("` or `", ", ").replace('`', "")
 }
 
+/// The index of a placeholder that is a variant of a required enum; nothing comes after it.
+const ENUM_PLACEHOLDER: usize = usize::MAX - 1;
+
+/// The first variant serde lists in an "unknown variant `x`, expected one of `a`, `b`"
+/// message.
+fn first_variant(message: &str) -> Option<String> {
+    if !message.starts_with("unknown variant") {
+        return None;
+    }
+    let list = message.split_once("expected ")?.1;
+    let list = list.strip_prefix("one of ").unwrap_or(list);
+    let first = list.strip_prefix('`')?.split('`').next()?;
+    Some(first.to_owned())
+}
+
 /// Puts the next placeholder candidate at `key`; false when none is left. Candidates cover
 /// what config fields are made of: strings (plain, URL, duration), numbers, booleans,
 /// sections and lists.
@@ -476,19 +507,52 @@ fn path_segments(path: &serde_path_to_error::Path) -> Vec<String> {
         .collect()
 }
 
+/// The table at `parents`, through arrays of tables by index (`source.2.path`).
+fn table_at<'a>(table: &'a toml::Table, parents: &[String]) -> Option<&'a toml::Table> {
+    let mut current = table;
+    let mut parts = parents.iter();
+    while let Some(part) = parts.next() {
+        current = match current.get(part)? {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => items
+                .get(parts.next()?.parse::<usize>().ok()?)?
+                .as_table()?,
+            _ => return None,
+        };
+    }
+    Some(current)
+}
+
+fn table_at_mut<'a>(table: &'a mut toml::Table, parents: &[String]) -> Option<&'a mut toml::Table> {
+    let mut current = table;
+    let mut parts = parents.iter();
+    while let Some(part) = parts.next() {
+        current = match current.get_mut(part)? {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => items
+                .get_mut(parts.next()?.parse::<usize>().ok()?)?
+                .as_table_mut()?,
+            _ => return None,
+        };
+    }
+    Some(current)
+}
+
 fn get_path<'a>(table: &'a toml::Table, key: &[String]) -> Option<&'a toml::Value> {
     let (last, parents) = key.split_last()?;
-    let mut current = table;
-    for part in parents {
-        current = current.get(part)?.as_table()?;
-    }
-    current.get(last)
+    table_at(table, parents)?.get(last)
 }
 
 fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
     let Some((last, parents)) = key.split_last() else {
         return Err("empty key".to_owned());
     };
+    // Inside an array of tables the element exists already; elsewhere missing sections
+    // are created.
+    if let Some(current) = table_at_mut(table, parents) {
+        current.insert(last.clone(), value);
+        return Ok(());
+    }
     let mut current = table;
     for (depth, part) in parents.iter().enumerate() {
         let entry = current
@@ -507,30 +571,45 @@ fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resu
 
 fn remove_path(table: &mut toml::Table, key: &[String]) -> Option<toml::Value> {
     let (last, parents) = key.split_last()?;
-    let mut current = table;
-    for part in parents {
-        current = current.get_mut(part)?.as_table_mut()?;
-    }
-    current.remove(last)
+    table_at_mut(table, parents)?.remove(last)
 }
 
 /// The line of a key in the original text; for a key that is not there, the line of its
 /// nearest enclosing section that is.
 fn find_line(doc: &toml_edit::Document<&str>, text: &str, key: &[String]) -> Origin {
+    enum At<'a> {
+        Table(&'a toml_edit::Table),
+        Inline(&'a toml_edit::InlineTable),
+        /// `[[source]]` tables: the next segment is the index.
+        Array(&'a toml_edit::ArrayOfTables),
+    }
     let mut best = None;
-    let mut item: Option<&toml_edit::Item> = None;
+    let mut at = At::Table(doc.as_table());
     for part in key {
-        let found = match item {
-            None => doc.as_table().get_key_value(part),
-            Some(toml_edit::Item::Table(t)) => t.get_key_value(part),
-            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => t.get_key_value(part),
-            _ => None,
+        let found = match at {
+            At::Table(t) => t.get_key_value(part),
+            At::Inline(t) => t.get_key_value(part),
+            At::Array(array) => {
+                let Some(table) = part.parse().ok().and_then(|i: usize| array.get(i)) else {
+                    break;
+                };
+                if let Some(span) = table.span() {
+                    best = Some(line_of(text, span.start));
+                }
+                at = At::Table(table);
+                continue;
+            }
         };
         let Some((k, v)) = found else { break };
         if let Some(span) = k.span().or_else(|| v.span()) {
             best = Some(line_of(text, span.start));
         }
-        item = Some(v);
+        at = match v {
+            toml_edit::Item::Table(t) => At::Table(t),
+            toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => At::Inline(t),
+            toml_edit::Item::ArrayOfTables(a) => At::Array(a),
+            _ => break,
+        };
     }
     best.map_or(Origin::Nowhere, Origin::Line)
 }
@@ -724,6 +803,57 @@ mod tests {
             .map(|i| char::from_u32(i % 200 + 1).unwrap_or('x'))
             .collect();
         assert!(parse::<Example>(&junk, "junk", &[]).is_err());
+    }
+
+    #[allow(dead_code)] // Only its parsing is tested.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithArray {
+        item: Vec<Item>,
+    }
+
+    #[allow(dead_code)] // Only its parsing is tested.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        kind: ItemKind,
+        size: u8,
+    }
+
+    #[allow(dead_code)] // Only its parsing is tested.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum ItemKind {
+        Small,
+        Large,
+    }
+
+    impl Validate for WithArray {
+        fn validate(&self, _: &mut Problems) {}
+    }
+
+    #[test]
+    fn arrays_of_tables_name_index_and_line_and_a_bad_enum_does_not_stop_the_check() {
+        let text = "[[item]]\nkind = \"small\"\nsize = 1\n\n[[item]]\nkind = \"huge\"\nsize = 300\ncolour = 1\n";
+        let found: Vec<String> = match parse::<WithArray>(text, "t", &[]) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            found,
+            vec![
+                "line 6: item.1.kind: unknown variant `huge`, expected `small` or `large`",
+                "line 7: item.1.size: invalid value: integer `300`, expected u8",
+                "line 8: item.1.colour: unknown key (valid keys: kind, size)",
+            ]
+        );
+        assert_eq!(
+            first_variant("unknown variant `x`, expected one of `a`, `b`"),
+            Some("a".into())
+        );
+        assert_eq!(first_variant("invalid type"), None);
     }
 
     #[test]

@@ -1,0 +1,337 @@
+//! `edgeshare-agent run`: every task of the daemon beside each other in one [`Supervisor`]
+//! (a JoinSet and a shutdown signal), stopped together within [`STOP_WITHIN`] on SIGTERM or
+//! SIGINT, with the spool flushed to disk last.
+//!
+//! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
+//! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster;
+//! with `[backend]`: the usage reporter. Further tasks are spawned beside them with
+//! [`Supervisor::spawn`].
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgeshare_shared::backend::HttpClient;
+use edgeshare_shared::backend::crowd::CrowdClient;
+use edgeshare_shared::backend::depin::DepinAuth;
+use edgeshare_shared::backend::telemetry::TelemetryClient;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::auth::StreamAuth;
+use crate::config::AgentConfig;
+use crate::link::{Link, LinkSettings};
+use crate::metrics::{self, Metrics};
+use crate::outbox::{Outbox, lock};
+use crate::sources::{self, Sink};
+use crate::spool::SpoolLimits;
+use crate::telemetry::TelemetrySettings;
+use crate::usage::{ReporterSettings, run_reporter};
+
+/// Every task is given this long to finish after the shutdown signal (systemd's default
+/// stop timeout is far longer; the brief for operators is "gone within 5 s").
+pub const STOP_WITHIN: Duration = Duration::from_secs(4);
+
+/// How often the spool's appends and head are made durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The daemon's tasks and the signal that stops them.
+#[derive(Debug)]
+pub struct Supervisor {
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Supervisor {
+            tasks: JoinSet::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// A receiver that turns true when the daemon stops; each task watches one.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Runs `task` beside the others. It should return soon after [`Supervisor::stopping`]
+    /// turns true; an error it returns is logged.
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.spawn(async move { (name, task.await) });
+    }
+
+    /// Waits for `signal`, then stops every task (aborting any still running after
+    /// [`STOP_WITHIN`]). A task that ends early is logged; the others go on.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) {
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => log_end(done, false),
+            }
+        }
+        tracing::info!("stopping");
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(STOP_WITHIN, async {
+            while let Some(done) = self.tasks.join_next().await {
+                log_end(done, true);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "tasks still running at the stop deadline; aborting them"
+            );
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+fn log_end(
+    done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+    stopping: bool,
+) {
+    match done {
+        Ok((name, Ok(()))) if stopping => tracing::debug!(task = name, "stopped"),
+        Ok((name, Ok(()))) => tracing::warn!(task = name, "task ended early"),
+        Ok((name, Err(err))) => tracing::error!(
+            task = name,
+            error = %edgeshare_shared::cli::describe(&err),
+            "task failed"
+        ),
+        Err(err) => tracing::error!(error = %err, "task panicked or was cancelled"),
+    }
+}
+
+/// Runs the agent until `signal` resolves. `ready` is called once everything listens.
+pub async fn run(
+    config: AgentConfig,
+    signal: impl Future<Output = ()>,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let listener = metrics::bind(config.metrics.listen).await?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    let mut supervisor = Supervisor::new();
+
+    let serve_metrics = metrics.clone();
+    let mut stop = supervisor.stopping();
+    supervisor.spawn("metrics", async move {
+        let shutdown = async move {
+            stopped(&mut stop).await;
+        };
+        metrics::serve(listener, serve_metrics, shutdown)
+            .await
+            .context("serving metrics")
+    });
+
+    let http = HttpClient::new(&config.http).context("setting up the HTTP client")?;
+    if let Some(telemetry) = &config.telemetry {
+        let client = Arc::new(TelemetryClient::new(
+            &http,
+            &telemetry.url,
+            telemetry.email.clone(),
+            telemetry.password.clone(),
+            telemetry.tenant.clone(),
+        ));
+        let settings = TelemetrySettings {
+            control_socket: config.gateway.control_socket.clone(),
+            interval: telemetry.interval,
+            snapshot_interval: telemetry.snapshot_interval,
+            max_flows: telemetry.max_flows,
+        };
+        let (stop, telemetry_metrics) = (supervisor.stopping(), metrics.clone());
+        supervisor.spawn("telemetry", async move {
+            crate::telemetry::run(settings, client, telemetry_metrics, stop).await;
+            Ok(())
+        });
+    }
+
+    if let Some(settings) = ReporterSettings::from_config(&config) {
+        let backend = config
+            .backend
+            .as_ref()
+            .context("usage reports need [backend]")?;
+        let client = CrowdClient::new(&http, backend);
+        let mut stop = supervisor.stopping();
+        supervisor.spawn("usage reports", async move {
+            let shutdown = async move {
+                stopped(&mut stop).await;
+            };
+            run_reporter(&settings, &client, shutdown)
+                .await
+                .context("reporting the usage ledger")
+        });
+    }
+
+    let mut outbox_for_flush = None;
+    if let Some(stream) = &config.stream {
+        metrics
+            .stream_configured
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let dir = config.spool_dir();
+        let (outbox, recovered) =
+            Outbox::open(&dir, SpoolLimits::with_max_bytes(config.spool.max_bytes))
+                .with_context(|| format!("opening the spool in {} (spool.dir)", dir.display()))?;
+        if recovered.entries > 0 {
+            tracing::info!(
+                messages = recovered.entries,
+                dir = %dir.display(),
+                "spool holds messages from before; they go first"
+            );
+        }
+        metrics.set_outbox(outbox.stats());
+        let outbox = Arc::new(Mutex::new(outbox));
+        outbox_for_flush = Some(outbox.clone());
+        let wake = Arc::new(Notify::new());
+        let tls = edgeshare_shared::tls::client_config(config.http.ca_file.as_deref())
+            .context("setting up TLS for the stream (http.ca_file)")?;
+        let auth = Arc::new(StreamAuth::new(
+            DepinAuth::new(
+                &http,
+                &stream.auth_url,
+                stream.paths.clone(),
+                stream.username.clone(),
+                stream.password.clone(),
+            ),
+            metrics.clone(),
+        ));
+
+        let stop = supervisor.stopping();
+        let refresher = auth.clone();
+        supervisor.spawn("token refresh", async move {
+            refresher.keep_fresh(stop).await;
+            Ok(())
+        });
+
+        let link = Link {
+            settings: LinkSettings {
+                ws_url: stream.ws_url.clone(),
+                framing: stream.framing,
+                dead_after: stream.dead_after,
+                max_in_flight: stream.max_in_flight,
+                backoff: stream.backoff,
+                connect_timeout: config.http.connect_timeout,
+                tls: Arc::new(tls),
+            },
+            auth,
+            outbox: outbox.clone(),
+            wake: wake.clone(),
+            metrics: metrics.clone(),
+        };
+        let stop = supervisor.stopping();
+        supervisor.spawn("stream", async move {
+            link.run(stop).await;
+            Ok(())
+        });
+
+        let sink = Sink {
+            device_id: config.device.id.clone(),
+            outbox: outbox.clone(),
+            wake,
+            metrics: metrics.clone(),
+        };
+        for source in config.sources() {
+            let (sink, stop) = (sink.clone(), supervisor.stopping());
+            supervisor.spawn("source", async move {
+                sources::run(source, sink, stop).await;
+                Ok(())
+            });
+        }
+        let (gateway, stop, gateway_sink) =
+            (config.gateway.clone(), supervisor.stopping(), sink.clone());
+        supervisor.spawn("gateway usage", async move {
+            sources::run_gateway(gateway.control_socket, gateway.interval, gateway_sink, stop)
+                .await;
+            Ok(())
+        });
+
+        let (stop, syncing, sync_metrics) =
+            (supervisor.stopping(), outbox.clone(), metrics.clone());
+        supervisor.spawn("spool sync", sync_spool(syncing, sync_metrics, stop));
+    } else {
+        tracing::info!("no [stream] configured: no sensor data is streamed");
+    }
+
+    tracing::info!(metrics = %metrics_addr, "agent running");
+    ready(metrics_addr);
+    supervisor.run_until(signal).await;
+
+    if let Some(outbox) = outbox_for_flush {
+        let flushed = tokio::task::spawn_blocking(move || {
+            let mut outbox = lock(&outbox);
+            outbox.flush_all().map(|()| outbox.stats())
+        })
+        .await
+        .context("flushing the spool")?
+        .context("flushing the spool")?;
+        tracing::info!(
+            waiting = flushed.depth,
+            "spool flushed; waiting messages go first at the next start"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes spool appends durable every [`SYNC_EVERY`] (batched fsyncs spare the SD card),
+/// and keeps the spool's figures in the metrics fresh.
+async fn sync_spool(
+    outbox: Arc<Mutex<Outbox>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(SYNC_EVERY);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let outbox = outbox.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut outbox = lock(&outbox);
+            outbox.sync().map(|()| outbox.stats())
+        })
+        .await?;
+        match synced {
+            Ok(stats) => metrics.set_outbox(stats),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot sync the spool");
+                metrics.set_last_error(&err.to_string());
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not across the caller's awaits.
+    let _ = stop.wait_for(|stop| *stop).await.map(drop);
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Health and counters, served in Prometheus text format on `[metrics] listen` (local only
+//! by default) and read back by `edgeshare-agent status`.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::outbox::OutboxStats;
+
+/// Every metric's name starts with this.
+pub const PREFIX: &str = "edgeshare_agent_";
+
+/// The daemon's counters; shared by every task.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    /// Whether a stream is configured at all (a reporter-only agent has none).
+    pub stream_configured: AtomicBool,
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_confirmed: AtomicU64,
+    pub messages_refused: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub dead_links: AtomicU64,
+    pub samples: AtomicU64,
+    pub sample_errors: AtomicU64,
+    pub gateway_present: AtomicBool,
+    pub telemetry_flows_posted: AtomicU64,
+    pub telemetry_flows_dropped: AtomicU64,
+    pub telemetry_snapshots_posted: AtomicU64,
+    outbox: Mutex<OutboxStats>,
+    last_error: Mutex<Option<(String, u64)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            stream_configured: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            connects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_confirmed: AtomicU64::new(0),
+            messages_refused: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            dead_links: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            sample_errors: AtomicU64::new(0),
+            gateway_present: AtomicBool::new(false),
+            telemetry_flows_posted: AtomicU64::new(0),
+            telemetry_flows_dropped: AtomicU64::new(0),
+            telemetry_snapshots_posted: AtomicU64::new(0),
+            outbox: Mutex::new(OutboxStats::default()),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prometheus label values escape `\`, `"` and newlines.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_outbox(&self, stats: OutboxStats) {
+        *self.outbox.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    pub fn outbox(&self) -> OutboxStats {
+        *self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the latest error (already free of secrets: tokens never enter error texts).
+    pub fn set_last_error(&self, error: &str) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((error.to_owned(), unix_now()));
+    }
+
+    pub fn last_error(&self) -> Option<(String, u64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
+            let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
+            let _ = writeln!(out, "{PREFIX}{name} {value}");
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
+        let outbox = self.outbox();
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+            self.started.elapsed().as_secs().to_string(),
+        );
+        metric(
+            "stream_configured",
+            "gauge",
+            "1 if a [stream] is configured.",
+            flag(&self.stream_configured),
+        );
+        metric(
+            "connected",
+            "gauge",
+            "1 while the producer WebSocket is up.",
+            flag(&self.connected),
+        );
+        metric(
+            "connects_total",
+            "counter",
+            "WebSocket connections established.",
+            get(&self.connects),
+        );
+        metric(
+            "reconnects_total",
+            "counter",
+            "Connections established after a lost one.",
+            get(&self.reconnects),
+        );
+        metric(
+            "dead_links_total",
+            "counter",
+            "Connections given up because the peer went silent past stream.dead_after.",
+            get(&self.dead_links),
+        );
+        metric(
+            "messages_sent_total",
+            "counter",
+            "Messages written to the WebSocket (resends after a reconnect included).",
+            get(&self.messages_sent),
+        );
+        metric(
+            "messages_confirmed_total",
+            "counter",
+            "Messages the server has read (acked, refused, or covered by a pong): no longer waiting.",
+            get(&self.messages_confirmed),
+        );
+        metric(
+            "messages_refused_total",
+            "counter",
+            "Messages the server answered with an error.",
+            get(&self.messages_refused),
+        );
+        metric(
+            "auth_failures_total",
+            "counter",
+            "Refused logins, refreshes and stream tokens.",
+            get(&self.auth_failures),
+        );
+        metric(
+            "samples_total",
+            "counter",
+            "Samples taken by the sources.",
+            get(&self.samples),
+        );
+        metric(
+            "sample_errors_total",
+            "counter",
+            "Samples a source failed to take.",
+            get(&self.sample_errors),
+        );
+        metric(
+            "gateway_present",
+            "gauge",
+            "1 if the gateway's control socket answered the last usage poll.",
+            flag(&self.gateway_present),
+        );
+        metric(
+            "telemetry_flows_posted_total",
+            "counter",
+            "Connections posted to the telemetry backend.",
+            get(&self.telemetry_flows_posted),
+        );
+        metric(
+            "telemetry_flows_dropped_total",
+            "counter",
+            "Connections never posted: over telemetry.max_flows while the backend was away.",
+            get(&self.telemetry_flows_dropped),
+        );
+        metric(
+            "telemetry_snapshots_posted_total",
+            "counter",
+            "Metric snapshots posted to the telemetry backend.",
+            get(&self.telemetry_snapshots_posted),
+        );
+        metric(
+            "spool_depth",
+            "gauge",
+            "Messages waiting to be confirmed (memory and disk).",
+            outbox.depth.to_string(),
+        );
+        metric(
+            "spool_disk_messages",
+            "gauge",
+            "Messages in the disk spool.",
+            outbox.disk_entries.to_string(),
+        );
+        metric(
+            "spool_bytes",
+            "gauge",
+            "Bytes in the disk spool.",
+            outbox.disk_bytes.to_string(),
+        );
+        metric(
+            "spool_dropped_total",
+            "counter",
+            "Oldest sensor samples dropped to keep the spool within spool.max_bytes.",
+            outbox.dropped.to_string(),
+        );
+        metric(
+            "spool_refused_total",
+            "counter",
+            "Sensor samples refused because the spool was full of usage messages.",
+            outbox.refused.to_string(),
+        );
+        let (error, at) = self.last_error().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP {PREFIX}last_error_info The latest error, as a label; its value is when it happened (Unix seconds, 0: none)."
+        );
+        let _ = writeln!(out, "# TYPE {PREFIX}last_error_info gauge");
+        let _ = writeln!(
+            out,
+            "{PREFIX}last_error_info{{error=\"{}\"}} {at}",
+            escape_label(&error)
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` (and `/` for a person with a browser) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let handler = move || {
+        let metrics = metrics.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(handler.clone()))
+        .route("/", get(handler));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics listener; a clear error if the port is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for metrics (metrics.listen): is another agent running? choose another port"
+        )
+    })
+}
+
+/// Reads one sample's value from a Prometheus text exposition (no labels).
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    let full = format!("{PREFIX}{name}");
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == full).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Reads the `error` label of `last_error_info`, unescaped, and its value.
+pub fn last_error_sample(text: &str) -> Option<(String, u64)> {
+    let prefix = format!("{PREFIX}last_error_info{{error=\"");
+    let line = text.lines().find(|l| l.starts_with(&prefix))?;
+    let rest = &line[prefix.len()..];
+    let end = rest.rfind("\"} ")?;
+    let label = rest[..end]
+        .replace("\\n", "\n")
+        .replace("\\\"", "\"")
+        .replace("\\\\", "\\");
+    let at = rest[end + 3..].trim().parse().ok()?;
+    Some((label, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_reads_back() {
+        let m = Metrics::default();
+        m.connected.store(true, Ordering::Relaxed);
+        Metrics::add(&m.reconnects, 3);
+        m.set_outbox(OutboxStats {
+            depth: 7,
+            dropped: 2,
+            ..OutboxStats::default()
+        });
+        m.set_last_error("cannot reach \"x\"\nnext");
+        let text = m.render();
+        assert_eq!(sample(&text, "connected"), Some(1.0));
+        assert_eq!(sample(&text, "reconnects_total"), Some(3.0));
+        assert_eq!(sample(&text, "spool_depth"), Some(7.0));
+        assert_eq!(sample(&text, "spool_dropped_total"), Some(2.0));
+        let (error, at) = last_error_sample(&text).unwrap();
+        assert_eq!(error, "cannot reach \"x\"\nnext");
+        assert!(at > 0);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with(PREFIX), "{line}");
+            assert_eq!(line.matches('\n').count(), 0);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `edgeshare-agent status`: the running daemon's health, read from its metrics endpoint.
+//!
+//! The endpoint rather than a state file: it answers only while the daemon runs (no stale
+//! file after a crash to mistake for health), it costs no SD-card writes, and it shows the
+//! very figures Prometheus scrapes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use crate::metrics::{last_error_sample, sample};
+
+/// Fetches the metrics text from a running agent.
+pub async fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
+    // Plain HTTP on a local port; the TLS set-up is only there because reqwest wants one.
+    let tls = edgeshare_shared::tls::client_config(None).context("setting up TLS")?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .context("setting up an HTTP client")?;
+    let url = format!("http://{addr}/metrics");
+    let response = client.get(&url).send().await.with_context(|| {
+        format!(
+            "the agent is not running, or not listening on {addr} (metrics.listen): start it with `edgeshare-agent run` or `systemctl start edgeshare-agent`"
+        )
+    })?;
+    response
+        .error_for_status()
+        .with_context(|| format!("{url} answered with an error"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))
+}
+
+fn ago(unix: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    humantime::format_duration(Duration::from_secs(now.saturating_sub(unix))).to_string()
+}
+
+/// The report a person reads.
+pub fn render(text: &str) -> String {
+    let n = |name: &str| sample(text, name).unwrap_or(0.0) as u64;
+    let mut out = format!(
+        "edgeshare-agent: running for {}\n",
+        humantime::format_duration(Duration::from_secs(n("uptime_seconds")))
+    );
+    if n("stream_configured") == 1 {
+        let state = if n("connected") == 1 {
+            "connected"
+        } else {
+            "DISCONNECTED (reconnecting)"
+        };
+        out.push_str(&format!(
+            "stream:   {state}; {} connects, {} reconnects, {} dead links\n",
+            n("connects_total"),
+            n("reconnects_total"),
+            n("dead_links_total"),
+        ));
+        out.push_str(&format!(
+            "messages: {} sent, {} confirmed, {} refused by the server; {} samples ({} failed)\n",
+            n("messages_sent_total"),
+            n("messages_confirmed_total"),
+            n("messages_refused_total"),
+            n("samples_total"),
+            n("sample_errors_total"),
+        ));
+        out.push_str(&format!(
+            "spool:    {} waiting ({} on disk, {} bytes); {} sensor samples dropped, {} refused (full)\n",
+            n("spool_depth"),
+            n("spool_disk_messages"),
+            n("spool_bytes"),
+            n("spool_dropped_total"),
+            n("spool_refused_total"),
+        ));
+    } else {
+        out.push_str("stream:   not configured (no [stream])\n");
+    }
+    out.push_str(&format!(
+        "auth:     {} failures\n",
+        n("auth_failures_total")
+    ));
+    out.push_str(&format!(
+        "gateway:  {}\n",
+        if n("gateway_present") == 1 {
+            "present (usage streamed)"
+        } else {
+            "not found (usage source idle)"
+        }
+    ));
+    match last_error_sample(text) {
+        Some((error, at)) if at > 0 => {
+            out.push_str(&format!("last error ({} ago): {error}\n", ago(at)));
+        }
+        _ => out.push_str("last error: none\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn the_report_reads_the_exposition() {
+        let m = Metrics::default();
+        m.stream_configured.store(true, Ordering::Relaxed);
+        Metrics::add(&m.reconnects, 2);
+        m.set_last_error("stream down");
+        let report = render(&m.render());
+        assert!(report.contains("DISCONNECTED"), "{report}");
+        assert!(report.contains("2 reconnects"), "{report}");
+        assert!(report.contains("stream down"), "{report}");
+        assert!(report.contains("not found"), "{report}");
+    }
+}

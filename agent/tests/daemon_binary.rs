@@ -1,0 +1,133 @@
+//! The real `edgeshare-agent` binary: `run` streams to the stand-in, `status` reads its
+//! health, SIGTERM stops it cleanly within 5 s, and secrets stay out of its output.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Setup, config_text, received, standin, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeshare-agent");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn status(config: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_status_and_a_clean_stop_on_sigterm() {
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config_text(&standin.base_url(), dir.path(), &Setup::default())
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        // The password comes from the env file beside the config, as in production.
+        .replace("password = \"Device@123\"\n", "");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(
+        dir.path().join("agent.env"),
+        "EDGESHARE_STREAM__PASSWORD=Device@123\n",
+    )
+    .unwrap();
+
+    let (code, _, stderr) = status(&config);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not running"), "{stderr}");
+
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("-vv")
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            received(&standin).len() >= 5
+        })
+        .await,
+        "the binary did not stream"
+    );
+    let (code, report, stderr) = status(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(report.contains("stream:   connected"), "{report}");
+    assert!(report.contains("last error: none"), "{report}");
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let asked = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = asked.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(exit.success(), "{exit:?}: {logs}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(logs.contains("spool flushed"), "{logs}");
+    // Even at debug level: no password, no token.
+    assert!(!logs.contains("Device@123"), "{logs}");
+    assert!(!logs.contains("token=ey"), "{logs}");
+    eprintln!("stopped {took:?} after SIGTERM");
+}
+
+#[test]
+fn sources_are_checked_key_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\ndead_after = \"10ms\"\n\n[[source]]\nkind = \"file\"\ninterval = \"1s\"\n\n[[source]]\nkind = \"command\"\nname = \"x\"\ncommand = []\ninterval = \"10ms\"\n\n[[source]]\nkind = \"sonar\"\ninterval = \"1s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for expected in [
+        "stream.dead_after: must be at least 1s",
+        "source.0.name: is required for this kind",
+        "source.0.path: is required for kind = \"file\"",
+        "source.1.command: must name a program",
+        "source.1.interval: must be at least 100ms",
+        "source.2.kind: unknown variant `sonar`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
