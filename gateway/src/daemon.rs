@@ -616,12 +616,6 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     tracing::info!(portal = %portal_url, lan = %config.lan.interface, "gateway running");
-    // Ready only now: the table is installed, sessions are restored, and the portal and the
-    // control socket listen (systemd starts what is ordered after us at this point).
-    let ready = format!("portal {portal_url} on {}", config.lan.interface);
-    if let Err(err) = notifier.ready(&ready) {
-        tracing::warn!(error = %err, "cannot tell systemd that the gateway is ready");
-    }
 
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -629,6 +623,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut last_store_sync = tokio::time::Instant::now();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // Ready only now: the table is installed, sessions are restored, the portal and the
+    // control socket listen, and a SIGTERM is handled (systemd may send one right away).
+    let ready = format!("portal {portal_url} on {}", config.lan.interface);
+    if let Err(err) = notifier.ready(&ready) {
+        tracing::warn!(error = %err, "cannot tell systemd that the gateway is ready");
+    }
     loop {
         // Besides the regular tick, wake when the next online device's code expires, so the
         // cut-off (after the final counter read) comes at expiry, not up to a tick later.
