@@ -41,7 +41,8 @@ cross_zig_target() {
 # cross_glibc_needed BINARY: the highest GLIBC_x.y symbol version BINARY needs; empty for a
 # static binary. readelf, not objdump: it reads any architecture's ELF.
 cross_glibc_needed() {
-  readelf -W --version-info "$1" 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -Vu | tail -n1
+  { readelf -W --version-info "$1" 2>/dev/null || true; } | { grep -o 'GLIBC_[0-9][0-9.]*' || true; } |
+    sed 's/GLIBC_//' | sort -Vu | tail -n1
 }
 
 # cross_deb_arch TARGET: the Debian architecture of a gnu TARGET; empty for others.
