@@ -12,6 +12,7 @@ use edgeshare_shared::paths::Daemon;
 use crate::codes::{CodeStore, mb_to_bytes};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
+use crate::firewall::{Cidr, Firewall, NftFirewall};
 use crate::net::{Mac, Millis};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
@@ -49,6 +50,21 @@ pub enum Command {
     /// Make, list or revoke access codes (works whether the daemon runs or not).
     #[command(subcommand)]
     Codes(CodesCommand),
+    /// Put the nftables table in place or take it away without the daemon (boot, removal).
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Install the table the daemon installs, and exit: every LAN device is captive and
+    /// nothing is forwarded until the daemon runs. Run at boot before the network comes up
+    /// (edgeshare-portal-only.service), so the LAN is never open. Devices already online in
+    /// the table stay online. Host names in portal.walled_garden are left for the daemon to
+    /// resolve when it starts.
+    Install,
+    /// Delete the table: edgeshare no longer filters the LAN (when the package is removed).
+    Remove,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,7 +131,43 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Codes(command) => codes(&load()?, command),
+        Command::Firewall(command) => firewall(&load()?, command),
     }
+}
+
+fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<()> {
+    let table = &config.firewall.table;
+    match command {
+        FirewallCommand::Install => {
+            // Before the network is up nothing can be resolved: only the garden's CIDRs now.
+            let mut garden = Vec::new();
+            for entry in &config.portal.walled_garden {
+                match entry.parse::<Cidr>() {
+                    Ok(cidr) => garden.push(cidr),
+                    Err(_) => tracing::info!(
+                        host = %entry,
+                        "portal.walled_garden: a host name, added when the daemon starts"
+                    ),
+                }
+            }
+            NftFirewall::new(config.firewall_config(garden))
+                .install()
+                .with_context(|| {
+                    format!("installing the nftables table inet {table} (is nftables installed, and do we have CAP_NET_ADMIN?)")
+                })?;
+            println!(
+                "nftables table inet {table} in place: LAN devices on {} are captive until they log in",
+                config.lan.interface
+            );
+        }
+        FirewallCommand::Remove => {
+            NftFirewall::new(config.firewall_config(Vec::new()))
+                .uninstall()
+                .with_context(|| format!("deleting the nftables table inet {table}"))?;
+            println!("nftables table inet {table} removed");
+        }
+    }
+    Ok(())
 }
 
 fn codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {

@@ -9,6 +9,8 @@ use edgeshare_shared::config::{Problems, Validate};
 use edgeshare_shared::paths::StateSettings;
 use serde::Deserialize;
 
+use crate::firewall::{Cidr, FirewallConfig};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -205,6 +207,22 @@ impl Default for Control {
         Control {
             socket: PathBuf::from("/run/edgeshare/gateway.sock"),
             group: None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What the nftables table enforces for this configuration, with `garden` as the walled
+    /// garden (resolved by the caller: the daemon resolves host names, the boot-time install
+    /// cannot).
+    pub fn firewall_config(&self, garden: Vec<Cidr>) -> FirewallConfig {
+        FirewallConfig {
+            table: self.firewall.table.clone(),
+            lan: self.lan.interface.clone(),
+            wan: self.wan.interface.clone(),
+            nat: self.wan.nat,
+            portal_port: self.portal.port,
+            garden,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
 use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
-use crate::firewall::{Cidr, Firewall, FirewallConfig, NftFirewall};
+use crate::firewall::{Cidr, Firewall, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 use crate::report::{self, FlowBook, GatewayFigures};
@@ -914,6 +914,7 @@ fn load_state(path: &PathBuf) -> anyhow::Result<Option<Persisted>> {
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let notifier = edgeshare_shared::systemd::Notifier::from_env()?;
     let state_dir = config.state.dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state.dir {}", state_dir.display()))?;
@@ -934,14 +935,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     };
 
     let garden = walled_garden(&config).await?;
-    let mut firewall: Box<dyn Firewall> = Box::new(NftFirewall::new(FirewallConfig {
-        table: config.firewall.table.clone(),
-        lan: config.lan.interface.clone(),
-        wan: config.wan.interface.clone(),
-        nat: config.wan.nat,
-        portal_port: config.portal.port,
-        garden,
-    }));
+    let mut firewall: Box<dyn Firewall> =
+        Box::new(NftFirewall::new(config.firewall_config(garden)));
     firewall.install().context(
         "installing the nftables table (is nftables installed, and do we have CAP_NET_ADMIN?)",
     )?;
@@ -1038,6 +1033,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut last_store_sync = tokio::time::Instant::now();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // Ready only now: the table is installed, sessions are restored, the portal and the
+    // control socket listen, and a SIGTERM is handled (systemd may send one right away).
+    let ready = format!("portal {portal_url} on {}", config.lan.interface);
+    if let Err(err) = notifier.ready(&ready) {
+        tracing::warn!(error = %err, "cannot tell systemd that the gateway is ready");
+    }
     loop {
         // Besides the regular tick, wake when the next online device's code expires, so the
         // cut-off (after the final counter read) comes at expiry, not up to a tick later.
@@ -1091,9 +1092,17 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         if let Err(err) = ticked {
             tracing::error!(error = %err, "the tick failed");
         }
+        // Petted only after a tick completed: a tick stuck in nft or on the lock stops the
+        // pets, and systemd's watchdog restarts the daemon.
+        if let Err(err) = notifier.watchdog() {
+            tracing::warn!(error = %err, "cannot pet systemd's watchdog");
+        }
     }
 
     tracing::info!("stopping");
+    if let Err(err) = notifier.stopping("stopping: saving the sessions") {
+        tracing::warn!(error = %err, "cannot tell systemd that the gateway is stopping");
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;

@@ -139,6 +139,13 @@ impl Gateway {
     }
 
     fn start(bed: Testbed, codes: Codes) -> Gateway {
+        let mut gateway = Gateway::configure(bed, codes);
+        gateway.run();
+        gateway
+    }
+
+    /// A gateway whose configuration is written and checked, not yet running.
+    fn configure(bed: Testbed, codes: Codes) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("es-gw-")
             .tempdir()
@@ -167,7 +174,7 @@ impl Gateway {
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, config_text).expect("writing the config");
         let log = dir.path().join("gateway.log");
-        let mut gateway = Gateway {
+        let gateway = Gateway {
             daemon: None,
             bed,
             dir,
@@ -182,7 +189,6 @@ impl Gateway {
             "check-config: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        gateway.run();
         gateway
     }
 
@@ -1859,12 +1865,138 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     );
     assert!(
         truth_down >= 40 * MB,
-        "the whole download was counted upstream"
+        "the client counted the whole download"
     );
     assert_eq!(
         (last.up, last.down),
         (truth_up, truth_down),
         "the ledger's totals are the ground truth, byte for byte"
     );
+}
+
+#[test]
+fn the_boot_time_table_keeps_the_lan_closed_and_never_cuts_online_clients_off() {
+    if !support::require_root() {
+        return;
+    }
+    // As at boot (edgeshare-portal-only.service): the table before the daemon, forwarding on.
+    let mut gateway = Gateway::configure(Testbed::new(), Codes::Local);
+    let _internet = Internet::start(&gateway.bed);
+    assert!(
+        reaches_upstream(&gateway.bed, OPEN),
+        "without the table the bed forwards (the check itself works)"
+    );
+    gateway.cli_ok(&["firewall", "install"]);
+    assert!(gateway.table_exists());
+    assert!(
+        !reaches_upstream(&gateway.bed, BLOCKED),
+        "the LAN is open with only the boot-time table"
+    );
+
     gateway.run();
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    assert!(
+        reaches_upstream(&gateway.bed, OPEN),
+        "online after the login"
+    );
+    // The boot unit run again (or by hand) while clients are online: they stay online.
+    gateway.cli_ok(&["firewall", "install"]);
+    assert!(
+        reaches_upstream(&gateway.bed, OPEN),
+        "a second install cut an online client off"
+    );
+    assert!(!second_client_reaches_upstream(&gateway.bed));
+    assert_eq!(gateway.status()["online_devices"], 1);
+
+    gateway.stop(Signal::TERM);
+    assert!(reaches_upstream(&gateway.bed, OPEN), "online after SIGTERM");
+    gateway.cli_ok(&["firewall", "remove"]);
+    assert!(!gateway.table_exists(), "firewall remove deletes the table");
+}
+
+/// The datagrams a daemon sends to its NOTIFY_SOCKET, as systemd would receive them.
+struct NotifyListener {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifyListener {
+    fn bind(dir: &Path) -> NotifyListener {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("binding NOTIFY_SOCKET");
+        NotifyListener { socket, path }
+    }
+
+    /// The next datagram within `timeout`, or None.
+    fn next(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("a read timeout");
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+#[test]
+fn systemd_hears_ready_only_once_the_gateway_serves_then_watchdog_pets_and_stopping() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::configure(Testbed::new(), Codes::Local);
+    let notify = NotifyListener::bind(gateway.dir.path());
+    let log = File::create(&gateway.log).expect("the daemon's log file");
+    let mut command = gateway.command(&["run"]);
+    command
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "3000000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    let started = Instant::now();
+    gateway.daemon = Some(Background::start(&mut command));
+
+    let first = notify.next(Duration::from_secs(10));
+    let ready_after = started.elapsed();
+    let first = first.unwrap_or_else(|| panic!("no READY=1 within 10 s:\n{}", gateway.log_text()));
+    assert!(first.starts_with("READY=1\nSTATUS=portal "), "{first:?}");
+    // Everything READY promises, at once: the table, the control socket, the portal.
+    assert!(gateway.table_exists(), "READY before the table");
+    assert!(
+        gateway.cli(&["status"]).status.success(),
+        "READY before the control socket"
+    );
+    let portal = curl(&gateway.bed.client, &[PORTAL_URL]).expect("the portal answers at READY");
+    assert_eq!(portal.status, 200, "{portal:?}");
+
+    // The main loop pets the watchdog each tick (1 s), well within 3 s.
+    for n in 1..=2 {
+        let message = notify.next(Duration::from_secs(3));
+        assert_eq!(message.as_deref(), Some("WATCHDOG=1"), "watchdog pet {n}");
+    }
+
+    let term = Instant::now();
+    gateway
+        .daemon
+        .as_mut()
+        .expect("running")
+        .signal(Signal::TERM);
+    let mut stopping = false;
+    while let Some(message) = notify.next(Duration::from_secs(5)) {
+        if message.starts_with("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+        assert_eq!(message, "WATCHDOG=1", "unexpected notification");
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    gateway.stop(Signal::TERM);
+    let exit = term.elapsed();
+    println!(
+        "READY=1 {} ms after start (debug build); exit {} ms after SIGTERM",
+        ready_after.as_millis(),
+        exit.as_millis()
+    );
+    assert!(exit < Duration::from_secs(5), "exit took {exit:?}");
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: TOML loading that reports every problem at once, with key and line.
 //! - [`ledger`]: the durable usage ledger the gateway writes and the agent reports from.
 //! - [`secret`]: a password/token type that never prints, and private atomic files.
+//! - [`systemd`]: `sd_notify` (readiness, watchdog, stopping) for `Type=notify` units.
 //!
 //! No daemon logic lives here, and nothing here touches nftables or packet capture.
 #![forbid(unsafe_code)]
@@ -18,4 +19,5 @@ pub mod logging;
 pub mod paths;
 pub mod retry;
 pub mod secret;
+pub mod systemd;
 pub mod tls;
