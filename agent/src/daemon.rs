@@ -269,8 +269,35 @@ pub async fn run(
     }
 
     tracing::info!(metrics = %metrics_addr, "agent running");
+    // Under systemd (Type=notify): ready once every task runs, then the watchdog is petted
+    // from the supervisor's own runtime, so a wedged runtime gets the agent restarted.
+    let notifier = edgeshare_shared::systemd::Notifier::from_env()
+        .context("reading NOTIFY_SOCKET (systemd)")?;
+    if let Err(err) = notifier.ready("running") {
+        tracing::warn!(error = %err, "cannot tell systemd the agent is ready");
+    }
+    if let Some(timeout) = notifier.watchdog_timeout() {
+        let mut stop = supervisor.stopping();
+        let pets = notifier.clone();
+        supervisor.spawn("watchdog", async move {
+            let mut every = tokio::time::interval(timeout / 2);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        if let Err(err) = pets.watchdog() {
+                            tracing::warn!(error = %err, "cannot pet the systemd watchdog");
+                        }
+                    }
+                    () = stopped(&mut stop) => return Ok(()),
+                }
+            }
+        });
+    }
     ready(metrics_addr);
     supervisor.run_until(signal).await;
+    if let Err(err) = notifier.stopping("stopping: flushing the spool") {
+        tracing::warn!(error = %err, "cannot tell systemd the agent is stopping");
+    }
 
     if let Some(outbox) = outbox_for_flush {
         let flushed = tokio::task::spawn_blocking(move || {

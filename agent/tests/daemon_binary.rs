@@ -57,11 +57,32 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not running"), "{stderr}");
 
+    // Played by systemd: the notify socket, a watchdog of 400 ms.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let heard = notes.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        for _ in 0..300 {
+            if let Ok(n) = notify.recv(&mut buf) {
+                heard
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .arg("-vv")
         .arg("run")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -76,6 +97,12 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     let (code, report, stderr) = status(&config);
     assert_eq!(code, 0, "{stderr}");
     assert!(report.contains("stream:   connected"), "{report}");
+    let so_far = notes.lock().unwrap().clone();
+    assert!(so_far[0].starts_with("READY=1"), "{so_far:?}");
+    assert!(
+        so_far.iter().filter(|n| n.as_str() == "WATCHDOG=1").count() >= 2,
+        "the watchdog is petted every 200 ms: {so_far:?}"
+    );
     assert!(report.contains("last error: none"), "{report}");
 
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
@@ -97,6 +124,8 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     assert!(exit.success(), "{exit:?}: {logs}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(logs.contains("spool flushed"), "{logs}");
+    let all = notes.lock().unwrap().clone();
+    assert!(all.iter().any(|n| n.starts_with("STOPPING=1")), "{all:?}");
     // Even at debug level: no password, no token.
     assert!(!logs.contains("Device@123"), "{logs}");
     assert!(!logs.contains("token=ey"), "{logs}");
