@@ -208,16 +208,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reading(n: u64) -> Reading {
-        let mut data = serde_json::Map::new();
-        data.insert("n".into(), n.into());
-        Reading {
-            device_id: "d1".into(),
-            timestamp: time::macros::datetime!(2026-11-21 12:00:00 UTC),
-            data,
-        }
-    }
+    use crate::spool::tests::reading;
 
     fn ns(entries: &[Entry]) -> Vec<u64> {
         entries

@@ -591,10 +591,11 @@ fn read_entries(path: &Path, head: u64) -> Result<Vec<Entry>, SpoolError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reading(n: u64) -> Reading {
+    /// A sensor reading `{"n": n}` of device d1.
+    pub(crate) fn reading(n: u64) -> Reading {
         let mut data = serde_json::Map::new();
         data.insert("n".into(), n.into());
         Reading {

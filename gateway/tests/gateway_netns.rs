@@ -498,6 +498,33 @@ impl Internet {
 }
 
 /// Can the client open a connection to up's 443 (through the gateway)?
+/// A running gateway with the internet and the download stand-in in up, the upstream link
+/// limited to `rate` (none: veth speed), and the client online with a new code of `mb` MB.
+/// Fields drop in order: the servers, then the gateway and its namespaces.
+struct Downloading {
+    _downloads: Background,
+    _internet: Internet,
+    gateway: Gateway,
+    code: String,
+}
+
+fn online_with_downloads(rate: Option<&str>, mb: f64) -> Downloading {
+    let gateway = Gateway::start_local();
+    let internet = Internet::start(&gateway.bed);
+    let downloads = start_standin(&gateway.bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
+    if let Some(rate) = rate {
+        gateway.bed.up.limit_rate(Testbed::UP_IF, rate);
+    }
+    let code = gateway.create_code(mb, 1.0);
+    gateway.login_ok(&code);
+    Downloading {
+        _downloads: downloads,
+        _internet: internet,
+        gateway,
+        code,
+    }
+}
+
 fn reaches_upstream(bed: &Testbed, timeout: Duration) -> bool {
     bed.client
         .tcp_connects(sock(Testbed::up_v4(), 443), timeout)
@@ -894,15 +921,11 @@ fn the_client_is_cut_off_at_its_quota() {
     if !support::require_root() {
         return;
     }
-    let gateway = Gateway::start_local();
-    let bed = &gateway.bed;
-    let _internet = Internet::start(bed);
-    let _downloads = start_standin(&bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
     // The internet sends at 1 MB/s (8 Mbit/s), so the 5 MB would take 5 s uncut: within
     // the download's 7 s.
-    bed.up.limit_rate(Testbed::UP_IF, "8mbit");
-    let code = gateway.create_code(1.0, 1.0);
-    gateway.login_ok(&code);
+    let online = online_with_downloads(Some("8mbit"), 1.0);
+    let (gateway, code) = (&online.gateway, &online.code);
+    let bed = &gateway.bed;
 
     let start = Instant::now();
     let got = download(bed, 5 * MB);
@@ -928,13 +951,13 @@ fn the_client_is_cut_off_at_its_quota() {
         !reaches_upstream(bed, BLOCKED),
         "upstream must be unreachable after the quota"
     );
-    assert_http_redirected(&gateway, "port 80 after the quota");
+    assert_http_redirected(gateway, "port 80 after the quota");
     assert!(
-        gateway.session(&code).is_none(),
+        gateway.session(code).is_none(),
         "clients --json must not list a used-up session: {:?}",
         gateway.clients()
     );
-    let listed = gateway.listed_code(&code);
+    let listed = gateway.listed_code(code);
     let (used, total) = (
         listed["used_bytes"].as_u64().expect("used_bytes"),
         listed["total_bytes"].as_u64().expect("total_bytes"),
@@ -944,7 +967,7 @@ fn the_client_is_cut_off_at_its_quota() {
         "codes list: billed up to the quota, never past it, short by less than the packet the \
          kernel dropped: {listed}"
     );
-    let again = gateway.login(&code);
+    let again = gateway.login(code);
     assert_eq!(again.status, 403, "a used-up code is refused: {again:?}");
     assert!(again.body.contains("used up"), "{}", again.body);
 }
@@ -958,14 +981,11 @@ fn at_full_speed_the_kernel_stops_the_client_at_its_quota() {
     if !support::require_root() {
         return;
     }
-    let gateway = Gateway::start_local();
-    let bed = &gateway.bed;
-    let _internet = Internet::start(bed);
-    let _downloads = start_standin(&bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
     // No rate limit: veth moves about a gigabyte a second, hundreds of megabytes between
     // two of the daemon's readings.
-    let code = gateway.create_code(2.0, 1.0);
-    gateway.login_ok(&code);
+    let online = online_with_downloads(None, 2.0);
+    let (gateway, code) = (&online.gateway, &online.code);
+    let bed = &gateway.bed;
     let got = download(bed, 200 * MB);
     println!(
         "2 MB code at full speed: downloaded {got} bytes, {} bytes past the quota",
@@ -974,11 +994,11 @@ fn at_full_speed_the_kernel_stops_the_client_at_its_quota() {
     assert!(got > MB, "the client was online: {got} bytes");
     assert!(got <= 2 * MB, "stopped at the quota: {got} bytes");
     assert!(
-        wait_until(Duration::from_secs(3), || gateway.session(&code).is_none()),
+        wait_until(Duration::from_secs(3), || gateway.session(code).is_none()),
         "the session ends: {:?}",
         gateway.clients()
     );
-    let listed = gateway.listed_code(&code);
+    let listed = gateway.listed_code(code);
     let used = listed["used_bytes"].as_u64().expect("used_bytes");
     println!(
         "billed {used} bytes (IP bytes both ways, by the kernel counters): {} bytes past the \
@@ -1679,15 +1699,11 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     if !support::require_root() {
         return;
     }
-    let gateway = Gateway::start_local();
-    let bed = &gateway.bed;
-    let _internet = Internet::start(bed);
-    let _downloads = start_standin(&bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
     // 200 Mbit/s: fast, but well within what the capture thread keeps up with on a busy CI
     // machine (the benchmark measures full speed).
-    bed.up.limit_rate(Testbed::UP_IF, "200mbit");
-    let code = gateway.create_code(100.0, 1.0);
-    gateway.login_ok(&code);
+    let online = online_with_downloads(Some("200mbit"), 100.0);
+    let (gateway, code) = (&online.gateway, &online.code);
+    let bed = &gateway.bed;
     let got = download(bed, 20 * MB);
     assert_eq!(got, 20 * MB, "the download completes");
 
@@ -1744,7 +1760,7 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
         "{usage:?}"
     );
     assert!(
-        !client.session.contains(&code),
+        !client.session.contains(code.as_str()),
         "session ids do not show the code"
     );
     let flows: edgeshare_shared::control::Flows = serde_json::from_value(
@@ -1819,12 +1835,8 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     if !support::require_root() {
         return;
     }
-    let mut gateway = Gateway::start_local();
-    let _internet = Internet::start(&gateway.bed);
-    let _downloads = start_standin(&gateway.bed.up, gateway.dir.path(), DOWNLOAD_ADDR, &[]);
-    gateway.bed.up.limit_rate(Testbed::UP_IF, "100mbit");
-    let code = gateway.create_code(500.0, 1.0);
-    gateway.login_ok(&code);
+    let mut online = online_with_downloads(Some("100mbit"), 500.0);
+    let (gateway, code) = (&mut online.gateway, online.code.clone());
     // Ground truth from here on: the client counts the download's packets itself.
     install_client_truth(&gateway.bed);
 
