@@ -169,11 +169,12 @@ pub async fn run(
             .context("usage reports need [backend]")?;
         let client = CrowdClient::new(&http, backend);
         let mut stop = supervisor.stopping();
+        let usage_metrics = metrics.clone();
         supervisor.spawn("usage reports", async move {
             let shutdown = async move {
                 stopped(&mut stop).await;
             };
-            run_reporter(&settings, &client, shutdown)
+            run_reporter(&settings, &client, &usage_metrics, shutdown)
                 .await
                 .context("reporting the usage ledger")
         });

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub telemetry_flows_posted: AtomicU64,
     pub telemetry_flows_dropped: AtomicU64,
     pub telemetry_snapshots_posted: AtomicU64,
+    /// Usage bytes the backend took in applied reports (contract 1), since start.
+    pub usage_reported_bytes: AtomicU64,
+    /// Usage bytes in the ledger not yet settled with the backend.
+    pub usage_pending_bytes: AtomicU64,
     outbox: Mutex<OutboxStats>,
     last_error: Mutex<Option<(String, u64)>>,
 }
@@ -56,6 +60,8 @@ impl Default for Metrics {
             telemetry_flows_posted: AtomicU64::new(0),
             telemetry_flows_dropped: AtomicU64::new(0),
             telemetry_snapshots_posted: AtomicU64::new(0),
+            usage_reported_bytes: AtomicU64::new(0),
+            usage_pending_bytes: AtomicU64::new(0),
             outbox: Mutex::new(OutboxStats::default()),
             last_error: Mutex::new(None),
         }
@@ -210,6 +216,18 @@ impl Metrics {
             "counter",
             "Metric snapshots posted to the telemetry backend.",
             get(&self.telemetry_snapshots_posted),
+        );
+        metric(
+            "usage_reported_bytes_total",
+            "counter",
+            "Usage bytes the backend took in reports known to be applied, since start.",
+            get(&self.usage_reported_bytes),
+        );
+        metric(
+            "usage_pending_bytes",
+            "gauge",
+            "Usage bytes of the gateway's ledger not yet settled with the backend.",
+            get(&self.usage_pending_bytes),
         );
         metric(
             "spool_depth",

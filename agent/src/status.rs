@@ -91,6 +91,12 @@ pub fn render(text: &str) -> String {
             "not found (usage source idle)"
         }
     ));
+    out.push_str(&format!(
+        "usage:    {} bytes reported since start, {} bytes pending; telemetry: {} flows posted\n",
+        n("usage_reported_bytes_total"),
+        n("usage_pending_bytes"),
+        n("telemetry_flows_posted_total"),
+    ));
     match last_error_sample(text) {
         Some((error, at)) if at > 0 => {
             out.push_str(&format!("last error ({} ago): {error}\n", ago(at)));
@@ -111,9 +117,14 @@ mod tests {
         let m = Metrics::default();
         m.stream_configured.store(true, Ordering::Relaxed);
         Metrics::add(&m.reconnects, 2);
+        Metrics::add(&m.usage_reported_bytes, 5_230_316);
         m.set_last_error("stream down");
         let report = render(&m.render());
         assert!(report.contains("DISCONNECTED"), "{report}");
+        assert!(
+            report.contains("usage:    5230316 bytes reported since start, 0 bytes pending"),
+            "{report}"
+        );
         assert!(report.contains("2 reconnects"), "{report}");
         assert!(report.contains("stream down"), "{report}");
         assert!(report.contains("not found"), "{report}");

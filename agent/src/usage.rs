@@ -14,6 +14,7 @@ mod core;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgeshare_shared::backend::crowd::{CrowdClient, UsageReport};
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 pub use self::core::{Cursor, InFlight, Notice, Outcome, Reporter, Send, SessionState};
 use crate::config::AgentConfig;
+use crate::metrics::Metrics;
 
 /// The cursor's file name in the agent's state directory.
 pub const CURSOR_FILE: &str = "usage-cursor.json";
@@ -312,6 +314,7 @@ fn outcome_of(err: BackendError) -> Outcome {
 pub async fn run_reporter(
     settings: &ReporterSettings,
     client: &CrowdClient,
+    metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReporterError> {
     let cursor = load_cursor(&settings.cursor_file)?;
@@ -338,6 +341,12 @@ pub async fn run_reporter(
             ok = shell.round() => ok,
             () = &mut shutdown => return Ok(()),
         };
+        metrics
+            .usage_reported_bytes
+            .store(shell.reporter.reported_bytes(), Ordering::Relaxed);
+        metrics
+            .usage_pending_bytes
+            .store(shell.reporter.pending_total(), Ordering::Relaxed);
         let wait = if ok {
             delays = settings.backoff.delays();
             let now = shell.now();

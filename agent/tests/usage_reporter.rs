@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use edgeshare_agent::metrics::Metrics;
 use edgeshare_agent::usage::{ReporterSettings, load_cursor, run_reporter};
 use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient, CrowdConfig, MB};
 use edgeshare_shared::backend::{HttpClient, HttpSettings};
@@ -141,20 +143,27 @@ fn cursor_settled(path: &Path) -> bool {
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 fn spawn_reporter(settings: &ReporterSettings, standin: &Standin) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let settings = settings.clone();
     let client = client(standin);
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let counting = metrics.clone();
     let task = tokio::spawn(async move {
-        run_reporter(&settings, &client, async {
+        run_reporter(&settings, &client, &counting, async {
             let _ = stopped.await;
         })
         .await
         .unwrap();
     });
-    Running { stop, task }
+    Running {
+        stop,
+        task,
+        metrics,
+    }
 }
 
 /// Waits until the backend shows `want` for every code and the cursor is settled, then a
@@ -273,6 +282,10 @@ proptest! {
             wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
             standin.clear_faults();
             check_logs(&provider, &codes, &want).await;
+            // One reporter all along: its counters are the backend's totals.
+            let reported = running.metrics.usage_reported_bytes.load(Ordering::Relaxed);
+            assert_eq!(reported, want.iter().sum::<u64>());
+            assert_eq!(running.metrics.usage_pending_bytes.load(Ordering::Relaxed), 0);
             running.stop.send(()).unwrap();
             running.task.await.unwrap();
             standin.shutdown().await;

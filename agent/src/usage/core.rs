@@ -160,6 +160,8 @@ pub struct Reporter {
     /// Refusals for "not enough remaining" in a row, per code: a second one parks it.
     short_refusals: HashMap<String, u32>,
     notices: Vec<Notice>,
+    /// Bytes the backend took in reports settled as applied, since this reporter started.
+    reported_bytes: u64,
 }
 
 impl Reporter {
@@ -181,7 +183,14 @@ impl Reporter {
             status,
             short_refusals: HashMap::new(),
             notices: Vec::new(),
+            reported_bytes: 0,
         }
+    }
+
+    /// Bytes the backend took in reports known to be applied, since this reporter started
+    /// (a report read back as applied counts when the read-back says so).
+    pub fn reported_bytes(&self) -> u64 {
+        self.reported_bytes
     }
 
     /// The state to persist.
@@ -440,6 +449,7 @@ impl Reporter {
         let Some(flight) = self.cursor.in_flight.remove(code) else {
             return;
         };
+        self.reported_bytes = self.reported_bytes.saturating_add(flight.bytes);
         let mut credited = 0u64;
         for (id, part) in &flight.parts {
             if let Some(session) = self.cursor.sessions.get_mut(id) {
