@@ -63,30 +63,12 @@ if ! command -v iperf3 >/dev/null 2>&1; then
   echo "bench: installing iperf3 (apt-get install -y iperf3)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null
 fi
-for tool in ip nft jq curl python3 iperf3; do
-  command -v "$tool" >/dev/null 2>&1 || {
-    echo "bench: $tool is missing (bash scripts/install-deps; apt-get install python3)" >&2
-    exit 1
-  }
-done
-if [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 1000 ]; then echo "bench: CLIENTS must be 1..1000" >&2; exit 1; fi
-if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
-  if [ -f "$HOME/.cargo/env" ]; then
-    # shellcheck disable=SC1091
-    . "$HOME/.cargo/env"
-  fi
-  echo "bench: cargo build --release --workspace --bins" >&2
-  cargo build --release --workspace --bins --locked >&2
-fi
-BIN=$PWD/target/release
-for bin in edgeshare-gateway edgeshare-standin; do
-  [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
-done
-
 # The testbed (client — gateway — upstream namespaces), clients as macvlans, silent links, the
-# gateway's configuration, starting the daemons and the clean-up: scripts/lib/netns.bash.
+# gateway's configuration, starting the daemons, the clean-up and the benchmarks' preparation:
+# scripts/lib/netns.bash.
 # shellcheck source=scripts/lib/netns.bash
 . scripts/lib/netns.bash
+bench_prepare ip nft jq curl python3 iperf3
 ID=$$
 WORK=$(mktemp -d)
 after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run

@@ -40,30 +40,11 @@ QUOTA_MB=${QUOTA_MB:-2}
 EXPIRY_S=${EXPIRY_S:-3}
 
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (network namespaces, nftables)" >&2; exit 1; }
-for tool in ip nft tc jq python3; do
-  command -v "$tool" >/dev/null 2>&1 || {
-    echo "bench: $tool is missing (bash scripts/install-deps; apt-get install python3)" >&2
-    exit 1
-  }
-done
-if [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 1000 ]; then echo "bench: CLIENTS must be 1..1000" >&2; exit 1; fi
-if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
-  if [ -f "$HOME/.cargo/env" ]; then
-    # shellcheck disable=SC1091
-    . "$HOME/.cargo/env"
-  fi
-  echo "bench: cargo build --release --workspace --bins" >&2
-  cargo build --release --workspace --bins --locked >&2
-fi
-BIN=$PWD/target/release
-for bin in edgeshare-gateway edgeshare-standin; do
-  [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
-done
-
 # The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
-# the daemons and the clean-up: scripts/lib/netns.bash.
+# the daemons, the clean-up, and the benchmarks' preparation: scripts/lib/netns.bash.
 # shellcheck source=scripts/lib/netns.bash
 . scripts/lib/netns.bash
+bench_prepare ip nft tc jq python3
 ID=$$
 WORK=$(mktemp -d)
 after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run

@@ -43,6 +43,35 @@ netns_fail() {
   exit 1
 }
 
+# bench_prepare TOOL…: for a benchmark (as root): fails unless every TOOL is installed and
+# CLIENTS (if set) is 1..1000; builds the release binaries unless BENCH_NO_BUILD=1; sets BIN
+# to their folder.
+bench_prepare() {
+  local tool bin
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || {
+      echo "bench: $tool is missing (bash scripts/install-deps; apt-get install python3)" >&2
+      exit 1
+    }
+  done
+  if [ -n "${CLIENTS:-}" ] && { [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 1000 ]; }; then
+    echo "bench: CLIENTS must be 1..1000" >&2
+    exit 1
+  fi
+  if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
+    if [ -f "$HOME/.cargo/env" ]; then
+      # shellcheck disable=SC1091
+      . "$HOME/.cargo/env"
+    fi
+    echo "bench: cargo build --release --workspace --bins" >&2
+    cargo build --release --workspace --bins --locked >&2
+  fi
+  BIN=$PWD/target/release
+  for bin in edgeshare-gateway edgeshare-standin; do
+    [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
+  done
+}
+
 # netns_track_pid PID…: records processes for netns_cleanup to end.
 netns_track_pid() {
   NETNS_PIDS+=("$@")
