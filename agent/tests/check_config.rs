@@ -110,3 +110,21 @@ fn the_usage_section_needs_the_backend_and_sane_values() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn sources_are_checked_key_by_key() {
+    let (code, err) = check_text(
+        "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\ndead_after = \"10ms\"\n\n[[source]]\nkind = \"file\"\ninterval = \"1s\"\n\n[[source]]\nkind = \"command\"\nname = \"x\"\ncommand = []\ninterval = \"10ms\"\n\n[[source]]\nkind = \"sonar\"\ninterval = \"1s\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "stream.dead_after: must be at least 1s",
+        "source.0.name: is required for this kind",
+        "source.0.path: is required for kind = \"file\"",
+        "source.1.command: must name a program",
+        "source.1.interval: must be at least 100ms",
+        "source.2.kind: unknown variant `sonar`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

@@ -131,32 +131,3 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     assert!(!logs.contains("token=ey"), "{logs}");
     eprintln!("stopped {took:?} after SIGTERM");
 }
-
-#[test]
-fn sources_are_checked_key_by_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(
-        &path,
-        "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\ndead_after = \"10ms\"\n\n[[source]]\nkind = \"file\"\ninterval = \"1s\"\n\n[[source]]\nkind = \"command\"\nname = \"x\"\ncommand = []\ninterval = \"10ms\"\n\n[[source]]\nkind = \"sonar\"\ninterval = \"1s\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
-    for expected in [
-        "stream.dead_after: must be at least 1s",
-        "source.0.name: is required for this kind",
-        "source.0.path: is required for kind = \"file\"",
-        "source.1.command: must name a program",
-        "source.1.interval: must be at least 100ms",
-        "source.2.kind: unknown variant `sonar`",
-    ] {
-        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
-    }
-}

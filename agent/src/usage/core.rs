@@ -378,16 +378,7 @@ impl Reporter {
                         self.unsend(code);
                     }
                 }
-                Rejection::NotFound | Rejection::CodeExpired => {
-                    let pending = self.pending(code);
-                    self.cursor.in_flight.remove(code);
-                    self.status.remove(code);
-                    self.write_off(code);
-                    self.notices.push(Notice::CodeGone {
-                        code: code.to_owned(),
-                        bytes: pending,
-                    });
-                }
+                Rejection::NotFound | Rejection::CodeExpired => self.code_gone(code),
                 _ => self.park(code, bytes, message),
             },
         }
@@ -403,14 +394,7 @@ impl Reporter {
         let Some(after_mb) = after_mb else {
             // The code is gone: whether or not the report was applied, nothing more can be
             // billed to it.
-            let pending = self.pending(code);
-            self.cursor.in_flight.remove(code);
-            self.status.remove(code);
-            self.write_off(code);
-            self.notices.push(Notice::CodeGone {
-                code: code.to_owned(),
-                bytes: pending,
-            });
+            self.code_gone(code);
             return;
         };
         let before_mb = flight.before_mb;
@@ -478,6 +462,19 @@ impl Reporter {
             code: code.to_owned(),
             bytes,
             message,
+        });
+    }
+
+    /// The backend no longer knows `code`: its report in flight and its pending bytes are
+    /// written off, and the shell says how many.
+    fn code_gone(&mut self, code: &str) {
+        let pending = self.pending(code);
+        self.cursor.in_flight.remove(code);
+        self.status.remove(code);
+        self.write_off(code);
+        self.notices.push(Notice::CodeGone {
+            code: code.to_owned(),
+            bytes: pending,
         });
     }
 
