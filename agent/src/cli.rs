@@ -31,6 +31,9 @@ pub enum Command {
     Status,
 }
 
+/// How long blocking threads still running after the daemon stopped are waited for.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Two workers are plenty for a handful of sockets and timers on a small device.
     tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .config
                 .load(Daemon::Agent)
                 .context("the agent configuration is not usable")?;
-            runtime()?.block_on(async {
+            let runtime = runtime()?;
+            let ran = runtime.block_on(async {
                 let signal = crate::daemon::termination();
                 // Listening for the signals before anything runs, so an early SIGTERM is
                 // not lost.
@@ -64,7 +68,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 };
                 crate::daemon::run(config, stop, |_| {}).await
-            })
+            });
+            // Dropping the runtime would wait for every blocking thread, and one may sit in
+            // a control-socket read or a DNS lookup for seconds; the daemon is done, so they
+            // are left to end with the process.
+            runtime.shutdown_timeout(BLOCKING_GRACE);
+            ran
         }
         Command::Status => {
             let config: AgentConfig = cli

@@ -17,6 +17,9 @@ use edgeshare_shared::secret::Secret;
 use serde::Deserialize;
 use url::Url;
 
+/// The spool's folder name in `state.dir`.
+const SPOOL_DIR: &str = "spool";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -58,12 +61,23 @@ impl AgentConfig {
             .unwrap_or_else(|| vec![SourceConfig::system(Duration::from_secs(10))])
     }
 
-    /// Where the spool lives: `spool.dir`, or `agent/spool` in the state directory.
+    /// Where the spool lives: `spool.dir`, or `spool` in the state directory (beside the
+    /// usage cursor), so the packaged `state.dir = "/var/lib/edgeshare/agent"` puts it in
+    /// `/var/lib/edgeshare/agent/spool`.
     pub fn spool_dir(&self) -> PathBuf {
         self.spool
             .dir
             .clone()
-            .unwrap_or_else(|| self.state.dir.join("agent").join("spool"))
+            .unwrap_or_else(|| self.state.dir.join(SPOOL_DIR))
+    }
+
+    /// Where versions up to 0.1.0 put the spool by default (`agent/spool` in `state.dir`);
+    /// `None` where `spool.dir` is set.
+    pub fn legacy_spool_dir(&self) -> Option<PathBuf> {
+        self.spool
+            .dir
+            .is_none()
+            .then(|| self.state.dir.join("agent").join(SPOOL_DIR))
     }
 }
 
@@ -288,7 +302,7 @@ impl Default for GatewaySettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSettings {
-    /// Default: `agent/spool` in `state.dir`.
+    /// Default: `spool` in `state.dir`.
     pub dir: Option<PathBuf>,
     /// Disk used at most (bytes). When full, the oldest sensor samples go first; usage
     /// messages are never dropped.

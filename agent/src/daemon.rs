@@ -29,9 +29,11 @@ use crate::spool::SpoolLimits;
 use crate::telemetry::TelemetrySettings;
 use crate::usage::{ReporterSettings, run_reporter};
 
-/// Every task is given this long to finish after the shutdown signal (systemd's default
-/// stop timeout is far longer; the brief for operators is "gone within 5 s").
-pub const STOP_WITHIN: Duration = Duration::from_secs(4);
+/// Every task is given this long to finish after the shutdown signal, then aborted. Short,
+/// because stopping early loses nothing: the usage cursor is saved before each report is
+/// sent (a report cut off in flight is read back at the next start), and the spool is
+/// flushed after the tasks end. The whole stop stays under a second.
+pub const STOP_WITHIN: Duration = Duration::from_millis(500);
 
 /// How often the spool's appends and head are made durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -186,6 +188,22 @@ pub async fn run(
             .stream_configured
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let dir = config.spool_dir();
+        if let Some(legacy) = config.legacy_spool_dir() {
+            match move_legacy_spool(&legacy, &dir) {
+                Ok(true) => tracing::info!(
+                    from = %legacy.display(),
+                    to = %dir.display(),
+                    "moved the spool of an earlier version to its documented place"
+                ),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(
+                    from = %legacy.display(),
+                    to = %dir.display(),
+                    error = %err,
+                    "cannot move the spool of an earlier version; its messages wait there"
+                ),
+            }
+        }
         let (outbox, recovered) =
             Outbox::open(&dir, SpoolLimits::with_max_bytes(config.spool.max_bytes))
                 .with_context(|| format!("opening the spool in {} (spool.dir)", dir.display()))?;
@@ -346,6 +364,20 @@ async fn sync_spool(
     }
 }
 
+/// Moves a spool left at `legacy` by an earlier version to `dir`, so its messages are sent,
+/// unless `dir` exists already. True if it moved one.
+fn move_legacy_spool(legacy: &std::path::Path, dir: &std::path::Path) -> std::io::Result<bool> {
+    if !legacy.is_dir() || dir.exists() {
+        return Ok(false);
+    }
+    std::fs::rename(legacy, dir)?;
+    // The folder that held it (`agent` in state.dir) is left over if nothing else is in it.
+    if let Some(parent) = legacy.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(true)
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not across the caller's awaits.
@@ -362,4 +394,62 @@ pub async fn termination() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AgentConfig {
+        let text = format!(
+            "[device]\nid = \"d\"\n\n[stream]\nauth_url = \"http://b\"\nws_url = \"ws://b/producer\"\nusername = \"u\"\npassword = \"p\"\n\n[state]\ndir = \"/var/lib/edgeshare/agent\"\n{extra}"
+        );
+        edgeshare_shared::config::parse(&text, "agent.toml", &[]).expect("test config")
+    }
+
+    #[test]
+    fn the_spool_is_where_the_example_config_says() {
+        let packaged = config("");
+        assert_eq!(
+            packaged.spool_dir(),
+            std::path::Path::new("/var/lib/edgeshare/agent/spool")
+        );
+        assert_eq!(
+            packaged.legacy_spool_dir().as_deref(),
+            Some(std::path::Path::new("/var/lib/edgeshare/agent/agent/spool"))
+        );
+        let chosen = config("[spool]\ndir = \"/srv/spool\"\n");
+        assert_eq!(chosen.spool_dir(), std::path::Path::new("/srv/spool"));
+        assert_eq!(
+            chosen.legacy_spool_dir(),
+            None,
+            "a chosen folder is left alone"
+        );
+    }
+
+    #[test]
+    fn an_earlier_versions_spool_is_moved_once_and_never_over_a_newer_one() {
+        let state = tempfile::tempdir().unwrap();
+        let legacy = state.path().join("agent/spool");
+        let dir = state.path().join("spool");
+        assert!(
+            !move_legacy_spool(&legacy, &dir).unwrap(),
+            "nothing to move"
+        );
+
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("seg"), b"waiting").unwrap();
+        assert!(move_legacy_spool(&legacy, &dir).unwrap());
+        assert_eq!(std::fs::read(dir.join("seg")).unwrap(), b"waiting");
+        assert!(
+            !state.path().join("agent").exists(),
+            "the empty folder is gone"
+        );
+
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("seg"), b"older").unwrap();
+        assert!(!move_legacy_spool(&legacy, &dir).unwrap());
+        assert_eq!(std::fs::read(dir.join("seg")).unwrap(), b"waiting", "kept");
+    }
 }

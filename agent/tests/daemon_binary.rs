@@ -131,3 +131,70 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     assert!(!logs.contains("token=ey"), "{logs}");
     eprintln!("stopped {took:?} after SIGTERM");
 }
+
+/// A gateway that accepts the agent's control-socket calls and never answers holds a blocking
+/// thread of the agent in a read (up to its 10 s timeout). SIGTERM still ends the process at
+/// once: systemd sees it gone, with nothing left behind, well within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        gateway_interval: "100ms",
+        ..Setup::default()
+    };
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        config_text(&standin.base_url(), dir.path(), &setup),
+    )
+    .unwrap();
+    // The hung gateway: connections are accepted and kept, never answered.
+    let gateway = std::os::unix::net::UnixListener::bind(dir.path().join("gw.sock")).unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in gateway.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(connection);
+        }
+    });
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("-v")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            !received(&standin).is_empty() && calls.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await,
+        "the agent did not stream and call the gateway"
+    );
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let asked = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let took = asked.elapsed();
+    let logs = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned();
+    eprintln!("exited {took:?} after SIGTERM, with a gateway call hanging");
+    assert!(exit.success(), "{exit:?}: {logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+    // The hung call would hold the process for its 10 s read timeout; 2 s leaves room for a
+    // loaded CI machine around the ~0.1 s it takes.
+    assert!(took < Duration::from_secs(2), "{took:?}: {logs}");
+}

@@ -152,9 +152,7 @@ fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<
             }
             NftFirewall::new(config.firewall_config(garden))
                 .install()
-                .with_context(|| {
-                    format!("installing the nftables table inet {table} (is nftables installed, and do we have CAP_NET_ADMIN?)")
-                })?;
+                .with_context(|| format!("installing the nftables table inet {table}"))?;
             println!(
                 "nftables table inet {table} in place: LAN devices on {} are captive until they log in",
                 config.lan.interface

@@ -777,19 +777,6 @@ fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
     Ok(parse_addresses(&out.stdout))
 }
 
-/// Gives the ledger directory and its files to `gid` (the agent reads them through the
-/// group: the directory is 0750, the files 0640), with the set-group-ID bit on the directory
-/// so that segments made later belong to the group too.
-fn share_with_group(dir: &std::path::Path, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::os::unix::fs::chown(dir, None, Some(gid))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?;
-    for entry in std::fs::read_dir(dir)? {
-        std::os::unix::fs::chown(entry?.path(), None, Some(gid))?;
-    }
-    Ok(())
-}
-
 /// Starts the capture meter on the LAN interface; its reports come through `reports`. A
 /// capture that cannot start is logged, not fatal: billing runs on the kernel's counters.
 fn start_capture(
@@ -950,9 +937,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let garden = walled_garden(&config).await?;
     let mut firewall: Box<dyn Firewall> =
         Box::new(NftFirewall::new(config.firewall_config(garden)));
-    firewall.install().context(
-        "installing the nftables table (is nftables installed, and do we have CAP_NET_ADMIN?)",
-    )?;
+    firewall
+        .install()
+        .context("installing the nftables table")?;
 
     let sessions_file = state_dir.join("sessions.json");
     let now = Millis::now();
@@ -967,18 +954,14 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         None => None,
     };
     let ledger_dir = state_dir.join("ledger");
-    state.ledger = Some(
-        LedgerWriter::open(&ledger_dir, LedgerLimits::default())
-            .with_context(|| format!("opening the usage ledger in {}", ledger_dir.display()))?,
-    );
+    let mut ledger = LedgerWriter::open(&ledger_dir, LedgerLimits::default())
+        .with_context(|| format!("opening the usage ledger in {}", ledger_dir.display()))?;
     if let Some(gid) = group {
-        share_with_group(&ledger_dir, gid).with_context(|| {
-            format!(
-                "letting control.group read the usage ledger in {}",
-                ledger_dir.display()
-            )
-        })?;
+        ledger
+            .share_with_group(gid)
+            .context("letting control.group read the usage ledger")?;
     }
+    state.ledger = Some(ledger);
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
@@ -1729,22 +1712,6 @@ mod tests {
         let restarted = restart(&rebooted, &dir, saved, Millis(60_000));
         assert_eq!(used(&restarted), 9_700, "raised to the ledger's totals");
         assert_eq!(rebooted.allowed(), vec![client(2)], "back online");
-    }
-
-    #[test]
-    fn the_ledger_is_shared_with_the_control_group() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = tempfile::tempdir().unwrap();
-        let ledger_dir = dir.path().join("ledger");
-        drop(ledger(&dir));
-        let gid = rustix::process::getgid().as_raw();
-        share_with_group(&ledger_dir, gid).unwrap();
-        let meta = std::fs::metadata(&ledger_dir).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o2750);
-        assert_eq!(meta.gid(), gid);
-        for entry in std::fs::read_dir(&ledger_dir).unwrap() {
-            assert_eq!(entry.unwrap().metadata().unwrap().gid(), gid);
-        }
     }
 
     #[test]

@@ -556,6 +556,46 @@ fn bad_batches_are_refused_with_nft_stderr() {
     }
 }
 
+#[test]
+fn without_netbase_the_install_error_is_nfts_own_and_names_the_package() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    // A minimal image without netbase: nft (the real one) finds no /etc/protocols and no
+    // /etc/services. Both are hidden in a mount namespace of nft's own.
+    let mut command = bed.gw.command_prefix("unshare");
+    command.extend(
+        [
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /etc/protocols && mount --bind /dev/null /etc/services && exec nft \"$@\"",
+            "nft",
+        ]
+        .map(std::ffi::OsString::from),
+    );
+    let mut fw = NftFirewall::with_command(config(), command);
+    let err = fw.install().expect_err("nft cannot resolve protocol names");
+    let message = err.to_string();
+    let FirewallError::Refused { stderr, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        stderr.contains("Could not resolve protocol name"),
+        "{stderr}"
+    );
+    assert!(
+        message.starts_with(stderr.as_str()),
+        "nft's own words come first: {message}"
+    );
+    assert!(
+        message.ends_with("install the netbase package"),
+        "the hint names the cause: {message}"
+    );
+    assert!(!message.contains("CAP_NET_ADMIN"), "{message}");
+}
+
 // ---- session quotas ----
 
 /// How long a transfer waits for a stalled direction before it counts as stopped.

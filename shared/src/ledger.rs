@@ -14,7 +14,7 @@
 //! [`LedgerLimits::max_bytes`] by compacting the closed segments (temp file, fsync, rename,
 //! fsync of the directory). One writer at a time holds an `flock` on `writer.lock`; readers
 //! take no lock and may run as another user with group read access (directory 0750, files
-//! 0640).
+//! 0640, given to the readers' group by [`LedgerWriter::share_with_group`]).
 //!
 //! Records in segment *i* have sequence numbers below the first of segment *i + 1*. A crash in
 //! the middle of a compaction can leave a record in two files (same seq); both readers and the
@@ -145,6 +145,16 @@ pub enum LedgerError {
     #[error("cannot lock the ledger {}: {source}", path.display())]
     Lock {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot let group {gid} read the ledger at {}: {source} (the writer needs CAP_CHOWN, or to own the file)",
+        path.display()
+    )]
+    Share {
+        path: PathBuf,
+        gid: u32,
         #[source]
         source: std::io::Error,
     },
@@ -339,6 +349,8 @@ pub struct LedgerWriter {
     latest: BTreeMap<String, UsageRecord>,
     recovery: Recovery,
     stats: WriterStats,
+    /// The group that may read the ledger (the agent's), once shared.
+    reader_group: Option<u32>,
 }
 
 impl LedgerWriter {
@@ -382,6 +394,7 @@ impl LedgerWriter {
             latest: BTreeMap::new(),
             recovery: Recovery::default(),
             stats: WriterStats::default(),
+            reader_group: None,
         };
         let firsts = list_segments(dir).map_err(read_err(dir))?;
         let count = firsts.len();
@@ -443,6 +456,49 @@ impl LedgerWriter {
     /// The ledger's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Lets group `gid` (the agent's) read the ledger: the directory becomes 0750 and every
+    /// file in it 0640, all of group `gid`, and so does every file made from now on.
+    ///
+    /// Each file is given to the group explicitly instead of relying on a set-group-ID
+    /// directory and the umask: under systemd the gateway runs with `UMask=0077` (files would
+    /// be 0600) and `RestrictSUIDSGID=yes` (a set-group-ID bit is refused), both worth
+    /// keeping. Files left 0600 or of another group by earlier versions are mended here too,
+    /// and a set-group-ID bit they left on the directory is cleared.
+    pub fn share_with_group(&mut self, gid: u32) -> Result<(), LedgerError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let share_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LedgerError::Share { path, gid, source }
+        };
+        std::os::unix::fs::chown(&self.dir, None, Some(gid))
+            .and_then(|()| {
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(DIR_MODE))
+            })
+            .map_err(share_err(&self.dir))?;
+        for entry in std::fs::read_dir(&self.dir).map_err(share_err(&self.dir))? {
+            let path = entry.map_err(share_err(&self.dir))?.path();
+            if path.is_file() {
+                std::os::unix::fs::chown(&path, None, Some(gid))
+                    .and_then(|()| {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(FILE_MODE))
+                    })
+                    .map_err(share_err(&path))?;
+            }
+        }
+        self.reader_group = Some(gid);
+        Ok(())
+    }
+
+    /// Gives a file the writer has just made to the readers' group, if the ledger is shared.
+    fn grant(&self, file: &File) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(gid) = self.reader_group {
+            std::os::unix::fs::fchown(file, None, Some(gid))?;
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        }
+        Ok(())
     }
 
     /// The latest record of `session`, if the ledger still holds one.
@@ -595,6 +651,11 @@ impl LedgerWriter {
                 .mode(FILE_MODE)
                 .open(&path)
                 .map_err(write_err)?;
+            if let Err(err) = self.grant(&file) {
+                // Not left behind: the next batch makes this segment again.
+                let _ = std::fs::remove_file(&path);
+                return Err(write_err(err));
+            }
             // The new name must survive a power cut as well as the lines in it.
             sync_dir(&self.dir).map_err(write_err)?;
             self.stats.fsyncs += 1;
@@ -716,6 +777,7 @@ impl LedgerWriter {
                 .mode(FILE_MODE)
                 .open(&tmp)
                 .map_err(compact_err)?;
+            self.grant(&file).map_err(compact_err)?;
             let body: Vec<u8> = lines.values().flatten().copied().collect();
             file.write_all(&body)
                 .and_then(|()| file.sync_all())

@@ -240,13 +240,17 @@ pub async fn run_gateway(
             _ = ticker.tick() => {}
         }
         let path = socket.clone();
-        let reply = tokio::task::spawn_blocking(move || {
-            control::call(&path, &json!({"cmd": "usage"})).and_then(|value| {
-                serde_json::from_value::<LiveUsage>(value)
-                    .map_err(|e| ControlError::BadReply(e.to_string()))
-            })
-        })
-        .await;
+        // A gateway that does not answer holds this call for its read timeout; stopping
+        // does not wait for it.
+        let reply = tokio::select! {
+            () = crate::daemon::stopped(&mut shutdown) => return,
+            reply = tokio::task::spawn_blocking(move || {
+                control::call(&path, &json!({"cmd": "usage"})).and_then(|value| {
+                    serde_json::from_value::<LiveUsage>(value)
+                        .map_err(|e| ControlError::BadReply(e.to_string()))
+                })
+            }) => reply,
+        };
         match reply {
             Ok(Ok(usage)) => {
                 sink.metrics.gateway_present.store(true, Ordering::Relaxed);

@@ -301,7 +301,10 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("nft refused to {operation} ({status}): {stderr}")]
+    #[error(
+        "{stderr} (nft, {status}, refused to {operation}){}",
+        refusal_hint(stderr)
+    )]
     Refused {
         operation: Operation,
         status: ExitStatus,
@@ -314,6 +317,23 @@ pub enum FirewallError {
     },
     #[error("cannot {operation}: failure injected by MemoryFirewall::fail_next")]
     Injected { operation: Operation },
+}
+
+/// What to do about a refusal, from nft's own words; empty where its text says it all.
+fn refusal_hint(stderr: &str) -> &'static str {
+    if stderr.contains("Could not resolve protocol name")
+        || stderr.contains("Could not resolve service")
+    {
+        // nft 1.0 looks protocol and port names up in /etc/protocols and /etc/services,
+        // which minimal images lack.
+        "; nft reads protocol and service names from /etc/protocols and /etc/services: install the netbase package"
+    } else if stderr.contains("Operation not permitted") {
+        "; changing nftables needs CAP_NET_ADMIN: run as root, or grant it to the service"
+    } else if stderr.contains("Protocol not supported") {
+        "; the kernel has no nf_tables support loaded (modprobe nf_tables, or a kernel with it)"
+    } else {
+        ""
+    }
 }
 
 impl FirewallError {
