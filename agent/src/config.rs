@@ -371,12 +371,22 @@ fn default_max_flows() -> usize {
 pub struct UsageSettings {
     /// The gateway's ledger directory (the agent needs read access, e.g. through the group).
     pub ledger: PathBuf,
-    /// A code's usage is reported once this many bytes are pending, or when a session ends:
-    /// the backend grants points per whole MiB of each report.
+    /// A code's usage is reported in whole MiB once this many bytes (rounded up to whole
+    /// MiB) are pending: the backend grants points per whole MiB of each report. The
+    /// remainder goes in the code's last report.
     pub min_report_bytes: u64,
-    /// How often the ledger is read.
+    /// How often the ledger is read (every second while a code is near its expiry).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// A code's last report (the remainder under a MiB included) goes as soon as its
+    /// sessions have ended this close to its expiry: after `expireAt` the backend refuses
+    /// every report. Keep it above the gateway's `codes.expiry_margin`.
+    #[serde(with = "humantime_serde")]
+    pub flush_ahead: Duration,
+    /// A code whose sessions ended this long ago has its remainder reported, even though it
+    /// might be used again (then its next remainder may cost the provider one point).
+    #[serde(with = "humantime_serde")]
+    pub fraction_hold: Duration,
 }
 
 impl Default for UsageSettings {
@@ -385,6 +395,8 @@ impl Default for UsageSettings {
             ledger: ledger::default_dir(),
             min_report_bytes: 1 << 20,
             interval: Duration::from_secs(10),
+            flush_ahead: Duration::from_secs(60),
+            fraction_hold: Duration::from_secs(3600),
         }
     }
 }

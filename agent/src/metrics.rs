@@ -37,6 +37,15 @@ pub struct Metrics {
     pub usage_reported_bytes: AtomicU64,
     /// Usage bytes in the ledger not yet settled with the backend.
     pub usage_pending_bytes: AtomicU64,
+    /// Whether the usage reporter runs (a `[backend]` is configured).
+    pub usage_configured: AtomicBool,
+    /// Usage bytes the backend could not bill (code used up or gone), since start.
+    pub usage_written_off_bytes: AtomicU64,
+    /// Reports the backend applied only half (code debited, account not credited).
+    pub usage_half_applied: AtomicU64,
+    pub usage_uncredited_bytes: AtomicU64,
+    /// Unix seconds since the reporter's rounds fail; 0 while they succeed.
+    pub usage_failing_since: AtomicU64,
     outbox: Mutex<OutboxStats>,
     last_error: Mutex<Option<(String, u64)>>,
 }
@@ -62,6 +71,11 @@ impl Default for Metrics {
             telemetry_snapshots_posted: AtomicU64::new(0),
             usage_reported_bytes: AtomicU64::new(0),
             usage_pending_bytes: AtomicU64::new(0),
+            usage_configured: AtomicBool::new(false),
+            usage_written_off_bytes: AtomicU64::new(0),
+            usage_half_applied: AtomicU64::new(0),
+            usage_uncredited_bytes: AtomicU64::new(0),
+            usage_failing_since: AtomicU64::new(0),
             outbox: Mutex::new(OutboxStats::default()),
             last_error: Mutex::new(None),
         }
@@ -93,6 +107,29 @@ impl Metrics {
 
     pub fn outbox(&self) -> OutboxStats {
         *self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The usage reporter's figures after a round (`ok`: the round succeeded).
+    pub fn store_usage(&self, totals: crate::usage::Totals, pending: u64, ok: bool) {
+        self.usage_reported_bytes
+            .store(totals.reported_bytes, Ordering::Relaxed);
+        self.usage_pending_bytes.store(pending, Ordering::Relaxed);
+        self.usage_written_off_bytes
+            .store(totals.written_off_bytes, Ordering::Relaxed);
+        self.usage_half_applied
+            .store(totals.half_applied, Ordering::Relaxed);
+        self.usage_uncredited_bytes
+            .store(totals.uncredited_bytes, Ordering::Relaxed);
+        if ok {
+            self.usage_failing_since.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.usage_failing_since.compare_exchange(
+                0,
+                unix_now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Records the latest error (already free of secrets: tokens never enter error texts).
@@ -228,6 +265,36 @@ impl Metrics {
             "gauge",
             "Usage bytes of the gateway's ledger not yet settled with the backend.",
             get(&self.usage_pending_bytes),
+        );
+        metric(
+            "usage_configured",
+            "gauge",
+            "1 if the usage reporter runs (a [backend] is configured).",
+            flag(&self.usage_configured),
+        );
+        metric(
+            "usage_written_off_bytes_total",
+            "counter",
+            "Usage bytes the backend could not bill (code used up, expired or deleted), since start.",
+            get(&self.usage_written_off_bytes),
+        );
+        metric(
+            "usage_half_applied_total",
+            "counter",
+            "Reports the backend applied only half (code debited, account never credited), since start.",
+            get(&self.usage_half_applied),
+        );
+        metric(
+            "usage_uncredited_bytes_total",
+            "counter",
+            "Bytes of half-applied reports never credited to the account, since start.",
+            get(&self.usage_uncredited_bytes),
+        );
+        metric(
+            "usage_failing_since_seconds",
+            "gauge",
+            "When the usage reporter's rounds began to fail (Unix seconds); 0 while they succeed.",
+            get(&self.usage_failing_since),
         );
         metric(
             "spool_depth",

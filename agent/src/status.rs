@@ -97,6 +97,7 @@ pub fn render(text: &str) -> String {
         n("usage_pending_bytes"),
         n("telemetry_flows_posted_total"),
     ));
+    out.push_str(&billing_line(&n));
     match last_error_sample(text) {
         Some((error, at)) if at > 0 => {
             out.push_str(&format!("last error ({} ago): {error}\n", ago(at)));
@@ -104,6 +105,33 @@ pub fn render(text: &str) -> String {
         _ => out.push_str("last error: none\n"),
     }
     out
+}
+
+/// Whether usage reaches the backend, and what it could not bill or credit.
+fn billing_line(n: &dyn Fn(&str) -> u64) -> String {
+    if n("usage_configured") == 0 {
+        return "billing:  not configured (no [backend])\n".to_owned();
+    }
+    let mut parts = Vec::new();
+    match n("usage_failing_since_seconds") {
+        0 => parts.push("reporting".to_owned()),
+        since => parts.push(format!(
+            "NOT REPORTING for {} (see the last error)",
+            ago(since)
+        )),
+    }
+    let half = n("usage_half_applied_total");
+    if half > 0 {
+        parts.push(format!(
+            "{half} report(s) applied only half by the backend, {} bytes never credited (ask its operator)",
+            n("usage_uncredited_bytes_total")
+        ));
+    }
+    let written_off = n("usage_written_off_bytes_total");
+    if written_off > 0 {
+        parts.push(format!("{written_off} bytes could not be billed"));
+    }
+    format!("billing:  {}\n", parts.join("; "))
 }
 
 #[cfg(test)]
@@ -128,5 +156,30 @@ mod tests {
         assert!(report.contains("2 reconnects"), "{report}");
         assert!(report.contains("stream down"), "{report}");
         assert!(report.contains("not found"), "{report}");
+        assert!(report.contains("billing:  not configured"), "{report}");
+    }
+
+    #[test]
+    fn a_reporter_that_cannot_report_says_so() {
+        let m = Metrics::default();
+        m.usage_configured.store(true, Ordering::Relaxed);
+        let totals = crate::usage::Totals {
+            reported_bytes: 0,
+            written_off_bytes: 0,
+            half_applied: 1,
+            uncredited_bytes: 4_800_000,
+        };
+        m.store_usage(totals, 10, true);
+        let report = render(&m.render());
+        assert!(report.contains("billing:  reporting; 1 report(s) applied only half by the backend, 4800000 bytes never credited"), "{report}");
+        m.store_usage(totals, 10, false);
+        m.set_last_error("usage reporter: cannot read the provider's code list: 500");
+        let report = render(&m.render());
+        assert!(report.contains("billing:  NOT REPORTING for"), "{report}");
+        assert!(!report.contains("last error: none"), "{report}");
+        assert!(
+            report.contains("cannot read the provider's code list"),
+            "{report}"
+        );
     }
 }

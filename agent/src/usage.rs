@@ -1,8 +1,10 @@
 //! Reports the gateway's usage ledger to the codes backend (contract 1), exactly once.
 //!
 //! The logic is the pure state machine in [`core`](self::core); this is its shell: it reads
-//! the ledger from the persisted cursor, reads `remainingMB` (`GET /api/provider/codes`)
-//! before reports and after lost replies, persists the cursor **before** each report goes out
+//! the ledger from the persisted cursor, reads `remainingMB` and `expireAt` (`GET
+//! /api/provider/codes`; for another account's code, authorize-code's `remainingMB`) and the
+//! account's `bytesShared` (`GET /api/auth/me`) before reports and after lost replies,
+//! persists the cursor **before** each report goes out
 //! (so a crash mid-report is settled by reading back, never by sending again blindly), sends
 //! the reports (one per code at a time, codes in parallel) and feeds their outcomes back.
 //!
@@ -17,14 +19,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgeshare_shared::backend::crowd::{CrowdClient, UsageReport};
+use edgeshare_shared::backend::crowd::{CrowdClient, ProviderCode, UsageReport};
 use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::code::{AccessCode, redact};
 use edgeshare_shared::ledger::{LedgerError, LedgerReader};
 use edgeshare_shared::retry::Backoff;
-use tokio::time::Instant;
 
-pub use self::core::{Cursor, InFlight, Notice, Outcome, Reporter, Send, SessionState};
+pub use self::core::{
+    CodeInfo, Cursor, Expiry, InFlight, Notice, Outcome, Policy, Reporter, Send, SessionState,
+    Totals,
+};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 
@@ -38,10 +42,14 @@ pub struct ReporterSettings {
     pub ledger: PathBuf,
     /// Where the cursor is kept (replaced atomically).
     pub cursor_file: PathBuf,
-    /// A code's report waits for this many bytes, unless a session of it ended.
+    /// A code's report waits for this many bytes (whole MiB), unless it is the code's last.
     pub min_report_bytes: u64,
-    /// How often the ledger is read.
+    /// How often the ledger is read (every second near a code's expiry).
     pub interval: Duration,
+    /// A code's last report goes once its sessions ended this close to its expiry.
+    pub flush_ahead: Duration,
+    /// A code's remainder (under a MiB) is reported this long after its sessions ended.
+    pub fraction_hold: Duration,
     /// How long after a lost reply `remainingMB` is read back: a request that is still on
     /// its way must have been applied by then. The HTTP timeout is a fair value.
     pub settle: Duration,
@@ -49,7 +57,20 @@ pub struct ReporterSettings {
     pub backoff: Backoff,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl ReporterSettings {
+    fn policy(&self) -> Policy {
+        Policy {
+            min_report_bytes: self.min_report_bytes,
+            settle_ms: millis(self.settle),
+            flush_ahead_ms: millis(self.flush_ahead),
+            fraction_hold_ms: millis(self.fraction_hold),
+        }
+    }
+
     /// The settings from the agent's config; `None` without a `[backend]`.
     pub fn from_config(config: &AgentConfig) -> Option<Self> {
         config.backend.as_ref()?;
@@ -59,6 +80,8 @@ impl ReporterSettings {
             cursor_file: config.state.dir.join(CURSOR_FILE),
             min_report_bytes: usage.min_report_bytes,
             interval: usage.interval,
+            flush_ahead: usage.flush_ahead,
+            fraction_hold: usage.fraction_hold,
             settle: config.http.timeout,
             backoff: Backoff::default(),
         })
@@ -119,16 +142,16 @@ fn unix_ms() -> u64 {
 struct Shell<'a> {
     settings: &'a ReporterSettings,
     client: &'a CrowdClient,
+    metrics: &'a Metrics,
     reporter: Reporter,
     reader: Option<LedgerReader>,
-    started: Instant,
     /// A missing ledger is reported once, not every round.
     warned_missing: bool,
 }
 
 impl Shell<'_> {
     fn now(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        unix_ms()
     }
 
     fn log_notices(&mut self) {
@@ -142,7 +165,77 @@ impl Shell<'_> {
                 Notice::Unclear { .. } => tracing::warn!("{message}"),
                 Notice::CodeGone { bytes, .. } | Notice::Parked { bytes, .. } => {
                     tracing::error!(bytes, "{message}");
+                    self.metrics.set_last_error(&message);
                 }
+                Notice::HalfApplied { uncredited, .. } => {
+                    tracing::error!(uncredited_bytes = uncredited, "{message}");
+                    self.metrics.set_last_error(&message);
+                }
+            }
+        }
+    }
+
+    /// A round that could not report: logged, and shown by `status` as the last error.
+    fn failed(&self, what: &str, err: &BackendError) {
+        tracing::warn!(error = %err, "{what}; usage reports wait");
+        self.metrics
+            .set_last_error(&format!("usage reporter: {what}: {err}"));
+    }
+
+    /// What the backend says now of every code in use: the provider's own from its list,
+    /// another account's through authorize-code (a code it refuses is left out: gone).
+    async fn read_codes(&self) -> Result<HashMap<String, CodeInfo>, ()> {
+        let own = self.client.list_codes().await.map_err(|e| {
+            self.failed("cannot read the provider's code list", &e);
+        })?;
+        let mut codes: HashMap<String, CodeInfo> = own
+            .iter()
+            .map(|c| (c.code.as_str().to_owned(), own_code_info(c)))
+            .collect();
+        for code in self.reporter.codes_in_use() {
+            if codes.contains_key(&code) {
+                continue;
+            }
+            let Ok(parsed) = AccessCode::parse(&code) else {
+                continue;
+            };
+            match self.client.authorize_code(&parsed).await {
+                Ok(authorized) => {
+                    codes.insert(
+                        code,
+                        CodeInfo {
+                            remaining_mb: authorized.remaining_mb,
+                            expiry: Expiry::Unknown,
+                        },
+                    );
+                }
+                Err(e)
+                    if matches!(
+                        e.rejection(),
+                        Some(Rejection::NotFound | Rejection::CodeExpired)
+                    ) => {}
+                Err(e) => {
+                    self.failed("cannot read what another account's code has left", &e);
+                    return Err(());
+                }
+            }
+        }
+        Ok(codes)
+    }
+
+    /// The account's `bytesShared`, to tell a report applied only half; `None` if it cannot
+    /// be read (the check is then skipped, nothing else waits for it).
+    async fn bytes_shared(&self) -> Option<f64> {
+        match self.client.me().await {
+            Ok(me) => match me.bytes_shared {
+                serde_json::Value::Number(n) => n.as_f64(),
+                // A string is the backend's known corruption (a report once sent `bytes` as
+                // text): there is nothing to compare with.
+                _ => None,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the account's bytesShared; half-applied reports cannot be told this round");
+                None
             }
         }
     }
@@ -226,17 +319,11 @@ impl Shell<'_> {
         if !self.reporter.wants_remaining(self.now()) {
             return ok;
         }
-        let remaining: HashMap<String, f64> = match self.client.list_codes().await {
-            Ok(codes) => codes
-                .into_iter()
-                .map(|c| (c.code.as_str().to_owned(), c.remaining_mb))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read what the codes have left; usage reports wait");
-                return false;
-            }
+        let Ok(codes) = self.read_codes().await else {
+            return false;
         };
-        let sends = self.reporter.plan(self.now(), &remaining);
+        let shared = self.bytes_shared().await;
+        let sends = self.reporter.plan(self.now(), &codes, shared);
         self.log_notices();
         // Written down before anything is sent: a crash from here on is settled by reading
         // back, never by sending again.
@@ -274,6 +361,13 @@ impl Shell<'_> {
     }
 }
 
+fn own_code_info(code: &ProviderCode) -> CodeInfo {
+    CodeInfo {
+        remaining_mb: code.remaining_mb,
+        expiry: code.expire_at_ms().map_or(Expiry::Never, Expiry::At),
+    }
+}
+
 /// Sends one report and says how it ended.
 async fn report(client: &CrowdClient, send: &Send) -> Outcome {
     let Ok(code) = AccessCode::parse(&send.code) else {
@@ -301,6 +395,12 @@ fn outcome_of(err: BackendError) -> Outcome {
         // A success status with a body not in the contract's shape was most likely applied;
         // reading back decides.
         BackendError::NoReply { .. } | BackendError::BadReply { .. } => Outcome::Unknown,
+        // The backend applies a report in two saves: a 5xx may come after the first, so
+        // only reading back can tell.
+        BackendError::Rejected {
+            kind: Rejection::ServerError,
+            ..
+        } => Outcome::Unknown,
         err if err.is_transient() => Outcome::NotApplied,
         BackendError::Rejected { kind, message, .. } => Outcome::Refused { kind, message },
         BackendError::Setup(_)
@@ -318,14 +418,13 @@ pub async fn run_reporter(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReporterError> {
     let cursor = load_cursor(&settings.cursor_file)?;
-    let started = Instant::now();
-    let settle_ms = u64::try_from(settings.settle.as_millis()).unwrap_or(u64::MAX);
+    metrics.usage_configured.store(true, Ordering::Relaxed);
     let mut shell = Shell {
         settings,
         client,
-        reporter: Reporter::new(cursor, settings.min_report_bytes, settle_ms, 0),
+        metrics,
+        reporter: Reporter::new(cursor, settings.policy(), unix_ms()),
         reader: None,
-        started,
         warned_missing: false,
     };
     tracing::info!(
@@ -341,22 +440,17 @@ pub async fn run_reporter(
             ok = shell.round() => ok,
             () = &mut shutdown => return Ok(()),
         };
-        metrics
-            .usage_reported_bytes
-            .store(shell.reporter.reported_bytes(), Ordering::Relaxed);
-        metrics
-            .usage_pending_bytes
-            .store(shell.reporter.pending_total(), Ordering::Relaxed);
+        metrics.store_usage(shell.reporter.totals(), shell.reporter.pending_total(), ok);
         let wait = if ok {
             delays = settings.backoff.delays();
             let now = shell.now();
-            let to_verify = shell
+            let to_wake = shell
                 .reporter
-                .next_verify_ms()
+                .next_wake_ms(now)
                 .map_or(settings.interval, |at| {
                     Duration::from_millis(at.saturating_sub(now))
                 });
-            settings.interval.min(to_verify)
+            settings.interval.min(to_wake)
         } else {
             delays.next().unwrap_or(settings.backoff.max)
         };

@@ -8,6 +8,8 @@ use edgeshare_shared::cli::ConfigArgs;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::logging::LogArgs;
 use edgeshare_shared::paths::Daemon;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 
 use crate::codes::{CodeStore, mb_to_bytes};
 use crate::config::{CodeSource, GatewayConfig};
@@ -75,8 +77,12 @@ pub enum CodesCommand {
         #[arg(long)]
         mb: f64,
         /// Hours each code stays valid.
-        #[arg(long, default_value_t = 24.0)]
+        #[arg(long, default_value_t = 24.0, conflicts_with = "no_expiry")]
         hours: f64,
+        /// Codes that never expire (backend codes only: `expireAt` null; the session still
+        /// ends after `session.max_duration`, and the code works again after it).
+        #[arg(long)]
+        no_expiry: bool,
         /// How many codes.
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -191,7 +197,17 @@ fn check_create(mb: f64, hours: f64) -> anyhow::Result<()> {
 fn local_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
     let store = CodeStore::new(&config.state.dir);
     match command {
-        CodesCommand::Create { mb, hours, count } => {
+        CodesCommand::Create {
+            mb,
+            hours,
+            no_expiry,
+            count,
+        } => {
+            if no_expiry {
+                anyhow::bail!(
+                    "--no-expiry: codes of the local store always expire; give --hours (at most a year)"
+                );
+            }
             check_create(mb, hours)?;
             let valid_for = std::time::Duration::from_secs_f64(hours * 3600.0);
             for code in store.create(mb_to_bytes(mb), valid_for, count, Millis::now())? {
@@ -254,7 +270,12 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
         .context("codes.source = \"backend\" needs a [backend] section")?;
     let client = CrowdClient::new(&HttpClient::new(&config.http)?, backend);
     match command {
-        CodesCommand::Create { mb, hours, count } => {
+        CodesCommand::Create {
+            mb,
+            hours,
+            no_expiry,
+            count,
+        } => {
             check_create(mb, hours)?;
             if count == 0 || count > 50 {
                 anyhow::bail!("the backend makes 1 to 50 codes at a time (--count)");
@@ -263,7 +284,7 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
                 .create_codes(&CreateCodes {
                     total_mb: mb,
                     count,
-                    expire_hours: Some(hours),
+                    expire_hours: (!no_expiry).then_some(hours),
                 })
                 .await?;
             for code in made {
@@ -275,15 +296,33 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
             if json {
                 let value: Vec<_> = codes
                     .iter()
-                    .map(|c| serde_json::json!({"code": c.code, "totalMB": c.total_mb, "remainingMB": c.remaining_mb}))
+                    .map(|c| {
+                        serde_json::json!({
+                            "code": c.code,
+                            "totalMB": c.total_mb,
+                            "remainingMB": c.remaining_mb,
+                            "expireAt": c.expire_at.and_then(|at| at.format(&Rfc3339).ok()),
+                        })
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                println!("{:<10} {:>10} {:>10}", "CODE", "MB LEFT", "MB TOTAL");
+                let now = time::OffsetDateTime::now_utc();
+                println!(
+                    "{:<10} {:>10} {:>10} {:<20}",
+                    "CODE", "MB LEFT", "MB TOTAL", "EXPIRES (UTC)"
+                );
                 for c in codes {
+                    let expires = match c.expire_at {
+                        None => "never".to_owned(),
+                        Some(at) if at <= now => "expired".to_owned(),
+                        Some(at) => at
+                            .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+                            .unwrap_or_else(|_| "?".to_owned()),
+                    };
                     println!(
-                        "{:<10} {:>10.1} {:>10.1}",
-                        c.code, c.remaining_mb, c.total_mb
+                        "{:<10} {:>10.1} {:>10.1} {:<20}",
+                        c.code, c.remaining_mb, c.total_mb, expires
                     );
                 }
             }

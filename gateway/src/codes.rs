@@ -7,10 +7,11 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use edgeshare_shared::backend::crowd::{CrowdClient, MB};
 use edgeshare_shared::backend::{BackendError, Rejection};
-use edgeshare_shared::code::{ALPHABET, AccessCode, LENGTH};
+use edgeshare_shared::code::{ALPHABET, AccessCode, LENGTH, redact};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Grant;
@@ -24,6 +25,8 @@ pub enum Verdict {
     Expired,
     UsedUp,
     Revoked,
+    /// Another account's code, on a gateway set to `codes.own_codes_only`.
+    NotOurs,
     /// The source could not be asked (backend down, misconfigured account); the reason is
     /// for the log, not for the consumer.
     Unreachable(String),
@@ -146,7 +149,7 @@ impl CodeStore {
     pub fn create(
         &self,
         total_bytes: u64,
-        valid_for: std::time::Duration,
+        valid_for: Duration,
         count: u32,
         now: Millis,
     ) -> Result<Vec<LocalCode>, StoreError> {
@@ -260,21 +263,31 @@ fn random_code() -> Result<AccessCode, StoreError> {
 #[derive(Debug)]
 pub struct BackendCodes {
     client: CrowdClient,
+    /// See `codes.expiry_margin`.
+    expiry_margin: Duration,
+    /// See `codes.own_codes_only`.
+    own_codes_only: bool,
 }
 
 impl BackendCodes {
-    pub fn new(client: CrowdClient) -> Self {
-        BackendCodes { client }
+    pub fn new(client: CrowdClient, expiry_margin: Duration, own_codes_only: bool) -> Self {
+        BackendCodes {
+            client,
+            expiry_margin,
+            own_codes_only,
+        }
     }
 
     pub fn client(&self) -> &CrowdClient {
         &self.client
     }
 
-    /// The verdict on a code. authorize-code does not say when a code expires; the
-    /// provider's code list does, for the provider's own codes, so it is read as well
-    /// (without it the session lasts `session.max_duration`).
-    pub async fn check(&self, code: &AccessCode) -> Verdict {
+    /// The verdict on a code at `now`. authorize-code does not say when a code expires; the
+    /// provider's code list does, for the provider's own codes, so it is read as well. A
+    /// code not in it is another account's (roaming): the backend accepts it and bills its
+    /// usage to this account, but its expiry is unknown, so its session lasts
+    /// `session.max_duration` (as for a code that never expires, `expireAt: null`).
+    pub async fn check(&self, code: &AccessCode, now: Millis) -> Verdict {
         let authorized = match self.client.authorize_code(code).await {
             Ok(authorized) => authorized,
             Err(err) => return refusal(err),
@@ -284,22 +297,49 @@ impl BackendCodes {
             // The backend says ok to a code with nothing left; a gateway must not.
             return Verdict::UsedUp;
         }
-        let expires_at = match self.client.list_codes().await {
-            Ok(list) => list.into_iter().find(|c| &c.code == code).map(|c| {
-                let ms = c.expire_at.unix_timestamp_nanos() / 1_000_000;
-                Millis(u64::try_from(ms).unwrap_or(0))
-            }),
+        let expire_at_ms = match self.client.list_codes().await {
+            Ok(list) => match list.into_iter().find(|c| &c.code == code) {
+                Some(own) => own.expire_at_ms(),
+                None if self.own_codes_only => return Verdict::NotOurs,
+                None => {
+                    tracing::info!(
+                        code = %redact(code.as_str()),
+                        "another account's code (roaming): served and billed to this gateway's account; its expiry is unknown"
+                    );
+                    None
+                }
+            },
+            Err(err) if self.own_codes_only => return Verdict::Unreachable(err.to_string()),
+            // Without the list, refusing the code would turn a hiccup into an outage: it is
+            // served as a code whose expiry is unknown.
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the code list for the expiry; using session.max_duration");
                 None
             }
         };
-        Verdict::Granted(Grant {
-            code: code.clone(),
-            remaining_bytes,
-            expires_at,
-        })
+        grant_before_expiry(code, remaining_bytes, expire_at_ms, self.expiry_margin, now)
     }
+}
+
+/// The grant for a code the backend accepted, its session ending `margin` before the code
+/// expires (`expire_at_ms`, Unix ms; `None`: never, or not known).
+fn grant_before_expiry(
+    code: &AccessCode,
+    remaining_bytes: u64,
+    expire_at_ms: Option<u64>,
+    margin: Duration,
+    now: Millis,
+) -> Verdict {
+    let margin = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX);
+    let expires_at = expire_at_ms.map(|at| Millis(at.saturating_sub(margin)));
+    if expires_at.is_some_and(|at| at <= now) {
+        return Verdict::Expired;
+    }
+    Verdict::Granted(Grant {
+        code: code.clone(),
+        remaining_bytes,
+        expires_at,
+    })
 }
 
 fn refusal(err: BackendError) -> Verdict {
@@ -323,7 +363,36 @@ pub fn mb_to_bytes(mb: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn a_backend_codes_session_ends_a_margin_before_the_code() {
+        let code = AccessCode::parse("ABCD2345").unwrap();
+        let margin = Duration::from_secs(15);
+        let granted = |expiry| grant_before_expiry(&code, 5, expiry, margin, Millis(100_000));
+        assert_eq!(
+            granted(Some(200_000)),
+            Verdict::Granted(Grant {
+                code: code.clone(),
+                remaining_bytes: 5,
+                expires_at: Some(Millis(185_000)),
+            })
+        );
+        assert_eq!(
+            granted(Some(115_000)),
+            Verdict::Expired,
+            "inside the margin"
+        );
+        assert_eq!(granted(Some(90_000)), Verdict::Expired);
+        assert_eq!(
+            granted(None),
+            Verdict::Granted(Grant {
+                code: code.clone(),
+                remaining_bytes: 5,
+                expires_at: None,
+            }),
+            "a code that never expires (expireAt null)"
+        );
+    }
 
     fn store() -> (tempfile::TempDir, CodeStore) {
         let dir = tempfile::tempdir().unwrap();

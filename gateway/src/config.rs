@@ -187,10 +187,28 @@ pub enum CodeSource {
     Backend,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Codes {
     pub source: CodeSource,
+    /// A backend code's session ends this long before the code's `expireAt`, so that its
+    /// last usage report reaches the backend while the code is still valid (after it, the
+    /// backend refuses the report and the provider loses those bytes).
+    #[serde(with = "humantime_serde")]
+    pub expiry_margin: std::time::Duration,
+    /// Accept only codes this gateway's `[backend]` account made. Off by default: a code of
+    /// any account that the backend accepts is served and billed to this account (roaming).
+    pub own_codes_only: bool,
+}
+
+impl Default for Codes {
+    fn default() -> Self {
+        Codes {
+            source: CodeSource::default(),
+            expiry_margin: std::time::Duration::from_secs(15),
+            own_codes_only: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

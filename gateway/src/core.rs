@@ -203,6 +203,9 @@ pub struct ClientStatus {
     /// What the whole session (all its devices) has used.
     pub used_bytes: u64,
     pub expires_at: Millis,
+    /// False when the session ends at `session.max_duration` only: the code does not expire
+    /// (or, for another account's code, its expiry is unknown).
+    pub code_expires: bool,
 }
 
 /// One device of a session, for `clients --json` and `status`.
@@ -692,6 +695,7 @@ impl Core {
                     bytes_left: session.quota_bytes.saturating_sub(session.used_bytes),
                     used_bytes: session.used_bytes,
                     expires_at: session.expires_at,
+                    code_expires: session.code_expires_at.is_some(),
                 })
             })
     }
@@ -1442,6 +1446,7 @@ mod tests {
                 bytes_left: 850,
                 used_bytes: 150,
                 expires_at: at(60),
+                code_expires: true,
             })
         );
         assert_eq!(core.status_of(ip(3), at(2)), None);

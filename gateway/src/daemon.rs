@@ -930,7 +930,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 .as_ref()
                 .context("codes.source = \"backend\" needs a [backend] section")?;
             let http = HttpClient::new(&config.http)?;
-            Codes::Backend(BackendCodes::new(CrowdClient::new(&http, backend)))
+            Codes::Backend(BackendCodes::new(
+                CrowdClient::new(&http, backend),
+                config.codes.expiry_margin,
+                config.codes.own_codes_only,
+            ))
         }
     };
 
@@ -1146,6 +1150,7 @@ impl PortalGate {
         state.core.status_of(ip, now).map(|s| ClientStatus {
             bytes_left: s.bytes_left,
             seconds_left: now.until(s.expires_at).as_secs(),
+            code_expires: s.code_expires,
         })
     }
 }
@@ -1165,7 +1170,7 @@ impl Gate for PortalGate {
                     .await
                     .unwrap_or_else(|e| Verdict::Unreachable(e.to_string()))
             }
-            Codes::Backend(backend) => backend.check(&code).await,
+            Codes::Backend(backend) => backend.check(&code, Millis::now()).await,
         };
         let grant = match verdict {
             Verdict::Granted(grant) => grant,
@@ -1173,6 +1178,7 @@ impl Gate for PortalGate {
             Verdict::Expired => return Redeem::Expired,
             Verdict::UsedUp => return Redeem::UsedUp,
             Verdict::Revoked => return Redeem::Revoked,
+            Verdict::NotOurs => return Redeem::NotOurs,
             Verdict::Unreachable(reason) => {
                 tracing::warn!(%reason, "code check failed");
                 return Redeem::BackendUnreachable;

@@ -77,7 +77,8 @@ async fn codes_are_created_listed_and_authorized() {
     let in_two_hours = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
     for c in &created {
         assert_eq!(c.total_mb, 10.0);
-        assert!((c.expire_at - in_two_hours).abs() < time::Duration::minutes(1));
+        let expire_at = c.expire_at.expect("made with expireHours: it expires");
+        assert!((expire_at - in_two_hours).abs() < time::Duration::minutes(1));
     }
     let listed = client.list_codes().await.unwrap();
     assert_eq!(listed.len(), 4, "the seeded code and the three new ones");

@@ -109,6 +109,8 @@ pub enum Redeem {
     UsedUp,
     /// The provider revoked it.
     Revoked,
+    /// Another provider's code, on a gateway that accepts only its own.
+    NotOurs,
     /// The code service cannot be reached (backend down, or the gateway's uplink).
     BackendUnreachable,
     /// No MAC is known for this IP.
@@ -125,6 +127,7 @@ impl Redeem {
             Redeem::Expired => "expired",
             Redeem::UsedUp => "used_up",
             Redeem::Revoked => "revoked",
+            Redeem::NotOurs => "not_ours",
             Redeem::BackendUnreachable => "backend_unreachable",
             Redeem::UnknownDevice => "unknown_device",
             Redeem::Internal => "internal",
@@ -136,7 +139,7 @@ impl Redeem {
     fn is_failed_guess(&self) -> bool {
         matches!(
             self,
-            Redeem::Invalid | Redeem::Expired | Redeem::UsedUp | Redeem::Revoked
+            Redeem::Invalid | Redeem::Expired | Redeem::UsedUp | Redeem::Revoked | Redeem::NotOurs
         )
     }
 }
@@ -146,6 +149,8 @@ impl Redeem {
 pub struct ClientStatus {
     pub bytes_left: u64,
     pub seconds_left: u64,
+    /// False when the time left is the session's limit only (the code does not expire).
+    pub code_expires: bool,
 }
 
 /// How the portal is reached and how hard it limits code guessing.
@@ -585,6 +590,11 @@ fn redeem_reply(outcome: Redeem, typed: &str) -> Response {
             StatusCode::FORBIDDEN,
             "That code has been cancelled by the Wi-Fi provider. Ask them for a new one.",
         ),
+        Redeem::NotOurs => (
+            StatusCode::FORBIDDEN,
+            "That code is from another provider. This Wi-Fi accepts only its own codes: ask \
+             its provider for one.",
+        ),
         Redeem::BackendUnreachable => {
             let text = "Can't check codes right now — the provider's connection to the code \
                         service is down; try again in a minute.";
@@ -768,6 +778,7 @@ mod tests {
         let status = ClientStatus {
             bytes_left: 1,
             seconds_left: 1,
+            code_expires: true,
         };
         for (outcome, counts) in [
             (Redeem::Online(status), false),
@@ -775,6 +786,7 @@ mod tests {
             (Redeem::Expired, true),
             (Redeem::UsedUp, true),
             (Redeem::Revoked, true),
+            (Redeem::NotOurs, true),
             (Redeem::BackendUnreachable, false),
             (Redeem::UnknownDevice, false),
             (Redeem::Internal, false),

@@ -172,10 +172,23 @@ pub fn online(status: &ClientStatus, when: Online) -> String {
         }
         Online::Status => "<p>This device is connected to the internet.</p>\n",
     };
+    // A code without an expiry still has a session limit: say which one the time is.
+    let (time_label, after) = if status.code_expires {
+        (
+            "Time left",
+            "When either runs out, this device is disconnected; enter a new code to continue.",
+        )
+    } else {
+        (
+            "Session time left",
+            "Your code does not expire. When the session time runs out, enter the same code \
+             again to go on with the data it has left; when the data runs out, enter a new code.",
+        )
+    };
     let body = format!(
         "<h1>You are online</h1>\n{intro}\
-         <dl>\n<dt>Data left</dt><dd>{data}</dd>\n<dt>Time left</dt><dd>{time}</dd>\n</dl>\n\
-         <p>When either runs out, this device is disconnected; enter a new code to continue.</p>\n\
+         <dl>\n<dt>Data left</dt><dd>{data}</dd>\n<dt>{time_label}</dt><dd>{time}</dd>\n</dl>\n\
+         <p>{after}</p>\n\
          <a class=\"button\" href=\"/status\">Check what is left</a>\n",
         data = format_megabytes(status.bytes_left),
         time = format_duration(status.seconds_left),
@@ -263,6 +276,7 @@ mod tests {
         let status = ClientStatus {
             bytes_left: 1,
             seconds_left: 1,
+            code_expires: true,
         };
         for html in [
             form(Some("x"), "y"),
@@ -285,6 +299,7 @@ mod tests {
         let status = ClientStatus {
             bytes_left: 512 * 1_048_576 + 300_000,
             seconds_left: 4_320,
+            code_expires: true,
         };
         let html = online(&status, Online::JustNow);
         assert!(html.contains("<dd>512 MB</dd>"), "{html}");
@@ -292,6 +307,17 @@ mod tests {
         assert!(html.contains("Your code was accepted"));
         assert!(!online(&status, Online::Status).contains("Your code was accepted"));
         assert!(not_online().contains("href=\"/\""));
+        let no_expiry = ClientStatus {
+            code_expires: false,
+            ..status
+        };
+        let html = online(&no_expiry, Online::Status);
+        assert!(
+            html.contains("<dt>Session time left</dt><dd>1 h 12 min</dd>"),
+            "{html}"
+        );
+        assert!(html.contains("Your code does not expire"), "{html}");
+        assert!(!html.contains("<dt>Time left</dt>"), "{html}");
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub struct CreatedCode {
     pub code: AccessCode,
     #[serde(rename = "totalMB")]
     pub total_mb: f64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expire_at: OffsetDateTime,
+    /// `None`: the code never expires (made without `expireHours`; the backend says `null`).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expire_at: Option<OffsetDateTime>,
 }
 
 /// A code as `GET /api/provider/codes` lists it.
@@ -125,13 +126,24 @@ pub struct ProviderCode {
     pub remaining_mb: f64,
     #[serde(default)]
     pub redeemed_by: Option<serde_json::Value>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expire_at: OffsetDateTime,
+    /// `None`: the code never expires (the backend lists such a code with `null`).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expire_at: Option<OffsetDateTime>,
 }
 
+impl ProviderCode {
+    /// Unix milliseconds of the expiry; `None` for a code that never expires.
+    pub fn expire_at_ms(&self) -> Option<u64> {
+        self.expire_at
+            .map(|at| u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+    }
+}
+
+/// The items are read one by one, so that one the client cannot read (a field of a shape it
+/// does not know) costs that code only, never the whole list.
 #[derive(Deserialize)]
 struct CodeList {
-    codes: Vec<ProviderCode>,
+    codes: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -262,10 +274,11 @@ impl CrowdClient {
         Ok(list.codes)
     }
 
-    /// `GET /api/provider/codes`: the provider's own codes with what remains on each.
+    /// `GET /api/provider/codes`: the provider's own codes with what remains on each. An
+    /// item that cannot be read is left out with a warning; the rest are returned.
     pub async fn list_codes(&self) -> Result<Vec<ProviderCode>, BackendError> {
         let list: CodeList = self.authed(|| Call::get("/api/provider/codes")).await?;
-        Ok(list.codes)
+        Ok(readable_codes(list.codes))
     }
 
     /// `GET /api/provider/usage`.
@@ -288,6 +301,25 @@ impl CrowdClient {
         self.authed(|| Call::post("/api/gateway/report-usage", report))
             .await
     }
+}
+
+fn readable_codes(items: Vec<serde_json::Value>) -> Vec<ProviderCode> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, item)| match serde_json::from_value(item) {
+            Ok(code) => Some(code),
+            Err(err) => {
+                // The item holds an access code (a secret): only its place and the error.
+                tracing::warn!(
+                    index,
+                    error = %err,
+                    "GET /api/provider/codes: an item could not be read and is left out; the other codes are used"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// A 401 from a login endpoint means the credentials, not a token.
@@ -324,6 +356,33 @@ mod tests {
         assert_eq!(code(-0.004).remaining_bytes(), 0);
         assert_eq!(code(f64::NAN).remaining_bytes(), 0);
         assert_eq!(code(1e-7).remaining_bytes(), 0);
+    }
+
+    #[test]
+    fn a_null_expiry_is_a_code_that_never_expires_and_an_odd_item_costs_only_itself() {
+        let items: CodeList = serde_json::from_str(
+            r#"{"codes": [
+                {"code": "ABCD2345", "totalMB": 20, "remainingMB": 19.5, "redeemedBy": null, "expireAt": null},
+                {"code": "EFGH2345", "totalMB": 20, "remainingMB": 20, "expireAt": "2026-12-04T10:00:00.000Z"},
+                {"code": "JKLM2345", "totalMB": "twenty", "remainingMB": 20, "expireAt": null},
+                {"code": "NPQR2345", "totalMB": 5, "remainingMB": 5}
+            ]}"#,
+        )
+        .unwrap();
+        let codes = readable_codes(items.codes);
+        let names: Vec<&str> = codes.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(names, ["ABCD2345", "EFGH2345", "NPQR2345"]);
+        assert_eq!(codes[0].expire_at, None);
+        assert_eq!(codes[0].expire_at_ms(), None);
+        assert_eq!(codes[1].expire_at_ms(), Some(1_796_378_400_000));
+        assert_eq!(
+            codes[2].expire_at, None,
+            "no expireAt at all: never expires"
+        );
+        let created: CreatedCode =
+            serde_json::from_str(r#"{"code": "ABCD2345", "totalMB": 20, "expireAt": null}"#)
+                .unwrap();
+        assert_eq!(created.expire_at, None);
     }
 
     #[test]
