@@ -116,6 +116,8 @@ enum Codes {
     Local,
     /// The stand-in at this base URL, with the provider's account.
     Backend(String),
+    /// The same, accepting only the provider's own codes (`codes.own_codes_only`).
+    BackendOwnOnly(String),
 }
 
 /// The real daemon in the bed's gateway namespace, with its own temporary directory
@@ -151,13 +153,16 @@ impl Gateway {
             .tempdir()
             .expect("a temporary directory");
         let table = unique_name("t");
+        let own_codes_only = matches!(codes, Codes::BackendOwnOnly(_));
         let (codes_toml, env) = match codes {
             Codes::Local => ("[codes]\nsource = \"local\"\n".to_owned(), Vec::new()),
-            Codes::Backend(url) => (
+            Codes::Backend(url) | Codes::BackendOwnOnly(url) => (
                 format!(
-                    "[codes]\nsource = \"backend\"\n\n[backend]\nurl = \"{url}\"\n\
+                    "[codes]\nsource = \"backend\"\nown_codes_only = {own}\n\n\
+                     [backend]\nurl = \"{url}\"\n\
                      email = \"{PROVIDER_EMAIL}\"\n\n[http]\ntimeout = \"3s\"\n\
-                     connect_timeout = \"1s\"\n"
+                     connect_timeout = \"1s\"\n",
+                    own = own_codes_only,
                 ),
                 vec![("EDGESHARE_BACKEND__PASSWORD", PROVIDER_PASSWORD)],
             ),
@@ -2011,4 +2016,112 @@ fn systemd_hears_ready_only_once_the_gateway_serves_then_watchdog_pets_and_stopp
         exit.as_millis()
     );
     assert!(exit < Duration::from_secs(5), "exit took {exit:?}");
+}
+
+/// A code made on the stand-in (in `ns`) by the account `email`, with `hours` to live (or
+/// no expiry); returns the code and its `expireAt` (Unix ms) as the backend gives it.
+fn backend_code(
+    ns: &Netns,
+    email: &str,
+    password: &str,
+    hours: Option<f64>,
+) -> (String, Option<u64>) {
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec![
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-H",
+            "content-type: application/json",
+        ];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ns.run_ok(&all)).expect("the backend answers JSON")
+    };
+    let login = json(&[
+        "-d",
+        &serde_json::json!({"email": email, "password": password}).to_string(),
+        &format!("http://{BACKEND_ADDR}/api/auth/login"),
+    ]);
+    let token = login["token"].as_str().expect("a token");
+    let mut body = serde_json::json!({"totalMB": 20, "count": 1});
+    if let Some(hours) = hours {
+        body["expireHours"] = hours.into();
+    }
+    let made = json(&[
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        "-d",
+        &body.to_string(),
+        &format!("http://{BACKEND_ADDR}/api/provider/codes"),
+    ]);
+    let code = &made["codes"][0];
+    let expire_at = code["expireAt"].as_str().map(|at| {
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .expect("expireAt is RFC 3339");
+        u64::try_from(at.unix_timestamp_nanos() / 1_000_000).expect("after 1970")
+    });
+    (code["code"].as_str().expect("a code").to_owned(), expire_at)
+}
+
+/// Another account's code (roaming) is served, its session billed by this gateway's agent;
+/// with `codes.own_codes_only` it is refused with a page that says why. A provider's own
+/// code's session ends `codes.expiry_margin` (15 s) before its `expireAt`, so that its last
+/// usage report reaches the backend while the code is still valid.
+#[test]
+fn roaming_codes_own_codes_only_and_the_expiry_margin() {
+    if !support::require_root() {
+        return;
+    }
+    let url = format!("http://{BACKEND_ADDR}");
+    let bed = Testbed::new();
+    bed.client.add_addr(Testbed::CLIENT_IF, "10.66.0.3/24");
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
+    let (foreign, _) = backend_code(&bed.up, "admin@example.com", "Admin@123", Some(1.0));
+    let (own, own_expiry) = backend_code(&bed.up, PROVIDER_EMAIL, PROVIDER_PASSWORD, Some(1.0));
+    let own_expiry = own_expiry.expect("made with expireHours");
+
+    let gateway = Gateway::start(bed, Codes::Backend(url.clone()));
+    gateway.login_ok(&foreign);
+    let session = gateway.session(&foreign).expect("the roaming session");
+    assert_eq!(session["quota_bytes"], 20 * MB, "{session}");
+    let log = gateway.log_text();
+    assert!(log.contains("another account's code (roaming)"), "{log}");
+    assert!(!log.contains(&foreign), "codes are secrets in the log");
+
+    let reply = curl(
+        &gateway.bed.client,
+        &[
+            "--interface",
+            SECOND_CLIENT,
+            "-d",
+            &format!("code={own}"),
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let session = gateway.session(&own).expect("the own code's session");
+    assert_eq!(
+        session["expires_at"].as_u64(),
+        Some(own_expiry - 15_000),
+        "the session ends 15 s before the code: {session}"
+    );
+    drop(gateway);
+
+    // The same backend, a gateway that takes only its own codes.
+    let bed = Testbed::new();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
+    let (foreign, _) = backend_code(&bed.up, "admin@example.com", "Admin@123", Some(1.0));
+    let gateway = Gateway::start(bed, Codes::BackendOwnOnly(url));
+    let refused = gateway.login(&foreign);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(
+        refused.body.contains("another provider"),
+        "the page says why: {}",
+        refused.body
+    );
+    assert!(gateway.session(&foreign).is_none());
 }

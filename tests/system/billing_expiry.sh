@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Billing at a code's expiry, for real: the gateway (codes checked with the stand-in backend)
+# and the agent (reporting its ledger, with its default settings) beside it, clients in a
+# network namespace downloading without pause through codes that expire after 1 to 3
+# minutes. After each expiry the backend refuses every report (400, then 404), so whatever
+# was not reported before is lost to the provider: per code, the bytes lost are the ledger's
+# total for its session minus what the backend deducted. Must be 0.
+#
+#   CODES="1 2 3"  the codes' lifetimes in minutes, one client each (default "1")
+#   BIN=DIR        the gateway and agent binaries (default target/debug; an older build
+#                  gives the "before" figure: it must accept the same config)
+#   ALLOW_LOSS=1   print the figures without failing (for measuring an older build)
+#
+# Needs root (namespaces, nftables), curl, jq, tc; the binaries built
+# (cargo build --workspace --bins). Cleans up on any exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/system/common.bash
+. tests/system/common.bash
+# shellcheck source=scripts/lib/netns.bash
+. scripts/lib/netns.bash
+netns_fail() { fail "$@"; }
+
+CODES=${CODES:-1}
+BIN=${BIN:-$PWD/$BIN_DIR}
+STANDIN=$PWD/$BIN_DIR/edgeshare-standin
+unavailable() {
+  [ "${CI:-}" = true ] && fail "billing_expiry cannot run under CI: $*"
+  echo "billing_expiry: SKIPPED (not under CI): $*" >&2
+  exit 0
+}
+[ "$(id -u)" = 0 ] || unavailable "needs root"
+for tool in curl jq tc nft; do
+  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
+done
+for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
+  [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
+done
+
+began=$(date +%s)
+WORK=$(mktemp -d)
+keep_logs() {
+  mkdir -p "$ARTIFACTS/billing_expiry"
+  cp "$WORK"/*.log "$ARTIFACTS/billing_expiry/" 2>/dev/null
+  rm -rf "$WORK"
+}
+netns_exit_traps "" keep_logs
+
+netns_testbed bx 16
+count=$(wc -w <<<"$CODES")
+netns_add_clients cl 0 "$count"
+# About what a Pi's uplink gives, shared by the clients: their downloads never pause.
+in_ns "$NS_U" tc qdisc add dev u0 root tbf rate 16mbit burst 64kb latency 200ms
+
+netns_start_standin "$NS_U" "$WORK/backend" "$STANDIN" --listen 10.99.0.2:8080
+netns_start_standin "$NS_U" "$WORK/internet" "$STANDIN" --listen 10.99.0.3:80
+
+netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_bx_$$" \
+  backend http://10.99.0.2:8080 provider@example.com
+printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/gateway.env"
+chmod 600 "$WORK/gateway.env"
+GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
+netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
+
+cat >"$WORK/agent.toml" <<EOF
+[device]
+id = "billing-test"
+
+[backend]
+url = "http://10.99.0.2:8080"
+email = "provider@example.com"
+
+[usage]
+ledger = "$WORK/state/ledger"
+
+[state]
+dir = "$WORK/agent-state"
+
+[metrics]
+listen = "127.0.0.1:9465"
+EOF
+printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/agent.env"
+chmod 600 "$WORK/agent.env"
+AGENT=("$BIN/edgeshare-agent" --config "$WORK/agent.toml")
+ip netns exec "$NS_G" "${AGENT[@]}" run >"$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+netns_track_pid "$AGENT_PID"
+agent_up() { in_ns "$NS_G" "${AGENT[@]}" status >/dev/null 2>&1; }
+netns_wait_for "the agent" "$AGENT_PID" "$WORK/agent.log" agent_up
+
+# Each client: a code of its lifetime, made now, entered at once, then a download that
+# lasts until the gateway cuts the session (the code's data, 1000 MB, is never the limit).
+read -r -a lifetimes <<<"$CODES"
+codes=()
+expires=()
+n=0
+for minutes in "${lifetimes[@]}"; do
+  hours=$(awk -v m="$minutes" 'BEGIN { printf "%.6f", m / 60 }')
+  code=$(in_ns "$NS_G" "${GW[@]}" codes create --mb 1000 --hours "$hours")
+  expires+=($(($(date +%s) + minutes * 60)))
+  codes+=("$code")
+  page=$(in_ns "$NS_C" curl -sS -m 10 --interface "cl$n" -d "code=$code" http://10.66.0.1:8080/login)
+  grep -q "You are online" <<<"$page" || fail "client $n: the code was not accepted: $page"
+  ip netns exec "$NS_C" curl -sS --interface "cl$n" -o /dev/null --speed-limit 1 --speed-time 5 \
+    -m $((minutes * 60 + 30)) "http://10.99.0.3/__standin/download/$((4 << 30))" \
+    >/dev/null 2>&1 &
+  netns_track_pid $!
+  n=$((n + 1))
+done
+
+# The stand-in keeps an expired code for 60 s (answering 400) before deleting it: what it
+# deducted is read 20 s after the expiry, when no report can change it any more.
+backend_used() {
+  in_ns "$NS_U" curl -sS -m 3 "http://10.99.0.2:8080/__standin/codes/$1" |
+    jq -r '((.totalMB - .remainingMB) * 1048576 | round)'
+}
+ledger_total() {
+  cat "$WORK"/state/ledger/usage-*.jsonl | jq -rs --arg c "$1" \
+    'map(select(.code == $c)) | if length == 0 then 0 else (map(.up + .down) | max) end'
+}
+lost_total=0
+printf '\n%-8s %14s %14s %10s %s\n' "LIFETIME" "LEDGER B" "BACKEND B" "LOST B" "SESSION END"
+for i in "${!codes[@]}"; do
+  wait_until=$((expires[i] + 20))
+  while [ "$(date +%s)" -lt "$wait_until" ]; do sleep 1; done
+  code=${codes[$i]}
+  ledger=$(ledger_total "$code")
+  used=$(backend_used "$code")
+  lost=$((ledger - used))
+  lost_total=$((lost_total + lost))
+  ended=$(cat "$WORK"/state/ledger/usage-*.jsonl | jq -rs --arg c "$code" \
+    'map(select(.code == $c and .ended != null)) | .[0].ended // "still open"')
+  printf '%-8s %14s %14s %10s %s\n' "${lifetimes[$i]} min" "$ledger" "$used" "$lost" "$ended"
+  [ "$lost" -ge 0 ] || fail "code $i: the backend deducted $((-lost)) bytes more than the ledger holds"
+  [ "$ledger" -gt 1000000 ] || fail "code $i: only $ledger bytes in the ledger: the download did not run"
+done
+refused=$(in_ns "$NS_U" curl -sS -m 3 http://10.99.0.2:8080/__standin/received |
+  jq '[.[] | select(.path == "/api/gateway/report-usage" and (.status // 0) >= 400)] | length')
+echo "reports refused by the backend: $refused; bytes lost at expiry in all: $lost_total"
+echo "billing_expiry: $(($(date +%s) - began)) s"
+if [ "${ALLOW_LOSS:-}" != 1 ]; then
+  [ "$lost_total" = 0 ] || fail "$lost_total bytes were used but never billed (see $ARTIFACTS/billing_expiry/)"
+  [ "$refused" = 0 ] || fail "$refused reports were refused"
+fi
+echo "billing_expiry: OK"
