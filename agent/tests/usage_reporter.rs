@@ -446,3 +446,113 @@ fn a_refused_report_is_not_retried_in_a_loop() {
         standin.shutdown().await;
     });
 }
+
+/// Another account's code (roaming) is billed to this account: what it has left is read
+/// through authorize-code (the provider's own list does not have it), and its bytes arrive
+/// exactly, its session's end being its last chance (its expiry is unknown).
+#[test]
+fn another_accounts_code_is_billed_exactly() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let admin = CrowdClient::new(
+            &HttpClient::new(&HttpSettings {
+                timeout: TIMEOUT,
+                connect_timeout: Duration::from_secs(1),
+                ca_file: None,
+            })
+            .unwrap(),
+            &CrowdConfig {
+                url: standin.base_url().parse().unwrap(),
+                email: "admin@example.com".into(),
+                password: Secret::new("Admin@123"),
+            },
+        );
+        let codes = make_codes(&admin, &[10 * MIB]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        // Long: only the session's end may send the remainder.
+        settings.fraction_hold = Duration::from_secs(3600);
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let sessions = vec![(0, vec![MIB + 5, 2 * MIB + 7])];
+        let mut round = 0;
+        while write_round(&mut ledger, &codes, &sessions, round, 1) {
+            round += 1;
+        }
+        let running = spawn_reporter(&settings, &standin);
+        let want = expected(&[10 * MIB], &sessions);
+        wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
+        assert!(count(&standin, "/api/gateway/authorize-code") >= 1);
+        let provider = client(&standin);
+        assert_eq!(
+            provider.me().await.unwrap().points,
+            3.0,
+            "3 MiB + 12 bytes: 3 points"
+        );
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}
+
+/// A code that expires seconds from now: the gateway ends its session a margin before
+/// (written here as the gateway would), and the reporter, though it reads the ledger only
+/// every 10 s, reads it every second near the expiry and reports everything, the remainder
+/// included, before the backend starts refusing.
+#[test]
+fn everything_reaches_the_backend_before_the_code_expires() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let provider = client(&standin);
+        let lifetime = Duration::from_secs(14);
+        let made = provider
+            .create_codes(&CreateCodes {
+                total_mb: 50.0,
+                count: 1,
+                expire_hours: Some(lifetime.as_secs_f64() / 3600.0),
+            })
+            .await
+            .unwrap();
+        let expires = tokio::time::Instant::now() + lifetime;
+        let codes = vec![made[0].code.as_str().to_owned()];
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        settings.interval = Duration::from_secs(10);
+        settings.flush_ahead = Duration::from_secs(6);
+        settings.fraction_hold = Duration::from_secs(3600);
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        // Usage grows every half second until 3 s before the expiry (the gateway's margin),
+        // when the session ends.
+        let steps: Vec<u64> = (0..22).map(|i| 300_000 + i * 1_000).collect();
+        let sessions = vec![(0, steps)];
+        // The session's first record is there when the reporter starts: it learns the
+        // code's expiry at once, then reads the ledger next only 10 s later, unless it
+        // reads it more often near the expiry.
+        write_round(&mut ledger, &codes, &sessions, 0, 1);
+        let running = spawn_reporter(&settings, &standin);
+        let mut round = 1;
+        while write_round(&mut ledger, &codes, &sessions, round, 1) {
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < expires,
+            "the session ended before the code"
+        );
+        let want = expected(&[50 * MIB], &sessions);
+        tokio::time::sleep_until(expires).await;
+        assert_eq!(
+            billed(&standin, &codes[0]),
+            want[0],
+            "all billed before the expiry"
+        );
+        let refused = standin
+            .received()
+            .iter()
+            .filter(|r| r.path == REPORT && r.status != Some(200))
+            .count();
+        assert_eq!(refused, 0);
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}
