@@ -556,3 +556,48 @@ fn everything_reaches_the_backend_before_the_code_expires() {
         standin.shutdown().await;
     });
 }
+
+/// The figure for the points of a 20 MiB code used to the end in uneven pieces (the real
+/// service gave 17 points for 19.99 MiB reported in ~4.8 MiB reports): whole-MiB reports and
+/// one last report earn floor(MiB). `--nocapture` prints it.
+#[test]
+fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let provider = client(&standin);
+        let codes = make_codes(&provider, &[20 * MIB]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let running = spawn_reporter(&settings, &standin);
+        // ~4.8 MiB at a time, to the code's end and 40 KiB past it (the kernel quota's
+        // slack), the session ended for its quota.
+        let piece = 5_033_165;
+        let mut total = 0;
+        while total < 20 * MIB + 40 * 1024 {
+            total = (total + piece).min(20 * MIB + 40 * 1024);
+            let ended = total == 20 * MIB + 40 * 1024;
+            ledger
+                .append(&[UsageUpdate {
+                    session: format!("{}-1", codes[0]),
+                    code: codes[0].clone(),
+                    up: total / 10,
+                    down: total - total / 10,
+                    ended: ended.then(|| "quota used".to_owned()),
+                }])
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        wait_exact(&standin, &codes, &[20 * MIB], &settings.cursor_file).await;
+        let me = provider.me().await.unwrap();
+        let reports = count(&standin, REPORT);
+        println!(
+            "a 20 MiB code used in ~4.8 MiB pieces: {} points, bytesShared {}, in {reports} reports",
+            me.points, me.bytes_shared
+        );
+        assert_eq!(me.points, 20.0);
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}
