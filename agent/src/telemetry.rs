@@ -8,7 +8,7 @@
 //! 1.5 MB per call. Sign-in, the tenant's client token (renewed before its 12 h expiry) and
 //! `X-Tenant-Id` on every call are [`TelemetryClient`]'s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +31,25 @@ pub const BATCH_BYTES: usize = 1_500_000;
 /// Snapshots kept while the backend is unreachable (an hour at one a minute).
 const MAX_SNAPSHOTS: usize = 60;
 
-/// Flows waiting to be posted, and the tallies behind the next snapshot. No I/O.
+/// How much a cumulative counter grew from `last` to `now`. A total below the last one means
+/// the counter started over (the flow restarted under the same id, the gateway restarted):
+/// all of it is new, rather than a negative or wrapped-around growth.
+pub fn growth(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+/// The traffic of one snapshot window, as the backend's dashboard reads it: byte totals
+/// over the window, every flow seen in it, the flows that ended in it.
+#[derive(Debug, Default)]
+struct Window {
+    bytes_in: u64,
+    bytes_out: u64,
+    seen: HashSet<String>,
+    ended: HashSet<String>,
+}
+
+/// Flows waiting to be posted, and the tallies behind the next snapshot. No I/O, no clock:
+/// times are passed in.
 #[derive(Debug)]
 pub struct FlowBook {
     max_flows: usize,
@@ -39,12 +57,9 @@ pub struct FlowBook {
     order: VecDeque<String>,
     pending: HashMap<String, Connection>,
     dropped: u64,
-    /// Last totals seen per flow (in, out), for the snapshot's byte rates.
+    /// Last totals (in, out) of each live flow, so that a window counts only its growth.
     totals: HashMap<String, (u64, u64)>,
-    window_in: u64,
-    window_out: u64,
-    window_active: HashMap<String, ()>,
-    window_inactive: u64,
+    window: Window,
 }
 
 impl FlowBook {
@@ -55,10 +70,7 @@ impl FlowBook {
             pending: HashMap::new(),
             dropped: 0,
             totals: HashMap::new(),
-            window_in: 0,
-            window_out: 0,
-            window_active: HashMap::new(),
-            window_inactive: 0,
+            window: Window::default(),
         }
     }
 
@@ -71,24 +83,29 @@ impl FlowBook {
         self.pending.len()
     }
 
-    /// Takes in a `flows` reply.
+    /// Takes in a `flows` reply. A flow's first reading counts whole: its bytes were not
+    /// in any earlier window of this agent.
     pub fn add(&mut self, flows: Vec<Connection>) {
         for flow in flows {
-            let (last_in, last_out) = self.totals.get(&flow.id).copied().unwrap_or((0, 0));
-            self.window_in += flow.bytes_in.saturating_sub(last_in);
-            self.window_out += flow.bytes_out.saturating_sub(last_out);
-            match flow.status {
-                FlowStatus::Active => {
-                    self.totals
-                        .insert(flow.id.clone(), (flow.bytes_in, flow.bytes_out));
-                    self.window_active.insert(flow.id.clone(), ());
-                }
+            let (last_in, last_out) = match flow.status {
+                // Ended: no later reading comes, so its last totals are forgotten.
                 FlowStatus::Inactive => {
-                    self.totals.remove(&flow.id);
-                    self.window_active.remove(&flow.id);
-                    self.window_inactive += 1;
+                    self.window.ended.insert(flow.id.clone());
+                    self.totals.remove(&flow.id)
                 }
+                FlowStatus::Active => self
+                    .totals
+                    .insert(flow.id.clone(), (flow.bytes_in, flow.bytes_out)),
             }
+            .unwrap_or((0, 0));
+            let window = &mut self.window;
+            window.bytes_in = window
+                .bytes_in
+                .saturating_add(growth(last_in, flow.bytes_in));
+            window.bytes_out = window
+                .bytes_out
+                .saturating_add(growth(last_out, flow.bytes_out));
+            window.seen.insert(flow.id.clone());
             self.keep(flow);
         }
     }
@@ -150,21 +167,23 @@ impl FlowBook {
         }
     }
 
-    /// The summary of the window since the last snapshot (`seconds` long), and a new window.
-    pub fn snapshot(&mut self, at: OffsetDateTime, seconds: f64) -> MetricsSnapshot {
-        let seconds = seconds.max(1e-3);
-        let snapshot = MetricsSnapshot {
-            timestamp: at,
-            connections: self.window_active.len() as u64,
-            bandwidth_in: (self.window_in as f64 / seconds).round(),
-            bandwidth_out: (self.window_out as f64 / seconds).round(),
-            inactive: self.window_inactive,
-        };
-        self.window_in = 0;
-        self.window_out = 0;
-        self.window_active.clear();
-        self.window_inactive = 0;
-        snapshot
+    /// Closes the window that ends at `now` after `length`, and starts the next one. The
+    /// start is `now - length`, `length` measured on the monotonic clock: a wall clock
+    /// stepped during the window (a device without a real-time clock meeting NTP) then
+    /// dates the window by the corrected clock.
+    pub fn snapshot(&mut self, now: OffsetDateTime, length: Duration) -> MetricsSnapshot {
+        let window = std::mem::take(&mut self.window);
+        let start = time::Duration::try_from(length)
+            .ok()
+            .and_then(|length| now.checked_sub(length))
+            .unwrap_or(now);
+        MetricsSnapshot {
+            timestamp: start,
+            connections: window.seen.len() as u64,
+            bandwidth_in: window.bytes_in,
+            bandwidth_out: window.bytes_out,
+            inactive: window.ended.len() as u64,
+        }
     }
 }
 
@@ -227,10 +246,10 @@ pub async fn run(
                 continue;
             }
         }
-        if window_start.elapsed() >= settings.snapshot_interval {
-            let seconds = window_start.elapsed().as_secs_f64();
-            window_start = tokio::time::Instant::now();
-            snapshots.push_back(book.snapshot(OffsetDateTime::now_utc(), seconds));
+        let length = window_start.elapsed();
+        if length >= settings.snapshot_interval {
+            window_start += length;
+            snapshots.push_back(book.snapshot(OffsetDateTime::now_utc(), length));
             if snapshots.len() > MAX_SNAPSHOTS {
                 snapshots.pop_front();
             }
@@ -368,8 +387,10 @@ mod tests {
         assert_eq!(book.take_batch(10, one * 2 + 2).len(), 2);
     }
 
+    const NOW: OffsetDateTime = time::macros::datetime!(2026-11-21 12:01:00 UTC);
+
     #[test]
-    fn snapshots_sum_the_window() {
+    fn a_window_totals_each_flows_growth_and_counts_every_flow_seen() {
         let mut book = FlowBook::new(100);
         book.add(vec![
             flow("a", 100, FlowStatus::Active),
@@ -377,15 +398,91 @@ mod tests {
         ]);
         book.add(vec![
             flow("a", 700, FlowStatus::Active),
-            flow("b", 200, FlowStatus::Inactive),
+            flow("b", 250, FlowStatus::Inactive),
         ]);
-        let at = time::macros::datetime!(2026-11-21 12:01:00 UTC);
-        let s = book.snapshot(at, 60.0);
-        assert_eq!(s.connections, 1);
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!(s.bandwidth_in, 700 + 250, "bytes, not bytes per second");
+        assert_eq!(s.bandwidth_out, 70 + 25);
+        assert_eq!(s.connections, 2, "the ended flow b counts too");
         assert_eq!(s.inactive, 1);
-        assert_eq!(s.bandwidth_in, 15.0, "(700 + 200) bytes over 60 s");
+        assert_eq!(
+            s.timestamp,
+            time::macros::datetime!(2026-11-21 12:00:00 UTC)
+        );
+
         book.add(vec![flow("a", 760, FlowStatus::Active)]);
-        let s = book.snapshot(at, 60.0);
-        assert_eq!((s.connections, s.bandwidth_in), (1, 1.0));
+        let s = book.snapshot(NOW + time::Duration::minutes(1), Duration::from_secs(60));
+        assert_eq!((s.connections, s.inactive, s.bandwidth_in), (1, 0, 60));
+        assert_eq!(s.timestamp, NOW, "windows follow each other");
+
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!((s.connections, s.bandwidth_in, s.bandwidth_out), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_counter_that_starts_over_counts_its_new_total() {
+        assert_eq!(growth(1000, 1300), 300);
+        assert_eq!(growth(1000, 300), 300);
+        let mut book = FlowBook::new(100);
+        book.add(vec![flow("a", 1000, FlowStatus::Active)]);
+        book.add(vec![flow("a", 300, FlowStatus::Active)]);
+        book.add(vec![flow("a", 400, FlowStatus::Active)]);
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!(s.bandwidth_in, 1000 + 300 + 100);
+    }
+
+    proptest::proptest! {
+        /// Flows that carried N bytes during the window (each seen before it, some ending in
+        /// it) give exactly N, and each counts once in `connections`.
+        #[test]
+        fn a_window_total_is_exactly_the_bytes_carried_in_it(
+            flows in proptest::collection::vec(
+                (0u64..1 << 40, proptest::collection::vec(0u64..1 << 30, 1..6), proptest::bool::ANY),
+                1..8,
+            ),
+        ) {
+            let mut book = FlowBook::new(100);
+            let id = |i: usize| format!("f{i}");
+            book.add(flows.iter().enumerate().map(|(i, (before, _, _))| flow(&id(i), *before, FlowStatus::Active)).collect());
+            book.snapshot(NOW, Duration::from_secs(60));
+            let mut carried = 0;
+            for (i, (before, steps, ends)) in flows.iter().enumerate() {
+                let mut total = *before;
+                for (n, step) in steps.iter().enumerate() {
+                    total += step;
+                    carried += step;
+                    let last = n + 1 == steps.len();
+                    let status = if last && *ends { FlowStatus::Inactive } else { FlowStatus::Active };
+                    book.add(vec![flow(&id(i), total, status)]);
+                }
+            }
+            let s = book.snapshot(NOW, Duration::from_secs(60));
+            proptest::prop_assert_eq!(s.bandwidth_in, carried);
+            proptest::prop_assert_eq!(s.connections, flows.len() as u64);
+            proptest::prop_assert_eq!(s.inactive, flows.iter().filter(|f| f.2).count() as u64);
+        }
+
+        /// Whatever the readings (counters that start over included), a window never
+        /// counts more than the readings' totals add up to.
+        #[test]
+        fn readings_never_give_a_negative_or_huge_total(
+            readings in proptest::collection::vec((0usize..4, 0u64..1 << 40, proptest::bool::ANY), 0..40),
+        ) {
+            let mut book = FlowBook::new(100);
+            for (i, total, ends) in &readings {
+                let status = if *ends { FlowStatus::Inactive } else { FlowStatus::Active };
+                book.add(vec![flow(&format!("f{i}"), *total, status)]);
+            }
+            let s = book.snapshot(NOW, Duration::from_secs(60));
+            let bound: u64 = readings.iter().map(|r| r.1).sum();
+            proptest::prop_assert!(s.bandwidth_in <= bound);
+        }
+
+        #[test]
+        fn the_timestamp_is_the_windows_start(millis in 0u64..86_400_000) {
+            let mut book = FlowBook::new(1);
+            let s = book.snapshot(NOW, Duration::from_millis(millis));
+            proptest::prop_assert_eq!(s.timestamp + time::Duration::milliseconds(millis as i64), NOW);
+        }
     }
 }
