@@ -17,10 +17,13 @@ use std::time::Duration;
 use edgeshare_shared::backend::telemetry::{
     Connection, FlowStatus, MetricsSnapshot, TelemetryClient,
 };
+use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::control::{self, ControlError, Flows};
+use edgeshare_shared::retry::Backoff;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -194,6 +197,72 @@ pub struct TelemetrySettings {
     pub interval: Duration,
     pub snapshot_interval: Duration,
     pub max_flows: usize,
+    /// How posting backs off while the backend refuses the account ([`REFUSED_BACKOFF`]).
+    pub refused: Backoff,
+}
+
+/// Retries while the backend refuses the account (a 403 for the tenant, a refused sign-in):
+/// each one signs in again (a password hash on the backend) and fails the same way until
+/// someone fixes the account, so they back off from 5 s, doubling, to 5 min, jittered.
+pub const REFUSED_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(5),
+    max: Duration::from_secs(5 * 60),
+    multiplier: 2.0,
+};
+
+/// When posting may go on after the backend refused the account. No clock: times are
+/// passed in.
+#[derive(Debug)]
+pub struct Refusals {
+    policy: Backoff,
+    /// Refusals in a row.
+    count: u32,
+    until: Option<Instant>,
+}
+
+impl Refusals {
+    pub fn new(policy: Backoff) -> Self {
+        Refusals {
+            policy,
+            count: 0,
+            until: None,
+        }
+    }
+
+    /// True unless backing off at `now`.
+    pub fn may_post(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+
+    /// Records a refusal at `now` (`unit_random` in [0, 1) is the jitter): the next post
+    /// waits the returned time.
+    pub fn refused(&mut self, now: Instant, unit_random: f64) -> Duration {
+        let wait = self.policy.delay(self.count, unit_random);
+        self.count = self.count.saturating_add(1);
+        self.until = Some(now + wait);
+        wait
+    }
+
+    /// A post went through. True if it ended a run of refusals.
+    pub fn accepted(&mut self) -> bool {
+        self.until = None;
+        std::mem::take(&mut self.count) > 0
+    }
+}
+
+/// What to do about a refusal, naming the account and the tenant (never the password).
+pub fn refusal_advice(err: &BackendError, email: &str, tenant: &str) -> String {
+    match err.rejection() {
+        Some(Rejection::BadCredentials) => format!(
+            "the telemetry backend refused the sign-in of {email}: check telemetry.email and telemetry.password"
+        ),
+        Some(Rejection::Forbidden) => format!(
+            "the telemetry backend does not let {email} send for tenant {tenant}: give that account the tenant on the backend, or set telemetry.tenant to one it owns"
+        ),
+        _ => format!(
+            "the telemetry backend refused the client token of {email} for tenant {tenant} even after a new sign-in: check the account on the backend"
+        ),
+    }
 }
 
 /// Polls the gateway's flows every `interval` and posts them; a snapshot every
@@ -208,9 +277,10 @@ pub async fn run(
     let mut snapshots: VecDeque<MetricsSnapshot> = VecDeque::new();
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut window_start = tokio::time::Instant::now();
+    let mut window_start = Instant::now();
     let mut absent_logged = false;
     let mut failing = false;
+    let mut refusals = Refusals::new(settings.refused);
     loop {
         tokio::select! {
             () = crate::daemon::stopped(&mut shutdown) => return,
@@ -254,20 +324,42 @@ pub async fn run(
                 snapshots.pop_front();
             }
         }
+        // While backing off, flows and snapshots are still read and kept for later.
+        if !refusals.may_post(Instant::now()) {
+            continue;
+        }
         let result = post(&client, &mut book, &mut snapshots, &metrics).await;
         metrics
             .telemetry_flows_dropped
             .store(book.dropped(), Ordering::Relaxed);
         match result {
-            Ok(()) if failing => {
-                tracing::info!("telemetry backend reachable again");
+            Ok(()) => {
+                if refusals.accepted() {
+                    tracing::info!(
+                        email = client.email(),
+                        tenant = client.tenant(),
+                        "the telemetry backend accepts the account again"
+                    );
+                } else if failing {
+                    tracing::info!("telemetry backend reachable again");
+                }
                 failing = false;
             }
-            Ok(()) => {}
+            Err(err) if crate::auth::is_auth_failure(&err) => {
+                Metrics::add(&metrics.auth_failures, 1);
+                let wait = refusals.refused(Instant::now(), fastrand::f64());
+                // Once per step of the backoff, so at most a few lines an hour.
+                tracing::warn!(
+                    error = %err,
+                    retry_in = format!("{:.1}s", wait.as_secs_f64()),
+                    waiting = book.pending(),
+                    "{}; keeping the flows",
+                    refusal_advice(&err, client.email(), client.tenant())
+                );
+                failing = true;
+                metrics.set_last_error(&err.to_string());
+            }
             Err(err) => {
-                if crate::auth::is_auth_failure(&err) {
-                    Metrics::add(&metrics.auth_failures, 1);
-                }
                 if !failing {
                     tracing::warn!(error = %err, waiting = book.pending(), "cannot post to the telemetry backend; keeping the flows");
                 }
@@ -283,7 +375,7 @@ async fn post(
     book: &mut FlowBook,
     snapshots: &mut VecDeque<MetricsSnapshot>,
     metrics: &Metrics,
-) -> Result<(), edgeshare_shared::backend::BackendError> {
+) -> Result<(), BackendError> {
     loop {
         let batch = book.take_batch(BATCH_FLOWS, BATCH_BYTES);
         if batch.is_empty() {
@@ -484,5 +576,69 @@ mod tests {
             let s = book.snapshot(NOW, Duration::from_millis(millis));
             proptest::prop_assert_eq!(s.timestamp + time::Duration::milliseconds(millis as i64), NOW);
         }
+    }
+
+    #[test]
+    fn refusals_back_off_doubling_and_end_with_a_post_that_goes_through() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::new(REFUSED_BACKOFF);
+        assert!(refusals.may_post(t0));
+        let waits: Vec<u64> = (0..9)
+            .map(|_| refusals.refused(t0, 1.0).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert!(!refusals.may_post(t0 + Duration::from_secs(299)));
+        assert!(refusals.may_post(t0 + Duration::from_secs(300)));
+        assert!(refusals.accepted());
+        assert!(refusals.may_post(t0));
+        assert_eq!(refusals.refused(t0, 1.0), Duration::from_secs(5), "anew");
+        assert!(refusals.accepted());
+        assert!(!refusals.accepted(), "no refusal since");
+    }
+
+    proptest::proptest! {
+        /// An account refused for an hour, flows read every 5 s: at most 30 sign-ins, where
+        /// retrying at every read would make 720, whatever the jitter.
+        #[test]
+        fn an_hour_of_refusals_makes_few_attempts(jitter in proptest::collection::vec(0.0f64..1.0, 720)) {
+            let t0 = Instant::now();
+            let mut refusals = Refusals::new(REFUSED_BACKOFF);
+            let mut attempts = 0;
+            for (tick, r) in jitter.iter().enumerate() {
+                let now = t0 + Duration::from_secs(5 * tick as u64);
+                if refusals.may_post(now) {
+                    attempts += 1;
+                    refusals.refused(now, *r);
+                }
+            }
+            proptest::prop_assert!((8..=30).contains(&attempts), "{attempts}");
+        }
+    }
+
+    #[test]
+    fn refusal_advice_names_the_account_and_what_to_change() {
+        let refused = |status: u16, message: &str, kind| BackendError::Rejected {
+            endpoint: "POST /auth/client-token".into(),
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            message: message.into(),
+            kind,
+        };
+        let forbidden = refusal_advice(
+            &refused(
+                403,
+                "Forbidden: no authorized tenants",
+                Rejection::Forbidden,
+            ),
+            "edge@example.com",
+            "tenant-x",
+        );
+        assert!(forbidden.contains("edge@example.com") && forbidden.contains("tenant tenant-x"));
+        assert!(forbidden.contains("telemetry.tenant"), "{forbidden}");
+        let signin = refusal_advice(
+            &refused(401, "Invalid credentials", Rejection::BadCredentials),
+            "edge@example.com",
+            "tenant-x",
+        );
+        assert!(signin.contains("telemetry.password"), "{signin}");
     }
 }

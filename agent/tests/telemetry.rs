@@ -182,3 +182,64 @@ async fn a_snapshot_holds_the_bytes_of_its_window_and_is_dated_at_its_start() {
         "{stored:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tenant_backs_off_instead_of_signing_in_at_every_read() {
+    use edgeshare_agent::metrics::Metrics;
+    use edgeshare_agent::telemetry::TelemetrySettings;
+    use edgeshare_shared::backend::telemetry::TelemetryClient;
+    use edgeshare_shared::backend::{HttpClient, HttpSettings};
+    use edgeshare_shared::retry::Backoff;
+
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start(&dir.path().join("gw.sock"));
+    // The account does not own this tenant: every client token is refused with a 403.
+    let client = TelemetryClient::new(
+        &HttpClient::new(&HttpSettings::default()).unwrap(),
+        &standin.base_url().parse().unwrap(),
+        "edge@example.com".to_owned(),
+        edgeshare_shared::secret::Secret::new("Edge@123"),
+        "tenant-other".to_owned(),
+    );
+    // The shipped backoff (5 s to 5 min) scaled down 25 times, flows read every 50 ms.
+    let settings = TelemetrySettings {
+        control_socket: dir.path().join("gw.sock"),
+        interval: Duration::from_millis(50),
+        snapshot_interval: Duration::from_secs(1),
+        max_flows: 1000,
+        refused: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_millis(1600),
+            multiplier: 2.0,
+        },
+    };
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(edgeshare_agent::telemetry::run(
+        settings,
+        std::sync::Arc::new(client),
+        metrics.clone(),
+        stopping,
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+
+    let count = |path: &str| standin.received().iter().filter(|r| r.path == path).count();
+    let refused = standin
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/auth/client-token")
+        .all(|r| r.status == Some(403));
+    assert!(refused);
+    // Waits of at least 0.1, 0.2, 0.4, 0.8 s, then 0.8 s each: at most 8 sign-ins in 4 s,
+    // where one at every read would be about 80. And it kept trying.
+    let signins = count("/auth/signin");
+    let reads = gateway.flows_answered.load(Ordering::SeqCst);
+    assert!((4..=8).contains(&signins), "{signins} sign-ins");
+    assert!(reads >= 40, "flows were read meanwhile: {reads}");
+    assert_eq!(count("/auth/client-token"), signins);
+    assert_eq!(count("/api/connections"), 0);
+    assert_eq!(metrics.auth_failures.load(Ordering::SeqCst), signins as u64);
+}

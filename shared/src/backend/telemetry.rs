@@ -141,6 +141,16 @@ impl TelemetryClient {
         }
     }
 
+    /// The account it signs in with, for messages.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The tenant it sends for (`X-Tenant-Id`).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// Signs in and obtains a client token for the tenant.
     async fn client_token(&self) -> Result<Token, BackendError> {
         let body = SignIn {
