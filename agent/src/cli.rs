@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edgeshare_shared::backend::HttpClient;
+use edgeshare_shared::backend::depin::DepinAuth;
 use edgeshare_shared::cli::ConfigArgs;
 use edgeshare_shared::logging::LogArgs;
 use edgeshare_shared::paths::Daemon;
@@ -29,6 +31,13 @@ pub enum Command {
     CheckConfig,
     /// Show the running daemon's health (read from its metrics endpoint, metrics.listen).
     Status,
+    /// Register this device as a producer with the streaming platform (safe to run again).
+    ///
+    /// Posts stream.username, stream.password and device.id to stream.auth_url +
+    /// stream.paths.register. An account that exists already is verified by logging in
+    /// (stream.paths.login). Exit 0 when registered or already registered, 1 when refused
+    /// (an existing account with another password included), 78 for a configuration problem.
+    Register,
 }
 
 /// How long blocking threads still running after the daemon stopped are waited for.
@@ -74,6 +83,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // are left to end with the process.
             runtime.shutdown_timeout(BLOCKING_GRACE);
             ran
+        }
+        Command::Register => {
+            let config: AgentConfig = cli
+                .config
+                .load(Daemon::Agent)
+                .context("the agent configuration is not usable")?;
+            let stream = crate::register::stream_section(&config, &cli.config.path(Daemon::Agent))
+                .context("the agent configuration is not usable")?;
+            let http = HttpClient::new(&config.http).context("setting up the HTTP client")?;
+            let auth = DepinAuth::new(
+                &http,
+                &stream.auth_url,
+                stream.paths.clone(),
+                stream.username.clone(),
+                stream.password.clone(),
+            );
+            let outcome = runtime()?.block_on(crate::register::register(
+                &auth,
+                &stream.username,
+                &config.device.id,
+            ))?;
+            println!(
+                "{} at {} as the producer of device {}: {outcome}",
+                stream.username, stream.auth_url, config.device.id
+            );
+            Ok(())
         }
         Command::Status => {
             let config: AgentConfig = cli

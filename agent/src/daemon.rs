@@ -156,6 +156,7 @@ pub async fn run(
             interval: telemetry.interval,
             snapshot_interval: telemetry.snapshot_interval,
             max_flows: telemetry.max_flows,
+            refused: crate::telemetry::REFUSED_BACKOFF,
         };
         let (stop, telemetry_metrics) = (supervisor.stopping(), metrics.clone());
         supervisor.spawn("telemetry", async move {

@@ -8,6 +8,7 @@
 //!   tokens, and heals itself (keepalive, reconnect with backoff);
 //! - [`telemetry`] posts the gateway's flows and a snapshot a minute (contract 3);
 //! - [`metrics`] exposes health and counters; [`status`] reads them back;
+//! - [`register`] signs the device up as a producer (contract 2), once;
 //! - [`usage`] reports the gateway's usage ledger to the backend exactly once (contract 1);
 //! - [`daemon`] runs all of it side by side and stops it cleanly.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod link;
 pub mod metrics;
 pub mod outbox;
+pub mod register;
 pub mod sources;
 pub mod spool;
 pub mod status;

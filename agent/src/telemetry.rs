@@ -8,7 +8,7 @@
 //! 1.5 MB per call. Sign-in, the tenant's client token (renewed before its 12 h expiry) and
 //! `X-Tenant-Id` on every call are [`TelemetryClient`]'s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,10 +17,13 @@ use std::time::Duration;
 use edgeshare_shared::backend::telemetry::{
     Connection, FlowStatus, MetricsSnapshot, TelemetryClient,
 };
+use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::control::{self, ControlError, Flows};
+use edgeshare_shared::retry::Backoff;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -31,7 +34,25 @@ pub const BATCH_BYTES: usize = 1_500_000;
 /// Snapshots kept while the backend is unreachable (an hour at one a minute).
 const MAX_SNAPSHOTS: usize = 60;
 
-/// Flows waiting to be posted, and the tallies behind the next snapshot. No I/O.
+/// How much a cumulative counter grew from `last` to `now`. A total below the last one means
+/// the counter started over (the flow restarted under the same id, the gateway restarted):
+/// all of it is new, rather than a negative or wrapped-around growth.
+pub fn growth(last: u64, now: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+/// The traffic of one snapshot window, as the backend's dashboard reads it: byte totals
+/// over the window, every flow seen in it, the flows that ended in it.
+#[derive(Debug, Default)]
+struct Window {
+    bytes_in: u64,
+    bytes_out: u64,
+    seen: HashSet<String>,
+    ended: HashSet<String>,
+}
+
+/// Flows waiting to be posted, and the tallies behind the next snapshot. No I/O, no clock:
+/// times are passed in.
 #[derive(Debug)]
 pub struct FlowBook {
     max_flows: usize,
@@ -39,12 +60,9 @@ pub struct FlowBook {
     order: VecDeque<String>,
     pending: HashMap<String, Connection>,
     dropped: u64,
-    /// Last totals seen per flow (in, out), for the snapshot's byte rates.
+    /// Last totals (in, out) of each live flow, so that a window counts only its growth.
     totals: HashMap<String, (u64, u64)>,
-    window_in: u64,
-    window_out: u64,
-    window_active: HashMap<String, ()>,
-    window_inactive: u64,
+    window: Window,
 }
 
 impl FlowBook {
@@ -55,10 +73,7 @@ impl FlowBook {
             pending: HashMap::new(),
             dropped: 0,
             totals: HashMap::new(),
-            window_in: 0,
-            window_out: 0,
-            window_active: HashMap::new(),
-            window_inactive: 0,
+            window: Window::default(),
         }
     }
 
@@ -71,24 +86,29 @@ impl FlowBook {
         self.pending.len()
     }
 
-    /// Takes in a `flows` reply.
+    /// Takes in a `flows` reply. A flow's first reading counts whole: its bytes were not
+    /// in any earlier window of this agent.
     pub fn add(&mut self, flows: Vec<Connection>) {
         for flow in flows {
-            let (last_in, last_out) = self.totals.get(&flow.id).copied().unwrap_or((0, 0));
-            self.window_in += flow.bytes_in.saturating_sub(last_in);
-            self.window_out += flow.bytes_out.saturating_sub(last_out);
-            match flow.status {
-                FlowStatus::Active => {
-                    self.totals
-                        .insert(flow.id.clone(), (flow.bytes_in, flow.bytes_out));
-                    self.window_active.insert(flow.id.clone(), ());
-                }
+            let (last_in, last_out) = match flow.status {
+                // Ended: no later reading comes, so its last totals are forgotten.
                 FlowStatus::Inactive => {
-                    self.totals.remove(&flow.id);
-                    self.window_active.remove(&flow.id);
-                    self.window_inactive += 1;
+                    self.window.ended.insert(flow.id.clone());
+                    self.totals.remove(&flow.id)
                 }
+                FlowStatus::Active => self
+                    .totals
+                    .insert(flow.id.clone(), (flow.bytes_in, flow.bytes_out)),
             }
+            .unwrap_or((0, 0));
+            let window = &mut self.window;
+            window.bytes_in = window
+                .bytes_in
+                .saturating_add(growth(last_in, flow.bytes_in));
+            window.bytes_out = window
+                .bytes_out
+                .saturating_add(growth(last_out, flow.bytes_out));
+            window.seen.insert(flow.id.clone());
             self.keep(flow);
         }
     }
@@ -150,21 +170,23 @@ impl FlowBook {
         }
     }
 
-    /// The summary of the window since the last snapshot (`seconds` long), and a new window.
-    pub fn snapshot(&mut self, at: OffsetDateTime, seconds: f64) -> MetricsSnapshot {
-        let seconds = seconds.max(1e-3);
-        let snapshot = MetricsSnapshot {
-            timestamp: at,
-            connections: self.window_active.len() as u64,
-            bandwidth_in: (self.window_in as f64 / seconds).round(),
-            bandwidth_out: (self.window_out as f64 / seconds).round(),
-            inactive: self.window_inactive,
-        };
-        self.window_in = 0;
-        self.window_out = 0;
-        self.window_active.clear();
-        self.window_inactive = 0;
-        snapshot
+    /// Closes the window that ends at `now` after `length`, and starts the next one. The
+    /// start is `now - length`, `length` measured on the monotonic clock: a wall clock
+    /// stepped during the window (a device without a real-time clock meeting NTP) then
+    /// dates the window by the corrected clock.
+    pub fn snapshot(&mut self, now: OffsetDateTime, length: Duration) -> MetricsSnapshot {
+        let window = std::mem::take(&mut self.window);
+        let start = time::Duration::try_from(length)
+            .ok()
+            .and_then(|length| now.checked_sub(length))
+            .unwrap_or(now);
+        MetricsSnapshot {
+            timestamp: start,
+            connections: window.seen.len() as u64,
+            bandwidth_in: window.bytes_in,
+            bandwidth_out: window.bytes_out,
+            inactive: window.ended.len() as u64,
+        }
     }
 }
 
@@ -175,6 +197,72 @@ pub struct TelemetrySettings {
     pub interval: Duration,
     pub snapshot_interval: Duration,
     pub max_flows: usize,
+    /// How posting backs off while the backend refuses the account ([`REFUSED_BACKOFF`]).
+    pub refused: Backoff,
+}
+
+/// Retries while the backend refuses the account (a 403 for the tenant, a refused sign-in):
+/// each one signs in again (a password hash on the backend) and fails the same way until
+/// someone fixes the account, so they back off from 5 s, doubling, to 5 min, jittered.
+pub const REFUSED_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(5),
+    max: Duration::from_secs(5 * 60),
+    multiplier: 2.0,
+};
+
+/// When posting may go on after the backend refused the account. No clock: times are
+/// passed in.
+#[derive(Debug)]
+pub struct Refusals {
+    policy: Backoff,
+    /// Refusals in a row.
+    count: u32,
+    until: Option<Instant>,
+}
+
+impl Refusals {
+    pub fn new(policy: Backoff) -> Self {
+        Refusals {
+            policy,
+            count: 0,
+            until: None,
+        }
+    }
+
+    /// True unless backing off at `now`.
+    pub fn may_post(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+
+    /// Records a refusal at `now` (`unit_random` in [0, 1) is the jitter): the next post
+    /// waits the returned time.
+    pub fn refused(&mut self, now: Instant, unit_random: f64) -> Duration {
+        let wait = self.policy.delay(self.count, unit_random);
+        self.count = self.count.saturating_add(1);
+        self.until = Some(now + wait);
+        wait
+    }
+
+    /// A post went through. True if it ended a run of refusals.
+    pub fn accepted(&mut self) -> bool {
+        self.until = None;
+        std::mem::take(&mut self.count) > 0
+    }
+}
+
+/// What to do about a refusal, naming the account and the tenant (never the password).
+pub fn refusal_advice(err: &BackendError, email: &str, tenant: &str) -> String {
+    match err.rejection() {
+        Some(Rejection::BadCredentials) => format!(
+            "the telemetry backend refused the sign-in of {email}: check telemetry.email and telemetry.password"
+        ),
+        Some(Rejection::Forbidden) => format!(
+            "the telemetry backend does not let {email} send for tenant {tenant}: give that account the tenant on the backend, or set telemetry.tenant to one it owns"
+        ),
+        _ => format!(
+            "the telemetry backend refused the client token of {email} for tenant {tenant} even after a new sign-in: check the account on the backend"
+        ),
+    }
 }
 
 /// Polls the gateway's flows every `interval` and posts them; a snapshot every
@@ -189,9 +277,10 @@ pub async fn run(
     let mut snapshots: VecDeque<MetricsSnapshot> = VecDeque::new();
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut window_start = tokio::time::Instant::now();
+    let mut window_start = Instant::now();
     let mut absent_logged = false;
     let mut failing = false;
+    let mut refusals = Refusals::new(settings.refused);
     loop {
         tokio::select! {
             () = crate::daemon::stopped(&mut shutdown) => return,
@@ -227,28 +316,50 @@ pub async fn run(
                 continue;
             }
         }
-        if window_start.elapsed() >= settings.snapshot_interval {
-            let seconds = window_start.elapsed().as_secs_f64();
-            window_start = tokio::time::Instant::now();
-            snapshots.push_back(book.snapshot(OffsetDateTime::now_utc(), seconds));
+        let length = window_start.elapsed();
+        if length >= settings.snapshot_interval {
+            window_start += length;
+            snapshots.push_back(book.snapshot(OffsetDateTime::now_utc(), length));
             if snapshots.len() > MAX_SNAPSHOTS {
                 snapshots.pop_front();
             }
+        }
+        // While backing off, flows and snapshots are still read and kept for later.
+        if !refusals.may_post(Instant::now()) {
+            continue;
         }
         let result = post(&client, &mut book, &mut snapshots, &metrics).await;
         metrics
             .telemetry_flows_dropped
             .store(book.dropped(), Ordering::Relaxed);
         match result {
-            Ok(()) if failing => {
-                tracing::info!("telemetry backend reachable again");
+            Ok(()) => {
+                if refusals.accepted() {
+                    tracing::info!(
+                        email = client.email(),
+                        tenant = client.tenant(),
+                        "the telemetry backend accepts the account again"
+                    );
+                } else if failing {
+                    tracing::info!("telemetry backend reachable again");
+                }
                 failing = false;
             }
-            Ok(()) => {}
+            Err(err) if crate::auth::is_auth_failure(&err) => {
+                Metrics::add(&metrics.auth_failures, 1);
+                let wait = refusals.refused(Instant::now(), fastrand::f64());
+                // Once per step of the backoff, so at most a few lines an hour.
+                tracing::warn!(
+                    error = %err,
+                    retry_in = format!("{:.1}s", wait.as_secs_f64()),
+                    waiting = book.pending(),
+                    "{}; keeping the flows",
+                    refusal_advice(&err, client.email(), client.tenant())
+                );
+                failing = true;
+                metrics.set_last_error(&err.to_string());
+            }
             Err(err) => {
-                if crate::auth::is_auth_failure(&err) {
-                    Metrics::add(&metrics.auth_failures, 1);
-                }
                 if !failing {
                     tracing::warn!(error = %err, waiting = book.pending(), "cannot post to the telemetry backend; keeping the flows");
                 }
@@ -264,7 +375,7 @@ async fn post(
     book: &mut FlowBook,
     snapshots: &mut VecDeque<MetricsSnapshot>,
     metrics: &Metrics,
-) -> Result<(), edgeshare_shared::backend::BackendError> {
+) -> Result<(), BackendError> {
     loop {
         let batch = book.take_batch(BATCH_FLOWS, BATCH_BYTES);
         if batch.is_empty() {
@@ -368,8 +479,10 @@ mod tests {
         assert_eq!(book.take_batch(10, one * 2 + 2).len(), 2);
     }
 
+    const NOW: OffsetDateTime = time::macros::datetime!(2026-11-21 12:01:00 UTC);
+
     #[test]
-    fn snapshots_sum_the_window() {
+    fn a_window_totals_each_flows_growth_and_counts_every_flow_seen() {
         let mut book = FlowBook::new(100);
         book.add(vec![
             flow("a", 100, FlowStatus::Active),
@@ -377,15 +490,155 @@ mod tests {
         ]);
         book.add(vec![
             flow("a", 700, FlowStatus::Active),
-            flow("b", 200, FlowStatus::Inactive),
+            flow("b", 250, FlowStatus::Inactive),
         ]);
-        let at = time::macros::datetime!(2026-11-21 12:01:00 UTC);
-        let s = book.snapshot(at, 60.0);
-        assert_eq!(s.connections, 1);
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!(s.bandwidth_in, 700 + 250, "bytes, not bytes per second");
+        assert_eq!(s.bandwidth_out, 70 + 25);
+        assert_eq!(s.connections, 2, "the ended flow b counts too");
         assert_eq!(s.inactive, 1);
-        assert_eq!(s.bandwidth_in, 15.0, "(700 + 200) bytes over 60 s");
+        assert_eq!(
+            s.timestamp,
+            time::macros::datetime!(2026-11-21 12:00:00 UTC)
+        );
+
         book.add(vec![flow("a", 760, FlowStatus::Active)]);
-        let s = book.snapshot(at, 60.0);
-        assert_eq!((s.connections, s.bandwidth_in), (1, 1.0));
+        let s = book.snapshot(NOW + time::Duration::minutes(1), Duration::from_secs(60));
+        assert_eq!((s.connections, s.inactive, s.bandwidth_in), (1, 0, 60));
+        assert_eq!(s.timestamp, NOW, "windows follow each other");
+
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!((s.connections, s.bandwidth_in, s.bandwidth_out), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_counter_that_starts_over_counts_its_new_total() {
+        assert_eq!(growth(1000, 1300), 300);
+        assert_eq!(growth(1000, 300), 300);
+        let mut book = FlowBook::new(100);
+        book.add(vec![flow("a", 1000, FlowStatus::Active)]);
+        book.add(vec![flow("a", 300, FlowStatus::Active)]);
+        book.add(vec![flow("a", 400, FlowStatus::Active)]);
+        let s = book.snapshot(NOW, Duration::from_secs(60));
+        assert_eq!(s.bandwidth_in, 1000 + 300 + 100);
+    }
+
+    proptest::proptest! {
+        /// Flows that carried N bytes during the window (each seen before it, some ending in
+        /// it) give exactly N, and each counts once in `connections`.
+        #[test]
+        fn a_window_total_is_exactly_the_bytes_carried_in_it(
+            flows in proptest::collection::vec(
+                (0u64..1 << 40, proptest::collection::vec(0u64..1 << 30, 1..6), proptest::bool::ANY),
+                1..8,
+            ),
+        ) {
+            let mut book = FlowBook::new(100);
+            let id = |i: usize| format!("f{i}");
+            book.add(flows.iter().enumerate().map(|(i, (before, _, _))| flow(&id(i), *before, FlowStatus::Active)).collect());
+            book.snapshot(NOW, Duration::from_secs(60));
+            let mut carried = 0;
+            for (i, (before, steps, ends)) in flows.iter().enumerate() {
+                let mut total = *before;
+                for (n, step) in steps.iter().enumerate() {
+                    total += step;
+                    carried += step;
+                    let last = n + 1 == steps.len();
+                    let status = if last && *ends { FlowStatus::Inactive } else { FlowStatus::Active };
+                    book.add(vec![flow(&id(i), total, status)]);
+                }
+            }
+            let s = book.snapshot(NOW, Duration::from_secs(60));
+            proptest::prop_assert_eq!(s.bandwidth_in, carried);
+            proptest::prop_assert_eq!(s.connections, flows.len() as u64);
+            proptest::prop_assert_eq!(s.inactive, flows.iter().filter(|f| f.2).count() as u64);
+        }
+
+        /// Whatever the readings (counters that start over included), a window never
+        /// counts more than the readings' totals add up to.
+        #[test]
+        fn readings_never_give_a_negative_or_huge_total(
+            readings in proptest::collection::vec((0usize..4, 0u64..1 << 40, proptest::bool::ANY), 0..40),
+        ) {
+            let mut book = FlowBook::new(100);
+            for (i, total, ends) in &readings {
+                let status = if *ends { FlowStatus::Inactive } else { FlowStatus::Active };
+                book.add(vec![flow(&format!("f{i}"), *total, status)]);
+            }
+            let s = book.snapshot(NOW, Duration::from_secs(60));
+            let bound: u64 = readings.iter().map(|r| r.1).sum();
+            proptest::prop_assert!(s.bandwidth_in <= bound);
+        }
+
+        #[test]
+        fn the_timestamp_is_the_windows_start(millis in 0u64..86_400_000) {
+            let mut book = FlowBook::new(1);
+            let s = book.snapshot(NOW, Duration::from_millis(millis));
+            proptest::prop_assert_eq!(s.timestamp + time::Duration::milliseconds(millis as i64), NOW);
+        }
+    }
+
+    #[test]
+    fn refusals_back_off_doubling_and_end_with_a_post_that_goes_through() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::new(REFUSED_BACKOFF);
+        assert!(refusals.may_post(t0));
+        let waits: Vec<u64> = (0..9)
+            .map(|_| refusals.refused(t0, 1.0).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert!(!refusals.may_post(t0 + Duration::from_secs(299)));
+        assert!(refusals.may_post(t0 + Duration::from_secs(300)));
+        assert!(refusals.accepted());
+        assert!(refusals.may_post(t0));
+        assert_eq!(refusals.refused(t0, 1.0), Duration::from_secs(5), "anew");
+        assert!(refusals.accepted());
+        assert!(!refusals.accepted(), "no refusal since");
+    }
+
+    proptest::proptest! {
+        /// An account refused for an hour, flows read every 5 s: at most 30 sign-ins, where
+        /// retrying at every read would make 720, whatever the jitter.
+        #[test]
+        fn an_hour_of_refusals_makes_few_attempts(jitter in proptest::collection::vec(0.0f64..1.0, 720)) {
+            let t0 = Instant::now();
+            let mut refusals = Refusals::new(REFUSED_BACKOFF);
+            let mut attempts = 0;
+            for (tick, r) in jitter.iter().enumerate() {
+                let now = t0 + Duration::from_secs(5 * tick as u64);
+                if refusals.may_post(now) {
+                    attempts += 1;
+                    refusals.refused(now, *r);
+                }
+            }
+            proptest::prop_assert!((8..=30).contains(&attempts), "{attempts}");
+        }
+    }
+
+    #[test]
+    fn refusal_advice_names_the_account_and_what_to_change() {
+        let refused = |status: u16, message: &str, kind| BackendError::Rejected {
+            endpoint: "POST /auth/client-token".into(),
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            message: message.into(),
+            kind,
+        };
+        let forbidden = refusal_advice(
+            &refused(
+                403,
+                "Forbidden: no authorized tenants",
+                Rejection::Forbidden,
+            ),
+            "edge@example.com",
+            "tenant-x",
+        );
+        assert!(forbidden.contains("edge@example.com") && forbidden.contains("tenant tenant-x"));
+        assert!(forbidden.contains("telemetry.tenant"), "{forbidden}");
+        let signin = refusal_advice(
+            &refused(401, "Invalid credentials", Rejection::BadCredentials),
+            "edge@example.com",
+            "tenant-x",
+        );
+        assert!(signin.contains("telemetry.password"), "{signin}");
     }
 }

@@ -8,10 +8,29 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgeshare_standin::{Fault, FaultKind};
-use support::{Agent, FakeGateway, Setup, config_text, parse_config, standin, wait_until};
+use edgeshare_standin::{Fault, FaultKind, Standin};
+use serde_json::Value;
+use support::{
+    Agent, FakeGateway, Setup, config_text, gateway_flow, parse_config, standin, wait_until,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 const TENANT: &str = "tenant-edge";
+
+/// An agent config with `[telemetry]` for `tenant`, flows read every `interval`.
+fn telemetry_config(
+    standin: &Standin,
+    dir: &std::path::Path,
+    tenant: &str,
+    interval: &str,
+) -> String {
+    format!(
+        "{}\n[telemetry]\nurl = \"{}\"\nemail = \"edge@example.com\"\npassword = \"Edge@123\"\ntenant = \"{tenant}\"\ninterval = \"{interval}\"\nsnapshot_interval = \"1s\"\n",
+        config_text(&standin.base_url(), dir, &Setup::default()),
+        standin.base_url()
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_are_upserted_with_the_tenant_through_500s_and_expired_tokens() {
@@ -19,11 +38,7 @@ async fn flows_are_upserted_with_the_tenant_through_500s_and_expired_tokens() {
     standin.set_fault(Fault::new("/api/connections", FaultKind::Status500).times(2));
     let dir = tempfile::tempdir().unwrap();
     let gateway = FakeGateway::start(&dir.path().join("gw.sock"));
-    let text = format!(
-        "{}\n[telemetry]\nurl = \"{}\"\nemail = \"edge@example.com\"\npassword = \"Edge@123\"\ntenant = \"{TENANT}\"\ninterval = \"200ms\"\nsnapshot_interval = \"1s\"\n",
-        config_text(&standin.base_url(), dir.path(), &Setup::default()),
-        standin.base_url()
-    );
+    let text = telemetry_config(&standin, dir.path(), TENANT, "200ms");
     let agent = Agent::start(parse_config(&text), dir.path()).await;
 
     let f1_bytes = || {
@@ -97,4 +112,134 @@ async fn flows_are_upserted_with_the_tenant_through_500s_and_expired_tokens() {
     assert!(agent.metric("telemetry_flows_posted_total").await >= 2.0);
     assert_eq!(agent.metric("telemetry_flows_dropped_total").await, 0.0);
     agent.stop().await;
+}
+
+fn at(value: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(value.as_str().unwrap(), &Rfc3339).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_the_bytes_of_its_window_and_is_dated_at_its_start() {
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    // In the first window: flow a grows to 5000 bytes in / 300 out, flow b carries 700 / 70
+    // and ends. Nothing after that.
+    let _gateway = FakeGateway::with_flows(&dir.path().join("gw.sock"), |n| match n {
+        1 => vec![gateway_flow("a", 1000, 100, "active", n)],
+        2 => vec![
+            gateway_flow("a", 5000, 300, "active", n),
+            gateway_flow("b", 700, 70, "inactive", n),
+        ],
+        _ => vec![],
+    });
+    let text = telemetry_config(&standin, dir.path(), TENANT, "100ms");
+    let started = OffsetDateTime::now_utc();
+    let agent = Agent::start(parse_config(&text), dir.path()).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            standin.snapshots(TENANT).len() >= 2
+        })
+        .await,
+        "{}",
+        agent.metrics_text().await
+    );
+    agent.stop().await;
+
+    let snapshots = standin.snapshots(TENANT);
+    let (first, second) = (&snapshots[0], &snapshots[1]);
+    assert_eq!(first["bandwidthIn"], 5000 + 700, "{first}");
+    assert_eq!(first["bandwidthOut"], 300 + 70, "{first}");
+    assert_eq!(first["connections"], 2, "the ended flow counts: {first}");
+    assert_eq!(first["inactive"], 1, "{first}");
+    assert_eq!(
+        (
+            second["bandwidthIn"].as_u64(),
+            second["connections"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{second}"
+    );
+    // The first window starts when the agent does, before the first flows are posted; the
+    // second where the first ends, a snapshot interval (and at most a poll) later.
+    let first_post = standin
+        .received()
+        .iter()
+        .find(|r| r.path == "/api/connections")
+        .map(|r| r.at)
+        .unwrap();
+    let start = at(&first["timestamp"]);
+    assert!(started <= start && start <= first_post, "{first}");
+    let length = at(&second["timestamp"]) - start;
+    assert!(
+        length >= time::Duration::seconds(1) && length < time::Duration::milliseconds(1500),
+        "{length}"
+    );
+    // The per-flow rate is not sent: the backend would add it up as bytes.
+    let stored = standin.connections(TENANT);
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored.iter().all(|c| c.get("bandwidth").is_none()),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tenant_backs_off_instead_of_signing_in_at_every_read() {
+    use edgeshare_agent::metrics::Metrics;
+    use edgeshare_agent::telemetry::TelemetrySettings;
+    use edgeshare_shared::backend::telemetry::TelemetryClient;
+    use edgeshare_shared::backend::{HttpClient, HttpSettings};
+    use edgeshare_shared::retry::Backoff;
+
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = FakeGateway::start(&dir.path().join("gw.sock"));
+    // The account does not own this tenant: every client token is refused with a 403.
+    let client = TelemetryClient::new(
+        &HttpClient::new(&HttpSettings::default()).unwrap(),
+        &standin.base_url().parse().unwrap(),
+        "edge@example.com".to_owned(),
+        edgeshare_shared::secret::Secret::new("Edge@123"),
+        "tenant-other".to_owned(),
+    );
+    // The shipped backoff (5 s to 5 min) scaled down 25 times, flows read every 50 ms.
+    let settings = TelemetrySettings {
+        control_socket: dir.path().join("gw.sock"),
+        interval: Duration::from_millis(50),
+        snapshot_interval: Duration::from_secs(1),
+        max_flows: 1000,
+        refused: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_millis(1600),
+            multiplier: 2.0,
+        },
+    };
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(edgeshare_agent::telemetry::run(
+        settings,
+        std::sync::Arc::new(client),
+        metrics.clone(),
+        stopping,
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+
+    let count = |path: &str| standin.received().iter().filter(|r| r.path == path).count();
+    let refused = standin
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/auth/client-token")
+        .all(|r| r.status == Some(403));
+    assert!(refused);
+    // Waits of at least 0.1, 0.2, 0.4, 0.8 s, then 0.8 s each: at most 8 sign-ins in 4 s,
+    // where one at every read would be about 80. And it kept trying.
+    let signins = count("/auth/signin");
+    let reads = gateway.flows_answered.load(Ordering::SeqCst);
+    assert!((4..=8).contains(&signins), "{signins} sign-ins");
+    assert!(reads >= 40, "flows were read meanwhile: {reads}");
+    assert_eq!(count("/auth/client-token"), signins);
+    assert_eq!(count("/api/connections"), 0);
+    assert_eq!(metrics.auth_failures.load(Ordering::SeqCst), signins as u64);
 }

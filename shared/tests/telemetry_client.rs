@@ -77,8 +77,8 @@ async fn metrics_are_ingested() {
     let snapshot = MetricsSnapshot {
         timestamp: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
         connections: 4,
-        bandwidth_in: 1.5,
-        bandwidth_out: 2.5,
+        bandwidth_in: 17_300_000,
+        bandwidth_out: 2_500,
         inactive: 1,
     };
     client(&standin, "tenant-edge")

@@ -186,6 +186,9 @@ async fn register(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody) -
         return Err(ApiError::bad_request("device_id required for a producer"));
     }
     let mut db = lock(&shared.depin);
+    // A taken name: 409 in the `{"error"}` shape, as an Express service on a unique column
+    // answers. The platform's documents do not show this reply; clients (the agent's
+    // `register`) also take a 400 whose text says the name exists.
     if db.users.iter().any(|u| u.username == username) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

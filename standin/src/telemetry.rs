@@ -294,16 +294,13 @@ fn check_connection(o: &Map<String, Value>) -> Result<(), String> {
     one_of(o, "status", &["active", "inactive"])?;
     rfc3339(o, "startTime")?;
     rfc3339(o, "lastActivity")?;
-    if o.get("duration").is_some_and(|d| !d.is_null()) {
-        non_negative(o, "duration")?;
+    // Optional, as in the real backend (its own client never sends `bandwidth`).
+    for field in ["duration", "bandwidth"] {
+        if o.get(field).is_some_and(|d| !d.is_null()) {
+            non_negative(o, field)?;
+        }
     }
-    for field in [
-        "bytesIn",
-        "bytesOut",
-        "packetsIn",
-        "packetsOut",
-        "bandwidth",
-    ] {
+    for field in ["bytesIn", "bytesOut", "packetsIn", "packetsOut"] {
         non_negative(o, field)?;
     }
     Ok(())
@@ -389,6 +386,7 @@ mod tests {
             ("startTime", json!("yesterday")),
             ("bytesIn", json!(-1)),
             ("duration", json!("long")),
+            ("bandwidth", json!(-1)),
         ] {
             let mut o = obj.clone();
             o.insert(field.into(), bad);
@@ -396,6 +394,8 @@ mod tests {
         }
         let mut o = obj.clone();
         o.remove("bandwidth");
+        assert_eq!(check_connection(&o), Ok(()), "bandwidth is optional");
+        o.remove("bytesIn");
         assert!(check_connection(&o).is_err());
     }
 }

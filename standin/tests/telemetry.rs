@@ -227,7 +227,6 @@ async fn connections_upsert_and_validation() {
         "sourcePort",
         "protocol",
         "packetsIn",
-        "bandwidth",
         "lastActivity",
     ] {
         let mut c = connection("z", 1);

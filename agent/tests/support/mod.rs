@@ -282,15 +282,41 @@ pub async fn wait_all_delivered(agent: &Agent, seen: impl Fn() -> Vec<u64>, time
 pub struct FakeGateway {
     /// `usage` requests answered.
     pub answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// `flows` requests answered; the n-th gives flow f1 `1000 * n` bytes in (and the 2nd
-    /// also a finished flow f2).
+    /// `flows` requests answered; with [`FakeGateway::start`] the n-th gives flow f1
+    /// `1000 * n` bytes in (and the 2nd also a finished flow f2).
     pub flows_answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     path: PathBuf,
 }
 
+/// One flow as the gateway's `flows` reply has it.
+pub fn gateway_flow(id: &str, bytes_in: u64, bytes_out: u64, status: &str, n: u64) -> Value {
+    serde_json::json!({
+        "id": id, "sourceIp": "10.66.0.2", "destIp": "192.0.2.10",
+        "sourcePort": 40000, "destPort": 443, "protocol": "TCP",
+        "status": status, "startTime": "2026-11-21T12:00:00Z",
+        "lastActivity": "2026-11-21T12:00:01Z", "bytesIn": bytes_in,
+        "bytesOut": bytes_out, "packetsIn": n, "packetsOut": n,
+        "bandwidth": 100.0
+    })
+}
+
 impl FakeGateway {
     pub fn start(path: &Path) -> FakeGateway {
+        Self::with_flows(path, |n| {
+            let mut connections = vec![gateway_flow("f1", 1000 * n, 100 * n, "active", n)];
+            if n == 2 {
+                connections.push(gateway_flow("f2", 500, 50, "inactive", n));
+            }
+            connections
+        })
+    }
+
+    /// A gateway whose n-th `flows` answer (from 1) is `flows(n)`.
+    pub fn with_flows(
+        path: &Path,
+        reply: impl Fn(u64) -> Vec<Value> + Send + 'static,
+    ) -> FakeGateway {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::atomic::Ordering;
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
@@ -313,21 +339,7 @@ impl FakeGateway {
                 let request: Value = serde_json::from_str(&line).unwrap_or_default();
                 let reply = if request["cmd"] == "flows" {
                     let n = flows.fetch_add(1, Ordering::SeqCst) + 1;
-                    let flow = |id: &str, bytes: u64, status: &str| {
-                        serde_json::json!({
-                            "id": id, "sourceIp": "10.66.0.2", "destIp": "192.0.2.10",
-                            "sourcePort": 40000, "destPort": 443, "protocol": "TCP",
-                            "status": status, "startTime": "2026-11-21T12:00:00Z",
-                            "lastActivity": "2026-11-21T12:00:01Z", "bytesIn": bytes,
-                            "bytesOut": bytes / 10, "packetsIn": n, "packetsOut": n,
-                            "bandwidth": 100.0
-                        })
-                    };
-                    let mut connections = vec![flow("f1", 1000 * n, "active")];
-                    if n == 2 {
-                        connections.push(flow("f2", 500, "inactive"));
-                    }
-                    serde_json::json!({"ok": {"connections": connections}})
+                    serde_json::json!({"ok": {"connections": reply(n)}})
                 } else if request["cmd"] == "usage" {
                     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                     serde_json::json!({"ok": {"at_ms": 1_790_000_000_000u64 + n, "clients": [

@@ -52,19 +52,28 @@ pub struct Connection {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub packets_out: u64,
-    /// Bytes per second.
+    /// The gateway's average rate of the flow (bytes/s). Never serialised, so never sent:
+    /// the backend adds this optional field up as bytes (its "Bandwidth" card, the map's
+    /// colours), where a rate shows as a huge byte count; its own client never sets it.
+    #[serde(skip_serializing, default)]
     pub bandwidth: f64,
 }
 
-/// One minute's summary.
+/// The summary of one window (a minute by default), as the backend's own client and
+/// dashboard read it: byte totals, not rates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSnapshot {
+    /// The window's start.
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
+    /// Distinct flows seen in the window, ended ones included.
     pub connections: u64,
-    pub bandwidth_in: f64,
-    pub bandwidth_out: f64,
+    /// Bytes received over the window.
+    pub bandwidth_in: u64,
+    /// Bytes sent over the window.
+    pub bandwidth_out: u64,
+    /// Flows that ended in the window.
     pub inactive: u64,
 }
 
@@ -130,6 +139,16 @@ impl TelemetryClient {
             tenant,
             token: TokenSlot::default(),
         }
+    }
+
+    /// The account it signs in with, for messages.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The tenant it sends for (`X-Tenant-Id`).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     /// Signs in and obtains a client token for the tenant.
@@ -226,7 +245,26 @@ mod tests {
                 "id": "f1", "sourceIp": "10.0.0.2", "destIp": "2001:db8::1",
                 "sourcePort": 50000, "destPort": 443, "protocol": "TCP", "status": "active",
                 "startTime": "2026-11-21T12:00:00Z", "lastActivity": "2026-11-21T12:00:00Z",
-                "bytesIn": 10, "bytesOut": 20, "packetsIn": 1, "packetsOut": 2, "bandwidth": 1.5
+                "bytesIn": 10, "bytesOut": 20, "packetsIn": 1, "packetsOut": 2
+            }),
+            "no `bandwidth`: the backend would add the rate up as bytes"
+        );
+    }
+
+    #[test]
+    fn snapshot_wire_shape() {
+        let s = MetricsSnapshot {
+            timestamp: time::macros::datetime!(2026-11-21 12:00:00 UTC),
+            connections: 3,
+            bandwidth_in: 17_300_000,
+            bandwidth_out: 42,
+            inactive: 1,
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({
+                "timestamp": "2026-11-21T12:00:00Z", "connections": 3,
+                "bandwidthIn": 17_300_000, "bandwidthOut": 42, "inactive": 1
             })
         );
     }
