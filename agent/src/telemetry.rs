@@ -417,7 +417,6 @@ mod tests {
             bytes_out: bytes_in / 10,
             packets_in: 1,
             packets_out: 1,
-            bandwidth: 0.0,
         }
     }
 

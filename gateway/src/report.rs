@@ -82,7 +82,6 @@ pub fn connection(flow: &Flow) -> Connection {
     let digest = sha2::Sha256::digest(id_source.as_bytes());
     let id: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     let duration_ms = flow.last_seen.0.saturating_sub(flow.first_seen.0);
-    let bytes = flow.tally.up_bytes + flow.tally.down_bytes;
     Connection {
         id,
         source_ip: key.client_ip,
@@ -107,11 +106,6 @@ pub fn connection(flow: &Flow) -> Connection {
         bytes_out: flow.tally.up_bytes,
         packets_in: flow.tally.down_packets,
         packets_out: flow.tally.up_packets,
-        bandwidth: if duration_ms == 0 {
-            bytes as f64
-        } else {
-            bytes as f64 * 1000.0 / duration_ms as f64
-        },
     }
 }
 
@@ -337,7 +331,6 @@ mod tests {
         assert_ne!(first.id, connection(&flow(40001, 2_000, false)).id);
         assert_eq!((first.bytes_out, first.bytes_in), (1_000, 9_000));
         assert_eq!(first.duration, Some(2_000));
-        assert!((first.bandwidth - 5_000.0).abs() < 1e-9);
         assert_eq!(later.status, FlowStatus::Inactive);
         let json = serde_json::to_value(&first).unwrap();
         assert_eq!(json["sourcePort"], 40000);

@@ -42,7 +42,6 @@ fn flow(id: &str, bytes_in: u64) -> Connection {
         bytes_out: 100,
         packets_in: 3,
         packets_out: 2,
-        bandwidth: 1000.0,
     }
 }
 

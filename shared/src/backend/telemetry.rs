@@ -52,11 +52,9 @@ pub struct Connection {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub packets_out: u64,
-    /// The gateway's average rate of the flow (bytes/s). Never serialised, so never sent:
-    /// the backend adds this optional field up as bytes (its "Bandwidth" card, the map's
-    /// colours), where a rate shows as a huge byte count; its own client never sets it.
-    #[serde(skip_serializing, default)]
-    pub bandwidth: f64,
+    // No `bandwidth`: the contract's optional per-flow field is added up as bytes by the
+    // backend (its "Bandwidth" card, the map's colours), so a rate there shows as a huge
+    // byte count; its own client never sets it, nor does this one.
 }
 
 /// The summary of one window (a minute by default), as the backend's own client and
@@ -236,7 +234,6 @@ mod tests {
             bytes_out: 20,
             packets_in: 1,
             packets_out: 2,
-            bandwidth: 1.5,
         };
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(
