@@ -154,7 +154,7 @@ async fn create_and_list_codes() {
         &s,
         "/api/provider/codes",
         Some(&token),
-        json!({ "totalMB": 100, "count": 3 }),
+        json!({ "totalMB": 100, "count": 3, "expireHours": 24 }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -173,7 +173,8 @@ async fn create_and_list_codes() {
             "{expire}"
         );
         let state = s.code(code).unwrap();
-        let hours = (state.expire_at - time::OffsetDateTime::now_utc()).as_seconds_f64() / 3600.0;
+        let hours =
+            (state.expire_at.unwrap() - time::OffsetDateTime::now_utc()).as_seconds_f64() / 3600.0;
         assert!((23.9..=24.0).contains(&hours), "{hours}");
     }
 
@@ -192,7 +193,6 @@ async fn create_and_list_codes() {
         json!({ "totalMB": -5 }),
         json!({}),
         json!({ "totalMB": 10, "count": 51 }),
-        json!({ "totalMB": 10, "count": 0 }),
     ] {
         let (status, body) = post(&s, "/api/provider/codes", Some(&token), bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
@@ -230,6 +230,8 @@ async fn create_and_list_codes() {
     assert_eq!(status, StatusCode::OK);
     let list = body["codes"].as_array().unwrap();
     assert_eq!(list.len(), 3 + 3 + 1 + 50, "seeded + created");
+    // The seeded codes are valid 24 h; made without `expireHours`, a code never expires.
+    assert_eq!(list[0]["expireAt"], json!(null));
     assert!(list.iter().all(|c| c["code"] != admin_code.as_str()));
     let seeded = list
         .iter()
@@ -354,25 +356,23 @@ async fn report_usage_shapes_usage_log_and_consumer() {
         (status, &body["remainingMB"]),
         (StatusCode::OK, &json!(496))
     );
-    // The points go to the code's owner, not to the reporter.
-    assert_eq!(s.user("provider@example.com").unwrap().points, 4);
-    assert_eq!(s.user("admin@example.com").unwrap().points, 0);
+    // The points and the log go to the reporter, not to the code's owner.
+    assert_eq!(s.user("provider@example.com").unwrap().points, 3);
+    assert_eq!(s.user("admin@example.com").unwrap().points, 1);
 
     let (status, body) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["totalBytes"], 4 * MIB);
+    assert_eq!(body["totalBytes"], 3 * MIB);
     let logs = body["logs"].as_array().unwrap();
-    assert_eq!(logs.len(), 2);
-    assert!(
-        logs.iter()
-            .all(|l| l["code"] == code.as_str() && l["createdAt"].is_string())
-    );
-    assert!(
-        logs.iter()
-            .any(|l| l["consumerId"] == consumer_id.as_str() && l["bytes"] == 3 * MIB)
-    );
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0]["code"], code.as_str());
+    assert!(logs[0]["createdAt"].is_string());
+    assert_eq!(logs[0]["consumerId"], consumer_id.as_str());
+    assert_eq!(logs[0]["bytes"], 3 * MIB);
     let (_, admin_usage) = get(&s, "/api/provider/usage", Some(&admin)).await;
-    assert_eq!(admin_usage, json!({ "totalBytes": 0, "logs": [] }));
+    assert_eq!(admin_usage["totalBytes"], MIB);
+    assert_eq!(admin_usage["logs"].as_array().unwrap().len(), 1);
+    assert!(admin_usage["logs"][0].get("consumerId").is_none());
 }
 
 #[tokio::test]
