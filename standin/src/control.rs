@@ -30,7 +30,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/__standin/refuse-connections", post(refuse_connections))
         .route("/__standin/codes", get(codes))
         .route("/__standin/codes/{code}", get(code))
-        .route("/__standin/users/{email}", get(user))
+        .route("/__standin/users/{email}", get(user).delete(delete_user))
         .route("/__standin/connections/{tenant}", get(connections))
         .route("/__standin/snapshots/{tenant}", get(snapshots))
         .route("/__standin/state", get(state))
@@ -69,6 +69,7 @@ enum KindName {
     DelayBefore,
     DelayAfter,
     ApplyThenDrop,
+    CrashBetweenSaves,
 }
 
 /// A [`Fault`] on the wire.
@@ -96,6 +97,7 @@ impl FaultDto {
             KindName::DelayBefore => FaultKind::DelayBefore(delay()?),
             KindName::DelayAfter => FaultKind::DelayAfter(delay()?),
             KindName::ApplyThenDrop => FaultKind::ApplyThenDrop,
+            KindName::CrashBetweenSaves => FaultKind::CrashBetweenSaves,
         };
         Ok(Fault {
             path_prefix: self.path_prefix,
@@ -111,6 +113,7 @@ impl FaultDto {
             FaultKind::DelayBefore(d) => (KindName::DelayBefore, ms(d)),
             FaultKind::DelayAfter(d) => (KindName::DelayAfter, ms(d)),
             FaultKind::ApplyThenDrop => (KindName::ApplyThenDrop, None),
+            FaultKind::CrashBetweenSaves => (KindName::CrashBetweenSaves, None),
         };
         Self {
             path_prefix: f.path_prefix.clone(),
@@ -218,6 +221,16 @@ async fn user(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> A
     state
         .map(|s| json_of(&s))
         .ok_or_else(|| ApiError::not_found("No such user"))
+}
+
+/// `DELETE /__standin/users/{email}` (exact email): the user is gone, its tokens answer 401
+/// `Invalid user`.
+async fn delete_user(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> ApiResult {
+    if lock(&shared.crowd).delete_user(&email) {
+        Ok(ok())
+    } else {
+        Err(ApiError::not_found("No such user"))
+    }
 }
 
 async fn connections(State(shared): State<Arc<Shared>>, Path(tenant): Path<String>) -> Response {

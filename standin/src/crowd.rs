@@ -5,17 +5,24 @@
 //! report-usage has no idempotency, reads `remainingMB` and writes it back after
 //! [`StandinConfig::report_race_window`](crate::StandinConfig) (concurrent reports lose updates),
 //! lets a report overshoot by 0.01 MB and clamps to 0, grants `floor(bytes / 2^20)` points per
-//! report, grows `bytesShared` only by reports that earned a point, adds `bytes` the JavaScript
-//! way (a string is concatenated), and does not check who owns the code. authorize-code does
-//! not check `remainingMB > 0`. An expired code answers 400 until the TTL deletes it, then 404.
+//! report, writes the usage log and grows `bytesShared` only for reports that earned a point,
+//! adds `bytes` the JavaScript way (a string is concatenated), and does not check who owns the
+//! code (the REPORTING provider is credited). A report is applied in two saves: the code's
+//! `remainingMB` first, then the usage log, the reporter's `points` and `bytesShared` and the
+//! consumer's `bytesConsumed` ([`FaultKind::CrashBetweenSaves`](crate::FaultKind) stops in
+//! between). authorize-code does not check `remainingMB > 0`. A code made without
+//! `expireHours` has `expireAt: null` and never expires; an expired code answers 400 until the
+//! TTL deletes it, then 404.
 //!
 //! Not served: `/api/consumer/*`, `/api/leaderboard` and the chat (so `redeemedBy` stays
 //! `null`). Lists (`GET /api/provider/codes`, usage logs) are newest first. Passwords are
-//! compared in clear and emails case-insensitively.
+//! compared in clear and emails exactly (case matters). Every authenticated call looks the
+//! token's user up: a token of a deleted user answers 401 `Invalid user`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -25,6 +32,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
+use crate::faults::{CrashBetweenSaves, crash_now};
 use crate::{
     ApiError, ApiResult, CODE_ALPHABET, CODE_LEN, JsonBody, Shared, bearer, hex_id, iso_ms, js_num,
     lock, ms_to_datetime, now_ms, str_field,
@@ -50,9 +58,11 @@ pub struct CodeState {
     pub remaining_mb: f64,
     #[serde(rename = "redeemedBy")]
     pub redeemed_by: Option<String>,
-    #[serde(rename = "expireAt", with = "time::serde::rfc3339")]
-    pub expire_at: OffsetDateTime,
-    /// Past `expireAt` (answers 400 `Code expired` until it is deleted).
+    /// `None` (`"expireAt": null`): made without `expireHours`, never expires.
+    #[serde(rename = "expireAt", with = "time::serde::rfc3339::option")]
+    pub expire_at: Option<OffsetDateTime>,
+    /// Past `expireAt` (answers 400 `Code expired` until it is deleted); never for a code
+    /// without `expireAt`.
     pub expired: bool,
 }
 
@@ -90,13 +100,15 @@ struct Code {
     total_mb: f64,
     remaining_mb: f64,
     redeemed_by: Option<String>,
-    expire_at_ms: i64,
+    /// `None`: never expires, and the TTL index skips it.
+    expire_at_ms: Option<i64>,
 }
 
 #[derive(Debug)]
 struct UsageLog {
     code: String,
-    owner: String,
+    /// The provider who reported it (not necessarily the code's owner).
+    provider: String,
     bytes: f64,
     consumer_id: Option<String>,
     created_ms: i64,
@@ -192,7 +204,8 @@ impl Db {
             "Consumer@123",
             "consumer",
         );
-        let expire = now + 24 * 3_600_000;
+        // The real seed script's codes are valid 24 h.
+        let expire = Some(now + 24 * 3_600_000);
         if seed_codes.is_empty() {
             for _ in 0..3 {
                 let code = db.new_code(&provider, 500.0, expire);
@@ -226,7 +239,8 @@ impl Db {
         let id = hex_id(24);
         self.users.push(User {
             id: id.clone(),
-            email: email.to_ascii_lowercase(),
+            // Stored and compared as given: the real schema does not lowercase emails.
+            email: email.to_owned(),
             password: password.to_owned(),
             name: name.to_owned(),
             role: role.to_owned(),
@@ -237,7 +251,7 @@ impl Db {
         id
     }
 
-    fn new_code(&mut self, owner: &str, total_mb: f64, expire_at_ms: i64) -> String {
+    fn new_code(&mut self, owner: &str, total_mb: f64, expire_at_ms: Option<i64>) -> String {
         let code = loop {
             let candidate: String = (0..CODE_LEN)
                 .map(|_| {
@@ -260,11 +274,14 @@ impl Db {
         code
     }
 
-    /// Deletes codes whose expiry is more than `ttl` ago, like the real TTL index.
+    /// Deletes codes whose expiry is more than `ttl` ago, like the real TTL index (which skips
+    /// documents without `expireAt`: those stay for good).
     fn purge(&mut self, now: i64, ttl: Duration) {
         let ttl = ttl_ms(ttl);
-        self.codes
-            .retain(|c| now <= c.expire_at_ms.saturating_add(ttl));
+        self.codes.retain(|c| {
+            c.expire_at_ms
+                .is_none_or(|at| now <= at.saturating_add(ttl))
+        });
     }
 
     fn live_code(&mut self, code: &str, now: i64, ttl: Duration) -> Result<&mut Code, Lookup> {
@@ -274,7 +291,7 @@ impl Db {
             .iter_mut()
             .find(|c| c.code == code)
             .ok_or(Lookup::Missing)?;
-        if c.expire_at_ms < now {
+        if is_expired(c.expire_at_ms, now) {
             return Err(Lookup::Expired);
         }
         Ok(c)
@@ -295,8 +312,8 @@ impl Db {
             total_mb: c.total_mb,
             remaining_mb: c.remaining_mb,
             redeemed_by: c.redeemed_by.clone(),
-            expire_at: ms_to_datetime(c.expire_at_ms),
-            expired: c.expire_at_ms < now,
+            expire_at: c.expire_at_ms.map(ms_to_datetime),
+            expired: is_expired(c.expire_at_ms, now),
         }
     }
 
@@ -327,57 +344,75 @@ impl Db {
         }
     }
 
+    /// By email, compared exactly.
     pub(crate) fn user_state(&self, email: &str) -> Option<UserState> {
-        let email = email.to_ascii_lowercase();
         self.users
             .iter()
             .find(|u| u.email == email)
             .map(Self::user_state_of)
     }
 
+    /// Deletes a user (by email, exactly) as an admin deleting the account in the database
+    /// would: its codes and logs stay, its tokens now answer 401 `Invalid user`.
+    pub(crate) fn delete_user(&mut self, email: &str) -> bool {
+        let before = self.users.len();
+        self.users.retain(|u| u.email != email);
+        self.users.len() != before
+    }
+
     pub(crate) fn user_states(&self) -> Vec<UserState> {
         self.users.iter().map(Self::user_state_of).collect()
     }
 
-    /// The write half of report-usage: `read_remaining` is what was read before the race window.
-    fn apply_report(&mut self, report: &Report<'_>, read_remaining: f64, now: i64) -> f64 {
+    /// First save of report-usage: the code's `remainingMB`, computed from `read_remaining`,
+    /// what was read before the race window (so concurrent reports lose updates).
+    fn save_remaining(&mut self, code: &str, bytes: f64, read_remaining: f64) -> f64 {
+        let remaining = (read_remaining - bytes / MB).max(0.0);
+        // A code deleted during the window: the real `save()` of a deleted document is a no-op.
+        if let Some(c) = self.codes.iter_mut().find(|c| c.code == code) {
+            c.remaining_mb = remaining;
+        }
+        remaining
+    }
+
+    /// Second save of report-usage: `floor(bytes / 2^20)` points to the reporting provider
+    /// (whoever owns the code); the usage log and `bytesShared` move only when that is at
+    /// least 1. The consumer's `bytesConsumed` grows by every report that names one.
+    fn save_credit(&mut self, report: &Report<'_>, reporter: &str, now: i64) {
         let Report {
             code,
             bytes,
             bytes_sent,
             consumer_id,
         } = *report;
-        let remaining = (read_remaining - bytes / MB).max(0.0);
-        let Some(c) = self.codes.iter_mut().find(|c| c.code == code) else {
-            // Deleted during the window: the real `save()` of a deleted document is a no-op.
-            return remaining;
-        };
-        c.remaining_mb = remaining;
-        let owner = c.owner.clone();
-        self.logs.push(UsageLog {
-            code: code.to_owned(),
-            owner: owner.clone(),
-            bytes,
-            consumer_id: consumer_id.map(str::to_owned),
-            created_ms: now,
-        });
         let points = (bytes / MB).floor();
-        if points >= 1.0
-            && let Some(u) = self.users.iter_mut().find(|u| u.id == owner)
-        {
-            // Saturating float-to-int conversion; points are far below u64::MAX.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let points = points as u64;
-            u.points += points;
-            u.bytes_shared = js_add(&u.bytes_shared, bytes_sent);
+        if points >= 1.0 {
+            self.logs.push(UsageLog {
+                code: code.to_owned(),
+                provider: reporter.to_owned(),
+                bytes,
+                consumer_id: consumer_id.map(str::to_owned),
+                created_ms: now,
+            });
+            if let Some(u) = self.users.iter_mut().find(|u| u.id == reporter) {
+                // Saturating float-to-int conversion; points are far below u64::MAX.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let points = points as u64;
+                u.points += points;
+                u.bytes_shared = js_add(&u.bytes_shared, bytes_sent);
+            }
         }
         if let Some(u) = consumer_id.and_then(|id| self.users.iter_mut().find(|u| u.id == id)) {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let bytes = bytes as u64;
             u.bytes_consumed = u.bytes_consumed.saturating_add(bytes);
         }
-        remaining
     }
+}
+
+/// Past its `expireAt`; a code without one never is.
+fn is_expired(expire_at_ms: Option<i64>, now: i64) -> bool {
+    expire_at_ms.is_some_and(|at| at < now)
 }
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -391,23 +426,33 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/gateway/report-usage", post(report_usage))
 }
 
-/// The caller's user id and role, from the bearer token.
+/// The caller's user id and role: the bearer token's `sub`, looked up in the users.
 struct Caller {
     id: String,
     role: String,
 }
 
+/// As the real auth middleware: 401 `Missing token` without a bearer token, 401 `Invalid
+/// token` / `Token expired` for a bad one, 401 `Invalid user` when its `sub` is no (longer a)
+/// user. The role is the user's own.
 fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("No token provided"))?;
+    let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("Missing token"))?;
     let claims = shared
         .jwt
         .verify(token, AUD)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    let field = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-    match (field("sub"), field("role")) {
-        (Some(id), Some(role)) => Ok(Caller { id, role }),
-        _ => Err(ApiError::unauthorized("Invalid token")),
-    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::unauthorized("Invalid token"))?;
+    let db = lock(&shared.crowd);
+    let user = db
+        .user_by_id(sub)
+        .ok_or_else(|| ApiError::unauthorized("Invalid user"))?;
+    Ok(Caller {
+        id: user.id.clone(),
+        role: user.role.clone(),
+    })
 }
 
 /// Provider or admin (admins can do everything providers can).
@@ -425,7 +470,7 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody) -> A
     else {
         return Err(ApiError::bad_request("Email and password required"));
     };
-    let email = email.to_ascii_lowercase();
+    // Compared exactly: `Provider@example.com` is not `provider@example.com`.
     let db = lock(&shared.crowd);
     let user = db
         .users
@@ -456,14 +501,13 @@ async fn register(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody) -
         return Err(ApiError::bad_request("Invalid role"));
     }
     let mut db = lock(&shared.crowd);
-    let email = email.to_ascii_lowercase();
     if db.users.iter().any(|u| u.email == email) {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "Email already registered",
         ));
     }
-    let id = db.add_user(name, &email, password, role);
+    let id = db.add_user(name, email, password, role);
     Ok(axum::Json(json!({ "id": id, "email": email, "role": role })).into_response())
 }
 
@@ -472,7 +516,7 @@ async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult 
     let db = lock(&shared.crowd);
     let u = db
         .user_by_id(&c.id)
-        .ok_or_else(|| ApiError::not_found("User not found"))?;
+        .ok_or_else(|| ApiError::unauthorized("Invalid user"))?;
     Ok(axum::Json(json!({
         "id": u.id, "email": u.email, "role": u.role, "name": u.name,
         "points": u.points, "bytesShared": u.bytes_shared, "bytesConsumed": u.bytes_consumed,
@@ -491,29 +535,47 @@ async fn create_codes(
         .and_then(Value::as_f64)
         .filter(|t| t.is_finite() && *t > 0.0)
         .ok_or_else(|| ApiError::bad_request("totalMB must be > 0"))?;
+    // `count` defaults to 1 when absent (or null); more than 50 is refused; 0 (or less) makes
+    // no codes and answers `{"codes": []}`, as the real `for (i < count)` loop does; a fraction
+    // makes as many codes as that loop runs (rounded up).
     let count = match body.get("count") {
         None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=50).contains(n))
-            .ok_or_else(|| ApiError::bad_request("count must be between 1 and 50"))?,
+        Some(v) => {
+            let n = v
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| ApiError::bad_request("count must be a number"))?;
+            if n > 50.0 {
+                return Err(ApiError::bad_request("count must be <= 50"));
+            }
+            // At most 50 here, and at least 0.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = n.max(0.0).ceil() as usize;
+            n
+        }
     };
-    // JavaScript's `expireHours || 24`: missing or 0 means 24 h; fractions and negative values
-    // are taken as they are (a negative value makes an already expired code, handy in tests).
+    // JavaScript's `expireHours ? now + expireHours h : null`: absent, null or 0 make a code
+    // with `"expireAt": null` that never expires (the contract only says "optional"; 0 is
+    // falsy, so it is read as "no expiry" too). Fractions and negative values are taken as
+    // they are (a negative value makes an already expired code, handy in tests). A value that
+    // is not a number is treated as absent.
     let hours = body
         .get("expireHours")
         .and_then(Value::as_f64)
-        .filter(|h| h.is_finite() && *h != 0.0)
-        .unwrap_or(24.0);
+        .filter(|h| h.is_finite() && *h != 0.0);
     let now = now_ms();
     // Rounded to whole milliseconds, like a JavaScript Date.
     #[allow(clippy::cast_possible_truncation)]
-    let expire_at = now + (hours * HOUR_MS).round() as i64;
+    let expire_at = hours.map(|h| now + (h * HOUR_MS).round() as i64);
     let mut db = lock(&shared.crowd);
     let codes: Vec<Value> = (0..count)
         .map(|_| {
             let code = db.new_code(&c.id, total_mb, expire_at);
-            json!({ "code": code, "totalMB": js_num(total_mb), "expireAt": iso_ms(expire_at) })
+            json!({
+                "code": code,
+                "totalMB": js_num(total_mb),
+                "expireAt": expire_at.map(iso_ms),
+            })
         })
         .collect();
     Ok(axum::Json(json!({ "codes": codes })).into_response())
@@ -534,7 +596,7 @@ async fn list_codes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Ap
                 "totalMB": js_num(code.total_mb),
                 "remainingMB": js_num(code.remaining_mb),
                 "redeemedBy": code.redeemed_by,
-                "expireAt": iso_ms(code.expire_at_ms),
+                "expireAt": code.expire_at_ms.map(iso_ms),
             })
         })
         .collect();
@@ -544,7 +606,12 @@ async fn list_codes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Ap
 async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
     let c = provider(&shared, &headers)?;
     let db = lock(&shared.crowd);
-    let mine: Vec<&UsageLog> = db.logs.iter().rev().filter(|l| l.owner == c.id).collect();
+    let mine: Vec<&UsageLog> = db
+        .logs
+        .iter()
+        .rev()
+        .filter(|l| l.provider == c.id)
+        .collect();
     let total: f64 = mine.iter().map(|l| l.bytes).sum();
     let logs: Vec<Value> = mine
         .iter()
@@ -582,11 +649,13 @@ async fn authorize_code(
 
 async fn report_usage(
     State(shared): State<Arc<Shared>>,
+    crash: Option<Extension<CrashBetweenSaves>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
-    // Any provider or admin, whoever owns the code (the real service does not check).
-    provider(&shared, &headers)?;
+    // Any provider or admin, whoever owns the code (the real service does not check); the
+    // reporter is credited.
+    let reporter = provider(&shared, &headers)?;
     let (Some(code), Some((bytes, bytes_sent))) =
         (str_field(&body, "code"), parse_bytes(body.get("bytes")))
     else {
@@ -614,7 +683,12 @@ async fn report_usage(
         tokio::time::sleep(window).await;
     }
     // ... and write back what was computed from the stale read: concurrent reports lose updates.
-    let remaining = lock(&shared.crowd).apply_report(&report, read_remaining, now_ms());
+    let remaining = lock(&shared.crowd).save_remaining(code, bytes, read_remaining);
+    // A crash between the two saves: the code is debited, the reporter never credited.
+    if let Some(Extension(CrashBetweenSaves(kill))) = crash {
+        return Ok(crash_now(kill).await);
+    }
+    lock(&shared.crowd).save_credit(&report, &reporter.id, now_ms());
     Ok(axum::Json(json!({ "ok": true, "remainingMB": js_num(remaining) })).into_response())
 }
 

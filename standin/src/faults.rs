@@ -1,9 +1,10 @@
 //! Injected faults, and the recording of every request, in one middleware around the three
 //! backends (never around the `/__standin/` controls).
 //!
-//! The faults are the failures a client of a real backend meets: a 500, a slow answer, and the
+//! The faults are the failures a client of a real backend meets: a 500, a slow answer, the
 //! two ambiguous ones, where the backend changed its state but the client cannot know it (the
-//! reply comes after the client's timeout, or never).
+//! reply comes after the client's timeout, or never), and a backend crash in the middle of a
+//! contract 1 report (half applied, no reply).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,14 +62,49 @@ pub enum FaultKind {
     DelayAfter(Duration),
     /// Run the handler (its state change happens), then close the connection with no reply.
     ApplyThenDrop,
+    /// Contract 1 report-usage only (`POST /api/gateway/report-usage`; other paths are not
+    /// matched by it): make the first save (the code's `remainingMB`), then close the
+    /// connection with no reply, as a backend process crashing before its second save (usage
+    /// log, the provider's `points` and `bytesShared`, the consumer's `bytesConsumed`). A
+    /// report refused before the first save (400, 404) is answered as usual; the fault is used
+    /// up all the same. Over HTTP: `"kind": "crash_between_saves"`.
+    CrashBetweenSaves,
+}
+
+/// The path [`FaultKind::CrashBetweenSaves`] applies to.
+pub(crate) const REPORT_USAGE_PATH: &str = "/api/gateway/report-usage";
+
+/// Request extension set by [`FaultKind::CrashBetweenSaves`]: the report-usage handler stops
+/// after its first save and calls [`crash_now`] with it.
+#[derive(Clone)]
+pub(crate) struct CrashBetweenSaves(pub(crate) Option<ConnKill>);
+
+/// Closes the request's connection without a reply, as a crashed process; never returns when
+/// the connection is the stand-in's own. Without one (a router served by someone else), a 500
+/// stands for the crash.
+pub(crate) async fn crash_now(kill: Option<ConnKill>) -> Response {
+    match kill {
+        Some(ConnKill(kill)) => {
+            tracing::info!("crashing between the two saves of a report");
+            // The connection task drops the connection, and this future with it.
+            kill.notify_one();
+            std::future::pending().await
+        }
+        None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Injected crash").into_response(),
+    }
+}
+
+/// Whether a fault applies to a request for `path`.
+fn matches(fault: &Fault, path: &str) -> bool {
+    path.starts_with(&fault.path_prefix)
+        && fault.times != Some(0)
+        && (fault.kind != FaultKind::CrashBetweenSaves || path == REPORT_USAGE_PATH)
 }
 
 /// The kind of the first fault matching `path`, counting one use of it.
 fn take_fault(shared: &Shared, path: &str) -> Option<FaultKind> {
     let mut faults = lock(&shared.faults);
-    let i = faults
-        .iter()
-        .position(|f| path.starts_with(&f.path_prefix) && f.times != Some(0))?;
+    let i = faults.iter().position(|f| matches(f, path))?;
     let kind = faults[i].kind;
     if let Some(n) = faults[i].times.as_mut() {
         *n -= 1;
@@ -133,7 +169,7 @@ pub(crate) async fn record_and_inject(
         received.len() - 1
     };
     let kill = parts.extensions.get::<ConnKill>().cloned();
-    let req = Request::from_parts(parts, Body::from(bytes));
+    let mut req = Request::from_parts(parts, Body::from(bytes));
     let fault = take_fault(&shared, &path);
     if let Some(kind) = fault {
         tracing::info!(%path, ?kind, "injecting fault");
@@ -152,6 +188,11 @@ pub(crate) async fn record_and_inject(
             set_status(&shared, index, response.status());
             tokio::time::sleep(delay).await;
             return response;
+        }
+        Some(FaultKind::CrashBetweenSaves) => {
+            // The handler stops between its saves (see `crowd::report_usage`).
+            req.extensions_mut().insert(CrashBetweenSaves(kill));
+            next.run(req).await
         }
         Some(FaultKind::ApplyThenDrop) => {
             let response = next.run(req).await;

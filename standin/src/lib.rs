@@ -23,13 +23,17 @@
 //! The HTTP controls (never recorded, never faulted):
 //! - `GET /__standin/received`, `GET /__standin/ws-messages`: what was received, oldest first.
 //! - `GET|POST|DELETE /__standin/faults`; POST takes `{"path_prefix": "/api/gateway", "kind":
-//!   "status500" | "delay_before" | "delay_after" | "apply_then_drop", "delay_ms": 3000,
-//!   "times": 1}` (`path_prefix` defaults to every path, `times` to until cleared).
+//!   "status500" | "delay_before" | "delay_after" | "apply_then_drop" | "crash_between_saves",
+//!   "delay_ms": 3000, "times": 1}` (`path_prefix` defaults to every path, `times` to until
+//!   cleared; `crash_between_saves` only ever matches `POST /api/gateway/report-usage`, see
+//!   [`FaultKind::CrashBetweenSaves`]).
 //! - `POST /__standin/expire-tokens`, `POST /__standin/drop-websockets`.
 //! - `POST /__standin/refuse-connections {"for_ms": 2000}`: answers, then refuses connections
 //!   for that long (over HTTP nobody could ask to accept again).
 //! - `GET /__standin/codes`, `/codes/{code}`, `/users/{email}`, `/connections/{tenant}`,
 //!   `/snapshots/{tenant}`, `/state` (everything at once).
+//! - `DELETE /__standin/users/{email}` (contract 1, exact email): deletes the user; its tokens
+//!   then answer 401 `Invalid user`.
 //!
 //! It does not persist anything (all state is in memory), does not hash passwords, and does not
 //! depend on `edgeshare-shared`: its wire types are written independently from the contract, so
@@ -89,7 +93,8 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct StandinConfig {
     /// Codes to seed for the provider (8 characters of [`CODE_ALPHABET`]); empty means three
-    /// random ones. Each seed code is 500 MB, valid 24 h.
+    /// random ones. Each seed code is 500 MB, valid 24 h (codes made over the API without
+    /// `expireHours` never expire).
     pub seed_codes: Vec<String>,
     /// Time between reading `remainingMB` and writing it back in report-usage: two reports on
     /// one code within this window lose an update, as the real read-modify-write does.
@@ -145,7 +150,7 @@ pub struct ReceivedRequest {
     /// UTF-8); an empty body is `null`.
     pub body: Value,
     /// The status answered; `None` while the request is in progress or when no reply was sent
-    /// ([`FaultKind::ApplyThenDrop`], a dropped connection).
+    /// ([`FaultKind::ApplyThenDrop`], [`FaultKind::CrashBetweenSaves`], a dropped connection).
     pub status: Option<u16>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -653,9 +658,15 @@ impl Standin {
         lock(&self.shared.crowd).code_states(now_ms(), ttl)
     }
 
-    /// A contract 1 user, by email.
+    /// A contract 1 user, by email (compared exactly, as the real service does).
     pub fn user(&self, email: &str) -> Option<UserState> {
         lock(&self.shared.crowd).user_state(email)
+    }
+
+    /// Deletes a contract 1 user (by exact email); its tokens then answer 401 `Invalid user`.
+    /// Returns whether there was one.
+    pub fn delete_user(&self, email: &str) -> bool {
+        lock(&self.shared.crowd).delete_user(email)
     }
 
     /// Every contract 1 user.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use edgeshare_standin::{CODE_ALPHABET, StandinConfig};
+use edgeshare_standin::{CODE_ALPHABET, Fault, FaultKind, StandinConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -154,7 +154,7 @@ async fn create_and_list_codes() {
         &s,
         "/api/provider/codes",
         Some(&token),
-        json!({ "totalMB": 100, "count": 3 }),
+        json!({ "totalMB": 100, "count": 3, "expireHours": 24 }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -173,7 +173,8 @@ async fn create_and_list_codes() {
             "{expire}"
         );
         let state = s.code(code).unwrap();
-        let hours = (state.expire_at - time::OffsetDateTime::now_utc()).as_seconds_f64() / 3600.0;
+        let hours =
+            (state.expire_at.unwrap() - time::OffsetDateTime::now_utc()).as_seconds_f64() / 3600.0;
         assert!((23.9..=24.0).contains(&hours), "{hours}");
     }
 
@@ -192,7 +193,6 @@ async fn create_and_list_codes() {
         json!({ "totalMB": -5 }),
         json!({}),
         json!({ "totalMB": 10, "count": 51 }),
-        json!({ "totalMB": 10, "count": 0 }),
     ] {
         let (status, body) = post(&s, "/api/provider/codes", Some(&token), bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
@@ -230,6 +230,8 @@ async fn create_and_list_codes() {
     assert_eq!(status, StatusCode::OK);
     let list = body["codes"].as_array().unwrap();
     assert_eq!(list.len(), 3 + 3 + 1 + 50, "seeded + created");
+    // The seeded codes are valid 24 h; made without `expireHours`, a code never expires.
+    assert_eq!(list[0]["expireAt"], json!(null));
     assert!(list.iter().all(|c| c["code"] != admin_code.as_str()));
     let seeded = list
         .iter()
@@ -354,25 +356,23 @@ async fn report_usage_shapes_usage_log_and_consumer() {
         (status, &body["remainingMB"]),
         (StatusCode::OK, &json!(496))
     );
-    // The points go to the code's owner, not to the reporter.
-    assert_eq!(s.user("provider@example.com").unwrap().points, 4);
-    assert_eq!(s.user("admin@example.com").unwrap().points, 0);
+    // The points and the log go to the reporter, not to the code's owner.
+    assert_eq!(s.user("provider@example.com").unwrap().points, 3);
+    assert_eq!(s.user("admin@example.com").unwrap().points, 1);
 
     let (status, body) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["totalBytes"], 4 * MIB);
+    assert_eq!(body["totalBytes"], 3 * MIB);
     let logs = body["logs"].as_array().unwrap();
-    assert_eq!(logs.len(), 2);
-    assert!(
-        logs.iter()
-            .all(|l| l["code"] == code.as_str() && l["createdAt"].is_string())
-    );
-    assert!(
-        logs.iter()
-            .any(|l| l["consumerId"] == consumer_id.as_str() && l["bytes"] == 3 * MIB)
-    );
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0]["code"], code.as_str());
+    assert!(logs[0]["createdAt"].is_string());
+    assert_eq!(logs[0]["consumerId"], consumer_id.as_str());
+    assert_eq!(logs[0]["bytes"], 3 * MIB);
     let (_, admin_usage) = get(&s, "/api/provider/usage", Some(&admin)).await;
-    assert_eq!(admin_usage, json!({ "totalBytes": 0, "logs": [] }));
+    assert_eq!(admin_usage["totalBytes"], MIB);
+    assert_eq!(admin_usage["logs"].as_array().unwrap().len(), 1);
+    assert!(admin_usage["logs"][0].get("consumerId").is_none());
 }
 
 #[tokio::test]
@@ -632,4 +632,616 @@ async fn bad_input_gets_json_errors() {
     let (status, body) = get(&s, "/api/auth/login", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     error_text(&body);
+}
+
+/// Point 1: without `expireHours` (absent, `null` or 0, read as JavaScript's
+/// `expireHours ? ... : null`), a code has `"expireAt": null`, never expires and is never purged.
+#[tokio::test]
+async fn codes_without_expire_hours_never_expire() {
+    let s = start(StandinConfig {
+        expired_code_ttl: Duration::from_millis(200),
+        ..StandinConfig::default()
+    })
+    .await;
+    let token = provider_token(&s).await;
+    let mut forever = Vec::new();
+    for body in [
+        json!({ "totalMB": 10 }),
+        json!({ "totalMB": 10, "expireHours": null }),
+        json!({ "totalMB": 10, "expireHours": 0 }),
+    ] {
+        let (status, reply) = post(&s, "/api/provider/codes", Some(&token), body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let made = &reply["codes"][0];
+        assert!(made.get("expireAt").is_some(), "{reply}");
+        assert_eq!(made["expireAt"], json!(null), "{body}");
+        forever.push(made["code"].as_str().unwrap().to_owned());
+    }
+    // Short-lived codes still work: 0.02 h is 72 s, -1 h is already expired.
+    let (_, short) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "expireHours": 0.02 }),
+    )
+    .await;
+    let short_code = short["codes"][0]["code"].as_str().unwrap().to_owned();
+    let at = time::OffsetDateTime::parse(
+        short["codes"][0]["expireAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
+    assert!((70.0..=72.0).contains(&secs), "{secs}");
+    let (_, past) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "expireHours": -1 }),
+    )
+    .await;
+    let past_code = past["codes"][0]["code"].as_str().unwrap().to_owned();
+
+    // Past the TTL of the expired code: it is purged, the ones without expiry are not.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.code(&past_code).is_none());
+    assert!(s.code(&short_code).unwrap().expire_at.is_some());
+    let (status, list) = get(&s, "/api/provider/codes", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list["codes"].as_array().unwrap();
+    for code in &forever {
+        let listed = list.iter().find(|c| c["code"] == code.as_str()).unwrap();
+        assert!(listed.get("expireAt").is_some());
+        assert_eq!(listed["expireAt"], json!(null));
+        assert_eq!(listed["remainingMB"], 10);
+        let state = s.code(code).unwrap();
+        assert_eq!((state.expire_at, state.expired), (None, false));
+        // The control API serializes it as null too.
+        let (_, control) = get(&s, &format!("/__standin/codes/{code}"), None).await;
+        assert_eq!(
+            (&control["expireAt"], &control["expired"]),
+            (&json!(null), &json!(false))
+        );
+        let (status, body) = post(
+            &s,
+            "/api/gateway/authorize-code",
+            Some(&token),
+            json!({ "code": code }),
+        )
+        .await;
+        assert_eq!((status, &body["ok"]), (StatusCode::OK, &json!(true)));
+        let (status, _) = report(&s, &token, code, json!(MIB)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(list.iter().all(|c| c["code"] != past_code.as_str()));
+    let (_, all) = get(&s, "/__standin/codes", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 3 + 3 + 1);
+}
+
+/// Point 2: the default TTL is about a minute, like the real database's TTL monitor (both
+/// phases over HTTP with a short TTL are in `expired_code_answers_400_then_404`).
+#[tokio::test]
+async fn expired_code_ttl_defaults_to_a_minute() {
+    assert_eq!(
+        StandinConfig::default().expired_code_ttl,
+        Duration::from_secs(60)
+    );
+    let s = start_default().await;
+    let token = provider_token(&s).await;
+    let (_, body) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "expireHours": -0.001 }),
+    )
+    .await;
+    let code = body["codes"][0]["code"].as_str().unwrap().to_owned();
+    // 3.6 s past its expiry, within the minute: still 400, not yet 404.
+    let (status, body) = post(
+        &s,
+        "/api/gateway/authorize-code",
+        Some(&token),
+        json!({ "code": code }),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+    );
+    assert_eq!(
+        report(&s, &token, &code, json!(MIB)).await,
+        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+    );
+}
+
+async fn add_fault_over_http(s: &edgeshare_standin::Standin, fault: serde_json::Value) {
+    let resp = client()
+        .post(format!("{}/__standin/faults", s.base_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply(resp).await.0, StatusCode::OK);
+}
+
+/// Point 3: a report is applied in two saves; `crash_between_saves` makes the first only and
+/// drops the connection without a reply.
+#[tokio::test]
+async fn crash_between_saves_debits_the_code_and_credits_nobody() {
+    let s = start_default().await;
+    let token = provider_token(&s).await;
+    let code = s.seed_codes()[0].clone();
+    let consumer_id = s.user("consumer@example.com").unwrap().id;
+    // Set over HTTP; with a prefix matching every path it still only hits report-usage.
+    add_fault_over_http(&s, json!({ "kind": "crash_between_saves", "times": 1 })).await;
+    let (_, faults) = get(&s, "/__standin/faults", None).await;
+    assert_eq!(faults[0]["kind"], "crash_between_saves");
+    let (status, _) = post(
+        &s,
+        "/api/gateway/authorize-code",
+        Some(&token),
+        json!({ "code": code }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, before) = get(&s, "/api/provider/usage", Some(&token)).await;
+    assert_eq!(before["logs"], json!([]));
+
+    let err = fresh_client(Duration::from_secs(5))
+        .post(format!("{}/api/gateway/report-usage", s.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({ "code": code, "bytes": 3 * MIB, "consumerId": consumer_id }))
+        .send()
+        .await
+        .expect_err("no reply after the crash");
+    assert!(
+        !err.is_timeout(),
+        "the connection is dropped at once: {err}"
+    );
+    let (_, faults) = get(&s, "/__standin/faults", None).await;
+    assert_eq!(faults, json!([]), "used up");
+
+    // First save made: the code is debited.
+    let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
+    let listed = list["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == code.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["remainingMB"], 497);
+    // Second save not made: no points, no bytesShared, no log, no bytesConsumed.
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!((&me["points"], &me["bytesShared"]), (&json!(0), &json!(0)));
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
+    assert_eq!(usage, json!({ "totalBytes": 0, "logs": [] }));
+    assert_eq!(s.user("consumer@example.com").unwrap().bytes_consumed, 0);
+    // Recorded without a status: no reply was sent.
+    let recorded = s.received();
+    let crashed = recorded
+        .iter()
+        .find(|r| r.path == "/api/gateway/report-usage")
+        .unwrap();
+    assert_eq!(crashed.status, None);
+
+    // The next report is applied whole; the Rust API sets the same fault.
+    let (status, body) = report(&s, &token, &code, json!(2 * MIB)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "ok": true, "remainingMB": 495 }))
+    );
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!(
+        (&me["points"], &me["bytesShared"]),
+        (&json!(2), &json!(2 * MIB))
+    );
+    s.set_fault(Fault::new("/api/gateway", FaultKind::CrashBetweenSaves).times(1));
+    let err = fresh_client(Duration::from_secs(5))
+        .post(format!("{}/api/gateway/report-usage", s.base_url()))
+        .bearer_auth(&token)
+        .json(&json!({ "code": code, "bytes": MIB }))
+        .send()
+        .await;
+    assert!(err.is_err());
+    assert_eq!(s.code(&code).unwrap().remaining_mb, 494.0);
+    assert_eq!(s.user("provider@example.com").unwrap().points, 2);
+}
+
+/// Point 4: `floor(bytes / 2^20)` points per report; `bytesShared` and the log move only with
+/// a point, the code's balance with every byte.
+#[tokio::test]
+async fn points_are_floor_of_each_report() {
+    let s = start(StandinConfig {
+        report_race_window: Duration::ZERO,
+        ..StandinConfig::default()
+    })
+    .await;
+    let token = provider_token(&s).await;
+    // 19.99 MiB of a 20 MB code in ~4.8 MiB pieces: 4 + 4 + 4 + 5 = 17 points, not 19.
+    let uneven = new_code(&s, &token, 20.0).await;
+    let piece = 5_033_165; // 4.8 MiB
+    let total = 20_961_034; // 19.99 MiB
+    let pieces = [piece, piece, piece, total - 3 * piece];
+    for bytes in pieces {
+        let (status, _) = report(&s, &token, &uneven, json!(bytes)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!(
+        (&me["points"], &me["bytesShared"]),
+        (&json!(17), &json!(total))
+    );
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
+    assert_eq!(usage["logs"].as_array().unwrap().len(), 4);
+    assert!((s.code(&uneven).unwrap().remaining_mb - 0.01).abs() < 1e-6);
+
+    // 20 reports of exactly 1 MiB: 20 points.
+    let whole = new_code(&s, &token, 20.0).await;
+    for _ in 0..20 {
+        let (status, _) = report(&s, &token, &whole, json!(MIB)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!(
+        (&me["points"], &me["bytesShared"]),
+        (&json!(17 + 20), &json!(total + 20 * MIB))
+    );
+    assert_eq!(s.code(&whole).unwrap().remaining_mb, 0.0);
+
+    // 0.5 MiB: no point, no bytesShared, no log, but the code is debited.
+    let half = new_code(&s, &token, 1.0).await;
+    let (status, body) = report(&s, &token, &half, json!(MIB / 2)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "ok": true, "remainingMB": 0.5 }))
+    );
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!(
+        (&me["points"], &me["bytesShared"]),
+        (&json!(37), &json!(total + 20 * MIB))
+    );
+    let (_, after) = get(&s, "/api/provider/usage", Some(&token)).await;
+    assert_eq!(after["logs"].as_array().unwrap().len(), 4 + 20);
+    assert!(
+        after["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["code"] != half.as_str())
+    );
+    let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
+    let listed = list["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == half.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["remainingMB"], 0.5);
+}
+
+/// Point 5: any provider (or admin) may authorize and report any code; the reporter is
+/// credited; the code list is the caller's own.
+#[tokio::test]
+async fn any_provider_may_authorize_and_report_any_code() {
+    let s = start_default().await;
+    let owner = provider_token(&s).await;
+    let code = s.seed_codes()[0].clone();
+    let (status, _) = post(
+        &s,
+        "/api/auth/register",
+        None,
+        json!({ "name": "Roamer", "email": "roamer@example.com", "password": "pw", "role": "provider" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let roamer = login(&s, "roamer@example.com", "pw").await;
+
+    let (status, body) = post(
+        &s,
+        "/api/gateway/authorize-code",
+        Some(&roamer),
+        json!({ "code": code }),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({ "ok": true, "remainingMB": 500, "totalMB": 500, "redeemedBy": null })
+        )
+    );
+    let (status, body) = report(&s, &roamer, &code, json!(2 * MIB)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "ok": true, "remainingMB": 498 }))
+    );
+    // The reporter is credited, not the owner.
+    let (_, me) = get(&s, "/api/auth/me", Some(&roamer)).await;
+    assert_eq!(
+        (&me["points"], &me["bytesShared"]),
+        (&json!(2), &json!(2 * MIB))
+    );
+    let (_, me) = get(&s, "/api/auth/me", Some(&owner)).await;
+    assert_eq!((&me["points"], &me["bytesShared"]), (&json!(0), &json!(0)));
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&roamer)).await;
+    assert_eq!(usage["totalBytes"], 2 * MIB);
+    assert_eq!(usage["logs"][0]["code"], code.as_str());
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&owner)).await;
+    assert_eq!(usage, json!({ "totalBytes": 0, "logs": [] }));
+    // The debit is on the owner's code, seen in the owner's list only.
+    let (_, list) = get(&s, "/api/provider/codes", Some(&owner)).await;
+    let listed = list["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == code.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["remainingMB"], 498);
+    let (_, list) = get(&s, "/api/provider/codes", Some(&roamer)).await;
+    assert_eq!(list, json!({ "codes": [] }));
+    // The roamer's own code is not in the owner's list, and the owner may bill it.
+    let own = new_code(&s, &roamer, 5.0).await;
+    let (_, list) = get(&s, "/api/provider/codes", Some(&roamer)).await;
+    assert_eq!(list["codes"].as_array().unwrap().len(), 1);
+    let (_, list) = get(&s, "/api/provider/codes", Some(&owner)).await;
+    assert!(
+        list["codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["code"] != own.as_str())
+    );
+    let (status, _) = report(&s, &owner, &own, json!(MIB)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.user("provider@example.com").unwrap().points, 1);
+    assert_eq!(s.user("roamer@example.com").unwrap().points, 2);
+}
+
+/// Point 6: a missing token is 401 `Missing token`, a token of a deleted user 401 `Invalid
+/// user`, a consumer 403 on the gateway and provider endpoints.
+#[tokio::test]
+async fn missing_token_deleted_user_and_wrong_role() {
+    let s = start_default().await;
+    let code = s.seed_codes()[0].clone();
+    let calls: [(&str, Option<serde_json::Value>); 6] = [
+        ("/api/auth/me", None),
+        ("/api/provider/codes", None),
+        ("/api/provider/usage", None),
+        ("/api/provider/codes", Some(json!({ "totalMB": 1 }))),
+        ("/api/gateway/authorize-code", Some(json!({ "code": code }))),
+        (
+            "/api/gateway/report-usage",
+            Some(json!({ "code": code, "bytes": MIB })),
+        ),
+    ];
+    let call = |path: &'static str, body: Option<serde_json::Value>, token: Option<String>| {
+        let s = &s;
+        async move {
+            match body {
+                Some(body) => post(s, path, token.as_deref(), body).await,
+                None => get(s, path, token.as_deref()).await,
+            }
+        }
+    };
+    for (path, body) in calls.clone() {
+        assert_eq!(
+            call(path, body, None).await,
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": "Missing token" })
+            ),
+            "{path}"
+        );
+    }
+    let consumer = login(&s, "consumer@example.com", "Consumer@123").await;
+    for (path, body) in calls.clone().into_iter().skip(1) {
+        let (status, reply) = call(path, body, Some(consumer.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        error_text(&reply);
+    }
+    // A deleted provider's token (deleted over HTTP), and an admin's (over the Rust API).
+    let provider = provider_token(&s).await;
+    let resp = client()
+        .delete(format!(
+            "{}/__standin/users/provider@example.com",
+            s.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply(resp).await.0, StatusCode::OK);
+    let admin = login(&s, "admin@example.com", "Admin@123").await;
+    assert!(s.delete_user("admin@example.com"));
+    assert!(!s.delete_user("admin@example.com"));
+    for token in [provider, admin] {
+        for (path, body) in calls.clone() {
+            assert_eq!(
+                call(path, body, Some(token.clone())).await,
+                (StatusCode::UNAUTHORIZED, json!({ "error": "Invalid user" })),
+                "{path}"
+            );
+        }
+    }
+    assert!(s.user("provider@example.com").is_none());
+    let (status, body) = post(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({ "email": "provider@example.com", "password": "Provider@123" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": "Invalid credentials" })
+        )
+    );
+}
+
+/// Point 6: `count: 0` makes no codes and answers `{"codes": []}`; more than 50 is a 400.
+#[tokio::test]
+async fn count_zero_makes_no_codes_and_over_fifty_is_refused() {
+    let s = start_default().await;
+    let token = provider_token(&s).await;
+    let (status, body) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "count": 0 }),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "codes": [] })));
+    let (status, body) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "count": 51 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    error_text(&body);
+    assert_eq!(s.codes().len(), 3, "the seeded ones only");
+    let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
+    assert_eq!(list["codes"].as_array().unwrap().len(), 3);
+    let (status, body) = post(
+        &s,
+        "/api/provider/codes",
+        Some(&token),
+        json!({ "totalMB": 10, "count": 50 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["codes"].as_array().unwrap().len(), 50);
+}
+
+/// Point 6: emails are compared exactly.
+#[tokio::test]
+async fn emails_are_compared_exactly() {
+    let s = start_default().await;
+    let (status, body) = post(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({ "email": "Provider@example.com", "password": "Provider@123" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": "Invalid credentials" })
+        )
+    );
+    // Another case is another account.
+    let (status, body) = post(
+        &s,
+        "/api/auth/register",
+        None,
+        json!({ "name": "P", "email": "Mixed@Example.com", "password": "pw", "role": "provider" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["email"], "Mixed@Example.com");
+    login(&s, "Mixed@Example.com", "pw").await;
+    let (status, _) = post(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({ "email": "mixed@example.com", "password": "pw" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(s.user("mixed@example.com").is_none());
+    assert!(s.user("Mixed@Example.com").is_some());
+}
+
+/// Point 6: `bytes` missing, 0 or negative is 400 `code and bytes required`; a report beyond
+/// the 0.01 MB tolerance 400 `Not enough remaining MB`; within it, clamped to 0 and the code
+/// still authorized with `remainingMB: 0`; `bytes` as a string is deducted and concatenated.
+#[tokio::test]
+async fn report_errors_clamping_and_string_bytes() {
+    let s = start_default().await;
+    let token = provider_token(&s).await;
+    let code = new_code(&s, &token, 2.0).await;
+    for bytes in [None, Some(json!(0)), Some(json!(-1)), Some(json!(null))] {
+        let mut body = json!({ "code": code });
+        if let Some(b) = bytes.clone() {
+            body["bytes"] = b;
+        }
+        assert_eq!(
+            post(&s, "/api/gateway/report-usage", Some(&token), body).await,
+            (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "code and bytes required" })
+            ),
+            "{bytes:?}"
+        );
+    }
+    // A string: deducted, and bytesShared becomes text.
+    let (status, body) = report(&s, &token, &code, json!("1048576")).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "ok": true, "remainingMB": 1 }))
+    );
+    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
+    assert_eq!(me["bytesShared"], "01048576");
+    // 0.011 MB too much: refused whole.
+    assert_eq!(
+        report(&s, &token, &code, json!(MIB + 11_535)).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "Not enough remaining MB" })
+        )
+    );
+    assert_eq!(s.code(&code).unwrap().remaining_mb, 1.0);
+    // 0.009 MB too much: clamped to 0.
+    assert_eq!(
+        report(&s, &token, &code, json!(MIB + 9_437)).await,
+        (StatusCode::OK, json!({ "ok": true, "remainingMB": 0 }))
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/api/gateway/authorize-code",
+            Some(&token),
+            json!({ "code": code }),
+        )
+        .await,
+        (
+            StatusCode::OK,
+            json!({ "ok": true, "remainingMB": 0, "totalMB": 2, "redeemedBy": null })
+        )
+    );
+}
+
+/// Point 7: `GET /api/auth/me` is `{id, email, role, name, points, bytesShared, bytesConsumed}`.
+#[tokio::test]
+async fn me_has_exactly_the_contract_fields() {
+    let s = start_default().await;
+    let (_, login_reply) = post(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({ "email": "provider@example.com", "password": "Provider@123" }),
+    )
+    .await;
+    let token = login_reply["token"].as_str().unwrap();
+    let (status, me) = get(&s, "/api/auth/me", Some(token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        me,
+        json!({
+            "id": login_reply["user"]["id"],
+            "email": "provider@example.com",
+            "role": "provider",
+            "name": "Demo Provider",
+            "points": 0,
+            "bytesShared": 0,
+            "bytesConsumed": 0,
+        })
+    );
 }
