@@ -309,8 +309,8 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
             } else {
                 let now = time::OffsetDateTime::now_utc();
                 println!(
-                    "{:<10} {:>10} {:>10} {:<20}",
-                    "CODE", "MB LEFT", "MB TOTAL", "EXPIRES (UTC)"
+                    "{:<10} {:>10} {:>10} EXPIRES (UTC)",
+                    "CODE", "MB LEFT", "MB TOTAL"
                 );
                 for c in codes {
                     let expires = match c.expire_at {
@@ -321,8 +321,8 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
                             .unwrap_or_else(|_| "?".to_owned()),
                     };
                     println!(
-                        "{:<10} {:>10.1} {:>10.1} {:<20}",
-                        c.code, c.remaining_mb, c.total_mb, expires
+                        "{:<10} {:>10.1} {:>10.1} {expires}",
+                        c.code, c.remaining_mb, c.total_mb
                     );
                 }
             }

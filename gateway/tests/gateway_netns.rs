@@ -2076,11 +2076,14 @@ fn roaming_codes_own_codes_only_and_the_expiry_margin() {
     let url = format!("http://{BACKEND_ADDR}");
     let bed = Testbed::new();
     bed.client.add_addr(Testbed::CLIENT_IF, "10.66.0.3/24");
+    bed.client.add_addr(Testbed::CLIENT_IF, "10.66.0.4/24");
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
     let (foreign, _) = backend_code(&bed.up, "admin@example.com", "Admin@123", Some(1.0));
     let (own, own_expiry) = backend_code(&bed.up, PROVIDER_EMAIL, PROVIDER_PASSWORD, Some(1.0));
     let own_expiry = own_expiry.expect("made with expireHours");
+    let (forever, none) = backend_code(&bed.up, PROVIDER_EMAIL, PROVIDER_PASSWORD, None);
+    assert_eq!(none, None, "made without expireHours: expireAt null");
 
     let gateway = Gateway::start(bed, Codes::Backend(url.clone()));
     gateway.login_ok(&foreign);
@@ -2108,6 +2111,40 @@ fn roaming_codes_own_codes_only_and_the_expiry_margin() {
         Some(own_expiry - 15_000),
         "the session ends 15 s before the code: {session}"
     );
+
+    // A code that never expires: listed as such (the list used to fail on its null), served,
+    // and the page says the time shown is the session's, not the code's.
+    let listed = gateway.cli_ok(&["codes", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&forever))
+        .unwrap_or_else(|| panic!("{forever} not in {listed}"));
+    assert!(row.ends_with("never"), "{row}");
+    let json: Value = serde_json::from_str(&gateway.cli_ok(&["codes", "list", "--json"]))
+        .expect("codes list --json prints JSON");
+    let entry = json
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["code"] == forever.as_str()))
+        .expect("listed");
+    assert!(entry["expireAt"].is_null(), "{entry}");
+    let reply = curl(
+        &gateway.bed.client,
+        &[
+            "--interface",
+            "10.66.0.4",
+            "-d",
+            &format!("code={forever}"),
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains("Your code does not expire"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("Session time left"), "{}", reply.body);
     drop(gateway);
 
     // The same backend, a gateway that takes only its own codes.
