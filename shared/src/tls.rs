@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read CA file {}: {source}", path.display())]
@@ -15,6 +18,12 @@ pub enum TlsError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("CA file {} is not valid PEM: {source}", path.display())]
+    BadPem {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
     },
     #[error("CA file {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", path.display())]
     NoCertificate { path: PathBuf },
@@ -37,9 +46,10 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
             path: path.to_owned(),
             source,
         })?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        // rustls' own PEM parser (the rustls-pemfile crate is archived).
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
-            .map_err(|source| TlsError::ReadCa {
+            .map_err(|source| TlsError::BadPem {
                 path: path.to_owned(),
                 source,
             })?;

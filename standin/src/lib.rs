@@ -47,7 +47,6 @@ mod faults;
 mod jwt;
 mod telemetry;
 
-use std::io::BufReader;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -62,6 +61,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -424,12 +425,9 @@ pub async fn start(listener: TcpListener, config: StandinConfig) -> anyhow::Resu
 }
 
 fn load_tls(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    let open = |path: &PathBuf| {
-        std::fs::File::open(path)
-            .map(BufReader::new)
-            .with_context(|| format!("opening {}", path.display()))
-    };
-    let certs = rustls_pemfile::certs(&mut open(&files.cert)?)
+    // rustls' own PEM parser (the rustls-pemfile crate is archived).
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("opening {}", files.cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("reading certificates from {}", files.cert.display()))?;
     anyhow::ensure!(
@@ -437,9 +435,8 @@ fn load_tls(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
         "no certificate in {}",
         files.cert.display()
     );
-    let key = rustls_pemfile::private_key(&mut open(&files.key)?)
-        .with_context(|| format!("reading the private key from {}", files.key.display()))?
-        .with_context(|| format!("no private key in {}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
