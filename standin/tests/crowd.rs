@@ -754,6 +754,17 @@ async fn expired_code_ttl_defaults_to_a_minute() {
     );
 }
 
+/// The entry of `code` in a `GET /api/provider/codes` reply.
+fn listed_code(list: &serde_json::Value, code: &str) -> serde_json::Value {
+    list["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == code)
+        .unwrap_or_else(|| panic!("{code} not listed: {list}"))
+        .clone()
+}
+
 async fn add_fault_over_http(s: &edgeshare_standin::Standin, fault: serde_json::Value) {
     let resp = client()
         .post(format!("{}/__standin/faults", s.base_url()))
@@ -803,13 +814,7 @@ async fn crash_between_saves_debits_the_code_and_credits_nobody() {
 
     // First save made: the code is debited.
     let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
-    let listed = list["codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["code"] == code.as_str())
-        .unwrap()
-        .clone();
+    let listed = listed_code(&list, &code);
     assert_eq!(listed["remainingMB"], 497);
     // Second save not made: no points, no bytesShared, no log, no bytesConsumed.
     let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
@@ -911,13 +916,7 @@ async fn points_are_floor_of_each_report() {
             .all(|l| l["code"] != half.as_str())
     );
     let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
-    let listed = list["codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["code"] == half.as_str())
-        .unwrap()
-        .clone();
+    let listed = listed_code(&list, &half);
     assert_eq!(listed["remainingMB"], 0.5);
 }
 
@@ -972,13 +971,7 @@ async fn any_provider_may_authorize_and_report_any_code() {
     assert_eq!(usage, json!({ "totalBytes": 0, "logs": [] }));
     // The debit is on the owner's code, seen in the owner's list only.
     let (_, list) = get(&s, "/api/provider/codes", Some(&owner)).await;
-    let listed = list["codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["code"] == code.as_str())
-        .unwrap()
-        .clone();
+    let listed = listed_code(&list, &code);
     assert_eq!(listed["remainingMB"], 498);
     let (_, list) = get(&s, "/api/provider/codes", Some(&roamer)).await;
     assert_eq!(list, json!({ "codes": [] }));

@@ -24,13 +24,6 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/netns.bash
 netns_fail() { fail "$@"; }
 
-unavailable() {
-  if [ "${CI:-}" = true ]; then
-    fail "browser test cannot run under CI: $*"
-  fi
-  echo "browser: SKIPPED (not under CI): $*" >&2
-  exit 0
-}
 [ "$(id -u)" = 0 ] || unavailable "needs root (network namespaces, nftables)"
 for tool in ip nft curl jq base64; do
   command -v "$tool" >/dev/null 2>&1 || unavailable "$tool is not installed (bash scripts/install-deps)"

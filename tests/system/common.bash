@@ -21,6 +21,16 @@ fail() {
   exit 1
 }
 
+# unavailable REASON…: this test cannot run here (no root, a tool missing). Under CI=true that
+# is a failure (CI installs everything, so it must run there); elsewhere a skip that says why.
+unavailable() {
+  local name
+  name=$(basename "$0" .sh)
+  [ "${CI:-}" = true ] && fail "$name cannot run under CI: $*"
+  echo "$name: SKIPPED (not under CI): $*" >&2
+  exit 0
+}
+
 # start_standin OUTFILE ARGS…: starts the stand-in on a free loopback port, waits until it
 # listens and sets STANDIN_URL and STANDIN_PID.
 start_standin() {
