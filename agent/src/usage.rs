@@ -176,7 +176,7 @@ impl Shell<'_> {
     }
 
     /// A round that could not report: logged, and shown by `status` as the last error.
-    fn failed(&self, what: &str, err: &BackendError) {
+    fn failed(&self, what: &str, err: &dyn std::fmt::Display) {
         tracing::warn!(error = %err, "{what}; usage reports wait");
         self.metrics
             .set_last_error(&format!("usage reporter: {what}: {err}"));
@@ -249,6 +249,10 @@ impl Shell<'_> {
                     error = %e,
                     "cannot save the usage cursor; no report is sent until it can be (check the state directory's space and permissions)"
                 );
+                self.metrics.set_last_error(&format!(
+                    "usage reporter: cannot save its cursor {}: {e}",
+                    self.settings.cursor_file.display()
+                ));
                 false
             }
         }
@@ -273,7 +277,7 @@ impl Shell<'_> {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot read the usage ledger");
+                            self.failed("cannot read the usage ledger", &e);
                             return false;
                         }
                     }
@@ -290,7 +294,7 @@ impl Shell<'_> {
                     return true;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot open the usage ledger");
+                    self.failed("cannot open the usage ledger", &e);
                     return false;
                 }
             }
@@ -304,7 +308,7 @@ impl Shell<'_> {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the usage ledger");
+                self.failed("cannot read the usage ledger", &e);
                 false
             }
         }
