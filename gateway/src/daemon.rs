@@ -27,7 +27,7 @@ use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
 use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
-use crate::firewall::{Cidr, Firewall, NftFirewall};
+use crate::firewall::{Cidr, Firewall, GardenEntry, NftFirewall, split_garden_port};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 use crate::report::{self, FlowBook, GatewayFigures};
@@ -861,28 +861,35 @@ async fn serve_metrics(
     }
 }
 
-/// The walled garden: configured CIDRs and host names (resolved now), and the backend's
-/// host when codes are checked there.
-async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<Cidr>> {
-    let mut entries: Vec<String> = config.portal.walled_garden.clone();
+/// The walled garden: configured entries (host names resolved now), and the backend's host
+/// on its URL's port when codes are checked there.
+async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<GardenEntry>> {
+    let mut entries: Vec<(String, u16)> = Vec::new();
+    for entry in &config.portal.walled_garden {
+        let (host, port) = split_garden_port(entry)
+            .with_context(|| format!("portal.walled_garden: \"{entry}\""))?;
+        entries.push((host.to_owned(), port));
+    }
     if let (CodeSource::Backend, Some(backend)) = (config.codes.source, &config.backend) {
-        if let Some(host) = backend.url.host_str() {
-            entries.push(host.trim_matches(['[', ']']).to_owned());
+        if let (Some(host), Some(port)) =
+            (backend.url.host_str(), backend.url.port_or_known_default())
+        {
+            entries.push((host.trim_matches(['[', ']']).to_owned(), port));
         }
     }
     let mut garden = Vec::new();
-    for entry in entries {
-        if let Ok(cidr) = entry.parse::<Cidr>() {
-            garden.push(cidr);
+    for (host, port) in entries {
+        if let Ok(net) = host.parse::<Cidr>() {
+            garden.push(GardenEntry { net, port });
             continue;
         }
-        let addrs = tokio::net::lookup_host((entry.as_str(), 0))
+        let addrs = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .with_context(|| format!("portal.walled_garden: cannot resolve \"{entry}\""))?;
+            .with_context(|| format!("portal.walled_garden: cannot resolve \"{host}\""))?;
         for addr in addrs {
-            garden.push(Cidr {
-                addr: addr.ip(),
-                prefix: if addr.is_ipv4() { 32 } else { 128 },
+            garden.push(GardenEntry {
+                net: Cidr::host(addr.ip()),
+                port,
             });
         }
     }

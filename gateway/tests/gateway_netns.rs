@@ -141,13 +141,22 @@ impl Gateway {
     }
 
     fn start(bed: Testbed, codes: Codes) -> Gateway {
-        let mut gateway = Gateway::configure(bed, codes);
+        Gateway::start_with(bed, codes, "")
+    }
+
+    /// A running gateway with `portal_keys` (TOML lines) added to its `[portal]` section.
+    fn start_with(bed: Testbed, codes: Codes, portal_keys: &str) -> Gateway {
+        let mut gateway = Gateway::configure_with(bed, codes, portal_keys);
         gateway.run();
         gateway
     }
 
     /// A gateway whose configuration is written and checked, not yet running.
     fn configure(bed: Testbed, codes: Codes) -> Gateway {
+        Gateway::configure_with(bed, codes, "")
+    }
+
+    fn configure_with(bed: Testbed, codes: Codes, portal_keys: &str) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("es-gw-")
             .tempdir()
@@ -169,7 +178,7 @@ impl Gateway {
         };
         let config_text = format!(
             "[lan]\ninterface = \"{lan}\"\n\n[wan]\ninterface = \"{wan}\"\nnat = true\n\n\
-             [portal]\nport = 8080\n\n{codes_toml}\n[state]\ndir = {state:?}\n\n\
+             [portal]\nport = 8080\n{portal_keys}\n{codes_toml}\n[state]\ndir = {state:?}\n\n\
              [control]\nsocket = {socket:?}\n\n[firewall]\ntable = \"{table}\"\n",
             lan = Testbed::GW_LAN_IF,
             wan = Testbed::GW_WAN_IF,
@@ -827,7 +836,7 @@ fn os_probes_are_redirected_while_captive_and_succeed_once_online() {
 }
 
 #[test]
-fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
+fn captive_client_gets_no_https_other_ports_or_ipv6() {
     if !support::require_root() {
         return;
     }
@@ -837,8 +846,6 @@ fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
     let _other = bed.up.tcp_listen(sock(Testbed::up_v4(), 8443), 10);
     let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
     let _web6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 80), 10);
-    let _dns4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
-    let _dns6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
     let _udp_other = bed.up.udp_echo(sock(Testbed::up_v4(), 5353));
 
     let err = bed
@@ -864,21 +871,145 @@ fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
             "IPv6 port {port} must be dropped while captive (no IPv6 bypass)"
         );
     }
+    assert!(internet.https.events_so_far().is_empty());
+    assert_http_redirected(&gateway, "port 80 while captive");
+    assert!(internet.web_requests().is_empty());
+}
+
+/// Bytes a captive client moves through a server's port, sent and received (0 when it
+/// cannot connect).
+fn captive_bytes_through(bed: &Testbed, to: SocketAddr) -> u64 {
+    match bed
+        .client
+        .tcp_transfer(to, 100 * MB, BLOCKED, Duration::from_secs(1))
+    {
+        Ok(moved) => moved.sent + moved.received,
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn captive_dns_reaches_only_the_resolvers_given_and_port_53_elsewhere_is_closed() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: a captive client moved 100 MB in 0.12 s through a TCP server on port 53.
+    let gateway = Gateway::start_with(
+        Testbed::new(),
+        Codes::Local,
+        "dns_servers = [\"10.77.0.130\"]\n",
+    );
+    let bed = &gateway.bed;
+    let tunnel4 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v4(), 53), 100 * MB, Duration::from_secs(1));
+    let _tunnel6 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v6(), 53), 100 * MB, Duration::from_secs(1));
+    let _udp4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
+    let _udp6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
+    let _resolver = bed.up.udp_echo(sock(Testbed::up_extra_v4(), 53));
+    let _gateway_dns = bed.gw.udp_echo(sock(Testbed::gw_lan_v4(), 53));
+
+    let started = Instant::now();
+    let moved4 = captive_bytes_through(bed, sock(Testbed::up_v4(), 53));
+    let moved6 = captive_bytes_through(bed, sock(Testbed::up_v6(), 53));
+    println!(
+        "captive client through TCP port 53 upstream: {moved4} bytes (IPv4), {moved6} bytes \
+         (IPv6) in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(
+        (moved4, moved6),
+        (0, 0),
+        "port 53 upstream must be closed while captive"
+    );
+    assert!(tunnel4.events_so_far().is_empty());
+    for server in [Testbed::up_v4(), Testbed::up_v6()] {
+        assert!(
+            bed.client.udp_query(sock(server, 53), BLOCKED).is_err(),
+            "UDP 53 to {server} (not a resolver given) must be dropped while captive"
+        );
+    }
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::gw_lan_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS to the gateway itself works while captive"
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_extra_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS to the configured resolver works while captive"
+    );
+
+    // Online, port 53 is the client's own (billed) traffic like any other port.
+    let code = gateway.create_code(1.0, 1.0);
+    gateway.login_ok(&code);
     assert!(
         bed.client
             .udp_query(sock(Testbed::up_v4(), 53), OPEN)
             .is_ok(),
-        "DNS passes while captive"
+        "an online client reaches any DNS server"
+    );
+}
+
+#[test]
+fn the_walled_garden_opens_only_the_backends_own_port() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: a captive client downloaded 10 MB from the backend host's port 80 and reached
+    // its port 22.
+    let bed = Testbed::new();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
+    let gateway = Gateway::start(bed, Codes::Backend(format!("http://{BACKEND_ADDR}")));
+    let bed = &gateway.bed;
+    let backend_host = Testbed::up_extra_v4();
+    let web = bed
+        .up
+        .tcp_sink(sock(backend_host, 80), 10 * MB, Duration::from_secs(1));
+    let ssh = bed.up.tcp_listen(sock(backend_host, 22), 1000);
+
+    let from_web =
+        match bed
+            .client
+            .tcp_transfer(sock(backend_host, 80), 100, OPEN, Duration::from_secs(1))
+        {
+            Ok(moved) => moved.received,
+            Err(error) => panic!("port 80 goes to the portal while captive: {error}"),
+        };
+    let ssh_open = bed.client.tcp_connects(sock(backend_host, 22), BLOCKED);
+    let api = bed
+        .client
+        .tcp_connects(BACKEND_ADDR.parse().expect("address"), OPEN);
+    println!(
+        "captive client and the backend's host: {} bytes from its port 80 (the portal \
+         answered {from_web} bytes), port 22 reached: {ssh_open}, its API port reached: {api}",
+        web.events_so_far()
+            .iter()
+            .map(|e| match e {
+                Event::Transferred { sent, .. } => *sent,
+                _ => 0,
+            })
+            .sum::<u64>(),
     );
     assert!(
-        bed.client
-            .udp_query(sock(Testbed::up_v6(), 53), OPEN)
-            .is_ok(),
-        "DNS over IPv6 passes while captive"
+        web.events_so_far().is_empty(),
+        "the backend host's port 80 must not be reached while captive"
     );
-    assert!(internet.https.events_so_far().is_empty());
-    assert_http_redirected(&gateway, "port 80 while captive");
-    assert!(internet.web_requests().is_empty());
+    assert!(from_web < 64 * 1024, "what came back is the portal's page");
+    assert!(
+        !ssh_open,
+        "the backend host's port 22 must be closed while captive"
+    );
+    assert!(ssh.events_so_far().is_empty());
+    assert!(
+        api,
+        "the backend's own port stays open: codes are checked there"
+    );
 }
 
 #[test]
