@@ -1012,6 +1012,162 @@ fn the_walled_garden_opens_only_the_backends_own_port() {
     );
 }
 
+/// `count` more devices in the client namespace, each its own MAC and address (a macvlan on
+/// the client's link: 10.66.0.FIRST…): their interface names. The gateway tells devices
+/// apart by MAC, so each login needs one.
+fn add_devices(bed: &Testbed, first: usize, count: usize) -> Vec<String> {
+    // Each address is answered for only by its own interface, so the gateway learns its MAC.
+    bed.client.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+    bed.client.sysctl("net.ipv4.conf.all.arp_announce", "2");
+    (first..first + count)
+        .map(|n| {
+            let name = format!("d{n}");
+            bed.client.ip(&[
+                "link",
+                "add",
+                &name,
+                "link",
+                Testbed::CLIENT_IF,
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ]);
+            bed.client
+                .set_mac(&name, &format!("02:00:00:66:01:{n:02x}"));
+            bed.client.add_addr(&name, &format!("10.66.0.{n}/24"));
+            bed.client.ip(&["link", "set", &name, "up"]);
+            name
+        })
+        .collect()
+}
+
+/// The portal's status for `code` posted from the client's device `source` (an interface;
+/// 0: no answer within 30 s).
+fn login_status_from(bed: &Testbed, source: &str, code: &str) -> u16 {
+    let mut curl = bed.client.command("curl");
+    curl.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "30",
+        "--interface",
+        // "if!": send through that interface (SO_BINDTODEVICE), not just from its address.
+        &format!("if!{source}"),
+        "-d",
+        &format!("code={code}"),
+        LOGIN_URL,
+    ]);
+    let (_, stdout, stderr) = support::run_with_timeout(&mut curl, Duration::from_secs(35));
+    if !stderr.is_empty() {
+        println!("curl from {source}: {}", stderr.trim());
+    }
+    stdout.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: 200 devices with valid codes at once got 60 x 200 and 140 x 429; while 12
+    // addresses guessed, 11 of 12 valid logins got 429.
+    const CROWD: usize = 80;
+    const GUESSERS: usize = 12;
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let codes_text = gateway.cli_ok(&[
+        "codes",
+        "create",
+        "--mb",
+        "1",
+        "--hours",
+        "1",
+        "--count",
+        &(CROWD + GUESSERS).to_string(),
+    ]);
+    let codes: Vec<&str> = codes_text.lines().map(str::trim).collect();
+    assert_eq!(codes.len(), CROWD + GUESSERS, "{codes_text}");
+    let crowd = add_devices(bed, 100, CROWD);
+    let guessers = add_devices(bed, 10, GUESSERS);
+    let latecomers = add_devices(bed, 30, GUESSERS);
+
+    // No attacker: the whole crowd logs in at the same moment.
+    let start = std::sync::Barrier::new(CROWD);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = crowd
+            .iter()
+            .zip(&codes)
+            .map(|(addr, code)| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    login_status_from(bed, addr, code)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a login thread"))
+            .collect()
+    });
+    let crowd_ok = statuses.iter().filter(|s| **s == 200).count();
+    let crowd_429 = statuses.iter().filter(|s| **s == 429).count();
+    println!(
+        "{CROWD} valid logins at once: {crowd_ok} x 200, {crowd_429} x 429, others {:?}",
+        statuses
+            .iter()
+            .filter(|s| !matches!(s, 200 | 429))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(crowd_ok, CROWD, "every valid login of the crowd succeeds");
+
+    // 12 addresses guess as fast as they can while 12 other devices log in with valid codes.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (guesses, refused_valid) = std::thread::scope(|scope| {
+        let guessing: Vec<_> = guessers
+            .iter()
+            .map(|addr| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut sent = 0_u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        login_status_from(bed, addr, "ZZZZ9999");
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut refused = 0;
+        for (addr, code) in latecomers.iter().zip(&codes[CROWD..]) {
+            let status = login_status_from(bed, addr, code);
+            if status != 200 {
+                println!("valid login from {addr} while others guess: {status}");
+                refused += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let guesses: u32 = guessing
+            .into_iter()
+            .map(|h| h.join().expect("a guessing thread"))
+            .sum();
+        (guesses, refused)
+    });
+    println!(
+        "valid logins refused while {GUESSERS} addresses guessed ({guesses} guesses): \
+         {refused_valid} of {GUESSERS}"
+    );
+    assert_eq!(
+        refused_valid, 0,
+        "guessing elsewhere must not lock out valid codes"
+    );
+}
+
 #[test]
 fn a_valid_code_opens_access_within_a_second() {
     if !support::require_root() {

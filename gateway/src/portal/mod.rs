@@ -551,7 +551,9 @@ async fn login<G: Gate>(
         let portal = Arc::clone(&portal);
         tokio::spawn(async move {
             let outcome = portal.gate.redeem(ip, code).await;
-            if !outcome.is_failed_guess() {
+            if outcome.is_failed_guess() {
+                portal.limiter().failed(attempt);
+            } else {
                 portal.limiter().refund(attempt);
             }
             outcome
