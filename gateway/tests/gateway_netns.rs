@@ -1169,6 +1169,53 @@ fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
 }
 
 #[test]
+fn a_slowloris_device_holds_only_its_own_connections_and_others_are_answered() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: one device held all 256 portal connections with slow headers, and 1 of 40
+    // normal requests was answered meanwhile.
+    const HELD: usize = 300;
+    const REQUESTS: usize = 40;
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    bed.client
+        .add_addr(Testbed::CLIENT_IF, &format!("{SECOND_CLIENT}/24"));
+    // One bash opens HELD connections from the client's address, each with a request line
+    // and no end of headers, and keeps them open (killed with the namespace).
+    let script = format!(
+        "trap '' PIPE; for i in $(seq {HELD}); do exec {{fd}}<>/dev/tcp/10.66.0.1/8080 || continue; \
+         printf 'GET / HTTP/1.1\\r\\nHost: 10.66.0.1\\r\\nX-Slow: ' >&$fd; done; echo opened; \
+         sleep 60"
+    );
+    let mut slow = bed.client.command("bash");
+    slow.args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut slowloris = Background::start(&mut slow);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        slowloris.is_running(),
+        "the slow client keeps its connections"
+    );
+
+    let answered = (0..REQUESTS)
+        .filter(|_| {
+            curl(
+                &bed.client,
+                &["--interface", SECOND_CLIENT, "-m", "3", PORTAL_URL],
+            )
+            .is_ok_and(|reply| reply.status == 200)
+        })
+        .count();
+    println!(
+        "normal requests answered while one device holds {HELD} slow connections: \
+         {answered} of {REQUESTS}"
+    );
+    assert_eq!(answered, REQUESTS, "every normal request is answered");
+}
+
+#[test]
 fn a_valid_code_opens_access_within_a_second() {
     if !support::require_root() {
         return;
