@@ -1216,6 +1216,47 @@ fn a_slowloris_device_holds_only_its_own_connections_and_others_are_answered() {
 }
 
 #[test]
+fn idle_control_connections_do_not_stop_status_or_flood_the_log() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: 1,100 idle connections gave 2.3 million WARN lines in 30 s, and `status` failed.
+    const IDLE: usize = 1100;
+    let mut gateway = Gateway::start_local();
+    let pid = gateway.daemon.as_ref().expect("running").pid().to_string();
+    // The limit systemd gives by default: 1100 connections are more than it allows.
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let lines_before = gateway.log_text().lines().count();
+    let socket = gateway.dir.path().join("gateway.sock");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..IDLE)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let status = gateway.cli(&["status"]);
+    let took = asked.elapsed();
+    let lines = gateway.log_text().lines().count() - lines_before;
+    println!(
+        "{} idle control connections: status answered {} after {} ms; {lines} log lines",
+        idle.len(),
+        status.status.success(),
+        took.as_millis()
+    );
+    assert!(
+        status.status.success(),
+        "status answers: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(lines < 20, "{lines} log lines");
+    drop(idle);
+    assert!(gateway.daemon_is_running());
+}
+
+#[test]
 fn a_valid_code_opens_access_within_a_second() {
     if !support::require_root() {
         return;
