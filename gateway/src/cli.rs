@@ -14,7 +14,7 @@ use time::macros::format_description;
 use crate::codes::{CodeStore, mb_to_bytes};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
-use crate::firewall::{Cidr, Firewall, NftFirewall};
+use crate::firewall::{Firewall, GardenEntry, NftFirewall};
 use crate::net::{Mac, Millis};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
@@ -148,8 +148,8 @@ fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<
             // Before the network is up nothing can be resolved: only the garden's CIDRs now.
             let mut garden = Vec::new();
             for entry in &config.portal.walled_garden {
-                match entry.parse::<Cidr>() {
-                    Ok(cidr) => garden.push(cidr),
+                match entry.parse::<GardenEntry>() {
+                    Ok(entry) => garden.push(entry),
                     Err(_) => tracing::info!(
                         host = %entry,
                         "portal.walled_garden: a host name, added when the daemon starts"

@@ -9,7 +9,7 @@ use edgeshare_shared::config::{Problems, Validate};
 use edgeshare_shared::paths::StateSettings;
 use serde::Deserialize;
 
-use crate::firewall::{Cidr, FirewallConfig};
+use crate::firewall::{FirewallConfig, GardenEntry, split_garden_port};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,9 +72,13 @@ pub struct Portal {
     /// TCP port of the portal's HTTP server on the LAN address; port-80 traffic of captive
     /// clients is redirected to it.
     pub port: u16,
-    /// Hosts or CIDRs captive clients may reach before logging in (the backend's host is
-    /// always included when codes are checked there). Host names are resolved at start.
+    /// What captive clients may reach before logging in, each entry a host or CIDR on one
+    /// TCP port: `host` (443), `host:port`, `[v6]:port`. The backend's host on its URL's
+    /// port is always included when codes are checked there. Host names are resolved at start.
     pub walled_garden: Vec<String>,
+    /// DNS servers besides the gateway itself that captive clients may query (those DHCP
+    /// hands out); DNS to any other host is dropped until they log in.
+    pub dns_servers: Vec<std::net::IpAddr>,
     /// Failed code attempts allowed per client, and for all clients together, per minute.
     pub attempts_per_client: u32,
     pub attempts_global: u32,
@@ -85,6 +89,7 @@ impl Default for Portal {
         Portal {
             port: 8080,
             walled_garden: Vec::new(),
+            dns_servers: Vec::new(),
             attempts_per_client: 5,
             attempts_global: 60,
         }
@@ -233,7 +238,7 @@ impl GatewayConfig {
     /// What the nftables table enforces for this configuration, with `garden` as the walled
     /// garden (resolved by the caller: the daemon resolves host names, the boot-time install
     /// cannot).
-    pub fn firewall_config(&self, garden: Vec<Cidr>) -> FirewallConfig {
+    pub fn firewall_config(&self, garden: Vec<GardenEntry>) -> FirewallConfig {
         FirewallConfig {
             table: self.firewall.table.clone(),
             lan: self.lan.interface.clone(),
@@ -241,6 +246,7 @@ impl GatewayConfig {
             nat: self.wan.nat,
             portal_port: self.portal.port,
             garden,
+            dns: self.portal.dns_servers.clone(),
         }
     }
 }
@@ -275,6 +281,11 @@ impl Validate for GatewayConfig {
         }
         if self.portal.port == 0 {
             problems.push("portal.port", "must be a port number from 1 to 65535");
+        }
+        for entry in &self.portal.walled_garden {
+            if let Err(bad) = split_garden_port(entry) {
+                problems.push("portal.walled_garden", bad.to_string());
+            }
         }
         if self.session.devices_per_code == 0 {
             problems.push("session.devices_per_code", "must be at least 1");

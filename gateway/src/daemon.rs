@@ -27,7 +27,7 @@ use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
 use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
-use crate::firewall::{Cidr, Firewall, NftFirewall};
+use crate::firewall::{Cidr, Firewall, GardenEntry, NftFirewall, split_garden_port};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 use crate::report::{self, FlowBook, GatewayFigures};
@@ -861,28 +861,35 @@ async fn serve_metrics(
     }
 }
 
-/// The walled garden: configured CIDRs and host names (resolved now), and the backend's
-/// host when codes are checked there.
-async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<Cidr>> {
-    let mut entries: Vec<String> = config.portal.walled_garden.clone();
+/// The walled garden: configured entries (host names resolved now), and the backend's host
+/// on its URL's port when codes are checked there.
+async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<GardenEntry>> {
+    let mut entries: Vec<(String, u16)> = Vec::new();
+    for entry in &config.portal.walled_garden {
+        let (host, port) = split_garden_port(entry)
+            .with_context(|| format!("portal.walled_garden: \"{entry}\""))?;
+        entries.push((host.to_owned(), port));
+    }
     if let (CodeSource::Backend, Some(backend)) = (config.codes.source, &config.backend) {
-        if let Some(host) = backend.url.host_str() {
-            entries.push(host.trim_matches(['[', ']']).to_owned());
+        if let (Some(host), Some(port)) =
+            (backend.url.host_str(), backend.url.port_or_known_default())
+        {
+            entries.push((host.trim_matches(['[', ']']).to_owned(), port));
         }
     }
     let mut garden = Vec::new();
-    for entry in entries {
-        if let Ok(cidr) = entry.parse::<Cidr>() {
-            garden.push(cidr);
+    for (host, port) in entries {
+        if let Ok(net) = host.parse::<Cidr>() {
+            garden.push(GardenEntry { net, port });
             continue;
         }
-        let addrs = tokio::net::lookup_host((entry.as_str(), 0))
+        let addrs = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .with_context(|| format!("portal.walled_garden: cannot resolve \"{entry}\""))?;
+            .with_context(|| format!("portal.walled_garden: cannot resolve \"{host}\""))?;
         for addr in addrs {
-            garden.push(Cidr {
-                addr: addr.ip(),
-                prefix: if addr.is_ipv4() { 32 } else { 128 },
+            garden.push(GardenEntry {
+                net: Cidr::host(addr.ip()),
+                port,
             });
         }
     }
@@ -1217,6 +1224,18 @@ impl Gate for PortalGate {
     }
 }
 
+/// How long a control client may take to send its request: the CLI and the agent send it at
+/// once, so a connection idle this long is held open by something else.
+const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections served at once. At the limit a new connection closes the oldest one:
+/// idle connections piling up cannot keep `status` (or the agent's usage reads) out.
+const CONTROL_MAX_CONNECTIONS: usize = 64;
+/// Longest pause after failed accepts in a row (out of file descriptors, EMFILE): doubling
+/// from 10 ms, so a lasting failure neither spins a core nor floods the log.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this long about failing accepts; the rest are counted in it.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves the control socket until `stop` turns true.
 async fn serve_control(
     listener: tokio::net::UnixListener,
@@ -1224,41 +1243,89 @@ async fn serve_control(
     store: Option<CodeStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let open: Arc<Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>> =
+        Arc::default();
+    let mut next_id = 0_u64;
+    let mut backoff = Duration::ZERO;
+    let mut last_logged: Option<tokio::time::Instant> = None;
+    let mut unlogged = 0_u64;
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "control socket accept failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(err) => {
+                unlogged += 1;
+                if last_logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY) {
+                    tracing::warn!(error = %err, failures = unlogged, "control socket accept failing; backing off (too many open files? see LimitNOFILE)");
+                    last_logged = Some(tokio::time::Instant::now());
+                    unlogged = 0;
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let (evict_tx, evicted) = tokio::sync::oneshot::channel();
+        let id = next_id;
+        next_id += 1;
+        {
+            let mut open = open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if open.len() >= CONTROL_MAX_CONNECTIONS {
+                // Dropping its sender ends the oldest connection.
+                open.pop_first();
+            }
+            open.insert(id, evict_tx);
+        }
         let shared = shared.clone();
         let store = store.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64));
-            let reply = match reader.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => tokio::task::spawn_blocking(move || {
-                        handle_control(&shared, store.as_ref(), request)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Reply::Error(format!("internal error: {e}"))),
-                    Err(err) => Reply::Error(format!("bad request: {err}")),
-                },
-                Err(err) => Reply::Error(format!("cannot read the request: {err}")),
-            };
-            let mut text = serde_json::to_string(&reply)
-                .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_owned());
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
+            tokio::select! {
+                () = serve_control_connection(stream, shared, store) => {}
+                _ = evicted => {}
+            }
+            open.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
         });
     }
+}
+
+/// One request and its reply; a client silent for [`CONTROL_IDLE_TIMEOUT`] is dropped.
+async fn serve_control_connection(
+    stream: tokio::net::UnixStream,
+    shared: Arc<Shared>,
+    store: Option<CodeStore>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64));
+    let reply = match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)).await
+    {
+        Err(_) => return,
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => tokio::task::spawn_blocking(move || {
+                handle_control(&shared, store.as_ref(), request)
+            })
+            .await
+            .unwrap_or_else(|e| Reply::Error(format!("internal error: {e}"))),
+            Err(err) => Reply::Error(format!("bad request: {err}")),
+        },
+        Ok(Err(err)) => Reply::Error(format!("cannot read the request: {err}")),
+    };
+    let mut text = serde_json::to_string(&reply)
+        .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_owned());
+    text.push('\n');
+    let _ = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, write.write_all(text.as_bytes())).await;
 }
 
 fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) -> Reply {

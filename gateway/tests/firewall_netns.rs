@@ -49,6 +49,7 @@ fn config() -> FirewallConfig {
         nat: false,
         portal_port: PORTAL_PORT,
         garden: vec![GARDEN.parse().expect("garden")],
+        dns: vec![Testbed::up_extra_v4()],
     }
 }
 
@@ -107,7 +108,11 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only() {
     let garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 100);
     let _dns4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
     let _dns6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
+    let _resolver = bed.up.udp_echo(sock(Testbed::up_extra_v4(), 53));
+    let tcp53 = bed.up.tcp_listen(sock(Testbed::up_v4(), 53), 100);
     let _other_udp = bed.up.udp_echo(sock(Testbed::up_v4(), 5353));
+    let garden_ssh = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 22), 100);
+    let garden_web = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 80), 100);
     let portal = bed.gw.tcp_listen("0.0.0.0:8080".parse().expect("addr"), 10);
 
     // Anything else to the internet is dropped, IPv4 and IPv6 alike.
@@ -139,17 +144,33 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only() {
         println!("note: ping is not installed; the ICMP check is left out");
     }
 
-    // DNS to any server passes, both families.
+    // DNS passes to the configured resolver only: port 53 elsewhere is dropped, UDP and TCP,
+    // IPv4 and IPv6 (unbilled, it would be a free tunnel).
     assert!(
         bed.client
-            .udp_query(sock(Testbed::up_v4(), 53), OPEN)
-            .is_ok()
+            .udp_query(sock(Testbed::up_extra_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS to the configured resolver passes"
     );
+    for server in [Testbed::up_v4(), Testbed::up_v6()] {
+        assert!(
+            bed.client.udp_query(sock(server, 53), BLOCKED).is_err(),
+            "UDP 53 to {server}, not a configured resolver, must be dropped"
+        );
+    }
     assert!(
-        bed.client
-            .udp_query(sock(Testbed::up_v6(), 53), OPEN)
-            .is_ok()
+        !bed.client.tcp_connects(sock(Testbed::up_v4(), 53), BLOCKED),
+        "TCP 53 to a host that is not a configured resolver must be dropped"
     );
+    assert!(tcp53.events_so_far().is_empty());
+
+    // Only the garden's own port: its host's ssh is dropped, its port 80 ends at the portal.
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_extra_v4(), 22), BLOCKED),
+        "the garden host's ssh must be dropped"
+    );
+    assert!(garden_ssh.events_so_far().is_empty());
 
     // The walled garden is reachable, both ways for the connection.
     let sent = bed
@@ -184,6 +205,15 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only() {
         }
         other => panic!("portal listener: {other:?}"),
     }
+    let sent = bed
+        .client
+        .tcp_send(sock(Testbed::up_extra_v4(), 80), 18, OPEN)
+        .expect("port 80 of the garden host is redirected to the portal");
+    assert_eq!(sent.received, 10, "the portal's answer");
+    assert!(
+        garden_web.events_so_far().is_empty(),
+        "the garden host's port 80 must not be reached"
+    );
     assert!(
         https4.events_so_far().is_empty(),
         "nothing may have reached up's port 443"

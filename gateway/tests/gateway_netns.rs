@@ -141,13 +141,22 @@ impl Gateway {
     }
 
     fn start(bed: Testbed, codes: Codes) -> Gateway {
-        let mut gateway = Gateway::configure(bed, codes);
+        Gateway::start_with(bed, codes, "")
+    }
+
+    /// A running gateway with `portal_keys` (TOML lines) added to its `[portal]` section.
+    fn start_with(bed: Testbed, codes: Codes, portal_keys: &str) -> Gateway {
+        let mut gateway = Gateway::configure_with(bed, codes, portal_keys);
         gateway.run();
         gateway
     }
 
     /// A gateway whose configuration is written and checked, not yet running.
     fn configure(bed: Testbed, codes: Codes) -> Gateway {
+        Gateway::configure_with(bed, codes, "")
+    }
+
+    fn configure_with(bed: Testbed, codes: Codes, portal_keys: &str) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("es-gw-")
             .tempdir()
@@ -169,7 +178,7 @@ impl Gateway {
         };
         let config_text = format!(
             "[lan]\ninterface = \"{lan}\"\n\n[wan]\ninterface = \"{wan}\"\nnat = true\n\n\
-             [portal]\nport = 8080\n\n{codes_toml}\n[state]\ndir = {state:?}\n\n\
+             [portal]\nport = 8080\n{portal_keys}\n{codes_toml}\n[state]\ndir = {state:?}\n\n\
              [control]\nsocket = {socket:?}\n\n[firewall]\ntable = \"{table}\"\n",
             lan = Testbed::GW_LAN_IF,
             wan = Testbed::GW_WAN_IF,
@@ -827,7 +836,7 @@ fn os_probes_are_redirected_while_captive_and_succeed_once_online() {
 }
 
 #[test]
-fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
+fn captive_client_gets_no_https_other_ports_or_ipv6() {
     if !support::require_root() {
         return;
     }
@@ -837,8 +846,6 @@ fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
     let _other = bed.up.tcp_listen(sock(Testbed::up_v4(), 8443), 10);
     let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
     let _web6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 80), 10);
-    let _dns4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
-    let _dns6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
     let _udp_other = bed.up.udp_echo(sock(Testbed::up_v4(), 5353));
 
     let err = bed
@@ -864,21 +871,389 @@ fn captive_client_gets_dns_only_no_https_other_ports_or_ipv6() {
             "IPv6 port {port} must be dropped while captive (no IPv6 bypass)"
         );
     }
+    assert!(internet.https.events_so_far().is_empty());
+    assert_http_redirected(&gateway, "port 80 while captive");
+    assert!(internet.web_requests().is_empty());
+}
+
+/// Bytes a captive client moves through a server's port, sent and received (0 when it
+/// cannot connect).
+fn captive_bytes_through(bed: &Testbed, to: SocketAddr) -> u64 {
+    match bed
+        .client
+        .tcp_transfer(to, 100 * MB, BLOCKED, Duration::from_secs(1))
+    {
+        Ok(moved) => moved.sent + moved.received,
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn captive_dns_reaches_only_the_resolvers_given_and_port_53_elsewhere_is_closed() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: a captive client moved 100 MB in 0.12 s through a TCP server on port 53.
+    let gateway = Gateway::start_with(
+        Testbed::new(),
+        Codes::Local,
+        "dns_servers = [\"10.77.0.130\"]\n",
+    );
+    let bed = &gateway.bed;
+    let tunnel4 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v4(), 53), 100 * MB, Duration::from_secs(1));
+    let _tunnel6 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v6(), 53), 100 * MB, Duration::from_secs(1));
+    let _udp4 = bed.up.udp_echo(sock(Testbed::up_v4(), 53));
+    let _udp6 = bed.up.udp_echo(sock(Testbed::up_v6(), 53));
+    let _resolver = bed.up.udp_echo(sock(Testbed::up_extra_v4(), 53));
+    let _gateway_dns = bed.gw.udp_echo(sock(Testbed::gw_lan_v4(), 53));
+
+    let started = Instant::now();
+    let moved4 = captive_bytes_through(bed, sock(Testbed::up_v4(), 53));
+    let moved6 = captive_bytes_through(bed, sock(Testbed::up_v6(), 53));
+    println!(
+        "captive client through TCP port 53 upstream: {moved4} bytes (IPv4), {moved6} bytes \
+         (IPv6) in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(
+        (moved4, moved6),
+        (0, 0),
+        "port 53 upstream must be closed while captive"
+    );
+    assert!(tunnel4.events_so_far().is_empty());
+    for server in [Testbed::up_v4(), Testbed::up_v6()] {
+        assert!(
+            bed.client.udp_query(sock(server, 53), BLOCKED).is_err(),
+            "UDP 53 to {server} (not a resolver given) must be dropped while captive"
+        );
+    }
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::gw_lan_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS to the gateway itself works while captive"
+    );
+    assert!(
+        bed.client
+            .udp_query(sock(Testbed::up_extra_v4(), 53), OPEN)
+            .is_ok(),
+        "DNS to the configured resolver works while captive"
+    );
+
+    // Online, port 53 is the client's own (billed) traffic like any other port.
+    let code = gateway.create_code(1.0, 1.0);
+    gateway.login_ok(&code);
     assert!(
         bed.client
             .udp_query(sock(Testbed::up_v4(), 53), OPEN)
             .is_ok(),
-        "DNS passes while captive"
+        "an online client reaches any DNS server"
+    );
+}
+
+#[test]
+fn the_walled_garden_opens_only_the_backends_own_port() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: a captive client downloaded 10 MB from the backend host's port 80 and reached
+    // its port 22.
+    let bed = Testbed::new();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
+    let gateway = Gateway::start(bed, Codes::Backend(format!("http://{BACKEND_ADDR}")));
+    let bed = &gateway.bed;
+    let backend_host = Testbed::up_extra_v4();
+    let web = bed
+        .up
+        .tcp_sink(sock(backend_host, 80), 10 * MB, Duration::from_secs(1));
+    let ssh = bed.up.tcp_listen(sock(backend_host, 22), 1000);
+
+    let from_web =
+        match bed
+            .client
+            .tcp_transfer(sock(backend_host, 80), 100, OPEN, Duration::from_secs(1))
+        {
+            Ok(moved) => moved.received,
+            Err(error) => panic!("port 80 goes to the portal while captive: {error}"),
+        };
+    let ssh_open = bed.client.tcp_connects(sock(backend_host, 22), BLOCKED);
+    let api = bed
+        .client
+        .tcp_connects(BACKEND_ADDR.parse().expect("address"), OPEN);
+    println!(
+        "captive client and the backend's host: {} bytes from its port 80 (the portal \
+         answered {from_web} bytes), port 22 reached: {ssh_open}, its API port reached: {api}",
+        web.events_so_far()
+            .iter()
+            .map(|e| match e {
+                Event::Transferred { sent, .. } => *sent,
+                _ => 0,
+            })
+            .sum::<u64>(),
     );
     assert!(
-        bed.client
-            .udp_query(sock(Testbed::up_v6(), 53), OPEN)
-            .is_ok(),
-        "DNS over IPv6 passes while captive"
+        web.events_so_far().is_empty(),
+        "the backend host's port 80 must not be reached while captive"
     );
-    assert!(internet.https.events_so_far().is_empty());
-    assert_http_redirected(&gateway, "port 80 while captive");
-    assert!(internet.web_requests().is_empty());
+    assert!(from_web < 64 * 1024, "what came back is the portal's page");
+    assert!(
+        !ssh_open,
+        "the backend host's port 22 must be closed while captive"
+    );
+    assert!(ssh.events_so_far().is_empty());
+    assert!(
+        api,
+        "the backend's own port stays open: codes are checked there"
+    );
+}
+
+/// `count` more devices in the client namespace, each its own MAC and address (a macvlan on
+/// the client's link: 10.66.0.FIRST…): their interface names. The gateway tells devices
+/// apart by MAC, so each login needs one.
+fn add_devices(bed: &Testbed, first: usize, count: usize) -> Vec<String> {
+    // Each address is answered for only by its own interface, so the gateway learns its MAC.
+    bed.client.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+    bed.client.sysctl("net.ipv4.conf.all.arp_announce", "2");
+    (first..first + count)
+        .map(|n| {
+            let name = format!("d{n}");
+            bed.client.ip(&[
+                "link",
+                "add",
+                &name,
+                "link",
+                Testbed::CLIENT_IF,
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ]);
+            bed.client
+                .set_mac(&name, &format!("02:00:00:66:01:{n:02x}"));
+            bed.client.add_addr(&name, &format!("10.66.0.{n}/24"));
+            bed.client.ip(&["link", "set", &name, "up"]);
+            name
+        })
+        .collect()
+}
+
+/// The portal's status for `code` posted from the client's device `source` (an interface;
+/// 0: no answer within 30 s).
+fn login_status_from(bed: &Testbed, source: &str, code: &str) -> u16 {
+    let mut curl = bed.client.command("curl");
+    curl.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "30",
+        "--interface",
+        // "if!": send through that interface (SO_BINDTODEVICE), not just from its address.
+        &format!("if!{source}"),
+        "-d",
+        &format!("code={code}"),
+        LOGIN_URL,
+    ]);
+    let (_, stdout, stderr) = support::run_with_timeout(&mut curl, Duration::from_secs(35));
+    if !stderr.is_empty() {
+        println!("curl from {source}: {}", stderr.trim());
+    }
+    stdout.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: 200 devices with valid codes at once got 60 x 200 and 140 x 429; while 12
+    // addresses guessed, 11 of 12 valid logins got 429.
+    const CROWD: usize = 80;
+    const GUESSERS: usize = 12;
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let codes_text = gateway.cli_ok(&[
+        "codes",
+        "create",
+        "--mb",
+        "1",
+        "--hours",
+        "1",
+        "--count",
+        &(CROWD + GUESSERS).to_string(),
+    ]);
+    let codes: Vec<&str> = codes_text.lines().map(str::trim).collect();
+    assert_eq!(codes.len(), CROWD + GUESSERS, "{codes_text}");
+    let crowd = add_devices(bed, 100, CROWD);
+    let guessers = add_devices(bed, 10, GUESSERS);
+    let latecomers = add_devices(bed, 30, GUESSERS);
+
+    // No attacker: the whole crowd logs in at the same moment.
+    let start = std::sync::Barrier::new(CROWD);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = crowd
+            .iter()
+            .zip(&codes)
+            .map(|(addr, code)| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    login_status_from(bed, addr, code)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a login thread"))
+            .collect()
+    });
+    let crowd_ok = statuses.iter().filter(|s| **s == 200).count();
+    let crowd_429 = statuses.iter().filter(|s| **s == 429).count();
+    println!(
+        "{CROWD} valid logins at once: {crowd_ok} x 200, {crowd_429} x 429, others {:?}",
+        statuses
+            .iter()
+            .filter(|s| !matches!(s, 200 | 429))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(crowd_ok, CROWD, "every valid login of the crowd succeeds");
+
+    // 12 addresses guess as fast as they can while 12 other devices log in with valid codes.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (guesses, refused_valid) = std::thread::scope(|scope| {
+        let guessing: Vec<_> = guessers
+            .iter()
+            .map(|addr| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut sent = 0_u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        login_status_from(bed, addr, "ZZZZ9999");
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut refused = 0;
+        for (addr, code) in latecomers.iter().zip(&codes[CROWD..]) {
+            let status = login_status_from(bed, addr, code);
+            if status != 200 {
+                println!("valid login from {addr} while others guess: {status}");
+                refused += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let guesses: u32 = guessing
+            .into_iter()
+            .map(|h| h.join().expect("a guessing thread"))
+            .sum();
+        (guesses, refused)
+    });
+    println!(
+        "valid logins refused while {GUESSERS} addresses guessed ({guesses} guesses): \
+         {refused_valid} of {GUESSERS}"
+    );
+    assert_eq!(
+        refused_valid, 0,
+        "guessing elsewhere must not lock out valid codes"
+    );
+}
+
+#[test]
+fn a_slowloris_device_holds_only_its_own_connections_and_others_are_answered() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: one device held all 256 portal connections with slow headers, and 1 of 40
+    // normal requests was answered meanwhile.
+    const HELD: usize = 300;
+    const REQUESTS: usize = 40;
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    bed.client
+        .add_addr(Testbed::CLIENT_IF, &format!("{SECOND_CLIENT}/24"));
+    // One bash opens HELD connections from the client's address, each with a request line
+    // and no end of headers, and keeps them open (killed with the namespace).
+    let script = format!(
+        "trap '' PIPE; for i in $(seq {HELD}); do exec {{fd}}<>/dev/tcp/10.66.0.1/8080 || continue; \
+         printf 'GET / HTTP/1.1\\r\\nHost: 10.66.0.1\\r\\nX-Slow: ' >&$fd; done; echo opened; \
+         sleep 60"
+    );
+    let mut slow = bed.client.command("bash");
+    slow.args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut slowloris = Background::start(&mut slow);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        slowloris.is_running(),
+        "the slow client keeps its connections"
+    );
+
+    let answered = (0..REQUESTS)
+        .filter(|_| {
+            curl(
+                &bed.client,
+                &["--interface", SECOND_CLIENT, "-m", "3", PORTAL_URL],
+            )
+            .is_ok_and(|reply| reply.status == 200)
+        })
+        .count();
+    println!(
+        "normal requests answered while one device holds {HELD} slow connections: \
+         {answered} of {REQUESTS}"
+    );
+    assert_eq!(answered, REQUESTS, "every normal request is answered");
+}
+
+#[test]
+fn idle_control_connections_do_not_stop_status_or_flood_the_log() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: 1,100 idle connections gave 2.3 million WARN lines in 30 s, and `status` failed.
+    const IDLE: usize = 1100;
+    let mut gateway = Gateway::start_local();
+    let pid = gateway.daemon.as_ref().expect("running").pid().to_string();
+    // The limit systemd gives by default: 1100 connections are more than it allows.
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let lines_before = gateway.log_text().lines().count();
+    let socket = gateway.dir.path().join("gateway.sock");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..IDLE)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let status = gateway.cli(&["status"]);
+    let took = asked.elapsed();
+    let lines = gateway.log_text().lines().count() - lines_before;
+    println!(
+        "{} idle control connections: status answered {} after {} ms; {lines} log lines",
+        idle.len(),
+        status.status.success(),
+        took.as_millis()
+    );
+    assert!(
+        status.status.success(),
+        "status answers: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(lines < 20, "{lines} log lines");
+    drop(idle);
+    assert!(gateway.daemon_is_running());
 }
 
 #[test]

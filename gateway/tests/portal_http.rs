@@ -528,8 +528,11 @@ async fn too_many_wrong_codes_are_refused_with_a_wait() {
     let second = client_from(IpAddr::from([127, 0, 0, 2]));
     let reply = portal.post_code(&second, "ABCD2345").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
-    // …but the four failures fill the global window for everyone.
+    // …and the four failures fill the global window: a device that has not guessed still has
+    // its code checked (it may be valid), but once it has guessed it is held back too.
     let third = client_from(IpAddr::from([127, 0, 0, 3]));
+    let reply = portal.post_code(&third, "ABCD2345").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
     let reply = portal.post_code(&third, "ABCD2345").await;
     reply.assert_alert(
         StatusCode::TOO_MANY_REQUESTS,

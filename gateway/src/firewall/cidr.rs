@@ -1,5 +1,5 @@
-//! Network prefixes for the walled garden: parsed, validated, and reduced to a set nft's
-//! interval sets accept (no element inside another).
+//! Network prefixes and the walled garden's entries (a network and one TCP port): parsed,
+//! validated, and reduced to a set nft's interval sets accept (no element inside another).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -149,6 +149,95 @@ impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
+}
+
+/// The TCP port a walled-garden entry without one opens: HTTPS, all a payment page or the
+/// backend's API needs.
+pub const GARDEN_DEFAULT_PORT: u16 = 443;
+
+/// One walled-garden entry: a network captive clients may reach on one TCP port, and on
+/// nothing else (a garden host's ssh, plain HTTP or other services stay closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GardenEntry {
+    pub net: Cidr,
+    pub port: u16,
+}
+
+/// Why a text is not a [`GardenEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadGardenEntry {
+    #[error(transparent)]
+    Net(#[from] BadCidr),
+    #[error(
+        "\"{0}\" has no usable port after ':' (1-65535, e.g. 192.0.2.7:8443 or [2001:db8::7]:8443)"
+    )]
+    Port(String),
+}
+
+/// Splits a garden entry into what names the host (a network, an address or a host name)
+/// and its TCP port: `host` (port 443), `host:port`, `[v6]` or `[v6]:port` (brackets, since
+/// an IPv6 address has colons of its own; a bare IPv6 address or network takes port 443).
+pub fn split_garden_port(text: &str) -> Result<(&str, u16), BadGardenEntry> {
+    let text = text.trim();
+    let bad_port = || BadGardenEntry::Port(text.to_owned());
+    let parse_port = |text: &str| match text.parse::<u16>() {
+        // Digits only: u16's parser would also take "+443".
+        Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(bad_port()),
+    };
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad_port)?;
+        return match after {
+            "" => Ok((host, GARDEN_DEFAULT_PORT)),
+            _ => Ok((
+                host,
+                parse_port(after.strip_prefix(':').ok_or_else(bad_port)?)?,
+            )),
+        };
+    }
+    match text.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Ok((host, parse_port(port)?)),
+        _ => Ok((text, GARDEN_DEFAULT_PORT)),
+    }
+}
+
+impl FromStr for GardenEntry {
+    type Err = BadGardenEntry;
+    /// `10.0.0.0/8`, `192.0.2.7:8443`, `[2001:db8::/32]:8443`; no host names (the daemon
+    /// resolves those).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (host, port) = split_garden_port(text)?;
+        Ok(GardenEntry {
+            net: host.parse()?,
+            port,
+        })
+    }
+}
+
+impl fmt::Display for GardenEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net.addr {
+            IpAddr::V4(_) => write!(f, "{}:{}", self.net, self.port),
+            IpAddr::V6(_) => write!(f, "[{}]:{}", self.net, self.port),
+        }
+    }
+}
+
+/// The garden entries of one address family, as nft interval-set elements take them: per
+/// port, [`minimal_cover`] of its networks; sorted by port, then network.
+pub(crate) fn garden_cover(entries: impl IntoIterator<Item = GardenEntry>) -> Vec<GardenEntry> {
+    let mut by_port: std::collections::BTreeMap<u16, Vec<Cidr>> = Default::default();
+    for entry in entries {
+        by_port.entry(entry.port).or_default().push(entry.net);
+    }
+    by_port
+        .into_iter()
+        .flat_map(|(port, nets)| {
+            minimal_cover(nets)
+                .into_iter()
+                .map(move |net| GardenEntry { net, port })
+        })
+        .collect()
 }
 
 /// The networks of one address family with duplicates and networks inside others removed,

@@ -9,7 +9,7 @@
 //! What this module does not do: it does not turn IP forwarding on (the daemon sets
 //! `net.ipv4.ip_forward=1` and `net.ipv6.conf.all.forwarding=1`; without them nothing is
 //! forwarded whatever the table says), it runs no DHCP or DNS server, and it resolves no host
-//! names (the walled garden arrives as [`Cidr`]s).
+//! names (the walled garden arrives as [`GardenEntry`]s: a network and a TCP port each).
 //!
 //! # The table
 //!
@@ -29,8 +29,15 @@
 //! - All four have `flags timeout` (each element has the time left on the client's code, so
 //!   the kernel closes access at expiry even if the daemon is down) and `counter` (a packet
 //!   and byte counter per element, updated by the forward chain's lookups: the billing meter).
-//! - `garden4`, `garden6` (`flags interval`): the walled garden, flushed and refilled in
-//!   every install batch (nested networks merged, which interval sets require).
+//! - `garden4_tcp` (`ipv4_addr . inet_service`), `garden6_tcp` (`ipv6_addr . inet_service`),
+//!   `flags interval`: the walled garden, a network and a TCP destination port per element,
+//!   flushed and refilled in every install batch (nested networks of one port merged, which
+//!   interval sets require). Only the named port of a garden host is open: its ssh, plain
+//!   HTTP (that goes to the portal) and everything else stay closed to captive clients.
+//! - `dns4`, `dns6`: the DNS servers besides the gateway that captive clients may query
+//!   (`FirewallConfig::dns`), flushed and refilled with the garden. Port 53 to any other
+//!   host is dropped while captive: DNS is unbilled, so an open port 53 would be a free,
+//!   unmetered tunnel to any server listening there.
 //! - `quota4_up`, `quota6_up` (`ether_addr . ipvN_addr : quota`), `quota4_down`,
 //!   `quota6_down` (`ipvN_addr : quota`): maps from a client's keys to the named quota object
 //!   of its session (see "Session quotas"). Added by `install`, never flushed.
@@ -50,7 +57,7 @@
 //!   quotas first (see below), then allowed clients (their lookups are the per-client
 //!   meters; towards a client only established/related traffic, so nothing unsolicited gets
 //!   in or is billed to it), then the walled garden (replies only towards the LAN), then
-//!   DNS, then everything else to or from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
+//!   DNS to the configured resolvers only, then everything else to or from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
 //!   real destination. Every base chain on a hook must accept a packet for it to pass, so
 //!   our drops hold whatever other tables do, and their drops hold over our accepts (a host
 //!   firewall that drops forwarded traffic must let the LAN through).
@@ -107,12 +114,15 @@ mod tests;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::net::IpAddr;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::net::Client;
 
-pub use cidr::{BadCidr, Cidr};
+pub use cidr::{
+    BadCidr, BadGardenEntry, Cidr, GARDEN_DEFAULT_PORT, GardenEntry, split_garden_port,
+};
 pub use memory::{Call, MemoryFirewall};
 pub use nft::NftFirewall;
 
@@ -134,13 +144,17 @@ pub struct FirewallConfig {
     pub nat: bool,
     /// The portal's TCP port on the gateway; captive port-80 traffic is redirected here.
     pub portal_port: u16,
-    /// Networks captive clients may reach (the backend's host, extra hosts or CIDRs).
-    pub garden: Vec<Cidr>,
+    /// What captive clients may reach besides DNS and the portal: each entry one network on
+    /// one TCP port (the backend's API, extra hosts or CIDRs).
+    pub garden: Vec<GardenEntry>,
+    /// DNS servers other than the gateway itself that captive clients may query (port 53,
+    /// UDP and TCP): the ones DHCP hands out. DNS to any other host is dropped while captive.
+    pub dns: Vec<IpAddr>,
 }
 
 impl FirewallConfig {
     /// The defaults around a LAN interface: table `edgeshare`, no WAN, no NAT, portal on
-    /// 8080, empty garden.
+    /// 8080, empty garden, DNS only to the gateway itself.
     pub fn new(lan: impl Into<String>) -> Self {
         FirewallConfig {
             table: "edgeshare".to_owned(),
@@ -149,6 +163,7 @@ impl FirewallConfig {
             nat: false,
             portal_port: 8080,
             garden: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
@@ -185,9 +200,12 @@ impl FirewallConfig {
         if self.portal_port == 0 {
             return invalid("portal_port", "must be a port from 1 to 65535".to_owned());
         }
-        for cidr in &self.garden {
-            if let Err(bad) = cidr.validated() {
+        for entry in &self.garden {
+            if let Err(bad) = entry.net.validated() {
                 return invalid("garden", bad.to_string());
+            }
+            if entry.port == 0 {
+                return invalid("garden", format!("{entry}: port 0 is not a port"));
             }
         }
         Ok(())

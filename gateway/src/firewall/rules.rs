@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::cidr::{Cidr, minimal_cover};
+use super::cidr::{GardenEntry, garden_cover};
 use super::{FirewallConfig, kernel_timeout};
 use crate::net::Client;
 
@@ -16,8 +16,10 @@ pub(crate) const CLIENTS4_UP: &str = "clients4_up";
 pub(crate) const CLIENTS4_DOWN: &str = "clients4_down";
 pub(crate) const CLIENTS6_UP: &str = "clients6_up";
 pub(crate) const CLIENTS6_DOWN: &str = "clients6_down";
-pub(crate) const GARDEN4: &str = "garden4";
-pub(crate) const GARDEN6: &str = "garden6";
+pub(crate) const GARDEN4: &str = "garden4_tcp";
+pub(crate) const GARDEN6: &str = "garden6_tcp";
+pub(crate) const DNS4: &str = "dns4";
+pub(crate) const DNS6: &str = "dns6";
 pub(crate) const QUOTA4_UP: &str = "quota4_up";
 pub(crate) const QUOTA4_DOWN: &str = "quota4_down";
 pub(crate) const QUOTA6_UP: &str = "quota6_up";
@@ -36,7 +38,7 @@ pub(crate) const INPUT: &str = "input";
 pub(crate) const POSTROUTING: &str = "postrouting";
 
 /// Every set of the table: name, key type, flags, per-element counter.
-pub(crate) const SETS: [SetDecl; 6] = [
+pub(crate) const SETS: [SetDecl; 8] = [
     SetDecl {
         name: CLIENTS4_UP,
         key: &["ether_addr", "ipv4_addr"],
@@ -63,12 +65,24 @@ pub(crate) const SETS: [SetDecl; 6] = [
     },
     SetDecl {
         name: GARDEN4,
-        key: &["ipv4_addr"],
+        key: &["ipv4_addr", "inet_service"],
         flags: "interval",
         counter: false,
     },
     SetDecl {
         name: GARDEN6,
+        key: &["ipv6_addr", "inet_service"],
+        flags: "interval",
+        counter: false,
+    },
+    SetDecl {
+        name: DNS4,
+        key: &["ipv4_addr"],
+        flags: "interval",
+        counter: false,
+    },
+    SetDecl {
+        name: DNS6,
         key: &["ipv6_addr"],
         flags: "interval",
         counter: false,
@@ -222,6 +236,12 @@ fn mac_ip(ip_protocol: &str) -> Value {
     json!({"concat": [payload("ether", "saddr"), payload(ip_protocol, "saddr")]})
 }
 
+/// `ADDR . tcp PORT` (`field`s "daddr" and "dport", or "saddr" and "sport"): the key of the
+/// garden sets.
+fn addr_port(ip_protocol: &str, addr: &str, port: &str) -> Value {
+    json!({"concat": [payload(ip_protocol, addr), payload("tcp", port)]})
+}
+
 /// Every rule of the table for `config`, chain by chain, in order.
 pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
     let lan = config.lan.as_str();
@@ -238,7 +258,7 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
                 iif(lan),
                 is(payload("tcp", "dport"), json!(80)),
                 not_in_set(mac_ip("ip"), CLIENTS4_UP),
-                not_in_set(payload("ip", "daddr"), GARDEN4),
+                not_in_set(addr_port("ip", "daddr", "dport"), GARDEN4),
                 is_not(
                     json!({"fib": {"result": "type", "flags": ["daddr"]}}),
                     json!("local"),
@@ -308,20 +328,28 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
         ),
         rule(
             FORWARD,
-            "walled garden (portal, backend) reachable while captive",
-            vec![iif(lan), in_set(payload("ip", "daddr"), GARDEN4), accept()],
+            "walled garden while captive: only each entry's own TCP port (backend API, payment page)",
+            vec![
+                iif(lan),
+                in_set(addr_port("ip", "daddr", "dport"), GARDEN4),
+                accept(),
+            ],
         ),
         rule(
             FORWARD,
-            "walled garden (portal, backend) reachable while captive, IPv6",
-            vec![iif(lan), in_set(payload("ip6", "daddr"), GARDEN6), accept()],
+            "walled garden while captive, IPv6: only each entry's own TCP port",
+            vec![
+                iif(lan),
+                in_set(addr_port("ip6", "daddr", "dport"), GARDEN6),
+                accept(),
+            ],
         ),
         rule(
             FORWARD,
             "garden replies only: the garden cannot open connections into the LAN",
             vec![
                 oif(lan),
-                in_set(payload("ip", "saddr"), GARDEN4),
+                in_set(addr_port("ip", "saddr", "sport"), GARDEN4),
                 established(),
                 accept(),
             ],
@@ -331,28 +359,53 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
             "garden replies only, IPv6",
             vec![
                 oif(lan),
-                in_set(payload("ip6", "saddr"), GARDEN6),
+                in_set(addr_port("ip6", "saddr", "sport"), GARDEN6),
                 established(),
                 accept(),
             ],
         ),
         rule(
             FORWARD,
-            "DNS to any server while captive: OS probes and the portal need names; not counted",
+            "captive DNS to the configured resolvers only: unbilled, so port 53 elsewhere is a tunnel",
             vec![
                 iif(lan),
                 tcp_or_udp(),
                 is(payload("th", "dport"), json!(53)),
+                in_set(payload("ip", "daddr"), DNS4),
                 accept(),
             ],
         ),
         rule(
             FORWARD,
-            "DNS replies to captive clients",
+            "captive DNS to the configured resolvers only, IPv6",
+            vec![
+                iif(lan),
+                tcp_or_udp(),
+                is(payload("th", "dport"), json!(53)),
+                in_set(payload("ip6", "daddr"), DNS6),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "DNS replies from the configured resolvers to captive clients",
             vec![
                 oif(lan),
                 tcp_or_udp(),
                 is(payload("th", "sport"), json!(53)),
+                in_set(payload("ip", "saddr"), DNS4),
+                established(),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "DNS replies from the configured resolvers, IPv6",
+            vec![
+                oif(lan),
+                tcp_or_udp(),
+                is(payload("th", "sport"), json!(53)),
+                in_set(payload("ip6", "saddr"), DNS6),
                 established(),
                 accept(),
             ],
@@ -423,6 +476,22 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
     rules
 }
 
+/// Flushes `set` and adds `elements` (if any) to it.
+fn replace_elements(
+    commands: &mut Vec<Value>,
+    table: &str,
+    set: &str,
+    elements: impl Iterator<Item = Value>,
+) {
+    commands.push(json!({"flush": {"set": set_ref(table, set)}}));
+    let elements: Vec<Value> = elements.collect();
+    if !elements.is_empty() {
+        let mut element = set_ref(table, set);
+        element["elem"] = Value::Array(elements);
+        commands.push(json!({"add": {"element": element}}));
+    }
+}
+
 fn table_ref(table: &str) -> Value {
     json!({"family": FAMILY, "name": table})
 }
@@ -470,17 +539,19 @@ fn map_declaration(table: &str, decl: &MapDecl) -> Value {
     })
 }
 
-/// An interval-set element: a bare address for a single host, else a prefix.
-fn garden_element(cidr: &Cidr) -> Value {
-    if cidr.is_host() {
-        json!(cidr.addr.to_string())
+/// A garden-set element: `ADDR . PORT`, the address bare for a single host, else a prefix.
+fn garden_element(entry: &GardenEntry) -> Value {
+    let net = &entry.net;
+    let addr = if net.is_host() {
+        json!(net.addr.to_string())
     } else {
-        json!({"prefix": {"addr": cidr.addr.to_string(), "len": cidr.prefix}})
-    }
+        json!({"prefix": {"addr": net.addr.to_string(), "len": net.prefix}})
+    };
+    json!({"concat": [addr, entry.port]})
 }
 
-/// The install batch: table, sets (added, never flushed, except the garden), chains (added,
-/// flushed, refilled). `config` must have been validated.
+/// The install batch: table, sets (added, never flushed, except the garden and DNS sets),
+/// chains (added, flushed, refilled). `config` must have been validated.
 pub(crate) fn install_batch(config: &FirewallConfig) -> Value {
     let table = config.table.as_str();
     let mut commands = vec![json!({"add": {"table": table_ref(table)}})];
@@ -491,13 +562,30 @@ pub(crate) fn install_batch(config: &FirewallConfig) -> Value {
         commands.push(json!({"add": {"map": map_declaration(table, decl)}}));
     }
     for (set, v4) in [(GARDEN4, true), (GARDEN6, false)] {
-        commands.push(json!({"flush": {"set": set_ref(table, set)}}));
-        let members = minimal_cover(config.garden.iter().copied().filter(|c| c.is_ipv4() == v4));
-        if !members.is_empty() {
-            let mut element = set_ref(table, set);
-            element["elem"] = members.iter().map(garden_element).collect();
-            commands.push(json!({"add": {"element": element}}));
-        }
+        let members = garden_cover(
+            config
+                .garden
+                .iter()
+                .copied()
+                .filter(|e| e.net.is_ipv4() == v4),
+        );
+        replace_elements(
+            &mut commands,
+            table,
+            set,
+            members.iter().map(garden_element),
+        );
+    }
+    for (set, v4) in [(DNS4, true), (DNS6, false)] {
+        let mut members: Vec<_> = config.dns.iter().filter(|ip| ip.is_ipv4() == v4).collect();
+        members.sort();
+        members.dedup();
+        replace_elements(
+            &mut commands,
+            table,
+            set,
+            members.iter().map(|ip| json!(ip.to_string())),
+        );
     }
     for chain in &CHAINS {
         commands.push(json!({"add": {"chain": {

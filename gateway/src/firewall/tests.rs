@@ -25,6 +25,44 @@ fn cidr(text: &str) -> Cidr {
     text.parse().expect("test CIDR")
 }
 
+fn garden(text: &str) -> GardenEntry {
+    text.parse().expect("test garden entry")
+}
+
+#[test]
+fn garden_entries_name_one_tcp_port_443_unless_given() {
+    for (text, host, port) in [
+        ("192.0.2.7", "192.0.2.7", 443),
+        ("192.0.2.0/24:8443", "192.0.2.0/24", 8443),
+        ("pay.example.com", "pay.example.com", 443),
+        ("pay.example.com:80", "pay.example.com", 80),
+        ("2001:db8::7", "2001:db8::7", 443),
+        ("[2001:db8::7]", "2001:db8::7", 443),
+        ("[2001:db8::/32]:8443", "2001:db8::/32", 8443),
+    ] {
+        assert_eq!(split_garden_port(text).unwrap(), (host, port), "{text}");
+    }
+    for bad in [
+        "host:",
+        "host:0",
+        "host:+80",
+        "host:70000",
+        "[2001:db8::7",
+        "[::1]8443",
+    ] {
+        assert!(
+            matches!(split_garden_port(bad), Err(BadGardenEntry::Port(_))),
+            "{bad}"
+        );
+    }
+    assert_eq!(garden("192.0.2.7:8443").to_string(), "192.0.2.7/32:8443");
+    assert_eq!(garden("2001:db8::7").to_string(), "[2001:db8::7/128]:443");
+    assert!(matches!(
+        "10.0.0.1/8".parse::<GardenEntry>(),
+        Err(BadGardenEntry::Net(_))
+    ));
+}
+
 fn client4() -> Client {
     Client {
         mac: mac("02:00:00:00:00:02"),
@@ -47,11 +85,13 @@ fn config() -> FirewallConfig {
         nat: true,
         portal_port: 8080,
         garden: vec![
-            cidr("192.0.2.0/24"),
-            cidr("192.0.2.7"),
-            cidr("198.51.100.9"),
-            cidr("2001:db8::/32"),
+            garden("192.0.2.0/24"),
+            garden("192.0.2.7"),
+            garden("198.51.100.9"),
+            garden("192.0.2.7:8443"),
+            garden("[2001:db8::/32]"),
         ],
+        dns: vec![ip("192.0.2.53"), ip("2001:db8::53"), ip("192.0.2.53")],
     }
 }
 
@@ -233,9 +273,12 @@ fn config_is_validated_before_use() {
         (
             "garden",
             Box::new(|c| {
-                c.garden.push(Cidr {
-                    addr: ip("10.0.0.1"),
-                    prefix: 8,
+                c.garden.push(GardenEntry {
+                    net: Cidr {
+                        addr: ip("10.0.0.1"),
+                        prefix: 8,
+                    },
+                    port: 443,
                 })
             }),
         ),
@@ -287,7 +330,7 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
         .filter(|(verb, kind, _)| *verb == "add" && *kind == "set")
         .map(|(_, _, set)| *set)
         .collect();
-    assert_eq!(sets.len(), 6);
+    assert_eq!(sets.len(), 8);
     let set = |name: &str| {
         *sets
             .iter()
@@ -314,34 +357,57 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
         assert_eq!(set(name)["stmt"], json!([{"counter": null}]), "{name}");
         assert_eq!(set(name)["table"], "es_test");
     }
-    for name in ["garden4", "garden6"] {
+    for name in ["garden4_tcp", "garden6_tcp", "dns4", "dns6"] {
         assert_eq!(set(name)["flags"], json!(["interval"]), "{name}");
         assert!(set(name).get("stmt").is_none());
     }
+    assert_eq!(
+        set("garden4_tcp")["type"],
+        json!(["ipv4_addr", "inet_service"])
+    );
+    assert_eq!(
+        set("garden6_tcp")["type"],
+        json!(["ipv6_addr", "inet_service"])
+    );
 
-    // Only the garden sets are flushed, and refilled (nested networks merged, bare hosts).
+    // Only the garden and DNS sets are flushed, and refilled (nested networks of one port
+    // merged, bare hosts, each with its port; resolvers once each).
     let flushed_sets: Vec<&Value> = verbs
         .iter()
         .filter(|(verb, kind, _)| *verb == "flush" && *kind == "set")
         .map(|(_, _, set)| &set["name"])
         .collect();
-    assert_eq!(flushed_sets, [&json!("garden4"), &json!("garden6")]);
+    assert_eq!(
+        flushed_sets,
+        ["garden4_tcp", "garden6_tcp", "dns4", "dns6"]
+            .map(|s| json!(s))
+            .iter()
+            .collect::<Vec<_>>()
+    );
     let elements: Vec<&Value> = verbs
         .iter()
         .filter(|(verb, kind, _)| *verb == "add" && *kind == "element")
         .map(|(_, _, element)| *element)
         .collect();
-    assert_eq!(elements.len(), 2);
-    assert_eq!(elements[0]["name"], "garden4");
+    assert_eq!(elements.len(), 4);
+    assert_eq!(elements[0]["name"], "garden4_tcp");
     assert_eq!(
         elements[0]["elem"],
-        json!([{"prefix": {"addr": "192.0.2.0", "len": 24}}, "198.51.100.9"])
+        json!([
+            {"concat": [{"prefix": {"addr": "192.0.2.0", "len": 24}}, 443]},
+            {"concat": ["198.51.100.9", 443]},
+            {"concat": ["192.0.2.7", 8443]},
+        ])
     );
-    assert_eq!(elements[1]["name"], "garden6");
+    assert_eq!(elements[1]["name"], "garden6_tcp");
     assert_eq!(
         elements[1]["elem"],
-        json!([{"prefix": {"addr": "2001:db8::", "len": 32}}])
+        json!([{"concat": [{"prefix": {"addr": "2001:db8::", "len": 32}}, 443]}])
     );
+    assert_eq!(elements[2]["name"], "dns4");
+    assert_eq!(elements[2]["elem"], json!(["192.0.2.53"]));
+    assert_eq!(elements[3]["name"], "dns6");
+    assert_eq!(elements[3]["elem"], json!(["2001:db8::53"]));
 
     // Each chain is added on its hook and priority, then flushed, before any rule.
     let first_rule = verbs
@@ -414,7 +480,13 @@ fn every_rule_says_why_and_uses_only_configured_values() {
             {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@clients4_up"}})
     );
     assert_eq!(expr[1]["match"]["right"], 80);
-    assert_eq!(expr[3]["match"]["right"], "@garden4");
+    assert_eq!(expr[3]["match"]["right"], "@garden4_tcp");
+    assert_eq!(
+        expr[3]["match"]["left"],
+        json!({"concat": [
+            {"payload": {"protocol": "ip", "field": "daddr"}},
+            {"payload": {"protocol": "tcp", "field": "dport"}}]})
+    );
     assert_eq!(expr[3]["match"]["op"], "!=");
     assert_eq!(expr[4]["match"]["left"]["fib"]["result"], "type");
     assert_eq!(expr[4]["match"]["op"], "!=");

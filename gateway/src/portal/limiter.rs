@@ -2,16 +2,23 @@
 //! clients. No clock reads and no locks here; the portal passes the time in and keeps the
 //! limiter behind a mutex.
 //!
-//! An attempt takes a slot in both windows *before* the code is checked, so a burst of
-//! concurrent requests cannot overshoot the limit while the first checks are still in flight.
-//! Outcomes that are not failed guesses (the code worked; the backend was down; the device is
-//! unknown) hand the slot back with [`Limiter::refund`]: successful redemptions never count
-//! against a client, and neither do failures that were not the client's doing.
+//! The device comes first: an attempt takes a slot in its device's window *before* the code
+//! is checked, so a burst of concurrent requests from one device cannot overshoot its limit
+//! while the first checks are still in flight. Outcomes that are not failed guesses (the code
+//! worked; the backend was down; the device is unknown) hand the slot back with
+//! [`Limiter::refund`]; a failed guess is recorded with [`Limiter::failed`], in the device's
+//! window and in the global one.
+//!
+//! The global window holds failed guesses only, and it holds back only devices that have a
+//! guess of their own in the window (failed or in flight). A device with none always has its
+//! code checked: guessing from other addresses must not lock out someone typing a valid
+//! code, and a crowd of devices logging in at once (200 valid codes at the same moment) is
+//! not an attack. An attacker gets one guess per fresh address and window before the global
+//! limit holds it too.
 //!
 //! Memory is bounded: a client's window holds at most `per_client` timestamps, the global one
 //! at most `global`, stale entries are dropped on the way, and at most [`MAX_TRACKED`] client
-//! IPs are tracked (the global limit keeps the real number far lower: only clients with a
-//! counted attempt in the current window are tracked at all).
+//! IPs are tracked (only clients with an attempt in the current window are tracked at all).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -25,10 +32,10 @@ pub const MAX_TRACKED: usize = 4096;
 /// client's timestamps are also in the global window, so this bounds them all (~1 MB).
 pub const MAX_GLOBAL: usize = 65_536;
 
-/// A slot taken by [`Limiter::begin`]; give it to [`Limiter::refund`] if the attempt turns out
-/// not to be a failed guess.
+/// A slot taken by [`Limiter::begin`]: give it to [`Limiter::failed`] for a failed guess, to
+/// [`Limiter::refund`] otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "an attempt that is not a failed guess must be refunded"]
+#[must_use = "an attempt must end in Limiter::failed or Limiter::refund"]
 pub struct Attempt {
     ip: IpAddr,
     at: Millis,
@@ -67,7 +74,8 @@ impl Limiter {
         }
     }
 
-    /// Takes a slot for an attempt by `ip` at `now`, or says how long to wait.
+    /// Takes a slot for an attempt by `ip` at `now`, or says how long to wait: the device's
+    /// own limit first; the global limit only for a device with a guess in the window.
     pub fn begin(&mut self, ip: IpAddr, now: Millis) -> Result<Attempt, Wait> {
         let window = self.window;
         prune(&mut self.all, window, now);
@@ -76,21 +84,27 @@ impl Limiter {
             if times.len() >= self.per_client {
                 return Err(wait(self.window, times, now, false));
             }
-        }
-        if self.all.len() >= self.global {
-            return Err(wait(self.window, &self.all, now, true));
+            if !times.is_empty() && self.all.len() >= self.global {
+                return Err(wait(self.window, &self.all, now, true));
+            }
         }
         if !self.clients.contains_key(&ip) && self.clients.len() >= MAX_TRACKED {
             self.make_room(now);
         }
         self.clients.entry(ip).or_default().push_back(now);
-        self.all.push_back(now);
         Ok(Attempt { ip, at: now })
+    }
+
+    /// Records a failed guess: its device keeps the slot, and it counts for all clients.
+    pub fn failed(&mut self, attempt: Attempt) {
+        if self.all.len() >= MAX_GLOBAL {
+            self.all.pop_front();
+        }
+        self.all.push_back(attempt.at);
     }
 
     /// Gives back the slot of an attempt that was not a failed guess.
     pub fn refund(&mut self, attempt: Attempt) {
-        remove_latest(&mut self.all, attempt.at);
         if let Some(times) = self.clients.get_mut(&attempt.ip) {
             remove_latest(times, attempt.at);
             if times.is_empty() {
@@ -215,25 +229,66 @@ mod tests {
     }
 
     #[test]
-    fn the_global_limit_covers_all_clients() {
+    fn the_global_limit_holds_back_devices_that_guess() {
         let mut limiter = Limiter::new(5, 4, MINUTE);
         for last in 2..6 {
-            let _ = limiter.begin(ip(last), Millis(1_000)).unwrap();
+            let attempt = limiter.begin(ip(last), Millis(1_000)).unwrap();
+            limiter.failed(attempt);
         }
+        // Each guessing device is held back by the global limit (its own is not reached).
         assert_eq!(
-            limiter.begin(ip(9), Millis(2_000)),
+            limiter.begin(ip(2), Millis(2_000)),
             Err(Wait {
                 seconds: 59,
                 global: true
             })
         );
-        // A client over its own limit hears about its own wait first.
+        // A device over its own limit hears about its own wait first.
         let mut limiter = Limiter::new(1, 2, MINUTE);
-        let _ = limiter.begin(ip(2), Millis(0)).unwrap();
-        let _ = limiter.begin(ip(3), Millis(0)).unwrap();
+        let first = limiter.begin(ip(2), Millis(0)).unwrap();
+        limiter.failed(first);
+        let second = limiter.begin(ip(3), Millis(0)).unwrap();
+        limiter.failed(second);
         assert!(!limiter.begin(ip(2), Millis(1)).unwrap_err().global);
-        assert!(limiter.begin(ip(4), Millis(1)).unwrap_err().global);
-        assert!(limiter.begin(ip(4), Millis(60_000)).is_ok());
+        assert!(limiter.begin(ip(2), Millis(60_000)).is_ok());
+    }
+
+    #[test]
+    fn guessing_elsewhere_never_locks_out_a_device_that_has_not_guessed() {
+        // 12 addresses guess as fast as they are let; meanwhile fresh devices log in.
+        let mut limiter = Limiter::new(5, 60, MINUTE);
+        let mut refused_valid = 0;
+        for t in 0..600_u64 {
+            let guesser = ip(10 + (t % 12) as u8);
+            if let Ok(attempt) = limiter.begin(guesser, Millis(t * 100)) {
+                limiter.failed(attempt);
+            }
+            if t % 50 == 0 {
+                match limiter.begin(ip(100 + (t / 50) as u8), Millis(t * 100)) {
+                    Ok(attempt) => limiter.refund(attempt),
+                    Err(_) => refused_valid += 1,
+                }
+            }
+        }
+        assert_eq!(refused_valid, 0);
+        assert!(limiter.all.len() <= 60, "{}", limiter.all.len());
+    }
+
+    #[test]
+    fn a_crowd_of_valid_logins_is_not_an_attack() {
+        let mut limiter = Limiter::new(5, 60, MINUTE);
+        let attempts: Vec<Attempt> = (0..200_u32)
+            .map(|n| {
+                let addr = IpAddr::from((0x0a42_0000u32 + n).to_be_bytes());
+                limiter
+                    .begin(addr, Millis(5))
+                    .expect("a device's first attempt")
+            })
+            .collect();
+        for attempt in attempts {
+            limiter.refund(attempt);
+        }
+        assert!(limiter.clients.is_empty() && limiter.all.is_empty());
     }
 
     #[test]
@@ -279,7 +334,8 @@ mod tests {
 
     #[test]
     fn table_of_limits() {
-        // (per client, global, attempts by one client in a burst, expected to pass)
+        // (per client, global, failed guesses by one client in a burst, expected to pass):
+        // the first guess always passes, the global limit holds the rest.
         for (per_client, global, burst, passed) in [
             (5, 60, 10, 5),
             (5, 3, 10, 3),
@@ -288,7 +344,13 @@ mod tests {
         ] {
             let mut limiter = Limiter::new(per_client, global, MINUTE);
             let ok = (0..burst)
-                .filter(|_| limiter.begin(ip(2), Millis(0)).is_ok())
+                .filter(|_| match limiter.begin(ip(2), Millis(0)) {
+                    Ok(attempt) => {
+                        limiter.failed(attempt);
+                        true
+                    }
+                    Err(_) => false,
+                })
                 .count();
             assert_eq!(ok, passed, "{per_client} {global} {burst}");
         }

@@ -227,8 +227,9 @@ fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, broadcast::S
 ///
 /// The portal faces every device on the LAN, so each connection is bounded: headers must
 /// arrive within [`HEADER_TIMEOUT`], a whole request is answered within [`REQUEST_TIMEOUT`]
-/// (408 otherwise), and at most [`MAX_CONNECTIONS`] are open at once (further ones are closed
-/// at once). A device trickling bytes cannot hold the portal's sockets.
+/// (408 otherwise), at most [`MAX_CONNECTIONS`] are open at once and at most
+/// [`MAX_CONNECTIONS_PER_CLIENT`] from one address (further ones are closed at once). A
+/// device trickling bytes cannot hold the portal's sockets: it holds its own share only.
 pub async fn serve<G: Gate>(
     listener: tokio::net::TcpListener,
     gate: Arc<G>,
@@ -238,6 +239,7 @@ pub async fn serve<G: Gate>(
     use tower::ServiceExt as _;
     let (app, logins) = app(gate, settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_client = PerClient::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -251,6 +253,10 @@ pub async fn serve<G: Gate>(
                 }
             },
             () = &mut shutdown => return Ok(()),
+        };
+        let Some(own_slot) = per_client.take(client_ip(peer)) else {
+            tracing::debug!(client = %peer.ip(), "this client's portal connection limit reached; closing");
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(client = %peer.ip(), "portal connection limit reached; closing");
@@ -311,7 +317,53 @@ pub async fn serve<G: Gate>(
                 tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
             }
             drop(slot);
+            drop(own_slot);
         });
+    }
+}
+
+/// Open portal connections per client address.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One connection of a client; gives its place back when dropped.
+struct ClientSlot {
+    owner: PerClient,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn counts(&self) -> MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        // A panic elsewhere while holding it leaves plain counts behind: still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more connection from `ip`, unless it has its share open already.
+    fn take(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts();
+        let open = counts.entry(ip).or_insert(0);
+        if *open >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts();
+        if let Some(open) = counts.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -321,6 +373,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Portal connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Portal connections open at once from one client address: a browser opens 6 or so per
+/// host; one device must not be able to take every connection of the portal.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
 
 struct Portal<G> {
     gate: Arc<G>,
@@ -551,7 +606,9 @@ async fn login<G: Gate>(
         let portal = Arc::clone(&portal);
         tokio::spawn(async move {
             let outcome = portal.gate.redeem(ip, code).await;
-            if !outcome.is_failed_guess() {
+            if outcome.is_failed_guess() {
+                portal.limiter().failed(attempt);
+            } else {
                 portal.limiter().refund(attempt);
             }
             outcome
