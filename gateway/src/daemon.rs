@@ -26,7 +26,7 @@ use crate::capture::{Capture, CaptureSettings, Report};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
-use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
+use crate::core::{Action, Core, Grant, Policy, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
@@ -73,6 +73,15 @@ struct Persisted {
     /// When this was saved: the core is restored as of then, so that the bytes counted
     /// while the daemon was down are recorded before sessions that expired meanwhile end.
     saved_at: Millis,
+}
+
+/// Why [`State::login`] did not let a device in.
+#[derive(Debug)]
+enum LoginError {
+    /// The core refused the code.
+    Refused(Refusal),
+    /// The state could not be saved; nothing changed.
+    NotSaved,
 }
 
 /// Where codes are checked.
@@ -543,8 +552,9 @@ impl State {
         }
     }
 
-    /// Writes the state to disk now (temp file, fsync, rename).
-    fn save(&mut self, now: Millis) {
+    /// Writes the state to disk now (temp file, fsync, rename). A failure is logged here;
+    /// only a login needs to act on it (see [`State::login`]).
+    fn save(&mut self, now: Millis) -> std::io::Result<()> {
         // The ledger first: should the daemon die between the two writes, the restored core
         // is raised to the ledger's totals, never added to them (see `State::restored`).
         let live = self.live_ledger_updates();
@@ -553,23 +563,53 @@ impl State {
         let result = serde_json::to_vec(&persisted)
             .map_err(std::io::Error::other)
             .and_then(|json| edgeshare_shared::secret::write_private(&self.file, &json));
-        match result {
+        match &result {
             Ok(()) => {
                 self.dirty = false;
                 self.urgent = false;
                 self.last_saved = now;
             }
             Err(err) => {
-                tracing::error!(path = %self.file.display(), error = %err, "cannot save the session state");
+                tracing::error!(path = %self.file.display(), error = %err, "cannot save the session state (is the state directory's disk full or read-only?)");
             }
         }
+        result
+    }
+
+    /// A device logs in with a code: saved to disk before the kernel lets it through and
+    /// before the consumer is told "online". A login that cannot be saved (a full disk) is
+    /// refused and undone: were it confirmed, a crash would bring back the state before it,
+    /// and the bytes the device then used would be billed to whatever it had before.
+    fn login(
+        &mut self,
+        client: Client,
+        grant: Grant,
+        now: Millis,
+        store: Option<&CodeStore>,
+    ) -> Result<(), LoginError> {
+        self.settle(now, store);
+        let before = self.core.clone();
+        let actions = self
+            .core
+            .accept_code(client, grant, now)
+            .map_err(LoginError::Refused)?;
+        if self.save(now).is_err() {
+            // Nothing reached the kernel yet: putting the core back undoes the login.
+            self.core = before;
+            return Err(LoginError::NotSaved);
+        }
+        self.apply(actions, now, store);
+        // The kernel's new baselines; the login itself is already on disk.
+        self.persist(now);
+        Ok(())
     }
 
     /// Saves at once if a session started or ended (callers answer only after this, so what
     /// they confirm survives a crash), else if usage changed and the last save is old.
     fn persist(&mut self, now: Millis) {
         if self.urgent || (self.dirty && self.last_saved.until(now) >= SAVE_EVERY) {
-            self.save(now);
+            // Logged by `save`; the next persist tries again.
+            let _ = self.save(now);
         }
     }
 
@@ -974,7 +1014,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(store) = &store {
         state.sync_store(store, now);
     }
-    state.save(now);
+    // Logged by `save`; the ticks try again.
+    let _ = state.save(now);
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
     // Started after the resume: the bytes the kernel counted while the daemon was down have
     // no capture to compare with.
@@ -1124,7 +1165,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         // Joins the capture thread (within its read timeout).
         state.capture = None;
         state.settle(Millis::now(), None);
-        state.save(Millis::now());
+        // Logged by `save`: what the kernel counted since the last save still goes to its
+        // session at the next start (the baselines on disk are older).
+        let _ = state.save(Millis::now());
         if remove {
             if let Err(err) = state.firewall.uninstall() {
                 tracing::error!(error = %err, "cannot remove the nftables table");
@@ -1187,14 +1230,9 @@ impl Gate for PortalGate {
         let shared = self.shared.clone();
         let store = self.store.clone();
         let accepted = tokio::task::spawn_blocking(move || {
-            let now = Millis::now();
-            let mut state = shared.lock();
-            state.settle(now, store.as_ref());
-            let actions = state.core.accept_code(client, grant, now)?;
-            state.apply(actions, now, store.as_ref());
-            // On disk before the consumer is told "online": a crash now must not undo it.
-            state.persist(now);
-            Ok::<_, Refusal>(())
+            shared
+                .lock()
+                .login(client, grant, Millis::now(), store.as_ref())
         })
         .await;
         match accepted {
@@ -1205,9 +1243,13 @@ impl Gate for PortalGate {
                     None => Redeem::Internal,
                 }
             }
-            Ok(Err(Refusal::UsedUp)) => Redeem::UsedUp,
-            Ok(Err(Refusal::Expired)) => Redeem::Expired,
-            Ok(Err(Refusal::Revoked)) => Redeem::Revoked,
+            Ok(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
+            Ok(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
+            Ok(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
+            Ok(Err(LoginError::NotSaved)) => {
+                tracing::error!(%client, "login refused: it could not be saved");
+                Redeem::NotSaved
+            }
             Err(_) => Redeem::Internal,
         }
     }
@@ -1327,7 +1369,6 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Grant;
     use crate::firewall::{Call, MemoryFirewall};
 
     const MB: u64 = 1_048_576;
@@ -1507,6 +1548,106 @@ mod tests {
         assert!(!state.dirty);
     }
 
+    /// A small tmpfs of the test's own, unmounted on drop: a disk that fills up.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        /// `None` (and "skipped") when not root; in CI (`CI=true`) it must not skip.
+        fn mount() -> Option<SmallDisk> {
+            if !rustix::process::geteuid().is_root() {
+                assert_ne!(
+                    std::env::var("CI").as_deref(),
+                    Ok("true"),
+                    "needs root in CI"
+                );
+                eprintln!("skipped: needs root (mount)");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot mount a tmpfs on {}", dir.path().display());
+            Some(SmallDisk(dir))
+        }
+
+        /// Takes every free byte.
+        fn fill(&self) {
+            use std::io::Write as _;
+            let mut filler = std::fs::File::create(self.0.path().join("filler")).unwrap();
+            while filler.write_all(&[0; 4096]).is_ok() {}
+            let _ = filler.write_all(&[0; 1]);
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// On a full disk a device already online with one code enters another: the login is
+    /// refused (not saved), the kernel is left as it was, and after a `kill -9` every byte the
+    /// device used goes to the code it really had; the refused one is untouched.
+    #[test]
+    fn a_login_that_cannot_be_saved_is_refused_and_undone() {
+        let Some(disk) = SmallDisk::mount() else {
+            return;
+        };
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw, &disk.0);
+        state
+            .login(client(2), grant("AAAA2345", 50 * MB), Millis(1_000), None)
+            .unwrap();
+        fw.set_counters(&client(2), 1_000, 10_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000)).unwrap();
+
+        disk.fill();
+        let calls = fw.calls().len();
+        let refused = state.login(client(2), grant("BBBB2345", 50 * MB), Millis(3_000), None);
+        assert!(matches!(refused, Err(LoginError::NotSaved)), "{refused:?}");
+        let changed: Vec<Call> = fw.calls()[calls..]
+            .iter()
+            .filter(|c| !matches!(c, Call::Clients | Call::IsInstalled | Call::ListQuotas))
+            .cloned()
+            .collect();
+        assert!(changed.is_empty(), "the kernel was changed: {changed:?}");
+        assert_eq!(fw.allowed(), vec![client(2)]);
+        let sessions = state.core.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].code.as_str(), "AAAA2345");
+
+        // The device goes on under its code; the daemon is killed and starts again.
+        fw.set_counters(&client(2), 3_000, 40_000);
+        drop(state);
+        let saved: Persisted =
+            serde_json::from_slice(&std::fs::read(disk.0.path().join("sessions.json")).unwrap())
+                .unwrap();
+        let state = restart(&fw, &disk.0, saved, Millis(4_000));
+        let sessions = state.core.sessions();
+        let of = |code: &str| {
+            sessions
+                .iter()
+                .filter(|s| s.code.as_str() == code)
+                .map(|s| s.used_bytes)
+                .sum::<u64>()
+        };
+        let wrong = of("BBBB2345");
+        println!(
+            "login on a full disk: refused (not saved); bytes after kill -9: {} to the device's code, {wrong} to the refused one; usage lost {}",
+            of("AAAA2345"),
+            43_000 - of("AAAA2345")
+        );
+        assert_eq!(wrong, 0);
+        assert_eq!(of("AAAA2345"), 43_000);
+    }
+
     #[test]
     fn a_code_revoked_in_the_store_is_cut_off_at_the_next_sync() {
         let fw = MemoryFirewall::new();
@@ -1662,7 +1803,7 @@ mod tests {
         login(&mut state, client(2), "ABCD2345", 10_000, Millis(1_000));
         fw.set_counters(&client(2), 300, 2_000);
         state.tick(Millis(2_000), None);
-        state.save(Millis(2_000));
+        state.save(Millis(2_000)).unwrap();
         let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
         // More traffic; the ledger is written, then the daemon dies before sessions.json.
         fw.set_counters(&client(2), 400, 3_000);
@@ -1703,7 +1844,7 @@ mod tests {
         login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
         fw.set_counters(&client(2), 300, 2_000);
         state.tick(Millis(2_000), None);
-        state.save(Millis(2_000));
+        state.save(Millis(2_000)).unwrap();
         let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
         fw.set_counters(&client(2), 700, 9_000);
         state.tick(Millis(3_000), None);
