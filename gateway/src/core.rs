@@ -136,6 +136,20 @@ impl EndReason {
         }
     }
 
+    /// The reason [`EndReason::as_str`] wrote (in the usage ledger, say).
+    pub fn parse(text: &str) -> Option<EndReason> {
+        [
+            EndReason::QuotaUsed,
+            EndReason::Expired,
+            EndReason::Idle,
+            EndReason::Kicked,
+            EndReason::CodeRevoked,
+            EndReason::Moved,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+
     /// For the reasons that end a session for good: how a later entry of the code is refused.
     fn refusal(self) -> Option<Refusal> {
         match self {
@@ -293,6 +307,18 @@ struct Device {
 struct Ended {
     refusal: Refusal,
     forget_at: Millis,
+}
+
+/// A session as the usage ledger last recorded it: what [`Core::rebuild`] starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub code: AccessCode,
+    pub started_at: Millis,
+    /// When the record was written.
+    pub at: Millis,
+    pub usage: Usage,
+    /// How it ended, if it did.
+    pub ended: Option<EndReason>,
 }
 
 /// The sessions of all codes on this gateway. See the module documentation.
@@ -764,6 +790,50 @@ impl Core {
                 .collect(),
             unattributed_bytes: self.unattributed_bytes,
         }
+    }
+
+    /// The core from the usage ledger alone, when the saved state is lost (a damaged or
+    /// missing `sessions.json`), from each session's latest record, oldest first. The ledger
+    /// is the record of what was used, so a code whose session ended for good (quota used,
+    /// expired, revoked) is refused as before, and a live session comes back with its bytes:
+    /// the code entered again continues it, so its bytes add up, never start over. What the
+    /// ledger does not hold comes back as loosely as is safe: no devices (they enter their
+    /// code again), the expiry the session had at most (start + `max_session`; an earlier
+    /// code expiry comes with the next entry of the code), and no quota of its own, so the
+    /// next entry's remaining figure from the code source sets it (`used + remaining`).
+    pub fn rebuild(policy: Policy, recorded: &[Recorded], now: Millis) -> Core {
+        let mut core = Core::new(policy);
+        for record in recorded {
+            core.sessions.remove(&record.code);
+            core.ended.remove(&record.code);
+            match record.ended.map(|reason| reason.refusal()) {
+                Some(Some(refusal)) => {
+                    let forget_at = record.at.plus(REMEMBER_ENDED);
+                    if forget_at > now {
+                        core.ended
+                            .insert(record.code.clone(), Ended { refusal, forget_at });
+                    }
+                }
+                // Ended without a refusal: nothing to remember, as when it ended.
+                Some(None) => {}
+                None => {
+                    let expires_at = record.started_at.plus(core.policy.max_session);
+                    core.sessions.insert(
+                        record.code.clone(),
+                        Session {
+                            quota_bytes: u64::MAX,
+                            used_bytes: record.usage.total(),
+                            up_bytes: record.usage.up,
+                            started_at: record.started_at,
+                            expires_at,
+                            code_expires_at: None,
+                            devices: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        core
     }
 
     /// The core again from a snapshot, at `now`, under `policy` (which may have changed).

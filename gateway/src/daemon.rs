@@ -18,7 +18,7 @@ use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::{AccessCode, redact};
 use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
-use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageRecord, UsageUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, DriftFound};
@@ -26,7 +26,7 @@ use crate::capture::{Capture, CaptureSettings, Report};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
-use crate::core::{Action, Core, Grant, Policy, Refusal, Snapshot, Usage};
+use crate::core::{Action, Core, EndReason, Grant, Policy, Recorded, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, NftFirewall};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
@@ -645,6 +645,57 @@ impl State {
         }
     }
 
+    /// With no saved state (`sessions.json` damaged or lost), the sessions as the ledger
+    /// recorded them (see [`Core::rebuild`]): a used-up code stays used up, a partly used one
+    /// keeps its bytes. The local store's figures are raised to the ledger's, so that the
+    /// code's remaining bytes count what the lost state had not yet written there.
+    fn rebuild_from_ledger(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let mut latest: Vec<&UsageRecord> = ledger.sessions().collect();
+        if latest.is_empty() {
+            // A first start: nothing to rebuild.
+            return;
+        }
+        latest.sort_by_key(|r| r.seq);
+        let recorded: Vec<Recorded> = latest
+            .into_iter()
+            .filter_map(|r| {
+                // The id is `<quota id>-<start in ms>` (see `session_id`).
+                let started_at = r.session.rsplit_once('-')?.1.parse().ok()?;
+                Some(Recorded {
+                    code: AccessCode::parse(&r.code).ok()?,
+                    started_at: Millis(started_at),
+                    at: Millis(r.at_ms),
+                    usage: Usage {
+                        up: r.up,
+                        down: r.down,
+                    },
+                    ended: r.ended.as_deref().and_then(EndReason::parse),
+                })
+            })
+            .collect();
+        self.core = Core::rebuild(*self.core.policy(), &recorded, now);
+        let sessions = self.core.sessions();
+        tracing::warn!(
+            live = sessions.len(),
+            recorded = recorded.len(),
+            "no saved session state: sessions rebuilt from the usage ledger (their devices enter their code again; codes used up stay used up)"
+        );
+        if let Some(store) = store {
+            let usage: Vec<(AccessCode, u64)> = sessions
+                .iter()
+                .map(|s| (s.code.clone(), s.used_bytes))
+                .collect();
+            if let Err(err) = store.record_usage(&usage) {
+                tracing::error!(error = %err, "cannot record the rebuilt sessions' usage in the code store");
+            }
+        }
+        self.dirty = true;
+        self.urgent = true;
+    }
+
     /// Raises each live session to its last ledger record where that is higher (see
     /// [`Core::raise_usage`]).
     fn raise_to_ledger(&mut self, now: Millis) -> Vec<Action> {
@@ -942,7 +993,7 @@ fn load_state(path: &PathBuf) -> anyhow::Result<Option<Persisted>> {
                 // A torn file cannot happen (atomic writes); a damaged one must not stop the
                 // gateway: keep it for inspection and start without sessions.
                 let aside = path.with_extension("json.damaged");
-                tracing::error!(path = %path.display(), error = %err, "session state is damaged; moved aside, starting without sessions");
+                tracing::error!(path = %path.display(), error = %err, "session state is damaged; moved aside, rebuilding the sessions from the usage ledger");
                 std::fs::rename(path, &aside).ok();
                 Ok(None)
             }
@@ -988,6 +1039,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let sessions_file = state_dir.join("sessions.json");
     let now = Millis::now();
     let saved = load_state(&sessions_file)?;
+    let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
     let group = match &config.control.group {
@@ -1010,6 +1062,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
     };
+    if rebuild {
+        state.rebuild_from_ledger(now, store.as_ref());
+    }
     state.resume(actions, now, store.as_ref());
     if let Some(store) = &store {
         state.sync_store(store, now);
@@ -1406,10 +1461,10 @@ mod tests {
     }
 
     /// Each session's last ledger record.
-    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<edgeshare_shared::ledger::UsageRecord> {
+    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<UsageRecord> {
         let mut reader =
             edgeshare_shared::ledger::LedgerReader::open(&dir.path().join("ledger")).unwrap();
-        let mut latest: HashMap<String, edgeshare_shared::ledger::UsageRecord> = HashMap::new();
+        let mut latest: HashMap<String, UsageRecord> = HashMap::new();
         for record in reader.read_after(0).unwrap() {
             latest.insert(record.session.clone(), record);
         }
@@ -1646,6 +1701,101 @@ mod tests {
         );
         assert_eq!(wrong, 0);
         assert_eq!(of("AAAA2345"), 43_000);
+    }
+
+    /// `sessions.json` is damaged after a code was used up and another half used (a local
+    /// store, whose figure for the second lags behind). Rebuilt from the ledger, the used-up
+    /// code is refused and the other delivers exactly its size over both of its sessions.
+    #[test]
+    fn with_sessions_json_damaged_the_ledger_rebuilds_what_was_used() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        let made = store
+            .create(50 * MB, Duration::from_secs(3600), 2, Millis(0))
+            .unwrap();
+        let (used_up, half) = (made[0].code.clone(), made[1].code.clone());
+        let check = |code: &AccessCode, now: Millis| match store.check(code, now) {
+            Verdict::Granted(grant) => grant,
+            other => panic!("{other:?}"),
+        };
+        let mut state = state(&fw, &dir);
+        state
+            .login(
+                client(2),
+                check(&used_up, Millis(1_000)),
+                Millis(1_000),
+                Some(&store),
+            )
+            .unwrap();
+        fw.set_counters(&client(2), MB, 49 * MB);
+        state.tick(Millis(2_000), Some(&store));
+        state
+            .login(
+                client(3),
+                check(&half, Millis(3_000)),
+                Millis(3_000),
+                Some(&store),
+            )
+            .unwrap();
+        fw.set_counters(&client(3), MB, 19 * MB);
+        state.tick(Millis(4_000), Some(&store));
+        state.sync_store(&store, Millis(4_000));
+        fw.set_counters(&client(3), MB, 29 * MB);
+        state.tick(Millis(5_000), Some(&store));
+        state.save(Millis(5_000)).unwrap();
+        drop(state);
+
+        std::fs::write(dir.path().join("sessions.json"), b"{\"core\": {\"sessi").unwrap();
+        let file = dir.path().join("sessions.json");
+        let saved = load_state(&file).unwrap();
+        assert!(saved.is_none());
+        let (mut state, actions) = State::restored(
+            Policy::default(),
+            saved,
+            Box::new(fw.clone()),
+            file,
+            Millis(6_000),
+        );
+        state.ledger = Some(ledger(&dir));
+        state.rebuild_from_ledger(Millis(6_000), Some(&store));
+        state.resume(actions, Millis(6_000), Some(&store));
+
+        let again =
+            state
+                .core
+                .accept_code(client(4), grant(used_up.as_str(), 50 * MB), Millis(7_000));
+        let refused = matches!(again, Err(Refusal::UsedUp));
+        // The half-used code, entered again, continues where it was: what it used before and
+        // what it may use now add up to its size.
+        state
+            .login(
+                client(5),
+                check(&half, Millis(8_000)),
+                Millis(8_000),
+                Some(&store),
+            )
+            .unwrap();
+        let used_before: u64 = ledger_latest(&dir)
+            .iter()
+            .filter(|r| r.code == half.as_str())
+            .map(|r| r.total())
+            .sum();
+        let left = state
+            .core
+            .status_of(client(5).ip, Millis(8_000))
+            .unwrap()
+            .bytes_left;
+        let allowed = used_before + left;
+        println!(
+            "sessions.json damaged: used-up code refused again: {refused}; a 50 MB code half used allows {:.1} MB in all ({:.1} used + {:.1} left)",
+            allowed as f64 / MB as f64,
+            used_before as f64 / MB as f64,
+            left as f64 / MB as f64
+        );
+        assert!(refused, "{again:?}");
+        assert_eq!(used_before, 30 * MB);
+        assert_eq!(allowed, 50 * MB);
     }
 
     #[test]
