@@ -61,6 +61,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// How often live usage is written to the local code store (for `codes list`) and codes
 /// revoked there are cut off (for a `codes revoke` the daemon did not hear about).
 const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
+/// How long one walled-garden host is given to resolve: at boot there may be no DNS yet, and
+/// the gateway starts without the host rather than wait (it is retried in the background).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What is saved to `sessions.json`. The core's usage figures and the kernel counter
 /// baselines are saved together, so after a crash the bytes the kernel counted since the
@@ -952,32 +955,100 @@ async fn serve_metrics(
     }
 }
 
-/// The walled garden: configured CIDRs and host names (resolved now), and the backend's
-/// host when codes are checked there.
-async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<Cidr>> {
+/// The walled garden's entries: configured CIDRs as they are, and the host names to resolve
+/// (configured ones, and the backend's host when codes are checked there).
+fn garden_entries(config: &GatewayConfig) -> (Vec<Cidr>, Vec<String>) {
     let mut entries: Vec<String> = config.portal.walled_garden.clone();
     if let (CodeSource::Backend, Some(backend)) = (config.codes.source, &config.backend) {
         if let Some(host) = backend.url.host_str() {
             entries.push(host.trim_matches(['[', ']']).to_owned());
         }
     }
-    let mut garden = Vec::new();
+    let mut cidrs = Vec::new();
+    let mut hosts = Vec::new();
     for entry in entries {
-        if let Ok(cidr) = entry.parse::<Cidr>() {
-            garden.push(cidr);
-            continue;
-        }
-        let addrs = tokio::net::lookup_host((entry.as_str(), 0))
-            .await
-            .with_context(|| format!("portal.walled_garden: cannot resolve \"{entry}\""))?;
-        for addr in addrs {
-            garden.push(Cidr {
-                addr: addr.ip(),
-                prefix: if addr.is_ipv4() { 32 } else { 128 },
-            });
+        match entry.parse::<Cidr>() {
+            Ok(cidr) => cidrs.push(cidr),
+            Err(_) => hosts.push(entry),
         }
     }
-    Ok(garden)
+    (cidrs, hosts)
+}
+
+/// Resolves `hosts`, each given [`RESOLVE_TIMEOUT`]: their addresses, and the hosts that did
+/// not resolve (each logged with why).
+async fn resolve_garden(hosts: &[String]) -> (Vec<Cidr>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut unresolved = Vec::new();
+    for host in hosts {
+        let lookup = tokio::net::lookup_host((host.as_str(), 0));
+        let error = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+            Ok(Ok(addrs)) => {
+                found.extend(addrs.map(|addr| Cidr {
+                    addr: addr.ip(),
+                    prefix: if addr.is_ipv4() { 32 } else { 128 },
+                }));
+                continue;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {RESOLVE_TIMEOUT:?}"),
+        };
+        tracing::warn!(
+            host = %host,
+            error = %error,
+            "portal.walled_garden: cannot resolve this host (no DNS yet?); captive devices cannot reach it until it resolves, retrying in the background"
+        );
+        unresolved.push(host.clone());
+    }
+    (found, unresolved)
+}
+
+/// Resolves the garden's hosts that did not resolve at start, backing off up to a minute,
+/// and adds each to the table as soon as it resolves (a fresh install of our table, which
+/// replaces only the garden sets: online devices stay). Ends when all resolved, or at stop.
+async fn resolve_garden_later(
+    config: GatewayConfig,
+    mut garden: Vec<Cidr>,
+    mut unresolved: Vec<String>,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_secs(1);
+    while !unresolved.is_empty() {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+        let (found, still) = resolve_garden(&unresolved).await;
+        if found.is_empty() {
+            continue;
+        }
+        garden.extend(found);
+        let resolved: Vec<String> = unresolved
+            .iter()
+            .filter(|h| !still.contains(h))
+            .cloned()
+            .collect();
+        unresolved = still;
+        let firewall = NftFirewall::new(config.firewall_config(garden.clone()));
+        let shared = shared.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut state = shared.lock();
+            state.firewall = Box::new(firewall);
+            state.firewall.install()
+        })
+        .await;
+        match installed {
+            Ok(Ok(())) => {
+                tracing::info!(hosts = ?resolved, "walled garden hosts resolved; captive devices may reach them now")
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot add the resolved walled garden hosts to the table; the repair loop installs it again")
+            }
+            Err(err) => tracing::error!(error = %err, "the walled garden update failed"),
+        }
+    }
 }
 
 fn enable_forwarding() -> anyhow::Result<()> {
@@ -1029,9 +1100,13 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         }
     };
 
-    let garden = walled_garden(&config).await?;
+    // A host that does not resolve yet (no DNS at boot) does not stop the gateway: it joins
+    // the garden later (see `resolve_garden_later`).
+    let (mut garden, garden_hosts) = garden_entries(&config);
+    let (found, unresolved) = resolve_garden(&garden_hosts).await;
+    garden.extend(found);
     let mut firewall: Box<dyn Firewall> =
-        Box::new(NftFirewall::new(config.firewall_config(garden)));
+        Box::new(NftFirewall::new(config.firewall_config(garden.clone())));
     firewall
         .install()
         .context("installing the nftables table")?;
@@ -1123,6 +1198,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
         let _ = portal_stop.wait_for(|stop| *stop).await;
     }));
+    let garden_task = (!unresolved.is_empty()).then(|| {
+        tokio::spawn(resolve_garden_later(
+            config.clone(),
+            garden,
+            unresolved,
+            shared.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let control_task = tokio::spawn(serve_control(
         control_listener,
         shared.clone(),
@@ -1211,6 +1295,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
     if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    if let Some(task) = garden_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     let shared_for_exit = shared.clone();
