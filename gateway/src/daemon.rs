@@ -732,10 +732,14 @@ impl State {
     }
 
     /// Every live session's totals now, for the ledger.
+    ///
+    /// A session that has used nothing yet has nothing to record, and should its login not
+    /// be saved (see [`State::login`]) it never existed: the ledger must not hold it.
     fn live_ledger_updates(&self) -> Vec<UsageUpdate> {
         self.core
             .sessions()
             .into_iter()
+            .filter(|s| s.used_bytes > 0)
             .map(|s| UsageUpdate {
                 session: session_id(&s.code, s.started_at),
                 code: s.code.as_str().to_owned(),
