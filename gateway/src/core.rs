@@ -957,6 +957,64 @@ mod tests {
         grant(n, 100 * MB, Some(at(10 * 3600)))
     }
 
+    /// Rebuilt from the ledger's latest records: a session that ended for good keeps its
+    /// code refused (until it would have been forgotten), a live one comes back with its
+    /// bytes and is continued by the next entry of its code, a newer record of a code wins.
+    #[test]
+    fn a_core_rebuilt_from_the_ledger_keeps_what_was_used() {
+        let rec =
+            |n: usize, started: u64, written: u64, mb: u64, ended: Option<EndReason>| Recorded {
+                code: code(n),
+                started_at: at(started),
+                at: at(written),
+                usage: Usage {
+                    up: MB,
+                    down: (mb - 1) * MB,
+                },
+                ended,
+            };
+        let now = at(8 * 24 * 3600);
+        let recorded = [
+            // Ended longer ago than the core remembers ended codes.
+            rec(3, 0, 0, 5, Some(EndReason::Expired)),
+            rec(
+                0,
+                0,
+                now.0.saturating_sub(T0.0) / 1000 - 60,
+                100,
+                Some(EndReason::QuotaUsed),
+            ),
+            rec(1, 10, 20, 30, None),
+            // Ended, then entered again: the newer, live record stands.
+            rec(2, 0, 30, 10, Some(EndReason::Idle)),
+            rec(2, 40, 50, 7, None),
+        ];
+        let core = Core::rebuild(Policy::default(), &recorded, now);
+        for (n, want) in [(0, Err(Refusal::UsedUp)), (3, Ok(()))] {
+            let got = core
+                .clone()
+                .accept_code(client(9, 9), grant(n, 50 * MB, None), now);
+            assert_eq!(got.map(|_| ()), want, "code {n}");
+        }
+        // Within the session's max_session of its start: the rebuilt session continues.
+        let now = at(60);
+        let mut core = Core::rebuild(Policy::default(), &recorded, now);
+        core.accept_code(client(1, 1), grant(1, 20 * MB, None), now)
+            .unwrap();
+        let view = core.sessions();
+        let of = |n: usize| view.iter().find(|s| s.code == code(n)).unwrap();
+        assert_eq!(of(1).used_bytes, 30 * MB);
+        assert_eq!(of(1).started_at, at(10));
+        let left = core.status_of(ip(1), now).unwrap().bytes_left;
+        assert_eq!(
+            left,
+            20 * MB,
+            "used + left is what the code source says it has"
+        );
+        assert_eq!(of(2).used_bytes, 7 * MB);
+        assert_eq!(view.len(), 2);
+    }
+
     fn allow(c: Client, until: Millis) -> Action {
         Action::Allow { client: c, until }
     }
