@@ -326,6 +326,12 @@ impl Metrics {
             "Sensor samples refused because the spool was full of usage messages.",
             outbox.refused.to_string(),
         );
+        metric(
+            "spool_lost_total",
+            "counter",
+            "Messages lost because the spool could not write them (disk full, I/O error).",
+            outbox.lost.to_string(),
+        );
         let (error, at) = self.last_error().unwrap_or_default();
         let _ = writeln!(
             out,

@@ -45,6 +45,8 @@ pub struct OutboxStats {
     pub refused: u64,
     /// Messages confirmed delivered.
     pub confirmed: u64,
+    /// Messages lost because the spool could not take them (disk full, I/O error).
+    pub lost: u64,
 }
 
 #[derive(Debug)]
@@ -57,6 +59,8 @@ pub struct Outbox {
     next_send: u64,
     next_seq: u64,
     confirmed: u64,
+    /// Messages that failed to reach the disk and are gone.
+    lost: u64,
 }
 
 impl Outbox {
@@ -80,12 +84,14 @@ impl Outbox {
                 next_send: 0,
                 next_seq,
                 confirmed: 0,
+                lost: 0,
             },
             recovered,
         ))
     }
 
-    /// Queues one message. A sensor sample may be refused (the spool is full of usage).
+    /// Queues one message. A sensor sample may be refused (the spool is full of usage). On an
+    /// error the message is lost, and counted in [`OutboxStats::lost`].
     pub fn push(&mut self, kind: Kind, reading: Reading) -> Result<Appended, SpoolError> {
         let entry = Entry {
             seq: self.next_seq,
@@ -102,12 +108,18 @@ impl Outbox {
             });
         }
         // To disk; whatever is in memory is older and must go first.
-        let mut result = self.spill()?;
-        let one = self.disk.append(std::slice::from_ref(&entry))?;
-        result.written += one.written;
-        result.refused += one.refused;
-        result.evicted += one.evicted;
-        Ok(result)
+        let pushed = self.spill().and_then(|mut result| {
+            let one = self.disk.append(std::slice::from_ref(&entry))?;
+            result.written += one.written;
+            result.refused += one.refused;
+            result.evicted += one.evicted;
+            Ok(result)
+        });
+        if pushed.is_err() {
+            // The spill keeps what it could not write in memory; only this message is gone.
+            self.lost += 1;
+        }
+        pushed
     }
 
     /// Moves every message in memory to disk, in order.
@@ -201,6 +213,7 @@ impl Outbox {
             dropped: self.disk.dropped(),
             refused: self.disk.refused(),
             confirmed: self.confirmed,
+            lost: self.lost,
         }
     }
 }

@@ -369,8 +369,14 @@ impl DiskSpool {
                 self.tail.insert(file)
             }
         };
-        file.write_all(line)
-            .map_err(io_err(&segment.path, "appending"))?;
+        if let Err(err) = file.write_all(line) {
+            // A full disk may take part of the line: cut it off, or the next line appended
+            // would be glued to it and fail its checksum too.
+            if file.set_len(segment.bytes).is_err() {
+                self.tail = None;
+            }
+            return Err(io_err(&segment.path, "appending")(err));
+        }
         segment.index.push_back((entry.seq, segment.bytes));
         segment.bytes += line.len() as u64;
         if entry.kind == Kind::Sensor {

@@ -302,9 +302,15 @@ impl Shell<'_> {
         let Some(reader) = self.reader.as_mut() else {
             return true;
         };
-        match reader.read_after(self.reporter.cursor().read_seq) {
-            Ok(records) => {
-                self.reporter.ingest(&records);
+        match reader.read_since(self.reporter.cursor().read_seq) {
+            Ok(read) => {
+                // The sequence went back (an SD card lost a write, and numbers were handed
+                // out again): the reader gives the whole ledger, which is taken in from the
+                // start; totals are cumulative, so nothing is reported twice.
+                if read.went_back.is_some() {
+                    self.reporter.rewind();
+                }
+                self.reporter.ingest(&read.records);
                 true
             }
             Err(e) => {

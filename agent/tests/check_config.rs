@@ -128,3 +128,22 @@ fn sources_are_checked_key_by_key() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// A password TOML reads as a number (or a boolean) is refused by its key and line, and its
+/// value appears nowhere: it is still the password.
+#[test]
+fn a_password_that_is_not_a_string_is_refused_without_being_shown() {
+    for (value, shown) in [
+        ("73019264", "73019264"),
+        ("7301.9264", "7301.9264"),
+        ("true", "true"),
+    ] {
+        let (code, err) = check_text(&format!(
+            "[device]\nid = \"d1\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = {value}\nframing = \"typed\"\n",
+        ));
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains("line 7: stream.password"), "{err}");
+        assert!(err.contains("put it in quotes"), "{err}");
+        assert!(!err.contains(shown), "the password was shown: {err}");
+    }
+}

@@ -198,3 +198,50 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
     // loaded CI machine around the ~0.1 s it takes.
     assert!(took < Duration::from_secs(2), "{took:?}: {logs}");
 }
+
+/// At trace level, where the WebSocket library dumps its whole handshake request (the
+/// producer URL with the access token in it), no secret reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_logs_at_trace_level() {
+    let standin = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        config_text(&standin.base_url(), dir.path(), &Setup::default()),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let streamed = wait_until(Duration::from_secs(20), || async {
+        received(&standin).len() >= 3
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(streamed, "the binary did not stream: {logs}");
+    assert!(logs.contains("TRACE"), "not at trace level: {logs}");
+    let leaks: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Device@123") || l.contains("token=ey") || l.contains("\"access\""))
+        .collect();
+    println!(
+        "secrets in {} trace-level log lines: {}",
+        logs.lines().count(),
+        leaks.len()
+    );
+    assert!(
+        leaks.is_empty(),
+        "secrets in the logs:\n{}",
+        leaks.join("\n")
+    );
+}

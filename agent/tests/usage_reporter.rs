@@ -699,3 +699,45 @@ fn reports_the_backend_applied_only_half_are_found_not_resent() {
         standin.shutdown().await;
     });
 }
+
+/// An SD card loses the ledger's files (segments and high-water mark) while the agent runs:
+/// the gateway's numbers start again at 1, below the agent's cursor. The reader notices, the
+/// reporter takes the ledger in from its start, and the new session's usage is billed (it
+/// used to be skipped: a 20.9 MB session never reached the backend).
+#[test]
+fn a_ledger_whose_numbers_went_back_is_read_again_and_nothing_is_lost() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let provider = client(&standin);
+        let codes = make_codes(&provider, &[20 * MIB]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        // Many records, so that the cursor is well above what the new ledger will hold.
+        for step in 1..=40 {
+            ledger
+                .append(&[UsageUpdate {
+                    session: format!("{}-1", codes[0]),
+                    code: codes[0].clone(),
+                    up: 0,
+                    down: step * MIB / 20,
+                    ended: (step == 40).then(|| "kicked".to_owned()),
+                }])
+                .unwrap();
+        }
+        let running = spawn_reporter(&settings, &standin);
+        wait_exact(&standin, &codes, &[2 * MIB], &settings.cursor_file).await;
+
+        drop(ledger);
+        for file in std::fs::read_dir(&settings.ledger).unwrap() {
+            std::fs::remove_file(file.unwrap().path()).unwrap();
+        }
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        // A new session of the same code, its numbers from 1 again.
+        write_round(&mut ledger, &codes, &[(0, vec![3 * MIB])], 0, 2);
+        wait_exact(&standin, &codes, &[5 * MIB], &settings.cursor_file).await;
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}

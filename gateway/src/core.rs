@@ -136,6 +136,20 @@ impl EndReason {
         }
     }
 
+    /// The reason [`EndReason::as_str`] wrote (in the usage ledger, say).
+    pub fn parse(text: &str) -> Option<EndReason> {
+        [
+            EndReason::QuotaUsed,
+            EndReason::Expired,
+            EndReason::Idle,
+            EndReason::Kicked,
+            EndReason::CodeRevoked,
+            EndReason::Moved,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+
     /// For the reasons that end a session for good: how a later entry of the code is refused.
     fn refusal(self) -> Option<Refusal> {
         match self {
@@ -293,6 +307,18 @@ struct Device {
 struct Ended {
     refusal: Refusal,
     forget_at: Millis,
+}
+
+/// A session as the usage ledger last recorded it: what [`Core::rebuild`] starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub code: AccessCode,
+    pub started_at: Millis,
+    /// When the record was written.
+    pub at: Millis,
+    pub usage: Usage,
+    /// How it ended, if it did.
+    pub ended: Option<EndReason>,
 }
 
 /// The sessions of all codes on this gateway. See the module documentation.
@@ -766,6 +792,50 @@ impl Core {
         }
     }
 
+    /// The core from the usage ledger alone, when the saved state is lost (a damaged or
+    /// missing `sessions.json`), from each session's latest record, oldest first. The ledger
+    /// is the record of what was used, so a code whose session ended for good (quota used,
+    /// expired, revoked) is refused as before, and a live session comes back with its bytes:
+    /// the code entered again continues it, so its bytes add up, never start over. What the
+    /// ledger does not hold comes back as loosely as is safe: no devices (they enter their
+    /// code again), the expiry the session had at most (start + `max_session`; an earlier
+    /// code expiry comes with the next entry of the code), and no quota of its own, so the
+    /// next entry's remaining figure from the code source sets it (`used + remaining`).
+    pub fn rebuild(policy: Policy, recorded: &[Recorded], now: Millis) -> Core {
+        let mut core = Core::new(policy);
+        for record in recorded {
+            core.sessions.remove(&record.code);
+            core.ended.remove(&record.code);
+            match record.ended.map(|reason| reason.refusal()) {
+                Some(Some(refusal)) => {
+                    let forget_at = record.at.plus(REMEMBER_ENDED);
+                    if forget_at > now {
+                        core.ended
+                            .insert(record.code.clone(), Ended { refusal, forget_at });
+                    }
+                }
+                // Ended without a refusal: nothing to remember, as when it ended.
+                Some(None) => {}
+                None => {
+                    let expires_at = record.started_at.plus(core.policy.max_session);
+                    core.sessions.insert(
+                        record.code.clone(),
+                        Session {
+                            quota_bytes: u64::MAX,
+                            used_bytes: record.usage.total(),
+                            up_bytes: record.usage.up,
+                            started_at: record.started_at,
+                            expires_at,
+                            code_expires_at: None,
+                            devices: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        core
+    }
+
     /// The core again from a snapshot, at `now`, under `policy` (which may have changed).
     ///
     /// The actions bring a firewall that still holds the snapshot's [`Core::allowed`] (the
@@ -885,6 +955,64 @@ mod tests {
     /// A code with 100 MB valid for 10 hours.
     fn good(n: usize) -> Grant {
         grant(n, 100 * MB, Some(at(10 * 3600)))
+    }
+
+    /// Rebuilt from the ledger's latest records: a session that ended for good keeps its
+    /// code refused (until it would have been forgotten), a live one comes back with its
+    /// bytes and is continued by the next entry of its code, a newer record of a code wins.
+    #[test]
+    fn a_core_rebuilt_from_the_ledger_keeps_what_was_used() {
+        let rec =
+            |n: usize, started: u64, written: u64, mb: u64, ended: Option<EndReason>| Recorded {
+                code: code(n),
+                started_at: at(started),
+                at: at(written),
+                usage: Usage {
+                    up: MB,
+                    down: (mb - 1) * MB,
+                },
+                ended,
+            };
+        let now = at(8 * 24 * 3600);
+        let recorded = [
+            // Ended longer ago than the core remembers ended codes.
+            rec(3, 0, 0, 5, Some(EndReason::Expired)),
+            rec(
+                0,
+                0,
+                now.0.saturating_sub(T0.0) / 1000 - 60,
+                100,
+                Some(EndReason::QuotaUsed),
+            ),
+            rec(1, 10, 20, 30, None),
+            // Ended, then entered again: the newer, live record stands.
+            rec(2, 0, 30, 10, Some(EndReason::Idle)),
+            rec(2, 40, 50, 7, None),
+        ];
+        let core = Core::rebuild(Policy::default(), &recorded, now);
+        for (n, want) in [(0, Err(Refusal::UsedUp)), (3, Ok(()))] {
+            let got = core
+                .clone()
+                .accept_code(client(9, 9), grant(n, 50 * MB, None), now);
+            assert_eq!(got.map(|_| ()), want, "code {n}");
+        }
+        // Within the session's max_session of its start: the rebuilt session continues.
+        let now = at(60);
+        let mut core = Core::rebuild(Policy::default(), &recorded, now);
+        core.accept_code(client(1, 1), grant(1, 20 * MB, None), now)
+            .unwrap();
+        let view = core.sessions();
+        let of = |n: usize| view.iter().find(|s| s.code == code(n)).unwrap();
+        assert_eq!(of(1).used_bytes, 30 * MB);
+        assert_eq!(of(1).started_at, at(10));
+        let left = core.status_of(ip(1), now).unwrap().bytes_left;
+        assert_eq!(
+            left,
+            20 * MB,
+            "used + left is what the code source says it has"
+        );
+        assert_eq!(of(2).used_bytes, 7 * MB);
+        assert_eq!(view.len(), 2);
     }
 
     fn allow(c: Client, until: Millis) -> Action {

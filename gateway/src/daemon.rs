@@ -18,7 +18,7 @@ use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::{AccessCode, redact};
 use edgeshare_shared::control::{ClientUsage, Flows, LiveUsage};
-use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageUpdate};
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageRecord, UsageUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, DriftFound};
@@ -26,7 +26,7 @@ use crate::capture::{Capture, CaptureSettings, Report};
 use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
-use crate::core::{Action, Core, Policy, Refusal, Snapshot, Usage};
+use crate::core::{Action, Core, EndReason, Grant, Policy, Recorded, Refusal, Snapshot, Usage};
 use crate::firewall::{Cidr, Firewall, GardenEntry, NftFirewall, split_garden_port};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
@@ -61,6 +61,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// How often live usage is written to the local code store (for `codes list`) and codes
 /// revoked there are cut off (for a `codes revoke` the daemon did not hear about).
 const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
+/// How long one walled-garden host is given to resolve: at boot there may be no DNS yet, and
+/// the gateway starts without the host rather than wait (it is retried in the background).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What is saved to `sessions.json`. The core's usage figures and the kernel counter
 /// baselines are saved together, so after a crash the bytes the kernel counted since the
@@ -73,6 +76,15 @@ struct Persisted {
     /// When this was saved: the core is restored as of then, so that the bytes counted
     /// while the daemon was down are recorded before sessions that expired meanwhile end.
     saved_at: Millis,
+}
+
+/// Why [`State::login`] did not let a device in.
+#[derive(Debug)]
+enum LoginError {
+    /// The core refused the code.
+    Refused(Refusal),
+    /// The state could not be saved; nothing changed.
+    NotSaved,
 }
 
 /// Where codes are checked.
@@ -543,8 +555,9 @@ impl State {
         }
     }
 
-    /// Writes the state to disk now (temp file, fsync, rename).
-    fn save(&mut self, now: Millis) {
+    /// Writes the state to disk now (temp file, fsync, rename). A failure is logged here;
+    /// only a login needs to act on it (see [`State::login`]).
+    fn save(&mut self, now: Millis) -> std::io::Result<()> {
         // The ledger first: should the daemon die between the two writes, the restored core
         // is raised to the ledger's totals, never added to them (see `State::restored`).
         let live = self.live_ledger_updates();
@@ -553,23 +566,53 @@ impl State {
         let result = serde_json::to_vec(&persisted)
             .map_err(std::io::Error::other)
             .and_then(|json| edgeshare_shared::secret::write_private(&self.file, &json));
-        match result {
+        match &result {
             Ok(()) => {
                 self.dirty = false;
                 self.urgent = false;
                 self.last_saved = now;
             }
             Err(err) => {
-                tracing::error!(path = %self.file.display(), error = %err, "cannot save the session state");
+                tracing::error!(path = %self.file.display(), error = %err, "cannot save the session state (is the state directory's disk full or read-only?)");
             }
         }
+        result
+    }
+
+    /// A device logs in with a code: saved to disk before the kernel lets it through and
+    /// before the consumer is told "online". A login that cannot be saved (a full disk) is
+    /// refused and undone: were it confirmed, a crash would bring back the state before it,
+    /// and the bytes the device then used would be billed to whatever it had before.
+    fn login(
+        &mut self,
+        client: Client,
+        grant: Grant,
+        now: Millis,
+        store: Option<&CodeStore>,
+    ) -> Result<(), LoginError> {
+        self.settle(now, store);
+        let before = self.core.clone();
+        let actions = self
+            .core
+            .accept_code(client, grant, now)
+            .map_err(LoginError::Refused)?;
+        if self.save(now).is_err() {
+            // Nothing reached the kernel yet: putting the core back undoes the login.
+            self.core = before;
+            return Err(LoginError::NotSaved);
+        }
+        self.apply(actions, now, store);
+        // The kernel's new baselines; the login itself is already on disk.
+        self.persist(now);
+        Ok(())
     }
 
     /// Saves at once if a session started or ended (callers answer only after this, so what
     /// they confirm survives a crash), else if usage changed and the last save is old.
     fn persist(&mut self, now: Millis) {
         if self.urgent || (self.dirty && self.last_saved.until(now) >= SAVE_EVERY) {
-            self.save(now);
+            // Logged by `save`; the next persist tries again.
+            let _ = self.save(now);
         }
     }
 
@@ -605,6 +648,57 @@ impl State {
         }
     }
 
+    /// With no saved state (`sessions.json` damaged or lost), the sessions as the ledger
+    /// recorded them (see [`Core::rebuild`]): a used-up code stays used up, a partly used one
+    /// keeps its bytes. The local store's figures are raised to the ledger's, so that the
+    /// code's remaining bytes count what the lost state had not yet written there.
+    fn rebuild_from_ledger(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let mut latest: Vec<&UsageRecord> = ledger.sessions().collect();
+        if latest.is_empty() {
+            // A first start: nothing to rebuild.
+            return;
+        }
+        latest.sort_by_key(|r| r.seq);
+        let recorded: Vec<Recorded> = latest
+            .into_iter()
+            .filter_map(|r| {
+                // The id is `<quota id>-<start in ms>` (see `session_id`).
+                let started_at = r.session.rsplit_once('-')?.1.parse().ok()?;
+                Some(Recorded {
+                    code: AccessCode::parse(&r.code).ok()?,
+                    started_at: Millis(started_at),
+                    at: Millis(r.at_ms),
+                    usage: Usage {
+                        up: r.up,
+                        down: r.down,
+                    },
+                    ended: r.ended.as_deref().and_then(EndReason::parse),
+                })
+            })
+            .collect();
+        self.core = Core::rebuild(*self.core.policy(), &recorded, now);
+        let sessions = self.core.sessions();
+        tracing::warn!(
+            live = sessions.len(),
+            recorded = recorded.len(),
+            "no saved session state: sessions rebuilt from the usage ledger (their devices enter their code again; codes used up stay used up)"
+        );
+        if let Some(store) = store {
+            let usage: Vec<(AccessCode, u64)> = sessions
+                .iter()
+                .map(|s| (s.code.clone(), s.used_bytes))
+                .collect();
+            if let Err(err) = store.record_usage(&usage) {
+                tracing::error!(error = %err, "cannot record the rebuilt sessions' usage in the code store");
+            }
+        }
+        self.dirty = true;
+        self.urgent = true;
+    }
+
     /// Raises each live session to its last ledger record where that is higher (see
     /// [`Core::raise_usage`]).
     fn raise_to_ledger(&mut self, now: Millis) -> Vec<Action> {
@@ -638,10 +732,14 @@ impl State {
     }
 
     /// Every live session's totals now, for the ledger.
+    ///
+    /// A session that has used nothing yet has nothing to record, and should its login not
+    /// be saved (see [`State::login`]) it never existed: the ledger must not hold it.
     fn live_ledger_updates(&self) -> Vec<UsageUpdate> {
         self.core
             .sessions()
             .into_iter()
+            .filter(|s| s.used_bytes > 0)
             .map(|s| UsageUpdate {
                 session: session_id(&s.code, s.started_at),
                 code: s.code.as_str().to_owned(),
@@ -861,10 +959,13 @@ async fn serve_metrics(
     }
 }
 
-/// The walled garden: configured entries (host names resolved now), and the backend's host
-/// on its URL's port when codes are checked there.
-async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<GardenEntry>> {
-    let mut entries: Vec<(String, u16)> = Vec::new();
+/// A walled-garden host name still to resolve, with the TCP port it is opened on.
+type GardenHost = (String, u16);
+
+/// The walled garden's entries: configured ones (each on its port) and the backend's host on
+/// its URL's port when codes are checked there; networks as they are, host names to resolve.
+fn garden_entries(config: &GatewayConfig) -> anyhow::Result<(Vec<GardenEntry>, Vec<GardenHost>)> {
+    let mut entries: Vec<GardenHost> = Vec::new();
     for entry in &config.portal.walled_garden {
         let (host, port) = split_garden_port(entry)
             .with_context(|| format!("portal.walled_garden: \"{entry}\""))?;
@@ -878,22 +979,90 @@ async fn walled_garden(config: &GatewayConfig) -> anyhow::Result<Vec<GardenEntry
         }
     }
     let mut garden = Vec::new();
+    let mut hosts = Vec::new();
     for (host, port) in entries {
-        if let Ok(net) = host.parse::<Cidr>() {
-            garden.push(GardenEntry { net, port });
-            continue;
-        }
-        let addrs = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .with_context(|| format!("portal.walled_garden: cannot resolve \"{host}\""))?;
-        for addr in addrs {
-            garden.push(GardenEntry {
-                net: Cidr::host(addr.ip()),
-                port,
-            });
+        match host.parse::<Cidr>() {
+            Ok(net) => garden.push(GardenEntry { net, port }),
+            Err(_) => hosts.push((host, port)),
         }
     }
-    Ok(garden)
+    Ok((garden, hosts))
+}
+
+/// Resolves `hosts`, each given [`RESOLVE_TIMEOUT`]: their addresses on their ports, and the
+/// hosts that did not resolve (each logged with why).
+async fn resolve_garden(hosts: &[GardenHost]) -> (Vec<GardenEntry>, Vec<GardenHost>) {
+    let mut found = Vec::new();
+    let mut unresolved = Vec::new();
+    for (host, port) in hosts {
+        let lookup = tokio::net::lookup_host((host.as_str(), *port));
+        let error = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+            Ok(Ok(addrs)) => {
+                found.extend(addrs.map(|addr| GardenEntry {
+                    net: Cidr::host(addr.ip()),
+                    port: *port,
+                }));
+                continue;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {RESOLVE_TIMEOUT:?}"),
+        };
+        tracing::warn!(
+            host = %host,
+            error = %error,
+            "portal.walled_garden: cannot resolve this host (no DNS yet?); captive devices cannot reach it until it resolves, retrying in the background"
+        );
+        unresolved.push((host.clone(), *port));
+    }
+    (found, unresolved)
+}
+
+/// Resolves the garden's hosts that did not resolve at start, backing off up to a minute,
+/// and adds each to the table as soon as it resolves (a fresh install of our table, which
+/// replaces only the garden sets: online devices stay). Ends when all resolved, or at stop.
+async fn resolve_garden_later(
+    config: GatewayConfig,
+    mut garden: Vec<GardenEntry>,
+    mut unresolved: Vec<GardenHost>,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_secs(1);
+    while !unresolved.is_empty() {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+        let (found, still) = resolve_garden(&unresolved).await;
+        if found.is_empty() {
+            continue;
+        }
+        garden.extend(found);
+        let resolved: Vec<String> = unresolved
+            .iter()
+            .filter(|h| !still.contains(h))
+            .map(|(host, _)| host.clone())
+            .collect();
+        unresolved = still;
+        let firewall = NftFirewall::new(config.firewall_config(garden.clone()));
+        let shared = shared.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut state = shared.lock();
+            state.firewall = Box::new(firewall);
+            state.firewall.install()
+        })
+        .await;
+        match installed {
+            Ok(Ok(())) => {
+                tracing::info!(hosts = ?resolved, "walled garden hosts resolved; captive devices may reach them now")
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot add the resolved walled garden hosts to the table; the repair loop installs it again")
+            }
+            Err(err) => tracing::error!(error = %err, "the walled garden update failed"),
+        }
+    }
 }
 
 fn enable_forwarding() -> anyhow::Result<()> {
@@ -909,7 +1078,7 @@ fn load_state(path: &PathBuf) -> anyhow::Result<Option<Persisted>> {
                 // A torn file cannot happen (atomic writes); a damaged one must not stop the
                 // gateway: keep it for inspection and start without sessions.
                 let aside = path.with_extension("json.damaged");
-                tracing::error!(path = %path.display(), error = %err, "session state is damaged; moved aside, starting without sessions");
+                tracing::error!(path = %path.display(), error = %err, "session state is damaged; moved aside, rebuilding the sessions from the usage ledger");
                 std::fs::rename(path, &aside).ok();
                 Ok(None)
             }
@@ -945,9 +1114,13 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         }
     };
 
-    let garden = walled_garden(&config).await?;
+    // A host that does not resolve yet (no DNS at boot) does not stop the gateway: it joins
+    // the garden later (see `resolve_garden_later`).
+    let (mut garden, garden_hosts) = garden_entries(&config)?;
+    let (found, unresolved) = resolve_garden(&garden_hosts).await;
+    garden.extend(found);
     let mut firewall: Box<dyn Firewall> =
-        Box::new(NftFirewall::new(config.firewall_config(garden)));
+        Box::new(NftFirewall::new(config.firewall_config(garden.clone())));
     firewall
         .install()
         .context("installing the nftables table")?;
@@ -955,6 +1128,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let sessions_file = state_dir.join("sessions.json");
     let now = Millis::now();
     let saved = load_state(&sessions_file)?;
+    let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
     let group = match &config.control.group {
@@ -977,11 +1151,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
     };
+    if rebuild {
+        state.rebuild_from_ledger(now, store.as_ref());
+    }
     state.resume(actions, now, store.as_ref());
     if let Some(store) = &store {
         state.sync_store(store, now);
     }
-    state.save(now);
+    // Logged by `save`; the ticks try again.
+    let _ = state.save(now);
     tracing::info!(online = state.core.allowed().len(), "sessions restored");
     // Started after the resume: the bytes the kernel counted while the daemon was down have
     // no capture to compare with.
@@ -1034,6 +1212,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
         let _ = portal_stop.wait_for(|stop| *stop).await;
     }));
+    let garden_task = (!unresolved.is_empty()).then(|| {
+        tokio::spawn(resolve_garden_later(
+            config.clone(),
+            garden,
+            unresolved,
+            shared.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let control_task = tokio::spawn(serve_control(
         control_listener,
         shared.clone(),
@@ -1124,6 +1311,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
+    if let Some(task) = garden_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     let shared_for_exit = shared.clone();
     let remove = config.firewall.remove_on_exit;
     tokio::task::spawn_blocking(move || {
@@ -1131,7 +1321,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         // Joins the capture thread (within its read timeout).
         state.capture = None;
         state.settle(Millis::now(), None);
-        state.save(Millis::now());
+        // Logged by `save`: what the kernel counted since the last save still goes to its
+        // session at the next start (the baselines on disk are older).
+        let _ = state.save(Millis::now());
         if remove {
             if let Err(err) = state.firewall.uninstall() {
                 tracing::error!(error = %err, "cannot remove the nftables table");
@@ -1194,14 +1386,9 @@ impl Gate for PortalGate {
         let shared = self.shared.clone();
         let store = self.store.clone();
         let accepted = tokio::task::spawn_blocking(move || {
-            let now = Millis::now();
-            let mut state = shared.lock();
-            state.settle(now, store.as_ref());
-            let actions = state.core.accept_code(client, grant, now)?;
-            state.apply(actions, now, store.as_ref());
-            // On disk before the consumer is told "online": a crash now must not undo it.
-            state.persist(now);
-            Ok::<_, Refusal>(())
+            shared
+                .lock()
+                .login(client, grant, Millis::now(), store.as_ref())
         })
         .await;
         match accepted {
@@ -1212,9 +1399,13 @@ impl Gate for PortalGate {
                     None => Redeem::Internal,
                 }
             }
-            Ok(Err(Refusal::UsedUp)) => Redeem::UsedUp,
-            Ok(Err(Refusal::Expired)) => Redeem::Expired,
-            Ok(Err(Refusal::Revoked)) => Redeem::Revoked,
+            Ok(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
+            Ok(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
+            Ok(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
+            Ok(Err(LoginError::NotSaved)) => {
+                tracing::error!(%client, "login refused: it could not be saved");
+                Redeem::NotSaved
+            }
             Err(_) => Redeem::Internal,
         }
     }
@@ -1394,7 +1585,6 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Grant;
     use crate::firewall::{Call, MemoryFirewall};
 
     const MB: u64 = 1_048_576;
@@ -1432,10 +1622,10 @@ mod tests {
     }
 
     /// Each session's last ledger record.
-    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<edgeshare_shared::ledger::UsageRecord> {
+    fn ledger_latest(dir: &tempfile::TempDir) -> Vec<UsageRecord> {
         let mut reader =
             edgeshare_shared::ledger::LedgerReader::open(&dir.path().join("ledger")).unwrap();
-        let mut latest: HashMap<String, edgeshare_shared::ledger::UsageRecord> = HashMap::new();
+        let mut latest: HashMap<String, UsageRecord> = HashMap::new();
         for record in reader.read_after(0).unwrap() {
             latest.insert(record.session.clone(), record);
         }
@@ -1572,6 +1762,201 @@ mod tests {
         assert!(state.dirty, "usage only: saved later");
         state.persist(Millis(1_000 + SAVE_EVERY.as_millis() as u64));
         assert!(!state.dirty);
+    }
+
+    /// A small tmpfs of the test's own, unmounted on drop: a disk that fills up.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        /// `None` (and "skipped") when not root; in CI (`CI=true`) it must not skip.
+        fn mount() -> Option<SmallDisk> {
+            if !rustix::process::geteuid().is_root() {
+                assert_ne!(
+                    std::env::var("CI").as_deref(),
+                    Ok("true"),
+                    "needs root in CI"
+                );
+                eprintln!("skipped: needs root (mount)");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot mount a tmpfs on {}", dir.path().display());
+            Some(SmallDisk(dir))
+        }
+
+        /// Takes every free byte.
+        fn fill(&self) {
+            use std::io::Write as _;
+            let mut filler = std::fs::File::create(self.0.path().join("filler")).unwrap();
+            while filler.write_all(&[0; 4096]).is_ok() {}
+            let _ = filler.write_all(&[0; 1]);
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// On a full disk a device already online with one code enters another: the login is
+    /// refused (not saved), the kernel is left as it was, and after a `kill -9` every byte the
+    /// device used goes to the code it really had; the refused one is untouched.
+    #[test]
+    fn a_login_that_cannot_be_saved_is_refused_and_undone() {
+        let Some(disk) = SmallDisk::mount() else {
+            return;
+        };
+        let fw = MemoryFirewall::new();
+        let mut state = state(&fw, &disk.0);
+        state
+            .login(client(2), grant("AAAA2345", 50 * MB), Millis(1_000), None)
+            .unwrap();
+        fw.set_counters(&client(2), 1_000, 10_000);
+        state.tick(Millis(2_000), None);
+        state.save(Millis(2_000)).unwrap();
+
+        disk.fill();
+        let calls = fw.calls().len();
+        let refused = state.login(client(2), grant("BBBB2345", 50 * MB), Millis(3_000), None);
+        assert!(matches!(refused, Err(LoginError::NotSaved)), "{refused:?}");
+        let changed: Vec<Call> = fw.calls()[calls..]
+            .iter()
+            .filter(|c| !matches!(c, Call::Clients | Call::IsInstalled | Call::ListQuotas))
+            .cloned()
+            .collect();
+        assert!(changed.is_empty(), "the kernel was changed: {changed:?}");
+        assert_eq!(fw.allowed(), vec![client(2)]);
+        let sessions = state.core.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].code.as_str(), "AAAA2345");
+
+        // The device goes on under its code; the daemon is killed and starts again.
+        fw.set_counters(&client(2), 3_000, 40_000);
+        drop(state);
+        let saved: Persisted =
+            serde_json::from_slice(&std::fs::read(disk.0.path().join("sessions.json")).unwrap())
+                .unwrap();
+        let state = restart(&fw, &disk.0, saved, Millis(4_000));
+        let sessions = state.core.sessions();
+        let of = |code: &str| {
+            sessions
+                .iter()
+                .filter(|s| s.code.as_str() == code)
+                .map(|s| s.used_bytes)
+                .sum::<u64>()
+        };
+        let wrong = of("BBBB2345");
+        println!(
+            "login on a full disk: refused (not saved); bytes after kill -9: {} to the device's code, {wrong} to the refused one; usage lost {}",
+            of("AAAA2345"),
+            43_000 - of("AAAA2345")
+        );
+        assert_eq!(wrong, 0);
+        assert_eq!(of("AAAA2345"), 43_000);
+    }
+
+    /// `sessions.json` is damaged after a code was used up and another half used (a local
+    /// store, whose figure for the second lags behind). Rebuilt from the ledger, the used-up
+    /// code is refused and the other delivers exactly its size over both of its sessions.
+    #[test]
+    fn with_sessions_json_damaged_the_ledger_rebuilds_what_was_used() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        let made = store
+            .create(50 * MB, Duration::from_secs(3600), 2, Millis(0))
+            .unwrap();
+        let (used_up, half) = (made[0].code.clone(), made[1].code.clone());
+        let check = |code: &AccessCode, now: Millis| match store.check(code, now) {
+            Verdict::Granted(grant) => grant,
+            other => panic!("{other:?}"),
+        };
+        let mut state = state(&fw, &dir);
+        state
+            .login(
+                client(2),
+                check(&used_up, Millis(1_000)),
+                Millis(1_000),
+                Some(&store),
+            )
+            .unwrap();
+        fw.set_counters(&client(2), MB, 49 * MB);
+        state.tick(Millis(2_000), Some(&store));
+        state
+            .login(
+                client(3),
+                check(&half, Millis(3_000)),
+                Millis(3_000),
+                Some(&store),
+            )
+            .unwrap();
+        fw.set_counters(&client(3), MB, 19 * MB);
+        state.tick(Millis(4_000), Some(&store));
+        state.sync_store(&store, Millis(4_000));
+        fw.set_counters(&client(3), MB, 29 * MB);
+        state.tick(Millis(5_000), Some(&store));
+        state.save(Millis(5_000)).unwrap();
+        drop(state);
+
+        std::fs::write(dir.path().join("sessions.json"), b"{\"core\": {\"sessi").unwrap();
+        let file = dir.path().join("sessions.json");
+        let saved = load_state(&file).unwrap();
+        assert!(saved.is_none());
+        let (mut state, actions) = State::restored(
+            Policy::default(),
+            saved,
+            Box::new(fw.clone()),
+            file,
+            Millis(6_000),
+        );
+        state.ledger = Some(ledger(&dir));
+        state.rebuild_from_ledger(Millis(6_000), Some(&store));
+        state.resume(actions, Millis(6_000), Some(&store));
+
+        let again =
+            state
+                .core
+                .accept_code(client(4), grant(used_up.as_str(), 50 * MB), Millis(7_000));
+        let refused = matches!(again, Err(Refusal::UsedUp));
+        // The half-used code, entered again, continues where it was: what it used before and
+        // what it may use now add up to its size.
+        state
+            .login(
+                client(5),
+                check(&half, Millis(8_000)),
+                Millis(8_000),
+                Some(&store),
+            )
+            .unwrap();
+        let used_before: u64 = ledger_latest(&dir)
+            .iter()
+            .filter(|r| r.code == half.as_str())
+            .map(|r| r.total())
+            .sum();
+        let left = state
+            .core
+            .status_of(client(5).ip, Millis(8_000))
+            .unwrap()
+            .bytes_left;
+        let allowed = used_before + left;
+        println!(
+            "sessions.json damaged: used-up code refused again: {refused}; a 50 MB code half used allows {:.1} MB in all ({:.1} used + {:.1} left)",
+            allowed as f64 / MB as f64,
+            used_before as f64 / MB as f64,
+            left as f64 / MB as f64
+        );
+        assert!(refused, "{again:?}");
+        assert_eq!(used_before, 30 * MB);
+        assert_eq!(allowed, 50 * MB);
     }
 
     #[test]
@@ -1729,7 +2114,7 @@ mod tests {
         login(&mut state, client(2), "ABCD2345", 10_000, Millis(1_000));
         fw.set_counters(&client(2), 300, 2_000);
         state.tick(Millis(2_000), None);
-        state.save(Millis(2_000));
+        state.save(Millis(2_000)).unwrap();
         let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
         // More traffic; the ledger is written, then the daemon dies before sessions.json.
         fw.set_counters(&client(2), 400, 3_000);
@@ -1770,7 +2155,7 @@ mod tests {
         login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
         fw.set_counters(&client(2), 300, 2_000);
         state.tick(Millis(2_000), None);
-        state.save(Millis(2_000));
+        state.save(Millis(2_000)).unwrap();
         let saved = serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap();
         fw.set_counters(&client(2), 700, 9_000);
         state.tick(Millis(3_000), None);

@@ -2537,3 +2537,94 @@ fn roaming_codes_own_codes_only_and_the_expiry_margin() {
     );
     assert!(gateway.session(&foreign).is_none());
 }
+
+/// `ip netns exec` puts `/etc/netns/<namespace>/<file>` over `/etc/<file>`: the gateway
+/// namespace's own `hosts` and `resolv.conf` (no DNS server: lookups fail at once), removed
+/// on drop.
+struct NetnsEtc(PathBuf);
+
+impl NetnsEtc {
+    fn new(ns: &Netns) -> NetnsEtc {
+        let dir = Path::new("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir).expect("/etc/netns/<namespace>");
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").expect("hosts");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .expect("resolv.conf");
+        NetnsEtc(dir)
+    }
+
+    /// Adds a name to the namespace's hosts file (in place: the file processes in the
+    /// namespace see is this very file).
+    fn add_host(&self, ip: &str, name: &str) {
+        use std::io::Write as _;
+        let mut hosts = File::options()
+            .append(true)
+            .open(self.0.join("hosts"))
+            .expect("hosts");
+        writeln!(hosts, "{ip} {name}").expect("writing hosts");
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A walled-garden host with no DNS at boot: the gateway starts anyway (it used to exit 1
+/// after check-config had passed) and adds the host to the garden once it resolves.
+#[test]
+fn an_unresolvable_garden_host_joins_the_garden_once_it_resolves() {
+    if !support::require_root() {
+        return;
+    }
+    const HOST: &str = "garden.edgeshare.test";
+    const HOST_IP: &str = "10.77.0.99";
+    let bed = Testbed::new();
+    let etc = NetnsEtc::new(&bed.gw);
+    let mut gateway = Gateway::configure(bed, Codes::Local);
+    let text = std::fs::read_to_string(&gateway.config).expect("the config");
+    std::fs::write(
+        &gateway.config,
+        text.replace(
+            "[portal]\nport = 8080\n",
+            &format!("[portal]\nport = 8080\nwalled_garden = [\"{HOST}\"]\n"),
+        ),
+    )
+    .expect("writing the config");
+    let check = gateway.cli(&["check-config"]);
+    assert!(check.status.success(), "{check:?}");
+    let started = Instant::now();
+    gateway.run();
+    let startup = started.elapsed();
+    let garden = |gateway: &Gateway| {
+        gateway
+            .bed
+            .gw
+            .run_ok(&["nft", "list", "set", "inet", &gateway.table, "garden4_tcp"])
+    };
+    assert!(!garden(&gateway).contains(HOST_IP));
+    assert!(
+        gateway.log_text().contains("cannot resolve this host"),
+        "{}",
+        gateway.log_text()
+    );
+
+    etc.add_host(HOST_IP, HOST);
+    let added = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || garden(&gateway)
+            .contains(HOST_IP)),
+        "the host never joined the garden:\n{}\n{}",
+        garden(&gateway),
+        gateway.log_text()
+    );
+    println!(
+        "walled garden host without DNS: gateway up in {startup:?}; in the garden {:?} after it resolved",
+        added.elapsed()
+    );
+    assert!(gateway.daemon_is_running());
+}

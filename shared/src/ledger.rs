@@ -20,6 +20,16 @@
 //! the middle of a compaction can leave a record in two files (same seq); both readers and the
 //! writer drop such duplicates, and the next compaction removes them.
 //!
+//! Sequence numbers never go back, even when the card loses a write: a reader's cursor is a
+//! sequence number, and a number handed out twice would hide the second record from it. The
+//! writer keeps a high-water mark in `seq.hwm` (temp file, fsync, rename): a bound on every
+//! sequence number it may have handed out, reserved [`SEQ_RESERVE`] numbers ahead so that it is
+//! rewritten once per thousand records, not with every batch. A reopened writer goes on above
+//! both that mark and every record and segment name it finds, so after a restart the sequence
+//! has a gap (harmless: readers never expect consecutive numbers, compaction makes gaps too).
+//! Should the mark be lost as well, [`LedgerReader::read_since`] notices the sequence going
+//! back and hands the whole ledger out again.
+//!
 //! No reporting logic lives here (the agent's `usage` module does that), and nothing here
 //! talks to the network.
 
@@ -47,6 +57,11 @@ const SEGMENT_PREFIX: &str = "usage-";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const LOCK_FILE: &str = "writer.lock";
 const COMPACT_TMP: &str = ".compact.tmp";
+const HWM_FILE: &str = "seq.hwm";
+const HWM_TMP: &str = ".seq.hwm.tmp";
+/// How far ahead of the records the high-water mark is put: one rewrite of it (two fsyncs)
+/// per this many records, and at most this big a gap in the sequence after a restart.
+pub const SEQ_RESERVE: u64 = 1000;
 /// `,"sum":"` + 8 hex digits + `"}`.
 const SUM_FIELD: &str = ",\"sum\":\"";
 const SUM_SUFFIX_LEN: usize = SUM_FIELD.len() + 8 + 2;
@@ -344,7 +359,13 @@ pub struct LedgerWriter {
     segments: Vec<Segment>,
     /// Append handle of the last segment, once opened.
     active: Option<File>,
+    /// The highest sequence number in the ledger.
     last_seq: u64,
+    /// New numbers start above this: the high-water mark found at open (see `seq.hwm`), as
+    /// numbers up to it may have been handed out in records since lost.
+    resume_after: u64,
+    /// The high-water mark on disk: no record gets a number above it before it is raised.
+    reserved: u64,
     /// Each session's latest record.
     latest: BTreeMap<String, UsageRecord>,
     recovery: Recovery,
@@ -391,6 +412,8 @@ impl LedgerWriter {
             segments: Vec::new(),
             active: None,
             last_seq: 0,
+            resume_after: 0,
+            reserved: read_hwm(dir),
             latest: BTreeMap::new(),
             recovery: Recovery::default(),
             stats: WriterStats::default(),
@@ -399,6 +422,8 @@ impl LedgerWriter {
         let firsts = list_segments(dir).map_err(read_err(dir))?;
         let count = firsts.len();
         for (i, first_seq) in firsts.into_iter().enumerate() {
+            // A segment the card emptied still says by its name where its numbers started.
+            writer.resume_after = writer.resume_after.max(first_seq.saturating_sub(1));
             let path = dir.join(segment_name(first_seq));
             let bytes = read_file(&path).map_err(read_err(&path))?;
             let scan = scan(&bytes);
@@ -440,6 +465,17 @@ impl LedgerWriter {
                 first_seq,
                 bytes: size,
             });
+        }
+        let found = writer.last_seq;
+        writer.resume_after = writer.resume_after.max(writer.reserved);
+        if found < writer.resume_after.saturating_sub(SEQ_RESERVE) {
+            // Below even the mark's reserve: records that were written are gone.
+            tracing::warn!(
+                dir = %dir.display(),
+                found_seq = found,
+                resume_after = writer.resume_after,
+                "the ledger lost records (an emptied or missing segment?); numbering goes on above its high-water mark, and the usage of the lost records is carried by the sessions' next records"
+            );
         }
         Ok(writer)
     }
@@ -512,7 +548,8 @@ impl LedgerWriter {
         self.latest.values()
     }
 
-    /// The highest sequence number written so far (0 for an empty ledger).
+    /// The highest sequence number in the ledger (0 for an empty ledger). After a reopen the
+    /// next record's number is above the high-water mark, which may be higher still.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -554,6 +591,10 @@ impl LedgerWriter {
             buf.extend_from_slice(&encode(record));
         }
         let first_seq = records[0].seq;
+        let last = records[records.len() - 1].seq;
+        if last > self.reserved {
+            self.raise_hwm(last + SEQ_RESERVE)?;
+        }
         self.write_batch(first_seq, &buf)?;
         self.stats.batches += 1;
         self.stats.records += records.len() as u64;
@@ -614,7 +655,7 @@ impl LedgerWriter {
                 }
             }
             records.push(UsageRecord {
-                seq: self.last_seq + records.len() as u64 + 1,
+                seq: self.last_seq.max(self.resume_after) + records.len() as u64 + 1,
                 at_ms: now_ms,
                 session: update.session.clone(),
                 code: update.code.clone(),
@@ -624,6 +665,32 @@ impl LedgerWriter {
             });
         }
         Ok(records)
+    }
+
+    /// Persists `reserved` as the high-water mark before any number up to it is used.
+    fn raise_hwm(&mut self, reserved: u64) -> Result<(), LedgerError> {
+        let path = self.dir.join(HWM_FILE);
+        let tmp = self.dir.join(HWM_TMP);
+        let write_err = |source| LedgerError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .map_err(write_err)?;
+        self.grant(&file)
+            .and_then(|()| file.write_all(format!("{reserved}\n").as_bytes()))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(write_err)?;
+        self.stats.fsyncs += 2;
+        self.reserved = reserved;
+        Ok(())
     }
 
     /// Appends `buf` to the active segment, or to a new one named `first_seq` if the active
@@ -818,6 +885,23 @@ impl LedgerWriter {
     }
 }
 
+/// The high-water mark in `dir`, 0 if there is none. A damaged one is only warned about: the
+/// records and segment names still bound the numbers, and the reader catches the rest.
+fn read_hwm(dir: &Path) -> u64 {
+    let path = dir.join(HWM_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(file = %path.display(), "the ledger's high-water mark is damaged; numbering goes on from the records found");
+            0
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the ledger's high-water mark; numbering goes on from the records found");
+            0
+        }
+    }
+}
+
 fn remove_segment(dir: &Path, first_seq: u64) -> std::io::Result<()> {
     match std::fs::remove_file(dir.join(segment_name(first_seq))) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
@@ -849,6 +933,27 @@ fn lock_writer(dir: &Path) -> Result<File, LedgerError> {
     }
 }
 
+/// What [`LedgerReader::read_since`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSince {
+    /// The records after the cursor, in order; if the sequence went back, every record.
+    pub records: Vec<UsageRecord>,
+    /// Set when the ledger's numbers went back below the cursor.
+    pub went_back: Option<WentBack>,
+}
+
+/// The ledger's sequence went back under a reader: records were lost (an SD card that dropped
+/// a write) and numbers handed out again. Usage is cumulative per session, so reading the
+/// whole ledger again, as [`LedgerReader::read_since`] then does, loses nothing and bills
+/// nothing twice; the cursor must be set back (to 0) before the records are taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WentBack {
+    /// The cursor the reader was given.
+    pub cursor: u64,
+    /// The highest sequence number the ledger holds now.
+    pub ledger_seq: u64,
+}
+
 /// A read-only view of a ledger (the agent). It takes no lock: it works while the writer
 /// appends and compacts, and needs only read access (the group's).
 #[derive(Debug)]
@@ -856,6 +961,9 @@ pub struct LedgerReader {
     dir: PathBuf,
     /// Corrupt lines already warned about (segment, offset), so a poll does not repeat them.
     warned: HashSet<(u64, usize)>,
+    /// The last record [`LedgerReader::read_since`] handed out (seq, time, session): if the
+    /// ledger later holds another record under that number, the numbers were reused.
+    last_read: Option<(u64, u64, String)>,
 }
 
 impl LedgerReader {
@@ -868,6 +976,7 @@ impl LedgerReader {
         Ok(LedgerReader {
             dir: dir.to_owned(),
             warned: HashSet::new(),
+            last_read: None,
         })
     }
 
@@ -892,6 +1001,53 @@ impl LedgerReader {
             records.retain(|r| r.seq > after);
             records
         })
+    }
+
+    /// Every record after `cursor`, like [`LedgerReader::read_after`], but it also notices the
+    /// sequence going back under the cursor: the ledger ends below it, or the record this
+    /// reader last handed out was replaced by another under the same number. Then it warns and
+    /// returns every record in the ledger, with [`ReadSince::went_back`] set: the caller sets
+    /// its cursor back to 0 and takes them in (cumulative totals make that safe).
+    pub fn read_since(&mut self, cursor: u64) -> Result<ReadSince, LedgerError> {
+        // Also the segment holding `cursor` itself: its record is checked, not returned.
+        let mut records = self.read_segments(|firsts| {
+            let skip = firsts
+                .iter()
+                .skip(1)
+                .take_while(|&&next| next <= cursor)
+                .count();
+            firsts[skip..].to_vec()
+        })?;
+        let ledger_seq = match records.last() {
+            Some(last) => last.seq,
+            None => self.last_seq()?,
+        };
+        let replaced = self
+            .last_read
+            .as_ref()
+            .is_some_and(|(seq, at_ms, session)| {
+                *seq == cursor
+                    && records
+                        .iter()
+                        .any(|r| r.seq == *seq && (r.at_ms != *at_ms || r.session != *session))
+            });
+        let went_back =
+            (ledger_seq < cursor || replaced).then_some(WentBack { cursor, ledger_seq });
+        if let Some(back) = went_back {
+            tracing::warn!(
+                ledger = %self.dir.display(),
+                cursor = back.cursor,
+                ledger_seq = back.ledger_seq,
+                "the ledger's sequence went back under the reader (records lost, numbers reused); reading it again from the start"
+            );
+            records = self.read_after(0)?;
+        } else {
+            records.retain(|r| r.seq > cursor);
+        }
+        if let Some(last) = records.last() {
+            self.last_read = Some((last.seq, last.at_ms, last.session.clone()));
+        }
+        Ok(ReadSince { records, went_back })
     }
 
     /// The highest sequence number in the ledger (0 if it holds none). A value below what a
@@ -1118,7 +1274,7 @@ mod tests {
 
     /// Truncates the last record at every byte offset, as a crash in the middle of a write
     /// would: each reopen cuts the torn line off, keeps every record before it, and goes on
-    /// with the next sequence number.
+    /// numbering above every number handed out before (a reader may have seen the lost one).
     #[test]
     fn a_crash_in_the_middle_of_a_line_loses_nothing_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1135,6 +1291,7 @@ mod tests {
             .rposition(|&b| b == b'\n')
             .unwrap()
             + 1;
+        let mut handed_out = 5;
         for cut in last_start..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
             let mut w = LedgerWriter::open(dir.path(), LedgerLimits::default()).unwrap();
@@ -1144,10 +1301,11 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start as u64);
             // The next record takes the lost one's place in the file, with a new number.
             let rec = w.append_at(9, &[update("AAAA2345-1", 450, 5)]).unwrap();
-            assert_eq!(rec[0].seq, 5);
+            assert!(rec[0].seq > handed_out, "cut at {cut}: {}", rec[0].seq);
+            handed_out = rec[0].seq;
             drop(w);
             let seqs: Vec<u64> = all(dir.path()).iter().map(|r| r.seq).collect();
-            assert_eq!(seqs, [1, 2, 3, 4, 5], "cut at {cut}");
+            assert_eq!(seqs, [1, 2, 3, 4, handed_out], "cut at {cut}");
         }
     }
 
@@ -1201,8 +1359,9 @@ mod tests {
             assert!(len < 1000 + 400, "{name}: {len}");
         }
         assert_eq!(w.stats().rotations as usize, files.len() - 1);
-        // A rotation costs one more fsync (the directory); other batches one.
-        assert_eq!(w.stats().fsyncs, 40 + files.len() as u64);
+        // A rotation costs one more fsync (the directory); other batches one; the high-water
+        // mark two, once.
+        assert_eq!(w.stats().fsyncs, 40 + files.len() as u64 + 2);
         let seqs: Vec<u64> = all(dir.path()).iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (1..=80).collect::<Vec<_>>());
         // Reading after a seq skips whole segments but misses nothing.
@@ -1444,8 +1603,9 @@ mod tests {
             stats.batches
         );
         assert_eq!(stats.batches, 50);
-        // 50 batches, one fsync each, and one for the directory entry of the first segment.
-        assert_eq!(stats.fsyncs, 51);
+        // 50 batches, one fsync each, one for the directory entry of the first segment, and two
+        // for the high-water mark (raised once per thousand records).
+        assert_eq!(stats.fsyncs, 53);
     }
 
     #[derive(Debug, Clone)]

@@ -115,6 +115,8 @@ pub enum Redeem {
     BackendUnreachable,
     /// No MAC is known for this IP.
     UnknownDevice,
+    /// The gateway could not save the login (its disk is full or failing): not let through.
+    NotSaved,
     Internal,
 }
 
@@ -130,6 +132,7 @@ impl Redeem {
             Redeem::NotOurs => "not_ours",
             Redeem::BackendUnreachable => "backend_unreachable",
             Redeem::UnknownDevice => "unknown_device",
+            Redeem::NotSaved => "not_saved",
             Redeem::Internal => "internal",
         }
     }
@@ -666,6 +669,12 @@ fn redeem_reply(outcome: Redeem, typed: &str) -> Response {
             "This device could not be recognised (devices are identified by their network \
              hardware address). Reconnect to the Wi-Fi and try again.",
         ),
+        Redeem::NotSaved => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The Wi-Fi gateway could not save your login (its storage is full or failing), so \
+             you are not online with this code and none of its data was used. Tell the Wi-Fi \
+             provider, and try again later.",
+        ),
         Redeem::Internal => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong on the Wi-Fi gateway. Try again in a minute.",
@@ -846,6 +855,7 @@ mod tests {
             (Redeem::NotOurs, true),
             (Redeem::BackendUnreachable, false),
             (Redeem::UnknownDevice, false),
+            (Redeem::NotSaved, false),
             (Redeem::Internal, false),
         ] {
             assert_eq!(outcome.is_failed_guess(), counts, "{outcome:?}");
