@@ -306,11 +306,16 @@ fn segment_name(first_seq: u64) -> String {
     format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
+/// The first sequence number of a segment named as [`segment_name`] names it, and only then:
+/// a stray file such as `usage-1.jsonl` is not a segment (it would be listed under a name the
+/// reader then cannot open, and every read would fail).
 fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix(SEGMENT_PREFIX)?
+    let first = name
+        .strip_prefix(SEGMENT_PREFIX)?
         .strip_suffix(SEGMENT_SUFFIX)?
         .parse()
-        .ok()
+        .ok()?;
+    (segment_name(first) == name).then_some(first)
 }
 
 /// The segments in `dir`, by first sequence number.
@@ -1270,6 +1275,22 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o750);
         assert_eq!(mode(&dir.join(segment_name(1))), 0o640);
+    }
+
+    /// Found by fuzzing: a file named almost like a segment made every read fail.
+    #[test]
+    fn a_stray_file_named_like_a_segment_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LedgerWriter::open(dir.path(), LedgerLimits::default()).unwrap();
+        w.append_at(1, &[update("AAAA2345-1", 100, 1)]).unwrap();
+        for stray in ["usage-1.jsonl", "usage-+0000000000000000001.jsonl"] {
+            std::fs::write(dir.path().join(stray), b"not a segment\n").unwrap();
+        }
+        let mut reader = LedgerReader::open(dir.path()).unwrap();
+        assert_eq!(reader.read_after(0).unwrap().len(), 1);
+        assert_eq!(reader.last_seq().unwrap(), 1);
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("usage-42.jsonl"), None);
     }
 
     /// Truncates the last record at every byte offset, as a crash in the middle of a write
