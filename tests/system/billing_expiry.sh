@@ -110,7 +110,7 @@ backend_used() {
     jq -r '((.totalMB - .remainingMB) * 1048576 | round)'
 }
 ledger_total() {
-  cat "$WORK"/state/ledger/usage-*.jsonl | jq -rs --arg c "$1" \
+  { cat "$WORK"/state/ledger/usage-*.jsonl 2>/dev/null || true; } | jq -rs --arg c "$1" \
     'map(select(.code == $c)) | if length == 0 then 0 else (map(.up + .down) | max) end'
 }
 lost_total=0
@@ -123,7 +123,7 @@ for i in "${!codes[@]}"; do
   used=$(backend_used "$code")
   lost=$((ledger - used))
   lost_total=$((lost_total + lost))
-  ended=$(cat "$WORK"/state/ledger/usage-*.jsonl | jq -rs --arg c "$code" \
+  ended=$({ cat "$WORK"/state/ledger/usage-*.jsonl 2>/dev/null || true; } | jq -rs --arg c "$code" \
     'map(select(.code == $c and .ended != null)) | .[0].ended // "still open"')
   printf '%-8s %14s %14s %10s %s\n' "${lifetimes[$i]} min" "$ledger" "$used" "$lost" "$ended"
   [ "$lost" -ge 0 ] || fail "code $i: the backend deducted $((-lost)) bytes more than the ledger holds"

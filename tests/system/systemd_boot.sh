@@ -307,8 +307,9 @@ truth() { # "up down" as the client counted them
   in_c nft -j list table inet truth |
     jq -r '[.nftables[] | select(.rule) | {(.rule.chain): (.rule.expr[] | select(.counter) | .counter.bytes)}] | add | "\(.output) \(.input)"'
 }
-ledger_of_code() { # "up down" of the code's latest ledger record
-  cat "$ROOT"/var/lib/edgeshare/ledger/usage-*.jsonl 2>/dev/null |
+ledger_of_code() { # "up down" of the code's latest ledger record ("0 0" before the first)
+  # A session writes its first record with its first bytes, so there may be no segment yet.
+  { cat "$ROOT"/var/lib/edgeshare/ledger/usage-*.jsonl 2>/dev/null || true; } |
     jq -rs --arg code "$CODE" 'map(select(.code == $code)) | max_by(.seq) // {up: 0, down: 0} | "\(.up) \(.down)"'
 }
 download() { # BYTES [curl options]: downloads BYTES from upstream; fails if not whole
