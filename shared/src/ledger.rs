@@ -672,27 +672,28 @@ impl LedgerWriter {
         Ok(records)
     }
 
-    /// Persists `reserved` as the high-water mark before any number up to it is used.
-    fn raise_hwm(&mut self, reserved: u64) -> Result<(), LedgerError> {
-        let path = self.dir.join(HWM_FILE);
-        let tmp = self.dir.join(HWM_TMP);
-        let write_err = |source| LedgerError::Write {
-            path: path.clone(),
-            source,
-        };
+    /// Replaces `path` with `body` as one step: written to `tmp` (in the ledger folder, given
+    /// to the readers' group), synced, renamed over `path`, the folder synced (two fsyncs).
+    fn replace_file(&self, tmp: &str, path: &Path, body: &[u8]) -> std::io::Result<()> {
+        let tmp = self.dir.join(tmp);
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(FILE_MODE)
-            .open(&tmp)
-            .map_err(write_err)?;
-        self.grant(&file)
-            .and_then(|()| file.write_all(format!("{reserved}\n").as_bytes()))
-            .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .and_then(|()| sync_dir(&self.dir))
-            .map_err(write_err)?;
+            .open(&tmp)?;
+        self.grant(&file)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Persists `reserved` as the high-water mark before any number up to it is used.
+    fn raise_hwm(&mut self, reserved: u64) -> Result<(), LedgerError> {
+        let path = self.dir.join(HWM_FILE);
+        self.replace_file(HWM_TMP, &path, format!("{reserved}\n").as_bytes())
+            .map_err(|source| LedgerError::Write { path, source })?;
         self.stats.fsyncs += 2;
         self.reserved = reserved;
         Ok(())
@@ -841,21 +842,9 @@ impl LedgerWriter {
                 remove_segment(&self.dir, segment.first_seq).map_err(compact_err)?;
             }
         } else {
-            let tmp = self.dir.join(COMPACT_TMP);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(FILE_MODE)
-                .open(&tmp)
-                .map_err(compact_err)?;
-            self.grant(&file).map_err(compact_err)?;
             let body: Vec<u8> = lines.values().flatten().copied().collect();
-            file.write_all(&body)
-                .and_then(|()| file.sync_all())
+            self.replace_file(COMPACT_TMP, &target_path, &body)
                 .map_err(compact_err)?;
-            std::fs::rename(&tmp, &target_path).map_err(compact_err)?;
-            sync_dir(&self.dir).map_err(compact_err)?;
             self.stats.fsyncs += 2;
             for segment in &closed[1..] {
                 remove_segment(&self.dir, segment.first_seq).map_err(compact_err)?;

@@ -501,11 +501,7 @@ impl Reporter {
             || self
                 .codes_in_use()
                 .iter()
-                .any(|code| self.is_due(code, now_ms))
-            || self
-                .codes_in_use()
-                .iter()
-                .any(|code| !self.known.contains_key(code))
+                .any(|code| !self.known.contains_key(code) || self.is_due(code, now_ms))
     }
 
     /// When the shell should look again at the latest: a read-back, a code entering its
