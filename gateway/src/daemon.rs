@@ -239,8 +239,8 @@ impl State {
         }
     }
 
-    /// Keeps each session's kernel quota in step with its devices: set to what is left when
-    /// they change, cleared when the session has none or has ended. A
+    /// Keeps each session's kernel quota in step with its devices: set to the session's quota
+    /// and what it has used when they change, cleared when the session has none or has ended. A
     /// quota left behind would block a captive device's DNS and portal too. Setting restarts
     /// the kernel's count, so callers settle the counters first (they do before any action).
     fn sync_quotas(&mut self) {
@@ -255,9 +255,11 @@ impl State {
             if self.quotas.get(&session.code) == Some(&clients) {
                 continue;
             }
-            let left = session.quota_bytes.saturating_sub(session.used_bytes);
             let id = quota_id(&session.code);
-            match self.firewall.set_quota(&id, &clients, left) {
+            match self
+                .firewall
+                .set_quota(&id, &clients, session.quota_bytes, session.used_bytes)
+            {
                 Ok(()) => {
                     self.quotas.insert(session.code, clients);
                 }
@@ -531,6 +533,7 @@ impl State {
         self.apply(actions, now, store);
         self.reconcile(now);
         self.sync_quotas();
+        self.clear_stale_quotas();
     }
 
     /// Restores our table if someone removed it (a firewall reload, `nft flush ruleset`),
@@ -680,6 +683,8 @@ impl State {
             })
             .collect();
         self.core = Core::rebuild(*self.core.policy(), &recorded, now);
+        let raised = self.raise_to_kernel_quotas(now);
+        self.apply(raised, now, store);
         let sessions = self.core.sessions();
         tracing::warn!(
             live = sessions.len(),
@@ -697,6 +702,96 @@ impl State {
         }
         self.dirty = true;
         self.urgent = true;
+    }
+
+    /// Without saved state, what devices used after the ledger's last record (while the
+    /// daemon was down, say) is known only to the kernel: each session's quota object holds
+    /// the session's total (it starts at what the session had used, see
+    /// [`Firewall::set_quota`]). Rebuilt sessions are raised to it, and one whose quota is
+    /// used up ends as used up. The clients' own counters hold the same bytes again: they
+    /// become the baselines, so that nothing is counted twice.
+    fn raise_to_kernel_quotas(&mut self, now: Millis) -> Vec<Action> {
+        match self.firewall.clients() {
+            Ok(counters) => {
+                self.baselines = counters
+                    .into_iter()
+                    .map(|c| {
+                        let counted = Usage {
+                            up: c.up_bytes,
+                            down: c.down_bytes,
+                        };
+                        (c.client, counted)
+                    })
+                    .collect();
+            }
+            Err(err) => tracing::error!(error = %err, "cannot read the kernel counters"),
+        }
+        let quotas = match self.firewall.list_quotas() {
+            Ok(quotas) => quotas,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the session quotas: what devices used since the ledger's last record is lost");
+                return Vec::new();
+            }
+        };
+        let mut actions = Vec::new();
+        let mut known = HashSet::new();
+        for session in self.core.sessions() {
+            let id = quota_id(&session.code);
+            let Some(quota) = quotas.get(&id) else {
+                continue;
+            };
+            known.insert(id);
+            if quota.used_bytes > session.used_bytes {
+                tracing::info!(
+                    session = %session_id(&session.code, session.started_at),
+                    ledger_bytes = session.used_bytes,
+                    kernel_bytes = quota.used_bytes,
+                    "the kernel counted more than the ledger holds; continuing from the kernel's count"
+                );
+                // The quota counts both directions together: what it adds is booked as
+                // download, which is most of what devices use.
+                let at_least = Usage {
+                    up: session.up_bytes,
+                    down: quota.used_bytes.saturating_sub(session.up_bytes),
+                };
+                actions.extend(self.core.raise_usage(
+                    &session.code,
+                    session.started_at,
+                    at_least,
+                    now,
+                ));
+            }
+            if quota.used_bytes >= quota.limit_bytes {
+                actions.extend(self.core.quota_reached(&session.code, now));
+            }
+        }
+        for (id, quota) in quotas.iter().filter(|(id, _)| !known.contains(*id)) {
+            tracing::error!(
+                quota = %id,
+                used_bytes = quota.used_bytes,
+                "a session quota in the kernel belongs to no session the ledger recorded (a session younger than the ledger's last write): its bytes cannot be billed"
+            );
+        }
+        actions
+    }
+
+    /// Removes the kernel quotas of sessions without devices: those that ended while the
+    /// daemon was down or before its state was saved. A quota left behind, used up, would
+    /// keep a device from DNS and the portal.
+    fn clear_stale_quotas(&mut self) {
+        let listed = match self.firewall.list_quotas() {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the session quotas");
+                return;
+            }
+        };
+        let live: HashSet<String> = self.quotas.keys().map(quota_id).collect();
+        for id in listed.keys().filter(|id| !live.contains(*id)) {
+            if let Err(err) = self.firewall.clear_quota(id) {
+                tracing::error!(error = %err, "cannot clear a stale session quota");
+            }
+        }
     }
 
     /// Raises each live session to its last ledger record where that is higher (see
@@ -1585,7 +1680,7 @@ fn handle_control(shared: &Shared, store: Option<&CodeStore>, request: Request) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::{Call, MemoryFirewall};
+    use crate::firewall::{Call, MemoryFirewall, SessionQuota};
 
     const MB: u64 = 1_048_576;
 
@@ -1959,6 +2054,85 @@ mod tests {
         assert_eq!(allowed, 50 * MB);
     }
 
+    /// `sessions.json` is damaged by a crash while devices go on using the internet: the
+    /// bytes the kernel counted after the ledger's last record (while the daemon was down)
+    /// are billed all the same, nothing twice, and a code used up meanwhile stays used up.
+    #[test]
+    fn with_sessions_json_damaged_the_bytes_counted_while_down_are_kept() {
+        let fw = MemoryFirewall::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        let made = store
+            .create(50 * MB, Duration::from_secs(3600), 2, Millis(0))
+            .unwrap();
+        let (busy, finishing) = (made[0].code.clone(), made[1].code.clone());
+        let check = |code: &AccessCode, now: Millis| match store.check(code, now) {
+            Verdict::Granted(grant) => grant,
+            other => panic!("{other:?}"),
+        };
+        let mut state = state(&fw, &dir);
+        for (client, code) in [(client(2), &busy), (client(3), &finishing)] {
+            state
+                .login(
+                    client,
+                    check(code, Millis(1_000)),
+                    Millis(1_000),
+                    Some(&store),
+                )
+                .unwrap();
+        }
+        assert!(fw.forward(&client(2), MB, 9 * MB));
+        assert!(fw.forward(&client(3), MB, 39 * MB));
+        state.tick(Millis(2_000), Some(&store));
+        state.save(Millis(2_000)).unwrap();
+        // kill -9: the kernel goes on letting both through; the second uses its code up.
+        drop(state);
+        assert!(fw.forward(&client(2), 0, 7 * MB));
+        assert!(fw.forward(&client(3), 0, 20 * MB));
+        assert!(fw.quota_exhausted(&quota_id(&finishing)));
+
+        let file = dir.path().join("sessions.json");
+        std::fs::write(&file, b"{\"core\": {\"sessi").unwrap();
+        let saved = load_state(&file).unwrap();
+        assert!(saved.is_none());
+        let (mut state, actions) = State::restored(
+            Policy::default(),
+            saved,
+            Box::new(fw.clone()),
+            file,
+            Millis(6_000),
+        );
+        state.ledger = Some(ledger(&dir));
+        state.rebuild_from_ledger(Millis(6_000), Some(&store));
+        state.resume(actions, Millis(6_000), Some(&store));
+        state.save(Millis(6_000)).unwrap();
+
+        let total = |code: &AccessCode| -> u64 {
+            ledger_latest(&dir)
+                .iter()
+                .filter(|r| r.code == code.as_str())
+                .map(|r| r.total())
+                .sum()
+        };
+        println!(
+            "sessions.json damaged, 7 MB used while down: ledger {:.1} MB (17 used); used up while down: {:.1} MB (50)",
+            total(&busy) as f64 / MB as f64,
+            total(&finishing) as f64 / MB as f64
+        );
+        assert_eq!(total(&busy), 17 * MB);
+        assert_eq!(total(&finishing), 50 * MB);
+        assert_eq!(state.core.unattributed_bytes(), 0, "nothing counted twice");
+        assert!(matches!(
+            state
+                .core
+                .accept_code(client(4), grant(finishing.as_str(), 50 * MB), Millis(7_000)),
+            Err(Refusal::UsedUp)
+        ));
+        // Their devices enter their code again; no quota is left behind to block them.
+        assert!(fw.allowed().is_empty());
+        assert!(fw.quotas().is_empty(), "{:?}", fw.quotas());
+    }
+
     #[test]
     fn a_code_revoked_in_the_store_is_cut_off_at_the_next_sync() {
         let fw = MemoryFirewall::new();
@@ -2006,9 +2180,15 @@ mod tests {
         state.tick(Millis(2_000), None);
         assert_eq!(fw.quotas()[&id].limit_bytes, MB);
 
-        // A second device: the quota is set again for both, to what is left.
+        // A second device: the quota is set again for both, starting at what was used.
         login(&mut state, client(3), "ABCD2345", MB, Millis(3_000));
-        assert_eq!(fw.quotas()[&id].limit_bytes, MB - 300_000);
+        assert_eq!(
+            fw.quotas()[&id],
+            SessionQuota {
+                limit_bytes: MB,
+                used_bytes: 300_000
+            }
+        );
         assert_eq!(fw.quota_session(&client(3)), Some(id.clone()));
 
         // The quota is reached: the session ends and its kernel quota goes with it, so the

@@ -681,7 +681,8 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
         .tcp_sink(sock(Testbed::up_v4(), 443), 200 * MB, STALL);
     fw.allow(&client4(), Duration::from_secs(60))
         .expect("allow");
-    fw.set_quota("sess-1", &[client4()], MB).expect("set_quota");
+    fw.set_quota("sess-1", &[client4()], MB, 0)
+        .expect("set_quota");
     assert_eq!(
         quota_of(&mut fw, "sess-1"),
         Some(SessionQuota {
@@ -736,12 +737,16 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
         "a used-up session cannot open new connections"
     );
 
-    // A new quota (more bytes) in one batch: traffic flows again, counted from zero.
-    fw.set_quota("sess-1", &[client4()], 3 * MB)
+    // A new quota (more bytes) in one batch, started at what the session has used (as the
+    // daemon sets it): 2 MB more flow, and the kernel's quota holds the session's total.
+    fw.set_quota("sess-1", &[client4()], 3 * MB, MB)
         .expect("replace the quota");
     assert_eq!(
-        quota_of(&mut fw, "sess-1").map(|q| q.limit_bytes),
-        Some(3 * MB)
+        quota_of(&mut fw, "sess-1"),
+        Some(SessionQuota {
+            limit_bytes: 3 * MB,
+            used_bytes: MB
+        })
     );
     let before = forwarded(&mut fw, &[client4()]);
     let again = bed
@@ -750,14 +755,19 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
         .expect("connects after the new quota");
     let through = forwarded(&mut fw, &[client4()]) - before;
     println!(
-        "3 MB quota: received {} payload bytes, forwarded {through} IP bytes, overshoot {}",
+        "3 MB quota with 1 MB used: received {} payload bytes, forwarded {through} IP bytes, overshoot {}",
         again.received,
-        through as i64 - 3 * MB as i64
+        through as i64 - 2 * MB as i64
     );
     assert!(!again.eof);
     assert!(
-        through <= 3 * MB && again.received > 2 * MB,
+        through <= 2 * MB && again.received > MB,
         "{again:?} {through}"
+    );
+    assert_eq!(
+        quota_of(&mut fw, "sess-1").map(|q| q.used_bytes),
+        Some(3 * MB),
+        "the session's total, used up"
     );
 
     // Lifting the quota: the client is back to its plain allowance.
@@ -789,7 +799,7 @@ fn session_quota_counts_upload_and_download_of_all_its_clients() {
         fw.allow(client, Duration::from_secs(60)).expect("allow");
     }
     const QUOTA: u64 = 2 * MB;
-    fw.set_quota("shared", &all, QUOTA).expect("set_quota");
+    fw.set_quota("shared", &all, QUOTA, 0).expect("set_quota");
     let listen = |reply: u64| {
         (
             bed.up.tcp_sink(sock(Testbed::up_v4(), 443), reply, STALL),
@@ -874,7 +884,7 @@ fn session_quota_counts_upload_and_download_of_all_its_clients() {
     );
 
     // Moving device A to a session of its own frees it; B stays stopped.
-    fw.set_quota("own", &[device_a], MB).expect("move A");
+    fw.set_quota("own", &[device_a], MB, 0).expect("move A");
     assert!(
         bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN),
         "device A on its own quota"
@@ -908,12 +918,12 @@ fn session_quota_calls_are_checked() {
     let bed = Testbed::new();
     let mut fw = firewall(&bed, config());
     assert!(matches!(
-        fw.set_quota("s", &[client4()], MB),
+        fw.set_quota("s", &[client4()], MB, 0),
         Err(FirewallError::Refused { .. })
     ));
     fw.install().expect("install");
     assert!(matches!(
-        fw.set_quota("not a session id", &[client4()], MB),
+        fw.set_quota("not a session id", &[client4()], MB, 0),
         Err(FirewallError::InvalidConfig {
             field: "session",
             ..
@@ -924,12 +934,12 @@ fn session_quota_calls_are_checked() {
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
         .expect("allow");
-    fw.set_quota("s", &[client4()], 0).expect("zero quota");
+    fw.set_quota("s", &[client4()], 0, 0).expect("zero quota");
     assert!(
         !bed.client
             .tcp_connects(sock(Testbed::up_v4(), 443), BLOCKED)
     );
-    fw.set_quota("s", &[client4()], u64::MAX)
+    fw.set_quota("s", &[client4()], u64::MAX, 0)
         .expect("huge quota");
     assert_eq!(
         quota_of(&mut fw, "s").map(|q| q.limit_bytes),

@@ -15,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use edgeshare_shared::ledger::UsageRecord;
 use rustix::process::Signal;
 use serde_json::Value;
 use support::probe::{Event, Page};
@@ -511,7 +512,6 @@ impl Internet {
     }
 }
 
-/// Can the client open a connection to up's 443 (through the gateway)?
 /// A running gateway with the internet and the download stand-in in up, the upstream link
 /// limited to `rate` (none: veth speed), and the client online with a new code of `mb` MB.
 /// Fields drop in order: the servers, then the gateway and its namespaces.
@@ -539,6 +539,7 @@ fn online_with_downloads(rate: Option<&str>, mb: f64) -> Downloading {
     }
 }
 
+/// Can the client open a connection to up's 443 (through the gateway)?
 fn reaches_upstream(bed: &Testbed, timeout: Duration) -> bool {
     bed.client
         .tcp_connects(sock(Testbed::up_v4(), 443), timeout)
@@ -2240,20 +2241,11 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     gateway.stop(Signal::TERM);
 
     let (truth_up, truth_down) = client_truth(&gateway.bed);
-    let mut reader =
-        edgeshare_shared::ledger::LedgerReader::open(&gateway.dir.path().join("state/ledger"))
-            .expect("the ledger");
-    let records = reader.read_after(0).expect("ledger records");
-    let last = records
-        .iter()
-        .rfind(|r| r.code == code)
-        .expect("the session's records");
+    let last = last_ledger_record(gateway, &code).expect("the session's records");
     println!(
-        "kill -9 mid-download: ledger up {} down {} ({} records), ground truth up {truth_up} \
+        "kill -9 mid-download: ledger up {} down {} (seq {}), ground truth up {truth_up} \
          down {truth_down}",
-        last.up,
-        last.down,
-        records.len()
+        last.up, last.down, last.seq
     );
     assert!(
         truth_down >= 40 * MB,
@@ -2263,6 +2255,100 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
         (last.up, last.down),
         (truth_up, truth_down),
         "the ledger's totals are the ground truth, byte for byte"
+    );
+}
+
+/// The latest ledger record of `code`'s session, if the ledger has one.
+fn last_ledger_record(gateway: &Gateway, code: &str) -> Option<UsageRecord> {
+    let mut reader =
+        edgeshare_shared::ledger::LedgerReader::open(&gateway.dir.path().join("state/ledger"))
+            .ok()?;
+    let records = reader.read_after(0).ok()?;
+    records.into_iter().rfind(|r| r.code == code)
+}
+
+/// An SD card that loses `sessions.json` in a crash while a device downloads: the gateway
+/// rebuilds its sessions from the ledger, and what the device used after the ledger's last
+/// record, most of it while the daemon was down, comes from the kernel's session quota.
+#[test]
+fn after_kill_9_and_a_damaged_sessions_json_the_bytes_used_while_down_are_billed() {
+    if !support::require_root() {
+        return;
+    }
+    let mut online = online_with_downloads(Some("20mbit"), 500.0);
+    let (gateway, code) = (&mut online.gateway, online.code.clone());
+    install_client_truth(&gateway.bed);
+
+    // 30 MB at 20 Mbit/s: about 12 s, well past the first save of the session's usage.
+    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{}", 30 * MB);
+    let mut curl = gateway
+        .bed
+        .client
+        .spawn(&["curl", "-sS", "-o", "/dev/null", "-m", "30", &url]);
+    assert!(
+        wait_until(Duration::from_secs(7), || last_ledger_record(
+            gateway, &code
+        )
+        .is_some()),
+        "the session's usage reaches the ledger"
+    );
+    gateway.stop(Signal::KILL);
+    let recorded = last_ledger_record(gateway, &code).expect("a record");
+    std::fs::write(
+        gateway.dir.path().join("state/sessions.json"),
+        b"{\"core\": {\"sessions\": [{\"co",
+    )
+    .expect("damaging sessions.json");
+    let finished = curl.wait_timeout(Duration::from_secs(30));
+    assert!(
+        finished.is_some_and(|s| s.success()),
+        "the download completes while the daemon is down: {finished:?}"
+    );
+    gateway.run();
+    assert!(
+        gateway
+            .dir
+            .path()
+            .join("state/sessions.json.damaged")
+            .exists(),
+        "the damaged file is kept aside"
+    );
+    // The rebuilt session has no devices: the client enters its code again.
+    assert!(
+        wait_until(Duration::from_secs(3), || !reaches_upstream(
+            &gateway.bed,
+            BLOCKED
+        )),
+        "a device of a rebuilt session is captive until it logs in again"
+    );
+    gateway.stop(Signal::TERM);
+
+    let (truth_up, truth_down) = client_truth(&gateway.bed);
+    let last = last_ledger_record(gateway, &code).expect("the session's records");
+    let truth = truth_up + truth_down;
+    println!(
+        "sessions.json damaged in a crash mid-download: the ledger held {} bytes at the crash; \
+         now {} (up {} down {}); ground truth {truth} (up {truth_up} down {truth_down}); \
+         lost {} bytes",
+        recorded.total(),
+        last.total(),
+        last.up,
+        last.down,
+        truth as i64 - last.total() as i64
+    );
+    assert!(
+        truth_down >= 30 * MB,
+        "the client counted the whole download"
+    );
+    assert!(
+        recorded.total() + 10 * MB < truth,
+        "much of the download came after the ledger's record"
+    );
+    // The kernel's quota counts both directions together, so only the total is exact.
+    assert_eq!(
+        last.total(),
+        truth,
+        "every byte the client moved is billed, once"
     );
 }
 

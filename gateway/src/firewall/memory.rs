@@ -30,7 +30,8 @@ pub enum Call {
     SetQuota {
         session: String,
         clients: Vec<Client>,
-        remaining_bytes: u64,
+        limit_bytes: u64,
+        used_bytes: u64,
     },
     ClearQuota(String),
     ListQuotas,
@@ -139,6 +140,32 @@ impl MemoryFirewall {
             }
             _ => false,
         }
+    }
+
+    /// Traffic of an allowed client as the kernel counts it: `up_bytes` and `down_bytes`
+    /// more on its counters and on the quota its upload counts against, if any. False, and
+    /// nothing changes, if the client is not allowed.
+    pub fn forward(&self, client: &Client, up_bytes: u64, down_bytes: u64) -> bool {
+        let mut state = self.state();
+        let State {
+            up,
+            down,
+            quota_keys,
+            quotas,
+            ..
+        } = &mut *state;
+        let (Some(up), Some(down)) = (up.get_mut(client), down.get_mut(&client.ip)) else {
+            return false;
+        };
+        up.bytes += up_bytes;
+        down.bytes += down_bytes;
+        if let Some(quota) = quota_keys
+            .get(&QuotaKey::Up(*client))
+            .and_then(|session| quotas.get_mut(session))
+        {
+            quota.used_bytes = (quota.used_bytes + up_bytes + down_bytes).min(quota.limit_bytes);
+        }
+        true
     }
 
     /// Sets the packet counters of an allowed client, like [`Self::set_counters`].
@@ -308,12 +335,14 @@ impl Firewall for MemoryFirewall {
         &mut self,
         session: &str,
         clients: &[Client],
-        remaining_bytes: u64,
+        limit_bytes: u64,
+        used_bytes: u64,
     ) -> Result<(), FirewallError> {
         let call = Call::SetQuota {
             session: session.to_owned(),
             clients: clients.to_vec(),
-            remaining_bytes,
+            limit_bytes,
+            used_bytes,
         };
         let operation = Operation::SetQuota(session.to_owned());
         let mut state = self.begin(call, operation, true)?;
@@ -325,8 +354,8 @@ impl Firewall for MemoryFirewall {
         state.quotas.insert(
             session.to_owned(),
             SessionQuota {
-                limit_bytes: remaining_bytes.min(MAX_QUOTA_BYTES),
-                used_bytes: 0,
+                limit_bytes: limit_bytes.min(MAX_QUOTA_BYTES),
+                used_bytes: used_bytes.min(limit_bytes.min(MAX_QUOTA_BYTES)),
             },
         );
         Ok(())

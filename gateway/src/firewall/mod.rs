@@ -255,9 +255,10 @@ pub struct ClientCounters {
 pub struct SessionQuota {
     /// The limit given to the last [`Firewall::set_quota`] (at most `i64::MAX`).
     pub limit_bytes: u64,
-    /// What the session's clients have used of it since then (IP bytes, both directions).
-    /// nft lists at most `limit_bytes`: at the limit the quota is used up and the kernel
-    /// drops the session's traffic.
+    /// What the session has used: what the last [`Firewall::set_quota`] said it had used,
+    /// plus what its clients used since (IP bytes, both directions). nft lists at most
+    /// `limit_bytes`: at the limit the quota is used up and the kernel drops the session's
+    /// traffic.
     pub used_bytes: u64,
 }
 
@@ -398,20 +399,25 @@ pub trait Firewall: Send {
     fn uninstall(&mut self) -> Result<(), FirewallError>;
 
     /// Gives `session` (an opaque id, 1-64 ASCII letters, digits, `_`, `-`, `.`; not the
-    /// code) a kernel-side quota of `remaining_bytes` (at most `i64::MAX`) from now, shared
-    /// by `clients`, upload and download together (see "Session quotas" in the module doc):
-    /// once they have used it up, the kernel drops their forwarded traffic.
+    /// code) a kernel-side quota of `limit_bytes` (at most `i64::MAX`) of which `used_bytes`
+    /// are already used, shared by `clients`, upload and download together (see "Session
+    /// quotas" in the module doc): once they have used it up, the kernel drops their
+    /// forwarded traffic. Starting the quota at what the session has used keeps the
+    /// session's total in the kernel, where it outlives the daemon and its state file:
+    /// [`Firewall::list_quotas`] gives it back, with what was counted while the daemon was
+    /// down.
     ///
-    /// Replaces the session's quota and client list: what was used before is forgotten, the
-    /// session's clients not in `clients` stop counting against it, and a client of another
-    /// session's quota moves to this one. `clients` should be allowed clients (a quota lets
+    /// Replaces the session's quota and client list: what the kernel counted before is
+    /// replaced by `used_bytes`, the session's clients not in `clients` stop counting
+    /// against it, and a client of another session's quota moves to this one. `clients` should be allowed clients (a quota lets
     /// nothing through; `revoke` still closes access). Not atomic with the listing it reads
     /// first, so make quota calls from one thread.
     fn set_quota(
         &mut self,
         session: &str,
         clients: &[Client],
-        remaining_bytes: u64,
+        limit_bytes: u64,
+        used_bytes: u64,
     ) -> Result<(), FirewallError>;
 
     /// Removes the session's quota and its clients' elements (they are no longer limited);

@@ -248,7 +248,8 @@ impl Firewall for NftFirewall {
         &mut self,
         session: &str,
         clients: &[Client],
-        remaining_bytes: u64,
+        limit_bytes: u64,
+        used_bytes: u64,
     ) -> Result<(), FirewallError> {
         self.config.validate()?;
         let name = session_quota_name(session)?;
@@ -259,7 +260,7 @@ impl Firewall for NftFirewall {
                 &self.config.table,
                 &name,
                 clients,
-                remaining_bytes,
+                (limit_bytes, used_bytes),
                 &existing,
             ),
         )

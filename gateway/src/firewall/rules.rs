@@ -743,12 +743,16 @@ pub(crate) fn quota_keys(clients: &[Client]) -> Vec<QuotaKey> {
     keys
 }
 
-fn quota_object(table: &str, name: &str, bytes: u64) -> Value {
+/// `quota NAME { over BYTES bytes used USED bytes }` (`used` at most `bytes`: nft refuses
+/// a quota used beyond its limit).
+fn quota_object(table: &str, name: &str, bytes: u64, used: u64) -> Value {
+    let bytes = bytes.min(MAX_QUOTA_BYTES);
     json!({"quota": {
         "family": FAMILY,
         "table": table,
         "name": name,
-        "bytes": bytes.min(MAX_QUOTA_BYTES),
+        "bytes": bytes,
+        "used": used.min(bytes),
         "inv": true,
     }})
 }
@@ -791,20 +795,20 @@ fn stale_keys(name: &str, keys: &[QuotaKey], existing: &[QuotaElement]) -> Vec<Q
     stale
 }
 
-/// Gives the session's quota object `name` a fresh limit of `bytes` (nothing used yet) and
-/// makes exactly `clients` count against it, in one batch: the object is added (updated if
-/// there, so the delete cannot fail), the elements pointing at it or at the clients' keys
+/// Gives the session's quota object `name` a fresh limit of `bytes` with `used` already used,
+/// and makes exactly `clients` count against it, in one batch: the object is added (updated
+/// if there, so the delete cannot fail), the elements pointing at it or at the clients' keys
 /// (`existing`, as just listed) are deleted, the object is deleted and added again (which
-/// resets what it has used), and the clients' elements are added.
+/// replaces what it has used), and the clients' elements are added.
 pub(crate) fn set_quota_batch(
     table: &str,
     name: &str,
     clients: &[Client],
-    bytes: u64,
+    (bytes, used): (u64, u64),
     existing: &[QuotaElement],
 ) -> Value {
     let keys = quota_keys(clients);
-    let mut commands = vec![json!({"add": quota_object(table, name, bytes)})];
+    let mut commands = vec![json!({"add": quota_object(table, name, bytes, used)})];
     commands.extend(quota_elements(
         "delete",
         table,
@@ -812,7 +816,7 @@ pub(crate) fn set_quota_batch(
         None,
     ));
     commands.push(json!({"delete": quota_object_ref(table, name)}));
-    commands.push(json!({"add": quota_object(table, name, bytes)}));
+    commands.push(json!({"add": quota_object(table, name, bytes, used)}));
     commands.extend(quota_elements("add", table, &keys, Some(name)));
     batch(commands)
 }
@@ -820,7 +824,7 @@ pub(crate) fn set_quota_batch(
 /// Removes the session's quota object `name` and every element pointing at it (`existing`,
 /// as just listed); not an error if there is none.
 pub(crate) fn clear_quota_batch(table: &str, name: &str, existing: &[QuotaElement]) -> Value {
-    let mut commands = vec![json!({"add": quota_object(table, name, 0)})];
+    let mut commands = vec![json!({"add": quota_object(table, name, 0, 0)})];
     commands.extend(quota_elements(
         "delete",
         table,

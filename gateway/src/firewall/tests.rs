@@ -1257,22 +1257,22 @@ fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
         "es_test",
         "q_s1",
         &[client4(), client6(), client4()],
-        1_000_000,
+        (1_000_000, 400_000),
         &existing,
     );
-    let quota = |bytes: u64| json!({"family": "inet", "table": "es_test", "name": "q_s1", "bytes": bytes, "inv": true});
+    let quota = |bytes: u64, used: u64| json!({"family": "inet", "table": "es_test", "name": "q_s1", "bytes": bytes, "used": used, "inv": true});
     let element = |map: &str, elem: Value| json!({"family": "inet", "table": "es_test", "name": map, "elem": elem});
     assert_eq!(
         commands(&batch),
         [
-            json!({"add": {"quota": quota(1_000_000)}}),
+            json!({"add": {"quota": quota(1_000_000, 400_000)}}),
             json!({"delete": {"element": element("quota4_up", json!([
                 {"concat": ["02:00:00:00:00:02", "10.0.0.2"]},
                 {"concat": ["02:00:00:00:00:03", "10.0.0.3"]}]))}}),
             json!({"delete": {"element": element("quota4_down", json!(["10.0.0.3"]))}}),
             json!({"delete": {"element": element("quota6_down", json!(["fd00:66::2"]))}}),
             json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
-            json!({"add": {"quota": quota(1_000_000)}}),
+            json!({"add": {"quota": quota(1_000_000, 400_000)}}),
             json!({"add": {"element": element("quota4_up", json!([
                 [{"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "q_s1"]]))}}),
             json!({"add": {"element": element("quota4_down", json!([["10.0.0.2", "q_s1"]]))}}),
@@ -1282,14 +1282,15 @@ fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
         ]
     );
 
-    // Nothing listed, no clients, a huge quota: no element commands, the limit clamped.
-    let batch = rules::set_quota_batch("es_test", "q_s1", &[], u64::MAX, &[]);
+    // Nothing listed, no clients, a huge quota: no element commands, the limit clamped, and
+    // what was used at most the limit (nft refuses more).
+    let batch = rules::set_quota_batch("es_test", "q_s1", &[], (u64::MAX, u64::MAX), &[]);
     assert_eq!(
         commands(&batch),
         [
-            json!({"add": {"quota": quota(i64::MAX as u64)}}),
+            json!({"add": {"quota": quota(i64::MAX as u64, i64::MAX as u64)}}),
             json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
-            json!({"add": {"quota": quota(i64::MAX as u64)}}),
+            json!({"add": {"quota": quota(i64::MAX as u64, i64::MAX as u64)}}),
         ]
     );
 }
@@ -1310,7 +1311,7 @@ fn clear_quota_batch_does_not_fail_on_an_absent_quota() {
     assert_eq!(
         commands(&batch),
         [
-            json!({"add": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1", "bytes": 0, "inv": true}}}),
+            json!({"add": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1", "bytes": 0, "used": 0, "inv": true}}}),
             json!({"delete": {"element": {"family": "inet", "table": "es_test", "name": "quota4_up", "elem": [
                 {"concat": ["02:00:00:00:00:02", "10.0.0.2"]}]}}}),
             json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
@@ -1326,7 +1327,7 @@ fn quota_batches_carry_input_only_as_typed_values() {
     };
     let mut found = Vec::new();
     strings(
-        &rules::set_quota_batch("es_test", "q_s-1", &[client], 5, &[]),
+        &rules::set_quota_batch("es_test", "q_s-1", &[client], (5, 0), &[]),
         &mut found,
     );
     let mut unusual: Vec<&String> = found
@@ -1417,11 +1418,11 @@ fn captured_quota_listings_are_read() {
 fn memory_firewall_models_session_quotas() {
     let mut fw = MemoryFirewall::new();
     assert!(
-        fw.set_quota("s1", &[client4()], 10).is_err(),
+        fw.set_quota("s1", &[client4()], 10, 0).is_err(),
         "not installed"
     );
     fw.install().expect("install");
-    fw.set_quota("s1", &[client4(), client6()], 1_000)
+    fw.set_quota("s1", &[client4(), client6()], 1_000, 0)
         .expect("set");
     assert_eq!(fw.quota_session(&client4()).as_deref(), Some("s1"));
     assert_eq!(fw.quota_session(&client6()).as_deref(), Some("s1"));
@@ -1446,9 +1447,10 @@ fn memory_firewall_models_session_quotas() {
     );
 
     // Replacing: a fresh limit, and a client moves to another session.
-    fw.set_quota("s1", &[client4()], 50).expect("set again");
+    fw.set_quota("s1", &[client4()], 50, 0).expect("set again");
     assert_eq!(fw.quota_session(&client6()), None);
-    fw.set_quota("s2", &[client4()], 70).expect("other session");
+    fw.set_quota("s2", &[client4()], 70, 0)
+        .expect("other session");
     assert_eq!(fw.quota_session(&client4()).as_deref(), Some("s2"));
     assert_eq!(
         fw.list_quotas().expect("used").get("s1").copied(),
@@ -1464,7 +1466,7 @@ fn memory_firewall_models_session_quotas() {
     assert_eq!(fw.list_quotas().expect("used").get("s2"), None);
     assert!(!fw.use_quota("s2", 1));
     assert!(matches!(
-        fw.set_quota("bad id", &[], 1),
+        fw.set_quota("bad id", &[], 1, 0),
         Err(FirewallError::InvalidConfig {
             field: "session",
             ..
@@ -1477,7 +1479,8 @@ fn memory_firewall_models_session_quotas() {
             Call::SetQuota {
                 session: "s1".to_owned(),
                 clients: vec![client4(), client6()],
-                remaining_bytes: 1_000
+                limit_bytes: 1_000,
+                used_bytes: 0,
             },
             Call::ListQuotas,
         ]
