@@ -18,6 +18,7 @@ pub mod codes;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod counters;
 pub mod daemon;
 pub mod firewall;
 pub mod net;

@@ -1,10 +1,11 @@
 //! Who a LAN client is: its MAC and IP address, and how to learn the MAC of an IP from the
-//! kernel's neighbour table.
+//! kernel's neighbour table; the gateway's own addresses, from `ip -j addr`.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 /// An Ethernet MAC address.
@@ -126,6 +127,68 @@ pub fn lookup_mac(ip: IpAddr) -> Option<Mac> {
     mac_from_arp_table(&arp, ip)
 }
 
+/// The first IPv4 address of an interface, from `ip -j -4 addr show dev IFACE`.
+pub fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", interface])
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "lan.interface {interface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_ipv4(&out.stdout).with_context(|| {
+        format!("lan.interface {interface} has no IPv4 address; give it one (the portal is served on it) and start again")
+    })
+}
+
+fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
+    parse_addresses(ip_json)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+}
+
+/// Every address in `ip -j addr` output.
+fn parse_addresses(ip_json: &[u8]) -> Vec<IpAddr> {
+    #[derive(Deserialize)]
+    struct Link {
+        #[serde(default)]
+        addr_info: Vec<AddrInfo>,
+    }
+    #[derive(Deserialize)]
+    struct AddrInfo {
+        local: Option<String>,
+    }
+    let links: Vec<Link> = serde_json::from_slice(ip_json).unwrap_or_default();
+    links
+        .iter()
+        .flat_map(|l| &l.addr_info)
+        .filter_map(|a| a.local.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// The gateway's own addresses on every interface: traffic to them is delivered here, not
+/// forwarded, so the capture meter must not bill it. Read once at start; an uplink that gets
+/// a new address later only matters for traffic aimed at the gateway's WAN address.
+pub fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .context("running `ip -j addr show` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "ip -j addr show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_addresses(&out.stdout))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +237,14 @@ mod tests {
             Millis(u64::MAX).plus(std::time::Duration::from_secs(1)),
             Millis(u64::MAX)
         );
+    }
+
+    #[test]
+    fn the_lan_address_is_read_from_ip_json() {
+        let json = br#"[{"ifindex":2,"ifname":"veth0","addr_info":[{"family":"inet","local":"10.66.0.1","prefixlen":24}]}]"#;
+        assert_eq!(parse_ipv4(json), Some(Ipv4Addr::new(10, 66, 0, 1)));
+        assert_eq!(parse_ipv4(br#"[{"ifindex":2,"addr_info":[]}]"#), None);
+        assert_eq!(parse_ipv4(b"[]"), None);
+        assert_eq!(parse_ipv4(b"garbage"), None);
     }
 }

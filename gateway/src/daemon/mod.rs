@@ -1,0 +1,270 @@
+//! `edgeshare-gateway run`: the daemon around the pure session core. Where things are:
+//! - `owner.rs`: the one thread that owns the state; everything else sends it messages.
+//! - `state.rs`: the state and the accounting glue (kernel counters in, the core's actions
+//!   out); `enforce.rs`: keeps the kernel in step with the core; `persist.rs`:
+//!   `sessions.json`, the usage ledger and the rebuild when the saved state is lost.
+//! - `servers.rs`: the portal's gate, the control socket, the metrics endpoint.
+//! - `garden.rs`: the walled garden's hosts; `meter.rs`: the capture meter's start.
+//! - here: [`run`], which wires them together, and what they share.
+//!
+//! The state is kept on disk so that a restart or `kill -9` keeps online clients online with
+//! the quota they had, and the kernel's table outlives the daemon.
+
+mod enforce;
+mod garden;
+mod meter;
+mod owner;
+mod persist;
+mod servers;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgeshare_shared::backend::HttpClient;
+use edgeshare_shared::backend::crowd::CrowdClient;
+use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter};
+
+use crate::audit::Audit;
+use crate::codes::{BackendCodes, CodeStore};
+use crate::config::{CodeSource, GatewayConfig};
+use crate::control;
+use crate::core::Policy;
+use crate::firewall::{Firewall, GardenEntry, NftFirewall};
+use crate::net::{Millis, interface_ipv4};
+use crate::portal::{self, PortalSettings};
+use garden::{garden_entries, resolve_garden, resolve_garden_later};
+use meter::start_capture;
+use owner::{Context, Owner};
+use persist::load_state;
+use servers::{PortalGate, serve_control, serve_metrics};
+use state::State;
+
+/// How often kernel counters are read and the core ticks.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Where codes are checked.
+#[derive(Debug)]
+enum Codes {
+    Local(CodeStore),
+    Backend(BackendCodes),
+}
+
+/// The name of a session's kernel quota: derived from the code so it is the same after a
+/// restart, but not the code itself (the ruleset is readable to anyone with CAP_NET_ADMIN).
+fn quota_id(code: &AccessCode) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(code.as_str().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session's id in the ledger, logs and `usage`: its quota id and start, not the code.
+fn session_id(code: &AccessCode, started_at: Millis) -> String {
+    format!("{}-{}", quota_id(code), started_at.0)
+}
+
+fn policy(config: &GatewayConfig) -> Policy {
+    Policy {
+        devices_per_code: config.session.devices_per_code,
+        idle_timeout: (!config.session.idle_timeout.is_zero())
+            .then_some(config.session.idle_timeout),
+        max_session: config.session.max_duration,
+    }
+}
+
+fn enable_forwarding() -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .context("turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
+}
+
+/// The firewall for this configuration with the walled garden `garden`.
+fn firewall_for(config: &GatewayConfig, garden: Vec<GardenEntry>) -> Box<dyn Firewall> {
+    Box::new(NftFirewall::new(config.firewall_config(garden)))
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let notifier = edgeshare_shared::systemd::Notifier::from_env()?;
+    let state_dir = config.state.dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state.dir {}", state_dir.display()))?;
+    let lan_ip = interface_ipv4(&config.lan.interface)?;
+    let portal_url = format!("http://{lan_ip}:{}/", config.portal.port);
+    enable_forwarding()?;
+
+    let codes = match config.codes.source {
+        CodeSource::Local => Codes::Local(CodeStore::new(&state_dir)),
+        CodeSource::Backend => {
+            let backend = config
+                .backend
+                .as_ref()
+                .context("codes.source = \"backend\" needs a [backend] section")?;
+            let http = HttpClient::new(&config.http)?;
+            Codes::Backend(BackendCodes::new(
+                CrowdClient::new(&http, backend),
+                config.codes.expiry_margin,
+                config.codes.own_codes_only,
+            ))
+        }
+    };
+
+    // A host that does not resolve yet (no DNS at boot) does not stop the gateway: it joins
+    // the garden later (see `resolve_garden_later`).
+    let (mut garden, garden_hosts) = garden_entries(&config)?;
+    let (found, unresolved) = resolve_garden(&garden_hosts).await;
+    garden.extend(found);
+    let mut firewall = firewall_for(&config, garden.clone());
+    firewall
+        .install()
+        .context("installing the nftables table")?;
+
+    let sessions_file = state_dir.join("sessions.json");
+    let now = Millis::now();
+    let saved = load_state(&sessions_file)?;
+    let rebuild = saved.is_none();
+    let (mut state, actions) =
+        State::restored(policy(&config), saved, firewall, sessions_file, now);
+    let group = match &config.control.group {
+        Some(name) => Some(
+            control::group_id(name)
+                .with_context(|| format!("control.group: no group \"{name}\""))?,
+        ),
+        None => None,
+    };
+    let ledger_dir = state_dir.join("ledger");
+    let mut ledger = LedgerWriter::open(&ledger_dir, LedgerLimits::default())
+        .with_context(|| format!("opening the usage ledger in {}", ledger_dir.display()))?;
+    if let Some(gid) = group {
+        ledger
+            .share_with_group(gid)
+            .context("letting control.group read the usage ledger")?;
+    }
+    state.ledger = Some(ledger);
+    let store = match &codes {
+        Codes::Local(store) => Some(store.clone()),
+        Codes::Backend(_) => None,
+    };
+    if rebuild {
+        state.rebuild_from_ledger(now, store.as_ref());
+    }
+    state.resume(actions, now, store.as_ref());
+    if let Some(store) = &store {
+        state.sync_store(store, now);
+    }
+    // Logged by `save`; the ticks try again.
+    let _ = state.save(now);
+    tracing::info!(online = state.core.allowed().len(), "sessions restored");
+    // Started after the resume: the bytes the kernel counted while the daemon was down have
+    // no capture to compare with.
+    let (owner, inbox) = Owner::new();
+    let reports = owner.clone();
+    state.capture = start_capture(&config, move |report| reports.capture(report));
+    if state.capture.is_some() {
+        state.audit = Some(Audit::default());
+        state.meters_follow_clients();
+    }
+    let context = Context {
+        lan: config.lan.interface.clone(),
+        portal_url: portal_url.clone(),
+        codes: match codes {
+            Codes::Local(_) => "local",
+            Codes::Backend(_) => "backend",
+        },
+        started: now,
+        store,
+        notifier: notifier.clone(),
+    };
+    let owner_thread = inbox
+        .start(state, context)
+        .context("starting the state owner's thread")?;
+    let codes = Arc::new(codes);
+
+    let portal_listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(lan_ip), config.portal.port))
+            .await
+            .with_context(|| format!("binding the portal to {lan_ip}:{}", config.portal.port))?;
+    let control_listener = control::bind(&config.control.socket, group)
+        .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        Some(tokio::spawn(serve_metrics(
+            listener,
+            owner.clone(),
+            stop_rx.clone(),
+        )))
+    };
+    let settings = PortalSettings {
+        url: portal_url.clone(),
+        per_client_attempts: config.portal.attempts_per_client,
+        global_attempts: config.portal.attempts_global,
+        window: Duration::from_secs(60),
+    };
+    let gate = Arc::new(PortalGate {
+        owner: owner.clone(),
+        codes,
+    });
+    let mut portal_stop = stop_rx.clone();
+    let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
+        let _ = portal_stop.wait_for(|stop| *stop).await;
+    }));
+    let garden_task = (!unresolved.is_empty()).then(|| {
+        tokio::spawn(resolve_garden_later(
+            config.clone(),
+            garden,
+            unresolved,
+            owner.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let control_task = tokio::spawn(serve_control(
+        control_listener,
+        owner.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(portal = %portal_url, lan = %config.lan.interface, "gateway running");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // Ready only now: the table is installed, sessions are restored, the portal and the
+    // control socket listen, and a SIGTERM is handled (systemd may send one right away).
+    let ready = format!("portal {portal_url} on {}", config.lan.interface);
+    if let Err(err) = notifier.ready(&ready) {
+        tracing::warn!(error = %err, "cannot tell systemd that the gateway is ready");
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+
+    tracing::info!("stopping");
+    if let Err(err) = notifier.stopping("stopping: saving the sessions") {
+        tracing::warn!(error = %err, "cannot tell systemd that the gateway is stopping");
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    if let Some(task) = garden_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    owner.stop(config.firewall.remove_on_exit).await;
+    if owner_thread.join().is_err() {
+        tracing::error!("the state owner's thread panicked while stopping");
+    }
+    std::fs::remove_file(&config.control.socket).ok();
+    Ok(())
+}

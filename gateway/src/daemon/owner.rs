@@ -1,0 +1,386 @@
+//! The one owner of the gateway's state: a thread that holds [`State`] (the core, the
+//! firewall, the counter baselines, the ledger) and is the only code that touches it. The
+//! portal, the control socket, the metrics endpoint, the capture meter and the garden
+//! resolver send it [`Command`]s through an [`Owner`] handle and await the reply; between
+//! commands it ticks once a second (and at each online device's expiry).
+//!
+//! A thread rather than a tokio task: every firewall call blocks (it waits for the kernel),
+//! and the work is serial by design. Commands are handled one at a time in the order they
+//! arrive, so the kernel follows the core's decisions in order, without a lock that a slow
+//! call would make everyone else wait on in a pile of blocking-pool threads.
+
+use std::net::IpAddr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use edgeshare_shared::control::Flows;
+use edgeshare_shared::systemd::Notifier;
+use tokio::sync::oneshot;
+
+use super::TICK;
+use super::state::{LoginError, State};
+use crate::capture::Report;
+use crate::codes::CodeStore;
+use crate::control::{Reply, Request};
+use crate::core::{Action, Grant};
+use crate::firewall::{Firewall, FirewallError};
+use crate::net::{Client, Millis};
+use crate::portal::ClientStatus;
+use crate::report;
+
+/// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
+/// The shortest time between two rounds of the main loop.
+const MIN_WAKE: Duration = Duration::from_millis(50);
+/// How often the table is checked (someone may flush the ruleset).
+const REPAIR_EVERY: Duration = Duration::from_secs(5);
+/// How often live usage is written to the local code store (for `codes list`) and codes
+/// revoked there are cut off (for a `codes revoke` the daemon did not hear about).
+const STORE_SYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// What the owner is asked to do.
+pub(super) enum Command {
+    /// A device entered a code its source granted: let it in (see [`State::login`]).
+    Login {
+        client: Client,
+        grant: Grant,
+        reply: oneshot::Sender<Result<ClientStatus, LoginError>>,
+    },
+    /// What is left for the device at `ip`, if it is online.
+    Status {
+        ip: IpAddr,
+        reply: oneshot::Sender<Option<ClientStatus>>,
+    },
+    /// A control-socket request.
+    Control {
+        request: Request,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// The Prometheus text of the metrics endpoint.
+    Metrics { reply: oneshot::Sender<String> },
+    /// A report of the capture meter.
+    Capture(Report),
+    /// The same table with a new walled garden (hosts resolved late): installed at once.
+    Firewall {
+        firewall: Box<dyn Firewall>,
+        reply: oneshot::Sender<Result<(), FirewallError>>,
+    },
+    /// Read the last counters, save, and end (the table stays unless `remove_table`).
+    Stop {
+        remove_table: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the owner knows besides its state: fixed for the daemon's life.
+pub(super) struct Context {
+    pub lan: String,
+    pub portal_url: String,
+    /// `local` or `backend`, for `status`.
+    pub codes: &'static str,
+    pub started: Millis,
+    /// The local code store, when codes are local.
+    pub store: Option<CodeStore>,
+    pub notifier: Notifier,
+}
+
+/// A handle on the owner: cheap to clone, one per task that needs the state.
+#[derive(Clone)]
+pub(super) struct Owner {
+    commands: Sender<Command>,
+}
+
+/// The owner's end of the command channel, until [`Inbox::start`] hands it to the thread.
+pub(super) struct Inbox(Receiver<Command>);
+
+impl Owner {
+    /// A handle and the inbox it sends to. Commands wait in the inbox until the owner's
+    /// thread starts, so the handle can be given out (to the capture meter, say) before the
+    /// state it will own is complete.
+    pub fn new() -> (Owner, Inbox) {
+        let (commands, inbox) = std::sync::mpsc::channel();
+        (Owner { commands }, Inbox(inbox))
+    }
+
+    /// Sends a command made around a reply channel and waits for the reply; `None` once the
+    /// owner has stopped.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    pub async fn login(
+        &self,
+        client: Client,
+        grant: Grant,
+    ) -> Option<Result<ClientStatus, LoginError>> {
+        self.ask(|reply| Command::Login {
+            client,
+            grant,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
+        self.ask(|reply| Command::Status { ip, reply })
+            .await
+            .flatten()
+    }
+
+    pub async fn control(&self, request: Request) -> Reply {
+        self.ask(|reply| Command::Control { request, reply })
+            .await
+            .unwrap_or_else(|| Reply::Error("the gateway is stopping".to_owned()))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.ask(|reply| Command::Metrics { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Hands over a capture report; no reply (the capture thread does not wait).
+    pub fn capture(&self, report: Report) {
+        // Fails only once the owner has stopped, when reports no longer matter.
+        let _ = self.commands.send(Command::Capture(report));
+    }
+
+    pub async fn replace_firewall(
+        &self,
+        firewall: Box<dyn Firewall>,
+    ) -> Option<Result<(), FirewallError>> {
+        self.ask(|reply| Command::Firewall { firewall, reply })
+            .await
+    }
+
+    /// Stops the owner: the last counters are read and the state saved.
+    pub async fn stop(&self, remove_table: bool) {
+        self.ask(|reply| Command::Stop {
+            remove_table,
+            reply,
+        })
+        .await;
+    }
+}
+
+impl Inbox {
+    /// Starts the owner's thread with `state`: from now on only it touches the state.
+    pub fn start(
+        self,
+        state: State,
+        context: Context,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("state-owner".to_owned())
+            .spawn(move || run(state, context, self.0))
+    }
+}
+
+/// When the owner must tick next for an expiry: just after the earliest online device's
+/// code expires, so that the cut-off (after the last counter read) comes at expiry, not up
+/// to a tick later; never sooner than [`MIN_WAKE`], so a deadline that cannot be cleared
+/// does not spin.
+fn expiry_wake(state: &State, now: Instant) -> Option<Instant> {
+    let until = state
+        .core
+        .allowed()
+        .into_iter()
+        .map(|(_, until)| until)
+        .min()?;
+    Some(now + (Millis::now().until(until) + EXPIRY_MARGIN).max(MIN_WAKE))
+}
+
+/// The owner's loop: commands as they come, ticks in between.
+fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
+    let started = Instant::now();
+    let mut next_tick = started + TICK;
+    let mut last_repair = started;
+    let mut last_store_sync = started;
+    loop {
+        let now = Instant::now();
+        let wake = expiry_wake(&state, now).map_or(next_tick, |at| at.min(next_tick));
+        if now >= wake {
+            let repair = last_repair.elapsed() >= REPAIR_EVERY;
+            if repair {
+                last_repair = now;
+            }
+            let sync = context.store.is_some() && last_store_sync.elapsed() >= STORE_SYNC_EVERY;
+            if sync {
+                last_store_sync = now;
+            }
+            guarded("the tick", || tick(&mut state, &context, repair, sync));
+            // Petted only after a tick completed: a tick stuck in the kernel stops the
+            // pets, and systemd's watchdog restarts the daemon.
+            if let Err(err) = context.notifier.watchdog() {
+                tracing::warn!(error = %err, "cannot pet systemd's watchdog");
+            }
+            next_tick = Instant::now() + TICK;
+            continue;
+        }
+        match inbox.recv_timeout(wake - now) {
+            Ok(Command::Stop {
+                remove_table,
+                reply,
+            }) => {
+                stop(&mut state, remove_table);
+                let _ = reply.send(());
+                return;
+            }
+            Ok(command) => guarded("a request", || handle(&mut state, &context, command)),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every handle is gone without a stop: save what there is.
+            Err(RecvTimeoutError::Disconnected) => {
+                stop(&mut state, false);
+                return;
+            }
+        }
+    }
+}
+
+/// Runs `work`; a panic in it is logged and the owner carries on with the state as the
+/// last complete call left it (the core's calls leave it consistent), rather than take the
+/// gateway, and every online device's accounting, down.
+fn guarded(what: &str, work: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%message, "{what} failed (a bug); carrying on");
+    }
+}
+
+fn tick(state: &mut State, context: &Context, repair: bool, sync: bool) {
+    let now = Millis::now();
+    if repair {
+        state.repair(now, context.store.as_ref());
+    }
+    state.tick(now, context.store.as_ref());
+    if let (true, Some(store)) = (sync, &context.store) {
+        state.sync_store(store, now);
+    }
+    state.persist(now);
+}
+
+fn handle(state: &mut State, context: &Context, command: Command) {
+    match command {
+        Command::Login {
+            client,
+            grant,
+            reply,
+        } => {
+            let now = Millis::now();
+            let result = state
+                .login(client, grant, now, context.store.as_ref())
+                .and_then(|()| status_of(state, client.ip, now).ok_or(LoginError::NotEnforced));
+            let _ = reply.send(result);
+        }
+        Command::Status { ip, reply } => {
+            let _ = reply.send(status_of(state, ip, Millis::now()));
+        }
+        Command::Control { request, reply } => {
+            let _ = reply.send(handle_control(state, context, request));
+        }
+        Command::Metrics { reply } => {
+            let _ = reply.send(state.metrics(&context.lan));
+        }
+        Command::Capture(report) => state.capture_report(&report),
+        Command::Firewall { firewall, reply } => {
+            state.firewall = firewall;
+            let _ = reply.send(state.firewall.install());
+        }
+        // Handled by the loop.
+        Command::Stop { .. } => {}
+    }
+}
+
+fn status_of(state: &State, ip: IpAddr, now: Millis) -> Option<ClientStatus> {
+    state.core.status_of(ip, now).map(|s| ClientStatus {
+        bytes_left: s.bytes_left,
+        seconds_left: now.until(s.expires_at).as_secs(),
+        code_expires: s.code_expires,
+    })
+}
+
+/// The last counters go to their sessions and the state is saved; the table stays (online
+/// devices stay online across a restart) unless `remove_table`.
+fn stop(state: &mut State, remove_table: bool) {
+    // Joins the capture thread (within its read timeout).
+    state.capture = None;
+    let now = Millis::now();
+    state.settle(now, None);
+    // Logged by `save`: what the kernel counted since the last save still goes to its
+    // session at the next start (the baselines on disk are older).
+    let _ = state.save(now);
+    if remove_table {
+        if let Err(err) = state.firewall.uninstall() {
+            tracing::error!(error = %err, "cannot remove the nftables table");
+        }
+    }
+}
+
+pub(super) fn handle_control(state: &mut State, context: &Context, request: Request) -> Reply {
+    let now = Millis::now();
+    let store = context.store.as_ref();
+    if matches!(request, Request::Kick { .. } | Request::RevokeCode { .. }) {
+        state.settle(now, store);
+    }
+    match request {
+        Request::Status => {
+            let sessions = state.core.sessions();
+            Reply::Ok(serde_json::json!({
+                "lan": context.lan,
+                "portal": context.portal_url,
+                "codes": context.codes,
+                "uptime_seconds": context.started.until(now).as_secs(),
+                "sessions": sessions.len(),
+                "online_devices": state.core.allowed().len(),
+                "unattributed_bytes": state.core.unattributed_bytes(),
+            }))
+        }
+        Request::Clients => match serde_json::to_value(state.core.sessions()) {
+            Ok(value) => Reply::Ok(value),
+            Err(err) => Reply::Error(format!("internal error: {err}")),
+        },
+        Request::Usage => match serde_json::to_value(state.live_usage()) {
+            Ok(value) => Reply::Ok(value),
+            Err(err) => Reply::Error(format!("internal error: {err}")),
+        },
+        Request::Flows => {
+            let flows = Flows {
+                connections: state.flows.drain().iter().map(report::connection).collect(),
+            };
+            match serde_json::to_value(flows) {
+                Ok(value) => Reply::Ok(value),
+                Err(err) => Reply::Error(format!("internal error: {err}")),
+            }
+        }
+        Request::Kick { mac } => {
+            let actions = state.core.kick(mac, now);
+            let kicked = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Revoke { .. }))
+                .count();
+            state.apply(actions, now, store);
+            state.persist(now);
+            if kicked == 0 {
+                Reply::Error(format!("no online device has MAC {mac}"))
+            } else {
+                Reply::Ok(serde_json::json!({ "kicked": kicked }))
+            }
+        }
+        Request::RevokeCode { code } => {
+            let actions = state.core.revoke_code(&code, now);
+            let cut = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Revoke { .. }))
+                .count();
+            state.apply(actions, now, store);
+            state.persist(now);
+            Reply::Ok(serde_json::json!({ "devices_cut_off": cut }))
+        }
+    }
+}

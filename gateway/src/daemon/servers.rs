@@ -1,0 +1,205 @@
+//! The daemon's servers: the portal's view of the state ([`PortalGate`]), the control
+//! socket, and the metrics endpoint. Each asks the state's owner by message.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeshare_shared::code::AccessCode;
+
+use super::Codes;
+use super::owner::Owner;
+use super::state::LoginError;
+use crate::codes::Verdict;
+use crate::control::{self, Reply, Request};
+use crate::core::Refusal;
+use crate::net::{Client, Millis};
+use crate::portal::{ClientStatus, Gate, Redeem};
+
+/// The portal's view of the daemon.
+pub(super) struct PortalGate {
+    pub owner: Owner,
+    /// Where codes are checked (outside the owner: a backend check takes up to seconds).
+    pub codes: Arc<Codes>,
+}
+
+/// How long a control client may take to send its request: the CLI and the agent send it at
+/// once, so a connection idle this long is held open by something else.
+const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections served at once. At the limit a new connection closes the oldest one:
+/// idle connections piling up cannot keep `status` (or the agent's usage reads) out.
+const CONTROL_MAX_CONNECTIONS: usize = 64;
+/// Longest pause after failed accepts in a row (out of file descriptors, EMFILE): doubling
+/// from 10 ms, so a lasting failure neither spins a core nor floods the log.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this long about failing accepts; the rest are counted in it.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves the control socket until `stop` turns true.
+pub(super) async fn serve_control(
+    listener: tokio::net::UnixListener,
+    owner: Owner,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let open: Arc<Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>> =
+        Arc::default();
+    let mut next_id = 0_u64;
+    let mut backoff = Duration::ZERO;
+    let mut last_logged: Option<tokio::time::Instant> = None;
+    let mut unlogged = 0_u64;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(err) => {
+                unlogged += 1;
+                if last_logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY) {
+                    tracing::warn!(error = %err, failures = unlogged, "control socket accept failing; backing off (too many open files? see LimitNOFILE)");
+                    last_logged = Some(tokio::time::Instant::now());
+                    unlogged = 0;
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let (evict_tx, evicted) = tokio::sync::oneshot::channel();
+        let id = next_id;
+        next_id += 1;
+        {
+            let mut open = open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if open.len() >= CONTROL_MAX_CONNECTIONS {
+                // Dropping its sender ends the oldest connection.
+                open.pop_first();
+            }
+            open.insert(id, evict_tx);
+        }
+        let owner = owner.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve_control_connection(stream, owner) => {}
+                _ = evicted => {}
+            }
+            open.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        });
+    }
+}
+
+/// One request and its reply; a client silent for [`CONTROL_IDLE_TIMEOUT`] is dropped.
+async fn serve_control_connection(stream: tokio::net::UnixStream, owner: Owner) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64));
+    let reply = match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)).await
+    {
+        Err(_) => return,
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => owner.control(request).await,
+            Err(err) => Reply::Error(format!("bad request: {err}")),
+        },
+        Ok(Err(err)) => Reply::Error(format!("cannot read the request: {err}")),
+    };
+    let mut text = serde_json::to_string(&reply)
+        .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_owned());
+    text.push('\n');
+    let _ = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, write.write_all(text.as_bytes())).await;
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listen` until `stop`.
+pub(super) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    owner: Owner,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let owner = owner.clone();
+            async move {
+                let text = owner.metrics().await;
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "the metrics endpoint failed");
+    }
+}
+
+impl Gate for PortalGate {
+    async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
+        let Some(mac) = crate::net::lookup_mac(ip) else {
+            tracing::info!(%ip, "no MAC for this client in the neighbour table");
+            return Redeem::UnknownDevice;
+        };
+        let client = Client { mac, ip };
+        let verdict = match &*self.codes {
+            Codes::Local(store) => {
+                let store = store.clone();
+                let code = code.clone();
+                tokio::task::spawn_blocking(move || store.check(&code, Millis::now()))
+                    .await
+                    .unwrap_or_else(|e| Verdict::Unreachable(e.to_string()))
+            }
+            Codes::Backend(backend) => backend.check(&code, Millis::now()).await,
+        };
+        let grant = match verdict {
+            Verdict::Granted(grant) => grant,
+            Verdict::Invalid => return Redeem::Invalid,
+            Verdict::Expired => return Redeem::Expired,
+            Verdict::UsedUp => return Redeem::UsedUp,
+            Verdict::Revoked => return Redeem::Revoked,
+            Verdict::NotOurs => return Redeem::NotOurs,
+            Verdict::Unreachable(reason) => {
+                tracing::warn!(%reason, "code check failed");
+                return Redeem::BackendUnreachable;
+            }
+        };
+        match self.owner.login(client, grant).await {
+            Some(Ok(status)) => {
+                tracing::info!(%client, "client online");
+                Redeem::Online(status)
+            }
+            Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
+            Some(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
+            Some(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
+            Some(Err(LoginError::NotSaved)) => {
+                tracing::error!(%client, "login refused: it could not be saved");
+                Redeem::NotSaved
+            }
+            Some(Err(LoginError::NotEnforced)) => {
+                tracing::error!(%client, "login refused: the kernel did not let the device through");
+                Redeem::Internal
+            }
+            None => Redeem::Internal,
+        }
+    }
+
+    async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
+        self.owner.status(ip).await
+    }
+}

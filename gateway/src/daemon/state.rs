@@ -1,0 +1,393 @@
+//! The gateway's state and the accounting glue around the pure core: kernel counters in,
+//! the core's actions out to the firewall, the ledger and the local code store. Only the
+//! owner (`owner.rs`) holds a [`State`]; the enforcer (`enforce.rs`) and persistence
+//! (`persist.rs`) add their methods to it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::control::{ClientUsage, LiveUsage};
+use edgeshare_shared::ledger::{LedgerWriter, UsageUpdate};
+
+use super::persist::Persisted;
+use super::{TICK, session_id};
+use crate::audit::{Audit, DriftFound};
+use crate::capture::{Capture, Report};
+use crate::codes::CodeStore;
+use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
+use crate::counters::{self, Baselines};
+use crate::firewall::Firewall;
+use crate::net::{Client, Millis};
+use crate::report::{self, FlowBook, GatewayFigures};
+
+/// How long the kernel keeps a client after its code's expiry. While the daemon runs, its
+/// tick (at most [`TICK`] after expiry) reads the client's last bytes and cuts it off; the
+/// kernel's own timeout, which would delete the element and its counter unread, is only the
+/// safety net for a daemon that is down.
+const KERNEL_GRACE: Duration = Duration::from_secs(2);
+/// Most flow tallies kept for the agent between two of its `flows` requests.
+const FLOW_BOOK_LIMIT: usize = 50_000;
+
+/// Why [`State::login`] did not let a device in.
+#[derive(Debug)]
+pub(super) enum LoginError {
+    /// The core refused the code.
+    Refused(Refusal),
+    /// The state could not be saved; nothing changed.
+    NotSaved,
+    /// The kernel did not take the device's elements; the login is undone (the enforcer
+    /// retries whatever else it changed at the next tick).
+    NotEnforced,
+}
+
+/// The core and the firewall, always changed together.
+pub(super) struct State {
+    pub(super) core: Core,
+    pub(super) firewall: Box<dyn Firewall>,
+    /// Kernel byte counters of each allowed client when last read.
+    pub(super) baselines: Baselines,
+    /// Something worth saving changed since the last save.
+    pub(super) dirty: bool,
+    /// A session started or ended since the last save: save now, not at the next interval.
+    pub(super) urgent: bool,
+    /// The devices each session's kernel quota was last set for.
+    pub(super) quotas: HashMap<AccessCode, Vec<Client>>,
+    /// Where the state is saved (`sessions.json`).
+    pub(super) file: PathBuf,
+    pub(super) last_saved: Millis,
+    /// The capture meter (`None` when off or it could not start) and its comparison with
+    /// the kernel's counters.
+    pub(super) capture: Option<Capture>,
+    pub(super) audit: Option<Audit>,
+    /// Flow tallies waiting for the agent.
+    pub(super) flows: FlowBook,
+    /// Each online client's bytes at the last counter reading, and how long that reading
+    /// covered: the live rates of `usage`.
+    pub(super) rates: HashMap<Client, Usage>,
+    pub(super) rate_window: Duration,
+    pub(super) last_settle: Option<Millis>,
+    /// The usage ledger the agent reports from (`None` in tests that do not look at it).
+    pub(super) ledger: Option<LedgerWriter>,
+    /// Final records of ended sessions not yet in the ledger.
+    pub(super) ledger_pending: Vec<UsageUpdate>,
+}
+
+impl State {
+    /// The state as it was saved (a fresh one without a save), and the actions the restored
+    /// core asks for; [`State::resume`] carries them out. The core is restored as of the
+    /// save, so that `resume` can record what the kernel counted meanwhile first.
+    pub(super) fn restored(
+        policy: Policy,
+        saved: Option<Persisted>,
+        firewall: Box<dyn Firewall>,
+        file: PathBuf,
+        now: Millis,
+    ) -> (State, Vec<Action>) {
+        let (core, actions, baselines) = match saved {
+            Some(saved) => {
+                let (core, actions) = Core::restore(policy, saved.core, saved.saved_at.min(now));
+                (core, actions, Baselines::from_saved(saved.baselines))
+            }
+            None => (Core::new(policy), Vec::new(), Baselines::default()),
+        };
+        let state = State {
+            core,
+            firewall,
+            baselines,
+            dirty: true,
+            urgent: false,
+            quotas: HashMap::new(),
+            file,
+            last_saved: now,
+            capture: None,
+            audit: None,
+            flows: FlowBook::new(FLOW_BOOK_LIMIT),
+            rates: HashMap::new(),
+            rate_window: TICK,
+            last_settle: None,
+            ledger: None,
+            ledger_pending: Vec::new(),
+        };
+        (state, actions)
+    }
+
+    /// Carries out the core's actions on the firewall (and the local code store).
+    pub(super) fn apply(&mut self, actions: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
+        // Most ticks decide nothing; the quota sync below walks every session.
+        if actions.is_empty() {
+            return;
+        }
+        let mut ended = Vec::new();
+        for action in actions {
+            match action {
+                Action::Allow { client, until } => {
+                    self.allow(client, until, now);
+                    self.urgent = true;
+                }
+                Action::Revoke { client, reason } => {
+                    tracing::info!(%client, ?reason, "client cut off");
+                    match self.firewall.revoke(&client) {
+                        Ok(()) => {
+                            self.baselines.removed(&client);
+                        }
+                        // Still in the baselines, so the enforcer tries again.
+                        Err(err) => {
+                            tracing::error!(%client, error = %err, "cannot cut a client off; retrying at the next tick")
+                        }
+                    }
+                    self.rates.remove(&client);
+                    self.urgent = true;
+                }
+                Action::SessionEnded {
+                    code,
+                    started_at,
+                    reason,
+                    used_bytes,
+                    up_bytes,
+                } => {
+                    let session = session_id(&code, started_at);
+                    tracing::info!(%session, ?reason, used_bytes, up_bytes, "session ended");
+                    self.ledger_pending.push(UsageUpdate {
+                        session,
+                        code: code.as_str().to_owned(),
+                        up: up_bytes,
+                        down: used_bytes.saturating_sub(up_bytes),
+                        ended: Some(reason.as_str().to_owned()),
+                    });
+                    ended.push((code, used_bytes));
+                    self.urgent = true;
+                }
+            }
+        }
+        self.dirty |= self.urgent;
+        self.sync_quotas();
+        self.meters_follow_clients();
+        if !self.ledger_pending.is_empty() {
+            self.write_ledger(Vec::new());
+        }
+        if let Some(store) = store {
+            if let Err(err) = store.record_usage(&ended) {
+                tracing::error!(error = %err, "cannot record final usage in the code store");
+            }
+        }
+    }
+
+    /// Lets a client through until `until` (plus [`KERNEL_GRACE`] in the kernel). Adding an
+    /// element restarts its kernel counter at zero, so its baseline does too (the caller has
+    /// settled the old counter first).
+    pub(super) fn allow(&mut self, client: Client, until: Millis, now: Millis) {
+        match self
+            .firewall
+            .allow(&client, now.until(until) + KERNEL_GRACE)
+        {
+            Ok(()) => {
+                self.baselines.started(client);
+            }
+            Err(err) => {
+                tracing::error!(%client, error = %err, "cannot let a client through; retrying at the next tick")
+            }
+        }
+    }
+
+    /// Reads the kernel counters and hands the core the bytes since the last read. Called
+    /// before anything that may cut a client off (a tick, a kick, a revoke, a login that
+    /// moves a session), because a removed element takes its counter with it: bytes not
+    /// read before the cut would be lost.
+    /// Returns the clients the kernel lets through, or `None` if it could not be asked.
+    pub(super) fn settle(
+        &mut self,
+        now: Millis,
+        store: Option<&CodeStore>,
+    ) -> Option<HashSet<Client>> {
+        let counters = match self.firewall.clients() {
+            Ok(counters) => counters,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the kernel counters");
+                return None;
+            }
+        };
+        let reading = counters::reading(&counters);
+        let deltas = self.baselines.read(&reading);
+        if !deltas.is_empty() {
+            self.dirty = true;
+        }
+        let present: HashSet<Client> = reading.iter().map(|(client, _)| *client).collect();
+        if let Some(last) = self.last_settle {
+            self.rate_window = last.until(now).max(Duration::from_millis(1));
+        }
+        self.last_settle = Some(now);
+        self.rates = deltas.iter().copied().collect();
+        if let Some(audit) = &mut self.audit {
+            let online: Vec<Client> = present.iter().copied().collect();
+            warn_drift(&audit.kernel(&deltas, &online));
+        }
+        let actions = self.core.record_usage(&deltas, now);
+        self.apply(actions, now, store);
+        Some(present)
+    }
+
+    /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
+    pub(super) fn tick(&mut self, now: Millis, store: Option<&CodeStore>) {
+        self.settle(now, store);
+        self.end_used_up(now, store);
+        let actions = self.core.tick(now);
+        self.apply(actions, now, store);
+        self.enforce(now);
+        self.sync_quotas();
+    }
+
+    /// Tells the capture meter and the audit which clients are let through now.
+    pub(super) fn meters_follow_clients(&mut self) {
+        let online: Vec<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
+        if let Some(audit) = &mut self.audit {
+            audit.set_online(&online);
+        }
+        if let Some(capture) = &self.capture {
+            capture.set_clients(online);
+        }
+    }
+
+    /// A report of the capture meter: checked against the kernel's counts, flows kept for
+    /// the agent.
+    pub(super) fn capture_report(&mut self, report: &Report) {
+        if report.kernel.drops > 0 {
+            tracing::warn!(
+                dropped = report.kernel.drops,
+                received = report.kernel.packets,
+                "the capture meter lost packets (its socket buffer was full): raise capture.buffer_bytes; billing is unaffected (the kernel counters bill)"
+            );
+        }
+        if let Some(audit) = &mut self.audit {
+            warn_drift(&audit.capture(
+                &report.batch.clients,
+                report.kernel,
+                report.batch.untracked_packets,
+            ));
+        }
+        self.flows.add(&report.batch.flows);
+    }
+
+    /// Every online device's usage in its session, with its rates over the last reading.
+    pub(super) fn live_usage(&self) -> LiveUsage {
+        let window = self.rate_window.as_secs_f64();
+        let mut clients = Vec::new();
+        for session in self.core.sessions() {
+            let id = session_id(&session.code, session.started_at);
+            for device in session.devices {
+                let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                clients.push(ClientUsage {
+                    mac: device.client.mac.to_string(),
+                    ip: device.client.ip,
+                    session: id.clone(),
+                    up_bytes: device.up_bytes,
+                    down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                    up_rate: rate.up as f64 / window,
+                    down_rate: rate.down as f64 / window,
+                });
+            }
+        }
+        LiveUsage {
+            at_ms: self.last_settle.unwrap_or_default().0,
+            clients,
+        }
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub(super) fn metrics(&self, capture_interface: &str) -> String {
+        let sessions = self.core.sessions();
+        let billed: Vec<(Client, Usage)> = sessions
+            .iter()
+            .flat_map(|s| &s.devices)
+            .map(|d| {
+                (
+                    d.client,
+                    Usage {
+                        up: d.up_bytes,
+                        down: d.used_bytes.saturating_sub(d.up_bytes),
+                    },
+                )
+            })
+            .collect();
+        let figures = GatewayFigures {
+            sessions: sessions.len(),
+            online: billed.len(),
+            unattributed_bytes: self.core.unattributed_bytes(),
+            billed: &billed,
+            capture_interface: self.capture.as_ref().map(|_| capture_interface),
+            capture_buffer_bytes: self.capture.as_ref().map_or(0, |c| c.buffer_bytes),
+            flows_dropped: self.flows.dropped,
+        };
+        report::metrics_text(&figures, self.audit.as_ref())
+    }
+
+    /// Picks up after a restart: the bytes the kernel counted while the daemon was down go
+    /// to their sessions first, then the restored core's decisions are carried out (clients
+    /// still in the kernel are not re-added), then expiry and idle checks run at `now`.
+    pub(super) fn resume(&mut self, restored: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
+        let present = self.settle(now, store).unwrap_or_default();
+        let actions = restored
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Allow { client, .. } if present.contains(client)))
+            .collect();
+        self.apply(actions, now, store);
+        let raised = self.raise_to_ledger(now);
+        self.apply(raised, now, store);
+        let actions = self.core.tick(now);
+        self.apply(actions, now, store);
+        self.enforce(now);
+        self.sync_quotas();
+        self.clear_stale_quotas();
+    }
+
+    /// A device logs in with a code: saved to disk before the kernel lets it through and
+    /// before the consumer is told "online". A login that cannot be saved (a full disk) is
+    /// refused and undone: were it confirmed, a crash would bring back the state before it,
+    /// and the bytes the device then used would be billed to whatever it had before.
+    pub(super) fn login(
+        &mut self,
+        client: Client,
+        grant: Grant,
+        now: Millis,
+        store: Option<&CodeStore>,
+    ) -> Result<(), LoginError> {
+        self.settle(now, store);
+        let before = self.core.clone();
+        let actions = self
+            .core
+            .accept_code(client, grant, now)
+            .map_err(LoginError::Refused)?;
+        if self.save(now).is_err() {
+            // Nothing reached the kernel yet: putting the core back undoes the login.
+            self.core = before;
+            return Err(LoginError::NotSaved);
+        }
+        self.apply(actions, now, store);
+        if !self.baselines.contains(&client) {
+            // Told "online", the device would find nothing open.
+            self.core = before;
+            self.urgent = true;
+            self.persist(now);
+            return Err(LoginError::NotEnforced);
+        }
+        // The kernel's new baselines; the login itself is already on disk.
+        self.persist(now);
+        Ok(())
+    }
+}
+
+fn warn_drift(found: &[DriftFound]) {
+    for drift in found {
+        let who = drift
+            .client
+            .map_or_else(|| "all clients".to_owned(), |c| c.to_string());
+        tracing::warn!(
+            client = %who,
+            kernel_bytes = drift.pair.kernel.total(),
+            capture_bytes = drift.pair.capture.total(),
+            drift_percent = drift.ratio * 100.0,
+            "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
+        );
+    }
+}
