@@ -250,6 +250,17 @@ pub struct SessionView {
     pub expires_at: Millis,
 }
 
+/// A session's kernel quota as the core wants it (see `Firewall::set_quota`): the devices
+/// that count against it, its size, and what the session has used so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedQuota {
+    pub code: AccessCode,
+    /// Sorted.
+    pub clients: Vec<Client>,
+    pub limit_bytes: u64,
+    pub used_bytes: u64,
+}
+
 /// The core's durable state; the shell writes it to disk (temp file, fsync, rename) after
 /// changes so sessions survive a restart. Fields added later must be `#[serde(default)]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -741,6 +752,40 @@ impl Core {
             .collect();
         allowed.sort();
         allowed
+    }
+
+    /// The kernel quotas the sessions want: one for each session with devices, by code.
+    /// The kernel stops the session at its quota by itself, between counter readings and
+    /// while the daemon is down.
+    pub fn wanted_quotas(&self) -> Vec<WantedQuota> {
+        self.sessions
+            .iter()
+            .filter(|(_, session)| !session.devices.is_empty())
+            .map(|(code, session)| {
+                let mut clients: Vec<Client> = session.devices.iter().map(|d| d.client).collect();
+                clients.sort();
+                WantedQuota {
+                    code: code.clone(),
+                    clients,
+                    limit_bytes: session.quota_bytes,
+                    used_bytes: session.used_bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// The sessions with devices and less than `margin` bytes left. The kernel drops the
+    /// packet that would pass a quota, so the counters stop just short of it and the core
+    /// cannot see such a session end by itself: only these can have a used-up kernel quota,
+    /// so only these need the kernel asked (`margin`: the largest packet).
+    pub fn near_quota(&self, margin: u64) -> Vec<AccessCode> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.devices.is_empty() && s.quota_bytes.saturating_sub(s.used_bytes) < margin
+            })
+            .map(|(code, _)| code.clone())
+            .collect()
     }
 
     /// The live sessions, by code.
@@ -1901,6 +1946,20 @@ mod tests {
             for session in &sessions {
                 let devices: u64 = session.devices.iter().map(|d| d.used_bytes).sum();
                 prop_assert!(devices <= session.used_bytes);
+            }
+
+            // The kernel quotas wanted: every allowed device counts against exactly its
+            // session's, which is not used up.
+            let wanted = core.wanted_quotas();
+            let mut counted: Vec<Client> = wanted.iter().flat_map(|q| q.clients.clone()).collect();
+            counted.sort();
+            let mut online: Vec<Client> = allowed.iter().map(|(c, _)| *c).collect();
+            online.sort();
+            prop_assert_eq!(counted, online);
+            for quota in &wanted {
+                prop_assert!(!quota.clients.is_empty() && quota.used_bytes < quota.limit_bytes);
+                let session = sessions.iter().find(|s| s.code == quota.code);
+                prop_assert_eq!(session.map(|s| s.used_bytes), Some(quota.used_bytes));
             }
 
             // 3. The firewall, fed only the actions, is in step with the core.

@@ -24,56 +24,53 @@ impl State {
     /// quota left behind would block a captive device's DNS and portal too. Setting restarts
     /// the kernel's count, so callers settle the counters first (they do before any action).
     pub(super) fn sync_quotas(&mut self) {
-        let mut live = HashSet::new();
-        for session in self.core.sessions() {
-            let mut clients: Vec<Client> = session.devices.iter().map(|d| d.client).collect();
-            clients.sort();
-            if clients.is_empty() {
-                continue;
-            }
-            live.insert(session.code.clone());
-            if self.quotas.get(&session.code) == Some(&clients) {
-                continue;
-            }
-            let id = quota_id(&session.code);
-            match self
-                .firewall
-                .set_quota(&id, &clients, session.quota_bytes, session.used_bytes)
-            {
-                Ok(()) => {
-                    self.quotas.insert(session.code, clients);
-                }
-                Err(err) => tracing::error!(error = %err, "cannot set a session's kernel quota"),
-            }
-        }
+        let wanted = self.core.wanted_quotas();
+        let live: HashSet<&AccessCode> = wanted.iter().map(|q| &q.code).collect();
         let gone: Vec<AccessCode> = self
             .quotas
             .keys()
-            .filter(|code| !live.contains(*code))
+            .filter(|code| !live.contains(code))
             .cloned()
             .collect();
+        for quota in &wanted {
+            if self.quotas.get(&quota.code) == Some(&quota.clients) {
+                continue;
+            }
+            let id = quota_id(&quota.code);
+            match self
+                .firewall
+                .set_quota(&id, &quota.clients, quota.limit_bytes, quota.used_bytes)
+            {
+                Ok(()) => {
+                    self.quotas
+                        .insert(quota.code.clone(), quota.clients.clone());
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot set a session's kernel quota; retrying at the next tick")
+                }
+            }
+        }
         for code in gone {
             match self.firewall.clear_quota(&quota_id(&code)) {
                 Ok(()) => {
                     self.quotas.remove(&code);
                 }
-                Err(err) => tracing::error!(error = %err, "cannot clear a session's kernel quota"),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot clear a session's kernel quota; retrying at the next tick")
+                }
             }
         }
     }
 
-    /// Ends the sessions whose kernel quota is used up. The kernel drops the packet that would
-    /// pass a quota, so the counters stop just short of it and the core cannot see the end by
-    /// itself; only sessions with less than one packet left can be there, so the kernel is
-    /// asked only about those (most ticks, none).
+    /// Ends the sessions whose kernel quota is used up; the kernel is asked only about those
+    /// less than a packet short of it (see [`crate::core::Core::near_quota`]; most ticks,
+    /// none).
     pub(super) fn end_used_up(&mut self, now: Millis, store: Option<&CodeStore>) {
         let near: Vec<AccessCode> = self
             .core
-            .sessions()
+            .near_quota(LARGEST_PACKET)
             .into_iter()
-            .filter(|s| s.quota_bytes.saturating_sub(s.used_bytes) < LARGEST_PACKET)
-            .filter(|s| self.quotas.contains_key(&s.code))
-            .map(|s| s.code)
+            .filter(|code| self.quotas.contains_key(code))
             .collect();
         if near.is_empty() {
             return;
