@@ -14,7 +14,12 @@
 //!   It lives from the first time the code is accepted until it ends *for good* (quota used,
 //!   expired, code revoked); it outlives its devices (kick, idle, a device moving elsewhere).
 //! - A *device* is a [`Client`] (MAC + IP) bound to a session and allowed through the
-//!   firewall. A MAC and an IP are each in at most one device at a time.
+//!   firewall, with the other addresses the same MAC uses (its IPv6 addresses from SLAAC,
+//!   privacy addresses that come and go, its IPv4 address if it logged in over IPv6),
+//!   learned from the neighbour table ([`Core::learn_addresses`]): each address is a client
+//!   of its own for the firewall and the meters, all of them one device for the session,
+//!   its device limit and its bytes. A MAC and an IP are each in at most one device at a
+//!   time.
 //! - An *ended code* is remembered after its session ended and refused until the code itself
 //!   expires, or for [`REMEMBER_ENDED`] at most: the backend only learns usage when the ledger
 //!   has reported it, so until then it would grant the code again with bytes already spent.
@@ -52,6 +57,11 @@ use crate::net::{Client, Mac, Millis};
 /// How long an ended code is refused at most when the code itself expires later (or never):
 /// by then the ledger has long reported the session's usage to the backend.
 pub const REMEMBER_ENDED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The most addresses a device has besides the one it logged in with. A phone has a
+/// stable IPv6 address, a privacy address or two and an IPv4 address; the cap keeps one
+/// device from filling the kernel's sets with addresses it makes up.
+pub const MAX_ADDRESSES_PER_DEVICE: usize = 8;
 
 /// The operator's rules for sessions (from the `[session]` part of the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +129,8 @@ pub enum EndReason {
     /// The code was revoked (ends the session).
     CodeRevoked,
     /// The device's MAC or IP now belongs to another binding: a new IP from DHCP, the MAC
-    /// entered another code, its IP went to another MAC, or a newer device took its place
-    /// on a code at its device limit.
+    /// entered another code, its IP went to another MAC, a newer device took its place on a
+    /// code at its device limit, or the device no longer uses a learned address.
     Moved,
 }
 
@@ -225,7 +235,11 @@ pub struct ClientStatus {
 /// One device of a session, for `clients --json` and `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {
+    /// The address it logged in with.
     pub client: Client,
+    /// Its other addresses, learned from the neighbour table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<IpAddr>,
     /// When this device joined the session.
     pub since: Millis,
     /// Its last traffic (or when it joined or last entered the code).
@@ -304,14 +318,40 @@ struct Session {
     devices: Vec<Device>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Device {
+    /// The address it logged in with; it stays until the device leaves the session.
     client: Client,
+    /// Its other addresses (see [`Core::learn_addresses`]), at most
+    /// [`MAX_ADDRESSES_PER_DEVICE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    also: Vec<IpAddr>,
     since: Millis,
     last_active: Millis,
     used_bytes: u64,
     #[serde(default)]
     up_bytes: u64,
+}
+
+impl Device {
+    /// Every address of the device as a client of the firewall, the one it logged in with
+    /// first.
+    fn clients(&self) -> impl Iterator<Item = Client> + '_ {
+        let mac = self.client.mac;
+        std::iter::once(self.client).chain(self.also.iter().map(move |&ip| Client { mac, ip }))
+    }
+
+    fn has_ip(&self, ip: IpAddr) -> bool {
+        self.client.ip == ip || self.also.contains(&ip)
+    }
+
+    /// Revokes every address of the device.
+    fn revoke(&self, reason: EndReason, actions: &mut Vec<Action>) {
+        actions.extend(
+            self.clients()
+                .map(|client| Action::Revoke { client, reason }),
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,13 +502,11 @@ impl Core {
                     break;
                 };
                 let gone = session.devices.remove(oldest);
-                actions.push(Action::Revoke {
-                    client: gone.client,
-                    reason: EndReason::Moved,
-                });
+                gone.revoke(EndReason::Moved, &mut actions);
             }
             session.devices.push(Device {
                 client,
+                also: Vec::new(),
                 since: now,
                 last_active: now,
                 used_bytes: 0,
@@ -477,11 +515,13 @@ impl Core {
         }
         if deadline_moved {
             // The kernel's timeouts of the other devices must shrink too.
-            for device in session.devices.iter().filter(|d| d.client != client) {
-                actions.push(Action::Allow {
-                    client: device.client,
-                    until: expires_at,
-                });
+            for other in session.devices.iter().flat_map(Device::clients) {
+                if other != client {
+                    actions.push(Action::Allow {
+                        client: other,
+                        until: expires_at,
+                    });
+                }
             }
         }
         actions.push(Action::Allow {
@@ -500,24 +540,36 @@ impl Core {
             let own = session_code == code;
             session.devices.retain_mut(|device| {
                 let same_mac = device.client.mac == client.mac;
-                let same_ip = device.client.ip == client.ip;
-                if !same_mac && !same_ip {
+                if !same_mac && !device.has_ip(client.ip) {
                     return true;
                 }
                 if own && same_mac {
-                    if !same_ip {
+                    if device.client.ip != client.ip {
                         actions.push(Action::Revoke {
                             client: device.client,
                             reason: EndReason::Moved,
                         });
                         device.client = client;
                     }
+                    // The address it logs in with is no longer one of its others; they
+                    // stay (the firewall already lets them through).
+                    device.also.retain(|&ip| ip != client.ip);
                     return true;
                 }
-                actions.push(Action::Revoke {
-                    client: device.client,
-                    reason: EndReason::Moved,
-                });
+                if !same_mac && device.also.contains(&client.ip) {
+                    // Another device's learned address went to this MAC: only that address
+                    // leaves it.
+                    actions.push(Action::Revoke {
+                        client: Client {
+                            mac: device.client.mac,
+                            ip: client.ip,
+                        },
+                        reason: EndReason::Moved,
+                    });
+                    device.also.retain(|&ip| ip != client.ip);
+                    return true;
+                }
+                device.revoke(EndReason::Moved, actions);
                 false
             });
         }
@@ -540,7 +592,8 @@ impl Core {
                 session
                     .devices
                     .iter()
-                    .map(move |device| (device.client, code.clone()))
+                    .flat_map(Device::clients)
+                    .map(move |client| (client, code.clone()))
             })
             .collect();
         for &(client, usage) in deltas {
@@ -549,7 +602,10 @@ impl Core {
             // deltas of its devices are unattributed, like those of any client not allowed.
             let found = owners.get(&client).and_then(|code| {
                 let session = self.sessions.get_mut(code)?;
-                let device = session.devices.iter_mut().find(|d| d.client == client)?;
+                let device = session
+                    .devices
+                    .iter_mut()
+                    .find(|d| d.client.mac == client.mac && d.has_ip(client.ip))?;
                 device.used_bytes = device.used_bytes.saturating_add(delta);
                 device.up_bytes = device.up_bytes.saturating_add(usage.up);
                 if delta > 0 {
@@ -590,10 +646,7 @@ impl Core {
                 session.devices.retain(|device| {
                     let idle = device.last_active.until(now) > timeout;
                     if idle {
-                        actions.push(Action::Revoke {
-                            client: device.client,
-                            reason: EndReason::Idle,
-                        });
+                        device.revoke(EndReason::Idle, &mut actions);
                     }
                     !idle
                 });
@@ -610,10 +663,7 @@ impl Core {
             session.devices.retain(|device| {
                 let kicked = device.client.mac == mac;
                 if kicked {
-                    actions.push(Action::Revoke {
-                        client: device.client,
-                        reason: EndReason::Kicked,
-                    });
+                    device.revoke(EndReason::Kicked, &mut actions);
                 }
                 !kicked
             });
@@ -697,10 +747,7 @@ impl Core {
             return;
         };
         for device in &session.devices {
-            actions.push(Action::Revoke {
-                client: device.client,
-                reason,
-            });
+            device.revoke(reason, actions);
         }
         actions.push(Action::SessionEnded {
             code: code.clone(),
@@ -717,6 +764,66 @@ impl Core {
         }
     }
 
+    /// What the neighbour table says each MAC on the LAN uses now (`seen`: every entry the
+    /// shell found, link-local and multicast addresses left out), at `now`. Every online
+    /// device gets the addresses its MAC uses that no other device holds (`Allow`, until its
+    /// session's expiry), up to [`MAX_ADDRESSES_PER_DEVICE`]; a learned address its MAC no
+    /// longer uses (a retired privacy address, an address gone to another MAC) leaves it
+    /// (`Revoke`). The address a device logged in with stays whatever the table says: the
+    /// portal bound it. Read the counters before carrying out the revokes.
+    pub fn learn_addresses(&mut self, seen: &[Client], _now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut by_mac: HashMap<Mac, Vec<IpAddr>> = HashMap::new();
+        for client in seen {
+            by_mac.entry(client.mac).or_default().push(client.ip);
+        }
+        for ips in by_mac.values_mut() {
+            ips.sort();
+            ips.dedup();
+        }
+        // Who holds each address now: an address is learned only if free.
+        let mut held: HashMap<IpAddr, Mac> = self
+            .sessions
+            .values()
+            .flat_map(|session| &session.devices)
+            .flat_map(|device| device.clients())
+            .map(|client| (client.ip, client.mac))
+            .collect();
+        for session in self.sessions.values_mut() {
+            let until = session.expires_at;
+            for device in &mut session.devices {
+                let mac = device.client.mac;
+                let used = by_mac.get(&mac).map_or(&[][..], Vec::as_slice);
+                device.also.retain(|ip| {
+                    let keep = used.contains(ip);
+                    if !keep {
+                        held.remove(ip);
+                        actions.push(Action::Revoke {
+                            client: Client { mac, ip: *ip },
+                            reason: EndReason::Moved,
+                        });
+                    }
+                    keep
+                });
+                for &ip in used {
+                    if device.also.len() >= MAX_ADDRESSES_PER_DEVICE {
+                        break;
+                    }
+                    if held.contains_key(&ip) {
+                        continue;
+                    }
+                    held.insert(ip, mac);
+                    device.also.push(ip);
+                    actions.push(Action::Allow {
+                        client: Client { mac, ip },
+                        until,
+                    });
+                }
+            }
+        }
+        actions
+    }
+
     /// The session of the device at `ip`, if it is online at `now`.
     pub fn status_of(&self, ip: IpAddr, now: Millis) -> Option<ClientStatus> {
         self.sessions
@@ -725,7 +832,7 @@ impl Core {
                 session.expires_at > now && session.used_bytes < session.quota_bytes
             })
             .find_map(|(code, session)| {
-                let device = session.devices.iter().find(|d| d.client.ip == ip)?;
+                let device = session.devices.iter().find(|d| d.has_ip(ip))?;
                 Some(ClientStatus {
                     code: code.clone(),
                     mac: device.client.mac,
@@ -747,7 +854,8 @@ impl Core {
                 session
                     .devices
                     .iter()
-                    .map(|device| (device.client, session.expires_at))
+                    .flat_map(Device::clients)
+                    .map(|client| (client, session.expires_at))
             })
             .collect();
         allowed.sort();
@@ -762,7 +870,8 @@ impl Core {
             .iter()
             .filter(|(_, session)| !session.devices.is_empty())
             .map(|(code, session)| {
-                let mut clients: Vec<Client> = session.devices.iter().map(|d| d.client).collect();
+                let mut clients: Vec<Client> =
+                    session.devices.iter().flat_map(Device::clients).collect();
                 clients.sort();
                 WantedQuota {
                     code: code.clone(),
@@ -800,6 +909,7 @@ impl Core {
                     .iter()
                     .map(|device| DeviceView {
                         client: device.client,
+                        also: device.also.clone(),
                         since: device.since,
                         last_active: device.last_active,
                         used_bytes: device.used_bytes,
@@ -916,19 +1026,30 @@ impl Core {
             let mut candidates: Vec<(usize, Device)> = devices.into_iter().enumerate().collect();
             candidates.sort_by_key(|(_, device)| Reverse((device.last_active, device.since)));
             let mut chosen = Vec::new();
-            for (index, device) in candidates {
+            for (index, mut device) in candidates {
                 let fits = kept.devices.len() + chosen.len() < limit
                     && !macs.contains(&device.client.mac)
                     && !ips.contains(&device.client.ip);
                 if fits {
                     macs.insert(device.client.mac);
                     ips.insert(device.client.ip);
+                    // A learned address already bound, or past the cap, leaves the device.
+                    for ip in std::mem::take(&mut device.also) {
+                        if device.also.len() < MAX_ADDRESSES_PER_DEVICE && ips.insert(ip) {
+                            device.also.push(ip);
+                        } else if ip != device.client.ip {
+                            actions.push(Action::Revoke {
+                                client: Client {
+                                    mac: device.client.mac,
+                                    ip,
+                                },
+                                reason: EndReason::Moved,
+                            });
+                        }
+                    }
                     chosen.push((index, device));
                 } else {
-                    actions.push(Action::Revoke {
-                        client: device.client,
-                        reason: EndReason::Moved,
-                    });
+                    device.revoke(EndReason::Moved, &mut actions);
                 }
             }
             // ...but kept in their saved order, so a restored core is the saved one.
@@ -987,6 +1108,25 @@ mod tests {
             mac: mac(m),
             ip: ip(i),
         }
+    }
+
+    /// Addresses for the neighbour table: the IPv4 ones logins use, then IPv6 ones.
+    fn any_ip(n: u8) -> IpAddr {
+        if n < 5 {
+            ip(n)
+        } else {
+            IpAddr::V6(format!("fd00:66::{n:x}").parse().unwrap())
+        }
+    }
+
+    fn seen(pairs: &[(u8, u8)]) -> Vec<Client> {
+        pairs
+            .iter()
+            .map(|&(m, n)| Client {
+                mac: mac(m),
+                ip: any_ip(n),
+            })
+            .collect()
     }
 
     fn grant(n: usize, remaining_bytes: u64, expires_at: Option<Millis>) -> Grant {
@@ -1066,6 +1206,12 @@ mod tests {
 
     fn revoke(c: Client, reason: EndReason) -> Action {
         Action::Revoke { client: c, reason }
+    }
+
+    /// Code 0 accepted for `c` at `at(0)`: the session's expiry.
+    fn session_until(core: &mut Core, c: Client) -> Millis {
+        core.accept_code(c, good(0), at(0)).unwrap();
+        session(core, 0).expires_at
     }
 
     /// The session of code `n`, started at `at(0)`, ended with `used_bytes`, all received.
@@ -1313,12 +1459,90 @@ mod tests {
             view.devices,
             [DeviceView {
                 client: client(1, 2),
+                also: Vec::new(),
                 since: at(0),
                 last_active: at(10),
                 used_bytes: 500,
                 up_bytes: 0,
             }]
         );
+    }
+
+    #[test]
+    fn a_device_learns_its_other_addresses_and_loses_those_it_stops_using() {
+        let mut core = Core::new(Policy {
+            devices_per_code: 2,
+            ..Policy::default()
+        });
+        let phone = client(1, 1);
+        let until = session_until(&mut core, phone);
+        let v6 = |n: u8| Client {
+            mac: mac(1),
+            ip: any_ip(n),
+        };
+        // Its stable and privacy IPv6 addresses; a laptop's address; link order mixed.
+        let actions = core.learn_addresses(&seen(&[(2, 9), (1, 6), (1, 1), (1, 5)]), at(1));
+        assert_eq!(actions, [allow(v6(5), until), allow(v6(6), until)]);
+        assert_eq!(session(&core, 0).devices[0].also, [any_ip(5), any_ip(6)]);
+
+        // Bytes over IPv6 are the device's; the portal finds it by any of its addresses.
+        core.record_usage(&[(v6(6), down(700)), (phone, down(300))], at(2));
+        let view = session(&core, 0);
+        assert_eq!(
+            (view.used_bytes, view.devices[0].used_bytes),
+            (1_000, 1_000)
+        );
+        assert_eq!(
+            core.status_of(any_ip(6), at(2)).map(|s| s.mac),
+            Some(mac(1))
+        );
+        assert_eq!(core.unattributed_bytes(), 0);
+
+        // The privacy address retires, a new one comes; the login address stays even
+        // though the table no longer lists it.
+        let actions = core.learn_addresses(&seen(&[(1, 5), (1, 7)]), at(3));
+        assert_eq!(
+            actions,
+            [revoke(v6(6), EndReason::Moved), allow(v6(7), until)]
+        );
+
+        // Another device logging in with one of its addresses takes only that address.
+        let laptop = Client {
+            mac: mac(2),
+            ip: any_ip(7),
+        };
+        let actions = core.accept_code(laptop, good(0), at(4)).unwrap();
+        assert_eq!(actions[0], revoke(v6(7), EndReason::Moved));
+        assert_eq!(session(&core, 0).devices[0].also, [any_ip(5)]);
+
+        // A kick cuts every address of the device.
+        let actions = core.kick(mac(1), at(5));
+        assert_eq!(
+            actions,
+            [
+                revoke(phone, EndReason::Kicked),
+                revoke(v6(5), EndReason::Kicked)
+            ]
+        );
+    }
+
+    #[test]
+    fn learned_addresses_are_capped_and_never_taken_from_another_device() {
+        let mut core = Core::new(Policy {
+            devices_per_code: 2,
+            ..Policy::default()
+        });
+        session_until(&mut core, client(1, 1));
+        core.accept_code(client(2, 2), good(0), at(0)).unwrap();
+        // MAC 2 claims MAC 1's login address and many more: it gets only free ones, and
+        // at most the cap.
+        let pairs: Vec<(u8, u8)> = (0..20).map(|n| (2, n)).collect();
+        core.learn_addresses(&seen(&pairs), at(1));
+        let devices = session(&core, 0).devices;
+        let other = devices.iter().find(|d| d.client.mac == mac(2)).unwrap();
+        assert_eq!(other.also.len(), MAX_ADDRESSES_PER_DEVICE);
+        assert!(!other.also.contains(&ip(1)));
+        assert_eq!(core.status_of(ip(1), at(1)).map(|s| s.mac), Some(mac(1)));
     }
 
     #[test]
@@ -1796,6 +2020,9 @@ mod tests {
         Revoke(usize),
         /// A restart through the JSON snapshot, after this many milliseconds down.
         Restart(u64),
+        /// The neighbour table: (MAC, IP) pairs, the addresses from a wider range than
+        /// logins use, so devices learn some, lose some, and collide.
+        Learn(Vec<(u8, u8)>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1826,6 +2053,7 @@ mod tests {
             1 => (0..5u8).prop_map(Op::Kick),
             1 => (0..3usize).prop_map(Op::Revoke),
             1 => (0..40_000u64).prop_map(Op::Restart),
+            2 => proptest::collection::vec((0..5u8, 0..12u8), 0..12).prop_map(Op::Learn),
         ]
     }
 
@@ -1846,15 +2074,22 @@ mod tests {
     fn damaged_snapshots() -> impl Strategy<Value = Snapshot> {
         let time = prop_oneof![Just(0u64), 0..200_000u64, Just(u64::MAX)]
             .prop_map(|ms| Millis(T0.0.saturating_add(ms)));
-        let device = (0..4u8, 0..4u8, time.clone(), time.clone(), any::<u64>()).prop_map(
-            |(m, i, since, last_active, used_bytes)| Device {
+        let device = (
+            0..4u8,
+            0..4u8,
+            proptest::collection::vec(0..12u8, 0..12),
+            time.clone(),
+            time.clone(),
+            any::<u64>(),
+        )
+            .prop_map(|(m, i, also, since, last_active, used_bytes)| Device {
                 up_bytes: used_bytes / 3,
                 client: client(m, i),
+                also: also.into_iter().map(any_ip).collect(),
                 since,
                 last_active,
                 used_bytes,
-            },
-        );
+            });
         let session = (
             0..3usize,
             any::<u64>(),
@@ -1931,9 +2166,12 @@ mod tests {
 
             // 2. No allowed device is over quota or past its expiry.
             for (client, until) in &allowed {
-                let session = sessions
-                    .iter()
-                    .find(|s| s.devices.iter().any(|d| d.client == *client));
+                let session = sessions.iter().find(|s| {
+                    s.devices.iter().any(|d| {
+                        d.client.mac == client.mac
+                            && (d.client.ip == client.ip || d.also.contains(&client.ip))
+                    })
+                });
                 prop_assert!(session.is_some(), "{client} in no session");
                 if let Some(session) = session {
                     prop_assert!(session.used_bytes < session.quota_bytes);
@@ -1966,14 +2204,20 @@ mod tests {
             let expected: HashMap<Client, Millis> = allowed.iter().copied().collect();
             prop_assert_eq!(&self.firewall, &expected);
 
-            // 4. Devices per code is never exceeded; a MAC or an IP is bound once at most.
+            // 4. Devices per code is never exceeded; a MAC is one device at most, an IP is
+            // bound once at most, and a device has at most its cap of other addresses.
             let limit = core.policy().devices_per_code as usize;
+            let mut devices = 0;
             for session in &sessions {
                 prop_assert!(session.devices.len() <= limit);
+                devices += session.devices.len();
+                for device in &session.devices {
+                    prop_assert!(device.also.len() <= MAX_ADDRESSES_PER_DEVICE);
+                }
             }
             let macs: HashSet<Mac> = allowed.iter().map(|(c, _)| c.mac).collect();
             let ips: HashSet<IpAddr> = allowed.iter().map(|(c, _)| c.ip).collect();
-            prop_assert_eq!(macs.len(), allowed.len());
+            prop_assert_eq!(macs.len(), devices);
             prop_assert_eq!(ips.len(), allowed.len());
             Ok(())
         }
@@ -2030,6 +2274,7 @@ mod tests {
                         core = restored;
                         actions
                     }
+                    Op::Learn(pairs) => core.learn_addresses(&seen(&pairs), now),
                 };
                 world.apply(&actions)?;
                 world.check(&core, now)?;
@@ -2069,6 +2314,9 @@ mod tests {
                     Op::Revoke(n) => {
                         core.revoke_code(&code(n), now);
                     }
+                    Op::Learn(pairs) => {
+                        core.learn_addresses(&seen(&pairs), now);
+                    }
                 }
             }
             // Right after a tick nothing is due, so a restart only re-allows.
@@ -2089,12 +2337,17 @@ mod tests {
             let allowed = core.allowed();
             let macs: HashSet<Mac> = allowed.iter().map(|(c, _)| c.mac).collect();
             let ips: HashSet<IpAddr> = allowed.iter().map(|(c, _)| c.ip).collect();
-            prop_assert_eq!(macs.len(), allowed.len());
+            let sessions = core.sessions();
+            let devices: usize = sessions.iter().map(|s| s.devices.len()).sum();
+            prop_assert_eq!(macs.len(), devices);
             prop_assert_eq!(ips.len(), allowed.len());
-            for session in core.sessions() {
+            for session in sessions {
                 prop_assert!(session.used_bytes < session.quota_bytes);
                 prop_assert!(session.expires_at > at(60));
                 prop_assert!(session.devices.len() <= policy.devices_per_code as usize);
+                for device in &session.devices {
+                    prop_assert!(device.also.len() <= MAX_ADDRESSES_PER_DEVICE);
+                }
             }
         }
     }
