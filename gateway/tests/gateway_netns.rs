@@ -837,7 +837,7 @@ fn os_probes_are_redirected_while_captive_and_succeed_once_online() {
 }
 
 #[test]
-fn captive_client_gets_no_https_other_ports_or_ipv6() {
+fn captive_client_gets_no_https_or_other_ports_and_its_ipv6_http_reaches_the_portal() {
     if !support::require_root() {
         return;
     }
@@ -865,15 +865,20 @@ fn captive_client_gets_no_https_other_ports_or_ipv6() {
             .is_err(),
         "UDP other than DNS is dropped"
     );
-    for port in [443, 80] {
-        assert!(
-            !bed.client
-                .tcp_connects(sock(Testbed::up_v6(), port), BLOCKED),
-            "IPv6 port {port} must be dropped while captive (no IPv6 bypass)"
-        );
-    }
+    assert!(
+        !bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), BLOCKED),
+        "IPv6 port 443 must be dropped while captive (no IPv6 bypass)"
+    );
     assert!(internet.https.events_so_far().is_empty());
     assert_http_redirected(&gateway, "port 80 while captive");
+    // A phone that tries IPv6 first lands on the portal too, not on the web server.
+    let reply = curl(
+        &bed.client,
+        &["--resolve", "example.com:80:[fd00:77::2]", "http://example.com/"],
+    )
+    .unwrap_or_else(|e| panic!("IPv6 port 80 must reach the portal: {e}"));
+    assert_redirected(&reply, "IPv6 port 80 while captive");
     assert!(internet.web_requests().is_empty());
 }
 

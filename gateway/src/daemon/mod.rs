@@ -21,7 +21,6 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ use garden::{garden_entries, resolve_garden, resolve_garden_later};
 use meter::start_capture;
 use owner::{Context, Owner};
 use persist::load_state;
-use servers::{PortalGate, serve_control, serve_metrics};
+use servers::{PortalGate, bind_portal, serve_control, serve_metrics};
 use state::State;
 
 /// How often kernel counters are read and the core ticks.
@@ -185,10 +184,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .context("starting the state owner's thread")?;
     let codes = Arc::new(codes);
 
-    let portal_listener =
-        tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(lan_ip), config.portal.port))
-            .await
-            .with_context(|| format!("binding the portal to {lan_ip}:{}", config.portal.port))?;
+    let portal_listener = bind_portal(&config.lan.interface, lan_ip, config.portal.port)?;
     let control_listener = control::bind(&config.control.socket, group)
         .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
 

@@ -1,10 +1,11 @@
 //! The daemon's servers: the portal's view of the state ([`PortalGate`]), the control
 //! socket, and the metrics endpoint. Each asks the state's owner by message.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use edgeshare_shared::code::AccessCode;
 
 use super::Codes;
@@ -21,6 +22,41 @@ pub(super) struct PortalGate {
     pub owner: Owner,
     /// Where codes are checked (outside the owner: a backend check takes up to seconds).
     pub codes: Arc<Codes>,
+}
+
+/// The portal's listening socket: every address of the LAN interface, IPv4 and IPv6 (a
+/// captive phone's IPv6 port-80 request is redirected here as well as its IPv4 one), and no
+/// other interface's: the portal is not for the WAN. On a kernel without IPv6, the LAN's
+/// IPv4 address alone.
+pub(super) fn bind_portal(
+    lan: &str,
+    lan_ip: Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = match tokio::net::TcpSocket::new_v6() {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::warn!(error = %err, "no IPv6 here: the portal listens on {lan_ip} only");
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket
+                .bind(SocketAddr::from((lan_ip, port)))
+                .with_context(|| format!("binding the portal to {lan_ip}:{port}"))?;
+            return Ok(socket.listen(1024)?);
+        }
+    };
+    // Both families on one socket; IPv4 peers arrive as mapped addresses, which the portal
+    // turns back into IPv4 ones.
+    rustix::net::sockopt::set_ipv6_v6only(&socket, false)
+        .context("letting the portal's IPv6 socket take IPv4 too")?;
+    socket.bind_device(Some(lan.as_bytes())).with_context(|| {
+        format!("binding the portal to lan.interface {lan} (needs CAP_NET_RAW)")
+    })?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        .with_context(|| format!("binding the portal to port {port} on {lan}"))?;
+    Ok(socket.listen(1024)?)
 }
 
 /// How long a control client may take to send its request: the CLI and the agent send it at

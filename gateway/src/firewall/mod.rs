@@ -51,8 +51,8 @@
 //!   after conntrack (-200), so the redirect is bound to the connection (nat chains see only
 //!   its first packet), and before the routing decision, so the redirected packet is routed
 //!   to this host's input. Not redirected: allowed clients, the walled garden, and addresses
-//!   of the gateway itself (they reach the input chain as they are). IPv6 port 80 is not
-//!   redirected; it is dropped in `forward` like the rest.
+//!   of the gateway itself (they reach the input chain as they are). IPv4 and IPv6 alike:
+//!   a phone may try IPv6 first, and its captive-portal probe must land on the portal.
 //! - `forward` (filter, hook forward, priority `filter` = 0): the enforcement. Session
 //!   quotas first (see below), then allowed clients (their lookups are the per-client
 //!   meters; towards a client only established/related traffic, so nothing unsolicited gets

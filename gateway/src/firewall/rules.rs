@@ -267,6 +267,21 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
             ],
         ),
         rule(
+            PREROUTING,
+            "captive IPv6 HTTP goes to the portal too (a phone may try IPv6 first)",
+            vec![
+                iif(lan),
+                is(payload("tcp", "dport"), json!(80)),
+                not_in_set(mac_ip("ip6"), CLIENTS6_UP),
+                not_in_set(addr_port("ip6", "daddr", "dport"), GARDEN6),
+                is_not(
+                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                    json!("local"),
+                ),
+                json!({"redirect": {"port": config.portal_port}}),
+            ],
+        ),
+        rule(
             FORWARD,
             "session quota, IPv4 upload: counts against the session's quota, drops once used up",
             vec![iif(lan), quota_map(mac_ip("ip"), QUOTA4_UP), drop()],

@@ -469,9 +469,19 @@ fn every_rule_says_why_and_uses_only_configured_values() {
             .collect()
     };
 
-    // prerouting: one redirect with the negated MAC . IP lookup, garden and local excluded.
+    // prerouting: one redirect per family with the negated MAC . IP lookup, garden and
+    // local excluded.
     let pre = in_chain("prerouting");
-    assert_eq!(pre.len(), 1);
+    assert_eq!(pre.len(), 2);
+    let expr6 = &pre[1]["expr"];
+    assert_eq!(
+        expr6[2],
+        json!({"match": {"op": "!=", "left": {"concat": [
+            {"payload": {"protocol": "ether", "field": "saddr"}},
+            {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@clients6_up"}})
+    );
+    assert_eq!(expr6[3]["match"]["right"], "@garden6_tcp");
+    assert_eq!(expr6[5], json!({"redirect": {"port": 8080}}));
     let expr = &pre[0]["expr"];
     assert_eq!(
         expr[2],
