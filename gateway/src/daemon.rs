@@ -1166,7 +1166,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let (report_tx, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
     state.capture = start_capture(&config, report_tx);
     if state.capture.is_some() {
-        state.audit = Some(Audit::default());
+        state.audit = Some(Audit::watching_lan_queue(&config.lan.interface));
         state.meters_follow_clients();
     }
 

@@ -247,6 +247,28 @@ pub fn metrics_text(figures: &GatewayFigures<'_>, audit: Option<&Audit>) -> Stri
     }
     help(
         &mut out,
+        "edgeshare_meter_drift_explained_bytes",
+        "gauge",
+        "Download bytes the kernel counted and the capture missed that the LAN queue's drops explain, over all clients when all were last quiet.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeshare_meter_drift_explained_bytes {}",
+        audit.explained
+    );
+    help(
+        &mut out,
+        "edgeshare_lan_queue_drops_total",
+        "counter",
+        "Packets the LAN interface's egress queue dropped since the daemon started (counted by the kernel meter, not seen by the capture).",
+    );
+    let _ = writeln!(
+        out,
+        "edgeshare_lan_queue_drops_total{{interface=\"{iface}\"}} {}",
+        audit.lan_queue_drops
+    );
+    help(
+        &mut out,
         "edgeshare_capture_packets_total",
         "counter",
         "Frames that reached the capture socket (kernel count).",
