@@ -2200,23 +2200,26 @@ fn drift_from_the_lan_queues_drops_is_explained_not_warned() {
             .run_ok(&["curl", "-sS", "-m", "2", "http://127.0.0.1:9464/metrics"])
     };
     let get = |text: &str, series: &str| metric(text, series).unwrap_or(-1.0);
-    // Quiet in both meters: the drift is compared.
-    let compared = wait_until(Duration::from_secs(5), || {
-        let text = metrics();
+    let series = |text: &str, meter: &str, direction: &str| {
         get(
-            &text,
-            "edgeshare_metered_bytes_total{meter=\"kernel\",direction=\"down\"}",
-        ) >= (8 * MB) as f64
-            && metric(&text, "edgeshare_meter_drift_ratio").is_some()
-    });
-    std::thread::sleep(Duration::from_millis(1_500));
-    let text = metrics();
-    let series = |meter: &str| {
-        get(
-            &text,
-            &format!("edgeshare_metered_bytes_total{{meter=\"{meter}\",direction=\"down\"}}"),
-        ) as u64
+            text,
+            &format!(
+                "edgeshare_metered_bytes_total{{meter=\"{meter}\",direction=\"{direction}\"}}"
+            ),
+        )
     };
+    // Quiet in both meters, the totals are compared: the exported drift is that of the
+    // final totals (before that, it is the one from before the download).
+    let compared = wait_until(Duration::from_secs(10), || {
+        let text = metrics();
+        let total = |meter| series(&text, meter, "up") + series(&text, meter, "down");
+        let (kernel, capture) = (total("kernel"), total("capture"));
+        series(&text, "kernel", "down") >= (8 * MB) as f64
+            && metric(&text, "edgeshare_meter_drift_ratio")
+                .is_some_and(|ratio| (ratio - (capture - kernel) / kernel).abs() < 1e-12)
+    });
+    let text = metrics();
+    let series = |meter: &str| series(&text, meter, "down") as u64;
     let (kernel, capture) = (series("kernel"), series("capture"));
     let queue_drops = get(&text, "edgeshare_lan_queue_drops_total{interface=\"lan0\"}") as u64;
     let explained = get(&text, "edgeshare_meter_drift_explained_bytes") as u64;
