@@ -66,7 +66,9 @@ struct ClientAudit {
     /// The drift at the last comparison.
     drift: Option<f64>,
     /// Packets the LAN queue dropped while this client was online, and how many bytes of
-    /// its drift they explained at the last comparison.
+    /// its drift they explained at the last comparison. The queue is shared and its drops
+    /// are not per client, so each online client may claim them all; the gateway-wide
+    /// comparison, where they count once, bounds what all clients claim together.
     queue_drops: u64,
     explained: u64,
 }
