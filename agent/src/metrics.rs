@@ -1,12 +1,13 @@
 //! Health and counters, served in Prometheus text format on `[metrics] listen` (local only
 //! by default) and read back by `edgeshare-agent status`.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use edgeshare_shared::prometheus::{Exposition, Kind, unescape_label_value};
 
 use crate::outbox::OutboxStats;
 
@@ -88,14 +89,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Prometheus label values escape `\`, `"` and newlines.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -149,201 +142,196 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
-            let _ = writeln!(out, "# TYPE {PREFIX}{name} {kind}");
-            let _ = writeln!(out, "{PREFIX}{name} {value}");
+        let mut out = Exposition::new();
+        let mut metric = |name: &str, kind: Kind, help: &str, value: String| {
+            out.single(&format!("{PREFIX}{name}"), kind, help, value);
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
         let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
         let outbox = self.outbox();
         metric(
             "uptime_seconds",
-            "gauge",
+            Kind::Gauge,
             "Seconds since the agent started.",
             self.started.elapsed().as_secs().to_string(),
         );
         metric(
             "stream_configured",
-            "gauge",
+            Kind::Gauge,
             "1 if a [stream] is configured.",
             flag(&self.stream_configured),
         );
         metric(
             "connected",
-            "gauge",
+            Kind::Gauge,
             "1 while the producer WebSocket is up.",
             flag(&self.connected),
         );
         metric(
             "connects_total",
-            "counter",
+            Kind::Counter,
             "WebSocket connections established.",
             get(&self.connects),
         );
         metric(
             "reconnects_total",
-            "counter",
+            Kind::Counter,
             "Connections established after a lost one.",
             get(&self.reconnects),
         );
         metric(
             "dead_links_total",
-            "counter",
+            Kind::Counter,
             "Connections given up because the peer went silent past stream.dead_after.",
             get(&self.dead_links),
         );
         metric(
             "messages_sent_total",
-            "counter",
+            Kind::Counter,
             "Messages written to the WebSocket (resends after a reconnect included).",
             get(&self.messages_sent),
         );
         metric(
             "messages_confirmed_total",
-            "counter",
+            Kind::Counter,
             "Messages the server has read (acked, refused, or covered by a pong): no longer waiting.",
             get(&self.messages_confirmed),
         );
         metric(
             "messages_refused_total",
-            "counter",
+            Kind::Counter,
             "Messages the server answered with an error.",
             get(&self.messages_refused),
         );
         metric(
             "auth_failures_total",
-            "counter",
+            Kind::Counter,
             "Refused logins, refreshes and stream tokens.",
             get(&self.auth_failures),
         );
         metric(
             "samples_total",
-            "counter",
+            Kind::Counter,
             "Samples taken by the sources.",
             get(&self.samples),
         );
         metric(
             "sample_errors_total",
-            "counter",
+            Kind::Counter,
             "Samples a source failed to take.",
             get(&self.sample_errors),
         );
         metric(
             "gateway_present",
-            "gauge",
+            Kind::Gauge,
             "1 if the gateway's control socket answered the last usage poll.",
             flag(&self.gateway_present),
         );
         metric(
             "telemetry_flows_posted_total",
-            "counter",
+            Kind::Counter,
             "Connections posted to the telemetry backend.",
             get(&self.telemetry_flows_posted),
         );
         metric(
             "telemetry_flows_dropped_total",
-            "counter",
+            Kind::Counter,
             "Connections never posted: over telemetry.max_flows while the backend was away.",
             get(&self.telemetry_flows_dropped),
         );
         metric(
             "telemetry_snapshots_posted_total",
-            "counter",
+            Kind::Counter,
             "Metric snapshots posted to the telemetry backend.",
             get(&self.telemetry_snapshots_posted),
         );
         metric(
             "usage_reported_bytes_total",
-            "counter",
+            Kind::Counter,
             "Usage bytes the backend took in reports known to be applied, since start.",
             get(&self.usage_reported_bytes),
         );
         metric(
             "usage_pending_bytes",
-            "gauge",
+            Kind::Gauge,
             "Usage bytes of the gateway's ledger not yet settled with the backend.",
             get(&self.usage_pending_bytes),
         );
         metric(
             "usage_configured",
-            "gauge",
+            Kind::Gauge,
             "1 if the usage reporter runs (a [backend] is configured).",
             flag(&self.usage_configured),
         );
         metric(
             "usage_written_off_bytes_total",
-            "counter",
+            Kind::Counter,
             "Usage bytes the backend could not bill (code used up, expired or deleted), since start.",
             get(&self.usage_written_off_bytes),
         );
         metric(
             "usage_half_applied_total",
-            "counter",
+            Kind::Counter,
             "Reports the backend applied only half (code debited, account never credited), since start.",
             get(&self.usage_half_applied),
         );
         metric(
             "usage_uncredited_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes of half-applied reports never credited to the account, since start.",
             get(&self.usage_uncredited_bytes),
         );
         metric(
             "usage_failing_since_seconds",
-            "gauge",
+            Kind::Gauge,
             "When the usage reporter's rounds began to fail (Unix seconds); 0 while they succeed.",
             get(&self.usage_failing_since),
         );
         metric(
             "spool_depth",
-            "gauge",
+            Kind::Gauge,
             "Messages waiting to be confirmed (memory and disk).",
             outbox.depth.to_string(),
         );
         metric(
             "spool_disk_messages",
-            "gauge",
+            Kind::Gauge,
             "Messages in the disk spool.",
             outbox.disk_entries.to_string(),
         );
         metric(
             "spool_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes in the disk spool.",
             outbox.disk_bytes.to_string(),
         );
         metric(
             "spool_dropped_total",
-            "counter",
+            Kind::Counter,
             "Oldest sensor samples dropped to keep the spool within spool.max_bytes.",
             outbox.dropped.to_string(),
         );
         metric(
             "spool_refused_total",
-            "counter",
+            Kind::Counter,
             "Sensor samples refused because the spool was full of usage messages.",
             outbox.refused.to_string(),
         );
         metric(
             "spool_lost_total",
-            "counter",
+            Kind::Counter,
             "Messages lost because the spool could not write them (disk full, I/O error).",
             outbox.lost.to_string(),
         );
         let (error, at) = self.last_error().unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# HELP {PREFIX}last_error_info The latest error, as a label; its value is when it happened (Unix seconds, 0: none)."
+        let name = format!("{PREFIX}last_error_info");
+        out.family(
+            &name,
+            Kind::Gauge,
+            "The latest error, as a label; its value is when it happened (Unix seconds, 0: none).",
         );
-        let _ = writeln!(out, "# TYPE {PREFIX}last_error_info gauge");
-        let _ = writeln!(
-            out,
-            "{PREFIX}last_error_info{{error=\"{}\"}} {at}",
-            escape_label(&error)
-        );
-        out
+        out.sample(&name, &[("error", &error)], at);
+        out.finish()
     }
 }
 
@@ -399,10 +387,7 @@ pub fn last_error_sample(text: &str) -> Option<(String, u64)> {
     let line = text.lines().find(|l| l.starts_with(&prefix))?;
     let rest = &line[prefix.len()..];
     let end = rest.rfind("\"} ")?;
-    let label = rest[..end]
-        .replace("\\n", "\n")
-        .replace("\\\"", "\"")
-        .replace("\\\\", "\\");
+    let label = unescape_label_value(&rest[..end])?;
     let at = rest[end + 3..].trim().parse().ok()?;
     Some((label, at))
 }

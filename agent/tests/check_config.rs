@@ -82,6 +82,35 @@ fn bad_files_name_their_keys() {
     );
 }
 
+/// An unknown key, a wrong type, a missing key and a bad value in one file: each is named
+/// by key and line, all at once.
+#[test]
+fn each_kind_of_mistake_names_its_key_and_line() {
+    let (code, err) = check_text(
+        "[device]\n\
+         id = \"d1\"\n\
+         [stream]\n\
+         auth_url = \"http://127.0.0.1:1\"\n\
+         ws_url = \"ws://127.0.0.1:1/producer\"\n\
+         password = \"p\"\n\
+         max_in_flight = \"many\"\n\
+         framing = \"xml\"\n\
+         colour = \"red\"\n\
+         [spool]\n\
+         max_bytes = -1\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "line 3: stream.username: is required but missing",
+        "line 7: stream.max_in_flight: invalid type: string \"many\", expected usize",
+        "line 8: stream.framing: unknown variant `xml`, expected ",
+        "line 9: stream.colour: unknown key (valid keys: ",
+        "line 11: spool.max_bytes: invalid value: integer `-1`, expected u64",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
 #[test]
 fn the_usage_section_needs_the_backend_and_sane_values() {
     let (code, err) = check_text(

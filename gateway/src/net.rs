@@ -104,6 +104,67 @@ impl Millis {
     }
 }
 
+/// The largest IP packet the kernel forwards or queues: a GRO/GSO super-packet of 64 KiB
+/// (larger only with BIG TCP, which is opt-in per interface).
+pub const LARGEST_PACKET: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("running `tc -s -j qdisc show dev {interface}` (is iproute2 installed?)")]
+    Spawn {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`tc -s -j qdisc show dev {interface}` failed: {stderr}")]
+    Failed { interface: String, stderr: String },
+    #[error("unexpected output of `tc -s -j qdisc show dev {interface}`: {problem}")]
+    Output { interface: String, problem: String },
+}
+
+/// The drops of the root qdisc in `tc -s -j qdisc show` output. A root that holds other
+/// qdiscs (`mq`, `tbf` with a child) counts its children's drops too, so the children are
+/// not added. No qdisc at all (loopback) is no queue, so no drops.
+pub fn root_queue_drops(tc_json: &str) -> Result<u64, String> {
+    let qdiscs: Vec<serde_json::Value> =
+        serde_json::from_str(tc_json).map_err(|err| format!("not a JSON list: {err}"))?;
+    let Some(root) = qdiscs
+        .iter()
+        .find(|q| q["root"] == serde_json::Value::Bool(true))
+    else {
+        return Ok(0);
+    };
+    root["drops"]
+        .as_u64()
+        .ok_or_else(|| format!("the root qdisc has no \"drops\" count: {root}"))
+}
+
+/// Packets the egress queue (root qdisc) of `interface` dropped since it was set up (runs
+/// `tc`). The queue sits after the forward hook, where the kernel meter counts, and before
+/// the capture's tap, so what it drops is counted by one meter only. Queue statistics count
+/// drops in packets (socket buffers, GSO super-packets included) only: there is no
+/// dropped-bytes counter (`struct gnet_stats_queue`), and the interface's `tx_dropped` stays
+/// 0 when its queue drops (checked on a veth with `tbf`).
+pub fn queue_drops(interface: &str) -> Result<u64, QueueError> {
+    let out = std::process::Command::new("tc")
+        .args(["-s", "-j", "qdisc", "show", "dev", interface])
+        .output()
+        .map_err(|source| QueueError::Spawn {
+            interface: interface.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(QueueError::Failed {
+            interface: interface.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    root_queue_drops(&String::from_utf8_lossy(&out.stdout)).map_err(|problem| QueueError::Output {
+        interface: interface.to_owned(),
+        problem,
+    })
+}
+
 /// The MAC of `ip` from the kernel's neighbour tables (`/proc/net/arp` for IPv4; for IPv6
 /// the same table in `ip -j neigh` form is passed in by the caller), if known and complete.
 pub fn mac_from_arp_table(arp: &str, ip: IpAddr) -> Option<Mac> {
@@ -226,6 +287,18 @@ mod tests {
             mac_from_arp_table(table, "10.66.0.9".parse().unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn the_root_qdiscs_drops_are_the_queues() {
+        // `tc -s -j qdisc show` of a veth with a tbf root and a pfifo child.
+        let tbf = r#"[{"kind":"tbf","handle":"1:","root":true,"bytes":142020,"packets":140,
+            "drops":303419,"backlog":29176,"qlen":28},
+            {"kind":"pfifo","handle":"10:","parent":"1:1","drops":303419}]"#;
+        assert_eq!(root_queue_drops(tbf), Ok(303_419));
+        assert_eq!(root_queue_drops("[]"), Ok(0), "no qdisc (loopback)");
+        assert!(root_queue_drops(r#"[{"kind":"noqueue","root":true}]"#).is_err());
+        assert!(root_queue_drops("Cannot find device").is_err());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Pure: the daemon hands in what it holds.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::Display;
 
 use edgeshare_shared::backend::telemetry::{Connection, FlowStatus, Protocol};
+use edgeshare_shared::prometheus::{Exposition, Kind};
 use sha2::Digest;
 use time::OffsetDateTime;
 
@@ -122,174 +123,149 @@ pub struct GatewayFigures<'a> {
     pub flows_dropped: u64,
 }
 
-fn help(out: &mut String, name: &str, kind: &str, text: &str) {
-    let _ = writeln!(out, "# HELP {name} {text}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn pair_lines(out: &mut String, name: &str, labels: &str, pair: &Pair) {
-    let sep = if labels.is_empty() { "" } else { "," };
+/// One sample per meter and direction of `pair`, after the labels given.
+fn pair_samples(out: &mut Exposition, name: &str, labels: &[(&str, &dyn Display)], pair: &Pair) {
     for (meter, usage) in [("kernel", pair.kernel), ("capture", pair.capture)] {
         for (direction, bytes) in [("up", usage.up), ("down", usage.down)] {
-            let _ = writeln!(
-                out,
-                "{name}{{{labels}{sep}meter=\"{meter}\",direction=\"{direction}\"}} {bytes}"
-            );
+            let mut all = labels.to_vec();
+            all.extend([("meter", &meter as &dyn Display), ("direction", &direction)]);
+            out.sample(name, &all, bytes);
         }
     }
 }
 
 /// The Prometheus text exposition of the gateway's figures.
 pub fn metrics_text(figures: &GatewayFigures<'_>, audit: Option<&Audit>) -> String {
-    let mut out = String::new();
-    help(
-        &mut out,
+    let mut out = Exposition::new();
+    out.single(
         "edgeshare_sessions",
-        "gauge",
+        Kind::Gauge,
         "Live sessions (codes in use).",
+        figures.sessions,
     );
-    let _ = writeln!(out, "edgeshare_sessions {}", figures.sessions);
-    help(
-        &mut out,
+    out.single(
         "edgeshare_clients_online",
-        "gauge",
+        Kind::Gauge,
         "Devices let through now.",
+        figures.online,
     );
-    let _ = writeln!(out, "edgeshare_clients_online {}", figures.online);
-    help(
-        &mut out,
+    out.single(
         "edgeshare_unattributed_bytes_total",
-        "counter",
+        Kind::Counter,
         "Bytes the kernel counted for clients in no session.",
+        figures.unattributed_bytes,
     );
-    let _ = writeln!(
-        out,
-        "edgeshare_unattributed_bytes_total {}",
-        figures.unattributed_bytes
-    );
-    help(
-        &mut out,
-        "edgeshare_client_billed_bytes",
-        "gauge",
+    let name = "edgeshare_client_billed_bytes";
+    out.family(
+        name,
+        Kind::Gauge,
         "Billable bytes of each online device in its session so far (kernel meter).",
     );
     for (client, usage) in figures.billed {
         for (direction, bytes) in [("up", usage.up), ("down", usage.down)] {
-            let _ = writeln!(
-                out,
-                "edgeshare_client_billed_bytes{{mac=\"{}\",ip=\"{}\",direction=\"{direction}\"}} {bytes}",
-                client.mac, client.ip
-            );
+            let labels: [(&str, &dyn Display); 3] = [
+                ("mac", &client.mac),
+                ("ip", &client.ip),
+                ("direction", &direction),
+            ];
+            out.sample(name, &labels, bytes);
         }
     }
-    help(
-        &mut out,
+    out.single(
         "edgeshare_flows_dropped_total",
-        "counter",
+        Kind::Counter,
         "Flow tallies dropped because nobody fetched them.",
-    );
-    let _ = writeln!(
-        out,
-        "edgeshare_flows_dropped_total {}",
-        figures.flows_dropped
+        figures.flows_dropped,
     );
     let Some(audit) = audit else {
-        return out;
+        return out.finish();
     };
     let iface = figures.capture_interface.unwrap_or("");
-    help(
-        &mut out,
-        "edgeshare_metered_bytes_total",
-        "counter",
+    let interface: [(&str, &dyn Display); 1] = [("interface", &iface)];
+    let name = "edgeshare_metered_bytes_total";
+    out.family(
+        name,
+        Kind::Counter,
         "Forwarded client bytes by meter (kernel: the billing meter; capture: the audit) since the daemon started.",
     );
-    pair_lines(
-        &mut out,
-        "edgeshare_metered_bytes_total",
-        "",
-        &audit.totals(),
-    );
-    help(
-        &mut out,
-        "edgeshare_client_metered_bytes",
-        "gauge",
+    pair_samples(&mut out, name, &[], &audit.totals());
+    let name = "edgeshare_client_metered_bytes";
+    out.family(
+        name,
+        Kind::Gauge,
         "Each online device's bytes by meter since it came online in this run of the daemon.",
     );
     let mut clients: Vec<_> = audit.clients().collect();
     clients.sort_by_key(|(client, _, _)| **client);
     for (client, pair, _) in &clients {
-        let labels = format!("mac=\"{}\",ip=\"{}\"", client.mac, client.ip);
-        pair_lines(&mut out, "edgeshare_client_metered_bytes", &labels, pair);
+        pair_samples(
+            &mut out,
+            name,
+            &[("mac", &client.mac), ("ip", &client.ip)],
+            pair,
+        );
     }
-    help(
-        &mut out,
-        "edgeshare_client_meter_drift_ratio",
-        "gauge",
+    let name = "edgeshare_client_meter_drift_ratio";
+    out.family(
+        name,
+        Kind::Gauge,
         "(capture - kernel) / kernel for each device, when it was last quiet in both meters.",
     );
     for (client, _, drift) in &clients {
         if let Some(drift) = drift {
-            let _ = writeln!(
-                out,
-                "edgeshare_client_meter_drift_ratio{{mac=\"{}\",ip=\"{}\"}} {drift}",
-                client.mac, client.ip
-            );
+            out.sample(name, &[("mac", &client.mac), ("ip", &client.ip)], drift);
         }
     }
-    help(
-        &mut out,
-        "edgeshare_meter_drift_ratio",
-        "gauge",
+    let name = "edgeshare_meter_drift_ratio";
+    out.family(
+        name,
+        Kind::Gauge,
         "(capture - kernel) / kernel over all clients, when all were last quiet.",
     );
     if let Some(drift) = audit.total_drift() {
-        let _ = writeln!(out, "edgeshare_meter_drift_ratio {drift}");
+        out.sample(name, &[], drift);
     }
-    help(
-        &mut out,
-        "edgeshare_capture_packets_total",
-        "counter",
+    out.single(
+        "edgeshare_meter_drift_explained_bytes",
+        Kind::Gauge,
+        "Download bytes the kernel counted and the capture missed that the LAN queue's drops explain, over all clients when all were last quiet.",
+        audit.explained,
+    );
+    let name = "edgeshare_lan_queue_drops_total";
+    out.family(
+        name,
+        Kind::Counter,
+        "Packets the LAN interface's egress queue dropped since the daemon started (counted by the kernel meter, not seen by the capture).",
+    );
+    out.sample(name, &interface, audit.lan_queue_drops);
+    let name = "edgeshare_capture_packets_total";
+    out.family(
+        name,
+        Kind::Counter,
         "Frames that reached the capture socket (kernel count).",
     );
-    let _ = writeln!(
-        out,
-        "edgeshare_capture_packets_total{{interface=\"{iface}\"}} {}",
-        audit.capture_packets
-    );
-    help(
-        &mut out,
-        "edgeshare_capture_drops_total",
-        "counter",
+    out.sample(name, &interface, audit.capture_packets);
+    let name = "edgeshare_capture_drops_total";
+    out.family(
+        name,
+        Kind::Counter,
         "Frames the kernel dropped because the capture socket's buffer was full: the audit meter missed them.",
     );
-    let _ = writeln!(
-        out,
-        "edgeshare_capture_drops_total{{interface=\"{iface}\"}} {}",
-        audit.capture_drops
-    );
-    help(
-        &mut out,
-        "edgeshare_capture_buffer_bytes",
-        "gauge",
+    out.sample(name, &interface, audit.capture_drops);
+    let name = "edgeshare_capture_buffer_bytes";
+    out.family(
+        name,
+        Kind::Gauge,
         "The capture socket's receive buffer as the kernel reports it (twice capture.buffer_bytes: it counts its own overhead).",
     );
-    let _ = writeln!(
-        out,
-        "edgeshare_capture_buffer_bytes{{interface=\"{iface}\"}} {}",
-        figures.capture_buffer_bytes
-    );
-    help(
-        &mut out,
+    out.sample(name, &interface, figures.capture_buffer_bytes);
+    out.single(
         "edgeshare_capture_untracked_flow_packets_total",
-        "counter",
+        Kind::Counter,
         "Packets of flows beyond capture.max_flows (counted for their client, not as a flow).",
+        audit.untracked_flow_packets,
     );
-    let _ = writeln!(
-        out,
-        "edgeshare_capture_untracked_flow_packets_total {}",
-        audit.untracked_flow_packets
-    );
-    out
+    out.finish()
 }
 
 #[cfg(test)]

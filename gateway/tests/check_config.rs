@@ -74,6 +74,32 @@ fn missing_required_key() {
     );
 }
 
+/// An unknown key, a wrong type, a missing key and a bad value in one file: each is named
+/// by key and line, all at once.
+#[test]
+fn each_kind_of_mistake_names_its_key_and_line() {
+    let (code, err) = check_text(
+        "[lan]\n\
+         [wan]\n\
+         nat = \"yes\"\n\
+         [portal]\n\
+         port = 70000\n\
+         colour = \"red\"\n\
+         [codes]\n\
+         source = \"cloud\"\n",
+    );
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "line 1: lan.interface: is required but missing",
+        "line 3: wan.nat: invalid type: string \"yes\", expected a boolean",
+        "line 5: portal.port: invalid value: integer `70000`, expected u16",
+        "line 6: portal.colour: unknown key (valid keys: ",
+        "line 8: codes.source: unknown variant `cloud`, expected `local` or `backend`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
 #[test]
 fn backend_required_for_backend_codes() {
     let (code, err) = check_text(

@@ -3,7 +3,10 @@
 //! serde stops at the first error in a document. A provider editing `/etc/edgeshare/*.toml` on
 //! a Pi over SSH should see every problem at once, each with its key and line, so the loader
 //! runs serde repeatedly: after each error it records the problem, takes the offending key out
-//! of the document (or puts a placeholder in for a missing one) and tries again. What serde
+//! of the document (or puts a placeholder in for a missing one) and tries again. Which key and
+//! what kind of problem come from serde's structured calls (unknown field, missing field,
+//! unknown variant) through the loader's own deserializer ([`value`]) and the path serde took
+//! (`serde_path_to_error`), never from an error message's wording. What serde
 //! cannot check (ranges, URLs, keys required only in some modes) is checked by the config
 //! type's [`Validate`] impl, whose problems are reported the same way.
 //!
@@ -17,6 +20,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+mod value;
+use value::{Failure, ValueDeserializer};
 
 const MISSING: &str = "is required but missing";
 
@@ -281,15 +287,18 @@ where
             return Err(invalid(problems));
         }
         let attempt: Result<T, _> =
-            serde_path_to_error::deserialize(toml::Value::Table(table.clone()));
+            serde_path_to_error::deserialize(ValueDeserializer(toml::Value::Table(table.clone())));
         let err = match attempt {
             Ok(config) => break Some(config),
             Err(err) => err,
         };
         let path = path_segments(err.path());
-        let message = err.inner().message().to_owned();
-        match classify(&message) {
-            SerdeFailure::UnknownKey(name) => {
+        let message = err.inner().to_string();
+        match err.into_inner() {
+            Failure::UnknownKey {
+                key: name,
+                expected,
+            } => {
                 let mut key = path.clone();
                 // Depending on where serde failed, the path may or may not end in the key.
                 if key.last() != Some(&name) {
@@ -298,16 +307,16 @@ where
                 problems.push(Problem {
                     key: key.join("."),
                     origin: locate(&env_origin, &key),
-                    message: format!("unknown key (valid keys: {})", expected_list(&message)),
+                    message: format!("unknown key (valid keys: {})", expected.join(", ")),
                 });
                 reported.insert(key.clone());
                 if remove_path(&mut table, &key).is_none() {
                     break None;
                 }
             }
-            SerdeFailure::MissingKey(name) => {
+            Failure::MissingKey(name) => {
                 let mut key = path.clone();
-                key.push(name);
+                key.push(name.to_owned());
                 // A missing section was filled with an empty table: its own "missing" report
                 // gives way to the more precise one for the key inside it.
                 let parent = key[..key.len() - 1].join(".");
@@ -326,7 +335,7 @@ where
                     break None;
                 }
             }
-            SerdeFailure::BadValue => {
+            failure @ (Failure::BadValue(_) | Failure::UnknownVariant { .. }) => {
                 // An override like EDGESHARE_AGENT__DEVICE_ID=42 was read as a number; a
                 // string field wants it as text. Retry as a string before calling it wrong.
                 if let Some((var, false)) = env_origin.get(&path).cloned() {
@@ -345,10 +354,16 @@ where
                     // A required enum (a `[[source]]`'s `kind`) that was taken out for a bad
                     // value: no generic placeholder fits, so put in a variant serde named, so
                     // that the rest is still checked. The index marks it as used up.
-                    if let Some(variant) = first_variant(&message)
+                    if let Failure::UnknownVariant { expected, .. } = &failure
+                        && let Some(variant) = expected.first()
                         && !path.is_empty()
                         && placeholders.get(&path) != Some(&ENUM_PLACEHOLDER)
-                        && set_path(&mut table, &path, toml::Value::String(variant)).is_ok()
+                        && set_path(
+                            &mut table,
+                            &path,
+                            toml::Value::String((*variant).to_owned()),
+                        )
+                        .is_ok()
                     {
                         placeholders.insert(path.clone(), ENUM_PLACEHOLDER);
                         // Rules that depend on the variant would only report on the stand-in.
@@ -410,53 +425,8 @@ where
     }
 }
 
-/// What a serde error message says went wrong. serde itself words these messages
-/// (`Error::unknown_field`, `Error::missing_field`), so their form is stable.
-#[derive(Debug, PartialEq, Eq)]
-enum SerdeFailure {
-    UnknownKey(String),
-    MissingKey(String),
-    BadValue,
-}
-
-fn classify(message: &str) -> SerdeFailure {
-    let quoted = |prefix: &str| {
-        let rest = message.strip_prefix(prefix)?;
-        let end = rest.find('`')?;
-        Some(rest[..end].to_owned())
-    };
-    if let Some(name) = quoted("unknown field `") {
-        return SerdeFailure::UnknownKey(name);
-    }
-    if let Some(name) = quoted("missing field `") {
-        return SerdeFailure::MissingKey(name);
-    }
-    SerdeFailure::BadValue
-}
-
-/// The "expected one of `a`, `b`" part of an unknown-field message, as `a, b`.
-fn expected_list(message: &str) -> String {
-    let list = message
-        .split_once("expected one of ")
-        .or_else(|| message.split_once("expected "))
-        .map_or("", |(_, list)| list);
-    list.replace("` or `", ", ").replace('`', "")
-}
-
 /// The index of a placeholder that is a variant of a required enum; nothing comes after it.
 const ENUM_PLACEHOLDER: usize = usize::MAX - 1;
-
-/// The first variant serde lists in an "unknown variant `x`, expected one of `a`, `b`"
-/// message.
-fn first_variant(message: &str) -> Option<String> {
-    if !message.starts_with("unknown variant") {
-        return None;
-    }
-    let list = message.split_once("expected ")?.1;
-    let list = list.strip_prefix("one of ").unwrap_or(list);
-    let first = list.strip_prefix('`')?.split('`').next()?;
-    Some(first.to_owned())
-}
 
 /// Puts the next placeholder candidate at `key`; false when none is left. Candidates cover
 /// what config fields are made of: strings (plain, URL, duration), numbers, booleans,
@@ -797,6 +767,63 @@ mod tests {
         );
     }
 
+    /// A value whose own error reads like serde's unknown-field or missing-field message.
+    #[derive(Debug)]
+    struct Tricky;
+
+    impl<'de> Deserialize<'de> for Tricky {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            Err(serde::de::Error::custom(format!(
+                "{text} field `{text}`, expected `a`"
+            )))
+        }
+    }
+
+    #[allow(dead_code)] // Only its parsing is tested.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithTricky {
+        name: String,
+        tricky: Option<Tricky>,
+    }
+
+    impl Validate for WithTricky {
+        fn validate(&self, _: &mut Problems) {}
+    }
+
+    #[test]
+    fn problems_are_told_apart_by_kind_not_by_the_wording_of_messages() {
+        for (text, expected) in [
+            // A value's own message that reads like serde's: still a bad value of its key,
+            // which stays in the file (not "unknown", not "missing").
+            (
+                "name = \"n\"\ntricky = \"unknown\"\n",
+                vec!["line 2: tricky: unknown field `unknown`, expected `a`"],
+            ),
+            (
+                "name = \"n\"\ntricky = \"missing\"\n",
+                vec!["line 2: tricky: missing field `missing`, expected `a`"],
+            ),
+            (
+                "tricky = \"missing\"\nnmae = 1\n",
+                vec![
+                    "line 1: tricky: missing field `missing`, expected `a`",
+                    "line 2: nmae: unknown key (valid keys: name, tricky)",
+                    "name: is required but missing",
+                ],
+            ),
+        ] {
+            let found: Vec<String> = match parse::<WithTricky>(text, "t", &[]) {
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(ToString::to_string).collect()
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(found, expected, "{text}");
+        }
+    }
+
     #[test]
     fn a_binary_file_does_not_hang_or_panic() {
         let junk: String = (0..4000u32)
@@ -849,23 +876,5 @@ mod tests {
                 "line 8: item.1.colour: unknown key (valid keys: kind, size)",
             ]
         );
-        assert_eq!(
-            first_variant("unknown variant `x`, expected one of `a`, `b`"),
-            Some("a".into())
-        );
-        assert_eq!(first_variant("invalid type"), None);
-    }
-
-    #[test]
-    fn serde_messages_are_classified() {
-        assert_eq!(
-            classify("unknown field `x`, expected `a`"),
-            SerdeFailure::UnknownKey("x".into())
-        );
-        assert_eq!(
-            classify("missing field `y`"),
-            SerdeFailure::MissingKey("y".into())
-        );
-        assert_eq!(classify("invalid type: string"), SerdeFailure::BadValue);
     }
 }

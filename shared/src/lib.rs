@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: TOML loading that reports every problem at once, with key and line.
 //! - [`ledger`]: the durable usage ledger the gateway writes and the agent reports from.
+//! - [`prometheus`]: the metrics endpoints' text format.
 //! - [`secret`]: a password/token type that never prints, and private atomic files.
 //! - [`systemd`]: `sd_notify` (readiness, watchdog, stopping) for `Type=notify` units.
 //!
@@ -17,6 +18,7 @@ pub mod jwt;
 pub mod ledger;
 pub mod logging;
 pub mod paths;
+pub mod prometheus;
 pub mod retry;
 pub mod secret;
 pub mod systemd;

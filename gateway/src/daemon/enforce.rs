@@ -11,12 +11,7 @@ use edgeshare_shared::code::AccessCode;
 use super::quota_id;
 use super::state::State;
 use crate::codes::CodeStore;
-use crate::net::{Client, Millis};
-
-/// The largest IP packet the kernel forwards (a GRO/GSO super-packet): a session's kernel
-/// quota can only be used up once what it has left is below this, so only then does the
-/// daemon ask the kernel whether it is.
-const LARGEST_PACKET: u64 = 64 * 1024;
+use crate::net::{Client, LARGEST_PACKET, Millis};
 
 impl State {
     /// Keeps each session's kernel quota in step with its devices: set to the session's quota

@@ -165,7 +165,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let reports = owner.clone();
     state.capture = start_capture(&config, move |report| reports.capture(report));
     if state.capture.is_some() {
-        state.audit = Some(Audit::default());
+        state.audit = Some(Audit::watching_lan_queue(&config.lan.interface));
         state.meters_follow_clients();
     }
     let context = Context {
