@@ -353,7 +353,8 @@ pub fn negotiate(header: &str, available: &[&str]) -> Option<usize> {
         .take(MAX_RANGES)
         .filter_map(parse_range)
         .collect();
-    ranges.sort_by(|a, b| b.1.cmp(&a.1));
+    // Stable: equal q-values keep the order sent.
+    ranges.sort_by_key(|range| std::cmp::Reverse(range.1));
     let refused = |tag: &str| {
         ranges
             .iter()

@@ -15,8 +15,9 @@ pub const MAX_TERMS_BYTES: u64 = 64 * 1024;
 /// The longest provider name, in characters.
 pub const MAX_NAME_CHARS: usize = 80;
 
-/// Everything the pages show that the provider chose.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything the pages show that the provider chose. The default: built-in languages only,
+/// no name, logo or terms, the built-in colours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Look {
     pub languages: Languages,
     /// The provider's name, shown at the top of every page and in the titles.
@@ -33,18 +34,6 @@ pub struct Look {
 pub struct Logo {
     pub bytes: axum::body::Bytes,
     pub content_type: &'static str,
-}
-
-impl Default for Look {
-    fn default() -> Self {
-        Look {
-            languages: Languages::default(),
-            name: None,
-            logo: None,
-            terms: None,
-            colors_css: String::new(),
-        }
-    }
 }
 
 /// A colour for the CSS: `#rgb` or `#rrggbb` and nothing else, so a value cannot carry CSS.
