@@ -19,6 +19,8 @@
 //! | `POST /login` (form field `code`, any host)| success page, or the form with the error (below) ||
 //! | `GET /login`                              | 303 to `/`             | 303 to `/`                   |
 //! | `GET /status` (portal host)               | 200 "not online" page  | 200 status page              |
+//! | `GET /terms` (portal host, terms set)     | 200 terms of use       | 200 terms of use             |
+//! | `GET /brand/logo` (portal host, logo set) | 200 the logo           | 200 the logo                 |
 //! | `GET /captive-portal/api` (any host)      | `{"captive": true, …}` | `{"captive": false, …}`      |
 //! | OS probe path (any host, see `probes.rs`) | 302 to the portal      | the OS's exact success reply |
 //! | any other `GET`/`HEAD` (any host)         | 302 to the portal      | 200 "you are online" page    |
@@ -30,7 +32,13 @@
 //! server with that same host and port, or captive clients loop between it and the redirect.
 //!
 //! Every reply carries `Cache-Control: no-store` (a cached redirect or probe reply would keep a
-//! phone "captive" after login, or "online" after expiry), except the API's `private`.
+//! phone "captive" after login, or "online" after expiry), except the API's `private` and the
+//! logo's hour.
+//!
+//! # Languages and the provider's look
+//! Each page is in the language `?lang=` asks for (the portal's own pages; then remembered in a
+//! `lang` cookie), else the cookie's, else the best of `Accept-Language`, else English; see
+//! `i18n.rs`. The name, logo, colours and terms come from `[portal.brand]` ([`Look`]).
 //!
 //! # Code redemption
 //! `POST /login` reads a form of at most 4 KiB (413 beyond), `application/x-www-form-urlencoded`
