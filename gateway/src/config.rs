@@ -82,6 +82,33 @@ pub struct Portal {
     /// Failed code attempts allowed per client, and for all clients together, per minute.
     pub attempts_per_client: u32,
     pub attempts_global: u32,
+    /// Catalogue files (`<tag>.toml`) that add languages to the portal or change texts of the
+    /// built-in ones. A missing directory means none.
+    pub locales_dir: PathBuf,
+    pub brand: Brand,
+}
+
+/// The provider's name, logo, colours and terms on the portal; all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Brand {
+    pub name: Option<String>,
+    /// A .png, .jpg or .svg file, served by the portal itself.
+    pub logo: Option<PathBuf>,
+    /// Terms of use as text, or in a file (not both).
+    pub terms: Option<String>,
+    pub terms_file: Option<PathBuf>,
+    pub colors: BrandColors,
+}
+
+/// Colours as `#rgb` or `#rrggbb`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrandColors {
+    /// Buttons and the name bar.
+    pub accent: Option<String>,
+    /// Text on the accent colour; black or white, whichever reads better, if unset.
+    pub accent_text: Option<String>,
 }
 
 impl Default for Portal {
@@ -92,6 +119,8 @@ impl Default for Portal {
             dns_servers: Vec::new(),
             attempts_per_client: 5,
             attempts_global: 60,
+            locales_dir: PathBuf::from("/etc/edgeshare/locales"),
+            brand: Brand::default(),
         }
     }
 }
@@ -286,6 +315,12 @@ impl Validate for GatewayConfig {
             if let Err(bad) = split_garden_port(entry) {
                 problems.push("portal.walled_garden", bad.to_string());
             }
+        }
+        // The files are read here as the portal reads them at start, so that check-config
+        // reports what the portal would leave out.
+        let (_, look_problems) = crate::portal::Look::load(&self.portal);
+        for (key, message) in look_problems {
+            problems.push(key, message);
         }
         if self.session.devices_per_code == 0 {
             problems.push("session.devices_per_code", "must be at least 1");

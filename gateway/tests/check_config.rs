@@ -228,3 +228,40 @@ fn secrets_never_reach_the_output() {
     assert!(all.contains("Secret(***)"), "{all}");
     assert!(!all.contains("hunter2"), "{all}");
 }
+
+#[test]
+fn portal_look_problems_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let locales = dir.path().join("locales");
+    std::fs::create_dir(&locales).unwrap();
+    std::fs::write(
+        locales.join("es.toml"),
+        "[form]\ntitle = \"Conéctate\"\nlabl = \"x\"\n",
+    )
+    .unwrap();
+    std::fs::write(locales.join("sw.toml"), "form.title = [\n").unwrap();
+    let (code, err) = check_text(&format!(
+        "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[portal]\nlocales_dir = \"{}\"\n\
+         [portal.brand]\nlogo = \"{}\"\n[portal.brand.colors]\naccent = \"#0b4f9c;}}\"\n",
+        locales.display(),
+        dir.path().join("missing.png").display(),
+    ));
+    assert_eq!(code, 78, "{err}");
+    for want in [
+        format!(
+            "portal.locales_dir: {}: unknown key `form.labl`",
+            locales.join("es.toml").display()
+        ),
+        format!(
+            "portal.locales_dir: {}: not valid TOML",
+            locales.join("sw.toml").display()
+        ),
+        format!(
+            "portal.brand.logo: {}: cannot read",
+            dir.path().join("missing.png").display()
+        ),
+        "portal.brand.colors.accent: \"#0b4f9c;}\" is not a colour".to_owned(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in {err}");
+    }
+}

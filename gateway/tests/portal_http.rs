@@ -13,7 +13,10 @@ use std::time::Duration;
 use edgeshare_gateway::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use reqwest::StatusCode;
-use reqwest::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_LANGUAGE, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION,
+    RETRY_AFTER, SET_COOKIE, VARY,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -136,6 +139,14 @@ impl Running {
 
     async fn get(&self, path: &str) -> Reply {
         Reply::from(self.http.get(self.at(path)).send().await.unwrap()).await
+    }
+
+    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.http.get(self.at(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::from(request.send().await.unwrap()).await
     }
 
     async fn get_as_host(&self, host: &str, path: &str) -> Reply {
@@ -354,10 +365,7 @@ async fn the_form_and_the_status_page() {
         assert!(form.body.contains(needle), "{needle}");
     }
     assert!(!form.body.contains("role=\"alert\""));
-    assert!(
-        form.header(reqwest::header::CONTENT_SECURITY_POLICY)
-            .is_some()
-    );
+    assert!(form.header(CONTENT_SECURITY_POLICY).is_some());
 
     portal
         .get("/status")
@@ -520,7 +528,7 @@ async fn too_many_wrong_codes_are_refused_with_a_wait() {
     reply.assert_alert(StatusCode::TOO_MANY_REQUESTS, "Too many wrong codes");
     let wait: u64 = reply.header(RETRY_AFTER).unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
-    assert!(reply.body.contains(&format!("Wait {wait} seconds")));
+    assert!(reply.body.contains(&format!("Wait {wait} s,")));
     assert!(reply.body.contains("value=\"ABCD2345\""));
     assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 3);
 
@@ -798,4 +806,289 @@ async fn logging_in_closes_the_devices_other_connections() {
         still_open.is_err(),
         "another device's connection stays open"
     );
+}
+
+/// The page's language as the browser is told it: `<html lang>`, `Content-Language`, `Vary`.
+fn assert_language(reply: &Reply, tag: &str) {
+    assert!(
+        reply.body.contains(&format!("<html lang=\"{tag}\">")),
+        "{tag}: {}",
+        reply.body
+    );
+    assert_eq!(reply.header(CONTENT_LANGUAGE), Some(tag));
+    assert_eq!(reply.header(VARY), Some("Accept-Language, Cookie"));
+}
+
+#[tokio::test]
+async fn accept_language_picks_the_pages_language() {
+    let portal = start(|_| {}).await;
+    for (accept, tag, text) in [
+        (
+            "es-MX,es;q=0.9,en;q=0.5",
+            "es",
+            "<label for=\"code\">Código de acceso</label>",
+        ),
+        (
+            "de-DE, fr;q=0.8, en;q=0.7",
+            "fr",
+            "<label for=\"code\">Code d&#39;accès</label>",
+        ),
+        ("en-GB", "en", "<label for=\"code\">Access code</label>"),
+        ("de", "en", "<label for=\"code\">Access code</label>"),
+        (
+            "<script>;q=9, ,;;*;q=x",
+            "en",
+            "<label for=\"code\">Access code</label>",
+        ),
+    ] {
+        let reply = portal.get_with("/", &[("accept-language", accept)]).await;
+        reply.assert_page(StatusCode::OK, text);
+        assert_language(&reply, tag);
+    }
+    // Bytes that are not text at all: English, and the server lives on.
+    let mut request = format!("GET / HTTP/1.1\r\nHost: {}\r\n", portal.addr).into_bytes();
+    request.extend_from_slice(
+        b"Accept-Language: \xff\xfe;q=\x80\r\nCookie: lang=\xc3\r\nConnection: close\r\n\r\n",
+    );
+    let raw = raw_exchange(portal.addr, &request, false).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("<html lang=\"en\">"), "{raw}");
+    // Errors too.
+    portal.gate.script(Redeem::Expired);
+    let reply = Reply::from(
+        portal
+            .http
+            .post(portal.at("/login"))
+            .header(CONTENT_TYPE, FORM)
+            .header("accept-language", "fr-CA")
+            .body("code=ABCD2345")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    reply.assert_alert(StatusCode::FORBIDDEN, "Ce code a expiré.");
+    assert_language(&reply, "fr");
+    // The status page in Spanish, updating itself.
+    portal.gate.set_online(LOCALHOST, Some(STATUS));
+    let reply = portal
+        .get_with("/status", &[("accept-language", "es")])
+        .await;
+    reply.assert_page(StatusCode::OK, "<dt>Datos restantes</dt><dd>512 MB</dd>");
+    assert!(
+        reply
+            .body
+            .contains("<meta http-equiv=\"refresh\" content=\"60;url=/status\">")
+    );
+    assert_language(&reply, "es");
+    // Under another host (a redirected connection of an online device) too, in French.
+    let reply = portal
+        .get_with(
+            "/a/page",
+            &[("host", "example.com"), ("accept-language", "fr-CA")],
+        )
+        .await;
+    reply.assert_page(StatusCode::OK, "<dt>Données restantes</dt><dd>512 Mo</dd>");
+    assert!(!reply.body.contains("http-equiv"));
+    assert!(
+        reply
+            .body
+            .contains(&format!("href=\"{}status\"", portal.url))
+    );
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn a_language_link_is_remembered_in_a_cookie() {
+    let portal = start(|_| {}).await;
+    let reply = portal
+        .get_with("/?lang=fr", &[("accept-language", "es")])
+        .await;
+    reply.assert_page(StatusCode::OK, "<h1>Se connecter</h1>");
+    assert_language(&reply, "fr");
+    let cookie = reply.header(SET_COOKIE).unwrap();
+    assert_eq!(
+        cookie,
+        "lang=fr; Path=/; Max-Age=31536000; SameSite=Lax; HttpOnly"
+    );
+    // The links to the other languages, no script needed.
+    assert!(
+        reply
+            .body
+            .contains("<a href=\"/?lang=es\" hreflang=\"es\" lang=\"es\">Español</a>")
+    );
+    // The cookie beats Accept-Language; a bad or unknown ?lang= is ignored and not echoed.
+    let with_cookie = [("cookie", "lang=fr"), ("accept-language", "es")];
+    let reply = portal.get_with("/status", &with_cookie).await;
+    reply.assert_page(StatusCode::OK, "Vous n&#39;êtes pas encore connecté");
+    assert_eq!(reply.header(SET_COOKIE), None);
+    for query in ["?lang=%3Cscript%3E", "?lang=de", "?lang=", "?lang=fr%00"] {
+        let reply = portal.get_with(&format!("/{query}"), &with_cookie).await;
+        assert_language(&reply, "fr");
+        assert_eq!(reply.header(SET_COOKIE), None, "{query}");
+        assert!(!reply.body.contains("<script"), "{query}");
+    }
+    let reply = portal.get_with("/", &[("cookie", "lang=\"><b>")]).await;
+    assert_language(&reply, "en");
+    portal.stop().await;
+}
+
+/// A portal with the provider's look, loaded as the daemon loads it.
+async fn start_branded(dir: &std::path::Path, brand: &str) -> Running {
+    let text = format!(
+        "[lan]\ninterface = \"wlan0\"\n[portal]\nlocales_dir = \"{}\"\n{brand}",
+        dir.display()
+    );
+    let config: edgeshare_gateway::config::GatewayConfig = toml::from_str(&text).unwrap();
+    let (look, problems) = portal::Look::load(&config.portal);
+    assert!(problems.is_empty(), "{problems:?}");
+    start(|settings| settings.look = look).await
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+#[tokio::test]
+async fn the_providers_name_logo_colours_and_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("logo.png"), PNG).unwrap();
+    std::fs::write(
+        dir.path().join("terms.txt"),
+        "No <b>spam</b>.\n\nBe kind & fair.",
+    )
+    .unwrap();
+    let brand = format!(
+        "[portal.brand]\nname = \"Café <Sol>\"\nlogo = \"{}\"\nterms_file = \"{}\"\n\
+         [portal.brand.colors]\naccent = \"#C60\"\n",
+        dir.path().join("logo.png").display(),
+        dir.path().join("terms.txt").display()
+    );
+    let portal = start_branded(dir.path(), &brand).await;
+    let form = portal.get("/").await;
+    form.assert_page(
+        StatusCode::OK,
+        "<header><img src=\"/brand/logo\" alt=\"\"><span>Café &lt;Sol&gt;</span></header>",
+    );
+    assert!(
+        form.body
+            .contains("<title>Get online · Café &lt;Sol&gt;</title>")
+    );
+    assert!(
+        form.body
+            .contains(":root{--brand:#cc6600;--on-brand:#000000}</style>")
+    );
+    assert!(
+        form.body
+            .contains("<a href=\"/terms\">Read the terms of use</a>")
+    );
+    let csp = form.header(CONTENT_SECURITY_POLICY).unwrap();
+    assert!(
+        csp.contains("img-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("script-src"), "{csp}");
+
+    let logo = portal
+        .http
+        .get(portal.at("/brand/logo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logo.status(), StatusCode::OK);
+    assert_eq!(logo.headers()[CONTENT_TYPE], "image/png");
+    assert_eq!(logo.headers()[CACHE_CONTROL], "max-age=3600");
+    assert!(
+        logo.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("sandbox")
+    );
+    assert_eq!(logo.bytes().await.unwrap().as_ref(), PNG);
+    // Only on the portal's own host.
+    portal
+        .get_as_host("example.com", "/brand/logo")
+        .await
+        .assert_redirect_to(&portal.url);
+
+    let terms = portal
+        .get_with("/terms", &[("accept-language", "es")])
+        .await;
+    terms.assert_page(StatusCode::OK, "<h1>Condiciones de uso</h1>");
+    assert!(
+        terms
+            .body
+            .contains("<p>No &lt;b&gt;spam&lt;/b&gt;.</p>\n<p>Be kind &amp; fair.</p>"),
+        "{}",
+        terms.body
+    );
+    portal.stop().await;
+
+    // Without a logo or terms, their paths are like any other.
+    let portal = start(|_| {}).await;
+    for path in ["/brand/logo", "/terms"] {
+        portal.get(path).await.assert_redirect_to(&portal.url);
+    }
+    assert!(!portal.get("/").await.body.contains("/terms"));
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn a_providers_language_file_adds_and_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sw.toml"),
+        "[language]\nname = \"Kiswahili\"\n[form]\ntitle = \"Ingia mtandaoni\"\nlabel = \"Nambari ya <siri>\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("es.toml"),
+        "form.title = \"¡Bienvenido!\"\n",
+    )
+    .unwrap();
+    let portal = start_branded(dir.path(), "").await;
+    let reply = portal
+        .get_with("/", &[("accept-language", "sw-KE, en;q=0.5")])
+        .await;
+    reply.assert_page(StatusCode::OK, "<h1>Ingia mtandaoni</h1>");
+    assert_language(&reply, "sw");
+    assert!(
+        reply
+            .body
+            .contains("<label for=\"code\">Nambari ya &lt;siri&gt;</label>")
+    );
+    // What the file lacks is English.
+    assert!(reply.body.contains("8 letters and digits"));
+    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    reply.assert_page(StatusCode::OK, "<h1>¡Bienvenido!</h1>");
+    assert!(reply.body.contains("Código de acceso"));
+    assert!(reply.body.contains("lang=\"sw\">Kiswahili</a>"));
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_language_file_leaves_the_portal_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("es.toml"), "form.title = \"{code}\"\n").unwrap();
+    std::fs::write(dir.path().join("fr.toml"), b"\xff\xfe garbage").unwrap();
+    let config: edgeshare_gateway::config::GatewayConfig = toml::from_str(&format!(
+        "[lan]\ninterface = \"wlan0\"\n[portal]\nlocales_dir = \"{}\"\n",
+        dir.path().display()
+    ))
+    .unwrap();
+    let (_, problems) = portal::Look::load(&config.portal);
+    let shown: Vec<String> = problems
+        .iter()
+        .map(|(key, message)| format!("{key}: {message}"))
+        .collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].contains("portal.locales_dir: ")
+            && shown[0].contains("es.toml: `form.title` uses {code}"),
+        "{shown:?}"
+    );
+    assert!(shown[1].contains("fr.toml: cannot read"), "{shown:?}");
+    // The daemon's way: logged, and the built-in texts serve.
+    let portal = start(|settings| settings.look = portal::Look::from_config(&config.portal)).await;
+    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    reply.assert_page(StatusCode::OK, "<h1>Conéctate</h1>");
+    portal.stop().await;
 }

@@ -7,9 +7,13 @@
 # testbed (as in scripts/demo, local codes). It opens a page on the "internet" and is sent to
 # the portal, types a code, submits and lands on "You are online"; then a page on the internet
 # loads for real. A second run with JavaScript switched off in the browser does the
-# same with a second code: the form posts without any script. Screenshots of the code form and
-# of the success page are kept in artifacts/browser/ (portal-form.png, portal-success.png,
-# portal-success-nojs.png).
+# same with a second code: the form posts without any script. A third run is a Spanish phone
+# (Accept-Language es-MX) 360 px wide: the portal speaks Spanish, carries the provider's name,
+# logo and colours from the config, switches to French by its language link (and keeps it), shows
+# the terms, and its status page after the login is French and updates itself; nothing is wider
+# than the screen, also at 320 px. Screenshots of the code form and of the success page are
+# kept in artifacts/browser/ (portal-form.png, portal-success.png, portal-success-nojs.png,
+# portal-form-es-360.png, portal-success-fr-360.png).
 #
 # Needs root, nftables, iproute2, and the packages chromium and chromium-driver
 # (scripts/install-deps). Where one is missing it says so and passes, except under CI=true,
@@ -79,11 +83,30 @@ in_ns "$NS_U" ip addr add 10.99.0.4/24 dev u0
 netns_start_standin "$NS_U" "$WORK/internet" "$BIN/edgeshare-standin" --listen 0.0.0.0:80
 
 netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_br_$ID" local
+# The provider's look: a name, an SVG logo, a colour and terms.
+BRAND="Café Sol"
+cat >"$WORK/logo.svg" <<'SVG'
+<svg xmlns="http://www.w3.org/2000/svg" width="96" height="48" viewBox="0 0 96 48"><circle cx="24" cy="24" r="20" fill="#ffd23f"/><text x="50" y="32" font-size="20" fill="#fff">Sol</text></svg>
+SVG
+chmod 644 "$WORK/logo.svg"
+# No catalogues of the host's own (/etc/edgeshare/locales): the built-in languages.
+sed -i "s|^\\[portal\\]\$|[portal]\\nlocales_dir = \"$WORK/locales\"|" "$WORK/gateway.toml"
+cat >>"$WORK/gateway.toml" <<TOML
+[portal.brand]
+name = "$BRAND"
+logo = "$WORK/logo.svg"
+terms = """
+Be fair to others.
+
+No spam, no attacks on other networks."""
+[portal.brand.colors]
+accent = "#b3261e"
+TOML
 GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
 netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
 
-mapfile -t CODES < <(in_ns "$NS_G" "${GW[@]}" codes create --mb 50 --hours 1 --count 2)
-[ "${#CODES[@]}" = 2 ] || fail "codes create printed ${#CODES[@]} codes"
+mapfile -t CODES < <(in_ns "$NS_G" "${GW[@]}" codes create --mb 50 --hours 1 --count 3)
+[ "${#CODES[@]}" = 3 ] || fail "codes create printed ${#CODES[@]} codes"
 
 # chromedriver on the client's loopback; it starts Chromium in the same namespace.
 ip netns exec "$NS_C" "$CHROMEDRIVER" --port=9515 --log-path="$WORK/chromedriver.log" >/dev/null 2>&1 &
@@ -114,11 +137,16 @@ current_url() { wd GET "/session/$SID/url" | jq -r .; }
 go() { wd POST "/session/$SID/url" "$(jq -nc --arg u "$1" '{url: $u}')" >/dev/null; }
 screenshot() { wd GET "/session/$SID/screenshot" | jq -r . | base64 -d >"$1"; }
 
-# new_session JAVASCRIPT(true|false): a fresh profile each time.
+# run_js SCRIPT: the value the script returns (WebDriver runs it past the page's CSP).
+run_js() { wd POST "/session/$SID/execute/sync" "$(jq -nc --arg s "$1" '{script: $s, args: []}')"; }
+
+# new_session JAVASCRIPT(true|false) [WIDTH HEIGHT ACCEPT-LANGUAGE]: a fresh profile each time;
+# a phone 412×860 speaking English unless told otherwise.
 new_session() {
   local profile caps
   profile=$(mktemp -d "$WORK/profile.XXXX")
-  caps=$(jq -nc --arg bin "$CHROMIUM" --arg profile "$profile" --argjson js "$1" '{
+  caps=$(jq -nc --arg bin "$CHROMIUM" --arg profile "$profile" --argjson js "$1" \
+    --argjson width "${2:-412}" --argjson height "${3:-860}" --arg lang "${4:-en-US,en}" '{
     capabilities: {alwaysMatch: {
       browserName: "chrome",
       pageLoadStrategy: "normal",
@@ -128,12 +156,14 @@ new_session() {
         args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-               "--user-data-dir=\($profile)", "--window-size=500,860"],
-        prefs: (if $js then {} else {"profile.managed_default_content_settings.javascript": 2} end)
+               "--user-data-dir=\($profile)", "--window-size=500,860",
+               "--lang=\($lang | split(",")[0])", "--accept-lang=\($lang)"],
+        prefs: ({"intl.accept_languages": $lang}
+          + (if $js then {} else {"profile.managed_default_content_settings.javascript": 2} end))
       }
       # A phone-sized page for the screenshots. Not with JavaScript off: chromedriver 156 then
       # never completes a click (its emulated tap waits for ever).
-      + (if $js then {mobileEmulation: {deviceMetrics: {width: 412, height: 860, pixelRatio: 1}}} else {} end))
+      + (if $js then {mobileEmulation: {deviceMetrics: {width: $width, height: $height, pixelRatio: 1}}} else {} end))
     }}
   }')
   SID=$(wd POST /session "$caps" | jq -r .sessionId)
@@ -151,7 +181,7 @@ login() {
   [ "$(text_of h1)" = "Get online" ] || fail "portal form heading: $(text_of h1)"
   # The form the way a person meets it: http://10.66.0.1:8080/ typed in.
   go "$PORTAL"
-  [ "$(wd GET "/session/$SID/title" | jq -r .)" = "Get online · Wi-Fi access" ] || fail "form title"
+  [ "$(wd GET "/session/$SID/title" | jq -r .)" = "Get online · $BRAND" ] || fail "form title"
   [ "$(text_of 'label[for=code]')" = "Access code" ] || fail "label of the code input"
   wd POST "/session/$SID/element/$(el 'input#code[name=code]')/value" \
     "$(jq -nc --arg t "$code" '{text: $t}')" >/dev/null
@@ -178,7 +208,7 @@ login() {
     go "http://$host/__standin/state"
     [ "$(current_url)" = "http://$host/__standin/state" ] || fail "online, but sent to $(current_url)"
     source=$(wd GET "/session/$SID/source" | jq -r .)
-    if ! grep -q '"codes"' <<<"$source" || grep -q 'Wi-Fi access' <<<"$source"; then
+    if ! grep -q '"codes"' <<<"$source" || grep -q "$BRAND" <<<"$source"; then
       fail "the internet page on $host did not load: $source"
     fi
   done
@@ -210,5 +240,60 @@ login "${CODES[1]}" "$OUT/portal-success-nojs.png"
 png_ok "$OUT/portal-success-nojs.png"
 wd DELETE "/session/$SID" >/dev/null
 echo "browser: logged in with JavaScript off"
+
+# fits: nothing on the page is wider than the screen (no sideways scrolling).
+fits() {
+  [ "$(run_js 'return document.documentElement.scrollWidth <= window.innerWidth')" = true ] ||
+    fail "$1 is wider than the screen: $(run_js 'return [document.documentElement.scrollWidth, window.innerWidth]')"
+}
+
+# A Spanish phone, 360×640: the provider's portal in Spanish, then French by its link.
+in_ns "$NS_G" "${GW[@]}" kick "$MAC" >/dev/null
+new_session true 360 640 es-MX,es
+go "$PORTAL"
+[ "$(text_of h1)" = "Conéctate" ] || fail "a Spanish browser got the heading: $(text_of h1)"
+el 'html[lang=es]' >/dev/null
+[ "$(text_of header)" = "$BRAND" ] || fail "the provider's name: $(text_of header)"
+[ "$(run_js 'return document.querySelector("header img").naturalWidth')" -gt 0 ] ||
+  fail "the provider's logo did not load"
+[ "$(run_js 'return getComputedStyle(document.querySelector("button")).backgroundColor')" = '"rgb(179, 38, 30)"' ] ||
+  fail "the button is not in the provider's colour"
+fits "the Spanish form at 360 px"
+screenshot "$OUT/portal-form-es-360.png"
+png_ok "$OUT/portal-form-es-360.png"
+wd POST "/session/$SID/element/$(el 'a[hreflang=fr]')/click" '{}' >/dev/null
+[ "$(text_of h1)" = "Se connecter" ] || fail "after the French link: $(text_of h1)"
+go "$PORTAL"
+[ "$(text_of h1)" = "Se connecter" ] || fail "the French choice was not kept: $(text_of h1)"
+wd POST "/session/$SID/element/$(el 'a[href="/terms"]')/click" '{}' >/dev/null
+[ "$(text_of h1)" = "Conditions d'utilisation" ] || fail "terms page: $(text_of h1)"
+text_of main | grep -q "No spam, no attacks on other networks." || fail "terms text: $(text_of main)"
+go "$PORTAL"
+wd POST "/session/$SID/element/$(el 'input#code')/value" "$(jq -nc --arg t "${CODES[2]}" '{text: $t}')" >/dev/null
+wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(run_js 'return document.querySelector("h1") ? document.querySelector("h1").textContent : ""' | jq -r .)" = "Vous êtes connecté" ] && break
+  sleep 0.1
+done
+[ "$(text_of h1)" = "Vous êtes connecté" ] || fail "French success page: $(text_of main)"
+text_of dl | tr '\n' ' ' | grep -Eq "^Données restantes (50|49) Mo Temps restant (59 min|1 h) $" ||
+  fail "French data and time left: $(text_of dl | tr '\n' ' ')"
+[ "$(run_js 'return document.querySelector("meta[http-equiv=refresh]").content')" = '"60;url=/status"' ] ||
+  fail "the status page does not update itself"
+fits "the French status page at 360 px"
+screenshot "$OUT/portal-success-fr-360.png"
+png_ok "$OUT/portal-success-fr-360.png"
+wd DELETE "/session/$SID" >/dev/null
+
+# The narrowest phones: 320 px.
+new_session true 320 568 fr
+go "${PORTAL}status"
+fits "the status page at 320 px"
+in_ns "$NS_G" "${GW[@]}" kick "$MAC" >/dev/null
+go "$PORTAL"
+[ "$(text_of h1)" = "Se connecter" ] || fail "a French browser got the heading: $(text_of h1)"
+fits "the form at 320 px"
+wd DELETE "/session/$SID" >/dev/null
+echo "browser: Spanish and French, the provider's look, 360 and 320 px"
 kill -0 "$GATEWAY_PID" || fail "the gateway died"
 echo "browser: ok"

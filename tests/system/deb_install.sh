@@ -58,7 +58,8 @@ grep -q "edgeshare-gateway is installed and enabled, but not started" "$WORK/ins
 for file in /usr/bin/edgeshare-gateway /usr/bin/edgeshare-agent \
   /lib/systemd/system/edgeshare-gateway.service /lib/systemd/system/edgeshare-portal-only.service \
   /lib/systemd/system/edgeshare-agent.service \
-  /etc/edgeshare/gateway.toml /etc/edgeshare/agent.toml \
+  /etc/edgeshare/gateway.toml /etc/edgeshare/agent.toml /etc/edgeshare/locales \
+  /usr/share/doc/edgeshare-gateway/locales/en.toml \
   /usr/share/man/man1/edgeshare-gateway.1.gz /usr/share/man/man1/edgeshare-gateway-codes-create.1.gz \
   /usr/share/man/man1/edgeshare-agent.1.gz \
   /usr/share/bash-completion/completions/edgeshare-gateway /usr/share/zsh/vendor-completions/_edgeshare-agent \

@@ -206,6 +206,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         per_client_attempts: config.portal.attempts_per_client,
         global_attempts: config.portal.attempts_global,
         window: Duration::from_secs(60),
+        look: portal::Look::from_config(&config.portal),
     };
     let gate = Arc::new(PortalGate {
         owner: owner.clone(),

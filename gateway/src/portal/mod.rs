@@ -19,6 +19,8 @@
 //! | `POST /login` (form field `code`, any host)| success page, or the form with the error (below) ||
 //! | `GET /login`                              | 303 to `/`             | 303 to `/`                   |
 //! | `GET /status` (portal host)               | 200 "not online" page  | 200 status page              |
+//! | `GET /terms` (portal host, terms set)     | 200 terms of use       | 200 terms of use             |
+//! | `GET /brand/logo` (portal host, logo set) | 200 the logo           | 200 the logo                 |
 //! | `GET /captive-portal/api` (any host)      | `{"captive": true, …}` | `{"captive": false, …}`      |
 //! | OS probe path (any host, see `probes.rs`) | 302 to the portal      | the OS's exact success reply |
 //! | any other `GET`/`HEAD` (any host)         | 302 to the portal      | 200 "you are online" page    |
@@ -30,7 +32,13 @@
 //! server with that same host and port, or captive clients loop between it and the redirect.
 //!
 //! Every reply carries `Cache-Control: no-store` (a cached redirect or probe reply would keep a
-//! phone "captive" after login, or "online" after expiry), except the API's `private`.
+//! phone "captive" after login, or "online" after expiry), except the API's `private` and the
+//! logo's hour.
+//!
+//! # Languages and the provider's look
+//! Each page is in the language `?lang=` asks for (the portal's own pages; then remembered in a
+//! `lang` cookie), else the cookie's, else the best of `Accept-Language`, else English; see
+//! `i18n.rs`. The name, logo, colours and terms come from `[portal.brand]` ([`Look`]).
 //!
 //! # Code redemption
 //! `POST /login` reads a form of at most 4 KiB (413 beyond), `application/x-www-form-urlencoded`
@@ -58,7 +66,9 @@
 //! hostname, which a LAN-only gateway does not have.
 
 mod form;
+mod i18n;
 mod limiter;
+mod look;
 mod pages;
 mod probes;
 
@@ -71,22 +81,25 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{
-    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST,
-    LOCATION, REFERRER_POLICY, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+    ACCEPT_LANGUAGE, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LANGUAGE, CONTENT_LENGTH,
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, HOST, LOCATION, REFERRER_POLICY, RETRY_AFTER,
+    SET_COOKIE, VARY, X_CONTENT_TYPE_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use edgeshare_shared::code::{AccessCode, BadCode};
+use edgeshare_shared::code::{self, AccessCode, BadCode};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use self::form::FormError;
+use self::i18n::{Msg, Tr};
 use self::limiter::{Limiter, Wait};
-use self::pages::Online;
+use self::pages::{LOGO_PATH, Online, View};
 use crate::net::Millis;
 
 pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS};
+pub use self::look::Look;
 
 /// What the portal needs from the daemon. The daemon implements it (code check against the
 /// backend or local store, session core, firewall).
@@ -167,6 +180,8 @@ pub struct PortalSettings {
     /// Failed attempts of all clients together per window.
     pub global_attempts: u32,
     pub window: Duration,
+    /// Languages, name, logo, colours and terms.
+    pub look: Look,
 }
 
 impl PortalSettings {
@@ -181,6 +196,7 @@ impl PortalSettings {
             per_client_attempts: Self::DEFAULT_PER_CLIENT_ATTEMPTS,
             global_attempts: Self::DEFAULT_GLOBAL_ATTEMPTS,
             window: Self::DEFAULT_WINDOW,
+            look: Look::default(),
         }
     }
 }
@@ -196,9 +212,16 @@ pub fn dnsmasq_captive_option(portal_url: &str) -> Result<String, url::ParseErro
 }
 
 const API_PATH: &str = "/captive-portal/api";
-/// Pages load nothing and post only to themselves: a defence in depth behind escaping.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+/// Pages load nothing but the portal's own logo and post only to themselves: a defence in
+/// depth behind escaping.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The logo, if an SVG, is opened on its own as a document: no script of it may run.
+const LOGO_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
+/// How long browsers may keep the logo (it changes only with a restart).
+const LOGO_CACHE: &str = "max-age=3600";
+/// The cookie remembering a language picked with `?lang=`, for a year.
+const LANG_COOKIE_AGE: u32 = 365 * 24 * 3600;
 const HTML: &str = "text/html; charset=utf-8";
 /// How long to tell clients to wait when the code service is down ("try again in a minute").
 const BACKEND_RETRY_SECONDS: u64 = 60;
@@ -210,19 +233,23 @@ pub fn router<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> Router {
     app(gate, settings).0
 }
 
-/// The router, and the channel on which it announces each device that logs in.
-fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, broadcast::Sender<IpAddr>) {
+/// The router, and the portal behind it (whose `logins` announce each device that logs in).
+fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, Arc<Portal<G>>) {
     let portal = Arc::new(Portal::new(gate, settings));
-    let logins = portal.logins.clone();
     let router = Router::new()
         .route("/", get(index::<G>))
         .route("/status", get(status::<G>))
+        .route("/terms", get(terms::<G>))
+        .route(LOGO_PATH, get(logo::<G>))
         .route("/login", get(login_form).post(login::<G>))
         .route(API_PATH, get(api::<G>))
         .fallback(elsewhere::<G>)
-        .layer(axum::middleware::map_response(finish))
-        .with_state(portal);
-    (router, logins)
+        .layer(axum::middleware::map_response_with_state(
+            Arc::clone(&portal),
+            finish::<G>,
+        ))
+        .with_state(Arc::clone(&portal));
+    (router, portal)
 }
 
 /// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
@@ -240,7 +267,7 @@ pub async fn serve<G: Gate>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use tower::ServiceExt as _;
-    let (app, logins) = app(gate, settings);
+    let (app, portal) = app(gate, settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_client = PerClient::default();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -266,12 +293,14 @@ pub async fn serve<G: Gate>(
             continue;
         };
         let app = app.clone();
-        let mut logged_in = logins.subscribe();
+        let portal = Arc::clone(&portal);
+        let mut logged_in = portal.logins.subscribe();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     let app = app.clone();
+                    let late = portal.timeout_reply(request.headers());
                     async move {
                         let response = match tokio::time::timeout(
                             REQUEST_TIMEOUT,
@@ -281,8 +310,7 @@ pub async fn serve<G: Gate>(
                         {
                             Ok(Ok(response)) => response,
                             Ok(Err(never)) => match never {},
-                            Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
-                                .into_response(),
+                            Err(_) => late,
                         };
                         Ok::<_, std::convert::Infallible>(response)
                     }
@@ -383,6 +411,10 @@ pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
 struct Portal<G> {
     gate: Arc<G>,
     url: String,
+    /// `url`'s origin (`http://10.66.0.1:8080`), for links on pages served under other hosts;
+    /// empty when `url` has no host (then every host is the portal's).
+    origin: String,
+    look: Look,
     location: HeaderValue,
     /// Host and port of `url`; `None` if it has none, and then every host is ours.
     own: Option<(String, u16)>,
@@ -407,10 +439,16 @@ impl<G: Gate> Portal<G> {
         if own.is_none() {
             tracing::warn!(url = %settings.url, "portal URL has no host; serving the portal on every host");
         }
+        let origin = match (&own, url::Url::parse(&settings.url)) {
+            (Some(_), Ok(url)) => url.origin().ascii_serialization(),
+            _ => String::new(),
+        };
         Portal {
             gate,
             location,
             own,
+            origin,
+            look: settings.look,
             limiter: Mutex::new(Limiter::new(
                 settings.per_client_attempts,
                 settings.global_attempts,
@@ -443,8 +481,72 @@ impl<G: Gate> Portal<G> {
         parsed.as_ref().and_then(authority).as_ref() == Some(own)
     }
 
-    fn redirect(&self) -> Response {
-        let mut response = html(StatusCode::FOUND, pages::redirect(&self.url));
+    /// The language of a reply: `?lang=` (in `query`, the portal's own pages only), else the
+    /// `lang` cookie, else `Accept-Language`, else English.
+    fn choose(&self, headers: &HeaderMap, query: Option<&str>) -> Chosen {
+        let asked = query.and_then(|query| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "lang")
+                .map(|(_, value)| value.into_owned())
+        });
+        let accept = headers
+            .get(ACCEPT_LANGUAGE)
+            .and_then(|value| value.to_str().ok());
+        let languages = &self.look.languages;
+        let index = languages.choose(asked.as_deref(), lang_cookie(headers), accept);
+        Chosen {
+            index,
+            from_query: asked.is_some_and(|tag| languages.find(&tag) == Some(index)),
+        }
+    }
+
+    /// What pages are rendered with; `own_host`: whether the request names the portal's host.
+    fn view(&self, chosen: Chosen, own_host: bool) -> View<'_> {
+        View {
+            tr: self.look.languages.tr(chosen.index),
+            look: &self.look,
+            base: if own_host { "" } else { &self.origin },
+        }
+    }
+
+    /// The 408 for a request that took too long, in its language.
+    fn timeout_reply(&self, headers: &HeaderMap) -> Response {
+        let tr = self.look.languages.tr(self.choose(headers, None).index);
+        let mut response = (
+            StatusCode::REQUEST_TIMEOUT,
+            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", tr.t(Msg::ErrorTimeout)),
+        )
+            .into_response();
+        set_language(&mut response, tr);
+        response
+    }
+
+    /// A page of the portal's own, in the chosen language; a language picked with `?lang=` is
+    /// remembered in a cookie.
+    fn own_reply(
+        &self,
+        status: StatusCode,
+        chosen: Chosen,
+        page: impl FnOnce(&View<'_>) -> String,
+    ) -> Response {
+        let view = self.view(chosen, true);
+        let mut response = html(status, &view, page(&view));
+        if chosen.from_query {
+            let cookie = format!(
+                "lang={}; Path=/; Max-Age={LANG_COOKIE_AGE}; SameSite=Lax; HttpOnly",
+                view.tr.tag()
+            );
+            if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(SET_COOKIE, cookie);
+            }
+        }
+        response
+    }
+
+    fn redirect(&self, chosen: Chosen) -> Response {
+        let view = self.view(chosen, false);
+        let mut response = html(StatusCode::FOUND, &view, pages::redirect(&view, &self.url));
         response
             .headers_mut()
             .insert(LOCATION, self.location.clone());
@@ -458,17 +560,17 @@ impl<G: Gate> Portal<G> {
     /// redirect, which the kernel decides once per connection. A browser that kept it open
     /// would go on seeing the portal instead of the site after logging in; a new connection
     /// made after login goes to the real site.
-    async fn captive_or_online(&self, ip: IpAddr, path: &str) -> Response {
-        let mut response = self.foreign_reply(ip, path).await;
+    async fn captive_or_online(&self, ip: IpAddr, path: &str, chosen: Chosen) -> Response {
+        let mut response = self.foreign_reply(ip, path, chosen).await;
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         response
     }
 
-    async fn foreign_reply(&self, ip: IpAddr, path: &str) -> Response {
+    async fn foreign_reply(&self, ip: IpAddr, path: &str, chosen: Chosen) -> Response {
         let Some(status) = self.gate.status(ip).await else {
-            return self.redirect();
+            return self.redirect(chosen);
         };
         match probes::find(path) {
             Some(probe) => {
@@ -485,9 +587,48 @@ impl<G: Gate> Portal<G> {
                 }
                 response
             }
-            None => html(StatusCode::OK, pages::online(&status, Online::Status)),
+            None => {
+                let view = self.view(chosen, false);
+                html(
+                    StatusCode::OK,
+                    &view,
+                    pages::online(&view, &status, Online::Status),
+                )
+            }
         }
     }
+}
+
+/// The language of one reply.
+#[derive(Debug, Clone, Copy)]
+struct Chosen {
+    /// In the portal's [`i18n::Languages`].
+    index: usize,
+    /// Picked with `?lang=`: to be remembered.
+    from_query: bool,
+}
+
+/// The value of the `lang` cookie, if sent.
+fn lang_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name.trim() == "lang").then_some(value.trim())
+        })
+}
+
+/// `Content-Language`, and `Vary` for what chose it (a cache must not mix the languages).
+fn set_language(response: &mut Response, tr: Tr<'_>) {
+    let headers = response.headers_mut();
+    // Tags are checked when catalogues are read, so this always succeeds.
+    if let Ok(tag) = HeaderValue::from_str(tr.tag()) {
+        headers.insert(CONTENT_LANGUAGE, tag);
+    }
+    headers.insert(VARY, HeaderValue::from_static("Accept-Language, Cookie"));
 }
 
 fn authority(url: &url::Url) -> Option<(String, u16)> {
@@ -502,8 +643,8 @@ fn client_ip(peer: SocketAddr) -> IpAddr {
     peer.ip().to_canonical()
 }
 
-fn html(status: StatusCode, body: String) -> Response {
-    (
+fn html(status: StatusCode, view: &View<'_>, body: String) -> Response {
+    let mut response = (
         status,
         [
             (CONTENT_TYPE, HTML),
@@ -513,7 +654,9 @@ fn html(status: StatusCode, body: String) -> Response {
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    set_language(&mut response, view.tr);
+    response
 }
 
 fn retry_after(mut response: Response, seconds: u64) -> Response {
@@ -536,7 +679,10 @@ async fn index<G: Gate>(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    own_page(&portal, peer, &headers, &uri, || pages::form(None, "")).await
+    own_page(&portal, peer, &headers, &uri, |view| {
+        pages::form(view, None, "")
+    })
+    .await
 }
 
 async fn status<G: Gate>(
@@ -555,15 +701,69 @@ async fn own_page<G: Gate>(
     peer: SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-    captive: impl FnOnce() -> String,
+    captive: impl FnOnce(&View<'_>) -> String,
 ) -> Response {
     let ip = client_ip(peer);
     if !portal.is_own_host(headers) {
-        return portal.captive_or_online(ip, uri.path()).await;
+        let chosen = portal.choose(headers, None);
+        return portal.captive_or_online(ip, uri.path(), chosen).await;
     }
+    let chosen = portal.choose(headers, uri.query());
     match portal.gate.status(ip).await {
-        Some(status) => html(StatusCode::OK, pages::online(&status, Online::Status)),
-        None => html(StatusCode::OK, captive()),
+        Some(status) => portal.own_reply(StatusCode::OK, chosen, |view| {
+            pages::online(view, &status, Online::Status)
+        }),
+        None => portal.own_reply(StatusCode::OK, chosen, captive),
+    }
+}
+
+/// The provider's terms of use, for captive and online devices alike; without terms, or on
+/// a foreign host, what any foreign page gets.
+async fn terms<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    match &portal.look.terms {
+        Some(text) if portal.is_own_host(&headers) => {
+            let chosen = portal.choose(&headers, uri.query());
+            portal.own_reply(StatusCode::OK, chosen, |view| pages::terms(view, text))
+        }
+        _ => {
+            let chosen = portal.choose(&headers, None);
+            portal
+                .captive_or_online(client_ip(peer), uri.path(), chosen)
+                .await
+        }
+    }
+}
+
+/// The provider's logo, on the portal's host; elsewhere, or without a logo, what any foreign
+/// page gets.
+async fn logo<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    match &portal.look.logo {
+        Some(logo) if portal.is_own_host(&headers) => (
+            [
+                (CONTENT_TYPE, logo.content_type),
+                (CONTENT_SECURITY_POLICY, LOGO_CSP),
+                (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (CACHE_CONTROL, LOGO_CACHE),
+            ],
+            logo.bytes.clone(),
+        )
+            .into_response(),
+        _ => {
+            let chosen = portal.choose(&headers, None);
+            portal
+                .captive_or_online(client_ip(peer), uri.path(), chosen)
+                .await
+        }
     }
 }
 
@@ -579,29 +779,31 @@ async fn login<G: Gate>(
     body: Body,
 ) -> Response {
     let ip = client_ip(peer);
+    let view = portal.view(portal.choose(&headers, None), portal.is_own_host(&headers));
     let typed = match form::read_code(&headers, body).await {
         Ok(typed) => typed,
         Err(error) => {
             tracing::debug!(client = %ip, %error, "unusable login request");
-            return form_error(&error);
+            return form_error(&view, &error);
         }
     };
     let code = match AccessCode::parse(&typed) {
         Ok(code) => code,
         Err(bad) => {
             tracing::debug!(client = %ip, code = ?redacted(&typed), "malformed code");
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::form(Some(&bad_code_text(&bad)), &typed),
-            );
+            let page = pages::form(&view, Some(&bad_code_text(view.tr, &bad)), &typed);
+            return html(StatusCode::BAD_REQUEST, &view, page);
         }
     };
     let attempt = match portal.limiter().begin(ip, portal.now()) {
         Ok(attempt) => attempt,
         Err(wait) => {
             tracing::debug!(client = %ip, wait = wait.seconds, global = wait.global, "code attempt rate-limited");
-            let page = pages::form(Some(&too_many_text(wait)), &typed);
-            return retry_after(html(StatusCode::TOO_MANY_REQUESTS, page), wait.seconds);
+            let page = pages::form(&view, Some(&too_many_text(view.tr, wait)), &typed);
+            return retry_after(
+                html(StatusCode::TOO_MANY_REQUESTS, &view, page),
+                wait.seconds,
+            );
         }
     };
     let shown = redacted(code.as_str());
@@ -626,103 +828,70 @@ async fn login<G: Gate>(
         let _ = portal.logins.send(ip);
     }
     tracing::info!(client = %ip, outcome = outcome.label(), code = %shown, "code redemption");
-    redeem_reply(outcome, &typed)
+    redeem_reply(&view, outcome, &typed)
 }
 
-fn redeem_reply(outcome: Redeem, typed: &str) -> Response {
+fn redeem_reply(view: &View<'_>, outcome: Redeem, typed: &str) -> Response {
     let (status, text) = match outcome {
         Redeem::Online(status) => {
-            return html(StatusCode::OK, pages::online(&status, Online::JustNow));
+            let page = pages::online(view, &status, Online::JustNow);
+            return html(StatusCode::OK, view, page);
         }
-        Redeem::Invalid => (
-            StatusCode::FORBIDDEN,
-            "That code is not valid. Check each letter and digit and try again.",
-        ),
-        Redeem::Expired => (
-            StatusCode::FORBIDDEN,
-            "That code has expired. Ask the Wi-Fi provider for a new one.",
-        ),
-        Redeem::UsedUp => (
-            StatusCode::FORBIDDEN,
-            "That code's data is used up. Ask the Wi-Fi provider for a new one.",
-        ),
-        Redeem::Revoked => (
-            StatusCode::FORBIDDEN,
-            "That code has been cancelled by the Wi-Fi provider. Ask them for a new one.",
-        ),
-        Redeem::NotOurs => (
-            StatusCode::FORBIDDEN,
-            "That code is from another provider. This Wi-Fi accepts only its own codes: ask \
-             its provider for one.",
-        ),
+        Redeem::Invalid => (StatusCode::FORBIDDEN, Msg::ErrorInvalid),
+        Redeem::Expired => (StatusCode::FORBIDDEN, Msg::ErrorExpired),
+        Redeem::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp),
+        Redeem::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked),
+        Redeem::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs),
         Redeem::BackendUnreachable => {
-            let text = "Can't check codes right now — the provider's connection to the code \
-                        service is down; try again in a minute.";
-            let page = pages::form(Some(text), typed);
+            let page = pages::form(view, Some(view.tr.t(Msg::ErrorBackendDown)), typed);
             return retry_after(
-                html(StatusCode::SERVICE_UNAVAILABLE, page),
+                html(StatusCode::SERVICE_UNAVAILABLE, view, page),
                 BACKEND_RETRY_SECONDS,
             );
         }
-        Redeem::UnknownDevice => (
-            StatusCode::CONFLICT,
-            "This device could not be recognised (devices are identified by their network \
-             hardware address). Reconnect to the Wi-Fi and try again.",
-        ),
-        Redeem::NotSaved => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The Wi-Fi gateway could not save your login (its storage is full or failing), so \
-             you are not online with this code and none of its data was used. Tell the Wi-Fi \
-             provider, and try again later.",
-        ),
-        Redeem::Internal => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong on the Wi-Fi gateway. Try again in a minute.",
-        ),
+        Redeem::UnknownDevice => (StatusCode::CONFLICT, Msg::ErrorUnknownDevice),
+        Redeem::NotSaved => (StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorNotSaved),
+        Redeem::Internal => (StatusCode::INTERNAL_SERVER_ERROR, Msg::ErrorInternal),
     };
-    html(status, pages::form(Some(text), typed))
+    html(
+        status,
+        view,
+        pages::form(view, Some(view.tr.t(text)), typed),
+    )
 }
 
-fn bad_code_text(bad: &BadCode) -> String {
-    format!("That does not look like an access code: {bad}.")
-}
-
-fn too_many_text(wait: Wait) -> String {
-    let unit = if wait.seconds == 1 {
-        "second"
-    } else {
-        "seconds"
-    };
-    if wait.global {
-        format!(
-            "Too many codes have been tried on this Wi-Fi just now. Wait {} {unit}, then try again.",
-            wait.seconds
-        )
-    } else {
-        format!(
-            "Too many wrong codes from this device. Wait {} {unit}, then try again.",
-            wait.seconds
-        )
+fn bad_code_text(tr: Tr<'_>, bad: &BadCode) -> String {
+    match bad {
+        BadCode::Length(got) => tr.fill(
+            Msg::ErrorBadLength,
+            &[
+                ("expected", &code::LENGTH.to_string()),
+                ("got", &got.to_string()),
+            ],
+        ),
+        BadCode::Character(c) => tr.fill(Msg::ErrorBadCharacter, &[("char", &c.to_string())]),
     }
 }
 
-fn form_error(error: &FormError) -> Response {
+fn too_many_text(tr: Tr<'_>, wait: Wait) -> String {
+    let msg = if wait.global {
+        Msg::ErrorTooManyGlobal
+    } else {
+        Msg::ErrorTooManyDevice
+    };
+    tr.fill(msg, &[("seconds", &tr.integer(wait.seconds))])
+}
+
+fn form_error(view: &View<'_>, error: &FormError) -> Response {
     let (status, text) = match error {
-        FormError::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "That was far more than an access code. Type just the code and send it again.",
-        ),
-        FormError::CodeTooLong(_) => (
-            StatusCode::BAD_REQUEST,
-            "That is too long for an access code: a code has 8 letters and digits.",
-        ),
-        FormError::NotAForm(_) | FormError::Malformed | FormError::Unreadable(_) => (
-            StatusCode::BAD_REQUEST,
-            "The code did not arrive in a form this page understands. Type it and send it again.",
-        ),
+        FormError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Msg::ErrorTooLarge),
+        FormError::CodeTooLong(_) => (StatusCode::BAD_REQUEST, Msg::ErrorTooLong),
+        FormError::NotAForm(_) | FormError::Malformed | FormError::Unreadable(_) => {
+            (StatusCode::BAD_REQUEST, Msg::ErrorNotAForm)
+        }
     };
     // Nothing of what was sent is echoed: it was not a sensible code form.
-    html(status, pages::form(Some(text), ""))
+    html(status, view, pages::form(view, Some(view.tr.t(text)), ""))
 }
 
 #[derive(Debug, Serialize)]
@@ -772,36 +941,44 @@ async fn elsewhere<G: Gate>(
     State(portal): State<Arc<Portal<G>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
+    headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    let chosen = portal.choose(&headers, None);
     if method != Method::GET && method != Method::HEAD {
-        let mut response = method_not_allowed();
+        let mut response = method_not_allowed(&portal.view(chosen, portal.is_own_host(&headers)));
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
         return response;
     }
-    portal.captive_or_online(client_ip(peer), uri.path()).await
+    portal
+        .captive_or_online(client_ip(peer), uri.path(), chosen)
+        .await
 }
 
-fn method_not_allowed() -> Response {
-    html(
-        StatusCode::METHOD_NOT_ALLOWED,
-        pages::message(
-            "Not possible here",
-            "This page cannot be used that way. Open the access code page instead.",
-        ),
-    )
+fn method_not_allowed(view: &View<'_>) -> Response {
+    let page = pages::message(
+        view,
+        view.tr.t(Msg::NotAllowedTitle),
+        view.tr.t(Msg::NotAllowedText),
+    );
+    html(StatusCode::METHOD_NOT_ALLOWED, view, page)
 }
 
 /// Last touches on every reply: a page for axum's bare 405s (which keep their `Allow`), and
 /// `Cache-Control: no-store` wherever a handler did not choose otherwise.
-async fn finish(response: Response) -> Response {
+async fn finish<G: Gate>(
+    State(portal): State<Arc<Portal<G>>>,
+    headers: HeaderMap,
+    response: Response,
+) -> Response {
     let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED
         && !response.headers().contains_key(CONTENT_TYPE)
     {
         let (mut parts, _) = response.into_parts();
-        let page = method_not_allowed();
+        let view = portal.view(portal.choose(&headers, None), portal.is_own_host(&headers));
+        let page = method_not_allowed(&view);
         parts.headers.remove(CONTENT_LENGTH);
         parts.headers.extend(page.headers().clone());
         Response::from_parts(parts, page.into_body())
@@ -864,24 +1041,47 @@ mod tests {
 
     #[test]
     fn wait_messages_name_the_seconds() {
+        let languages = i18n::Languages::default();
         let one = Wait {
             seconds: 1,
             global: false,
         };
-        assert!(too_many_text(one).contains("Wait 1 second,"));
+        assert!(too_many_text(languages.tr(0), one).contains("Wait 1 s,"));
         let many = Wait {
-            seconds: 42,
+            seconds: 1042,
             global: true,
         };
-        assert!(too_many_text(many).contains("Wait 42 seconds,"));
+        assert!(too_many_text(languages.tr(0), many).contains("Wait 1,042 s,"));
+        let fr = languages.tr(languages.find("fr").unwrap());
+        assert!(too_many_text(fr, many).contains("Attendez 1\u{202f}042 s,"));
     }
 
     #[test]
     fn bad_codes_are_explained_with_bad_code_text() {
+        let languages = i18n::Languages::default();
         let bad = AccessCode::parse("ABC").unwrap_err();
         assert_eq!(
-            bad_code_text(&bad),
+            bad_code_text(languages.tr(0), &bad),
             "That does not look like an access code: a code has 8 characters; this one has 3."
         );
+        let es = languages.tr(languages.find("es").unwrap());
+        assert_eq!(
+            bad_code_text(es, &bad),
+            "Eso no parece un código de acceso: un código tiene 8 caracteres y este tiene 3."
+        );
+        let bad = AccessCode::parse("ABCD234<").unwrap_err();
+        assert!(bad_code_text(es, &bad).contains("«<»"));
+    }
+
+    #[test]
+    fn the_lang_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(lang_cookie(&headers), None);
+        headers.append(COOKIE, HeaderValue::from_static("a=1; lang = fr ;b=2"));
+        assert_eq!(lang_cookie(&headers), Some("fr"));
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("xlang=es"));
+        headers.append(COOKIE, HeaderValue::from_static("lang=es"));
+        assert_eq!(lang_cookie(&headers), Some("es"));
     }
 }

@@ -1,25 +1,33 @@
 //! The portal's HTML, rendered as plain strings: no template engine, no JavaScript, no external
-//! assets (a captive client can fetch nothing else), inline CSS only. Everything that did not
-//! come from this file goes through [`escape`].
+//! assets (a captive client can fetch nothing else), inline CSS and the provider's logo from
+//! the portal itself only. Everything that did not come from this file goes through
+//! [`escape`]: what the client sent, the catalogue's texts and the provider's name and terms.
 //!
 //! Accessibility: `lang`, a real `<label for>`, hints and errors tied to the input with
 //! `aria-describedby`, errors in a `role="alert"` element so screen readers announce them,
-//! contrast above WCAG AA in light and dark schemes, tap targets at least 48 px high.
+//! contrast above WCAG AA in light and dark schemes, tap targets at least 48 px high. Small
+//! screens: one column that fits 320 px, long words wrap.
 
 use std::fmt::Write as _;
 
 use super::ClientStatus;
+use super::i18n::{Msg, Tr};
+use super::look::Look;
 
 const CSS: &str = "\
 :root{color-scheme:light dark;--fg:#111;--bg:#fff;--muted:#444;--accent:#0b4f9c;--on-accent:#fff;\
---err:#a4001d;--err-bg:#fdecee;--ok:#0a5c2b;--ok-bg:#e8f5ec;--line:#6b6b6b}\
+--err:#a4001d;--err-bg:#fdecee;--ok:#0a5c2b;--ok-bg:#e8f5ec;--line:#6b6b6b;\
+--brand:var(--accent);--on-brand:var(--on-accent)}\
 @media (prefers-color-scheme:dark){:root{--fg:#f2f2f2;--bg:#121212;--muted:#c8c8c8;\
 --accent:#8cc4ff;--on-accent:#000;--err:#ff8f9e;--err-bg:#3a0d14;--ok:#8fe3ad;--ok-bg:#0d2e19;\
 --line:#9a9a9a}}\
 *{box-sizing:border-box}\
-body{margin:0;background:var(--bg);color:var(--fg);\
+body{margin:0;background:var(--bg);color:var(--fg);overflow-wrap:break-word;\
 font:1.125rem/1.5 system-ui,-apple-system,\"Segoe UI\",Roboto,sans-serif}\
-main{max-width:30rem;margin:0 auto;padding:1.5rem 1rem 3rem}\
+main,nav{max-width:30rem;margin:0 auto;padding:1.5rem 1rem}\
+header{display:flex;align-items:center;gap:.75rem;padding:.5rem 1rem;min-height:3rem;\
+background:var(--brand);color:var(--on-brand);font-weight:600;font-size:1.25rem}\
+header img{max-height:3rem;max-width:50%;width:auto;height:auto}\
 h1{font-size:1.625rem;line-height:1.25;margin:.5rem 0 1rem}\
 label{display:block;font-weight:600;margin-top:1rem}\
 .hint{color:var(--muted);margin:0 0 .5rem}\
@@ -28,16 +36,50 @@ font-size:1.375rem;letter-spacing:.1em;text-transform:uppercase;color:var(--fg);
 background:var(--bg);border:2px solid var(--line);border-radius:.5rem}\
 input[aria-invalid=true]{border-color:var(--err)}\
 button,.button{display:block;width:100%;min-height:3rem;margin:1rem 0;padding:.75rem 1rem;\
-font:inherit;font-weight:600;text-align:center;text-decoration:none;color:var(--on-accent);\
-background:var(--accent);border:0;border-radius:.5rem;cursor:pointer}\
+font:inherit;font-weight:600;text-align:center;text-decoration:none;color:var(--on-brand);\
+background:var(--brand);border:0;border-radius:.5rem;cursor:pointer}\
 a{color:var(--accent)}\
 :focus-visible{outline:3px solid var(--accent);outline-offset:3px}\
 .alert,.ok{padding:.75rem 1rem;margin:0 0 1rem;border-radius:.25rem;border-left:.375rem solid}\
 .alert{border-color:var(--err);background:var(--err-bg)}\
 .ok{border-color:var(--ok);background:var(--ok-bg)}\
 .alert p,.ok p{margin:0}\
+.hint,.small{font-size:1rem}\
 dl{display:grid;grid-template-columns:auto 1fr;gap:.5rem 1rem;font-size:1.25rem;margin:1rem 0}\
-dt{color:var(--muted)}dd{margin:0;font-weight:600}";
+dt{color:var(--muted)}dd{margin:0;font-weight:600}\
+nav{padding-top:0;border-top:1px solid var(--line)}\
+nav h2{font-size:1rem;color:var(--muted);margin:1rem 0 0}\
+nav ul{list-style:none;display:flex;flex-wrap:wrap;gap:0 1.25rem;margin:0;padding:0}\
+nav a,nav strong{display:inline-block;padding:.75rem 0;min-height:3rem}";
+
+/// Where the status pages send the browser to update them, and how often: without script,
+/// the "what is left" figures stay current while the page is open.
+pub const REFRESH_SECONDS: u32 = 60;
+/// Where the portal serves the provider's logo.
+pub const LOGO_PATH: &str = "/brand/logo";
+
+/// What every page is rendered with: the language, the provider's look, and where the
+/// portal's own pages are.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub tr: Tr<'a>,
+    pub look: &'a Look,
+    /// Prefix of links to the portal's own pages: empty on the portal's own host, the
+    /// portal's origin (`http://10.66.0.1:8080`) on a page served under another host.
+    pub base: &'a str,
+}
+
+impl View<'_> {
+    fn t(&self, msg: Msg) -> String {
+        escape(self.tr.t(msg))
+    }
+
+    /// Whether the page is served on the portal's own host (where the logo loads and where a
+    /// refresh stays).
+    fn own_host(&self) -> bool {
+        self.base.is_empty()
+    }
+}
 
 /// Text made safe to place in HTML content and in double- or single-quoted attributes.
 pub fn escape(text: &str) -> String {
@@ -55,59 +97,88 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Time left as a person reads it: "45 s", "12 min", "1 h 12 min", "2 d 3 h". Rounded down,
-/// so the page never promises more than is left.
-pub fn format_duration(seconds: u64) -> String {
-    let minutes = seconds / 60;
-    let hours = minutes / 60;
-    let days = hours / 24;
-    match (days, hours % 24, minutes % 60) {
-        _ if seconds < 60 => format!("{seconds} s"),
-        _ if minutes < 60 => format!("{minutes} min"),
-        (0, h, 0) => format!("{h} h"),
-        (0, h, m) => format!("{h} h {m} min"),
-        (d, 0, _) => format!("{d} d"),
-        (d, h, _) => format!("{d} d {h} h"),
-    }
+/// How a page is framed: its title (escaped here), the path its language links reload, and
+/// whether it updates itself.
+struct Frame<'a> {
+    title: &'a str,
+    here: &'a str,
+    refresh: bool,
 }
 
-/// Data left in megabytes as codes are sold (MB = 2^20 bytes, the backend's unit): "0 MB",
-/// "less than 0.1 MB", "4.7 MB", "1,234 MB". Rounded down, like the time.
-pub fn format_megabytes(bytes: u64) -> String {
-    const MB: u128 = 1 << 20;
-    let tenths = u128::from(bytes) * 10 / MB;
-    match tenths {
-        _ if bytes == 0 => "0 MB".to_owned(),
-        0 => "less than 0.1 MB".to_owned(),
-        t if t < 100 => format!("{}.{} MB", t / 10, t % 10),
-        t => format!(
-            "{} MB",
-            group_thousands(u64::try_from(t / 10).unwrap_or(u64::MAX))
-        ),
+/// The frame every page shares. `body` is trusted markup from this file.
+fn page(view: &View<'_>, frame: &Frame<'_>, body: &str) -> String {
+    let site = match &view.look.name {
+        Some(name) => name.as_str(),
+        None => view.tr.t(Msg::SiteTitle),
+    };
+    let mut out = format!(
+        "<!doctype html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+        lang = escape(view.tr.tag()),
+    );
+    if frame.refresh {
+        let _ = writeln!(
+            out,
+            "<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS};url={}/status\">",
+            escape(view.base)
+        );
     }
-}
-
-fn group_thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
+    let _ = write!(
+        out,
+        "<title>{title} · {site}</title>\n<style>{CSS}{colors}</style>\n</head>\n<body>\n",
+        title = escape(frame.title),
+        site = escape(site),
+        colors = view.look.colors_css,
+    );
+    let logo = view.look.logo.is_some() && view.own_host();
+    if logo || view.look.name.is_some() {
+        out.push_str("<header>");
+        if logo {
+            // Beside the name the logo is decoration; alone it stands for the provider.
+            let alt = match view.look.name {
+                Some(_) => String::new(),
+                None => view.t(Msg::SiteTitle),
+            };
+            let _ = write!(out, "<img src=\"{LOGO_PATH}\" alt=\"{alt}\">");
         }
-        out.push(c);
+        if let Some(name) = &view.look.name {
+            let _ = write!(out, "<span>{}</span>", escape(name));
+        }
+        out.push_str("</header>\n");
     }
+    let _ = write!(out, "<main>\n{body}</main>\n");
+    out.push_str(&language_links(view, frame.here));
+    out.push_str("</body>\n</html>\n");
     out
 }
 
-/// The frame every page shares. `title` is escaped; `body` is trusted markup from this file.
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{title} · Wi-Fi access</title>\n<style>{CSS}</style>\n</head>\n<body>\n\
-         <main>\n{body}</main>\n</body>\n</html>\n",
-        title = escape(title),
-    )
+/// Links to the page in each other language: plain links, so choosing needs no script.
+fn language_links(view: &View<'_>, here: &str) -> String {
+    let languages = view.look.languages.list();
+    if languages.len() < 2 {
+        return String::new();
+    }
+    let pick = view.t(Msg::LanguagePick);
+    let mut out = format!("<nav aria-label=\"{pick}\">\n<h2>{pick}</h2>\n<ul>\n");
+    for (index, language) in languages.iter().enumerate() {
+        let tag = escape(language.tag());
+        let name = escape(view.look.languages.tr(index).t(Msg::LanguageName));
+        if language.tag() == view.tr.tag() {
+            let _ = writeln!(
+                out,
+                "<li><strong aria-current=\"true\">{name}</strong></li>"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "<li><a href=\"{base}{here}?lang={tag}\" hreflang=\"{tag}\" lang=\"{tag}\">{name}</a></li>",
+                base = escape(view.base),
+                here = escape(here),
+            );
+        }
+    }
+    out.push_str("</ul>\n</nav>\n");
+    out
 }
 
 fn alert(id: &str, text: &str) -> String {
@@ -119,9 +190,11 @@ fn alert(id: &str, text: &str) -> String {
 
 /// The code form. `error` is shown in an alert tied to the input; `typed` (what the person
 /// sent, if anything) is put back into the input so a typo can be fixed rather than retyped.
-pub fn form(error: Option<&str>, typed: &str) -> String {
-    let mut body = String::from(
-        "<h1>Get online</h1>\n<p>Enter the access code you got from the Wi-Fi provider.</p>\n",
+pub fn form(view: &View<'_>, error: Option<&str>, typed: &str) -> String {
+    let mut body = format!(
+        "<h1>{}</h1>\n<p>{}</p>\n",
+        view.t(Msg::FormTitle),
+        view.t(Msg::FormIntro)
     );
     if let Some(text) = error {
         body.push_str(&alert("code-error", text));
@@ -133,22 +206,45 @@ pub fn form(error: Option<&str>, typed: &str) -> String {
     let _ = write!(
         body,
         "<form method=\"post\" action=\"/login\">\n\
-         <label for=\"code\">Access code</label>\n\
-         <p id=\"code-hint\" class=\"hint\">8 letters and digits, like ABCD 2345</p>\n\
+         <label for=\"code\">{label}</label>\n\
+         <p id=\"code-hint\" class=\"hint\">{hint}</p>\n\
          <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"text\" \
          autocapitalize=\"characters\" autocomplete=\"one-time-code\" autocorrect=\"off\" \
          spellcheck=\"false\" maxlength=\"{max}\" required aria-describedby=\"{described_by}\"\
          {invalid} value=\"{value}\">\n\
-         <button type=\"submit\">Get online</button>\n</form>\n\
-         <p><a href=\"/status\">Already online? See what is left</a></p>\n",
+         <button type=\"submit\">{submit}</button>\n</form>\n",
+        label = view.t(Msg::FormLabel),
+        hint = view.t(Msg::FormHint),
+        submit = view.t(Msg::FormSubmit),
         max = super::form::MAX_CODE_CHARS,
         value = escape(typed),
     );
+    if view.look.terms.is_some() {
+        let _ = writeln!(
+            body,
+            "<p class=\"small\">{} <a href=\"{}/terms\">{}</a></p>",
+            view.t(Msg::FormTermsAccept),
+            escape(view.base),
+            view.t(Msg::FormTermsLink)
+        );
+    }
+    let _ = writeln!(
+        body,
+        "<p><a href=\"{}/status\">{}</a></p>",
+        escape(view.base),
+        view.t(Msg::FormStatusLink)
+    );
+    let title = view.tr.t(if error.is_some() {
+        Msg::FormRetryTitle
+    } else {
+        Msg::FormTitle
+    });
     page(
-        if error.is_some() {
-            "Try again"
-        } else {
-            "Get online"
+        view,
+        &Frame {
+            title,
+            here: "/",
+            refresh: false,
         },
         &body,
     )
@@ -163,72 +259,175 @@ pub enum Online {
     Status,
 }
 
-/// The success and status page: data and time left.
-pub fn online(status: &ClientStatus, when: Online) -> String {
+/// The success and status page: data and time left. On the portal's own host it reloads
+/// `/status` every [`REFRESH_SECONDS`]; under another host it does not (the reload would
+/// leave the page the person opened).
+pub fn online(view: &View<'_>, status: &ClientStatus, when: Online) -> String {
     let intro = match when {
-        Online::JustNow => {
-            "<div class=\"ok\" role=\"status\"><p>Your code was accepted. \
-             You can use the internet now.</p></div>\n"
-        }
-        Online::Status => "<p>This device is connected to the internet.</p>\n",
+        Online::JustNow => format!(
+            "<div class=\"ok\" role=\"status\"><p>{}</p></div>\n",
+            view.t(Msg::OnlineAccepted)
+        ),
+        Online::Status => format!("<p>{}</p>\n", view.t(Msg::OnlineConnected)),
     };
     // A code without an expiry still has a session limit: say which one the time is.
     let (time_label, after) = if status.code_expires {
-        (
-            "Time left",
-            "When either runs out, this device is disconnected; enter a new code to continue.",
-        )
+        (Msg::OnlineTimeLeft, Msg::OnlineAfterExpiring)
     } else {
-        (
-            "Session time left",
-            "Your code does not expire. When the session time runs out, enter the same code \
-             again to go on with the data it has left; when the data runs out, enter a new code.",
-        )
+        (Msg::OnlineSessionTimeLeft, Msg::OnlineAfterNotExpiring)
     };
-    let body = format!(
-        "<h1>You are online</h1>\n{intro}\
-         <dl>\n<dt>Data left</dt><dd>{data}</dd>\n<dt>{time_label}</dt><dd>{time}</dd>\n</dl>\n\
-         <p>{after}</p>\n\
-         <a class=\"button\" href=\"/status\">Check what is left</a>\n",
-        data = format_megabytes(status.bytes_left),
-        time = format_duration(status.seconds_left),
+    let refresh = view.own_host();
+    let mut body = format!(
+        "<h1>{title}</h1>\n{intro}\
+         <dl>\n<dt>{data_label}</dt><dd>{data}</dd>\n<dt>{time_label}</dt><dd>{time}</dd>\n</dl>\n\
+         <p>{after}</p>\n",
+        title = view.t(Msg::OnlineTitle),
+        data_label = view.t(Msg::OnlineDataLeft),
+        data = escape(&view.tr.megabytes(status.bytes_left)),
+        time_label = view.t(time_label),
+        time = escape(&view.tr.duration(status.seconds_left)),
+        after = view.t(after),
     );
-    page("You are online", &body)
+    if refresh {
+        let _ = writeln!(
+            body,
+            "<p class=\"small\">{}</p>",
+            view.t(Msg::OnlineRefreshes)
+        );
+    }
+    let _ = writeln!(
+        body,
+        "<a class=\"button\" href=\"{}/status\">{}</a>",
+        escape(view.base),
+        view.t(Msg::OnlineCheck)
+    );
+    page(
+        view,
+        &Frame {
+            title: view.tr.t(Msg::OnlineTitle),
+            here: "/status",
+            refresh,
+        },
+        &body,
+    )
 }
 
 /// `/status` for a client that is not online.
-pub fn not_online() -> String {
+pub fn not_online(view: &View<'_>) -> String {
+    let body = format!(
+        "<h1>{}</h1>\n<p>{}</p>\n<a class=\"button\" href=\"{}/\">{}</a>\n",
+        view.t(Msg::NotOnlineHeading),
+        view.t(Msg::NotOnlineText),
+        escape(view.base),
+        view.t(Msg::NotOnlineEnter),
+    );
     page(
-        "Not online",
-        "<h1>You are not online yet</h1>\n\
-         <p>This device has no access code in use.</p>\n\
-         <a class=\"button\" href=\"/\">Enter an access code</a>\n",
+        view,
+        &Frame {
+            title: view.tr.t(Msg::NotOnlineTitle),
+            here: "/status",
+            refresh: false,
+        },
+        &body,
+    )
+}
+
+/// The provider's terms of use: paragraphs at blank lines, line breaks kept, all escaped.
+pub fn terms(view: &View<'_>, text: &str) -> String {
+    let mut body = format!("<h1>{}</h1>\n", view.t(Msg::TermsTitle));
+    let text = text.replace("\r\n", "\n");
+    for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let lines: Vec<String> = paragraph.lines().map(escape).collect();
+        let _ = writeln!(body, "<p>{}</p>", lines.join("<br>\n"));
+    }
+    let _ = writeln!(
+        body,
+        "<a class=\"button\" href=\"{}/\">{}</a>",
+        escape(view.base),
+        view.t(Msg::TermsBack)
+    );
+    page(
+        view,
+        &Frame {
+            title: view.tr.t(Msg::TermsTitle),
+            here: "/terms",
+            refresh: false,
+        },
+        &body,
     )
 }
 
 /// A page for a request the portal cannot serve (wrong method, and the like).
-pub fn message(title: &str, text: &str) -> String {
+pub fn message(view: &View<'_>, title: &str, text: &str) -> String {
     let body = format!(
-        "<h1>{}</h1>\n{}<a class=\"button\" href=\"/\">Go to the access code page</a>\n",
+        "<h1>{}</h1>\n{}<a class=\"button\" href=\"{}/\">{}</a>\n",
         escape(title),
         alert("message", text),
+        escape(view.base),
+        view.t(Msg::MessageHome),
     );
-    page(title, &body)
+    page(
+        view,
+        &Frame {
+            title,
+            here: "/",
+            refresh: false,
+        },
+        &body,
+    )
 }
 
 /// The body of the redirect to the portal, for clients that do not follow redirects.
-pub fn redirect(url: &str) -> String {
+pub fn redirect(view: &View<'_>, url: &str) -> String {
     let body = format!(
-        "<h1>Wi-Fi login</h1>\n<p>This network needs an access code.</p>\n\
-         <a class=\"button\" href=\"{}\">Go to the login page</a>\n",
-        escape(url)
+        "<h1>{}</h1>\n<p>{}</p>\n<a class=\"button\" href=\"{}\">{}</a>\n",
+        view.t(Msg::RedirectTitle),
+        view.t(Msg::RedirectText),
+        escape(url),
+        view.t(Msg::RedirectGo),
     );
-    page("Wi-Fi login", &body)
+    page(
+        view,
+        &Frame {
+            title: view.tr.t(Msg::RedirectTitle),
+            here: "/",
+            refresh: false,
+        },
+        &body,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::portal::look::Logo;
+
+    const STATUS: ClientStatus = ClientStatus {
+        bytes_left: 512 * 1_048_576 + 300_000,
+        seconds_left: 4_320,
+        code_expires: true,
+    };
+
+    fn view<'a>(look: &'a Look, tag: &str) -> View<'a> {
+        View {
+            tr: look.languages.tr(look.languages.find(tag).unwrap()),
+            look,
+            base: "",
+        }
+    }
+
+    fn every_page(view: &View<'_>) -> Vec<String> {
+        vec![
+            form(view, Some("x"), "y"),
+            form(view, None, ""),
+            online(view, &STATUS, Online::JustNow),
+            online(view, &STATUS, Online::Status),
+            not_online(view),
+            terms(view, "Terms."),
+            message(view, "Nope", "No."),
+            redirect(view, "http://10.66.0.1:8080/"),
+        ]
+    }
 
     #[test]
     fn escape_covers_markup_and_quotes() {
@@ -241,7 +440,12 @@ mod tests {
 
     #[test]
     fn the_form_escapes_what_was_typed() {
-        let html = form(Some("bad <b>"), "\"><script>alert(1)</script>");
+        let look = Look::default();
+        let html = form(
+            &view(&look, "en"),
+            Some("bad <b>"),
+            "\"><script>alert(1)</script>",
+        );
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("value=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\""));
         assert!(html.contains("<p>bad &lt;b&gt;</p>"));
@@ -249,7 +453,9 @@ mod tests {
 
     #[test]
     fn the_form_is_accessible() {
-        let plain = form(None, "");
+        let look = Look::default();
+        let view = view(&look, "en");
+        let plain = form(&view, None, "");
         for needle in [
             "<html lang=\"en\">",
             "<label for=\"code\">",
@@ -265,7 +471,7 @@ mod tests {
         }
         assert!(!plain.contains("role=\"alert\""));
         assert!(!plain.contains("aria-invalid=\"true\""));
-        let failed = form(Some("That code is not valid."), "abcd");
+        let failed = form(&view, Some("That code is not valid."), "abcd");
         assert!(failed.contains("role=\"alert\"><p>That code is not valid.</p>"));
         assert!(failed.contains("aria-describedby=\"code-hint code-error\" aria-invalid=\"true\""));
         assert!(failed.contains("value=\"abcd\""));
@@ -273,19 +479,8 @@ mod tests {
 
     #[test]
     fn no_page_loads_anything_from_elsewhere() {
-        let status = ClientStatus {
-            bytes_left: 1,
-            seconds_left: 1,
-            code_expires: true,
-        };
-        for html in [
-            form(Some("x"), "y"),
-            online(&status, Online::JustNow),
-            online(&status, Online::Status),
-            not_online(),
-            message("Nope", "No."),
-            redirect("http://10.66.0.1:8080/"),
-        ] {
+        let look = Look::default();
+        for html in every_page(&view(&look, "en")) {
             assert!(html.starts_with("<!doctype html>"));
             assert!(html.contains("<html lang=\"en\">"));
             for external in ["<script", "<link", "<img", "src=", "@import", "url("] {
@@ -295,23 +490,66 @@ mod tests {
     }
 
     #[test]
-    fn status_pages_show_what_is_left() {
-        let status = ClientStatus {
-            bytes_left: 512 * 1_048_576 + 300_000,
-            seconds_left: 4_320,
-            code_expires: true,
-        };
-        let html = online(&status, Online::JustNow);
+    fn pages_speak_the_chosen_language_and_link_the_others() {
+        let look = Look::default();
+        let es = view(&look, "es");
+        let html = form(&es, None, "");
+        assert!(html.contains("<html lang=\"es\">"), "{html}");
+        assert!(html.contains("<h1>Conéctate</h1>"), "{html}");
+        assert!(
+            html.contains("<title>Conéctate · Acceso Wi-Fi</title>"),
+            "{html}"
+        );
+        assert!(html.contains("<strong aria-current=\"true\">Español</strong>"));
+        assert!(html.contains("<a href=\"/?lang=fr\" hreflang=\"fr\" lang=\"fr\">Français</a>"));
+        assert!(html.contains("<a href=\"/?lang=en\" hreflang=\"en\" lang=\"en\">English</a>"));
+        let status = online(&view(&look, "fr"), &STATUS, Online::Status);
+        assert!(
+            status.contains("<dt>Données restantes</dt><dd>512 Mo</dd>"),
+            "{status}"
+        );
+        assert!(status.contains("<dd>1 h 12 min</dd>"), "{status}");
+        assert!(status.contains("href=\"/status?lang=es\""), "{status}");
+        // No English left on a translated page (the language links name languages).
+        let english: Vec<&str> = ["Get online", "Access code", "Data left", "Time left"].to_vec();
+        for html in every_page(&es) {
+            for text in &english {
+                assert!(!html.contains(text), "{text} in {html}");
+            }
+        }
+    }
+
+    #[test]
+    fn status_pages_show_what_is_left_and_update_themselves() {
+        let look = Look::default();
+        let en = view(&look, "en");
+        let html = online(&en, &STATUS, Online::JustNow);
         assert!(html.contains("<dd>512 MB</dd>"), "{html}");
         assert!(html.contains("<dd>1 h 12 min</dd>"), "{html}");
         assert!(html.contains("Your code was accepted"));
-        assert!(!online(&status, Online::Status).contains("Your code was accepted"));
-        assert!(not_online().contains("href=\"/\""));
+        assert!(html.contains("<meta http-equiv=\"refresh\" content=\"60;url=/status\">"));
+        let status = online(&en, &STATUS, Online::Status);
+        assert!(!status.contains("Your code was accepted"));
+        assert!(status.contains("<meta http-equiv=\"refresh\" content=\"60;url=/status\">"));
+        assert!(status.contains("updates itself every minute"));
+        // Under another host, links lead to the portal and nothing reloads.
+        let foreign = View {
+            base: "http://10.66.0.1:8080",
+            ..en
+        };
+        let html = online(&foreign, &STATUS, Online::Status);
+        assert!(!html.contains("http-equiv"), "{html}");
+        assert!(
+            html.contains("href=\"http://10.66.0.1:8080/status\""),
+            "{html}"
+        );
+        assert!(!not_online(&en).contains("http-equiv"));
+        assert!(not_online(&en).contains("href=\"/\""));
         let no_expiry = ClientStatus {
             code_expires: false,
-            ..status
+            ..STATUS
         };
-        let html = online(&no_expiry, Online::Status);
+        let html = online(&en, &no_expiry, Online::Status);
         assert!(
             html.contains("<dt>Session time left</dt><dd>1 h 12 min</dd>"),
             "{html}"
@@ -322,49 +560,79 @@ mod tests {
 
     #[test]
     fn messages_and_redirects_escape() {
-        assert!(message("<x>", "<y>").contains("<h1>&lt;x&gt;</h1>"));
-        assert!(message("<x>", "<y>").contains("<p>&lt;y&gt;</p>"));
+        let look = Look::default();
+        let en = view(&look, "en");
+        assert!(message(&en, "<x>", "<y>").contains("<h1>&lt;x&gt;</h1>"));
+        assert!(message(&en, "<x>", "<y>").contains("<p>&lt;y&gt;</p>"));
         assert!(
-            redirect("http://a/?b=\"c\"&d").contains("href=\"http://a/?b=&quot;c&quot;&amp;d\"")
+            redirect(&en, "http://a/?b=\"c\"&d")
+                .contains("href=\"http://a/?b=&quot;c&quot;&amp;d\"")
         );
     }
 
     #[test]
-    fn durations_read_like_a_person_would_say_them() {
-        for (seconds, text) in [
-            (0, "0 s"),
-            (45, "45 s"),
-            (59, "59 s"),
-            (60, "1 min"),
-            (119, "1 min"),
-            (3_599, "59 min"),
-            (3_600, "1 h"),
-            (4_320, "1 h 12 min"),
-            (86_399, "23 h 59 min"),
-            (86_400, "1 d"),
-            (97_200, "1 d 3 h"),
-            (172_800 + 60, "2 d"),
-            (u64::MAX, "213503982334601 d 7 h"),
-        ] {
-            assert_eq!(format_duration(seconds), text, "{seconds}");
+    fn provider_texts_are_escaped() {
+        let hostile = "<script>alert('x')</script>";
+        let mut look = Look {
+            name: Some(format!("Café {hostile}")),
+            terms: Some(format!("Rule 1: {hostile}\r\nline two\n\n\nRule 2 & more")),
+            logo: Some(Logo {
+                bytes: axum::body::Bytes::from_static(b"<svg/>"),
+                content_type: "image/svg+xml",
+            }),
+            ..Look::default()
+        };
+        // A catalogue text with markup, and a parameter with markup, are text too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sw.toml"),
+            format!("language.name = \"Kiswahili {hostile}\"\nform.title = \"{hostile}\"\nerror.bad_character = \"{{char}} {hostile}\"\n"),
+        )
+        .unwrap();
+        look.languages = crate::portal::i18n::Languages::load(dir.path()).0;
+        let sw = view(&look, "sw");
+        let error = sw
+            .tr
+            .fill(Msg::ErrorBadCharacter, &[("char", "<img src=x>")]);
+        let mut pages = every_page(&sw);
+        pages.push(form(&sw, Some(&error), ""));
+        pages.push(terms(&sw, look.terms.as_deref().unwrap()));
+        for html in &pages {
+            assert!(!html.contains("<script"), "{html}");
+            assert!(!html.contains("<img src=x>"), "{html}");
         }
+        let html = terms(&sw, look.terms.as_deref().unwrap());
+        assert!(html.contains("<p>Rule 1: &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;<br>\nline two</p>\n<p>Rule 2 &amp; more</p>"), "{html}");
+        assert!(
+            html.contains("<header><img src=\"/brand/logo\" alt=\"\"><span>Café &lt;script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("· Café &lt;script&gt;"), "{html}");
+        let form_page = form(&sw, Some(&error), "");
+        assert!(
+            form_page.contains("<p>&lt;img src=x&gt; &lt;script&gt;"),
+            "{form_page}"
+        );
+        assert!(form_page.contains("<a href=\"/terms\">"), "{form_page}");
+        // Under another host the logo is left out: it would not load from there.
+        let foreign = View {
+            base: "http://10.66.0.1:8080",
+            ..sw
+        };
+        assert!(!not_online(&foreign).contains("<img"));
     }
 
     #[test]
-    fn megabytes_round_down() {
-        for (bytes, text) in [
-            (0, "0 MB"),
-            (1, "less than 0.1 MB"),
-            (104_857, "less than 0.1 MB"),
-            (104_858, "0.1 MB"),
-            (5 * 1_048_576, "5.0 MB"),
-            (5 * 1_048_576 - 1, "4.9 MB"),
-            (10 * 1_048_576 - 1, "9.9 MB"),
-            (10 * 1_048_576, "10 MB"),
-            (1234 * 1_048_576 + 1, "1,234 MB"),
-            (u64::MAX, "17,592,186,044,415 MB"),
-        ] {
-            assert_eq!(format_megabytes(bytes), text, "{bytes}");
-        }
+    fn provider_colours_follow_the_defaults() {
+        let look = Look {
+            colors_css: ":root{--brand:#ffcc00;--on-brand:#000000}".to_owned(),
+            ..Look::default()
+        };
+        let html = form(&view(&look, "en"), None, "");
+        // After the built-in rules, so the provider's colours win in dark mode too.
+        assert!(
+            html.contains("min-height:3rem}:root{--brand:#ffcc00;--on-brand:#000000}</style>"),
+            "{html}"
+        );
     }
 }
