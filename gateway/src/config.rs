@@ -293,6 +293,15 @@ fn check_interface(key: &str, name: &str, problems: &mut Problems) {
 }
 
 impl Validate for GatewayConfig {
+    /// The portal's look (its files and colours) is read as the portal reads it at start:
+    /// `check-config` reports what the portal would leave out; `run` serves without it.
+    fn check_files(&self, problems: &mut Problems) {
+        let (_, look_problems) = crate::portal::Look::load(&self.portal);
+        for (key, message) in look_problems {
+            problems.push(key, message);
+        }
+    }
+
     fn validate(&self, problems: &mut Problems) {
         check_interface("lan.interface", &self.lan.interface, problems);
         match (&self.wan.interface, self.wan.nat) {
@@ -315,12 +324,6 @@ impl Validate for GatewayConfig {
             if let Err(bad) = split_garden_port(entry) {
                 problems.push("portal.walled_garden", bad.to_string());
             }
-        }
-        // The files are read here as the portal reads them at start, so that check-config
-        // reports what the portal would leave out.
-        let (_, look_problems) = crate::portal::Look::load(&self.portal);
-        for (key, message) in look_problems {
-            problems.push(key, message);
         }
         if self.session.devices_per_code == 0 {
             problems.push("session.devices_per_code", "must be at least 1");

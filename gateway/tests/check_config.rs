@@ -265,3 +265,35 @@ fn portal_look_problems_name_the_key_and_the_file() {
         assert!(err.contains(&want), "{want:?} not in {err}");
     }
 }
+
+/// What `check-config` reports about the portal's own files does not keep `run` from
+/// loading the configuration: the portal serves without the bad file.
+#[test]
+fn a_bad_portal_file_fails_check_config_but_not_loading_for_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let locales = dir.path().join("locales");
+    std::fs::create_dir(&locales).unwrap();
+    std::fs::write(locales.join("sw.toml"), "form.title = [\n").unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[portal]\nlocales_dir = \"{}\"\n",
+            locales.display()
+        ),
+    )
+    .unwrap();
+    let loaded =
+        edgeshare_shared::config::load::<edgeshare_gateway::config::GatewayConfig>(&path, None);
+    assert!(loaded.is_ok(), "{loaded:?}");
+    let checked = edgeshare_shared::config::load_for_check::<
+        edgeshare_gateway::config::GatewayConfig,
+    >(&path, None);
+    let err = checked
+        .expect_err("check-config reports the file")
+        .to_string();
+    assert!(
+        err.contains("portal.locales_dir") && err.contains("sw.toml"),
+        "{err}"
+    );
+}

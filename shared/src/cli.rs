@@ -40,6 +40,14 @@ impl ConfigArgs {
     pub fn load<T: DeserializeOwned + Validate>(&self, daemon: Daemon) -> Result<T, ConfigError> {
         crate::config::load(&self.path(daemon), self.env_file.as_deref())
     }
+
+    /// [`ConfigArgs::load`], with the files the config names checked too (`check-config`).
+    pub fn load_for_check<T: DeserializeOwned + Validate>(
+        &self,
+        daemon: Daemon,
+    ) -> Result<T, ConfigError> {
+        crate::config::load_for_check(&self.path(daemon), self.env_file.as_deref())
+    }
 }
 
 /// Turns a daemon's result into its exit code, printing the whole error chain:
@@ -80,7 +88,7 @@ where
     use anyhow::Context;
     let path = args.path(daemon);
     let config: T = args
-        .load(daemon)
+        .load_for_check(daemon)
         .with_context(|| format!("the {} configuration is not usable", daemon.name()))?;
     tracing::debug!(?config, "configuration loaded");
     println!("{}: configuration OK", path.display());

@@ -37,6 +37,19 @@ const MAX_PROBLEMS: usize = 50;
 pub trait Validate {
     /// Pushes one [`Problems::push`] per problem found; pushes nothing for a good config.
     fn validate(&self, problems: &mut Problems);
+
+    /// Checks the files the config names that a running daemon can do without (it logs
+    /// the problem and goes on without the file, say a portal translation): `check-config`
+    /// reports them with the rest ([`load_for_check`]), loading for a run does not, so a
+    /// typo in such a file never keeps a daemon from starting.
+    fn check_files(&self, _problems: &mut Problems) {}
+}
+
+/// What loading checks besides the keys and their values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    Values,
+    ValuesAndFiles,
 }
 
 /// Problems found by [`Validate::validate`], each against a dotted key path.
@@ -193,6 +206,22 @@ pub fn load<T>(path: &Path, env_file: Option<&Path>) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Validate,
 {
+    load_with(path, env_file, Checks::Values)
+}
+
+/// [`load`], and the files the config names checked too ([`Validate::check_files`]): what
+/// `check-config` runs.
+pub fn load_for_check<T>(path: &Path, env_file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    load_with(path, env_file, Checks::ValuesAndFiles)
+}
+
+fn load_with<T>(path: &Path, env_file: Option<&Path>, checks: Checks) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -218,15 +247,28 @@ where
     }
     // The process environment wins over the env file: later overrides replace earlier ones.
     vars.extend(std::env::vars());
-    parse(
+    parse_with(
         &text,
         &path.display().to_string(),
         &overrides_from_vars(vars),
+        checks,
     )
 }
 
 /// Parses configuration text with overrides applied. `source_name` names the text in errors.
 pub fn parse<T>(text: &str, source_name: &str, overrides: &[Override]) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    parse_with(text, source_name, overrides, Checks::Values)
+}
+
+fn parse_with<T>(
+    text: &str,
+    source_name: &str,
+    overrides: &[Override],
+    checks: Checks,
+) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Validate,
 {
@@ -395,6 +437,9 @@ where
     if let Some(config) = &config {
         let mut found = Problems::default();
         config.validate(&mut found);
+        if checks == Checks::ValuesAndFiles {
+            config.check_files(&mut found);
+        }
         for (key, message) in found.found {
             let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
             let noise = (1..=segments.len()).any(|n| {

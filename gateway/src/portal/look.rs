@@ -1,7 +1,8 @@
 //! What the provider makes of the portal: its name, logo, colours and terms of use
 //! (`[portal.brand]`), and the languages it speaks (`portal.locales_dir`). Read once at start;
 //! [`Look::load`] is also what `check-config` runs, so a file the portal could not use is
-//! reported there with its key.
+//! reported there with its key; `run` logs it and serves without it, so a typo in a
+//! translation never keeps the gateway (and everyone's internet) from starting.
 
 use std::path::Path;
 
