@@ -27,7 +27,7 @@ use crate::codes::{BackendCodes, CodeStore, Verdict};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Reply, Request};
 use crate::core::{Action, Core, EndReason, Grant, Policy, Recorded, Refusal, Snapshot, Usage};
-use crate::firewall::{Cidr, Firewall, GardenEntry, NftFirewall, split_garden_port};
+use crate::firewall::{Cidr, Firewall, GardenEntry, NetlinkFirewall, split_garden_port};
 use crate::net::{Client, Millis};
 use crate::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
 use crate::report::{self, FlowBook, GatewayFigures};
@@ -1045,7 +1045,7 @@ async fn resolve_garden_later(
             .map(|(host, _)| host.clone())
             .collect();
         unresolved = still;
-        let firewall = NftFirewall::new(config.firewall_config(garden.clone()));
+        let firewall = NetlinkFirewall::new(config.firewall_config(garden.clone()));
         let shared = shared.clone();
         let installed = tokio::task::spawn_blocking(move || {
             let mut state = shared.lock();
@@ -1120,7 +1120,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let (found, unresolved) = resolve_garden(&garden_hosts).await;
     garden.extend(found);
     let mut firewall: Box<dyn Firewall> =
-        Box::new(NftFirewall::new(config.firewall_config(garden.clone())));
+        Box::new(NetlinkFirewall::new(config.firewall_config(garden.clone())));
     firewall
         .install()
         .context("installing the nftables table")?;

@@ -1,13 +1,18 @@
-//! The nftables firewall against the real kernel: real `nft`, real veth pairs, three network
-//! namespaces (client — gw — up, see `support::Testbed`), traffic from `std::net` probes.
-//! Needs root; skips with a message when not root, fails when not root in CI.
+//! The nftables firewall against the real kernel: real `nft`, real netlink, real veth pairs,
+//! three network namespaces (client — gw — up, see `support::Testbed`), traffic from
+//! `std::net` probes. Each behaviour test runs twice, once per implementation
+//! (`nft::NAME` with [`NftFirewall`], `netlink::NAME` with [`NetlinkFirewall`]; see
+//! `both!` at the end). Needs root; skips with a message when not root, fails when not root
+//! in CI.
 
 mod support;
 
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use edgeshare_gateway::firewall::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, SessionQuota,
+    ClientCounters, Firewall, FirewallConfig, FirewallError, NetlinkFirewall, NftFirewall,
+    SessionQuota,
 };
 use edgeshare_gateway::net::{Client, Mac};
 use support::probe::Event;
@@ -53,12 +58,66 @@ fn config() -> FirewallConfig {
     }
 }
 
-/// The firewall of the bed's gateway namespace.
-fn firewall(bed: &Testbed, config: FirewallConfig) -> NftFirewall {
-    NftFirewall::with_command(config, bed.gw.command_prefix("nft"))
+/// Which implementation a behaviour test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nft,
+    Netlink,
 }
 
-fn counters_of(firewall: &mut NftFirewall, client: &Client) -> Option<ClientCounters> {
+/// A firewall of either kind, with its configuration at hand.
+struct Fw {
+    inner: Box<dyn Firewall>,
+    config: FirewallConfig,
+}
+
+impl Fw {
+    fn config(&self) -> &FirewallConfig {
+        &self.config
+    }
+}
+
+impl Deref for Fw {
+    type Target = dyn Firewall;
+    fn deref(&self) -> &Self::Target {
+        &*self.inner
+    }
+}
+
+impl DerefMut for Fw {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.inner
+    }
+}
+
+/// The firewall of the bed's gateway namespace: nft runs there through `ip netns exec`, the
+/// netlink socket is opened from a thread inside it.
+fn firewall(bed: &Testbed, config: FirewallConfig, kind: Kind) -> Fw {
+    let nft = bed.gw.command_prefix("nft");
+    let inner: Box<dyn Firewall> = match kind {
+        Kind::Nft => Box::new(NftFirewall::with_command(config.clone(), nft)),
+        Kind::Netlink => {
+            let mut fw = NetlinkFirewall::with_command(config.clone(), nft);
+            bed.gw
+                .in_thread(|| fw.open())
+                .expect("netlink socket in gw");
+            Box::new(fw)
+        }
+    };
+    Fw { inner, config }
+}
+
+/// Is this the refusal of a call that needs our table when there is none (nft's exit
+/// status, or the kernel's ENOENT over netlink)?
+fn no_table(result: Result<impl std::fmt::Debug, FirewallError>) -> bool {
+    match result {
+        Err(FirewallError::Refused { stderr, .. }) => stderr.contains("No such file or directory"),
+        Err(FirewallError::Netlink { errno, .. }) => errno == libc::ENOENT,
+        _ => false,
+    }
+}
+
+fn counters_of(firewall: &mut Fw, client: &Client) -> Option<ClientCounters> {
     firewall
         .clients()
         .expect("clients")
@@ -89,13 +148,12 @@ fn ping_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn captive_client_gets_dns_the_garden_and_the_portal_only() {
+fn captive_client_gets_dns_the_garden_and_the_portal_only(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     println!(
         "{}",
@@ -224,13 +282,12 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only() {
     );
 }
 
-#[test]
-fn gateway_and_lan_are_closed_to_everything_else() {
+fn gateway_and_lan_are_closed_to_everything_else(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _gw_ssh = bed.gw.tcp_listen("[::]:2222".parse().expect("addr"), 0);
     let _portal = bed.gw.tcp_listen("[::]:8080".parse().expect("addr"), 0);
@@ -286,13 +343,12 @@ fn gateway_and_lan_are_closed_to_everything_else() {
     }
 }
 
-#[test]
-fn allowed_client_passes_is_counted_and_revoked() {
+fn allowed_client_passes_is_counted_and_revoked(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     const UP4: u64 = 200_000;
     const DOWN4: u64 = 300_000;
@@ -385,13 +441,12 @@ fn allowed_client_passes_is_counted_and_revoked() {
     assert!(fw.clients().expect("clients").is_empty());
 }
 
-#[test]
-fn only_the_allowed_mac_passes_with_the_allowed_ip() {
+fn only_the_allowed_mac_passes_with_the_allowed_ip(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
@@ -413,13 +468,12 @@ fn only_the_allowed_mac_passes_with_the_allowed_ip() {
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-#[test]
-fn kernel_timeout_closes_access_by_itself() {
+fn kernel_timeout_closes_access_by_itself(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -441,14 +495,13 @@ fn kernel_timeout_closes_access_by_itself() {
     assert_eq!(counters_of(&mut fw, &client4()), None);
 }
 
-#[test]
-fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
+fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone());
+    let mut fw = firewall(&bed, config.clone(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 1_000);
     let _garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 0);
@@ -458,7 +511,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
         .tcp_send(sock(Testbed::up_v4(), 443), 5_000, OPEN)
         .expect("allowed");
     let before = counters_of(&mut fw, &client4()).expect("counters");
-    let listing = |fw: &NftFirewall| {
+    let listing = |fw: &Fw| {
         bed.gw.run_ok(&[
             "nft",
             "list",
@@ -489,7 +542,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
     assert!(bed.client.tcp_connects(garden, OPEN));
     let mut no_garden = config.clone();
     no_garden.garden.clear();
-    firewall(&bed, no_garden)
+    firewall(&bed, no_garden, kind)
         .install()
         .expect("install without garden");
     assert!(
@@ -499,19 +552,18 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
     let mut nested = config;
     nested.garden.push("10.77.0.130".parse().expect("host"));
     nested.garden.push("fd00:77::/64".parse().expect("v6 net"));
-    firewall(&bed, nested)
+    firewall(&bed, nested, kind)
         .install()
         .expect("install with nested garden");
     assert!(bed.client.tcp_connects(garden, OPEN));
 }
 
-#[test]
-fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
+fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     let table = fw.config().table.clone();
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -538,20 +590,19 @@ fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
     assert!(!tables.contains(&table), "{tables}");
     assert!(!fw.is_installed().expect("check"));
     fw.uninstall().expect("uninstalling twice");
-    assert!(matches!(fw.clients(), Err(FirewallError::Refused { .. })));
+    assert!(no_table(fw.clients()), "clients without a table");
     // With our table gone, nothing of ours blocks the client any more.
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-#[test]
-fn nat_masquerades_on_the_wan_interface() {
+fn nat_masquerades_on_the_wan_interface(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let mut config = config();
     config.nat = true;
-    let mut fw = firewall(&bed, config);
+    let mut fw = firewall(&bed, config, kind);
     fw.install().expect("install");
     let https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
@@ -567,21 +618,23 @@ fn nat_masquerades_on_the_wan_interface() {
     assert!(counters.up_bytes > 10, "{counters:?}");
 }
 
-#[test]
-fn bad_batches_are_refused_with_nft_stderr() {
+fn bad_batches_are_refused_with_the_kernels_reason(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
-    // Allowing before the table exists: nft says why, and the error names the client.
-    match fw.allow(&client4(), Duration::from_secs(5)) {
-        Err(FirewallError::Refused {
-            operation, stderr, ..
-        }) => {
-            assert!(operation.to_string().contains("10.66.0.2"), "{operation}");
-            assert!(stderr.contains("No such file or directory"), "{stderr}");
-        }
+    let mut fw = firewall(&bed, config(), kind);
+    // Allowing before the table exists: nft (or the kernel's errno) says why, and the error
+    // names the client.
+    let err = fw
+        .allow(&client4(), Duration::from_secs(5))
+        .expect_err("no table yet");
+    let message = err.to_string();
+    assert!(message.contains("10.66.0.2"), "{message}");
+    assert!(message.contains("No such file or directory"), "{message}");
+    match (kind, &err) {
+        (Kind::Nft, FirewallError::Refused { .. }) => {}
+        (Kind::Netlink, FirewallError::Netlink { errno, .. }) => assert_eq!(*errno, libc::ENOENT),
         other => panic!("{other:?}"),
     }
 }
@@ -634,7 +687,7 @@ const MB: u64 = 1_000_000;
 
 /// What the client elements counted for `clients` (upload + download): the IP bytes the
 /// forward chain let through, after the quota rules.
-fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
+fn forwarded(fw: &mut Fw, clients: &[Client]) -> u64 {
     clients
         .iter()
         .filter_map(|c| counters_of(fw, c))
@@ -642,7 +695,7 @@ fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
         .sum()
 }
 
-fn quota_of(fw: &mut NftFirewall, session: &str) -> Option<SessionQuota> {
+fn quota_of(fw: &mut Fw, session: &str) -> Option<SessionQuota> {
     fw.list_quotas().expect("list_quotas").remove(session)
 }
 
@@ -667,14 +720,13 @@ fn become_device(bed: &Testbed, mac: &str, old_ip: &str, new_ip: &str) {
     bed.gw.ip(&["neigh", "flush", "dev", Testbed::GW_LAN_IF]);
 }
 
-#[test]
-fn session_quota_stops_a_full_speed_download_in_the_kernel() {
+fn session_quota_stops_a_full_speed_download_in_the_kernel(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone());
+    let mut fw = firewall(&bed, config.clone(), kind);
     fw.install().expect("install");
     let _sink = bed
         .up
@@ -700,7 +752,7 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
         .expect("connects");
     let took = started.elapsed().saturating_sub(STALL);
 
-    let mut fw = firewall(&bed, config);
+    let mut fw = firewall(&bed, config, kind);
     let counted = counters_of(&mut fw, &client4()).expect("counters");
     let through = counted.up_bytes + counted.down_bytes;
     let quota = quota_of(&mut fw, "sess-1").expect("quota");
@@ -769,13 +821,12 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
     assert_eq!(free.map(|s| s.received), Ok(200 * MB));
 }
 
-#[test]
-fn session_quota_counts_upload_and_download_of_all_its_clients() {
+fn session_quota_counts_upload_and_download_of_all_its_clients(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     const MAC_B: &str = "02:00:00:66:00:03";
     let device_a = client4();
@@ -900,17 +951,13 @@ fn session_quota_counts_upload_and_download_of_all_its_clients() {
     assert!(!listed.contains("quota q_"), "{listed}");
 }
 
-#[test]
-fn session_quota_calls_are_checked() {
+fn session_quota_calls_are_checked(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
-    assert!(matches!(
-        fw.set_quota("s", &[client4()], MB),
-        Err(FirewallError::Refused { .. })
-    ));
+    let mut fw = firewall(&bed, config(), kind);
+    assert!(no_table(fw.set_quota("s", &[client4()], MB)));
     fw.install().expect("install");
     assert!(matches!(
         fw.set_quota("not a session id", &[client4()], MB),
@@ -937,3 +984,36 @@ fn session_quota_calls_are_checked() {
     );
     assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
 }
+
+/// One `#[test]` per implementation for each behaviour test: `nft::NAME` and `netlink::NAME`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod nft {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Nft)
+            })*
+        }
+        mod netlink {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Netlink)
+            })*
+        }
+    };
+}
+
+both!(
+    captive_client_gets_dns_the_garden_and_the_portal_only,
+    gateway_and_lan_are_closed_to_everything_else,
+    allowed_client_passes_is_counted_and_revoked,
+    only_the_allowed_mac_passes_with_the_allowed_ip,
+    kernel_timeout_closes_access_by_itself,
+    install_is_idempotent_keeps_clients_and_replaces_the_garden,
+    flushes_are_detected_and_repaired_and_uninstall_removes_the_table,
+    nat_masquerades_on_the_wan_interface,
+    bad_batches_are_refused_with_the_kernels_reason,
+    session_quota_stops_a_full_speed_download_in_the_kernel,
+    session_quota_counts_upload_and_download_of_all_its_clients,
+    session_quota_calls_are_checked,
+);
