@@ -30,6 +30,7 @@
 
 mod check;
 mod elements;
+mod exchange;
 mod message;
 mod objects;
 mod socket;
