@@ -284,6 +284,8 @@ pub enum Operation {
     ListQuotas,
     /// Listing one quota map's elements, for `set_quota` and `clear_quota`.
     ListMap(&'static str),
+    /// Opening the netlink socket ([`NetlinkFirewall::open`]).
+    OpenSocket,
 }
 
 impl fmt::Display for Operation {
@@ -299,6 +301,7 @@ impl fmt::Display for Operation {
             Operation::ClearQuota(session) => write!(f, "clear the quota of session {session}"),
             Operation::ListQuotas => f.write_str("list the session quotas"),
             Operation::ListMap(map) => write!(f, "list map {map}"),
+            Operation::OpenSocket => f.write_str("open the nf_tables netlink socket"),
         }
     }
 }
@@ -340,7 +343,7 @@ pub enum FirewallError {
     },
     /// The kernel refused a netlink request (or the netlink socket could not be opened).
     #[error(
-        "cannot {operation}: {} (netlink, errno {errno}){}",
+        "cannot {operation}: the kernel said {} over netlink{}",
         std::io::Error::from_raw_os_error(*errno),
         errno_hint(*errno)
     )]

@@ -89,7 +89,7 @@ impl NetlinkFirewall {
     /// Opens the netlink socket now, in the calling thread's network namespace (otherwise
     /// the first call that needs it does). A no-op if it is open.
     pub fn open(&mut self) -> Result<(), FirewallError> {
-        self.socket(&Operation::CheckInstalled).map(|_| ())
+        self.socket(&Operation::OpenSocket).map(|_| ())
     }
 
     fn socket(&mut self, operation: &Operation) -> Result<&mut Socket, FirewallError> {

@@ -45,13 +45,22 @@ impl From<rustix::io::Errno> for Failure {
 }
 
 /// One netlink socket to nf_tables, in the network namespace it was opened in.
-#[derive(Debug)]
 pub(super) struct Socket {
     fd: OwnedFd,
     /// The next sequence number; replies to earlier requests (e.g. after a time-out) are
     /// told apart by theirs.
     seq: u32,
     buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Socket {
+    // Without the 64 KiB receive buffer.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("fd", &self.fd)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Socket {

@@ -624,3 +624,44 @@ fn keys_round_trip() {
     let ip: IpAddr = "10.0.0.2".parse().expect("ip");
     assert_eq!(elements::quota_key(&QuotaKey::Down(ip)), vec![10, 0, 0, 2]);
 }
+
+#[test]
+fn netlink_errors_name_the_operation_the_errno_and_what_to_do() {
+    use super::failed;
+    use crate::firewall::{FirewallError, Operation};
+    let who = client("02:00:00:00:00:02", "10.0.0.2");
+    let err = failed(&Operation::Allow(who), Failure::Errno(libc::EPERM));
+    assert!(matches!(
+        err,
+        FirewallError::Netlink {
+            errno: libc::EPERM,
+            ..
+        }
+    ));
+    assert_eq!(err.operation(), Some(&Operation::Allow(who)));
+    let message = err.to_string();
+    assert!(message.starts_with("cannot allow client"), "{message}");
+    assert!(message.contains("Operation not permitted"), "{message}");
+    assert!(
+        message.ends_with("run as root, or grant it to the service"),
+        "{message}"
+    );
+    let message = failed(
+        &Operation::OpenSocket,
+        Failure::Errno(libc::EPROTONOSUPPORT),
+    )
+    .to_string();
+    assert!(message.contains("modprobe nf_tables"), "{message}");
+    let message = failed(&Operation::ListQuotas, Failure::Errno(libc::ENOENT)).to_string();
+    assert!(message.contains("No such file or directory"), "{message}");
+    assert!(!message.contains("CAP_NET_ADMIN"), "{message}");
+    let err = failed(
+        &Operation::ListSet("clients4_up"),
+        Failure::Malformed("x".to_owned()),
+    );
+    assert!(matches!(err, FirewallError::Reply { .. }));
+    assert_eq!(
+        err.to_string(),
+        "cannot list set clients4_up: unexpected netlink reply: x"
+    );
+}
