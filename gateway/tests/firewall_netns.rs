@@ -1,13 +1,18 @@
-//! The nftables firewall against the real kernel: real `nft`, real veth pairs, three network
-//! namespaces (client — gw — up, see `support::Testbed`), traffic from `std::net` probes.
-//! Needs root; skips with a message when not root, fails when not root in CI.
+//! The nftables firewall against the real kernel: real `nft`, real netlink, real veth pairs,
+//! three network namespaces (client — gw — up, see `support::Testbed`), traffic from
+//! `std::net` probes. Each behaviour test runs twice, once per implementation
+//! (`nft::NAME` with [`NftFirewall`], `netlink::NAME` with [`NetlinkFirewall`]; see
+//! `both!` at the end). Needs root; skips with a message when not root, fails when not root
+//! in CI.
 
 mod support;
 
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use edgeshare_gateway::firewall::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, SessionQuota,
+    ClientCounters, Firewall, FirewallConfig, FirewallError, NetlinkFirewall, NftFirewall,
+    SessionQuota,
 };
 use edgeshare_gateway::net::{Client, Mac};
 use support::probe::Event;
@@ -53,12 +58,66 @@ fn config() -> FirewallConfig {
     }
 }
 
-/// The firewall of the bed's gateway namespace.
-fn firewall(bed: &Testbed, config: FirewallConfig) -> NftFirewall {
-    NftFirewall::with_command(config, bed.gw.command_prefix("nft"))
+/// Which implementation a behaviour test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nft,
+    Netlink,
 }
 
-fn counters_of(firewall: &mut NftFirewall, client: &Client) -> Option<ClientCounters> {
+/// A firewall of either kind, with its configuration at hand.
+struct Fw {
+    inner: Box<dyn Firewall>,
+    config: FirewallConfig,
+}
+
+impl Fw {
+    fn config(&self) -> &FirewallConfig {
+        &self.config
+    }
+}
+
+impl Deref for Fw {
+    type Target = dyn Firewall;
+    fn deref(&self) -> &Self::Target {
+        &*self.inner
+    }
+}
+
+impl DerefMut for Fw {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.inner
+    }
+}
+
+/// The firewall of the bed's gateway namespace: nft runs there through `ip netns exec`, the
+/// netlink socket is opened from a thread inside it.
+fn firewall(bed: &Testbed, config: FirewallConfig, kind: Kind) -> Fw {
+    let nft = bed.gw.command_prefix("nft");
+    let inner: Box<dyn Firewall> = match kind {
+        Kind::Nft => Box::new(NftFirewall::with_command(config.clone(), nft)),
+        Kind::Netlink => {
+            let mut fw = NetlinkFirewall::with_command(config.clone(), nft);
+            bed.gw
+                .in_thread(|| fw.open())
+                .expect("netlink socket in gw");
+            Box::new(fw)
+        }
+    };
+    Fw { inner, config }
+}
+
+/// Is this the refusal of a call that needs our table when there is none (nft's exit
+/// status, or the kernel's ENOENT over netlink)?
+fn no_table(result: Result<impl std::fmt::Debug, FirewallError>) -> bool {
+    match result {
+        Err(FirewallError::Refused { stderr, .. }) => stderr.contains("No such file or directory"),
+        Err(FirewallError::Netlink { errno, .. }) => errno == libc::ENOENT,
+        _ => false,
+    }
+}
+
+fn counters_of(firewall: &mut Fw, client: &Client) -> Option<ClientCounters> {
     firewall
         .clients()
         .expect("clients")
@@ -89,13 +148,12 @@ fn ping_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn captive_client_gets_dns_the_garden_and_the_portal_only() {
+fn captive_client_gets_dns_the_garden_and_the_portal_only(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     println!(
         "{}",
@@ -224,13 +282,12 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only() {
     );
 }
 
-#[test]
-fn gateway_and_lan_are_closed_to_everything_else() {
+fn gateway_and_lan_are_closed_to_everything_else(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _gw_ssh = bed.gw.tcp_listen("[::]:2222".parse().expect("addr"), 0);
     let _portal = bed.gw.tcp_listen("[::]:8080".parse().expect("addr"), 0);
@@ -286,13 +343,12 @@ fn gateway_and_lan_are_closed_to_everything_else() {
     }
 }
 
-#[test]
-fn allowed_client_passes_is_counted_and_revoked() {
+fn allowed_client_passes_is_counted_and_revoked(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     const UP4: u64 = 200_000;
     const DOWN4: u64 = 300_000;
@@ -385,13 +441,12 @@ fn allowed_client_passes_is_counted_and_revoked() {
     assert!(fw.clients().expect("clients").is_empty());
 }
 
-#[test]
-fn only_the_allowed_mac_passes_with_the_allowed_ip() {
+fn only_the_allowed_mac_passes_with_the_allowed_ip(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
@@ -413,13 +468,12 @@ fn only_the_allowed_mac_passes_with_the_allowed_ip() {
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-#[test]
-fn kernel_timeout_closes_access_by_itself() {
+fn kernel_timeout_closes_access_by_itself(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -441,14 +495,13 @@ fn kernel_timeout_closes_access_by_itself() {
     assert_eq!(counters_of(&mut fw, &client4()), None);
 }
 
-#[test]
-fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
+fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone());
+    let mut fw = firewall(&bed, config.clone(), kind);
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 1_000);
     let _garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 0);
@@ -458,7 +511,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
         .tcp_send(sock(Testbed::up_v4(), 443), 5_000, OPEN)
         .expect("allowed");
     let before = counters_of(&mut fw, &client4()).expect("counters");
-    let listing = |fw: &NftFirewall| {
+    let listing = |fw: &Fw| {
         bed.gw.run_ok(&[
             "nft",
             "list",
@@ -489,7 +542,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
     assert!(bed.client.tcp_connects(garden, OPEN));
     let mut no_garden = config.clone();
     no_garden.garden.clear();
-    firewall(&bed, no_garden)
+    firewall(&bed, no_garden, kind)
         .install()
         .expect("install without garden");
     assert!(
@@ -499,19 +552,18 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
     let mut nested = config;
     nested.garden.push("10.77.0.130".parse().expect("host"));
     nested.garden.push("fd00:77::/64".parse().expect("v6 net"));
-    firewall(&bed, nested)
+    firewall(&bed, nested, kind)
         .install()
         .expect("install with nested garden");
     assert!(bed.client.tcp_connects(garden, OPEN));
 }
 
-#[test]
-fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
+fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     let table = fw.config().table.clone();
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -538,20 +590,19 @@ fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
     assert!(!tables.contains(&table), "{tables}");
     assert!(!fw.is_installed().expect("check"));
     fw.uninstall().expect("uninstalling twice");
-    assert!(matches!(fw.clients(), Err(FirewallError::Refused { .. })));
+    assert!(no_table(fw.clients()), "clients without a table");
     // With our table gone, nothing of ours blocks the client any more.
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-#[test]
-fn nat_masquerades_on_the_wan_interface() {
+fn nat_masquerades_on_the_wan_interface(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let mut config = config();
     config.nat = true;
-    let mut fw = firewall(&bed, config);
+    let mut fw = firewall(&bed, config, kind);
     fw.install().expect("install");
     let https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
@@ -567,21 +618,23 @@ fn nat_masquerades_on_the_wan_interface() {
     assert!(counters.up_bytes > 10, "{counters:?}");
 }
 
-#[test]
-fn bad_batches_are_refused_with_nft_stderr() {
+fn bad_batches_are_refused_with_the_kernels_reason(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
-    // Allowing before the table exists: nft says why, and the error names the client.
-    match fw.allow(&client4(), Duration::from_secs(5)) {
-        Err(FirewallError::Refused {
-            operation, stderr, ..
-        }) => {
-            assert!(operation.to_string().contains("10.66.0.2"), "{operation}");
-            assert!(stderr.contains("No such file or directory"), "{stderr}");
-        }
+    let mut fw = firewall(&bed, config(), kind);
+    // Allowing before the table exists: nft (or the kernel's errno) says why, and the error
+    // names the client.
+    let err = fw
+        .allow(&client4(), Duration::from_secs(5))
+        .expect_err("no table yet");
+    let message = err.to_string();
+    assert!(message.contains("10.66.0.2"), "{message}");
+    assert!(message.contains("No such file or directory"), "{message}");
+    match (kind, &err) {
+        (Kind::Nft, FirewallError::Refused { .. }) => {}
+        (Kind::Netlink, FirewallError::Netlink { errno, .. }) => assert_eq!(*errno, libc::ENOENT),
         other => panic!("{other:?}"),
     }
 }
@@ -634,7 +687,7 @@ const MB: u64 = 1_000_000;
 
 /// What the client elements counted for `clients` (upload + download): the IP bytes the
 /// forward chain let through, after the quota rules.
-fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
+fn forwarded(fw: &mut Fw, clients: &[Client]) -> u64 {
     clients
         .iter()
         .filter_map(|c| counters_of(fw, c))
@@ -642,7 +695,7 @@ fn forwarded(fw: &mut NftFirewall, clients: &[Client]) -> u64 {
         .sum()
 }
 
-fn quota_of(fw: &mut NftFirewall, session: &str) -> Option<SessionQuota> {
+fn quota_of(fw: &mut Fw, session: &str) -> Option<SessionQuota> {
     fw.list_quotas().expect("list_quotas").remove(session)
 }
 
@@ -667,14 +720,13 @@ fn become_device(bed: &Testbed, mac: &str, old_ip: &str, new_ip: &str) {
     bed.gw.ip(&["neigh", "flush", "dev", Testbed::GW_LAN_IF]);
 }
 
-#[test]
-fn session_quota_stops_a_full_speed_download_in_the_kernel() {
+fn session_quota_stops_a_full_speed_download_in_the_kernel(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone());
+    let mut fw = firewall(&bed, config.clone(), kind);
     fw.install().expect("install");
     let _sink = bed
         .up
@@ -701,7 +753,7 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
         .expect("connects");
     let took = started.elapsed().saturating_sub(STALL);
 
-    let mut fw = firewall(&bed, config);
+    let mut fw = firewall(&bed, config, kind);
     let counted = counters_of(&mut fw, &client4()).expect("counters");
     let through = counted.up_bytes + counted.down_bytes;
     let quota = quota_of(&mut fw, "sess-1").expect("quota");
@@ -779,13 +831,12 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel() {
     assert_eq!(free.map(|s| s.received), Ok(200 * MB));
 }
 
-#[test]
-fn session_quota_counts_upload_and_download_of_all_its_clients() {
+fn session_quota_counts_upload_and_download_of_all_its_clients(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
+    let mut fw = firewall(&bed, config(), kind);
     fw.install().expect("install");
     const MAC_B: &str = "02:00:00:66:00:03";
     let device_a = client4();
@@ -910,17 +961,13 @@ fn session_quota_counts_upload_and_download_of_all_its_clients() {
     assert!(!listed.contains("quota q_"), "{listed}");
 }
 
-#[test]
-fn session_quota_calls_are_checked() {
+fn session_quota_calls_are_checked(kind: Kind) {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config());
-    assert!(matches!(
-        fw.set_quota("s", &[client4()], MB, 0),
-        Err(FirewallError::Refused { .. })
-    ));
+    let mut fw = firewall(&bed, config(), kind);
+    assert!(no_table(fw.set_quota("s", &[client4()], MB, 0)));
     fw.install().expect("install");
     assert!(matches!(
         fw.set_quota("not a session id", &[client4()], MB, 0),
@@ -946,4 +993,423 @@ fn session_quota_calls_are_checked() {
         Some(i64::MAX as u64)
     );
     assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
+}
+
+/// One `#[test]` per implementation for each behaviour test: `nft::NAME` and `netlink::NAME`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod nft {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Nft)
+            })*
+        }
+        mod netlink {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Netlink)
+            })*
+        }
+    };
+}
+
+both!(
+    captive_client_gets_dns_the_garden_and_the_portal_only,
+    gateway_and_lan_are_closed_to_everything_else,
+    allowed_client_passes_is_counted_and_revoked,
+    only_the_allowed_mac_passes_with_the_allowed_ip,
+    kernel_timeout_closes_access_by_itself,
+    install_is_idempotent_keeps_clients_and_replaces_the_garden,
+    flushes_are_detected_and_repaired_and_uninstall_removes_the_table,
+    nat_masquerades_on_the_wan_interface,
+    bad_batches_are_refused_with_the_kernels_reason,
+    session_quota_stops_a_full_speed_download_in_the_kernel,
+    session_quota_counts_upload_and_download_of_all_its_clients,
+    session_quota_calls_are_checked,
+);
+
+// ---- the netlink firewall, cross-checked with nft's own listings ----
+
+/// `nft -j list KIND inet TABLE NAME` in the bed's gateway, parsed.
+fn nft_list(bed: &Testbed, what: &[&str]) -> serde_json::Value {
+    let mut args = vec!["nft", "-j", "list"];
+    args.extend(what);
+    serde_json::from_str(&bed.gw.run_ok(&args)).expect("nft -j output")
+}
+
+/// The elements of the one set or map in an `nft -j list set|map` listing.
+fn nft_elements(listing: &serde_json::Value) -> Vec<serde_json::Value> {
+    listing["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .find_map(|o| o.get("set").or_else(|| o.get("map")))
+        .and_then(|s| s.get("elem"))
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A client-set element as nft lists it: (key, timeout s, expires s, bytes, packets).
+fn nft_client_element(element: &serde_json::Value) -> (String, u64, u64, u64, u64) {
+    let elem = &element["elem"];
+    let key = match &elem["val"] {
+        serde_json::Value::String(ip) => ip.clone(),
+        concat => {
+            let parts = concat["concat"].as_array().expect("concat");
+            format!(
+                "{}.{}",
+                parts[0].as_str().expect("mac"),
+                parts[1].as_str().expect("ip")
+            )
+        }
+    };
+    let number = |v: &serde_json::Value| v.as_u64().expect("a number");
+    (
+        key,
+        number(&elem["timeout"]),
+        number(&elem["expires"]),
+        number(&elem["counter"]["bytes"]),
+        number(&elem["counter"]["packets"]),
+    )
+}
+
+#[test]
+fn netlink_changes_are_exactly_what_nft_lists() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let config = config();
+    let table = config.table.clone();
+    let mut fw = firewall(&bed, config.clone(), Kind::Netlink);
+    let mut nft = firewall(&bed, config, Kind::Nft);
+    fw.install().expect("install");
+    let third = Client {
+        mac: "02:00:00:66:00:03".parse().expect("mac"),
+        ip: "10.66.0.3".parse().expect("ip"),
+    };
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow v4");
+    fw.allow(&client6(), Duration::from_millis(119_001))
+        .expect("allow v6");
+    fw.allow(&third, Duration::from_secs(30))
+        .expect("allow third");
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 20_000);
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 443), 50_000, OPEN)
+        .expect("allowed");
+
+    // The sets hold exactly the elements asked for, with their timeouts, and the counters
+    // nft lists are the ones NetlinkFirewall reads.
+    let listed = |set: &str| -> Vec<(String, u64, u64, u64, u64)> {
+        let mut all: Vec<_> = nft_elements(&nft_list(&bed, &["set", "inet", &table, set]))
+            .iter()
+            .map(nft_client_element)
+            .collect();
+        all.sort();
+        all
+    };
+    let ours = fw.clients().expect("netlink clients");
+    let up4 = listed("clients4_up");
+    let down4 = listed("clients4_down");
+    let up6 = listed("clients6_up");
+    let down6 = listed("clients6_down");
+    println!("nft lists {up4:?} {down4:?} {up6:?} {down6:?}\nnetlink reads {ours:?}");
+    let keys = |l: &[(String, u64, u64, u64, u64)]| -> Vec<(String, u64)> {
+        l.iter().map(|e| (e.0.clone(), e.1)).collect()
+    };
+    assert_eq!(
+        keys(&up4),
+        [
+            (format!("{}.10.66.0.2", Testbed::CLIENT_MAC), 60),
+            ("02:00:00:66:00:03.10.66.0.3".to_owned(), 30)
+        ]
+    );
+    assert_eq!(
+        keys(&down4),
+        [("10.66.0.2".to_owned(), 60), ("10.66.0.3".to_owned(), 30)]
+    );
+    assert_eq!(
+        keys(&up6),
+        [(
+            format!("{}.{}", Testbed::CLIENT_MAC, Testbed::client_v6()),
+            120
+        )]
+    );
+    assert_eq!(keys(&down6), [(Testbed::client_v6().to_string(), 120)]);
+    assert_eq!(ours.len(), 3, "{ours:?}");
+    for counters in &ours {
+        let key = format!("{}.{}", counters.client.mac, counters.client.ip);
+        let up = up4
+            .iter()
+            .chain(&up6)
+            .find(|e| e.0 == key)
+            .expect("listed up");
+        let down = down4
+            .iter()
+            .chain(&down6)
+            .find(|e| e.0 == counters.client.ip.to_string())
+            .expect("listed down");
+        assert_eq!(
+            (counters.up_bytes, counters.up_packets),
+            (up.3, up.4),
+            "{key}"
+        );
+        assert_eq!(
+            (counters.down_bytes, counters.down_packets),
+            (down.3, down.4),
+            "{key}"
+        );
+        let expires = counters.expires_in.as_secs();
+        assert!(
+            up.2.abs_diff(expires) <= 1,
+            "{key}: {expires} s, nft {}",
+            up.2
+        );
+    }
+    let v4 = ours.iter().find(|c| c.client == client4()).expect("v4");
+    assert!(v4.up_bytes > 50_000 && v4.down_bytes > 20_000, "{v4:?}");
+    // And nft's listing read by NftFirewall agrees (times may tick over between the two).
+    let theirs = nft.clients().expect("nft clients");
+    let counts = |all: &[ClientCounters]| -> Vec<_> {
+        all.iter()
+            .map(|c| {
+                (
+                    c.client,
+                    c.up_bytes,
+                    c.up_packets,
+                    c.down_bytes,
+                    c.down_packets,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(counts(&ours), counts(&theirs));
+
+    // Allowing again replaces the elements: counters start at zero, the new timeout holds.
+    fw.allow(&client4(), Duration::from_secs(90))
+        .expect("allow again");
+    let again = listed("clients4_up");
+    let replaced = again
+        .iter()
+        .find(|e| e.0.ends_with(".10.66.0.2"))
+        .expect("listed");
+    assert_eq!(
+        (replaced.1, replaced.3, replaced.4),
+        (90, 0, 0),
+        "{replaced:?}"
+    );
+    assert!(
+        listed("clients4_down")
+            .iter()
+            .any(|e| e.0 == "10.66.0.2" && e.3 == 0)
+    );
+
+    // Quotas: the objects and the map elements nft lists are the ones asked for, a
+    // session's quota starting at what it has used.
+    fw.set_quota("s1", &[client4(), client6()], 5 * MB, 2 * MB)
+        .expect("s1");
+    fw.set_quota("s2", &[third], MB, 0).expect("s2");
+    let map = |name: &str| -> Vec<String> {
+        let mut all: Vec<String> = nft_elements(&nft_list(&bed, &["map", "inet", &table, name]))
+            .iter()
+            .map(|e| {
+                let [key, quota] = e.as_array().expect("pair").as_slice() else {
+                    panic!("{e}");
+                };
+                let key = match key {
+                    serde_json::Value::String(ip) => ip.clone(),
+                    concat => {
+                        let parts = concat["concat"].as_array().expect("concat");
+                        format!(
+                            "{}.{}",
+                            parts[0].as_str().expect("mac"),
+                            parts[1].as_str().expect("ip")
+                        )
+                    }
+                };
+                format!("{key}:{}", quota.as_str().expect("quota name"))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(
+        map("quota4_up"),
+        [
+            format!("{}.10.66.0.2:q_s1", Testbed::CLIENT_MAC),
+            "02:00:00:66:00:03.10.66.0.3:q_s2".to_owned()
+        ]
+    );
+    assert_eq!(map("quota4_down"), ["10.66.0.2:q_s1", "10.66.0.3:q_s2"]);
+    assert_eq!(
+        map("quota6_up"),
+        [format!(
+            "{}.{}:q_s1",
+            Testbed::CLIENT_MAC,
+            Testbed::client_v6()
+        )]
+    );
+    assert_eq!(
+        map("quota6_down"),
+        [format!("{}:q_s1", Testbed::client_v6())]
+    );
+    let quotas = nft_list(&bed, &["quotas", "table", "inet", &table]);
+    let mut nft_quotas: Vec<(String, u64, u64, bool)> = quotas["nftables"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|o| o.get("quota"))
+        .map(|q| {
+            (
+                q["name"].as_str().expect("name").to_owned(),
+                q["bytes"].as_u64().expect("bytes"),
+                q["used"].as_u64().expect("used"),
+                q["inv"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    nft_quotas.sort();
+    assert_eq!(
+        nft_quotas,
+        [
+            ("q_s1".to_owned(), 5 * MB, 2 * MB, true),
+            ("q_s2".to_owned(), MB, 0, true)
+        ]
+    );
+    bed.client
+        .tcp_send(sock(Testbed::up_v4(), 443), 10_000, OPEN)
+        .expect("allowed");
+    let ours = fw.list_quotas().expect("netlink quotas");
+    assert!(ours["s1"].used_bytes > 2 * MB + 10_000, "{ours:?}");
+    assert_eq!(ours, nft.list_quotas().expect("nft quotas"));
+
+    // Moving a client and clearing a session leave exactly what is asked.
+    fw.set_quota("s2", &[third, client4()], MB, 0)
+        .expect("move v4 to s2");
+    assert_eq!(
+        map("quota4_down"),
+        ["10.66.0.2:q_s2", "10.66.0.3:q_s2"],
+        "v4 moved, one element per key"
+    );
+    fw.clear_quota("s2").expect("clear s2");
+    assert_eq!(map("quota4_up"), Vec::<String>::new());
+    assert_eq!(
+        map("quota6_down"),
+        [format!("{}:q_s1", Testbed::client_v6())]
+    );
+    assert_eq!(fw.list_quotas().expect("quotas").len(), 1);
+    fw.revoke(&third).expect("revoke");
+    assert_eq!(keys(&listed("clients4_up")).len(), 1);
+    assert!(fw.is_installed().expect("check"));
+    // A rule of ours replaced by another one with the same count is noticed.
+    bed.gw.run_ok(&[
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        &table,
+        "input",
+        "handle",
+        &input_rule_handle(&bed, &table),
+    ]);
+    bed.gw
+        .run_ok(&["nft", "add", "rule", "inet", &table, "input", "accept"]);
+    assert!(
+        !fw.is_installed().expect("check"),
+        "a stranger's rule in our chain"
+    );
+    fw.install().expect("repair");
+    assert!(fw.is_installed().expect("check"));
+}
+
+/// The handle of the first rule of our input chain.
+fn input_rule_handle(bed: &Testbed, table: &str) -> String {
+    let text = bed
+        .gw
+        .run_ok(&["nft", "-j", "-a", "list", "chain", "inet", table, "input"]);
+    let listing: serde_json::Value = serde_json::from_str(&text).expect("nft -j output");
+    listing["nftables"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .find_map(|o| o.get("rule"))
+        .and_then(|r| r["handle"].as_u64())
+        .expect("a rule with a handle")
+        .to_string()
+}
+
+/// A program prefix that counts its runs in `count` and runs the real nft in `ns`.
+fn counting_nft(dir: &std::path::Path, ns: &str) -> (Vec<std::ffi::OsString>, std::path::PathBuf) {
+    let count = dir.join("nft-runs");
+    let script = dir.join("nft");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> {count:?}\nexec ip netns exec {ns} nft \"$@\"\n"),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    (vec![script.into_os_string()], count)
+}
+
+fn runs(count: &std::path::Path) -> usize {
+    std::fs::read_to_string(count).map_or(0, |text| text.lines().count())
+}
+
+/// The firewall calls of one login (allow, then the session's quota) and of one daemon
+/// tick (counters, quotas, the install check), counted in `nft` runs for each
+/// implementation: none for NetlinkFirewall.
+#[test]
+fn netlink_runs_no_nft_per_login_or_per_tick() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut table = Vec::new();
+    for kind in [Kind::Nft, Kind::Netlink] {
+        let dir = tempfile::tempdir().expect("dir");
+        let (command, count) = counting_nft(dir.path(), bed.gw.name());
+        let config = config();
+        let mut fw: Fw = match kind {
+            Kind::Nft => Fw {
+                inner: Box::new(NftFirewall::with_command(config.clone(), command)),
+                config,
+            },
+            Kind::Netlink => {
+                let mut netlink = NetlinkFirewall::with_command(config.clone(), command);
+                bed.gw.in_thread(|| netlink.open()).expect("socket");
+                Fw {
+                    inner: Box::new(netlink),
+                    config,
+                }
+            }
+        };
+        fw.install().expect("install");
+        let install = runs(&count);
+        fw.allow(&client4(), Duration::from_secs(60))
+            .expect("allow");
+        fw.set_quota("s", &[client4()], MB, 0).expect("quota");
+        let login = runs(&count) - install;
+        fw.clients().expect("clients");
+        fw.list_quotas().expect("quotas");
+        assert!(fw.is_installed().expect("check"));
+        let tick = runs(&count) - install - login;
+        fw.revoke(&client4()).expect("revoke");
+        fw.clear_quota("s").expect("clear");
+        let logout = runs(&count) - install - login - tick;
+        fw.uninstall().expect("uninstall");
+        table.push((kind, install, login, tick, logout));
+    }
+    println!("nft processes    install  login  tick  logout");
+    for (kind, install, login, tick, logout) in &table {
+        let kind = format!("{kind:?}");
+        println!("{kind:<16} {install:>7} {login:>6} {tick:>5} {logout:>7}");
+    }
+    assert_eq!(table[1], (Kind::Netlink, 1, 0, 0, 0));
+    assert!(
+        table[0].2 > 0 && table[0].3 > 0,
+        "the wrapper counts nft's runs"
+    );
 }

@@ -246,6 +246,11 @@ impl Gateway {
 
     /// Starts `run` (its output appended to the log) and waits until `status` answers.
     fn run(&mut self) {
+        self.run_with_env(&[]);
+    }
+
+    /// [`Gateway::run`] with extra environment variables for the daemon (its `PATH`, say).
+    fn run_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.daemon.is_none(), "the daemon runs already");
         let log = File::options()
             .create(true)
@@ -254,6 +259,7 @@ impl Gateway {
             .expect("the daemon's log file");
         let mut command = self.command(&["run"]);
         command
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
@@ -1304,6 +1310,70 @@ fn a_valid_code_opens_access_within_a_second() {
         }
         other => panic!("the upstream service saw {other:?}"),
     }
+}
+
+/// The daemon's firewall calls per login and per tick go over netlink: with `nft` on its
+/// `PATH` replaced by a wrapper that counts its runs, the only run is the install at start.
+#[test]
+fn the_daemon_runs_nft_to_install_only_not_per_login_or_tick() {
+    if !support::require_root() {
+        return;
+    }
+    let bin = tempfile::tempdir().expect("a directory for the wrapper");
+    let runs_file = bin.path().join("nft-runs");
+    let real = Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
+    assert!(!real.is_empty(), "nft is not installed");
+    let wrapper = bin.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"$*\" >> {runs_file:?}\nexec {real:?} \"$@\"\n"),
+    )
+    .expect("the wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = std::env::join_paths(std::iter::once(bin.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let runs = || std::fs::read_to_string(&runs_file).unwrap_or_default();
+
+    let mut gateway = Gateway::configure(Testbed::new(), Codes::Local);
+    gateway.run_with_env(&[("PATH", &path)]);
+    let at_start = runs();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    assert!(
+        wait_until(Duration::from_secs(3), || reaches_upstream(
+            bed,
+            Duration::from_millis(200)
+        )),
+        "online after the login"
+    );
+    // Three ticks at least: counters, quotas and the install check each time.
+    std::thread::sleep(Duration::from_secs(3));
+    let session = gateway.session(&code).expect("the session is listed");
+    assert!(
+        used_bytes(&session) > 0,
+        "the ticks read the kernel counters: {session}"
+    );
+    let after = runs();
+    println!(
+        "nft runs: {} at start ({:?}), {} for a login and 3 s of ticks",
+        at_start.lines().count(),
+        at_start.trim(),
+        after.lines().count() - at_start.lines().count()
+    );
+    assert_eq!(at_start.lines().count(), 1, "one install: {at_start}");
+    assert_eq!(after, at_start, "nft ran after the install");
 }
 
 #[test]

@@ -35,7 +35,7 @@ use crate::codes::{BackendCodes, CodeStore};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control;
 use crate::core::Policy;
-use crate::firewall::{Firewall, GardenEntry, NftFirewall};
+use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
 use crate::net::{Millis, interface_ipv4};
 use crate::portal::{self, PortalSettings};
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
@@ -84,7 +84,7 @@ fn enable_forwarding() -> anyhow::Result<()> {
 
 /// The firewall for this configuration with the walled garden `garden`.
 fn firewall_for(config: &GatewayConfig, garden: Vec<GardenEntry>) -> Box<dyn Firewall> {
-    Box::new(NftFirewall::new(config.firewall_config(garden)))
+    Box::new(NetlinkFirewall::new(config.firewall_config(garden)))
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.

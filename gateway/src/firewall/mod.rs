@@ -1,10 +1,13 @@
 //! Enforcement: the nftables table that keeps captive clients on the portal and lets
 //! allowed clients through, behind the small [`Firewall`] trait.
 //!
-//! Two implementations: [`NftFirewall`] runs the real `nft` (JSON on stdin, one atomic batch
-//! per change) and [`MemoryFirewall`] records calls for unit tests of the daemon shell. The
-//! batches themselves are built by pure functions (`rules`) and nft's listings are read by
-//! pure functions (`listing`), so both are unit-tested without a kernel.
+//! Three implementations: [`NetlinkFirewall`] (what the daemon runs) speaks to the kernel
+//! over netlink for every per-login and per-tick call and runs `nft` only to install and
+//! uninstall the table; [`NftFirewall`] runs the real `nft` for everything (JSON on stdin,
+//! one atomic batch per change); [`MemoryFirewall`] records calls for unit tests of the
+//! daemon shell. nft's batches are built by pure functions (`rules`) and its listings read
+//! by pure functions (`listing`), the netlink messages likewise (`netlink`), so all are
+//! unit-tested without a kernel.
 //!
 //! What this module does not do: it does not turn IP forwarding on (the daemon sets
 //! `net.ipv4.ip_forward=1` and `net.ipv6.conf.all.forwarding=1`; without them nothing is
@@ -100,11 +103,12 @@
 //! limit). A quota outlives a revoke: call [`Firewall::clear_quota`] when the session
 //! ends, or a captive device whose quota is used up cannot reach DNS, the garden or the portal.
 //!
-//! Calls run `nft` and wait for it: from async code call them inside `spawn_blocking`.
+//! Calls wait for the kernel (or `nft`): from async code call them inside `spawn_blocking`.
 
 mod cidr;
 mod listing;
 mod memory;
+mod netlink;
 mod nft;
 mod rules;
 
@@ -124,6 +128,7 @@ pub use cidr::{
     BadCidr, BadGardenEntry, Cidr, GARDEN_DEFAULT_PORT, GardenEntry, split_garden_port,
 };
 pub use memory::{Call, MemoryFirewall};
+pub use netlink::NetlinkFirewall;
 pub use nft::NftFirewall;
 
 /// The longest kernel timeout [`Firewall::allow`] sets: 2^32 - 1 milliseconds, the limit of
@@ -280,6 +285,8 @@ pub enum Operation {
     ListQuotas,
     /// Listing one quota map's elements, for `set_quota` and `clear_quota`.
     ListMap(&'static str),
+    /// Opening the netlink socket ([`NetlinkFirewall::open`]).
+    OpenSocket,
 }
 
 impl fmt::Display for Operation {
@@ -295,6 +302,7 @@ impl fmt::Display for Operation {
             Operation::ClearQuota(session) => write!(f, "clear the quota of session {session}"),
             Operation::ListQuotas => f.write_str("list the session quotas"),
             Operation::ListMap(map) => write!(f, "list map {map}"),
+            Operation::OpenSocket => f.write_str("open the nf_tables netlink socket"),
         }
     }
 }
@@ -334,6 +342,19 @@ pub enum FirewallError {
         operation: Operation,
         detail: String,
     },
+    /// The kernel refused a netlink request (or the netlink socket could not be opened).
+    #[error(
+        "cannot {operation}: the kernel said {} over netlink{}",
+        std::io::Error::from_raw_os_error(*errno),
+        errno_hint(*errno)
+    )]
+    Netlink { operation: Operation, errno: i32 },
+    /// A netlink reply that does not parse.
+    #[error("cannot {operation}: unexpected netlink reply: {detail}")]
+    Reply {
+        operation: Operation,
+        detail: String,
+    },
     #[error("cannot {operation}: failure injected by MemoryFirewall::fail_next")]
     Injected { operation: Operation },
 }
@@ -347,11 +368,24 @@ fn refusal_hint(stderr: &str) -> &'static str {
         // which minimal images lack.
         "; nft reads protocol and service names from /etc/protocols and /etc/services: install the netbase package"
     } else if stderr.contains("Operation not permitted") {
-        "; changing nftables needs CAP_NET_ADMIN: run as root, or grant it to the service"
+        errno_hint(libc::EPERM)
     } else if stderr.contains("Protocol not supported") {
-        "; the kernel has no nf_tables support loaded (modprobe nf_tables, or a kernel with it)"
+        errno_hint(libc::EPROTONOSUPPORT)
     } else {
         ""
+    }
+}
+
+/// What to do about a refusal with this errno (nft's words for these are the errno's).
+fn errno_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => {
+            "; changing nftables needs CAP_NET_ADMIN: run as root, or grant it to the service"
+        }
+        libc::EPROTONOSUPPORT => {
+            "; the kernel has no nf_tables support loaded (modprobe nf_tables, or a kernel with it)"
+        }
+        _ => "",
     }
 }
 
@@ -364,6 +398,8 @@ impl FirewallError {
             | FirewallError::Spawn { operation, .. }
             | FirewallError::Refused { operation, .. }
             | FirewallError::Listing { operation, .. }
+            | FirewallError::Netlink { operation, .. }
+            | FirewallError::Reply { operation, .. }
             | FirewallError::Injected { operation } => Some(operation),
         }
     }

@@ -799,7 +799,11 @@ fn quota_elements(verb: &str, table: &str, keys: &[QuotaKey], quota: Option<&str
 /// The elements to delete before the quota object `name` can be deleted or `keys` added:
 /// those counting against `name`, and those of `keys` counting against another quota (a
 /// map element cannot be re-added with a new quota).
-fn stale_keys(name: &str, keys: &[QuotaKey], existing: &[QuotaElement]) -> Vec<QuotaKey> {
+pub(crate) fn stale_keys(
+    name: &str,
+    keys: &[QuotaKey],
+    existing: &[QuotaElement],
+) -> Vec<QuotaKey> {
     let mut stale: Vec<QuotaKey> = existing
         .iter()
         .filter(|e| e.quota == name || keys.contains(&e.key))

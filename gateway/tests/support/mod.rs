@@ -256,6 +256,27 @@ impl Netns {
         &self.name
     }
 
+    /// Runs `f` on a thread that has entered this network namespace, and returns what it
+    /// returns: a socket opened there (e.g. netlink) stays in this namespace wherever it is
+    /// used later. The calling thread stays where it is.
+    pub fn in_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace = std::fs::File::open(format!("/run/netns/{}", self.name))
+                        .unwrap_or_else(|e| panic!("namespace {}: {e}", self.name));
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&namespace),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .unwrap_or_else(|e| panic!("entering namespace {}: {e}", self.name));
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// `ip netns exec NAME program`, to add arguments to.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("ip");
