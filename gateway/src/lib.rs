@@ -22,5 +22,6 @@ pub mod counters;
 pub mod daemon;
 pub mod firewall;
 pub mod net;
+mod netlink;
 pub mod portal;
 pub mod report;

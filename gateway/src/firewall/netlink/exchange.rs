@@ -116,8 +116,8 @@ where
                         errno => Err(Failure::Errno(errno)),
                     };
                 }
-                _ if reply.nft_kind().is_some() => {
-                    let attributes = reply.attributes().map_err(Failure::Malformed)?;
+                _ if message::nft_kind(&reply).is_some() => {
+                    let attributes = message::nft_attributes(&reply).map_err(Failure::Malformed)?;
                     (self.parse)(&attributes, &mut self.out).map_err(Failure::Malformed)?;
                 }
                 _ => {}

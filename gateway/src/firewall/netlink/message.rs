@@ -1,7 +1,7 @@
 //! Netlink framing for nf_tables: building request messages (header, `nfgenmsg`, nested
-//! attributes) and batches, and reading replies back into messages and attributes. Pure
-//! functions over bytes, no I/O; every read is bounds-checked and a malformed reply is an
-//! `Err(String)`, never a panic.
+//! attributes) and batches, and reading an nf_tables reply's attributes (the framing all
+//! netlink shares is in `crate::netlink`). Pure functions over bytes, no I/O; every read is
+//! bounds-checked and a malformed reply is an `Err(String)`, never a panic.
 //!
 //! Layout (`linux/netlink.h`, `linux/netfilter/nfnetlink.h`): a message is a 16-byte
 //! `nlmsghdr` (length, type, flags, sequence, port, host byte order), then for nf_tables a
@@ -9,29 +9,25 @@
 //! 4-byte header (length, type) and its value, padded to 4 bytes. Numbers inside nf_tables
 //! attributes are big endian.
 
+pub(super) use crate::netlink::{
+    Attributes, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, Reply, replies,
+    text,
+};
+use crate::netlink::{NLM_F_REQUEST, NLMSG_HDRLEN, align4};
+
 /// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFNL_MSG_BATCH_BEGIN` and `NFNL_MSG_BATCH_END` (`NLMSG_MIN_TYPE` and the next).
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-pub(super) const NLMSG_ERROR: u16 = 2;
-pub(super) const NLMSG_DONE: u16 = 3;
-
-pub(super) const NLM_F_REQUEST: u16 = 0x1;
-pub(super) const NLM_F_ACK: u16 = 0x4;
-pub(super) const NLM_F_DUMP_INTR: u16 = 0x10;
-pub(super) const NLM_F_DUMP: u16 = 0x300;
 pub(super) const NLM_F_CREATE: u16 = 0x400;
 
 const NLA_F_NESTED: u16 = 0x8000;
-/// The attribute-type bits (without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`).
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `NFPROTO_INET`: our table's family.
 pub(super) const NFPROTO_INET: u8 = 1;
 
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 /// The nf_tables message types we send and read (`enum nf_tables_msg_types`).
@@ -46,10 +42,6 @@ pub(super) mod msg {
     pub const NEWOBJ: u16 = 18;
     pub const GETOBJ: u16 = 19;
     pub const DELOBJ: u16 = 20;
-}
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
 }
 
 /// One nf_tables request being built. Its sequence number is set when it is framed.
@@ -170,155 +162,16 @@ pub(super) fn batch(messages: Vec<Message>, first_seq: u32) -> Vec<u8> {
     out
 }
 
-/// One message of a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Reply<'a> {
-    pub kind: u16,
-    pub flags: u16,
-    pub seq: u32,
-    /// What follows the `nlmsghdr`.
-    pub payload: &'a [u8],
+/// The nf_tables message type of a reply, if it is one (else `None`).
+pub(super) fn nft_kind(reply: &Reply<'_>) -> Option<u16> {
+    (reply.kind >> 8 == NFNL_SUBSYS_NFTABLES).then_some(reply.kind & 0xff)
 }
 
-impl<'a> Reply<'a> {
-    /// For `NLMSG_ERROR`: the errno (0 for an acknowledgement) and the sequence number of
-    /// the request it answers (the echoed header's).
-    pub fn error(&self) -> Result<(i32, u32), String> {
-        let code = read_i32(self.payload, 0)?;
-        let seq = self
-            .payload
-            .get(4 + 8..4 + 12)
-            .map_or(self.seq, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-        Ok((code.saturating_neg(), seq))
-    }
-
-    /// For `NLMSG_DONE`: the errno a failed dump ends with (0 when it went through).
-    pub fn done_errno(&self) -> i32 {
-        read_i32(self.payload, 0).map_or(0, i32::saturating_neg)
-    }
-
-    /// The nf_tables message type, if this is one (else `None`).
-    pub fn nft_kind(&self) -> Option<u16> {
-        (self.kind >> 8 == NFNL_SUBSYS_NFTABLES).then_some(self.kind & 0xff)
-    }
-
-    /// An nf_tables message's attributes (after the `nfgenmsg`).
-    pub fn attributes(&self) -> Result<Attributes<'a>, String> {
-        let data = self
-            .payload
-            .get(NFGENMSG_LEN..)
-            .ok_or("nf_tables message shorter than its nfgenmsg")?;
-        Attributes::parse(data)
-    }
-}
-
-fn read_i32(data: &[u8], at: usize) -> Result<i32, String> {
-    data.get(at..at + 4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| "netlink error message too short".to_owned())
-}
-
-/// The messages in one datagram read from the socket.
-pub(super) fn replies(mut data: &[u8]) -> Result<Vec<Reply<'_>>, String> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let header = data
-            .get(..NLMSG_HDRLEN)
-            .ok_or_else(|| format!("{} stray bytes after the last message", data.len()))?;
-        let field = |at: usize| [header[at], header[at + 1]];
-        let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(format!(
-                "message length {len} with {} bytes left",
-                data.len()
-            ));
-        }
-        out.push(Reply {
-            kind: u16::from_ne_bytes(field(4)),
-            flags: u16::from_ne_bytes(field(6)),
-            seq: u32::from_ne_bytes([header[8], header[9], header[10], header[11]]),
-            payload: &data[NLMSG_HDRLEN..len],
-        });
-        data = data.get(align4(len)..).unwrap_or_default();
-    }
-    Ok(out)
-}
-
-/// The attributes at one level of a message, by type (the last of a repeated type wins in
-/// [`Attributes::get`]; [`Attributes::all`] keeps them all, in order).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Attributes<'a> {
-    list: Vec<(u16, &'a [u8])>,
-}
-
-impl<'a> Attributes<'a> {
-    pub fn parse(mut data: &'a [u8]) -> Result<Self, String> {
-        let mut list = Vec::new();
-        while data.len() >= 4 {
-            let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-            let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
-            if len < 4 || len > data.len() {
-                return Err(format!(
-                    "attribute {kind} of length {len} with {} bytes left",
-                    data.len()
-                ));
-            }
-            list.push((kind, &data[4..len]));
-            data = data.get(align4(len)..).unwrap_or_default();
-        }
-        if !data.is_empty() {
-            return Err(format!("{} stray bytes after the attributes", data.len()));
-        }
-        Ok(Attributes { list })
-    }
-
-    pub fn get(&self, kind: u16) -> Option<&'a [u8]> {
-        self.list
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| *v)
-    }
-
-    /// Every attribute of type `kind`, in order.
-    pub fn all(&self, kind: u16) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.list
-            .iter()
-            .filter(move |(k, _)| *k == kind)
-            .map(|(_, v)| *v)
-    }
-
-    pub fn required(&self, kind: u16, what: &str) -> Result<&'a [u8], String> {
-        self.get(kind).ok_or_else(|| format!("no {what} attribute"))
-    }
-
-    pub fn nested(&self, kind: u16, what: &str) -> Result<Attributes<'a>, String> {
-        Attributes::parse(self.required(kind, what)?).map_err(|e| format!("{what}: {e}"))
-    }
-
-    pub fn str(&self, kind: u16, what: &str) -> Result<&'a str, String> {
-        text(self.required(kind, what)?).map_err(|e| format!("{what}: {e}"))
-    }
-
-    pub fn u32(&self, kind: u16, what: &str) -> Result<u32, String> {
-        let value = self.required(kind, what)?;
-        let bytes: [u8; 4] = value
-            .try_into()
-            .map_err(|_| format!("{what}: {} bytes, not 4", value.len()))?;
-        Ok(u32::from_be_bytes(bytes))
-    }
-
-    pub fn u64(&self, kind: u16, what: &str) -> Result<u64, String> {
-        let value = self.required(kind, what)?;
-        let bytes: [u8; 8] = value
-            .try_into()
-            .map_err(|_| format!("{what}: {} bytes, not 8", value.len()))?;
-        Ok(u64::from_be_bytes(bytes))
-    }
-}
-
-/// A netlink string: UTF-8 up to its NUL terminator (the kernel always adds one).
-pub(super) fn text(value: &[u8]) -> Result<&str, String> {
-    let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-    std::str::from_utf8(&value[..end]).map_err(|_| "not UTF-8".to_owned())
+/// An nf_tables message's attributes (after the `nfgenmsg`).
+pub(super) fn nft_attributes<'a>(reply: &Reply<'a>) -> Result<Attributes<'a>, String> {
+    let data = reply
+        .payload
+        .get(NFGENMSG_LEN..)
+        .ok_or("nf_tables message shorter than its nfgenmsg")?;
+    Attributes::parse(data)
 }

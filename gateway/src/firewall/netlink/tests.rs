@@ -362,7 +362,7 @@ fn a_recorded_quota_map_and_quota_listing_decode() {
     let replies = message::replies(&MAP).expect("framing");
     let mut keys = Vec::new();
     elements::parse_dump(
-        &replies[0].attributes().expect("attributes"),
+        &message::nft_attributes(&replies[0]).expect("attributes"),
         "quota4_up",
         &mut keys,
         |l| {
@@ -401,7 +401,7 @@ fn a_recorded_quota_map_and_quota_listing_decode() {
         0x00, 0x00, 0x08, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01,
     ];
     let replies = message::replies(&QUOTA).expect("framing");
-    let attributes = replies[0].attributes().expect("attributes");
+    let attributes = message::nft_attributes(&replies[0]).expect("attributes");
     assert_eq!(
         objects::parse(&attributes, "t").expect("decodes"),
         Some((
@@ -463,7 +463,7 @@ proptest! {
         let _ = acks.feed(&bytes);
         if let Ok(replies) = message::replies(&bytes) {
             for reply in replies {
-                if let Ok(attributes) = reply.attributes() {
+                if let Ok(attributes) = message::nft_attributes(&reply) {
                     let _ = objects::parse(&attributes, "t");
                     let _ = check::parse_rule(&attributes, "t", &mut Vec::new());
                     let _ = check::parse_chain(&attributes, "t", &mut Vec::new());
@@ -593,7 +593,12 @@ fn rule_comments_are_read_from_the_rule_user_data() {
     let bytes = rule.request(1);
     let replies = message::replies(&bytes).expect("framing");
     let mut out = Vec::new();
-    check::parse_rule(&replies[0].attributes().expect("attributes"), "t", &mut out).expect("rule");
+    check::parse_rule(
+        &message::nft_attributes(&replies[0]).expect("attributes"),
+        "t",
+        &mut out,
+    )
+    .expect("rule");
     assert_eq!(out, [("forward".to_owned(), "hello".to_owned())]);
 
     let mut bad = Message::new(6, 0);
@@ -604,7 +609,7 @@ fn rule_comments_are_read_from_the_rule_user_data() {
     let replies = message::replies(&bytes).expect("framing");
     assert!(
         check::parse_rule(
-            &replies[0].attributes().expect("attributes"),
+            &message::nft_attributes(&replies[0]).expect("attributes"),
             "t",
             &mut Vec::new()
         )
