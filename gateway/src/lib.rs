@@ -21,6 +21,7 @@ pub mod core;
 pub mod counters;
 pub mod daemon;
 pub mod firewall;
+pub mod neighbours;
 pub mod net;
 mod netlink;
 pub mod portal;

@@ -165,29 +165,6 @@ pub fn queue_drops(interface: &str) -> Result<u64, QueueError> {
     })
 }
 
-/// The MAC of `ip` from the kernel's neighbour tables (`/proc/net/arp` for IPv4; for IPv6
-/// the same table in `ip -j neigh` form is passed in by the caller), if known and complete.
-pub fn mac_from_arp_table(arp: &str, ip: IpAddr) -> Option<Mac> {
-    let IpAddr::V4(v4) = ip else { return None };
-    let wanted = v4.to_string();
-    arp.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // IP address, HW type, Flags, HW address, Mask, Device. Flags 0x0 is an incomplete
-        // entry whose MAC is all zeros.
-        match fields.as_slice() {
-            [addr, _, flags, hw, ..] if *addr == wanted && *flags != "0x0" => hw.parse().ok(),
-            _ => None,
-        }
-    })
-}
-
-/// Reads the MAC of a LAN client from `/proc/net/arp`. A client that has just sent us a
-/// TCP connection is always in the table.
-pub fn lookup_mac(ip: IpAddr) -> Option<Mac> {
-    let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
-    mac_from_arp_table(&arp, ip)
-}
-
 /// The first IPv4 address of an interface, from `ip -j -4 addr show dev IFACE`.
 pub fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
     let out = std::process::Command::new("ip")
@@ -268,25 +245,6 @@ mod tests {
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn arp_table_lookup() {
-        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                     10.66.0.2        0x1         0x2         02:00:00:00:00:02     *        veth0\n\
-                     10.66.0.3        0x1         0x0         00:00:00:00:00:00     *        veth0\n";
-        assert_eq!(
-            mac_from_arp_table(table, "10.66.0.2".parse().unwrap()),
-            Some("02:00:00:00:00:02".parse().unwrap())
-        );
-        assert_eq!(
-            mac_from_arp_table(table, "10.66.0.3".parse().unwrap()),
-            None
-        );
-        assert_eq!(
-            mac_from_arp_table(table, "10.66.0.9".parse().unwrap()),
-            None
-        );
     }
 
     #[test]

@@ -2154,6 +2154,159 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The gateway's metrics text, both meters' totals (kernel up, down, capture up, down) and
+/// the capture's lost frames.
+fn meters(gateway: &Gateway) -> (String, [u64; 4], u64) {
+    let text = gateway
+        .bed
+        .gw
+        .run_ok(&["curl", "-sS", "-m", "2", "http://127.0.0.1:9464/metrics"]);
+    let get = |series: &str| metric(&text, series).unwrap_or(-1.0) as u64;
+    let totals = [
+        ("kernel", "up"),
+        ("kernel", "down"),
+        ("capture", "up"),
+        ("capture", "down"),
+    ]
+    .map(|(meter, direction)| {
+        get(&format!(
+            "edgeshare_metered_bytes_total{{meter=\"{meter}\",direction=\"{direction}\"}}"
+        ))
+    });
+    let drops = get("edgeshare_capture_drops_total{interface=\"gw-lan\"}");
+    (text, totals, drops)
+}
+
+/// The addresses besides its login address that the gateway lets `code`'s device use.
+fn learned(gateway: &Gateway, code: &str) -> Vec<String> {
+    gateway
+        .session(code)
+        .and_then(|s| s["devices"][0]["also"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|ip| ip.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The client asks the portal over IPv6 (from `source`, else the default address).
+fn portal_over_ipv6(bed: &Testbed, source: Option<&str>) {
+    let mut args = vec!["curl", "-sS", "-o", "/dev/null", "-m", "3"];
+    if let Some(source) = source {
+        args.extend(["--interface", source]);
+    }
+    args.push("http://[fd00:66::1]:8080/");
+    bed.client.run_ok(&args);
+}
+
+/// A phone as it is: online over IPv4 through the portal, then over IPv6 too, from each
+/// address it uses (a privacy address appearing later), counted by both meters, cut with
+/// the device by a kick and by the kernel at its quota.
+#[test]
+fn a_dual_stack_device_is_online_over_ipv6_too_and_cut_on_both() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    // Connection probes go to 443, the download comes from 9443.
+    let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
+    let _sink = bed.up.tcp_sink(sock(Testbed::up_v6(), 9443), 4 * MB, OPEN);
+    let code = gateway.create_code(100.0, 1.0);
+    gateway.login_ok(&code);
+    let v6_open = |timeout| {
+        bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), timeout)
+    };
+    assert!(
+        !v6_open(BLOCKED),
+        "IPv6 is not open before the gateway knows the address"
+    );
+
+    // The phone talks to the gateway over IPv6 (its portal probe here; DNS, neighbour
+    // discovery): the gateway learns the address and lets it through within a tick.
+    let started = Instant::now();
+    portal_over_ipv6(bed, None);
+    assert!(
+        wait_until(Duration::from_secs(3), || v6_open(BLOCKED)),
+        "IPv6 open once learned: {:?}",
+        gateway.clients()
+    );
+    println!(
+        "IPv6 address learned and open {:?} after the phone's first IPv6 packet",
+        started.elapsed()
+    );
+    assert_eq!(learned(&gateway, &code), ["fd00:66::2"]);
+
+    // A privacy address appears: learned as well.
+    bed.client.add_addr(Testbed::CLIENT_IF, "fd00:66::abcd/64");
+    portal_over_ipv6(bed, Some("fd00:66::abcd"));
+    assert!(
+        wait_until(Duration::from_secs(3), || learned(&gateway, &code).len()
+            == 2),
+        "{:?}",
+        gateway.clients()
+    );
+
+    // Both meters count IPv6 exactly (what the probes moved is counted once quiet).
+    std::thread::sleep(Duration::from_millis(1_500));
+    let before = used_bytes(&gateway.session(&code).expect("session"));
+    let (_, before_meters, _) = meters(&gateway);
+    let got = bed
+        .client
+        .tcp_transfer(sock(Testbed::up_v6(), 9443), 0, OPEN, OPEN)
+        .expect("an IPv6 download");
+    assert_eq!(got.received, 4 * MB);
+    let settled = wait_until(Duration::from_secs(5), || {
+        let (_, [k_up, k_down, c_up, c_down], _) = meters(&gateway);
+        k_down >= before_meters[1] + 4 * MB && (k_up, k_down) == (c_up, c_down)
+    });
+    let (text, [k_up, k_down, c_up, c_down], drops) = meters(&gateway);
+    let after = used_bytes(&gateway.session(&code).expect("session"));
+    println!(
+        "4 MB over IPv6: kernel up {k_up} down {k_down}, capture up {c_up} down {c_down} \
+         (IPv6 meter error {} bytes), capture drops {drops}; the session grew by {}",
+        (k_up + k_down).abs_diff(c_up + c_down),
+        after - before
+    );
+    assert!(settled, "the meters agree on IPv6:\n{text}");
+    assert_eq!(
+        after - before,
+        (k_up + k_down) - (before_meters[0] + before_meters[1]),
+        "the IPv6 bytes are the session's: {:?}",
+        gateway.clients(),
+    );
+
+    // A kick cuts every address of the device.
+    gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+    assert!(!v6_open(BLOCKED), "IPv6 cut by the kick");
+    assert!(!reaches_upstream(bed, BLOCKED), "IPv4 cut by the kick");
+
+    // At its quota the kernel cuts IPv6 too.
+    let small = gateway.create_code(1.0, 1.0);
+    gateway.login_ok(&small);
+    assert!(
+        wait_until(Duration::from_secs(3), || v6_open(BLOCKED)),
+        "learned again"
+    );
+    let _big = bed.up.tcp_sink(sock(Testbed::up_v6(), 8443), 20 * MB, OPEN);
+    let cut = bed
+        .client
+        .tcp_transfer(
+            sock(Testbed::up_v6(), 8443),
+            0,
+            OPEN,
+            Duration::from_secs(2),
+        )
+        .expect("connects");
+    println!(
+        "a 1 MB code downloading 20 MB over IPv6: {} bytes received",
+        cut.received
+    );
+    assert!(!cut.eof && cut.received <= MB, "cut at the quota: {cut:?}");
+    assert!(!v6_open(BLOCKED), "IPv6 closed once the quota is used");
+}
+
 #[test]
 fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     if !support::require_root() {
@@ -2167,27 +2320,7 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     let got = download(bed, 20 * MB);
     assert_eq!(got, 20 * MB, "the download completes");
 
-    let metrics = || {
-        let text =
-            gateway
-                .bed
-                .gw
-                .run_ok(&["curl", "-sS", "-m", "2", "http://127.0.0.1:9464/metrics"]);
-        let get = |series: &str| metric(&text, series).unwrap_or(-1.0) as u64;
-        let totals = [
-            ("kernel", "up"),
-            ("kernel", "down"),
-            ("capture", "up"),
-            ("capture", "down"),
-        ]
-        .map(|(meter, direction)| {
-            get(&format!(
-                "edgeshare_metered_bytes_total{{meter=\"{meter}\",direction=\"{direction}\"}}"
-            ))
-        });
-        let drops = get("edgeshare_capture_drops_total{interface=\"gw-lan\"}");
-        (text, totals, drops)
-    };
+    let metrics = || meters(gateway);
     // Both meters settle within a couple of seconds of the last packet.
     let settled = wait_until(Duration::from_secs(5), || {
         let (_, [k_up, k_down, c_up, c_down], _) = metrics();

@@ -36,6 +36,7 @@ use crate::config::{CodeSource, GatewayConfig};
 use crate::control;
 use crate::core::Policy;
 use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
+use crate::neighbours::{NeighbourTable, interface_index};
 use crate::net::{Millis, interface_ipv4};
 use crate::portal::{self, PortalSettings};
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
@@ -85,6 +86,17 @@ fn enable_forwarding() -> anyhow::Result<()> {
 /// The firewall for this configuration with the walled garden `garden`.
 fn firewall_for(config: &GatewayConfig, garden: Vec<GardenEntry>) -> Box<dyn Firewall> {
     Box::new(NetlinkFirewall::new(config.firewall_config(garden)))
+}
+
+/// The LAN's neighbour table, where devices' other addresses are learned. Without it the
+/// gateway still works, each device on the address it logged in with.
+fn open_neighbour_table(lan: &str) -> Option<(NeighbourTable, u32)> {
+    let opened = interface_index(lan).and_then(|index| Ok((NeighbourTable::open()?, index)));
+    opened
+        .inspect_err(|err| {
+            tracing::warn!(error = %err, "cannot read the neighbour table of lan.interface {lan}: devices are let through on the address they logged in with only (no IPv6 besides it)");
+        })
+        .ok()
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -145,6 +157,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .context("letting control.group read the usage ledger")?;
     }
     state.ledger = Some(ledger);
+    state.neighbours = open_neighbour_table(&config.lan.interface);
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,

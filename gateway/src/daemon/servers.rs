@@ -188,7 +188,7 @@ pub(super) async fn serve_metrics(
 
 impl Gate for PortalGate {
     async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
-        let Some(mac) = crate::net::lookup_mac(ip) else {
+        let Some(mac) = lookup_mac(ip).await else {
             tracing::info!(%ip, "no MAC for this client in the neighbour table");
             return Redeem::UnknownDevice;
         };
@@ -238,4 +238,12 @@ impl Gate for PortalGate {
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         self.owner.status(ip).await
     }
+}
+
+/// The MAC of the device at `ip`, from the neighbour table (a blocking netlink read).
+async fn lookup_mac(ip: IpAddr) -> Option<crate::net::Mac> {
+    tokio::task::spawn_blocking(move || crate::neighbours::lookup_mac(ip))
+        .await
+        .ok()
+        .flatten()
 }

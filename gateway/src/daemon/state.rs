@@ -19,6 +19,7 @@ use crate::codes::CodeStore;
 use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
 use crate::counters::{self, Baselines};
 use crate::firewall::Firewall;
+use crate::neighbours::NeighbourTable;
 use crate::net::{Client, Millis};
 use crate::report::{self, FlowBook, GatewayFigures};
 
@@ -72,6 +73,9 @@ pub(super) struct State {
     pub(super) ledger: Option<LedgerWriter>,
     /// Final records of ended sessions not yet in the ledger.
     pub(super) ledger_pending: Vec<UsageUpdate>,
+    /// The LAN's neighbour table and the LAN's interface index, where devices' other
+    /// addresses are learned (`None` in tests, or when it cannot be opened).
+    pub(super) neighbours: Option<(NeighbourTable, u32)>,
 }
 
 impl State {
@@ -109,6 +113,7 @@ impl State {
             last_settle: None,
             ledger: None,
             ledger_pending: Vec::new(),
+            neighbours: None,
         };
         (state, actions)
     }
@@ -234,8 +239,25 @@ impl State {
         self.end_used_up(now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
+        self.learn_addresses(now, store);
         self.enforce(now);
         self.sync_quotas();
+    }
+
+    /// Online devices' other addresses from the LAN's neighbour table (after the counters
+    /// were read: an address a device stopped using is cut with its last bytes counted).
+    fn learn_addresses(&mut self, now: Millis, store: Option<&CodeStore>) {
+        let Some((table, lan)) = &mut self.neighbours else {
+            return;
+        };
+        match table.read(*lan) {
+            Ok(seen) => {
+                let actions = self.core.learn_addresses(&seen, now);
+                self.apply(actions, now, store);
+            }
+            // Learning waits for the next tick; nothing learned is dropped meanwhile.
+            Err(err) => tracing::warn!(error = %err, "cannot read the LAN's neighbour table"),
+        }
     }
 
     /// Tells the capture meter and the audit which clients are let through now.
