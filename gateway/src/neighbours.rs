@@ -200,7 +200,7 @@ fn neighbour(payload: &[u8], ifindex: u32) -> Result<Option<Client>, String> {
         // Not Ethernet (an IP-in-IP tunnel's neighbours, say): not a LAN device.
         return Ok(None);
     };
-    Ok(usable(ip).then(|| Client { mac: Mac(mac), ip }))
+    Ok(usable(ip).then_some(Client { mac: Mac(mac), ip }))
 }
 
 /// An address a device uses to reach the internet through the gateway: not link-local
