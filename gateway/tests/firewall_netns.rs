@@ -616,6 +616,19 @@ fn nat_masquerades_on_the_wan_interface(kind: Kind) {
     }
     let counters = counters_of(&mut fw, &client4()).expect("counted before NAT");
     assert!(counters.up_bytes > 10, "{counters:?}");
+
+    // IPv6 likewise (NAT66 on the uplink's address): what the README promises a LAN on a
+    // unique local prefix behind a single-address uplink.
+    let https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 0);
+    fw.allow(&client6(), Duration::from_secs(60))
+        .expect("allow IPv6");
+    bed.client
+        .tcp_send(sock(Testbed::up_v6(), 443), 10, OPEN)
+        .expect("allowed over IPv6");
+    match https6.next_event(OPEN) {
+        Some(Event::Accepted { peer, .. }) => assert_eq!(peer.ip(), Testbed::gw_wan_v6()),
+        other => panic!("IPv6 listener: {other:?}"),
+    }
 }
 
 fn bad_batches_are_refused_with_the_kernels_reason(kind: Kind) {
