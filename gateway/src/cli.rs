@@ -1,5 +1,7 @@
 //! The gateway's command line.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgeshare_shared::backend::HttpClient;
@@ -8,6 +10,7 @@ use edgeshare_shared::cli::ConfigArgs;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::logging::LogArgs;
 use edgeshare_shared::paths::Daemon;
+use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
@@ -16,6 +19,7 @@ use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
 use crate::net::{Mac, Millis};
+use crate::vouchers::{self, Sheet, Voucher};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
 /// counts the bytes they use.
@@ -86,6 +90,11 @@ pub enum CodesCommand {
         /// How many codes.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Also write a printable sheet of vouchers to this HTML file: each code with its
+        /// data, its validity and QR codes to join the Wi-Fi (portal.ssid) and to open the
+        /// portal with the code filled in.
+        #[arg(long, value_name = "FILE")]
+        print: Option<PathBuf>,
     },
     /// List the codes with what is left on each.
     List {
@@ -184,6 +193,31 @@ fn codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Writes the printable sheet of `vouchers` to `path`. The portal's address is the LAN
+/// interface's, as the daemon serves it.
+fn print_vouchers(
+    config: &GatewayConfig,
+    vouchers: Vec<Voucher>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let lan_ip = crate::net::interface_ipv4(&config.lan.interface)
+        .context("the vouchers' portal address comes from lan.interface")?;
+    let settings = Sheet {
+        provider: config.portal.brand.name.clone(),
+        ssid: config.portal.ssid.clone(),
+        portal_url: format!("http://{lan_ip}:{}/", config.portal.port),
+    };
+    let html = vouchers::sheet(&settings, &vouchers).context("making the vouchers' QR codes")?;
+    std::fs::write(path, html)
+        .with_context(|| format!("writing the vouchers to {}", path.display()))?;
+    eprintln!(
+        "{} voucher(s) in {}: open it in a browser and print",
+        vouchers.len(),
+        path.display()
+    );
+    Ok(())
+}
+
 fn check_create(mb: f64, hours: f64) -> anyhow::Result<()> {
     if !(mb.is_finite() && mb > 0.0) {
         anyhow::bail!("--mb must be a number above 0");
@@ -202,6 +236,7 @@ fn local_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<
             hours,
             no_expiry,
             count,
+            print,
         } => {
             if no_expiry {
                 anyhow::bail!(
@@ -210,8 +245,20 @@ fn local_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<
             }
             check_create(mb, hours)?;
             let valid_for = std::time::Duration::from_secs_f64(hours * 3600.0);
-            for code in store.create(mb_to_bytes(mb), valid_for, count, Millis::now())? {
+            let made = store.create(mb_to_bytes(mb), valid_for, count, Millis::now())?;
+            for code in &made {
                 println!("{}", code.code);
+            }
+            if let Some(path) = print {
+                let vouchers = made.into_iter().map(|code| Voucher {
+                    code: code.code,
+                    mb,
+                    expires: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(code.expires_at.0) * 1_000_000,
+                    )
+                    .ok(),
+                });
+                print_vouchers(config, vouchers.collect(), &path)?;
             }
         }
         CodesCommand::List { json } => {
@@ -275,6 +322,7 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
             hours,
             no_expiry,
             count,
+            print,
         } => {
             check_create(mb, hours)?;
             if count == 0 || count > 50 {
@@ -287,8 +335,16 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
                     expire_hours: (!no_expiry).then_some(hours),
                 })
                 .await?;
-            for code in made {
+            for code in &made {
                 println!("{}", code.code);
+            }
+            if let Some(path) = print {
+                let vouchers = made.into_iter().map(|code| Voucher {
+                    code: code.code,
+                    mb: code.total_mb,
+                    expires: code.expire_at,
+                });
+                print_vouchers(config, vouchers.collect(), &path)?;
             }
         }
         CodesCommand::List { json } => {
@@ -307,7 +363,7 @@ async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow:
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                let now = time::OffsetDateTime::now_utc();
+                let now = OffsetDateTime::now_utc();
                 println!(
                     "{:<10} {:>10} {:>10} EXPIRES (UTC)",
                     "CODE", "MB LEFT", "MB TOTAL"

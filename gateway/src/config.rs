@@ -86,6 +86,9 @@ pub struct Portal {
     /// built-in ones. A missing directory means none.
     pub locales_dir: PathBuf,
     pub brand: Brand,
+    /// The Wi-Fi network consumers join, for the printed vouchers' "join the Wi-Fi" QR code
+    /// (`codes create --print`); without it the vouchers have the portal's QR code only.
+    pub ssid: Option<String>,
 }
 
 /// The provider's name, logo, colours and terms on the portal; all optional.
@@ -121,6 +124,7 @@ impl Default for Portal {
             attempts_global: 60,
             locales_dir: PathBuf::from("/etc/edgeshare/locales"),
             brand: Brand::default(),
+            ssid: None,
         }
     }
 }
@@ -323,6 +327,14 @@ impl Validate for GatewayConfig {
         for entry in &self.portal.walled_garden {
             if let Err(bad) = split_garden_port(entry) {
                 problems.push("portal.walled_garden", bad.to_string());
+            }
+        }
+        if let Some(ssid) = &self.portal.ssid {
+            if ssid.is_empty() || ssid.len() > 32 {
+                problems.push(
+                    "portal.ssid",
+                    format!("{ssid:?} is not a Wi-Fi network name (1 to 32 bytes)"),
+                );
             }
         }
         if self.session.devices_per_code == 0 {

@@ -26,3 +26,4 @@ pub mod net;
 mod netlink;
 pub mod portal;
 pub mod report;
+pub mod vouchers;

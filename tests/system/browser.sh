@@ -90,7 +90,7 @@ cat >"$WORK/logo.svg" <<'SVG'
 SVG
 chmod 644 "$WORK/logo.svg"
 # No catalogues of the host's own (/etc/edgeshare/locales): the built-in languages.
-sed -i "s|^\\[portal\\]\$|[portal]\\nlocales_dir = \"$WORK/locales\"|" "$WORK/gateway.toml"
+sed -i "s|^\\[portal\\]\$|[portal]\\nlocales_dir = \"$WORK/locales\"\\nssid = \"Café Sol; guests\"|" "$WORK/gateway.toml"
 cat >>"$WORK/gateway.toml" <<TOML
 [portal.brand]
 name = "$BRAND"
@@ -295,5 +295,40 @@ go "$PORTAL"
 fits "the form at 320 px"
 wd DELETE "/session/$SID" >/dev/null
 echo "browser: Spanish and French, the provider's look, 360 and 320 px"
+
+# Printed vouchers: the sheet renders (and prints to PDF), and a voucher's portal QR code's
+# link opens the form with its code filled in, which logs a captive phone in.
+mapfile -t VOUCHERS < <(in_ns "$NS_G" "${GW[@]}" codes create --mb 500 --hours 24 --count 4 --print "$OUT/vouchers.html")
+[ "${#VOUCHERS[@]}" = 4 ] || fail "codes create --print printed ${#VOUCHERS[@]} codes"
+[ "$(grep -c '<section class="card">' "$OUT/vouchers.html")" = 4 ] || fail "the sheet has not 4 cards"
+[ "$(grep -o '<svg' "$OUT/vouchers.html" | wc -l)" = 8 ] || fail "the sheet has not 2 QR codes per card"
+chmod 644 "$OUT/vouchers.html"
+SHEET="$(cd "$OUT" && pwd)/vouchers.html"
+new_session true 820 1160
+go "file://$SHEET"
+[ "$(run_js 'return document.querySelectorAll(".card").length')" = 4 ] || fail "the sheet in Chromium"
+text_of body | grep -q "Café Sol; guests" || fail "the sheet does not name the Wi-Fi"
+screenshot "$OUT/vouchers.png"
+png_ok "$OUT/vouchers.png"
+wd DELETE "/session/$SID" >/dev/null
+in_ns "$NS_C" "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$(mktemp -d "$WORK/profile.XXXX")" --no-pdf-header-footer \
+  --print-to-pdf="${SHEET%.html}.pdf" "file://$SHEET" >/dev/null 2>&1 ||
+  fail "Chromium could not print the sheet"
+[ "$(head -c 4 "$OUT/vouchers.pdf")" = "%PDF" ] || fail "vouchers.pdf is not a PDF"
+# Captive again (the 320 px check left it logged out): the phone scans the voucher.
+new_session true
+go "${PORTAL}?code=${VOUCHERS[0]}"
+[ "$(run_js 'return document.querySelector("input#code").value' | jq -r .)" = "${VOUCHERS[0]}" ] ||
+  fail "the voucher's link did not fill the code in"
+wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(run_js 'return document.querySelector("h1") ? document.querySelector("h1").textContent : ""' | jq -r .)" = "You are online" ] && break
+  sleep 0.1
+done
+[ "$(text_of h1)" = "You are online" ] || fail "logging in from a voucher's link: $(text_of main)"
+wd DELETE "/session/$SID" >/dev/null
+echo "browser: vouchers in $OUT/vouchers.html, .png and .pdf; a voucher's link logged a phone in"
 kill -0 "$GATEWAY_PID" || fail "the gateway died"
 echo "browser: ok"

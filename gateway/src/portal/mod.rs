@@ -679,8 +679,9 @@ async fn index<G: Gate>(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    let prefilled = code_in_query(uri.query());
     own_page(&portal, peer, &headers, &uri, |view| {
-        pages::form(view, None, "")
+        pages::form(view, None, &prefilled)
     })
     .await
 }
@@ -696,6 +697,16 @@ async fn status<G: Gate>(
 
 /// A page of the portal's own: the status page for a device that is online, `captive`'s page
 /// for one that is not; on a foreign host, what any foreign page gets.
+/// The code a printed voucher's QR code puts in the portal's address (`/?code=…`),
+/// normalised; empty when there is none or it cannot be a code.
+fn code_in_query(query: Option<&str>) -> String {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "code")
+        .and_then(|(_, value)| AccessCode::parse(&value).ok())
+        .map(|code| code.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 async fn own_page<G: Gate>(
     portal: &Portal<G>,
     peer: SocketAddr,
@@ -1007,6 +1018,16 @@ mod tests {
             "http://portal.lan/captive-portal/api"
         );
         assert!(api_url("not a url").is_err());
+    }
+
+    #[test]
+    fn a_vouchers_link_fills_the_code_in() {
+        assert_eq!(code_in_query(Some("code=abcd-2345")), "ABCD2345");
+        assert_eq!(code_in_query(Some("lang=fr&code=ABCD2345")), "ABCD2345");
+        // Not a code, or markup: nothing filled in.
+        assert_eq!(code_in_query(Some("code=%3Cscript%3E")), "");
+        assert_eq!(code_in_query(Some("code=ABC")), "");
+        assert_eq!(code_in_query(None), "");
     }
 
     #[test]
