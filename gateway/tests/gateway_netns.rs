@@ -2277,10 +2277,27 @@ fn a_dual_stack_device_is_online_over_ipv6_too_and_cut_on_both() {
         gateway.clients(),
     );
 
-    // A kick cuts every address of the device.
+    // A kick cuts every address of the device; so do a revoke and the code's expiry.
     gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
     assert!(!v6_open(BLOCKED), "IPv6 cut by the kick");
     assert!(!reaches_upstream(bed, BLOCKED), "IPv4 cut by the kick");
+    for (hours, end) in [(1.0, "revoke"), (0.001, "expiry")] {
+        let code = gateway.create_code(100.0, hours);
+        gateway.login_ok(&code);
+        assert!(
+            wait_until(Duration::from_secs(3), || v6_open(BLOCKED)),
+            "learned again before the {end}"
+        );
+        if end == "revoke" {
+            gateway.cli_ok(&["codes", "revoke", &code]);
+        }
+        // A code of 0.001 h expires 3.6 s after it was made.
+        assert!(
+            wait_until(Duration::from_secs(6), || !v6_open(BLOCKED)),
+            "IPv6 cut by the {end}"
+        );
+        assert!(!reaches_upstream(bed, BLOCKED), "IPv4 cut by the {end}");
+    }
 
     // At its quota the kernel cuts IPv6 too.
     let small = gateway.create_code(1.0, 1.0);
