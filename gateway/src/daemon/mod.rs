@@ -36,6 +36,7 @@ use crate::codes::{BackendCodes, CodeStore};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control;
 use crate::core::Policy;
+use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
 use crate::net::{Millis, interface_ipv4};
 use crate::portal::{self, PortalSettings};
@@ -130,6 +131,13 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
+    state.cutoff = match Cutoff::open() {
+        Ok(cutoff) => Some(cutoff),
+        Err(err) => {
+            tracing::warn!(error = %err, "no raw socket (CAP_NET_RAW?): the connections of a client cut off end at their next segment, not at once");
+            None
+        }
+    };
     let group = match &config.control.group {
         Some(name) => Some(
             control::group_id(name)

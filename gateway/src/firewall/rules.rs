@@ -216,6 +216,17 @@ fn established() -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
 }
 
+/// `ct state established`, without `related`: a connection this chain let through before.
+fn established_only() -> Value {
+    json!({"match": {"op": "==", "left": {"ct": {"key": "state"}}, "right": "established"}})
+}
+
+/// `reject with tcp reset`: the sender gets a RST whose sequence number is the one it
+/// acknowledged, so it takes it.
+fn tcp_reset() -> Value {
+    json!({"reject": {"type": "tcp reset"}})
+}
+
 fn accept() -> Value {
     json!({"accept": null})
 }
@@ -409,6 +420,16 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
                 established(),
                 accept(),
             ],
+        ),
+        rule(
+            FORWARD,
+            "access ended mid-connection: reset the client's end, not leave it to hang",
+            vec![iif(lan), l4proto("tcp"), established_only(), tcp_reset()],
+        ),
+        rule(
+            FORWARD,
+            "access ended mid-connection: reset the far end too",
+            vec![oif(lan), l4proto("tcp"), established_only(), tcp_reset()],
         ),
         rule(
             FORWARD,

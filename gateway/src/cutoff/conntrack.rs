@@ -1,0 +1,399 @@
+//! The kernel's connection-tracking table, read over netlink (ctnetlink): just enough to
+//! find a client's established TCP connections and their tuples as NAT left them. The
+//! messages are built and parsed by pure functions; [`tcp_connections`] is the I/O.
+//!
+//! Our own small code rather than a dependency: a dump is one request and a handful of
+//! nested attributes to read. The `conntrack` tool would be one more package on the device,
+//! a process per cut-off and a text format to parse.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use rustix::net::netlink::{self, SocketAddrNetlink};
+use rustix::net::sockopt::{Timeout, set_socket_timeout};
+use rustix::net::{
+    AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, bind, recv, sendto, socket_with,
+};
+
+// <linux/netlink.h>, <linux/netfilter/nfnetlink.h>, <linux/netfilter/nfnetlink_conntrack.h>.
+const NLMSG_HEADER: usize = 16;
+const NFGENMSG: usize = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+const IPPROTO_TCP: u8 = 6;
+
+/// How long a dump may keep us waiting for its next message.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One direction of a connection as conntrack keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tuple {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// A TCP connection in the table: `original` as its first packet came (client to server),
+/// `reply` as the answers come (with NAT: from the server to the gateway's WAN address and
+/// the port masquerade chose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpConnection {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub established: bool,
+}
+
+/// The request for a dump of the whole table (both families).
+pub(crate) fn dump_request(seq: u32) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(NLMSG_HEADER + NFGENMSG);
+    msg.extend_from_slice(&((NLMSG_HEADER + NFGENMSG) as u32).to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: AF_UNSPEC (every family), NFNETLINK_V0, resource id 0.
+    msg.extend_from_slice(&[0, 0, 0, 0]);
+    msg
+}
+
+/// What one datagram of a dump held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DumpPart {
+    pub connections: Vec<TcpConnection>,
+    /// The dump is over (`NLMSG_DONE`).
+    pub done: bool,
+}
+
+/// Parses one datagram of a dump answer: its TCP connections (others skipped), whether the
+/// dump ended, or the kernel's error.
+pub(crate) fn parse_dump(mut buf: &[u8]) -> io::Result<DumpPart> {
+    let mut part = DumpPart::default();
+    while buf.len() >= NLMSG_HEADER {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if len < NLMSG_HEADER || len > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
+        }
+        let body = &buf[NLMSG_HEADER..len];
+        match kind {
+            NLMSG_DONE => part.done = true,
+            NLMSG_ERROR => {
+                let errno = body
+                    .get(0..4)
+                    .map_or(0, |e| i32::from_ne_bytes(e.try_into().expect("4 bytes")));
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+            }
+            _ if kind >> 8 == NFNL_SUBSYS_CTNETLINK && body.len() >= NFGENMSG => {
+                part.connections.extend(parse_connection(&body[NFGENMSG..]));
+            }
+            _ => {}
+        }
+        buf = &buf[align(len).min(buf.len())..];
+    }
+    Ok(part)
+}
+
+fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+/// The attributes in `buf`: (type without the nested/byte-order flags, payload).
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[align(len).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn attribute(buf: &[u8], wanted: u16) -> Option<&[u8]> {
+    attributes(buf)
+        .find(|(kind, _)| *kind == wanted)
+        .map(|(_, p)| p)
+}
+
+/// One conntrack entry, if it is TCP with both tuples.
+fn parse_connection(attrs: &[u8]) -> Option<TcpConnection> {
+    let original = parse_tuple(attribute(attrs, CTA_TUPLE_ORIG)?)?;
+    let reply = parse_tuple(attribute(attrs, CTA_TUPLE_REPLY)?)?;
+    let state = attribute(attrs, CTA_PROTOINFO)
+        .and_then(|info| attribute(info, CTA_PROTOINFO_TCP))
+        .and_then(|tcp| attribute(tcp, CTA_PROTOINFO_TCP_STATE))
+        .and_then(|state| state.first().copied());
+    Some(TcpConnection {
+        original,
+        reply,
+        established: state == Some(TCP_CONNTRACK_ESTABLISHED),
+    })
+}
+
+/// A TCP tuple (`None` for other protocols).
+fn parse_tuple(tuple: &[u8]) -> Option<Tuple> {
+    let ip = attribute(tuple, CTA_TUPLE_IP)?;
+    let proto = attribute(tuple, CTA_TUPLE_PROTO)?;
+    if attribute(proto, CTA_PROTO_NUM)?.first() != Some(&IPPROTO_TCP) {
+        return None;
+    }
+    let port = |kind| {
+        attribute(proto, kind)
+            .and_then(|p| p.try_into().ok())
+            .map(u16::from_be_bytes)
+    };
+    let v4 = |kind| {
+        attribute(ip, kind)
+            .and_then(|a| <[u8; 4]>::try_from(a).ok())
+            .map(|a| IpAddr::V4(Ipv4Addr::from(a)))
+    };
+    let v6 = |kind| {
+        attribute(ip, kind)
+            .and_then(|a| <[u8; 16]>::try_from(a).ok())
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a)))
+    };
+    let src = v4(CTA_IP_V4_SRC).or_else(|| v6(CTA_IP_V6_SRC))?;
+    let dst = v4(CTA_IP_V4_DST).or_else(|| v6(CTA_IP_V6_DST))?;
+    Some(Tuple {
+        src: SocketAddr::new(src, port(CTA_PROTO_SRC_PORT)?),
+        dst: SocketAddr::new(dst, port(CTA_PROTO_DST_PORT)?),
+    })
+}
+
+/// Every TCP connection in this network namespace's conntrack table (needs
+/// CAP_NET_ADMIN).
+pub(crate) fn tcp_connections() -> io::Result<Vec<TcpConnection>> {
+    let socket = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        Some(netlink::NETFILTER),
+    )?;
+    bind(&socket, &SocketAddrNetlink::new(0, 0))?;
+    set_socket_timeout(&socket, Timeout::Recv, Some(DUMP_TIMEOUT))?;
+    let seq = fastrand::u32(..);
+    sendto(
+        &socket,
+        &dump_request(seq),
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 0),
+    )?;
+    let mut connections = Vec::new();
+    // Large enough for any one datagram of a dump (the kernel fills up to a page or so).
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, _) = recv(&socket, &mut buf[..], RecvFlags::empty())?;
+        let part = parse_dump(&buf[..n])?;
+        connections.extend(part.connections);
+        if part.done {
+            return Ok(connections);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(align(a.len()), 0);
+        a
+    }
+
+    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+        attr(kind | 0x8000, &parts.concat())
+    }
+
+    fn tuple(kind: u16, src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
+        let ip = |a: IpAddr, v4, v6| match a {
+            IpAddr::V4(a) => attr(v4, &a.octets()),
+            IpAddr::V6(a) => attr(v6, &a.octets()),
+        };
+        nested(
+            kind,
+            &[
+                nested(
+                    CTA_TUPLE_IP,
+                    &[
+                        ip(src.ip(), CTA_IP_V4_SRC, CTA_IP_V6_SRC),
+                        ip(dst.ip(), CTA_IP_V4_DST, CTA_IP_V6_DST),
+                    ],
+                ),
+                nested(
+                    CTA_TUPLE_PROTO,
+                    &[
+                        attr(CTA_PROTO_NUM, &[proto]),
+                        attr(CTA_PROTO_SRC_PORT, &src.port().to_be_bytes()),
+                        attr(CTA_PROTO_DST_PORT, &dst.port().to_be_bytes()),
+                    ],
+                ),
+            ],
+        )
+    }
+
+    /// A conntrack message as the kernel sends it in a dump (`IPCTNL_MSG_CT_NEW`, with a
+    /// status attribute before the protocol info, as there is in real ones).
+    fn message(attrs: &[Vec<u8>]) -> Vec<u8> {
+        let body = attrs.concat();
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HEADER + NFGENMSG + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8).to_ne_bytes());
+        m.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&[2, 0, 0, 0]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    fn tcp_state(state: u8) -> Vec<u8> {
+        nested(
+            CTA_PROTOINFO,
+            &[nested(
+                CTA_PROTOINFO_TCP,
+                &[attr(CTA_PROTOINFO_TCP_STATE, &[state])],
+            )],
+        )
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("a test address")
+    }
+
+    fn done() -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&20u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        m.extend_from_slice(&[0; 14]);
+        m
+    }
+
+    #[test]
+    fn the_dump_request_asks_ctnetlink_for_everything() {
+        let r = dump_request(7);
+        assert_eq!(r.len(), 20);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 20);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 0x0101);
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), 0x0301);
+        assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 7);
+        assert_eq!(&r[16..], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_natted_tcp_connection_is_read_with_both_tuples() {
+        let (client, server, wan) = (
+            addr("10.66.0.2:40000"),
+            addr("10.77.0.2:9000"),
+            addr("10.77.0.1:61000"),
+        );
+        let mut datagram = message(&[
+            tuple(CTA_TUPLE_ORIG, client, server, 6),
+            tuple(CTA_TUPLE_REPLY, server, wan, 6),
+            attr(3, &0x18eu32.to_be_bytes()), // CTA_STATUS
+            tcp_state(TCP_CONNTRACK_ESTABLISHED),
+        ]);
+        datagram.extend(message(&[
+            tuple(
+                CTA_TUPLE_ORIG,
+                addr("10.66.0.2:5353"),
+                addr("10.66.0.1:53"),
+                17,
+            ),
+            tuple(
+                CTA_TUPLE_REPLY,
+                addr("10.66.0.1:53"),
+                addr("10.66.0.2:5353"),
+                17,
+            ),
+        ]));
+        let v6 = (addr("[fd00:66::2]:1234"), addr("[fd00:77::2]:443"));
+        datagram.extend(message(&[
+            tuple(CTA_TUPLE_ORIG, v6.0, v6.1, 6),
+            tuple(CTA_TUPLE_REPLY, v6.1, v6.0, 6),
+            tcp_state(7), // TIME_WAIT
+        ]));
+        let part = parse_dump(&datagram).expect("parses");
+        assert!(!part.done);
+        assert_eq!(
+            part.connections,
+            [
+                TcpConnection {
+                    original: Tuple {
+                        src: client,
+                        dst: server
+                    },
+                    reply: Tuple {
+                        src: server,
+                        dst: wan
+                    },
+                    established: true,
+                },
+                TcpConnection {
+                    original: Tuple {
+                        src: v6.0,
+                        dst: v6.1
+                    },
+                    reply: Tuple {
+                        src: v6.1,
+                        dst: v6.0
+                    },
+                    established: false,
+                },
+            ]
+        );
+        assert!(parse_dump(&done()).expect("parses").done);
+    }
+
+    #[test]
+    fn kernel_errors_and_truncated_messages_are_errors() {
+        let mut error = Vec::new();
+        error.extend_from_slice(&36u32.to_ne_bytes());
+        error.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        error.extend_from_slice(&[0; 10]);
+        error.extend_from_slice(&(-1i32).to_ne_bytes()); // -EPERM
+        error.extend_from_slice(&[0; 16]);
+        let err = parse_dump(&error).expect_err("EPERM");
+        assert_eq!(err.raw_os_error(), Some(1));
+
+        let mut truncated = message(&[tcp_state(3)]);
+        truncated.truncate(truncated.len() - 2);
+        assert!(parse_dump(&truncated).is_err());
+        // Attributes that run past their message end the parse, not the process.
+        let mut bad = message(&[attr(CTA_TUPLE_ORIG, &[0; 8])]);
+        bad[NLMSG_HEADER + NFGENMSG] = 200;
+        assert_eq!(parse_dump(&bad).expect("skipped").connections, []);
+    }
+}
