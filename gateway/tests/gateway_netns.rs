@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edgeshare_shared::ledger::UsageRecord;
 use rustix::process::Signal;
 use serde_json::Value;
-use support::probe::{Event, Page};
+use support::probe::{Event, Page, epoch_millis};
 use support::{Background, Listener, Netns, Testbed, sock, unique_name, wait_until};
 
 netns_probe_entry!();
@@ -614,13 +614,6 @@ fn cut_off_after(bed: &Testbed, expires_at: u64, max_late_ms: i128) -> i128 {
         "cut off {late_ms} ms after the expiry (more than {max_late_ms} ms)"
     );
     late_ms
-}
-
-fn epoch_millis() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The stand-in binary (another crate's, so no `CARGO_BIN_EXE_` here): beside the
@@ -2713,4 +2706,192 @@ fn an_unresolvable_garden_host_joins_the_garden_once_it_resolves() {
         added.elapsed()
     );
     assert!(gateway.daemon_is_running());
+}
+
+// ---------------------------------------------------------------------------------------
+// Long-lived connections: a chat app's WebSocket
+
+/// The WebSocket echo server's port in up.
+const WS_PORT: u16 = 8765;
+/// Long enough for a WebSocket to fall silent: no ACK or retransmission pending.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long after a kick each end of an idle WebSocket may take to see it reset: the kick is
+/// carried out before `kick` returns, the resets follow within a round trip.
+const KICK_CLOSE_BOUND_MS: u64 = 2_000;
+/// The same from the message that passes the quota: the daemon notices a used-up quota at
+/// its next tick (every second).
+const QUOTA_CLOSE_BOUND_MS: u64 = 2_500;
+
+/// Sends `text` over the client's WebSocket and waits for the echo; panics, saying `when`,
+/// if it does not come back or either end reports the connection closed.
+fn ws_echoes(client: &mut Listener, server: &Listener, text: &str, when: &str) {
+    client.send_line(text);
+    let deadline = Instant::now() + OPEN;
+    loop {
+        match client.next_event(Duration::from_millis(50)) {
+            Some(Event::WsEchoed { text: echoed }) if echoed == text => break,
+            Some(closed @ Event::WsClosed { .. }) => {
+                panic!("the WebSocket closed {when}: {closed:?}")
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo of {text:?} within {OPEN:?} {when}"
+        );
+    }
+    let closed: Vec<Event> = server
+        .events_so_far()
+        .into_iter()
+        .filter(|e| matches!(e, Event::WsClosed { .. }))
+        .collect();
+    assert!(
+        closed.is_empty(),
+        "the server saw it close {when}: {closed:?}"
+    );
+}
+
+/// Waits up to 10 s for both ends of a WebSocket to report it closed: the milliseconds each
+/// took after `since` (epoch ms), `None` for an end that did not see it close.
+fn ws_both_closed(client: &Listener, server: &Listener, since: u64) -> (Option<u64>, Option<u64>) {
+    let closed_after = |event| match event {
+        Some(Event::WsClosed { at_ms, error, .. }) => {
+            println!(
+                "  closed {} ms after the cut: {error}",
+                at_ms.saturating_sub(since)
+            );
+            Some(at_ms.saturating_sub(since))
+        }
+        _ => None,
+    };
+    let (mut client_ms, mut server_ms) = (None, None);
+    wait_until(Duration::from_secs(10), || {
+        client_ms = client_ms.or_else(|| closed_after(client.next_event(Duration::ZERO)));
+        server_ms = server_ms.or_else(|| closed_after(server.next_event(Duration::ZERO)));
+        client_ms.is_some() && server_ms.is_some()
+    });
+    (client_ms, server_ms)
+}
+
+#[test]
+fn a_websocket_survives_counter_reads_a_repaired_ruleset_and_restarts() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let server = gateway.bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(50.0, 1.0);
+    gateway.login_ok(&code);
+    let mut chat = gateway
+        .bed
+        .client
+        .ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", "after the login");
+
+    // Every tick reads the counters; `clients` and `status` read them too.
+    for _ in 0..3 {
+        gateway.clients();
+        gateway.status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ws_echoes(&mut chat, &server, "counted", "after counter reads");
+
+    gateway.bed.gw.run_ok(&["nft", "flush", "ruleset"]);
+    assert!(
+        wait_until(Duration::from_secs(8), || gateway.table_exists()),
+        "the table is not restored within 8 s"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || reaches_upstream(
+            &gateway.bed,
+            BLOCKED
+        )),
+        "the online client is not let through again after the repair"
+    );
+    ws_echoes(&mut chat, &server, "repaired", "after a repaired ruleset");
+
+    for signal in [Signal::TERM, Signal::KILL] {
+        gateway.stop(signal);
+        ws_echoes(
+            &mut chat,
+            &server,
+            "down",
+            &format!("while down ({signal:?})"),
+        );
+        gateway.run();
+        // Past the restarted daemon's first ticks, which would cut off a client it lost.
+        std::thread::sleep(Duration::from_millis(2_500));
+        ws_echoes(
+            &mut chat,
+            &server,
+            "back",
+            &format!("after a {signal:?} restart"),
+        );
+    }
+    println!(
+        "one WebSocket echoed through counter reads, a repaired ruleset, a SIGTERM and a \
+         kill -9 restart"
+    );
+}
+
+#[test]
+fn at_a_kick_and_at_the_quota_both_ends_of_an_idle_websocket_are_reset_at_once() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+
+    // Kick: the WebSocket is idle, as a chat app's is between heartbeats; nothing but the
+    // gateway can tell either end that it is dead.
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", "before the kick");
+    // Idle: past the delayed ACK of the echo and any retransmission, so that no segment of
+    // its own would meet the reset rule soon.
+    std::thread::sleep(IDLE);
+    let kicked_at = epoch_millis();
+    gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+    let (client_ms, server_ms) = ws_both_closed(&chat, &server, kicked_at);
+    println!(
+        "kick -> both ends closed: {} ms (client {client_ms:?} ms, server {server_ms:?} ms)",
+        client_ms.max(server_ms).unwrap_or(u64::MAX)
+    );
+    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
+        assert!(
+            ms.is_some_and(|ms| ms <= KICK_CLOSE_BOUND_MS),
+            "the {end} end did not see the WebSocket closed within {KICK_CLOSE_BOUND_MS} ms \
+             of the kick: {ms:?}"
+        );
+    }
+
+    // Quota: a message bigger than what the code has left; the kernel stops it partway,
+    // the daemon ends the session at its next tick.
+    let small = gateway.create_code(0.25, 1.0);
+    gateway.login_ok(&small);
+    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello again", "before the quota");
+    let sent_at = epoch_millis();
+    chat.send_line(&"x".repeat(1_000_000));
+    let (client_ms, server_ms) = ws_both_closed(&chat, &server, sent_at);
+    println!(
+        "quota -> both ends closed: {} ms (client {client_ms:?} ms, server {server_ms:?} ms, \
+         from the message that passed the quota)",
+        client_ms.max(server_ms).unwrap_or(u64::MAX)
+    );
+    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
+        assert!(
+            ms.is_some_and(|ms| ms <= QUOTA_CLOSE_BOUND_MS),
+            "the {end} end did not see the WebSocket closed within {QUOTA_CLOSE_BOUND_MS} ms \
+             of the quota: {ms:?}"
+        );
+    }
+    assert!(
+        gateway.session(&small).is_none(),
+        "the used-up session ended: {:?}",
+        gateway.clients()
+    );
 }

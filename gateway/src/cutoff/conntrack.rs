@@ -40,7 +40,12 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+/// The TCP states in which both ends may still hold the connection: ESTABLISHED, the
+/// half-closes (FIN_WAIT, CLOSE_WAIT, LAST_ACK), and CLOSE, which is where the kernel puts a
+/// connection as soon as the firewall's reset rule has reset one end (`nf_ct_set_closing`):
+/// the other end, often the idle server, still holds it. Left out: handshakes not yet
+/// done, and TIME_WAIT (both ends have closed).
+const OPEN_STATES: [u8; 5] = [3, 4, 5, 6, 8];
 const IPPROTO_TCP: u8 = 6;
 
 /// How long a dump may keep us waiting for its next message.
@@ -60,7 +65,8 @@ pub(crate) struct Tuple {
 pub(crate) struct TcpConnection {
     pub original: Tuple,
     pub reply: Tuple,
-    pub established: bool,
+    /// Both ends may still hold it (see [`OPEN_STATES`]).
+    pub open: bool,
 }
 
 /// The request for a dump of the whole table (both families).
@@ -156,7 +162,7 @@ fn parse_connection(attrs: &[u8]) -> Option<TcpConnection> {
     Some(TcpConnection {
         original,
         reply,
-        established: state == Some(TCP_CONNTRACK_ESTABLISHED),
+        open: state.is_some_and(|state| OPEN_STATES.contains(&state)),
     })
 }
 
@@ -313,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn a_natted_tcp_connection_is_read_with_both_tuples() {
+    fn tcp_connections_are_read_with_both_tuples_and_whether_they_are_open() {
         let (client, server, wan) = (
             addr("10.66.0.2:40000"),
             addr("10.77.0.2:9000"),
@@ -323,7 +329,7 @@ mod tests {
             tuple(CTA_TUPLE_ORIG, client, server, 6),
             tuple(CTA_TUPLE_REPLY, server, wan, 6),
             attr(3, &0x18eu32.to_be_bytes()), // CTA_STATUS
-            tcp_state(TCP_CONNTRACK_ESTABLISHED),
+            tcp_state(3),                     // ESTABLISHED
         ]);
         datagram.extend(message(&[
             tuple(
@@ -345,6 +351,13 @@ mod tests {
             tuple(CTA_TUPLE_REPLY, v6.1, v6.0, 6),
             tcp_state(7), // TIME_WAIT
         ]));
+        // One end reset by the firewall's reject rule: CLOSE, the other end still holds it.
+        let reset = (addr("10.66.0.2:40001"), addr("10.77.0.2:9000"));
+        datagram.extend(message(&[
+            tuple(CTA_TUPLE_ORIG, reset.0, reset.1, 6),
+            tuple(CTA_TUPLE_REPLY, reset.1, reset.0, 6),
+            tcp_state(8), // CLOSE
+        ]));
         let part = parse_dump(&datagram).expect("parses");
         assert!(!part.done);
         assert_eq!(
@@ -359,7 +372,7 @@ mod tests {
                         src: server,
                         dst: wan
                     },
-                    established: true,
+                    open: true,
                 },
                 TcpConnection {
                     original: Tuple {
@@ -370,7 +383,18 @@ mod tests {
                         src: v6.1,
                         dst: v6.0
                     },
-                    established: false,
+                    open: false,
+                },
+                TcpConnection {
+                    original: Tuple {
+                        src: reset.0,
+                        dst: reset.1
+                    },
+                    reply: Tuple {
+                        src: reset.1,
+                        dst: reset.0
+                    },
+                    open: true,
                 },
             ]
         );

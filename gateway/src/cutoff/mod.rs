@@ -60,7 +60,7 @@ impl Cutoff {
         })
     }
 
-    /// Makes both ends of every established TCP connection that `clients` opened answer at
+    /// Makes both ends of every open TCP connection that `clients` opened answer at
     /// once (see the module doc); call after their elements are gone from the firewall.
     /// Returns how many connections were probed; every connection is tried, the last send
     /// error is returned if any failed.
@@ -70,7 +70,7 @@ impl Cutoff {
         let connections = conntrack::tcp_connections()?;
         for connection in connections
             .iter()
-            .filter(|c| c.established && clients.contains(&c.original.src.ip()))
+            .filter(|c| c.open && clients.contains(&c.original.src.ip()))
         {
             for (to, packet) in probes(connection, fastrand::u32(..)) {
                 let sent = match to {
@@ -136,7 +136,7 @@ mod tests {
                 src: addr("10.77.0.2:9000"),
                 dst: addr("10.77.0.1:61000"),
             },
-            established: true,
+            open: true,
         };
         let probes = probes(&connection, 1000);
         assert_eq!(probes.len(), 2);
