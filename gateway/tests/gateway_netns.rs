@@ -2835,62 +2835,74 @@ fn a_websocket_survives_counter_reads_a_repaired_ruleset_and_restarts() {
     );
 }
 
+/// Prints how long after the cut each end took to see the WebSocket closed, and asserts
+/// both did within `bound_ms`.
+fn assert_closed_within(
+    what: &str,
+    (client_ms, server_ms): (Option<u64>, Option<u64>),
+    bound_ms: u64,
+) {
+    let shown =
+        |ms: Option<u64>| ms.map_or_else(|| "not within 10 s".to_owned(), |ms| format!("{ms} ms"));
+    println!(
+        "{what} -> both ends closed: {} (client {}, server {})",
+        shown(client_ms.zip(server_ms).map(|(c, s)| c.max(s))),
+        shown(client_ms),
+        shown(server_ms)
+    );
+    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
+        assert!(
+            ms.is_some_and(|ms| ms <= bound_ms),
+            "the {end} end did not see the WebSocket closed within {bound_ms} ms of the \
+             {what}: {}",
+            shown(ms)
+        );
+    }
+}
+
 #[test]
-fn at_a_kick_and_at_the_quota_both_ends_of_an_idle_websocket_are_reset_at_once() {
+fn an_idle_websocket_is_reset_at_both_ends_at_a_kick() {
     if !support::require_root() {
         return;
     }
     let gateway = Gateway::start_local();
     let bed = &gateway.bed;
     let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
-
-    // Kick: the WebSocket is idle, as a chat app's is between heartbeats; nothing but the
-    // gateway can tell either end that it is dead.
     let code = gateway.create_code(10.0, 1.0);
     gateway.login_ok(&code);
     let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
     ws_echoes(&mut chat, &server, "hello", "before the kick");
-    // Idle: past the delayed ACK of the echo and any retransmission, so that no segment of
-    // its own would meet the reset rule soon.
+    // Idle, as a chat app's WebSocket is between heartbeats: past the delayed ACK of the
+    // echo and any retransmission, so that neither end would send anything soon and only
+    // the gateway can tell them the connection is dead.
     std::thread::sleep(IDLE);
     let kicked_at = epoch_millis();
     gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
-    let (client_ms, server_ms) = ws_both_closed(&chat, &server, kicked_at);
-    println!(
-        "kick -> both ends closed: {} ms (client {client_ms:?} ms, server {server_ms:?} ms)",
-        client_ms.max(server_ms).unwrap_or(u64::MAX)
-    );
-    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
-        assert!(
-            ms.is_some_and(|ms| ms <= KICK_CLOSE_BOUND_MS),
-            "the {end} end did not see the WebSocket closed within {KICK_CLOSE_BOUND_MS} ms \
-             of the kick: {ms:?}"
-        );
-    }
+    let closed = ws_both_closed(&chat, &server, kicked_at);
+    assert_closed_within("kick", closed, KICK_CLOSE_BOUND_MS);
+}
 
-    // Quota: a message bigger than what the code has left; the kernel stops it partway,
-    // the daemon ends the session at its next tick.
-    let small = gateway.create_code(0.25, 1.0);
-    gateway.login_ok(&small);
+#[test]
+fn a_websocket_is_reset_at_both_ends_at_the_quota() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(0.25, 1.0);
+    gateway.login_ok(&code);
     let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
-    ws_echoes(&mut chat, &server, "hello again", "before the quota");
+    ws_echoes(&mut chat, &server, "hello", "before the quota");
+    // A message bigger than what the code has left: the kernel's quota stops it partway,
+    // the daemon ends the session at its next tick. The server, receiving, sends nothing
+    // the gateway could answer with a reset.
     let sent_at = epoch_millis();
     chat.send_line(&"x".repeat(1_000_000));
-    let (client_ms, server_ms) = ws_both_closed(&chat, &server, sent_at);
-    println!(
-        "quota -> both ends closed: {} ms (client {client_ms:?} ms, server {server_ms:?} ms, \
-         from the message that passed the quota)",
-        client_ms.max(server_ms).unwrap_or(u64::MAX)
-    );
-    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
-        assert!(
-            ms.is_some_and(|ms| ms <= QUOTA_CLOSE_BOUND_MS),
-            "the {end} end did not see the WebSocket closed within {QUOTA_CLOSE_BOUND_MS} ms \
-             of the quota: {ms:?}"
-        );
-    }
+    let closed = ws_both_closed(&chat, &server, sent_at);
+    assert_closed_within("quota", closed, QUOTA_CLOSE_BOUND_MS);
     assert!(
-        gateway.session(&small).is_none(),
+        gateway.session(&code).is_none(),
         "the used-up session ended: {:?}",
         gateway.clients()
     );
