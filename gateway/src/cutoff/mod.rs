@@ -11,10 +11,12 @@
 //! locally generated packets of the tracked connection (conntrack ignores a SYN or SYN/ACK
 //! inside an established connection but keeps it attached), so its NAT applies: the server
 //! sees the SYN come from the gateway's WAN address and the masqueraded port. A TCP end
-//! that gets a SYN in an established connection answers with a challenge ACK (RFC 5961 4.2;
-//! Linux, Windows and Apple stacks all do), carrying its true sequence numbers; that ACK is
-//! forwarded, meets the reset rule, and its sender gets a RST it takes. Nothing is guessed
-//! and nothing needs capturing: the ends tell their own numbers.
+//! that gets a SYN in a synchronized connection answers with an ACK carrying its true
+//! sequence numbers (RFC 5961 4.2: a challenge ACK for any SYN; before it, RFC 793 asked
+//! for an ACK to any unacceptable segment); that ACK is forwarded, meets the reset rule,
+//! and its sender gets a RST it takes. Nothing is guessed and nothing needs capturing: the
+//! ends tell their own numbers. An end that stays silent still gets its RST at its next
+//! segment.
 //!
 //! A connection of an allowed client is never touched (only the clients just cut off are
 //! looked up, and their challenge ACKs would pass the allow rules anyway), and a connection

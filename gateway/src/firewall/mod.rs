@@ -57,7 +57,9 @@
 //!   quotas first (see below), then allowed clients (their lookups are the per-client
 //!   meters; towards a client only established/related traffic, so nothing unsolicited gets
 //!   in or is billed to it), then the walled garden (replies only towards the LAN), then
-//!   DNS to the configured resolvers only, then everything else to or from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
+//!   DNS to the configured resolvers only, then TCP of connections this chain let through
+//!   before gets a reset (see "Cut-off"), then everything else to or from the LAN is
+//!   dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
 //!   real destination. Every base chain on a hook must accept a packet for it to pass, so
 //!   our drops hold whatever other tables do, and their drops hold over our accepts (a host
 //!   firewall that drops forwarded traffic must let the LAN through).
@@ -99,6 +101,30 @@
 //! meters) and, once used up, the dropped packets themselves (nft lists `used` at most the
 //! limit). A quota outlives a revoke: call [`Firewall::clear_quota`] when the session
 //! ends, or a captive device whose quota is used up cannot reach DNS, the garden or the portal.
+//!
+//! # Cut-off
+//!
+//! When a client's access ends (its elements are gone: revoke, or the kernel's timeout),
+//! its open TCP connections must not hang until its apps' heartbeats time out. Two
+//! `forward` rules after every accept and before the final drops,
+//! `iifname LAN meta l4proto tcp ct state established reject with tcp reset` and the same
+//! with `oifname`, answer each segment of such a connection, either way, with a RST whose
+//! sequence number is what that segment acknowledged, so its sender takes it (RFC 5961
+//! needs an exact match); recent kernels then put the connection in conntrack's CLOSE state.
+//! Placed after the accepts, the rules see only traffic of clients no longer allowed (no
+//! set lookup there, so the element counters count exactly as before); `established`
+//! without `related` means a connection this chain accepted once: a captive device's own
+//! attempts are never established (their first packet is dropped, so conntrack forgets
+//! them) and stay dropped silently, so nothing new is told to a captive device. A reset
+//! rather than an ICMP error: TCP stacks may ignore "administratively prohibited" for an
+//! established connection (RFC 5461), a RST they take. The daemon then makes both ends
+//! speak at once (`crate::cutoff`); with a used-up quota the quota rules, which come
+//! first, drop silently until the daemon ends the session (at most one tick) and clears
+//! the quota.
+//!
+//! One window: after `nft flush ruleset` the table comes back with empty client sets, and
+//! until the repair has re-added the online clients (the same repair pass, a few nft calls)
+//! a TCP segment of an online client is reset rather than dropped and retransmitted.
 //!
 //! Calls run `nft` and wait for it: from async code call them inside `spawn_blocking`.
 
