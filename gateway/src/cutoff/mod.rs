@@ -19,9 +19,9 @@
 //! segment.
 //!
 //! A connection of an allowed client is never touched (only the clients just cut off are
-//! looked up, and their challenge ACKs would pass the allow rules anyway), and a connection
-//! to the gateway itself (the portal) gets harmless challenge ACKs: the input chain, not
-//! the reset rule, sees them.
+//! looked up, and their challenge ACKs would pass the allow rules anyway), nor one with the
+//! gateway itself (the portal, also behind the port-80 redirect): the input chain, not the
+//! reset rule, sees those, and a cut-off leaves them open.
 
 mod conntrack;
 mod segment;
@@ -43,11 +43,14 @@ use segment::{ACK, SYN, tcp_segment};
 pub struct Cutoff {
     v4: OwnedFd,
     v6: OwnedFd,
+    /// The gateway's own addresses: connections to them are left alone.
+    gateway: Vec<IpAddr>,
 }
 
 impl Cutoff {
-    /// Opens the raw sockets (`IPPROTO_RAW`: we write the IP header ourselves).
-    pub fn open() -> io::Result<Cutoff> {
+    /// Opens the raw sockets (`IPPROTO_RAW`: we write the IP header ourselves); `gateway`
+    /// are the gateway's own addresses.
+    pub fn open(gateway: Vec<IpAddr>) -> io::Result<Cutoff> {
         let raw = |family| {
             socket_with(
                 family,
@@ -59,6 +62,7 @@ impl Cutoff {
         Ok(Cutoff {
             v4: raw(AddressFamily::INET)?,
             v6: raw(AddressFamily::INET6)?,
+            gateway,
         })
     }
 
@@ -70,10 +74,9 @@ impl Cutoff {
         let mut probed = 0;
         let mut failed = None;
         let connections = conntrack::tcp_connections()?;
-        for connection in connections
-            .iter()
-            .filter(|c| c.open && clients.contains(&c.original.src.ip()))
-        {
+        for connection in connections.iter().filter(|c| {
+            c.open && clients.contains(&c.original.src.ip()) && !is_local(&self.gateway, c)
+        }) {
             for (to, packet) in probes(connection, fastrand::u32(..)) {
                 let sent = match to {
                     IpAddr::V4(ip) => sendto(
@@ -102,6 +105,14 @@ impl Cutoff {
     }
 }
 
+/// A connection with the gateway itself: to one of its addresses `gateway`, or redirected
+/// to one (the reply comes from it).
+fn is_local(gateway: &[IpAddr], connection: &TcpConnection) -> bool {
+    [connection.original.dst.ip(), connection.reply.src.ip()]
+        .iter()
+        .any(|ip| gateway.contains(ip))
+}
+
 /// The two probes of one connection, each with the address to send it to: a SYN along the
 /// original tuple (to the server) and a SYN/ACK along the reply tuple (to the client).
 /// The SYN/ACK does not acknowledge the SYN (`seq + 1`): conntrack would take that pair for
@@ -126,21 +137,52 @@ mod tests {
     use super::conntrack::Tuple;
     use super::*;
 
+    fn connection(original: (&str, &str), reply: (&str, &str)) -> TcpConnection {
+        let addr = |t: &str| t.parse::<SocketAddr>().expect("a test address");
+        TcpConnection {
+            original: Tuple {
+                src: addr(original.0),
+                dst: addr(original.1),
+            },
+            reply: Tuple {
+                src: addr(reply.0),
+                dst: addr(reply.1),
+            },
+            open: true,
+        }
+    }
+
+    #[test]
+    fn connections_with_the_gateway_itself_are_left_alone() {
+        let gateway = [
+            "10.66.0.1".parse().expect("ip"),
+            "10.77.0.1".parse().expect("ip"),
+        ];
+        let portal = connection(
+            ("10.66.0.2:40000", "10.66.0.1:8080"),
+            ("10.66.0.1:8080", "10.66.0.2:40000"),
+        );
+        let redirected = connection(
+            ("10.66.0.2:40001", "93.184.216.34:80"),
+            ("10.66.0.1:8080", "10.66.0.2:40001"),
+        );
+        let forwarded = connection(
+            ("10.66.0.2:40002", "10.77.0.2:443"),
+            ("10.77.0.2:443", "10.77.0.1:40002"),
+        );
+        assert!(is_local(&gateway, &portal));
+        assert!(is_local(&gateway, &redirected));
+        assert!(!is_local(&gateway, &forwarded));
+    }
+
     #[test]
     fn a_natted_connection_gets_a_syn_to_the_server_and_a_syn_ack_to_the_gateway_side() {
         let addr = |t: &str| t.parse::<SocketAddr>().expect("a test address");
-        let connection = TcpConnection {
-            original: Tuple {
-                src: addr("10.66.0.2:40000"),
-                dst: addr("10.77.0.2:9000"),
-            },
-            reply: Tuple {
-                src: addr("10.77.0.2:9000"),
-                dst: addr("10.77.0.1:61000"),
-            },
-            open: true,
-        };
-        let probes = probes(&connection, 1000);
+        let natted = connection(
+            ("10.66.0.2:40000", "10.77.0.2:9000"),
+            ("10.77.0.2:9000", "10.77.0.1:61000"),
+        );
+        let probes = probes(&natted, 1000);
         assert_eq!(probes.len(), 2);
         let (to, syn) = &probes[0];
         assert_eq!(*to, addr("10.77.0.2:9000").ip());

@@ -38,7 +38,7 @@ use crate::control;
 use crate::core::Policy;
 use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
-use crate::net::{Millis, interface_ipv4};
+use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
 use meter::start_capture;
@@ -131,7 +131,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
-    state.cutoff = match Cutoff::open() {
+    // Without the list the gateway's own connections get probed too: a few stray segments.
+    let own = local_addresses().unwrap_or_default();
+    state.cutoff = match Cutoff::open(own) {
         Ok(cutoff) => Some(cutoff),
         Err(err) => {
             tracing::warn!(error = %err, "no raw socket (CAP_NET_RAW?): the connections of a client cut off end at their next segment, not at once");
