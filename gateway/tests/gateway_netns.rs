@@ -2718,8 +2718,8 @@ const IDLE: Duration = Duration::from_secs(1);
 /// How long after a kick each end of an idle WebSocket may take to see it reset: the kick is
 /// carried out before `kick` returns, the resets follow within a round trip.
 const KICK_CLOSE_BOUND_MS: u64 = 2_000;
-/// The same from the message that passes the quota: the daemon notices a used-up quota at
-/// its next tick (every second).
+/// The same from the message that passes the quota, or from the expiry: the daemon notices
+/// either at its next tick (every second).
 const QUOTA_CLOSE_BOUND_MS: u64 = 2_500;
 
 /// Sends `text` over the client's WebSocket and waits for the echo; panics, saying `when`,
@@ -2860,26 +2860,66 @@ fn assert_closed_within(
     }
 }
 
+/// A client online with a new code of `hours`, an idle WebSocket from it through the
+/// gateway; `cut` ends its access and returns when (epoch ms). Asserts that both ends see
+/// the WebSocket closed within `bound_ms` of that, and prints the figure.
+fn idle_websocket_is_reset_at(
+    what: &str,
+    hours: f64,
+    bound_ms: u64,
+    cut: impl FnOnce(&Gateway, &str) -> u64,
+) {
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(10.0, hours);
+    gateway.login_ok(&code);
+    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", &format!("before the {what}"));
+    // Idle, as a chat app's WebSocket is between heartbeats: past the delayed ACK of the
+    // echo and any retransmission, so that neither end would send anything soon and only
+    // the gateway can tell them the connection is dead.
+    std::thread::sleep(IDLE);
+    let cut_at = cut(&gateway, &code);
+    let closed = ws_both_closed(&chat, &server, cut_at);
+    assert_closed_within(what, closed, bound_ms);
+}
+
 #[test]
 fn an_idle_websocket_is_reset_at_both_ends_at_a_kick() {
     if !support::require_root() {
         return;
     }
-    let gateway = Gateway::start_local();
-    let bed = &gateway.bed;
-    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
-    let code = gateway.create_code(10.0, 1.0);
-    gateway.login_ok(&code);
-    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
-    ws_echoes(&mut chat, &server, "hello", "before the kick");
-    // Idle, as a chat app's WebSocket is between heartbeats: past the delayed ACK of the
-    // echo and any retransmission, so that neither end would send anything soon and only
-    // the gateway can tell them the connection is dead.
-    std::thread::sleep(IDLE);
-    let kicked_at = epoch_millis();
-    gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
-    let closed = ws_both_closed(&chat, &server, kicked_at);
-    assert_closed_within("kick", closed, KICK_CLOSE_BOUND_MS);
+    idle_websocket_is_reset_at("kick", 1.0, KICK_CLOSE_BOUND_MS, |gateway, _| {
+        let at = epoch_millis();
+        gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+        at
+    });
+}
+
+#[test]
+fn an_idle_websocket_is_reset_at_both_ends_when_its_code_is_revoked() {
+    if !support::require_root() {
+        return;
+    }
+    idle_websocket_is_reset_at("revoke", 1.0, KICK_CLOSE_BOUND_MS, |gateway, code| {
+        let at = epoch_millis();
+        gateway.cli_ok(&["codes", "revoke", code]);
+        at
+    });
+}
+
+#[test]
+fn an_idle_websocket_is_reset_at_both_ends_when_its_code_expires() {
+    if !support::require_root() {
+        return;
+    }
+    // 0.001 h = 3.6 s: it expires while the WebSocket is idle.
+    idle_websocket_is_reset_at("expiry", 0.001, QUOTA_CLOSE_BOUND_MS, |gateway, code| {
+        gateway.listed_code(code)["expires_at"]
+            .as_u64()
+            .expect("expires_at")
+    });
 }
 
 #[test]
