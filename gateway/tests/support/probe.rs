@@ -78,9 +78,8 @@ pub enum Request {
     /// A WebSocket client of `ws://to/` that sends each line of its stdin as a text message
     /// and is otherwise idle (no heartbeat: it notices a dead connection only if the network
     /// says so). Reports [`Event::Ready`] once connected (`local`: its own address),
-    /// [`Event::WsEchoed`] per message that comes back,
-    /// and [`Event::WsClosed`] when the connection ends (then exits); exits quietly when its
-    /// stdin closes.
+    /// [`Event::WsEchoed`] per message that comes back, and [`Event::WsClosed`] when the
+    /// connection ends (then exits); exits quietly when its stdin closes.
     WsClient { to: SocketAddr },
 }
 
