@@ -1,6 +1,6 @@
 //! The kernel's connection-tracking table, read over netlink (ctnetlink): just enough to
-//! find a client's established TCP connections and their tuples as NAT left them. The
-//! messages are built and parsed by pure functions; [`tcp_connections`] is the I/O.
+//! find a client's open TCP connections and their tuples as NAT left them, and to mark
+//! them. The messages are built and parsed by pure functions; [`Conntrack`] is the I/O.
 //!
 //! Our own small code rather than a dependency: a dump is one request and a handful of
 //! nested attributes to read. The `conntrack` tool would be one more package on the device,
@@ -10,6 +10,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use rustix::fd::OwnedFd;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::sockopt::{Timeout, set_socket_timeout};
 use rustix::net::{
@@ -22,13 +23,20 @@ const NFGENMSG: usize = 4;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
+const CTA_MARK: u16 = 8;
+const CTA_MARK_MASK: u16 = 21;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -48,8 +56,8 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const OPEN_STATES: [u8; 5] = [3, 4, 5, 6, 8];
 const IPPROTO_TCP: u8 = 6;
 
-/// How long a dump may keep us waiting for its next message.
-const DUMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the kernel may keep us waiting for its next answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One direction of a connection as conntrack keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,35 +204,125 @@ fn parse_tuple(tuple: &[u8]) -> Option<Tuple> {
     })
 }
 
-/// Every TCP connection in this network namespace's conntrack table (needs
-/// CAP_NET_ADMIN).
-pub(crate) fn tcp_connections() -> io::Result<Vec<TcpConnection>> {
-    let socket = socket_with(
-        AddressFamily::NETLINK,
-        SocketType::RAW,
-        SocketFlags::CLOEXEC,
-        Some(netlink::NETFILTER),
-    )?;
-    bind(&socket, &SocketAddrNetlink::new(0, 0))?;
-    set_socket_timeout(&socket, Timeout::Recv, Some(DUMP_TIMEOUT))?;
-    let seq = fastrand::u32(..);
-    sendto(
-        &socket,
-        &dump_request(seq),
-        SendFlags::empty(),
-        &SocketAddrNetlink::new(0, 0),
-    )?;
-    let mut connections = Vec::new();
-    // Large enough for any one datagram of a dump (the kernel fills up to a page or so).
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let (n, _) = recv(&socket, &mut buf[..], RecvFlags::empty())?;
-        let part = parse_dump(&buf[..n])?;
-        connections.extend(part.connections);
-        if part.done {
-            return Ok(connections);
+/// A ctnetlink socket of this network namespace (needs CAP_NET_ADMIN).
+#[derive(Debug)]
+pub(crate) struct Conntrack {
+    socket: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Conntrack {
+    pub fn open() -> io::Result<Conntrack> {
+        let socket = socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            Some(netlink::NETFILTER),
+        )?;
+        bind(&socket, &SocketAddrNetlink::new(0, 0))?;
+        set_socket_timeout(&socket, Timeout::Recv, Some(REPLY_TIMEOUT))?;
+        Ok(Conntrack {
+            socket,
+            // Large enough for any one datagram of a dump (the kernel fills a page or so).
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    fn send(&self, request: &[u8]) -> io::Result<()> {
+        sendto(
+            &self.socket,
+            request,
+            SendFlags::empty(),
+            &SocketAddrNetlink::new(0, 0),
+        )?;
+        Ok(())
+    }
+
+    /// The next datagram of answers, parsed.
+    fn answer(&mut self) -> io::Result<DumpPart> {
+        let (n, _) = recv(&self.socket, &mut self.buf[..], RecvFlags::empty())?;
+        parse_dump(&self.buf[..n.min(self.buf.len())])
+    }
+
+    /// Every TCP connection in the table.
+    pub fn tcp_connections(&mut self) -> io::Result<Vec<TcpConnection>> {
+        self.send(&dump_request(fastrand::u32(..)))?;
+        let mut connections = Vec::new();
+        loop {
+            let part = self.answer()?;
+            connections.extend(part.connections);
+            if part.done {
+                return Ok(connections);
+            }
         }
     }
+
+    /// Sets the `bits` of the conntrack mark of the connection whose original tuple is
+    /// `original`, leaving its other bits alone; an error if it is gone.
+    pub fn set_mark_bits(&mut self, original: &Tuple, bits: u32) -> io::Result<()> {
+        let request = set_mark_request(fastrand::u32(..), original, bits)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mixed families"))?;
+        self.send(&request)?;
+        // The acknowledgement (an error message with error 0), or the error.
+        self.answer().map(drop)
+    }
+}
+
+/// The request that sets the `bits` of a connection's mark (`IPCTNL_MSG_CT_NEW` without
+/// `NLM_F_CREATE`: an update of the connection with this original tuple; `CTA_MARK_MASK`
+/// keeps the other bits, which other tools may use), acknowledged. `None` if the tuple
+/// mixes families.
+pub(crate) fn set_mark_request(seq: u32, original: &Tuple, bits: u32) -> Option<Vec<u8>> {
+    let (family, src, dst) = match (original.src.ip(), original.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (
+            AF_INET,
+            attribute_bytes(CTA_IP_V4_SRC, &s.octets()),
+            attribute_bytes(CTA_IP_V4_DST, &d.octets()),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (
+            AF_INET6,
+            attribute_bytes(CTA_IP_V6_SRC, &s.octets()),
+            attribute_bytes(CTA_IP_V6_DST, &d.octets()),
+        ),
+        _ => return None,
+    };
+    let proto = [
+        attribute_bytes(CTA_PROTO_NUM, &[IPPROTO_TCP]),
+        attribute_bytes(CTA_PROTO_SRC_PORT, &original.src.port().to_be_bytes()),
+        attribute_bytes(CTA_PROTO_DST_PORT, &original.dst.port().to_be_bytes()),
+    ]
+    .concat();
+    let tuple = [
+        attribute_bytes(CTA_TUPLE_IP | NLA_F_NESTED, &[src, dst].concat()),
+        attribute_bytes(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto),
+    ]
+    .concat();
+    let body = [
+        attribute_bytes(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple),
+        attribute_bytes(CTA_MARK, &bits.to_be_bytes()),
+        attribute_bytes(CTA_MARK_MASK, &bits.to_be_bytes()),
+    ]
+    .concat();
+    let len = NLMSG_HEADER + NFGENMSG + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW).to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[family, 0, 0, 0]);
+    msg.extend_from_slice(&body);
+    Some(msg)
+}
+
+/// One netlink attribute: header, payload, padding to 4 bytes.
+fn attribute_bytes(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(align(4 + payload.len()));
+    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a.resize(align(a.len()), 0);
+    a
 }
 
 #[cfg(test)]
@@ -232,16 +330,11 @@ mod tests {
     use super::*;
 
     fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a.resize(align(a.len()), 0);
-        a
+        attribute_bytes(kind, payload)
     }
 
     fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(kind | 0x8000, &parts.concat())
+        attr(kind | NLA_F_NESTED, &parts.concat())
     }
 
     fn tuple(kind: u16, src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
@@ -399,6 +492,55 @@ mod tests {
             ]
         );
         assert!(parse_dump(&done()).expect("parses").done);
+    }
+
+    #[test]
+    fn a_mark_request_updates_only_our_bits_of_the_connection_with_this_original_tuple() {
+        let original = Tuple {
+            src: addr("10.66.0.2:40000"),
+            dst: addr("10.77.0.2:9000"),
+        };
+        let r = set_mark_request(9, &original, 0x1000_0000).expect("one family");
+        assert_eq!(
+            u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,
+            r.len()
+        );
+        assert_eq!(
+            u16::from_ne_bytes([r[4], r[5]]),
+            0x0100,
+            "IPCTNL_MSG_CT_NEW"
+        );
+        assert_eq!(
+            u16::from_ne_bytes([r[6], r[7]]),
+            NLM_F_REQUEST | NLM_F_ACK,
+            "an update (no NLM_F_CREATE), acknowledged"
+        );
+        assert_eq!(r[16], AF_INET);
+        let attrs = &r[NLMSG_HEADER + NFGENMSG..];
+        // The tuple reads back as it went in, with the parser the dump uses.
+        assert_eq!(
+            parse_tuple(attribute(attrs, CTA_TUPLE_ORIG).expect("tuple")),
+            Some(original)
+        );
+        assert_eq!(attribute(attrs, CTA_MARK), Some(&[0x10, 0, 0, 0][..]));
+        assert_eq!(attribute(attrs, CTA_MARK_MASK), Some(&[0x10, 0, 0, 0][..]));
+
+        let v6 = Tuple {
+            src: addr("[fd00:66::2]:1"),
+            dst: addr("[fd00:77::2]:2"),
+        };
+        let r = set_mark_request(1, &v6, 1).expect("one family");
+        assert_eq!(r[16], AF_INET6);
+        let attrs = &r[NLMSG_HEADER + NFGENMSG..];
+        assert_eq!(
+            parse_tuple(attribute(attrs, CTA_TUPLE_ORIG).expect("tuple")),
+            Some(v6)
+        );
+        let mixed = Tuple {
+            src: addr("10.0.0.1:1"),
+            dst: addr("[::1]:2"),
+        };
+        assert_eq!(set_mark_request(1, &mixed, 1), None);
     }
 
     #[test]

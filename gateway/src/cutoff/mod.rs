@@ -2,11 +2,12 @@
 //! revoke), so that its apps see them close instead of waiting for their own heartbeat to
 //! time out (a chat app's WebSocket may sit idle for minutes).
 //!
-//! The firewall's part (see "Cut-off" in [`crate::firewall`]): a segment of an established
-//! TCP connection of a client that is no longer allowed gets `reject with tcp reset`, so
-//! whichever end speaks next is reset with a sequence number it accepts. This module's
-//! part makes both ends speak at once: for each of the client's established connections in
-//! the conntrack table it sends, from a raw socket, a SYN to the server along the
+//! The firewall's part (see "Cut-off" in [`crate::firewall`]): a segment of a TCP
+//! connection marked as cut off (`CUT_MARK`, one bit of its conntrack mark) gets
+//! `reject with tcp reset`, so whichever end speaks next is reset with a sequence number it
+//! accepts. This module's part: for each of the client's open connections in the conntrack
+//! table it sets the mark (over ctnetlink), then makes both ends speak at once: it sends,
+//! from a raw socket, a SYN to the server along the
 //! connection's original tuple and a SYN/ACK to the client along its reply tuple. Both are
 //! locally generated packets of the tracked connection (conntrack ignores a SYN or SYN/ACK
 //! inside an established connection but keeps it attached), so its NAT applies: the server
@@ -34,7 +35,8 @@ use rustix::net::{
     AddressFamily, SendFlags, SocketFlags, SocketType, ipproto, sendto, socket_with,
 };
 
-use conntrack::TcpConnection;
+use crate::firewall::CUT_MARK;
+use conntrack::{Conntrack, TcpConnection};
 use segment::{ACK, SYN, tcp_segment};
 
 /// Raw sockets (one per family) that send the probes; opening them needs CAP_NET_RAW, the
@@ -73,10 +75,16 @@ impl Cutoff {
     pub fn end_connections(&self, clients: &[IpAddr]) -> io::Result<usize> {
         let mut probed = 0;
         let mut failed = None;
-        let connections = conntrack::tcp_connections()?;
+        let mut conntrack = Conntrack::open()?;
+        let connections = conntrack.tcp_connections()?;
         for connection in connections.iter().filter(|c| {
             c.open && clients.contains(&c.original.src.ip()) && !is_local(&self.gateway, c)
         }) {
+            // Marked first: the reset rule resets only connections marked as cut off.
+            if let Err(err) = conntrack.set_mark_bits(&connection.original, CUT_MARK) {
+                failed = Some(err);
+                continue;
+            }
             for (to, packet) in probes(connection, fastrand::u32(..)) {
                 let sent = match to {
                     IpAddr::V4(ip) => sendto(

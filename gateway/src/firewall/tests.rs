@@ -1501,6 +1501,7 @@ fn mid_connection_tcp_of_clients_no_longer_allowed_is_reset_and_nothing_else_is(
             {"match": {"op": "==", "left": {"meta": {"key": dir}}, "right": "lan0"}},
             {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
             {"match": {"op": "==", "left": {"ct": {"key": "state"}}, "right": "established"}},
+            {"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, 0x1000_0000]}, "right": 0x1000_0000}},
             {"reject": {"type": "tcp reset"}}
         ])
     };
