@@ -8,6 +8,7 @@
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
 //! - [`net`]: who a client is (MAC and IP).
 //! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
+//! - [`cutoff`]: resets a client's TCP connections at once when its access ends.
 // Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
 #![deny(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod counters;
+pub mod cutoff;
 pub mod daemon;
 pub mod firewall;
 pub mod neighbours;

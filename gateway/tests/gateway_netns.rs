@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edgeshare_shared::ledger::UsageRecord;
 use rustix::process::Signal;
 use serde_json::Value;
-use support::probe::{Event, Page};
+use support::probe::{Event, Page, epoch_millis};
 use support::{Background, Listener, Netns, Testbed, sock, unique_name, wait_until};
 
 netns_probe_entry!();
@@ -620,13 +620,6 @@ fn cut_off_after(bed: &Testbed, expires_at: u64, max_late_ms: i128) -> i128 {
         "cut off {late_ms} ms after the expiry (more than {max_late_ms} ms)"
     );
     late_ms
-}
-
-fn epoch_millis() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The stand-in binary (another crate's, so no `CARGO_BIN_EXE_` here): beside the
@@ -3022,4 +3015,259 @@ fn an_unresolvable_garden_host_joins_the_garden_once_it_resolves() {
         added.elapsed()
     );
     assert!(gateway.daemon_is_running());
+}
+
+// ---------------------------------------------------------------------------------------
+// Long-lived connections: a chat app's WebSocket
+
+/// The WebSocket echo server's port in up.
+const WS_PORT: u16 = 8765;
+/// Long enough for a WebSocket to fall silent: no ACK or retransmission pending.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long after a kick each end of an idle WebSocket may take to see it reset: the kick is
+/// carried out before `kick` returns, the resets follow within a round trip.
+const KICK_CLOSE_BOUND_MS: u64 = 2_000;
+/// The same from the message that passes the quota, or from the expiry: the daemon notices
+/// either at its next tick (every second).
+const QUOTA_CLOSE_BOUND_MS: u64 = 2_500;
+
+/// Sends `text` over the client's WebSocket and waits for the echo; panics, saying `when`,
+/// if it does not come back or either end reports the connection closed.
+fn ws_echoes(client: &mut Listener, server: &Listener, text: &str, when: &str) {
+    client.send_line(text);
+    let deadline = Instant::now() + OPEN;
+    loop {
+        match client.next_event(Duration::from_millis(50)) {
+            Some(Event::WsEchoed { text: echoed }) if echoed == text => break,
+            Some(closed @ Event::WsClosed { .. }) => {
+                panic!("the WebSocket closed {when}: {closed:?}")
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo of {text:?} within {OPEN:?} {when}"
+        );
+    }
+    let closed: Vec<Event> = server
+        .events_so_far()
+        .into_iter()
+        .filter(|e| matches!(e, Event::WsClosed { .. }))
+        .collect();
+    assert!(
+        closed.is_empty(),
+        "the server saw it close {when}: {closed:?}"
+    );
+}
+
+/// Waits up to 10 s for both ends of a WebSocket to report it closed: the milliseconds each
+/// took after `since` (epoch ms), `None` for an end that did not see it close.
+fn ws_both_closed(client: &Listener, server: &Listener, since: u64) -> (Option<u64>, Option<u64>) {
+    let closed_after = |event| match event {
+        Some(Event::WsClosed { at_ms, error, .. }) => {
+            println!(
+                "  closed {} ms after the cut: {error}",
+                at_ms.saturating_sub(since)
+            );
+            Some(at_ms.saturating_sub(since))
+        }
+        _ => None,
+    };
+    let (mut client_ms, mut server_ms) = (None, None);
+    wait_until(Duration::from_secs(10), || {
+        client_ms = client_ms.or_else(|| closed_after(client.next_event(Duration::ZERO)));
+        server_ms = server_ms.or_else(|| closed_after(server.next_event(Duration::ZERO)));
+        client_ms.is_some() && server_ms.is_some()
+    });
+    (client_ms, server_ms)
+}
+
+#[test]
+fn a_websocket_survives_counter_reads_a_repaired_ruleset_and_restarts() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::start_local();
+    let _internet = Internet::start(&gateway.bed);
+    let server = gateway.bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(50.0, 1.0);
+    gateway.login_ok(&code);
+    let mut chat = gateway
+        .bed
+        .client
+        .ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", "after the login");
+
+    // Every tick reads the counters; `clients` and `status` read them too.
+    for _ in 0..3 {
+        gateway.clients();
+        gateway.status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ws_echoes(&mut chat, &server, "counted", "after counter reads");
+
+    // Busy through the repair: the table comes back with empty client sets a moment before
+    // the client is in them again, and a segment then must be dropped, not reset (the
+    // connection was not cut off). With the table gone there is no NAT either, and the
+    // client's segments reach up from its own address; up must not answer them (it would
+    // reset the connection), as an upstream without a route to a private LAN does not.
+    gateway.bed.up.ip(&["route", "del", "10.66.0.0/24"]);
+    gateway.bed.gw.run_ok(&["nft", "flush", "ruleset"]);
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                chat.send_line("busy");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let restored = wait_until(Duration::from_secs(8), || gateway.table_exists());
+        std::thread::sleep(Duration::from_millis(500));
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(restored, "the table is not restored within 8 s");
+    });
+    assert!(
+        wait_until(Duration::from_secs(2), || reaches_upstream(
+            &gateway.bed,
+            BLOCKED
+        )),
+        "the online client is not let through again after the repair"
+    );
+    ws_echoes(&mut chat, &server, "repaired", "after a repaired ruleset");
+
+    for signal in [Signal::TERM, Signal::KILL] {
+        gateway.stop(signal);
+        ws_echoes(
+            &mut chat,
+            &server,
+            "down",
+            &format!("while down ({signal:?})"),
+        );
+        gateway.run();
+        // Past the restarted daemon's first ticks, which would cut off a client it lost.
+        std::thread::sleep(Duration::from_millis(2_500));
+        ws_echoes(
+            &mut chat,
+            &server,
+            "back",
+            &format!("after a {signal:?} restart"),
+        );
+    }
+    println!(
+        "one WebSocket echoed through counter reads, a repaired ruleset, a SIGTERM and a \
+         kill -9 restart"
+    );
+}
+
+/// Prints how long after the cut each end took to see the WebSocket closed, and asserts
+/// both did within `bound_ms`.
+fn assert_closed_within(
+    what: &str,
+    (client_ms, server_ms): (Option<u64>, Option<u64>),
+    bound_ms: u64,
+) {
+    let shown =
+        |ms: Option<u64>| ms.map_or_else(|| "not within 10 s".to_owned(), |ms| format!("{ms} ms"));
+    println!(
+        "{what} -> both ends closed: {} (client {}, server {})",
+        shown(client_ms.zip(server_ms).map(|(c, s)| c.max(s))),
+        shown(client_ms),
+        shown(server_ms)
+    );
+    for (end, ms) in [("client", client_ms), ("server", server_ms)] {
+        assert!(
+            ms.is_some_and(|ms| ms <= bound_ms),
+            "the {end} end did not see the WebSocket closed within {bound_ms} ms of the \
+             {what}: {}",
+            shown(ms)
+        );
+    }
+}
+
+/// A client online with a new code of `hours`, an idle WebSocket from it through the
+/// gateway; `cut` ends its access and returns when (epoch ms). Asserts that both ends see
+/// the WebSocket closed within `bound_ms` of that, and prints the figure.
+fn idle_websocket_is_reset_at(
+    what: &str,
+    hours: f64,
+    bound_ms: u64,
+    cut: impl FnOnce(&Gateway, &str) -> u64,
+) {
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(10.0, hours);
+    gateway.login_ok(&code);
+    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", &format!("before the {what}"));
+    // Idle, as a chat app's WebSocket is between heartbeats: past the delayed ACK of the
+    // echo and any retransmission, so that neither end would send anything soon and only
+    // the gateway can tell them the connection is dead.
+    std::thread::sleep(IDLE);
+    let cut_at = cut(&gateway, &code);
+    let closed = ws_both_closed(&chat, &server, cut_at);
+    assert_closed_within(what, closed, bound_ms);
+}
+
+#[test]
+fn an_idle_websocket_is_reset_at_both_ends_at_a_kick() {
+    if !support::require_root() {
+        return;
+    }
+    idle_websocket_is_reset_at("kick", 1.0, KICK_CLOSE_BOUND_MS, |gateway, _| {
+        let at = epoch_millis();
+        gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+        at
+    });
+}
+
+#[test]
+fn an_idle_websocket_is_reset_at_both_ends_when_its_code_is_revoked() {
+    if !support::require_root() {
+        return;
+    }
+    idle_websocket_is_reset_at("revoke", 1.0, KICK_CLOSE_BOUND_MS, |gateway, code| {
+        let at = epoch_millis();
+        gateway.cli_ok(&["codes", "revoke", code]);
+        at
+    });
+}
+
+#[test]
+fn an_idle_websocket_is_reset_at_both_ends_when_its_code_expires() {
+    if !support::require_root() {
+        return;
+    }
+    // 0.001 h = 3.6 s: it expires while the WebSocket is idle.
+    idle_websocket_is_reset_at("expiry", 0.001, QUOTA_CLOSE_BOUND_MS, |gateway, code| {
+        gateway.listed_code(code)["expires_at"]
+            .as_u64()
+            .expect("expires_at")
+    });
+}
+
+#[test]
+fn a_websocket_is_reset_at_both_ends_at_the_quota() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let code = gateway.create_code(0.25, 1.0);
+    gateway.login_ok(&code);
+    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    ws_echoes(&mut chat, &server, "hello", "before the quota");
+    // A message bigger than what the code has left: the kernel's quota stops it partway,
+    // the daemon ends the session at its next tick. The server, receiving, sends nothing
+    // the gateway could answer with a reset.
+    let sent_at = epoch_millis();
+    chat.send_line(&"x".repeat(1_000_000));
+    let closed = ws_both_closed(&chat, &server, sent_at);
+    assert_closed_within("quota", closed, QUOTA_CLOSE_BOUND_MS);
+    assert!(
+        gateway.session(&code).is_none(),
+        "the used-up session ended: {:?}",
+        gateway.clients()
+    );
 }

@@ -112,11 +112,13 @@ impl State {
             .copied()
             .collect();
         let mut changed = false;
+        let mut cut = Vec::new();
         for client in strangers {
             tracing::info!(%client, "removing a client the sessions do not allow");
             match self.firewall.revoke(&client) {
                 Ok(()) => {
                     self.baselines.removed(&client);
+                    cut.push(client);
                 }
                 Err(err) => {
                     tracing::error!(%client, error = %err, "cannot remove a client; retrying at the next tick")
@@ -131,6 +133,7 @@ impl State {
                 changed = true;
             }
         }
+        self.end_connections(&cut);
         if changed {
             self.meters_follow_clients();
         }

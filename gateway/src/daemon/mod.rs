@@ -35,9 +35,10 @@ use crate::codes::{BackendCodes, CodeStore};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control;
 use crate::core::Policy;
+use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
 use crate::neighbours::{NeighbourTable, interface_index};
-use crate::net::{Millis, interface_ipv4};
+use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
 use meter::start_capture;
@@ -141,6 +142,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
+    // Without the list the gateway's own connections get probed too: a few stray segments.
+    let own = local_addresses().unwrap_or_default();
+    state.cutoff = match Cutoff::open(own) {
+        Ok(cutoff) => Some(cutoff),
+        Err(err) => {
+            tracing::warn!(error = %err, "no raw socket (CAP_NET_RAW?): the connections of a client cut off end at their next segment, not at once");
+            None
+        }
+    };
     let group = match &config.control.group {
         Some(name) => Some(
             control::group_id(name)

@@ -4,6 +4,7 @@
 //! (`persist.rs`) add their methods to it.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::capture::{Capture, Report};
 use crate::codes::CodeStore;
 use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
 use crate::counters::{self, Baselines};
+use crate::cutoff::Cutoff;
 use crate::firewall::Firewall;
 use crate::neighbours::NeighbourTable;
 use crate::net::{Client, Millis};
@@ -47,6 +49,9 @@ pub(super) enum LoginError {
 pub(super) struct State {
     pub(super) core: Core,
     pub(super) firewall: Box<dyn Firewall>,
+    /// Resets the TCP connections of clients cut off (`None` without CAP_NET_RAW, and in
+    /// unit tests: they then end at their next segment).
+    pub(super) cutoff: Option<Cutoff>,
     /// Kernel byte counters of each allowed client when last read.
     pub(super) baselines: Baselines,
     /// Something worth saving changed since the last save.
@@ -99,6 +104,7 @@ impl State {
         let state = State {
             core,
             firewall,
+            cutoff: None,
             baselines,
             dirty: true,
             urgent: false,
@@ -125,6 +131,7 @@ impl State {
             return;
         }
         let mut ended = Vec::new();
+        let mut cut = Vec::new();
         for action in actions {
             match action {
                 Action::Allow { client, until } => {
@@ -136,6 +143,7 @@ impl State {
                     match self.firewall.revoke(&client) {
                         Ok(()) => {
                             self.baselines.removed(&client);
+                            cut.push(client);
                         }
                         // Still in the baselines, so the enforcer tries again.
                         Err(err) => {
@@ -168,6 +176,7 @@ impl State {
         }
         self.dirty |= self.urgent;
         self.sync_quotas();
+        self.end_connections(&cut);
         self.meters_follow_clients();
         if !self.ledger_pending.is_empty() {
             self.write_ledger(Vec::new());
@@ -175,6 +184,32 @@ impl State {
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
+            }
+        }
+    }
+
+    /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). After
+    /// the quota sync: a used-up quota still in place would drop the challenge ACKs that
+    /// bring the resets. A client allowed again meanwhile is left alone.
+    pub(super) fn end_connections(&self, clients: &[Client]) {
+        let Some(cutoff) = self.cutoff.as_ref().filter(|_| !clients.is_empty()) else {
+            return;
+        };
+        let allowed: HashSet<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
+        let ips: Vec<IpAddr> = clients
+            .iter()
+            .filter(|c| !allowed.contains(c))
+            .map(|c| c.ip)
+            .collect();
+        if ips.is_empty() {
+            return;
+        }
+        match cutoff.end_connections(&ips) {
+            Ok(connections) => {
+                tracing::info!(?ips, connections, "connections of clients cut off reset")
+            }
+            Err(err) => {
+                tracing::warn!(?ips, error = %err, "cannot reset the connections of clients cut off; each ends at its next segment")
             }
         }
     }

@@ -60,7 +60,9 @@
 //!   quotas first (see below), then allowed clients (their lookups are the per-client
 //!   meters; towards a client only established/related traffic, so nothing unsolicited gets
 //!   in or is billed to it), then the walled garden (replies only towards the LAN), then
-//!   DNS to the configured resolvers only, then everything else to or from the LAN is dropped, IPv4 and IPv6. Priority 0 runs after dstnat, so it sees the
+//!   DNS to the configured resolvers only, then TCP of connections the daemon cut off gets
+//!   a reset (see "Cut-off"), then everything else to or from the LAN is dropped, IPv4 and
+//!   IPv6. Priority 0 runs after dstnat, so it sees the
 //!   real destination. Every base chain on a hook must accept a packet for it to pass, so
 //!   our drops hold whatever other tables do, and their drops hold over our accepts (a host
 //!   firewall that drops forwarded traffic must let the LAN through).
@@ -103,6 +105,34 @@
 //! limit). A quota outlives a revoke: call [`Firewall::clear_quota`] when the session
 //! ends, or a captive device whose quota is used up cannot reach DNS, the garden or the portal.
 //!
+//! # Cut-off
+//!
+//! When a client's access ends, its open TCP connections must not hang until its apps'
+//! heartbeats time out. Two `forward` rules after every accept and before the final drops,
+//! `iifname LAN meta l4proto tcp ct state established ct mark & CUT == CUT reject with tcp
+//! reset` and the same with `oifname`, answer each segment of a connection the daemon
+//! marked as cut off (`CUT_MARK`, one bit of the conntrack mark, 0x1000_0000, set by
+//! `crate::cutoff` at the cut-off), either way, with a RST whose sequence number is what
+//! that segment acknowledged, so its sender takes it (RFC 5961 needs an exact match);
+//! recent kernels then put the connection in conntrack's CLOSE state. The daemon then makes
+//! both ends speak at once (`crate::cutoff`).
+//!
+//! Why these conditions: after the accepts, the rules see only traffic of clients not
+//! allowed (no set lookup there, so the element counters count exactly as before);
+//! `established` without `related` and the mark mean a connection this chain accepted
+//! once and the daemon cut off: a captive device's own attempts are never established
+//! (their first packet is dropped, so conntrack forgets them) and stay dropped silently,
+//! so nothing new is told to a captive device. The mark, not the absence of the client's
+//! elements, because the elements are also absent for a moment while the repair loop puts
+//! a flushed table back (its sets come back empty): a busy connection of an online client
+//! then loses a segment, as before, instead of being reset. For the same reason an
+//! element the kernel's timeout removed while the daemon was down drops silently, as
+//! before, until the daemon is back and cuts the session off. A reset rather than an
+//! ICMP error: TCP stacks need not abort an established connection on "administratively
+//! prohibited" (a soft error, RFC 5461), a RST they take. With a used-up quota, the quota
+//! rules, which come first, drop silently until the daemon ends the session (at most one
+//! tick) and clears the quota; the daemon marks and probes after that.
+//!
 //! Calls wait for the kernel (or `nft`): from async code call them inside `spawn_blocking`.
 
 mod cidr;
@@ -130,6 +160,7 @@ pub use cidr::{
 pub use memory::{Call, MemoryFirewall};
 pub use netlink::NetlinkFirewall;
 pub use nft::NftFirewall;
+pub(crate) use rules::CUT_MARK;
 
 /// The longest kernel timeout [`Firewall::allow`] sets: 2^32 - 1 milliseconds, the limit of
 /// older kernels' timeout arithmetic. Longer times are clamped: allow the client again before

@@ -216,6 +216,26 @@ fn established() -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
 }
 
+/// `ct state established`, without `related`: a connection this chain let through before.
+fn established_only() -> Value {
+    json!({"match": {"op": "==", "left": {"ct": {"key": "state"}}, "right": "established"}})
+}
+
+/// The bit of the conntrack mark that says "the daemon cut this connection off" (set by
+/// `crate::cutoff`); the other bits are left to other tools.
+pub(crate) const CUT_MARK: u32 = 0x1000_0000;
+
+/// `ct mark & CUT_MARK == CUT_MARK`.
+fn marked_cut() -> Value {
+    json!({"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, CUT_MARK]}, "right": CUT_MARK}})
+}
+
+/// `reject with tcp reset`: the sender gets a RST whose sequence number is the one it
+/// acknowledged, so it takes it.
+fn tcp_reset() -> Value {
+    json!({"reject": {"type": "tcp reset"}})
+}
+
 fn accept() -> Value {
     json!({"accept": null})
 }
@@ -423,6 +443,28 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
                 in_set(payload("ip6", "saddr"), DNS6),
                 established(),
                 accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "access ended mid-connection (marked cut off): reset the client's end, not leave it to hang",
+            vec![
+                iif(lan),
+                l4proto("tcp"),
+                established_only(),
+                marked_cut(),
+                tcp_reset(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "access ended mid-connection (marked cut off): reset the far end too",
+            vec![
+                oif(lan),
+                l4proto("tcp"),
+                established_only(),
+                marked_cut(),
+                tcp_reset(),
             ],
         ),
         rule(

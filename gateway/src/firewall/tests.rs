@@ -1498,3 +1498,36 @@ fn memory_firewall_models_session_quotas() {
     fw.flush_ruleset();
     assert!(fw.quotas().is_empty());
 }
+
+#[test]
+fn mid_connection_tcp_of_clients_no_longer_allowed_is_reset_and_nothing_else_is() {
+    let forward: Vec<rules::Rule> = rules::rules(&config())
+        .into_iter()
+        .filter(|r| r.chain == "forward")
+        .collect();
+    let n = forward.len();
+    let reset = |dir: &str| {
+        json!([
+            {"match": {"op": "==", "left": {"meta": {"key": dir}}, "right": "lan0"}},
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+            {"match": {"op": "==", "left": {"ct": {"key": "state"}}, "right": "established"}},
+            {"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, 0x1000_0000]}, "right": 0x1000_0000}},
+            {"reject": {"type": "tcp reset"}}
+        ])
+    };
+    // After every accept (so only clients no longer allowed get there, and no lookup there
+    // counts for an element), just before the final drops.
+    assert_eq!(json!(forward[n - 4].expr), reset("iifname"));
+    assert_eq!(json!(forward[n - 3].expr), reset("oifname"));
+    let last_accept = forward
+        .iter()
+        .rposition(|r| r.expr.last() == Some(&json!({"accept": null})))
+        .expect("accept rules");
+    assert_eq!(last_accept, n - 5);
+    // The only rejects: whatever else a captive device sends is dropped without an answer.
+    let rejects = rules::rules(&config())
+        .iter()
+        .filter(|r| r.expr.iter().any(|e| e.get("reject").is_some()))
+        .count();
+    assert_eq!(rejects, 2);
+}

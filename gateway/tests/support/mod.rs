@@ -550,15 +550,33 @@ impl Netns {
         self.listen(Request::HttpServe { bind, pages })
     }
 
+    /// Starts a WebSocket echo server in here (see [`Request::WsEcho`]); returns once it is
+    /// bound.
+    pub fn ws_echo(&self, bind: SocketAddr) -> Listener {
+        self.listen(Request::WsEcho { bind })
+    }
+
+    /// Opens a WebSocket to `ws://to/` from in here (see [`Request::WsClient`]); returns once
+    /// it is open. [`Listener::send_line`] sends a message.
+    pub fn ws_client(&self, to: SocketAddr) -> Listener {
+        self.listen(Request::WsClient { to })
+    }
+
     fn listen(&self, request: Request) -> Listener {
+        let stdin = if matches!(request, Request::WsClient { .. }) {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = self
             .probe_command(&request)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start probe {request:?} in {}: {e}", self.name));
         let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
         let (sender, events) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -578,6 +596,7 @@ impl Netns {
             Ok(Event::Ready { local }) => Listener {
                 local,
                 events,
+                stdin,
                 _process: process,
             },
             other => panic!(
@@ -633,6 +652,8 @@ pub struct Transfer {
 pub struct Listener {
     pub local: SocketAddr,
     events: mpsc::Receiver<Event>,
+    /// The probe's stdin, for those that read it.
+    stdin: Option<std::process::ChildStdin>,
     _process: Background,
 }
 
@@ -640,6 +661,14 @@ impl Listener {
     /// The next report, if one comes within `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
         self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Writes `line` to the probe's stdin (a [`Request::WsClient`] sends it as a message).
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("a probe that reads its stdin");
+        writeln!(stdin, "{line}").expect("writing to the probe's stdin");
+        stdin.flush().expect("flushing the probe's stdin");
     }
 
     /// Every report that has arrived so far.

@@ -13,6 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite;
 
 /// Carries the [`Request`] (JSON) to the probe process.
 pub const PROBE_ENV: &str = "EDGESHARE_NETNS_PROBE";
@@ -70,6 +71,16 @@ pub enum Request {
         connect_timeout_ms: u64,
         stall_ms: u64,
     },
+    /// A WebSocket echo server until killed: each text or binary message goes back as it
+    /// came. Reports [`Event::Ready`] once bound, [`Event::WsOpen`] per connection and
+    /// [`Event::WsClosed`] when one ends.
+    WsEcho { bind: SocketAddr },
+    /// A WebSocket client of `ws://to/` that sends each line of its stdin as a text message
+    /// and is otherwise idle (no heartbeat: it notices a dead connection only if the network
+    /// says so). Reports [`Event::Ready`] once connected (`local`: its own address),
+    /// [`Event::WsEchoed`] per message that comes back, and [`Event::WsClosed`] when the
+    /// connection ends (then exits); exits quietly when its stdin closes.
+    WsClient { to: SocketAddr },
 }
 
 /// One page of [`Request::HttpServe`].
@@ -138,6 +149,20 @@ pub enum Event {
         sent: u64,
         received: u64,
         eof: bool,
+    },
+    /// A WebSocket connection is up (`peer`: the other end as this end sees it).
+    WsOpen {
+        peer: SocketAddr,
+    },
+    /// A text message came back.
+    WsEchoed {
+        text: String,
+    },
+    /// A WebSocket connection ended: how, and when (milliseconds since the Unix epoch).
+    WsClosed {
+        peer: SocketAddr,
+        error: String,
+        at_ms: u64,
     },
 }
 
@@ -238,7 +263,131 @@ fn run(request: Request) -> i32 {
             Duration::from_millis(connect_timeout_ms),
             Duration::from_millis(stall_ms),
         ),
+        Request::WsEcho { bind } => ws_run("ws-echo", ws_echo(bind)),
+        Request::WsClient { to } => ws_run("ws-client", ws_client(to)),
     }
+}
+
+/// Milliseconds since the Unix epoch: the time stamps of [`Event::WsClosed`], which the
+/// test compares with its own clock (one machine, one clock).
+pub fn epoch_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs a WebSocket probe on a runtime of its own; its exit code.
+fn ws_run(stage: &str, probe: impl Future<Output = io::Result<()>>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return failed("runtime", e),
+    };
+    match runtime.block_on(probe) {
+        Ok(()) => 0,
+        Err(e) => failed(stage, e),
+    }
+}
+
+/// Why a WebSocket stream ended, from what it gave last.
+fn ws_end(next: Option<Result<tungstenite::Message, tungstenite::Error>>) -> Option<String> {
+    match next {
+        None => Some("end of stream".to_owned()),
+        Some(Err(e)) => Some(e.to_string()),
+        Some(Ok(tungstenite::Message::Close(frame))) => Some(format!("close frame {frame:?}")),
+        Some(Ok(_)) => None,
+    }
+}
+
+async fn ws_echo(bind: SocketAddr) -> io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    report(&Event::Ready {
+        local: listener.local_addr()?,
+    });
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut ws = match tokio_tungstenite::accept_async(stream).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    failed("ws-accept", io::Error::other(e));
+                    return;
+                }
+            };
+            report(&Event::WsOpen { peer });
+            let error = loop {
+                let next = ws.next().await;
+                if let Some(Ok(message)) = &next {
+                    if message.is_text() || message.is_binary() {
+                        if let Err(e) = ws.send(message.clone()).await {
+                            break e.to_string();
+                        }
+                        continue;
+                    }
+                }
+                if let Some(end) = ws_end(next) {
+                    break end;
+                }
+            };
+            report(&Event::WsClosed {
+                peer,
+                error,
+                at_ms: epoch_millis(),
+            });
+        });
+    }
+}
+
+async fn ws_client(to: SocketAddr) -> io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{to}/"))
+        .await
+        .map_err(io::Error::other)?;
+    let local = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(stream) => stream.local_addr()?,
+        _ => return Err(io::Error::other("ws:// gave a TLS stream")),
+    };
+    report(&Event::Ready { local });
+    // stdin on a thread of its own: a blocking read must not stop the socket being watched.
+    let (lines, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let error = loop {
+        tokio::select! {
+            line = inbox.recv() => match line {
+                Some(text) => {
+                    if let Err(e) = ws.send(tungstenite::Message::text(text)).await {
+                        break e.to_string();
+                    }
+                }
+                None => return Ok(()),
+            },
+            next = ws.next() => {
+                if let Some(Ok(tungstenite::Message::Text(text))) = &next {
+                    report(&Event::WsEchoed { text: text.to_string() });
+                    continue;
+                }
+                if let Some(end) = ws_end(next) {
+                    break end;
+                }
+            }
+        }
+    };
+    report(&Event::WsClosed {
+        peer: to,
+        error,
+        at_ms: epoch_millis(),
+    });
+    Ok(())
 }
 
 /// Writes up to `count` bytes; stops early at a stall (the write timeout) or a reset.
