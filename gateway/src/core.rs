@@ -767,7 +767,7 @@ impl Core {
     /// What the neighbour table says each MAC on the LAN uses now (`seen`: every entry the
     /// shell found, link-local and multicast addresses left out), at `now`. Every online
     /// device gets the addresses its MAC uses that no other device holds (`Allow`, until its
-    /// session's expiry), up to [`MAX_ADDRESSES_PER_DEVICE`]; a learned address its MAC no
+    /// session's expiry), up to [`MAX_ADDRESSES_PER_DEVICE`], IPv4 only if it has none yet; a learned address its MAC no
     /// longer uses (a retired privacy address, an address gone to another MAC) leaves it
     /// (`Revoke`). The address a device logged in with stays whatever the table says: the
     /// portal bound it. Read the counters before carrying out the revokes.
@@ -809,7 +809,12 @@ impl Core {
                     if device.also.len() >= MAX_ADDRESSES_PER_DEVICE {
                         break;
                     }
-                    if held.contains_key(&ip) {
+                    // One IPv4 address per device: the one it logged in with, or the one
+                    // the table names after an IPv6 login. Another IPv4 address of the same
+                    // MAC stays captive, so that copying an online device's MAC onto
+                    // another device does not get it through over IPv4.
+                    let second_ipv4 = ip.is_ipv4() && device.clients().any(|c| c.ip.is_ipv4());
+                    if second_ipv4 || held.contains_key(&ip) {
                         continue;
                     }
                     held.insert(ip, mac);
@@ -1527,6 +1532,30 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_logged_in_over_ipv6_learns_one_ipv4_address() {
+        let mut core = Core::new(Policy::default());
+        let phone = Client {
+            mac: mac(1),
+            ip: any_ip(6),
+        };
+        let until = session_until(&mut core, phone);
+        let actions = core.learn_addresses(&seen(&[(1, 2), (1, 3), (1, 7)]), at(1));
+        assert_eq!(
+            actions,
+            [
+                allow(client(1, 2), until),
+                allow(
+                    Client {
+                        mac: mac(1),
+                        ip: any_ip(7)
+                    },
+                    until
+                )
+            ]
+        );
+    }
+
+    #[test]
     fn learned_addresses_are_capped_and_never_taken_from_another_device() {
         let mut core = Core::new(Policy {
             devices_per_code: 2,
@@ -1541,7 +1570,10 @@ mod tests {
         let devices = session(&core, 0).devices;
         let other = devices.iter().find(|d| d.client.mac == mac(2)).unwrap();
         assert_eq!(other.also.len(), MAX_ADDRESSES_PER_DEVICE);
-        assert!(!other.also.contains(&ip(1)));
+        assert!(
+            other.also.iter().all(IpAddr::is_ipv6),
+            "no second IPv4 address"
+        );
         assert_eq!(core.status_of(ip(1), at(1)).map(|s| s.mac), Some(mac(1)));
     }
 

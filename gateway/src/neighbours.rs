@@ -10,18 +10,9 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::OwnedFd;
-use std::time::Duration;
-
-use rustix::net::netlink::SocketAddrNetlink;
-use rustix::net::sockopt::{self, Timeout};
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
 use crate::net::{Client, Mac};
-use crate::netlink::{
-    Attributes, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN,
-    replies,
-};
+use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, request};
 
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
@@ -33,74 +24,28 @@ const NDA_LLADDR: u16 = 2;
 /// `NUD_STALE`, `NUD_DELAY`, `NUD_PROBE`, `NUD_PERMANENT`): not `NUD_INCOMPLETE` or
 /// `NUD_FAILED` (no answer), nor `NUD_NOARP` (no MAC).
 const NUD_KNOWN: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
-/// How long to wait for the kernel's answer, which comes at once: this only bounds one
-/// that never comes.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-/// A dump datagram is at most 32 KiB (the kernel's `netlink_dump` cap).
-const RECV_BUFFER: usize = 64 * 1024;
-/// A dump the kernel marks interrupted (the table changed under it) is read again, at
-/// most this many times.
-const DUMP_ATTEMPTS: usize = 3;
 
-/// A netlink socket for reading the neighbour table, in the network namespace it was
+/// The neighbour table, read over an rtnetlink socket of the network namespace it was
 /// opened in.
+#[derive(Debug)]
 pub struct NeighbourTable {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for NeighbourTable {
-    // Without the 64 KiB receive buffer.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NeighbourTable")
-            .field("fd", &self.fd)
-            .finish_non_exhaustive()
-    }
+    socket: Socket,
 }
 
 impl NeighbourTable {
     pub fn open() -> io::Result<Self> {
-        // `None`: protocol 0, which for netlink is `NETLINK_ROUTE`.
-        let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
-        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
-        sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(REPLY_TIMEOUT))?;
         Ok(NeighbourTable {
-            fd,
-            seq: 1,
-            buf: vec![0; RECV_BUFFER],
+            socket: Socket::open(None)?,
         })
     }
 
     /// Every neighbour with a known MAC and an address worth letting through (see
     /// [`usable`]), on the interface with index `ifindex`, or on every interface with 0.
     pub fn read(&mut self, ifindex: u32) -> io::Result<Vec<Client>> {
-        for _ in 0..DUMP_ATTEMPTS {
-            let seq = self.seq;
-            self.seq = self.seq.wrapping_add(1);
-            rustix::net::send(&self.fd, &dump_request(seq), SendFlags::empty())?;
-            let mut found = Vec::new();
-            let mut interrupted = false;
-            loop {
-                let (_, len) = rustix::net::recv(&self.fd, &mut self.buf[..], RecvFlags::empty())?;
-                let datagram = self.buf.get(..len).ok_or_else(|| {
-                    io::Error::other(format!("a neighbour reply of {len} bytes was cut"))
-                })?;
-                match read_reply(datagram, seq, ifindex, &mut found).map_err(io::Error::other)? {
-                    Progress::More { interrupted: i } => interrupted |= i,
-                    Progress::Done { interrupted: i } => {
-                        interrupted |= i;
-                        break;
-                    }
-                }
-            }
-            if !interrupted {
-                return Ok(found);
-            }
-        }
-        Err(io::Error::other(
-            "the neighbour table kept changing while it was read",
-        ))
+        self.socket.dump(dump_request, |reply, found| {
+            found.extend(neighbour(reply, ifindex)?);
+            Ok(())
+        })
     }
 }
 
@@ -126,56 +71,16 @@ pub fn interface_index(name: &str) -> io::Result<u32> {
 
 /// `RTM_GETNEIGH` dump of every family.
 fn dump_request(seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NDMSG_LEN;
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&RTM_GETNEIGH.to_ne_bytes());
-    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(&[0; NDMSG_LEN]);
-    buf
+    request(RTM_GETNEIGH, NLM_F_DUMP, seq, &[0; NDMSG_LEN], &[])
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Progress {
-    More { interrupted: bool },
-    Done { interrupted: bool },
-}
-
-/// One datagram of the dump answering `seq`: its neighbours on `ifindex` (0: any) into
-/// `found`.
-fn read_reply(
-    datagram: &[u8],
-    seq: u32,
-    ifindex: u32,
-    found: &mut Vec<Client>,
-) -> Result<Progress, String> {
-    let mut interrupted = false;
-    for reply in replies(datagram)? {
-        if reply.seq != seq {
-            continue;
-        }
-        interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
-        match reply.kind {
-            NLMSG_DONE => return Ok(Progress::Done { interrupted }),
-            NLMSG_ERROR => {
-                let (errno, _) = reply.error()?;
-                return Err(format!(
-                    "the kernel refused the neighbour dump: {}",
-                    io::Error::from_raw_os_error(errno)
-                ));
-            }
-            RTM_NEWNEIGH => found.extend(neighbour(reply.payload, ifindex)?),
-            _ => {}
-        }
-    }
-    Ok(Progress::More { interrupted })
-}
-
-/// One `RTM_NEWNEIGH` payload: the neighbour, if it is on `ifindex` (0: any), its MAC is
+/// One message of the dump: the neighbour, if it is on `ifindex` (0: any), its MAC is
 /// known and its address [`usable`].
-fn neighbour(payload: &[u8], ifindex: u32) -> Result<Option<Client>, String> {
+fn neighbour(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Client>, String> {
+    if reply.kind != RTM_NEWNEIGH {
+        return Ok(None);
+    }
+    let payload = reply.payload;
     let header = payload
         .get(..NDMSG_LEN)
         .ok_or("a neighbour message shorter than its ndmsg")?;
@@ -226,43 +131,27 @@ fn usable(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{attribute, replies};
 
     /// An `RTM_NEWNEIGH` message as the kernel sends it.
-    fn message(seq: u32, ifindex: u32, state: u16, dst: &[u8], lladdr: Option<&[u8]>) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&[if dst.len() == 4 { 2 } else { 10 }, 0, 0, 0]);
-        body.extend_from_slice(&ifindex.to_ne_bytes());
-        body.extend_from_slice(&state.to_ne_bytes());
-        body.extend_from_slice(&[0, 1]);
-        let mut attribute = |kind: u16, value: &[u8]| {
-            body.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-            body.extend_from_slice(&kind.to_ne_bytes());
-            body.extend_from_slice(value);
-            body.resize(crate::netlink::align4(body.len()), 0);
-        };
-        attribute(NDA_DST, dst);
+    fn message(ifindex: u32, state: u16, dst: &[u8], lladdr: Option<&[u8]>) -> Vec<u8> {
+        let mut fixed = vec![if dst.len() == 4 { 2 } else { 10 }, 0, 0, 0];
+        fixed.extend_from_slice(&ifindex.to_ne_bytes());
+        fixed.extend_from_slice(&state.to_ne_bytes());
+        fixed.extend_from_slice(&[0, 1]);
+        let mut attributes = attribute(NDA_DST, dst);
         if let Some(lladdr) = lladdr {
-            attribute(NDA_LLADDR, lladdr);
+            attributes.extend(attribute(NDA_LLADDR, lladdr));
         }
-        let mut out = Vec::new();
-        out.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-        out.extend_from_slice(&RTM_NEWNEIGH.to_ne_bytes());
-        out.extend_from_slice(&0x2u16.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(&body);
-        out
+        request(RTM_NEWNEIGH, 0x2, 7, &fixed, &attributes)
     }
 
-    fn done(seq: u32) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&20u32.to_ne_bytes());
-        out.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
-        out.extend_from_slice(&0x2u16.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(&0i32.to_ne_bytes());
-        out
+    fn parse_all(datagram: &[u8], ifindex: u32) -> Result<Vec<Client>, String> {
+        let mut found = Vec::new();
+        for reply in replies(datagram)? {
+            found.extend(neighbour(&reply, ifindex)?);
+        }
+        Ok(found)
     }
 
     const MAC: [u8; 6] = [2, 0, 0, 0x66, 0, 2];
@@ -278,30 +167,22 @@ mod tests {
     fn the_dump_gives_the_lans_usable_neighbours() {
         let mut datagram = Vec::new();
         for part in [
-            message(7, 3, REACHABLE, &[10, 66, 0, 2], Some(&MAC)),
-            message(7, 3, STALE, &v6("fd00:66::2"), Some(&MAC)),
-            message(7, 3, STALE, &v6("2001:db8::1234"), Some(&MAC)),
-            // Link-local, another interface, no answer, no MAC, another request's.
-            message(7, 3, REACHABLE, &v6("fe80::1"), Some(&MAC)),
-            message(7, 4, REACHABLE, &[10, 99, 0, 2], Some(&MAC)),
-            message(7, 3, FAILED, &[10, 66, 0, 9], Some(&MAC)),
-            message(7, 3, REACHABLE, &[10, 66, 0, 8], None),
-            message(6, 3, REACHABLE, &[10, 66, 0, 7], Some(&MAC)),
+            message(3, REACHABLE, &[10, 66, 0, 2], Some(&MAC)),
+            message(3, STALE, &v6("fd00:66::2"), Some(&MAC)),
+            message(3, STALE, &v6("2001:db8::1234"), Some(&MAC)),
+            // Link-local, another interface, no answer, no MAC.
+            message(3, REACHABLE, &v6("fe80::1"), Some(&MAC)),
+            message(4, REACHABLE, &[10, 99, 0, 2], Some(&MAC)),
+            message(3, FAILED, &[10, 66, 0, 9], Some(&MAC)),
+            message(3, REACHABLE, &[10, 66, 0, 8], None),
         ] {
             datagram.extend(part);
         }
-        let mut found = Vec::new();
-        assert_eq!(
-            read_reply(&datagram, 7, 3, &mut found),
-            Ok(Progress::More { interrupted: false })
-        );
-        assert_eq!(
-            read_reply(&done(7), 7, 3, &mut found),
-            Ok(Progress::Done { interrupted: false })
-        );
+        let found = parse_all(&datagram, 3).unwrap();
         let ips: Vec<String> = found.iter().map(|c| c.ip.to_string()).collect();
         assert_eq!(ips, ["10.66.0.2", "fd00:66::2", "2001:db8::1234"]);
         assert!(found.iter().all(|c| c.mac == Mac(MAC)));
+        assert_eq!(parse_all(&datagram, 0).unwrap().len(), 4, "any interface");
     }
 
     #[test]
@@ -318,13 +199,11 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors_not_panics() {
-        let good = message(1, 3, REACHABLE, &[10, 66, 0, 2], Some(&MAC));
+        let good = message(3, REACHABLE, &[10, 66, 0, 2], Some(&MAC));
         for cut in 0..good.len() {
-            let mut found = Vec::new();
-            let _ = read_reply(&good[..cut], 1, 0, &mut found);
+            let _ = parse_all(&good[..cut], 0);
         }
-        let mut found = Vec::new();
-        let odd = message(1, 3, REACHABLE, &[10, 66, 0], Some(&MAC));
-        assert!(read_reply(&odd, 1, 0, &mut found).is_err());
+        let odd = message(3, REACHABLE, &[10, 66, 0], Some(&MAC));
+        assert!(parse_all(&odd, 0).is_err());
     }
 }

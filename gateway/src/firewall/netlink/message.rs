@@ -13,7 +13,7 @@ pub(super) use crate::netlink::{
     Attributes, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, Reply, replies,
     text,
 };
-use crate::netlink::{NLM_F_REQUEST, NLMSG_HDRLEN, align4};
+use crate::netlink::{NLA_F_NESTED, NLM_F_REQUEST, NLMSG_HDRLEN, align4};
 
 /// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -22,8 +22,6 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 pub(super) const NLM_F_CREATE: u16 = 0x400;
-
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// `NFPROTO_INET`: our table's family.
 pub(super) const NFPROTO_INET: u8 = 1;

@@ -1,11 +1,17 @@
-//! Netlink framing shared by the gateway's two kernel conversations: nf_tables (the
-//! firewall, `firewall::netlink`) and rtnetlink (the neighbour table, `neighbours`).
-//! Splitting a datagram into messages and a message into attributes; pure functions over
-//! bytes, every read bounds-checked, a malformed reply an `Err(String)`, never a panic.
+//! Netlink shared by the gateway's kernel conversations: nf_tables (the firewall,
+//! `firewall::netlink`), rtnetlink (the neighbour table, `neighbours`) and ctnetlink (the
+//! connection-tracking table, `cutoff`). Building a request, splitting a datagram into
+//! messages and a message into attributes: pure functions over bytes, every read
+//! bounds-checked, a malformed reply an `Err(String)`, never a panic; and a [`Socket`] for
+//! dumps and acknowledged requests.
 //!
 //! A message is a 16-byte `nlmsghdr` (length, type, flags, sequence, port; host byte order)
 //! and a payload; attributes are a 4-byte header (length, type) and a value, padded to 4
 //! bytes (`linux/netlink.h`).
+
+mod socket;
+
+pub(crate) use socket::Socket;
 
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
@@ -20,6 +26,35 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 pub(crate) fn align4(len: usize) -> usize {
     (len + 3) & !3
+}
+
+/// Set on a nested attribute's type.
+pub(crate) const NLA_F_NESTED: u16 = 0x8000;
+
+/// One attribute: header, `payload`, padding to 4 bytes.
+pub(crate) fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(align4(4 + payload.len()));
+    // Attribute lengths are u16; ours are addresses, ports and small nests, far below that.
+    bytes.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    bytes.extend_from_slice(&kind.to_ne_bytes());
+    bytes.extend_from_slice(payload);
+    bytes.resize(align4(bytes.len()), 0);
+    bytes
+}
+
+/// One request message: the `nlmsghdr` (`kind`, `flags`, `seq`), the family's own fixed
+/// header (`nfgenmsg`, `ndmsg`), and the attributes.
+pub(crate) fn request(kind: u16, flags: u16, seq: u32, fixed: &[u8], attributes: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + fixed.len() + attributes.len();
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&(len as u32).to_ne_bytes());
+    bytes.extend_from_slice(&kind.to_ne_bytes());
+    bytes.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+    bytes.extend_from_slice(&seq.to_ne_bytes());
+    bytes.extend_from_slice(&0u32.to_ne_bytes());
+    bytes.extend_from_slice(fixed);
+    bytes.extend_from_slice(attributes);
+    bytes
 }
 
 /// One message of a reply.
