@@ -14,6 +14,8 @@ use qrcode::{Color, QrCode};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+use crate::portal::escape;
+
 /// Modules of white around a QR code, as the standard asks (readers need it).
 const QUIET_ZONE: usize = 4;
 
@@ -166,21 +168,6 @@ fn qr_svg(text: &str) -> Result<String, qrcode::types::QrError> {
          shape-rendering=\"crispEdges\" role=\"img\"><rect width=\"{size}\" height=\"{size}\" \
          fill=\"#fff\"/><path d=\"{path}\" fill=\"#000\"/></svg>"
     ))
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

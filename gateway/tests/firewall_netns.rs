@@ -604,30 +604,23 @@ fn nat_masquerades_on_the_wan_interface(kind: Kind) {
     config.nat = true;
     let mut fw = firewall(&bed, config, kind);
     fw.install().expect("install");
-    let https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
-    fw.allow(&client4(), Duration::from_secs(60))
-        .expect("allow");
-    bed.client
-        .tcp_send(sock(Testbed::up_v4(), 443), 10, OPEN)
-        .expect("allowed");
-    match https.next_event(OPEN) {
-        Some(Event::Accepted { peer, .. }) => assert_eq!(peer.ip(), Testbed::gw_wan_v4()),
-        other => panic!("listener: {other:?}"),
-    }
-    let counters = counters_of(&mut fw, &client4()).expect("counted before NAT");
-    assert!(counters.up_bytes > 10, "{counters:?}");
-
     // IPv6 likewise (NAT66 on the uplink's address): what the README promises a LAN on a
     // unique local prefix behind a single-address uplink.
-    let https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 0);
-    fw.allow(&client6(), Duration::from_secs(60))
-        .expect("allow IPv6");
-    bed.client
-        .tcp_send(sock(Testbed::up_v6(), 443), 10, OPEN)
-        .expect("allowed over IPv6");
-    match https6.next_event(OPEN) {
-        Some(Event::Accepted { peer, .. }) => assert_eq!(peer.ip(), Testbed::gw_wan_v6()),
-        other => panic!("IPv6 listener: {other:?}"),
+    for (client, up, wan) in [
+        (client4(), Testbed::up_v4(), Testbed::gw_wan_v4()),
+        (client6(), Testbed::up_v6(), Testbed::gw_wan_v6()),
+    ] {
+        let https = bed.up.tcp_listen(sock(up, 443), 0);
+        fw.allow(&client, Duration::from_secs(60)).expect("allow");
+        bed.client
+            .tcp_send(sock(up, 443), 10, OPEN)
+            .expect("allowed");
+        match https.next_event(OPEN) {
+            Some(Event::Accepted { peer, .. }) => assert_eq!(peer.ip(), wan),
+            other => panic!("listener on {up}: {other:?}"),
+        }
+        let counters = counters_of(&mut fw, &client).expect("counted before NAT");
+        assert!(counters.up_bytes > 10, "{counters:?}");
     }
 }
 

@@ -262,6 +262,28 @@ fn addr_port(ip_protocol: &str, addr: &str, port: &str) -> Value {
     json!({"concat": [payload(ip_protocol, addr), payload("tcp", port)]})
 }
 
+/// Port-80 traffic from the LAN of one family (`ip`, `ip6`) to the portal: not that of
+/// allowed clients (`clients`), to the garden (`garden`) or to the gateway itself.
+fn captive_http_to_portal(
+    lan: &str,
+    family: &str,
+    clients: &str,
+    garden: &str,
+    portal_port: u16,
+) -> Vec<Value> {
+    vec![
+        iif(lan),
+        is(payload("tcp", "dport"), json!(80)),
+        not_in_set(mac_ip(family), clients),
+        not_in_set(addr_port(family, "daddr", "dport"), garden),
+        is_not(
+            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+            json!("local"),
+        ),
+        json!({"redirect": {"port": portal_port}}),
+    ]
+}
+
 /// Every rule of the table for `config`, chain by chain, in order.
 pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
     let lan = config.lan.as_str();
@@ -274,32 +296,12 @@ pub(crate) fn rules(config: &FirewallConfig) -> Vec<Rule> {
         rule(
             PREROUTING,
             "captive HTTP goes to the portal (not allowed clients, the garden, or the gateway itself)",
-            vec![
-                iif(lan),
-                is(payload("tcp", "dport"), json!(80)),
-                not_in_set(mac_ip("ip"), CLIENTS4_UP),
-                not_in_set(addr_port("ip", "daddr", "dport"), GARDEN4),
-                is_not(
-                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-                    json!("local"),
-                ),
-                json!({"redirect": {"port": config.portal_port}}),
-            ],
+            captive_http_to_portal(lan, "ip", CLIENTS4_UP, GARDEN4, config.portal_port),
         ),
         rule(
             PREROUTING,
             "captive IPv6 HTTP goes to the portal too (a phone may try IPv6 first)",
-            vec![
-                iif(lan),
-                is(payload("tcp", "dport"), json!(80)),
-                not_in_set(mac_ip("ip6"), CLIENTS6_UP),
-                not_in_set(addr_port("ip6", "daddr", "dport"), GARDEN6),
-                is_not(
-                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-                    json!("local"),
-                ),
-                json!({"redirect": {"port": config.portal_port}}),
-            ],
+            captive_http_to_portal(lan, "ip6", CLIENTS6_UP, GARDEN6, config.portal_port),
         ),
         rule(
             FORWARD,

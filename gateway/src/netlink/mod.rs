@@ -11,7 +11,10 @@
 
 mod socket;
 
-pub(crate) use socket::Socket;
+// The dump reader itself is the socket's; tests feed it recorded replies.
+#[cfg(test)]
+pub(crate) use socket::Dump;
+pub(crate) use socket::{RecvFlags, Socket};
 
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;

@@ -1,21 +1,24 @@
 //! A netlink socket for requests answered by a dump or an acknowledgement: the neighbour
-//! table (rtnetlink) and the connection-tracking table (ctnetlink) are read through it. The
-//! firewall's nf_tables batches have their own (`firewall::netlink`): a batch is answered by
-//! one acknowledgement per message.
+//! table (rtnetlink), the connection-tracking table (ctnetlink) and nf_tables' listings are
+//! read through it; the firewall sends its nf_tables batches over it too (`firewall::netlink`
+//! reads their acknowledgements itself). A dump's answer is read by [`Dump`], pure, so that
+//! recorded replies can be fed to it in tests.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+pub(crate) use rustix::net::RecvFlags;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::sockopt::{self, Timeout};
-use rustix::net::{AddressFamily, Protocol, RecvFlags, SendFlags, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, Protocol, SendFlags, SocketFlags, SocketType};
 
 use super::{NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, Reply, replies};
 
-/// How long to wait for the kernel. It answers at once; this only bounds an answer that
-/// never comes.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for the kernel. It answers a dump at once, and an nf_tables batch
+/// before `send` returns (in the sender's context); this only bounds an answer that never
+/// comes.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A dump datagram is at most 32 KiB (the kernel's `netlink_dump` cap).
 const RECV_BUFFER: usize = 64 * 1024;
 /// A dump the kernel marks interrupted (the table changed under it) is read again, at most
@@ -57,31 +60,31 @@ impl Socket {
         })
     }
 
-    /// Sends the request `request(seq)` makes for a fresh sequence number; returns that
-    /// number.
-    fn send(&mut self, request: impl Fn(u32) -> Vec<u8>) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        rustix::net::send(&self.fd, &request(self.seq), SendFlags::empty())?;
-        Ok(self.seq)
+    /// `count` fresh sequence numbers in a row; the first.
+    pub fn take_seq(&mut self, count: u32) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(count);
+        first
     }
 
-    /// Reads the answer to the request numbered `seq` until `handle` says it is complete;
-    /// messages answering other (older) requests are skipped.
-    fn answer(
-        &mut self,
-        seq: u32,
-        mut handle: impl FnMut(&Reply<'_>) -> io::Result<bool>,
-    ) -> io::Result<()> {
-        loop {
-            let (_, len) = rustix::net::recv(&self.fd, &mut self.buf[..], RecvFlags::empty())?;
-            let datagram = self.buf.get(..len).ok_or_else(|| {
+    /// Sends one datagram (a request, or a batch of them).
+    pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        rustix::net::send(&self.fd, bytes, SendFlags::empty())?;
+        Ok(())
+    }
+
+    /// Reads one datagram. Past the time-out: `TimedOut`; an empty queue with `DONTWAIT`:
+    /// `WouldBlock`.
+    pub fn recv(&mut self, flags: RecvFlags) -> io::Result<&[u8]> {
+        match rustix::net::recv(&self.fd, &mut self.buf[..], flags) {
+            Ok((_, len)) => self.buf.get(..len).ok_or_else(|| {
                 io::Error::other(format!("a netlink answer of {len} bytes was cut"))
-            })?;
-            for reply in replies(datagram).map_err(io::Error::other)? {
-                if reply.seq == seq && handle(&reply)? {
-                    return Ok(());
-                }
-            }
+            }),
+            Err(rustix::io::Errno::AGAIN) if flags.is_empty() => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the kernel did not answer",
+            )),
+            Err(errno) => Err(errno.into()),
         }
     }
 
@@ -94,25 +97,12 @@ impl Socket {
         mut parse: impl FnMut(&Reply<'_>, &mut Vec<T>) -> Result<(), String>,
     ) -> io::Result<Vec<T>> {
         for _ in 0..DUMP_ATTEMPTS {
-            let seq = self.send(&request)?;
-            let mut found = Vec::new();
-            let mut interrupted = false;
-            self.answer(seq, |reply| {
-                interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
-                match reply.kind {
-                    NLMSG_DONE => Ok(true),
-                    NLMSG_ERROR => match refusal(reply)? {
-                        err if err.raw_os_error() == Some(0) => Ok(true),
-                        err => Err(err),
-                    },
-                    _ => {
-                        parse(reply, &mut found).map_err(io::Error::other)?;
-                        Ok(false)
-                    }
-                }
-            })?;
-            if !interrupted {
-                return Ok(found);
+            let seq = self.take_seq(1);
+            self.send(&request(seq))?;
+            let mut dump = Dump::new(seq, &mut parse);
+            while !dump.feed(self.recv(RecvFlags::empty())?)? {}
+            if !dump.interrupted {
+                return Ok(dump.out);
             }
         }
         Err(io::Error::other(
@@ -123,19 +113,62 @@ impl Socket {
     /// Sends a request that asks for an acknowledgement (`NLM_F_ACK`) and waits for it; the
     /// kernel's refusal is the error.
     pub fn acknowledged(&mut self, request: impl Fn(u32) -> Vec<u8>) -> io::Result<()> {
-        let seq = self.send(request)?;
-        self.answer(seq, |reply| match reply.kind {
-            NLMSG_ERROR => match refusal(reply)? {
-                err if err.raw_os_error() == Some(0) => Ok(true),
-                err => Err(err),
-            },
-            _ => Ok(false),
-        })
+        let seq = self.take_seq(1);
+        self.send(&request(seq))?;
+        let mut ack = Dump::new(seq, |_: &Reply<'_>, _: &mut Vec<()>| Ok(()));
+        while !ack.feed(self.recv(RecvFlags::empty())?)? {}
+        Ok(())
     }
 }
 
-/// The error an `NLMSG_ERROR` message carries (errno 0: an acknowledgement).
-fn refusal(reply: &Reply<'_>) -> io::Result<io::Error> {
-    let (errno, _) = reply.error().map_err(io::Error::other)?;
-    Ok(io::Error::from_raw_os_error(errno))
+/// The answer to the dump or get numbered `seq`, read datagram by datagram: each message
+/// parsed by `parse` into `out`, in order; answers to other requests (an earlier one that
+/// timed out) skipped.
+pub(crate) struct Dump<T, P> {
+    seq: u32,
+    parse: P,
+    pub out: Vec<T>,
+    /// The kernel marked the dump inconsistent (the table changed while it ran).
+    pub interrupted: bool,
+}
+
+impl<T, P> Dump<T, P>
+where
+    P: FnMut(&Reply<'_>, &mut Vec<T>) -> Result<(), String>,
+{
+    pub fn new(seq: u32, parse: P) -> Self {
+        Dump {
+            seq,
+            parse,
+            out: Vec::new(),
+            interrupted: false,
+        }
+    }
+
+    /// Reads one datagram; `Ok(true)` once the answer is complete (`NLMSG_DONE`, or the
+    /// acknowledgement of a get), the kernel's errno as the error.
+    pub fn feed(&mut self, datagram: &[u8]) -> io::Result<bool> {
+        for reply in replies(datagram).map_err(io::Error::other)? {
+            if reply.seq != self.seq {
+                continue;
+            }
+            self.interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
+            match reply.kind {
+                NLMSG_DONE => {
+                    return match reply.done_errno() {
+                        0 => Ok(true),
+                        errno => Err(io::Error::from_raw_os_error(errno)),
+                    };
+                }
+                NLMSG_ERROR => {
+                    return match reply.error().map_err(io::Error::other)?.0 {
+                        0 => Ok(true),
+                        errno => Err(io::Error::from_raw_os_error(errno)),
+                    };
+                }
+                _ => (self.parse)(&reply, &mut self.out).map_err(io::Error::other)?,
+            }
+        }
+        Ok(false)
+    }
 }

@@ -100,6 +100,7 @@ use crate::net::Millis;
 
 pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS};
 pub use self::look::Look;
+pub(crate) use self::pages::escape;
 
 /// What the portal needs from the daemon. The daemon implements it (code check against the
 /// backend or local store, session core, firewall).

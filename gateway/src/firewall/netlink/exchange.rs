@@ -1,8 +1,8 @@
-//! Reading the kernel's answers, datagram by datagram, without I/O: the acknowledgements of
-//! a batch ([`Acks`]) and the messages of a dump or get ([`Dump`]). The socket feeds them
-//! what it receives; tests feed them recorded replies.
+//! Reading the kernel's acknowledgements of a batch, datagram by datagram, without I/O
+//! ([`Acks`]; a dump's answer is read by the shared `crate::netlink::Dump`). The socket
+//! feeds it what it receives; tests feed it recorded replies.
 
-use super::message::{self, Attributes, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR};
+use super::message::{self, NLMSG_ERROR};
 use super::socket::Failure;
 
 /// The answers to a batch whose begin message was numbered `begin` and whose `count`
@@ -68,61 +68,5 @@ impl Acks {
                 "the kernel left messages of the batch unanswered".to_owned(),
             )),
         }
-    }
-}
-
-/// The reply to the dump (or acknowledged get) numbered `seq`: each nf_tables message
-/// parsed by `parse` into `out`, in order.
-#[derive(Debug)]
-pub(super) struct Dump<T, P> {
-    seq: u32,
-    parse: P,
-    pub out: Vec<T>,
-    /// The kernel marked the dump inconsistent (the ruleset changed while it ran).
-    pub interrupted: bool,
-}
-
-impl<T, P> Dump<T, P>
-where
-    P: FnMut(&Attributes<'_>, &mut Vec<T>) -> Result<(), String>,
-{
-    pub fn new(seq: u32, parse: P) -> Self {
-        Dump {
-            seq,
-            parse,
-            out: Vec::new(),
-            interrupted: false,
-        }
-    }
-
-    /// Reads one datagram; `Ok(true)` once the reply is complete (`NLMSG_DONE`, or the
-    /// acknowledgement of a get).
-    pub fn feed(&mut self, datagram: &[u8]) -> Result<bool, Failure> {
-        for reply in message::replies(datagram).map_err(Failure::Malformed)? {
-            if reply.seq != self.seq {
-                continue;
-            }
-            self.interrupted |= reply.flags & NLM_F_DUMP_INTR != 0;
-            match reply.kind {
-                NLMSG_DONE => {
-                    return match reply.done_errno() {
-                        0 => Ok(true),
-                        errno => Err(Failure::Errno(errno)),
-                    };
-                }
-                NLMSG_ERROR => {
-                    return match reply.error().map_err(Failure::Malformed)?.0 {
-                        0 => Ok(true),
-                        errno => Err(Failure::Errno(errno)),
-                    };
-                }
-                _ if message::nft_kind(&reply).is_some() => {
-                    let attributes = message::nft_attributes(&reply).map_err(Failure::Malformed)?;
-                    (self.parse)(&attributes, &mut self.out).map_err(Failure::Malformed)?;
-                }
-                _ => {}
-            }
-        }
-        Ok(false)
     }
 }

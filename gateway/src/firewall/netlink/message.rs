@@ -10,8 +10,7 @@
 //! attributes are big endian.
 
 pub(super) use crate::netlink::{
-    Attributes, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, Reply, replies,
-    text,
+    Attributes, NLM_F_ACK, NLM_F_DUMP, NLMSG_ERROR, Reply, replies, text,
 };
 use crate::netlink::{NLA_F_NESTED, NLM_F_REQUEST, NLMSG_HDRLEN, align4};
 

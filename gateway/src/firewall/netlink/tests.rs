@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::exchange::{Acks, Dump};
-use super::message::{self, Attributes, Message};
+use super::exchange::Acks;
+use super::message::{self, Message};
 use super::socket::Failure;
 use super::{
     allow_batch, check, clear_quota_batch, elements, objects, revoke_batch, set_quota_batch,
@@ -18,6 +18,7 @@ use crate::firewall::listing::Element;
 use crate::firewall::rules::{self, QuotaElement, QuotaKey};
 use crate::firewall::{FirewallConfig, SessionQuota};
 use crate::net::Client;
+use crate::netlink::{Dump, Reply};
 
 fn client(mac: &str, ip: &str) -> Client {
     Client {
@@ -301,17 +302,15 @@ const RECORDED_DONE: [u8; 20] = [
 
 /// Feeds `datagrams` to a dump of `clients4_up` (sequence 0) as the socket would.
 fn dump_up(datagrams: &[&[u8]]) -> Result<(bool, Vec<Element<Client>>), Failure> {
-    let mut dump = Dump::new(
-        0,
-        |message: &Attributes<'_>, out: &mut Vec<Element<Client>>| {
-            elements::parse_dump(message, "clients4_up", out, |listed| {
-                elements::client_element(listed, elements::decode_mac_ip_key)
-            })
-        },
-    );
+    let mut dump = Dump::new(0, |reply: &Reply<'_>, out: &mut Vec<Element<Client>>| {
+        let message = message::nft_attributes(reply)?;
+        elements::parse_dump(&message, "clients4_up", out, |listed| {
+            elements::client_element(listed, elements::decode_mac_ip_key)
+        })
+    });
     let mut done = false;
     for datagram in datagrams {
-        done = dump.feed(datagram)?;
+        done = dump.feed(datagram).map_err(Failure::from)?;
     }
     Ok((done, dump.out))
 }
