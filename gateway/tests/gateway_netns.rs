@@ -9,7 +9,7 @@
 mod support;
 
 use std::fs::File;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -3185,20 +3185,32 @@ fn assert_closed_within(
 }
 
 /// A client online with a new code of `hours`, an idle WebSocket from it through the
-/// gateway; `cut` ends its access and returns when (epoch ms). Asserts that both ends see
-/// the WebSocket closed within `bound_ms` of that, and prints the figure.
+/// gateway to the server at `server` (IPv4 or IPv6); `cut` ends its access and returns when
+/// (epoch ms). Asserts that both ends see the WebSocket closed within `bound_ms` of that,
+/// and prints the figure.
 fn idle_websocket_is_reset_at(
     what: &str,
+    server: IpAddr,
     hours: f64,
     bound_ms: u64,
     cut: impl FnOnce(&Gateway, &str) -> u64,
 ) {
     let gateway = Gateway::start_local();
     let bed = &gateway.bed;
-    let server = bed.up.ws_echo(sock(Testbed::up_v4(), WS_PORT));
+    let to = sock(server, WS_PORT);
+    let server = bed.up.ws_echo(to);
     let code = gateway.create_code(10.0, hours);
     gateway.login_ok(&code);
-    let mut chat = bed.client.ws_client(sock(Testbed::up_v4(), WS_PORT));
+    if to.is_ipv6() {
+        // The phone's IPv6 address is learned once it talks to the gateway over IPv6.
+        portal_over_ipv6(bed, None);
+        assert!(
+            wait_until(Duration::from_secs(3), || !learned(&gateway, &code)
+                .is_empty()),
+            "the IPv6 address learned"
+        );
+    }
+    let mut chat = bed.client.ws_client(to);
     ws_echoes(&mut chat, &server, "hello", &format!("before the {what}"));
     // Idle, as a chat app's WebSocket is between heartbeats: past the delayed ACK of the
     // echo and any retransmission, so that neither end would send anything soon and only
@@ -3214,11 +3226,35 @@ fn an_idle_websocket_is_reset_at_both_ends_at_a_kick() {
     if !support::require_root() {
         return;
     }
-    idle_websocket_is_reset_at("kick", 1.0, KICK_CLOSE_BOUND_MS, |gateway, _| {
-        let at = epoch_millis();
-        gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
-        at
-    });
+    idle_websocket_is_reset_at(
+        "kick",
+        Testbed::up_v4(),
+        1.0,
+        KICK_CLOSE_BOUND_MS,
+        |gateway, _| {
+            let at = epoch_millis();
+            gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+            at
+        },
+    );
+}
+
+#[test]
+fn an_idle_websocket_over_ipv6_is_reset_at_both_ends_at_a_kick() {
+    if !support::require_root() {
+        return;
+    }
+    idle_websocket_is_reset_at(
+        "kick (IPv6)",
+        Testbed::up_v6(),
+        1.0,
+        KICK_CLOSE_BOUND_MS,
+        |gateway, _| {
+            let at = epoch_millis();
+            gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+            at
+        },
+    );
 }
 
 #[test]
@@ -3226,11 +3262,17 @@ fn an_idle_websocket_is_reset_at_both_ends_when_its_code_is_revoked() {
     if !support::require_root() {
         return;
     }
-    idle_websocket_is_reset_at("revoke", 1.0, KICK_CLOSE_BOUND_MS, |gateway, code| {
-        let at = epoch_millis();
-        gateway.cli_ok(&["codes", "revoke", code]);
-        at
-    });
+    idle_websocket_is_reset_at(
+        "revoke",
+        Testbed::up_v4(),
+        1.0,
+        KICK_CLOSE_BOUND_MS,
+        |gateway, code| {
+            let at = epoch_millis();
+            gateway.cli_ok(&["codes", "revoke", code]);
+            at
+        },
+    );
 }
 
 #[test]
@@ -3239,11 +3281,17 @@ fn an_idle_websocket_is_reset_at_both_ends_when_its_code_expires() {
         return;
     }
     // 0.001 h = 3.6 s: it expires while the WebSocket is idle.
-    idle_websocket_is_reset_at("expiry", 0.001, QUOTA_CLOSE_BOUND_MS, |gateway, code| {
-        gateway.listed_code(code)["expires_at"]
-            .as_u64()
-            .expect("expires_at")
-    });
+    idle_websocket_is_reset_at(
+        "expiry",
+        Testbed::up_v4(),
+        0.001,
+        QUOTA_CLOSE_BOUND_MS,
+        |gateway, code| {
+            gateway.listed_code(code)["expires_at"]
+                .as_u64()
+                .expect("expires_at")
+        },
+    );
 }
 
 #[test]
