@@ -15,6 +15,7 @@ use crate::codes::{CodeStore, mb_to_bytes};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
+use crate::neigh;
 use crate::net::{Mac, Millis};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
@@ -55,6 +56,10 @@ pub enum Command {
     /// Put the nftables table in place or take it away without the daemon (boot, removal).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Raise the kernel's neighbour-table limits to fit lan.max_clients, as `run` does at
+    /// start, and print them. For a gateway in a network namespace of its own (a container),
+    /// whose limits are the host's: run this in the host's namespace.
+    NeighbourLimits,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +100,27 @@ pub enum CodesCommand {
     },
     /// Revoke a code: it stops working and its devices are cut off.
     Revoke { code: AccessCode },
+}
+
+/// Prints each limit; fails if one stays too low or this namespace has none.
+fn neighbour_limits(max_clients: u32) -> anyhow::Result<()> {
+    match neigh::fit(std::path::Path::new(neigh::PROC_SYS), max_clients) {
+        neigh::Fitting::Limits(limits) => {
+            for limit in &limits {
+                println!("{}", limit.describe());
+            }
+            let short = limits
+                .iter()
+                .filter(|l| matches!(l.outcome, neigh::Outcome::Failed(_)))
+                .count();
+            anyhow::ensure!(
+                short == 0,
+                "{short} neighbour-table limit(s) too low for lan.max_clients = {max_clients}"
+            );
+            Ok(())
+        }
+        neigh::Fitting::NotHostNamespace => anyhow::bail!("{}", neigh::NOT_HOST_NAMESPACE),
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -138,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Codes(command) => codes(&load()?, command),
         Command::Firewall(command) => firewall(&load()?, command),
+        Command::NeighbourLimits => neighbour_limits(load()?.lan.max_clients),
     }
 }
 

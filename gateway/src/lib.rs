@@ -6,7 +6,7 @@
 //! - [`codes`]: where codes are checked (the backend, or a local store).
 //! - [`daemon`]: `run`, the async shell that wires these together.
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
-//! - [`net`]: who a client is (MAC and IP).
+//! - [`net`]: who a client is (MAC and IP); [`neigh`]: the kernel's neighbour-table limits.
 //! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
 // Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
 #![deny(unsafe_code)]
@@ -21,6 +21,7 @@ pub mod core;
 pub mod counters;
 pub mod daemon;
 pub mod firewall;
+pub mod neigh;
 pub mod net;
 pub mod portal;
 pub mod report;
