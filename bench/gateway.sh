@@ -411,7 +411,7 @@ def cmd_report(results_file):
     row(f"  latency of the 1st / of the {m['all']['n']}th login (ms)", f(m["first"]), f(m["last"]))
     row("  median latency of the first 50 / of the last 50 (ms)", f(m["first50"]), f(m["last50"]))
     b = r["burst"]
-    row(f"{b['n']} clients submit their codes at the same moment: until the last is online (s)",
+    row(f"{b['n']} logins at the same moment: until the last is online (s)",
         "", f(b["all"]["max"] / 1000, 2), str(b["n"]))
     row("  time until each is online (ms; median, p99)", f(b["all"]["median"], 0),
         f(b["all"]["p99"], 0), str(b["n"]))
@@ -420,11 +420,11 @@ def cmd_report(results_file):
     per_login = (r["counted_calls"] - per_tick * r["counted_s"]) / c["all"]["n"]
     row("nft processes per login (ticks' own subtracted)", f(per_login), "", str(c["all"]["n"]))
     row(f"nft processes per tick (1 s) with {r['online']} online and idle", f(per_tick), "", "10")
-    row(f"gateway CPU with {r['online']} online, idle (% of a core, with its nft processes)",
+    row(f"gateway CPU, {r['online']} online and idle (% of a core, with nft)",
         f(r["cpu_many"]))
     row("  the gateway process alone (% of a core)", f(r["cpu_own"]))
     reads = r["reads"]
-    row(f"one reading of every kernel counter with {r['online']} online (ms)",
+    row(f"one reading of all kernel counters, {r['online']} online (ms)",
         f(statistics.median(reads)), f(max(reads)) + " max", str(len(reads)))
     out.append(f"clients online per the gateway's status: {r['online']}; "
                f"elements in the kernel's client set: {r['elements']}")
@@ -521,6 +521,8 @@ shape full
 RSS_AFTER_RUNS=$(rss_kib)
 
 say "4/4: $CLIENTS clients, each its own MAC, address and code"
+# The machine may be shared: its load goes into the table beside the figures.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 netns_add_clients m 1000 "$CLIENTS"
 netns_pin_gateway m 1000 "$CLIENTS"
 codes 50 1 "$CLIENTS" "$WORK/many-codes"
@@ -576,7 +578,7 @@ machine="$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1
 machine+=", kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"), $(nft --version | awk '{print $1, $2}')"
 jq -n \
   --arg date "$(date -u '+%F %H:%M UTC')" --arg commit "$commit" --arg machine "$machine" \
-  --arg setup "release build, namespaces (veth; clients as macvlans), local codes; gateway tick 1 s; tbf for $RATE; lan.max_clients 2048" \
+  --arg setup "release build, namespaces (veth; clients as macvlans), local codes; gateway tick 1 s; tbf for $RATE; lan.max_clients 2048; load average before part 4: $LOAD_BEFORE" \
   --arg rate "$RATE" --argjson quota_bytes "$QUOTA" \
   --argjson get "$GET_JSON" --argjson logins "$LOGIN_JSON" --argjson many "$MANY_JSON" \
   --slurpfile quota "$WORK/quota.jsonl" --slurpfile expiry "$WORK/expiry.jsonl" \
