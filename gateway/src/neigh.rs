@@ -11,7 +11,7 @@
 //! there [`fit`] can only say so. There are no per-interface limits either
 //! (`/proc/sys/net/ipv4/neigh/<if>/` has no gc_thresh).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the kernel's tunables are.
 pub const PROC_SYS: &str = "/proc/sys";
@@ -72,19 +72,19 @@ pub fn fit(proc_sys: &Path, max_clients: u32) -> Fitting {
             return Fitting::NotHostNamespace;
         }
         let wanted = wanted(u64::from(max_clients) * per_device);
-        for index in (0..3).rev() {
+        for (index, wanted) in wanted.into_iter().enumerate().rev() {
             let name = format!("gc_thresh{}", index + 1);
             limits.push(fit_one(
                 &dir.join(&name),
                 format!("net.{family}.neigh.default.{name}"),
-                wanted[index],
+                wanted,
             ));
         }
     }
     Fitting::Limits(limits)
 }
 
-fn fit_one(path: &PathBuf, key: String, wanted: u64) -> Limit {
+fn fit_one(path: &Path, key: String, wanted: u64) -> Limit {
     let read = std::fs::read_to_string(path)
         .map_err(|err| err.to_string())
         .and_then(|text| {
