@@ -4,6 +4,7 @@
 #
 #   bash bench/gateway.sh            # builds target/release first (cargo build --release)
 #   BENCH_NO_BUILD=1 bash bench/gateway.sh
+#   CLIENTS=500 bash bench/gateway.sh   # fewer clients in part 4 (1..2000, default 2000)
 #
 #   clients (10.66.0.2 and more) ── lan0 [gateway] wan0 ── upstream: a stand-in at
 #   one veth, macvlans on it        10.66.0.1/16 10.99.0.1  10.99.0.3:9000 (connect target
@@ -20,21 +21,40 @@
 #      the time from the quota's crossing to the last byte received;
 #   3. code expired → traffic stops: a code valid for EXPIRY_S seconds, a steady download with
 #      the uplink at RATE, RUNS runs: time from the code's expiry instant to the last byte;
-#   4. the gateway's RSS (VmRSS) idle, and with CLIENTS clients online: each a macvlan with
-#      its own MAC and address on the client side (the gateway binds a session to MAC+IP and
-#      treats one MAC as one device, so clients sharing a MAC would take each other's place),
-#      each logging in with its own code; the latency of the last login and the total time.
+#   4. CLIENTS clients (issue 15): each a macvlan with its own MAC and address on the client
+#      side (the gateway binds a session to MAC+IP and treats one MAC as one device, so
+#      clients sharing a MAC would take each other's place), each logging in with its own
+#      code: all but the last BURST+COUNTED one after another (login latency), COUNTED more
+#      one after another with nft processes counted, then BURST at the same moment (time
+#      until the last is online); then, all online and idle: the gateway's CPU over IDLE_S
+#      seconds, nft processes per tick, the time one reading of every kernel counter takes
+#      (the daemon's debug line "kernel counters read"), its RSS (VmRSS, VmHWM).
+#
+# nft processes are counted, not assumed (a netlink firewall would start none): the gateway
+# finds `nft` on its PATH, first in a folder of ours where `nft` is a symbolic link to the real
+# one, swapped for a counting script (one line per exec, then the real nft) only while
+# counting, so that the latencies are measured without the script's cost.
+#
+# The kernel's neighbour table is one for all namespaces, and its limits (gc_thresh1/2/3) are
+# the host's: past 1,024 entries new ones are refused. `edgeshare-gateway neighbour-limits`
+# raises them, in the host's namespace, for the gateway's lan.max_clients (2048), as the
+# daemon does at start on a Pi; the values before are put back on exit unless something
+# changed them meanwhile. The clients' entries for the gateway are permanent (on real devices
+# they are in each device's own table; permanent entries do not count against the limits).
 #
 # Every client, the gateway and the upstream run in namespaces made here; traffic stays in
 # them. Each loop is bounded in count and time. Everything is removed on exit, on Ctrl-C too.
 # The table goes to stdout and to bench/results/gateway-<date>.txt; progress to stderr.
-# Needs python3 (the client side and the report; standard library only). About 4 minutes.
+# Needs python3 (the client side and the report; standard library only). About 9 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LOGINS=${LOGINS:-100}
 RUNS=${RUNS:-10}
-CLIENTS=${CLIENTS:-500}
+CLIENTS=${CLIENTS:-2000}
+BURST=${BURST:-200}
+COUNTED=${COUNTED:-50}
+IDLE_S=${IDLE_S:-30}
 RATE=${RATE:-20mbit}
 QUOTA_MB=${QUOTA_MB:-2}
 EXPIRY_S=${EXPIRY_S:-3}
@@ -45,9 +65,28 @@ EXPIRY_S=${EXPIRY_S:-3}
 # shellcheck source=scripts/lib/netns.bash
 . scripts/lib/netns.bash
 bench_prepare ip nft tc jq python3
+[ "$CLIENTS" -gt $((BURST + COUNTED)) ] || { echo "bench: CLIENTS must be more than BURST + COUNTED" >&2; exit 1; }
 ID=$$
 WORK=$(mktemp -d)
+NEIGH_KEYS=()
+for family in ipv4 ipv6; do
+  for n in 1 2 3; do
+    [ ! -e "/proc/sys/net/$family/neigh/default/gc_thresh$n" ] || NEIGH_KEYS+=("net.$family.neigh.default.gc_thresh$n")
+  done
+done
+NEIGH_BEFORE=$(sysctl -n "${NEIGH_KEYS[@]}" | tr '\n' ' ')
+NEIGH_RAISED=
+restore_neigh() { # the host's neighbour-table limits as they were, unless changed since ours
+  local key before i=0
+  [ "$(sysctl -n "${NEIGH_KEYS[@]}" | tr '\n' ' ')" = "$NEIGH_RAISED" ] || return 0
+  read -ra before <<<"$NEIGH_BEFORE"
+  for key in "${NEIGH_KEYS[@]}"; do
+    sysctl -qw "$key=${before[$i]}"
+    i=$((i + 1))
+  done
+}
 after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run
+  [ -z "$NEIGH_RAISED" ] || restore_neigh
   if [ "$1" != 0 ]; then
     mkdir -p artifacts/bench
     cp "$WORK"/*.log "$WORK"/*.jsonl "$WORK"/*.json artifacts/bench/ 2>/dev/null
@@ -67,12 +106,31 @@ say "upstream: the stand-in at 10.99.0.3:9000"
 netns_start_standin "$NS_U" "$WORK/upstream" "$BIN/edgeshare-standin" --listen 10.99.0.3:9000
 netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_bench_$ID" local
 GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
-netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
+say "the host's neighbour-table limits, for lan.max_clients: edgeshare-gateway neighbour-limits"
+"${GW[@]}" neighbour-limits >&2
+NEIGH_RAISED=$(sysctl -n "${NEIGH_KEYS[@]}" | tr '\n' ' ')
+# The gateway's nft: a link to the real one, or the counting script while counting.
+REAL_NFT=$(command -v nft)
+mkdir "$WORK/bin"
+printf '#!/bin/sh\necho >>"%s"\nexec "%s" "$@"\n' "$WORK/nft-calls" "$REAL_NFT" >"$WORK/nft-count"
+chmod +x "$WORK/nft-count"
+: >"$WORK/nft-calls"
+nft_via() { # nft_via FILE: what the gateway runs as `nft` from now on (swapped atomically)
+  ln -sfn "$1" "$WORK/bin/nft.new"
+  mv -Tf "$WORK/bin/nft.new" "$WORK/bin/nft"
+}
+nft_via "$REAL_NFT"
+nft_calls() { wc -l <"$WORK/nft-calls"; }
+# Debug for the one line per reading of the kernel counters (its duration), info elsewhere.
+netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" env PATH="$WORK/bin:$PATH" \
+  RUST_LOG=info,edgeshare_gateway::daemon::state=debug "${GW[@]}"
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
-# CPU time of the gateway and its reaped children (nft), in clock ticks.
+# CPU time of the gateway and its reaped children (nft), and of the gateway alone, in clock
+# ticks.
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$GATEWAY_PID/stat"; }
+own_ticks() { awk '{print $14 + $15}' "/proc/$GATEWAY_PID/stat"; }
 codes() { # codes MB HOURS COUNT FILE
   in_ns "$NS_G" "${GW[@]}" codes create --mb "$1" --hours "$2" --count "$3" >"$4"
   [ "$(wc -l <"$4")" = "$3" ] || { echo "bench: codes create gave $(wc -l <"$4") codes" >&2; exit 1; }
@@ -117,13 +175,13 @@ def http(iface, src, request, timeout=30):
     return status, body.decode("utf-8", "replace")
 
 
-def login(iface, src, code):
+def login(iface, src, code, timeout=30):
     body = f"code={code}".encode()
     request = (b"POST /login HTTP/1.1\r\nHost: 10.66.0.1:8080\r\n"
                b"Content-Type: application/x-www-form-urlencoded\r\n"
                + f"Content-Length: {len(body)}\r\n".encode()
                + b"Connection: close\r\n\r\n" + body)
-    status, page = http(iface, src, request)
+    status, page = http(iface, src, request, timeout)
     if status != 200 or "You are online" not in page:
         raise SystemExit(f"login of {src} with {code[:2]}… failed: {status} {page[:300]!r}")
 
@@ -250,6 +308,36 @@ def cmd_many(list_file):
                       "last50": statistics.median(latencies[-50:])}))
 
 
+def cmd_burst(list_file):
+    """Logs in each `iface ip code` line at the same moment, a thread each; reports the time
+    from that moment until each was told it is online, and the logins that failed (the
+    portal answers 408 to a request it could not finish within its 30 s). Each waits up to
+    120 s: the logins are served one at a time, so the last waits for all the others."""
+    lines = [l.split() for l in open(list_file) if l.strip()]
+    start_line = threading.Barrier(len(lines) + 1)
+    done, failed = [], []
+
+    def one(iface, src, code):
+        start_line.wait()
+        try:
+            login(iface, src, code, 120)
+            done.append(time.perf_counter())
+        except BaseException as err:  # SystemExit from login(): report it, end the thread
+            failed.append(str(err))
+
+    threads = [threading.Thread(target=one, args=line) for line in lines]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    if not done:
+        raise SystemExit(f"all {len(lines)} logins at once failed: {failed[0]}")
+    print(json.dumps({"n": len(lines), "all": summary([(t - start) * 1000 for t in done]),
+                      "failed": len(failed), "failure": failed[0] if failed else ""}))
+
+
 def cmd_report(results_file):
     r = json.load(open(results_file))
     mb = 1048576
@@ -320,10 +408,29 @@ def cmd_report(results_file):
         kib(r["rss_many"]), kib(r["hwm"]))
     m = r["many"]
     row(f"{m['all']['n']} logins one after another, one client each: total (s)", f(m["total_s"]))
-    row("  login latency (ms)", f(m["all"]["median"]), f(m["all"]["max"]), str(m["all"]["n"]))
+    row("  login latency (ms; second column p99)", f(m["all"]["median"]), f(m["all"]["p99"]),
+        str(m["all"]["n"]))
+    row("  worst login latency (ms)", "", f(m["all"]["max"]))
     row(f"  latency of the 1st / of the {m['all']['n']}th login (ms)", f(m["first"]), f(m["last"]))
     row("  median latency of the first 50 / of the last 50 (ms)", f(m["first50"]), f(m["last50"]))
-    row(f"gateway CPU with {r['online']} online, no traffic (% of a core, with nft)", f(r["cpu_many"]))
+    b = r["burst"]
+    row(f"{b['n']} logins at the same moment: until the last is told online (s)",
+        "", f(b["all"]["max"] / 1000, 2), str(b["all"]["n"]))
+    row("  time until each is told online (ms; median, p99)", f(b["all"]["median"], 0),
+        f(b["all"]["p99"], 0), str(b["all"]["n"]))
+    if b["failed"]:
+        out.append(f"  {b['failed']} of the {b['n']} logins failed, e.g. {b['failure'][:90]!r}")
+    per_tick = r["idle_calls"] / 10
+    c = r["counted"]
+    per_login = (r["counted_calls"] - per_tick * r["counted_s"]) / c["all"]["n"]
+    row("nft processes per login (ticks' own subtracted)", f(per_login), "", str(c["all"]["n"]))
+    row(f"nft processes per tick (1 s) with {r['online']} online and idle", f(per_tick), "", "10")
+    row(f"gateway CPU, {r['online']} online and idle (% of a core, with nft)",
+        f(r["cpu_many"]))
+    row("  the gateway process alone (% of a core)", f(r["cpu_own"]))
+    reads = r["reads"]
+    row(f"one reading of all kernel counters, {r['online']} online (ms)",
+        f(statistics.median(reads)), f(max(reads)) + " max", str(len(reads)))
     out.append(f"clients online per the gateway's status: {r['online']}; "
                f"elements in the kernel's client set: {r['elements']}")
     bad = [x for x in r["quota"] + r["expiry"] if x["eof"]]
@@ -334,7 +441,7 @@ def cmd_report(results_file):
 
 if __name__ == "__main__":
     commands = {"get": cmd_get, "logins": cmd_logins, "transfer": cmd_transfer,
-                "many": cmd_many, "report": cmd_report}
+                "many": cmd_many, "burst": cmd_burst, "report": cmd_report}
     commands[sys.argv[1]](*sys.argv[2:])
 PY
 client() { # client TIMEOUT COMMAND ARGS…: the client program in the client namespace
@@ -419,22 +526,65 @@ shape full
 RSS_AFTER_RUNS=$(rss_kib)
 
 say "4/4: $CLIENTS clients, each its own MAC, address and code"
+# The machine may be shared: its load goes into the table beside the figures.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 netns_add_clients m 1000 "$CLIENTS"
-codes 50 1 "$CLIENTS" "$WORK/many-codes"
+netns_pin_gateway m 1000 "$CLIENTS"
+# `codes create` makes at most 1,000 at a time.
+: >"$WORK/many-codes"
+for ((left = CLIENTS; left > 0; left -= 1000)); do
+  codes 50 1 $((left < 1000 ? left : 1000)) "$WORK/some-codes"
+  cat "$WORK/some-codes" >>"$WORK/many-codes"
+done
 n=1000
 while read -r code; do
   echo "m$n $(netns_client_ip "$n") $code"
   n=$((n + 1))
 done <"$WORK/many-codes" >"$WORK/many"
-MANY_JSON=$(client 600 many "$WORK/many")
-sleep 2
-ONLINE=$(in_ns "$NS_G" "${GW[@]}" status | jq -r .online_devices)
+ONE_BY_ONE=$((CLIENTS - BURST - COUNTED))
+head -n "$ONE_BY_ONE" "$WORK/many" >"$WORK/one-by-one"
+sed -n "$((ONE_BY_ONE + 1)),$((ONE_BY_ONE + COUNTED))p" "$WORK/many" >"$WORK/counted"
+tail -n "$BURST" "$WORK/many" >"$WORK/burst"
+say "4/4: $ONE_BY_ONE logins one after another"
+MANY_JSON=$(client 900 many "$WORK/one-by-one")
+say "4/4: $COUNTED logins one after another, nft processes counted"
+nft_via "$WORK/nft-count"
+calls_before=$(nft_calls)
+t0=$(date +%s.%N)
+COUNTED_JSON=$(client 300 many "$WORK/counted")
+t1=$(date +%s.%N)
+COUNTED_CALLS=$(($(nft_calls) - calls_before))
+COUNTED_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+nft_via "$REAL_NFT"
+say "4/4: $BURST logins at the same moment"
+BURST_JSON=$(client 300 burst "$WORK/burst")
+# The logins the portal gave up on (408) may still be queued for the daemon, whose control
+# socket answers once it is through them.
+for _ in $(seq 1 120); do
+  sleep 1
+  ONLINE=$(in_ns "$NS_G" "${GW[@]}" status 2>/dev/null | jq -r .online_devices) && break
+done
+[ -n "$ONLINE" ] || netns_fail "status did not answer within 120 s of the burst"
 ELEMENTS=$(in_ns "$NS_G" nft -j list set inet "es_bench_$ID" clients4_up | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add')
+say "4/4: $ONLINE online and idle: CPU over $IDLE_S s, then nft processes per tick over 10 s"
 RSS_MANY=$(rss_kib)
+log_from=$(wc -l <"$WORK/gateway.log")
 ticks_before=$(cpu_ticks)
+own_before=$(own_ticks)
+sleep "$IDLE_S"
+CPU_MANY=$(awk -v a="$ticks_before" -v b="$(cpu_ticks)" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_S" 'BEGIN { print (b - a) / hz / s * 100 }')
+CPU_OWN=$(awk -v a="$own_before" -v b="$(own_ticks)" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_S" 'BEGIN { print (b - a) / hz / s * 100 }')
+# Each reading of the kernel counters in the idle time: "… elapsed_us=N entries=M …".
+tail -n +"$((log_from + 1))" "$WORK/gateway.log" |
+  sed -n 's/.*kernel counters read.*elapsed_us=\([0-9]*\).*/\1/p' >"$WORK/reads"
+[ -s "$WORK/reads" ] || netns_fail "no \"kernel counters read\" line in the gateway's log"
+READS_JSON=$(python3 -c 'import json, sys; print(json.dumps([int(x) / 1000 for x in open(sys.argv[1]).read().split()]))' "$WORK/reads")
+nft_via "$WORK/nft-count"
+calls_before=$(nft_calls)
 sleep 10
-ticks_after=$(cpu_ticks)
-CPU_MANY=$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$(getconf CLK_TCK)" 'BEGIN { print (b - a) / hz / 10 * 100 }')
+IDLE_CALLS=$(($(nft_calls) - calls_before))
+nft_via "$REAL_NFT"
+HWM_MANY=$(hwm_kib)
 
 # The table.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
@@ -443,13 +593,16 @@ machine="$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1
 machine+=", kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"), $(nft --version | awk '{print $1, $2}')"
 jq -n \
   --arg date "$(date -u '+%F %H:%M UTC')" --arg commit "$commit" --arg machine "$machine" \
-  --arg setup "release build, namespaces (veth; clients as macvlans), local codes; gateway tick 1 s; tbf for $RATE" \
+  --arg setup "release build, namespaces (veth; clients as macvlans), local codes; gateway tick 1 s; tbf for $RATE; lan.max_clients 2048; load average before part 4: $LOAD_BEFORE" \
   --arg rate "$RATE" --argjson quota_bytes "$QUOTA" \
   --argjson get "$GET_JSON" --argjson logins "$LOGIN_JSON" --argjson many "$MANY_JSON" \
   --slurpfile quota "$WORK/quota.jsonl" --slurpfile expiry "$WORK/expiry.jsonl" \
   --argjson rss_idle "$RSS_IDLE" --argjson rss_after_runs "$RSS_AFTER_RUNS" \
-  --argjson rss_many "$RSS_MANY" --argjson hwm "$(hwm_kib)" --argjson cpu_many "$CPU_MANY" \
-  --argjson online "$ONLINE" --argjson elements "${ELEMENTS:-0}" \
+  --argjson rss_many "$RSS_MANY" --argjson hwm "$HWM_MANY" --argjson cpu_many "$CPU_MANY" \
+  --argjson cpu_own "$CPU_OWN" --argjson online "$ONLINE" --argjson elements "${ELEMENTS:-0}" \
+  --argjson counted "$COUNTED_JSON" --argjson counted_calls "$COUNTED_CALLS" \
+  --argjson counted_s "$COUNTED_S" --argjson idle_calls "$IDLE_CALLS" --argjson burst "$BURST_JSON" \
+  --argjson reads "$READS_JSON" \
   '$ARGS.named' >"$WORK/results.json"
 RESULT=bench/results/gateway-$(date -u +%F).txt
 mkdir -p bench/results

@@ -18,6 +18,7 @@ use crate::codes::{CodeStore, mb_to_bytes};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
+use crate::neighbours::limits;
 use crate::net::{Mac, Millis};
 use crate::vouchers::{self, Sheet, Voucher};
 
@@ -59,6 +60,10 @@ pub enum Command {
     /// Put the nftables table in place or take it away without the daemon (boot, removal).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Raise the kernel's neighbour-table limits to fit lan.max_clients, as `run` does at
+    /// start, and print them. For a gateway in a network namespace of its own (a container),
+    /// whose limits are the host's: run this in the host's namespace.
+    NeighbourLimits,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +111,27 @@ pub enum CodesCommand {
     Revoke { code: AccessCode },
 }
 
+/// Prints each limit; fails if one stays too low or this namespace has none.
+fn neighbour_limits(max_clients: u32) -> anyhow::Result<()> {
+    match limits::fit(Path::new(limits::PROC_SYS), max_clients) {
+        limits::Fitting::Limits(found) => {
+            for limit in &found {
+                println!("{}", limit.describe());
+            }
+            let short = found
+                .iter()
+                .filter(|l| matches!(l.outcome, limits::Outcome::Failed(_)))
+                .count();
+            anyhow::ensure!(
+                short == 0,
+                "{short} neighbour-table limit(s) too low for lan.max_clients = {max_clients}"
+            );
+            Ok(())
+        }
+        limits::Fitting::NotHostNamespace => anyhow::bail!("{}", limits::NOT_HOST_NAMESPACE),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     edgeshare_shared::logging::init(&cli.log);
     let load = || -> anyhow::Result<GatewayConfig> {
@@ -147,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Codes(command) => codes(&load()?, command),
         Command::Firewall(command) => firewall(&load()?, command),
+        Command::NeighbourLimits => neighbour_limits(load()?.lan.max_clients),
     }
 }
 

@@ -45,6 +45,15 @@ pub struct GatewayConfig {
 #[serde(deny_unknown_fields)]
 pub struct Lan {
     pub interface: String,
+    /// Most devices expected on the LAN at once: the kernel's neighbour-table limits are
+    /// raised to fit them at start (see `neigh`), and the capture meter is sized for them.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: u32,
+}
+
+/// Twice the kernel's default neighbour-table limit (1,024 entries).
+fn default_max_clients() -> u32 {
+    2048
 }
 
 /// The uplink to the internet.
@@ -308,6 +317,9 @@ impl Validate for GatewayConfig {
 
     fn validate(&self, problems: &mut Problems) {
         check_interface("lan.interface", &self.lan.interface, problems);
+        if !(1..=65_536).contains(&self.lan.max_clients) {
+            problems.push("lan.max_clients", "must be from 1 to 65536");
+        }
         match (&self.wan.interface, self.wan.nat) {
             (Some(wan), _) => {
                 check_interface("wan.interface", wan, problems);

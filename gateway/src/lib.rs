@@ -6,7 +6,7 @@
 //! - [`codes`]: where codes are checked (the backend, or a local store).
 //! - [`daemon`]: `run`, the async shell that wires these together.
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
-//! - [`net`]: who a client is (MAC and IP).
+//! - [`net`]: who a client is (MAC and IP); [`neigh`]: the kernel's neighbour-table limits.
 //! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
 //! - [`cutoff`]: resets a client's TCP connections at once when its access ends.
 // Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.

@@ -129,11 +129,16 @@ fn several_problems_are_listed_together() {
         "{err}"
     );
 
-    let (code, err) =
-        check_text("[lan]\ninterface = \"this-name-is-far-too-long\"\n[portal]\nport = 0\n");
+    let (code, err) = check_text(
+        "[lan]\ninterface = \"this-name-is-far-too-long\"\nmax_clients = 0\n[portal]\nport = 0\n",
+    );
     assert_eq!(code, 78, "{err}");
     assert!(
         err.contains("line 2: lan.interface: \"this-name-is-far-too-long\" is not"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 3: lan.max_clients: must be from 1 to 65536"),
         "{err}"
     );
     assert!(
@@ -141,7 +146,7 @@ fn several_problems_are_listed_together() {
         "{err}"
     );
     assert!(
-        err.contains("line 4: portal.port: must be a port number"),
+        err.contains("line 5: portal.port: must be a port number"),
         "{err}"
     );
 }

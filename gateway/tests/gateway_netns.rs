@@ -1051,6 +1051,222 @@ fn add_devices(bed: &Testbed, first: usize, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// `count` devices on a /16 (the gateway's LAN address must be on one), each a macvlan
+/// `m<n>` with its own MAC and address 10.66.(1 + n / 250).(1 + n % 250), made in one `ip`
+/// process; each holds a permanent entry for the gateway, as if it were a device of its own
+/// (the kernel's neighbour table is one for all namespaces: the gateway's entries are what a
+/// test of its limits must fill, not the clients' entries for it). Their names and addresses.
+fn add_many_devices(bed: &Testbed, count: usize) -> Vec<(String, std::net::Ipv4Addr)> {
+    bed.client.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+    bed.client.sysctl("net.ipv4.conf.all.arp_announce", "2");
+    let gateway_mac = bed.gw.mac(Testbed::GW_LAN_IF);
+    let devices: Vec<(String, std::net::Ipv4Addr)> = (0..count)
+        .map(|n| {
+            let [hi, lo] = [1 + n / 250, 1 + n % 250].map(|b| u8::try_from(b).expect("< 60000"));
+            (format!("m{n}"), std::net::Ipv4Addr::new(10, 66, hi, lo))
+        })
+        .collect();
+    let mut batch = String::new();
+    for (name, ip) in &devices {
+        let [_, _, hi, lo] = ip.octets();
+        batch.push_str(&format!(
+            "link add link {parent} name {name} address 02:00:00:{hi:02x}:{lo:02x}:01 type macvlan mode bridge\n\
+             addr add {ip}/16 dev {name}\n\
+             link set {name} up\n\
+             neigh replace 10.66.0.1 lladdr {gateway_mac} dev {name} nud permanent\n\
+             route add default via 10.66.0.1 dev {name} metric {metric}\n",
+            parent = Testbed::CLIENT_IF,
+            metric = 100 + u32::from(hi) * 256 + u32::from(lo),
+        ));
+    }
+    bed.client.ip_batch(&batch);
+    devices
+}
+
+/// How many of `ips` have a usable neighbour entry (a known MAC) on the gateway's LAN.
+fn neighbours_known(bed: &Testbed, ips: &std::collections::HashSet<IpAddr>) -> usize {
+    let json = bed
+        .gw
+        .ip(&["-j", "-4", "neigh", "show", "dev", Testbed::GW_LAN_IF]);
+    let entries: Vec<Value> = serde_json::from_str(&json).expect("ip -j neigh prints JSON");
+    entries
+        .iter()
+        .filter(|e| {
+            let usable = e["state"].as_array().is_some_and(|states| {
+                states.iter().any(|s| {
+                    matches!(
+                        s.as_str(),
+                        Some("REACHABLE" | "STALE" | "DELAY" | "PROBE" | "PERMANENT")
+                    )
+                })
+            });
+            let ours = e["dst"]
+                .as_str()
+                .and_then(|d| d.parse::<IpAddr>().ok())
+                .is_some_and(|ip| ips.contains(&ip));
+            usable && ours
+        })
+        .count()
+}
+
+/// The host's neighbour-table limits raised for a test by `edgeshare-gateway
+/// neighbour-limits`, run in the host's namespace: the table is one for all namespaces and
+/// only the host's has the limits (on a Pi the daemon runs there and raises them itself at
+/// start; in the test's namespace it can only warn). Put back on drop, unless something
+/// changed them meanwhile.
+struct HostNeighbourLimits {
+    paths: Vec<PathBuf>,
+    before: Vec<String>,
+    raised: Vec<String>,
+}
+
+impl HostNeighbourLimits {
+    fn raise(max_clients: u32) -> HostNeighbourLimits {
+        let paths: Vec<PathBuf> = ["ipv4", "ipv6"]
+            .iter()
+            .flat_map(|family| {
+                (1..=3).map(move |n| {
+                    PathBuf::from(format!("/proc/sys/net/{family}/neigh/default/gc_thresh{n}"))
+                })
+            })
+            .filter(|path| path.exists())
+            .collect();
+        let before = Self::read(&paths);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[lan]\ninterface = \"lan0\"\nmax_clients = {max_clients}\n\n[wan]\nnat = false\n"
+            ),
+        )
+        .expect("writing the config");
+        let (status, stdout, stderr) = support::run_with_timeout(
+            Command::new(GATEWAY)
+                .arg("--config")
+                .arg(&config)
+                .arg("neighbour-limits"),
+            Duration::from_secs(10),
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "neighbour-limits: {stdout}{stderr}"
+        );
+        println!("neighbour-limits in the host's namespace:\n{stdout}");
+        let raised = Self::read(&paths);
+        HostNeighbourLimits {
+            paths,
+            before,
+            raised,
+        }
+    }
+
+    fn read(paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for HostNeighbourLimits {
+    fn drop(&mut self) {
+        if Self::read(&self.paths) == self.raised {
+            for (path, value) in self.paths.iter().zip(&self.before) {
+                let _ = std::fs::write(path, value.trim());
+            }
+        }
+    }
+}
+
+#[test]
+fn past_1024_devices_each_has_a_neighbour_entry_and_logs_in() {
+    if !support::require_root() {
+        return;
+    }
+    // Past the kernel's default limit of 1,024 neighbour entries: before, the table
+    // overflowed ("neighbour table overflow"), entries were refused or evicted, and the
+    // portal could neither answer a device nor look its MAC up. Logging 1,100 devices in one
+    // after another would take over a minute (nft processes per login), so every device
+    // gets its entry (the gateway sends each a datagram) and the last LOGINS log in.
+    const DEVICES: usize = 1100;
+    const LOGINS: usize = 40;
+    // Declared first, so dropped last: after the namespaces, and the entries with them.
+    let _limits = HostNeighbourLimits::raise(2048);
+    let bed = Testbed::new();
+    bed.gw
+        .ip(&["addr", "del", "10.66.0.1/24", "dev", Testbed::GW_LAN_IF]);
+    bed.gw.add_addr(Testbed::GW_LAN_IF, "10.66.0.1/16");
+    let gateway = Gateway::start(bed, Codes::Local);
+    let bed = &gateway.bed;
+    let devices = add_many_devices(bed, DEVICES);
+    let ips: std::collections::HashSet<IpAddr> =
+        devices.iter().map(|(_, ip)| IpAddr::V4(*ip)).collect();
+
+    let targets: Vec<SocketAddr> = ips.iter().map(|ip| sock(*ip, 9)).collect();
+    let (sent, refused) = bed.gw.udp_scatter(&targets);
+    let all_known = wait_until(Duration::from_secs(10), || {
+        neighbours_known(bed, &ips) == DEVICES
+    });
+    assert!(
+        all_known,
+        "{} of {DEVICES} devices have a neighbour entry on the gateway ({sent} datagrams \
+         sent, {refused} refused)",
+        neighbours_known(bed, &ips)
+    );
+
+    let codes_text = gateway.cli_ok(&[
+        "codes",
+        "create",
+        "--mb",
+        "1",
+        "--hours",
+        "1",
+        "--count",
+        &LOGINS.to_string(),
+    ]);
+    let codes: Vec<&str> = codes_text.lines().map(str::trim).collect();
+    let last = &devices[DEVICES - LOGINS..];
+    // Eight at a time: the portal serves them while the owner thread takes one at a time.
+    let statuses: Vec<u16> = last
+        .chunks(8)
+        .zip(codes.chunks(8))
+        .flat_map(|(devices, codes)| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = devices
+                    .iter()
+                    .zip(codes)
+                    .map(|((name, _), code)| {
+                        scope.spawn(move || login_status_from(bed, name, code))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a login thread"))
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every login of the last {LOGINS} devices succeeds: {statuses:?}\n{}",
+        gateway.log_text()
+    );
+    assert_eq!(gateway.status()["online_devices"], LOGINS);
+    let _service = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
+    for (name, _) in &last[LOGINS - 3..] {
+        assert!(
+            reaches_upstream_from(bed, name),
+            "{name} is online and its traffic is forwarded"
+        );
+    }
+    assert_eq!(
+        neighbours_known(bed, &ips),
+        DEVICES,
+        "no entry was evicted meanwhile"
+    );
+}
+
 /// The portal's status for `code` posted from the client's device `source` (an interface;
 /// 0: no answer within 30 s).
 fn login_status_from(bed: &Testbed, source: &str, code: &str) -> u16 {

@@ -44,8 +44,8 @@ netns_fail() {
 }
 
 # bench_prepare TOOL…: for a benchmark (as root): fails unless every TOOL is installed and
-# CLIENTS (if set) is 1..1000; builds the release binaries unless BENCH_NO_BUILD=1; sets BIN
-# to their folder.
+# CLIENTS (if set) is 1..2000; builds the release binaries unless BENCH_NO_BUILD=1; sets BIN
+# to their folder (under CARGO_TARGET_DIR if set).
 bench_prepare() {
   local tool bin
   for tool in "$@"; do
@@ -54,8 +54,8 @@ bench_prepare() {
       exit 1
     }
   done
-  if [ -n "${CLIENTS:-}" ] && { [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 1000 ]; }; then
-    echo "bench: CLIENTS must be 1..1000" >&2
+  if [ -n "${CLIENTS:-}" ] && { [ "$CLIENTS" -lt 1 ] || [ "$CLIENTS" -gt 2000 ]; }; then
+    echo "bench: CLIENTS must be 1..2000" >&2
     exit 1
   fi
   if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
@@ -66,7 +66,7 @@ bench_prepare() {
     echo "bench: cargo build --release --workspace --bins" >&2
     cargo build --release --workspace --bins --locked >&2
   fi
-  BIN=$PWD/target/release
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
   for bin in edgeshare-gateway edgeshare-standin; do
     [ -x "$BIN/$bin" ] || { echo "bench: $BIN/$bin is missing" >&2; exit 1; }
   done
@@ -169,14 +169,24 @@ EOF
   ip -n "$NS_U" neigh replace 10.99.0.1 lladdr "$wan" dev u0 nud permanent
 }
 
-# netns_pin_clients PREFIX FIRST COUNT: permanent neighbour entries (no ARP) both ways between
-# the gateway and the clients FIRST to FIRST + COUNT - 1 made by netns_add_clients.
-netns_pin_clients() {
+# netns_pin_gateway PREFIX FIRST COUNT: a permanent neighbour entry for the gateway on each of
+# the clients FIRST to FIRST + COUNT - 1 made by netns_add_clients (no ARP from them). The
+# kernel's neighbour table is one for all namespaces, its limits the host's; permanent entries
+# do not count against them, so the clients' side (on real devices, each its own table) does
+# not crowd out the gateway's entries.
+netns_pin_gateway() {
   local prefix=$1 first=$2 count=$3 n lan
   lan=$(netns_mac "$NS_G" lan0) || return
   for n in $(seq "$first" $((first + count - 1))); do
     printf 'neigh replace 10.66.0.1 lladdr %s dev %s%d nud permanent\n' "$lan" "$prefix" "$n"
-  done | ip -n "$NS_C" -batch - || return
+  done | ip -n "$NS_C" -batch -
+}
+
+# netns_pin_clients PREFIX FIRST COUNT: permanent neighbour entries (no ARP) both ways between
+# the gateway and the clients FIRST to FIRST + COUNT - 1 made by netns_add_clients.
+netns_pin_clients() {
+  local prefix=$1 first=$2 count=$3 n
+  netns_pin_gateway "$prefix" "$first" "$count" || return
   for n in $(seq "$first" $((first + count - 1))); do
     printf 'neigh replace %s lladdr %s dev lan0 nud permanent\n' "$(netns_client_ip "$n")" "$(netns_client_mac "$n")"
   done | ip -n "$NS_G" -batch -

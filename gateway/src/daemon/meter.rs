@@ -32,7 +32,7 @@ pub(super) fn start_capture(
         buffer_bytes: config.capture.buffer_bytes,
         local,
         max_flows: config.capture.max_flows,
-        max_clients: 1024,
+        max_clients: usize::try_from(config.lan.max_clients).unwrap_or(usize::MAX),
         flow_idle: config.capture.flow_idle,
         report_every: CAPTURE_REPORT_EVERY,
     };

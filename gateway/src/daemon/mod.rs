@@ -109,6 +109,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let lan_ip = interface_ipv4(&config.lan.interface)?;
     let portal_url = format!("http://{lan_ip}:{}/", config.portal.port);
     enable_forwarding()?;
+    crate::neighbours::limits::fit_and_log(config.lan.max_clients);
 
     let codes = match config.codes.source {
         CodeSource::Local => Codes::Local(CodeStore::new(&state_dir)),

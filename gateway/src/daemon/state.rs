@@ -241,6 +241,7 @@ impl State {
         now: Millis,
         store: Option<&CodeStore>,
     ) -> Option<HashSet<Client>> {
+        let started = std::time::Instant::now();
         let counters = match self.firewall.clients() {
             Ok(counters) => counters,
             Err(err) => {
@@ -248,6 +249,12 @@ impl State {
                 return None;
             }
         };
+        // The cost of a tick grows with the clients online; the benchmark reads this line.
+        tracing::debug!(
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            entries = counters.len(),
+            "kernel counters read"
+        );
         let reading = counters::reading(&counters);
         let deltas = self.baselines.read(&reading);
         if !deltas.is_empty() {

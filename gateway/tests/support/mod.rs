@@ -336,6 +336,28 @@ impl Netns {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `ip -n NAME -batch -` with `commands`, one per line (thousands of links and addresses
+    /// in one process); panics on failure.
+    pub fn ip_batch(&self, commands: &str) {
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let written = std::io::Write::write_all(&mut stdin, commands.as_bytes());
+        drop(stdin);
+        let output = child.wait_with_output().expect("ip -batch ends");
+        assert!(
+            written.is_ok() && output.status.success(),
+            "ip -n {} -batch failed: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// `sysctl -w key=value` in here (per-namespace keys such as `net.ipv4.ip_forward`).
     pub fn sysctl(&self, key: &str, value: &str) {
         self.run_ok(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
@@ -529,6 +551,15 @@ impl Netns {
         match self.probe(&request, timeout + Duration::from_secs(5)).pop() {
             Some(Event::Reply { len }) => Ok(len),
             Some(Event::Failed { stage, error }) => Err(format!("{stage}: {error}")),
+            other => panic!("unexpected probe report {other:?}"),
+        }
+    }
+
+    /// Sends one IPv4 datagram to each of `to` (see [`Request::UdpScatter`]): (sent, refused).
+    pub fn udp_scatter(&self, to: &[SocketAddr]) -> (usize, usize) {
+        let request = Request::UdpScatter { to: to.to_vec() };
+        match self.probe(&request, Duration::from_secs(30)).pop() {
+            Some(Event::Scattered { sent, refused }) => (sent, refused),
             other => panic!("unexpected probe report {other:?}"),
         }
     }

@@ -48,6 +48,9 @@ pub enum Request {
     /// Sends one datagram and waits `timeout_ms` for the answer. Reports [`Event::Reply`]
     /// or [`Event::Failed`].
     UdpQuery { to: SocketAddr, timeout_ms: u64 },
+    /// Sends one datagram to each address, waiting for no answer (so that the kernel learns
+    /// each one's neighbour entry, say). Reports [`Event::Scattered`].
+    UdpScatter { to: Vec<SocketAddr> },
     /// A tiny web server ("a site on the internet") until killed: one request per
     /// connection (its head only, a body is not read), answered from `pages` by exact path
     /// (query left out), `404` otherwise, then closed. Reports [`Event::Ready`] once bound,
@@ -128,6 +131,11 @@ pub enum Event {
     },
     Reply {
         len: usize,
+    },
+    /// What a [`Request::UdpScatter`] sent: datagrams the kernel took, and refused.
+    Scattered {
+        sent: usize,
+        refused: usize,
     },
     /// A request [`Request::HttpServe`] answered (`host` empty if there was none).
     HttpRequest {
@@ -246,6 +254,7 @@ fn run(request: Request) -> i32 {
             connect_timeout_ms,
         } => tcp_send(to, bytes, Duration::from_millis(connect_timeout_ms)),
         Request::UdpQuery { to, timeout_ms } => udp_query(to, Duration::from_millis(timeout_ms)),
+        Request::UdpScatter { to } => udp_scatter(&to),
         Request::HttpServe { bind, pages } => http_serve(bind, pages),
         Request::TcpSink {
             bind,
@@ -601,6 +610,22 @@ fn udp_query(to: SocketAddr, timeout: Duration) -> i32 {
         }
         Err(e) => failed("receive", e),
     }
+}
+
+fn udp_scatter(to: &[SocketAddr]) -> i32 {
+    let socket = match UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))) {
+        Ok(socket) => socket,
+        Err(e) => return failed("bind", e),
+    };
+    let sent = to
+        .iter()
+        .filter(|to| socket.send_to(b"edgeshare netns probe", to).is_ok())
+        .count();
+    report(&Event::Scattered {
+        sent,
+        refused: to.len() - sent,
+    });
+    0
 }
 
 /// The longest request head [`Request::HttpServe`] reads.

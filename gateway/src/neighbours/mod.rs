@@ -8,6 +8,8 @@
 //! neighbour discovery for the gateway's own address (a phone's DNS queries to the gateway,
 //! its router solicitations), or replies the gateway forwarded to it.
 
+pub mod limits;
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
