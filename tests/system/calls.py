@@ -21,6 +21,7 @@ send < 0 streams until the call dies (the quota call); expect < 0 waits until th
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import statistics
@@ -114,6 +115,12 @@ async def run_call(reader, writer, request):
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers()))
 
+    def on_consent_expired():
+        states.append([round(time.time() - began, 3), "consent-expired"])
+        dead.set()
+
+    CONSENT.listeners.append(on_consent_expired)
+
     @pc.on("connectionstatechange")
     def on_state():
         states.append([round(time.time() - began, 3), pc.connectionState])
@@ -183,15 +190,35 @@ async def run_call(reader, writer, request):
     result["began"] = began
     await say({"result": result})
     await hear()  # close
+    CONSENT.listeners.remove(on_consent_expired)
     await pc.close()
     await say({"closed": True})
 
 
-async def agent(path):
-    if os.environ.get("CALLS_DEBUG"):
-        import logging
+class ConsentWatch(logging.Handler):
+    """aioice logs when consent to send expires (RFC 7675: ~30 s without an answer to its
+    checks) but closes the connection only after it has released its TURN allocation, which
+    takes another ~40 s of retries when the TURN server is out of reach too (as for a consumer
+    cut off at its quota): the expiry is the moment the stack gave up on the path."""
 
-        logging.basicConfig(level=logging.DEBUG)
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.listeners = []
+
+    def emit(self, record):
+        if "Consent to send expired" in record.getMessage():
+            for listener in self.listeners:
+                listener()
+
+
+CONSENT = ConsentWatch()
+
+
+async def agent(path):
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("CALLS_DEBUG") else logging.WARNING)
+    ice_logger = logging.getLogger("aioice.ice")
+    ice_logger.setLevel(logging.DEBUG if os.environ.get("CALLS_DEBUG") else logging.INFO)
+    ice_logger.addHandler(CONSENT)
     async def serve(reader, writer):
         try:
             request = json.loads(await reader.readline())
@@ -212,6 +239,7 @@ async def agent(path):
 class Gateway:
     def __init__(self, args):
         self.ns, self.bin, self.config = args.gateway_ns, args.gateway, args.config
+        self.table = args.table
 
     def run(self, *command):
         return subprocess.run(
@@ -225,6 +253,13 @@ class Gateway:
     def clients(self):
         return json.loads(self.run(self.bin, "--config", self.config, "clients", "--json"))
 
+    def quotas(self):
+        """The session quota objects in the gateway's table (only B's has one that fills)."""
+        listing = json.loads(self.run("nft", "-j", "list", "quotas", "table", "inet", self.table))
+        return [
+            x["quota"] for x in listing["nftables"] if "quota" in x and x["quota"]["bytes"] < 50 << 20
+        ]
+
     def metrics(self):
         text = self.run("curl", "-sS", "-m", "5", "http://127.0.0.1:9464/metrics")
         out = {}
@@ -234,6 +269,16 @@ class Gateway:
                 labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
                 out[(m.group(1), labels)] = float(m.group(3))
         return out
+
+
+def udp_receive_errors(namespace):
+    """The namespace's count of UDP datagrams dropped for a full socket buffer."""
+    snmp = subprocess.run(
+        ["ip", "netns", "exec", namespace, "cat", "/proc/net/snmp"],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout
+    names, values = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")][:2]
+    return int(dict(zip(names, values))["RcvbufErrors"])
 
 
 def client_meter(metrics, mac, ip, meter, direction):
@@ -284,10 +329,18 @@ def parse_natdiscovery(text):
     for key, pattern in (
         ("mapping", r"NAT with (.*?[Mm]apping)"),
         ("filtering", r"NAT with (.*?[Ff]iltering)"),
-        ("hairpinning", r"(NAT (?:does not support|supports|with) hairpin\w*.*)"),
     ):
         m = re.search(pattern, text)
         found[key] = m.group(1).strip() if m else "(not reported)"
+    # The hairpinning probe sends a Binding request to the client's own mapped address from
+    # the same socket: natdiscovery prints a verdict only when it comes back.
+    section = text.partition("Hairpinning Behavior Discovery")[2].partition("-= ")[0]
+    if re.search(r"[Hh]airpin", section):
+        found["hairpinning"] = re.search(r"(\S.*[Hh]airpin.*)", section).group(1).strip()
+    elif "STUN receive timeout" in section:
+        found["hairpinning"] = "no hairpinning (the probe to its own mapped address timed out)"
+    else:
+        found["hairpinning"] = "(not reported)"
     return found
 
 
@@ -330,6 +383,8 @@ async def controller(args):
 
     # 3. The meters after the trials.
     await asyncio.sleep(METERS_SETTLE)
+    namespaces = dict(x.split("=", 1) for x in args.namespaces.split(","))
+    rcvbuf = {name: udp_receive_errors(ns) for name, ns in namespaces.items()}
     metrics = gateway.metrics()
     codes = {n: open(os.path.join(args.work, f"code_{n}.txt")).read().strip() for n in "ab"}
     sessions = {s["code"]: s for s in gateway.clients()}
@@ -368,18 +423,26 @@ async def controller(args):
         call(args.work, "b", "p", -1, timeout=QUOTA_CALL_TIMEOUT)
     )
     quota_at = None
+    seen = False
     while not quota_task.done():
-        # The session ends at its quota (the daemon sees the kernel's quota object used up
-        # within a tick); before that, used_bytes climbs towards the quota.
+        # The kernel drops B's packets from the moment its session's quota object is used
+        # up; the daemon notices within a tick and removes the object with the session.
         if quota_at is None:
             now = time.time()
-            current = {s["code"]: s for s in gateway.clients()}.get(codes["b"])
-            if current is None or current.get("used_bytes", 0) >= quota:
+            quotas = gateway.quotas()
+            seen = seen or bool(quotas)
+            if any(q["used"] >= q["bytes"] for q in quotas) or (seen and not quotas):
                 quota_at = now
-        await asyncio.sleep(0.2)
-    quota_b, quota_p = quota_task.result()
-    last_rx = max(x for x in (quota_b.get("last_rx"), quota_p.get("last_rx")) if x)
-    dead_b = next((t for t, s in quota_b["states"] if s in ("failed", "closed")), None)
+        await asyncio.sleep(0.1)
+    try:
+        quota_b, quota_p = quota_task.result()
+    except Exception as error:
+        failures.append(f"the quota call: {error!r}")
+        quota_b, quota_p = {"states": []}, {"states": []}
+    last_rx = max((x for x in (quota_b.get("last_rx"), quota_p.get("last_rx")) if x), default=None)
+    dead_b = next(
+        (t for t, s in quota_b["states"] if s in ("consent-expired", "failed", "closed")), None
+    )
     cut = {
         "connected": quota_b.get("connected"),
         "pair": (quota_b.get("pair") or {}).get("types"),
@@ -387,8 +450,10 @@ async def controller(args):
         "rx_b": quota_b.get("rx"),
         "tx_p": quota_p.get("tx"),
         "rx_p": quota_p.get("rx"),
-        "stopped_after_quota": None if quota_at is None else last_rx - quota_at,
-        "ice_dead_after_stop": None if dead_b is None else quota_b["began"] + dead_b - last_rx,
+        "stopped_after_quota": None if None in (quota_at, last_rx) else last_rx - quota_at,
+        "ice_dead_after_stop": None
+        if None in (dead_b, last_rx)
+        else quota_b["began"] + dead_b - last_rx,
         "states_b": quota_b["states"],
         "states_p": quota_p["states"],
     }
@@ -396,7 +461,9 @@ async def controller(args):
         failures.append("the quota call did not connect")
     if quota_at is None:
         failures.append("B's session did not reach its quota")
-    elif abs(cut["stopped_after_quota"]) > 2:
+    elif last_rx is None:
+        failures.append("no data flowed in the quota call")
+    elif abs(cut["stopped_after_quota"]) > 1:
         failures.append(f"data flowed {cut['stopped_after_quota']:.1f} s past the quota")
     if dead_b is None:
         failures.append("ICE on B did not fail or close after the cut")
@@ -409,6 +476,14 @@ async def controller(args):
     }
 
     # The summary.
+    # natdiscovery ran beside the calls (calls.sh): wait for its verdicts.
+    done = os.path.join(args.work, "natdiscovery.status")
+    for _ in range(300):
+        if os.path.exists(done):
+            break
+        await asyncio.sleep(0.1)
+    if open(done).read().strip() != "0":
+        failures.append("turnutils_natdiscovery failed (see natdiscovery.txt)")
     nat = parse_natdiscovery(open(os.path.join(args.work, "natdiscovery.txt")).read())
     lines = ["", "== calls: summary"]
     for name, trials in pairs.items():
@@ -418,7 +493,7 @@ async def controller(args):
         lines.append(
             f"ICE {name}: {len(good)}/{len(trials)} connected "
             f"({100 * len(good) / max(1, len(trials)):.0f}%); time offer->connected "
-            f"median {statistics.median(times) if times else '-'} s, "
+            f"median {round(statistics.median(times), 3) if times else '-'} s, "
             f"max {max(times) if times else '-'} s; pair (caller-callee) {', '.join(types) or '-'}"
         )
     for name, m in meters.items():
@@ -429,6 +504,11 @@ async def controller(args):
             f"session used {m['used']} B; payload {m['payload']} B, IP overhead "
             f"{overhead} B ({100 * overhead / max(1, m['payload']):.1f}%)"
         )
+    lines.append(
+        "UDP datagrams dropped for a full socket buffer (the Python receivers fall behind; "
+        "SCTP resends them, which the meters count): "
+        + ", ".join(f"{name.upper()} {n}" for name, n in rcvbuf.items())
+    )
     stopped, dead = cut["stopped_after_quota"], cut["ice_dead_after_stop"]
     stopped = "-" if stopped is None else f"{stopped:+.2f}"
     dead = "-" if dead is None else f"{dead:.1f}"
@@ -436,14 +516,15 @@ async def controller(args):
         f"quota B: {args.quota_mb} MB code, call B->P {cut['pair']}: B sent {cut['tx_b']} B, "
         f"P received {cut['rx_p']} B; data stopped "
         f"{stopped} s after the session reached its quota "
-        f"(read every 0.2 s); ICE on B closed "
+        f"(quota object read every 0.1 s); ICE on B gave up "
         f"{dead} s "
-        f"after the last data; capture - kernel after the cut: up {over['up']} B (dropped "
-        f"at the quota, seen on lan0), down {over['down']} B"
+        f"after the last data; after the cut capture - kernel: up {over['up']} B, "
+        f"down {over['down']} B"
     )
     lines.append(
-        f"NAT (turnutils_natdiscovery -m -f -H 10.99.0.2 from A, {args.nat_ms} ms): "
-        f"mapping: {nat['mapping']}; filtering: {nat['filtering']}; {nat['hairpinning']}"
+        "NAT (turnutils_natdiscovery -m -f -H 10.99.0.2 from A): "
+        f"mapping: {nat['mapping']}; filtering: {nat['filtering']}; hairpinning: "
+        f"{nat['hairpinning']}"
     )
     print("\n".join(lines))
     print(json.dumps({"pairs": pairs, "meters": meters, "cut": cut, "nat": nat}), file=open(
@@ -465,10 +546,11 @@ def main():
     c.add_argument("--gateway-ns", required=True)
     c.add_argument("--gateway", required=True)
     c.add_argument("--config", required=True)
+    c.add_argument("--table", required=True)
+    c.add_argument("--namespaces", required=True, help="a=NS,b=NS,p=NS")
     c.add_argument("--quota-mb", type=float, required=True)
     c.add_argument("--mac-a", required=True)
     c.add_argument("--mac-b", required=True)
-    c.add_argument("--nat-ms", required=True)
     args = parser.parse_args()
     if args.command == "agent":
         asyncio.run(agent(args.socket))
