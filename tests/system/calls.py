@@ -513,7 +513,8 @@ async def controller(args):
     stopped = "-" if stopped is None else f"{stopped:+.2f}"
     dead = "-" if dead is None else f"{dead:.1f}"
     lines.append(
-        f"quota B: {args.quota_mb} MB code, call B->P {cut['pair']}: B sent {cut['tx_b']} B, "
+        f"quota B: {args.quota_mb} MB code, call B->P {cut['pair']}: B's app queued {cut['tx_b']} B "
+        f"and received {cut['rx_b']} B, "
         f"P received {cut['rx_p']} B; data stopped "
         f"{stopped} s after the session reached its quota "
         f"(quota object read every 0.1 s); ICE on B gave up "
