@@ -367,8 +367,12 @@ async def controller(args):
                 and not ours.get("timed_out")
             )
             trials.append({**ours, "ok": bool(ok)})
+            # A call between two consumers' host candidates stays on the LAN (an access point
+            # without client isolation): the gateway never sees it, nor bills it.
+            pair_hosts = [(ours.get("pair") or {}).get(k, "") for k in ("local", "remote")]
+            on_lan = all(" 10.66.0." in host for host in pair_hosts)
             for side in (caller, callee):
-                if side in payload and ok:
+                if side in payload and ok and not on_lan:
                     payload[side] += 2 * size
             pair = (ours.get("pair") or {}).get("types", "-")
             print(

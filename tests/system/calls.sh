@@ -9,7 +9,8 @@
 #
 # Each consumer logs in at the portal with its own code; B's is small. Then (calls.py):
 #   1. the NAT's mapping, filtering and hairpinning, RFC 4787/5780, measured from A with
-#      coturn's turnutils_natdiscovery (coturn listens on two addresses for CHANGE-REQUEST);
+#      coturn's turnutils_natdiscovery (coturn listens on two addresses for CHANGE-REQUEST),
+#      beside the calls;
 #   2. ICE trials: A calls P and B calls A, CALLS times each, STUN and TURN configured on
 #      every side; per call the time from offer to connected and the candidate pair ICE chose;
 #      the first call of each pair carries 2 MB each way over a data channel, the others 64 kB;
@@ -21,12 +22,14 @@
 # not cut at the quota.
 #
 #   CALLS=N         ICE trials per pair (default 10)
+#   B_MB=N          B's code, MB (default 11: what the trials use, and 2-4 MB for the last call)
+#   CALLS_DEBUG=1   aiortc's and aioice's debug log in the agents' logs (artifacts/calls/)
 #   LAN_MODE=bridge the consumers reach each other on the LAN (an access point without client
 #                   isolation; default private: isolated, as above)
 #
 # Needs root, coturn, curl, jq and the aiortc venv (bash scripts/install-deps makes it; this
 # script makes it if it is missing and PyPI is reachable). Every namespace is made here and
-# removed on exit; about a minute and a half.
+# removed on exit; about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/system/common.bash
@@ -36,6 +39,7 @@ cd "$(dirname "$0")/../.."
 netns_fail() { fail "$@"; }
 
 CALLS=${CALLS:-10}
+B_MB=${B_MB:-11}
 LAN_MODE=${LAN_MODE:-private}
 case $BIN_DIR in /*) BIN=$BIN_DIR ;; *) BIN=$PWD/$BIN_DIR ;; esac
 VENV=/opt/edgeshare-test/venv
@@ -154,7 +158,6 @@ GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
 netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
 
 # A's code is large; B's is small enough that its last call ends at the quota.
-B_MB=${B_MB:-11}
 for side in "a $NS_A 200" "b $NS_B $B_MB"; do
   read -r name ns mb <<<"$side"
   code=$(in_ns "$NS_G" "${GW[@]}" codes create --mb "$mb" --hours 1)
@@ -184,7 +187,8 @@ for side in "a $NS_A" "b $NS_B" "p $NS_P"; do
 done
 
 "${PY[@]}" controller --work "$WORK" --calls "$CALLS" --gateway-ns "$NS_G" \
-  --gateway "$BIN/edgeshare-gateway" --config "$WORK/gateway.toml" --table "es_calls_$$" --namespaces "a=$NS_A,b=$NS_B,p=$NS_P" --quota-mb "$B_MB" \
+  --gateway "$BIN/edgeshare-gateway" --config "$WORK/gateway.toml" --table "es_calls_$$" \
+  --namespaces "a=$NS_A,b=$NS_B,p=$NS_P" --quota-mb "$B_MB" \
   --mac-a "$mac_a" --mac-b "$mac_b" |
   tee "$WORK/summary.txt"
 status=${PIPESTATUS[0]}
