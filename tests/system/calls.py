@@ -486,7 +486,7 @@ async def controller(args):
         if os.path.exists(done):
             break
         await asyncio.sleep(0.1)
-    if open(done).read().strip() != "0":
+    if not os.path.exists(done) or open(done).read().strip() != "0":
         failures.append("turnutils_natdiscovery failed (see natdiscovery.txt)")
     nat = parse_natdiscovery(open(os.path.join(args.work, "natdiscovery.txt")).read())
     lines = ["", "== calls: summary"]
