@@ -198,6 +198,8 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
     let mut next_tick = started + TICK;
     let mut last_repair = started;
     let mut last_store_sync = started;
+    // A command read while gathering logins, to handle next.
+    let mut deferred: Option<Command> = None;
     loop {
         let now = Instant::now();
         let wake = expiry_wake(&state, now).map_or(next_tick, |at| at.min(next_tick));
@@ -219,7 +221,20 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
             next_tick = Instant::now() + TICK;
             continue;
         }
-        match inbox.recv_timeout(wake - now) {
+        let received = match deferred.take() {
+            Some(command) => Ok(command),
+            None => inbox.recv_timeout(wake - now),
+        };
+        match received {
+            Ok(Command::Login {
+                client,
+                grant,
+                reply,
+            }) => {
+                let mut logins = vec![(client, grant, reply)];
+                deferred = gather_logins(&inbox, &mut logins);
+                guarded("the logins", || login(&mut state, &context, logins));
+            }
             Ok(Command::Stop {
                 remove_table,
                 reply,
@@ -236,6 +251,48 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
                 return;
             }
         }
+    }
+}
+
+/// The most logins handled together: one save and one counter reading for them all.
+const LOGIN_BATCH: usize = 256;
+
+/// A login and where its answer goes.
+type PendingLogin = (Client, Grant, oneshot::Sender<Result<ClientStatus, LoginError>>);
+
+/// Takes the logins waiting right behind the first (a crowd arriving), up to
+/// [`LOGIN_BATCH`]; the first other command met is returned, to be handled next.
+fn gather_logins(inbox: &Receiver<Command>, logins: &mut Vec<PendingLogin>) -> Option<Command> {
+    while logins.len() < LOGIN_BATCH {
+        match inbox.try_recv() {
+            Ok(Command::Login {
+                client,
+                grant,
+                reply,
+            }) => logins.push((client, grant, reply)),
+            Ok(other) => return Some(other),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Lets the devices in (see [`State::logins`]) and tells each what came of it. A login
+/// whose consumer is no longer waiting (the portal gave up on it) is not made: the device
+/// would be online while its consumer was told it failed.
+fn login(state: &mut State, context: &Context, logins: Vec<PendingLogin>) {
+    let now = Millis::now();
+    let (waiting, replies): (Vec<(Client, Grant)>, Vec<_>) = logins
+        .into_iter()
+        .filter(|(_, _, reply)| !reply.is_closed())
+        .map(|(client, grant, reply)| ((client, grant), reply))
+        .unzip();
+    let clients: Vec<Client> = waiting.iter().map(|(client, _)| *client).collect();
+    let results = state.logins(waiting, now, context.store.as_ref());
+    for ((client, result), reply) in clients.into_iter().zip(results).zip(replies) {
+        let answer =
+            result.and_then(|()| status_of(state, client.ip, now).ok_or(LoginError::NotEnforced));
+        let _ = reply.send(answer);
     }
 }
 
@@ -267,17 +324,6 @@ fn tick(state: &mut State, context: &Context, repair: bool, sync: bool) {
 
 fn handle(state: &mut State, context: &Context, command: Command) {
     match command {
-        Command::Login {
-            client,
-            grant,
-            reply,
-        } => {
-            let now = Millis::now();
-            let result = state
-                .login(client, grant, now, context.store.as_ref())
-                .and_then(|()| status_of(state, client.ip, now).ok_or(LoginError::NotEnforced));
-            let _ = reply.send(result);
-        }
         Command::Status { ip, reply } => {
             let _ = reply.send(status_of(state, ip, Millis::now()));
         }
@@ -293,7 +339,7 @@ fn handle(state: &mut State, context: &Context, command: Command) {
             let _ = reply.send(state.firewall.install());
         }
         // Handled by the loop.
-        Command::Stop { .. } => {}
+        Command::Login { .. } | Command::Stop { .. } => {}
     }
 }
 

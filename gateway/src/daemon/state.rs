@@ -405,10 +405,9 @@ impl State {
         self.clear_stale_quotas();
     }
 
-    /// A device logs in with a code: saved to disk before the kernel lets it through and
-    /// before the consumer is told "online". A login that cannot be saved (a full disk) is
-    /// refused and undone: were it confirmed, a crash would bring back the state before it,
-    /// and the bytes the device then used would be billed to whatever it had before.
+    /// A device logs in with a code (see [`State::logins`]): one login, as the tests make
+    /// them.
+    #[cfg(test)]
     pub(super) fn login(
         &mut self,
         client: Client,
@@ -416,28 +415,86 @@ impl State {
         now: Millis,
         store: Option<&CodeStore>,
     ) -> Result<(), LoginError> {
-        self.settle(now, store);
+        self.logins(vec![(client, grant)], now, store)
+            .pop()
+            .unwrap_or(Err(LoginError::NotSaved))
+    }
+
+    /// Devices log in with their codes, in order; one result each. Each login is saved to
+    /// disk before the kernel lets its device through and before the consumer is told
+    /// "online": logins that cannot be saved (a full disk) are refused and undone, because
+    /// were they confirmed, a crash would bring back the state before them and the bytes the
+    /// devices then used would be billed to whatever they had before. Logins that arrive
+    /// together (a class arriving) share one save and one counter reading, which is what
+    /// makes a crowd fast; the counters are read only if a login cuts off or re-allows a
+    /// device the kernel holds (whose counter must be read first).
+    pub(super) fn logins(
+        &mut self,
+        logins: Vec<(Client, Grant)>,
+        now: Millis,
+        store: Option<&CodeStore>,
+    ) -> Vec<Result<(), LoginError>> {
         let before = self.core.clone();
-        let actions = self
-            .core
-            .accept_code(client, grant, now)
-            .map_err(LoginError::Refused)?;
-        if self.save(now).is_err() {
-            // Nothing reached the kernel yet: putting the core back undoes the login.
+        let mut accepted = self.accept_all(&logins, now);
+        let touches_the_kernel = accepted.iter().flatten().flatten().any(|action| match action {
+            Action::Allow { client, .. } | Action::Revoke { client, .. } => {
+                self.baselines.contains(client)
+            }
+            Action::SessionEnded { .. } => true,
+        });
+        if touches_the_kernel {
+            self.core = before.clone();
+            self.settle(now, store);
+            accepted = self.accept_all(&logins, now);
+        }
+        if accepted.iter().any(Result::is_ok) && self.save(now).is_err() {
+            // Nothing reached the kernel yet: putting the core back undoes the logins.
             self.core = before;
-            return Err(LoginError::NotSaved);
+            return accepted
+                .into_iter()
+                .map(|result| result.and(Err(LoginError::NotSaved)))
+                .collect();
+        }
+        let mut results = Vec::with_capacity(logins.len());
+        let mut actions = Vec::new();
+        for result in accepted {
+            match result {
+                Ok(these) => {
+                    actions.extend(these);
+                    results.push(Ok(()));
+                }
+                Err(refused) => results.push(Err(refused)),
+            }
         }
         self.apply(actions, now, store);
-        if !self.baselines.contains(&client) {
-            // Told "online", the device would find nothing open.
-            self.core = before;
-            self.urgent = true;
-            self.persist(now);
-            return Err(LoginError::NotEnforced);
+        for ((client, _), result) in logins.iter().zip(&mut results) {
+            if result.is_ok() && !self.baselines.contains(client) {
+                // Told "online", the device would find nothing open: it leaves the
+                // session (which stays, for its next try).
+                let kicked = self.core.kick(client.mac, now);
+                self.apply(kicked, now, store);
+                *result = Err(LoginError::NotEnforced);
+            }
         }
-        // The kernel's new baselines; the login itself is already on disk.
+        // The kernel's new baselines; the logins themselves are already on disk.
         self.persist(now);
-        Ok(())
+        results
+    }
+
+    /// The core's answer to each login, in order.
+    fn accept_all(
+        &mut self,
+        logins: &[(Client, Grant)],
+        now: Millis,
+    ) -> Vec<Result<Vec<Action>, LoginError>> {
+        logins
+            .iter()
+            .map(|(client, grant)| {
+                self.core
+                    .accept_code(*client, grant.clone(), now)
+                    .map_err(LoginError::Refused)
+            })
+            .collect()
     }
 }
 

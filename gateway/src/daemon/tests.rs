@@ -608,9 +608,8 @@ fn a_failed_allow_or_revoke_heals_at_the_next_tick_and_a_refused_login_is_not_on
     state.tick(Millis(3_000), None);
     assert!(fw.allowed().is_empty(), "healed at the next tick");
 
-    // The kernel refuses the device's elements (after the counter reading): the login is
-    // refused, nothing online.
-    fw.fail_after(1, 1);
+    // The kernel refuses the device's elements: the login is refused, nothing online.
+    fw.fail_next(1);
     let refused = state.login(client(3), grant("EFGH2345", MB), Millis(4_000), None);
     assert!(
         matches!(refused, Err(LoginError::NotEnforced)),
@@ -751,4 +750,32 @@ fn bytes_used_before_an_expiry_during_downtime_still_count() {
         0,
         "the 7 kB went to the session"
     );
+}
+
+#[test]
+fn a_crowd_of_logins_reads_no_counters_and_one_that_moves_a_device_reads_them_first() {
+    let fw = MemoryFirewall::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = state(&fw, &dir);
+    let reads = || fw.calls().iter().filter(|c| **c == Call::Clients).count();
+    let crowd: Vec<(Client, Grant)> = (2..6)
+        .map(|n| (client(n), grant(&format!("ABC{n}2345"), MB)))
+        .collect();
+    let results = state.logins(crowd, Millis(1_000), None);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fw.allowed().len(), 4);
+    assert_eq!(reads(), 0, "new devices: no counter to read first");
+
+    // A device moving to another code is cut from its first session: its bytes first.
+    fw.set_counters(&client(2), 700, 0);
+    let results = state.logins(vec![(client(2), grant("EFGH2345", MB))], Millis(2_000), None);
+    assert!(results[0].is_ok(), "{results:?}");
+    assert_eq!(reads(), 1);
+    let first = state
+        .core
+        .sessions()
+        .into_iter()
+        .find(|s| s.code.as_str() == "ABC22345")
+        .unwrap();
+    assert_eq!(first.used_bytes, 700, "read before the move");
 }

@@ -58,8 +58,6 @@ struct State {
     down: HashMap<IpAddr, Meter>,
     calls: Vec<Call>,
     failures_left: usize,
-    /// Calls that succeed before the `failures_left` start.
-    successes_first: usize,
     /// Session quotas by session id, and the session each quota-map key counts against.
     quotas: BTreeMap<String, SessionQuota>,
     quota_keys: BTreeMap<QuotaKey, String>,
@@ -187,14 +185,7 @@ impl MemoryFirewall {
     /// The next `calls` trait calls fail with [`FirewallError::Injected`] (and change
     /// nothing); they are still recorded.
     pub fn fail_next(&self, calls: usize) {
-        self.fail_after(0, calls);
-    }
-
-    /// Like [`Self::fail_next`], after `succeed` calls that go through.
-    pub fn fail_after(&self, succeed: usize, calls: usize) {
-        let mut state = self.state();
-        state.successes_first = succeed;
-        state.failures_left = calls;
+        self.state().failures_left = calls;
     }
 
     /// Lets `elapsed` pass: timeouts run down, and clients whose time is up are gone, as the
@@ -260,9 +251,7 @@ impl MemoryFirewall {
     ) -> Result<MutexGuard<'_, State>, FirewallError> {
         let mut state = self.state();
         state.calls.push(call);
-        if state.successes_first > 0 {
-            state.successes_first -= 1;
-        } else if state.failures_left > 0 {
+        if state.failures_left > 0 {
             state.failures_left -= 1;
             return Err(FirewallError::Injected { operation });
         }
