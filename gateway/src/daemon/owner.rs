@@ -258,7 +258,11 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
 const LOGIN_BATCH: usize = 256;
 
 /// A login and where its answer goes.
-type PendingLogin = (Client, Grant, oneshot::Sender<Result<ClientStatus, LoginError>>);
+type PendingLogin = (
+    Client,
+    Grant,
+    oneshot::Sender<Result<ClientStatus, LoginError>>,
+);
 
 /// Takes the logins waiting right behind the first (a crowd arriving), up to
 /// [`LOGIN_BATCH`]; the first other command met is returned, to be handled next.

@@ -436,12 +436,16 @@ impl State {
     ) -> Vec<Result<(), LoginError>> {
         let before = self.core.clone();
         let mut accepted = self.accept_all(&logins, now);
-        let touches_the_kernel = accepted.iter().flatten().flatten().any(|action| match action {
-            Action::Allow { client, .. } | Action::Revoke { client, .. } => {
-                self.baselines.contains(client)
-            }
-            Action::SessionEnded { .. } => true,
-        });
+        let touches_the_kernel = accepted
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|action| match action {
+                Action::Allow { client, .. } | Action::Revoke { client, .. } => {
+                    self.baselines.contains(client)
+                }
+                Action::SessionEnded { .. } => true,
+            });
         if touches_the_kernel {
             self.core = before.clone();
             self.settle(now, store);

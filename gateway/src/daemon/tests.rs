@@ -768,7 +768,11 @@ fn a_crowd_of_logins_reads_no_counters_and_one_that_moves_a_device_reads_them_fi
 
     // A device moving to another code is cut from its first session: its bytes first.
     fw.set_counters(&client(2), 700, 0);
-    let results = state.logins(vec![(client(2), grant("EFGH2345", MB))], Millis(2_000), None);
+    let results = state.logins(
+        vec![(client(2), grant("EFGH2345", MB))],
+        Millis(2_000),
+        None,
+    );
     assert!(results[0].is_ok(), "{results:?}");
     assert_eq!(reads(), 1);
     let first = state
