@@ -2547,10 +2547,13 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     assert_eq!(got, 20 * MB, "the download completes");
 
     let metrics = || meters(gateway);
-    // Both meters settle within a couple of seconds of the last packet.
+    // Both meters settle within a couple of seconds of the last packet, and the audit
+    // exports the drift once all clients were quiet in both (a reading after that).
     let settled = wait_until(Duration::from_secs(5), || {
-        let (_, [k_up, k_down, c_up, c_down], _) = metrics();
-        k_down >= 20 * MB && (k_up, k_down) == (c_up, c_down)
+        let (text, [k_up, k_down, c_up, c_down], _) = metrics();
+        k_down >= 20 * MB
+            && (k_up, k_down) == (c_up, c_down)
+            && text.contains("edgeshare_meter_drift_ratio ")
     });
     let (text, [k_up, k_down, c_up, c_down], drops) = metrics();
     println!(
