@@ -2553,7 +2553,7 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
         let (text, [k_up, k_down, c_up, c_down], _) = metrics();
         k_down >= 20 * MB
             && (k_up, k_down) == (c_up, c_down)
-            && text.contains("edgeshare_meter_drift_ratio ")
+            && text.contains("\nedgeshare_meter_drift_ratio ")
     });
     let (text, [k_up, k_down, c_up, c_down], drops) = metrics();
     println!(
@@ -2564,7 +2564,8 @@ fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     assert!(settled, "the meters agree exactly once quiet:\n{text}");
     assert!(
         text.contains("edgeshare_meter_drift_ratio 0\n"),
-        "drift 0 exported:\n{text}"
+        "drift 0 exported:\n{text}\n{:?}",
+        gateway.clients()
     );
 
     // The agent's view: live usage as the kernel counted it, and the flow of the download.
