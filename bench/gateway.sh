@@ -274,7 +274,12 @@ def cmd_transfer(iface, src, code, size, stall, limit, record_until):
             if time.time() - last >= stall:
                 break
             continue
-        n = s.recv_into(view)
+        try:
+            n = s.recv_into(view)
+        except ConnectionResetError:
+            # The gateway resets a client's connections when its access ends (quota,
+            # expiry): the download is over, as when it stalls.
+            break
         if n == 0:
             eof = True
             break

@@ -459,15 +459,25 @@ session_ended() { in_ct edgeshare-gateway clients --json | jq -e 'length == 0'; 
 wait_for 10 "the end of the session at its quota" session_ended
 # The client's count is read at the end of the session, before it meets the portal again (the
 # portal's answers come back from 10.99.0.3 too). Down: all the client received went through the
-# session, so the two agree exactly. Up: the client's last ACKs and retransmits after the cut are
-# counted by it but refused by the gateway (not carried, so not billed): the ledger may be below.
+# session, so the two agree exactly, but for the two bare TCP segments the gateway itself sends
+# the client at the cut-off to reset its connection (a probe and the RST, 40-60 bytes each, in
+# the server's name: not carried, not billed). Up: the client's last ACKs and retransmits after
+# the cut are counted by it but refused by the gateway (not carried, so not billed): the ledger
+# may be below.
+CUTOFF_MAX=120
 read -r tu td <<<"$(truth)"
-wait_for 10 "the ledger's record of the session's end" test "$(ledger_of_code | cut -d' ' -f2)" = "$td"
+ledger_caught_up() {
+  local ld
+  ld=$(ledger_of_code | cut -d' ' -f2)
+  [ "$ld" -le "$td" ] && [ $((td - ld)) -le $CUTOFF_MAX ]
+}
+wait_for 10 "the ledger's record of the session's end" ledger_caught_up
 read -r lu ld <<<"$(ledger_of_code)"
-echo "FIGURE quota: $QUOTA_MB MiB = $((QUOTA_MB * MB)) bytes; the ledger's total $((lu + ld)) bytes (up $lu down $ld); the client's own count up $tu down $td: $((tu - lu)) bytes it sent after the cut were refused"
+echo "FIGURE quota: $QUOTA_MB MiB = $((QUOTA_MB * MB)) bytes; the ledger's total $((lu + ld)) bytes (up $lu down $ld); the client's own count up $tu down $td: $((tu - lu)) bytes it sent after the cut were refused, $((td - ld)) bytes of the gateway's own reset reached it"
 [ $((lu + ld)) -le $((QUOTA_MB * MB)) ] || fail "billed past the quota"
 [ $((lu + ld)) -ge $(((QUOTA_MB - 1) * MB)) ] || fail "cut off more than 1 MiB before the quota"
-[ "$ld" = "$td" ] || fail "at the quota: the ledger's down ($ld) is not what the client received ($td)"
+[ "$ld" -le "$td" ] && [ $((td - ld)) -le $CUTOFF_MAX ] ||
+  fail "at the quota: the ledger's down ($ld) is not what the client received ($td) less the reset"
 [ "$lu" -le "$tu" ] || fail "at the quota: the ledger's up ($lu) is more than the client sent ($tu)"
 status=$(in_c curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://10.99.0.3/__standin/download/1000" || true)
 [ "$status" != 200 ] || fail "the client is still online after its quota"
