@@ -3446,17 +3446,7 @@ fn an_idle_websocket_is_reset_at_both_ends_at_a_kick() {
     if !support::require_root() {
         return;
     }
-    idle_websocket_is_reset_at(
-        "kick",
-        Testbed::up_v4(),
-        1.0,
-        KICK_CLOSE_BOUND_MS,
-        |gateway, _| {
-            let at = epoch_millis();
-            gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
-            at
-        },
-    );
+    idle_websocket_is_reset_at("kick", Testbed::up_v4(), 1.0, KICK_CLOSE_BOUND_MS, kick);
 }
 
 #[test]
@@ -3469,12 +3459,15 @@ fn an_idle_websocket_over_ipv6_is_reset_at_both_ends_at_a_kick() {
         Testbed::up_v6(),
         1.0,
         KICK_CLOSE_BOUND_MS,
-        |gateway, _| {
-            let at = epoch_millis();
-            gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
-            at
-        },
+        kick,
     );
+}
+
+/// Kicks the client: when (epoch ms).
+fn kick(gateway: &Gateway, _code: &str) -> u64 {
+    let at = epoch_millis();
+    gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
+    at
 }
 
 #[test]
