@@ -132,6 +132,9 @@ fn neighbour_limits(max_clients: u32) -> anyhow::Result<()> {
     }
 }
 
+/// Threads for blocking work in the daemon (neighbour lookups, the code store).
+const BLOCKING_THREADS: usize = 8;
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     edgeshare_shared::logging::init(&cli.log);
     let load = || -> anyhow::Result<GatewayConfig> {
@@ -146,7 +149,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = load()?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // A crowd of logins runs a neighbour lookup each on the blocking pool: a few
+            // threads serve it as well as hundreds, and each thread left over keeps its
+            // stack and allocator arena (memory a Pi does not have to spare).
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS)
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(crate::daemon::run(config))
         }
         Command::Status => {
