@@ -2743,11 +2743,7 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     // Ground truth from here on: the client counts the download's packets itself.
     install_client_truth(&gateway.bed);
 
-    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{}", 40 * MB);
-    let mut curl = gateway
-        .bed
-        .client
-        .spawn(&["curl", "-sS", "-o", "/dev/null", "-m", "20", &url]);
+    let mut curl = spawn_download(&gateway.bed, 40 * MB, 20);
     std::thread::sleep(Duration::from_millis(1_500));
     gateway.stop(Signal::KILL);
     std::thread::sleep(Duration::from_millis(500));
@@ -2780,6 +2776,21 @@ fn after_kill_9_mid_download_the_ledger_total_equals_ground_truth() {
     );
 }
 
+/// The client downloads `bytes` from the download stand-in with curl, in the background,
+/// giving up after `max_seconds`.
+fn spawn_download(bed: &Testbed, bytes: u64, max_seconds: u32) -> Background {
+    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{bytes}");
+    bed.client.spawn(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-m",
+        &max_seconds.to_string(),
+        &url,
+    ])
+}
+
 /// The latest ledger record of `code`'s session, if the ledger has one.
 fn last_ledger_record(gateway: &Gateway, code: &str) -> Option<UsageRecord> {
     let mut reader =
@@ -2802,11 +2813,7 @@ fn after_kill_9_and_a_damaged_sessions_json_the_bytes_used_while_down_are_billed
     install_client_truth(&gateway.bed);
 
     // 30 MB at 20 Mbit/s: about 12 s, well past the first save of the session's usage.
-    let url = format!("http://{DOWNLOAD_ADDR}/__standin/download/{}", 30 * MB);
-    let mut curl = gateway
-        .bed
-        .client
-        .spawn(&["curl", "-sS", "-o", "/dev/null", "-m", "30", &url]);
+    let mut curl = spawn_download(&gateway.bed, 30 * MB, 30);
     assert!(
         wait_until(Duration::from_secs(7), || last_ledger_record(
             gateway, &code
