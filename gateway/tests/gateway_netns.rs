@@ -3539,3 +3539,46 @@ fn a_websocket_is_reset_at_both_ends_at_the_quota() {
         gateway.clients()
     );
 }
+
+/// A phone that reaches the portal over IPv6 first logs in there: the gateway finds its MAC
+/// in the IPv6 neighbour table, lets its IPv6 address through, and learns its IPv4 one.
+#[test]
+fn a_device_logs_in_over_ipv6_and_its_ipv4_address_is_learned() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let _internet = Internet::start(bed);
+    let _https6 = bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
+    let code = gateway.create_code(10.0, 1.0);
+    let reply = curl(
+        &bed.client,
+        &[
+            "-d",
+            &format!("code={code}"),
+            "http://[fd00:66::1]:8080/login",
+        ],
+    )
+    .expect("the portal answers over IPv6");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("You are online"), "{}", reply.body);
+    let session = gateway.session(&code).expect("a session");
+    assert_eq!(
+        session["devices"][0]["client"]["ip"], "fd00:66::2",
+        "{session}"
+    );
+    assert!(
+        bed.client.tcp_connects(sock(Testbed::up_v6(), 443), OPEN),
+        "IPv6 open"
+    );
+    // The phone's IPv4 traffic to the gateway (its DHCP, its portal probe) puts it in the table.
+    let _ = curl(&bed.client, &[PORTAL_URL]);
+    assert!(
+        wait_until(Duration::from_secs(3), || learned(&gateway, &code)
+            .contains(&"10.66.0.2".to_owned())),
+        "the IPv4 address learned: {:?}",
+        gateway.clients()
+    );
+    assert!(reaches_upstream(bed, OPEN), "IPv4 open too");
+}
