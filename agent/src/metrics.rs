@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use edgeshare_shared::prometheus::{Exposition, Kind, unescape_label_value};
+use edgeshare_shared::prometheus::{Exposition, Kind, read_label, read_value};
 
 use crate::outbox::OutboxStats;
 
@@ -372,24 +372,15 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-/// Reads one sample's value from a Prometheus text exposition (no labels).
+/// Reads one of the agent's samples (no labels) from its exposition.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
-    let full = format!("{PREFIX}{name}");
-    text.lines().find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == full).then(|| value.trim().parse().ok())?
-    })
+    read_value(text, &format!("{PREFIX}{name}"))
 }
 
 /// Reads the `error` label of `last_error_info`, unescaped, and its value.
 pub fn last_error_sample(text: &str) -> Option<(String, u64)> {
-    let prefix = format!("{PREFIX}last_error_info{{error=\"");
-    let line = text.lines().find(|l| l.starts_with(&prefix))?;
-    let rest = &line[prefix.len()..];
-    let end = rest.rfind("\"} ")?;
-    let label = unescape_label_value(&rest[..end])?;
-    let at = rest[end + 3..].trim().parse().ok()?;
-    Some((label, at))
+    let (error, at) = read_label(text, &format!("{PREFIX}last_error_info"), "error")?;
+    Some((error, at as u64))
 }
 
 #[cfg(test)]

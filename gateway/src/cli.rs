@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgeshare_shared::backend::HttpClient;
-use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient};
+use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::cli::ConfigArgs;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::logging::LogArgs;
@@ -14,12 +14,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::codes::{CodeStore, mb_to_bytes};
+use crate::code_book::{CodeBook, CodeRow, Order};
+use crate::codes::CodeStore;
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
 use crate::firewall::{Firewall, GardenEntry, NftFirewall};
 use crate::neighbours::limits;
-use crate::net::{Mac, Millis};
+use crate::net::Mac;
 use crate::vouchers::{self, Sheet, Voucher};
 
 /// edgeshare gateway: a captive portal that lets consumers online with an access code and
@@ -221,13 +222,76 @@ fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<
 }
 
 fn codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
-    match config.codes.source {
-        CodeSource::Local => local_codes(config, command),
+    let book = match config.codes.source {
+        CodeSource::Local => CodeBook::Local(CodeStore::new(&config.state.dir)),
         CodeSource::Backend => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(backend_codes(config, command))
+            let backend = config
+                .backend
+                .as_ref()
+                .context("codes.source = \"backend\" needs a [backend] section")?;
+            CodeBook::Backend(CrowdClient::new(&HttpClient::new(&config.http)?, backend))
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(codes_with(config, &book, command))
+}
+
+async fn codes_with(
+    config: &GatewayConfig,
+    book: &CodeBook,
+    command: CodesCommand,
+) -> anyhow::Result<()> {
+    match command {
+        CodesCommand::Create {
+            mb,
+            hours,
+            no_expiry,
+            count,
+            print,
+        } => {
+            let order = Order {
+                mb,
+                hours: (!no_expiry).then_some(hours),
+                count,
+            };
+            // The flags' names, not the dashboard form's fields.
+            order
+                .check(book)
+                .map_err(|e| anyhow::anyhow!("--{e}").context("the codes were not made"))?;
+            let made = book.create(&order).await?;
+            for row in &made {
+                println!("{}", row.code);
+            }
+            if let Some(path) = print {
+                print_vouchers(config, made.iter().map(CodeRow::voucher).collect(), &path)?;
+            }
+        }
+        CodesCommand::List { json } => list_codes(book, json).await?,
+        CodesCommand::Revoke { code } => {
+            let in_store = book.revoke(&code).await?;
+            // Devices online with it are cut off now if the daemon runs; if it does not,
+            // a revoked local code simply no longer works when it starts.
+            match control::call(
+                &config.control.socket,
+                &Request::RevokeCode { code: code.clone() },
+            ) {
+                Ok(_) => {}
+                Err(control::ControlError::NotRunning { .. }) if in_store => {}
+                Err(err) if in_store => eprintln!(
+                    "warning: revoked in the store, but the daemon did not confirm: {err}"
+                ),
+                Err(err) => return Err(err.into()),
+            }
+            if in_store {
+                println!("{code} revoked");
+            } else {
+                println!(
+                    "{code}: devices on this gateway cut off; the backend has no way to revoke codes, so it works until it expires"
+                );
+            }
         }
     }
+    Ok(())
 }
 
 /// Writes the printable sheet of `vouchers` to `path`. The portal's address is the LAN
@@ -255,182 +319,51 @@ fn print_vouchers(
     Ok(())
 }
 
-fn check_create(mb: f64, hours: f64) -> anyhow::Result<()> {
-    if !(mb.is_finite() && mb > 0.0) {
-        anyhow::bail!("--mb must be a number above 0");
-    }
-    if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 366.0) {
-        anyhow::bail!("--hours must be above 0 and at most a year");
-    }
-    Ok(())
-}
-
-fn local_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
-    let store = CodeStore::new(&config.state.dir);
-    match command {
-        CodesCommand::Create {
-            mb,
-            hours,
-            no_expiry,
-            count,
-            print,
-        } => {
-            if no_expiry {
-                anyhow::bail!(
-                    "--no-expiry: codes of the local store always expire; give --hours (at most a year)"
-                );
-            }
-            check_create(mb, hours)?;
-            let valid_for = std::time::Duration::from_secs_f64(hours * 3600.0);
-            let made = store.create(mb_to_bytes(mb), valid_for, count, Millis::now())?;
-            for code in &made {
-                println!("{}", code.code);
-            }
-            if let Some(path) = print {
-                let vouchers = made.into_iter().map(|code| Voucher {
-                    code: code.code,
-                    mb,
-                    expires: OffsetDateTime::from_unix_timestamp_nanos(
-                        i128::from(code.expires_at.0) * 1_000_000,
-                    )
-                    .ok(),
-                });
-                print_vouchers(config, vouchers.collect(), &path)?;
-            }
+async fn list_codes(book: &CodeBook, json: bool) -> anyhow::Result<()> {
+    // The JSON is each source's own record, as it always was: scripts read it.
+    match (book, json) {
+        (CodeBook::Local(store), true) => {
+            println!("{}", serde_json::to_string_pretty(&store.list()?)?);
+            return Ok(());
         }
-        CodesCommand::List { json } => {
-            let codes = store.list()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&codes)?);
-            } else {
-                let now = Millis::now();
-                println!(
-                    "{:<10} {:>10} {:>10} {:<8}",
-                    "CODE", "MB LEFT", "MB TOTAL", "STATE"
-                );
-                for c in codes {
-                    let state = if c.revoked {
-                        "revoked"
-                    } else if c.expires_at <= now {
-                        "expired"
-                    } else if c.remaining_bytes() == 0 {
-                        "used up"
-                    } else {
-                        "valid"
-                    };
-                    println!(
-                        "{:<10} {:>10.1} {:>10.1} {:<8}",
-                        c.code,
-                        c.remaining_bytes() as f64 / 1_048_576.0,
-                        c.total_bytes as f64 / 1_048_576.0,
-                        state
-                    );
-                }
-            }
-        }
-        CodesCommand::Revoke { code } => {
-            store.revoke(&code)?;
-            // Devices online with it are cut off now if the daemon runs; if it does not,
-            // the revoked code simply no longer works when it starts.
-            match control::call(
-                &config.control.socket,
-                &Request::RevokeCode { code: code.clone() },
-            ) {
-                Ok(_) | Err(control::ControlError::NotRunning { .. }) => {}
-                Err(err) => eprintln!(
-                    "warning: revoked in the store, but the daemon did not confirm: {err}"
-                ),
-            }
-            println!("{code} revoked");
-        }
-    }
-    Ok(())
-}
-
-async fn backend_codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
-    let backend = config
-        .backend
-        .as_ref()
-        .context("codes.source = \"backend\" needs a [backend] section")?;
-    let client = CrowdClient::new(&HttpClient::new(&config.http)?, backend);
-    match command {
-        CodesCommand::Create {
-            mb,
-            hours,
-            no_expiry,
-            count,
-            print,
-        } => {
-            check_create(mb, hours)?;
-            if count == 0 || count > 50 {
-                anyhow::bail!("the backend makes 1 to 50 codes at a time (--count)");
-            }
-            let made = client
-                .create_codes(&CreateCodes {
-                    total_mb: mb,
-                    count,
-                    expire_hours: (!no_expiry).then_some(hours),
-                })
-                .await?;
-            for code in &made {
-                println!("{}", code.code);
-            }
-            if let Some(path) = print {
-                let vouchers = made.into_iter().map(|code| Voucher {
-                    code: code.code,
-                    mb: code.total_mb,
-                    expires: code.expire_at,
-                });
-                print_vouchers(config, vouchers.collect(), &path)?;
-            }
-        }
-        CodesCommand::List { json } => {
-            let codes = client.list_codes().await?;
-            if json {
-                let value: Vec<_> = codes
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "code": c.code,
-                            "totalMB": c.total_mb,
-                            "remainingMB": c.remaining_mb,
-                            "expireAt": c.expire_at.and_then(|at| at.format(&Rfc3339).ok()),
-                        })
+        (CodeBook::Backend(client), true) => {
+            let value: Vec<_> = client
+                .list_codes()
+                .await?
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "code": c.code,
+                        "totalMB": c.total_mb,
+                        "remainingMB": c.remaining_mb,
+                        "expireAt": c.expire_at.and_then(|at| at.format(&Rfc3339).ok()),
                     })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                let now = OffsetDateTime::now_utc();
-                println!(
-                    "{:<10} {:>10} {:>10} EXPIRES (UTC)",
-                    "CODE", "MB LEFT", "MB TOTAL"
-                );
-                for c in codes {
-                    let expires = match c.expire_at {
-                        None => "never".to_owned(),
-                        Some(at) if at <= now => "expired".to_owned(),
-                        Some(at) => at
-                            .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
-                            .unwrap_or_else(|_| "?".to_owned()),
-                    };
-                    println!(
-                        "{:<10} {:>10.1} {:>10.1} {expires}",
-                        c.code, c.remaining_mb, c.total_mb
-                    );
-                }
-            }
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
         }
-        CodesCommand::Revoke { code } => {
-            // The backend has no revoke call; what this gateway can do is cut the code's
-            // devices off (the code may still work elsewhere until it expires).
-            control::call(
-                &config.control.socket,
-                &Request::RevokeCode { code: code.clone() },
-            )?;
-            println!(
-                "{code}: devices on this gateway cut off; the backend has no way to revoke codes, so it works until it expires"
-            );
-        }
+        (_, false) => {}
+    }
+    let now = OffsetDateTime::now_utc();
+    println!(
+        "{:<10} {:>10} {:>10} {:<8} EXPIRES (UTC)",
+        "CODE", "MB LEFT", "MB TOTAL", "STATE"
+    );
+    for row in book.list().await? {
+        let expires = match row.expires {
+            None => "never".to_owned(),
+            Some(at) => at
+                .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+                .unwrap_or_else(|_| "?".to_owned()),
+        };
+        println!(
+            "{:<10} {:>10.1} {:>10.1} {:<8} {expires}",
+            row.code,
+            row.remaining_mb,
+            row.total_mb,
+            row.state(now).as_str()
+        );
     }
     Ok(())
 }

@@ -243,20 +243,25 @@ impl CodeStore {
 /// would let a neighbour guess them.
 fn random_code() -> Result<AccessCode, StoreError> {
     let mut bytes = [0u8; LENGTH];
-    let mut filled = 0;
-    while filled < LENGTH {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
-                .map_err(|e| {
-                    StoreError::BadRequest(format!("no random numbers from the OS: {e}"))
-                })?;
-    }
+    os_random(&mut bytes)
+        .map_err(|e| StoreError::BadRequest(format!("no random numbers from the OS: {e}")))?;
     // The alphabet has 32 symbols, so the low 5 bits pick one uniformly.
     let text: String = bytes
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
         .collect();
     AccessCode::parse(&text).map_err(|e| StoreError::BadRequest(e.to_string()))
+}
+
+/// Fills `buf` from the OS's random source (getrandom), for secrets: codes, the dashboard's
+/// session and CSRF tokens.
+pub(crate) fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
 }
 
 /// Checks codes against the backend's authorize-code (contract 1).

@@ -7,6 +7,7 @@ use edgeshare_shared::backend::HttpSettings;
 use edgeshare_shared::backend::crowd::CrowdConfig;
 use edgeshare_shared::config::{Problems, Validate};
 use edgeshare_shared::paths::StateSettings;
+use edgeshare_shared::secret::Secret;
 use serde::Deserialize;
 
 use crate::firewall::{FirewallConfig, GardenEntry, split_garden_port};
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub capture: Capture,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub dashboard: Dashboard,
 }
 
 /// The interface consumers join (the Wi-Fi access point or a LAN port).
@@ -224,6 +227,35 @@ impl Default for Metrics {
     }
 }
 
+/// The provider's dashboard: a web page for the provider, never for the LAN's consumers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dashboard {
+    /// `host:port`; loopback by default (reach it on the Pi itself, or through an SSH
+    /// tunnel). It may be the WAN side's address, never the LAN's: connections from the
+    /// LAN are refused by the firewall and by the dashboard itself.
+    pub listen: String,
+    /// The provider's password; empty (the default) turns the dashboard off. Set it in
+    /// gateway.env as `EDGESHARE_DASHBOARD__PASSWORD`, not here.
+    pub password: Secret,
+    /// The agent's metrics endpoint (its `metrics.listen`), for its health on the dashboard.
+    pub agent_metrics: String,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Dashboard {
+            listen: "127.0.0.1:8090".to_owned(),
+            password: Secret::default(),
+            agent_metrics: "127.0.0.1:9465".to_owned(),
+        }
+    }
+}
+
+/// A dashboard password shorter than this is refused: the login is rate-limited, but a
+/// password of a few characters falls to patient guessing all the same.
+pub const DASHBOARD_PASSWORD_MIN: usize = 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CodeSource {
@@ -386,6 +418,42 @@ impl Validate for GatewayConfig {
                     self.metrics.listen
                 ),
             );
+        }
+        if !self.dashboard.password.is_empty() {
+            if self.dashboard.password.expose().chars().count() < DASHBOARD_PASSWORD_MIN {
+                problems.push(
+                    "dashboard.password",
+                    format!("must be at least {DASHBOARD_PASSWORD_MIN} characters (or empty to turn the dashboard off)"),
+                );
+            }
+            if self
+                .dashboard
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                problems.push(
+                    "dashboard.listen",
+                    format!(
+                        "\"{}\" is not an address and port like \"127.0.0.1:8090\"",
+                        self.dashboard.listen
+                    ),
+                );
+            }
+            if self
+                .dashboard
+                .agent_metrics
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                problems.push(
+                    "dashboard.agent_metrics",
+                    format!(
+                        "\"{}\" is not an address and port like \"127.0.0.1:9465\"",
+                        self.dashboard.agent_metrics
+                    ),
+                );
+            }
         }
         match (&self.backend, self.codes.source) {
             (Some(backend), _) => backend.validate("backend", problems),

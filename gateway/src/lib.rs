@@ -3,7 +3,9 @@
 //! - [`core`]: the pure session logic (codes, devices, quota, expiry, idle); no I/O.
 //! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake.
 //! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
-//! - [`codes`]: where codes are checked (the backend, or a local store).
+//! - [`codes`]: where codes are checked (the backend, or a local store); [`code_book`]: where
+//!   a provider makes, lists and revokes them (the CLI and the dashboard).
+//! - [`dashboard`]: the provider's web page (never served to the LAN).
 //! - [`daemon`]: `run`, the async shell that wires these together.
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
 //! - [`net`]: who a client is (MAC and IP); [`neigh`]: the kernel's neighbour-table limits.
@@ -15,6 +17,7 @@
 pub mod audit;
 pub mod capture;
 pub mod cli;
+pub mod code_book;
 pub mod codes;
 pub mod config;
 pub mod control;
@@ -22,6 +25,7 @@ pub mod core;
 pub mod counters;
 pub mod cutoff;
 pub mod daemon;
+pub mod dashboard;
 pub mod firewall;
 pub mod neighbours;
 pub mod net;

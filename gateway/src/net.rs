@@ -193,6 +193,43 @@ fn parse_ipv4(ip_json: &[u8]) -> Option<Ipv4Addr> {
 
 /// Every address in `ip -j addr` output.
 fn parse_addresses(ip_json: &[u8]) -> Vec<IpAddr> {
+    parse_networks(ip_json)
+        .into_iter()
+        .map(|net| net.address)
+        .collect()
+}
+
+/// An interface's address and the length of its network prefix, e.g. 10.66.0.1/24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` is on this network (the same family and the same first `prefix` bits).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn same_prefix(a: u128, b: u128, bits: u32, prefix: u8) -> bool {
+            let prefix = u32::from(prefix).min(bits);
+            prefix == 0 || (a ^ b) >> (bits - prefix) == 0
+        }
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => same_prefix(
+                u128::from(u32::from(net)),
+                u128::from(u32::from(ip)),
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(u128::from(net), u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Every address and prefix in `ip -j addr` output.
+fn parse_networks(ip_json: &[u8]) -> Vec<Network> {
     #[derive(Deserialize)]
     struct Link {
         #[serde(default)]
@@ -201,13 +238,36 @@ fn parse_addresses(ip_json: &[u8]) -> Vec<IpAddr> {
     #[derive(Deserialize)]
     struct AddrInfo {
         local: Option<String>,
+        prefixlen: Option<u8>,
     }
     let links: Vec<Link> = serde_json::from_slice(ip_json).unwrap_or_default();
     links
         .iter()
         .flat_map(|l| &l.addr_info)
-        .filter_map(|a| a.local.as_deref()?.parse().ok())
+        .filter_map(|a| {
+            let address: IpAddr = a.local.as_deref()?.parse().ok()?;
+            let full = if address.is_ipv4() { 32 } else { 128 };
+            Some(Network {
+                address,
+                prefix: a.prefixlen.unwrap_or(full),
+            })
+        })
         .collect()
+}
+
+/// The networks of one interface (the LAN's, whose devices the dashboard refuses).
+pub fn interface_networks(interface: &str) -> anyhow::Result<Vec<Network>> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr", "show", "dev", interface])
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "{interface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_networks(&out.stdout))
 }
 
 /// The gateway's own addresses on every interface: traffic to them is delivered here, not
@@ -277,5 +337,24 @@ mod tests {
         assert_eq!(parse_ipv4(br#"[{"ifindex":2,"addr_info":[]}]"#), None);
         assert_eq!(parse_ipv4(b"[]"), None);
         assert_eq!(parse_ipv4(b"garbage"), None);
+    }
+
+    #[test]
+    fn networks_hold_the_addresses_under_their_prefix_only() {
+        let json = br#"[{"ifname":"lan0","addr_info":[{"local":"10.66.0.1","prefixlen":24},{"local":"fd00:66::1","prefixlen":64}]}]"#;
+        let nets = parse_networks(json);
+        assert_eq!(nets.len(), 2);
+        let on_lan = |ip: &str| nets.iter().any(|n| n.contains(ip.parse().unwrap()));
+        assert!(on_lan("10.66.0.200"));
+        assert!(on_lan("fd00:66::abcd:1"));
+        assert!(!on_lan("10.66.1.2"));
+        assert!(!on_lan("127.0.0.1"));
+        assert!(!on_lan("fd00:67::1"));
+        let any = Network {
+            address: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+        };
+        assert!(any.contains("192.0.2.1".parse().unwrap()));
+        assert!(!any.contains("::1".parse().unwrap()));
     }
 }

@@ -121,6 +121,26 @@ pub fn unescape_label_value(escaped: &str) -> Option<String> {
     Some(out)
 }
 
+/// The value of the sample `series` (one without labels) in an exposition.
+pub fn read_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == series).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The first sample of `series` whose only label is `label`: the label's value, unescaped,
+/// and the sample's value.
+pub fn read_label(text: &str, series: &str, label: &str) -> Option<(String, f64)> {
+    let prefix = format!("{series}{{{label}=\"");
+    let line = text.lines().find(|l| l.starts_with(&prefix))?;
+    let rest = &line[prefix.len()..];
+    let end = rest.rfind("\"} ")?;
+    let value = unescape_label_value(&rest[..end])?;
+    let sample = rest[end + 3..].trim().parse().ok()?;
+    Some((value, sample))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,15 @@
 //! - `state.rs`: the state and the accounting glue (kernel counters in, the core's actions
 //!   out); `enforce.rs`: keeps the kernel in step with the core; `persist.rs`:
 //!   `sessions.json`, the usage ledger and the rebuild when the saved state is lost.
-//! - `servers.rs`: the portal's gate, the control socket, the metrics endpoint.
+//! - `servers.rs`: the portal's gate, the control socket, the metrics endpoint;
+//!   `dashboard.rs`: what the provider's dashboard asks of the daemon.
 //! - `garden.rs`: the walled garden's hosts; `meter.rs`: the capture meter's start.
 //! - here: [`run`], which wires them together, and what they share.
 //!
 //! The state is kept on disk so that a restart or `kill -9` keeps online clients online with
 //! the quota they had, and the kernel's table outlives the daemon.
 
+mod dashboard;
 mod enforce;
 mod garden;
 mod meter;
@@ -31,6 +33,7 @@ use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter};
 
 use crate::audit::Audit;
+use crate::code_book::CodeBook;
 use crate::codes::{BackendCodes, CodeStore};
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control;
@@ -40,6 +43,7 @@ use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
 use crate::neighbours::{NeighbourTable, interface_index};
 use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
+use dashboard::DaemonSource;
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
 use meter::start_capture;
 use owner::{Context, Owner};
@@ -98,6 +102,75 @@ fn open_neighbour_table(lan: &str) -> Option<(NeighbourTable, u32)> {
             tracing::warn!(error = %err, "cannot read the neighbour table of lan.interface {lan}: devices are let through on the address they logged in with only (no IPv6 besides it)");
         })
         .ok()
+}
+
+/// The dashboard's listener, source and settings, if a password turns it on. A listen
+/// address on the LAN is refused: the dashboard is the provider's, not the consumers'.
+async fn start_dashboard(
+    config: &GatewayConfig,
+    codes: &Codes,
+    owner: &Owner,
+    portal_url: &str,
+    ledger_dir: &std::path::Path,
+) -> anyhow::Result<
+    Option<(
+        tokio::net::TcpListener,
+        DaemonSource,
+        crate::dashboard::Settings,
+    )>,
+> {
+    let settings = &config.dashboard;
+    if settings.password.is_empty() {
+        tracing::info!("no dashboard.password: the provider's dashboard is off");
+        return Ok(None);
+    }
+    let listen: std::net::SocketAddr = settings.listen.parse().with_context(|| {
+        format!(
+            "dashboard.listen \"{}\" is not an address and port",
+            settings.listen
+        )
+    })?;
+    let agent_metrics = settings.agent_metrics.parse().with_context(|| {
+        format!(
+            "dashboard.agent_metrics \"{}\" is not an address and port",
+            settings.agent_metrics
+        )
+    })?;
+    let lan = crate::net::interface_networks(&config.lan.interface)?;
+    if lan.iter().any(|net| net.contains(listen.ip())) {
+        anyhow::bail!(
+            "dashboard.listen {listen} is on lan.interface {}: the dashboard must not face the consumers; use 127.0.0.1 or the WAN side's address",
+            config.lan.interface
+        );
+    }
+    let book = match codes {
+        Codes::Local(store) => CodeBook::Local(store.clone()),
+        Codes::Backend(_) => {
+            let backend = config
+                .backend
+                .as_ref()
+                .context("codes.source = \"backend\" needs a [backend] section")?;
+            CodeBook::Backend(CrowdClient::new(&HttpClient::new(&config.http)?, backend))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding dashboard.listen {listen}"))?;
+    tracing::info!(%listen, "provider dashboard on http://{listen}/");
+    let source = DaemonSource::new(owner.clone(), book, ledger_dir.to_owned(), agent_metrics);
+    let settings = crate::dashboard::Settings {
+        password: settings.password.expose().to_owned(),
+        provider: config
+            .portal
+            .brand
+            .name
+            .clone()
+            .unwrap_or_else(|| "edgeshare".to_owned()),
+        ssid: config.portal.ssid.clone(),
+        portal_url: portal_url.to_owned(),
+        lan,
+    };
+    Ok(Some((listener, source, settings)))
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -225,6 +298,21 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )))
     };
+    let dashboard_task =
+        match start_dashboard(&config, &codes, &owner, &portal_url, &ledger_dir).await? {
+            Some((listener, source, settings)) => {
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(crate::dashboard::serve(
+                    listener,
+                    source,
+                    settings,
+                    async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            None => None,
+        };
     let settings = PortalSettings {
         url: portal_url.clone(),
         per_client_attempts: config.portal.attempts_per_client,
@@ -277,6 +365,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
     if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    if let Some(task) = dashboard_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     if let Some(task) = garden_task {

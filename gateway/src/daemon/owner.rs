@@ -23,6 +23,7 @@ use crate::capture::Report;
 use crate::codes::CodeStore;
 use crate::control::{Reply, Request};
 use crate::core::{Action, Grant};
+use crate::dashboard::view::Live;
 use crate::firewall::{Firewall, FirewallError};
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
@@ -58,6 +59,8 @@ pub(super) enum Command {
     },
     /// The Prometheus text of the metrics endpoint.
     Metrics { reply: oneshot::Sender<String> },
+    /// What the provider's dashboard shows.
+    Dashboard { reply: oneshot::Sender<Live> },
     /// A report of the capture meter.
     Capture(Report),
     /// The same table with a new walled garden (hosts resolved late): installed at once.
@@ -139,6 +142,10 @@ impl Owner {
         self.ask(|reply| Command::Metrics { reply })
             .await
             .unwrap_or_default()
+    }
+
+    pub async fn dashboard(&self) -> Option<Live> {
+        self.ask(|reply| Command::Dashboard { reply }).await
     }
 
     /// Hands over a capture report; no reply (the capture thread does not wait).
@@ -336,6 +343,12 @@ fn handle(state: &mut State, context: &Context, command: Command) {
         }
         Command::Metrics { reply } => {
             let _ = reply.send(state.metrics(&context.lan));
+        }
+        Command::Dashboard { reply } => {
+            let mut live = state.dashboard();
+            live.health.uptime_seconds = context.started.until(Millis::now()).as_secs();
+            live.health.codes = context.codes.to_owned();
+            let _ = reply.send(live);
         }
         Command::Capture(report) => state.capture_report(&report),
         Command::Firewall { firewall, reply } => {

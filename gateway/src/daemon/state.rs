@@ -20,6 +20,7 @@ use crate::codes::CodeStore;
 use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
 use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
+use crate::dashboard::view::{DeviceLive, Health, Live, Meters, SessionLive};
 use crate::firewall::Firewall;
 use crate::neighbours::NeighbourTable;
 use crate::net::{Client, Millis};
@@ -355,6 +356,62 @@ impl State {
         LiveUsage {
             at_ms: self.last_settle.unwrap_or_default().0,
             clients,
+        }
+    }
+
+    /// What the dashboard shows of the state: the sessions with their devices' rates, and
+    /// both meters. `uptime_seconds` and `codes` are the owner's to fill in.
+    pub(super) fn dashboard(&self) -> Live {
+        let window = self.rate_window.as_secs_f64();
+        let sessions = self
+            .core
+            .sessions()
+            .into_iter()
+            .map(|session| SessionLive {
+                started_ms: session.started_at.0,
+                expires_ms: session.expires_at.0,
+                quota_bytes: session.quota_bytes,
+                used_bytes: session.used_bytes,
+                devices: session
+                    .devices
+                    .into_iter()
+                    .map(|device| {
+                        let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                        DeviceLive {
+                            mac: device.client.mac,
+                            ip: device.client.ip,
+                            also: device.also,
+                            up_bytes: device.up_bytes,
+                            down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                            up_rate: rate.up as f64 / window,
+                            down_rate: rate.down as f64 / window,
+                        }
+                    })
+                    .collect(),
+                code: session.code,
+            })
+            .collect();
+        let meters = self.audit.as_ref().map(|audit| {
+            let totals = audit.totals();
+            Meters {
+                kernel_up: totals.kernel.up,
+                kernel_down: totals.kernel.down,
+                capture_up: totals.capture.up,
+                capture_down: totals.capture.down,
+                drift: audit.total_drift(),
+                explained_bytes: audit.explained,
+                capture_drops: audit.capture_drops,
+                lan_queue_drops: audit.lan_queue_drops,
+            }
+        });
+        Live {
+            at_ms: self.last_settle.unwrap_or_default().0,
+            sessions,
+            health: Health {
+                unattributed_bytes: self.core.unattributed_bytes(),
+                meters,
+                ..Health::default()
+            },
         }
     }
 

@@ -67,7 +67,7 @@
 
 mod form;
 mod i18n;
-mod limiter;
+pub(crate) mod limiter;
 mod look;
 mod pages;
 mod probes;
