@@ -3582,3 +3582,244 @@ fn a_device_logs_in_over_ipv6_and_its_ipv4_address_is_learned() {
     );
     assert!(reaches_upstream(bed, OPEN), "IPv4 open too");
 }
+
+// ---------------------------------------------------------------------------------------
+// The provider's dashboard
+
+const DASHBOARD_PASSWORD: &str = "a long provider password";
+
+/// The `csrf` field's value in a dashboard page.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field in the page: {page}"))
+        + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().expect("a value").to_owned()
+}
+
+/// The real daemon's dashboard listening on every address: the provider reaches it from the
+/// WAN side, logs in, makes codes (a client then logs in with one), prints them, sees the
+/// device in the live JSON, logs it out and revokes a code; a device on the LAN reaches it on
+/// neither the LAN's address nor the WAN's; forms without the login's CSRF token or from
+/// another site are refused, and wrong passwords are held back after five.
+#[test]
+fn the_dashboard_serves_the_provider_from_the_wan_side_and_never_the_lan() {
+    if !support::require_root() {
+        return;
+    }
+    let mut gateway = Gateway::configure_with(
+        Testbed::new(),
+        Codes::Local,
+        "\n[dashboard]\nlisten = \"0.0.0.0:8090\"\n",
+    );
+    gateway
+        .env
+        .push(("EDGESHARE_DASHBOARD__PASSWORD", DASHBOARD_PASSWORD));
+    gateway.run();
+    let bed = &gateway.bed;
+    let base = format!("http://{}:8090", Testbed::gw_wan_v4());
+
+    for target in ["10.66.0.1".to_owned(), Testbed::gw_wan_v4().to_string()] {
+        let from_lan = curl(
+            &bed.client,
+            &[
+                "--connect-timeout",
+                "1",
+                &format!("http://{target}:8090/login"),
+            ],
+        );
+        assert!(
+            from_lan.is_err(),
+            "a LAN device reached the dashboard at {target}: {from_lan:?}"
+        );
+    }
+
+    let jar = gateway.dir.path().join("cookies");
+    let jar = jar.to_str().expect("a UTF-8 path");
+    let first = curl(&bed.up, &[&format!("{base}/")]).expect("the dashboard from the WAN side");
+    assert_eq!(first.status, 303, "not logged in: {first:?}");
+    assert_eq!(first.header("location"), Some("login"));
+    let login = curl(
+        &bed.up,
+        &[
+            "-c",
+            jar,
+            "-d",
+            &format!("password={DASHBOARD_PASSWORD}"),
+            &format!("{base}/login"),
+        ],
+    )
+    .expect("logging in");
+    assert_eq!(login.status, 303, "{login:?}");
+    let cookie = login.header("set-cookie").expect("a login cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+
+    let page = curl(&bed.up, &["-b", jar, &format!("{base}/")]).expect("the overview");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|csp| csp.contains("frame-ancestors 'none'")),
+        "{page:?}"
+    );
+    let csrf = csrf_of(&page.body);
+    let order = "mb=5&hours=1&count=2";
+    let no_token = curl(&bed.up, &["-b", jar, "-d", order, &format!("{base}/codes")]).unwrap();
+    assert_eq!(
+        no_token.status, 403,
+        "a form without the CSRF token: {no_token:?}"
+    );
+    let with_token = format!("{order}&csrf={csrf}");
+    let other_site = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            "-H",
+            "Origin: http://evil.example",
+            "-d",
+            &with_token,
+            &format!("{base}/codes"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        other_site.status, 403,
+        "a form from another site: {other_site:?}"
+    );
+    let bad = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            "-d",
+            &format!("mb=lots&hours=1&count=1&csrf={csrf}"),
+            &format!("{base}/codes"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("mb: give a number"), "{}", bad.body);
+
+    let made = curl(
+        &bed.up,
+        &["-b", jar, "-d", &with_token, &format!("{base}/codes")],
+    )
+    .unwrap();
+    assert_eq!(made.status, 303, "{made:?}");
+    let location = made.header("location").expect("where the codes are shown");
+    let codes: Vec<String> = location
+        .trim_start_matches("./?made=")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(codes.len(), 2, "{location}");
+    let listed = gateway.listed_code(&codes[0]);
+    assert_eq!(listed["total_bytes"], 5 * MB, "{listed}");
+
+    let sheet = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            &format!("{base}/vouchers?code={}&code={}", codes[0], codes[1]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(sheet.status, 200);
+    for code in &codes {
+        let printed = format!("{}-{}", &code[..4], &code[4..]);
+        assert!(
+            sheet.body.contains(&printed),
+            "{printed} not on the vouchers"
+        );
+    }
+    assert!(
+        sheet.body.matches("<svg").count() >= 2,
+        "a QR code per voucher"
+    );
+
+    gateway.login_ok(&codes[0]);
+    let live: Value = serde_json::from_str(
+        &curl(&bed.up, &["-b", jar, &format!("{base}/live.json")])
+            .unwrap()
+            .body,
+    )
+    .expect("live.json is JSON");
+    let session = &live["sessions"][0];
+    assert_eq!(session["code"], codes[0].as_str(), "{live}");
+    assert_eq!(session["devices"][0]["mac"], Testbed::CLIENT_MAC, "{live}");
+    assert!(live["health"]["uptime_seconds"].is_u64(), "{live}");
+
+    let kick = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            "-d",
+            &format!("mac={}&csrf={csrf}", Testbed::CLIENT_MAC),
+            &format!("{base}/kick"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(kick.status, 303, "{kick:?}");
+    let devices_left = gateway
+        .session(&codes[0])
+        .map_or(0, |s| s["devices"].as_array().map_or(0, Vec::len));
+    assert_eq!(devices_left, 0, "the kicked device is still online");
+    let revoke = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            "-d",
+            &format!("code={}&csrf={csrf}", codes[1]),
+            &format!("{base}/revoke"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(revoke.status, 303, "{revoke:?}");
+    assert_eq!(gateway.listed_code(&codes[1])["revoked"], true);
+
+    let logout = curl(
+        &bed.up,
+        &[
+            "-b",
+            jar,
+            "-d",
+            &format!("csrf={csrf}"),
+            &format!("{base}/logout"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(logout.status, 303);
+    let after = curl(&bed.up, &["-b", jar, &format!("{base}/live.json")]).unwrap();
+    assert_eq!(after.status, 401, "the login ended: {after:?}");
+
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let guess = curl(
+            &bed.up,
+            &[
+                "-d",
+                &format!("password=guess{i}"),
+                &format!("{base}/login"),
+            ],
+        )
+        .unwrap();
+        statuses.push(guess.status);
+        if guess.status == 429 {
+            assert!(guess.header("retry-after").is_some(), "{guess:?}");
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    assert!(gateway.daemon_is_running(), "{}", gateway.log_text());
+    let log = gateway.log_text();
+    assert!(
+        !log.contains(DASHBOARD_PASSWORD),
+        "the password reached the log"
+    );
+    assert!(!log.contains(&csrf), "a CSRF token reached the log");
+}
