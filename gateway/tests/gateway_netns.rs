@@ -2162,7 +2162,7 @@ fn status_clients_and_codes_list_show_the_running_gateway() {
         .find(|l| l.starts_with(&code))
         .unwrap_or_else(|| panic!("{code} not in {listed}"));
     let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(columns[1..], ["20.0", "20.0", "valid"], "{row}");
+    assert_eq!(columns[1..4], ["20.0", "20.0", "valid"], "{row}");
 
     gateway.login_ok(&code);
     let status = gateway.status();
@@ -3822,4 +3822,104 @@ fn the_dashboard_serves_the_provider_from_the_wan_side_and_never_the_lan() {
         "the password reached the log"
     );
     assert!(!log.contains(&csrf), "a CSRF token reached the log");
+}
+
+/// With backend codes: the dashboard (on the gateway's loopback, the default) makes codes in
+/// the backend (one that never expires), shows the account's points and `bytesShared` from
+/// the backend's `me`, and the agent's health from its metrics endpoint.
+#[test]
+fn the_dashboard_with_backend_codes_shows_the_accounts_earnings_and_the_agents_health() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &["GATE2345"]);
+    let mut gateway = Gateway::configure_with(
+        bed,
+        Codes::Backend(format!("http://{BACKEND_ADDR}")),
+        "\n[dashboard]\nagent_metrics = \"127.0.0.1:9465\"\n",
+    );
+    gateway
+        .env
+        .push(("EDGESHARE_DASHBOARD__PASSWORD", DASHBOARD_PASSWORD));
+    gateway.run();
+    let bed = &gateway.bed;
+    // The agent's endpoint, as the agent serves it (the dashboard reads a few series).
+    let _agent = bed.gw.http_serve(
+        sock("127.0.0.1".parse().unwrap(), 9465),
+        vec![Page::new(
+            "/metrics",
+            200,
+            Some("text/plain; version=0.0.4"),
+            "edgeshare_agent_uptime_seconds 3723\nedgeshare_agent_usage_configured 1\n\
+             edgeshare_agent_usage_failing_since_seconds 0\n\
+             edgeshare_agent_usage_reported_bytes_total 3145728\n\
+             edgeshare_agent_usage_pending_bytes 0\n",
+        )],
+    );
+    let base = "http://127.0.0.1:8090";
+    let jar = gateway.dir.path().join("cookies");
+    let jar = jar.to_str().expect("a UTF-8 path");
+    let login = curl(
+        &bed.gw,
+        &[
+            "-c",
+            jar,
+            "-d",
+            &format!("password={DASHBOARD_PASSWORD}"),
+            &format!("{base}/login"),
+        ],
+    )
+    .expect("logging in on the gateway's loopback");
+    assert_eq!(login.status, 303, "{login:?}");
+    let page = curl(&bed.gw, &["-b", jar, &format!("{base}/")]).unwrap();
+    let csrf = csrf_of(&page.body);
+    let made = curl(
+        &bed.gw,
+        &[
+            "-b",
+            jar,
+            "-d",
+            &format!("mb=20&never=1&count=1&csrf={csrf}"),
+            &format!("{base}/codes"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(made.status, 303, "{made:?}");
+    let code = made
+        .header("location")
+        .and_then(|l| l.strip_prefix("./?made="))
+        .expect("the code made")
+        .to_owned();
+    let in_backend: Value = serde_json::from_str(
+        &curl(
+            &bed.up,
+            &[&format!("http://{BACKEND_ADDR}/__standin/codes/{code}")],
+        )
+        .unwrap()
+        .body,
+    )
+    .expect("the stand-in's code as JSON");
+    assert!(
+        in_backend["expireAt"].is_null(),
+        "a code that never expires: {in_backend}"
+    );
+
+    let page = curl(&bed.gw, &["-b", jar, &format!("{base}/")])
+        .unwrap()
+        .body;
+    assert!(page.contains(&code), "the new code is listed");
+    let row = &page[page.find(&format!("<code>{code}</code>")).expect("its row")..];
+    assert!(row[..row.find("</tr>").unwrap()].contains("never"), "{row}");
+    assert!(
+        page.contains("<dt>Points</dt>"),
+        "the account's earnings: {page}"
+    );
+    assert!(page.contains("<dt>Bytes shared</dt>"), "{page}");
+    assert!(
+        page.contains("up 1h 2m 3s · reporting") && page.contains("3.0 MiB reported"),
+        "the agent's health: {page}"
+    );
+    assert!(!gateway.log_text().contains(DASHBOARD_PASSWORD));
 }

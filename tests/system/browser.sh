@@ -50,7 +50,14 @@ PORTAL=http://10.66.0.1:8080/
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 SID=
+# The browser runs in the client's namespace (a phone) until the provider's dashboard, which
+# it opens from the gateway's own (the provider on the Pi).
 WD=http://127.0.0.1:9515
+WD_NS=
+DASHBOARD=http://127.0.0.1:8090/
+DASHBOARD_PASSWORD="browser test password $ID"
+FIGURES=$OUT/figures.txt
+: >"$FIGURES"
 
 # Every process this test starts runs in one of its namespaces; netns_cleanup ends them (the
 # recorded ones, then whatever else still runs there, such as Chromium's children started by
@@ -58,7 +65,7 @@ WD=http://127.0.0.1:9515
 # what the browser showed; after it, the client's resolver file and the files.
 failure_screenshot() {
   if [ "$1" != 0 ] && [ -n "${SID:-}" ]; then
-    ip netns exec "$NS_C" curl -sS -m 10 "$WD/session/$SID/screenshot" 2>/dev/null |
+    ip netns exec "$WD_NS" curl -sS -m 10 "$WD/session/$SID/screenshot" 2>/dev/null |
       jq -r '.value' 2>/dev/null | base64 -d >"$OUT/failure.png" 2>/dev/null
   fi
 }
@@ -72,6 +79,7 @@ netns_exit_traps failure_screenshot remove_files
 trap 'echo "browser: interrupted" >&2; exit 130' INT TERM
 
 netns_testbed br
+WD_NS=$NS_C
 # The client's resolver is the gateway (which runs none): names the browser may look up go
 # nowhere, and never to the host's own resolver.
 mkdir -p "/etc/netns/$NS_C"
@@ -101,7 +109,11 @@ Be fair to others.
 No spam, no attacks on other networks."""
 [portal.brand.colors]
 accent = "#b3261e"
+
+[dashboard]
+listen = "127.0.0.1:8090"
 TOML
+export EDGESHARE_DASHBOARD__PASSWORD="$DASHBOARD_PASSWORD"
 GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
 netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
 
@@ -123,7 +135,7 @@ wd() {
   local method=$1 path=$2 body=${3:-} reply
   local args=(-sS -m 60 -X "$method" "$WD$path")
   [ -n "$body" ] && args+=(-H 'content-type: application/json' -d "$body")
-  reply=$(in_ns "$NS_C" curl "${args[@]}") || fail "WebDriver $method $path: no reply"
+  reply=$(in_ns "$WD_NS" curl "${args[@]}") || fail "WebDriver $method $path: no reply"
   if echo "$reply" | jq -e '.value | type == "object" and has("error")' >/dev/null 2>&1; then
     fail "WebDriver $method $path: $(echo "$reply" | jq -c '.value | {error, message}')"
   fi
@@ -139,6 +151,23 @@ screenshot() { wd GET "/session/$SID/screenshot" | jq -r . | base64 -d >"$1"; }
 
 # run_js SCRIPT: the value the script returns (WebDriver runs it past the page's CSP).
 run_js() { wd POST "/session/$SID/execute/sync" "$(jq -nc --arg s "$1" '{script: $s, args: []}')"; }
+
+# measure NAME: the page just loaded: the bytes it transferred (the page, and what it loaded:
+# headers included) in how many requests, and Chromium's first contentful paint; printed and
+# added to $FIGURES.
+measure() {
+  local figures
+  figures=$(run_js 'const nav = performance.getEntriesByType("navigation")[0];
+    const res = performance.getEntriesByType("resource");
+    const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+    return {bytes: nav.transferSize + res.reduce((s, r) => s + r.transferSize, 0),
+            html: nav.transferSize, requests: 1 + res.length,
+            fcp_ms: fcp ? Math.round(fcp.startTime) : null};')
+  echo "$figures" | jq -e '.bytes > 0 and .fcp_ms != null' >/dev/null ||
+    fail "$1: no transfer size or first paint measured: $figures"
+  echo "$1: $(echo "$figures" | jq -r '"\(.bytes) bytes in \(.requests) request(s) (the page \(.html)), first contentful paint \(.fcp_ms) ms"')" |
+    tee -a "$FIGURES"
+}
 
 # new_session JAVASCRIPT(true|false) [WIDTH HEIGHT ACCEPT-LANGUAGE]: a fresh profile each time;
 # a phone 412×860 speaking English unless told otherwise.
@@ -181,6 +210,8 @@ login() {
   [ "$(text_of h1)" = "Get online" ] || fail "portal form heading: $(text_of h1)"
   # The form the way a person meets it: http://10.66.0.1:8080/ typed in.
   go "$PORTAL"
+  [ -n "${PORTAL_MEASURED:-}" ] || measure "portal form (phone, captive)"
+  PORTAL_MEASURED=1
   [ "$(wd GET "/session/$SID/title" | jq -r .)" = "Get online · $BRAND" ] || fail "form title"
   [ "$(text_of 'label[for=code]')" = "Access code" ] || fail "label of the code input"
   wd POST "/session/$SID/element/$(el 'input#code[name=code]')/value" \
@@ -188,7 +219,7 @@ login() {
   [ -z "${3:-}" ] || screenshot "$3"
   wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
   for _ in $(seq 1 100); do
-    heading=$(in_ns "$NS_C" curl -sS -m 5 -X POST -H 'content-type: application/json' \
+    heading=$(in_ns "$WD_NS" curl -sS -m 5 -X POST -H 'content-type: application/json' \
       -d '{"using":"css selector","value":"h1"}' "$WD/session/$SID/element" |
       jq -r --arg k "$ELEMENT_KEY" '.value[$k] // empty')
     [ -n "$heading" ] && [ "$(wd GET "/session/$SID/element/$heading/text" | jq -r .)" = "You are online" ] && break
@@ -330,5 +361,72 @@ done
 [ "$(text_of h1)" = "You are online" ] || fail "logging in from a voucher's link: $(text_of main)"
 wd DELETE "/session/$SID" >/dev/null
 echo "browser: vouchers in $OUT/vouchers.html, .png and .pdf; a voucher's link logged a phone in"
+# The provider's dashboard, from the gateway itself (it listens on its loopback only), with
+# the phone online and downloading so the live rates move.
+# The uplink shaped to 2 Mbit/s (curl's own --limit-rate stalls once the socket buffers fill).
+in_ns "$NS_U" tc qdisc add dev u0 root tbf rate 2mbit burst 32kbit latency 400ms
+in_ns "$NS_C" curl -s -o /dev/null -m 60 http://10.99.0.3/__standin/download/40000000 &
+DOWNLOAD_PID=$!
+netns_track_pid "$DOWNLOAD_PID"
+if in_ns "$NS_C" curl -s -m 2 -o /dev/null "http://10.66.0.1:8090/"; then
+  fail "the dashboard answered a LAN device"
+fi
+ip netns exec "$NS_G" "$CHROMEDRIVER" --port=9516 --log-path="$WORK/chromedriver-gw.log" >/dev/null 2>&1 &
+netns_track_pid $!
+WD=http://127.0.0.1:9516
+WD_NS=$NS_G
+for _ in $(seq 1 100); do
+  in_ns "$NS_G" curl -sf -m 2 "$WD/status" 2>/dev/null | jq -e '.value.ready' >/dev/null 2>&1 && break
+  sleep 0.1
+done
+new_session true 1280 900
+go "$DASHBOARD"
+[ "$(current_url)" = "${DASHBOARD}login" ] || fail "not logged in, the dashboard should ask for the password: $(current_url)"
+measure "dashboard login page (desktop)"
+wd POST "/session/$SID/element/$(el 'input#password')/value" "$(jq -nc --arg t "wrong password" '{text: $t}')" >/dev/null
+wd POST "/session/$SID/element/$(el 'form[action=login] button')/click" '{}' >/dev/null
+text_of '[role=alert]' | grep -q "Wrong password." || fail "a wrong password: $(text_of main)"
+wd POST "/session/$SID/element/$(el 'input#password')/value" "$(jq -nc --arg t "$DASHBOARD_PASSWORD" '{text: $t}')" >/dev/null
+wd POST "/session/$SID/element/$(el 'form[action=login] button')/click" '{}' >/dev/null
+[ "$(text_of h1)" = "$BRAND · dashboard" ] || fail "after logging in: $(text_of body | head -5)"
+measure "dashboard overview (desktop)"
+[ "$(text_of '#online')" = 1 ] || fail "the dashboard does not show the phone online: $(text_of '#devices')"
+text_of '#devices' | grep -q "$MAC" || fail "the phone's MAC is not in the devices table"
+[ "$(run_js 'return document.querySelectorAll("svg.chart rect").length')" = 31 ] ||
+  fail "the usage charts have not 24 + 7 bars"
+# live.js replaces the devices table's rows within its 2-second round.
+run_js 'document.querySelector("#devices tr").dataset.stale = "1"; return true' >/dev/null
+sleep 2.5
+[ "$(run_js 'return document.querySelectorAll("#devices tr[data-stale]").length')" = 0 ] ||
+  fail "the devices table did not refresh itself"
+text_of '#devices' | grep -Eq '[0-9.]+ KiB/s' || fail "no live rate while the phone downloads: $(text_of '#devices')"
+# Two codes made from the form.
+wd POST "/session/$SID/element/$(el 'input[name=mb]')/clear" '{}' >/dev/null
+wd POST "/session/$SID/element/$(el 'input[name=mb]')/value" '{"text": "250"}' >/dev/null
+wd POST "/session/$SID/element/$(el 'input[name=count]')/clear" '{}' >/dev/null
+wd POST "/session/$SID/element/$(el 'input[name=count]')/value" '{"text": "2"}' >/dev/null
+wd POST "/session/$SID/element/$(el 'form[action=codes] button')/click" '{}' >/dev/null
+text_of '[role=status]' | grep -q "Made 2 code(s)" || fail "making codes: $(text_of main | head -5)"
+screenshot "$OUT/dashboard.png"
+png_ok "$OUT/dashboard.png"
+go "$(run_js 'return document.querySelector("[role=status] a").href' | jq -r .)"
+[ "$(run_js 'return document.querySelectorAll(".card").length')" = 2 ] || fail "the new codes' vouchers"
+screenshot "$OUT/dashboard-vouchers.png"
+png_ok "$OUT/dashboard-vouchers.png"
+wd DELETE "/session/$SID" >/dev/null
+# On a phone (the provider's own, through a tunnel): nothing wider than the screen.
+new_session true 412 860
+go "$DASHBOARD"
+wd POST "/session/$SID/element/$(el 'input#password')/value" "$(jq -nc --arg t "$DASHBOARD_PASSWORD" '{text: $t}')" >/dev/null
+wd POST "/session/$SID/element/$(el 'form[action=login] button')/click" '{}' >/dev/null
+[ "$(text_of h1)" = "$BRAND · dashboard" ] || fail "logging in on a phone: $(text_of body | head -5)"
+measure "dashboard overview (phone)"
+fits "the dashboard at 412 px"
+screenshot "$OUT/dashboard-phone.png"
+png_ok "$OUT/dashboard-phone.png"
+wd DELETE "/session/$SID" >/dev/null
+kill "$DOWNLOAD_PID" 2>/dev/null || true
+echo "browser: the provider's dashboard: logged in, live rates, codes made and printed; screenshots dashboard.png, dashboard-vouchers.png, dashboard-phone.png"
 kill -0 "$GATEWAY_PID" || fail "the gateway died"
-echo "browser: ok"
+grep -qF "$DASHBOARD_PASSWORD" "$WORK/gateway.log" && fail "the dashboard password reached the gateway's log"
+echo "browser: ok; figures in $FIGURES"

@@ -192,9 +192,11 @@ async fn guard<S: Source>(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: under it Chromium sends `Origin: null` with the dashboard's own
+    // forms, which then cannot be told from a sandboxed attacker's.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }
@@ -258,10 +260,33 @@ fn logged_in<S>(dashboard: &Dashboard<S>, headers: &HeaderMap) -> Option<(String
     Some((token, csrf))
 }
 
+/// Why a form was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    TooLarge,
+    NotLoggedIn,
+    /// No CSRF token, another login's, or an ended login's.
+    BadToken,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Form too large.\n"),
+            Refusal::NotLoggedIn => (StatusCode::UNAUTHORIZED, "Log in first.\n"),
+            Refusal::BadToken => (
+                StatusCode::FORBIDDEN,
+                "This form is stale or was not sent from the dashboard: reload the page and try again.\n",
+            ),
+        }
+        .into_response()
+    }
+}
+
 /// The fields of a url-encoded form, at most [`MAX_FORM_BYTES`] of it.
-fn form(body: &Bytes) -> Result<Vec<(String, String)>, Response> {
+fn form(body: &Bytes) -> Result<Vec<(String, String)>, Refusal> {
     if body.len() > MAX_FORM_BYTES {
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "Form too large.\n").into_response());
+        return Err(Refusal::TooLarge);
     }
     Ok(url::form_urlencoded::parse(body).into_owned().collect())
 }
@@ -273,23 +298,17 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// The form's fields if it comes from a login with the right CSRF token; else the refusal.
+/// The form's fields if it comes from a login with the right CSRF token.
 fn checked_form<S>(
     dashboard: &Dashboard<S>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Vec<(String, String)>, Response> {
+) -> Result<Vec<(String, String)>, Refusal> {
     let fields = form(body)?;
-    let Some(token) = token(headers) else {
-        return Err((StatusCode::UNAUTHORIZED, "Log in first.\n").into_response());
-    };
+    let token = token(headers).ok_or(Refusal::NotLoggedIn)?;
     let csrf = field(&fields, "csrf").unwrap_or_default();
     if !dashboard.auth().check_form(&token, csrf, Millis::now()) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "This form is stale or was not sent from the dashboard: reload the page and try again.\n",
-        )
-            .into_response());
+        return Err(Refusal::BadToken);
     }
     Ok(fields)
 }
@@ -314,7 +333,7 @@ async fn log_in<S: Source>(
 ) -> Response {
     let fields = match form(&body) {
         Ok(fields) => fields,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let password = field(&fields, "password").unwrap_or_default();
     let (token, csrf) = match (random_token(), random_token()) {
@@ -373,7 +392,7 @@ async fn log_out<S: Source>(
 ) -> Response {
     let fields = match checked_form(&dashboard, &headers, &body) {
         Ok(fields) => fields,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     drop(fields);
     if let Some(token) = token(&headers) {
@@ -528,7 +547,7 @@ async fn create_codes<S: Source>(
 ) -> Response {
     let fields = match checked_form(&dashboard, &headers, &body) {
         Ok(fields) => fields,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let order = match order(&fields).and_then(|order| {
@@ -571,7 +590,7 @@ async fn revoke<S: Source>(
 ) -> Response {
     let fields = match checked_form(&dashboard, &headers, &body) {
         Ok(fields) => fields,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let code = match AccessCode::parse(field(&fields, "code").unwrap_or_default()) {
@@ -603,7 +622,7 @@ async fn revoke<S: Source>(
 async fn kick<S: Source>(State(dashboard): Shared<S>, headers: HeaderMap, body: Bytes) -> Response {
     let fields = match checked_form(&dashboard, &headers, &body) {
         Ok(fields) => fields,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
     let Ok(mac) = field(&fields, "mac").unwrap_or_default().parse::<Mac>() else {

@@ -195,7 +195,7 @@ fn health(health: Option<&Health>, agent: &Agent) -> String {
                     let _ = write!(
                         out,
                         "<dt>Kernel meter</dt><dd>↓ {} ↑ {}</dd><dt>Capture meter</dt><dd>↓ {} ↑ {}</dd>\
-<dt>Drift</dt><dd>{}</dd><dt>Explained by queue drops</dt><dd>{}</dd>\
+<dt>Drift (all quiet)</dt><dd>{}</dd><dt>Explained by queue drops</dt><dd>{}</dd>\
 <dt>Capture drops</dt><dd>{} packets</dd><dt>LAN queue drops</dt><dd>{} packets</dd>",
                         human_bytes(m.kernel_down),
                         human_bytes(m.kernel_up),
