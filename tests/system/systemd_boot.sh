@@ -257,7 +257,8 @@ group = "edgeshare"
 EOF
 # The env files exist (made by the packages, with their owners and modes): only their text
 # changes.
-in_ct sh -c 'printf "EDGESHARE_BACKEND__PASSWORD=Provider@123\n" >/etc/edgeshare/gateway.env'
+DASHBOARD_PASSWORD="systemd boot dashboard $$"
+in_ct sh -c "printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\nEDGESHARE_DASHBOARD__PASSWORD=$DASHBOARD_PASSWORD\n' >/etc/edgeshare/gateway.env"
 in_ct edgeshare-gateway check-config >/dev/null || fail "check-config refused the test's gateway.toml"
 
 step "start edgeshare-portal-only and edgeshare-gateway (units as shipped)"
@@ -274,6 +275,20 @@ for unit in edgeshare-gateway edgeshare-portal-only edgeshare-agent; do
   [ -n "$score" ] || fail "no systemd-analyze security score for $unit"
   echo "FIGURE systemd-analyze security $unit.service: $score"
 done
+
+step "the provider's dashboard under the shipped unit's sandbox, on the container's loopback"
+status=$(in_ct curl -sS -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:8090/login) ||
+  fail "the dashboard does not answer on 127.0.0.1:8090"
+[ "$status" = 200 ] || fail "the dashboard's login page: HTTP $status"
+in_ct curl -sS -m 5 -o /dev/null -c /run/dashboard.jar --data-urlencode "password=$DASHBOARD_PASSWORD" \
+  http://127.0.0.1:8090/login || fail "logging in to the dashboard"
+page=$(in_ct curl -sS -m 10 -b /run/dashboard.jar http://127.0.0.1:8090/)
+grep -q "<dt>Points</dt>" <<<"$page" || fail "the dashboard shows no earnings from the backend: $page"
+in_ct rm -f /run/dashboard.jar
+if in_c curl -sS -m 2 -o /dev/null http://10.66.0.1:8090/ 2>/dev/null; then
+  fail "the dashboard answered the LAN"
+fi
+echo "dashboard: login page 200, earnings shown, not reachable from the LAN"
 
 # ---- the client ----
 step "the client is captive"
