@@ -437,3 +437,20 @@ async fn wrong_passwords_are_held_back_and_the_live_json_follows_a_login() {
     assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS);
     log_in(&served).await;
 }
+
+#[tokio::test]
+async fn forms_are_rate_limited_per_address() {
+    let served = serve().await;
+    let (cookie, csrf) = log_in(&served).await;
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        let reply = post(&served, &cookie, "/kick", &format!("mac={MAC}&csrf={csrf}")).await;
+        statuses.push(reply.status().as_u16());
+        if reply.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(reply.headers().get(RETRY_AFTER).is_some());
+        }
+    }
+    assert!(statuses[..30].iter().all(|&s| s == 303), "{statuses:?}");
+    assert_eq!(statuses[30], 429, "{statuses:?}");
+    assert_eq!(served.source.kicked.lock().unwrap().len(), 30);
+}

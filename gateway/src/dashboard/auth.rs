@@ -24,6 +24,10 @@ pub const MAX_LOGINS: usize = 16;
 pub const GUESSES_PER_ADDRESS: u32 = 5;
 pub const GUESSES_GLOBAL: u32 = 20;
 pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
+/// Forms (make codes, revoke, log out a device) allowed per address, and over all, per
+/// [`GUESS_WINDOW`]: a person clicks a few; a script looping on "make codes" is held back.
+pub const FORMS_PER_ADDRESS: u32 = 30;
+pub const FORMS_GLOBAL: u32 = 120;
 
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,7 @@ pub struct Auth {
     password: [u8; 32],
     logins: HashMap<String, Login>,
     limiter: Limiter,
+    forms: Limiter,
 }
 
 fn digest(text: &str) -> [u8; 32] {
@@ -62,6 +67,7 @@ impl Auth {
             password: digest(password),
             logins: HashMap::new(),
             limiter: Limiter::new(GUESSES_PER_ADDRESS, GUESSES_GLOBAL, GUESS_WINDOW),
+            forms: Limiter::new(FORMS_PER_ADDRESS, FORMS_GLOBAL, GUESS_WINDOW),
         }
     }
 
@@ -118,6 +124,14 @@ impl Auth {
     pub fn check_form(&mut self, token: &str, csrf: &str, now: Millis) -> bool {
         self.csrf(token, now)
             .is_some_and(|expected| same(&digest(&expected), &digest(csrf)))
+    }
+
+    /// Counts a form sent from `ip` at `now`, or says how long to wait: every form counts,
+    /// whatever it asks.
+    pub fn form(&mut self, ip: IpAddr, now: Millis) -> Result<(), Wait> {
+        let attempt = self.forms.begin(ip, now)?;
+        self.forms.failed(attempt);
+        Ok(())
     }
 
     pub fn log_out(&mut self, token: &str) {
@@ -180,6 +194,18 @@ mod tests {
         let later = now.plus(GUESS_WINDOW);
         auth.log_in(IP, "correct horse battery", later, "t".into(), "c".into())
             .unwrap();
+    }
+
+    #[test]
+    fn forms_are_counted_and_held_back_past_the_limit() {
+        let mut auth = auth();
+        let now = Millis(1_000_000);
+        for _ in 0..FORMS_PER_ADDRESS {
+            auth.form(IP, now).unwrap();
+        }
+        let wait = auth.form(IP, now).unwrap_err();
+        assert!(wait.seconds >= 1);
+        auth.form(IP, now.plus(GUESS_WINDOW)).unwrap();
     }
 
     #[test]

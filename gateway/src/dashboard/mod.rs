@@ -12,7 +12,7 @@
 //!
 //! # Logins and forms
 //! `POST /login` with the password opens a login: a random token in an `HttpOnly`,
-//! `SameSite=Strict` cookie (see `auth.rs`; wrong passwords are rate-limited per address and
+//! `SameSite=Strict` cookie (see `auth.rs`; wrong passwords, and forms, are rate-limited per address and
 //! overall, 429 with `Retry-After`). Every form posts the login's CSRF token; a post without
 //! it is refused (403), as is one whose `Origin` is another site's. Replies carry a strict
 //! Content-Security-Policy (scripts and everything else from this server only, no framing)
@@ -55,6 +55,7 @@ use self::pages::Notice;
 use self::view::{Agent, Earnings, Live, Overview, Usage};
 use crate::code_book::{CodeRow, Order};
 use crate::net::{Mac, Millis, Network};
+use crate::portal::limiter::Wait;
 use crate::vouchers::{self, Sheet};
 
 /// The login cookie's name.
@@ -264,6 +265,8 @@ fn logged_in<S>(dashboard: &Dashboard<S>, headers: &HeaderMap) -> Option<(String
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     TooLarge,
+    /// Too many forms from this address lately.
+    TooMany(Wait),
     NotLoggedIn,
     /// No CSRF token, another login's, or an ended login's.
     BadToken,
@@ -272,6 +275,17 @@ enum Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
+            Refusal::TooMany(wait) => {
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("Too many forms: try again in {} seconds.\n", wait.seconds),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds));
+                return response;
+            }
             Refusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Form too large.\n"),
             Refusal::NotLoggedIn => (StatusCode::UNAUTHORIZED, "Log in first.\n"),
             Refusal::BadToken => (
@@ -298,12 +312,18 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// The form's fields if it comes from a login with the right CSRF token.
+/// The form's fields if it comes from a login with the right CSRF token, and `peer` has not
+/// sent too many lately.
 fn checked_form<S>(
     dashboard: &Dashboard<S>,
+    peer: SocketAddr,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Vec<(String, String)>, Refusal> {
+    dashboard
+        .auth()
+        .form(canonical(peer.ip()), Millis::now())
+        .map_err(Refusal::TooMany)?;
     let fields = form(body)?;
     let token = token(headers).ok_or(Refusal::NotLoggedIn)?;
     let csrf = field(&fields, "csrf").unwrap_or_default();
@@ -387,10 +407,11 @@ async fn log_in<S: Source>(
 
 async fn log_out<S: Source>(
     State(dashboard): Shared<S>,
+    ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, &headers, &body) {
+    let fields = match checked_form(&dashboard, peer, &headers, &body) {
         Ok(fields) => fields,
         Err(refusal) => return refusal.into_response(),
     };
@@ -542,10 +563,11 @@ fn order(fields: &[(String, String)]) -> Result<Order, String> {
 
 async fn create_codes<S: Source>(
     State(dashboard): Shared<S>,
+    ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, &headers, &body) {
+    let fields = match checked_form(&dashboard, peer, &headers, &body) {
         Ok(fields) => fields,
         Err(refusal) => return refusal.into_response(),
     };
@@ -585,10 +607,11 @@ async fn create_codes<S: Source>(
 
 async fn revoke<S: Source>(
     State(dashboard): Shared<S>,
+    ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, &headers, &body) {
+    let fields = match checked_form(&dashboard, peer, &headers, &body) {
         Ok(fields) => fields,
         Err(refusal) => return refusal.into_response(),
     };
@@ -619,8 +642,13 @@ async fn revoke<S: Source>(
     }
 }
 
-async fn kick<S: Source>(State(dashboard): Shared<S>, headers: HeaderMap, body: Bytes) -> Response {
-    let fields = match checked_form(&dashboard, &headers, &body) {
+async fn kick<S: Source>(
+    State(dashboard): Shared<S>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fields = match checked_form(&dashboard, peer, &headers, &body) {
         Ok(fields) => fields,
         Err(refusal) => return refusal.into_response(),
     };

@@ -155,6 +155,40 @@ fn devices(sessions: &[SessionLive], csrf: &str) -> String {
     )
 }
 
+/// Every live session (a code in use), also one whose devices have all left: what it used
+/// of its quota, and until when.
+fn sessions(sessions: &[SessionLive], csrf: &str) -> String {
+    let mut rows = String::new();
+    for session in sessions {
+        let _ = write!(
+            rows,
+            "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(session.code.as_str()),
+            session.devices.len(),
+            human_bytes(session.used_bytes),
+            human_bytes(session.quota_bytes),
+            utc_time(session.expires_ms),
+            action_form(
+                "revoke",
+                csrf,
+                &[("code", session.code.as_str())],
+                "Revoke",
+                true
+            ),
+        );
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=\"6\" class=\"muted\">No code in use.</td></tr>");
+    }
+    format!(
+        "<section><h2>Sessions: {}</h2><table><thead><tr><th>Code</th><th class=\"n\">Devices</th>\
+<th class=\"n\">Used</th><th class=\"n\">Of</th><th>Until</th><th></th></tr></thead>\
+<tbody>{rows}</tbody></table></section>",
+        sessions.len()
+    )
+}
+
 fn earnings(earnings: Option<&Result<Earnings, String>>) -> String {
     let body = match earnings {
         None => "<p class=\"muted\">Local codes: nothing is credited to a network account.</p>"
@@ -376,11 +410,12 @@ pub fn overview(
     };
     let live = overview.live.as_ref();
     let body = format!(
-        "<header><h1>{} · dashboard</h1>{}</header><main>{notice}{}\
+        "<header><h1>{} · dashboard</h1>{}</header><main>{notice}{}{}\
 <div class=\"grid\">{}{}</div>{}{}</main><script src=\"live.js\"></script>",
         escape(provider),
         action_form("logout", csrf, &[], "Log out", false),
         devices(live.map_or(&[][..], |l| &l.sessions), csrf),
+        sessions(live.map_or(&[][..], |l| &l.sessions), csrf),
         earnings(overview.earnings.as_ref()),
         health(live.map(|l| &l.health), &overview.agent),
         usage(&overview.usage),
