@@ -12,11 +12,11 @@
 //!
 //! # Logins and forms
 //! `POST /login` with the password opens a login: a random token in an `HttpOnly`,
-//! `SameSite=Strict` cookie (see `auth.rs`; wrong passwords, and forms, are rate-limited per address and
-//! overall, 429 with `Retry-After`). Every form posts the login's CSRF token; a post without
-//! it is refused (403), as is one whose `Origin` is another site's. Replies carry a strict
-//! Content-Security-Policy (scripts and everything else from this server only, no framing)
-//! and `Cache-Control: no-store`.
+//! `SameSite=Strict` cookie (see `auth.rs`; wrong passwords, and forms, are rate-limited
+//! per address and overall, 429 with `Retry-After`). Every form posts the login's CSRF
+//! token; a post without it is refused (403), as is one whose `Origin` is another site's.
+//! Replies carry a strict Content-Security-Policy (scripts and everything else from this
+//! server only, no framing) and `Cache-Control: no-store`.
 //!
 //! | request                          | logged in                       | not logged in      |
 //! |----------------------------------|---------------------------------|--------------------|
