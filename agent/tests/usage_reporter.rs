@@ -109,6 +109,7 @@ fn write_round(
             down: total - total / 4,
             ended: (round + 1 == steps.len())
                 .then(|| END_REASONS[i % END_REASONS.len()].to_owned()),
+            consumer: None,
         });
     }
     ledger.append(&batch).unwrap();
@@ -642,6 +643,7 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
                     up: total / 10,
                     down: total - total / 10,
                     ended: ended.then(|| "quota used".to_owned()),
+                    consumer: None,
                 }])
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -722,6 +724,7 @@ fn a_ledger_whose_numbers_went_back_is_read_again_and_nothing_is_lost() {
                     up: 0,
                     down: step * MIB / 20,
                     ended: (step == 40).then(|| "kicked".to_owned()),
+                    consumer: None,
                 }])
                 .unwrap();
         }

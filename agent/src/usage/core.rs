@@ -947,6 +947,7 @@ mod tests {
             up: total / 3,
             down: total - total / 3,
             ended: ended.then(|| "expired".to_owned()),
+            consumer: None,
         }
     }
 
@@ -1406,6 +1407,7 @@ mod tests {
                         up: total,
                         down: 0,
                         ended: (j + 1 == steps.len()).then(|| "idle".to_owned()),
+                        consumer: None,
                     });
                 }
                 used[*code] += total;

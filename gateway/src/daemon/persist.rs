@@ -265,6 +265,7 @@ impl State {
                 up: s.up_bytes,
                 down: s.used_bytes.saturating_sub(s.up_bytes),
                 ended: None,
+                consumer: None,
             })
             .collect()
     }

@@ -168,6 +168,7 @@ impl State {
                         up: up_bytes,
                         down: used_bytes.saturating_sub(up_bytes),
                         ended: Some(reason.as_str().to_owned()),
+                        consumer: None,
                     });
                     ended.push((code, used_bytes));
                     self.urgent = true;
