@@ -234,6 +234,7 @@ impl CodeStore {
                 remaining_bytes: c.remaining_bytes(),
                 expires_at: Some(c.expires_at),
                 code: c.code,
+                consumer: None,
             }),
         }
     }
@@ -339,6 +340,7 @@ fn grant_before_expiry(
         code: code.clone(),
         remaining_bytes,
         expires_at,
+        consumer: None,
     })
 }
 
@@ -375,6 +377,7 @@ mod tests {
                 code: code.clone(),
                 remaining_bytes: 5,
                 expires_at: Some(Millis(185_000)),
+                consumer: None,
             })
         );
         assert_eq!(
@@ -389,6 +392,7 @@ mod tests {
                 code: code.clone(),
                 remaining_bytes: 5,
                 expires_at: None,
+                consumer: None,
             }),
             "a code that never expires (expireAt null)"
         );
@@ -415,6 +419,7 @@ mod tests {
                 code: made[0].code.clone(),
                 remaining_bytes: 10 * 1_048_576,
                 expires_at: Some(Millis(1_000_000 + 3_600_000)),
+                consumer: None,
             })
         );
         assert_eq!(store.list().unwrap().len(), 3);

@@ -223,6 +223,8 @@ impl Gate for PortalGate {
             Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
             Some(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
             Some(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
+            // Only a grant with a consumer is refused so; the portal sends none yet.
+            Some(Err(LoginError::Refused(Refusal::OtherAccount))) => Redeem::Internal,
             Some(Err(LoginError::NotSaved)) => {
                 tracing::error!(%client, "login refused: it could not be saved");
                 Redeem::NotSaved
