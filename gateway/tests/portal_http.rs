@@ -2,7 +2,8 @@
 //! scripted redemption result), the real server from `serve` on 127.0.0.1:0, reqwest with
 //! redirects off so the 302s are visible, and raw TCP where reqwest cannot be rude enough.
 //!
-//! Set `PORTAL_PAGES_DIR` to keep a form, an error and a success page as HTML files.
+//! Set `PORTAL_PAGES_DIR` to keep a form, an error and a success page as HTML files (and
+//! the form with the account part, closed and with a wrong password).
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use std::collections::HashMap;
@@ -710,10 +711,18 @@ async fn each_account_outcome_has_its_page() {
             None,
         ),
     ];
+    let pages = std::env::var_os("PORTAL_PAGES_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &pages {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("form-account.html"), portal.get("/").await.body).unwrap();
+    }
     for (outcome, status, text, retry) in cases {
         portal.gate.script(outcome);
         let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
         reply.assert_alert(status, text);
+        if let (Some(dir), Redeem::WrongAccount) = (&pages, outcome) {
+            std::fs::write(dir.join("error-account.html"), &reply.body).unwrap();
+        }
         assert_eq!(reply.header(RETRY_AFTER), retry, "{outcome:?}");
         // The part is open, marked invalid, with the code and the email back for a fix.
         assert!(reply.body.contains("<details open>"), "{outcome:?}");

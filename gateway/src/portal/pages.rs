@@ -44,7 +44,7 @@ input[type=email],input[type=password]{font-size:1.125rem;letter-spacing:normal;
 text-transform:none}\
 details{margin:1rem 0;padding:0 1rem;border:1px solid var(--line);border-radius:.5rem}\
 summary{min-height:3rem;padding:.75rem 0;font-weight:600;cursor:pointer}\
-details[open]{padding-bottom:1rem}\
+details[open]{padding-bottom:1rem}details .hint:last-child{margin:.5rem 0 0}\
 button,.button{display:block;width:100%;min-height:3rem;margin:1rem 0;padding:.75rem 1rem;\
 font:inherit;font-weight:600;text-align:center;text-decoration:none;color:var(--on-brand);\
 background:var(--brand);border:0;border-radius:.5rem;cursor:pointer}\
