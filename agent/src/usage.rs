@@ -6,7 +6,9 @@
 //! account's `bytesShared` (`GET /api/auth/me`) before reports and after lost replies,
 //! persists the cursor **before** each report goes out
 //! (so a crash mid-report is settled by reading back, never by sending again blindly), sends
-//! the reports (one per code at a time, codes in parallel) and feeds their outcomes back.
+//! the reports (one per code at a time, codes in parallel) and feeds their outcomes back. A
+//! report names the consumer whose sessions it carries (`consumerId`) when the ledger says
+//! one signed in on the portal for them.
 //!
 //! It does not write the ledger (the gateway does) and does not start itself: the agent's
 //! `run` spawns [`run_reporter`].
@@ -389,7 +391,7 @@ async fn report(client: &CrowdClient, send: &Send) -> Outcome {
     let request = UsageReport {
         code,
         bytes: send.bytes,
-        consumer_id: None,
+        consumer_id: send.consumer.clone(),
     };
     match client.report_usage(&request).await {
         Ok(_) => Outcome::Applied,

@@ -109,6 +109,7 @@ fn write_round(
             down: total - total / 4,
             ended: (round + 1 == steps.len())
                 .then(|| END_REASONS[i % END_REASONS.len()].to_owned()),
+            consumer: None,
         });
     }
     ledger.append(&batch).unwrap();
@@ -552,6 +553,59 @@ fn another_accounts_code_is_billed_exactly() {
     });
 }
 
+/// A code used by a session a consumer signed in to and by one without: the consumer's
+/// `bytesConsumed` grows by exactly its session's bytes, every report naming it carries
+/// only those, and the code is billed both.
+#[test]
+fn a_consumers_session_is_reported_with_its_consumer_id() {
+    runtime().block_on(async {
+        let standin = start_standin().await;
+        let consumer = standin.user("consumer@example.com").unwrap();
+        let codes = make_codes(&client(&standin), &[20 * MIB]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let update = |session: &str, total: u64, ended: bool, who: Option<&str>| UsageUpdate {
+            session: format!("{}-{session}", codes[0]),
+            code: codes[0].clone(),
+            up: total / 10,
+            down: total - total / 10,
+            ended: ended.then(|| "kicked".to_owned()),
+            consumer: who.map(str::to_owned),
+        };
+        let signed_in = Some(consumer.id.as_str());
+        ledger
+            .append(&[
+                update("1", MIB + 5, false, signed_in),
+                update("2", 2 * MIB, false, None),
+            ])
+            .unwrap();
+        let running = spawn_reporter(&settings, &standin);
+        ledger
+            .append(&[
+                update("1", 3 * MIB + 7, true, signed_in),
+                update("2", 2 * MIB + 300, true, None),
+            ])
+            .unwrap();
+        let used = 3 * MIB + 7 + 2 * MIB + 300;
+        wait_exact(&standin, &codes, &[used], &settings.cursor_file).await;
+        let consumed = standin.user("consumer@example.com").unwrap().bytes_consumed;
+        println!("billed {used} bytes; the consumer's bytesConsumed: {consumed}");
+        assert_eq!(consumed, 3 * MIB + 7);
+        let named: u64 = standin
+            .received()
+            .iter()
+            .filter(|r| r.path == REPORT && r.status == Some(200))
+            .filter(|r| r.body["consumerId"] == consumer.id.as_str())
+            .map(|r| r.body["bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(named, 3 * MIB + 7, "only the consumer's bytes name it");
+        running.stop.send(()).unwrap();
+        running.task.await.unwrap();
+        standin.shutdown().await;
+    });
+}
+
 /// A code that expires seconds from now: the gateway ends its session a margin before
 /// (written here as the gateway would), and the reporter, though it reads the ledger only
 /// every 10 s, reads it every second near the expiry and reports everything, the remainder
@@ -642,6 +696,7 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
                     up: total / 10,
                     down: total - total / 10,
                     ended: ended.then(|| "quota used".to_owned()),
+                    consumer: None,
                 }])
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -722,6 +777,7 @@ fn a_ledger_whose_numbers_went_back_is_read_again_and_nothing_is_lost() {
                     up: 0,
                     down: step * MIB / 20,
                     ended: (step == 40).then(|| "kicked".to_owned()),
+                    consumer: None,
                 }])
                 .unwrap();
         }

@@ -1,5 +1,6 @@
 //! Where access codes are checked: the crowdsourced-internet backend, or a store of codes
-//! made on this device (the standalone default). Both answer with a [`Verdict`].
+//! made on this device (the standalone default). Both answer with a [`Verdict`]. With the
+//! backend, a consumer may also sign in with their network account ([`BackendCodes::sign_in`]).
 //!
 //! The local store is one JSON file in the state directory, replaced atomically (temp file,
 //! fsync, rename) and guarded by an advisory lock, so `edgeshare-gateway codes create` can
@@ -9,9 +10,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgeshare_shared::backend::crowd::{CrowdClient, MB};
+use edgeshare_shared::backend::crowd::{CrowdClient, MB, Role};
 use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::code::{ALPHABET, AccessCode, LENGTH, redact};
+use edgeshare_shared::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::core::Grant;
@@ -31,6 +33,25 @@ pub enum Verdict {
     /// for the log, not for the consumer.
     Unreachable(String),
 }
+
+/// What signing a consumer in with the backend came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignIn {
+    /// A consumer's account: its id, all the gateway keeps of it.
+    Consumer(String),
+    /// The backend refused the email and password.
+    WrongCredentials,
+    /// The account is a provider's or an admin's (or of a role this gateway does not know).
+    NotConsumer,
+    /// The backend could not be asked, or answered something unusable; the reason is for
+    /// the log (it holds neither the password nor the token).
+    Unreachable(String),
+}
+
+/// The longest account id kept: the backend's are 24 hex digits (MongoDB ids). It goes into
+/// every ledger record of the session, so a backend answering something odd must not bloat
+/// them.
+pub const MAX_CONSUMER_ID_CHARS: usize = 128;
 
 /// A code in the local store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +255,7 @@ impl CodeStore {
                 remaining_bytes: c.remaining_bytes(),
                 expires_at: Some(c.expires_at),
                 code: c.code,
+                consumer: None,
             }),
         }
     }
@@ -285,6 +307,31 @@ impl BackendCodes {
 
     pub fn client(&self) -> &CrowdClient {
         &self.client
+    }
+
+    /// Signs a consumer in with their network account (`POST /api/auth/login`), beside this
+    /// gateway's own login, which it leaves alone. Only a consumer's account is taken; of it
+    /// only the id is kept, the token the backend answers with is dropped unread.
+    pub async fn sign_in(&self, email: &str, password: &Secret) -> SignIn {
+        match self.client.sign_in(email, password).await {
+            Ok(user) if user.role != Role::Consumer => SignIn::NotConsumer,
+            Ok(user) => match usable_id(&user.id) {
+                true => SignIn::Consumer(user.id),
+                false => SignIn::Unreachable(format!(
+                    "POST /api/auth/login: the backend answered an account id that cannot be used ({} characters)",
+                    user.id.chars().count()
+                )),
+            },
+            Err(err) if err.rejection() == Some(Rejection::BadCredentials) => {
+                SignIn::WrongCredentials
+            }
+            // A reply not in the contract's shape is quoted in the error's text, and a
+            // login's reply holds the consumer's token: only its status is kept.
+            Err(BackendError::BadReply {
+                endpoint, status, ..
+            }) => SignIn::Unreachable(format!("{endpoint}: unexpected reply ({status})")),
+            Err(err) => SignIn::Unreachable(err.to_string()),
+        }
     }
 
     /// The verdict on a code at `now`. authorize-code does not say when a code expires; the
@@ -344,7 +391,15 @@ fn grant_before_expiry(
         code: code.clone(),
         remaining_bytes,
         expires_at,
+        consumer: None,
     })
+}
+
+/// An account id fit for the ledger and the reports: some printable characters.
+fn usable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= MAX_CONSUMER_ID_CHARS
+        && !id.chars().any(char::is_control)
 }
 
 fn refusal(err: BackendError) -> Verdict {
@@ -380,6 +435,7 @@ mod tests {
                 code: code.clone(),
                 remaining_bytes: 5,
                 expires_at: Some(Millis(185_000)),
+                consumer: None,
             })
         );
         assert_eq!(
@@ -394,6 +450,7 @@ mod tests {
                 code: code.clone(),
                 remaining_bytes: 5,
                 expires_at: None,
+                consumer: None,
             }),
             "a code that never expires (expireAt null)"
         );
@@ -420,6 +477,7 @@ mod tests {
                 code: made[0].code.clone(),
                 remaining_bytes: 10 * 1_048_576,
                 expires_at: Some(Millis(1_000_000 + 3_600_000)),
+                consumer: None,
             })
         );
         assert_eq!(store.list().unwrap().len(), 3);
@@ -491,6 +549,110 @@ mod tests {
         let codes: std::collections::HashSet<_> =
             (0..200).map(|_| random_code().unwrap()).collect();
         assert_eq!(codes.len(), 200);
+    }
+
+    fn backend_at(url: &str) -> BackendCodes {
+        use edgeshare_shared::backend::crowd::CrowdConfig;
+        use edgeshare_shared::backend::{HttpClient, HttpSettings};
+        let http = HttpClient::new(&HttpSettings {
+            timeout: Duration::from_secs(5),
+            ..HttpSettings::default()
+        })
+        .unwrap();
+        let config = CrowdConfig {
+            url: url.parse().unwrap(),
+            email: "provider@example.com".to_owned(),
+            password: Secret::new("Provider@123"),
+        };
+        BackendCodes::new(
+            CrowdClient::new(&http, &config),
+            Duration::from_secs(15),
+            false,
+        )
+    }
+
+    #[tokio::test]
+    async fn only_a_consumers_account_signs_in() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = edgeshare_standin::StandinConfig::default();
+        let standin = edgeshare_standin::start(listener, config).await.unwrap();
+        let backend = backend_at(&standin.base_url());
+        let sign_in = |email: &'static str, password: &'static str| {
+            let backend = &backend;
+            async move { backend.sign_in(email, &Secret::new(password)).await }
+        };
+        let consumer = standin.user("consumer@example.com").unwrap();
+        assert_eq!(
+            sign_in("consumer@example.com", "Consumer@123").await,
+            SignIn::Consumer(consumer.id)
+        );
+        assert_eq!(
+            sign_in("consumer@example.com", "Consumer@124").await,
+            SignIn::WrongCredentials
+        );
+        assert_eq!(
+            sign_in("Consumer@example.com", "Consumer@123").await,
+            SignIn::WrongCredentials,
+            "the backend compares emails exactly"
+        );
+        assert_eq!(
+            sign_in("provider@example.com", "Provider@123").await,
+            SignIn::NotConsumer
+        );
+        assert_eq!(
+            sign_in("admin@example.com", "Admin@123").await,
+            SignIn::NotConsumer
+        );
+        standin.shutdown().await;
+        match sign_in("consumer@example.com", "Consumer@123").await {
+            SignIn::Unreachable(reason) => {
+                assert!(reason.contains("cannot reach"), "{reason}");
+                assert!(!reason.contains("Consumer@123"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A login reply not in the contract's shape holds a token: the reason keeps it out.
+    #[tokio::test]
+    async fn an_odd_login_reply_is_unreachable_and_keeps_its_token_out_of_the_reason() {
+        let long_id = "9".repeat(MAX_CONSUMER_ID_CHARS + 1);
+        let replies = [
+            r#"{"token":"eyJ.SECRET.TOKEN","user":{"id":"1","email":"c@example.com"}}"#.to_owned(),
+            format!(
+                r#"{{"token":"eyJ.SECRET.TOKEN","user":{{"id":"{long_id}","email":"c@example.com","role":"consumer"}}}}"#
+            ),
+        ];
+        for reply in replies {
+            let app = axum::Router::new().route(
+                "/api/auth/login",
+                axum::routing::post(move || async move { reply }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+            let backend = backend_at(&format!("http://{addr}"));
+            match backend
+                .sign_in("c@example.com", &Secret::new("hunter2"))
+                .await
+            {
+                SignIn::Unreachable(reason) => {
+                    assert!(!reason.contains("SECRET"), "{reason}");
+                    assert!(!reason.contains("hunter2"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            server.abort();
+        }
+    }
+
+    #[test]
+    fn account_ids_are_short_and_printable() {
+        assert!(usable_id("665f1c2ab3d4e5f601234567"));
+        assert!(usable_id("42"));
+        assert!(!usable_id(""));
+        assert!(!usable_id("a\nb"));
+        assert!(!usable_id(&"x".repeat(MAX_CONSUMER_ID_CHARS + 1)));
     }
 
     #[test]

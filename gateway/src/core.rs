@@ -20,6 +20,13 @@
 //!   of its own for the firewall and the meters, all of them one device for the session,
 //!   its device limit and its bytes. A MAC and an IP are each in at most one device at a
 //!   time.
+//! - A session may belong to a *consumer*: the backend account of whoever signed in on the
+//!   portal when the session started (its id, nothing else). The ledger names it with the
+//!   session's usage, so the backend counts the bytes for that account. It is fixed for the
+//!   session's life: a code is billed as one, so its session counts for one account. A later
+//!   entry of the code signed in with another account, or with one on a session that began
+//!   without, is refused ([`Refusal::OtherAccount`]); an entry without an account joins the
+//!   session as it is.
 //! - An *ended code* is remembered after its session ended and refused until the code itself
 //!   expires, or for [`REMEMBER_ENDED`] at most: the backend only learns usage when the ledger
 //!   has reported it, so until then it would grant the code again with bytes already spent.
@@ -100,6 +107,9 @@ pub struct Grant {
     pub remaining_bytes: u64,
     /// The code's own expiry; `None`: the code does not expire.
     pub expires_at: Option<Millis>,
+    /// The backend account id of the consumer who signed in with the code (the portal
+    /// checked the account before the code); `None`: no one signed in.
+    pub consumer: Option<String>,
 }
 
 /// Why a code the source accepted is refused all the same; the text is fit for a consumer.
@@ -112,6 +122,10 @@ pub enum Refusal {
     Expired,
     #[error("This code has been cancelled.")]
     Revoked,
+    /// The code's session counts for another account, or for none: a code is billed as
+    /// one, so it counts for one account (see the module documentation).
+    #[error("This code is in use with another account, or without one.")]
+    OtherAccount,
 }
 
 /// Why a device lost access, or why a session ended.
@@ -198,6 +212,8 @@ pub enum Action {
         used_bytes: u64,
         /// Of `used_bytes`, what its devices sent (the rest they received).
         up_bytes: u64,
+        /// The session's consumer (see [`Grant::consumer`]).
+        consumer: Option<String>,
     },
 }
 
@@ -262,6 +278,9 @@ pub struct SessionView {
     /// Of those, what its devices sent.
     pub up_bytes: u64,
     pub expires_at: Millis,
+    /// The backend account the session counts for, if a consumer signed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
 }
 
 /// A session's kernel quota as the core wants it (see `Firewall::set_quota`): the devices
@@ -316,6 +335,10 @@ struct Session {
     /// the code, so it tells how long the code must be remembered once the session ends.
     code_expires_at: Option<Millis>,
     devices: Vec<Device>,
+    /// The consumer's account id, fixed when the session starts (see the module
+    /// documentation); left out of the snapshot when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consumer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,6 +393,8 @@ pub struct Recorded {
     pub usage: Usage,
     /// How it ended, if it did.
     pub ended: Option<EndReason>,
+    /// The session's consumer, as recorded.
+    pub consumer: Option<String>,
 }
 
 /// The sessions of all codes on this gateway. See the module documentation.
@@ -423,6 +448,10 @@ impl Core {
     /// `used_bytes` is never reset, the bytes counted so far are reported once, in this
     /// session's `SessionEnded`, never again by a fresh session. The expiry likewise only
     /// moves earlier; if it does, the other devices are allowed again with the new deadline.
+    ///
+    /// A new session takes the grant's consumer. Re-entering the code with a consumer that
+    /// is not the session's (another account, or one on a session that began without) is
+    /// refused ([`Refusal::OtherAccount`]); re-entering without one is not.
     pub fn accept_code(
         &mut self,
         client: Client,
@@ -433,6 +462,7 @@ impl Core {
             code,
             remaining_bytes,
             expires_at: code_expires_at,
+            consumer,
         } = grant;
         if let Some(ended) = self.ended.get(&code) {
             return Err(ended.refusal);
@@ -453,6 +483,9 @@ impl Core {
             None if capped(now.plus(self.policy.max_session)) <= now => {
                 return Err(Refusal::Expired);
             }
+            Some(session) if consumer.is_some() && consumer != session.consumer => {
+                return Err(Refusal::OtherAccount);
+            }
             _ => {}
         }
 
@@ -468,6 +501,7 @@ impl Core {
             expires_at: capped(now.plus(self.policy.max_session)),
             code_expires_at,
             devices: Vec::new(),
+            consumer,
         });
         let left = session
             .quota_bytes
@@ -755,6 +789,7 @@ impl Core {
             reason,
             used_bytes: session.used_bytes,
             up_bytes: session.up_bytes,
+            consumer: session.consumer.clone(),
         });
         if let Some(refusal) = reason.refusal() {
             let forget_at = earliest(session.code_expires_at, Some(now.plus(REMEMBER_ENDED)))
@@ -925,6 +960,7 @@ impl Core {
                 used_bytes: session.used_bytes,
                 up_bytes: session.up_bytes,
                 expires_at: session.expires_at,
+                consumer: session.consumer.clone(),
             })
             .collect()
     }
@@ -988,6 +1024,7 @@ impl Core {
                             expires_at,
                             code_expires_at: None,
                             devices: Vec::new(),
+                            consumer: record.consumer.clone(),
                         },
                     );
                 }
@@ -1004,7 +1041,8 @@ impl Core {
     /// valid is allowed again with its deadline. A damaged or hand-edited snapshot cannot make
     /// it panic: a device whose MAC or IP is already bound, or beyond the policy's device
     /// limit (the least recently active go first), is revoked (`Moved`); a second entry for a
-    /// code merges its bytes into the first; a session at its quota ends.
+    /// code merges its bytes into the first (whose consumer stays); a session at its quota
+    /// ends.
     pub fn restore(policy: Policy, snapshot: Snapshot, now: Millis) -> (Self, Vec<Action>) {
         let mut core = Core::new(policy);
         core.unattributed_bytes = snapshot.unattributed_bytes;
@@ -1139,6 +1177,7 @@ mod tests {
             code: code(n),
             remaining_bytes,
             expires_at,
+            consumer: None,
         }
     }
 
@@ -1162,6 +1201,8 @@ mod tests {
                     down: (mb - 1) * MB,
                 },
                 ended,
+                // Code 2's sessions were signed in to an account.
+                consumer: (n == 2).then(|| "consumer-2".to_owned()),
             };
         let now = at(8 * 24 * 3600);
         let recorded = [
@@ -1203,6 +1244,17 @@ mod tests {
         );
         assert_eq!(of(2).used_bytes, 7 * MB);
         assert_eq!(view.len(), 2);
+        // The rebuilt session still counts for its consumer.
+        assert_eq!(of(1).consumer, None);
+        assert_eq!(of(2).consumer.as_deref(), Some("consumer-2"));
+        let other = Grant {
+            consumer: Some("consumer-3".to_owned()),
+            ..grant(2, 20 * MB, None)
+        };
+        assert_eq!(
+            core.accept_code(client(2, 2), other, now),
+            Err(Refusal::OtherAccount)
+        );
     }
 
     fn allow(c: Client, until: Millis) -> Action {
@@ -1227,6 +1279,7 @@ mod tests {
             reason,
             used_bytes,
             up_bytes: 0,
+            consumer: None,
         }
     }
 
@@ -1895,6 +1948,61 @@ mod tests {
         assert_eq!(json[0]["expires_at"], at(36_000).0);
     }
 
+    /// The first sign-in decides: a session counts for the account it started with (or for
+    /// none) until it ends; another account on its code is refused, changing nothing.
+    #[test]
+    fn a_session_counts_for_the_account_it_started_with() {
+        let mut core = Core::new(policy(3));
+        let signed = |n: usize, who: Option<&str>| Grant {
+            consumer: who.map(str::to_owned),
+            ..good(n)
+        };
+        core.accept_code(client(1, 1), signed(0, Some("A")), at(0))
+            .unwrap();
+        assert_eq!(session(&core, 0).consumer.as_deref(), Some("A"));
+        // The same account again, and a device without one, join it.
+        core.accept_code(client(2, 2), signed(0, Some("A")), at(1))
+            .unwrap();
+        core.accept_code(client(3, 3), signed(0, None), at(2))
+            .unwrap();
+        assert_eq!(session(&core, 0).devices.len(), 3);
+        assert_eq!(session(&core, 0).consumer.as_deref(), Some("A"));
+        // Another account is refused and changes nothing, not even for a device already in.
+        let before = core.snapshot();
+        for who in [client(4, 4), client(2, 2)] {
+            assert_eq!(
+                core.accept_code(who, signed(0, Some("B")), at(3)),
+                Err(Refusal::OtherAccount)
+            );
+            assert_eq!(core.snapshot(), before);
+        }
+        // A session started without an account stays without.
+        core.accept_code(client(5, 5), signed(1, None), at(4))
+            .unwrap();
+        assert_eq!(
+            core.accept_code(client(6, 6), signed(1, Some("B")), at(5)),
+            Err(Refusal::OtherAccount)
+        );
+        assert_eq!(session(&core, 1).consumer, None);
+        // Kept across a restart; a snapshot without an account has no such field.
+        let json = serde_json::to_string(&core.snapshot()).unwrap();
+        assert_eq!(json.matches("\"consumer\"").count(), 1, "{json}");
+        let (mut core, _) = Core::restore(policy(3), serde_json::from_str(&json).unwrap(), at(6));
+        assert_eq!(session(&core, 0).consumer.as_deref(), Some("A"));
+        let view = serde_json::to_value(core.sessions()).unwrap();
+        assert_eq!(view[0]["consumer"], "A");
+        assert!(view[1].get("consumer").is_none());
+        // Its end names the account, for the ledger.
+        let actions = core.revoke_code(&code(0), at(7));
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::SessionEnded { consumer: Some(who), .. } if who == "A"
+            )),
+            "{actions:?}"
+        );
+    }
+
     #[test]
     fn snapshot_round_trips_through_json() {
         let mut core = Core::new(policy(2));
@@ -1988,6 +2096,7 @@ mod tests {
                     reason: EndReason::QuotaUsed,
                     used_bytes: 1_000,
                     up_bytes: 150,
+                    consumer: None,
                 }
             ]
         );
@@ -2039,6 +2148,8 @@ mod tests {
             remaining: u64,
             /// Seconds from now; `None`: the code does not expire.
             expires_in: Option<u64>,
+            /// The account signed in with it, of three; `None`: none.
+            consumer: Option<u8>,
         },
         Usage {
             /// (index into `allowed()`, delta): traffic of online devices.
@@ -2067,13 +2178,15 @@ mod tests {
                 prop_oneof![4 => Just(0u8), 1 => 0..5u8],
                 prop_oneof![1 => Just(0u64), 3 => 1..6_000u64, 3 => 6_000..60_000u64],
                 proptest::option::weighted(0.8, 0..150u64),
+                proptest::option::weighted(0.6, 0..3u8),
             )
-                .prop_map(|(code, mac, shift, remaining, expires_in)| Op::Accept {
+                .prop_map(|(code, mac, shift, remaining, expires_in, consumer)| Op::Accept {
                     code,
                     mac,
                     ip: (mac + shift) % 5,
                     remaining,
                     expires_in,
+                    consumer,
                 }),
             5 => (
                 proptest::collection::vec((0..8usize, 0..3_000u64), 0..4),
@@ -2141,6 +2254,7 @@ mod tests {
                         expires_at,
                         code_expires_at,
                         devices,
+                        consumer: None,
                     },
                 },
             );
@@ -2169,6 +2283,8 @@ mod tests {
         firewall: HashMap<Client, Millis>,
         given: u64,
         reported: u64,
+        /// The account each live session (code, start) began with.
+        accounts: HashMap<(AccessCode, Millis), Option<String>>,
     }
 
     impl World {
@@ -2182,8 +2298,49 @@ mod tests {
                         // The core never revokes what it did not allow.
                         prop_assert!(self.firewall.remove(client).is_some(), "{action:?}");
                     }
-                    Action::SessionEnded { used_bytes, .. } => self.reported += used_bytes,
+                    Action::SessionEnded {
+                        code,
+                        started_at,
+                        used_bytes,
+                        consumer,
+                        ..
+                    } => {
+                        self.reported += used_bytes;
+                        // Its usage is reported for the account it began with.
+                        if let Some(began) = self.accounts.remove(&(code.clone(), *started_at)) {
+                            prop_assert_eq!(consumer, &began, "{:?}", action);
+                        }
+                    }
                 }
+            }
+            Ok(())
+        }
+
+        /// A grant with `consumer` was accepted or refused for the session of `code`.
+        fn accepted(
+            &mut self,
+            core: &Core,
+            code: &AccessCode,
+            consumer: Option<String>,
+            refused: Option<Refusal>,
+        ) -> Result<(), TestCaseError> {
+            let Some(session) = core.sessions().into_iter().find(|s| &s.code == code) else {
+                return Ok(());
+            };
+            let key = (code.clone(), session.started_at);
+            let began = self
+                .accounts
+                .entry(key)
+                .or_insert_with(|| consumer.clone())
+                .clone();
+            // A session's account never changes; another one is refused for that only.
+            prop_assert_eq!(&session.consumer, &began);
+            let other = consumer.is_some() && consumer != began;
+            if other {
+                prop_assert!(refused.is_some(), "another account was let in");
+            }
+            if refused == Some(Refusal::OtherAccount) {
+                prop_assert!(other, "refused for an account that is the session's");
             }
             Ok(())
         }
@@ -2265,13 +2422,25 @@ mod tests {
         ) {
             let mut core = Core::new(policy);
             let mut now = T0;
-            let mut world = World { firewall: HashMap::new(), given: 0, reported: 0 };
+            let mut world = World {
+                firewall: HashMap::new(),
+                given: 0,
+                reported: 0,
+                accounts: HashMap::new(),
+            };
             for op in ops {
                 let actions = match op {
-                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in } => {
+                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in, consumer } => {
                         let expires = expires_in.map(|s| now.plus(Duration::from_secs(s)));
+                        let consumer = consumer.map(|c| format!("consumer-{c}"));
+                        let grant = Grant {
+                            consumer: consumer.clone(),
+                            ..grant(n, remaining, expires)
+                        };
                         let before = core.snapshot();
-                        match core.accept_code(client(m, i), grant(n, remaining, expires), now) {
+                        let result = core.accept_code(client(m, i), grant, now);
+                        world.accepted(&core, &code(n), consumer, result.as_ref().err().copied())?;
+                        match result {
                             Ok(actions) => actions,
                             Err(_) => {
                                 // A refusal changes nothing.
@@ -2322,9 +2491,13 @@ mod tests {
             let mut now = T0;
             for op in ops {
                 match op {
-                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in } => {
+                    Op::Accept { code: n, mac: m, ip: i, remaining, expires_in, consumer } => {
                         let expires = expires_in.map(|s| now.plus(Duration::from_secs(s)));
-                        let _ = core.accept_code(client(m, i), grant(n, remaining, expires), now);
+                        let grant = Grant {
+                            consumer: consumer.map(|c| format!("consumer-{c}")),
+                            ..grant(n, remaining, expires)
+                        };
+                        let _ = core.accept_code(client(m, i), grant, now);
                     }
                     Op::Usage { online, .. } => {
                         let allowed = core.allowed();

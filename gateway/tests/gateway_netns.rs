@@ -2075,6 +2075,36 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
     assert!(reaches_upstream(bed, OPEN), "online with a backend code");
     let session = gateway.session(SEEDED).expect("the session");
     assert_eq!(session["quota_bytes"], 500 * MB, "{session}");
+    // The form offers sign-in with a network account; a provider's account is not one.
+    let form = curl(&bed.client, &["--interface", SECOND_CLIENT, PORTAL_URL]).expect("the form");
+    assert!(form.body.contains("name=\"password\""), "{}", form.body);
+    let reply = curl(
+        &bed.client,
+        &[
+            "--interface",
+            SECOND_CLIENT,
+            "--data-urlencode",
+            &format!("code={SECOND}"),
+            "--data-urlencode",
+            &format!("email={PROVIDER_EMAIL}"),
+            "--data-urlencode",
+            &format!("password={PROVIDER_PASSWORD}"),
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers");
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("provider&#39;s or administrator&#39;s account"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        gateway.session(SECOND).is_none(),
+        "the code was not redeemed"
+    );
 
     // The backend goes away.
     let refuse = bed.up.run_ok(&[
@@ -2116,6 +2146,33 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
     );
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(reply.body.contains("try again"), "{}", reply.body);
+    assert_eq!(reply.header("retry-after"), Some("60"));
+    // Signing in with a network account cannot be checked either: refused the same way,
+    // with the way out (the code alone) named; the code is not tried without the account.
+    let reply = curl(
+        &bed.client,
+        &[
+            "--interface",
+            SECOND_CLIENT,
+            "--data-urlencode",
+            &format!("code={SECOND}"),
+            "--data-urlencode",
+            "email=consumer@example.com",
+            "--data-urlencode",
+            "password=Consumer@123",
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers while the backend is down");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("Can&#39;t check your account right now"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("with the code alone"), "{}", reply.body);
     assert_eq!(reply.header("retry-after"), Some("60"));
     assert!(
         !second_client_reaches_upstream(bed),

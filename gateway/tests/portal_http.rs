@@ -2,7 +2,8 @@
 //! scripted redemption result), the real server from `serve` on 127.0.0.1:0, reqwest with
 //! redirects off so the 302s are visible, and raw TCP where reqwest cannot be rude enough.
 //!
-//! Set `PORTAL_PAGES_DIR` to keep a form, an error and a success page as HTML files.
+//! Set `PORTAL_PAGES_DIR` to keep a form, an error and a success page as HTML files (and
+//! the form with the account part, closed and with a wrong password).
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use std::collections::HashMap;
@@ -10,8 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgeshare_gateway::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::secret::Secret;
 use reqwest::StatusCode;
 use reqwest::header::{
     ALLOW, CACHE_CONTROL, CONTENT_LANGUAGE, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION,
@@ -37,6 +39,10 @@ struct FakeGate {
     /// How long a redemption takes.
     delay: Mutex<Duration>,
     redeemed: Mutex<Vec<(IpAddr, String)>>,
+    /// The account that came with each redemption.
+    accounts_given: Mutex<Vec<Option<Account>>>,
+    /// Whether it offers sign-in with a network account (backend codes).
+    accounts: bool,
 }
 
 impl FakeGate {
@@ -46,6 +52,8 @@ impl FakeGate {
             next: Mutex::new(Redeem::Invalid),
             delay: Mutex::new(Duration::ZERO),
             redeemed: Mutex::new(Vec::new()),
+            accounts_given: Mutex::new(Vec::new()),
+            accounts: false,
         }
     }
 
@@ -63,9 +71,10 @@ impl FakeGate {
 }
 
 impl Gate for FakeGate {
-    async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
+    async fn redeem(&self, ip: IpAddr, code: AccessCode, account: Option<Account>) -> Redeem {
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
+        self.accounts_given.lock().unwrap().push(account);
         self.redeemed
             .lock()
             .unwrap()
@@ -79,6 +88,10 @@ impl Gate for FakeGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         self.online.lock().unwrap().get(&ip).copied()
+    }
+
+    fn accounts(&self) -> bool {
+        self.accounts
     }
 }
 
@@ -107,12 +120,25 @@ fn client_from(source: IpAddr) -> reqwest::Client {
 }
 
 async fn start(tune: impl FnOnce(&mut PortalSettings)) -> Running {
+    start_with(FakeGate::new(), tune).await
+}
+
+/// A portal whose gate offers sign-in with a network account, as with backend codes.
+async fn start_with_accounts(tune: impl FnOnce(&mut PortalSettings)) -> Running {
+    let gate = FakeGate {
+        accounts: true,
+        ..FakeGate::new()
+    };
+    start_with(gate, tune).await
+}
+
+async fn start_with(gate: FakeGate, tune: impl FnOnce(&mut PortalSettings)) -> Running {
     let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}/");
     let mut settings = PortalSettings::new(url.clone());
     tune(&mut settings);
-    let gate = Arc::new(FakeGate::new());
+    let gate = Arc::new(gate);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(portal::serve(
         listener,
@@ -159,6 +185,16 @@ impl Running {
             .append_pair("code", code)
             .finish();
         self.post(http, FORM, body).await
+    }
+
+    /// The form with a code and a network account's email and password.
+    async fn post_account(&self, code: &str, email: &str, password: &str) -> Reply {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", code)
+            .append_pair("email", email)
+            .append_pair("password", password)
+            .finish();
+        self.post(&self.http, FORM, body).await
     }
 
     async fn post(&self, http: &reqwest::Client, content_type: &str, body: String) -> Reply {
@@ -567,13 +603,223 @@ async fn successes_and_outages_do_not_count_as_guesses() {
     portal.stop().await;
 }
 
+const EMAIL: &str = "consumer@example.com";
+const PASSWORD: &str = "Consumer@123 <&>";
+
+/// The password is never put back into a page, in any form.
+fn assert_no_password(reply: &Reply) {
+    for form in [
+        PASSWORD,
+        "Consumer@123",
+        "Consumer%40123",
+        "Consumer&#64;123",
+    ] {
+        assert!(!reply.body.contains(form), "{form} in {}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn the_account_fields_are_offered_only_where_accounts_are() {
+    let local = start(|_| {}).await;
+    let form = local.get("/").await;
+    form.assert_page(StatusCode::OK, "name=\"code\"");
+    assert!(!form.body.contains("name=\"email\""), "{}", form.body);
+    assert!(!form.body.contains("name=\"password\""), "{}", form.body);
+    local.stop().await;
+
+    let backend = start_with_accounts(|_| {}).await;
+    let form = backend.get("/?lang=es").await;
+    for needle in [
+        "<details>",
+        "name=\"email\" type=\"email\"",
+        "name=\"password\" type=\"password\"",
+        "autocomplete=\"current-password\"",
+        "Iniciar sesión con tu cuenta de la red (opcional)",
+        "Esta página no está cifrada",
+    ] {
+        assert!(form.body.contains(needle), "{needle} in {}", form.body);
+    }
+    let form = backend.get("/?lang=fr").await;
+    assert!(form.body.contains("Mot de passe"), "{}", form.body);
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_signs_in_with_the_code() {
+    let portal = start_with_accounts(|_| {}).await;
+    portal.gate.script(Redeem::Online(STATUS));
+    let reply = portal
+        .post_account("abcd 2345", &format!(" {EMAIL} "), PASSWORD)
+        .await;
+    reply.assert_page(StatusCode::OK, "Your code was accepted");
+    assert!(
+        reply.body.contains(&format!(
+            "Signed in as {EMAIL}: the data you use with this code counts for your account."
+        )),
+        "{}",
+        reply.body
+    );
+    assert_no_password(&reply);
+    // The gate got the code and the account (the email trimmed, the password as typed).
+    assert_eq!(
+        portal.gate.redeemed.lock().unwrap().clone(),
+        [(LOCALHOST, "ABCD2345".to_owned())]
+    );
+    assert_eq!(
+        portal.gate.accounts_given.lock().unwrap().clone(),
+        [Some(Account {
+            email: EMAIL.to_owned(),
+            password: Secret::new(PASSWORD),
+        })]
+    );
+    // Without an account, the gate gets none and the page says nothing of one.
+    portal.gate.set_online(LOCALHOST, None);
+    let reply = portal.post_code(&portal.http, "ABCD2345").await;
+    reply.assert_page(StatusCode::OK, "Your code was accepted");
+    assert!(!reply.body.contains("Signed in"));
+    assert_eq!(portal.gate.accounts_given.lock().unwrap()[1], None);
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn each_account_outcome_has_its_page() {
+    let portal = start_with_accounts(|_| {}).await;
+    // (outcome, status, text in the alert, Retry-After)
+    let cases = [
+        (
+            Redeem::WrongAccount,
+            StatusCode::FORBIDDEN,
+            "Wrong email or password",
+            None,
+        ),
+        (
+            Redeem::NotConsumer,
+            StatusCode::FORBIDDEN,
+            "provider&#39;s or administrator&#39;s account",
+            None,
+        ),
+        (
+            Redeem::AccountUnreachable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Can&#39;t check your account right now",
+            Some("60"),
+        ),
+        (
+            Redeem::OtherAccount,
+            StatusCode::CONFLICT,
+            "already in use on this Wi-Fi with another account, or without one",
+            None,
+        ),
+    ];
+    let pages = std::env::var_os("PORTAL_PAGES_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &pages {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("form-account.html"), portal.get("/").await.body).unwrap();
+    }
+    for (outcome, status, text, retry) in cases {
+        portal.gate.script(outcome);
+        let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
+        reply.assert_alert(status, text);
+        if let (Some(dir), Redeem::WrongAccount) = (&pages, outcome) {
+            std::fs::write(dir.join("error-account.html"), &reply.body).unwrap();
+        }
+        assert_eq!(reply.header(RETRY_AFTER), retry, "{outcome:?}");
+        // The part is open, marked invalid, with the code and the email back for a fix.
+        assert!(reply.body.contains("<details open>"), "{outcome:?}");
+        assert!(reply.body.contains("id=\"account-error\""), "{outcome:?}");
+        assert!(
+            reply
+                .body
+                .contains(&format!("aria-invalid=\"true\" value=\"{EMAIL}\"")),
+            "{}",
+            reply.body
+        );
+        assert!(reply.body.contains("value=\"ABCD2345\""), "{outcome:?}");
+        assert_no_password(&reply);
+        // The device is not let in.
+        assert!(portal.gate.status(LOCALHOST).await.is_none());
+    }
+    portal.stop().await;
+}
+
+/// A wrong password counts against the device as a wrong code does: passwords cannot be
+/// tried through the portal faster than codes. Refusals that are not a wrong guess do not.
+#[tokio::test]
+async fn wrong_passwords_count_as_guesses() {
+    let portal = start_with_accounts(|settings| settings.per_client_attempts = 3).await;
+    for outcome in [
+        Redeem::NotConsumer,
+        Redeem::AccountUnreachable,
+        Redeem::OtherAccount,
+    ] {
+        portal.gate.script(outcome);
+        for _ in 0..4 {
+            let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
+            assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{outcome:?}");
+        }
+    }
+    portal.gate.script(Redeem::WrongAccount);
+    let tried = portal.gate.redeemed.lock().unwrap().len();
+    for _ in 0..3 {
+        let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
+    reply.assert_alert(StatusCode::TOO_MANY_REQUESTS, "Wait");
+    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), tried + 3);
+    assert_no_password(&reply);
+    portal.stop().await;
+}
+
+#[tokio::test]
+async fn account_fields_are_both_or_neither_and_refused_where_there_are_no_accounts() {
+    let portal = start_with_accounts(|_| {}).await;
+    for (email, password) in [(EMAIL, ""), ("", PASSWORD), ("  ", PASSWORD)] {
+        let reply = portal.post_account("ABCD2345", email, password).await;
+        reply.assert_alert(
+            StatusCode::BAD_REQUEST,
+            "Enter both your account&#39;s email and its password",
+        );
+        assert_no_password(&reply);
+    }
+    // Longer than an account's: refused before anything is asked, nothing echoed.
+    let long = "e".repeat(portal::MAX_EMAIL_CHARS + 1);
+    let reply = portal.post_account("ABCD2345", &long, PASSWORD).await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "longer than an account");
+    assert!(!reply.body.contains(&long));
+    let long = "p".repeat(portal::MAX_PASSWORD_CHARS + 1);
+    let reply = portal.post_account("ABCD2345", EMAIL, &long).await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "longer than an account");
+    // Still the code first: a malformed code is explained as before.
+    let reply = portal.post_account("ABC", EMAIL, PASSWORD).await;
+    reply.assert_alert(StatusCode::BAD_REQUEST, "a code has 8 characters");
+    assert_no_password(&reply);
+    assert!(portal.gate.redeemed.lock().unwrap().is_empty());
+    portal.stop().await;
+
+    // Local codes: no accounts; a form that carries one anyway is refused, not ignored.
+    let local = start(|_| {}).await;
+    local.gate.script(Redeem::Online(STATUS));
+    let reply = local.post_account("ABCD2345", EMAIL, PASSWORD).await;
+    reply.assert_alert(
+        StatusCode::BAD_REQUEST,
+        "This Wi-Fi does not use network accounts",
+    );
+    assert_no_password(&reply);
+    assert!(local.gate.redeemed.lock().unwrap().is_empty());
+    // Empty account fields are no account.
+    let reply = local.post_account("ABCD2345", "", "").await;
+    reply.assert_page(StatusCode::OK, "Your code was accepted");
+    local.stop().await;
+}
+
 #[tokio::test]
 async fn bad_requests_get_4xx_pages_and_the_server_lives_on() {
     let portal = start(|_| {}).await;
     let http = &portal.http;
 
-    // 413: a body over 4 KiB, announced by Content-Length…
-    let big = format!("code=ABCD2345&pad={}", "x".repeat(5000));
+    // 413: a body over 8 KiB, announced by Content-Length…
+    let big = format!("code=ABCD2345&pad={}", "x".repeat(9000));
     let reply = portal.post(http, FORM, big).await;
     reply.assert_alert(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -585,7 +831,7 @@ async fn bad_requests_get_4xx_pages_and_the_server_lives_on() {
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nb\r\ncode=A&pad=\r\n",
         portal.addr
     );
-    for _ in 0..5 {
+    for _ in 0..9 {
         request.push_str(&format!("3e8\r\n{}\r\n", "x".repeat(1000)));
     }
     request.push_str("0\r\n\r\n");

@@ -95,6 +95,13 @@ pub struct UsageRecord {
     pub down: u64,
     /// The reason on the session's last record ("quota", "expired", "kicked", …).
     pub ended: Option<String>,
+    /// The backend account id of the consumer who signed in on the portal for this session,
+    /// if one did: the agent names it in the session's usage reports (`consumerId`). Fixed
+    /// for a session (the gateway sets it when the session starts). Left out of the line
+    /// when there is none, so a record without it is written, and checksummed, byte for
+    /// byte as before the field existed, and older ledgers read as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
 }
 
 impl UsageRecord {
@@ -115,6 +122,8 @@ pub struct UsageUpdate {
     pub down: u64,
     /// `Some(reason)` when the session ends with this update.
     pub ended: Option<String>,
+    /// As in [`UsageRecord::consumer`].
+    pub consumer: Option<String>,
 }
 
 /// Size bounds of a ledger.
@@ -667,6 +676,7 @@ impl LedgerWriter {
                 up: update.up,
                 down: update.down,
                 ended: update.ended.clone(),
+                consumer: update.consumer.clone(),
             });
         }
         Ok(records)
@@ -1114,6 +1124,7 @@ mod tests {
             up,
             down,
             ended: None,
+            consumer: None,
         }
     }
 
@@ -1156,6 +1167,7 @@ mod tests {
             up: 1234,
             down: 567_890,
             ended: Some("quota".into()),
+            consumer: None,
         };
         let line = encode(&record);
         assert_eq!(*line.last().unwrap(), b'\n');
@@ -1170,6 +1182,30 @@ mod tests {
             bad[i] ^= 0x01;
             assert_eq!(decode(&bad), None, "flipped byte {i} of {text}");
         }
+    }
+
+    #[test]
+    fn the_consumer_is_written_only_when_there_is_one_and_old_lines_still_read() {
+        // A line as the gateway wrote it before records named a consumer (its checksum is
+        // over these very bytes).
+        let old = br#"{"seq":7,"at_ms":1732190000123,"session":"ABCD2345-1732190000000","code":"ABCD2345","up":1234,"down":567890,"ended":null,"sum":"8bcfd432"}"#;
+        let record = decode(old).expect("an old line reads");
+        assert_eq!(record.consumer, None);
+        assert_eq!(record.total(), 1234 + 567_890);
+        // Written again it is the same line: without a consumer nothing changed.
+        assert_eq!(&encode(&record)[..old.len()], &old[..]);
+
+        let signed_in = UsageRecord {
+            consumer: Some("665f1c2ab3d4e5f601234567".into()),
+            ..record
+        };
+        let line = encode(&signed_in);
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(
+            text.contains(r#""ended":null,"consumer":"665f1c2ab3d4e5f601234567","sum":""#),
+            "{text}"
+        );
+        assert_eq!(decode(&line[..line.len() - 1]), Some(signed_in));
     }
 
     #[test]
@@ -1599,6 +1635,7 @@ mod tests {
                     up: round * 12_345_678,
                     down: round * 987_654_321,
                     ended: None,
+                    consumer: None,
                 })
                 .collect();
             w.append_at(1_732_190_000_000 + round * 10_000, &batch)

@@ -335,3 +335,59 @@ async fn usage_lists_reports() {
     assert_eq!(usage.total_bytes, 2.0 * 1_048_576.0);
     assert_eq!(usage.logs.len(), 1);
 }
+
+#[tokio::test]
+async fn a_consumer_signs_in_beside_the_providers_own_login() {
+    let standin = standin().await;
+    let client = provider(&standin, &http());
+    client.list_codes().await.unwrap();
+    assert_eq!(count(&standin, "/api/auth/login"), 1);
+
+    let password = edgeshare_shared::secret::Secret::new("Consumer@123");
+    let consumer = client
+        .sign_in("consumer@example.com", &password)
+        .await
+        .unwrap();
+    assert_eq!(consumer.role, Role::Consumer);
+    assert_eq!(consumer.email, "consumer@example.com");
+    assert!(!consumer.id.is_empty());
+
+    let wrong = edgeshare_shared::secret::Secret::new("Wrong@123");
+    let err = client
+        .sign_in("consumer@example.com", &wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection(), Some(Rejection::BadCredentials), "{err}");
+    assert!(!err.to_string().contains("Wrong@123"), "{err}");
+    let provider_account = client
+        .sign_in(
+            "provider@example.com",
+            &edgeshare_shared::secret::Secret::new("Provider@123"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(provider_account.role, Role::Provider);
+
+    // The provider's own token was neither replaced nor dropped: no new login for its calls,
+    // and they still act as the provider.
+    client.list_codes().await.unwrap();
+    let report = UsageReport {
+        consumer_id: Some(consumer.id.clone()),
+        ..report(3 * 1_048_576 + 5)
+    };
+    client.report_usage(&report).await.unwrap();
+    assert_eq!(count(&standin, "/api/auth/login"), 4, "1 + 3 sign-ins");
+    let sent = standin
+        .received()
+        .into_iter()
+        .rfind(|r| r.path == "/api/gateway/report-usage")
+        .unwrap();
+    assert_eq!(sent.body["consumerId"], consumer.id.as_str());
+    let user = standin.user("consumer@example.com").unwrap();
+    assert_eq!(user.bytes_consumed, 3 * 1_048_576 + 5);
+    assert_eq!(
+        standin.user("provider@example.com").unwrap().points,
+        3,
+        "the provider is credited as before"
+    );
+}

@@ -18,6 +18,7 @@ fn update(session: &str, total: u64) -> UsageUpdate {
         up: total / 10,
         down: total - total / 10,
         ended: None,
+        consumer: None,
     }
 }
 

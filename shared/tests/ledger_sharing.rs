@@ -28,6 +28,7 @@ fn update(session: &str, up: u64, ended: bool) -> UsageUpdate {
         up,
         down: up * 10,
         ended: ended.then(|| "quota".to_owned()),
+        consumer: None,
     }
 }
 

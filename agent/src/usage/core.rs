@@ -22,6 +22,15 @@
 //!   `fraction_hold` ago (a code that never expires, or expires much later, may be used
 //!   again: if it is, after this, its next fraction costs at most one point).
 //!
+//! A session a consumer signed in to (the ledger names the account, see
+//! [`UsageRecord::consumer`]) is reported with that account's `consumerId`, so the backend
+//! counts its bytes for the consumer too. A report names one consumer (or none), so a code's
+//! sessions are reported in groups of the same consumer, one group's report at a time (still
+//! one report per code in flight): the rules above hold per group, each group's remainder
+//! goes in its own last report, and a code shared by two accounts may so earn a point less
+//! per extra account. A code has one consumer almost always: the gateway keeps one account
+//! per session, and a code has one session at a time.
+//!
 //! Time is Unix milliseconds passed in (the ledger's records carry the gateway's clock, on
 //! the same machine); no call here sleeps.
 
@@ -183,6 +192,9 @@ pub struct SessionState {
     #[serde(default)]
     pub code_done: bool,
     pub last_at_ms: u64,
+    /// The consumer's account id its reports name (`consumerId`); `None`: no one signed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
 }
 
 impl SessionState {
@@ -215,6 +227,8 @@ pub struct InFlight {
 pub struct Send {
     pub code: String,
     pub bytes: u64,
+    /// The `consumerId` to name: every session the report settles has this consumer.
+    pub consumer: Option<String>,
 }
 
 /// How a report-usage call ended.
@@ -363,7 +377,13 @@ impl Reporter {
                     ended: false,
                     code_done: false,
                     last_at_ms: 0,
+                    consumer: None,
                 });
+            // Fixed for a session by the gateway; taken from the first record that names
+            // one (a cursor from before records named consumers adopts it too).
+            if session.consumer.is_none() {
+                session.consumer.clone_from(&record.consumer);
+            }
             session.seen = session.seen.max(total);
             session.ended |= record.ended.is_some();
             session.code_done |= record
@@ -453,19 +473,45 @@ impl Reporter {
         }
     }
 
-    /// What to report for `code` now, if anything: `None` to wait, or the bytes (0: nothing
-    /// can be billed, write it off).
-    fn report_size(&self, code: &str, info: &CodeInfo, now_ms: u64) -> Option<u64> {
-        let pending = self.pending(code);
-        if pending == 0 {
-            return None;
+    /// The bytes pending for `code` per consumer, groups in the order of their first
+    /// session (by id), empty groups left out.
+    fn groups<'a>(&'a self, code: &'a str) -> Vec<(Option<&'a str>, u64)> {
+        let mut groups: Vec<(Option<&'a str>, u64)> = Vec::new();
+        for (_, session) in self.sessions_of(code) {
+            let pending = session.pending();
+            if pending == 0 {
+                continue;
+            }
+            let consumer = session.consumer.as_deref();
+            match groups.iter_mut().find(|(c, _)| *c == consumer) {
+                Some((_, sum)) => *sum = sum.saturating_add(pending),
+                None => groups.push((consumer, pending)),
+            }
         }
+        groups
+    }
+
+    /// What to report for `code` now, if anything: `None` to wait, or the consumer and the
+    /// bytes (0: nothing can be billed, write it off). The code's room and its last report
+    /// are the code's; the bytes are one consumer's.
+    fn report_size<'a>(
+        &'a self,
+        code: &'a str,
+        info: &CodeInfo,
+        now_ms: u64,
+    ) -> Option<(Option<&'a str>, u64)> {
+        let groups = self.groups(code);
+        let pending: u64 = groups.iter().map(|(_, bytes)| bytes).sum();
+        let (first, first_pending) = *groups.first()?;
         let room = room_bytes(info.remaining_mb);
         if pending >= room || self.is_last(code, info, now_ms) {
-            return Some(pending.min(room));
+            return Some((first, first_pending.min(room)));
         }
-        let whole = pending / MIB * MIB;
-        (whole >= self.policy.whole_threshold()).then_some(whole)
+        let threshold = self.policy.whole_threshold();
+        groups.into_iter().find_map(|(consumer, bytes)| {
+            let whole = bytes / MIB * MIB;
+            (whole >= threshold).then_some((consumer, whole))
+        })
     }
 
     fn is_due(&self, code: &str, now_ms: u64) -> bool {
@@ -575,9 +621,10 @@ impl Reporter {
                 });
                 continue;
             };
-            let Some(bytes) = self.report_size(&code, info, now_ms) else {
+            let Some((consumer, bytes)) = self.report_size(&code, info, now_ms) else {
                 continue;
             };
+            let consumer = consumer.map(str::to_owned);
             if bytes == 0 {
                 self.write_off(&code);
                 self.notices.push(Notice::Unbilled {
@@ -586,8 +633,13 @@ impl Reporter {
                 });
                 continue;
             }
+            // A report that uses the code up settles all its consumer has pending.
             let last = bytes >= room_bytes(info.remaining_mb);
-            let parts = self.parts_of(&code, if last { pending } else { bytes });
+            let parts = self.parts_of(
+                &code,
+                consumer.as_deref(),
+                if last { pending } else { bytes },
+            );
             self.cursor.in_flight.insert(
                 code.clone(),
                 InFlight {
@@ -599,7 +651,11 @@ impl Reporter {
                 },
             );
             self.status.insert(code.clone(), Status::Sending);
-            sends.push(Send { code, bytes });
+            sends.push(Send {
+                code,
+                bytes,
+                consumer,
+            });
         }
         if !sends.is_empty() {
             self.cursor.round = round;
@@ -607,13 +663,17 @@ impl Reporter {
         sends
     }
 
-    /// What each of `code`'s sessions settles when its report is applied: `settles` bytes
-    /// shared out in session order (for a report that uses up the code, all they have
-    /// pending: what the code has no room for is written off then).
-    fn parts_of(&self, code: &str, settles: u64) -> BTreeMap<String, u64> {
+    /// What each of `code`'s sessions of `consumer` settles when its report is applied:
+    /// `settles` bytes shared out in session order (for a report that uses up the code, all
+    /// they have pending: what the code has no room for is written off then). No session of
+    /// another consumer takes part.
+    fn parts_of(&self, code: &str, consumer: Option<&str>, settles: u64) -> BTreeMap<String, u64> {
         let mut left = settles;
         let mut parts = BTreeMap::new();
-        for (id, session) in self.sessions_of(code) {
+        for (id, session) in self
+            .sessions_of(code)
+            .filter(|(_, s)| s.consumer.as_deref() == consumer)
+        {
             let part = session.pending().min(left);
             if part > 0 {
                 parts.insert(id.clone(), part);
@@ -947,6 +1007,7 @@ mod tests {
             up: total / 3,
             down: total - total / 3,
             ended: ended.then(|| "expired".to_owned()),
+            consumer: None,
         }
     }
 
@@ -998,7 +1059,8 @@ mod tests {
             sends,
             [Send {
                 code: CODE.into(),
-                bytes: 2 * MIB
+                bytes: 2 * MIB,
+                consumer: None,
             }]
         );
         assert_eq!(r.cursor().in_flight[CODE].before_mb, 500.0);
@@ -1014,6 +1076,120 @@ mod tests {
             sends[0].bytes, MIB,
             "the 20 bytes wait for the code's last report"
         );
+    }
+
+    fn signed(seq: u64, session: &str, total: u64, ended: bool, who: Option<&str>) -> UsageRecord {
+        UsageRecord {
+            consumer: who.map(str::to_owned),
+            ..rec(seq, session, total, ended)
+        }
+    }
+
+    fn send(bytes: u64, who: Option<&str>) -> Send {
+        Send {
+            code: CODE.into(),
+            bytes,
+            consumer: who.map(str::to_owned),
+        }
+    }
+
+    fn parts(r: &Reporter) -> Vec<(&str, u64)> {
+        r.cursor().in_flight[CODE]
+            .parts
+            .iter()
+            .map(|(id, bytes)| (id.as_str(), *bytes))
+            .collect()
+    }
+
+    /// A code whose sessions count for different consumers (or none): each report names
+    /// one, settles only its sessions, and each consumer's remainder goes in its own last
+    /// report.
+    #[test]
+    fn each_report_names_one_consumer_and_settles_only_its_sessions() {
+        let mut r = reporter();
+        r.ingest(&[
+            signed(1, "ABCD2345-1", 2 * MIB + 100, true, Some("alice")),
+            signed(2, "ABCD2345-2", 3 * MIB + 50, false, None),
+            signed(3, "ABCD2345-3", MIB - 1, false, Some("bob")),
+        ]);
+        let codes = left(&[(CODE, 500.0)]);
+        assert_eq!(r.plan(0, &codes, None), [send(2 * MIB, Some("alice"))]);
+        assert_eq!(parts(&r), [("ABCD2345-1", 2 * MIB)]);
+        // One report per code at a time, whoever it is for.
+        assert!(r.plan(0, &codes, None).is_empty());
+        r.on_outcome(CODE, Outcome::Applied, 0);
+        assert_eq!(r.plan(0, &codes, None), [send(3 * MIB, None)]);
+        assert_eq!(parts(&r), [("ABCD2345-2", 3 * MIB)]);
+        r.on_outcome(CODE, Outcome::Applied, 0);
+        // Bob has less than a MiB, alice's and no one's remainders wait: nothing is due.
+        assert!(r.plan(0, &codes, None).is_empty());
+        r.ingest(&[
+            signed(4, "ABCD2345-2", 3 * MIB + 80, true, None),
+            signed(5, "ABCD2345-3", MIB + 7, true, Some("bob")),
+        ]);
+        assert_eq!(r.plan(5000, &codes, None), [send(MIB, Some("bob"))]);
+        r.on_outcome(CODE, Outcome::Applied, 5000);
+        // The code's last reports: one remainder per consumer, in session order.
+        let last = 5000 + HOLD;
+        let mut remainders = Vec::new();
+        while let [one] = &r.plan(last, &codes, None)[..] {
+            assert_eq!(parts(&r).len(), 1, "{one:?}");
+            remainders.push(one.clone());
+            r.on_outcome(CODE, Outcome::Applied, last);
+        }
+        assert_eq!(
+            remainders,
+            [
+                send(100, Some("alice")),
+                send(80, None),
+                send(7, Some("bob"))
+            ]
+        );
+        assert_eq!(r.pending(CODE), 0);
+    }
+
+    /// The report that uses the code up is one consumer's; what the others have pending
+    /// then is written off, as it would be for one.
+    #[test]
+    fn a_code_used_up_by_two_consumers_bills_what_it_had() {
+        let mut r = reporter();
+        r.ingest(&[
+            signed(1, "ABCD2345-1", 700_000, false, Some("alice")),
+            signed(2, "ABCD2345-2", 600_000, false, Some("bob")),
+        ]);
+        let codes = left(&[(CODE, 1.0)]);
+        assert_eq!(r.plan(0, &codes, None), [send(700_000, Some("alice"))]);
+        r.on_outcome(CODE, Outcome::Applied, 0);
+        let codes = left(&[(CODE, (MIB - 700_000) as f64 / MB)]);
+        assert_eq!(r.plan(0, &codes, None), [send(MIB - 700_000, Some("bob"))]);
+        r.on_outcome(CODE, Outcome::Applied, 0);
+        assert_eq!(r.pending(CODE), 0);
+        assert_eq!(
+            r.take_notices(),
+            [Notice::Unbilled {
+                code: CODE.into(),
+                bytes: 600_000 - (MIB - 700_000)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_session_takes_the_consumer_its_records_name() {
+        let mut r = reporter();
+        // Read before records named consumers (an older gateway), then named.
+        r.ingest(&[rec(1, "ABCD2345-1", 10, false)]);
+        r.ingest(&[signed(2, "ABCD2345-1", 20, false, Some("alice"))]);
+        assert_eq!(
+            r.cursor().sessions["ABCD2345-1"].consumer.as_deref(),
+            Some("alice")
+        );
+        let json = serde_json::to_string(r.cursor()).unwrap();
+        assert_eq!(serde_json::from_str::<Cursor>(&json).unwrap(), *r.cursor());
+        // A cursor without consumers is written as before.
+        let mut r = reporter();
+        r.ingest(&[rec(1, "ABCD2345-1", 10, false)]);
+        let json = serde_json::to_string(r.cursor()).unwrap();
+        assert!(!json.contains("consumer"), "{json}");
     }
 
     #[test]
@@ -1371,19 +1547,29 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
         /// Whatever fails and whenever the agent restarts, once the failures stop each code's
-        /// billed bytes equal its sessions' totals clamped to what it was sold with; its
-        /// points (had every report been credited) are floor(billed / MiB), so only its last
-        /// report held a fraction; and every report applied only half was found.
+        /// billed bytes equal its sessions' totals clamped to what it was sold with; each
+        /// report names one consumer (or none) and settles only sessions of that consumer;
+        /// a code not used up bills each consumer exactly its sessions' bytes, with points
+        /// (had every report been credited) of floor(billed / MiB), so only that consumer's
+        /// last report held a fraction; and every report applied only half was found.
         #[test]
         fn billed_equals_used_and_points_are_whole_mebibytes(
-            sessions in prop::collection::vec((0usize..3, prop::collection::vec(0u64..3 * MIB, 1..5)), 1..8),
+            sessions in prop::collection::vec(
+                (0usize..3, 0usize..3, prop::collection::vec(0u64..3 * MIB, 1..5)),
+                1..8,
+            ),
             quotas in prop::collection::vec(1u64..12 * MIB, 3),
             fates in prop::collection::vec(fate(), 0..30),
         ) {
             let codes = ["AAAA2345", "BBBB2345", "CCCC2345"];
+            // Sessions signed in to no account, or to one of two.
+            let consumers = [None, Some("alice"), Some("bob")];
             let mut remaining: Vec<u64> = quotas.clone();
             let mut used = [0u64; 3];
-            let mut points = [0u64; 3];
+            // Per code and consumer: used, billed, points.
+            let mut used_by = [[0u64; 3]; 3];
+            let mut billed_by = [[0u64; 3]; 3];
+            let mut points_by = [[0u64; 3]; 3];
             let mut shared = 0u64;
             let mut half_applied = 0u64;
             let mut found = 0u64;
@@ -1393,7 +1579,7 @@ mod tests {
             // The ledger: each session's growing totals, the last record ending it.
             let mut ledger = Vec::new();
             let mut seq = 0;
-            for (i, (code, steps)) in sessions.iter().enumerate() {
+            for (i, (code, consumer, steps)) in sessions.iter().enumerate() {
                 let mut total = 0;
                 for (j, step) in steps.iter().enumerate() {
                     total += step;
@@ -1406,9 +1592,11 @@ mod tests {
                         up: total,
                         down: 0,
                         ended: (j + 1 == steps.len()).then(|| "idle".to_owned()),
+                        consumer: consumers[*consumer].map(str::to_owned),
                     });
                 }
                 used[*code] += total;
+                used_by[*code][*consumer] += total;
             }
             // Long enough that every session of a code falls within it (so a code has one
             // last report); the run goes on past it.
@@ -1441,10 +1629,19 @@ mod tests {
                 for send in sends {
                     let i = codes.iter().position(|c| *c == send.code).unwrap();
                     prop_assert!(send.bytes <= remaining[i], "never asks for more than is left");
+                    let who = consumers.iter().position(|c| c.map(str::to_owned) == send.consumer).unwrap();
+                    for id in r.cursor().in_flight[&send.code].parts.keys() {
+                        prop_assert_eq!(
+                            &r.cursor().sessions[id].consumer,
+                            &send.consumer,
+                            "a report settles its consumer's sessions only"
+                        );
+                    }
                     let fate = fates.next().unwrap_or(Fate::Ok);
                     if matches!(fate, Fate::Ok | Fate::AppliedNoReply | Fate::Crash | Fate::HalfApplied) {
                         remaining[i] -= send.bytes;
-                        points[i] += send.bytes / MIB;
+                        billed_by[i][who] += send.bytes;
+                        points_by[i][who] += send.bytes / MIB;
                     }
                     if matches!(fate, Fate::Ok | Fate::AppliedNoReply | Fate::Crash) && send.bytes >= MIB {
                         shared += send.bytes;
@@ -1469,7 +1666,17 @@ mod tests {
             for i in 0..3 {
                 let billed = quotas[i] - remaining[i];
                 prop_assert_eq!(billed, used[i].min(quotas[i]), "code {}", codes[i]);
-                prop_assert_eq!(points[i], billed / MIB, "points of code {}", codes[i]);
+                for who in 0..3 {
+                    prop_assert!(billed_by[i][who] <= used_by[i][who]);
+                    if used[i] <= quotas[i] {
+                        prop_assert_eq!(billed_by[i][who], used_by[i][who], "code {} for {:?}", codes[i], consumers[who]);
+                        prop_assert_eq!(
+                            points_by[i][who],
+                            billed_by[i][who] / MIB,
+                            "points of code {} for {:?}", codes[i], consumers[who]
+                        );
+                    }
+                }
             }
             found += count(r.take_notices());
             prop_assert_eq!(found, half_applied, "every report applied only half is found");

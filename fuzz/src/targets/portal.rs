@@ -1,6 +1,6 @@
 //! `portal`: raw bytes, as a client would send them on one TCP connection, into hyper's HTTP/1
 //! server with the portal's router behind it (as `portal::serve` sets it up), over an
-//! in-memory pipe. Also `form`: the form parser itself, `parse_code` and `read_code`.
+//! in-memory pipe. Also `form`: the form parser itself, `parse_form` and `read_form`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
-use edgeshare_gateway::portal::{self, ClientStatus, Gate, PortalSettings, Redeem};
+use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
@@ -18,8 +18,10 @@ use tower::ServiceExt as _;
 use crate::engine::{Target, signature};
 use crate::form;
 
-/// A gate whose answers depend only on the client and the code: devices with an odd last
-/// address byte are online; the code's first character picks the redemption's outcome.
+/// A gate whose answers depend only on the client, the code and whether an account came
+/// with it: devices with an odd last address byte are online; the code's first character
+/// picks the redemption's outcome, or with an account its second character. It offers
+/// accounts, so the form's account part (and the email put back into it) is fuzzed too.
 #[derive(Debug)]
 struct FuzzGate;
 
@@ -38,7 +40,16 @@ const STATUS: ClientStatus = ClientStatus {
 };
 
 impl Gate for FuzzGate {
-    async fn redeem(&self, _ip: IpAddr, code: AccessCode) -> Redeem {
+    async fn redeem(&self, _ip: IpAddr, code: AccessCode, account: Option<Account>) -> Redeem {
+        if account.is_some() {
+            return match code.as_str().as_bytes().get(1).copied().unwrap_or(0) % 5 {
+                0 => Redeem::Online(STATUS),
+                1 => Redeem::WrongAccount,
+                2 => Redeem::NotConsumer,
+                3 => Redeem::AccountUnreachable,
+                _ => Redeem::OtherAccount,
+            };
+        }
         match code.as_str().bytes().next().unwrap_or(0) % 9 {
             0 => Redeem::Online(STATUS),
             1 => Redeem::Invalid,
@@ -57,6 +68,10 @@ impl Gate for FuzzGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         online(ip).then_some(STATUS)
+    }
+
+    fn accounts(&self) -> bool {
+        true
     }
 }
 
@@ -267,6 +282,7 @@ impl Target for PortalTarget {
             "Content-Length: ",
             "Content-Length: 0\r\n",
             "Content-Length: 4097\r\n",
+            "Content-Length: 8193\r\n",
             "Transfer-Encoding: chunked\r\n",
             "Transfer-Encoding: gzip, chunked\r\n",
             "Connection: close\r\n",
@@ -287,6 +303,9 @@ impl Target for PortalTarget {
             "code=ABCD2345",
             "code=abcd+2345",
             "&code=",
+            "&email=",
+            "&password=",
+            "&email=a%40b.c&password=p",
             "other=1&",
             "%3Cfuzz%3E",
             "<fuzz>",
@@ -327,22 +346,35 @@ impl Default for FormTarget {
     }
 }
 
-fn encode_code(code: &str, other_first: bool) -> String {
+/// The form encoded again: its fields (the account's only if given), another field first or
+/// last.
+fn encode_form(parsed: &form::LoginForm, other_first: bool) -> String {
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     if other_first {
-        form.append_pair("other", "1&code=x");
+        form.append_pair("other", "1&code=x&email=y");
     }
-    form.append_pair("code", code);
+    form.append_pair("code", &parsed.code);
+    if !parsed.email.is_empty() {
+        form.append_pair("email", &parsed.email);
+    }
+    if !parsed.password.is_empty() {
+        form.append_pair("password", parsed.password.expose());
+    }
+    if !other_first {
+        form.append_pair("other", "2");
+    }
     form.finish()
 }
 
-fn kind(result: &Result<String, form::FormError>) -> &'static str {
+fn kind(result: &Result<form::LoginForm, form::FormError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(form::FormError::TooLarge) => "too-large",
         Err(form::FormError::NotAForm(_)) => "not-a-form",
         Err(form::FormError::Malformed) => "malformed",
         Err(form::FormError::CodeTooLong(_)) => "too-long",
+        Err(form::FormError::EmailTooLong(_)) => "email-too-long",
+        Err(form::FormError::PasswordTooLong(_)) => "password-too-long",
         Err(form::FormError::Unreadable(_)) => "unreadable",
     }
 }
@@ -357,23 +389,32 @@ impl Target for FormTarget {
             Some(at) => (&input[..at], &input[at + 1..]),
             None => (&b""[..], input),
         };
-        let parsed = form::parse_code(body);
-        if let Ok(code) = &parsed {
+        let parsed = form::parse_form(body);
+        if let Ok(fields) = &parsed {
             if std::str::from_utf8(body).is_err() {
-                return Err("a code came out of a body that is not UTF-8".to_owned());
+                return Err("a form came out of a body that is not UTF-8".to_owned());
             }
-            let chars = code.chars().count();
-            if chars > form::MAX_CODE_CHARS {
-                return Err(format!("a code of {chars} characters was accepted"));
+            for (name, chars, max) in [
+                ("code", fields.code.chars().count(), form::MAX_CODE_CHARS),
+                ("email", fields.email.chars().count(), form::MAX_EMAIL_CHARS),
+                (
+                    "password",
+                    fields.password.expose().chars().count(),
+                    form::MAX_PASSWORD_CHARS,
+                ),
+            ] {
+                if chars > max {
+                    return Err(format!("a {name} of {chars} characters was accepted"));
+                }
             }
-            // The parsed code re-encodes to a form that parses back to the same code.
+            // The parsed form re-encodes to one that parses back to the same fields.
             for other_first in [false, true] {
-                let again = encode_code(code, other_first);
-                match form::parse_code(again.as_bytes()) {
-                    Ok(back) if &back == code => {}
+                let again = encode_form(fields, other_first);
+                match form::parse_form(again.as_bytes()) {
+                    Ok(back) if &back == fields => {}
                     other => {
                         return Err(format!(
-                            "{code:?} re-encoded as {again:?} parses as {other:?}"
+                            "{fields:?} re-encoded as {again:?} parses as {other:?}"
                         ));
                     }
                 }
@@ -386,7 +427,7 @@ impl Target for FormTarget {
         }
         let read = self
             .runtime
-            .block_on(form::read_code(&headers, Body::from(body.to_vec())));
+            .block_on(form::read_form(&headers, Body::from(body.to_vec())));
         let form_type = headers
             .get(CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -401,13 +442,13 @@ impl Target for FormTarget {
         };
         if kind(&read) != expected {
             return Err(format!(
-                "read_code gave {} where {expected} was expected ({read:?})",
+                "read_form gave {} where {expected} was expected ({read:?})",
                 kind(&read)
             ));
         }
         if expected == "ok" && read.as_ref().ok() != parsed.as_ref().ok() {
             return Err(format!(
-                "read_code {read:?} differs from parse_code {parsed:?}"
+                "read_form {read:?} differs from parse_form {parsed:?}"
             ));
         }
         Ok(signature(&[kind(&parsed), kind(&read)]))
@@ -421,6 +462,11 @@ impl Target for FormTarget {
             "code=",
             "&code=",
             "code",
+            "&email=",
+            "&password=",
+            "email",
+            "password",
+            "%40",
             "&",
             "+",
             "%",
@@ -438,7 +484,7 @@ impl Target for FormTarget {
     }
 
     fn max_len(&self) -> usize {
-        5 * 1024
+        10 * 1024
     }
 }
 

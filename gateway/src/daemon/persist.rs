@@ -131,6 +131,7 @@ impl State {
                         down: r.down,
                     },
                     ended: r.ended.as_deref().and_then(EndReason::parse),
+                    consumer: r.consumer.clone(),
                 })
             })
             .collect();
@@ -265,6 +266,7 @@ impl State {
                 up: s.up_bytes,
                 down: s.used_bytes.saturating_sub(s.up_bytes),
                 ended: None,
+                consumer: s.consumer,
             })
             .collect()
     }

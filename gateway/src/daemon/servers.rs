@@ -11,11 +11,11 @@ use edgeshare_shared::code::AccessCode;
 use super::Codes;
 use super::owner::Owner;
 use super::state::LoginError;
-use crate::codes::Verdict;
+use crate::codes::{SignIn, Verdict};
 use crate::control::{self, Reply, Request};
 use crate::core::Refusal;
 use crate::net::{Client, Millis};
-use crate::portal::{ClientStatus, Gate, Redeem};
+use crate::portal::{Account, ClientStatus, Gate, Redeem};
 
 /// The portal's view of the daemon.
 pub(super) struct PortalGate {
@@ -186,13 +186,41 @@ pub(super) async fn serve_metrics(
     }
 }
 
+impl PortalGate {
+    /// Signs a consumer in before their code is redeemed: the account's id, or the refusal.
+    async fn sign_in(&self, account: &Account) -> Result<String, Redeem> {
+        let Codes::Backend(backend) = &*self.codes else {
+            // The portal offers accounts only with backend codes (`accounts`).
+            return Err(Redeem::Internal);
+        };
+        match backend.sign_in(&account.email, &account.password).await {
+            SignIn::Consumer(id) => Ok(id),
+            SignIn::WrongCredentials => Err(Redeem::WrongAccount),
+            SignIn::NotConsumer => Err(Redeem::NotConsumer),
+            SignIn::Unreachable(reason) => {
+                tracing::warn!(%reason, "consumer sign-in failed");
+                Err(Redeem::AccountUnreachable)
+            }
+        }
+    }
+}
+
 impl Gate for PortalGate {
-    async fn redeem(&self, ip: IpAddr, code: AccessCode) -> Redeem {
+    async fn redeem(&self, ip: IpAddr, code: AccessCode, account: Option<Account>) -> Redeem {
         let Some(mac) = lookup_mac(ip).await else {
             tracing::info!(%ip, "no MAC for this client in the neighbour table");
             return Redeem::UnknownDevice;
         };
         let client = Client { mac, ip };
+        // The credentials go no further than the sign-in: only the account's id is kept.
+        let signed_in = account.is_some();
+        let consumer = match account {
+            Some(account) => match self.sign_in(&account).await {
+                Ok(id) => Some(id),
+                Err(refused) => return refused,
+            },
+            None => None,
+        };
         let verdict = match &*self.codes {
             Codes::Local(store) => {
                 let store = store.clone();
@@ -204,7 +232,7 @@ impl Gate for PortalGate {
             Codes::Backend(backend) => backend.check(&code, Millis::now()).await,
         };
         let grant = match verdict {
-            Verdict::Granted(grant) => grant,
+            Verdict::Granted(grant) => crate::core::Grant { consumer, ..grant },
             Verdict::Invalid => return Redeem::Invalid,
             Verdict::Expired => return Redeem::Expired,
             Verdict::UsedUp => return Redeem::UsedUp,
@@ -217,12 +245,13 @@ impl Gate for PortalGate {
         };
         match self.owner.login(client, grant).await {
             Some(Ok(status)) => {
-                tracing::info!(%client, "client online");
+                tracing::info!(%client, account = signed_in, "client online");
                 Redeem::Online(status)
             }
             Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
             Some(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
             Some(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
+            Some(Err(LoginError::Refused(Refusal::OtherAccount))) => Redeem::OtherAccount,
             Some(Err(LoginError::NotSaved)) => {
                 tracing::error!(%client, "login refused: it could not be saved");
                 Redeem::NotSaved
@@ -237,6 +266,10 @@ impl Gate for PortalGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         self.owner.status(ip).await
+    }
+
+    fn accounts(&self) -> bool {
+        matches!(*self.codes, Codes::Backend(_))
     }
 }
 

@@ -160,6 +160,7 @@ impl State {
                     reason,
                     used_bytes,
                     up_bytes,
+                    consumer,
                 } => {
                     let session = session_id(&code, started_at);
                     tracing::info!(%session, ?reason, used_bytes, up_bytes, "session ended");
@@ -169,6 +170,7 @@ impl State {
                         up: up_bytes,
                         down: used_bytes.saturating_sub(up_bytes),
                         ended: Some(reason.as_str().to_owned()),
+                        consumer,
                     });
                     ended.push((code, used_bytes));
                     self.urgent = true;

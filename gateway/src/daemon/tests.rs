@@ -35,6 +35,7 @@ fn grant(text: &str, bytes: u64) -> Grant {
         code: code(text),
         remaining_bytes: bytes,
         expires_at: None,
+        consumer: None,
     }
 }
 
@@ -677,6 +678,89 @@ fn the_ledger_is_exact_across_a_crash_between_its_write_and_the_state_save() {
     assert!(!last[0].code.is_empty());
 }
 
+/// A session a consumer signed in to: every ledger record of it names the consumer, a
+/// session without one names none, and the consumer survives a restart (sessions.json) and
+/// a rebuild from the ledger (sessions.json lost).
+#[test]
+fn the_consumer_reaches_the_ledger_and_survives_a_restart_and_a_rebuild() {
+    let fw = MemoryFirewall::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = state(&fw, &dir);
+    let signed_in = Grant {
+        consumer: Some("665f1c2ab3d4e5f601234567".to_owned()),
+        ..grant("ABCD2345", 10 * MB)
+    };
+    state
+        .login(client(2), signed_in, Millis(1_000), None)
+        .unwrap();
+    login(&mut state, client(3), "EFGH2345", 10 * MB, Millis(1_000));
+    fw.set_counters(&client(2), 300, 2_000);
+    fw.set_counters(&client(3), 100, 1_000);
+    state.tick(Millis(2_000), None);
+    state.save(Millis(2_000)).unwrap();
+    let consumer_of = |dir: &tempfile::TempDir, code: &str| -> Vec<Option<String>> {
+        let mut reader =
+            edgeshare_shared::ledger::LedgerReader::open(&dir.path().join("ledger")).unwrap();
+        reader
+            .read_after(0)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.code == code)
+            .map(|r| r.consumer)
+            .collect()
+    };
+    let want = Some("665f1c2ab3d4e5f601234567".to_owned());
+    assert_eq!(consumer_of(&dir, "ABCD2345"), vec![want.clone()]);
+    assert_eq!(consumer_of(&dir, "EFGH2345"), [None]);
+
+    // A restart from sessions.json keeps it; so does the session's final record.
+    let saved: Persisted =
+        serde_json::from_slice(&serde_json::to_vec(&state.persisted(Millis(2_000))).unwrap())
+            .unwrap();
+    drop(state);
+    let mut restarted = restart(&fw, &dir, saved, Millis(3_000));
+    let view = restarted.core.sessions();
+    assert_eq!(view[0].consumer, want);
+    fw.set_counters(&client(2), 400, 3_000);
+    restarted.tick(Millis(4_000), None);
+    restarted.save(Millis(4_000)).unwrap();
+    assert_eq!(consumer_of(&dir, "ABCD2345"), [want.clone(), want.clone()]);
+    drop(restarted);
+
+    // sessions.json lost: rebuilt from the ledger, the session still counts for its
+    // consumer, and its usage goes on being recorded for it.
+    let file = dir.path().join("sessions.json");
+    std::fs::remove_file(&file).unwrap();
+    let (mut rebuilt, actions) = State::restored(
+        Policy::default(),
+        None,
+        Box::new(fw.clone()),
+        file,
+        Millis(5_000),
+    );
+    rebuilt.ledger = Some(ledger(&dir));
+    rebuilt.rebuild_from_ledger(Millis(5_000), None);
+    rebuilt.resume(actions, Millis(5_000), None);
+    let session = rebuilt
+        .core
+        .sessions()
+        .into_iter()
+        .find(|s| s.code == code("ABCD2345"))
+        .unwrap();
+    assert_eq!(session.consumer, want);
+    let other = Grant {
+        consumer: Some("another".to_owned()),
+        ..grant("ABCD2345", 10 * MB)
+    };
+    assert!(matches!(
+        rebuilt.login(client(4), other, Millis(6_000), None),
+        Err(LoginError::Refused(Refusal::OtherAccount))
+    ));
+    let actions = rebuilt.core.revoke_code(&code("EFGH2345"), Millis(6_000));
+    rebuilt.apply(actions, Millis(6_000), None);
+    assert_eq!(consumer_of(&dir, "EFGH2345").last(), Some(&None));
+}
+
 #[test]
 fn after_a_reboot_the_ledger_keeps_what_the_lost_counters_held() {
     let fw = MemoryFirewall::new();
@@ -736,6 +820,7 @@ fn bytes_used_before_an_expiry_during_downtime_still_count() {
         code: code("ABCD2345"),
         remaining_bytes: 100 * MB,
         expires_at: Some(Millis(10_000)),
+        consumer: None,
     };
     let actions = state.core.accept_code(client(2), g, Millis(1_000)).unwrap();
     state.apply(actions, Millis(1_000), None);

@@ -1,37 +1,64 @@
 //! Reading the code form: `application/x-www-form-urlencoded`, parsed here because axum's
 //! `form` feature is off, with a hard limit on the body so a client cannot make the Pi buffer
 //! more than a few kilobytes per request.
+//!
+//! The form has a `code` (required) and, where the portal offers sign-in with a network
+//! account, an `email` and a `password` (both optional). The password is kept as a
+//! [`Secret`]: it cannot be printed by accident, and nothing here echoes it.
 
 use std::pin::Pin;
 
 use axum::body::{Body, HttpBody};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
+use edgeshare_shared::secret::Secret;
 
-/// The largest body accepted; a code form is a few dozen bytes.
-pub const MAX_BODY_BYTES: usize = 4096;
+/// The largest body accepted. A form with every field at its longest, each character
+/// percent-encoded UTF-8 of 4 bytes (12 bytes on the wire), is under 7 KiB; a real one is a
+/// few dozen bytes, a few hundred with an account.
+pub const MAX_BODY_BYTES: usize = 8192;
 /// The longest `code` field accepted, in characters (a code is 8, with room for spaces).
 pub const MAX_CODE_CHARS: usize = 64;
+/// The longest `email` accepted, in characters: the longest address SMTP can carry.
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// The longest `password` accepted, in characters.
+pub const MAX_PASSWORD_CHARS: usize = 256;
 
 const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
-/// Why a request did not carry a usable `code` field.
+/// Why a request did not carry a usable form. No variant holds what was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum FormError {
     #[error("request body over {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("content type is {0:?}, not {FORM_TYPE}")]
     NotAForm(Option<String>),
-    #[error("form is not UTF-8 or does not have exactly one `code` field")]
+    #[error(
+        "form is not UTF-8, does not have exactly one `code` field, or has an `email` or `password` field twice"
+    )]
     Malformed,
     #[error("`code` field is {0} characters long (at most {MAX_CODE_CHARS})")]
     CodeTooLong(usize),
+    #[error("`email` field is {0} characters long (at most {MAX_EMAIL_CHARS})")]
+    EmailTooLong(usize),
+    #[error("`password` field is {0} characters long (at most {MAX_PASSWORD_CHARS})")]
+    PasswordTooLong(usize),
     #[error("cannot read the request body: {0}")]
     Unreadable(#[source] axum::Error),
 }
 
-/// The `code` field of a form request, as typed (not yet checked as a code).
-pub async fn read_code(headers: &HeaderMap, body: Body) -> Result<String, FormError> {
+/// What the form carried, as typed (nothing checked yet but the lengths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginForm {
+    pub code: String,
+    /// Empty when not sent.
+    pub email: String,
+    /// Empty when not sent.
+    pub password: Secret,
+}
+
+/// The form of a request, as typed.
+pub async fn read_form(headers: &HeaderMap, body: Body) -> Result<LoginForm, FormError> {
     // Content-Length (when sent) is the size hint: refuse before reading anything.
     let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
     if announced > MAX_BODY_BYTES {
@@ -39,7 +66,7 @@ pub async fn read_code(headers: &HeaderMap, body: Body) -> Result<String, FormEr
     }
     check_content_type(headers)?;
     let bytes = read_limited(body, MAX_BODY_BYTES).await?;
-    parse_code(&bytes)
+    parse_form(&bytes)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), FormError> {
@@ -72,21 +99,45 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, FormError
     Ok(bytes)
 }
 
-/// The one `code` field of an urlencoded form. Other fields are ignored; a missing or repeated
-/// `code` is malformed (which of two values would we check?).
-pub fn parse_code(body: &[u8]) -> Result<String, FormError> {
+/// The fields of an urlencoded form: exactly one `code`, at most one `email` and one
+/// `password` (missing: empty). Other fields are ignored; a missing or repeated `code`, or a
+/// repeated `email` or `password`, is malformed (which of two values would we check?).
+pub fn parse_form(body: &[u8]) -> Result<LoginForm, FormError> {
     if std::str::from_utf8(body).is_err() {
         return Err(FormError::Malformed);
     }
-    let mut codes = url::form_urlencoded::parse(body).filter(|(name, _)| name == "code");
-    let (Some((_, code)), None) = (codes.next(), codes.next()) else {
-        return Err(FormError::Malformed);
-    };
+    let (mut code, mut email, mut password) = (None, None, None);
+    for (name, value) in url::form_urlencoded::parse(body) {
+        let slot = match &*name {
+            "code" => &mut code,
+            "email" => &mut email,
+            "password" => &mut password,
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(FormError::Malformed);
+        }
+    }
+    let code = code.ok_or(FormError::Malformed)?;
     let chars = code.chars().count();
     if chars > MAX_CODE_CHARS {
         return Err(FormError::CodeTooLong(chars));
     }
-    Ok(code.into_owned())
+    let email = email.unwrap_or_default();
+    let chars = email.chars().count();
+    if chars > MAX_EMAIL_CHARS {
+        return Err(FormError::EmailTooLong(chars));
+    }
+    let password = password.unwrap_or_default();
+    let chars = password.chars().count();
+    if chars > MAX_PASSWORD_CHARS {
+        return Err(FormError::PasswordTooLong(chars));
+    }
+    Ok(LoginForm {
+        code: code.into_owned(),
+        email: email.into_owned(),
+        password: Secret::new(password),
+    })
 }
 
 #[cfg(test)]
@@ -109,25 +160,77 @@ mod tests {
             (b"x=1&code=", ""),
             (b"code=%3Cb%3E", "<b>"),
         ] {
-            assert_eq!(parse_code(body).unwrap(), code);
+            let form = parse_form(body).unwrap();
+            assert_eq!(form.code, code);
+            assert_eq!((form.email.as_str(), form.password.expose()), ("", ""));
         }
     }
 
     #[test]
+    fn the_account_fields_are_decoded_and_optional() {
+        let form =
+            parse_form(b"email=consumer%40example.com&code=ABCD2345&password=Consumer%40123+%26")
+                .unwrap();
+        assert_eq!(form.code, "ABCD2345");
+        assert_eq!(form.email, "consumer@example.com");
+        assert_eq!(form.password.expose(), "Consumer@123 &");
+        assert!(
+            !format!("{form:?}").contains("Consumer@123"),
+            "the password is never printed"
+        );
+        let form = parse_form(b"code=ABCD2345&email=&password=").unwrap();
+        assert_eq!((form.email.as_str(), form.password.expose()), ("", ""));
+    }
+
+    #[test]
     fn malformed_forms_are_refused() {
-        for body in [&b""[..], b"other=1", b"code=a&code=b", b"code=\xff"] {
+        for body in [
+            &b""[..],
+            b"other=1",
+            b"code=a&code=b",
+            b"code=\xff",
+            b"email=a%40b.c&password=x",
+            b"code=a&email=a&email=b",
+            b"code=a&password=x&password=y",
+        ] {
             assert!(
-                matches!(parse_code(body), Err(FormError::Malformed)),
+                matches!(parse_form(body), Err(FormError::Malformed)),
                 "{body:?}"
             );
         }
         let long = format!("code={}", "A".repeat(MAX_CODE_CHARS + 1));
         assert!(matches!(
-            parse_code(long.as_bytes()),
+            parse_form(long.as_bytes()),
             Err(FormError::CodeTooLong(65))
         ));
         let just_fits = format!("code={}", "é".repeat(MAX_CODE_CHARS));
-        assert!(parse_code(just_fits.as_bytes()).is_ok());
+        assert!(parse_form(just_fits.as_bytes()).is_ok());
+        let long = format!("code=A&email={}", "e".repeat(MAX_EMAIL_CHARS + 1));
+        assert!(matches!(
+            parse_form(long.as_bytes()),
+            Err(FormError::EmailTooLong(255))
+        ));
+        let long = format!("code=A&password={}", "p".repeat(MAX_PASSWORD_CHARS + 1));
+        let err = parse_form(long.as_bytes()).unwrap_err();
+        assert!(matches!(err, FormError::PasswordTooLong(257)));
+        assert!(!err.to_string().contains("ppp"), "{err}");
+    }
+
+    /// Every form within the field limits fits the body limit, however the browser encodes
+    /// it: each character a 4-byte one, percent-encoded.
+    #[tokio::test]
+    async fn the_longest_form_fits_the_body_limit() {
+        let widest = |chars: usize| "😀".repeat(chars);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", &widest(MAX_CODE_CHARS))
+            .append_pair("email", &widest(MAX_EMAIL_CHARS))
+            .append_pair("password", &widest(MAX_PASSWORD_CHARS))
+            .finish();
+        assert!(body.len() <= MAX_BODY_BYTES, "{} bytes", body.len());
+        let form = read_form(&form_headers(FORM_TYPE), Body::from(body))
+            .await
+            .unwrap();
+        assert_eq!(form.password.expose().chars().count(), MAX_PASSWORD_CHARS);
     }
 
     #[test]
@@ -154,17 +257,17 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_limited() {
         let headers = form_headers(FORM_TYPE);
-        let ok = read_code(&headers, Body::from("code=ABCD2345")).await;
-        assert_eq!(ok.unwrap(), "ABCD2345");
+        let ok = read_form(&headers, Body::from("code=ABCD2345")).await;
+        assert_eq!(ok.unwrap().code, "ABCD2345");
         let big = format!("code=A&pad={}", "x".repeat(MAX_BODY_BYTES));
         assert!(matches!(
-            read_code(&headers, Body::from(big)).await,
+            read_form(&headers, Body::from(big)).await,
             Err(FormError::TooLarge)
         ));
         // Exactly at the limit is fine (and then the code is too long).
         let at_limit = format!("code={}", "A".repeat(MAX_BODY_BYTES - 5));
         assert!(matches!(
-            read_code(&headers, Body::from(at_limit)).await,
+            read_form(&headers, Body::from(at_limit)).await,
             Err(FormError::CodeTooLong(_))
         ));
     }

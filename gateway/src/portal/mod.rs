@@ -16,7 +16,7 @@
 //! | request                                   | captive client         | online client                |
 //! |-------------------------------------------|------------------------|------------------------------|
 //! | `GET /` (portal host)                     | 200 code form          | 200 status page              |
-//! | `POST /login` (form field `code`, any host)| success page, or the form with the error (below) ||
+//! | `POST /login` (fields `code`, `email`, `password`, any host) | success page, or the form with the error (below) ||
 //! | `GET /login`                              | 303 to `/`             | 303 to `/`                   |
 //! | `GET /status` (portal host)               | 200 "not online" page  | 200 status page              |
 //! | `GET /terms` (portal host, terms set)     | 200 terms of use       | 200 terms of use             |
@@ -41,15 +41,35 @@
 //! `i18n.rs`. The name, logo, colours and terms come from `[portal.brand]` ([`Look`]).
 //!
 //! # Code redemption
-//! `POST /login` reads a form of at most 4 KiB (413 beyond), `application/x-www-form-urlencoded`
-//! only (400 otherwise), with one `code` field of at most 64 characters (400). A code that does
+//! `POST /login` reads a form of at most 8 KiB (413 beyond), `application/x-www-form-urlencoded`
+//! only (400 otherwise), with one `code` field of at most 64 characters and, optionally, one
+//! `email` (at most 254) and one `password` (at most 256) (400 otherwise). A code that does
 //! not parse gets [`BadCode`]'s explanation (400). Then the limiter is asked (429 with
 //! `Retry-After`), then [`Gate::redeem`]. The redemption runs in its own task: a phone that
 //! drops the connection mid-login does not cancel a half-applied login in the daemon.
 //! Outcomes and their status codes: online 200; invalid, expired, used up or revoked 403;
 //! unknown device 409; backend unreachable 503 with `Retry-After: 60`; internal error 500.
-//! Each outcome is logged at info with the client's IP and at most the code's first two
-//! characters.
+//! Each outcome is logged at info with the client's IP, at most the code's first two
+//! characters and whether an account was given (never the email or the password).
+//!
+//! # Consumer accounts
+//! Where the gateway's codes come from the backend ([`Gate::accounts`]), the form also
+//! offers to sign in with a network account: an email and a password, both or neither (400
+//! with one alone). The code is still required (usage is billed per code). The gate signs the
+//! account in with the backend *before* it redeems the code, and keeps only the account's
+//! id, which the usage reports then name, so the consumer's `bytesConsumed` moves. Outcomes:
+//! a wrong email or password 403 (a failed guess for the limiter, as a wrong code is: the
+//! portal must not be a way to try passwords); a provider's or admin's account 403; the
+//! backend unreachable for the sign-in 503 with `Retry-After` (not let in with the code
+//! alone, since the person asked for their account: they may retry, or leave the fields
+//! empty); the code's session already counting for another account, or for none, 409. Where
+//! codes are local, the fields are not shown, and a form that carries them anyway is refused
+//! (400) rather than silently ignored.
+//!
+//! The portal is plain HTTP on the LAN (see below): the password crosses the LAN as typed,
+//! readable by anyone who can read the LAN's traffic (an open Wi-Fi, a shared key). The form
+//! says so; the gateway forwards it to the backend (over HTTPS where the backend URL is) and
+//! neither logs nor stores it, nor the token the backend answers with.
 //!
 //! # RFC 8908 and RFC 8910
 //! `GET /captive-portal/api` answers with `application/captive+json`. To announce it (DHCP
@@ -89,27 +109,44 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use edgeshare_shared::code::{self, AccessCode, BadCode};
+use edgeshare_shared::secret::Secret;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use self::form::FormError;
+use self::form::{FormError, LoginForm};
 use self::i18n::{Msg, Tr};
 use self::limiter::{Limiter, Wait};
-use self::pages::{LOGO_PATH, Online, View};
+use self::pages::{Field, LOGO_PATH, Online, Typed, View};
 use crate::net::Millis;
 
-pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS};
+pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS, MAX_EMAIL_CHARS, MAX_PASSWORD_CHARS};
 pub use self::look::Look;
 pub(crate) use self::pages::escape;
 
 /// What the portal needs from the daemon. The daemon implements it (code check against the
 /// backend or local store, session core, firewall).
 pub trait Gate: Send + Sync + 'static {
-    /// Binds `code` to the client at `ip` (whose MAC the daemon looks up) and lets it online.
-    /// Runs to completion even if the client hangs up: the portal spawns it.
-    fn redeem(&self, ip: IpAddr, code: AccessCode) -> impl Future<Output = Redeem> + Send;
+    /// Binds `code` to the client at `ip` (whose MAC the daemon looks up) and lets it online;
+    /// with an `account`, signs it in first, and its session counts for that account. Runs
+    /// to completion even if the client hangs up: the portal spawns it.
+    fn redeem(
+        &self,
+        ip: IpAddr,
+        code: AccessCode,
+        account: Option<Account>,
+    ) -> impl Future<Output = Redeem> + Send;
     /// What the client at `ip` has left, if it is online.
     fn status(&self, ip: IpAddr) -> impl Future<Output = Option<ClientStatus>> + Send;
+    /// Whether consumers may sign in with a network account (codes come from the backend).
+    fn accounts(&self) -> bool;
+}
+
+/// A consumer's network account as typed on the form, both fields filled in. The gate
+/// signs it in with the backend and keeps the account's id only; nothing logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub email: String,
+    pub password: Secret,
 }
 
 /// The outcome of a code redemption.
@@ -132,6 +169,14 @@ pub enum Redeem {
     /// The gateway could not save the login (its disk is full or failing): not let through.
     NotSaved,
     Internal,
+    /// The backend refused the account's email and password.
+    WrongAccount,
+    /// The account is a provider's or an admin's, not a consumer's.
+    NotConsumer,
+    /// The account could not be checked (backend down, or the gateway's uplink).
+    AccountUnreachable,
+    /// The code's session counts for another account, or for none.
+    OtherAccount,
 }
 
 impl Redeem {
@@ -148,15 +193,26 @@ impl Redeem {
             Redeem::UnknownDevice => "unknown_device",
             Redeem::NotSaved => "not_saved",
             Redeem::Internal => "internal",
+            Redeem::WrongAccount => "wrong_account",
+            Redeem::NotConsumer => "not_consumer",
+            Redeem::AccountUnreachable => "account_unreachable",
+            Redeem::OtherAccount => "other_account",
         }
     }
 
-    /// Whether this outcome is a wrong guess that counts against the client. Successes and
-    /// failures that are not the client's doing give their limiter slot back.
+    /// Whether this outcome is a wrong guess that counts against the client: a wrong code,
+    /// or a wrong password (so passwords cannot be tried through the portal faster than
+    /// codes). Successes and failures that are not the client's doing give their limiter
+    /// slot back.
     fn is_failed_guess(&self) -> bool {
         matches!(
             self,
-            Redeem::Invalid | Redeem::Expired | Redeem::UsedUp | Redeem::Revoked | Redeem::NotOurs
+            Redeem::Invalid
+                | Redeem::Expired
+                | Redeem::UsedUp
+                | Redeem::Revoked
+                | Redeem::NotOurs
+                | Redeem::WrongAccount
         )
     }
 }
@@ -425,6 +481,8 @@ struct Portal<G> {
     started: tokio::time::Instant,
     /// Each device that logs in, for [`serve`] to close its connections made while captive.
     logins: broadcast::Sender<IpAddr>,
+    /// Whether the form offers sign-in with a network account ([`Gate::accounts`]).
+    accounts: bool,
 }
 
 impl<G: Gate> Portal<G> {
@@ -445,6 +503,7 @@ impl<G: Gate> Portal<G> {
             _ => String::new(),
         };
         Portal {
+            accounts: gate.accounts(),
             gate,
             location,
             own,
@@ -507,6 +566,7 @@ impl<G: Gate> Portal<G> {
             tr: self.look.languages.tr(chosen.index),
             look: &self.look,
             base: if own_host { "" } else { &self.origin },
+            accounts: self.accounts,
         }
     }
 
@@ -682,7 +742,11 @@ async fn index<G: Gate>(
 ) -> Response {
     let prefilled = code_in_query(uri.query());
     own_page(&portal, peer, &headers, &uri, |view| {
-        pages::form(view, None, &prefilled)
+        let typed = Typed {
+            code: &prefilled,
+            email: "",
+        };
+        pages::form(view, None, typed)
     })
     .await
 }
@@ -792,18 +856,31 @@ async fn login<G: Gate>(
 ) -> Response {
     let ip = client_ip(peer);
     let view = portal.view(portal.choose(&headers, None), portal.is_own_host(&headers));
-    let typed = match form::read_code(&headers, body).await {
-        Ok(typed) => typed,
+    let form = match form::read_form(&headers, body).await {
+        Ok(form) => form,
         Err(error) => {
             tracing::debug!(client = %ip, %error, "unusable login request");
             return form_error(&view, &error);
         }
     };
-    let code = match AccessCode::parse(&typed) {
+    let typed = Typed {
+        code: &form.code,
+        email: &form.email,
+    };
+    let code = match AccessCode::parse(&form.code) {
         Ok(code) => code,
         Err(bad) => {
-            tracing::debug!(client = %ip, code = ?redacted(&typed), "malformed code");
-            let page = pages::form(&view, Some(&bad_code_text(view.tr, &bad)), &typed);
+            tracing::debug!(client = %ip, code = ?redacted(&form.code), "malformed code");
+            let text = bad_code_text(view.tr, &bad);
+            let page = pages::form(&view, Some((&text, Field::Code)), typed);
+            return html(StatusCode::BAD_REQUEST, &view, page);
+        }
+    };
+    let account = match account_of(&form, portal.accounts) {
+        Ok(account) => account,
+        Err(msg) => {
+            tracing::debug!(client = %ip, problem = msg.key(), "unusable account fields");
+            let page = pages::form(&view, Some((view.tr.t(msg), Field::Account)), typed);
             return html(StatusCode::BAD_REQUEST, &view, page);
         }
     };
@@ -811,7 +888,8 @@ async fn login<G: Gate>(
         Ok(attempt) => attempt,
         Err(wait) => {
             tracing::debug!(client = %ip, wait = wait.seconds, global = wait.global, "code attempt rate-limited");
-            let page = pages::form(&view, Some(&too_many_text(view.tr, wait)), &typed);
+            let text = too_many_text(view.tr, wait);
+            let page = pages::form(&view, Some((&text, Field::Code)), typed);
             return retry_after(
                 html(StatusCode::TOO_MANY_REQUESTS, &view, page),
                 wait.seconds,
@@ -819,10 +897,11 @@ async fn login<G: Gate>(
         }
     };
     let shown = redacted(code.as_str());
+    let signed_in = account.is_some();
     let task = {
         let portal = Arc::clone(&portal);
         tokio::spawn(async move {
-            let outcome = portal.gate.redeem(ip, code).await;
+            let outcome = portal.gate.redeem(ip, code, account).await;
             if outcome.is_failed_guess() {
                 portal.limiter().failed(attempt);
             } else {
@@ -839,36 +918,90 @@ async fn login<G: Gate>(
         // No receiver (tests serving the router alone) is fine.
         let _ = portal.logins.send(ip);
     }
-    tracing::info!(client = %ip, outcome = outcome.label(), code = %shown, "code redemption");
-    redeem_reply(&view, outcome, &typed)
+    tracing::info!(
+        client = %ip,
+        outcome = outcome.label(),
+        code = %shown,
+        account = signed_in,
+        "code redemption"
+    );
+    let email = signed_in.then_some(form.email.trim());
+    redeem_reply(&view, outcome, typed, email)
 }
 
-fn redeem_reply(view: &View<'_>, outcome: Redeem, typed: &str) -> Response {
-    let (status, text) = match outcome {
+/// The account the form carries: `None` when its email and password are both empty. Without
+/// accounts on this gateway, or with one field alone, the message to show.
+fn account_of(form: &LoginForm, accounts: bool) -> Result<Option<Account>, Msg> {
+    // A phone's keyboard may add a space after a suggested address; the backend compares
+    // emails exactly. A password is taken as typed.
+    let email = form.email.trim();
+    let password = &form.password;
+    if email.is_empty() && password.is_empty() {
+        return Ok(None);
+    }
+    if !accounts {
+        return Err(Msg::ErrorAccountsOff);
+    }
+    if email.is_empty() || password.is_empty() {
+        return Err(Msg::ErrorAccountIncomplete);
+    }
+    Ok(Some(Account {
+        email: email.to_owned(),
+        password: password.clone(),
+    }))
+}
+
+/// The page for a redemption's outcome; `email`: the account signed in with, if any.
+fn redeem_reply(
+    view: &View<'_>,
+    outcome: Redeem,
+    typed: Typed<'_>,
+    email: Option<&str>,
+) -> Response {
+    let (status, text, field) = match outcome {
         Redeem::Online(status) => {
-            let page = pages::online(view, &status, Online::JustNow);
+            let page = pages::online(view, &status, Online::JustNow(email));
             return html(StatusCode::OK, view, page);
         }
-        Redeem::Invalid => (StatusCode::FORBIDDEN, Msg::ErrorInvalid),
-        Redeem::Expired => (StatusCode::FORBIDDEN, Msg::ErrorExpired),
-        Redeem::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp),
-        Redeem::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked),
-        Redeem::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs),
-        Redeem::BackendUnreachable => {
-            let page = pages::form(view, Some(view.tr.t(Msg::ErrorBackendDown)), typed);
+        Redeem::Invalid => (StatusCode::FORBIDDEN, Msg::ErrorInvalid, Field::Code),
+        Redeem::Expired => (StatusCode::FORBIDDEN, Msg::ErrorExpired, Field::Code),
+        Redeem::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp, Field::Code),
+        Redeem::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked, Field::Code),
+        Redeem::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs, Field::Code),
+        Redeem::BackendUnreachable | Redeem::AccountUnreachable => {
+            let (msg, field) = match outcome {
+                Redeem::AccountUnreachable => (Msg::ErrorAccountDown, Field::Account),
+                _ => (Msg::ErrorBackendDown, Field::Code),
+            };
+            let page = pages::form(view, Some((view.tr.t(msg), field)), typed);
             return retry_after(
                 html(StatusCode::SERVICE_UNAVAILABLE, view, page),
                 BACKEND_RETRY_SECONDS,
             );
         }
-        Redeem::UnknownDevice => (StatusCode::CONFLICT, Msg::ErrorUnknownDevice),
-        Redeem::NotSaved => (StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorNotSaved),
-        Redeem::Internal => (StatusCode::INTERNAL_SERVER_ERROR, Msg::ErrorInternal),
+        Redeem::UnknownDevice => (StatusCode::CONFLICT, Msg::ErrorUnknownDevice, Field::Code),
+        Redeem::NotSaved => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Msg::ErrorNotSaved,
+            Field::Code,
+        ),
+        Redeem::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Msg::ErrorInternal,
+            Field::Code,
+        ),
+        Redeem::WrongAccount => (
+            StatusCode::FORBIDDEN,
+            Msg::ErrorWrongAccount,
+            Field::Account,
+        ),
+        Redeem::NotConsumer => (StatusCode::FORBIDDEN, Msg::ErrorNotConsumer, Field::Account),
+        Redeem::OtherAccount => (StatusCode::CONFLICT, Msg::ErrorOtherAccount, Field::Account),
     };
     html(
         status,
         view,
-        pages::form(view, Some(view.tr.t(text)), typed),
+        pages::form(view, Some((view.tr.t(text), field)), typed),
     )
 }
 
@@ -895,15 +1028,25 @@ fn too_many_text(tr: Tr<'_>, wait: Wait) -> String {
 }
 
 fn form_error(view: &View<'_>, error: &FormError) -> Response {
-    let (status, text) = match error {
-        FormError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Msg::ErrorTooLarge),
-        FormError::CodeTooLong(_) => (StatusCode::BAD_REQUEST, Msg::ErrorTooLong),
+    let (status, text, field) = match error {
+        FormError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Msg::ErrorTooLarge,
+            Field::Code,
+        ),
+        FormError::CodeTooLong(_) => (StatusCode::BAD_REQUEST, Msg::ErrorTooLong, Field::Code),
+        FormError::EmailTooLong(_) | FormError::PasswordTooLong(_) => (
+            StatusCode::BAD_REQUEST,
+            Msg::ErrorAccountTooLong,
+            Field::Account,
+        ),
         FormError::NotAForm(_) | FormError::Malformed | FormError::Unreadable(_) => {
-            (StatusCode::BAD_REQUEST, Msg::ErrorNotAForm)
+            (StatusCode::BAD_REQUEST, Msg::ErrorNotAForm, Field::Code)
         }
     };
     // Nothing of what was sent is echoed: it was not a sensible code form.
-    html(status, view, pages::form(view, Some(view.tr.t(text)), ""))
+    let page = pages::form(view, Some((view.tr.t(text), field)), Typed::default());
+    html(status, view, page)
 }
 
 #[derive(Debug, Serialize)]
@@ -1056,9 +1199,43 @@ mod tests {
             (Redeem::UnknownDevice, false),
             (Redeem::NotSaved, false),
             (Redeem::Internal, false),
+            (Redeem::WrongAccount, true),
+            (Redeem::NotConsumer, false),
+            (Redeem::AccountUnreachable, false),
+            (Redeem::OtherAccount, false),
         ] {
             assert_eq!(outcome.is_failed_guess(), counts, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn account_fields_are_both_or_neither_and_only_where_accounts_are() {
+        let form = |email: &str, password: &str| LoginForm {
+            code: "ABCD2345".to_owned(),
+            email: email.to_owned(),
+            password: Secret::new(password),
+        };
+        assert_eq!(account_of(&form("", ""), true), Ok(None));
+        assert_eq!(account_of(&form("  ", ""), false), Ok(None));
+        assert_eq!(
+            account_of(&form(" a@example.com ", " pass word "), true),
+            Ok(Some(Account {
+                email: "a@example.com".to_owned(),
+                password: Secret::new(" pass word "),
+            }))
+        );
+        assert_eq!(
+            account_of(&form("a@example.com", ""), true),
+            Err(Msg::ErrorAccountIncomplete)
+        );
+        assert_eq!(
+            account_of(&form("", "secret"), true),
+            Err(Msg::ErrorAccountIncomplete)
+        );
+        assert_eq!(
+            account_of(&form("a@example.com", "secret"), false),
+            Err(Msg::ErrorAccountsOff)
+        );
     }
 
     #[test]

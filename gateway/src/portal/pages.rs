@@ -3,6 +3,11 @@
 //! the portal itself only. Everything that did not come from this file goes through
 //! [`escape`]: what the client sent, the catalogue's texts and the provider's name and terms.
 //!
+//! The code form may offer sign-in with a network account (where codes come from the
+//! backend): an email and a password in a `<details>` part that opens by itself when it has
+//! something to show, so the form stays one field for those who do not sign in and still
+//! needs no script. The password is never put back into a page.
+//!
 //! Accessibility: `lang`, a real `<label for>`, hints and errors tied to the input with
 //! `aria-describedby`, errors in a `role="alert"` element so screen readers announce them,
 //! contrast above WCAG AA in light and dark schemes, tap targets at least 48 px high. Small
@@ -35,6 +40,11 @@ input{display:block;width:100%;min-height:3rem;padding:.5rem .75rem;font:inherit
 font-size:1.375rem;letter-spacing:.1em;text-transform:uppercase;color:var(--fg);\
 background:var(--bg);border:2px solid var(--line);border-radius:.5rem}\
 input[aria-invalid=true]{border-color:var(--err)}\
+input[type=email],input[type=password]{font-size:1.125rem;letter-spacing:normal;\
+text-transform:none}\
+details{margin:1rem 0;padding:0 1rem;border:1px solid var(--line);border-radius:.5rem}\
+summary{min-height:3rem;padding:.75rem 0;font-weight:600;cursor:pointer}\
+details[open]{padding-bottom:1rem}details .hint:last-child{margin:.5rem 0 0}\
 button,.button{display:block;width:100%;min-height:3rem;margin:1rem 0;padding:.75rem 1rem;\
 font:inherit;font-weight:600;text-align:center;text-decoration:none;color:var(--on-brand);\
 background:var(--brand);border:0;border-radius:.5rem;cursor:pointer}\
@@ -43,7 +53,7 @@ a{color:var(--accent)}\
 .alert,.ok{padding:.75rem 1rem;margin:0 0 1rem;border-radius:.25rem;border-left:.375rem solid}\
 .alert{border-color:var(--err);background:var(--err-bg)}\
 .ok{border-color:var(--ok);background:var(--ok-bg)}\
-.alert p,.ok p{margin:0}\
+.alert p,.ok p{margin:0}.alert p+p,.ok p+p{margin-top:.5rem}\
 .hint,.small{font-size:1rem}\
 dl{display:grid;grid-template-columns:auto 1fr;gap:.5rem 1rem;font-size:1.25rem;margin:1rem 0}\
 dt{color:var(--muted)}dd{margin:0;font-weight:600}\
@@ -67,6 +77,8 @@ pub struct View<'a> {
     /// Prefix of links to the portal's own pages: empty on the portal's own host, the
     /// portal's origin (`http://10.66.0.1:8080`) on a page served under another host.
     pub base: &'a str,
+    /// Whether the code form offers sign-in with a network account.
+    pub accounts: bool,
 }
 
 impl View<'_> {
@@ -188,20 +200,41 @@ fn alert(id: &str, text: &str) -> String {
     )
 }
 
-/// The code form. `error` is shown in an alert tied to the input; `typed` (what the person
-/// sent, if anything) is put back into the input so a typo can be fixed rather than retyped.
-pub fn form(view: &View<'_>, error: Option<&str>, typed: &str) -> String {
+/// Which part of the code form an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Code,
+    /// The email and password of the sign-in with a network account.
+    Account,
+}
+
+/// What the person sent, put back into the form so a typo can be fixed rather than retyped.
+/// Never the password.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Typed<'a> {
+    pub code: &'a str,
+    pub email: &'a str,
+}
+
+/// The code form, with the sign-in part if the view offers accounts. `error` is shown in an
+/// alert tied to the inputs of its field; `typed` is put back into the inputs.
+pub fn form(view: &View<'_>, error: Option<(&str, Field)>, typed: Typed<'_>) -> String {
     let mut body = format!(
         "<h1>{}</h1>\n<p>{}</p>\n",
         view.t(Msg::FormTitle),
         view.t(Msg::FormIntro)
     );
-    if let Some(text) = error {
-        body.push_str(&alert("code-error", text));
-    }
-    let (described_by, invalid) = match error {
-        Some(_) => ("code-hint code-error", " aria-invalid=\"true\""),
-        None => ("code-hint", ""),
+    let field = error.map(|(text, field)| {
+        let id = match field {
+            Field::Code => "code-error",
+            Field::Account => "account-error",
+        };
+        body.push_str(&alert(id, text));
+        field
+    });
+    let (described_by, invalid) = match field {
+        Some(Field::Code) => ("code-hint code-error", " aria-invalid=\"true\""),
+        _ => ("code-hint", ""),
     };
     let _ = write!(
         body,
@@ -211,13 +244,23 @@ pub fn form(view: &View<'_>, error: Option<&str>, typed: &str) -> String {
          <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"text\" \
          autocapitalize=\"characters\" autocomplete=\"one-time-code\" autocorrect=\"off\" \
          spellcheck=\"false\" maxlength=\"{max}\" required aria-describedby=\"{described_by}\"\
-         {invalid} value=\"{value}\">\n\
-         <button type=\"submit\">{submit}</button>\n</form>\n",
+         {invalid} value=\"{value}\">\n",
         label = view.t(Msg::FormLabel),
         hint = view.t(Msg::FormHint),
-        submit = view.t(Msg::FormSubmit),
         max = super::form::MAX_CODE_CHARS,
-        value = escape(typed),
+        value = escape(typed.code),
+    );
+    if view.accounts {
+        body.push_str(&account_part(
+            view,
+            field == Some(Field::Account),
+            typed.email,
+        ));
+    }
+    let _ = write!(
+        body,
+        "<button type=\"submit\">{}</button>\n</form>\n",
+        view.t(Msg::FormSubmit)
     );
     if view.look.terms.is_some() {
         let _ = writeln!(
@@ -250,11 +293,52 @@ pub fn form(view: &View<'_>, error: Option<&str>, typed: &str) -> String {
     )
 }
 
+/// The optional sign-in with a network account: open when it has an error or an email to
+/// show. The password field is always empty.
+fn account_part(view: &View<'_>, failed: bool, email: &str) -> String {
+    let (open, email_described, password_described, invalid) = if failed {
+        (
+            " open",
+            "account-hint account-error",
+            "account-hint account-warning account-error",
+            " aria-invalid=\"true\"",
+        )
+    } else {
+        (
+            if email.is_empty() { "" } else { " open" },
+            "account-hint",
+            "account-hint account-warning",
+            "",
+        )
+    };
+    format!(
+        "<details{open}>\n<summary>{summary}</summary>\n\
+         <p id=\"account-hint\" class=\"hint\">{intro}</p>\n\
+         <label for=\"email\">{email_label}</label>\n\
+         <input id=\"email\" name=\"email\" type=\"email\" inputmode=\"email\" \
+         autocomplete=\"username\" autocapitalize=\"none\" autocorrect=\"off\" spellcheck=\"false\" \
+         maxlength=\"{email_max}\" aria-describedby=\"{email_described}\"{invalid} value=\"{email}\">\n\
+         <label for=\"password\">{password_label}</label>\n\
+         <input id=\"password\" name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" maxlength=\"{password_max}\" \
+         aria-describedby=\"{password_described}\"{invalid}>\n\
+         <p id=\"account-warning\" class=\"hint\">{warning}</p>\n</details>\n",
+        summary = view.t(Msg::FormAccountSummary),
+        intro = view.t(Msg::FormAccountIntro),
+        email_label = view.t(Msg::FormEmailLabel),
+        password_label = view.t(Msg::FormPasswordLabel),
+        warning = view.t(Msg::FormAccountWarning),
+        email_max = super::form::MAX_EMAIL_CHARS,
+        password_max = super::form::MAX_PASSWORD_CHARS,
+        email = escape(email),
+    )
+}
+
 /// Which page shows a client's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Online {
-    /// Right after a code was accepted.
-    JustNow,
+pub enum Online<'a> {
+    /// Right after a code was accepted; with the email of the account signed in, if any.
+    JustNow(Option<&'a str>),
     /// `/status`, `/` or any other page asked for by a client that is online.
     Status,
 }
@@ -262,12 +346,18 @@ pub enum Online {
 /// The success and status page: data and time left. On the portal's own host it reloads
 /// `/status` every [`REFRESH_SECONDS`]; under another host it does not (the reload would
 /// leave the page the person opened).
-pub fn online(view: &View<'_>, status: &ClientStatus, when: Online) -> String {
+pub fn online(view: &View<'_>, status: &ClientStatus, when: Online<'_>) -> String {
     let intro = match when {
-        Online::JustNow => format!(
-            "<div class=\"ok\" role=\"status\"><p>{}</p></div>\n",
-            view.t(Msg::OnlineAccepted)
-        ),
+        Online::JustNow(account) => {
+            let signed_in = account.map_or_else(String::new, |email| {
+                let text = view.tr.fill(Msg::OnlineSignedIn, &[("email", email)]);
+                format!("<p>{}</p>", escape(&text))
+            });
+            format!(
+                "<div class=\"ok\" role=\"status\"><p>{}</p>{signed_in}</div>\n",
+                view.t(Msg::OnlineAccepted)
+            )
+        }
         Online::Status => format!("<p>{}</p>\n", view.t(Msg::OnlineConnected)),
     };
     // A code without an expiry still has a session limit: say which one the time is.
@@ -413,14 +503,31 @@ mod tests {
             tr: look.languages.tr(look.languages.find(tag).unwrap()),
             look,
             base: "",
+            accounts: false,
         }
+    }
+
+    fn code(code: &str) -> Typed<'_> {
+        Typed { code, email: "" }
     }
 
     fn every_page(view: &View<'_>) -> Vec<String> {
         vec![
-            form(view, Some("x"), "y"),
-            form(view, None, ""),
-            online(view, &STATUS, Online::JustNow),
+            form(view, Some(("x", Field::Code)), code("y")),
+            form(view, None, Typed::default()),
+            form(
+                &View {
+                    accounts: true,
+                    ..*view
+                },
+                Some(("x", Field::Account)),
+                Typed {
+                    code: "y",
+                    email: "z@example.com",
+                },
+            ),
+            online(view, &STATUS, Online::JustNow(None)),
+            online(view, &STATUS, Online::JustNow(Some("z@example.com"))),
             online(view, &STATUS, Online::Status),
             not_online(view),
             terms(view, "Terms."),
@@ -443,8 +550,8 @@ mod tests {
         let look = Look::default();
         let html = form(
             &view(&look, "en"),
-            Some("bad <b>"),
-            "\"><script>alert(1)</script>",
+            Some(("bad <b>", Field::Code)),
+            code("\"><script>alert(1)</script>"),
         );
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("value=\"&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\""));
@@ -455,7 +562,7 @@ mod tests {
     fn the_form_is_accessible() {
         let look = Look::default();
         let view = view(&look, "en");
-        let plain = form(&view, None, "");
+        let plain = form(&view, None, Typed::default());
         for needle in [
             "<html lang=\"en\">",
             "<label for=\"code\">",
@@ -471,10 +578,97 @@ mod tests {
         }
         assert!(!plain.contains("role=\"alert\""));
         assert!(!plain.contains("aria-invalid=\"true\""));
-        let failed = form(&view, Some("That code is not valid."), "abcd");
+        let failed = form(
+            &view,
+            Some(("That code is not valid.", Field::Code)),
+            code("abcd"),
+        );
         assert!(failed.contains("role=\"alert\"><p>That code is not valid.</p>"));
         assert!(failed.contains("aria-describedby=\"code-hint code-error\" aria-invalid=\"true\""));
         assert!(failed.contains("value=\"abcd\""));
+    }
+
+    #[test]
+    fn the_sign_in_part_is_there_only_with_accounts_and_never_holds_the_password() {
+        let look = Look::default();
+        let plain = view(&look, "en");
+        let html = form(&plain, None, Typed::default());
+        assert!(!html.contains("name=\"email\""), "{html}");
+        assert!(!html.contains("name=\"password\""), "{html}");
+        let accounts = View {
+            accounts: true,
+            ..plain
+        };
+        let html = form(&accounts, None, code("ABCD2345"));
+        for needle in [
+            "<details>\n<summary>Sign in with your network account (optional)</summary>",
+            "<label for=\"email\">Email</label>",
+            "type=\"email\" inputmode=\"email\" autocomplete=\"username\"",
+            "maxlength=\"254\" aria-describedby=\"account-hint\" value=\"\"",
+            "<label for=\"password\">Password</label>",
+            "type=\"password\" autocomplete=\"current-password\" maxlength=\"256\"",
+            "aria-describedby=\"account-hint account-warning\">",
+            "This page is not encrypted",
+            // Inside the form, before its one button: sent with the code.
+            "</details>\n<button type=\"submit\">Get online</button>\n</form>",
+        ] {
+            assert!(html.contains(needle), "{needle} in {html}");
+        }
+        // An email typed opens the part and comes back; an account error points at it.
+        let typed = Typed {
+            code: "ABCD2345",
+            email: "\"><b>@example.com",
+        };
+        let html = form(&accounts, None, typed);
+        assert!(html.contains("<details open>"), "{html}");
+        assert!(
+            html.contains("value=\"&quot;&gt;&lt;b&gt;@example.com\""),
+            "{html}"
+        );
+        let html = form(
+            &accounts,
+            Some(("Wrong email or password.", Field::Account)),
+            typed,
+        );
+        assert!(html.contains("<details open>"), "{html}");
+        assert!(html.contains("id=\"account-error\" class=\"alert\" role=\"alert\""));
+        assert!(
+            html.contains("aria-describedby=\"account-hint account-error\" aria-invalid=\"true\"")
+        );
+        assert!(
+            html.contains("aria-describedby=\"code-hint\" value=\"ABCD2345\""),
+            "{html}"
+        );
+        // The password input never has a value.
+        let password = html.split("id=\"password\"").nth(1).unwrap();
+        let password = password.split('>').next().unwrap();
+        assert!(!password.contains("value"), "{password}");
+        // Every language has the texts.
+        for tag in ["es", "fr"] {
+            let html = form(
+                &View {
+                    accounts: true,
+                    ..view(&look, tag)
+                },
+                None,
+                Typed::default(),
+            );
+            assert!(!html.contains("network account"), "{tag}: {html}");
+            assert!(!html.contains("not encrypted"), "{tag}: {html}");
+        }
+    }
+
+    #[test]
+    fn the_success_page_says_which_account_was_signed_in() {
+        let look = Look::default();
+        let en = view(&look, "en");
+        let html = online(&en, &STATUS, Online::JustNow(Some("a<b>@example.com")));
+        assert!(
+            html.contains("<p>Signed in as a&lt;b&gt;@example.com: the data you use"),
+            "{html}"
+        );
+        let html = online(&en, &STATUS, Online::JustNow(None));
+        assert!(!html.contains("Signed in"), "{html}");
     }
 
     #[test]
@@ -493,7 +687,7 @@ mod tests {
     fn pages_speak_the_chosen_language_and_link_the_others() {
         let look = Look::default();
         let es = view(&look, "es");
-        let html = form(&es, None, "");
+        let html = form(&es, None, Typed::default());
         assert!(html.contains("<html lang=\"es\">"), "{html}");
         assert!(html.contains("<h1>Conéctate</h1>"), "{html}");
         assert!(
@@ -523,7 +717,7 @@ mod tests {
     fn status_pages_show_what_is_left_and_update_themselves() {
         let look = Look::default();
         let en = view(&look, "en");
-        let html = online(&en, &STATUS, Online::JustNow);
+        let html = online(&en, &STATUS, Online::JustNow(None));
         assert!(html.contains("<dd>512 MB</dd>"), "{html}");
         assert!(html.contains("<dd>1 h 12 min</dd>"), "{html}");
         assert!(html.contains("Your code was accepted"));
@@ -595,7 +789,7 @@ mod tests {
             .tr
             .fill(Msg::ErrorBadCharacter, &[("char", "<img src=x>")]);
         let mut pages = every_page(&sw);
-        pages.push(form(&sw, Some(&error), ""));
+        pages.push(form(&sw, Some((&error, Field::Code)), Typed::default()));
         pages.push(terms(&sw, look.terms.as_deref().unwrap()));
         for html in &pages {
             assert!(!html.contains("<script"), "{html}");
@@ -608,7 +802,7 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("· Café &lt;script&gt;"), "{html}");
-        let form_page = form(&sw, Some(&error), "");
+        let form_page = form(&sw, Some((&error, Field::Code)), Typed::default());
         assert!(
             form_page.contains("<p>&lt;img src=x&gt; &lt;script&gt;"),
             "{form_page}"
@@ -628,7 +822,7 @@ mod tests {
             colors_css: ":root{--brand:#ffcc00;--on-brand:#000000}".to_owned(),
             ..Look::default()
         };
-        let html = form(&view(&look, "en"), None, "");
+        let html = form(&view(&look, "en"), None, Typed::default());
         // After the built-in rules, so the provider's colours win in dark mode too.
         assert!(
             html.contains("min-height:3rem}:root{--brand:#ffcc00;--on-brand:#000000}</style>"),

@@ -243,6 +243,24 @@ impl CrowdClient {
         Ok(login)
     }
 
+    /// `POST /api/auth/login` with another person's credentials: a consumer signing in on the
+    /// portal. Returns the account, or [`Rejection::BadCredentials`] for a wrong email or
+    /// password. The account's token is dropped here, unread: reports name a consumer by id
+    /// (`consumerId`) and are sent with this client's own token, which this call leaves as
+    /// it is. Nothing of the credentials reaches an error or a log.
+    pub async fn sign_in(&self, email: &str, password: &Secret) -> Result<User, BackendError> {
+        let body = LoginBody {
+            email,
+            password: password.expose(),
+        };
+        let login: Login = self
+            .api
+            .send(Call::post("/api/auth/login", &body))
+            .await
+            .map_err(bad_credentials)?;
+        Ok(login.user)
+    }
+
     async fn fresh_token(&self) -> Result<Token, BackendError> {
         let login = self.login().await?;
         tracing::debug!(user = %login.user.email, role = ?login.user.role, "logged in to the codes backend");
