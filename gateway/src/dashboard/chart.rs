@@ -186,6 +186,7 @@ mod tests {
             up: total / 3,
             down: total - total / 3,
             ended: ended.then(|| "quota".to_owned()),
+            consumer: None,
         }
     }
 
