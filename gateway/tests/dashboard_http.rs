@@ -52,6 +52,7 @@ impl Source for FakeSource {
                 expires_ms: 3_600_000,
                 quota_bytes: 10 << 20,
                 used_bytes: 1 << 20,
+                consumer: Some("64f0c0ffee".into()),
                 devices: vec![DeviceLive {
                     mac: MAC.parse().unwrap(),
                     ip: "10.66.0.2".parse().unwrap(),
@@ -290,6 +291,7 @@ async fn the_overview_escapes_what_it_is_given_and_forms_need_the_csrf_token() {
         "ABCD2345",
         "42",
         "Café &lt;Ana&gt;",
+        "64f0c0ffee",
     ] {
         assert!(html.contains(shown), "{shown} is not on the page");
     }

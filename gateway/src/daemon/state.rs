@@ -374,6 +374,7 @@ impl State {
                 expires_ms: session.expires_at.0,
                 quota_bytes: session.quota_bytes,
                 used_bytes: session.used_bytes,
+                consumer: session.consumer,
                 devices: session
                     .devices
                     .into_iter()

@@ -162,9 +162,13 @@ fn sessions(sessions: &[SessionLive], csrf: &str) -> String {
     for session in sessions {
         let _ = write!(
             rows,
-            "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
 <td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
             escape(session.code.as_str()),
+            session
+                .consumer
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), escape),
             session.devices.len(),
             human_bytes(session.used_bytes),
             human_bytes(session.quota_bytes),
@@ -179,10 +183,10 @@ fn sessions(sessions: &[SessionLive], csrf: &str) -> String {
         );
     }
     if rows.is_empty() {
-        rows.push_str("<tr><td colspan=\"6\" class=\"muted\">No code in use.</td></tr>");
+        rows.push_str("<tr><td colspan=\"7\" class=\"muted\">No code in use.</td></tr>");
     }
     format!(
-        "<section><h2>Sessions: {}</h2><table><thead><tr><th>Code</th><th class=\"n\">Devices</th>\
+        "<section><h2>Sessions: {}</h2><table><thead><tr><th>Code</th><th>Account</th><th class=\"n\">Devices</th>\
 <th class=\"n\">Used</th><th class=\"n\">Of</th><th>Until</th><th></th></tr></thead>\
 <tbody>{rows}</tbody></table></section>",
         sessions.len()
@@ -445,6 +449,7 @@ mod tests {
                     expires_ms: 0,
                     quota_bytes: 10,
                     used_bytes: 3,
+                    consumer: Some("<consumer>".into()),
                     devices: vec![],
                 }],
                 health: Health {
@@ -470,6 +475,7 @@ mod tests {
             "<u>",
             "<i>",
             "<em>P",
+            "<consumer>",
         ] {
             assert!(!html.contains(bad), "{bad} unescaped");
         }

@@ -25,6 +25,8 @@ pub struct SessionLive {
     pub expires_ms: u64,
     pub quota_bytes: u64,
     pub used_bytes: u64,
+    /// The consumer's network account it counts for (its id), if one signed in.
+    pub consumer: Option<String>,
     pub devices: Vec<DeviceLive>,
 }
 
