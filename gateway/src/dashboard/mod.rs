@@ -561,48 +561,85 @@ fn order(fields: &[(String, String)]) -> Result<Order, String> {
     })
 }
 
+/// What a form asks the dashboard to do.
+enum Action {
+    Create(Order),
+    Revoke(AccessCode),
+    Kick(Mac),
+}
+
+/// Why a form did nothing: its status and the text shown above the overview.
+type Failure = (StatusCode, String);
+
+/// A form's handling: the login, its CSRF token and the rate limit checked, the fields
+/// `read` into an action, the action done; then a redirect to the overview saying what was
+/// done, or the overview with what went wrong.
+async fn act<S: Source>(
+    dashboard: &Dashboard<S>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+    read: impl FnOnce(&[(String, String)]) -> Result<Action, Failure>,
+) -> Response {
+    let fields = match checked_form(dashboard, peer, headers, body) {
+        Ok(fields) => fields,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
+    let outcome = match read(&fields) {
+        Ok(action) => perform(&dashboard.source, action).await,
+        Err(failure) => Err(failure),
+    };
+    match outcome {
+        Ok(location) => see_other(&location),
+        Err((status, text)) => render(dashboard, &csrf, status, Notice::Failed(text)).await,
+    }
+}
+
+/// Does `action`; where the overview says so.
+async fn perform<S: Source>(source: &S, action: Action) -> Result<String, Failure> {
+    match action {
+        Action::Create(order) => {
+            let made = source
+                .create_codes(order)
+                .await
+                .map_err(|err| (StatusCode::BAD_GATEWAY, format!("No codes made: {err}")))?;
+            tracing::info!(count = made.len(), mb = order.mb, "dashboard: codes made");
+            let list: Vec<&str> = made.iter().map(|row| row.code.as_str()).collect();
+            Ok(format!("./?made={}", list.join(",")))
+        }
+        Action::Revoke(code) => {
+            source
+                .revoke(code.clone())
+                .await
+                .map_err(|err| (StatusCode::BAD_GATEWAY, format!("Not revoked: {err}")))?;
+            Ok(format!("./?revoked={}", code.as_str()))
+        }
+        Action::Kick(mac) => {
+            source
+                .kick(mac)
+                .await
+                .map_err(|err| (StatusCode::NOT_FOUND, format!("Not logged out: {err}")))?;
+            Ok(format!("./?kicked={mac}"))
+        }
+    }
+}
+
 async fn create_codes<S: Source>(
     State(dashboard): Shared<S>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, peer, &headers, &body) {
-        Ok(fields) => fields,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let order = match order(&fields).and_then(|order| {
-        dashboard.source.check(&order)?;
-        Ok(order)
-    }) {
-        Ok(order) => order,
-        Err(err) => {
-            return render(
-                &dashboard,
-                &csrf,
-                StatusCode::BAD_REQUEST,
-                Notice::Failed(format!("No codes made: {err}")),
-            )
-            .await;
-        }
-    };
-    match dashboard.source.create_codes(order).await {
-        Ok(made) => {
-            tracing::info!(count = made.len(), mb = order.mb, "dashboard: codes made");
-            let list: Vec<&str> = made.iter().map(|row| row.code.as_str()).collect();
-            see_other(&format!("./?made={}", list.join(",")))
-        }
-        Err(err) => {
-            render(
-                &dashboard,
-                &csrf,
-                StatusCode::BAD_GATEWAY,
-                Notice::Failed(format!("No codes made: {err}")),
-            )
-            .await
-        }
-    }
+    act(&dashboard, peer, &headers, &body, |fields| {
+        order(fields)
+            .and_then(|order| {
+                dashboard.source.check(&order)?;
+                Ok(Action::Create(order))
+            })
+            .map_err(|err| (StatusCode::BAD_REQUEST, format!("No codes made: {err}")))
+    })
+    .await
 }
 
 async fn revoke<S: Source>(
@@ -611,35 +648,12 @@ async fn revoke<S: Source>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, peer, &headers, &body) {
-        Ok(fields) => fields,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let code = match AccessCode::parse(field(&fields, "code").unwrap_or_default()) {
-        Ok(code) => code,
-        Err(err) => {
-            return render(
-                &dashboard,
-                &csrf,
-                StatusCode::BAD_REQUEST,
-                Notice::Failed(format!("Not revoked: {err}")),
-            )
-            .await;
-        }
-    };
-    match dashboard.source.revoke(code.clone()).await {
-        Ok(_) => see_other(&format!("./?revoked={}", code.as_str())),
-        Err(err) => {
-            render(
-                &dashboard,
-                &csrf,
-                StatusCode::BAD_GATEWAY,
-                Notice::Failed(format!("Not revoked: {err}")),
-            )
-            .await
-        }
-    }
+    act(&dashboard, peer, &headers, &body, |fields| {
+        AccessCode::parse(field(fields, "code").unwrap_or_default())
+            .map(Action::Revoke)
+            .map_err(|err| (StatusCode::BAD_REQUEST, format!("Not revoked: {err}")))
+    })
+    .await
 }
 
 async fn kick<S: Source>(
@@ -648,32 +662,19 @@ async fn kick<S: Source>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, peer, &headers, &body) {
-        Ok(fields) => fields,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let csrf = field(&fields, "csrf").unwrap_or_default().to_owned();
-    let Ok(mac) = field(&fields, "mac").unwrap_or_default().parse::<Mac>() else {
-        return render(
-            &dashboard,
-            &csrf,
-            StatusCode::BAD_REQUEST,
-            Notice::Failed("Not logged out: that is not a MAC address.".to_owned()),
-        )
-        .await;
-    };
-    match dashboard.source.kick(mac).await {
-        Ok(_) => see_other(&format!("./?kicked={mac}")),
-        Err(err) => {
-            render(
-                &dashboard,
-                &csrf,
-                StatusCode::NOT_FOUND,
-                Notice::Failed(format!("Not logged out: {err}")),
-            )
-            .await
-        }
-    }
+    act(&dashboard, peer, &headers, &body, |fields| {
+        field(fields, "mac")
+            .unwrap_or_default()
+            .parse::<Mac>()
+            .map(Action::Kick)
+            .map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "Not logged out: that is not a MAC address.".to_owned(),
+                )
+            })
+    })
+    .await
 }
 
 async fn print_vouchers<S: Source>(
