@@ -187,15 +187,7 @@ async fn log_in(served: &Served) -> (String, String) {
     assert_eq!(reply.status(), StatusCode::SEE_OTHER);
     let set = reply.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let cookie = set.split(';').next().unwrap().to_owned();
-    let page = client()
-        .get(format!("{}/", served.base))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get(served, &cookie, "/").await.text().await.unwrap();
     let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
     let csrf = page[at..].split('"').next().unwrap().to_owned();
     (cookie, csrf)
@@ -203,6 +195,16 @@ async fn log_in(served: &Served) -> (String, String) {
 
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// `GET path` with the login's cookie.
+async fn get(served: &Served, cookie: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", served.base))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn post(served: &Served, cookie: &str, path: &str, body: &str) -> reqwest::Response {
@@ -268,12 +270,7 @@ async fn without_a_login_nothing_is_shown_or_done() {
 async fn the_overview_escapes_what_it_is_given_and_forms_need_the_csrf_token() {
     let served = serve().await;
     let (cookie, csrf) = log_in(&served).await;
-    let page = client()
-        .get(format!("{}/", served.base))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = get(&served, &cookie, "/").await;
     assert_eq!(page.status(), StatusCode::OK);
     let csp = page.headers()[CONTENT_SECURITY_POLICY]
         .to_str()
@@ -340,29 +337,19 @@ async fn codes_are_made_and_printed_and_bad_orders_get_400() {
     .await;
     assert_eq!(made.status(), StatusCode::SEE_OTHER);
     assert_eq!(made.headers()[LOCATION], "./?made=MADE2345,MADE6789");
-    let notice = client()
-        .get(format!(
-            "{}/?made=MADE2345,MADE6789,%3Cscript%3E",
-            served.base
-        ))
-        .header(COOKIE, &cookie)
-        .send()
+    let notice = get(&served, &cookie, "/?made=MADE2345,MADE6789,%3Cscript%3E")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     assert!(notice.contains("Made 2 code(s)"), "{notice}");
     assert!(notice.contains("vouchers?code=MADE2345&amp;code=MADE6789"));
-    let sheet = client()
-        .get(format!(
-            "{}/vouchers?code=MADE2345&code=MADE6789&code=ZZZZ2345",
-            served.base
-        ))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let sheet = get(
+        &served,
+        &cookie,
+        "/vouchers?code=MADE2345&code=MADE6789&code=ZZZZ2345",
+    )
+    .await;
     assert_eq!(sheet.status(), StatusCode::OK);
     let sheet = sheet.text().await.unwrap();
     // Printed as MADE-2345: easier to read out.
@@ -402,12 +389,8 @@ async fn codes_are_made_and_printed_and_bad_orders_get_400() {
 async fn wrong_passwords_are_held_back_and_the_live_json_follows_a_login() {
     let served = serve().await;
     let (cookie, _) = log_in(&served).await;
-    let live: serde_json::Value = client()
-        .get(format!("{}/live.json", served.base))
-        .header(COOKIE, &cookie)
-        .send()
+    let live: serde_json::Value = get(&served, &cookie, "/live.json")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -462,6 +462,30 @@ fn curl(ns: &Netns, args: &[&str]) -> Result<Http, String> {
     parse_http(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// The portal's form sent from `source` with `code` and a network account.
+fn sign_in_at_portal(
+    bed: &Testbed,
+    source: &str,
+    code: &str,
+    email: &str,
+    password: &str,
+) -> Result<Http, String> {
+    curl(
+        &bed.client,
+        &[
+            "--interface",
+            source,
+            "--data-urlencode",
+            &format!("code={code}"),
+            "--data-urlencode",
+            &format!("email={email}"),
+            "--data-urlencode",
+            &format!("password={password}"),
+            LOGIN_URL,
+        ],
+    )
+}
+
 /// Asserts that `reply` is the portal's redirect (what a captive client gets).
 fn assert_redirected(reply: &Http, what: &str) {
     assert_eq!(reply.status, 302, "{what}: {reply:?}");
@@ -2078,19 +2102,12 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
     // The form offers sign-in with a network account; a provider's account is not one.
     let form = curl(&bed.client, &["--interface", SECOND_CLIENT, PORTAL_URL]).expect("the form");
     assert!(form.body.contains("name=\"password\""), "{}", form.body);
-    let reply = curl(
-        &bed.client,
-        &[
-            "--interface",
-            SECOND_CLIENT,
-            "--data-urlencode",
-            &format!("code={SECOND}"),
-            "--data-urlencode",
-            &format!("email={PROVIDER_EMAIL}"),
-            "--data-urlencode",
-            &format!("password={PROVIDER_PASSWORD}"),
-            LOGIN_URL,
-        ],
+    let reply = sign_in_at_portal(
+        bed,
+        SECOND_CLIENT,
+        SECOND,
+        PROVIDER_EMAIL,
+        PROVIDER_PASSWORD,
     )
     .expect("the portal answers");
     assert_eq!(reply.status, 403, "{reply:?}");
@@ -2149,19 +2166,12 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
     assert_eq!(reply.header("retry-after"), Some("60"));
     // Signing in with a network account cannot be checked either: refused the same way,
     // with the way out (the code alone) named; the code is not tried without the account.
-    let reply = curl(
-        &bed.client,
-        &[
-            "--interface",
-            SECOND_CLIENT,
-            "--data-urlencode",
-            &format!("code={SECOND}"),
-            "--data-urlencode",
-            "email=consumer@example.com",
-            "--data-urlencode",
-            "password=Consumer@123",
-            LOGIN_URL,
-        ],
+    let reply = sign_in_at_portal(
+        bed,
+        SECOND_CLIENT,
+        SECOND,
+        "consumer@example.com",
+        "Consumer@123",
     )
     .expect("the portal answers while the backend is down");
     assert_eq!(reply.status, 503, "{reply:?}");
