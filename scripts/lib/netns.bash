@@ -236,6 +236,38 @@ netns_start_gateway() {
   netns_wait_for gateway "$GATEWAY_PID" "$log" test -S "$socket"
 }
 
+# netns_start_billing WORK TABLE DEVICE_ID METRICS_PORT [USAGE_INTERVAL]: the gateway with
+# backend codes (the stand-in at http://10.99.0.2:8080, the seed provider's account) and the
+# agent beside it reporting its ledger, both from $BIN, their files in WORK (gateway.toml and
+# .env, agent.toml and .env, state/, agent-state/, the logs); waits until both answer. Sets GW
+# and AGENT (each binary with its --config) and AGENT_PID.
+netns_start_billing() {
+  local work=$1 table=$2 device=$3 metrics_port=$4 interval=${5:-}
+  netns_gateway_config "$work/gateway.toml" "$work/state" "$work/gateway.sock" "$table" \
+    backend http://10.99.0.2:8080 provider@example.com
+  printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$work/gateway.env"
+  chmod 600 "$work/gateway.env"
+  GW=("$BIN/edgeshare-gateway" --config "$work/gateway.toml")
+  netns_start_gateway "$work/gateway.sock" "$work/gateway.log" "${GW[@]}"
+  {
+    printf '[device]\nid = "%s"\n\n' "$device"
+    printf '[backend]\nurl = "http://10.99.0.2:8080"\nemail = "provider@example.com"\n\n'
+    printf '[usage]\nledger = "%s"\n' "$work/state/ledger"
+    [ -z "$interval" ] || printf 'interval = "%s"\n' "$interval"
+    printf '\n[state]\ndir = "%s"\n\n' "$work/agent-state"
+    printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$metrics_port"
+  } >"$work/agent.toml"
+  printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$work/agent.env"
+  chmod 600 "$work/agent.env"
+  AGENT=("$BIN/edgeshare-agent" --config "$work/agent.toml")
+  ip netns exec "$NS_G" "${AGENT[@]}" run >"$work/agent.log" 2>&1 &
+  AGENT_PID=$!
+  netns_track_pid "$AGENT_PID"
+  netns_wait_for "the agent" "$AGENT_PID" "$work/agent.log" netns_agent_answers
+}
+
+netns_agent_answers() { in_ns "$NS_G" "${AGENT[@]}" status >/dev/null 2>&1; }
+
 # netns_start_standin NS PREFIX STANDIN…: starts the stand-in (STANDIN…: its binary and
 # arguments, e.g. --listen ADDRESS) in the namespace NS, its stdout in PREFIX.out and stderr in
 # PREFIX.log, records it for clean-up (its PID in STANDIN_PID) and waits for its

@@ -50,38 +50,7 @@ in_ns "$NS_U" tc qdisc add dev u0 root tbf rate 16mbit burst 64kb latency 200ms
 netns_start_standin "$NS_U" "$WORK/backend" "$STANDIN" --listen 10.99.0.2:8080
 netns_start_standin "$NS_U" "$WORK/internet" "$STANDIN" --listen 10.99.0.3:80
 
-netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_bx_$$" \
-  backend http://10.99.0.2:8080 provider@example.com
-printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/gateway.env"
-chmod 600 "$WORK/gateway.env"
-GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
-netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
-
-cat >"$WORK/agent.toml" <<EOF
-[device]
-id = "billing-test"
-
-[backend]
-url = "http://10.99.0.2:8080"
-email = "provider@example.com"
-
-[usage]
-ledger = "$WORK/state/ledger"
-
-[state]
-dir = "$WORK/agent-state"
-
-[metrics]
-listen = "127.0.0.1:9465"
-EOF
-printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/agent.env"
-chmod 600 "$WORK/agent.env"
-AGENT=("$BIN/edgeshare-agent" --config "$WORK/agent.toml")
-ip netns exec "$NS_G" "${AGENT[@]}" run >"$WORK/agent.log" 2>&1 &
-AGENT_PID=$!
-netns_track_pid "$AGENT_PID"
-agent_up() { in_ns "$NS_G" "${AGENT[@]}" status >/dev/null 2>&1; }
-netns_wait_for "the agent" "$AGENT_PID" "$WORK/agent.log" agent_up
+netns_start_billing "$WORK" "es_bx_$$" billing-test 9465
 
 # Each client: a code of its lifetime, made now, entered at once, then a download that
 # lasts until the gateway cuts the session (the code's data, 1000 MB, is never the limit).

@@ -51,39 +51,7 @@ BACKEND=http://10.99.0.2:8080
 netns_start_standin "$NS_U" "$WORK/backend" "$BIN/edgeshare-standin" --listen 10.99.0.2:8080
 netns_start_standin "$NS_U" "$WORK/internet" "$BIN/edgeshare-standin" --listen 10.99.0.3:80
 
-netns_gateway_config "$WORK/gateway.toml" "$WORK/state" "$WORK/gateway.sock" "es_ca_$$" \
-  backend "$BACKEND" provider@example.com
-printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/gateway.env"
-chmod 600 "$WORK/gateway.env"
-GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
-netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" "${GW[@]}"
-
-cat >"$WORK/agent.toml" <<EOF
-[device]
-id = "consumer-test"
-
-[backend]
-url = "$BACKEND"
-email = "provider@example.com"
-
-[usage]
-ledger = "$WORK/state/ledger"
-interval = "1s"
-
-[state]
-dir = "$WORK/agent-state"
-
-[metrics]
-listen = "127.0.0.1:9466"
-EOF
-printf 'EDGESHARE_BACKEND__PASSWORD=Provider@123\n' >"$WORK/agent.env"
-chmod 600 "$WORK/agent.env"
-AGENT=("$BIN/edgeshare-agent" --config "$WORK/agent.toml")
-ip netns exec "$NS_G" "${AGENT[@]}" run >"$WORK/agent.log" 2>&1 &
-AGENT_PID=$!
-netns_track_pid "$AGENT_PID"
-agent_up() { in_ns "$NS_G" "${AGENT[@]}" status >/dev/null 2>&1; }
-netns_wait_for "the agent" "$AGENT_PID" "$WORK/agent.log" agent_up
+netns_start_billing "$WORK" "es_ca_$$" consumer-test 9466 1s
 
 code=$(in_ns "$NS_G" "${GW[@]}" codes create --mb 50 --hours 1)
 [[ $code =~ ^[A-Z2-9]{8}$ ]] || fail "no code made: $code"
