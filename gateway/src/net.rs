@@ -167,17 +167,9 @@ pub fn queue_drops(interface: &str) -> Result<u64, QueueError> {
 
 /// The first IPv4 address of an interface, from `ip -j -4 addr show dev IFACE`.
 pub fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "-4", "addr", "show", "dev", interface])
-        .output()
-        .context("running `ip` (is iproute2 installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "lan.interface {interface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    parse_ipv4(&out.stdout).with_context(|| {
+    let json = ip_json(&["-4", "addr", "show", "dev", interface])
+        .with_context(|| format!("lan.interface {interface}"))?;
+    parse_ipv4(&json).with_context(|| {
         format!("lan.interface {interface} has no IPv4 address; give it one (the portal is served on it) and start again")
     })
 }
@@ -257,34 +249,33 @@ fn parse_networks(ip_json: &[u8]) -> Vec<Network> {
 
 /// The networks of one interface (the LAN's, whose devices the dashboard refuses).
 pub fn interface_networks(interface: &str) -> anyhow::Result<Vec<Network>> {
+    Ok(parse_networks(&ip_json(&[
+        "addr", "show", "dev", interface,
+    ])?))
+}
+
+/// The JSON output of `ip -j ARGS…`; its complaint if it fails.
+fn ip_json(args: &[&str]) -> anyhow::Result<Vec<u8>> {
     let out = std::process::Command::new("ip")
-        .args(["-j", "addr", "show", "dev", interface])
+        .arg("-j")
+        .args(args)
         .output()
         .context("running `ip` (is iproute2 installed?)")?;
     if !out.status.success() {
         bail!(
-            "{interface}: {}",
+            "ip -j {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(parse_networks(&out.stdout))
+    Ok(out.stdout)
 }
 
 /// The gateway's own addresses on every interface: traffic to them is delivered here, not
 /// forwarded, so the capture meter must not bill it. Read once at start; an uplink that gets
 /// a new address later only matters for traffic aimed at the gateway's WAN address.
 pub fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "addr", "show"])
-        .output()
-        .context("running `ip -j addr show` (is iproute2 installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "ip -j addr show: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(parse_addresses(&out.stdout))
+    Ok(parse_addresses(&ip_json(&["addr", "show"])?))
 }
 
 #[cfg(test)]

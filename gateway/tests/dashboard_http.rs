@@ -175,15 +175,23 @@ fn client() -> reqwest::Client {
     client_from(Ipv4Addr::LOCALHOST)
 }
 
-/// Logs in; the cookie to send and the page's CSRF token.
-async fn log_in(served: &Served) -> (String, String) {
-    let reply = client()
-        .post(format!("{}/login", served.base))
+/// Sends `password` to the login form from `from`.
+async fn send_password(
+    served: &Served,
+    from: &reqwest::Client,
+    password: &str,
+) -> reqwest::Response {
+    from.post(format!("{}/login", served.base))
         .header("content-type", FORM)
-        .body(format!("password={}", urlencode(PASSWORD)))
+        .body(format!("password={}", urlencode(password)))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Logs in; the cookie to send and the page's CSRF token.
+async fn log_in(served: &Served) -> (String, String) {
+    let reply = send_password(served, &client(), PASSWORD).await;
     assert_eq!(reply.status(), StatusCode::SEE_OTHER);
     let set = reply.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let cookie = set.split(';').next().unwrap().to_owned();
@@ -227,12 +235,7 @@ async fn a_peer_on_the_lan_is_refused_even_with_the_password() {
             .send()
             .await
             .unwrap(),
-        lan.post(format!("{}/login", served.base))
-            .header("content-type", FORM)
-            .body(format!("password={}", urlencode(PASSWORD)))
-            .send()
-            .await
-            .unwrap(),
+        send_password(&served, &lan, PASSWORD).await,
     ] {
         assert_eq!(reply.status(), StatusCode::FORBIDDEN);
         assert!(reply.headers().get(SET_COOKIE).is_none());
@@ -399,26 +402,14 @@ async fn wrong_passwords_are_held_back_and_the_live_json_follows_a_login() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for i in 0..7 {
-        let reply = guesser
-            .post(format!("{}/login", served.base))
-            .header("content-type", FORM)
-            .body(format!("password=guess{i}"))
-            .send()
-            .await
-            .unwrap();
+        let reply = send_password(&served, &guesser, &format!("guess{i}")).await;
         statuses.push(reply.status().as_u16());
         retry_after = retry_after.or(reply.headers().get(RETRY_AFTER).cloned());
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
     assert!(retry_after.is_some());
     // Held back with the right password too; the provider's own login from elsewhere works.
-    let right = guesser
-        .post(format!("{}/login", served.base))
-        .header("content-type", FORM)
-        .body(format!("password={}", urlencode(PASSWORD)))
-        .send()
-        .await
-        .unwrap();
+    let right = send_password(&served, &guesser, PASSWORD).await;
     assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS);
     log_in(&served).await;
 }
