@@ -14,6 +14,7 @@ use edgeshare_gateway::dashboard::view::{
 use edgeshare_gateway::dashboard::{self, Settings, Source};
 use edgeshare_gateway::net::{Mac, Millis, Network};
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::secret::Secret;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, ORIGIN, RETRY_AFTER, SET_COOKIE};
 
@@ -144,7 +145,7 @@ async fn serve() -> Served {
         kicked: Arc::default(),
     };
     let settings = Settings {
-        password: PASSWORD.into(),
+        password: Secret::new(PASSWORD),
         provider: "Café <Ana>".into(),
         ssid: Some("Ana's Wi-Fi".into()),
         portal_url: "http://10.66.0.1:8080/".into(),

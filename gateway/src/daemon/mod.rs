@@ -159,7 +159,7 @@ async fn start_dashboard(
     tracing::info!(%listen, "provider dashboard on http://{listen}/");
     let source = DaemonSource::new(owner.clone(), book, ledger_dir.to_owned(), agent_metrics);
     let settings = crate::dashboard::Settings {
-        password: settings.password.expose().to_owned(),
+        password: settings.password.clone(),
         provider: config
             .portal
             .brand

@@ -48,6 +48,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::secret::Secret;
 use time::OffsetDateTime;
 
 use self::auth::{Auth, Refused};
@@ -93,7 +94,8 @@ pub trait Source: Send + Sync + 'static {
 /// The dashboard's fixed settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub password: String,
+    /// A `Secret`: its `Debug` does not show it.
+    pub password: Secret,
     /// The provider's name on the page and the vouchers.
     pub provider: String,
     /// For the vouchers.
@@ -123,7 +125,7 @@ type Peer = ConnectInfo<SocketAddr>;
 /// The dashboard's routes; serve with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router<S: Source>(source: S, settings: Settings) -> Router {
     let dashboard = Arc::new(Dashboard {
-        auth: Mutex::new(Auth::new(&settings.password)),
+        auth: Mutex::new(Auth::new(settings.password.expose())),
         source,
         settings,
     });
