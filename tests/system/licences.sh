@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Licences, bans and sources of every dependency, offline and with nothing to install: the
+# Licences, bans and sources of every dependency, with nothing to install: the
 # policy is deny.toml (the one cargo-deny reads), the graph is `cargo metadata` (all
 # targets; normal, build and dev dependencies), the checker is packaging/depcheck. Fails on a
 # licence the allow-list does not satisfy (a GPL crate), a banned crate (openssl, native-tls,
@@ -14,6 +14,9 @@ if [ -f "$HOME/.cargo/env" ]; then
 fi
 
 metadata="$ARTIFACTS/cargo-metadata.json"
+# The graph covers every platform's dependencies (Windows ones too), which a Linux build never
+# downloads: fetch what is missing from crates.io (a no-op once cached), then read offline.
+cargo fetch --locked --quiet || fail "cargo fetch could not get the dependencies' sources from crates.io"
 cargo metadata --locked --offline --format-version 1 >"$metadata" || fail "cargo metadata failed"
 cargo run --locked --offline --quiet -p edgeshare-depcheck -- deny.toml "$metadata" ||
   fail "a dependency breaks deny.toml's policy (above)"
