@@ -115,7 +115,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .config
                 .load(Daemon::Agent)
                 .context("the agent configuration is not usable")?;
-            let text = runtime()?.block_on(crate::status::fetch(config.metrics.listen))?;
+            let text = runtime()?.block_on(edgeshare_shared::prometheus::fetch_agent(
+                config.metrics.listen,
+            ))?;
             print!("{}", crate::status::render(&text));
             Ok(())
         }

@@ -4,35 +4,9 @@
 //! file after a crash to mistake for health), it costs no SD-card writes, and it shows the
 //! very figures Prometheus scrapes.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
-
 use crate::metrics::{last_error_sample, sample};
-
-/// Fetches the metrics text from a running agent.
-pub async fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
-    // Plain HTTP on a local port; the TLS set-up is only there because reqwest wants one.
-    let tls = edgeshare_shared::tls::client_config(None).context("setting up TLS")?;
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(3))
-        .build()
-        .context("setting up an HTTP client")?;
-    let url = format!("http://{addr}/metrics");
-    let response = client.get(&url).send().await.with_context(|| {
-        format!(
-            "the agent is not running, or not listening on {addr} (metrics.listen): start it with `edgeshare-agent run` or `systemctl start edgeshare-agent`"
-        )
-    })?;
-    response
-        .error_for_status()
-        .with_context(|| format!("{url} answered with an error"))?
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))
-}
 
 fn ago(unix: u64) -> String {
     let now = SystemTime::now()

@@ -229,7 +229,10 @@ fn codes(config: &GatewayConfig, command: CodesCommand) -> anyhow::Result<()> {
                 .backend
                 .as_ref()
                 .context("codes.source = \"backend\" needs a [backend] section")?;
-            CodeBook::Backend(CrowdClient::new(&HttpClient::new(&config.http)?, backend))
+            CodeBook::Backend(std::sync::Arc::new(CrowdClient::new(
+                &HttpClient::new(&config.http)?,
+                backend,
+            )))
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -3,6 +3,8 @@
 //! through here, so the two cannot disagree about what a code's state is or what an order
 //! may ask for.
 
+use std::sync::Arc;
+
 use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient};
 use edgeshare_shared::code::AccessCode;
 use serde::Serialize;
@@ -24,7 +26,7 @@ pub const MAX_LOCAL_COUNT: u32 = 1000;
 #[derive(Debug)]
 pub enum CodeBook {
     Local(CodeStore),
-    Backend(CrowdClient),
+    Backend(Arc<CrowdClient>),
 }
 
 /// Codes to make.

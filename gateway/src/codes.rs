@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgeshare_shared::backend::crowd::{CrowdClient, MB, Role};
@@ -289,7 +290,8 @@ pub(crate) fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
 /// Checks codes against the backend's authorize-code (contract 1).
 #[derive(Debug)]
 pub struct BackendCodes {
-    client: CrowdClient,
+    /// Shared with the dashboard's code book: one login with the backend, not two.
+    client: Arc<CrowdClient>,
     /// See `codes.expiry_margin`.
     expiry_margin: Duration,
     /// See `codes.own_codes_only`.
@@ -299,14 +301,15 @@ pub struct BackendCodes {
 impl BackendCodes {
     pub fn new(client: CrowdClient, expiry_margin: Duration, own_codes_only: bool) -> Self {
         BackendCodes {
-            client,
+            client: Arc::new(client),
             expiry_margin,
             own_codes_only,
         }
     }
 
-    pub fn client(&self) -> &CrowdClient {
-        &self.client
+    /// The client this checks codes with, to make and list them with as well.
+    pub fn client(&self) -> Arc<CrowdClient> {
+        Arc::clone(&self.client)
     }
 
     /// Signs a consumer in with their network account (`POST /api/auth/login`), beside this

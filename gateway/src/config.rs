@@ -234,20 +234,20 @@ pub struct Dashboard {
     /// `host:port`; loopback by default (reach it on the Pi itself, or through an SSH
     /// tunnel). It may be the WAN side's address, never the LAN's: connections from the
     /// LAN are refused by the firewall and by the dashboard itself.
-    pub listen: String,
+    pub listen: std::net::SocketAddr,
     /// The provider's password; empty (the default) turns the dashboard off. Set it in
     /// gateway.env as `EDGESHARE_DASHBOARD__PASSWORD`, not here.
     pub password: Secret,
     /// The agent's metrics endpoint (its `metrics.listen`), for its health on the dashboard.
-    pub agent_metrics: String,
+    pub agent_metrics: std::net::SocketAddr,
 }
 
 impl Default for Dashboard {
     fn default() -> Self {
         Dashboard {
-            listen: "127.0.0.1:8090".to_owned(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8090)),
             password: Secret::default(),
-            agent_metrics: "127.0.0.1:9465".to_owned(),
+            agent_metrics: std::net::SocketAddr::from(([127, 0, 0, 1], 9465)),
         }
     }
 }
@@ -419,41 +419,15 @@ impl Validate for GatewayConfig {
                 ),
             );
         }
-        if !self.dashboard.password.is_empty() {
-            if self.dashboard.password.expose().chars().count() < DASHBOARD_PASSWORD_MIN {
-                problems.push(
-                    "dashboard.password",
-                    format!("must be at least {DASHBOARD_PASSWORD_MIN} characters (or empty to turn the dashboard off)"),
-                );
-            }
-            if self
-                .dashboard
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-            {
-                problems.push(
-                    "dashboard.listen",
-                    format!(
-                        "\"{}\" is not an address and port like \"127.0.0.1:8090\"",
-                        self.dashboard.listen
-                    ),
-                );
-            }
-            if self
-                .dashboard
-                .agent_metrics
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-            {
-                problems.push(
-                    "dashboard.agent_metrics",
-                    format!(
-                        "\"{}\" is not an address and port like \"127.0.0.1:9465\"",
-                        self.dashboard.agent_metrics
-                    ),
-                );
-            }
+        if !self.dashboard.password.is_empty()
+            && self.dashboard.password.expose().chars().count() < DASHBOARD_PASSWORD_MIN
+        {
+            problems.push(
+                "dashboard.password",
+                format!(
+                    "must be at least {DASHBOARD_PASSWORD_MIN} characters (or empty to turn the dashboard off)"
+                ),
+            );
         }
         match (&self.backend, self.codes.source) {
             (Some(backend), _) => backend.validate("backend", problems),

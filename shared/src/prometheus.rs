@@ -1,7 +1,8 @@
 //! The Prometheus text exposition format (version 0.0.4) that both daemons' metrics
 //! endpoints serve: each family's `# HELP` and `# TYPE` lines, then its samples, with label
-//! values and help texts escaped as the format demands. Pure text: no registry, no I/O; the
-//! daemons hand in names, labels and values they already hold.
+//! values and help texts escaped as the format demands. Pure text: no registry; the daemons
+//! hand in names, labels and values they already hold. Also the reading side: a sample's
+//! value or label, and [`fetch_agent`], the one call that reads another daemon's endpoint.
 //!
 //! (Not `prometheus-client`: it writes OpenMetrics, whose counters' `# HELP`/`# TYPE` lines
 //! drop the `_total` suffix and whose text ends in `# EOF`, so every existing series and
@@ -9,6 +10,8 @@
 //! metric types. What the daemons need is ~60 lines.)
 
 use std::fmt::{self, Display, Write as _};
+
+use anyhow::Context as _;
 
 /// A metric family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +142,30 @@ pub fn read_label(text: &str, series: &str, label: &str) -> Option<(String, f64)
     let value = unescape_label_value(&rest[..end])?;
     let sample = rest[end + 3..].trim().parse().ok()?;
     Some((value, sample))
+}
+
+/// Fetches the metrics text of a running agent (its `metrics.listen`): for `edgeshare-agent
+/// status` and the gateway's dashboard.
+pub async fn fetch_agent(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    // Plain HTTP on a local port; the TLS set-up is only there because reqwest wants one.
+    let tls = crate::tls::client_config(None).context("setting up TLS")?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .context("setting up an HTTP client")?;
+    let url = format!("http://{addr}/metrics");
+    let response = client.get(&url).send().await.with_context(|| {
+        format!(
+            "the agent is not running, or not listening on {addr} (metrics.listen): start it with `edgeshare-agent run` or `systemctl start edgeshare-agent`"
+        )
+    })?;
+    response
+        .error_for_status()
+        .with_context(|| format!("{url} answered with an error"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))
 }
 
 #[cfg(test)]

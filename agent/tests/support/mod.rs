@@ -170,7 +170,9 @@ impl Agent {
     }
 
     pub async fn metrics_text(&self) -> String {
-        edgeshare_agent::status::fetch(self.metrics).await.unwrap()
+        edgeshare_shared::prometheus::fetch_agent(self.metrics)
+            .await
+            .unwrap()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {

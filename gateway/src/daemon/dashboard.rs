@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::ledger::LedgerReader;
-use edgeshare_shared::prometheus::{read_label, read_value};
+use edgeshare_shared::prometheus::{fetch_agent, read_label, read_value};
 use time::OffsetDateTime;
 
 use super::owner::Owner;
@@ -19,11 +18,6 @@ use crate::dashboard::Source;
 use crate::dashboard::chart::{DAY_MS, HOUR_MS, UsageChart};
 use crate::dashboard::view::{Agent, AgentFigures, Earnings, Live, Usage};
 use crate::net::{Mac, Millis};
-
-/// How long the agent's metrics endpoint may take to answer.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The most of the agent's metrics text read.
-const AGENT_MAX_BYTES: u64 = 1 << 20;
 
 /// The usage chart and where it has read the ledger up to.
 #[derive(Debug, Default)]
@@ -116,40 +110,6 @@ fn read_usage(
     })
 }
 
-/// The agent's metrics text, by a plain HTTP/1.0 GET (it serves on a local port).
-async fn fetch_agent_metrics(addr: SocketAddr) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("{addr}: {e} (is edgeshare-agent running? dashboard.agent_metrics is its metrics.listen)"))?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let mut raw = Vec::new();
-        stream
-            .take(AGENT_MAX_BYTES)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("{addr}: not an HTTP reply"))?;
-        if !head.starts_with("HTTP/1.") || head.split(' ').nth(1) != Some("200") {
-            return Err(format!(
-                "{addr}: {}",
-                head.lines().next().unwrap_or_default()
-            ));
-        }
-        Ok(body.to_owned())
-    };
-    tokio::time::timeout(AGENT_TIMEOUT, fetch)
-        .await
-        .unwrap_or_else(|_| Err(format!("{addr}: no answer within {AGENT_TIMEOUT:?}")))
-}
-
 /// The agent's figures from its metrics text.
 fn agent_figures(text: &str) -> AgentFigures {
     let n = |name: &str| read_value(text, &format!("edgeshare_agent_{name}")).unwrap_or(0.0) as u64;
@@ -226,9 +186,9 @@ impl Source for DaemonSource {
     }
 
     async fn agent(&self) -> Agent {
-        match fetch_agent_metrics(self.agent_metrics).await {
+        match fetch_agent(self.agent_metrics).await {
             Ok(text) => Agent::Running(agent_figures(&text)),
-            Err(reason) => Agent::Unreachable(reason),
+            Err(err) => Agent::Unreachable(format!("{err:#}")),
         }
     }
 

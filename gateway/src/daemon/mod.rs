@@ -124,18 +124,7 @@ async fn start_dashboard(
         tracing::info!("no dashboard.password: the provider's dashboard is off");
         return Ok(None);
     }
-    let listen: std::net::SocketAddr = settings.listen.parse().with_context(|| {
-        format!(
-            "dashboard.listen \"{}\" is not an address and port",
-            settings.listen
-        )
-    })?;
-    let agent_metrics = settings.agent_metrics.parse().with_context(|| {
-        format!(
-            "dashboard.agent_metrics \"{}\" is not an address and port",
-            settings.agent_metrics
-        )
-    })?;
+    let listen = settings.listen;
     let lan = crate::net::interface_networks(&config.lan.interface)?;
     if lan.iter().any(|net| net.contains(listen.ip())) {
         anyhow::bail!(
@@ -145,19 +134,18 @@ async fn start_dashboard(
     }
     let book = match codes {
         Codes::Local(store) => CodeBook::Local(store.clone()),
-        Codes::Backend(_) => {
-            let backend = config
-                .backend
-                .as_ref()
-                .context("codes.source = \"backend\" needs a [backend] section")?;
-            CodeBook::Backend(CrowdClient::new(&HttpClient::new(&config.http)?, backend))
-        }
+        Codes::Backend(backend) => CodeBook::Backend(backend.client()),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding dashboard.listen {listen}"))?;
     tracing::info!(%listen, "provider dashboard on http://{listen}/");
-    let source = DaemonSource::new(owner.clone(), book, ledger_dir.to_owned(), agent_metrics);
+    let source = DaemonSource::new(
+        owner.clone(),
+        book,
+        ledger_dir.to_owned(),
+        settings.agent_metrics,
+    );
     let settings = crate::dashboard::Settings {
         password: settings.password.clone(),
         provider: config

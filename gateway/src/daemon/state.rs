@@ -338,20 +338,19 @@ impl State {
 
     /// Every online device's usage in its session, with its rates over the last reading.
     pub(super) fn live_usage(&self) -> LiveUsage {
-        let window = self.rate_window.as_secs_f64();
         let mut clients = Vec::new();
         for session in self.core.sessions() {
             let id = session_id(&session.code, session.started_at);
             for device in session.devices {
-                let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                let (up_rate, down_rate) = self.rate(&device.client);
                 clients.push(ClientUsage {
                     mac: device.client.mac.to_string(),
                     ip: device.client.ip,
                     session: id.clone(),
                     up_bytes: device.up_bytes,
                     down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
-                    up_rate: rate.up as f64 / window,
-                    down_rate: rate.down as f64 / window,
+                    up_rate,
+                    down_rate,
                 });
             }
         }
@@ -361,10 +360,16 @@ impl State {
         }
     }
 
+    /// A device's rates up and down, in bytes per second over the last counter interval.
+    fn rate(&self, client: &Client) -> (f64, f64) {
+        let window = self.rate_window.as_secs_f64();
+        let bytes = self.rates.get(client).copied().unwrap_or_default();
+        (bytes.up as f64 / window, bytes.down as f64 / window)
+    }
+
     /// What the dashboard shows of the state: the sessions with their devices' rates, and
     /// both meters. `uptime_seconds` and `codes` are the owner's to fill in.
     pub(super) fn dashboard(&self) -> Live {
-        let window = self.rate_window.as_secs_f64();
         let sessions = self
             .core
             .sessions()
@@ -379,15 +384,15 @@ impl State {
                     .devices
                     .into_iter()
                     .map(|device| {
-                        let rate = self.rates.get(&device.client).copied().unwrap_or_default();
+                        let (up_rate, down_rate) = self.rate(&device.client);
                         DeviceLive {
                             mac: device.client.mac,
                             ip: device.client.ip,
                             also: device.also,
                             up_bytes: device.up_bytes,
                             down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
-                            up_rate: rate.up as f64 / window,
-                            down_rate: rate.down as f64 / window,
+                            up_rate,
+                            down_rate,
                         }
                     })
                     .collect(),

@@ -108,8 +108,8 @@ impl UsageChart {
 }
 
 /// A bar chart as inline SVG: one bar per `(label, bytes)`, each with a tooltip, a label
-/// under every `label_every`-th bar, and the tallest bar's size on the axis. Labels are
-/// escaped by the caller's choice of text (digits and names of days only).
+/// under every `label_every`-th bar, and the tallest bar's size on the axis. Every text is
+/// escaped here.
 pub fn bars(title: &str, bars: &[(String, u64)], label_every: usize) -> String {
     const W: usize = 480;
     const H: usize = 140;

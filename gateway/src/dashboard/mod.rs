@@ -61,7 +61,8 @@ use crate::vouchers::{self, Sheet};
 
 /// The login cookie's name.
 const COOKIE: &str = "edgeshare_dashboard";
-/// The largest form accepted (a code order is a few dozen bytes).
+/// The largest request body accepted, 413 beyond (before it is read): a code order is a few
+/// dozen bytes.
 const MAX_FORM_BYTES: usize = 4096;
 /// The most codes one voucher sheet prints.
 const MAX_VOUCHERS: usize = 200;
@@ -139,6 +140,7 @@ pub fn router<S: Source>(source: S, settings: Settings) -> Router {
         .route("/revoke", post(revoke::<S>))
         .route("/kick", post(kick::<S>))
         .route("/vouchers", get(print_vouchers::<S>))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&dashboard),
             guard::<S>,
@@ -245,15 +247,7 @@ fn see_other(to: &str) -> Response {
 
 /// The login token in the request's cookie.
 fn token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then(|| value.to_owned())
-        })
+    crate::portal::cookie(headers, COOKIE).map(str::to_owned)
 }
 
 /// The login's token and CSRF token, if the request is logged in.
@@ -266,7 +260,6 @@ fn logged_in<S>(dashboard: &Dashboard<S>, headers: &HeaderMap) -> Option<(String
 /// Why a form was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    TooLarge,
     /// Too many forms from this address lately.
     TooMany(Wait),
     NotLoggedIn,
@@ -288,7 +281,6 @@ impl IntoResponse for Refusal {
                     .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds));
                 return response;
             }
-            Refusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Form too large.\n"),
             Refusal::NotLoggedIn => (StatusCode::UNAUTHORIZED, "Log in first.\n"),
             Refusal::BadToken => (
                 StatusCode::FORBIDDEN,
@@ -299,12 +291,9 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The fields of a url-encoded form, at most [`MAX_FORM_BYTES`] of it.
-fn form(body: &Bytes) -> Result<Vec<(String, String)>, Refusal> {
-    if body.len() > MAX_FORM_BYTES {
-        return Err(Refusal::TooLarge);
-    }
-    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+/// The fields of a url-encoded form (its size is capped by the router's body limit).
+fn form(body: &Bytes) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body).into_owned().collect()
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -326,7 +315,7 @@ fn checked_form<S>(
         .auth()
         .form(canonical(peer.ip()), Millis::now())
         .map_err(Refusal::TooMany)?;
-    let fields = form(body)?;
+    let fields = form(body);
     let token = token(headers).ok_or(Refusal::NotLoggedIn)?;
     let csrf = field(&fields, "csrf").unwrap_or_default();
     if !dashboard.auth().check_form(&token, csrf, Millis::now()) {
@@ -353,10 +342,7 @@ async fn log_in<S: Source>(
     ConnectInfo(peer): Peer,
     body: Bytes,
 ) -> Response {
-    let fields = match form(&body) {
-        Ok(fields) => fields,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let fields = form(&body);
     let password = field(&fields, "password").unwrap_or_default();
     let (token, csrf) = match (random_token(), random_token()) {
         (Ok(token), Ok(csrf)) => (token, csrf),
@@ -413,11 +399,9 @@ async fn log_out<S: Source>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fields = match checked_form(&dashboard, peer, &headers, &body) {
-        Ok(fields) => fields,
-        Err(refusal) => return refusal.into_response(),
-    };
-    drop(fields);
+    if let Err(refusal) = checked_form(&dashboard, peer, &headers, &body) {
+        return refusal.into_response();
+    }
     if let Some(token) = token(&headers) {
         dashboard.auth().log_out(&token);
     }

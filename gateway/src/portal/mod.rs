@@ -671,6 +671,12 @@ struct Chosen {
 
 /// The value of the `lang` cookie, if sent.
 fn lang_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, "lang")
+}
+
+/// The value of the cookie `wanted`, among all the request's cookies (the portal's language,
+/// the dashboard's login).
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, wanted: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -678,7 +684,7 @@ fn lang_cookie(headers: &HeaderMap) -> Option<&str> {
         .flat_map(|value| value.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name.trim() == "lang").then_some(value.trim())
+            (name.trim() == wanted).then_some(value.trim())
         })
 }
 
