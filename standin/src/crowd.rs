@@ -6,16 +6,22 @@
 //! [`StandinConfig::report_race_window`](crate::StandinConfig) (concurrent reports lose updates),
 //! lets a report overshoot by 0.01 MB and clamps to 0, grants `floor(bytes / 2^20)` points per
 //! report, writes the usage log and grows `bytesShared` only for reports that earned a point,
-//! adds `bytes` the JavaScript way (a string is concatenated), and does not check who owns the
-//! code (the REPORTING provider is credited). A report is applied in two saves: the code's
-//! `remainingMB` first, then the usage log, the reporter's `points` and `bytesShared` and the
-//! consumer's `bytesConsumed` ([`FaultKind::CrashBetweenSaves`](crate::FaultKind) stops in
-//! between). authorize-code does not check `remainingMB > 0`. A code made without
+//! adds `bytes` the JavaScript way (a string is concatenated), and does not check who reports
+//! on a code (the code's OWNER is credited, whoever reported). A report is applied in two
+//! saves: the code's `remainingMB` first, then the usage log (an entry per report, naming the
+//! owner), the owner's `points` and `bytesShared` and the consumer's `bytesConsumed`
+//! ([`FaultKind::CrashBetweenSaves`](crate::FaultKind) stops in between). The second save reads
+//! the owner's and the consumer's user records and writes them back after
+//! [`StandinConfig::credit_race_window`](crate::StandinConfig): two reports crediting one
+//! account at once lose an update, for different codes too, as on the real service; each user
+//! counts what it so lost ([`UserState::lost_points`]). authorize-code does not check
+//! `remainingMB > 0`. A code made without
 //! `expireHours` has `expireAt: null` and never expires; an expired code answers 400 until the
 //! TTL deletes it, then 404.
 //!
 //! Not served: `/api/consumer/*`, `/api/leaderboard` and the chat (so `redeemedBy` stays
-//! `null`). Lists (`GET /api/provider/codes`, usage logs) are newest first. Passwords are
+//! `null`). Lists (`GET /api/provider/codes`, usage logs) are newest first; the usage log
+//! lists the latest [`USAGE_LOG_LIMIT`] entries only. Passwords are
 //! compared in clear and emails exactly (case matters). Every authenticated call looks the
 //! token's user up: a token of a deleted user answers 401 `Invalid user`.
 
@@ -43,6 +49,8 @@ const HOUR_MS: f64 = 3_600_000.0;
 /// How far below zero a report may take a code (about 10 KB).
 const OVERSHOOT_MB: f64 = 0.01;
 const AUD: &str = "crowd";
+/// `GET /api/provider/usage` lists this many entries, the newest.
+pub const USAGE_LOG_LIMIT: usize = 200;
 
 /// A contract 1 access code as the stand-in holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,6 +87,24 @@ pub struct UserState {
     pub bytes_shared: Value,
     #[serde(rename = "bytesConsumed")]
     pub bytes_consumed: u64,
+    /// Points other reports had credited that a report's stale write-back overwrote (the
+    /// per-account race): the stand-in's own count of what the account lost.
+    #[serde(rename = "lostPoints")]
+    pub lost_points: u64,
+    /// `bytesShared` so lost (counted while it is a number).
+    #[serde(rename = "lostBytesShared")]
+    pub lost_bytes_shared: u64,
+    /// `bytesConsumed` so lost.
+    #[serde(rename = "lostBytesConsumed")]
+    pub lost_bytes_consumed: u64,
+}
+
+/// What the races overwrote of one user's totals.
+#[derive(Debug, Default)]
+struct Lost {
+    points: u64,
+    bytes_shared: u64,
+    bytes_consumed: u64,
 }
 
 #[derive(Debug)]
@@ -91,6 +117,7 @@ struct User {
     points: u64,
     bytes_shared: Value,
     bytes_consumed: u64,
+    lost: Lost,
 }
 
 #[derive(Debug)]
@@ -106,8 +133,10 @@ struct Code {
 
 #[derive(Debug)]
 struct UsageLog {
+    /// The document id (a Mongo ObjectId's hex).
+    id: String,
     code: String,
-    /// The provider who reported it (not necessarily the code's owner).
+    /// The code's owner (not necessarily who reported it).
     provider: String,
     bytes: f64,
     consumer_id: Option<String>,
@@ -130,6 +159,15 @@ struct Report<'a> {
     /// `bytes` as sent (a number or a numeric string), for the JavaScript `+=`.
     bytes_sent: &'a Value,
     consumer_id: Option<&'a str>,
+}
+
+/// What report-usage's second save read of the accounts it credits, before its race window.
+struct CreditRead {
+    owner: String,
+    points: u64,
+    bytes_shared: Value,
+    /// The consumer's `bytesConsumed`, if the report names a user.
+    consumed: Option<u64>,
 }
 
 /// Why a code was refused.
@@ -247,6 +285,7 @@ impl Db {
             points: 0,
             bytes_shared: json!(0),
             bytes_consumed: 0,
+            lost: Lost::default(),
         });
         id
     }
@@ -341,6 +380,9 @@ impl Db {
             points: u.points,
             bytes_shared: u.bytes_shared.clone(),
             bytes_consumed: u.bytes_consumed,
+            lost_points: u.lost.points,
+            lost_bytes_shared: u.lost.bytes_shared,
+            lost_bytes_consumed: u.lost.bytes_consumed,
         }
     }
 
@@ -375,37 +417,64 @@ impl Db {
         remaining
     }
 
-    /// Second save of report-usage: `floor(bytes / 2^20)` points to the reporting provider
-    /// (whoever owns the code); the usage log and `bytesShared` move only when that is at
-    /// least 1. The consumer's `bytesConsumed` grows by every report that names one.
-    fn save_credit(&mut self, report: &Report<'_>, reporter: &str, now: i64) {
+    /// Second save of report-usage, first half: reads the owner's user record and the
+    /// consumer's, as the real service loads them before adding.
+    fn read_credit(&self, owner: &str, consumer_id: Option<&str>) -> CreditRead {
+        let (points, bytes_shared) = self
+            .user_by_id(owner)
+            .map_or((0, json!(0)), |u| (u.points, u.bytes_shared.clone()));
+        CreditRead {
+            owner: owner.to_owned(),
+            points,
+            bytes_shared,
+            consumed: consumer_id
+                .and_then(|id| self.user_by_id(id))
+                .map(|u| u.bytes_consumed),
+        }
+    }
+
+    /// Second save of report-usage, second half: a usage log entry naming the owner (for
+    /// every report), `floor(bytes / 2^20)` points to the code's owner and, with at least
+    /// one, `bytes` to its `bytesShared`; `bytes` to the consumer's `bytesConsumed`. The
+    /// totals are written from `read`, so what other reports credited since is overwritten,
+    /// and counted as lost.
+    fn save_credit(&mut self, report: &Report<'_>, read: CreditRead, now: i64) {
         let Report {
             code,
             bytes,
             bytes_sent,
             consumer_id,
         } = *report;
+        self.logs.push(UsageLog {
+            id: hex_id(24),
+            code: code.to_owned(),
+            provider: read.owner.clone(),
+            bytes,
+            consumer_id: consumer_id.map(str::to_owned),
+            created_ms: now,
+        });
         let points = (bytes / MB).floor();
         if points >= 1.0 {
-            self.logs.push(UsageLog {
-                code: code.to_owned(),
-                provider: reporter.to_owned(),
-                bytes,
-                consumer_id: consumer_id.map(str::to_owned),
-                created_ms: now,
-            });
-            if let Some(u) = self.users.iter_mut().find(|u| u.id == reporter) {
+            if let Some(u) = self.users.iter_mut().find(|u| u.id == read.owner) {
                 // Saturating float-to-int conversion; points are far below u64::MAX.
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let points = points as u64;
-                u.points += points;
-                u.bytes_shared = js_add(&u.bytes_shared, bytes_sent);
+                u.lost.points += u.points.saturating_sub(read.points);
+                if let (Some(now), Some(then)) =
+                    (u.bytes_shared.as_u64(), read.bytes_shared.as_u64())
+                {
+                    u.lost.bytes_shared += now.saturating_sub(then);
+                }
+                u.points = read.points + points;
+                u.bytes_shared = js_add(&read.bytes_shared, bytes_sent);
             }
         }
-        if let Some(u) = consumer_id.and_then(|id| self.users.iter_mut().find(|u| u.id == id)) {
+        let consumer = consumer_id.and_then(|id| self.users.iter_mut().find(|u| u.id == id));
+        if let (Some(u), Some(then)) = (consumer, read.consumed) {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let bytes = bytes as u64;
-            u.bytes_consumed = u.bytes_consumed.saturating_add(bytes);
+            u.lost.bytes_consumed += u.bytes_consumed.saturating_sub(then);
+            u.bytes_consumed = then.saturating_add(bytes);
         }
     }
 }
@@ -615,9 +684,11 @@ async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResu
     let total: f64 = mine.iter().map(|l| l.bytes).sum();
     let logs: Vec<Value> = mine
         .iter()
+        .take(USAGE_LOG_LIMIT)
         .map(|l| {
             let mut entry = json!({
-                "code": l.code, "bytes": js_num(l.bytes), "createdAt": iso_ms(l.created_ms),
+                "_id": l.id, "code": l.code, "provider": l.provider, "bytes": js_num(l.bytes),
+                "createdAt": iso_ms(l.created_ms),
             });
             if let (Some(id), Some(obj)) = (&l.consumer_id, entry.as_object_mut()) {
                 obj.insert("consumerId".into(), json!(id));
@@ -654,8 +725,8 @@ async fn report_usage(
     JsonBody(body): JsonBody,
 ) -> ApiResult {
     // Any provider or admin, whoever owns the code (the real service does not check); the
-    // reporter is credited.
-    let reporter = provider(&shared, &headers)?;
+    // code's owner is credited.
+    provider(&shared, &headers)?;
     let (Some(code), Some((bytes, bytes_sent))) =
         (str_field(&body, "code"), parse_bytes(body.get("bytes")))
     else {
@@ -669,13 +740,13 @@ async fn report_usage(
     };
     let used_mb = bytes / MB;
     // Read ...
-    let read_remaining = {
+    let (read_remaining, owner) = {
         let mut db = lock(&shared.crowd);
         let c = db.live_code(code, now_ms(), shared.config.expired_code_ttl)?;
         if c.remaining_mb - used_mb < -OVERSHOOT_MB {
             return Err(ApiError::bad_request("Not enough remaining MB"));
         }
-        c.remaining_mb
+        (c.remaining_mb, c.owner.clone())
     };
     // ... wait, as the real service awaits its database in between ...
     let window = shared.config.report_race_window;
@@ -684,11 +755,22 @@ async fn report_usage(
     }
     // ... and write back what was computed from the stale read: concurrent reports lose updates.
     let remaining = lock(&shared.crowd).save_remaining(code, bytes, read_remaining);
-    // A crash between the two saves: the code is debited, the reporter never credited.
+    // A crash between the two saves: the code is debited, the owner never credited.
     if let Some(Extension(CrashBetweenSaves(kill))) = crash {
         return Ok(crash_now(kill).await);
     }
-    lock(&shared.crowd).save_credit(&report, &reporter.id, now_ms());
+    // The second save reads the accounts, awaits, and writes back what it computed: reports
+    // crediting one account at once lose updates. Without a window, read and write at once.
+    let window = shared.config.credit_race_window;
+    if window.is_zero() {
+        let mut db = lock(&shared.crowd);
+        let read = db.read_credit(&owner, report.consumer_id);
+        db.save_credit(&report, read, now_ms());
+    } else {
+        let read = lock(&shared.crowd).read_credit(&owner, report.consumer_id);
+        tokio::time::sleep(window).await;
+        lock(&shared.crowd).save_credit(&report, read, now_ms());
+    }
     Ok(axum::Json(json!({ "ok": true, "remainingMB": js_num(remaining) })).into_response())
 }
 

@@ -100,6 +100,11 @@ pub struct StandinConfig {
     /// Time between reading `remainingMB` and writing it back in report-usage: two reports on
     /// one code within this window lose an update, as the real read-modify-write does.
     pub report_race_window: Duration,
+    /// Time between reading the code owner's user record (`points`, `bytesShared`) and the
+    /// consumer's (`bytesConsumed`) and saving them in report-usage's second save: two reports
+    /// crediting one account within this window lose an update (for different codes too), as
+    /// the real per-account read-modify-write does.
+    pub credit_race_window: Duration,
     /// How long a code past its `expireAt` answers 400 `Code expired` before it is deleted
     /// (404), like the real database's TTL index.
     pub expired_code_ttl: Duration,
@@ -125,6 +130,7 @@ impl Default for StandinConfig {
         Self {
             seed_codes: Vec::new(),
             report_race_window: Duration::from_millis(5),
+            credit_race_window: Duration::from_millis(5),
             expired_code_ttl: Duration::from_secs(60),
             login_token_ttl: Duration::from_secs(7 * 24 * HOUR),
             access_token_ttl: Duration::from_secs(HOUR),

@@ -34,6 +34,9 @@ struct Args {
     /// Read-to-write window of report-usage, e.g. `5ms`, `0s`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5ms")]
     report_race_window: Duration,
+    /// Read-to-write window of report-usage's credit to the owner's and consumer's accounts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5ms")]
+    credit_race_window: Duration,
     /// How long an expired code answers 400 before it answers 404.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     expired_code_ttl: Duration,
@@ -95,6 +98,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = StandinConfig {
         seed_codes: args.seed_codes,
         report_race_window: args.report_race_window,
+        credit_race_window: args.credit_race_window,
         expired_code_ttl: args.expired_code_ttl,
         access_token_ttl: args.access_token_ttl,
         client_token_ttl: args.client_token_ttl,

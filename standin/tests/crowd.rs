@@ -356,23 +356,29 @@ async fn report_usage_shapes_usage_log_and_consumer() {
         (status, &body["remainingMB"]),
         (StatusCode::OK, &json!(496))
     );
-    // The points and the log go to the reporter, not to the code's owner.
-    assert_eq!(s.user("provider@example.com").unwrap().points, 3);
-    assert_eq!(s.user("admin@example.com").unwrap().points, 1);
+    // The points and the log go to the code's owner, not to the reporter.
+    assert_eq!(s.user("provider@example.com").unwrap().points, 4);
+    assert_eq!(s.user("admin@example.com").unwrap().points, 0);
 
     let (status, body) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["totalBytes"], 3 * MIB);
+    assert_eq!(body["totalBytes"], 4 * MIB);
     let logs = body["logs"].as_array().unwrap();
-    assert_eq!(logs.len(), 1);
-    assert_eq!(logs[0]["code"], code.as_str());
-    assert!(logs[0]["createdAt"].is_string());
-    assert_eq!(logs[0]["consumerId"], consumer_id.as_str());
-    assert_eq!(logs[0]["bytes"], 3 * MIB);
+    assert_eq!(logs.len(), 2);
+    // Newest first: the admin's report, then the provider's.
+    assert!(logs[1]["_id"].is_string() && logs[0]["_id"] != logs[1]["_id"]);
+    assert_eq!(logs[1]["code"], code.as_str());
+    assert_eq!(
+        logs[1]["provider"],
+        s.user("provider@example.com").unwrap().id
+    );
+    assert!(logs[1]["createdAt"].is_string());
+    assert_eq!(logs[1]["consumerId"], consumer_id.as_str());
+    assert_eq!(logs[1]["bytes"], 3 * MIB);
+    assert_eq!(logs[0]["bytes"], MIB);
+    assert!(logs[0].get("consumerId").is_none());
     let (_, admin_usage) = get(&s, "/api/provider/usage", Some(&admin)).await;
-    assert_eq!(admin_usage["totalBytes"], MIB);
-    assert_eq!(admin_usage["logs"].as_array().unwrap().len(), 1);
-    assert!(admin_usage["logs"][0].get("consumerId").is_none());
+    assert_eq!(admin_usage, json!({ "totalBytes": 0, "logs": [] }));
 }
 
 #[tokio::test]
@@ -395,6 +401,8 @@ async fn repeated_report_is_applied_twice() {
 async fn concurrent_reports_lose_updates() {
     let s = start(StandinConfig {
         report_race_window: Duration::from_millis(300),
+        // The accounts' race is the next test's.
+        credit_race_window: Duration::ZERO,
         ..StandinConfig::default()
     })
     .await;
@@ -425,6 +433,95 @@ async fn concurrent_reports_lose_updates() {
     assert!(remaining < 500.0);
     // Every report earned its point: only the code's balance loses updates.
     assert_eq!(s.user("provider@example.com").unwrap().points, 10);
+}
+
+/// The second save reads the owner's and the consumer's user records and writes them back
+/// after the credit window: reports on DIFFERENT codes of one owner, naming one consumer, lose
+/// each other's credit (every report answered 200, every code debited in full), and each user
+/// counts what it lost. Without the window, nothing is lost.
+#[tokio::test]
+async fn concurrent_reports_on_different_codes_lose_the_accounts_credit() {
+    for (window, lossy) in [(Duration::from_millis(200), true), (Duration::ZERO, false)] {
+        let s = start(StandinConfig {
+            credit_race_window: window,
+            ..StandinConfig::default()
+        })
+        .await;
+        let token = provider_token(&s).await;
+        let consumer = s.user("consumer@example.com").unwrap().id;
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            codes.push(new_code(&s, &token, 10.0).await);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, code) in codes.iter().enumerate() {
+            let (url, token, code, consumer) =
+                (s.base_url(), token.clone(), code.clone(), consumer.clone());
+            let bytes = (i as u64 + 1) * MIB;
+            tasks.spawn(async move {
+                client()
+                    .post(format!("{url}/api/gateway/report-usage"))
+                    .bearer_auth(token)
+                    .json(&json!({ "code": code, "bytes": bytes, "consumerId": consumer }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            });
+        }
+        while let Some(status) = tasks.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::OK);
+        }
+        for (i, code) in codes.iter().enumerate() {
+            assert_eq!(s.code(code).unwrap().remaining_mb, 10.0 - (i + 1) as f64);
+        }
+        let owner = s.user("provider@example.com").unwrap();
+        let buyer = s.user("consumer@example.com").unwrap();
+        let sent: u64 = (1..=6).sum();
+        // Every report has its log entry, lost credit or not.
+        let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
+        assert_eq!(usage["logs"].as_array().unwrap().len(), 6);
+        // What is there plus what the stand-in counted lost is what was sent.
+        assert_eq!(owner.points + owner.lost_points, sent);
+        assert_eq!(
+            owner.bytes_shared.as_u64().unwrap() + owner.lost_bytes_shared,
+            sent * MIB
+        );
+        assert_eq!(buyer.bytes_consumed + buyer.lost_bytes_consumed, sent * MIB);
+        if lossy {
+            assert!(owner.points < sent, "no lost update: {owner:?}");
+            assert!(
+                buyer.bytes_consumed < sent * MIB,
+                "no lost update: {buyer:?}"
+            );
+        } else {
+            assert_eq!((owner.points, owner.lost_points), (sent, 0));
+            assert_eq!(buyer.bytes_consumed, sent * MIB);
+        }
+        s.shutdown().await;
+    }
+}
+
+/// The usage log lists the latest 200 entries, newest first, as the real service does.
+#[tokio::test]
+async fn the_usage_log_lists_the_latest_200_entries() {
+    let s = start(StandinConfig {
+        report_race_window: Duration::ZERO,
+        credit_race_window: Duration::ZERO,
+        ..StandinConfig::default()
+    })
+    .await;
+    let token = provider_token(&s).await;
+    let code = new_code(&s, &token, 300.0).await;
+    for bytes in 1..=205u64 {
+        let (status, _) = report(&s, &token, &code, json!(bytes)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
+    let logs = usage["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 200);
+    assert_eq!(logs[0]["bytes"], 205);
+    assert_eq!(logs[199]["bytes"], 6);
 }
 
 #[tokio::test]
@@ -853,8 +950,8 @@ async fn crash_between_saves_debits_the_code_and_credits_nobody() {
     assert_eq!(s.user("provider@example.com").unwrap().points, 2);
 }
 
-/// Point 4: `floor(bytes / 2^20)` points per report; `bytesShared` and the log move only with
-/// a point, the code's balance with every byte.
+/// Point 4: `floor(bytes / 2^20)` points per report; `bytesShared` moves only with a point,
+/// the code's balance and the usage log with every report.
 #[tokio::test]
 async fn points_are_floor_of_each_report() {
     let s = start(StandinConfig {
@@ -894,7 +991,7 @@ async fn points_are_floor_of_each_report() {
     );
     assert_eq!(s.code(&whole).unwrap().remaining_mb, 0.0);
 
-    // 0.5 MiB: no point, no bytesShared, no log, but the code is debited.
+    // 0.5 MiB: no point, no bytesShared, but the code is debited and the log has it.
     let half = new_code(&s, &token, 1.0).await;
     let (status, body) = report(&s, &token, &half, json!(MIB / 2)).await;
     assert_eq!(
@@ -907,21 +1004,16 @@ async fn points_are_floor_of_each_report() {
         (&json!(37), &json!(total + 20 * MIB))
     );
     let (_, after) = get(&s, "/api/provider/usage", Some(&token)).await;
-    assert_eq!(after["logs"].as_array().unwrap().len(), 4 + 20);
-    assert!(
-        after["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["code"] != half.as_str())
-    );
+    assert_eq!(after["logs"].as_array().unwrap().len(), 4 + 20 + 1);
+    assert_eq!(after["logs"][0]["code"], half.as_str());
+    assert_eq!(after["logs"][0]["bytes"], MIB / 2);
     let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
     let listed = listed_code(&list, &half);
     assert_eq!(listed["remainingMB"], 0.5);
 }
 
-/// Point 5: any provider (or admin) may authorize and report any code; the reporter is
-/// credited; the code list is the caller's own.
+/// Point 5: any provider (or admin) may authorize and report any code; the code's owner is
+/// credited, not the reporter; the code list is the caller's own.
 #[tokio::test]
 async fn any_provider_may_authorize_and_report_any_code() {
     let s = start_default().await;
@@ -956,18 +1048,18 @@ async fn any_provider_may_authorize_and_report_any_code() {
         (status, body),
         (StatusCode::OK, json!({ "ok": true, "remainingMB": 498 }))
     );
-    // The reporter is credited, not the owner.
-    let (_, me) = get(&s, "/api/auth/me", Some(&roamer)).await;
+    // The owner is credited, not the reporter.
+    let (_, me) = get(&s, "/api/auth/me", Some(&owner)).await;
     assert_eq!(
         (&me["points"], &me["bytesShared"]),
         (&json!(2), &json!(2 * MIB))
     );
-    let (_, me) = get(&s, "/api/auth/me", Some(&owner)).await;
+    let (_, me) = get(&s, "/api/auth/me", Some(&roamer)).await;
     assert_eq!((&me["points"], &me["bytesShared"]), (&json!(0), &json!(0)));
-    let (_, usage) = get(&s, "/api/provider/usage", Some(&roamer)).await;
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&owner)).await;
     assert_eq!(usage["totalBytes"], 2 * MIB);
     assert_eq!(usage["logs"][0]["code"], code.as_str());
-    let (_, usage) = get(&s, "/api/provider/usage", Some(&owner)).await;
+    let (_, usage) = get(&s, "/api/provider/usage", Some(&roamer)).await;
     assert_eq!(usage, json!({ "totalBytes": 0, "logs": [] }));
     // The debit is on the owner's code, seen in the owner's list only.
     let (_, list) = get(&s, "/api/provider/codes", Some(&owner)).await;
@@ -989,8 +1081,8 @@ async fn any_provider_may_authorize_and_report_any_code() {
     );
     let (status, _) = report(&s, &owner, &own, json!(MIB)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(s.user("provider@example.com").unwrap().points, 1);
-    assert_eq!(s.user("roamer@example.com").unwrap().points, 2);
+    assert_eq!(s.user("provider@example.com").unwrap().points, 2);
+    assert_eq!(s.user("roamer@example.com").unwrap().points, 1);
 }
 
 /// Point 6: a missing token is 401 `Missing token`, a token of a deleted user 401 `Invalid
