@@ -387,6 +387,11 @@ pub struct UsageSettings {
     /// might be used again (then its next remainder may cost the provider one point).
     #[serde(with = "humantime_serde")]
     pub fraction_hold: Duration,
+    /// How often the account's points and bytesShared are compared with the backend's usage
+    /// log (which lists only its latest 200 entries: read it before more than that are
+    /// written by all the account's gateways, or lost credit may go unseen).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for UsageSettings {
@@ -397,6 +402,7 @@ impl Default for UsageSettings {
             interval: Duration::from_secs(10),
             flush_ahead: Duration::from_secs(60),
             fraction_hold: Duration::from_secs(3600),
+            reconcile_interval: Duration::from_secs(10),
         }
     }
 }
@@ -481,6 +487,12 @@ impl Validate for AgentConfig {
             }
             if usage.interval.is_zero() {
                 problems.push("usage.interval", "must be longer than 0 (e.g. \"10s\")");
+            }
+            if usage.reconcile_interval.is_zero() {
+                problems.push(
+                    "usage.reconcile_interval",
+                    "must be longer than 0 (e.g. \"10s\")",
+                );
             }
             if usage.ledger.as_os_str().is_empty() {
                 problems.push("usage.ledger", "must not be empty");

@@ -47,6 +47,15 @@ pub struct Metrics {
     pub usage_uncredited_bytes: AtomicU64,
     /// Unix seconds since the reporter's rounds fail; 0 while they succeed.
     pub usage_failing_since: AtomicU64,
+    /// Whether the account's credit has been reconciled with its usage log (a shortfall
+    /// figure exists).
+    pub usage_credit_reconciled: AtomicBool,
+    /// Points and `bytesShared` the account is short of its usage log since the agent
+    /// started (credit lost to reports crediting it at once, from any of its gateways).
+    pub usage_credit_shortfall_points: AtomicU64,
+    pub usage_credit_shortfall_bytes: AtomicU64,
+    /// Usage log entries may have gone unseen: the shortfall may be larger.
+    pub usage_credit_entries_missed: AtomicBool,
     outbox: Mutex<OutboxStats>,
     last_error: Mutex<Option<(String, u64)>>,
 }
@@ -77,6 +86,10 @@ impl Default for Metrics {
             usage_half_applied: AtomicU64::new(0),
             usage_uncredited_bytes: AtomicU64::new(0),
             usage_failing_since: AtomicU64::new(0),
+            usage_credit_reconciled: AtomicBool::new(false),
+            usage_credit_shortfall_points: AtomicU64::new(0),
+            usage_credit_shortfall_bytes: AtomicU64::new(0),
+            usage_credit_entries_missed: AtomicBool::new(false),
             outbox: Mutex::new(OutboxStats::default()),
             last_error: Mutex::new(None),
         }
@@ -123,6 +136,20 @@ impl Metrics {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// The account's credit against its usage log; `None` until there are two readings.
+    pub fn store_shortfall(&self, shortfall: Option<crate::usage::Shortfall>) {
+        let Some(s) = shortfall else {
+            return;
+        };
+        self.usage_credit_shortfall_points
+            .store(s.points, Ordering::Relaxed);
+        self.usage_credit_shortfall_bytes
+            .store(s.bytes, Ordering::Relaxed);
+        self.usage_credit_entries_missed
+            .store(s.entries_missed, Ordering::Relaxed);
+        self.usage_credit_reconciled.store(true, Ordering::Relaxed);
     }
 
     /// Records the latest error (already free of secrets: tokens never enter error texts).
@@ -280,6 +307,30 @@ impl Metrics {
             Kind::Counter,
             "Bytes of half-applied reports never credited to the account, since start.",
             get(&self.usage_uncredited_bytes),
+        );
+        metric(
+            "usage_credit_reconciled",
+            Kind::Gauge,
+            "1 once the account's points and bytesShared have been compared with its usage log.",
+            flag(&self.usage_credit_reconciled),
+        );
+        metric(
+            "usage_credit_shortfall_points",
+            Kind::Gauge,
+            "Points the account is short of what its usage log earned since the agent started (credit lost to reports crediting it at once, from any of its gateways).",
+            get(&self.usage_credit_shortfall_points),
+        );
+        metric(
+            "usage_credit_shortfall_bytes",
+            Kind::Gauge,
+            "bytesShared the account is short of what its usage log earned since the agent started.",
+            get(&self.usage_credit_shortfall_bytes),
+        );
+        metric(
+            "usage_credit_entries_missed",
+            Kind::Gauge,
+            "1 if usage log entries may have gone unseen (more than a page between two readings): the shortfall may be larger.",
+            flag(&self.usage_credit_entries_missed),
         );
         metric(
             "usage_failing_since_seconds",

@@ -105,6 +105,26 @@ fn billing_line(n: &dyn Fn(&str) -> u64) -> String {
     if written_off > 0 {
         parts.push(format!("{written_off} bytes could not be billed"));
     }
+    let (points, bytes) = (
+        n("usage_credit_shortfall_points"),
+        n("usage_credit_shortfall_bytes"),
+    );
+    let missed = n("usage_credit_entries_missed") == 1;
+    if points > 0 || bytes > 0 {
+        parts.push(format!(
+            "the account is {}{points} points and {bytes} bytes of bytesShared short of what its usage log earned since start (credit lost to reports crediting it at once, from any of its gateways: ask the backend's operator){}",
+            if missed { "at least " } else { "" },
+            if missed {
+                "; log entries may have been missed"
+            } else {
+                ""
+            }
+        ));
+    } else if missed {
+        parts.push(
+            "usage log entries may have been missed: lost credit may have gone unseen".to_owned(),
+        );
+    }
     format!("billing:  {}\n", parts.join("; "))
 }
 
@@ -131,6 +151,32 @@ mod tests {
         assert!(report.contains("stream down"), "{report}");
         assert!(report.contains("not found"), "{report}");
         assert!(report.contains("billing:  not configured"), "{report}");
+    }
+
+    #[test]
+    fn a_credit_shortfall_is_shown_with_its_size() {
+        let m = Metrics::default();
+        m.usage_configured.store(true, Ordering::Relaxed);
+        let report = render(&m.render());
+        assert!(!report.contains("short"), "{report}");
+        m.store_shortfall(Some(crate::usage::Shortfall {
+            points: 35,
+            bytes: 36_700_000,
+            entries_missed: false,
+        }));
+        let report = render(&m.render());
+        assert!(
+            report.contains("the account is 35 points and 36700000 bytes of bytesShared short"),
+            "{report}"
+        );
+        m.store_shortfall(Some(crate::usage::Shortfall {
+            points: 35,
+            bytes: 36_700_000,
+            entries_missed: true,
+        }));
+        let report = render(&m.render());
+        assert!(report.contains("at least 35 points"), "{report}");
+        assert!(report.contains("may have been missed"), "{report}");
     }
 
     #[test]

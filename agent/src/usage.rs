@@ -6,14 +6,22 @@
 //! account's `bytesShared` (`GET /api/auth/me`) before reports and after lost replies,
 //! persists the cursor **before** each report goes out
 //! (so a crash mid-report is settled by reading back, never by sending again blindly), sends
-//! the reports (one per code at a time, codes in parallel) and feeds their outcomes back. A
+//! the reports (one per code at a time, and at most one per account in flight: see
+//! [`queue`](self::queue)) and feeds their outcomes back. A
 //! report names the consumer whose sessions it carries (`consumerId`) when the ledger says
 //! one signed in on the portal for them.
+//!
+//! Every `reconcile_interval` it also compares the account's `points` and `bytesShared` with
+//! what the backend's own usage log says they grew by (see [`reconcile`](self::reconcile)):
+//! credit lost to reports crediting the account at once, from any of its gateways, is shown
+//! with its size (metrics, `status`).
 //!
 //! It does not write the ledger (the gateway does) and does not start itself: the agent's
 //! `run` spawns [`run_reporter`].
 
 mod core;
+mod queue;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,9 +36,12 @@ use edgeshare_shared::ledger::{LedgerError, LedgerReader};
 use edgeshare_shared::retry::Backoff;
 
 pub use self::core::{
-    CodeInfo, Cursor, Expiry, InFlight, Notice, Outcome, Policy, Reporter, Send, SessionState,
-    Totals,
+    CodeInfo, Cursor, Expiry, InFlight, Notice, Outcome, Owner, Policy, Reporter, Send,
+    SessionState, Totals,
 };
+use self::queue::Queue;
+pub use self::reconcile::Shortfall;
+use self::reconcile::{Account, Entry, Reconciler};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 
@@ -57,6 +68,8 @@ pub struct ReporterSettings {
     pub settle: Duration,
     /// Delays between rounds that failed.
     pub backoff: Backoff,
+    /// How often the account's credit is compared with its usage log.
+    pub reconcile_interval: Duration,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -86,6 +99,7 @@ impl ReporterSettings {
             fraction_hold: usage.fraction_hold,
             settle: config.http.timeout,
             backoff: Backoff::default(),
+            reconcile_interval: usage.reconcile_interval,
         })
     }
 }
@@ -149,6 +163,7 @@ struct Shell<'a> {
     reader: Option<LedgerReader>,
     /// A missing ledger is reported once, not every round.
     warned_missing: bool,
+    reconciler: Reconciler,
 }
 
 impl Shell<'_> {
@@ -208,6 +223,7 @@ impl Shell<'_> {
                         CodeInfo {
                             remaining_mb: authorized.remaining_mb,
                             expiry: Expiry::Unknown,
+                            owner: Owner::Other,
                         },
                     );
                 }
@@ -349,14 +365,22 @@ impl Shell<'_> {
         if sends.is_empty() {
             return ok;
         }
+        // The backend credits accounts by read-modify-write: reports that credit one account
+        // go one after another, those of different accounts side by side.
         let client = self.client;
-        let outcomes = futures_util::future::join_all(
-            sends
-                .iter()
-                .map(|send| async move { (send, report(client, send).await) }),
-        )
-        .await;
-        for (send, outcome) in outcomes {
+        let mut queue = Queue::new(sends);
+        let mut flying = futures_util::stream::FuturesUnordered::new();
+        loop {
+            for send in queue.start() {
+                flying.push(async move {
+                    let outcome = report(client, &send).await;
+                    (send, outcome)
+                });
+            }
+            let Some((send, outcome)) = futures_util::StreamExt::next(&mut flying).await else {
+                break;
+            };
+            queue.done(&send.code);
             if outcome == Outcome::NotApplied {
                 ok = false;
             }
@@ -365,6 +389,7 @@ impl Shell<'_> {
             }
             self.reporter.on_outcome(&send.code, outcome, self.now());
         }
+        debug_assert!(queue.is_empty());
         self.log_notices();
         // If this fails, the cursor on disk still holds the reports in flight, and a restart
         // reads them back: nothing is lost or doubled.
@@ -373,10 +398,79 @@ impl Shell<'_> {
     }
 }
 
+impl Shell<'_> {
+    /// The account's points and bytesShared, `None` if they cannot be read.
+    async fn account(&self) -> Option<Account> {
+        match self.client.me().await {
+            Ok(me) => Some(Account {
+                points: me.points,
+                bytes_shared: me.bytes_shared.as_f64(),
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the account; its credit is compared with its usage log next time");
+                None
+            }
+        }
+    }
+
+    /// The usage log's latest page, `None` if it cannot be read.
+    async fn log_page(&self) -> Option<Vec<Entry>> {
+        match self.client.usage().await {
+            Ok(usage) => Some(usage.logs.iter().filter_map(Entry::from_json).collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the usage log; the account's credit is compared with it next time");
+                None
+            }
+        }
+    }
+
+    /// Compares the account's credit with its usage log: the baseline first (the account,
+    /// then the log), then readings (the log, then the account); see
+    /// [`reconcile`](self::reconcile) for why in that order.
+    async fn reconcile(&mut self) {
+        if self.reconciler.has_baseline() {
+            let Some(page) = self.log_page().await else {
+                return;
+            };
+            let Some(account) = self.account().await else {
+                return;
+            };
+            let before = self.reconciler.shortfall();
+            self.reconciler.observe(&page, account);
+            let now = self.reconciler.shortfall();
+            self.metrics.store_shortfall(now);
+            if let Some(s) = now.filter(|s| Some(*s) != before && (s.points > 0 || s.bytes > 0)) {
+                tracing::error!(
+                    shortfall_points = s.points,
+                    shortfall_bytes = s.bytes,
+                    entries_missed = s.entries_missed,
+                    "the account has {} points and {} bytes of bytesShared less than its usage log earned since the agent started{}: credit lost to reports crediting it at once (from its other gateways, or another agent of this account); the edge cannot repair this: ask the backend's operator to credit it",
+                    s.points,
+                    s.bytes,
+                    if s.entries_missed {
+                        " (at least: log entries may have been missed)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        } else {
+            let Some(account) = self.account().await else {
+                return;
+            };
+            let Some(page) = self.log_page().await else {
+                return;
+            };
+            self.reconciler.baseline(account, &page);
+        }
+    }
+}
+
 fn own_code_info(code: &ProviderCode) -> CodeInfo {
     CodeInfo {
         remaining_mb: code.remaining_mb,
         expiry: code.expire_at_ms().map_or(Expiry::Never, Expiry::At),
+        owner: Owner::This,
     }
 }
 
@@ -438,6 +532,7 @@ pub async fn run_reporter(
         reporter: Reporter::new(cursor, settings.policy(), unix_ms()),
         reader: None,
         warned_missing: false,
+        reconciler: Reconciler::default(),
     };
     tracing::info!(
         ledger = %settings.ledger.display(),
@@ -447,11 +542,20 @@ pub async fn run_reporter(
     );
     let mut shutdown = std::pin::pin!(shutdown);
     let mut delays = settings.backoff.delays();
+    let mut reconcile_at = tokio::time::Instant::now();
     loop {
         let ok = tokio::select! {
             ok = shell.round() => ok,
             () = &mut shutdown => return Ok(()),
         };
+        // Between rounds, so that none of this agent's reports is in flight meanwhile.
+        if tokio::time::Instant::now() >= reconcile_at {
+            tokio::select! {
+                () = shell.reconcile() => {}
+                () = &mut shutdown => return Ok(()),
+            }
+            reconcile_at = tokio::time::Instant::now() + settings.reconcile_interval;
+        }
         metrics.store_usage(shell.reporter.totals(), shell.reporter.pending_total(), ok);
         let wait = if ok {
             delays = settings.backoff.delays();
@@ -465,7 +569,8 @@ pub async fn run_reporter(
             settings.interval.min(to_wake)
         } else {
             delays.next().unwrap_or(settings.backoff.max)
-        };
+        }
+        .min(reconcile_at.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => return Ok(()),

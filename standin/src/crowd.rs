@@ -402,6 +402,21 @@ impl Db {
         self.users.len() != before
     }
 
+    /// Registers a user as `POST /api/auth/register` would; `None` if the email is taken.
+    pub(crate) fn register(
+        &mut self,
+        name: &str,
+        email: &str,
+        password: &str,
+        role: &str,
+    ) -> Option<UserState> {
+        if self.users.iter().any(|u| u.email == email) {
+            return None;
+        }
+        self.add_user(name, email, password, role);
+        self.user_state(email)
+    }
+
     pub(crate) fn user_states(&self) -> Vec<UserState> {
         self.users.iter().map(Self::user_state_of).collect()
     }
@@ -767,9 +782,23 @@ async fn report_usage(
         let read = db.read_credit(&owner, report.consumer_id);
         db.save_credit(&report, read, now_ms());
     } else {
+        // Once started, the real service finishes a request whose client went away: a
+        // task of its own, which a dropped connection does not cancel between the saves.
         let read = lock(&shared.crowd).read_credit(&owner, report.consumer_id);
-        tokio::time::sleep(window).await;
-        lock(&shared.crowd).save_credit(&report, read, now_ms());
+        let (task_shared, code, bytes_sent) = (shared.clone(), code.to_owned(), bytes_sent.clone());
+        let consumer = report.consumer_id.map(str::to_owned);
+        let credit = tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let report = Report {
+                code: &code,
+                bytes,
+                bytes_sent: &bytes_sent,
+                consumer_id: consumer.as_deref(),
+            };
+            lock(&task_shared.crowd).save_credit(&report, read, now_ms());
+        });
+        // The task only sleeps and writes under the lock: it cannot fail.
+        let _ = credit.await;
     }
     Ok(axum::Json(json!({ "ok": true, "remainingMB": js_num(remaining) })).into_response())
 }

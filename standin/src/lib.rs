@@ -672,6 +672,18 @@ impl Standin {
         lock(&self.shared.crowd).delete_user(email)
     }
 
+    /// Registers a contract 1 user (`role`: provider, consumer or admin), as `POST
+    /// /api/auth/register` would; `None` if the email is taken.
+    pub fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        role: &str,
+    ) -> Option<UserState> {
+        lock(&self.shared.crowd).register(name, email, password, role)
+    }
+
     /// Every contract 1 user.
     pub fn users(&self) -> Vec<UserState> {
         lock(&self.shared.crowd).user_states()

@@ -120,11 +120,31 @@ pub enum Expiry {
     Unknown,
 }
 
+/// Whose account a code's reports credit: the backend gives a report's points and
+/// `bytesShared` to the code's owner, whoever reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// This provider's own code (in its code list).
+    #[default]
+    This,
+    /// Another account's code (not in the list; authorize-code accepts it): its owner is
+    /// unknown, and may be the same as another such code's.
+    Other,
+}
+
+impl Owner {
+    fn is_this(&self) -> bool {
+        *self == Owner::This
+    }
+}
+
 /// What the backend said of a code just now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CodeInfo {
     pub remaining_mb: f64,
     pub expiry: Expiry,
+    pub owner: Owner,
 }
 
 /// The reporter's settings.
@@ -220,6 +240,10 @@ pub struct InFlight {
     /// The round it was sent in.
     #[serde(default)]
     pub round: u64,
+    /// Whose account it credits: only this provider's own codes move its `bytesShared`.
+    /// (A cursor from before this was kept says nothing: its reports were taken as own.)
+    #[serde(default, skip_serializing_if = "Owner::is_this")]
+    pub owner: Owner,
 }
 
 /// A report to send now. The shell persists [`Reporter::cursor`] first, then sends it.
@@ -229,6 +253,9 @@ pub struct Send {
     pub bytes: u64,
     /// The `consumerId` to name: every session the report settles has this consumer.
     pub consumer: Option<String>,
+    /// The account the report credits (see [`queue`](super::queue): one report per
+    /// account at a time).
+    pub owner: Owner,
 }
 
 /// How a report-usage call ended.
@@ -251,8 +278,12 @@ pub enum Notice {
     /// Bytes the backend could not bill: the code had nothing (more) left.
     Unbilled { code: String, bytes: u64 },
     /// The backend no longer knows the code (expired or deleted): its bytes cannot be
-    /// reported.
-    CodeGone { code: String, bytes: u64 },
+    /// reported. `owner`: whose code it was when last read (own if never read).
+    CodeGone {
+        code: String,
+        bytes: u64,
+        owner: Owner,
+    },
     /// The backend refused a report in a way retrying will not fix; the bytes stay pending
     /// until the agent restarts.
     Parked {
@@ -316,6 +347,9 @@ pub struct Reporter {
     status: HashMap<String, Status>,
     /// The latest reading of each code the backend knows.
     known: HashMap<String, CodeInfo>,
+    /// Whose each code in use was when last read, kept after the backend forgets the code:
+    /// its refusal is then explained for what it was.
+    owners: HashMap<String, Owner>,
     /// Refusals for "not enough remaining" in a row, per code: a second one parks it.
     short_refusals: HashMap<String, u32>,
     notices: Vec<Notice>,
@@ -339,6 +373,7 @@ impl Reporter {
             policy,
             status,
             known: HashMap::new(),
+            owners: HashMap::new(),
             short_refusals: HashMap::new(),
             notices: Vec::new(),
             totals: Totals::default(),
@@ -589,9 +624,14 @@ impl Reporter {
         codes: &HashMap<String, CodeInfo>,
         shared: Option<f64>,
     ) -> Vec<Send> {
-        for code in self.codes_in_use() {
+        let in_use = self.codes_in_use();
+        self.owners.retain(|code, _| in_use.contains(code));
+        for code in in_use {
             match codes.get(&code) {
-                Some(info) => self.known.insert(code, *info),
+                Some(info) => {
+                    self.owners.insert(code.clone(), info.owner);
+                    self.known.insert(code, *info)
+                }
                 None => self.known.remove(&code),
             };
         }
@@ -615,9 +655,11 @@ impl Reporter {
             let pending = self.pending(&code);
             let Some(info) = codes.get(&code) else {
                 self.write_off(&code);
+                let owner = self.owner_of(&code);
                 self.notices.push(Notice::CodeGone {
                     code,
                     bytes: pending,
+                    owner,
                 });
                 continue;
             };
@@ -648,6 +690,7 @@ impl Reporter {
                     parts,
                     shared_before: shared,
                     round,
+                    owner: info.owner,
                 },
             );
             self.status.insert(code.clone(), Status::Sending);
@@ -655,6 +698,7 @@ impl Reporter {
                 code,
                 bytes,
                 consumer,
+                owner: info.owner,
             });
         }
         if !sends.is_empty() {
@@ -781,10 +825,11 @@ impl Reporter {
         let Some(now) = shared else {
             return;
         };
-        // A report under a MiB earns no point, so it never moves bytesShared.
+        // A report under a MiB earns no point, so it never moves bytesShared; a report on
+        // another account's code credits that account.
         let mut checked: Vec<(String, InFlight, f64)> = applied
             .into_iter()
-            .filter(|(_, f)| f.bytes >= MIB)
+            .filter(|(_, f)| f.bytes >= MIB && f.owner == Owner::This)
             .filter_map(|(code, f)| f.shared_before.map(|before| (code, f, before)))
             .collect();
         checked.sort_by_key(|(_, f, _)| std::cmp::Reverse(f.round));
@@ -838,7 +883,8 @@ impl Reporter {
             return;
         };
         self.totals.reported_bytes = self.totals.reported_bytes.saturating_add(flight.bytes);
-        if flight.bytes >= MIB {
+        // Only this provider's own codes credit its bytesShared.
+        if flight.bytes >= MIB && flight.owner == Owner::This {
             self.cursor.credits.push(Credit {
                 round: flight.round,
                 bytes: flight.bytes,
@@ -894,13 +940,26 @@ impl Reporter {
     /// written off, and the shell says how many.
     fn code_gone(&mut self, code: &str) {
         let pending = self.pending(code);
+        let owner = self.owner_of(code);
         self.cursor.in_flight.remove(code);
         self.status.remove(code);
         self.write_off(code);
         self.notices.push(Notice::CodeGone {
             code: code.to_owned(),
             bytes: pending,
+            owner,
         });
+    }
+
+    /// Whose `code` is, as far as known: its report in flight says, else its last reading;
+    /// a code never read counts as own.
+    fn owner_of(&self, code: &str) -> Owner {
+        self.cursor
+            .in_flight
+            .get(code)
+            .map(|f| f.owner)
+            .or_else(|| self.owners.get(code).copied())
+            .unwrap_or_default()
     }
 
     /// Settles every session of `code` without a report.
@@ -934,8 +993,20 @@ impl Notice {
                 "code {} has nothing left: {bytes} bytes used on it cannot be billed (the gateway's kernel quota lets a session run up to 64 KiB past its code)",
                 redact(code)
             ),
-            Notice::CodeGone { code, bytes } => format!(
+            Notice::CodeGone {
+                code,
+                bytes,
+                owner: Owner::This,
+            } => format!(
                 "the backend refuses code {} (expired, or deleted after its expiry): {bytes} bytes used on it cannot be billed; if this happens at every expiry, check that the gateway's codes.expiry_margin is above the agent's [usage] interval and that both clocks are right",
+                redact(code)
+            ),
+            Notice::CodeGone {
+                code,
+                bytes,
+                owner: Owner::Other,
+            } => format!(
+                "the backend refuses code {}, another account's code (expired, or deleted after its expiry): {bytes} bytes used on it cannot be billed (they would have credited that code's owner, not this account); its expiry was unknown to this gateway (authorize-code does not say when a code expires), so its session could not be ended before it",
                 redact(code)
             ),
             Notice::HalfApplied {
@@ -1033,9 +1104,17 @@ mod tests {
         codes
             .iter()
             .map(|(c, mb)| {
+                // authorize-code does not say when another account's code expires: an
+                // unknown expiry is such a code.
+                let owner = if expiry == Expiry::Unknown {
+                    Owner::Other
+                } else {
+                    Owner::This
+                };
                 let info = CodeInfo {
                     remaining_mb: *mb,
                     expiry,
+                    owner,
                 };
                 ((*c).to_owned(), info)
             })
@@ -1061,6 +1140,7 @@ mod tests {
                 code: CODE.into(),
                 bytes: 2 * MIB,
                 consumer: None,
+                owner: Owner::This,
             }]
         );
         assert_eq!(r.cursor().in_flight[CODE].before_mb, 500.0);
@@ -1090,6 +1170,7 @@ mod tests {
             code: CODE.into(),
             bytes,
             consumer: who.map(str::to_owned),
+            owner: Owner::This,
         }
     }
 
@@ -1313,6 +1394,110 @@ mod tests {
             r.cursor().credits.is_empty(),
             "nothing in flight needs them"
         );
+    }
+
+    /// Reports on another account's code credit its owner: they never move this account's
+    /// bytesShared, so they are not expected there (it used to raise false alarms: 2 of 3 in
+    /// a run with the real service), and they do not hide one of this account's own reports
+    /// applied only half beside them.
+    #[test]
+    fn reports_on_another_accounts_code_are_not_expected_in_bytes_shared() {
+        let mut r = reporter();
+        r.ingest(&[
+            rec(1, "ABCD2345-1", 3 * MIB, true),
+            rec(2, "EFGH2345-1", 2 * MIB, false),
+        ]);
+        let mut codes = with_expiry(&[(CODE, 10.0)], Expiry::Unknown);
+        codes.extend(left(&[(OTHER, 10.0)]));
+        let sends = r.plan(0, &codes, Some(1000.0));
+        assert_eq!(sends.len(), 2);
+        let roaming = sends.iter().find(|s| s.code == CODE).unwrap();
+        assert_eq!(roaming.owner, Owner::Other);
+        // Both replies lost; both applied; the own one only half (its credit never came),
+        // the other account's in full (credited to its owner).
+        r.on_outcome(CODE, Outcome::Unknown, 0);
+        r.on_outcome(OTHER, Outcome::Unknown, 0);
+        let mut after = with_expiry(&[(CODE, 7.0)], Expiry::Unknown);
+        after.extend(left(&[(OTHER, 8.0)]));
+        assert!(r.plan(SETTLE, &after, Some(1000.0)).is_empty());
+        let half: Vec<Notice> = r
+            .take_notices()
+            .into_iter()
+            .filter(|n| matches!(n, Notice::HalfApplied { .. }))
+            .collect();
+        assert_eq!(
+            half,
+            [Notice::HalfApplied {
+                code: OTHER.into(),
+                bytes: 2 * MIB,
+                uncredited: 2 * MIB
+            }],
+            "only the own code's report is missing from bytesShared"
+        );
+        assert_eq!(r.totals().uncredited_bytes, 2 * MIB);
+
+        // Another account's report alone, bytesShared unmoved: no alarm.
+        let mut r = reporter();
+        r.ingest(&[rec(1, "ABCD2345-1", 3 * MIB, true)]);
+        let roaming = with_expiry(&[(CODE, 10.0)], Expiry::Unknown);
+        r.plan(0, &roaming, Some(5.0));
+        r.on_outcome(CODE, Outcome::Unknown, 0);
+        let after = with_expiry(&[(CODE, 7.0)], Expiry::Unknown);
+        r.plan(SETTLE, &after, Some(5.0));
+        assert_eq!(r.pending(CODE), 0);
+        assert_eq!(r.totals().half_applied, 0, "{:?}", r.take_notices());
+        assert!(r.cursor().credits.is_empty());
+    }
+
+    /// A report refused as expired on another account's code: the message says its expiry
+    /// was unknown to the gateway, and does not send the provider to its margin and clocks
+    /// (which would not have helped); an own code's still does.
+    #[test]
+    fn an_expired_code_of_another_account_is_explained_as_such() {
+        let expired = || Outcome::Refused {
+            kind: Rejection::CodeExpired,
+            message: "Code expired".into(),
+        };
+        let mut r = reporter();
+        r.ingest(&[rec(1, "ABCD2345-1", 2 * MIB, true)]);
+        r.plan(0, &with_expiry(&[(CODE, 10.0)], Expiry::Unknown), None);
+        r.on_outcome(CODE, expired(), 0);
+        let notices = r.take_notices();
+        assert!(
+            matches!(&notices[..], [Notice::CodeGone { owner: Owner::Other, bytes, .. }] if *bytes == 2 * MIB),
+            "{notices:?}"
+        );
+        let text = notices[0].describe();
+        assert!(
+            text.contains("another account's code") && text.contains("expiry was unknown"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("expiry_margin") && !text.contains("clock"),
+            "{text}"
+        );
+        assert!(!text.contains(CODE), "codes are secrets: {text}");
+
+        // Gone from authorize-code before its report (expired, then deleted): the same.
+        let mut r = reporter();
+        r.ingest(&[rec(1, "ABCD2345-1", 10, false)]);
+        r.plan(0, &with_expiry(&[(CODE, 10.0)], Expiry::Unknown), None);
+        r.ingest(&[rec(2, "ABCD2345-1", 20, true)]);
+        r.plan(0, &HashMap::new(), None);
+        assert!(matches!(
+            r.take_notices()[..],
+            [Notice::CodeGone {
+                owner: Owner::Other,
+                ..
+            }]
+        ));
+
+        let mut r = reporter();
+        r.ingest(&[rec(1, "ABCD2345-1", 2 * MIB, true)]);
+        r.plan(0, &left(&[(CODE, 10.0)]), None);
+        r.on_outcome(CODE, expired(), 0);
+        let text = r.take_notices()[0].describe();
+        assert!(text.contains("expiry_margin"), "{text}");
     }
 
     #[test]
@@ -1620,7 +1805,7 @@ mod tests {
                     .iter()
                     .zip(&remaining)
                     .map(|(c, left)| {
-                        let info = CodeInfo { remaining_mb: *left as f64 / MB, expiry: Expiry::Never };
+                        let info = CodeInfo { remaining_mb: *left as f64 / MB, expiry: Expiry::Never, owner: Owner::This };
                         ((*c).to_owned(), info)
                     })
                     .collect();
