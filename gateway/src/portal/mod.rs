@@ -945,6 +945,8 @@ async fn login<G: Gate>(
         "code redemption"
     );
     let email = signed_in.then_some(form.email.trim());
+    // Again: the redemption may just have found the code service unreachable (the note).
+    let view = portal.view(portal.choose(&headers, None), portal.is_own_host(&headers));
     redeem_reply(&view, outcome, typed, email)
 }
 
