@@ -145,8 +145,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::CheckConfig => {
-            edgeshare_shared::cli::check_config::<GatewayConfig>(&cli.config, Daemon::Gateway)
-                .map(drop)
+            edgeshare_shared::cli::check_config::<GatewayConfig>(&cli.config, Daemon::Gateway).map(
+                |config| {
+                    if let Some(warning) = config.codes.deprecation() {
+                        eprintln!("warning: {warning}");
+                    }
+                },
+            )
         }
         Command::Run => {
             let config = load()?;

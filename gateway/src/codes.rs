@@ -8,7 +8,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgeshare_shared::backend::crowd::{CrowdClient, MB, Role};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::Grant;
 use crate::net::Millis;
+use crate::own_codes::{OwnCode, OwnCodes, OwnCodesFile};
 
 /// What a code source says about a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +30,15 @@ pub enum Verdict {
     Expired,
     UsedUp,
     Revoked,
-    /// Another account's code, on a gateway set to `codes.own_codes_only`.
+    /// Another account's code, on a gateway that does not serve them
+    /// (`codes.serve_other_accounts` off).
     NotOurs,
+    /// The backend is unreachable, and the provider's last code list has this code: what
+    /// it may carry depends on this gateway's usage of it (see [`crate::own_codes`]).
+    Offline(OwnCode),
+    /// The backend is unreachable and its last list does not have this code (another
+    /// account's, or made since): it cannot be checked now.
+    OfflineUnlisted,
     /// The source could not be asked (backend down, misconfigured account); the reason is
     /// for the log, not for the consumer.
     Unreachable(String),
@@ -257,6 +266,7 @@ impl CodeStore {
                 expires_at: Some(c.expires_at),
                 code: c.code,
                 consumer: None,
+                other_account: false,
             }),
         }
     }
@@ -287,6 +297,60 @@ pub(crate) fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the backend answers: set by every call the gateway makes to it, read by the
+/// portal (its notice), `status` and the dashboard.
+#[derive(Debug, Default)]
+pub struct BackendLink {
+    /// Unix ms of the first failure of the current outage; 0 while it answers.
+    down_since: AtomicU64,
+}
+
+impl BackendLink {
+    /// Since when the backend has been unreachable, if it is.
+    pub fn down_since(&self) -> Option<Millis> {
+        match self.down_since.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Millis(at)),
+        }
+    }
+
+    /// The backend answered (whatever it said).
+    pub fn answered(&self) {
+        let was = self.down_since.swap(0, Ordering::Relaxed);
+        if was != 0 {
+            tracing::info!(
+                down_for_s = Millis(was).until(Millis::now()).as_secs(),
+                "the backend answers again"
+            );
+        }
+    }
+
+    /// What a call's result says of the backend: down for the failures that mean it is
+    /// unreachable (no connection, no reply, 5xx), up for any answer.
+    pub fn heard<T>(&self, result: &Result<T, BackendError>, now: Millis) {
+        match result {
+            Err(err) if is_down(err) => {
+                let first = self
+                    .down_since
+                    .compare_exchange(0, now.0.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+                if first {
+                    tracing::warn!(error = %err, "the backend is unreachable: the provider's own codes admit consumers from its last code list, other accounts' codes are refused until it is back");
+                }
+            }
+            _ => self.answered(),
+        }
+    }
+}
+
+/// A failure that means the backend cannot be reached now, as opposed to an answer.
+fn is_down(err: &BackendError) -> bool {
+    matches!(
+        err,
+        BackendError::Unreachable { .. } | BackendError::NoReply { .. }
+    ) || err.rejection() == Some(Rejection::ServerError)
+}
+
 /// Checks codes against the backend's authorize-code (contract 1).
 #[derive(Debug)]
 pub struct BackendCodes {
@@ -294,22 +358,76 @@ pub struct BackendCodes {
     client: Arc<CrowdClient>,
     /// See `codes.expiry_margin`.
     expiry_margin: Duration,
-    /// See `codes.own_codes_only`.
-    own_codes_only: bool,
+    /// See `codes.serve_other_accounts`.
+    serve_other_accounts: bool,
+    link: Arc<BackendLink>,
+    /// The provider's own codes as last listed, and where they are kept.
+    own: Mutex<OwnCodes>,
+    own_file: OwnCodesFile,
+}
+
+/// What asking authorize-code again about a served code came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still valid, with this much left.
+    Left(u64),
+    /// Expired, or gone (deleted by the database after its expiry).
+    Expired,
+    /// No answer: the backend is unreachable, or answered something unusable.
+    Unknown,
 }
 
 impl BackendCodes {
-    pub fn new(client: CrowdClient, expiry_margin: Duration, own_codes_only: bool) -> Self {
+    pub fn new(
+        client: CrowdClient,
+        expiry_margin: Duration,
+        serve_other_accounts: bool,
+        state_dir: &Path,
+    ) -> Self {
+        let own_file = OwnCodesFile::new(state_dir);
         BackendCodes {
             client: Arc::new(client),
             expiry_margin,
-            own_codes_only,
+            serve_other_accounts,
+            link: Arc::default(),
+            own: Mutex::new(own_file.load()),
+            own_file,
         }
     }
 
     /// The client this checks codes with, to make and list them with as well.
     pub fn client(&self) -> Arc<CrowdClient> {
         Arc::clone(&self.client)
+    }
+
+    pub fn link(&self) -> Arc<BackendLink> {
+        Arc::clone(&self.link)
+    }
+
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnCodes> {
+        // Plain data, whole after any panic.
+        self.own
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the provider's own code list and keeps it (in memory and on disk), with
+    /// `used_here`: this gateway's usage of each code, read just before. On failure the
+    /// list kept stays as it was.
+    pub async fn refresh_own(
+        &self,
+        used_here: &std::collections::HashMap<AccessCode, u64>,
+    ) -> Result<usize, BackendError> {
+        let listed = self.client.list_codes().await;
+        let now = Millis::now();
+        self.link.heard(&listed, now);
+        let list = OwnCodes::from_list(&listed?, used_here, now);
+        let count = list.codes.len();
+        if let Err(err) = self.own_file.save(&list) {
+            tracing::warn!(error = %err, "cannot save the provider's code list in state.dir: a restart while the backend is unreachable would admit no one");
+        }
+        *self.own() = list;
+        Ok(count)
     }
 
     /// Signs a consumer in with their network account (`POST /api/auth/login`), beside this
@@ -338,13 +456,25 @@ impl BackendCodes {
     }
 
     /// The verdict on a code at `now`. authorize-code does not say when a code expires; the
-    /// provider's code list does, for the provider's own codes, so it is read as well. A
-    /// code not in it is another account's (roaming): the backend accepts it and bills its
-    /// usage to this account, but its expiry is unknown, so its session lasts
-    /// `session.max_duration` (as for a code that never expires, `expireAt: null`).
+    /// provider's code list does, for the provider's own codes, so it is read as well (the
+    /// one kept from the last read if it cannot be). A code not in it is another
+    /// account's: the backend accepts it, but credits its usage to its owner, never to this
+    /// account, and its expiry is unknown, so it is served only with
+    /// `codes.serve_other_accounts`, and then asked about again while it is used (see
+    /// [`BackendCodes::recheck`]). With the backend unreachable, the verdict is the last
+    /// list's ([`Verdict::Offline`]).
     pub async fn check(&self, code: &AccessCode, now: Millis) -> Verdict {
-        let authorized = match self.client.authorize_code(code).await {
+        let authorized = self.client.authorize_code(code).await;
+        self.link.heard(&authorized, now);
+        let authorized = match authorized {
             Ok(authorized) => authorized,
+            Err(err) if is_down(&err) => {
+                tracing::info!(error = %err, "cannot check a code with the backend: the provider's last code list decides");
+                return match self.own().find(code) {
+                    Some(own) => Verdict::Offline(own.clone()),
+                    None => Verdict::OfflineUnlisted,
+                };
+            }
             Err(err) => return refusal(err),
         };
         let remaining_bytes = authorized.remaining_bytes();
@@ -352,33 +482,65 @@ impl BackendCodes {
             // The backend says ok to a code with nothing left; a gateway must not.
             return Verdict::UsedUp;
         }
-        let expire_at_ms = match self.client.list_codes().await {
-            Ok(list) => match list.into_iter().find(|c| &c.code == code) {
-                Some(own) => own.expire_at_ms(),
-                None if self.own_codes_only => return Verdict::NotOurs,
-                None => {
-                    tracing::info!(
-                        code = %redact(code.as_str()),
-                        "another account's code (roaming): served and billed to this gateway's account; its expiry is unknown"
-                    );
+        let listed = self.client.list_codes().await;
+        self.link.heard(&listed, now);
+        let own = match listed {
+            Ok(list) => list
+                .into_iter()
+                .find(|c| &c.code == code)
+                .map(|c| c.expire_at_ms()),
+            // Without a fresh list, the kept one tells the provider's own codes; a code not
+            // in it may be another account's or one made since.
+            Err(err) => match self.own().find(code) {
+                Some(own) => Some(own.expires_at.map(|at| at.0)),
+                None if self.serve_other_accounts => {
+                    tracing::warn!(error = %err, "cannot read the code list; the code is not in the last one: served as another account's");
                     None
                 }
+                None => return Verdict::Unreachable(err.to_string()),
             },
-            Err(err) if self.own_codes_only => return Verdict::Unreachable(err.to_string()),
-            // Without the list, refusing the code would turn a hiccup into an outage: it is
-            // served as a code whose expiry is unknown.
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the code list for the expiry; using session.max_duration");
-                None
-            }
         };
-        grant_before_expiry(code, remaining_bytes, expire_at_ms, self.expiry_margin, now)
+        match own {
+            Some(expire_at_ms) => {
+                grant_before_expiry(code, remaining_bytes, expire_at_ms, self.expiry_margin, now)
+            }
+            None if !self.serve_other_accounts => Verdict::NotOurs,
+            None => {
+                tracing::info!(
+                    code = %redact(code.as_str()),
+                    "another account's code: served (codes.serve_other_accounts), its bytes credited to the code's OWNER, not to this provider; its expiry is unknown, so authorize-code is asked again every codes.recheck_every while it is used"
+                );
+                Verdict::Granted(Grant {
+                    code: code.clone(),
+                    remaining_bytes,
+                    expires_at: None,
+                    consumer: None,
+                    other_account: true,
+                })
+            }
+        }
+    }
+
+    /// Asks authorize-code about `code` again (another account's, being served).
+    pub async fn recheck(&self, code: &AccessCode) -> Recheck {
+        let answer = self.client.authorize_code(code).await;
+        self.link.heard(&answer, Millis::now());
+        match answer {
+            Ok(authorized) => Recheck::Left(authorized.remaining_bytes()),
+            Err(err) => match err.rejection() {
+                Some(Rejection::CodeExpired | Rejection::NotFound) => Recheck::Expired,
+                _ => {
+                    tracing::warn!(error = %err, code = %redact(code.as_str()), "cannot check another account's code again");
+                    Recheck::Unknown
+                }
+            },
+        }
     }
 }
 
 /// The grant for a code the backend accepted, its session ending `margin` before the code
-/// expires (`expire_at_ms`, Unix ms; `None`: never, or not known).
-fn grant_before_expiry(
+/// expires (`expire_at_ms`, Unix ms; `None`: never).
+pub(crate) fn grant_before_expiry(
     code: &AccessCode,
     remaining_bytes: u64,
     expire_at_ms: Option<u64>,
@@ -395,6 +557,7 @@ fn grant_before_expiry(
         remaining_bytes,
         expires_at,
         consumer: None,
+        other_account: false,
     })
 }
 
@@ -439,6 +602,7 @@ mod tests {
                 remaining_bytes: 5,
                 expires_at: Some(Millis(185_000)),
                 consumer: None,
+                other_account: false,
             })
         );
         assert_eq!(
@@ -454,6 +618,7 @@ mod tests {
                 remaining_bytes: 5,
                 expires_at: None,
                 consumer: None,
+                other_account: false,
             }),
             "a code that never expires (expireAt null)"
         );
@@ -481,6 +646,7 @@ mod tests {
                 remaining_bytes: 10 * 1_048_576,
                 expires_at: Some(Millis(1_000_000 + 3_600_000)),
                 consumer: None,
+                other_account: false,
             })
         );
         assert_eq!(store.list().unwrap().len(), 3);
@@ -554,6 +720,112 @@ mod tests {
         assert_eq!(codes.len(), 200);
     }
 
+    /// Other accounts' codes are refused by default, served (flagged, re-checkable) with
+    /// `serve_other_accounts`; with the backend unreachable the provider's kept list
+    /// decides (own codes [`Verdict::Offline`], others [`Verdict::OfflineUnlisted`]), the
+    /// link says since when, and the kept list survives a restart (a new `BackendCodes`).
+    #[tokio::test]
+    async fn other_accounts_codes_and_the_kept_list_when_the_backend_is_down() {
+        use edgeshare_shared::backend::crowd::{CreateCodes, CrowdConfig};
+        use edgeshare_shared::backend::{HttpClient, HttpSettings};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let standin = edgeshare_standin::start(listener, Default::default())
+            .await
+            .unwrap();
+        let http = HttpClient::new(&HttpSettings {
+            timeout: Duration::from_secs(5),
+            ..HttpSettings::default()
+        })
+        .unwrap();
+        let account = |email: &str, password: &str| {
+            CrowdClient::new(
+                &http,
+                &CrowdConfig {
+                    url: standin.base_url().parse().unwrap(),
+                    email: email.to_owned(),
+                    password: Secret::new(password),
+                },
+            )
+        };
+        let made = |client: CrowdClient, hours: Option<f64>| async move {
+            let request = CreateCodes {
+                total_mb: 10.0,
+                count: 1,
+                expire_hours: hours,
+            };
+            client.create_codes(&request).await.unwrap()[0].code.clone()
+        };
+        let foreign = made(account("admin@example.com", "Admin@123"), Some(1.0)).await;
+        let own = made(account("provider@example.com", "Provider@123"), Some(1.0)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = |serve: bool| {
+            BackendCodes::new(
+                account("provider@example.com", "Provider@123"),
+                Duration::from_secs(15),
+                serve,
+                dir.path(),
+            )
+        };
+        let now = Millis::now();
+        assert_eq!(gateway(false).check(&foreign, now).await, Verdict::NotOurs);
+        let serving = gateway(true);
+        match serving.check(&foreign, now).await {
+            Verdict::Granted(grant) => {
+                assert!(grant.other_account);
+                assert_eq!(grant.expires_at, None);
+                assert_eq!(grant.remaining_bytes, 10 * 1_048_576);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            serving.recheck(&foreign).await,
+            Recheck::Left(10 * 1_048_576)
+        );
+        assert_eq!(
+            serving
+                .recheck(&AccessCode::parse("ZZZZ9999").unwrap())
+                .await,
+            Recheck::Expired,
+            "404: gone"
+        );
+        match serving.check(&own, now).await {
+            Verdict::Granted(grant) => assert!(!grant.other_account),
+            other => panic!("{other:?}"),
+        }
+        let used = std::collections::HashMap::from([(own.clone(), 42)]);
+        assert!(serving.refresh_own(&used).await.unwrap() >= 1);
+        assert_eq!(serving.link().down_since(), None);
+
+        standin.refuse_connections().await;
+        let after_restart = gateway(true);
+        let before = Millis::now();
+        match after_restart.check(&own, before).await {
+            Verdict::Offline(entry) => {
+                assert_eq!(entry.code, own);
+                assert_eq!(entry.used_here_at_sync, 42);
+                assert_eq!(entry.remaining_bytes, 10 * 1_048_576);
+                assert!(entry.expires_at.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            after_restart.check(&foreign, before).await,
+            Verdict::OfflineUnlisted
+        );
+        assert!(
+            after_restart
+                .link()
+                .down_since()
+                .is_some_and(|at| at >= before)
+        );
+        assert_eq!(after_restart.recheck(&foreign).await, Recheck::Unknown);
+        // Back: the next answer clears it.
+        standin.accept_connections().await.unwrap();
+        assert!(after_restart.refresh_own(&used).await.is_ok());
+        assert_eq!(after_restart.link().down_since(), None);
+        standin.shutdown().await;
+    }
+
     fn backend_at(url: &str) -> BackendCodes {
         use edgeshare_shared::backend::crowd::CrowdConfig;
         use edgeshare_shared::backend::{HttpClient, HttpSettings};
@@ -571,6 +843,7 @@ mod tests {
             CrowdClient::new(&http, &config),
             Duration::from_secs(15),
             false,
+            &std::env::temp_dir().join("edgeshare-no-state"),
         )
     }
 

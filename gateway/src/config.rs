@@ -275,18 +275,52 @@ pub struct Codes {
     /// backend refuses the report and the provider loses those bytes).
     #[serde(with = "humantime_serde")]
     pub expiry_margin: std::time::Duration,
-    /// Accept only codes this gateway's `[backend]` account made. Off by default: a code of
-    /// any account that the backend accepts is served and billed to this account (roaming).
-    pub own_codes_only: bool,
+    /// Serve codes of other backend accounts. Off by default: the backend credits a code's
+    /// points and `bytesShared` to the code's OWNER, never to the gateway that carried the
+    /// bytes, so serving them is a favour to that account, not income.
+    pub serve_other_accounts: bool,
+    /// Replaced by `serve_other_accounts` (other accounts' codes are refused unless it is
+    /// on). Still read, so that a config written for an older gateway starts: `true` is the
+    /// default now, and `false` no longer turns serving on (it used to, on the false premise
+    /// that this account was credited); a warning says so.
+    pub own_codes_only: Option<bool>,
+    /// How often a session of another account's code asks authorize-code again: its expiry
+    /// is not told (only the provider's own list has it), so this bounds how long it is
+    /// served past it. At most 30 s.
+    #[serde(with = "humantime_serde")]
+    pub recheck_every: std::time::Duration,
+    /// How often the provider's own code list (what each code has left, and its expiry) is
+    /// read and kept in the state directory: while the backend is unreachable, codes on
+    /// that list still admit consumers, capped at what they had left.
+    #[serde(with = "humantime_serde")]
+    pub list_refresh: std::time::Duration,
 }
+
+/// The longest `codes.recheck_every`: another account's code is carried at most about this
+/// long past its expiry.
+pub const MAX_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for Codes {
     fn default() -> Self {
         Codes {
             source: CodeSource::default(),
             expiry_margin: std::time::Duration::from_secs(15),
-            own_codes_only: false,
+            serve_other_accounts: false,
+            own_codes_only: None,
+            // Below the 30 s bound, so that one slow backend reply still fits in it.
+            recheck_every: std::time::Duration::from_secs(20),
+            list_refresh: std::time::Duration::from_secs(60),
         }
+    }
+}
+
+impl Codes {
+    /// What a config that still has `codes.own_codes_only = false` should be told: it no
+    /// longer serves other accounts' codes.
+    pub fn deprecation(&self) -> Option<&'static str> {
+        (self.own_codes_only == Some(false) && !self.serve_other_accounts).then_some(
+            "codes.own_codes_only is replaced by codes.serve_other_accounts: other accounts' codes are now refused (the backend credits their owner, not you); set codes.serve_other_accounts = true to serve them anyway, and remove codes.own_codes_only",
+        )
     }
 }
 
@@ -428,6 +462,21 @@ impl Validate for GatewayConfig {
                     "must be at least {DASHBOARD_PASSWORD_MIN} characters (or empty to turn the dashboard off)"
                 ),
             );
+        }
+        if self.codes.own_codes_only == Some(true) && self.codes.serve_other_accounts {
+            problems.push(
+                "codes.own_codes_only",
+                "contradicts codes.serve_other_accounts = true; remove codes.own_codes_only (replaced by codes.serve_other_accounts)",
+            );
+        }
+        if self.codes.recheck_every.is_zero() || self.codes.recheck_every > MAX_RECHECK_EVERY {
+            problems.push(
+                "codes.recheck_every",
+                "must be from 1s to 30s (another account's code is served up to this long past its expiry)",
+            );
+        }
+        if self.codes.list_refresh < std::time::Duration::from_secs(1) {
+            problems.push("codes.list_refresh", "must be at least 1s");
         }
         match (&self.backend, self.codes.source) {
             (Some(backend), _) => backend.validate("backend", problems),

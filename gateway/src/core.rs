@@ -110,6 +110,10 @@ pub struct Grant {
     /// The backend account id of the consumer who signed in with the code (the portal
     /// checked the account before the code); `None`: no one signed in.
     pub consumer: Option<String>,
+    /// Another backend account's code: its expiry is not known (`expires_at` is `None`), so
+    /// the shell asks the backend about it again while its session lasts
+    /// ([`Core::other_account_codes`]).
+    pub other_account: bool,
 }
 
 /// Why a code the source accepted is refused all the same; the text is fit for a consumer.
@@ -246,6 +250,8 @@ pub struct ClientStatus {
     /// False when the session ends at `session.max_duration` only: the code does not expire
     /// (or, for another account's code, its expiry is unknown).
     pub code_expires: bool,
+    /// Another account's code: it may expire at any time (see [`Grant::other_account`]).
+    pub other_account: bool,
 }
 
 /// One device of a session, for `clients --json` and `status`.
@@ -339,6 +345,9 @@ struct Session {
     /// documentation); left out of the snapshot when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     consumer: Option<String>,
+    /// See [`Grant::other_account`]; fixed when the session starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    other_account: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,6 +472,7 @@ impl Core {
             remaining_bytes,
             expires_at: code_expires_at,
             consumer,
+            other_account,
         } = grant;
         if let Some(ended) = self.ended.get(&code) {
             return Err(ended.refusal);
@@ -502,6 +512,7 @@ impl Core {
             code_expires_at,
             devices: Vec::new(),
             consumer,
+            other_account,
         });
         let left = session
             .quota_bytes
@@ -768,6 +779,53 @@ impl Core {
         actions
     }
 
+    /// The codes of live sessions of other accounts' codes, whose expiry is unknown: the
+    /// shell asks the backend about each again while its session lasts.
+    pub fn other_account_codes(&self) -> Vec<AccessCode> {
+        self.sessions
+            .iter()
+            .filter(|(_, session)| session.other_account)
+            .map(|(code, _)| code.clone())
+            .collect()
+    }
+
+    /// The source says `code` has expired (learned by asking again, for a code whose expiry
+    /// it does not tell): its session ends now as expired, its usage reported once, the
+    /// code refused from now on. Read the counters first.
+    pub fn code_expired(&mut self, code: &AccessCode, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.end_session(code, EndReason::Expired, now, &mut actions);
+        actions
+    }
+
+    /// The source says `code` has `left` bytes left: the session's quota never grows, and
+    /// shrinks to `used + left` when that is lower (the code was used elsewhere too); a
+    /// session with nothing left ends as used up. Read the counters first.
+    pub fn code_left(&mut self, code: &AccessCode, left: u64, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(session) = self.sessions.get_mut(code) else {
+            return actions;
+        };
+        let quota = session.used_bytes.saturating_add(left);
+        session.quota_bytes = session.quota_bytes.min(quota);
+        if session.used_bytes >= session.quota_bytes {
+            self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
+        }
+        actions
+    }
+
+    /// Every device of the session of `code` is logged out (`Kicked`); the session stays, so
+    /// its code may be entered again. For a code that cannot be checked any more.
+    pub fn release_devices(&mut self, code: &AccessCode) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(session) = self.sessions.get_mut(code) {
+            for device in session.devices.drain(..) {
+                device.revoke(EndReason::Kicked, &mut actions);
+            }
+        }
+        actions
+    }
+
     /// Ends the session of `code`: revokes its devices, reports its usage once, and remembers
     /// the code as ended.
     fn end_session(
@@ -880,6 +938,7 @@ impl Core {
                     used_bytes: session.used_bytes,
                     expires_at: session.expires_at,
                     code_expires: session.code_expires_at.is_some(),
+                    other_account: session.other_account,
                 })
             })
     }
@@ -1025,6 +1084,7 @@ impl Core {
                             code_expires_at: None,
                             devices: Vec::new(),
                             consumer: record.consumer.clone(),
+                            other_account: false,
                         },
                     );
                 }
@@ -1178,6 +1238,7 @@ mod tests {
             remaining_bytes,
             expires_at,
             consumer: None,
+            other_account: false,
         }
     }
 
@@ -1308,6 +1369,75 @@ mod tests {
             .into_iter()
             .find(|s| s.code == code(n))
             .unwrap()
+    }
+
+    /// Another account's code: asked again, its session shrinks to what the source says is
+    /// left, ends as expired when the source says so, and its devices leave (the session
+    /// stays) when it cannot be asked. Own codes are not asked about.
+    #[test]
+    fn another_accounts_code_follows_what_the_source_says_again() {
+        let mut core = Core::new(Policy::default());
+        let foreign = |n| Grant {
+            other_account: true,
+            ..grant(n, 100 * MB, None)
+        };
+        core.accept_code(client(1, 1), foreign(0), at(0)).unwrap();
+        core.accept_code(client(2, 2), foreign(1), at(0)).unwrap();
+        core.accept_code(client(3, 3), good(2), at(0)).unwrap();
+        assert_eq!(core.other_account_codes(), vec![code(0), code(1)]);
+        let status = core.status_of(ip(1), at(1)).unwrap();
+        assert!(status.other_account && !status.code_expires);
+        core.record_usage(&[(client(1, 1), down(30 * MB))], at(1));
+
+        // Used elsewhere too: 50 MiB left for 70 here.
+        assert!(core.code_left(&code(0), 50 * MB, at(2)).is_empty());
+        assert_eq!(session(&core, 0).quota_bytes, 80 * MB);
+        // Never raised.
+        core.code_left(&code(0), 500 * MB, at(3));
+        assert_eq!(session(&core, 0).quota_bytes, 80 * MB);
+        // Nothing left: ends as used up.
+        let actions = core.code_left(&code(0), 0, at(4));
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::SessionEnded { reason: EndReason::QuotaUsed, used_bytes, .. } if *used_bytes == 30 * MB
+            )),
+            "{actions:?}"
+        );
+
+        // Cannot be asked: the devices leave, the session stays for the next entry.
+        let actions = core.release_devices(&code(1));
+        assert_eq!(
+            actions,
+            vec![Action::Revoke {
+                client: client(2, 2),
+                reason: EndReason::Kicked
+            }]
+        );
+        assert!(session(&core, 1).devices.is_empty());
+        core.accept_code(client(2, 2), foreign(1), at(5)).unwrap();
+
+        // Expired: ends now, refused from now on.
+        let actions = core.code_expired(&code(1), at(6));
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::SessionEnded {
+                    reason: EndReason::Expired,
+                    ..
+                }
+            )),
+            "{actions:?}"
+        );
+        assert_eq!(
+            core.accept_code(client(2, 2), foreign(1), at(7)),
+            Err(Refusal::Expired)
+        );
+        assert!(core.other_account_codes().is_empty());
+        // The flag survives a restart.
+        core.accept_code(client(4, 4), foreign(3), at(8)).unwrap();
+        let (restored, _) = Core::restore(Policy::default(), core.snapshot(), at(9));
+        assert_eq!(restored.other_account_codes(), vec![code(3)]);
     }
 
     #[test]
@@ -1929,6 +2059,7 @@ mod tests {
                 used_bytes: 150,
                 expires_at: at(60),
                 code_expires: true,
+                other_account: false,
             })
         );
         assert_eq!(core.status_of(ip(3), at(2)), None);
@@ -2255,6 +2386,7 @@ mod tests {
                         code_expires_at,
                         devices,
                         consumer: None,
+                        other_account: false,
                     },
                 },
             );

@@ -4,7 +4,8 @@
 //! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake.
 //! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
 //! - [`codes`]: where codes are checked (the backend, or a local store); [`code_book`]: where
-//!   a provider makes, lists and revokes them (the CLI and the dashboard).
+//!   a provider makes, lists and revokes them (the CLI and the dashboard); [`own_codes`]: the
+//!   provider's code list kept for when the backend is unreachable.
 //! - [`dashboard`]: the provider's web page (never served to the LAN).
 //! - [`daemon`]: `run`, the async shell that wires these together.
 //! - [`control`]: the control socket behind `status`, `clients`, `kick`, `codes revoke`.
@@ -30,6 +31,7 @@ pub mod firewall;
 pub mod neighbours;
 pub mod net;
 mod netlink;
+pub mod own_codes;
 pub mod portal;
 pub mod report;
 pub mod vouchers;

@@ -302,3 +302,34 @@ fn a_bad_portal_file_fails_check_config_but_not_loading_for_a_run() {
         "{err}"
     );
 }
+
+/// Other accounts' codes: `codes.own_codes_only` of older configs still loads, `false` is
+/// warned about (it no longer turns serving on), a contradiction and a re-check interval
+/// past 30 s are problems named by key.
+#[test]
+fn other_accounts_codes_keys() {
+    let base = "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[codes]\n";
+    let (code, err) = check_text(&format!("{base}own_codes_only = false\n"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: codes.own_codes_only is replaced by codes.serve_other_accounts"),
+        "{err}"
+    );
+    let (code, err) = check_text(&format!("{base}own_codes_only = true\n"));
+    assert_eq!((code, err.contains("warning")), (0, false), "{err}");
+    let (code, err) = check_text(&format!(
+        "{base}own_codes_only = true\nserve_other_accounts = true\n"
+    ));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("codes.own_codes_only: contradicts"), "{err}");
+    let (code, err) = check_text(&format!("{base}recheck_every = \"31s\"\n"));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("codes.recheck_every: must be from 1s to 30s"),
+        "{err}"
+    );
+    let (code, err) = check_text(&format!(
+        "{base}serve_other_accounts = true\nrecheck_every = \"30s\"\nlist_refresh = \"2m\"\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+}

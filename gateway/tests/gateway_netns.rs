@@ -117,8 +117,8 @@ enum Codes {
     Local,
     /// The stand-in at this base URL, with the provider's account.
     Backend(String),
-    /// The same, accepting only the provider's own codes (`codes.own_codes_only`).
-    BackendOwnOnly(String),
+    /// The same, serving other accounts' codes too (`codes.serve_other_accounts`).
+    BackendServeOthers(String),
 }
 
 /// The real daemon in the bed's gateway namespace, with its own temporary directory
@@ -163,16 +163,15 @@ impl Gateway {
             .tempdir()
             .expect("a temporary directory");
         let table = unique_name("t");
-        let own_codes_only = matches!(codes, Codes::BackendOwnOnly(_));
+        let serve_others = matches!(codes, Codes::BackendServeOthers(_));
         let (codes_toml, env) = match codes {
             Codes::Local => ("[codes]\nsource = \"local\"\n".to_owned(), Vec::new()),
-            Codes::Backend(url) | Codes::BackendOwnOnly(url) => (
+            Codes::Backend(url) | Codes::BackendServeOthers(url) => (
                 format!(
-                    "[codes]\nsource = \"backend\"\nown_codes_only = {own}\n\n\
+                    "[codes]\nsource = \"backend\"\nserve_other_accounts = {serve_others}\n\n\
                      [backend]\nurl = \"{url}\"\n\
                      email = \"{PROVIDER_EMAIL}\"\n\n[http]\ntimeout = \"3s\"\n\
                      connect_timeout = \"1s\"\n",
-                    own = own_codes_only,
                 ),
                 vec![("EDGESHARE_BACKEND__PASSWORD", PROVIDER_PASSWORD)],
             ),
@@ -2066,7 +2065,7 @@ fn bad_codes_and_bad_requests_get_4xx_and_the_daemon_lives_on() {
 }
 
 #[test]
-fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
+fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and_admits_own_codes() {
     if !support::require_root() {
         return;
     }
@@ -2144,6 +2143,7 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
         "the stand-in still answers"
     );
 
+    // A code not in the provider's list (kept since the start) cannot be checked: 503.
     let started = Instant::now();
     let reply = curl(
         &bed.client,
@@ -2151,7 +2151,7 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
             "--interface",
             SECOND_CLIENT,
             "-d",
-            &format!("code={SECOND}"),
+            "code=ZZZZ2345",
             LOGIN_URL,
         ],
     )
@@ -2162,7 +2162,8 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
         started.elapsed().as_millis()
     );
     assert_eq!(reply.status, 503, "{reply:?}");
-    assert!(reply.body.contains("try again"), "{}", reply.body);
+    assert!(reply.body.contains("try again later"), "{}", reply.body);
+    assert!(reply.body.contains("unreachable since"), "{}", reply.body);
     assert_eq!(reply.header("retry-after"), Some("60"));
     // Signing in with a network account cannot be checked either: refused the same way,
     // with the way out (the code alone) named; the code is not tried without the account.
@@ -2192,6 +2193,29 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online() {
         reaches_upstream(bed, OPEN),
         "the client already online stays online while the backend is down"
     );
+    let status = gateway.status();
+    assert!(
+        status["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("unreachable since ")),
+        "{status}"
+    );
+    // The provider's own code, from the list kept: admitted, with what it had left.
+    let reply = curl(
+        &bed.client,
+        &[
+            "--interface",
+            SECOND_CLIENT,
+            "-d",
+            &format!("code={SECOND}"),
+            LOGIN_URL,
+        ],
+    )
+    .expect("the portal answers while the backend is down");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(second_client_reaches_upstream(bed));
+    let session = gateway.session(SECOND).expect("admitted from the kept list");
+    assert_eq!(session["quota_bytes"], 500 * MB, "{session}");
     let reply = curl(&bed.client, &[PORTAL_URL]).expect("the status page");
     assert_eq!(reply.status, 200);
     assert!(gateway.session(SEEDED).is_some());
@@ -3121,12 +3145,13 @@ fn backend_code(
     (code["code"].as_str().expect("a code").to_owned(), expire_at)
 }
 
-/// Another account's code (roaming) is served, its session billed by this gateway's agent;
-/// with `codes.own_codes_only` it is refused with a page that says why. A provider's own
-/// code's session ends `codes.expiry_margin` (15 s) before its `expireAt`, so that its last
-/// usage report reaches the backend while the code is still valid.
+/// Another account's code is served only with `codes.serve_other_accounts`, the log saying
+/// its owner is credited and the page not promising it does not expire; by default it is
+/// refused with a page that says why. A provider's own code's session ends
+/// `codes.expiry_margin` (15 s) before its `expireAt`, so that its last usage report reaches
+/// the backend while the code is still valid.
 #[test]
-fn roaming_codes_own_codes_only_and_the_expiry_margin() {
+fn other_accounts_codes_served_only_on_request_and_the_expiry_margin() {
     if !support::require_root() {
         return;
     }
@@ -3142,12 +3167,15 @@ fn roaming_codes_own_codes_only_and_the_expiry_margin() {
     let (forever, none) = backend_code(&bed.up, PROVIDER_EMAIL, PROVIDER_PASSWORD, None);
     assert_eq!(none, None, "made without expireHours: expireAt null");
 
-    let gateway = Gateway::start(bed, Codes::Backend(url.clone()));
-    gateway.login_ok(&foreign);
-    let session = gateway.session(&foreign).expect("the roaming session");
+    let gateway = Gateway::start(bed, Codes::BackendServeOthers(url.clone()));
+    let page = gateway.login(&foreign);
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(!page.body.contains("does not expire"), "{}", page.body);
+    assert!(page.body.contains("another provider"), "{}", page.body);
+    let session = gateway.session(&foreign).expect("the other account's session");
     assert_eq!(session["quota_bytes"], 20 * MB, "{session}");
     let log = gateway.log_text();
-    assert!(log.contains("another account's code (roaming)"), "{log}");
+    assert!(log.contains("credited to the code's OWNER"), "{log}");
     assert!(!log.contains(&foreign), "codes are secrets in the log");
 
     let reply = curl(
@@ -3204,16 +3232,18 @@ fn roaming_codes_own_codes_only_and_the_expiry_margin() {
     assert!(reply.body.contains("Session time left"), "{}", reply.body);
     drop(gateway);
 
-    // The same backend, a gateway that takes only its own codes.
+    // The same backend, a gateway with the default: only its own codes.
     let bed = Testbed::new();
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &[]);
     let (foreign, _) = backend_code(&bed.up, "admin@example.com", "Admin@123", Some(1.0));
-    let gateway = Gateway::start(bed, Codes::BackendOwnOnly(url));
+    let gateway = Gateway::start(bed, Codes::Backend(url));
     let refused = gateway.login(&foreign);
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(
-        refused.body.contains("another provider"),
+        refused
+            .body
+            .contains("belongs to another provider&#39;s network"),
         "the page says why: {}",
         refused.body
     );

@@ -30,6 +30,7 @@ const STATUS: ClientStatus = ClientStatus {
     bytes_left: 512 * 1_048_576 + 300_000,
     seconds_left: 4_320,
     code_expires: true,
+    other_account: false,
 };
 
 /// The daemon as the portal sees it: who is online, and what the next redemption returns.

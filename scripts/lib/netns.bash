@@ -202,6 +202,8 @@ netns_gateway_config() {
   {
     printf '[lan]\ninterface = "lan0"\n[wan]\ninterface = "wan0"\nnat = true\n'
     printf '[portal]\nport = 8080\n[codes]\nsource = "%s"\n' "$source"
+    # More [codes] keys (lines, printf %b escapes), e.g. CODES_EXTRA='serve_other_accounts = true\n'.
+    [ -z "${CODES_EXTRA:-}" ] || printf '%b' "$CODES_EXTRA"
     if [ -n "$url" ]; then
       printf '[backend]\nurl = "%s"\nemail = "%s"\n' "$url" "$email"
     fi

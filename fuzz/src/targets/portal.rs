@@ -37,6 +37,7 @@ const STATUS: ClientStatus = ClientStatus {
     bytes_left: 123_456_789,
     seconds_left: 3_600,
     code_expires: true,
+    other_account: false,
 };
 
 impl Gate for FuzzGate {

@@ -19,6 +19,7 @@ mod owner;
 mod persist;
 mod servers;
 mod state;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -180,10 +181,14 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 .as_ref()
                 .context("codes.source = \"backend\" needs a [backend] section")?;
             let http = HttpClient::new(&config.http)?;
+            if let Some(warning) = config.codes.deprecation() {
+                tracing::warn!("{warning}");
+            }
             Codes::Backend(BackendCodes::new(
                 CrowdClient::new(&http, backend),
                 config.codes.expiry_margin,
-                config.codes.own_codes_only,
+                config.codes.serve_other_accounts,
+                &state_dir,
             ))
         }
     };
@@ -262,6 +267,10 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         },
         started: now,
         store,
+        backend: match &codes {
+            Codes::Backend(backend) => Some(backend.link()),
+            Codes::Local(_) => None,
+        },
         notifier: notifier.clone(),
     };
     let owner_thread = inbox
@@ -308,9 +317,17 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         window: Duration::from_secs(60),
         look: portal::Look::from_config(&config.portal),
     };
+    let watch_task = tokio::spawn(watch::watch_backend(
+        Arc::clone(&codes),
+        owner.clone(),
+        config.codes.recheck_every,
+        config.codes.list_refresh,
+        stop_rx.clone(),
+    ));
     let gate = Arc::new(PortalGate {
         owner: owner.clone(),
         codes,
+        margin: config.codes.expiry_margin,
     });
     let mut portal_stop = stop_rx.clone();
     let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
@@ -361,6 +378,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(task) = garden_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), watch_task).await;
     owner.stop(config.firewall.remove_on_exit).await;
     if owner_thread.join().is_err() {
         tracing::error!("the state owner's thread panicked while stopping");

@@ -9,10 +9,13 @@
 //! arrive, so the kernel follows the core's decisions in order, without a lock that a slow
 //! call would make everyone else wait on in a pile of blocking-pool threads.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::control::Flows;
 use edgeshare_shared::systemd::Notifier;
 use tokio::sync::oneshot;
@@ -20,7 +23,7 @@ use tokio::sync::oneshot;
 use super::TICK;
 use super::state::{LoginError, State};
 use crate::capture::Report;
-use crate::codes::CodeStore;
+use crate::codes::{BackendLink, CodeStore, Recheck};
 use crate::control::{Reply, Request};
 use crate::core::{Action, Grant};
 use crate::dashboard::view::Live;
@@ -28,6 +31,7 @@ use crate::firewall::{Firewall, FirewallError};
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
 use crate::report;
+use edgeshare_shared::code::redact;
 
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
@@ -63,6 +67,21 @@ pub(super) enum Command {
     Dashboard { reply: oneshot::Sender<Live> },
     /// A report of the capture meter.
     Capture(Report),
+    /// What this gateway has used of each code in all (see [`State::used_by_code`]).
+    UsedByCode {
+        reply: oneshot::Sender<HashMap<AccessCode, u64>>,
+    },
+    /// The codes of other accounts being served, to ask the backend about again.
+    OtherAccountCodes {
+        reply: oneshot::Sender<Vec<AccessCode>>,
+    },
+    /// What asking the backend again about another account's code came to;
+    /// [`Recheck::Unknown`]: it could not be asked for too long, its devices leave.
+    Rechecked {
+        code: AccessCode,
+        outcome: Recheck,
+        reply: oneshot::Sender<()>,
+    },
     /// The same table with a new walled garden (hosts resolved late): installed at once.
     Firewall {
         firewall: Box<dyn Firewall>,
@@ -84,6 +103,8 @@ pub(super) struct Context {
     pub started: Millis,
     /// The local code store, when codes are local.
     pub store: Option<CodeStore>,
+    /// Whether the backend answers, when codes are checked there.
+    pub backend: Option<Arc<BackendLink>>,
     pub notifier: Notifier,
 }
 
@@ -146,6 +167,23 @@ impl Owner {
 
     pub async fn dashboard(&self) -> Option<Live> {
         self.ask(|reply| Command::Dashboard { reply }).await
+    }
+
+    pub async fn used_by_code(&self) -> Option<HashMap<AccessCode, u64>> {
+        self.ask(|reply| Command::UsedByCode { reply }).await
+    }
+
+    pub async fn other_account_codes(&self) -> Option<Vec<AccessCode>> {
+        self.ask(|reply| Command::OtherAccountCodes { reply }).await
+    }
+
+    pub async fn rechecked(&self, code: AccessCode, outcome: Recheck) {
+        self.ask(|reply| Command::Rechecked {
+            code,
+            outcome,
+            reply,
+        })
+        .await;
     }
 
     /// Hands over a capture report; no reply (the capture thread does not wait).
@@ -348,7 +386,22 @@ fn handle(state: &mut State, context: &Context, command: Command) {
             let mut live = state.dashboard();
             live.health.uptime_seconds = context.started.until(Millis::now()).as_secs();
             live.health.codes = context.codes.to_owned();
+            live.health.backend_down_since_ms = backend_down_since(context).map(|at| at.0);
             let _ = reply.send(live);
+        }
+        Command::UsedByCode { reply } => {
+            let _ = reply.send(state.used_by_code());
+        }
+        Command::OtherAccountCodes { reply } => {
+            let _ = reply.send(state.core.other_account_codes());
+        }
+        Command::Rechecked {
+            code,
+            outcome,
+            reply,
+        } => {
+            rechecked(state, context, &code, outcome);
+            let _ = reply.send(());
         }
         Command::Capture(report) => state.capture_report(&report),
         Command::Firewall { firewall, reply } => {
@@ -365,7 +418,35 @@ fn status_of(state: &State, ip: IpAddr, now: Millis) -> Option<ClientStatus> {
         bytes_left: s.bytes_left,
         seconds_left: now.until(s.expires_at).as_secs(),
         code_expires: s.code_expires,
+        other_account: s.other_account,
     })
+}
+
+fn backend_down_since(context: &Context) -> Option<Millis> {
+    context.backend.as_ref().and_then(|link| link.down_since())
+}
+
+/// Carries out what asking the backend again about another account's code said: the
+/// counters are read first (a session may end), then the core decides.
+fn rechecked(state: &mut State, context: &Context, code: &AccessCode, outcome: Recheck) {
+    let now = Millis::now();
+    let store = context.store.as_ref();
+    state.settle(now, store);
+    let actions = match outcome {
+        Recheck::Left(left) => state.core.code_left(code, left, now),
+        Recheck::Expired => {
+            tracing::info!(code = %redact(code.as_str()), "another account's code has expired: its session ends");
+            state.core.code_expired(code, now)
+        }
+        Recheck::Unknown => {
+            tracing::warn!(code = %redact(code.as_str()), "another account's code could not be checked again for too long (backend unreachable?): its devices are logged out until it can be");
+            state.core.release_devices(code)
+        }
+    };
+    if !actions.is_empty() {
+        state.apply(actions, now, store);
+        state.persist(now);
+    }
 }
 
 /// The last counters go to their sessions and the state is saved; the table stays (online
@@ -402,6 +483,7 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
                 "sessions": sessions.len(),
                 "online_devices": state.core.allowed().len(),
                 "unattributed_bytes": state.core.unattributed_bytes(),
+                "backend": context.backend.as_ref().map(|link| backend_text(link.down_since())),
             }))
         }
         Request::Clients => match serde_json::to_value(state.core.sessions()) {
@@ -444,6 +526,20 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
             state.apply(actions, now, store);
             state.persist(now);
             Reply::Ok(serde_json::json!({ "devices_cut_off": cut }))
+        }
+    }
+}
+
+/// The backend's state as `status` shows it.
+fn backend_text(down_since: Option<Millis>) -> String {
+    match down_since {
+        None => "reachable".to_owned(),
+        Some(at) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(at.0);
+            format!(
+                "unreachable since {}",
+                humantime::format_rfc3339_seconds(at)
+            )
         }
     }
 }

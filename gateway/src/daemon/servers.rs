@@ -22,6 +22,9 @@ pub(super) struct PortalGate {
     pub owner: Owner,
     /// Where codes are checked (outside the owner: a backend check takes up to seconds).
     pub codes: Arc<Codes>,
+    /// `codes.expiry_margin`, for codes admitted from the kept list while the backend is
+    /// unreachable.
+    pub margin: Duration,
 }
 
 /// The portal's listening socket: every address of the LAN interface, IPv4 and IPv6 (a
@@ -229,8 +232,21 @@ impl Gate for PortalGate {
                     .await
                     .unwrap_or_else(|e| Verdict::Unreachable(e.to_string()))
             }
-            Codes::Backend(backend) => backend.check(&code, Millis::now()).await,
+            Codes::Backend(backend) => match backend.check(&code, Millis::now()).await {
+                // What the list said less what this gateway has used of the code since.
+                Verdict::Offline(own) => match self.owner.used_by_code().await {
+                    Some(used) => crate::own_codes::offline_verdict(
+                        &own,
+                        used.get(&code).copied().unwrap_or(0),
+                        self.margin,
+                        Millis::now(),
+                    ),
+                    None => return Redeem::Internal,
+                },
+                verdict => verdict,
+            },
         };
+        let offline = matches!(&*self.codes, Codes::Backend(backend) if backend.link().down_since().is_some());
         let grant = match verdict {
             Verdict::Granted(grant) => crate::core::Grant { consumer, ..grant },
             Verdict::Invalid => return Redeem::Invalid,
@@ -238,6 +254,9 @@ impl Gate for PortalGate {
             Verdict::UsedUp => return Redeem::UsedUp,
             Verdict::Revoked => return Redeem::Revoked,
             Verdict::NotOurs => return Redeem::NotOurs,
+            Verdict::OfflineUnlisted => return Redeem::Unlisted,
+            // Turned into a verdict above.
+            Verdict::Offline(_) => return Redeem::Internal,
             Verdict::Unreachable(reason) => {
                 tracing::warn!(%reason, "code check failed");
                 return Redeem::BackendUnreachable;
@@ -245,7 +264,7 @@ impl Gate for PortalGate {
         };
         match self.owner.login(client, grant).await {
             Some(Ok(status)) => {
-                tracing::info!(%client, account = signed_in, "client online");
+                tracing::info!(%client, account = signed_in, offline, "client online");
                 Redeem::Online(status)
             }
             Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
@@ -270,6 +289,13 @@ impl Gate for PortalGate {
 
     fn accounts(&self) -> bool {
         matches!(*self.codes, Codes::Backend(_))
+    }
+
+    fn backend_down_since(&self) -> Option<Millis> {
+        match &*self.codes {
+            Codes::Backend(backend) => backend.link().down_since(),
+            Codes::Local(_) => None,
+        }
     }
 }
 

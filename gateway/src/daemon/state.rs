@@ -336,6 +336,46 @@ impl State {
         self.flows.add(&report.batch.flows);
     }
 
+    /// What this gateway has used of each code, in all: every session of it the ledger
+    /// holds (its latest record), the final records not yet written, and the live sessions
+    /// (whose bytes since the last ledger write are only in the core). A session counts
+    /// once, at the largest of its figures (they are cumulative).
+    pub(super) fn used_by_code(&self) -> HashMap<AccessCode, u64> {
+        let mut sessions: HashMap<String, (AccessCode, u64)> = HashMap::new();
+        let mut add = |session: String, code: &str, bytes: u64| {
+            let Ok(code) = AccessCode::parse(code) else {
+                return;
+            };
+            let entry = sessions.entry(session).or_insert((code, 0));
+            entry.1 = entry.1.max(bytes);
+        };
+        if let Some(ledger) = &self.ledger {
+            for record in ledger.sessions() {
+                add(record.session.clone(), &record.code, record.total());
+            }
+        }
+        for update in &self.ledger_pending {
+            add(
+                update.session.clone(),
+                &update.code,
+                update.up.saturating_add(update.down),
+            );
+        }
+        for session in self.core.sessions() {
+            add(
+                session_id(&session.code, session.started_at),
+                session.code.as_str(),
+                session.used_bytes,
+            );
+        }
+        let mut by_code: HashMap<AccessCode, u64> = HashMap::new();
+        for (code, bytes) in sessions.into_values() {
+            let total = by_code.entry(code).or_insert(0);
+            *total = total.saturating_add(bytes);
+        }
+        by_code
+    }
+
     /// Every online device's usage in its session, with its rates over the last reading.
     pub(super) fn live_usage(&self) -> LiveUsage {
         let mut clients = Vec::new();

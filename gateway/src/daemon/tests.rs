@@ -36,6 +36,7 @@ fn grant(text: &str, bytes: u64) -> Grant {
         remaining_bytes: bytes,
         expires_at: None,
         consumer: None,
+        other_account: false,
     }
 }
 
@@ -139,6 +140,7 @@ fn the_last_bytes_are_read_before_a_kick() {
         codes: "local",
         started: Millis(0),
         store: None,
+        backend: None,
         notifier: Default::default(),
     };
     login(&mut state, client(2), "ABCD2345", 100 * MB, Millis::now());
@@ -821,6 +823,7 @@ fn bytes_used_before_an_expiry_during_downtime_still_count() {
         remaining_bytes: 100 * MB,
         expires_at: Some(Millis(10_000)),
         consumer: None,
+        other_account: false,
     };
     let actions = state.core.accept_code(client(2), g, Millis(1_000)).unwrap();
     state.apply(actions, Millis(1_000), None);
@@ -867,4 +870,33 @@ fn a_crowd_of_logins_reads_no_counters_and_one_that_moves_a_device_reads_them_fi
         .find(|s| s.code.as_str() == "ABC22345")
         .unwrap();
     assert_eq!(first.used_bytes, 700, "read before the move");
+}
+
+/// What this gateway used of each code: an ended session's bytes from the ledger, a live
+/// one's from the core (ahead of its last ledger record), each session once.
+#[test]
+fn usage_by_code_counts_ended_sessions_from_the_ledger_and_live_ones_from_the_core() {
+    let fw = MemoryFirewall::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = state(&fw, &dir);
+    login(&mut state, client(2), "ABCD2345", 100 * MB, Millis(1_000));
+    login(&mut state, client(3), "EFGH6789", 100 * MB, Millis(1_000));
+    fw.set_counters(&client(2), 3_000, 2_000);
+    fw.set_counters(&client(3), 1_000, 0);
+    state.tick(Millis(2_000), None);
+    state.persist(Millis(60_000));
+    let actions = state.core.revoke_code(&code("ABCD2345"), Millis(61_000));
+    state.apply(actions, Millis(61_000), None);
+    // The live session goes on past its last ledger record.
+    fw.set_counters(&client(3), 5_000, 2_000);
+    state.tick(Millis(62_000), None);
+    let used = state.used_by_code();
+    assert_eq!(used.get(&code("ABCD2345")), Some(&5_000));
+    assert_eq!(used.get(&code("EFGH6789")), Some(&7_000));
+    assert!(
+        ledger_latest(&dir)
+            .iter()
+            .all(|r| r.code != "EFGH6789" || r.total() < 7_000),
+        "the live session's last bytes are not in the ledger yet"
+    );
 }

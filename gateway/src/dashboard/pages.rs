@@ -227,6 +227,14 @@ fn health(health: Option<&Health>, agent: &Agent) -> String {
                 escape(&h.codes),
                 human_bytes(h.unattributed_bytes)
             );
+            if let Some(since) = h.backend_down_since_ms {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(since);
+                let _ = write!(
+                    out,
+                    "<dt>Backend</dt><dd class=\"error\">unreachable since {}: own codes admit consumers from the last code list, other accounts' codes are refused, usage waits in the ledger</dd>",
+                    humantime::format_rfc3339_seconds(at)
+                );
+            }
             match &h.meters {
                 None => out.push_str("<dt>Meters</dt><dd>kernel only (capture off)</dd>"),
                 Some(m) => {
@@ -437,6 +445,25 @@ mod tests {
     use super::*;
     use crate::dashboard::view::{Live, Usage};
     use edgeshare_shared::code::AccessCode;
+
+    #[test]
+    fn an_unreachable_backend_is_shown_with_its_time() {
+        let health = Health {
+            backend_down_since_ms: Some(1_796_663_142_000),
+            ..Health::default()
+        };
+        let html = super::health(Some(&health), &Agent::Unreachable("x".into()));
+        assert!(
+            html.contains("backend</dt>") || html.contains("Backend</dt>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("unreachable since 2026-12-07T17:05:42Z"),
+            "{html}"
+        );
+        let html = super::health(Some(&Health::default()), &Agent::Unreachable("x".into()));
+        assert!(!html.contains("unreachable since"), "{html}");
+    }
 
     #[test]
     fn whatever_comes_from_outside_is_escaped() {

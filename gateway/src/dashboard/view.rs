@@ -57,6 +57,8 @@ pub struct Health {
     pub codes: String,
     /// Bytes the kernel counted for devices in no session.
     pub unattributed_bytes: u64,
+    /// Since when (Unix ms) the backend has been unreachable, if it is (backend codes).
+    pub backend_down_since_ms: Option<u64>,
     /// `None` when the capture meter is off.
     pub meters: Option<Meters>,
 }

@@ -139,6 +139,10 @@ pub trait Gate: Send + Sync + 'static {
     fn status(&self, ip: IpAddr) -> impl Future<Output = Option<ClientStatus>> + Send;
     /// Whether consumers may sign in with a network account (codes come from the backend).
     fn accounts(&self) -> bool;
+    /// Since when the code service has been unreachable, if it is: the form notes it.
+    fn backend_down_since(&self) -> Option<Millis> {
+        None
+    }
 }
 
 /// A consumer's network account as typed on the form, both fields filled in. The gate
@@ -162,6 +166,9 @@ pub enum Redeem {
     Revoked,
     /// Another provider's code, on a gateway that accepts only its own.
     NotOurs,
+    /// The code service is unreachable and the code is not among the provider's own codes
+    /// known before: it cannot be checked now.
+    Unlisted,
     /// The code service cannot be reached (backend down, or the gateway's uplink).
     BackendUnreachable,
     /// No MAC is known for this IP.
@@ -189,6 +196,7 @@ impl Redeem {
             Redeem::UsedUp => "used_up",
             Redeem::Revoked => "revoked",
             Redeem::NotOurs => "not_ours",
+            Redeem::Unlisted => "unlisted",
             Redeem::BackendUnreachable => "backend_unreachable",
             Redeem::UnknownDevice => "unknown_device",
             Redeem::NotSaved => "not_saved",
@@ -212,6 +220,8 @@ impl Redeem {
                 | Redeem::UsedUp
                 | Redeem::Revoked
                 | Redeem::NotOurs
+                // Checked against the provider's kept list: a guess all the same.
+                | Redeem::Unlisted
                 | Redeem::WrongAccount
         )
     }
@@ -224,6 +234,8 @@ pub struct ClientStatus {
     pub seconds_left: u64,
     /// False when the time left is the session's limit only (the code does not expire).
     pub code_expires: bool,
+    /// Another account's code, whose expiry is not told.
+    pub other_account: bool,
 }
 
 /// How the portal is reached and how hard it limits code guessing.
@@ -567,6 +579,7 @@ impl<G: Gate> Portal<G> {
             look: &self.look,
             base: if own_host { "" } else { &self.origin },
             accounts: self.accounts,
+            backend_down_since: self.gate.backend_down_since(),
         }
     }
 
@@ -932,6 +945,8 @@ async fn login<G: Gate>(
         "code redemption"
     );
     let email = signed_in.then_some(form.email.trim());
+    // Again: the redemption may just have found the code service unreachable (the note).
+    let view = portal.view(portal.choose(&headers, None), portal.is_own_host(&headers));
     redeem_reply(&view, outcome, typed, email)
 }
 
@@ -974,9 +989,10 @@ fn redeem_reply(
         Redeem::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp, Field::Code),
         Redeem::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked, Field::Code),
         Redeem::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs, Field::Code),
-        Redeem::BackendUnreachable | Redeem::AccountUnreachable => {
+        Redeem::BackendUnreachable | Redeem::AccountUnreachable | Redeem::Unlisted => {
             let (msg, field) = match outcome {
                 Redeem::AccountUnreachable => (Msg::ErrorAccountDown, Field::Account),
+                Redeem::Unlisted => (Msg::ErrorUnlisted, Field::Code),
                 _ => (Msg::ErrorBackendDown, Field::Code),
             };
             let page = pages::form(view, Some((view.tr.t(msg), field)), typed);
@@ -1193,6 +1209,7 @@ mod tests {
             bytes_left: 1,
             seconds_left: 1,
             code_expires: true,
+            other_account: false,
         };
         for (outcome, counts) in [
             (Redeem::Online(status), false),
@@ -1201,6 +1218,7 @@ mod tests {
             (Redeem::UsedUp, true),
             (Redeem::Revoked, true),
             (Redeem::NotOurs, true),
+            (Redeem::Unlisted, true),
             (Redeem::BackendUnreachable, false),
             (Redeem::UnknownDevice, false),
             (Redeem::NotSaved, false),

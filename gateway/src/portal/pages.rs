@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use super::ClientStatus;
 use super::i18n::{Msg, Tr};
 use super::look::Look;
+use crate::net::Millis;
 
 const CSS: &str = "\
 :root{color-scheme:light dark;--fg:#111;--bg:#fff;--muted:#444;--accent:#0b4f9c;--on-accent:#fff;\
@@ -52,6 +53,7 @@ a{color:var(--accent)}\
 :focus-visible{outline:3px solid var(--accent);outline-offset:3px}\
 .alert,.ok{padding:.75rem 1rem;margin:0 0 1rem;border-radius:.25rem;border-left:.375rem solid}\
 .alert{border-color:var(--err);background:var(--err-bg)}\
+.note{padding:.75rem 1rem;margin:0 0 1rem;border-left:.375rem solid var(--muted)}.note p{margin:0}\
 .ok{border-color:var(--ok);background:var(--ok-bg)}\
 .alert p,.ok p{margin:0}.alert p+p,.ok p+p{margin-top:.5rem}\
 .hint,.small{font-size:1rem}\
@@ -79,6 +81,8 @@ pub struct View<'a> {
     pub base: &'a str,
     /// Whether the code form offers sign-in with a network account.
     pub accounts: bool,
+    /// Since when the backend has been unreachable, if it is: the form says so, calmly.
+    pub backend_down_since: Option<Millis>,
 }
 
 impl View<'_> {
@@ -224,6 +228,16 @@ pub fn form(view: &View<'_>, error: Option<(&str, Field)>, typed: Typed<'_>) -> 
         view.t(Msg::FormTitle),
         view.t(Msg::FormIntro)
     );
+    if let Some(since) = view.backend_down_since {
+        let text = view
+            .tr
+            .fill(Msg::FormOfflineNotice, &[("time", &clock_utc(since))]);
+        let _ = writeln!(
+            body,
+            "<div class=\"note\" role=\"note\"><p>{}</p></div>",
+            escape(&text)
+        );
+    }
     let field = error.map(|(text, field)| {
         let id = match field {
             Field::Code => "code-error",
@@ -361,7 +375,11 @@ pub fn online(view: &View<'_>, status: &ClientStatus, when: Online<'_>) -> Strin
         Online::Status => format!("<p>{}</p>\n", view.t(Msg::OnlineConnected)),
     };
     // A code without an expiry still has a session limit: say which one the time is.
-    let (time_label, after) = if status.code_expires {
+    // Another account's code: its expiry is not told, so the time is the session's limit
+    // and the page must not promise more.
+    let (time_label, after) = if status.other_account {
+        (Msg::OnlineSessionTimeLeft, Msg::OnlineAfterOtherAccount)
+    } else if status.code_expires {
         (Msg::OnlineTimeLeft, Msg::OnlineAfterExpiring)
     } else {
         (Msg::OnlineSessionTimeLeft, Msg::OnlineAfterNotExpiring)
@@ -400,6 +418,12 @@ pub fn online(view: &View<'_>, status: &ClientStatus, when: Online<'_>) -> Strin
         },
         &body,
     )
+}
+
+/// `at` as the time of day in UTC, `HH:MM` (a Pi's local time zone is rarely set).
+fn clock_utc(at: Millis) -> String {
+    let minutes = at.0 / 60_000 % (24 * 60);
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
 /// `/status` for a client that is not online.
@@ -496,6 +520,7 @@ mod tests {
         bytes_left: 512 * 1_048_576 + 300_000,
         seconds_left: 4_320,
         code_expires: true,
+        other_account: false,
     };
 
     fn view<'a>(look: &'a Look, tag: &str) -> View<'a> {
@@ -504,6 +529,7 @@ mod tests {
             look,
             base: "",
             accounts: false,
+            backend_down_since: None,
         }
     }
 
@@ -750,6 +776,36 @@ mod tests {
         );
         assert!(html.contains("Your code does not expire"), "{html}");
         assert!(!html.contains("<dt>Time left</dt>"), "{html}");
+        // Another account's code: no promise that it does not expire.
+        let roaming = ClientStatus {
+            code_expires: false,
+            other_account: true,
+            ..STATUS
+        };
+        let html = online(&en, &roaming, Online::Status);
+        assert!(html.contains("<dt>Session time left</dt>"), "{html}");
+        assert!(!html.contains("does not expire"), "{html}");
+        assert!(html.contains("another provider"), "{html}");
+    }
+
+    /// While the backend is unreachable the form says since when, as a note (not an
+    /// alert), in each language.
+    #[test]
+    fn the_form_notes_an_unreachable_backend_with_its_time() {
+        let look = Look::default();
+        let down = |tag| View {
+            // 2026-12-07 17:05:42 UTC.
+            backend_down_since: Some(Millis(1_796_663_142_000)),
+            ..view(&look, tag)
+        };
+        let html = form(&down("en"), None, Typed::default());
+        assert!(html.contains("class=\"note\""), "{html}");
+        assert!(html.contains("unreachable since 17:05 UTC"), "{html}");
+        assert!(!html.contains("role=\"alert\""), "{html}");
+        for tag in ["es", "fr"] {
+            assert!(form(&down(tag), None, Typed::default()).contains("17:05 UTC"));
+        }
+        assert!(!form(&view(&look, "en"), None, Typed::default()).contains("class=\"note\""));
     }
 
     #[test]
