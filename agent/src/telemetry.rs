@@ -139,18 +139,31 @@ pub fn refusal_advice(err: &BackendError, email: &str, tenant: &str) -> String {
     }
 }
 
-/// Saves the book off the runtime's threads. A failure is logged and counted in the last
-/// error; the book stays in memory and the next save tries again.
-async fn save(book: &FlowBook, path: &std::path::Path, metrics: &Metrics) {
-    let bytes = store::encode(book);
-    let path = path.to_owned();
-    match tokio::task::spawn_blocking(move || store::save(&path, &bytes)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "cannot save the telemetry state; an agent restart now would lose what waits");
-            metrics.set_last_error(&err.to_string());
+/// Saves the book off the runtime's threads, when it changed since the last save (an idle
+/// gateway costs no writes). A failure is logged and counted in the last error; the book
+/// stays in memory and the next save tries again.
+struct Saver {
+    path: PathBuf,
+    /// What is on disk.
+    saved: Vec<u8>,
+}
+
+impl Saver {
+    async fn save(&mut self, book: &FlowBook, metrics: &Metrics) {
+        let bytes = store::encode(book);
+        if bytes == self.saved {
+            return;
         }
-        Err(err) => tracing::error!(error = %err, "telemetry state save task failed"),
+        let path = self.path.clone();
+        let written = bytes.clone();
+        match tokio::task::spawn_blocking(move || store::save(&path, &written)).await {
+            Ok(Ok(())) => self.saved = bytes,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot save the telemetry state; an agent restart now would lose what waits");
+                metrics.set_last_error(&err.to_string());
+            }
+            Err(err) => tracing::error!(error = %err, "telemetry state save task failed"),
+        }
     }
 }
 
@@ -190,14 +203,18 @@ pub async fn run(
             FlowBook::new(limits)
         }
     };
-    if book.pending() > 0 || !book.snapshots().is_empty() {
+    if book.pending() > 0 || book.waiting_snapshots() > 0 {
         tracing::info!(
             connections = book.pending(),
-            snapshots = book.snapshots().len(),
+            snapshots = book.waiting_snapshots(),
             "telemetry waiting from before the restart"
         );
     }
     publish(&book, &metrics);
+    let mut saver = Saver {
+        path: settings.state_file.clone(),
+        saved: store::encode(&book),
+    };
     let mut absent_logged = false;
     let mut failing = false;
     let mut refusals = Refusals::new(settings.refused);
@@ -234,7 +251,7 @@ pub async fn run(
                 book.read(flows.connections, flows.instance, at);
                 book.end_silent(at, silent_after(idle, settings.interval));
                 // The gateway has forgotten what it handed over: on disk before anything else.
-                save(&book, &settings.state_file, &metrics).await;
+                saver.save(&book, &metrics).await;
             }
             Ok(Err(ControlError::NotRunning { path })) => {
                 if !absent_logged {
@@ -250,13 +267,13 @@ pub async fn run(
         }
         publish(&book, &metrics);
         // While backing off, flows and snapshots are still read and kept for later.
-        if (book.pending() == 0 && book.snapshots().is_empty())
+        if (book.pending() == 0 && book.waiting_snapshots() == 0)
             || !refusals.may_post(Instant::now())
         {
             continue;
         }
         let result = post(&client, &mut book, &metrics).await;
-        save(&book, &settings.state_file, &metrics).await;
+        saver.save(&book, &metrics).await;
         publish(&book, &metrics);
         match result {
             Ok(()) => {

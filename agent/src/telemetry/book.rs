@@ -474,6 +474,11 @@ impl FlowBook {
         self.bound_pending();
     }
 
+    /// Closed windows waiting.
+    pub fn waiting_snapshots(&self) -> usize {
+        self.snapshots.len()
+    }
+
     /// The closed windows waiting, oldest first.
     pub fn snapshots(&self) -> Vec<MetricsSnapshot> {
         self.snapshots.iter().cloned().collect()
