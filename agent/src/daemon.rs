@@ -156,6 +156,7 @@ pub async fn run(
             interval: telemetry.interval,
             snapshot_interval: telemetry.snapshot_interval,
             max_flows: telemetry.max_flows,
+            state_file: config.state.dir.join(crate::telemetry::STATE_FILE),
             refused: crate::telemetry::REFUSED_BACKOFF,
         };
         let (stop, telemetry_metrics) = (supervisor.stopping(), metrics.clone());

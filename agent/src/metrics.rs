@@ -34,6 +34,10 @@ pub struct Metrics {
     pub telemetry_flows_posted: AtomicU64,
     pub telemetry_flows_dropped: AtomicU64,
     pub telemetry_snapshots_posted: AtomicU64,
+    /// Windows never posted (over a day's while the backend was away).
+    pub telemetry_snapshots_dropped: AtomicU64,
+    /// Flows ended by the agent: the gateway never said (it restarted, or its word was lost).
+    pub telemetry_flows_ended_here: AtomicU64,
     /// Usage bytes the backend took in applied reports (contract 1), since start.
     pub usage_reported_bytes: AtomicU64,
     /// Usage bytes in the ledger not yet settled with the backend.
@@ -79,6 +83,8 @@ impl Default for Metrics {
             telemetry_flows_posted: AtomicU64::new(0),
             telemetry_flows_dropped: AtomicU64::new(0),
             telemetry_snapshots_posted: AtomicU64::new(0),
+            telemetry_snapshots_dropped: AtomicU64::new(0),
+            telemetry_flows_ended_here: AtomicU64::new(0),
             usage_reported_bytes: AtomicU64::new(0),
             usage_pending_bytes: AtomicU64::new(0),
             usage_configured: AtomicBool::new(false),
@@ -271,6 +277,18 @@ impl Metrics {
             Kind::Counter,
             "Metric snapshots posted to the telemetry backend.",
             get(&self.telemetry_snapshots_posted),
+        );
+        metric(
+            "telemetry_snapshots_dropped_total",
+            Kind::Counter,
+            "Metric snapshots never posted: over a day's worth waiting while the backend was away.",
+            get(&self.telemetry_snapshots_dropped),
+        );
+        metric(
+            "telemetry_flows_ended_by_agent_total",
+            Kind::Counter,
+            "Flows the agent marked inactive because the gateway never reported their end (a gateway restart, a lost reading).",
+            get(&self.telemetry_flows_ended_here),
         );
         metric(
             "usage_reported_bytes_total",

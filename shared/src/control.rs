@@ -101,11 +101,20 @@ pub struct ClientUsage {
 
 /// Reply to `{"cmd":"flows"}`: the latest tallies of every flow (5-tuple) that carried bytes
 /// since the previous `flows` request, as the capture meter saw them, plus the flows that
-/// ended since then (status `closed`). Each request drains them: the caller keeps what it
+/// ended since then (status `inactive`). Each request drains them: the caller keeps what it
 /// could not deliver yet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flows {
     pub connections: Vec<crate::backend::telemetry::Connection>,
+    /// This run of the gateway daemon (its start, Unix milliseconds). A restarted daemon
+    /// counts its flows from zero under new ids: a flow that goes on carries the same 5-tuple
+    /// under a new instance, and its caller adds the new counts to the old ones.
+    #[serde(default)]
+    pub instance: Option<u64>,
+    /// After this long without a packet the gateway ends a flow (and says so once, with
+    /// status `inactive`): a flow silent for longer, never ended, was lost (a restart).
+    #[serde(default)]
+    pub flow_idle_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -7,13 +7,23 @@ use time::OffsetDateTime;
 
 /// The `exp` claim of a JWT, or `None` if the token is not a JWT or has no `exp`.
 pub fn expiry(token: &str) -> Option<OffsetDateTime> {
+    time_claim(token, "exp")
+}
+
+/// The `iat` claim (issued at) of a JWT, or `None`. With `exp`, it gives the token's lifetime
+/// on the backend's own clock, whatever ours says.
+pub fn issued(token: &str) -> Option<OffsetDateTime> {
+    time_claim(token, "iat")
+}
+
+fn time_claim(token: &str, name: &str) -> Option<OffsetDateTime> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_i64()?;
-    OffsetDateTime::from_unix_timestamp(exp).ok()
+    let at = claims.get(name)?.as_i64()?;
+    OffsetDateTime::from_unix_timestamp(at).ok()
 }
 
 #[cfg(test)]
@@ -29,6 +39,8 @@ mod tests {
     fn reads_exp() {
         let exp = expiry(&token(r#"{"sub":"1","exp":1800000000}"#)).unwrap();
         assert_eq!(exp.unix_timestamp(), 1_800_000_000);
+        let iat = issued(&token(r#"{"iat":1799999700,"exp":1800000000}"#)).unwrap();
+        assert_eq!(iat.unix_timestamp(), 1_799_999_700);
     }
 
     #[test]

@@ -293,9 +293,11 @@ pub struct FakeGateway {
 
 /// One flow as the gateway's `flows` reply has it.
 pub fn gateway_flow(id: &str, bytes_in: u64, bytes_out: u64, status: &str, n: u64) -> Value {
+    // A port of its own per id: the gateway never has two flows of one 5-tuple at once.
+    let port = 40000 + id.bytes().map(u16::from).sum::<u16>();
     serde_json::json!({
         "id": id, "sourceIp": "10.66.0.2", "destIp": "192.0.2.10",
-        "sourcePort": 40000, "destPort": 443, "protocol": "TCP",
+        "sourcePort": port, "destPort": 443, "protocol": "TCP",
         "status": status, "startTime": "2026-11-21T12:00:00Z",
         "lastActivity": "2026-11-21T12:00:01Z", "bytesIn": bytes_in,
         "bytesOut": bytes_out, "packetsIn": n, "packetsOut": n,

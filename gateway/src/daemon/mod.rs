@@ -266,6 +266,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             Codes::Backend(_) => "backend",
         },
         started: now,
+        flow_idle_ms: u64::try_from(config.capture.flow_idle.as_millis()).unwrap_or(u64::MAX),
         store,
         backend: match &codes {
             Codes::Backend(backend) => Some(backend.link()),

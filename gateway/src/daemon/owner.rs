@@ -101,6 +101,8 @@ pub(super) struct Context {
     /// `local` or `backend`, for `status`.
     pub codes: &'static str,
     pub started: Millis,
+    /// `capture.flow_idle`, told to the agent with the flows.
+    pub flow_idle_ms: u64,
     /// The local code store, when codes are local.
     pub store: Option<CodeStore>,
     /// Whether the backend answers, when codes are checked there.
@@ -497,6 +499,8 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
         Request::Flows => {
             let flows = Flows {
                 connections: state.flows.drain().iter().map(report::connection).collect(),
+                instance: Some(context.started.0),
+                flow_idle_ms: Some(context.flow_idle_ms),
             };
             match serde_json::to_value(flows) {
                 Ok(value) => Reply::Ok(value),

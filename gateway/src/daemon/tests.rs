@@ -129,6 +129,29 @@ fn a_counter_that_went_back_counts_from_zero() {
     assert_eq!(used(&state), 600);
 }
 
+/// The agent tells a restarted gateway by its instance, and a lost flow by the idle time.
+#[test]
+fn the_flows_reply_names_the_gateways_run_and_its_idle_time() {
+    let fw = MemoryFirewall::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = state(&fw, &dir);
+    let context = Context {
+        lan: "lan0".into(),
+        portal_url: "http://10.66.0.1:8080/".into(),
+        codes: "local",
+        started: Millis(1_765_000_000_123),
+        flow_idle_ms: 90_000,
+        store: None,
+        notifier: Default::default(),
+    };
+    let Reply::Ok(reply) = handle_control(&mut state, &context, Request::Flows) else {
+        panic!("flows refused");
+    };
+    let flows: edgeshare_shared::control::Flows = serde_json::from_value(reply).unwrap();
+    assert_eq!(flows.instance, Some(1_765_000_000_123));
+    assert_eq!(flows.flow_idle_ms, Some(90_000));
+}
+
 #[test]
 fn the_last_bytes_are_read_before_a_kick() {
     let fw = MemoryFirewall::new();
@@ -139,6 +162,7 @@ fn the_last_bytes_are_read_before_a_kick() {
         portal_url: "http://10.66.0.1:8080/".into(),
         codes: "local",
         started: Millis(0),
+        flow_idle_ms: 120_000,
         store: None,
         backend: None,
         notifier: Default::default(),

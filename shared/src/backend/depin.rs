@@ -45,8 +45,8 @@ impl DepinTokens {
     /// True if the access token should be refreshed before it is used again.
     pub fn access_is_stale(&self, now: OffsetDateTime) -> bool {
         let token = Token {
-            value: self.access.clone(),
             expires: self.access_expires,
+            ..Token::from_jwt(self.access.clone())
         };
         !token.is_fresh(now)
     }

@@ -23,8 +23,17 @@ use url::Url;
 
 use crate::secret::Secret;
 
-/// How long before a token's expiry it is renewed, so that no call meets an expired token.
+/// How long before a token's expiry it is renewed at most, so that no call meets an expired
+/// token: a 12-hour token is renewed 5 minutes before it runs out.
 const RENEW_MARGIN: time::Duration = time::Duration::minutes(5);
+
+/// How long before its expiry a token that lasts `lifetime` is renewed: 15 % of its lifetime
+/// (renewed at 85 %), at most [`RENEW_MARGIN`]. A fixed 5 minutes made a token of 5 minutes or
+/// less stale as soon as it came: a sign-in before every call.
+pub fn renew_margin(lifetime: time::Duration) -> time::Duration {
+    let margin: time::Duration = lifetime * 0.15;
+    margin.clamp(time::Duration::ZERO, RENEW_MARGIN)
+}
 
 /// How much of an unexpected reply body is kept in an error message.
 const BODY_SNIPPET: usize = 200;
@@ -357,11 +366,13 @@ fn snippet(bytes: &[u8]) -> String {
     }
 }
 
-/// A bearer token and when it runs out, if known.
+/// A bearer token, when it runs out and how long it lasts, if known.
 #[derive(Clone, PartialEq, Eq)]
 struct Token {
     value: Secret,
     expires: Option<OffsetDateTime>,
+    /// From its issue to its expiry: sets how early it is renewed ([`renew_margin`]).
+    lifetime: Option<time::Duration>,
 }
 
 impl fmt::Debug for Token {
@@ -369,18 +380,27 @@ impl fmt::Debug for Token {
         f.debug_struct("Token")
             .field("value", &self.value)
             .field("expires", &self.expires)
+            .field("lifetime", &self.lifetime)
             .finish()
     }
 }
 
 impl Token {
+    /// Its expiry and lifetime from its `exp` and `iat` claims; without `iat`, the lifetime
+    /// runs from now.
     fn from_jwt(value: Secret) -> Self {
         let expires = crate::jwt::expiry(value.expose());
-        Token { value, expires }
+        let issued = crate::jwt::issued(value.expose()).unwrap_or_else(OffsetDateTime::now_utc);
+        Token {
+            lifetime: expires.map(|exp| exp - issued),
+            value,
+            expires,
+        }
     }
 
     fn is_fresh(&self, now: OffsetDateTime) -> bool {
-        self.expires.is_none_or(|exp| exp - RENEW_MARGIN > now)
+        let margin = self.lifetime.map_or(RENEW_MARGIN, renew_margin);
+        self.expires.is_none_or(|exp| exp - margin > now)
     }
 }
 
@@ -484,11 +504,59 @@ mod tests {
         let token = |expires| Token {
             value: Secret::new("t"),
             expires,
+            lifetime: Some(time::Duration::hours(12)),
         };
         assert!(token(None).is_fresh(now));
         assert!(token(Some(now + time::Duration::hours(1))).is_fresh(now));
         assert!(!token(Some(now + time::Duration::minutes(4))).is_fresh(now));
         assert!(!token(Some(now - time::Duration::minutes(1))).is_fresh(now));
+    }
+
+    #[test]
+    fn a_short_token_is_renewed_late_in_its_life_not_at_once() {
+        let minutes = time::Duration::minutes;
+        assert_eq!(renew_margin(time::Duration::hours(12)), minutes(5));
+        assert_eq!(renew_margin(minutes(5)), time::Duration::seconds(45));
+        assert_eq!(
+            renew_margin(time::Duration::seconds(-3)),
+            time::Duration::ZERO
+        );
+        // A 4-minute token obtained now: fresh for its first 85 % (204 s), stale after.
+        let now = OffsetDateTime::now_utc();
+        let token = Token {
+            value: Secret::new("t"),
+            expires: Some(now + minutes(4)),
+            lifetime: Some(minutes(4)),
+        };
+        assert!(token.is_fresh(now));
+        assert!(token.is_fresh(now + time::Duration::seconds(203)));
+        assert!(!token.is_fresh(now + time::Duration::seconds(205)));
+    }
+
+    #[test]
+    fn a_jwts_lifetime_comes_from_its_own_claims() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"HS256"}"#),
+            b64(r#"{"iat":1800000000,"exp":1800000120}"#)
+        );
+        let token = Token::from_jwt(Secret::new(jwt));
+        assert_eq!(token.lifetime, Some(time::Duration::minutes(2)));
+    }
+
+    proptest::proptest! {
+        /// Whatever the lifetime, a token is renewed between 85 % of its life and its expiry,
+        /// and never more than 5 minutes early.
+        #[test]
+        fn renewal_falls_late_in_a_tokens_life(secs in 1i64..200_000) {
+            let lifetime = time::Duration::seconds(secs);
+            let margin = renew_margin(lifetime);
+            proptest::prop_assert!(margin >= time::Duration::ZERO && margin <= RENEW_MARGIN);
+            proptest::prop_assert!(lifetime - margin >= lifetime * 0.85);
+            proptest::prop_assert!(margin < lifetime);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::secret::Secret;
 /// The ingest's body limit. A larger batch is refused here rather than sent for a 413.
 pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
@@ -111,8 +111,9 @@ struct MetricsBody<'a> {
     snapshots: &'a [MetricsSnapshot],
 }
 
-/// A client for contract 3, for one tenant. Holds a client token and renews it before its
-/// 12-hour expiry (the backend has no refresh: sign in again, then ask for a new one).
+/// A client for contract 3, for one tenant. Holds a client token and renews it late in its
+/// life (at 85 % of it, at most 5 minutes before its expiry: [`super::renew_margin`]); the
+/// backend has no refresh: sign in again, then ask for a new one.
 #[derive(Debug)]
 pub struct TelemetryClient {
     api: Api,
@@ -167,15 +168,17 @@ impl TelemetryClient {
             .api
             .send(Call::post("/auth/client-token", &request).bearer(&user.token))
             .await?;
-        let from_reply = reply
+        let lifetime = reply
             .expires_in
             .as_deref()
             .and_then(|text| humantime::parse_duration(text).ok())
-            .and_then(|d| time::Duration::try_from(d).ok())
-            .map(|d| OffsetDateTime::now_utc() + d);
+            .and_then(|d| time::Duration::try_from(d).ok());
         let token = Token::from_jwt(reply.token);
         Ok(Token {
-            expires: token.expires.or(from_reply),
+            expires: token
+                .expires
+                .or(lifetime.map(|d| OffsetDateTime::now_utc() + d)),
+            lifetime: token.lifetime.or(lifetime),
             value: token.value,
         })
     }
