@@ -1,7 +1,8 @@
 //! The edgeshare gateway: the captive-portal daemon on the provider's device.
 //!
 //! - [`core`]: the pure session logic (codes, devices, quota, expiry, idle); no I/O.
-//! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake.
+//! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake;
+//!   [`forwarding`]: the kernel's forwarding switches the daemon turns on once it is in place.
 //! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
 //! - [`codes`]: where codes are checked (the backend, or a local store); [`code_book`]: where
 //!   a provider makes, lists and revokes them (the CLI and the dashboard); [`own_codes`]: the
@@ -28,6 +29,7 @@ pub mod cutoff;
 pub mod daemon;
 pub mod dashboard;
 pub mod firewall;
+pub mod forwarding;
 pub mod neighbours;
 pub mod net;
 mod netlink;

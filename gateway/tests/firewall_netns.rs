@@ -14,6 +14,7 @@ use edgeshare_gateway::firewall::{
     ClientCounters, Firewall, FirewallConfig, FirewallError, NetlinkFirewall, NftFirewall,
     SessionQuota,
 };
+use edgeshare_gateway::forwarding;
 use edgeshare_gateway::net::{Client, Mac};
 use support::probe::Event;
 use support::{Testbed, sock, unique_name};
@@ -91,8 +92,12 @@ impl DerefMut for Fw {
 }
 
 /// The firewall of the bed's gateway namespace: nft runs there through `ip netns exec`, the
-/// netlink socket is opened from a thread inside it.
+/// netlink socket is opened from a thread inside it. The gateway's own forwarding switches
+/// are turned on there, as the daemon does beside its firewall (this module has none).
 fn firewall(bed: &Testbed, config: FirewallConfig, kind: Kind) -> Fw {
+    bed.gw
+        .in_thread(|| forwarding::turn_on(std::path::Path::new("/proc/sys"), config.wan.as_deref()))
+        .expect("forwarding on in gw");
     let nft = bed.gw.command_prefix("nft");
     let inner: Box<dyn Firewall> = match kind {
         Kind::Nft => Box::new(NftFirewall::with_command(config.clone(), nft)),

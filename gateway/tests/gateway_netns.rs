@@ -2498,6 +2498,73 @@ fn portal_over_ipv6(bed: &Testbed, source: Option<&str>) {
     bed.client.run_ok(&args);
 }
 
+/// The value of `key` in `ns`.
+fn sysctl(ns: &Netns, key: &str) -> String {
+    ns.run_ok(&["sysctl", "-n", key]).trim().to_owned()
+}
+
+/// Nothing but the gateway turns forwarding on: from a namespace where both families'
+/// forwarding is off and the uplink accepts router advertisements as a fresh interface does
+/// (`accept_ra = 1`), the daemon turns forwarding on and sets the uplink's `accept_ra` to 2
+/// (with forwarding on, 1 would make the uplink ignore advertisements and lose its SLAAC
+/// address and default route), and says so; an online client's IPv6 then goes through.
+#[test]
+fn the_gateway_turns_forwarding_on_itself_and_the_uplink_keeps_its_router_advertisements() {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    // A fresh namespace takes IPv4's from the host's (which may be a router already): the
+    // starting point the gateway must change is off.
+    bed.gw.sysctl("net.ipv4.ip_forward", "0");
+    let keys = [
+        "net.ipv4.ip_forward",
+        "net.ipv6.conf.all.forwarding",
+        "net.ipv6.conf.wan0.accept_ra",
+        "net.ipv6.conf.lan0.accept_ra",
+    ];
+    let values = |bed: &Testbed| keys.map(|key| sysctl(&bed.gw, key));
+    assert_eq!(
+        values(&bed),
+        ["0", "0", "1", "1"],
+        "{keys:?} before the gateway"
+    );
+
+    let mut gateway = Gateway::configure(bed, Codes::Local);
+    gateway.run();
+    // The LAN keeps ignoring advertisements (a client's would be a rogue router's).
+    assert_eq!(
+        values(&gateway.bed),
+        ["1", "1", "2", "1"],
+        "{keys:?} with the gateway running"
+    );
+    let log = gateway.log_text();
+    for key in &keys[..3] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(key) && line.contains("changed")),
+            "no log line for {key}:\n{log}"
+        );
+    }
+
+    let _https6 = gateway.bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    portal_over_ipv6(&gateway.bed, None);
+    assert!(
+        wait_until(Duration::from_secs(3), || gateway
+            .bed
+            .client
+            .tcp_connects(sock(Testbed::up_v6(), 443), BLOCKED)),
+        "an online client's IPv6 goes through: {:?}",
+        gateway.clients()
+    );
+    // The switches stay as they are when the daemon stops: the table (left in place) keeps
+    // the LAN closed, not the switches.
+    gateway.stop(Signal::TERM);
+    assert_eq!(values(&gateway.bed), ["1", "1", "2", "1"]);
+}
+
 /// A phone as it is: online over IPv4 through the portal, then over IPv6 too, from each
 /// address it uses (a privacy address appearing later), counted by both meters, cut with
 /// the device by a kick and by the kernel at its quota.
@@ -2977,18 +3044,32 @@ fn the_boot_time_table_keeps_the_lan_closed_and_never_cuts_online_clients_off() 
     if !support::require_root() {
         return;
     }
-    // As at boot (edgeshare-portal-only.service): the table before the daemon, forwarding on.
+    // As at boot (edgeshare-portal-only.service): the table before the daemon, with
+    // forwarding on, as an earlier run of the daemon left it (it stays on when the daemon
+    // stops, and a host may turn it on at boot too): the worst case for the table.
     let mut gateway = Gateway::configure(Testbed::new(), Codes::Local);
     let _internet = Internet::start(&gateway.bed);
+    let _https6 = gateway.bed.up.tcp_listen(sock(Testbed::up_v6(), 443), 10);
+    let reaches_v6 = |bed: &Testbed, timeout| {
+        bed.client
+            .tcp_connects(sock(Testbed::up_v6(), 443), timeout)
+    };
+    gateway.run();
+    gateway.stop(Signal::TERM);
+    gateway.cli_ok(&["firewall", "remove"]);
     assert!(
-        reaches_upstream(&gateway.bed, OPEN),
-        "without the table the bed forwards (the check itself works)"
+        reaches_upstream(&gateway.bed, OPEN) && reaches_v6(&gateway.bed, OPEN),
+        "without the table the bed forwards IPv4 and IPv6 (the checks themselves work)"
     );
     gateway.cli_ok(&["firewall", "install"]);
     assert!(gateway.table_exists());
     assert!(
         !reaches_upstream(&gateway.bed, BLOCKED),
-        "the LAN is open with only the boot-time table"
+        "the LAN is open over IPv4 with only the boot-time table"
+    );
+    assert!(
+        !reaches_v6(&gateway.bed, BLOCKED),
+        "the LAN is open over IPv6 with only the boot-time table"
     );
 
     gateway.run();

@@ -5,14 +5,18 @@
 # real, with the units exactly as shipped:
 #
 #   client ns (br0 10.66.0.2) ── lan0 [container: systemd, gateway, agent] wan0 ── upstream ns
-#                                 10.66.0.1                          10.99.0.1   (br0: stand-in
-#                                                                                 backend at
+#     fd00:66::2                  10.66.0.1                          10.99.0.1   (br0: stand-in
+#                                 fd00:66::1                         fd00:99::1   backend at
 #                                                                                 10.99.0.2:8080,
 #                                                                                 downloads at
-#                                                                                 10.99.0.3:80)
+#                                                                                 10.99.0.3:80 and
+#                                                                                 [fd00:99::3]:80)
 #
 # - the gateway reaches READY (time printed) and `systemd-analyze security` scores are printed;
 # - the client is captive, logs in through the portal, downloads;
+# - dual stack: the client is captive over IPv6 too (its web traffic lands on the portal,
+#   nothing else gets through), and once online downloads over IPv6 from an IPv6 upstream,
+#   through the forwarding the gateway turned on itself (nothing here sets a sysctl for it);
 # - the agent as shipped (user edgeshare) reads the ledger and reports it to the stand-in:
 #   the backend's count equals the ledger's;
 # - the watchdog restarts a frozen gateway; `systemctl stop` / `restart` keep the client
@@ -133,15 +137,17 @@ Name=lan0
 RequiredForOnline=no
 [Network]
 Address=10.66.0.1/24
+Address=fd00:66::1/64
 ConfigureWithoutCarrier=yes
-LinkLocalAddressing=no
+LinkLocalAddressing=ipv6
 EOF
 cat >"$ROOT/etc/systemd/network/10-wan0.network" <<'EOF'
 [Match]
 Name=wan0
 [Network]
 Address=10.99.0.1/24
-LinkLocalAddressing=no
+Address=fd00:99::1/64
+LinkLocalAddressing=ipv6
 EOF
 systemctl --root="$ROOT" enable systemd-networkd.service systemd-networkd-wait-online.service >/dev/null 2>&1
 echo "es-sd-test" >"$ROOT/etc/hostname"
@@ -166,19 +172,21 @@ ls "$ROOT"/root/debs/*/
 # Each side is a namespace with a bridge; the container's veth end joins it at every boot.
 ip netns add "$NS_C"
 ip netns add "$NS_U"
-in_c sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-in_u sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip -n "$NS_C" link set lo up
 ip -n "$NS_U" link set lo up
 ip -n "$NS_C" link add br0 address 02:00:00:00:00:02 type bridge
 ip -n "$NS_C" addr add 10.66.0.2/24 dev br0
+ip -n "$NS_C" addr add fd00:66::2/64 dev br0 nodad
 ip -n "$NS_C" link set br0 up
 ip -n "$NS_C" route add default via 10.66.0.1
+ip -n "$NS_C" -6 route add default via fd00:66::1
 ip -n "$NS_U" link add br0 type bridge
 ip -n "$NS_U" addr add 10.99.0.2/24 dev br0
 ip -n "$NS_U" addr add 10.99.0.3/24 dev br0
+ip -n "$NS_U" addr add fd00:99::3/64 dev br0 nodad
 ip -n "$NS_U" link set br0 up
 ip -n "$NS_U" route add 10.66.0.0/24 via 10.99.0.1 # never used with NAT on; for clarity of errors
+ip -n "$NS_U" -6 route add fd00:66::/64 via fd00:99::1
 
 start_standin_at() { # ADDRESS OUT: a stand-in listening at ADDRESS in the upstream namespace
   local address=$1 out=$2 pid
@@ -189,6 +197,9 @@ start_standin_at() { # ADDRESS OUT: a stand-in listening at ADDRESS in the upstr
 }
 start_standin_at 10.99.0.2:8080 "$WORK/backend"
 start_standin_at 10.99.0.3:80 "$WORK/internet"
+# The IPv6 internet: web on 80, and a port (8443) a captive client must not reach.
+start_standin_at "[fd00:99::3]:80" "$WORK/internet6"
+start_standin_at "[fd00:99::3]:8443" "$WORK/internet6-8443"
 
 boot() {
   SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --boot --directory="$ROOT" \
@@ -299,28 +310,63 @@ if in_c curl -sS -m 2 -o /dev/null "http://10.99.0.3:8443/" 2>/dev/null; then
   fail "port 8443 upstream reachable while captive"
 fi
 
+step "the client is captive over IPv6 too"
+# Nothing in this test turns forwarding on: the gateway did, once its table was in place.
+forwarding=$(in_ct sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding | xargs)
+[ "$forwarding" = "1 1" ] || fail "IPv4 and IPv6 forwarding in the container: '$forwarding', not '1 1'"
+in_ct journalctl --no-pager -o cat -u edgeshare-gateway | grep "kernel setting" | sed 's/^/  /'
+answer=$(in_c curl -sS -m 5 -o /dev/null -w '%{http_code} %{redirect_url}' "http://[fd00:99::3]/__standin/download/1000" || true)
+[ "$answer" = "302 http://10.66.0.1:8080/" ] || fail "a captive client's IPv6 web request did not land on the portal: '$answer'"
+echo "GET http://[fd00:99::3]/… while captive → $answer (the portal)"
+# The stand-in answers on [fd00:99::3]:8443: only the gateway can keep the client from it.
+if in_c curl -sS -m 2 -o /dev/null "http://[fd00:99::3]:8443/__standin/download/1000" 2>/dev/null; then
+  fail "the IPv6 upstream's port 8443 reachable while captive"
+fi
+if command -v ping >/dev/null && in_c ping -6 -c 1 -W 1 fd00:99::3 >/dev/null 2>&1; then
+  fail "a captive client's ICMPv6 echo reached the IPv6 upstream"
+fi
+echo "IPv6 while captive: the portal only (port 8443 and ICMPv6 echo to [fd00:99::3] dropped)"
+
 step "a $QUOTA_MB MB code from the backend; the client logs in through the portal"
 CODE=$(in_ct edgeshare-gateway codes create --mb "$QUOTA_MB" --hours 1)
 [ -n "$CODE" ] || fail "no code made"
 page=$(in_c curl -sS -m 10 -d "code=$CODE" http://10.66.0.1:8080/login)
 grep -q "You are online" <<<"$page" || fail "login did not say online: $page"
 
-# Ground truth from here on: the client counts its own traffic with the internet.
+# The gateway learns the client's IPv6 address from its neighbour table once the client talks
+# to it over IPv6 (here the portal, on the gateway itself: nothing forwarded, nothing billed).
+in_c curl -sS -m 5 -o /dev/null "http://[fd00:66::1]:8080/" || fail "the portal over IPv6"
+learned_ipv6() { in_ct edgeshare-gateway clients --json | jq -e '[.[].devices[].also[]?] | index("fd00:66::2")'; }
+wait_for 10 "the gateway learning the client's IPv6 address" learned_ipv6
+
+# Ground truth from here on: the client counts its own traffic with the internet, each family
+# on its own.
 in_c nft -f - <<'EOF'
 table inet truth {
+  counter up4 {}
+  counter down4 {}
+  counter up6 {}
+  counter down6 {}
   chain output {
     type filter hook output priority 0;
-    ip daddr 10.99.0.3 counter
+    ip daddr 10.99.0.3 counter name up4
+    ip6 daddr fd00:99::3 counter name up6
   }
   chain input {
     type filter hook input priority 0;
-    ip saddr 10.99.0.3 counter
+    ip saddr 10.99.0.3 counter name down4
+    ip6 saddr fd00:99::3 counter name down6
   }
 }
 EOF
-truth() { # "up down" as the client counted them
-  in_c nft -j list table inet truth |
-    jq -r '[.nftables[] | select(.rule) | {(.rule.chain): (.rule.expr[] | select(.counter) | .counter.bytes)}] | add | "\(.output) \(.input)"'
+truth_counters() { # the four counters as one JSON object
+  in_c nft -j list table inet truth | jq -c '[.nftables[] | select(.counter) | {(.counter.name): .counter.bytes}] | add'
+}
+truth() { # "up down" as the client counted them, both families
+  truth_counters | jq -r '"\(.up4 + .up6) \(.down4 + .down6)"'
+}
+truth6() { # "up down" over IPv6 only
+  truth_counters | jq -r '"\(.up6) \(.down6)"'
 }
 ledger_of_code() { # "up down" of the code's latest ledger record ("0 0" before the first)
   # A session writes its first record with its first bytes, so there may be no segment yet.
@@ -349,6 +395,15 @@ ledger_equals_truth() {
 }
 download $((2 * MB)) || fail "the online client cannot download"
 ledger_equals_truth "after login and a 2 MiB download"
+
+step "the online client downloads over IPv6 from the IPv6 upstream"
+got=$(in_c curl -sS -m 60 -o /dev/null -w '%{size_download}' "http://[fd00:99::3]/__standin/download/$((3 * MB))") ||
+  fail "the online client cannot download over IPv6"
+[ "$got" = $((3 * MB)) ] || fail "the IPv6 download was cut short: $got bytes"
+read -r t6u t6d <<<"$(truth6)"
+echo "FIGURE IPv6 through the shipped units: a $((3 * MB))-byte download over IPv6; the client's own count over IPv6: up $t6u down $t6d bytes"
+[ "$t6d" -gt $((3 * MB)) ] || fail "the client's IPv6 counters saw $t6d bytes"
+ledger_equals_truth "after an IPv6 download (both families)"
 
 # ---- the agent, as shipped ----
 step "the agent as shipped (user edgeshare) reports the ledger to the backend"

@@ -84,11 +84,6 @@ fn policy(config: &GatewayConfig) -> Policy {
     }
 }
 
-fn enable_forwarding() -> anyhow::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .context("turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")
-}
-
 /// The firewall for this configuration with the walled garden `garden`.
 fn firewall_for(config: &GatewayConfig, garden: Vec<GardenEntry>) -> Box<dyn Firewall> {
     Box::new(NetlinkFirewall::new(config.firewall_config(garden)))
@@ -170,7 +165,6 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating state.dir {}", state_dir.display()))?;
     let lan_ip = interface_ipv4(&config.lan.interface)?;
     let portal_url = format!("http://{lan_ip}:{}/", config.portal.port);
-    enable_forwarding()?;
     crate::neighbours::limits::fit_and_log(config.lan.max_clients);
 
     let codes = match config.codes.source {
@@ -202,6 +196,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     firewall
         .install()
         .context("installing the nftables table")?;
+    // Only now: forwarding is never on without the table (at boot edgeshare-portal-only put
+    // it in place already; run by hand, this install did).
+    crate::forwarding::turn_on_and_log(config.wan.interface.as_deref())?;
 
     let sessions_file = state_dir.join("sessions.json");
     let now = Millis::now();

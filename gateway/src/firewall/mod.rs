@@ -9,9 +9,10 @@
 //! by pure functions (`listing`), the netlink messages likewise (`netlink`), so all are
 //! unit-tested without a kernel.
 //!
-//! What this module does not do: it does not turn IP forwarding on (the daemon sets
-//! `net.ipv4.ip_forward=1` and `net.ipv6.conf.all.forwarding=1`; without them nothing is
-//! forwarded whatever the table says), it runs no DHCP or DNS server, and it resolves no host
+//! What this module does not do: it does not turn IP forwarding on (the daemon does, once
+//! the table is in place, with [`crate::forwarding`]: `net.ipv4.ip_forward=1`, the uplink's
+//! `accept_ra=2`, `net.ipv6.conf.all.forwarding=1`; without them nothing is forwarded
+//! whatever the table says), it runs no DHCP or DNS server, and it resolves no host
 //! names (the walled garden arrives as [`GardenEntry`]s: a network and a TCP port each).
 //!
 //! # The table

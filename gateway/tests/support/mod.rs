@@ -400,12 +400,6 @@ impl Netns {
         ]);
     }
 
-    /// Turns on IPv4 and IPv6 forwarding in here (a router).
-    pub fn enable_forwarding(&self) {
-        self.sysctl("net.ipv4.ip_forward", "1");
-        self.sysctl("net.ipv6.conf.all.forwarding", "1");
-    }
-
     /// Starts `args` in here in the background; killed when the handle drops.
     pub fn spawn(&self, args: &[&str]) -> Background {
         let (program, rest) = args.split_first().expect("a command");
@@ -745,9 +739,11 @@ fn addr(text: &str) -> IpAddr {
 ///  MAC 02:00:00:66:00:02                                           + 10.77.0.130/24
 /// ```
 ///
-/// Forwarding is on in gw; client routes everything via gw; up routes the client's networks
-/// back via gw (so no NAT is needed, and a test can turn NAT on to see it work). Dropping
-/// the bed kills its processes and deletes the three namespaces.
+/// Forwarding in gw is left as a fresh namespace has it: the gateway turns it on itself
+/// (`edgeshare_gateway::forwarding`), as it must on a real host. Client routes everything
+/// via gw; up routes the client's networks back via gw (so no NAT is needed, and a test can
+/// turn NAT on to see it work). Dropping the bed kills its processes and deletes the three
+/// namespaces.
 #[derive(Debug)]
 pub struct Testbed {
     pub client: Netns,
@@ -786,7 +782,6 @@ impl Testbed {
         bed.client.add_route("default", "fd00:66::1");
         bed.up.add_route("10.66.0.0/24", "10.77.0.1");
         bed.up.add_route("fd00:66::/64", "fd00:77::1");
-        bed.gw.enable_forwarding();
         bed
     }
 
