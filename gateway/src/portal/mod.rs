@@ -338,7 +338,9 @@ pub async fn serve<G: Gate>(
 ) -> std::io::Result<()> {
     let (app, portal) = app(gate, settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_WAITING));
+    // Open and waiting together: a connection is counted from its accept, while its
+    // device is looked up and while it waits for a slot, to its end.
+    let admitted = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS + MAX_WAITING));
     let per_device = PerDevice::default();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_warned: Option<tokio::time::Instant> = None;
@@ -355,8 +357,7 @@ pub async fn serve<G: Gate>(
             },
             () = &mut shutdown => return Ok(()),
         };
-        // Every connection waits here until it has its slot: its device is looked up first.
-        let Ok(admission) = Arc::clone(&waiting).try_acquire_owned() else {
+        let Ok(admission) = Arc::clone(&admitted).try_acquire_owned() else {
             if last_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                 tracing::warn!(
                     client = %peer.ip(),
@@ -370,7 +371,6 @@ pub async fn serve<G: Gate>(
         let portal = Arc::clone(&portal);
         let slots = Arc::clone(&slots);
         let per_device = per_device.clone();
-        let logged_in = portal.logins.subscribe();
         tokio::spawn(async move {
             let ip = client_ip(peer);
             let device = portal.device(ip).await;
@@ -397,10 +397,13 @@ pub async fn serve<G: Gate>(
                     return;
                 }
             };
-            drop(admission);
+            // Subscribed once served: logins while it waited are not its business (its
+            // requests are answered as the device is by then).
+            let logged_in = portal.logins.subscribe();
             serve_connection(stream, peer, device, app, portal, logged_in).await;
             drop(slot);
             drop(own_slot);
+            drop(admission);
         });
     }
 }
@@ -415,12 +418,13 @@ async fn serve_connection<G: Gate>(
     mut logged_in: broadcast::Receiver<Device>,
 ) {
     use tower::ServiceExt as _;
+    let replies = Arc::clone(&portal);
     let service = hyper::service::service_fn(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(device);
             let app = app.clone();
-            let late = portal.timeout_reply(request.headers());
+            let late = replies.timeout_reply(request.headers());
             async move {
                 let response = match tokio::time::timeout(
                     REQUEST_TIMEOUT,
@@ -441,6 +445,7 @@ async fn serve_connection<G: Gate>(
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
+    let me = client_ip(peer);
     let mut closing = false;
     let result = loop {
         tokio::select! {
@@ -453,7 +458,12 @@ async fn serve_connection<G: Gate>(
                 // (the success page) is finished first.
                 let close = match login {
                     Ok(who) => who == device,
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    // Logins were missed (a crowd logging in): close only if this device is
+                    // among them. Closing on a guess closed waiting phones' connections
+                    // before their request was read.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        portal.gate.status(me).await.is_some()
+                    }
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
                 if close {
@@ -536,8 +546,10 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// each is counted in its device's share while it waits, so no device fills the queue.
 pub const MAX_WAITING: usize = 256;
 /// How long a connection waits for a free one of the [`MAX_CONNECTIONS`] before it is
-/// closed: a login takes milliseconds, so a crowd's connections are served in turn.
-pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// closed: as long as a request may take, so a crowd's connections are served in turn
+/// (500 phones that each opened a connection, then sent their codes at the same moment,
+/// were all online within 9.5 s, a debug build on a busy machine).
+pub const SLOT_WAIT: Duration = REQUEST_TIMEOUT;
 /// How long the device of a new connection may take to be looked up; past it, the
 /// connection counts as a device whose MAC is unknown.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
