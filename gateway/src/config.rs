@@ -91,8 +91,12 @@ pub struct Portal {
     /// DNS servers besides the gateway itself that captive clients may query (those DHCP
     /// hands out); DNS to any other host is dropped until they log in.
     pub dns_servers: Vec<std::net::IpAddr>,
-    /// Failed code attempts allowed per client, and for all clients together, per minute.
-    pub attempts_per_client: u32,
+    /// Failed code attempts (and account passwords) allowed per device (its MAC, all its
+    /// addresses together) per minute. Its old name, per client, is still read.
+    #[serde(alias = "attempts_per_client")]
+    pub attempts_per_device: u32,
+    /// Failed attempts per minute of all devices that keep guessing (3 or more of their
+    /// own); devices with fewer are checked up to 4 times this in all.
     pub attempts_global: u32,
     /// Catalogue files (`<tag>.toml`) that add languages to the portal or change texts of the
     /// built-in ones. A missing directory means none.
@@ -132,7 +136,7 @@ impl Default for Portal {
             port: 8080,
             walled_garden: Vec::new(),
             dns_servers: Vec::new(),
-            attempts_per_client: 5,
+            attempts_per_device: 5,
             attempts_global: 60,
             locales_dir: PathBuf::from("/etc/edgeshare/locales"),
             brand: Brand::default(),

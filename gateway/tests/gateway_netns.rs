@@ -1416,51 +1416,446 @@ fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
     );
 }
 
+/// A TCP connection to `to` from the address `source` (of the namespace this thread is in).
+fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use rustix::net::{AddressFamily, SocketType};
+    let family = if source.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let socket = rustix::net::socket(family, SocketType::STREAM, None)?;
+    rustix::net::bind(&socket, &SocketAddr::new(source, 0))?;
+    rustix::net::connect(&socket, &to)?;
+    Ok(std::net::TcpStream::from(socket))
+}
+
+/// Whether the portal still holds `stream` open (it has neither closed nor reset it).
+fn held_open(stream: &std::net::TcpStream) -> bool {
+    let mut byte = [0_u8; 1];
+    stream.set_nonblocking(true).expect("a socket option");
+    let open =
+        matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).expect("a socket option");
+    open
+}
+
+/// The portal's address for a client at `ip`.
+fn portal_for(ip: IpAddr) -> SocketAddr {
+    match ip {
+        IpAddr::V4(_) => sock(Testbed::gw_lan_v4(), 8080),
+        IpAddr::V6(_) => sock(Testbed::gw_lan_v6(), 8080),
+    }
+}
+
+/// The client's interface with `count` more IPv4 (10.66.0.100…) and IPv6 (fd00:66::100…)
+/// addresses: one device, one MAC, many addresses. Its new addresses.
+fn add_many_addresses(bed: &Testbed, count: u8) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    for n in 0..count {
+        let v4 = format!("10.66.0.{}", 100 + n);
+        let v6 = format!("fd00:66::{:x}", 0x100 + u16::from(n));
+        bed.client.add_addr(Testbed::CLIENT_IF, &format!("{v4}/24"));
+        bed.client.add_addr(Testbed::CLIENT_IF, &format!("{v6}/64"));
+        addresses.extend([v4, v6].map(|a| a.parse::<IpAddr>().expect("an address")));
+    }
+    addresses
+}
+
+/// What one slowloris device managed to hold while it kept `per_address` connections
+/// open from each of its addresses (sending a request line, never the end of its headers,
+/// reconnecting each one the portal closed) until `stop`: the most connections the portal
+/// held open at once for over a second, and from how many addresses.
+fn slowloris(
+    addresses: &[IpAddr],
+    per_address: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (usize, usize) {
+    use std::io::Write as _;
+    struct Slot {
+        source: IpAddr,
+        open: Option<(std::net::TcpStream, Instant)>,
+    }
+    let mut slots: Vec<Slot> = addresses
+        .iter()
+        .flat_map(|source| {
+            (0..per_address).map(|_| Slot {
+                source: *source,
+                open: None,
+            })
+        })
+        .collect();
+    let (mut most, mut most_addresses) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut held = 0;
+        let mut from = std::collections::HashSet::new();
+        for slot in &mut slots {
+            if let Some((stream, since)) = &slot.open {
+                if !held_open(stream) {
+                    slot.open = None;
+                } else if since.elapsed() >= Duration::from_secs(1) {
+                    held += 1;
+                    from.insert(slot.source);
+                }
+            }
+        }
+        if held > most {
+            most = held;
+        }
+        most_addresses = most_addresses.max(from.len());
+        for slot in &mut slots {
+            if slot.open.is_none() {
+                if let Ok(mut stream) = connect_from(slot.source, portal_for(slot.source)) {
+                    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: 10.66.0.1\r\nX-Slow: ");
+                    slot.open = Some((stream, Instant::now()));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (most, most_addresses)
+}
+
+/// How many requests the stand-in backend received on `path` (for the consumer's account
+/// when `consumer_only`).
+fn backend_calls(bed: &Testbed, path: &str, consumer_only: bool) -> usize {
+    let text = bed.up.run_ok(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        &format!("http://{BACKEND_ADDR}/__standin/received"),
+    ]);
+    let received: Vec<Value> = serde_json::from_str(&text).expect("the stand-in's JSON");
+    received
+        .iter()
+        .filter(|r| r["path"] == path)
+        .filter(|r| !consumer_only || r["body"]["email"] == CONSUMER_EMAIL)
+        .count()
+}
+
+const CONSUMER_EMAIL: &str = "consumer@example.com";
+
 #[test]
-fn a_slowloris_device_holds_only_its_own_connections_and_others_are_answered() {
+fn a_device_with_many_addresses_holds_its_own_share_and_guesses_its_own_budget() {
     if !support::require_root() {
         return;
     }
-    // Before: one device held all 256 portal connections with slow headers, and 1 of 40
-    // normal requests was answered meanwhile.
-    const HELD: usize = 300;
+    // Before: one device with 30 IPv4 or 30 IPv6 addresses held all 256 portal connections
+    // and another device got 0 of 40 answers; 20 addresses of one device had 20 passwords
+    // checked (5 per address).
+    const ADDRESSES: u8 = 30;
     const REQUESTS: usize = 40;
-    let gateway = Gateway::start_local();
+    const PER_DEVICE: usize = 5;
+    let bed = Testbed::new();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let _backend = start_standin(&bed.up, scratch.path(), BACKEND_ADDR, &["GATE2345"]);
+    let gateway = Gateway::start(bed, Codes::Backend(format!("http://{BACKEND_ADDR}")));
     let bed = &gateway.bed;
-    bed.client
-        .add_addr(Testbed::CLIENT_IF, &format!("{SECOND_CLIENT}/24"));
-    // One bash opens HELD connections from the client's address, each with a request line
-    // and no end of headers, and keeps them open (killed with the namespace).
-    let script = format!(
-        "trap '' PIPE; for i in $(seq {HELD}); do exec {{fd}}<>/dev/tcp/10.66.0.1/8080 || continue; \
-         printf 'GET / HTTP/1.1\\r\\nHost: 10.66.0.1\\r\\nX-Slow: ' >&$fd; done; echo opened; \
-         sleep 60"
+    let other = add_devices(bed, 10, 1).remove(0);
+    let addresses = add_many_addresses(bed, ADDRESSES);
+    // Every address answers neighbour discovery before the test starts guessing.
+    for ip in &addresses {
+        let url = format!("http://{}/", portal_for(*ip));
+        let (status, ..) = support::run_with_timeout(
+            bed.client.command("curl").args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "3",
+                "--interface",
+                &ip.to_string(),
+                &url,
+            ]),
+            Duration::from_secs(5),
+        );
+        assert!(status.is_some(), "curl from {ip}");
+    }
+
+    // Every address guesses at once: the consumer's email with a wrong password (and a
+    // code), then a code alone.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = addresses
+            .iter()
+            .map(|ip| {
+                scope.spawn(move || {
+                    let source = ip.to_string();
+                    let url = format!("http://{}/login", portal_for(*ip));
+                    [
+                        vec![
+                            "-d",
+                            "code=ZZZZ8888",
+                            "-d",
+                            "email=consumer@example.com",
+                            "-d",
+                            "password=Wrong@123",
+                        ],
+                        vec!["-d", "code=ZZZZ9999"],
+                    ]
+                    .into_iter()
+                    .map(|form| {
+                        let mut curl = bed.client.command("curl");
+                        curl.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10"])
+                            .args(["--interface", &source])
+                            .args(form)
+                            .arg(&url);
+                        let (_, stdout, _) =
+                            support::run_with_timeout(&mut curl, Duration::from_secs(15));
+                        stdout.trim().parse().unwrap_or(0)
+                    })
+                    .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a guessing thread"))
+            .collect()
+    });
+    let count = |status: u16| statuses.iter().filter(|s| **s == status).count();
+    let code_checks = backend_calls(bed, "/api/gateway/authorize-code", false);
+    let password_checks = backend_calls(bed, "/api/auth/login", true);
+    println!(
+        "one device with {ADDRESSES} IPv4 and {ADDRESSES} IPv6 addresses sent {} guesses: \
+         {} checked (403), {} refused (429), {} closed unanswered (more than \
+         {} of its addresses at once); at the backend: {code_checks} code checks, \
+         {password_checks} password checks (budget {PER_DEVICE} per device a minute)",
+        statuses.len(),
+        count(403),
+        count(429),
+        count(0),
+        edgeshare_gateway::portal::MAX_ADDRESSES_PER_DEVICE,
     );
-    let mut slow = bed.client.command("bash");
-    slow.args(["-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut slowloris = Background::start(&mut slow);
-    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(403) + count(429) + count(0),
+        statuses.len(),
+        "{statuses:?}"
+    );
+    assert!(count(403) <= PER_DEVICE, "{statuses:?}");
     assert!(
-        slowloris.is_running(),
-        "the slow client keeps its connections"
+        code_checks + password_checks <= PER_DEVICE,
+        "checks at the backend from one device: {code_checks} codes, {password_checks} passwords"
     );
 
-    let answered = (0..REQUESTS)
-        .filter(|_| {
-            curl(
-                &bed.client,
-                &["--interface", SECOND_CLIENT, "-m", "3", PORTAL_URL],
-            )
-            .is_ok_and(|reply| reply.status == 200)
+    // The same device holds connections open from all its addresses while another device
+    // asks for the portal.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ((held, from), answered) = std::thread::scope(|scope| {
+        let attack = scope.spawn(|| bed.client.in_thread(|| slowloris(&addresses, 5, &stop)));
+        std::thread::sleep(Duration::from_secs(3));
+        let answered = (0..REQUESTS)
+            .filter(|_| {
+                curl(
+                    &bed.client,
+                    &["--interface", &format!("if!{other}"), "-m", "3", PORTAL_URL],
+                )
+                .is_ok_and(|reply| reply.status == 200)
+            })
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (attack.join().expect("the slowloris thread"), answered)
+    });
+    println!(
+        "while one device kept {} slow connections going from {} addresses, the portal held \
+         {held} of them open (from {from} addresses); another device's requests answered: \
+         {answered} of {REQUESTS}",
+        addresses.len() * 5,
+        addresses.len(),
+    );
+    assert!(
+        held <= edgeshare_gateway::portal::MAX_CONNECTIONS_PER_DEVICE,
+        "{held}"
+    );
+    assert!(
+        from <= edgeshare_gateway::portal::MAX_ADDRESSES_PER_DEVICE,
+        "{from}"
+    );
+    assert!(held > 0, "the slow device got its own share");
+    assert_eq!(
+        answered, REQUESTS,
+        "every request of another device is answered"
+    );
+    let log = gateway.log_text();
+    let said = log
+        .matches("device reached its portal connection limit")
+        .count()
+        + log.matches("device reached its limit of addresses").count();
+    println!("log lines about the device's limits: {said}");
+    assert!(said >= 1, "the limit is logged:\n{log}");
+}
+
+#[test]
+fn a_consumers_typo_is_never_refused_while_others_guess() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: while 30 addresses guessed, 12 devices that had mistyped once were refused
+    // 12 of 12 (429) until the guessing stopped.
+    const GUESSERS: usize = 30;
+    const CONSUMERS: usize = 12;
+    /// Wrong guesses a minute from devices past their typo allowance, and in all.
+    const GLOBAL: usize = 60;
+    const CEILING: usize = 4 * GLOBAL;
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    let codes_text = gateway.cli_ok(&[
+        "codes",
+        "create",
+        "--mb",
+        "1",
+        "--hours",
+        "1",
+        "--count",
+        &CONSUMERS.to_string(),
+    ]);
+    let codes: Vec<&str> = codes_text.lines().map(str::trim).collect();
+    assert_eq!(codes.len(), CONSUMERS, "{codes_text}");
+    let guessers = add_devices(bed, 100, GUESSERS);
+    let consumers = add_devices(bed, 150, CONSUMERS);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let (sent, refused) = std::thread::scope(|scope| {
+        let guessing: Vec<_> = guessers
+            .iter()
+            .map(|device| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut sent = 0_u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        login_status_from(bed, device, "ZZZZ9999");
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        let mut refused = 0;
+        for (device, code) in consumers.iter().zip(&codes) {
+            let typo = login_status_from(bed, device, "ZZZZ2345");
+            let right = login_status_from(bed, device, code);
+            if typo != 403 || right != 200 {
+                println!("{device}: a typo got {typo}, then the right code {right}");
+                refused += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent: u32 = guessing
+            .into_iter()
+            .map(|h| h.join().expect("a guessing thread"))
+            .sum();
+        (sent, refused)
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    // Each code that reached the check is logged once with its outcome.
+    let log = gateway.log_text();
+    let checked = log
+        .lines()
+        .filter(|l| {
+            l.contains("code redemption") && l.contains("outcome=\"invalid\"")
+                || l.contains("code redemption") && l.contains("outcome=invalid")
         })
         .count();
     println!(
-        "normal requests answered while one device holds {HELD} slow connections: \
-         {answered} of {REQUESTS}"
+        "{GUESSERS} guessing devices sent {sent} guesses in {seconds:.1} s; wrong codes that \
+         reached the code check: {checked} ({CONSUMERS} of them the consumers' typos), cap \
+         {GLOBAL} a minute for devices past 3 failures and {CEILING} a minute in all; \
+         consumers refused after one typo: {refused} of {CONSUMERS}"
     );
-    assert_eq!(answered, REQUESTS, "every normal request is answered");
+    assert_eq!(
+        refused, 0,
+        "a typo never locks a consumer out because others guess"
+    );
+    assert!(seconds < 60.0, "the run fits in one window: {seconds} s");
+    assert!(
+        checked <= CEILING,
+        "{checked} wrong codes checked within a minute"
+    );
+    assert!(
+        checked <= GUESSERS * 5 + CONSUMERS,
+        "{checked}: each guessing device has at most 5 checked"
+    );
+}
+
+#[test]
+fn five_hundred_phones_logging_in_at_the_same_moment_all_get_online() {
+    if !support::require_root() {
+        return;
+    }
+    // Before: past 256 open portal connections a new one was closed at once (500 phones
+    // submitting codes at the same moment: 497 online, 3 closed).
+    const PHONES: usize = 500;
+    // Declared first, so dropped last: after the namespaces, and the entries with them.
+    let _limits = HostNeighbourLimits::raise(1024);
+    let bed = Testbed::new();
+    bed.gw
+        .ip(&["addr", "del", "10.66.0.1/24", "dev", Testbed::GW_LAN_IF]);
+    bed.gw.add_addr(Testbed::GW_LAN_IF, "10.66.0.1/16");
+    let gateway = Gateway::start(bed, Codes::Local);
+    let bed = &gateway.bed;
+    let phones = add_many_devices(bed, PHONES);
+    let codes_text = gateway.cli_ok(&[
+        "codes",
+        "create",
+        "--mb",
+        "1",
+        "--hours",
+        "1",
+        "--count",
+        &PHONES.to_string(),
+    ]);
+    let codes: Vec<&str> = codes_text.lines().map(str::trim).collect();
+    assert_eq!(codes.len(), PHONES);
+
+    // Every phone opens its connection first (500 at once, past the portal's 256), then
+    // all send their code at the same moment.
+    let portal = sock(Testbed::gw_lan_v4(), 8080);
+    let started = Instant::now();
+    let statuses: Vec<u16> = bed.client.in_thread(|| {
+        use std::io::{Read as _, Write as _};
+        let mut streams: Vec<std::net::TcpStream> = phones
+            .iter()
+            .map(|(_, ip)| connect_from(IpAddr::V4(*ip), portal).expect("a connection"))
+            .collect();
+        println!(
+            "{PHONES} connections open after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        for (stream, code) in streams.iter_mut().zip(&codes) {
+            let body = format!("code={code}");
+            let request = format!(
+                "POST /login HTTP/1.1\r\nHost: 10.66.0.1:8080\r\nConnection: close\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(request.as_bytes());
+        }
+        streams
+            .iter_mut()
+            .map(|stream| {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reply = String::new();
+                let _ = stream.read_to_string(&mut reply);
+                reply
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let online = gateway.status()["online_devices"].as_u64().unwrap_or(0);
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    println!(
+        "{PHONES} phones with a connection each, codes sent at the same moment: {ok} x 200 \
+         in {seconds:.1} s, {online} online, others {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert_eq!(ok, PHONES, "every phone gets in");
+    assert_eq!(online, PHONES as u64);
 }
 
 #[test]

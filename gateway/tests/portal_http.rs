@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::secret::Secret;
@@ -44,6 +45,8 @@ struct FakeGate {
     accounts_given: Mutex<Vec<Option<Account>>>,
     /// Whether it offers sign-in with a network account (backend codes).
     accounts: bool,
+    /// Addresses that belong to one device: their MAC.
+    devices: Mutex<HashMap<IpAddr, Mac>>,
 }
 
 impl FakeGate {
@@ -55,6 +58,7 @@ impl FakeGate {
             redeemed: Mutex::new(Vec::new()),
             accounts_given: Mutex::new(Vec::new()),
             accounts: false,
+            devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,6 +93,20 @@ impl Gate for FakeGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         self.online.lock().unwrap().get(&ip).copied()
+    }
+
+    /// Each loopback address is a device of its own, unless `devices` names its MAC.
+    async fn mac(&self, ip: IpAddr) -> Option<Mac> {
+        if let Some(mac) = self.devices.lock().unwrap().get(&ip) {
+            return Some(*mac);
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                Some(Mac([2, 0, a, b, c, d]))
+            }
+            IpAddr::V6(_) => None,
+        }
     }
 
     fn accounts(&self) -> bool {
@@ -552,12 +570,12 @@ async fn malformed_codes_are_explained_and_escaped() {
 #[tokio::test]
 async fn too_many_wrong_codes_are_refused_with_a_wait() {
     let portal = start(|settings| {
-        settings.per_client_attempts = 3;
+        settings.per_device_attempts = 4;
         settings.global_attempts = 4;
     })
     .await;
     portal.gate.script(Redeem::Invalid);
-    for _ in 0..3 {
+    for _ in 0..4 {
         let reply = portal.post_code(&portal.http, "ABCD2345").await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
     }
@@ -567,29 +585,43 @@ async fn too_many_wrong_codes_are_refused_with_a_wait() {
     assert!((1..=60).contains(&wait), "{wait}");
     assert!(reply.body.contains(&format!("Wait {wait} s,")));
     assert!(reply.body.contains("value=\"ABCD2345\""));
-    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 3);
+    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 4);
 
-    // Another client is not blocked by the first one's limit…
-    let second = client_from(IpAddr::from([127, 0, 0, 2]));
-    let reply = portal.post_code(&second, "ABCD2345").await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN);
-    // …and the four failures fill the global window: a device that has not guessed still has
-    // its code checked (it may be valid), but once it has guessed it is held back too.
+    // Another address of the same device is the same device: held back as well, unchecked.
+    let same_device = IpAddr::from([127, 0, 0, 2]);
+    portal
+        .gate
+        .devices
+        .lock()
+        .unwrap()
+        .insert(same_device, Mac([2, 0, 127, 0, 0, 1]));
+    let reply = portal
+        .post_code(&client_from(same_device), "ABCD2345")
+        .await;
+    reply.assert_alert(StatusCode::TOO_MANY_REQUESTS, "Too many wrong codes");
+    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 4);
+
+    // Another device is not blocked by the first one's limit. The global window is full (4),
+    // but a device within its typo allowance (fewer than 3 failures) still has its codes
+    // checked; past it, the global limit holds it back.
     let third = client_from(IpAddr::from([127, 0, 0, 3]));
-    let reply = portal.post_code(&third, "ABCD2345").await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    for _ in 0..3 {
+        let reply = portal.post_code(&third, "ABCD2345").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
     let reply = portal.post_code(&third, "ABCD2345").await;
     reply.assert_alert(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many codes have been tried",
     );
     assert!(reply.header(RETRY_AFTER).is_some());
+    assert_eq!(portal.gate.redeemed.lock().unwrap().len(), 7);
     portal.stop().await;
 }
 
 #[tokio::test]
 async fn successes_and_outages_do_not_count_as_guesses() {
-    let portal = start(|settings| settings.per_client_attempts = 2).await;
+    let portal = start(|settings| settings.per_device_attempts = 2).await;
     for outcome in [
         Redeem::Online(STATUS),
         Redeem::BackendUnreachable,
@@ -747,7 +779,7 @@ async fn each_account_outcome_has_its_page() {
 /// tried through the portal faster than codes. Refusals that are not a wrong guess do not.
 #[tokio::test]
 async fn wrong_passwords_count_as_guesses() {
-    let portal = start_with_accounts(|settings| settings.per_client_attempts = 3).await;
+    let portal = start_with_accounts(|settings| settings.per_device_attempts = 3).await;
     for outcome in [
         Redeem::NotConsumer,
         Redeem::AccountUnreachable,

@@ -310,7 +310,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         };
     let settings = PortalSettings {
         url: portal_url.clone(),
-        per_client_attempts: config.portal.attempts_per_client,
+        per_device_attempts: config.portal.attempts_per_device,
         global_attempts: config.portal.attempts_global,
         window: Duration::from_secs(60),
         look: portal::Look::from_config(&config.portal),

@@ -287,6 +287,10 @@ impl Gate for PortalGate {
         self.owner.status(ip).await
     }
 
+    async fn mac(&self, ip: IpAddr) -> Option<crate::net::Mac> {
+        lookup_mac(ip).await
+    }
+
     fn accounts(&self) -> bool {
         matches!(*self.codes, Codes::Backend(_))
     }

@@ -145,7 +145,7 @@ fn wait(window: u64, times: &VecDeque<Millis>, now: Millis, global: bool) -> Wai
 }
 
 /// Removes timestamps that have left the window at `now`.
-fn prune(times: &mut VecDeque<Millis>, window: u64, now: Millis) {
+pub(super) fn prune(times: &mut VecDeque<Millis>, window: u64, now: Millis) {
     while times
         .front()
         .is_some_and(|t| now.0.saturating_sub(t.0) >= window)
@@ -154,7 +154,8 @@ fn prune(times: &mut VecDeque<Millis>, window: u64, now: Millis) {
     }
 }
 
-fn remove_latest(times: &mut VecDeque<Millis>, at: Millis) {
+/// Removes the latest timestamp equal to `at` (a refunded attempt's).
+pub(super) fn remove_latest(times: &mut VecDeque<Millis>, at: Millis) {
     if let Some(index) = times.iter().rposition(|t| *t == at) {
         times.remove(index);
     }

@@ -3,8 +3,9 @@
 //!
 //! What it does not do: check codes, track sessions or touch the firewall. All of that is
 //! behind [`Gate`], which the daemon implements; the portal only asks "redeem this code for
-//! this IP" and "what does this IP have left". Code guessing is rate-limited here, by the pure
-//! limiter in `limiter.rs`.
+//! this IP", "what does this IP have left" and "which device (MAC) is at this IP".
+//! Connections and code guessing are limited here, per device (all its addresses together):
+//! by the pure connection count in `devices.rs` and the pure limiter in `limiter.rs`.
 //!
 //! # How clients get here
 //! While a client is captive, nftables redirects its TCP port-80 traffic to *any* host to this
@@ -85,7 +86,9 @@
 //! login window up. Serving the API over TLS needs a certificate the phones trust for a
 //! hostname, which a LAN-only gateway does not have.
 
+mod devices;
 mod form;
+mod guesses;
 mod i18n;
 pub(crate) mod limiter;
 mod look;
@@ -97,6 +100,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -113,12 +117,15 @@ use edgeshare_shared::secret::Secret;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use self::devices::{Connections, Device, Full};
 use self::form::{FormError, LoginForm};
+use self::guesses::Guesses;
 use self::i18n::{Msg, Tr};
-use self::limiter::{Limiter, Wait};
+use self::limiter::Wait;
 use self::pages::{Field, LOGO_PATH, Online, Typed, View};
-use crate::net::Millis;
+use crate::net::{Mac, Millis};
 
+pub use self::devices::{MAX_ADDRESSES_PER_DEVICE, MAX_CONNECTIONS_PER_DEVICE};
 pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS, MAX_EMAIL_CHARS, MAX_PASSWORD_CHARS};
 pub use self::look::Look;
 pub(crate) use self::pages::escape;
@@ -137,6 +144,9 @@ pub trait Gate: Send + Sync + 'static {
     ) -> impl Future<Output = Redeem> + Send;
     /// What the client at `ip` has left, if it is online.
     fn status(&self, ip: IpAddr) -> impl Future<Output = Option<ClientStatus>> + Send;
+    /// The MAC of the device at `ip`, from the kernel's neighbour table: the portal counts
+    /// connections and guesses per device, all its addresses together.
+    fn mac(&self, ip: IpAddr) -> impl Future<Output = Option<Mac>> + Send;
     /// Whether consumers may sign in with a network account (codes come from the backend).
     fn accounts(&self) -> bool;
     /// Since when the code service has been unreachable, if it is: the form notes it.
@@ -244,9 +254,9 @@ pub struct PortalSettings {
     /// The page captive clients are sent to, e.g. `http://10.66.0.1:8080/`. Its host and port
     /// must be how clients reach this server (see the module docs).
     pub url: String,
-    /// Failed attempts per client per window.
-    pub per_client_attempts: u32,
-    /// Failed attempts of all clients together per window.
+    /// Failed attempts per device per window.
+    pub per_device_attempts: u32,
+    /// Failed attempts per window of all devices that keep guessing (see `limiter.rs`).
     pub global_attempts: u32,
     pub window: Duration,
     /// Languages, name, logo, colours and terms.
@@ -254,7 +264,7 @@ pub struct PortalSettings {
 }
 
 impl PortalSettings {
-    pub const DEFAULT_PER_CLIENT_ATTEMPTS: u32 = 5;
+    pub const DEFAULT_PER_DEVICE_ATTEMPTS: u32 = 5;
     pub const DEFAULT_GLOBAL_ATTEMPTS: u32 = 60;
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
@@ -262,7 +272,7 @@ impl PortalSettings {
     pub fn new(url: impl Into<String>) -> Self {
         PortalSettings {
             url: url.into(),
-            per_client_attempts: Self::DEFAULT_PER_CLIENT_ATTEMPTS,
+            per_device_attempts: Self::DEFAULT_PER_DEVICE_ATTEMPTS,
             global_attempts: Self::DEFAULT_GLOBAL_ATTEMPTS,
             window: Self::DEFAULT_WINDOW,
             look: Look::default(),
@@ -322,24 +332,30 @@ fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, Arc<Portal<G
 }
 
 /// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
-/// is the TCP peer's.
+/// is the TCP peer's; its device, the MAC the gate finds for that IP ([`Gate::mac`]).
 ///
 /// The portal faces every device on the LAN, so each connection is bounded: headers must
 /// arrive within [`HEADER_TIMEOUT`], a whole request is answered within [`REQUEST_TIMEOUT`]
-/// (408 otherwise), at most [`MAX_CONNECTIONS`] are open at once and at most
-/// [`MAX_CONNECTIONS_PER_CLIENT`] from one address (further ones are closed at once). A
-/// device trickling bytes cannot hold the portal's sockets: it holds its own share only.
+/// (408 otherwise), at most [`MAX_CONNECTIONS`] are open at once, and at most
+/// [`MAX_CONNECTIONS_PER_DEVICE`] of one device, from at most [`MAX_ADDRESSES_PER_DEVICE`] of
+/// its addresses (further ones are closed at once). A device trickling bytes cannot hold the
+/// portal's sockets, however many addresses it takes: it holds its own share only. Past
+/// [`MAX_CONNECTIONS`], a new connection waits up to [`SLOT_WAIT`] for one to end (a crowd
+/// logging in at the same moment); at most [`MAX_WAITING`] wait, further ones are closed.
 pub async fn serve<G: Gate>(
     listener: tokio::net::TcpListener,
     gate: Arc<G>,
     settings: PortalSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use tower::ServiceExt as _;
     let (app, portal) = app(gate, settings);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_client = PerClient::default();
+    // Open and waiting together: a connection is counted from its accept, while its
+    // device is looked up and while it waits for a slot, to its end.
+    let admitted = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS + MAX_WAITING));
+    let per_device = PerDevice::default();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -353,117 +369,182 @@ pub async fn serve<G: Gate>(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let Some(own_slot) = per_client.take(client_ip(peer)) else {
-            tracing::debug!(client = %peer.ip(), "this client's portal connection limit reached; closing");
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(client = %peer.ip(), "portal connection limit reached; closing");
+        let Ok(admission) = Arc::clone(&admitted).try_acquire_owned() else {
+            if last_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                tracing::warn!(
+                    client = %peer.ip(),
+                    "the portal has {MAX_CONNECTIONS} connections open and {MAX_WAITING} waiting; closing new ones"
+                );
+                last_warned = Some(tokio::time::Instant::now());
+            }
             continue;
         };
         let app = app.clone();
         let portal = Arc::clone(&portal);
-        let mut logged_in = portal.logins.subscribe();
+        let slots = Arc::clone(&slots);
+        let per_device = per_device.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    let app = app.clone();
-                    let late = portal.timeout_reply(request.headers());
-                    async move {
-                        let response = match tokio::time::timeout(
-                            REQUEST_TIMEOUT,
-                            app.oneshot(request.map(Body::new)),
-                        )
-                        .await
-                        {
-                            Ok(Ok(response)) => response,
-                            Ok(Err(never)) => match never {},
-                            Err(_) => late,
-                        };
-                        Ok::<_, std::convert::Infallible>(response)
+            let ip = client_ip(peer);
+            let device = portal.device(ip).await;
+            let own_slot = match per_device.take(device, ip) {
+                Ok(own_slot) => own_slot,
+                Err(Refused { full, first }) => {
+                    let why = match full {
+                        Full::Connections => "its portal connection limit",
+                        Full::Addresses => "its limit of addresses with portal connections",
+                    };
+                    if first {
+                        tracing::info!(client = %ip, %device, "device reached {why}; closing further connections");
+                    } else {
+                        tracing::debug!(client = %ip, %device, "device at {why}; closing");
                     }
-                },
-            );
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let me = client_ip(peer);
-            let mut closing = false;
-            let result = loop {
-                tokio::select! {
-                    result = connection.as_mut() => break result,
-                    login = logged_in.recv(), if !closing => {
-                        // This device just logged in. Its other connections here were opened
-                        // while it was captive (browsers open some ahead of use) and the
-                        // kernel's redirect holds them to the portal: close them, so the
-                        // browser reaches the real sites on new ones. A reply in progress
-                        // (the success page) is finished first.
-                        let close = match login {
-                            Ok(ip) => ip == me,
-                            Err(broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(broadcast::error::RecvError::Closed) => false,
-                        };
-                        if close {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
-                    }
+                    return;
                 }
             };
-            if let Err(err) = result {
-                tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
-            }
+            let slot = match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_closed)) => return,
+                Err(_) => {
+                    tracing::debug!(client = %ip, %device, "no portal connection free within {SLOT_WAIT:?}; closing");
+                    return;
+                }
+            };
+            // Subscribed once served: logins while it waited are not its business (its
+            // requests are answered as the device is by then).
+            let logged_in = portal.logins.subscribe();
+            serve_connection(stream, peer, device, app, portal, logged_in).await;
             drop(slot);
             drop(own_slot);
+            drop(admission);
         });
     }
 }
 
-/// Open portal connections per client address.
-#[derive(Clone, Default)]
-struct PerClient(Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>);
+/// One portal connection, until it ends; closed early (gracefully) once its device logs in.
+async fn serve_connection<G: Gate>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    device: Device,
+    app: Router,
+    portal: Arc<Portal<G>>,
+    mut logged_in: broadcast::Receiver<Device>,
+) {
+    use tower::ServiceExt as _;
+    let replies = Arc::clone(&portal);
+    let service = hyper::service::service_fn(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(device);
+            let app = app.clone();
+            let late = replies.timeout_reply(request.headers());
+            async move {
+                let response = match tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    app.oneshot(request.map(Body::new)),
+                )
+                .await
+                {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => late,
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        },
+    );
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let me = client_ip(peer);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            login = logged_in.recv(), if !closing => {
+                // This device just logged in. Its other connections here were opened
+                // while it was captive (browsers open some ahead of use) and the
+                // kernel's redirect holds them to the portal: close them, so the
+                // browser reaches the real sites on new ones. A reply in progress
+                // (the success page) is finished first.
+                let close = match login {
+                    Ok(who) => who == device,
+                    // Logins were missed (a crowd logging in): close only if this device is
+                    // among them. Closing on a guess closed waiting phones' connections
+                    // before their request was read.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        portal.gate.status(me).await.is_some()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                if close {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
+    }
+}
 
-/// One connection of a client; gives its place back when dropped.
-struct ClientSlot {
-    owner: PerClient,
+/// Open portal connections per device, shared by the connections' tasks.
+#[derive(Clone, Default)]
+struct PerDevice(Arc<Mutex<PerDeviceState>>);
+
+#[derive(Default)]
+struct PerDeviceState {
+    open: Connections,
+    /// Devices refused since they last gave a connection back: their refusal was logged.
+    refusing: std::collections::HashSet<Device>,
+}
+
+/// Why [`PerDevice::take`] refused, and whether it is the first time since the device last
+/// gave a connection back (worth a log line; a flood of refusals is not).
+struct Refused {
+    full: Full,
+    first: bool,
+}
+
+/// One connection of a device; gives its place back when dropped.
+struct DeviceSlot {
+    owner: PerDevice,
+    device: Device,
     ip: IpAddr,
 }
 
-impl PerClient {
-    fn counts(&self) -> MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+impl PerDevice {
+    fn state(&self) -> MutexGuard<'_, PerDeviceState> {
         // A panic elsewhere while holding it leaves plain counts behind: still usable.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A place for one more connection from `ip`, unless it has its share open already.
-    fn take(&self, ip: IpAddr) -> Option<ClientSlot> {
-        let mut counts = self.counts();
-        let open = counts.entry(ip).or_insert(0);
-        if *open >= MAX_CONNECTIONS_PER_CLIENT {
-            return None;
+    /// A place for one more connection of `device` from `ip`, unless it has its share.
+    fn take(&self, device: Device, ip: IpAddr) -> Result<DeviceSlot, Refused> {
+        let mut state = self.state();
+        match state.open.take(device, ip) {
+            Ok(()) => Ok(DeviceSlot {
+                owner: self.clone(),
+                device,
+                ip,
+            }),
+            Err(full) => Err(Refused {
+                full,
+                first: state.refusing.insert(device),
+            }),
         }
-        *open += 1;
-        Some(ClientSlot {
-            owner: self.clone(),
-            ip,
-        })
     }
 }
 
-impl Drop for ClientSlot {
+impl Drop for DeviceSlot {
     fn drop(&mut self) {
-        let mut counts = self.owner.counts();
-        if let Some(open) = counts.get_mut(&self.ip) {
-            *open -= 1;
-            if *open == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+        let mut state = self.owner.state();
+        state.open.give_back(self.device, self.ip);
+        state.refusing.remove(&self.device);
     }
 }
 
@@ -473,9 +554,19 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Portal connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Portal connections open at once from one client address: a browser opens 6 or so per
-/// host; one device must not be able to take every connection of the portal.
-pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// Connections waiting for one of the [`MAX_CONNECTIONS`] (or for their device's MAC);
+/// each is counted in its device's share while it waits, so no device fills the queue.
+pub const MAX_WAITING: usize = 256;
+/// How long a connection waits for a free one of the [`MAX_CONNECTIONS`] before it is
+/// closed: as long as a request may take, so a crowd's connections are served in turn
+/// (500 phones that each opened a connection, then sent their codes at the same moment,
+/// were all online within 9.5 s, a debug build on a busy machine).
+pub const SLOT_WAIT: Duration = REQUEST_TIMEOUT;
+/// How long the device of a new connection may take to be looked up; past it, the
+/// connection counts as a device whose MAC is unknown.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most one warning per this long about closing connections for want of room.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 struct Portal<G> {
     gate: Arc<G>,
@@ -487,12 +578,12 @@ struct Portal<G> {
     location: HeaderValue,
     /// Host and port of `url`; `None` if it has none, and then every host is ours.
     own: Option<(String, u16)>,
-    limiter: Mutex<Limiter>,
+    limiter: Mutex<Guesses>,
     /// The limiter's clock: monotonic, because a Pi has no real-time clock and its wall clock
     /// jumps when NTP first syncs after boot.
     started: tokio::time::Instant,
     /// Each device that logs in, for [`serve`] to close its connections made while captive.
-    logins: broadcast::Sender<IpAddr>,
+    logins: broadcast::Sender<Device>,
     /// Whether the form offers sign-in with a network account ([`Gate::accounts`]).
     accounts: bool,
 }
@@ -521,8 +612,8 @@ impl<G: Gate> Portal<G> {
             own,
             origin,
             look: settings.look,
-            limiter: Mutex::new(Limiter::new(
-                settings.per_client_attempts,
+            limiter: Mutex::new(Guesses::new(
+                settings.per_device_attempts,
                 settings.global_attempts,
                 settings.window,
             )),
@@ -532,11 +623,20 @@ impl<G: Gate> Portal<G> {
         }
     }
 
+    /// The device at `ip`: its MAC, or the bucket of addresses whose MAC is unknown.
+    async fn device(&self, ip: IpAddr) -> Device {
+        let mac = tokio::time::timeout(LOOKUP_TIMEOUT, self.gate.mac(ip))
+            .await
+            .ok()
+            .flatten();
+        Device::of(ip, mac)
+    }
+
     fn now(&self) -> Millis {
         Millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
-    fn limiter(&self) -> MutexGuard<'_, Limiter> {
+    fn limiter(&self) -> MutexGuard<'_, Guesses> {
         // The limiter's state is valid after any panic (each method leaves it consistent).
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -870,6 +970,8 @@ async fn login_form() -> Response {
 async fn login<G: Gate>(
     State(portal): State<Arc<Portal<G>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    // Found by `serve` for the connection; looked up here for a router served otherwise.
+    device: Option<Extension<Device>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -903,10 +1005,14 @@ async fn login<G: Gate>(
             return html(StatusCode::BAD_REQUEST, &view, page);
         }
     };
-    let attempt = match portal.limiter().begin(ip, portal.now()) {
+    let device = match device {
+        Some(Extension(device)) => device,
+        None => portal.device(ip).await,
+    };
+    let attempt = match portal.limiter().begin(device, portal.now()) {
         Ok(attempt) => attempt,
         Err(wait) => {
-            tracing::debug!(client = %ip, wait = wait.seconds, global = wait.global, "code attempt rate-limited");
+            tracing::debug!(client = %ip, %device, wait = wait.seconds, global = wait.global, "code attempt rate-limited");
             let text = too_many_text(view.tr, wait);
             let page = pages::form(&view, Some((&text, Field::Code)), typed);
             return retry_after(
@@ -935,7 +1041,7 @@ async fn login<G: Gate>(
     });
     if matches!(outcome, Redeem::Online(_)) {
         // No receiver (tests serving the router alone) is fine.
-        let _ = portal.logins.send(ip);
+        let _ = portal.logins.send(device);
     }
     tracing::info!(
         client = %ip,
