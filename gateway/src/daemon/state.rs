@@ -23,6 +23,7 @@ use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, Meters, SessionLive};
 use crate::firewall::Firewall;
 use crate::neighbours::NeighbourTable;
+use crate::neighbours::guard::{self, Guard, Online};
 use crate::net::{Client, Millis};
 use crate::report::{self, FlowBook, GatewayFigures};
 
@@ -82,6 +83,8 @@ pub(super) struct State {
     /// The LAN's neighbour table and the LAN's interface index, where devices' other
     /// addresses are learned (`None` in tests, or when it cannot be opened).
     pub(super) neighbours: Option<(NeighbourTable, u32)>,
+    /// Keeps another MAC from taking an online device's address while the device answers.
+    pub(super) guard: Guard,
 }
 
 impl State {
@@ -121,6 +124,7 @@ impl State {
             ledger: None,
             ledger_pending: Vec::new(),
             neighbours: None,
+            guard: Guard::default(),
         };
         (state, actions)
     }
@@ -290,19 +294,34 @@ impl State {
     }
 
     /// Online devices' other addresses from the LAN's neighbour table (after the counters
-    /// were read: an address a device stopped using is cut with its last bytes counted).
+    /// were read: an address a device stopped using is cut with its last bytes counted),
+    /// as the guard lets the core see it: an online address another device claims stays
+    /// its holder's, and the kernel's entry is pointed back at the holder and probed.
     fn learn_addresses(&mut self, now: Millis, store: Option<&CodeStore>) {
         let Some((table, lan)) = &mut self.neighbours else {
             return;
         };
-        match table.read(*lan) {
-            Ok(seen) => {
-                let actions = self.core.learn_addresses(&seen, now);
-                self.apply(actions, now, store);
-            }
+        let entries = match table.entries(*lan) {
+            Ok(entries) => entries,
             // Learning waits for the next tick; nothing learned is dropped meanwhile.
-            Err(err) => tracing::warn!(error = %err, "cannot read the LAN's neighbour table"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the LAN's neighbour table");
+                return;
+            }
+        };
+        let online = Online::new(self.core.online_clients());
+        let verdict = self.guard.observe(&entries, &online, now);
+        for client in &verdict.probes {
+            if let Err(err) = table.probe(*lan, *client) {
+                // The guard sees the claim again at the next tick and probes again.
+                tracing::warn!(%client, error = %err, "cannot point the neighbour entry back at its online holder");
+            }
         }
+        for event in &verdict.events {
+            log_neighbour_event(event);
+        }
+        let actions = self.core.learn_addresses(&verdict.seen, now);
+        self.apply(actions, now, store);
     }
 
     /// Tells the capture meter and the audit which clients are let through now.
@@ -564,6 +583,35 @@ impl State {
                     .map_err(LoginError::Refused)
             })
             .collect()
+    }
+}
+
+fn log_neighbour_event(event: &guard::Event) {
+    match *event {
+        guard::Event::Claimed {
+            ip,
+            holder,
+            claimant,
+        } => tracing::warn!(
+            %ip,
+            %holder,
+            %claimant,
+            "a device claims an online device's address (neighbour spoofing, or a device that took over its address): the address stays with its holder while the holder answers the probe sent to it; this device is not logged again for {} minutes",
+            guard::ALERT_EVERY.as_secs() / 60
+        ),
+        guard::Event::Released {
+            ip,
+            holder,
+            claimant,
+        } => {
+            let claimant = claimant.map_or_else(|| "none yet".to_owned(), |mac| mac.to_string());
+            tracing::info!(
+                %ip,
+                %holder,
+                %claimant,
+                "the holder of an address did not answer its probe: the address goes to the device that answers for it now"
+            );
+        }
     }
 }
 
