@@ -2789,21 +2789,41 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
     println!("bytes through for the attacker: {attacker_bytes}");
     assert_eq!(attacker_bytes, 0, "the attacker stays captive");
 
-    // A real move: the device leaves (its link down), a new MAC takes its addresses and logs
-    // in with the code; its first packets point the gateway's entries at it, the probe of
-    // the old MAC goes unanswered, and the addresses move.
+    // A real move: the device leaves (its link down), a new MAC takes its addresses (the
+    // address went to another phone) and logs in with its own code. Its first packets point
+    // the gateway's entries at it; the login is refused while the old MAC is probed, and
+    // goes through once that probe went unanswered.
     victim.ip(&["link", "set", "eth0", "down"]);
     let newcomer = lan_device(bed, "n", NEWCOMER_MAC, V4, V6);
+    let other_code = gateway.create_code(500.0, 1.0);
     let started = Instant::now();
+    let mut answers = Vec::new();
     let moved = wait_until(Duration::from_secs(20), || {
-        let _ = curl(&newcomer, &["-d", &format!("code={code}"), LOGIN_URL]);
-        device_macs(&gateway, &code) == [NEWCOMER_MAC]
+        let reply = curl(&newcomer, &["-d", &format!("code={other_code}"), LOGIN_URL]);
+        answers.push(reply.map_or_else(|e| e, |r| r.status.to_string()));
+        device_macs(&gateway, &other_code) == [NEWCOMER_MAC]
     });
     let took = started.elapsed();
     assert!(
         moved,
-        "the login address moves to the new MAC: {:?}",
+        "the login address moves to the new MAC: {answers:?} {:?}",
         gateway.clients()
+    );
+    assert!(
+        device_macs(&gateway, &code).is_empty(),
+        "the old device left its session: {:?}",
+        gateway.clients()
+    );
+    let log = gateway.log_text();
+    let released = log
+        .find("did not answer its probe")
+        .expect("the move is logged");
+    let online = log
+        .find(&format!("client online client={NEWCOMER_MAC}"))
+        .expect("the new MAC online");
+    assert!(
+        released < online,
+        "the address moved only after the failed probe:\n{log}"
     );
     newcomer.run_ok(&[
         "curl",
@@ -2815,7 +2835,8 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         "http://[fd00:66::1]:8080/",
     ]);
     assert!(
-        wait_until(Duration::from_secs(5), || learned(&gateway, &code) == [V6]),
+        wait_until(Duration::from_secs(5), || learned(&gateway, &other_code)
+            == [V6]),
         "the IPv6 address moves too: {:?}",
         gateway.clients()
     );
@@ -2823,13 +2844,10 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         .tcp_transfer(sock(Testbed::up_v6(), 9406), 0, OPEN, STALL)
         .expect("an IPv6 download from the new MAC");
     assert!(got.eof && got.received == DOWNLOAD, "{got:?}");
-    assert!(
-        gateway.log_text().contains("did not answer its probe"),
-        "the move is logged"
-    );
     println!(
-        "a real move: the old MAC gone silent, the new MAC online on the same addresses {took:?} \
-         after its first packet; it then downloads {} bytes over IPv6",
+        "a real move: the old MAC gone, the new MAC online on the same addresses {took:?} after \
+         its first login attempt (the portal's answers: {answers:?}); it then downloads {} \
+         bytes over IPv6",
         got.received
     );
 }

@@ -45,6 +45,9 @@ pub(super) enum LoginError {
     /// The kernel did not take the device's elements; the login is undone (the enforcer
     /// retries whatever else it changed at the next tick).
     NotEnforced,
+    /// Its address is held by an online device of another session that has not failed its
+    /// probe yet (see [`crate::neighbours::guard`]): the device may try again shortly.
+    AddressHeld,
 }
 
 /// The core and the firewall, always changed together.
@@ -311,15 +314,7 @@ impl State {
         };
         let online = Online::new(self.core.online_clients());
         let verdict = self.guard.observe(&entries, &online, now);
-        for client in &verdict.probes {
-            if let Err(err) = table.probe(*lan, *client) {
-                // The guard sees the claim again at the next tick and probes again.
-                tracing::warn!(%client, error = %err, "cannot point the neighbour entry back at its online holder");
-            }
-        }
-        for event in &verdict.events {
-            log_neighbour_event(event);
-        }
+        carry_out(&mut self.neighbours, &verdict);
         let actions = self.core.learn_addresses(&verdict.seen, now);
         self.apply(actions, now, store);
     }
@@ -518,8 +513,12 @@ impl State {
         now: Millis,
         store: Option<&CodeStore>,
     ) -> Vec<Result<(), LoginError>> {
+        let held: Vec<bool> = logins
+            .iter()
+            .map(|(client, grant)| self.address_held(*client, &grant.code, now))
+            .collect();
         let before = self.core.clone();
-        let mut accepted = self.accept_all(&logins, now);
+        let mut accepted = self.accept_all(&logins, &held, now);
         let touches_the_kernel = accepted
             .iter()
             .flatten()
@@ -533,7 +532,7 @@ impl State {
         if touches_the_kernel {
             self.core = before.clone();
             self.settle(now, store);
-            accepted = self.accept_all(&logins, now);
+            accepted = self.accept_all(&logins, &held, now);
         }
         if accepted.iter().any(Result::is_ok) && self.save(now).is_err() {
             // Nothing reached the kernel yet: putting the core back undoes the logins.
@@ -569,20 +568,60 @@ impl State {
         results
     }
 
-    /// The core's answer to each login, in order.
+    /// The core's answer to each login, in order; those whose address is `held` are
+    /// refused.
     fn accept_all(
         &mut self,
         logins: &[(Client, Grant)],
+        held: &[bool],
         now: Millis,
     ) -> Vec<Result<Vec<Action>, LoginError>> {
         logins
             .iter()
-            .map(|(client, grant)| {
+            .zip(held)
+            .map(|((client, grant), &held)| {
+                if held {
+                    return Err(LoginError::AddressHeld);
+                }
                 self.core
                     .accept_code(*client, grant.clone(), now)
                     .map_err(LoginError::Refused)
             })
             .collect()
+    }
+
+    /// Whether `client`'s address is held by an online device of a session other than
+    /// `code`'s whose probe has not failed (see [`Guard::login`]); if so the holder is
+    /// probed and the attempt logged.
+    fn address_held(&mut self, client: Client, code: &AccessCode, now: Millis) -> bool {
+        let Some(holder) = self.core.status_of(client.ip, now) else {
+            return false;
+        };
+        if holder.mac == client.mac || holder.code == *code {
+            return false;
+        }
+        match self.guard.login(client, holder.mac, now) {
+            Ok(()) => false,
+            Err(verdict) => {
+                carry_out(&mut self.neighbours, &verdict);
+                true
+            }
+        }
+    }
+}
+
+/// The guard's probes (on the LAN's neighbour table, if open) and log lines.
+fn carry_out(neighbours: &mut Option<(NeighbourTable, u32)>, verdict: &guard::Verdict) {
+    if let Some((table, lan)) = neighbours {
+        for client in &verdict.probes {
+            if let Err(err) = table.probe(*lan, *client) {
+                // The guard sees the claim again at the next tick and probes again.
+                tracing::warn!(%client, error = %err, "cannot point the neighbour entry back at its online holder");
+            }
+        }
+    }
+    for event in &verdict.events {
+        log_neighbour_event(event);
     }
 }
 

@@ -157,19 +157,16 @@ impl Guard {
             match entry.mac {
                 Some(mac) if mac == holder => {
                     match contest.map(|c| c.phase) {
+                        // Still no answer: silent once that has lasted.
                         Some(Phase::Probing { since, .. }) if entry.reach == Reach::Probing => {
-                            if since.until(now) >= SILENT_AFTER {
-                                self.contests.insert(
-                                    entry.ip,
-                                    Contest {
-                                        holder,
-                                        phase: Phase::Probing {
-                                            since,
-                                            silent: true,
-                                        },
-                                    },
-                                );
-                            }
+                            let silent = since.until(now) >= SILENT_AFTER;
+                            self.contests.insert(
+                                entry.ip,
+                                Contest {
+                                    holder,
+                                    phase: Phase::Probing { since, silent },
+                                },
+                            );
                         }
                         // It answered (or spoke up itself): the claim is turned down.
                         Some(_) => {
@@ -231,6 +228,39 @@ impl Guard {
             self.release(ip, holder, None, &mut verdict);
         }
         verdict
+    }
+
+    /// A device (`claimant`) logs in with an address that `holder`, a device of another
+    /// session, holds online (a login binds the address to the claimant's MAC at once, so
+    /// it follows the same rule): let through once the holder failed its probe; until then
+    /// refused, with the claim contested like one seen in the table (the holder probed
+    /// unless a probe is under way, the claimant logged). The device tries again.
+    pub fn login(&mut self, claimant: Client, holder: Mac, now: Millis) -> Result<(), Verdict> {
+        let mut verdict = Verdict::default();
+        match self.contests.get(&claimant.ip) {
+            Some(contest) if contest.holder == holder && contest.phase == Phase::Released => {
+                return Ok(());
+            }
+            Some(contest) if contest.holder == holder => {}
+            _ => {
+                self.contests.insert(
+                    claimant.ip,
+                    Contest {
+                        holder,
+                        phase: Phase::Probing {
+                            since: now,
+                            silent: false,
+                        },
+                    },
+                );
+                verdict.probes.push(Client {
+                    mac: holder,
+                    ip: claimant.ip,
+                });
+            }
+        }
+        self.alert(claimant.ip, holder, claimant.mac, now, &mut verdict);
+        Err(verdict)
     }
 
     fn release(&mut self, ip: IpAddr, holder: Mac, claimant: Option<Mac>, verdict: &mut Verdict) {
@@ -514,6 +544,28 @@ mod tests {
         }
         assert_eq!(logged, MAX_ALERTED);
         assert!(guard.contests.len() <= 256);
+    }
+
+    #[test]
+    fn a_login_with_a_held_address_waits_for_the_holders_failed_probe() {
+        let online = online();
+        let mut guard = Guard::default();
+        // Device 9 logs in with device 1's address: refused, device 1 probed, 9 logged.
+        let refused = guard.login(client(9, 1), mac(1), at(0)).unwrap_err();
+        assert_eq!(refused.probes, [client(1, 1)]);
+        assert_eq!(refused.events.len(), 1);
+        // Again while the probe runs: refused, no second probe, no second log line.
+        let again = guard.login(client(9, 1), mac(1), at(500)).unwrap_err();
+        assert_eq!(again, Verdict::default());
+        // Device 1 answers: the next login starts a new probe.
+        guard.observe(&[entry(1, 1, Answered)], &online, at(1_000));
+        let probed = guard.login(client(9, 1), mac(1), at(1_500)).unwrap_err();
+        assert_eq!(probed.probes, [client(1, 1)]);
+        // Device 1 stays silent: the kernel probes it in vain, then gives up.
+        guard.observe(&[entry(1, 1, Probing)], &online, at(3_600));
+        let failed = guard.observe(&[unanswered(1)], &online, at(4_600));
+        assert_eq!(failed.events.len(), 1, "{failed:?}");
+        assert_eq!(guard.login(client(9, 1), mac(1), at(5_000)), Ok(()));
     }
 
     /// What the table may show for address `i` at one reading.
