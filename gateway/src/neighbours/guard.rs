@@ -605,13 +605,18 @@ mod tests {
     }
 
     proptest! {
-        /// An online address never shows another MAC to the core (but the same session's)
-        /// without a failed probe of its holder: a probe was made, and after it the entry
-        /// was seen without a MAC, gone, or still probing the holder SILENT_AFTER later.
+        /// An online address never shows another MAC to the core (but the same session's),
+        /// nor lets another session's device log in with it, without a failed probe of its
+        /// holder: a probe was made, and after it the entry was seen without a MAC, gone,
+        /// or still probing the holder SILENT_AFTER later.
         #[test]
         fn an_online_address_never_moves_without_a_failed_probe(
             steps in prop::collection::vec(
-                (0u64..2_500, prop::collection::vec(shown(), 2)),
+                (
+                    0u64..2_500,
+                    prop::collection::vec(shown(), 2),
+                    prop::option::of((1u8..3, 1u8..4)),
+                ),
                 1..60,
             )
         ) {
@@ -620,7 +625,7 @@ mod tests {
             let mut now = T0;
             let mut probed: HashMap<IpAddr, Millis> = HashMap::new();
             let mut failed: HashSet<IpAddr> = HashSet::new();
-            for (advance, step) in steps {
+            for (advance, step, login) in steps {
                 now = now.plus(Duration::from_millis(advance));
                 for (i, shown) in step.iter().enumerate() {
                     let ip = ip(u8::try_from(i).unwrap() + 1);
@@ -646,6 +651,19 @@ mod tests {
                 // At most one reading of each address reaches the core.
                 let ips: HashSet<IpAddr> = verdict.seen.iter().map(|c| c.ip).collect();
                 prop_assert_eq!(ips.len(), verdict.seen.len());
+                // A stranger logs in with address i between two readings.
+                if let Some((i, n)) = login {
+                    match guard.login(client(10 + n, i), mac(1), now) {
+                        Ok(()) => prop_assert!(failed.contains(&ip(i)), "login let through"),
+                        Err(refused) => {
+                            for probe in &refused.probes {
+                                prop_assert_eq!(*probe, client(1, i));
+                                probed.insert(probe.ip, now);
+                                failed.remove(&probe.ip);
+                            }
+                        }
+                    }
+                }
             }
         }
 
