@@ -922,6 +922,21 @@ impl Core {
         actions
     }
 
+    /// Every address of every online device, each with a number for its session (the same
+    /// number, the same session; valid until the next change).
+    pub fn online_clients(&self) -> impl Iterator<Item = (usize, Client)> + '_ {
+        self.sessions
+            .values()
+            .enumerate()
+            .flat_map(|(number, session)| {
+                session
+                    .devices
+                    .iter()
+                    .flat_map(Device::clients)
+                    .map(move |client| (number, client))
+            })
+    }
+
     /// The session of the device at `ip`, if it is online at `now`.
     pub fn status_of(&self, ip: IpAddr, now: Millis) -> Option<ClientStatus> {
         self.sessions

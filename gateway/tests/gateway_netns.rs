@@ -3086,6 +3086,258 @@ fn a_dual_stack_device_is_online_over_ipv6_too_and_cut_on_both() {
     assert!(!v6_open(BLOCKED), "IPv6 closed once the quota is used");
 }
 
+/// A device of its own on the LAN: a namespace whose `eth0` is a macvlan of the client
+/// namespace's `eth0` (the LAN's switch, as it were), with `mac`, `v4`/24 and `v6`/64,
+/// routed via the gateway.
+fn lan_device(bed: &Testbed, label: &str, mac: &str, v4: &str, v6: &str) -> Netns {
+    let ns = Netns::new(label);
+    let link = unique_name("m");
+    bed.client.ip(&[
+        "link",
+        "add",
+        &link,
+        "link",
+        Testbed::CLIENT_IF,
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    bed.client.ip(&["link", "set", &link, "netns", ns.name()]);
+    ns.ip(&["link", "set", &link, "name", "eth0"]);
+    ns.set_mac("eth0", mac);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.add_addr("eth0", &format!("{v4}/24"));
+    ns.add_addr("eth0", &format!("{v6}/64"));
+    ns.add_route("default", "10.66.0.1");
+    ns.add_route("default", "fd00:66::1");
+    ns
+}
+
+/// The MAC the gateway's kernel sends `ip`'s traffic to, and the entry's state (`None`
+/// without a MAC: no entry, or no answer).
+fn gateway_neighbour(bed: &Testbed, ip: &str) -> Option<(String, String)> {
+    let json = bed
+        .gw
+        .ip(&["-j", "neigh", "show", ip, "dev", Testbed::GW_LAN_IF]);
+    let entries: Vec<Value> = serde_json::from_str(&json).ok()?;
+    let entry = entries.first()?;
+    Some((
+        entry["lladdr"].as_str()?.to_owned(),
+        entry["state"][0].as_str()?.to_owned(),
+    ))
+}
+
+/// The MACs of `code`'s devices.
+fn device_macs(gateway: &Gateway, code: &str) -> Vec<String> {
+    gateway
+        .session(code)
+        .and_then(|s| s["devices"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| d["client"]["mac"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Issue 22: a device that never logged in sends unsolicited Neighbour Advertisements
+/// (override flag) and gratuitous ARPs naming an online device's IPv6 and IPv4 addresses
+/// with its own MAC, while the online device downloads over both. The gateway points its
+/// entries back at the online device and probes it; the device answers, so it keeps both
+/// addresses and its connections (none reset, every byte arrives), the claimant stays
+/// captive, and it is logged once. A real move still moves: the device leaves, a new MAC
+/// (a phone's randomised MAC on reconnect) takes its addresses and logs in with its code.
+#[test]
+fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
+    if !support::require_root() {
+        return;
+    }
+    const VICTIM_MAC: &str = "02:00:00:66:00:20";
+    const ATTACKER_MAC: &str = "02:00:00:66:00:66";
+    const NEWCOMER_MAC: &str = "02:00:00:66:00:21";
+    const V4: &str = "10.66.0.20";
+    const V6: &str = "fd00:66::20";
+    const DOWNLOAD: u64 = 12 * MB;
+    const STALL: Duration = Duration::from_secs(5);
+    let gateway = Gateway::start_local();
+    let bed = &gateway.bed;
+    // Two downloads of 12 MB sharing 2 MB/s: they flow for about 12 s.
+    bed.up.limit_rate(Testbed::UP_IF, "16mbit");
+    let _sink4 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v4(), 9400), DOWNLOAD, STALL);
+    let _sink6 = bed
+        .up
+        .tcp_sink(sock(Testbed::up_v6(), 9406), DOWNLOAD, STALL);
+    let victim = lan_device(bed, "v", VICTIM_MAC, V4, V6);
+    let attacker = lan_device(bed, "a", ATTACKER_MAC, "10.66.0.66", "fd00:66::66");
+
+    let code = gateway.create_code(500.0, 1.0);
+    let reply = curl(&victim, &["-d", &format!("code={code}"), LOGIN_URL]).expect("login");
+    assert!(reply.body.contains("You are online"), "{reply:?}");
+    victim.run_ok(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-m",
+        "3",
+        "http://[fd00:66::1]:8080/",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(3), || learned(&gateway, &code) == [V6]),
+        "the victim's IPv6 address is learned: {:?}",
+        gateway.clients()
+    );
+
+    let back_at_victim = |ip: &str| {
+        gateway_neighbour(bed, ip).is_some_and(|(mac, state)| mac == VICTIM_MAC && state != "PROBE")
+    };
+    let mut spoof_seen = [0u32; 2];
+    let mut restored_ms = Vec::new();
+    let (by_na, by_arp) = std::thread::scope(|scope| {
+        let v6 = scope.spawn(|| victim.tcp_transfer(sock(Testbed::up_v6(), 9406), 0, OPEN, STALL));
+        let v4 = scope.spawn(|| victim.tcp_transfer(sock(Testbed::up_v4(), 9400), 0, OPEN, STALL));
+        std::thread::sleep(Duration::from_millis(1_500));
+        for _ in 0..3 {
+            let sent = Instant::now();
+            support::spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 2);
+            support::spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 2);
+            for (seen, ip) in spoof_seen.iter_mut().zip([V6, V4]) {
+                if gateway_neighbour(bed, ip).is_some_and(|(mac, _)| mac == ATTACKER_MAC) {
+                    *seen += 1;
+                }
+            }
+            let back = wait_until(Duration::from_secs(4), || {
+                back_at_victim(V6) && back_at_victim(V4)
+            });
+            restored_ms.push(back.then(|| sent.elapsed().as_millis()));
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+        (
+            v6.join().expect("IPv6 download"),
+            v4.join().expect("IPv4 download"),
+        )
+    });
+    let reset = |got: &Result<support::Transfer, String>| match got {
+        Ok(t) if t.eof && t.received == DOWNLOAD => 0,
+        _ => 1,
+    };
+    let log = gateway.log_text();
+    let claims: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("claims an online device's address") && l.contains(ATTACKER_MAC))
+        .collect();
+    let cut: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("client cut off") && l.contains(VICTIM_MAC))
+        .collect();
+    println!(
+        "3 rounds of 2 spoofed NAs + 2 gratuitous ARPs while the victim downloads 12 MB over \
+         each family: connections of the victim reset by spoofed NA {}, by spoofed ARP {} \
+         (goal 0); IPv6 got {:?}, IPv4 got {:?}; the attacker's MAC seen in the gateway's \
+         entries in {}/3 (IPv6) and {}/3 (IPv4) rounds; entries back at the victim {:?} ms after each round \
+         (None: not within 4 s); {} log line(s) for the attacker, {} cut-off(s) of the victim",
+        reset(&by_na),
+        reset(&by_arp),
+        by_na,
+        by_arp,
+        spoof_seen[0],
+        spoof_seen[1],
+        restored_ms,
+        claims.len(),
+        cut.len()
+    );
+    assert!(
+        restored_ms.iter().all(Option::is_some),
+        "the gateway's entries point at the victim again within 4 s of each round"
+    );
+    assert_eq!(
+        (reset(&by_na), reset(&by_arp)),
+        (0, 0),
+        "no connection of the victim reset"
+    );
+    assert!(cut.is_empty(), "the victim was never cut off: {cut:?}");
+    assert_eq!(claims.len(), 1, "the attempt is logged once: {claims:?}");
+    assert!(claims[0].contains(VICTIM_MAC), "{}", claims[0]);
+    assert_eq!(
+        learned(&gateway, &code),
+        [V6],
+        "the victim keeps its IPv6 address"
+    );
+    assert_eq!(device_macs(&gateway, &code), [VICTIM_MAC]);
+    // The attacker is captive, from its own addresses and from the victim's.
+    let through = |ns: &Netns, to: SocketAddr| {
+        ns.tcp_transfer(to, MB, BLOCKED, Duration::from_secs(1))
+            .map_or(0, |moved| moved.sent + moved.received)
+    };
+    let attacker_bytes = through(&attacker, sock(Testbed::up_v4(), 9400))
+        + through(&attacker, sock(Testbed::up_v6(), 9406));
+    println!("bytes through for the attacker: {attacker_bytes}");
+    assert_eq!(attacker_bytes, 0, "the attacker stays captive");
+
+    // A real move: the device leaves (its link down), a new MAC takes its addresses (the
+    // address went to another phone) and logs in with its own code. Its first packets point
+    // the gateway's entries at it; the login is refused while the old MAC is probed, and
+    // goes through once that probe went unanswered.
+    victim.ip(&["link", "set", "eth0", "down"]);
+    let newcomer = lan_device(bed, "n", NEWCOMER_MAC, V4, V6);
+    let other_code = gateway.create_code(500.0, 1.0);
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let moved = wait_until(Duration::from_secs(20), || {
+        let reply = curl(&newcomer, &["-d", &format!("code={other_code}"), LOGIN_URL]);
+        answers.push(reply.map_or_else(|e| e, |r| r.status.to_string()));
+        device_macs(&gateway, &other_code) == [NEWCOMER_MAC]
+    });
+    let took = started.elapsed();
+    assert!(
+        moved,
+        "the login address moves to the new MAC: {answers:?} {:?}",
+        gateway.clients()
+    );
+    assert!(
+        device_macs(&gateway, &code).is_empty(),
+        "the old device left its session: {:?}",
+        gateway.clients()
+    );
+    let log = gateway.log_text();
+    let released = log
+        .find("did not answer its probe")
+        .expect("the move is logged");
+    let online = log
+        .find(&format!("client online client={NEWCOMER_MAC}"))
+        .expect("the new MAC online");
+    assert!(
+        released < online,
+        "the address moved only after the failed probe:\n{log}"
+    );
+    newcomer.run_ok(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-m",
+        "3",
+        "http://[fd00:66::1]:8080/",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || learned(&gateway, &other_code)
+            == [V6]),
+        "the IPv6 address moves too: {:?}",
+        gateway.clients()
+    );
+    let got = newcomer
+        .tcp_transfer(sock(Testbed::up_v6(), 9406), 0, OPEN, STALL)
+        .expect("an IPv6 download from the new MAC");
+    assert!(got.eof && got.received == DOWNLOAD, "{got:?}");
+    println!(
+        "a real move: the old MAC gone, the new MAC online on the same addresses {took:?} after \
+         its first login attempt (the portal's answers: {answers:?}); it then downloads {} \
+         bytes over IPv6",
+        got.received
+    );
+}
+
 #[test]
 fn the_capture_meter_agrees_with_the_kernel_counters_byte_for_byte() {
     if !support::require_root() {

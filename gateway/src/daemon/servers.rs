@@ -275,6 +275,12 @@ impl Gate for PortalGate {
                 tracing::error!(%client, "login refused: it could not be saved");
                 Redeem::NotSaved
             }
+            // The page asks the device to reconnect and try again: by then the holder has
+            // answered its probe (the address is not this device's) or failed it.
+            Some(Err(LoginError::AddressHeld)) => {
+                tracing::info!(%client, "login refused for now: an online device of another session holds this address and is being probed");
+                Redeem::UnknownDevice
+            }
             Some(Err(LoginError::NotEnforced)) => {
                 tracing::error!(%client, "login refused: the kernel did not let the device through");
                 Redeem::Internal

@@ -23,6 +23,7 @@ use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, Meters, SessionLive};
 use crate::firewall::Firewall;
 use crate::neighbours::NeighbourTable;
+use crate::neighbours::guard::{self, Guard, Online};
 use crate::net::{Client, Millis};
 use crate::report::{self, FlowBook, GatewayFigures};
 
@@ -44,6 +45,9 @@ pub(super) enum LoginError {
     /// The kernel did not take the device's elements; the login is undone (the enforcer
     /// retries whatever else it changed at the next tick).
     NotEnforced,
+    /// Its address is held by an online device of another session that has not failed its
+    /// probe yet (see [`crate::neighbours::guard`]): the device may try again shortly.
+    AddressHeld,
 }
 
 /// The core and the firewall, always changed together.
@@ -82,6 +86,8 @@ pub(super) struct State {
     /// The LAN's neighbour table and the LAN's interface index, where devices' other
     /// addresses are learned (`None` in tests, or when it cannot be opened).
     pub(super) neighbours: Option<(NeighbourTable, u32)>,
+    /// Keeps another MAC from taking an online device's address while the device answers.
+    pub(super) guard: Guard,
 }
 
 impl State {
@@ -121,6 +127,7 @@ impl State {
             ledger: None,
             ledger_pending: Vec::new(),
             neighbours: None,
+            guard: Guard::default(),
         };
         (state, actions)
     }
@@ -290,19 +297,26 @@ impl State {
     }
 
     /// Online devices' other addresses from the LAN's neighbour table (after the counters
-    /// were read: an address a device stopped using is cut with its last bytes counted).
+    /// were read: an address a device stopped using is cut with its last bytes counted),
+    /// as the guard lets the core see it: an online address another device claims stays
+    /// its holder's, and the kernel's entry is pointed back at the holder and probed.
     fn learn_addresses(&mut self, now: Millis, store: Option<&CodeStore>) {
         let Some((table, lan)) = &mut self.neighbours else {
             return;
         };
-        match table.read(*lan) {
-            Ok(seen) => {
-                let actions = self.core.learn_addresses(&seen, now);
-                self.apply(actions, now, store);
-            }
+        let entries = match table.entries(*lan) {
+            Ok(entries) => entries,
             // Learning waits for the next tick; nothing learned is dropped meanwhile.
-            Err(err) => tracing::warn!(error = %err, "cannot read the LAN's neighbour table"),
-        }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the LAN's neighbour table");
+                return;
+            }
+        };
+        let online = Online::new(self.core.online_clients());
+        let verdict = self.guard.observe(&entries, &online, now);
+        carry_out(&mut self.neighbours, &verdict);
+        let actions = self.core.learn_addresses(&verdict.seen, now);
+        self.apply(actions, now, store);
     }
 
     /// Tells the capture meter and the audit which clients are let through now.
@@ -539,8 +553,12 @@ impl State {
         now: Millis,
         store: Option<&CodeStore>,
     ) -> Vec<Result<(), LoginError>> {
+        let held: Vec<bool> = logins
+            .iter()
+            .map(|(client, grant)| self.address_held(*client, &grant.code, now))
+            .collect();
         let before = self.core.clone();
-        let mut accepted = self.accept_all(&logins, now);
+        let mut accepted = self.accept_all(&logins, &held, now);
         let touches_the_kernel = accepted
             .iter()
             .flatten()
@@ -554,7 +572,7 @@ impl State {
         if touches_the_kernel {
             self.core = before.clone();
             self.settle(now, store);
-            accepted = self.accept_all(&logins, now);
+            accepted = self.accept_all(&logins, &held, now);
         }
         if accepted.iter().any(Result::is_ok) && self.save(now).is_err() {
             // Nothing reached the kernel yet: putting the core back undoes the logins.
@@ -590,20 +608,89 @@ impl State {
         results
     }
 
-    /// The core's answer to each login, in order.
+    /// The core's answer to each login, in order; those whose address is `held` are
+    /// refused.
     fn accept_all(
         &mut self,
         logins: &[(Client, Grant)],
+        held: &[bool],
         now: Millis,
     ) -> Vec<Result<Vec<Action>, LoginError>> {
         logins
             .iter()
-            .map(|(client, grant)| {
+            .zip(held)
+            .map(|((client, grant), &held)| {
+                if held {
+                    return Err(LoginError::AddressHeld);
+                }
                 self.core
                     .accept_code(*client, grant.clone(), now)
                     .map_err(LoginError::Refused)
             })
             .collect()
+    }
+
+    /// Whether `client`'s address is held by an online device of a session other than
+    /// `code`'s whose probe has not failed (see [`Guard::login`]); if so the holder is
+    /// probed and the attempt logged.
+    fn address_held(&mut self, client: Client, code: &AccessCode, now: Millis) -> bool {
+        let Some(holder) = self.core.status_of(client.ip, now) else {
+            return false;
+        };
+        if holder.mac == client.mac || holder.code == *code {
+            return false;
+        }
+        match self.guard.login(client, holder.mac, now) {
+            Ok(()) => false,
+            Err(verdict) => {
+                carry_out(&mut self.neighbours, &verdict);
+                true
+            }
+        }
+    }
+}
+
+/// The guard's probes (on the LAN's neighbour table, if open) and log lines.
+fn carry_out(neighbours: &mut Option<(NeighbourTable, u32)>, verdict: &guard::Verdict) {
+    if let Some((table, lan)) = neighbours {
+        for client in &verdict.probes {
+            if let Err(err) = table.probe(*lan, *client) {
+                // The guard sees the claim again at the next tick and probes again.
+                tracing::warn!(%client, error = %err, "cannot point the neighbour entry back at its online holder");
+            }
+        }
+    }
+    for event in &verdict.events {
+        log_neighbour_event(event);
+    }
+}
+
+fn log_neighbour_event(event: &guard::Event) {
+    match *event {
+        guard::Event::Claimed {
+            ip,
+            holder,
+            claimant,
+        } => tracing::warn!(
+            %ip,
+            %holder,
+            %claimant,
+            "a device claims an online device's address (neighbour spoofing, or a device that took over its address): the address stays with its holder while the holder answers the probe sent to it; this device is not logged again for {} minutes",
+            guard::ALERT_EVERY.as_secs() / 60
+        ),
+        guard::Event::Released {
+            ip,
+            holder,
+            claimant,
+        } => {
+            let claimant = claimant.map_or_else(|| "none yet".to_owned(), |mac| mac.to_string());
+            tracing::info!(
+                %ip,
+                %holder,
+                %claimant,
+                "the holder of an address did not answer its probe: the address goes to the device that answers for it now"
+            );
+        }
     }
 }
 

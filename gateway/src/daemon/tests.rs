@@ -924,3 +924,66 @@ fn usage_by_code_counts_ended_sessions_from_the_ledger_and_live_ones_from_the_co
         "the live session's last bytes are not in the ledger yet"
     );
 }
+
+/// Issue 22: a login from an address an online device of another session holds does not
+/// take it (the holder is probed first; the neighbour guard's own tests cover the probe);
+/// the same session's code, or the holder's own MAC, does.
+#[test]
+fn a_login_cannot_take_an_online_devices_address_until_its_holder_fails_a_probe() {
+    use crate::neighbours::guard::Online;
+    use crate::neighbours::{Entry, Reach};
+    let fw = MemoryFirewall::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = state(&fw, &dir);
+    let holder = client(2);
+    state
+        .login(holder, grant("ABCD2345", 10 * MB), Millis(1_000), None)
+        .unwrap();
+    let claimant = Client {
+        mac: client(9).mac,
+        ip: holder.ip,
+    };
+    let refused = state.login(claimant, grant("EFGH2345", 10 * MB), Millis(2_000), None);
+    assert!(
+        matches!(refused, Err(LoginError::AddressHeld)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fw.allowed(),
+        vec![holder],
+        "the holder stays, the claimant is not let in"
+    );
+
+    // The holder never answers: the kernel's entry probes it, then fails.
+    let online = Online::new(state.core.online_clients());
+    let probing = Entry {
+        ip: holder.ip,
+        mac: Some(holder.mac),
+        reach: Reach::Probing,
+    };
+    state.guard.observe(&[probing], &online, Millis(4_500));
+    let failed = Entry {
+        ip: holder.ip,
+        mac: None,
+        reach: Reach::Unanswered,
+    };
+    state.guard.observe(&[failed], &online, Millis(5_500));
+    state
+        .login(claimant, grant("EFGH2345", 10 * MB), Millis(6_000), None)
+        .unwrap();
+    assert_eq!(fw.allowed(), vec![claimant], "the address moved");
+
+    // The same session's code moves it at once (a phone's new randomised MAC).
+    let again = client(5);
+    state
+        .login(again, grant("ABCD2345", 10 * MB), Millis(7_000), None)
+        .unwrap();
+    let phone = Client {
+        mac: client(6).mac,
+        ip: again.ip,
+    };
+    state
+        .login(phone, grant("ABCD2345", 10 * MB), Millis(8_000), None)
+        .unwrap();
+    assert!(fw.allowed().contains(&phone), "{:?}", fw.allowed());
+}

@@ -7,25 +7,65 @@
 //! The kernel has an entry for an address once it has exchanged packets with it: ARP or
 //! neighbour discovery for the gateway's own address (a phone's DNS queries to the gateway,
 //! its router solicitations), or replies the gateway forwarded to it.
+//!
+//! Any device on the LAN can rewrite an entry (an unsolicited Neighbour Advertisement with
+//! the override flag, a gratuitous ARP): [`guard`] decides what the table may tell the core
+//! about the addresses of online devices, and [`NeighbourTable::probe`] points an entry back
+//! at its holder and has the kernel ask the holder whether it still answers.
 
+pub mod guard;
 pub mod limits;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::net::{Client, Mac};
-use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, request};
+use crate::netlink::{Attributes, NLM_F_ACK, NLM_F_DUMP, Reply, Socket, attribute, request};
 
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_CREATE: u16 = 0x400;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// `struct ndmsg`: family, two pad bytes, interface index (i32), state (u16), flags, type.
 const NDMSG_LEN: usize = 12;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
-/// The states of an entry whose MAC is known and was in use lately (`NUD_REACHABLE`,
-/// `NUD_STALE`, `NUD_DELAY`, `NUD_PROBE`, `NUD_PERMANENT`): not `NUD_INCOMPLETE` or
-/// `NUD_FAILED` (no answer), nor `NUD_NOARP` (no MAC).
-const NUD_KNOWN: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
+/// The states of an entry whose MAC is known and was confirmed or in use lately
+/// (`NUD_REACHABLE`, `NUD_STALE`, `NUD_DELAY`, `NUD_PERMANENT`).
+const NUD_ANSWERED: u16 = 0x02 | 0x04 | 0x08 | 0x80;
+/// The kernel is sending unicast solicitations to the entry's MAC, waiting for an answer.
+const NUD_PROBE: u16 = 0x10;
+/// No MAC: the kernel is looking for one (`NUD_INCOMPLETE`), or gave up (`NUD_FAILED`).
+const NUD_UNANSWERED: u16 = 0x01 | 0x20;
+
+/// How far the kernel got with a neighbour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Its MAC answered or was in use lately (REACHABLE, STALE, DELAY, PERMANENT).
+    Answered,
+    /// The kernel asks its MAC, unicast, whether it still answers (PROBE).
+    Probing,
+    /// No MAC: it did not answer (FAILED), or the kernel is still looking (INCOMPLETE).
+    Unanswered,
+}
+
+/// One entry of the neighbour table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub ip: IpAddr,
+    /// `None` when [`Reach::Unanswered`].
+    pub mac: Option<Mac>,
+    pub reach: Reach,
+}
+
+impl Entry {
+    /// The device using the address, if the kernel has a MAC for it.
+    pub fn client(&self) -> Option<Client> {
+        self.mac.map(|mac| Client { mac, ip: self.ip })
+    }
+}
 
 /// The neighbour table, read over an rtnetlink socket of the network namespace it was
 /// opened in.
@@ -49,6 +89,47 @@ impl NeighbourTable {
             Ok(())
         })
     }
+
+    /// Every entry for a [`usable`] address on the interface with index `ifindex` (0: any),
+    /// also those without a MAC (no answer), with how far the kernel got.
+    pub fn entries(&mut self, ifindex: u32) -> io::Result<Vec<Entry>> {
+        self.socket.dump(dump_request, |reply, found| {
+            found.extend(entry(reply, ifindex)?);
+            Ok(())
+        })
+    }
+
+    /// Points the entry of `client.ip` on interface `ifindex` at `client.mac` in the PROBE
+    /// state: the kernel sends its unicast solicitations (ARP requests, Neighbour
+    /// Solicitations; `ucast_solicit`, 3, one each `retrans_time`, 1 s) to that MAC at once,
+    /// and the entry becomes REACHABLE when it answers, FAILED after about 3 s when it does
+    /// not. Meanwhile packets to the address go to that MAC, not to whoever rewrote the
+    /// entry.
+    pub fn probe(&mut self, ifindex: u32, client: Client) -> io::Result<()> {
+        self.socket
+            .acknowledged(|seq| probe_request(seq, ifindex, client))
+    }
+}
+
+/// `RTM_NEWNEIGH` (create or replace, acknowledged) of `client` on `ifindex` in `NUD_PROBE`.
+fn probe_request(seq: u32, ifindex: u32, client: Client) -> Vec<u8> {
+    let (family, dst) = match client.ip {
+        IpAddr::V4(v4) => (AF_INET, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (AF_INET6, v6.octets().to_vec()),
+    };
+    let mut fixed = vec![family, 0, 0, 0];
+    fixed.extend_from_slice(&ifindex.to_ne_bytes());
+    fixed.extend_from_slice(&NUD_PROBE.to_ne_bytes());
+    fixed.extend_from_slice(&[0, 0]);
+    let mut attributes = attribute(NDA_DST, &dst);
+    attributes.extend(attribute(NDA_LLADDR, &client.mac.0));
+    request(
+        RTM_NEWNEIGH,
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        seq,
+        &fixed,
+        &attributes,
+    )
 }
 
 /// The MAC of the device using `ip` on any interface, if the kernel knows it.
@@ -79,6 +160,12 @@ fn dump_request(seq: u32) -> Vec<u8> {
 /// One message of the dump: the neighbour, if it is on `ifindex` (0: any), its MAC is
 /// known and its address [`usable`].
 fn neighbour(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Client>, String> {
+    Ok(entry(reply, ifindex)?.and_then(|entry| entry.client()))
+}
+
+/// One message of the dump: the entry, if it is on `ifindex` (0: any), its address is
+/// [`usable`], and it has a MAC or is waiting for one (not `NUD_NOARP`, not `NUD_NONE`).
+fn entry(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Entry>, String> {
     if reply.kind != RTM_NEWNEIGH {
         return Ok(None);
     }
@@ -88,11 +175,20 @@ fn neighbour(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Client>, String> 
         .ok_or("a neighbour message shorter than its ndmsg")?;
     let on = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
     let state = u16::from_ne_bytes([header[8], header[9]]);
-    if (ifindex != 0 && on != ifindex) || state & NUD_KNOWN == 0 {
+    let reach = if state & NUD_ANSWERED != 0 {
+        Reach::Answered
+    } else if state & NUD_PROBE != 0 {
+        Reach::Probing
+    } else if state & NUD_UNANSWERED != 0 {
+        Reach::Unanswered
+    } else {
+        return Ok(None);
+    };
+    if ifindex != 0 && on != ifindex {
         return Ok(None);
     }
     let attributes = Attributes::parse(&payload[NDMSG_LEN..])?;
-    let (Some(dst), Some(lladdr)) = (attributes.get(NDA_DST), attributes.get(NDA_LLADDR)) else {
+    let Some(dst) = attributes.get(NDA_DST) else {
         return Ok(None);
     };
     let ip = match dst.len() {
@@ -103,11 +199,17 @@ fn neighbour(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Client>, String> 
         }
         other => return Err(format!("a neighbour address of {other} bytes")),
     };
-    let Ok(mac) = <[u8; 6]>::try_from(lladdr) else {
-        // Not Ethernet (an IP-in-IP tunnel's neighbours, say): not a LAN device.
-        return Ok(None);
+    let mac = match (reach, attributes.get(NDA_LLADDR)) {
+        // The kernel keeps the MAC it gave up on, but does not show it.
+        (Reach::Unanswered, _) => None,
+        (_, Some(lladdr)) => match <[u8; 6]>::try_from(lladdr) {
+            Ok(mac) => Some(Mac(mac)),
+            // Not Ethernet (an IP-in-IP tunnel's neighbours, say): not a LAN device.
+            Err(_) => return Ok(None),
+        },
+        (_, None) => return Ok(None),
     };
-    Ok(usable(ip).then_some(Client { mac: Mac(mac), ip }))
+    Ok(usable(ip).then_some(Entry { ip, mac, reach }))
 }
 
 /// An address a device uses to reach the internet through the gateway: not link-local
@@ -185,6 +287,83 @@ mod tests {
         assert_eq!(ips, ["10.66.0.2", "fd00:66::2", "2001:db8::1234"]);
         assert!(found.iter().all(|c| c.mac == Mac(MAC)));
         assert_eq!(parse_all(&datagram, 0).unwrap().len(), 4, "any interface");
+    }
+
+    #[test]
+    fn entries_tell_probing_and_unanswered_neighbours_apart() {
+        const PROBE: u16 = 0x10;
+        const INCOMPLETE: u16 = 0x01;
+        const NOARP: u16 = 0x40;
+        let mut datagram = Vec::new();
+        for part in [
+            message(3, PROBE, &v6("fd00:66::2"), Some(&MAC)),
+            // The kernel sends no MAC with a FAILED entry; one sent is not shown either.
+            message(3, FAILED, &[10, 66, 0, 9], Some(&MAC)),
+            message(3, INCOMPLETE, &v6("fd00:66::9"), None),
+            message(3, NOARP, &[10, 66, 0, 7], None),
+            message(3, STALE, &[10, 66, 0, 8], None),
+        ] {
+            datagram.extend(part);
+        }
+        let mut found = Vec::new();
+        for reply in replies(&datagram).unwrap() {
+            found.extend(entry(&reply, 3).unwrap());
+        }
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            found,
+            [
+                Entry {
+                    ip: ip("fd00:66::2"),
+                    mac: Some(Mac(MAC)),
+                    reach: Reach::Probing
+                },
+                Entry {
+                    ip: ip("10.66.0.9"),
+                    mac: None,
+                    reach: Reach::Unanswered
+                },
+                Entry {
+                    ip: ip("fd00:66::9"),
+                    mac: None,
+                    reach: Reach::Unanswered
+                },
+            ]
+        );
+        // What the core learns from: a probing entry still names its MAC.
+        assert_eq!(parse_all(&datagram, 3).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_probe_replaces_the_entry_in_the_probe_state() {
+        let client = Client {
+            mac: Mac(MAC),
+            ip: "fd00:66::2".parse().unwrap(),
+        };
+        let bytes = probe_request(5, 3, client);
+        let reply = replies(&bytes).unwrap()[0];
+        assert_eq!(reply.kind, RTM_NEWNEIGH);
+        assert_eq!(
+            reply.flags,
+            0x1 | 0x4 | 0x100 | 0x400,
+            "request, ack, replace, create"
+        );
+        let p = reply.payload;
+        assert_eq!(p[0], AF_INET6);
+        assert_eq!(u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), 3);
+        assert_eq!(u16::from_ne_bytes([p[8], p[9]]), NUD_PROBE);
+        let attributes = Attributes::parse(&p[NDMSG_LEN..]).unwrap();
+        assert_eq!(attributes.get(NDA_DST), Some(&v6("fd00:66::2")[..]));
+        assert_eq!(attributes.get(NDA_LLADDR), Some(&MAC[..]));
+        let v4 = probe_request(
+            5,
+            3,
+            Client {
+                mac: Mac(MAC),
+                ip: "10.66.0.2".parse().unwrap(),
+            },
+        );
+        assert_eq!(replies(&v4).unwrap()[0].payload[0], AF_INET);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod probe;
+pub mod spoof;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
