@@ -7,6 +7,10 @@
 //! not root in CI. Traffic stays inside the namespaces each test creates.
 
 mod support;
+// Only this test sends spoofed neighbour messages (and links pnet for it): not in `support`,
+// which the agent's tests share.
+#[path = "support/spoof.rs"]
+mod spoof;
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -2460,7 +2464,8 @@ fn bad_codes_and_bad_requests_get_4xx_and_the_daemon_lives_on() {
 }
 
 #[test]
-fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and_admits_own_codes() {
+fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and_admits_own_codes()
+{
     if !support::require_root() {
         return;
     }
@@ -2609,7 +2614,9 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and
     .expect("the portal answers while the backend is down");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(second_client_reaches_upstream(bed));
-    let session = gateway.session(SECOND).expect("admitted from the kept list");
+    let session = gateway
+        .session(SECOND)
+        .expect("admitted from the kept list");
     assert_eq!(session["quota_bytes"], 500 * MB, "{session}");
     let reply = curl(&bed.client, &[PORTAL_URL]).expect("the status page");
     assert_eq!(reply.status, 200);
@@ -3200,8 +3207,8 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         std::thread::sleep(Duration::from_millis(1_500));
         for _ in 0..3 {
             let sent = Instant::now();
-            support::spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 2);
-            support::spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 2);
+            spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 2);
+            spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 2);
             for (seen, ip) in spoof_seen.iter_mut().zip([V6, V4]) {
                 if gateway_neighbour(bed, ip).is_some_and(|(mac, _)| mac == ATTACKER_MAC) {
                     *seen += 1;
@@ -3900,7 +3907,9 @@ fn other_accounts_codes_served_only_on_request_and_the_expiry_margin() {
     assert_eq!(page.status, 200, "{page:?}");
     assert!(!page.body.contains("does not expire"), "{}", page.body);
     assert!(page.body.contains("another provider"), "{}", page.body);
-    let session = gateway.session(&foreign).expect("the other account's session");
+    let session = gateway
+        .session(&foreign)
+        .expect("the other account's session");
     assert_eq!(session["quota_bytes"], 20 * MB, "{session}");
     let log = gateway.log_text();
     assert!(log.contains("credited to the code's OWNER"), "{log}");

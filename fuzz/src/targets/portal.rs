@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
+use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -69,6 +70,16 @@ impl Gate for FuzzGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         online(ip).then_some(STATUS)
+    }
+
+    /// Two addresses a device (the last byte's high bits), so the per-device limits see
+    /// devices with several addresses and addresses of one family alone.
+    async fn mac(&self, ip: IpAddr) -> Option<Mac> {
+        let last = match ip {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(v6) => v6.octets()[15],
+        };
+        Some(Mac([2, 0, 0, 0, 0, last >> 1]))
     }
 
     fn accounts(&self) -> bool {

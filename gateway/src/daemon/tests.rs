@@ -142,6 +142,7 @@ fn the_flows_reply_names_the_gateways_run_and_its_idle_time() {
         started: Millis(1_765_000_000_123),
         flow_idle_ms: 90_000,
         store: None,
+        backend: None,
         notifier: Default::default(),
     };
     let Reply::Ok(reply) = handle_control(&mut state, &context, Request::Flows) else {

@@ -16,7 +16,6 @@
 #![allow(dead_code)]
 
 pub mod probe;
-pub mod spoof;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
