@@ -396,9 +396,7 @@ impl Shell<'_> {
         ok &= self.save();
         ok
     }
-}
 
-impl Shell<'_> {
     /// The account's points and bytesShared, `None` if they cannot be read.
     async fn account(&self) -> Option<Account> {
         match self.client.me().await {

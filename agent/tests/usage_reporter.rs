@@ -739,7 +739,7 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
 }
 
 /// The backend crashes between its two saves (the code debited, the provider never
-/// credited) on 3 of 6 reports sent at once: the reporter reads the codes back, finds the
+/// credited) on 3 of 6 reports of one round: the reporter reads the codes back, finds the
 /// reports applied and does not send them again (that would debit the codes twice), and
 /// finds from `bytesShared` exactly which were applied only half: an error each, a metric, a
 /// line in `status`. `--nocapture` prints the figure.

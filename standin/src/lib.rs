@@ -31,7 +31,8 @@
 //! - `POST /__standin/refuse-connections {"for_ms": 2000}`: answers, then refuses connections
 //!   for that long (over HTTP nobody could ask to accept again).
 //! - `GET /__standin/codes`, `/codes/{code}`, `/users/{email}`, `/connections/{tenant}`,
-//!   `/snapshots/{tenant}`, `/state` (everything at once).
+//!   `/snapshots/{tenant}`, `/state` (everything at once). A user shows what the per-account
+//!   credit race overwrote: `lostPoints`, `lostBytesShared`, `lostBytesConsumed`.
 //! - `DELETE /__standin/users/{email}` (contract 1, exact email): deletes the user; its tokens
 //!   then answer 401 `Invalid user`.
 //!

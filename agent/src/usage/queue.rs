@@ -9,7 +9,8 @@
 //! The owner of a code of this provider's own list is this account. The owner of another
 //! account's code is unknown (authorize-code does not say), and two such codes may have the
 //! same owner: they all count as one account, "other owners", never this one (a code of this
-//! account is in its list). A consumer is a consumer account, which owns no codes.
+//! account is in its list). A consumer is a consumer account (the portal signs in no other
+//! role), which cannot make codes, so it is never an owner.
 //!
 //! Reports touching an account go in the order the round planned them (first come, first
 //! sent, per account), so none waits behind later ones; a round plans one report per code,

@@ -16,7 +16,7 @@ use crate::code_book::{CodeBook, CodeRow, Order};
 use crate::control::{Reply, Request};
 use crate::dashboard::Source;
 use crate::dashboard::chart::{DAY_MS, HOUR_MS, UsageChart};
-use crate::dashboard::view::{Agent, AgentFigures, Earnings, Live, Usage};
+use crate::dashboard::view::{Agent, AgentFigures, Earnings, Live, Shortfall, Usage};
 use crate::net::{Mac, Millis};
 
 /// The usage chart and where it has read the ledger up to.
@@ -123,6 +123,11 @@ fn agent_figures(text: &str) -> AgentFigures {
         last_error: read_label(text, "edgeshare_agent_last_error_info", "error")
             .filter(|(_, at)| *at > 0.0)
             .map(|(error, _)| error),
+        shortfall: (n("usage_credit_reconciled") == 1).then(|| Shortfall {
+            points: n("usage_credit_shortfall_points"),
+            bytes: n("usage_credit_shortfall_bytes"),
+            entries_missed: n("usage_credit_entries_missed") == 1,
+        }),
     }
 }
 
@@ -212,6 +217,10 @@ edgeshare_agent_usage_configured 1\n\
 edgeshare_agent_usage_failing_since_seconds 1700000000\n\
 edgeshare_agent_usage_reported_bytes_total 4096\n\
 edgeshare_agent_usage_pending_bytes 12\n\
+edgeshare_agent_usage_credit_reconciled 1\n\
+edgeshare_agent_usage_credit_shortfall_points 35\n\
+edgeshare_agent_usage_credit_shortfall_bytes 36700000\n\
+edgeshare_agent_usage_credit_entries_missed 0\n\
 edgeshare_agent_last_error_info{error=\"backend \\\"down\\\"\"} 1700000001\n";
         let figures = agent_figures(text);
         assert_eq!(
@@ -223,8 +232,14 @@ edgeshare_agent_last_error_info{error=\"backend \\\"down\\\"\"} 1700000001\n";
                 reported_bytes: 4096,
                 pending_bytes: 12,
                 last_error: Some("backend \"down\"".to_owned()),
+                shortfall: Some(Shortfall {
+                    points: 35,
+                    bytes: 36_700_000,
+                    entries_missed: false
+                }),
             }
         );
         assert_eq!(agent_figures("").failing_since, None);
+        assert_eq!(agent_figures("").shortfall, None, "not compared yet");
     }
 }

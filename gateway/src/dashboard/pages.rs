@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::chart::{bars, human_bytes};
-use super::view::{Agent, DeviceLive, Earnings, Health, Overview, SessionLive};
+use super::view::{Agent, AgentFigures, DeviceLive, Earnings, Health, Overview, SessionLive};
 use crate::code_book::{CodeRow, CodeState};
 use crate::portal::escape;
 
@@ -193,8 +193,9 @@ fn sessions(sessions: &[SessionLive], csrf: &str) -> String {
     )
 }
 
-fn earnings(earnings: Option<&Result<Earnings, String>>) -> String {
-    let body = match earnings {
+/// The account's earnings, and the credit its gateways' reports lost (as the agent found it).
+fn earnings(earnings: Option<&Result<Earnings, String>>, agent: &Agent) -> String {
+    let mut body = match earnings {
         None => "<p class=\"muted\">Local codes: nothing is credited to a network account.</p>"
             .to_owned(),
         Some(Err(err)) => format!(
@@ -212,6 +213,26 @@ fn earnings(earnings: Option<&Result<Earnings, String>>) -> String {
             })
         ),
     };
+    let shortfall = match agent {
+        Agent::Running(AgentFigures {
+            shortfall: Some(s), ..
+        }) => Some(s).filter(|s| s.points > 0 || s.bytes > 0 || s.entries_missed),
+        _ => None,
+    };
+    if let Some(s) = shortfall {
+        let at_least = if s.entries_missed { "at least " } else { "" };
+        let _ = write!(
+            body,
+            "<p class=\"error\" id=\"shortfall\">Credit lost: the account is {at_least}{} points and {} of bytes shared short of what its usage log earned since the agent started (reports crediting it at once, from any of its gateways; ask the backend's operator).{}</p>",
+            s.points,
+            human_bytes(s.bytes),
+            if s.entries_missed {
+                " Log entries may have been missed."
+            } else {
+                ""
+            }
+        );
+    }
     format!("<section><h2>Earnings</h2>{body}</section>")
 }
 
@@ -428,7 +449,7 @@ pub fn overview(
         action_form("logout", csrf, &[], "Log out", false),
         devices(live.map_or(&[][..], |l| &l.sessions), csrf),
         sessions(live.map_or(&[][..], |l| &l.sessions), csrf),
-        earnings(overview.earnings.as_ref()),
+        earnings(overview.earnings.as_ref(), &overview.agent),
         health(live.map(|l| &l.health), &overview.agent),
         usage(&overview.usage),
         codes(&overview.codes, csrf, backend, now),
@@ -520,6 +541,37 @@ mod tests {
             &Notice::Failed("<x>".into()),
             OffsetDateTime::UNIX_EPOCH,
         )
+    }
+
+    #[test]
+    fn the_earnings_panel_shows_lost_credit_with_its_size() {
+        let mut overview = Overview {
+            live: None,
+            codes: Ok(vec![]),
+            usage: Ok(Usage::default()),
+            earnings: Some(Ok(Earnings {
+                name: "P".into(),
+                points: 163.0,
+                bytes_shared: "173825036".into(),
+            })),
+            agent: Agent::Running(AgentFigures::default()),
+        };
+        assert!(!overview_page(&overview).contains("Credit lost"));
+        overview.agent = Agent::Running(AgentFigures {
+            shortfall: Some(super::super::view::Shortfall {
+                points: 35,
+                bytes: 36_700_160,
+                entries_missed: false,
+            }),
+            ..AgentFigures::default()
+        });
+        let html = overview_page(&overview);
+        assert!(
+            html.contains(
+                "Credit lost: the account is 35 points and 35.0 MiB of bytes shared short"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

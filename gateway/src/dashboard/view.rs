@@ -97,6 +97,19 @@ pub struct AgentFigures {
     pub reported_bytes: u64,
     pub pending_bytes: u64,
     pub last_error: Option<String>,
+    /// What the account's credit falls short of its usage log, once the agent has compared
+    /// them.
+    pub shortfall: Option<Shortfall>,
+}
+
+/// Credit the account lost to reports crediting it at once (any of its gateways), as the
+/// agent measured it against the backend's usage log since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Shortfall {
+    pub points: u64,
+    pub bytes: u64,
+    /// Log entries may have gone unseen: it may be larger.
+    pub entries_missed: bool,
 }
 
 /// What the provider's account has earned (backend codes only).
