@@ -2065,7 +2065,8 @@ fn bad_codes_and_bad_requests_get_4xx_and_the_daemon_lives_on() {
 }
 
 #[test]
-fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and_admits_own_codes() {
+fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and_admits_own_codes()
+{
     if !support::require_root() {
         return;
     }
@@ -2214,7 +2215,9 @@ fn backend_codes_work_and_an_unreachable_backend_keeps_online_clients_online_and
     .expect("the portal answers while the backend is down");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(second_client_reaches_upstream(bed));
-    let session = gateway.session(SECOND).expect("admitted from the kept list");
+    let session = gateway
+        .session(SECOND)
+        .expect("admitted from the kept list");
     assert_eq!(session["quota_bytes"], 500 * MB, "{session}");
     let reply = curl(&bed.client, &[PORTAL_URL]).expect("the status page");
     assert_eq!(reply.status, 200);
@@ -3172,7 +3175,9 @@ fn other_accounts_codes_served_only_on_request_and_the_expiry_margin() {
     assert_eq!(page.status, 200, "{page:?}");
     assert!(!page.body.contains("does not expire"), "{}", page.body);
     assert!(page.body.contains("another provider"), "{}", page.body);
-    let session = gateway.session(&foreign).expect("the other account's session");
+    let session = gateway
+        .session(&foreign)
+        .expect("the other account's session");
     assert_eq!(session["quota_bytes"], 20 * MB, "{session}");
     let log = gateway.log_text();
     assert!(log.contains("credited to the code's OWNER"), "{log}");
