@@ -7,7 +7,7 @@
 # how many bytes (the client's own counters) the client was carried past the expiry, and
 # fails above 30 s.
 #
-#   MINUTES=N     the code's lifetime (default 2)
+#   MINUTES=N     the code's lifetime (default 1)
 #   LOGIN_AFTER=S the client logs in S seconds after the code is made (default 11). The
 #                 gateway asks about the code at login, then every 20 s: S sets where the
 #                 expiry falls between two checks (S just under 20: the worst case).
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/netns.bash
 netns_fail() { fail "$@"; }
 
-MINUTES=${MINUTES:-2}
+MINUTES=${MINUTES:-1}
 BIN=${BIN:-$PWD/$BIN_DIR}
 STANDIN=$PWD/$BIN_DIR/edgeshare-standin
 [ "$(id -u)" = 0 ] || unavailable "needs root"
