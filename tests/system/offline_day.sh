@@ -85,7 +85,7 @@ download() { # CLIENT BYTES: what arrived (a download cut at the quota ends earl
     --interface "cl$1" "http://10.99.0.3/__standin/download/$2" 2>/dev/null || true
 }
 billed() {
-  in_ns "$NS_U" curl -sS -m 3 "$BACKEND/__standin/codes/$1" |
+  in_ns "$NS_U" curl -sS -m 3 "$BACKEND/__standin/codes/$1" 2>/dev/null |
     jq -r '((.totalMB - .remainingMB) * 1048576 | round)'
 }
 ledger_total() {

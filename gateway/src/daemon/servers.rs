@@ -224,6 +224,8 @@ impl Gate for PortalGate {
             },
             None => None,
         };
+        // Whether the code was admitted from the provider's kept list (backend unreachable).
+        let mut from_kept_list = false;
         let verdict = match &*self.codes {
             Codes::Local(store) => {
                 let store = store.clone();
@@ -234,19 +236,21 @@ impl Gate for PortalGate {
             }
             Codes::Backend(backend) => match backend.check(&code, Millis::now()).await {
                 // What the list said less what this gateway has used of the code since.
-                Verdict::Offline(own) => match self.owner.used_by_code().await {
-                    Some(used) => crate::own_codes::offline_verdict(
+                Verdict::Offline(own) => {
+                    let Some(used) = self.owner.used_by_code().await else {
+                        return Redeem::Internal;
+                    };
+                    from_kept_list = true;
+                    crate::own_codes::offline_verdict(
                         &own,
                         used.get(&code).copied().unwrap_or(0),
                         self.margin,
                         Millis::now(),
-                    ),
-                    None => return Redeem::Internal,
-                },
+                    )
+                }
                 verdict => verdict,
             },
         };
-        let offline = matches!(&*self.codes, Codes::Backend(backend) if backend.link().down_since().is_some());
         let grant = match verdict {
             Verdict::Granted(grant) => crate::core::Grant { consumer, ..grant },
             Verdict::Invalid => return Redeem::Invalid,
@@ -264,7 +268,7 @@ impl Gate for PortalGate {
         };
         match self.owner.login(client, grant).await {
             Some(Ok(status)) => {
-                tracing::info!(%client, account = signed_in, offline, "client online");
+                tracing::info!(%client, account = signed_in, from_kept_list, "client online");
                 Redeem::Online(status)
             }
             Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
