@@ -24,6 +24,17 @@ pub struct FlowBook {
     limit: usize,
     /// Flows dropped for room since the daemon started.
     pub dropped: u64,
+    /// What the previous run of the daemon counted and the agent had not fetched when it
+    /// stopped: the first `flows` reply hands it over, as that run's.
+    pub handover: Option<Handover>,
+}
+
+/// The flows a stopping daemon kept for the agent, as its run (`instance`) named them: the
+/// agent adds them to what it had of that run before it reads the new run's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    pub instance: u64,
+    pub connections: Vec<Connection>,
 }
 
 impl FlowBook {
@@ -32,6 +43,7 @@ impl FlowBook {
             flows: HashMap::new(),
             limit,
             dropped: 0,
+            handover: None,
         }
     }
 

@@ -60,7 +60,8 @@ struct Shared {
 /// The running capture thread.
 pub struct Capture {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// Gives back the meter when it ends, with what it counted since its last report.
+    thread: Option<JoinHandle<Meter>>,
     pub buffer_bytes: usize,
 }
 
@@ -115,13 +116,25 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Stops the thread and takes what the meter counted since its last report (flows
+    /// included), so that a stopping daemon can keep it for the agent.
+    pub fn finish(mut self) -> Batch {
+        self.stop()
+            .map(|mut meter| meter.take(Millis::now()))
+            .unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> Option<Meter> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // It notices within one read timeout.
+        self.thread.take().and_then(|thread| thread.join().ok())
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            // It notices within one read timeout.
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
@@ -131,7 +144,7 @@ fn run(
     settings: &CaptureSettings,
     shared: &Shared,
     deliver: impl Fn(Report),
-) {
+) -> Meter {
     let mut next_report = Instant::now() + settings.report_every;
     let mut failing = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -176,4 +189,5 @@ fn run(
             });
         }
     }
+    meter
 }

@@ -14,6 +14,7 @@
 mod dashboard;
 mod enforce;
 mod garden;
+mod handover;
 mod meter;
 mod owner;
 mod persist;
@@ -206,6 +207,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
+    state.flows.handover = handover::take(&state_dir.join(handover::FILE));
     // Without the list the gateway's own connections get probed too: a few stray segments.
     let own = local_addresses().unwrap_or_default();
     state.cutoff = match Cutoff::open(own) {

@@ -20,8 +20,8 @@ use edgeshare_shared::control::Flows;
 use edgeshare_shared::systemd::Notifier;
 use tokio::sync::oneshot;
 
-use super::TICK;
 use super::state::{LoginError, State};
+use super::{TICK, handover};
 use crate::capture::Report;
 use crate::codes::{BackendLink, CodeStore, Recheck};
 use crate::control::{Reply, Request};
@@ -30,7 +30,7 @@ use crate::dashboard::view::Live;
 use crate::firewall::{Firewall, FirewallError};
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
-use crate::report;
+use crate::report::{self, Handover};
 use edgeshare_shared::code::redact;
 
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
@@ -286,7 +286,7 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
                 remove_table,
                 reply,
             }) => {
-                stop(&mut state, remove_table);
+                stop(&mut state, &context, remove_table);
                 let _ = reply.send(());
                 return;
             }
@@ -294,7 +294,7 @@ fn run(mut state: State, context: Context, inbox: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => {}
             // Every handle is gone without a stop: save what there is.
             Err(RecvTimeoutError::Disconnected) => {
-                stop(&mut state, false);
+                stop(&mut state, &context, false);
                 return;
             }
         }
@@ -453,9 +453,17 @@ fn rechecked(state: &mut State, context: &Context, code: &AccessCode, outcome: R
 
 /// The last counters go to their sessions and the state is saved; the table stays (online
 /// devices stay online across a restart) unless `remove_table`.
-fn stop(state: &mut State, remove_table: bool) {
-    // Joins the capture thread (within its read timeout).
-    state.capture = None;
+fn stop(state: &mut State, context: &Context, remove_table: bool) {
+    // Joins the capture thread (within its read timeout); its last tallies and the flows the
+    // agent has not fetched are kept for the agent, as this run's.
+    if let Some(capture) = state.capture.take() {
+        state.flows.add(&capture.finish().flows);
+    }
+    let kept = Handover {
+        instance: context.started.0,
+        connections: state.flows.drain().iter().map(report::connection).collect(),
+    };
+    handover::save(&state.file.with_file_name(handover::FILE), &kept);
     let now = Millis::now();
     state.settle(now, None);
     // Logged by `save`: what the kernel counted since the last save still goes to its
@@ -497,9 +505,17 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
             Err(err) => Reply::Error(format!("internal error: {err}")),
         },
         Request::Flows => {
+            // What the previous run kept comes first, under its own instance.
+            let (instance, connections) = match state.flows.handover.take() {
+                Some(kept) => (kept.instance, kept.connections),
+                None => (
+                    context.started.0,
+                    state.flows.drain().iter().map(report::connection).collect(),
+                ),
+            };
             let flows = Flows {
-                connections: state.flows.drain().iter().map(report::connection).collect(),
-                instance: Some(context.started.0),
+                connections,
+                instance: Some(instance),
                 flow_idle_ms: Some(context.flow_idle_ms),
             };
             match serde_json::to_value(flows) {

@@ -151,6 +151,21 @@ fn the_flows_reply_names_the_gateways_run_and_its_idle_time() {
     let flows: edgeshare_shared::control::Flows = serde_json::from_value(reply).unwrap();
     assert_eq!(flows.instance, Some(1_765_000_000_123));
     assert_eq!(flows.flow_idle_ms, Some(90_000));
+
+    // What the previous run kept comes first, once, under that run's instance.
+    let kept = crate::report::Handover {
+        instance: 1_764_999_000_000,
+        connections: Vec::new(),
+    };
+    state.flows.handover = Some(kept);
+    let instance = |reply: Reply| match reply {
+        Reply::Ok(value) => value["instance"].as_u64(),
+        Reply::Error(err) => panic!("{err}"),
+    };
+    let first = handle_control(&mut state, &context, Request::Flows);
+    assert_eq!(instance(first), Some(1_764_999_000_000));
+    let next = handle_control(&mut state, &context, Request::Flows);
+    assert_eq!(instance(next), Some(1_765_000_000_123));
 }
 
 #[test]
