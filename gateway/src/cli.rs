@@ -1,5 +1,6 @@
 //! The gateway's command line.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -133,6 +134,16 @@ fn neighbour_limits(max_clients: u32) -> anyhow::Result<()> {
     }
 }
 
+/// Runs `print` on standard output. A reader that went away (`clients | head`, `codes list |
+/// grep -q`) ends the output quietly: the rest was not wanted, and that is no error.
+fn to_stdout(print: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match print(&mut out).and_then(|()| out.flush()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to standard output"),
+    }
+}
+
 /// Threads for blocking work in the daemon (neighbour lookups, the code store).
 const BLOCKING_THREADS: usize = 8;
 
@@ -174,12 +185,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients { json } => {
             let config = load()?;
             let sessions = control::call(&config.control.socket, &Request::Clients)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&sessions)?);
-            } else {
-                print_clients(&sessions);
-            }
-            Ok(())
+            to_stdout(|out| {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&sessions)?)
+                } else {
+                    print_clients(out, &sessions)
+                }
+            })
         }
         Command::Kick { mac } => {
             let config = load()?;
@@ -267,9 +279,10 @@ async fn codes_with(
                 .check(book)
                 .map_err(|e| anyhow::anyhow!("--{e}").context("the codes were not made"))?;
             let made = book.create(&order).await?;
-            for row in &made {
-                println!("{}", row.code);
-            }
+            to_stdout(|out| {
+                made.iter()
+                    .try_for_each(|row| writeln!(out, "{}", row.code))
+            })?;
             if let Some(path) = print {
                 print_vouchers(config, made.iter().map(CodeRow::voucher).collect(), &path)?;
             }
@@ -331,8 +344,8 @@ async fn list_codes(book: &CodeBook, json: bool) -> anyhow::Result<()> {
     // The JSON is each source's own record, as it always was: scripts read it.
     match (book, json) {
         (CodeBook::Local(store), true) => {
-            println!("{}", serde_json::to_string_pretty(&store.list()?)?);
-            return Ok(());
+            let text = serde_json::to_string_pretty(&store.list()?)?;
+            return to_stdout(|out| writeln!(out, "{text}"));
         }
         (CodeBook::Backend(client), true) => {
             let value: Vec<_> = client
@@ -348,62 +361,71 @@ async fn list_codes(book: &CodeBook, json: bool) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&value)?);
-            return Ok(());
+            let text = serde_json::to_string_pretty(&value)?;
+            return to_stdout(|out| writeln!(out, "{text}"));
         }
         (_, false) => {}
     }
     let now = OffsetDateTime::now_utc();
-    println!(
-        "{:<10} {:>10} {:>10} {:<8} EXPIRES (UTC)",
-        "CODE", "MB LEFT", "MB TOTAL", "STATE"
-    );
-    for row in book.list().await? {
-        let expires = match row.expires {
-            None => "never".to_owned(),
-            Some(at) => at
-                .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
-                .unwrap_or_else(|_| "?".to_owned()),
-        };
-        println!(
-            "{:<10} {:>10.1} {:>10.1} {:<8} {expires}",
-            row.code,
-            row.remaining_mb,
-            row.total_mb,
-            row.state(now).as_str()
-        );
-    }
-    Ok(())
+    let rows = book.list().await?;
+    to_stdout(|out| {
+        writeln!(
+            out,
+            "{:<10} {:>10} {:>10} {:<8} EXPIRES (UTC)",
+            "CODE", "MB LEFT", "MB TOTAL", "STATE"
+        )?;
+        for row in rows {
+            let expires = match row.expires {
+                None => "never".to_owned(),
+                Some(at) => at
+                    .format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+                    .unwrap_or_else(|_| "?".to_owned()),
+            };
+            writeln!(
+                out,
+                "{:<10} {:>10.1} {:>10.1} {:<8} {expires}",
+                row.code,
+                row.remaining_mb,
+                row.total_mb,
+                row.state(now).as_str()
+            )?;
+        }
+        Ok(())
+    })
 }
 
-fn print_clients(sessions: &serde_json::Value) {
-    println!(
+fn print_clients(out: &mut dyn Write, sessions: &serde_json::Value) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:<10} {:<17} {:<39} {:>12} {:>12}",
         "CODE", "MAC", "IP", "USED MB", "QUOTA MB"
-    );
+    )?;
     for s in sessions.as_array().into_iter().flatten() {
         let mb = |key: &str| s[key].as_f64().unwrap_or(0.0) / 1_048_576.0;
         let code = s["code"].as_str().unwrap_or("?");
         let devices = s["devices"].as_array().cloned().unwrap_or_default();
         if devices.is_empty() {
-            println!(
+            writeln!(
+                out,
                 "{:<10} {:<17} {:<39} {:>12.1} {:>12.1}",
                 code,
                 "-",
                 "-",
                 mb("used_bytes"),
                 mb("quota_bytes")
-            );
+            )?;
         }
         for d in devices {
-            println!(
+            writeln!(
+                out,
                 "{:<10} {:<17} {:<39} {:>12.1} {:>12.1}",
                 code,
                 d["client"]["mac"].as_str().unwrap_or("?"),
                 d["client"]["ip"].as_str().unwrap_or("?"),
                 mb("used_bytes"),
                 mb("quota_bytes")
-            );
+            )?;
         }
     }
+    Ok(())
 }

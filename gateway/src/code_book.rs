@@ -10,7 +10,7 @@ use edgeshare_shared::code::AccessCode;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::codes::{CodeStore, mb_to_bytes};
+use crate::codes::{CodeStore, mb_to_bytes, used_up};
 use crate::net::Millis;
 use crate::vouchers::Voucher;
 
@@ -78,7 +78,7 @@ impl CodeRow {
             CodeState::Revoked
         } else if self.expires.is_some_and(|at| at <= now) {
             CodeState::Expired
-        } else if self.remaining_mb <= 0.0 {
+        } else if used_up(mb_to_bytes(self.remaining_mb)) {
             CodeState::UsedUp
         } else {
             CodeState::Valid
@@ -107,6 +107,12 @@ impl Order {
     pub fn check(&self, book: &CodeBook) -> Result<(), String> {
         if !(self.mb.is_finite() && self.mb > 0.0) {
             return Err("mb: the data of each code must be a number above 0".to_owned());
+        }
+        if used_up(mb_to_bytes(self.mb)) {
+            return Err(
+                "mb: the data of each code must be more than 0.0625 (64 KiB, one packet)"
+                    .to_owned(),
+            );
         }
         match (self.hours, book) {
             (None, CodeBook::Local(_)) => {
@@ -252,6 +258,55 @@ mod tests {
         assert_eq!(row(1.0, future, false).state(now), CodeState::Valid);
     }
 
+    /// A session the kernel stopped at its quota is billed up to one packet short of it, and
+    /// its code is refused as used up from then on; `codes list` (and the dashboard) said
+    /// "valid, 0.1 MB left". The list and the portal (the source's verdict) now apply one
+    /// rule: used up in both or in neither, whatever is left.
+    #[test]
+    fn the_list_and_the_portal_agree_on_what_is_used_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CodeBook::Local(CodeStore::new(dir.path()));
+        let CodeBook::Local(store) = &book else {
+            unreachable!()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let now = Millis(1_000_000);
+        let wall = OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(1_000_000);
+        let total = 10 * 1_048_576;
+        let one_packet = crate::net::LARGEST_PACKET;
+        for (left, is_used_up) in [
+            (0, true),
+            (1, true),
+            (60 * 1024, true),
+            (one_packet, true),
+            (one_packet + 1, false),
+            (1_048_576, false),
+        ] {
+            let made = store
+                .create(total, std::time::Duration::from_secs(3600), 1, now)
+                .unwrap();
+            let code = made[0].code.clone();
+            store.record_usage(&[(code.clone(), total - left)]).unwrap();
+            let portal = store.check(&code, now);
+            let rows = runtime.block_on(book.list()).unwrap();
+            let listed = rows
+                .iter()
+                .find(|row| row.code == code)
+                .unwrap()
+                .state(wall);
+            assert_eq!(
+                (
+                    portal == crate::codes::Verdict::UsedUp,
+                    listed == CodeState::UsedUp
+                ),
+                (is_used_up, is_used_up),
+                "{left} bytes left: the portal's verdict {portal:?}, listed {listed:?}"
+            );
+        }
+    }
+
     #[test]
     fn orders_are_checked_field_by_field() {
         let local = CodeBook::Local(CodeStore::new(std::path::Path::new("/nonexistent")));
@@ -259,6 +314,7 @@ mod tests {
         assert!(order(100.0, Some(24.0), 3).check(&local).is_ok());
         for (bad, field) in [
             (order(0.0, Some(1.0), 1), "mb:"),
+            (order(0.0625, Some(1.0), 1), "mb:"),
             (order(f64::NAN, Some(1.0), 1), "mb:"),
             (order(1.0, None, 1), "hours:"),
             (order(1.0, Some(0.0), 1), "hours:"),

@@ -19,7 +19,7 @@ use edgeshare_shared::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::core::Grant;
-use crate::net::Millis;
+use crate::net::{LARGEST_PACKET, Millis};
 use crate::own_codes::{OwnCode, OwnCodes, OwnCodesFile};
 
 /// What a code source says about a code.
@@ -260,7 +260,7 @@ impl CodeStore {
             None => Verdict::Invalid,
             Some(c) if c.revoked => Verdict::Revoked,
             Some(c) if c.expires_at <= now => Verdict::Expired,
-            Some(c) if c.remaining_bytes() == 0 => Verdict::UsedUp,
+            Some(c) if used_up(c.remaining_bytes()) => Verdict::UsedUp,
             Some(c) => Verdict::Granted(Grant {
                 remaining_bytes: c.remaining_bytes(),
                 expires_at: Some(c.expires_at),
@@ -478,7 +478,7 @@ impl BackendCodes {
             Err(err) => return refusal(err),
         };
         let remaining_bytes = authorized.remaining_bytes();
-        if remaining_bytes == 0 {
+        if used_up(remaining_bytes) {
             // The backend says ok to a code with nothing left; a gateway must not.
             return Verdict::UsedUp;
         }
@@ -578,6 +578,15 @@ fn refusal(err: BackendError) -> Verdict {
             Verdict::Unreachable(err.to_string())
         }
     }
+}
+
+/// Whether a code with `remaining_bytes` left is used up: the one rule of the portal (each code
+/// source's verdict) and of the code list (`codes list`, the dashboard). The kernel's quota
+/// stops a session up to one packet short of it (the packet that would pass it is dropped,
+/// never billed), and that session's code is then refused as used up, so what is left, at
+/// most one packet ([`LARGEST_PACKET`]), is nothing: no session could use it either.
+pub fn used_up(remaining_bytes: u64) -> bool {
+    remaining_bytes <= LARGEST_PACKET
 }
 
 /// Megabytes (2^20 bytes, as the backend counts) to bytes.

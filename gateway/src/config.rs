@@ -11,6 +11,7 @@ use edgeshare_shared::secret::Secret;
 use serde::Deserialize;
 
 use crate::firewall::{FirewallConfig, GardenEntry, split_garden_port};
+use crate::net::Network;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +257,20 @@ impl Default for Dashboard {
     }
 }
 
+impl Dashboard {
+    /// Why `listen` cannot be used beside a LAN on `lan` (the networks of `lan_interface`):
+    /// the dashboard is the provider's, never the consumers'. The one rule `check-config`
+    /// and `run` both apply.
+    pub fn listen_problem(&self, lan_interface: &str, lan: &[Network]) -> Option<String> {
+        let listen = self.listen;
+        lan.iter().any(|net| net.contains(listen.ip())).then(|| {
+            format!(
+                "{listen} is on lan.interface {lan_interface}: the dashboard must not face the consumers; use 127.0.0.1 or the WAN side's address"
+            )
+        })
+    }
+}
+
 /// A dashboard password shorter than this is refused: the login is rate-limited, but a
 /// password of a few characters falls to patient guessing all the same.
 pub const DASHBOARD_PASSWORD_MIN: usize = 10;
@@ -383,6 +398,15 @@ impl Validate for GatewayConfig {
         for (key, message) in look_problems {
             problems.push(key, message);
         }
+        // Not a file, but as `run` finds it at start (where it stops the daemon): the LAN's
+        // networks on this host. A LAN interface that is not there yet is `run`'s to report.
+        if !self.dashboard.password.is_empty() {
+            if let Ok(lan) = crate::net::interface_networks(&self.lan.interface) {
+                if let Some(problem) = self.dashboard.listen_problem(&self.lan.interface, &lan) {
+                    problems.push("dashboard.listen", problem);
+                }
+            }
+        }
     }
 
     fn validate(&self, problems: &mut Problems) {
@@ -489,6 +513,44 @@ impl Validate for GatewayConfig {
                 "section is required when codes.source = \"backend\" (url, email, password)",
             ),
             (None, CodeSource::Local) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_may_not_listen_on_the_lans_networks() {
+        let lan = [
+            Network {
+                address: "10.66.0.1".parse().unwrap(),
+                prefix: 24,
+            },
+            Network {
+                address: "fd00:66::1".parse().unwrap(),
+                prefix: 64,
+            },
+        ];
+        let on = |listen: &str| {
+            let dashboard = Dashboard {
+                listen: listen.parse().unwrap(),
+                ..Dashboard::default()
+            };
+            dashboard.listen_problem("wlan0", &lan)
+        };
+        for refused in ["10.66.0.1:8090", "10.66.0.77:8090", "[fd00:66::1]:8090"] {
+            let problem = on(refused).unwrap_or_else(|| panic!("{refused} accepted"));
+            assert!(problem.contains("lan.interface wlan0"), "{problem}");
+        }
+        for allowed in [
+            "127.0.0.1:8090",
+            "192.168.1.20:8090",
+            "[::1]:8090",
+            "[fd00:77::1]:8090",
+        ] {
+            assert_eq!(on(allowed), None, "{allowed}");
         }
     }
 }

@@ -333,3 +333,21 @@ fn other_accounts_codes_keys() {
     ));
     assert_eq!(code, 0, "{err}");
 }
+
+/// `run` refuses a dashboard listening on the LAN's network (it would face the consumers):
+/// `check-config` refuses it too, by the same rule, naming the key. Loopback plays the LAN
+/// here (127.0.0.1/8 is on `lo` on every host).
+#[test]
+fn a_dashboard_on_the_lans_network_is_refused_naming_the_key() {
+    let on_lan =
+        "[lan]\ninterface = \"lo\"\n[wan]\nnat = false\n[dashboard]\nlisten = \"127.0.0.1:8090\"\n";
+    let (code, err) = check_text(&format!("{on_lan}password = \"long enough password\"\n"));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("dashboard.listen: 127.0.0.1:8090 is on lan.interface lo"),
+        "{err}"
+    );
+    // Without a password the dashboard is off: nothing listens, nothing to refuse.
+    let (code, err) = check_text(on_lan);
+    assert_eq!(code, 0, "{err}");
+}

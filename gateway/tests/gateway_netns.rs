@@ -2900,6 +2900,41 @@ fn portal_over_ipv6(bed: &Testbed, source: Option<&str>) {
     bed.client.run_ok(&args);
 }
 
+/// `clients | head -1`, `codes list | grep -q X`: the reader goes away before the listing is
+/// written (here its end of the pipe is closed before the command starts, so the very
+/// first write meets a closed pipe). Each command ends quietly: exit 0, nothing on stderr.
+#[test]
+fn listings_end_quietly_when_their_reader_goes_away() {
+    if !support::require_root() {
+        return;
+    }
+    let gateway = Gateway::start_local();
+    let code = gateway.create_code(10.0, 1.0);
+    gateway.login_ok(&code);
+    let listings: [&[&str]; 4] = [
+        &["clients"],
+        &["clients", "--json"],
+        &["codes", "list"],
+        &["codes", "list", "--json"],
+    ];
+    for args in listings {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = gateway
+            .command(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("the command runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "{args:?} into a closed pipe: {}: {stderr}",
+            output.status
+        );
+    }
+}
+
 /// The value of `key` in `ns`.
 fn sysctl(ns: &Netns, key: &str) -> String {
     ns.run_ok(&["sysctl", "-n", key]).trim().to_owned()

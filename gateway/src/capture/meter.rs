@@ -101,7 +101,12 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct Meter {
     config: MeterConfig,
-    by_mac: HashMap<Mac, usize>,
+    /// Upload: by source MAC and IP together, as the kernel's upload sets are keyed. A device
+    /// has several clients under one MAC (its IPv4 and IPv6 addresses, privacy addresses,
+    /// aliases): keyed by the MAC alone, the uploads of all but the last listed went unseen,
+    /// and every address a device added (an address flood, a spoofed one) came to a drift
+    /// warning against the kernel's count.
+    by_up: HashMap<(Mac, IpAddr), usize>,
     by_ip: HashMap<IpAddr, usize>,
     /// The allowed clients and their tallies since the last take.
     clients: Vec<(Client, Tally)>,
@@ -114,7 +119,7 @@ pub struct Meter {
 impl Meter {
     pub fn new(config: MeterConfig) -> Self {
         Meter {
-            by_mac: HashMap::with_capacity(config.max_clients),
+            by_up: HashMap::with_capacity(config.max_clients),
             by_ip: HashMap::with_capacity(config.max_clients),
             clients: Vec::with_capacity(config.max_clients),
             departed: Vec::new(),
@@ -140,10 +145,10 @@ impl Meter {
         self.departed
             .extend(before.into_iter().filter(|(_, tally)| !tally.is_zero()));
         self.clients = kept;
-        self.by_mac.clear();
+        self.by_up.clear();
         self.by_ip.clear();
         for (index, (client, _)) in self.clients.iter().enumerate() {
-            self.by_mac.insert(client.mac, index);
+            self.by_up.insert((client.mac, client.ip), index);
             self.by_ip.insert(client.ip, index);
         }
     }
@@ -156,9 +161,9 @@ impl Meter {
             && !self.config.local.contains(&packet.dst_ip);
         let down = packet.src_mac == gateway && !self.config.local.contains(&packet.src_ip);
         let index = if up {
-            match self.by_mac.get(&packet.src_mac) {
-                Some(&index) if self.clients[index].0.ip == packet.src_ip => index,
-                _ => return,
+            match self.by_up.get(&(packet.src_mac, packet.src_ip)) {
+                Some(&index) => index,
+                None => return,
             }
         } else if down {
             match self.by_ip.get(&packet.dst_ip) {
@@ -354,6 +359,39 @@ mod tests {
         let last = meter.take(Millis(61_000));
         assert!(last.flows[0].ended);
         assert_eq!(meter.take(Millis(62_000)), Batch::default());
+    }
+
+    /// One device (one MAC) online on several addresses, as a dual-stack phone or a device
+    /// with aliases is: each address's upload and download count for that address, as the
+    /// kernel's elements count them; another MAC sending from one of them counts for none.
+    #[test]
+    fn each_address_of_a_device_counts_its_own_upload() {
+        let mut meter = meter(16);
+        let addresses: Vec<[u8; 4]> = (2..=5).map(|last| [10, 0, 0, last]).collect();
+        let clients: Vec<Client> = addresses
+            .iter()
+            .map(|ip| Client {
+                mac: PHONE,
+                ip: IpAddr::from(*ip),
+            })
+            .collect();
+        meter.set_clients(&clients);
+        let t = Millis(1_000);
+        for ip in &addresses {
+            meter.observe(&packet(PHONE, GATEWAY, *ip, SERVER_IP, 321), t);
+            meter.observe(&packet(GATEWAY, PHONE, SERVER_IP, *ip, 1_440), t);
+        }
+        meter.observe(&packet(LAPTOP, GATEWAY, addresses[0], SERVER_IP, 500), t);
+        let mut batch = meter.take(Millis(2_000)).clients;
+        batch.sort_by_key(|(client, _)| *client);
+        let each = Tally {
+            up_bytes: 321,
+            up_packets: 1,
+            down_bytes: 1_440,
+            down_packets: 1,
+        };
+        let expected: Vec<(Client, Tally)> = clients.iter().map(|c| (*c, each)).collect();
+        assert_eq!(batch, expected);
     }
 
     #[test]

@@ -123,11 +123,8 @@ async fn start_dashboard(
     }
     let listen = settings.listen;
     let lan = crate::net::interface_networks(&config.lan.interface)?;
-    if lan.iter().any(|net| net.contains(listen.ip())) {
-        anyhow::bail!(
-            "dashboard.listen {listen} is on lan.interface {}: the dashboard must not face the consumers; use 127.0.0.1 or the WAN side's address",
-            config.lan.interface
-        );
+    if let Some(problem) = settings.listen_problem(&config.lan.interface, &lan) {
+        anyhow::bail!("dashboard.listen: {problem}");
     }
     let book = match codes {
         Codes::Local(store) => CodeBook::Local(store.clone()),
