@@ -485,12 +485,12 @@ struct PerDevice(Arc<Mutex<PerDeviceState>>);
 #[derive(Default)]
 struct PerDeviceState {
     open: Connections,
-    /// Devices refused since they last gave a connection back: their refusal was logged.
-    refusing: std::collections::HashSet<Device>,
+    /// When each device refused lately was last logged: once per [`LOG_DEVICE_EVERY`].
+    logged: std::collections::HashMap<Device, tokio::time::Instant>,
 }
 
-/// Why [`PerDevice::take`] refused, and whether it is the first time since the device last
-/// gave a connection back (worth a log line; a flood of refusals is not).
+/// Why [`PerDevice::take`] refused, and whether it is worth a log line (a device's first
+/// refusal in [`LOG_DEVICE_EVERY`]; a flood of refusals is not).
 struct Refused {
     full: Full,
     first: bool,
@@ -520,10 +520,19 @@ impl PerDevice {
                 device,
                 ip,
             }),
-            Err(full) => Err(Refused {
-                full,
-                first: state.refusing.insert(device),
-            }),
+            Err(full) => {
+                let now = tokio::time::Instant::now();
+                let recent = |at: &tokio::time::Instant| now.duration_since(*at) < LOG_DEVICE_EVERY;
+                let first = !state.logged.get(&device).is_some_and(recent);
+                if first {
+                    // Bounded: devices logged within the period only.
+                    if state.logged.len() >= MAX_CONNECTIONS + MAX_WAITING {
+                        state.logged.retain(|_, at| recent(at));
+                    }
+                    state.logged.insert(device, now);
+                }
+                Err(Refused { full, first })
+            }
         }
     }
 }
@@ -532,7 +541,6 @@ impl Drop for DeviceSlot {
     fn drop(&mut self) {
         let mut state = self.owner.state();
         state.open.give_back(self.device, self.ip);
-        state.refusing.remove(&self.device);
     }
 }
 
@@ -555,6 +563,8 @@ pub const SLOT_WAIT: Duration = REQUEST_TIMEOUT;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one warning per this long about closing connections for want of room.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most one line per this long about each device refused for its own limits.
+const LOG_DEVICE_EVERY: Duration = Duration::from_secs(60);
 
 struct Portal<G> {
     gate: Arc<G>,
