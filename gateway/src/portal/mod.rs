@@ -5,7 +5,7 @@
 //! behind [`Gate`], which the daemon implements; the portal only asks "redeem this code for
 //! this IP", "what does this IP have left" and "which device (MAC) is at this IP".
 //! Connections and code guessing are limited here, per device (all its addresses together):
-//! by the pure connection count in `devices.rs` and the pure limiter in `limiter.rs`.
+//! by the pure connection count in `devices.rs` and the pure guess limiter in `guesses.rs`.
 //!
 //! # How clients get here
 //! While a client is captive, nftables redirects its TCP port-80 traffic to *any* host to this
@@ -244,7 +244,7 @@ pub struct PortalSettings {
     pub url: String,
     /// Failed attempts per device per window.
     pub per_device_attempts: u32,
-    /// Failed attempts per window of all devices that keep guessing (see `limiter.rs`).
+    /// Failed attempts per window of all devices that keep guessing (see `guesses.rs`).
     pub global_attempts: u32,
     pub window: Duration,
     /// Languages, name, logo, colours and terms.
