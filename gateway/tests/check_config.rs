@@ -41,6 +41,16 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
+fn the_attempts_key_per_device_and_its_old_name() {
+    for key in ["attempts_per_device", "attempts_per_client"] {
+        let (code, err) = check_text(&format!(
+            "[lan]\ninterface = \"wlan0\"\n[wan]\nnat = false\n[portal]\n{key} = 3\n"
+        ));
+        assert_eq!(code, 0, "{key}: {err}");
+    }
+}
+
+#[test]
 fn unknown_key() {
     let (code, err) =
         check_text("[lan]\ninterface = \"wlan0\"\ninterfase = \"x\"\n[wan]\nnat = false\n");

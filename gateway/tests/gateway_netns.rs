@@ -1686,7 +1686,10 @@ fn a_device_with_many_addresses_holds_its_own_share_and_guesses_its_own_budget()
         .count()
         + log.matches("device reached its limit of addresses").count();
     println!("log lines about the device's limits: {said}");
-    assert!(said >= 1, "the limit is logged:\n{log}");
+    assert_eq!(
+        said, 1,
+        "the limit is logged, once a minute per device:\n{log}"
+    );
 }
 
 #[test]

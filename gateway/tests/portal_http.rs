@@ -1371,3 +1371,90 @@ async fn a_bad_language_file_leaves_the_portal_serving() {
     reply.assert_page(StatusCode::OK, "<h1>Conéctate</h1>");
     portal.stop().await;
 }
+
+/// A connection from `source` (a loopback address) to the portal, silent after connecting.
+async fn silent_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the portal closed `stream` within `within` (rather than holding it open).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// One device's connections are counted together, whatever address each comes from: its
+/// share, from a few of its addresses; another device is not affected.
+#[tokio::test]
+async fn a_devices_addresses_share_its_connections() {
+    let server = start(|_| {}).await;
+    let device = Mac([2, 0, 0, 0, 0, 7]);
+    for last in 10..20 {
+        server
+            .gate
+            .devices
+            .lock()
+            .unwrap()
+            .insert(IpAddr::from([127, 0, 0, last]), device);
+    }
+    // Its share from its first few addresses, round-robin.
+    let mut held = Vec::new();
+    for n in 0..portal::MAX_CONNECTIONS_PER_DEVICE {
+        let last = 10 + (n % portal::MAX_ADDRESSES_PER_DEVICE) as u8;
+        held.push(silent_from([127, 0, 0, last], server.addr).await);
+    }
+    // One more from an address it holds connections from: closed at once.
+    let mut over = silent_from([127, 0, 0, 10], server.addr).await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    // After one of them ends, a connection from a fifth address is closed too: the device
+    // uses its few addresses already.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = silent_from([127, 0, 0, 19], server.addr).await;
+    assert!(closed_within(&mut fifth, Duration::from_secs(2)).await);
+    // The held ones stay open, and another device is served.
+    for stream in &mut held {
+        assert!(!closed_within(stream, Duration::from_millis(10)).await);
+    }
+    let reply = server.get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// Past the portal's connections, a new one waits for a free one rather than being closed.
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_waits_its_turn() {
+    let server = start(|_| {}).await;
+    // Silent devices, each holding its share.
+    let per_device = portal::MAX_CONNECTIONS_PER_DEVICE;
+    let mut held = Vec::new();
+    for n in 0..portal::MAX_CONNECTIONS {
+        let last = u8::try_from(100 + n / per_device).unwrap();
+        held.push(silent_from([127, 0, 1, last], server.addr).await);
+    }
+    // Every connection is taken (by silent devices): a request from another device waits…
+    let waiting = tokio::spawn({
+        let http = server.http.clone();
+        let url = server.url.clone();
+        async move { http.get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "answered while every connection was taken"
+    );
+    // …and is answered once one of them ends.
+    drop(held.pop());
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("answered once a connection was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}

@@ -24,7 +24,7 @@
 //! (made-up MACs) guess.
 //!
 //! Memory is bounded: a device's window holds at most `per_device` timestamps, the global
-//! one at most the ceiling, stale entries are dropped on the way, and at most
+//! one at most the ceiling (and the checks in flight), never past [`MAX_GLOBAL`], stale entries are dropped on the way, and at most
 //! [`MAX_TRACKED`] devices are tracked (only devices with an attempt in the current window
 //! are tracked at all).
 
@@ -34,6 +34,7 @@ use std::time::Duration;
 use super::devices::Device;
 use super::limiter::{MAX_GLOBAL, MAX_TRACKED, Wait, prune, remove_latest};
 use crate::net::Millis;
+
 /// Past the global limit, a device with fewer failed (or pending) guesses than this in the
 /// window is still checked: a consumer's own typos never lock them out because of others.
 pub const TYPO_ALLOWANCE: usize = 3;

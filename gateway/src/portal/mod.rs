@@ -5,7 +5,7 @@
 //! behind [`Gate`], which the daemon implements; the portal only asks "redeem this code for
 //! this IP", "what does this IP have left" and "which device (MAC) is at this IP".
 //! Connections and code guessing are limited here, per device (all its addresses together):
-//! by the pure connection count in `devices.rs` and the pure limiter in `limiter.rs`.
+//! by the pure connection count in `devices.rs` and the pure guess limiter in `guesses.rs`.
 //!
 //! # How clients get here
 //! While a client is captive, nftables redirects its TCP port-80 traffic to *any* host to this
@@ -256,7 +256,7 @@ pub struct PortalSettings {
     pub url: String,
     /// Failed attempts per device per window.
     pub per_device_attempts: u32,
-    /// Failed attempts per window of all devices that keep guessing (see `limiter.rs`).
+    /// Failed attempts per window of all devices that keep guessing (see `guesses.rs`).
     pub global_attempts: u32,
     pub window: Duration,
     /// Languages, name, logo, colours and terms.
@@ -497,12 +497,12 @@ struct PerDevice(Arc<Mutex<PerDeviceState>>);
 #[derive(Default)]
 struct PerDeviceState {
     open: Connections,
-    /// Devices refused since they last gave a connection back: their refusal was logged.
-    refusing: std::collections::HashSet<Device>,
+    /// When each device refused lately was last logged: once per [`LOG_DEVICE_EVERY`].
+    logged: std::collections::HashMap<Device, tokio::time::Instant>,
 }
 
-/// Why [`PerDevice::take`] refused, and whether it is the first time since the device last
-/// gave a connection back (worth a log line; a flood of refusals is not).
+/// Why [`PerDevice::take`] refused, and whether it is worth a log line (a device's first
+/// refusal in [`LOG_DEVICE_EVERY`]; a flood of refusals is not).
 struct Refused {
     full: Full,
     first: bool,
@@ -532,10 +532,19 @@ impl PerDevice {
                 device,
                 ip,
             }),
-            Err(full) => Err(Refused {
-                full,
-                first: state.refusing.insert(device),
-            }),
+            Err(full) => {
+                let now = tokio::time::Instant::now();
+                let recent = |at: &tokio::time::Instant| now.duration_since(*at) < LOG_DEVICE_EVERY;
+                let first = !state.logged.get(&device).is_some_and(recent);
+                if first {
+                    // Bounded: devices logged within the period only.
+                    if state.logged.len() >= MAX_CONNECTIONS + MAX_WAITING {
+                        state.logged.retain(|_, at| recent(at));
+                    }
+                    state.logged.insert(device, now);
+                }
+                Err(Refused { full, first })
+            }
         }
     }
 }
@@ -544,7 +553,6 @@ impl Drop for DeviceSlot {
     fn drop(&mut self) {
         let mut state = self.owner.state();
         state.open.give_back(self.device, self.ip);
-        state.refusing.remove(&self.device);
     }
 }
 
@@ -567,6 +575,8 @@ pub const SLOT_WAIT: Duration = REQUEST_TIMEOUT;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one warning per this long about closing connections for want of room.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most one line per this long about each device refused for its own limits.
+const LOG_DEVICE_EVERY: Duration = Duration::from_secs(60);
 
 struct Portal<G> {
     gate: Arc<G>,
