@@ -2762,7 +2762,8 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
          while the victim downloads 16 MB over each family: connections of the victim reset by spoofed NA {}, by spoofed ARP {} \
          (goal 0); IPv6 got {:?}, IPv4 got {:?}; the attacker's MAC seen in the gateway's \
          entries in {}/3 (IPv6) and {}/3 (IPv4) rounds; entries back at the victim {:?} ms after each round and the flood \
-         (None: not within 4 s); {} log line(s) for the attacker, {} cut-off(s) of the victim",
+         (None: not within 4 s); {} log line(s) for the attacker, {} cut-off(s) of the victim, \
+         {} meter-drift warning(s)",
         reset(&by_na),
         reset(&by_arp),
         by_na,
@@ -2771,7 +2772,8 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         spoof_seen[1],
         restored_ms,
         claims.len(),
-        cut.len()
+        cut.len(),
+        log.matches("disagree by more than").count()
     );
     assert!(
         restored_ms.iter().all(Option::is_some),
