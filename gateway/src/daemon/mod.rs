@@ -40,7 +40,7 @@ use crate::control;
 use crate::core::Policy;
 use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
-use crate::neighbours::{NeighbourTable, NeighbourWatch, interface_index};
+use crate::neighbours::{NeighbourTable, NeighbourWatch, Reach, interface_index};
 use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use dashboard::DaemonSource;
@@ -138,6 +138,9 @@ fn watch_neighbours(lan: u32, owner: Owner) {
                     }
                     batch.extend(more);
                 }
+                // A claim (an advertisement or ARP taken) leaves the entry STALE or
+                // REACHABLE; the kernel's own probing and failures are the ticks' to read.
+                batch.retain(|entry| entry.reach == Reach::Answered);
                 if batch.is_empty() {
                     continue;
                 }

@@ -45,8 +45,9 @@ pub(super) enum LoginError {
     /// The kernel did not take the device's elements; the login is undone (the enforcer
     /// retries whatever else it changed at the next tick).
     NotEnforced,
-    /// Its address is held by an online device of another session that has not failed its
-    /// probe yet (see [`crate::neighbours::guard`]): the device may try again shortly.
+    /// Its address is held by an online device that is being probed, or by one of another
+    /// session that has not failed its probe yet (see [`crate::neighbours::guard`]): the
+    /// device may try again shortly.
     AddressHeld,
 }
 
