@@ -3201,11 +3201,11 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
     const NEWCOMER_MAC: &str = "02:00:00:66:00:21";
     const V4: &str = "10.66.0.20";
     const V6: &str = "fd00:66::20";
-    const DOWNLOAD: u64 = 12 * MB;
+    const DOWNLOAD: u64 = 16 * MB;
     const STALL: Duration = Duration::from_secs(5);
     let gateway = Gateway::start_local();
     let bed = &gateway.bed;
-    // Two downloads of 12 MB sharing 2 MB/s: they flow for about 12 s.
+    // Two downloads of 16 MB sharing 2 MB/s: they flow for about 16 s.
     bed.up.limit_rate(Testbed::UP_IF, "16mbit");
     let _sink4 = bed
         .up
@@ -3258,6 +3258,18 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
             restored_ms.push(back.then(|| sent.elapsed().as_millis()));
             std::thread::sleep(Duration::from_millis(1_500));
         }
+        // A flood: an advertisement and a gratuitous ARP every 20 ms for 3 s.
+        let sent = Instant::now();
+        std::thread::scope(|flood| {
+            flood.spawn(|| {
+                support::spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 150);
+            });
+            support::spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 150);
+        });
+        let back = wait_until(Duration::from_secs(4), || {
+            back_at_victim(V6) && back_at_victim(V4)
+        });
+        restored_ms.push(back.then(|| sent.elapsed().as_millis()));
         (
             v6.join().expect("IPv6 download"),
             v4.join().expect("IPv4 download"),
@@ -3277,11 +3289,12 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         .filter(|l| l.contains("client cut off") && l.contains(VICTIM_MAC))
         .collect();
     println!(
-        "3 rounds of 2 spoofed NAs + 2 gratuitous ARPs while the victim downloads 12 MB over \
-         each family: connections of the victim reset by spoofed NA {}, by spoofed ARP {} \
+        "3 rounds of 2 spoofed NAs + 2 gratuitous ARPs, then a flood of 150 of each in 3 s, \
+         while the victim downloads 16 MB over each family: connections of the victim reset by spoofed NA {}, by spoofed ARP {} \
          (goal 0); IPv6 got {:?}, IPv4 got {:?}; the attacker's MAC seen in the gateway's \
-         entries in {}/3 (IPv6) and {}/3 (IPv4) rounds; entries back at the victim {:?} ms after each round \
-         (None: not within 4 s); {} log line(s) for the attacker, {} cut-off(s) of the victim",
+         entries in {}/3 (IPv6) and {}/3 (IPv4) rounds; entries back at the victim {:?} ms after each round and the flood \
+         (None: not within 4 s); {} log line(s) for the attacker, {} cut-off(s) of the victim, \
+         {} meter-drift warning(s)",
         reset(&by_na),
         reset(&by_arp),
         by_na,
@@ -3290,7 +3303,8 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         spoof_seen[1],
         restored_ms,
         claims.len(),
-        cut.len()
+        cut.len(),
+        log.matches("disagree by more than").count()
     );
     assert!(
         restored_ms.iter().all(Option::is_some),

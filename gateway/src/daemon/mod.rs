@@ -42,7 +42,7 @@ use crate::control;
 use crate::core::Policy;
 use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
-use crate::neighbours::{NeighbourTable, interface_index};
+use crate::neighbours::{NeighbourTable, NeighbourWatch, Reach, interface_index};
 use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use dashboard::DaemonSource;
@@ -99,6 +99,57 @@ fn open_neighbour_table(lan: &str) -> Option<(NeighbourTable, u32)> {
             tracing::warn!(error = %err, "cannot read the neighbour table of lan.interface {lan}: devices are let through on the address they logged in with only (no IPv6 besides it)");
         })
         .ok()
+}
+
+/// How long the neighbour watcher waits after handing the owner a batch: a claimant's flood
+/// of advertisements costs the owner 100 batches a second at most, and a claim waits this
+/// long at most.
+const NEIGHBOUR_BATCH: Duration = Duration::from_millis(10);
+
+/// Hands the changes of the LAN's neighbour entries (interface index `lan`) to the owner as
+/// the kernel tells them, in batches, so that a claim on an online device's address is
+/// turned down at once (see `Guard::notified`); without it, at the next tick.
+fn watch_neighbours(lan: u32, owner: Owner) {
+    let mut watch = match NeighbourWatch::open(lan) {
+        Ok(watch) => watch,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch the LAN's neighbour table: a device claiming an online device's address is turned down at the next tick, not at once");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("neighbour-watch".to_owned())
+        .spawn(move || {
+            loop {
+                let mut batch = match watch.changed(true) {
+                    Ok(batch) => batch,
+                    // Notifications lost to a flood (ENOBUFS): the tick reads the table.
+                    Err(err) => {
+                        tracing::debug!(error = %err, "neighbour notifications lost");
+                        continue;
+                    }
+                };
+                while let Ok(more) = watch.changed(false) {
+                    if more.is_empty() {
+                        break;
+                    }
+                    batch.extend(more);
+                }
+                // A claim (an advertisement or ARP taken) leaves the entry STALE or
+                // REACHABLE; the kernel's own probing and failures are the ticks' to read.
+                batch.retain(|entry| entry.reach == Reach::Answered);
+                if batch.is_empty() {
+                    continue;
+                }
+                if !owner.neighbours(batch) {
+                    return;
+                }
+                std::thread::sleep(NEIGHBOUR_BATCH);
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the neighbour watcher: claims on online addresses are turned down at the next tick");
+    }
 }
 
 /// The dashboard's listener, source and settings, if a password turns it on. A listen
@@ -248,6 +299,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     // Started after the resume: the bytes the kernel counted while the daemon was down have
     // no capture to compare with.
     let (owner, inbox) = Owner::new();
+    if let Some((_, lan)) = &state.neighbours {
+        watch_neighbours(*lan, owner.clone());
+    }
     let reports = owner.clone();
     state.capture = start_capture(&config, move |report| reports.capture(report));
     if state.capture.is_some() {

@@ -28,6 +28,7 @@ use crate::control::{Reply, Request};
 use crate::core::{Action, Grant};
 use crate::dashboard::view::Live;
 use crate::firewall::{Firewall, FirewallError};
+use crate::neighbours::Entry;
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
 use crate::report::{self, Handover};
@@ -82,6 +83,8 @@ pub(super) enum Command {
         outcome: Recheck,
         reply: oneshot::Sender<()>,
     },
+    /// Neighbour entries of the LAN the kernel says changed.
+    Neighbours(Vec<Entry>),
     /// The same table with a new walled garden (hosts resolved late): installed at once.
     Firewall {
         firewall: Box<dyn Firewall>,
@@ -192,6 +195,11 @@ impl Owner {
     pub fn capture(&self, report: Report) {
         // Fails only once the owner has stopped, when reports no longer matter.
         let _ = self.commands.send(Command::Capture(report));
+    }
+
+    /// Hands over changed neighbour entries; no reply. False once the owner has stopped.
+    pub fn neighbours(&self, entries: Vec<Entry>) -> bool {
+        self.commands.send(Command::Neighbours(entries)).is_ok()
     }
 
     pub async fn replace_firewall(
@@ -406,6 +414,7 @@ fn handle(state: &mut State, context: &Context, command: Command) {
             let _ = reply.send(());
         }
         Command::Capture(report) => state.capture_report(&report),
+        Command::Neighbours(entries) => state.neighbours_changed(&entries, Millis::now()),
         Command::Firewall { firewall, reply } => {
             state.firewall = firewall;
             let _ = reply.send(state.firewall.install());

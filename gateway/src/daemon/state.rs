@@ -22,8 +22,8 @@ use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, Meters, SessionLive};
 use crate::firewall::Firewall;
-use crate::neighbours::NeighbourTable;
 use crate::neighbours::guard::{self, Guard, Online};
+use crate::neighbours::{Entry, NeighbourTable};
 use crate::net::{Client, Millis};
 use crate::report::{self, FlowBook, GatewayFigures};
 
@@ -45,8 +45,9 @@ pub(super) enum LoginError {
     /// The kernel did not take the device's elements; the login is undone (the enforcer
     /// retries whatever else it changed at the next tick).
     NotEnforced,
-    /// Its address is held by an online device of another session that has not failed its
-    /// probe yet (see [`crate::neighbours::guard`]): the device may try again shortly.
+    /// Its address is held by an online device that is being probed, or by one of another
+    /// session that has not failed its probe yet (see [`crate::neighbours::guard`]): the
+    /// device may try again shortly.
     AddressHeld,
 }
 
@@ -317,6 +318,14 @@ impl State {
         carry_out(&mut self.neighbours, &verdict);
         let actions = self.core.learn_addresses(&verdict.seen, now);
         self.apply(actions, now, store);
+    }
+
+    /// Neighbour entries the kernel says changed (see [`Guard::notified`]): a claim on an
+    /// online address is turned down now, not at the next tick.
+    pub(super) fn neighbours_changed(&mut self, entries: &[Entry], now: Millis) {
+        let online = Online::new(self.core.online_clients());
+        let verdict = self.guard.notified(entries, &online, now);
+        carry_out(&mut self.neighbours, &verdict);
     }
 
     /// Tells the capture meter and the audit which clients are let through now.
@@ -632,11 +641,17 @@ impl State {
 
     /// Whether `client`'s address is held by an online device of a session other than
     /// `code`'s whose probe has not failed (see [`Guard::login`]); if so the holder is
-    /// probed and the attempt logged.
+    /// probed and the attempt logged. While the holder's probe runs, any login with the
+    /// address waits: the portal found the MAC in the table, which then names the holder
+    /// (pointed back at it) even when the claimant is the one at the portal, and that
+    /// login would move the holder's device to the claimant's code.
     fn address_held(&mut self, client: Client, code: &AccessCode, now: Millis) -> bool {
         let Some(holder) = self.core.status_of(client.ip, now) else {
             return false;
         };
+        if self.guard.probing(client.ip, holder.mac) {
+            return true;
+        }
         if holder.mac == client.mac || holder.code == *code {
             return false;
         }

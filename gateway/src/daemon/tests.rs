@@ -969,6 +969,18 @@ fn a_login_cannot_take_an_online_devices_address_until_its_holder_fails_a_probe(
         vec![holder],
         "the holder stays, the claimant is not let in"
     );
+    // While the holder is probed the table names it for the address, whoever is at the
+    // portal: a login the portal found the holder's MAC for waits too.
+    let refused = state.login(holder, grant("EFGH2345", 10 * MB), Millis(2_500), None);
+    assert!(
+        matches!(refused, Err(LoginError::AddressHeld)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        state.core.sessions()[0].code,
+        code("ABCD2345"),
+        "not moved to the other code"
+    );
 
     // The holder never answers: the kernel's entry probes it, then fails.
     let online = Online::new(state.core.online_clients());

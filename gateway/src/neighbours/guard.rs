@@ -194,23 +194,11 @@ impl Guard {
                         verdict.seen.extend(entry.client());
                     }
                     Some(Phase::Probing { silent: false, .. }) | None => {
-                        self.alert(entry.ip, holder, claimant, now, &mut verdict);
-                        self.contests.insert(
-                            entry.ip,
-                            Contest {
-                                holder,
-                                phase: Phase::Probing {
-                                    since: now,
-                                    silent: false,
-                                },
-                            },
-                        );
-                        let kept = Client {
+                        self.turn_down(entry.ip, holder, claimant, now, &mut verdict);
+                        verdict.seen.push(Client {
                             mac: holder,
                             ip: entry.ip,
-                        };
-                        verdict.probes.push(kept);
-                        verdict.seen.push(kept);
+                        });
                     }
                 },
             }
@@ -228,6 +216,67 @@ impl Guard {
             self.release(ip, holder, None, &mut verdict);
         }
         verdict
+    }
+
+    /// Entries the kernel says changed since the last reading (its notifications): a claim
+    /// on an online address is turned down at once, not at the next reading, so that a
+    /// device repeating its advertisements diverts the holder's downstream traffic for
+    /// milliseconds at a time rather than for most of each second. Only claims are handled
+    /// here: whether the holder answered or failed is for the readings ([`Guard::observe`])
+    /// to tell, so a contest whose holder was found silent, or released, is left to them.
+    pub fn notified(&mut self, entries: &[Entry], online: &Online, now: Millis) -> Verdict {
+        let mut verdict = Verdict::default();
+        for entry in entries {
+            let (Some(&holder), Some(claimant)) = (online.held.get(&entry.ip), entry.mac) else {
+                continue;
+            };
+            if claimant == holder || online.same_session(claimant, holder) {
+                continue;
+            }
+            let decided = self.contests.get(&entry.ip).is_some_and(|contest| {
+                contest.holder == holder
+                    && matches!(
+                        contest.phase,
+                        Phase::Released | Phase::Probing { silent: true, .. }
+                    )
+            });
+            if !decided {
+                self.turn_down(entry.ip, holder, claimant, now, &mut verdict);
+            }
+        }
+        verdict
+    }
+
+    /// Whether `holder`'s address `ip` is contested and its probe not decided yet: the
+    /// table's MAC for it may then be either device's.
+    pub fn probing(&self, ip: IpAddr, holder: Mac) -> bool {
+        self.contests.get(&ip).is_some_and(|contest| {
+            contest.holder == holder && matches!(contest.phase, Phase::Probing { .. })
+        })
+    }
+
+    /// `claimant` claims `ip`, which `holder` holds: the entry is pointed back at the holder
+    /// and probed (from now), the claimant logged.
+    fn turn_down(
+        &mut self,
+        ip: IpAddr,
+        holder: Mac,
+        claimant: Mac,
+        now: Millis,
+        verdict: &mut Verdict,
+    ) {
+        self.alert(ip, holder, claimant, now, verdict);
+        self.contests.insert(
+            ip,
+            Contest {
+                holder,
+                phase: Phase::Probing {
+                    since: now,
+                    silent: false,
+                },
+            },
+        );
+        verdict.probes.push(Client { mac: holder, ip });
     }
 
     /// A device (`claimant`) logs in with an address that `holder`, a device of another
@@ -557,6 +606,8 @@ mod tests {
         // Again while the probe runs: refused, no second probe, no second log line.
         let again = guard.login(client(9, 1), mac(1), at(500)).unwrap_err();
         assert_eq!(again, Verdict::default());
+        assert!(guard.probing(ip(1), mac(1)));
+        assert!(!guard.probing(ip(2), mac(1)));
         // Device 1 answers: the next login starts a new probe.
         guard.observe(&[entry(1, 1, Answered)], &online, at(1_000));
         let probed = guard.login(client(9, 1), mac(1), at(1_500)).unwrap_err();
@@ -565,7 +616,39 @@ mod tests {
         guard.observe(&[entry(1, 1, Probing)], &online, at(3_600));
         let failed = guard.observe(&[unanswered(1)], &online, at(4_600));
         assert_eq!(failed.events.len(), 1, "{failed:?}");
+        assert!(!guard.probing(ip(1), mac(1)), "decided");
         assert_eq!(guard.login(client(9, 1), mac(1), at(5_000)), Ok(()));
+    }
+
+    #[test]
+    fn a_claim_notified_is_turned_down_at_once_but_only_readings_release() {
+        let online = online();
+        let mut guard = Guard::default();
+        // Between two readings the kernel tells of the claimant's advertisements, each one.
+        for ms in [100, 150, 200] {
+            let verdict = guard.notified(&[entry(9, 1, Answered)], &online, at(ms));
+            assert_eq!(verdict.probes, [client(1, 1)]);
+            assert!(verdict.seen.is_empty());
+        }
+        // The holder's own entries, the same session's device and free addresses: nothing.
+        let quiet = guard.notified(
+            &[
+                entry(1, 1, Answered),
+                entry(3, 2, Answered),
+                entry(9, 7, Answered),
+                unanswered(1),
+            ],
+            &online,
+            at(300),
+        );
+        assert_eq!(quiet, Verdict::default());
+        // A holder found silent by the readings is theirs to release: a claim notified then
+        // is not probed again (which would start its silence over).
+        guard.observe(&[entry(1, 1, Probing)], &online, at(2_300));
+        let left = guard.notified(&[entry(9, 1, Answered)], &online, at(2_400));
+        assert_eq!(left, Verdict::default());
+        let released = guard.observe(&[entry(9, 1, Answered)], &online, at(3_300));
+        assert_eq!(released.seen, [client(9, 1)]);
     }
 
     /// What the table may show for address `i` at one reading.
@@ -616,6 +699,7 @@ mod tests {
                     0u64..2_500,
                     prop::collection::vec(shown(), 2),
                     prop::option::of((1u8..3, 1u8..4)),
+                    prop::option::of((1u8..3, 0u8..4)),
                 ),
                 1..60,
             )
@@ -625,7 +709,7 @@ mod tests {
             let mut now = T0;
             let mut probed: HashMap<IpAddr, Millis> = HashMap::new();
             let mut failed: HashSet<IpAddr> = HashSet::new();
-            for (advance, step, login) in steps {
+            for (advance, step, login, notified) in steps {
                 now = now.plus(Duration::from_millis(advance));
                 for (i, shown) in step.iter().enumerate() {
                     let ip = ip(u8::try_from(i).unwrap() + 1);
@@ -651,6 +735,17 @@ mod tests {
                 // At most one reading of each address reaches the core.
                 let ips: HashSet<IpAddr> = verdict.seen.iter().map(|c| c.ip).collect();
                 prop_assert_eq!(ips.len(), verdict.seen.len());
+                // A claim of address i notified between two readings (0: the same session's).
+                if let Some((i, n)) = notified {
+                    let m = if n == 0 { 3 } else { 10 + n };
+                    let verdict = guard.notified(&[entry(m, i, Answered)], &online, now);
+                    prop_assert!(verdict.seen.is_empty());
+                    for probe in &verdict.probes {
+                        prop_assert_eq!(*probe, client(1, i));
+                        probed.insert(probe.ip, now);
+                        failed.remove(&probe.ip);
+                    }
+                }
                 // A stranger logs in with address i between two readings.
                 if let Some((i, n)) = login {
                     match guard.login(client(10 + n, i), mac(1), now) {

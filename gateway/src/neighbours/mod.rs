@@ -20,7 +20,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::net::{Client, Mac};
-use crate::netlink::{Attributes, NLM_F_ACK, NLM_F_DUMP, Reply, Socket, attribute, request};
+use crate::netlink::{
+    Attributes, NLM_F_ACK, NLM_F_DUMP, RecvFlags, Reply, Socket, attribute, replies, request,
+};
 
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
@@ -108,6 +110,56 @@ impl NeighbourTable {
     pub fn probe(&mut self, ifindex: u32, client: Client) -> io::Result<()> {
         self.socket
             .acknowledged(|seq| probe_request(seq, ifindex, client))
+    }
+}
+
+/// The kernel's notifications of the neighbour entries that change (`RTMGRP_NEIGH`), so
+/// that a claim on an online device's address is seen when it is made, not at the next
+/// reading of the table.
+#[derive(Debug)]
+pub struct NeighbourWatch {
+    socket: Socket,
+    ifindex: u32,
+}
+
+/// The rtnetlink multicast group of neighbour changes.
+const RTMGRP_NEIGH: u32 = 0x4;
+
+impl NeighbourWatch {
+    /// Watches the entries of the interface with index `ifindex`.
+    pub fn open(ifindex: u32) -> io::Result<Self> {
+        Ok(NeighbourWatch {
+            socket: Socket::subscribed(None, RTMGRP_NEIGH)?,
+            ifindex,
+        })
+    }
+
+    /// The entries that changed, from the notifications waiting; with `wait`, blocks for
+    /// the next one (up to the socket's time-out: then none). Entries deleted are not told.
+    /// A flood the socket could not hold is an error (`ENOBUFS`); the next call goes on.
+    pub fn changed(&mut self, wait: bool) -> io::Result<Vec<Entry>> {
+        let flags = if wait {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
+        let datagram = match self.socket.recv(flags) {
+            Ok(datagram) => datagram,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(err) => return Err(err),
+        };
+        let mut found = Vec::new();
+        for reply in replies(datagram).map_err(io::Error::other)? {
+            found.extend(entry(&reply, self.ifindex).map_err(io::Error::other)?);
+        }
+        Ok(found)
     }
 }
 
@@ -235,7 +287,6 @@ fn usable(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{attribute, replies};
 
     /// An `RTM_NEWNEIGH` message as the kernel sends it.
     fn message(ifindex: u32, state: u16, dst: &[u8], lladdr: Option<&[u8]>) -> Vec<u8> {

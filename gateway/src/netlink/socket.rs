@@ -45,13 +45,19 @@ impl std::fmt::Debug for Socket {
 impl Socket {
     /// A socket of `protocol` (`None`: protocol 0, `NETLINK_ROUTE`).
     pub fn open(protocol: Option<Protocol>) -> io::Result<Socket> {
+        Socket::subscribed(protocol, 0)
+    }
+
+    /// A socket of `protocol` that also receives the kernel's notifications to the
+    /// multicast `groups` (a bit mask, `RTMGRP_*`).
+    pub fn subscribed(protocol: Option<Protocol>, groups: u32) -> io::Result<Socket> {
         let fd = rustix::net::socket_with(
             AddressFamily::NETLINK,
             SocketType::RAW,
             SocketFlags::CLOEXEC,
             protocol,
         )?;
-        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, groups))?;
         sockopt::set_socket_timeout(&fd, Timeout::Recv, Some(REPLY_TIMEOUT))?;
         Ok(Socket {
             fd,
