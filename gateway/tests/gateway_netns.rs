@@ -3262,9 +3262,9 @@ fn neighbour_spoofing_cannot_move_an_online_address_but_a_real_move_does() {
         let sent = Instant::now();
         std::thread::scope(|flood| {
             flood.spawn(|| {
-                support::spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 150);
+                spoof::unsolicited_na(&attacker, "eth0", V6.parse().expect("IPv6"), 150);
             });
-            support::spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 150);
+            spoof::gratuitous_arp(&attacker, "eth0", V4.parse().expect("IPv4"), 150);
         });
         let back = wait_until(Duration::from_secs(4), || {
             back_at_victim(V6) && back_at_victim(V4)
