@@ -10,8 +10,9 @@
 //!
 //! Any device on the LAN can rewrite an entry (an unsolicited Neighbour Advertisement with
 //! the override flag, a gratuitous ARP): [`guard`] decides what the table may tell the core
-//! about the addresses of online devices, and [`NeighbourTable::probe`] points an entry back
-//! at its holder and has the kernel ask the holder whether it still answers.
+//! about the addresses of online devices, [`NeighbourTable::probe`] points an entry back at
+//! its holder and has the kernel ask the holder whether it still answers, and
+//! [`NeighbourWatch`] tells of each change as the kernel makes it.
 
 pub mod guard;
 pub mod limits;
