@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
+use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -68,6 +69,18 @@ impl Gate for FuzzGate {
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
         online(ip).then_some(STATUS)
+    }
+
+    /// IPv4 peers are each a device of their own; IPv6 ones have no known MAC (the portal's
+    /// shared bucket).
+    async fn mac(&self, ip: IpAddr) -> Option<Mac> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                Some(Mac([2, 0, a, b, c, d]))
+            }
+            IpAddr::V6(_) => None,
+        }
     }
 
     fn accounts(&self) -> bool {
