@@ -72,6 +72,7 @@ impl Gate for FuzzGate {
         online(ip).then_some(STATUS)
     }
 
+<<<<<<< ours
     /// Two addresses a device (the last byte's high bits), so the per-device limits see
     /// devices with several addresses and addresses of one family alone.
     async fn mac(&self, ip: IpAddr) -> Option<Mac> {
@@ -80,6 +81,18 @@ impl Gate for FuzzGate {
             IpAddr::V6(v6) => v6.octets()[15],
         };
         Some(Mac([2, 0, 0, 0, 0, last >> 1]))
+=======
+    /// IPv4 peers are each a device of their own; IPv6 ones have no known MAC (the portal's
+    /// shared bucket).
+    async fn mac(&self, ip: IpAddr) -> Option<Mac> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                Some(Mac([2, 0, a, b, c, d]))
+            }
+            IpAddr::V6(_) => None,
+        }
+>>>>>>> theirs
     }
 
     fn accounts(&self) -> bool {

@@ -568,7 +568,7 @@ pub const MAX_WAITING: usize = 256;
 /// How long a connection waits for a free one of the [`MAX_CONNECTIONS`] before it is
 /// closed: as long as a request may take, so a crowd's connections are served in turn
 /// (500 phones that each opened a connection, then sent their codes at the same moment,
-/// were all online within 9.5 s, a debug build on a busy machine).
+/// were all online within 8 to 10.3 s, a debug build on a busy machine).
 pub const SLOT_WAIT: Duration = REQUEST_TIMEOUT;
 /// How long the device of a new connection may take to be looked up; past it, the
 /// connection counts as a device whose MAC is unknown.
