@@ -72,16 +72,6 @@ impl Gate for FuzzGate {
         online(ip).then_some(STATUS)
     }
 
-<<<<<<< ours
-    /// Two addresses a device (the last byte's high bits), so the per-device limits see
-    /// devices with several addresses and addresses of one family alone.
-    async fn mac(&self, ip: IpAddr) -> Option<Mac> {
-        let last = match ip {
-            IpAddr::V4(v4) => v4.octets()[3],
-            IpAddr::V6(v6) => v6.octets()[15],
-        };
-        Some(Mac([2, 0, 0, 0, 0, last >> 1]))
-=======
     /// IPv4 peers are each a device of their own; IPv6 ones have no known MAC (the portal's
     /// shared bucket).
     async fn mac(&self, ip: IpAddr) -> Option<Mac> {
@@ -92,7 +82,6 @@ impl Gate for FuzzGate {
             }
             IpAddr::V6(_) => None,
         }
->>>>>>> theirs
     }
 
     fn accounts(&self) -> bool {
