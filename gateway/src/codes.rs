@@ -364,6 +364,8 @@ pub struct BackendCodes {
     /// The provider's own codes as last listed, and where they are kept.
     own: Mutex<OwnCodes>,
     own_file: OwnCodesFile,
+    /// Whose codes they are: the backend's URL and the account's email.
+    account: String,
 }
 
 /// What asking authorize-code again about a served code came to.
@@ -378,8 +380,11 @@ pub enum Recheck {
 }
 
 impl BackendCodes {
+    /// Checks codes with `client`, logged in as `account` (the backend's URL and the
+    /// account's email, naming the list kept in `state_dir`).
     pub fn new(
         client: CrowdClient,
+        account: String,
         expiry_margin: Duration,
         serve_other_accounts: bool,
         state_dir: &Path,
@@ -390,8 +395,9 @@ impl BackendCodes {
             expiry_margin,
             serve_other_accounts,
             link: Arc::default(),
-            own: Mutex::new(own_file.load()),
+            own: Mutex::new(own_file.load(&account)),
             own_file,
+            account,
         }
     }
 
@@ -421,7 +427,7 @@ impl BackendCodes {
         let listed = self.client.list_codes().await;
         let now = Millis::now();
         self.link.heard(&listed, now);
-        let list = OwnCodes::from_list(&listed?, used_here, now);
+        let list = OwnCodes::from_list(&self.account, &listed?, used_here, now);
         let count = list.codes.len();
         if let Err(err) = self.own_file.save(&list) {
             tracing::warn!(error = %err, "cannot save the provider's code list in state.dir: a restart while the backend is unreachable would admit no one");
@@ -770,6 +776,7 @@ mod tests {
         let gateway = |serve: bool| {
             BackendCodes::new(
                 account("provider@example.com", "Provider@123"),
+                "provider".to_owned(),
                 Duration::from_secs(15),
                 serve,
                 dir.path(),
@@ -850,6 +857,7 @@ mod tests {
         };
         BackendCodes::new(
             CrowdClient::new(&http, &config),
+            "provider".to_owned(),
             Duration::from_secs(15),
             false,
             &std::env::temp_dir().join("edgeshare-no-state"),

@@ -2312,6 +2312,10 @@ mod tests {
         /// The neighbour table: (MAC, IP) pairs, the addresses from a wider range than
         /// logins use, so devices learn some, lose some, and collide.
         Learn(Vec<(u8, u8)>),
+        /// The source asked again about a code: what it has left (`None`: expired).
+        Rechecked(usize, Option<u64>),
+        /// A code that cannot be asked again: its devices leave.
+        Release(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2345,6 +2349,9 @@ mod tests {
             1 => (0..3usize).prop_map(Op::Revoke),
             1 => (0..40_000u64).prop_map(Op::Restart),
             2 => proptest::collection::vec((0..5u8, 0..12u8), 0..12).prop_map(Op::Learn),
+            1 => (0..3usize, proptest::option::weighted(0.7, 0..60_000u64))
+                .prop_map(|(n, left)| Op::Rechecked(n, left)),
+            1 => (0..3usize).prop_map(Op::Release),
         ]
     }
 
@@ -2623,6 +2630,18 @@ mod tests {
                         actions
                     }
                     Op::Learn(pairs) => core.learn_addresses(&seen(&pairs), now),
+                    Op::Rechecked(n, Some(left)) => {
+                        let quota = |core: &Core| {
+                            core.sessions().into_iter().find(|s| s.code == code(n)).map(|s| s.quota_bytes)
+                        };
+                        let before = quota(&core);
+                        let actions = core.code_left(&code(n), left, now);
+                        // Never raised.
+                        prop_assert!(quota(&core).unwrap_or(0) <= before.unwrap_or(0));
+                        actions
+                    }
+                    Op::Rechecked(n, None) => core.code_expired(&code(n), now),
+                    Op::Release(n) => core.release_devices(&code(n)),
                 };
                 world.apply(&actions)?;
                 world.check(&core, now)?;
@@ -2668,6 +2687,15 @@ mod tests {
                     }
                     Op::Learn(pairs) => {
                         core.learn_addresses(&seen(&pairs), now);
+                    }
+                    Op::Rechecked(n, Some(left)) => {
+                        core.code_left(&code(n), left, now);
+                    }
+                    Op::Rechecked(n, None) => {
+                        core.code_expired(&code(n), now);
+                    }
+                    Op::Release(n) => {
+                        core.release_devices(&code(n));
                     }
                 }
             }

@@ -42,6 +42,10 @@ pub struct OwnCode {
 /// The list as last read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnCodes {
+    /// Whose list it is (the backend's URL and the account's email): a list kept for
+    /// another account, before `[backend]` changed, admits no one.
+    #[serde(default)]
+    pub account: String,
     /// When it was read; `Millis(0)`: never.
     pub synced_at: Millis,
     pub codes: Vec<OwnCode>,
@@ -51,11 +55,13 @@ impl OwnCodes {
     /// The list read at `now` from `listed`, with this gateway's usage of each code just
     /// before (`used_here`, by code).
     pub fn from_list(
+        account: &str,
         listed: &[ProviderCode],
         used_here: &HashMap<AccessCode, u64>,
         now: Millis,
     ) -> OwnCodes {
         OwnCodes {
+            account: account.to_owned(),
             synced_at: now,
             codes: listed
                 .iter()
@@ -110,14 +116,22 @@ impl OwnCodesFile {
         OwnCodesFile(state_dir.join("own-codes.json"))
     }
 
-    /// The list last saved; empty if there is none or it cannot be read (said in the log:
-    /// offline admission then waits for the next successful read).
-    pub fn load(&self) -> OwnCodes {
+    /// The list last saved for `account`; empty if there is none, it cannot be read or it
+    /// is another account's (said in the log: offline admission then waits for the next
+    /// successful read).
+    pub fn load(&self, account: &str) -> OwnCodes {
         match std::fs::read(&self.0) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                tracing::warn!(file = %self.0.display(), error = %err, "the saved code list is damaged; it is replaced at the next read of the backend's list");
-                OwnCodes::default()
-            }),
+            Ok(bytes) => match serde_json::from_slice::<OwnCodes>(&bytes) {
+                Ok(list) if list.account == account => list,
+                Ok(_) => {
+                    tracing::warn!(file = %self.0.display(), "the saved code list is another backend account's ([backend] changed): not used");
+                    OwnCodes::default()
+                }
+                Err(err) => {
+                    tracing::warn!(file = %self.0.display(), error = %err, "the saved code list is damaged; it is replaced at the next read of the backend's list");
+                    OwnCodes::default()
+                }
+            },
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => OwnCodes::default(),
             Err(err) => {
                 tracing::warn!(file = %self.0.display(), error = %err, "cannot read the saved code list");
@@ -206,7 +220,7 @@ mod tests {
         ]))
         .unwrap();
         let used = HashMap::from([(code(), 7)]);
-        let list = OwnCodes::from_list(&listed, &used, Millis(9));
+        let list = OwnCodes::from_list("me", &listed, &used, Millis(9));
         assert_eq!(list.synced_at, Millis(9));
         let e = list.find(&code()).unwrap();
         assert_eq!(e.total_bytes, 2 * 1_048_576);
@@ -220,20 +234,26 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let file = OwnCodesFile::new(dir.path());
-        assert_eq!(file.load(), OwnCodes::default());
+        assert_eq!(file.load("me"), OwnCodes::default());
         let list = OwnCodes {
+            account: "me".to_owned(),
             synced_at: Millis(5),
             codes: vec![entry(10, 5, 1, Some(99))],
         };
         file.save(&list).unwrap();
-        assert_eq!(file.load(), list);
+        assert_eq!(file.load("me"), list);
+        assert_eq!(
+            file.load("someone else"),
+            OwnCodes::default(),
+            "another account's list admits no one"
+        );
         let mode = std::fs::metadata(dir.path().join("own-codes.json"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("own-codes.json"), "{oops").unwrap();
-        assert_eq!(file.load(), OwnCodes::default());
+        assert_eq!(file.load("me"), OwnCodes::default());
     }
 
     proptest! {

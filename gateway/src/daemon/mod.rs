@@ -229,6 +229,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             }
             Codes::Backend(BackendCodes::new(
                 CrowdClient::new(&http, backend),
+                format!("{} at {}", backend.email, backend.url),
                 config.codes.expiry_margin,
                 config.codes.serve_other_accounts,
                 &state_dir,
