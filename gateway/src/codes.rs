@@ -429,7 +429,13 @@ impl BackendCodes {
         self.link.heard(&listed, now);
         let list = OwnCodes::from_list(&self.account, &listed?, used_here, now);
         let count = list.codes.len();
-        if let Err(err) = self.own_file.save(&list) {
+        // Written only when what it says changed (its read time alone does not count): an
+        // idle gateway costs the SD card no write a minute.
+        let changed = {
+            let kept = self.own();
+            kept.account != list.account || kept.codes != list.codes
+        };
+        if changed && let Err(err) = self.own_file.save(&list) {
             tracing::warn!(error = %err, "cannot save the provider's code list in state.dir: a restart while the backend is unreachable would admit no one");
         }
         *self.own() = list;
@@ -811,6 +817,20 @@ mod tests {
         let used = std::collections::HashMap::from([(own.clone(), 42)]);
         assert!(serving.refresh_own(&used).await.unwrap() >= 1);
         assert_eq!(serving.link().down_since(), None);
+        // Read again unchanged: the file is not rewritten (a rewrite is a new inode).
+        let inode = || {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(dir.path().join("own-codes.json"))
+                .unwrap()
+                .ino()
+        };
+        let written = inode();
+        serving.refresh_own(&used).await.unwrap();
+        assert_eq!(inode(), written, "an unchanged list is not written again");
+        let more = std::collections::HashMap::from([(own.clone(), 43)]);
+        serving.refresh_own(&more).await.unwrap();
+        assert_ne!(inode(), written, "a changed one is");
+        serving.refresh_own(&used).await.unwrap();
 
         standin.refuse_connections().await;
         let after_restart = gateway(true);
