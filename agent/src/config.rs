@@ -348,7 +348,9 @@ pub struct TelemetryConfig {
     /// How often a metrics snapshot is posted.
     #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
     pub snapshot_interval: Duration,
-    /// Flows kept at most while the backend is away; the oldest go first.
+    /// Connections kept at most while the backend is away (the oldest go first), and flows
+    /// followed at most: at least the gateway's `capture.max_flows`, or a flow past it is
+    /// ended and its next reading starts a new record.
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
 }
@@ -361,8 +363,9 @@ fn default_snapshot_interval() -> Duration {
     Duration::from_secs(60)
 }
 
+/// The gateway's default `capture.max_flows`.
 fn default_max_flows() -> usize {
-    10_000
+    16_384
 }
 
 /// The `[usage]` section: reporting the gateway's usage ledger to `[backend]`.

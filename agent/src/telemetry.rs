@@ -42,7 +42,8 @@ pub const BATCH_BYTES: usize = 1_500_000;
 pub const MAX_SNAPSHOTS: usize = 1440;
 /// The book's file in `state.dir`.
 pub const STATE_FILE: &str = "telemetry.json";
-/// The gateway's `capture.flow_idle` when it does not say (a gateway before 0.2).
+/// The gateway's default `capture.flow_idle`, for a gateway whose `flows` reply does not
+/// say (one older than this agent).
 const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(120);
 
 /// How long a flow may go unread before it is taken as lost and ended here: the gateway's

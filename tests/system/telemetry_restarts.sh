@@ -3,7 +3,8 @@
 # flows and windows to the stand-in's telemetry backend, contract 3) in network namespaces, a
 # client downloading through the gateway, a pcap on the client's interface as the truth.
 #
-#   1. Download A; the agent is restarted (SIGTERM, started again) in the middle of it.
+#   1. Download A; the agent is restarted (SIGTERM, started again) in the middle of it, after
+#      a window holding some of it was posted.
 #   2. A pause longer than a window, so that no window holds bytes of both downloads.
 #   3. Download B; the gateway is restarted in the middle of it.
 #   4. Both flows idle past the gateway's capture.flow_idle, the last window closed.
@@ -15,7 +16,7 @@
 # stopped, are not seen by its capture: that loss is printed, not failed on. Nothing may be
 # counted twice, no record may stay active, and the agent restart may lose nothing.
 #
-#   SIZE=N          bytes of each download (default 40 MB), at RATE (default 24mbit)
+#   SIZE=N          bytes of each download (default 60 MB), at RATE (default 24mbit)
 #   TOKEN_TTL=D     the client tokens' lifetime (default 60s)
 #   BIN=DIR         the binaries (default target/debug)
 #
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/netns.bash
 netns_fail() { fail "$@"; }
 
-SIZE=${SIZE:-40000000}
+SIZE=${SIZE:-60000000}
 RATE=${RATE:-24mbit}
 TOKEN_TTL=${TOKEN_TTL:-60s}
 WINDOW=10 # snapshot_interval, seconds
@@ -132,9 +133,21 @@ finish() {
   [ "$got" = "$SIZE" ] || fail "download $1 got $got bytes of $SIZE"
 }
 
+# windows_posted: the bytes in the windows the backend has.
+windows_posted() {
+  in_ns "$NS_U" curl -sS -m 3 "$BACKEND/__standin/snapshots/tenant-edge" | jq '[.[].bandwidthIn] | add // 0'
+}
+
 echo "download A ($SIZE bytes), the agent restarted in the middle"
 download A
-sleep 5
+# After a window with some of it was posted, so that the restart meets both a flow with
+# history and a window in the making.
+for _ in $(seq 1 300); do
+  [ "$(windows_posted)" -gt 0 ] && break
+  sleep 0.1
+done
+[ "$(windows_posted)" -gt 0 ] || fail "no window of download A was posted within 30 s"
+sleep 2
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID" 2>/dev/null || true
 start_agent

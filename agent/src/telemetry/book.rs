@@ -148,7 +148,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_flows: 10_000,
+            max_flows: 16_384,
             max_snapshots: 1440,
             window: Duration::from_secs(60),
         }
@@ -396,8 +396,10 @@ impl FlowBook {
         self.keep(live.conn);
     }
 
-    /// Flows followed stay within `max_flows`: the longest silent ends first (the gateway
-    /// follows at most its own `capture.max_flows` anyway).
+    /// Flows followed stay within `max_flows`: the longest unread ends first. Only a
+    /// `max_flows` below the gateway's `capture.max_flows` gets here; such a flow read again
+    /// starts a new record, counted whole (its baseline is gone), and is counted in
+    /// [`FlowBook::ended_here`].
     fn bound_live(&mut self) {
         while self.live.len() > self.limits.max_flows {
             let Some(oldest) = self
@@ -655,6 +657,24 @@ mod tests {
         assert_eq!(book.snapshots().len(), 2);
         assert_eq!(book.snapshots_dropped(), 2);
         assert_eq!(book.snapshots()[0].timestamp, secs(120), "the newest kept");
+    }
+
+    #[test]
+    fn past_max_flows_the_longest_unread_flow_is_ended() {
+        let mut book = FlowBook::new(Limits {
+            max_flows: 2,
+            ..limits()
+        });
+        book.read(vec![active("a", 1, 10)], None, secs(1));
+        book.read(vec![active("b", 2, 10)], None, secs(2));
+        book.read(vec![active("a", 1, 20), active("c", 3, 10)], None, secs(3));
+        assert_eq!(book.active(), 2);
+        assert_eq!(book.ended_here(), 1);
+        let mut backend = HashMap::new();
+        post_all(&mut book, &mut backend);
+        assert_eq!(backend["b"].status, FlowStatus::Inactive);
+        assert_eq!(backend["c"].status, FlowStatus::Active);
+        assert_eq!(book.dropped(), 1, "a's reading made room (the same bound)");
     }
 
     #[test]
