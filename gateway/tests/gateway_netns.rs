@@ -3090,6 +3090,49 @@ fn a_dual_stack_device_is_online_over_ipv6_too_and_cut_on_both() {
         gateway.clients(),
     );
 
+    // Each of the device's addresses downloads, from its own source address: both meters
+    // count each one (the capture once matched uploads by the MAC alone, so all but one
+    // address of a device went unseen and every new address raised a drift warning).
+    let (_, before_each, _) = meters(&gateway);
+    for source in ["fd00:66::2", "fd00:66::abcd"] {
+        // The source address of the probe's connection, chosen by the route.
+        bed.client.ip(&[
+            "-6",
+            "route",
+            "replace",
+            "fd00:77::2/128",
+            "via",
+            "fd00:66::1",
+            "src",
+            source,
+        ]);
+        let got = bed
+            .client
+            .tcp_transfer(sock(Testbed::up_v6(), 9443), 0, OPEN, OPEN)
+            .expect("an IPv6 download");
+        assert_eq!(got.received, 4 * MB, "from {source}");
+    }
+    let settled = wait_until(Duration::from_secs(5), || {
+        let (_, [k_up, k_down, c_up, c_down], _) = meters(&gateway);
+        k_down >= before_each[1] + 8 * MB && (k_up, k_down) == (c_up, c_down)
+    });
+    let (text, [k_up, k_down, c_up, c_down], _) = meters(&gateway);
+    println!(
+        "4 MB from each of two IPv6 addresses of one device: kernel up {} down {}, capture up \
+         {} down {} (meter error {} bytes)",
+        k_up - before_each[0],
+        k_down - before_each[1],
+        c_up - before_each[2],
+        c_down - before_each[3],
+        (k_up + k_down).abs_diff(c_up + c_down)
+    );
+    assert!(settled, "the meters agree on each address:\n{text}");
+    assert!(
+        !gateway.log_text().contains("disagree"),
+        "a drift warning:\n{}",
+        gateway.log_text()
+    );
+
     // A kick cuts every address of the device; so do a revoke and the code's expiry.
     gateway.cli_ok(&["kick", Testbed::CLIENT_MAC]);
     assert!(!v6_open(BLOCKED), "IPv6 cut by the kick");
