@@ -92,14 +92,16 @@ async fn the_api_auth_paths_work_when_configured() {
 #[tokio::test]
 async fn a_stale_access_token_is_refreshed_and_a_refused_refresh_logs_in_again() {
     let standin = standin_with(StandinConfig {
-        // An access token that is stale on arrival (inside the 5-minute renew margin).
+        // A 2-minute access token: renewed in its last 15 % (18 s), so stale 110 s on.
         access_token_ttl: Duration::from_secs(120),
         ..StandinConfig::default()
     })
     .await;
     let auth = device(&standin, DepinPaths::default());
     let first = auth.login().await.unwrap();
-    let now = OffsetDateTime::now_utc();
+    let issued = OffsetDateTime::now_utc();
+    assert!(!first.access_is_stale(issued), "fresh when issued");
+    let now = issued + time::Duration::seconds(110);
     assert!(first.access_is_stale(now));
 
     let refreshed = auth.fresh(Some(&first), now).await.unwrap();
@@ -110,7 +112,10 @@ async fn a_stale_access_token_is_refreshed_and_a_refused_refresh_logs_in_again()
     tokio::time::sleep(Duration::from_millis(1100)).await;
     standin.expire_tokens();
     let relogged = auth
-        .fresh(Some(&refreshed), OffsetDateTime::now_utc())
+        .fresh(
+            Some(&refreshed),
+            OffsetDateTime::now_utc() + time::Duration::seconds(110),
+        )
         .await
         .unwrap();
     assert_eq!(common::count(&standin, "/refresh"), 2);
