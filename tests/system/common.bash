@@ -48,3 +48,22 @@ start_standin() {
   done
   fail "stand-in did not start within 10 s"
 }
+
+# debian_root_tar INCLUDE TAG LOG: prints the path of a Debian 12 (minbase) root tarball with the
+# packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists kept) and then
+# kept in /var/cache/edgeshare-tests under a name of INCLUDE and TAG.
+debian_root_tar() {
+  local include=$1 tag=$2 log=$3 cache=/var/cache/edgeshare-tests tar sources
+  tar=$cache/bookworm-amd64-$(echo "$include $tag" | md5sum | cut -c1-12).tar
+  if [ ! -s "$tar" ]; then
+    mkdir -p "$cache"
+    sources=/etc/apt/sources.list.d/debian.sources
+    [ -f "$sources" ] || sources=/etc/apt/sources.list
+    mmdebstrap --quiet --format=tar --variant=minbase --include="$include" \
+      --skip=cleanup/apt/lists,cleanup/apt/cache \
+      bookworm "$tar.tmp" - <"$sources" >"$log" 2>&1 ||
+      fail "mmdebstrap failed: $(tail -20 "$log")"
+    mv "$tar.tmp" "$tar"
+  fi
+  echo "$tar"
+}
