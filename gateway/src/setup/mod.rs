@@ -361,7 +361,10 @@ pub fn plan(detected: &Detected, request: &Request) -> Result<Plan, SetupError> 
             0o644
         },
     });
-    let api = format!("http://{ipv4}:{portal_port}/captive-portal/api");
+    // Always a valid URL: an IPv4 address and a port.
+    let option_114 =
+        crate::portal::dnsmasq_captive_option(&format!("http://{ipv4}:{portal_port}/"))
+            .unwrap_or_default();
     files.push(FileWrite {
         path: DNSMASQ_CONF.into(),
         content: format!(
@@ -373,7 +376,7 @@ pub fn plan(detected: &Detected, request: &Request) -> Result<Plan, SetupError> 
              dhcp-option=option:router,{ipv4}\n\
              dhcp-option=option:dns-server,{ipv4}\n\
              # RFC 8910: where devices find the portal's RFC 8908 API.\n\
-             dhcp-option=114,\"{api}\"\n\
+             {option_114}\n\
              # IPv6: router advertisements of the interface's ULA /64 (SLAAC), the gateway as DNS.\n\
              enable-ra\n\
              dhcp-range=::,constructor:{lan},ra-stateless,1h\n\
