@@ -489,3 +489,33 @@ fn a_planned_system_written_twice_then_undone() {
     files::undo(root).unwrap();
     assert_eq!(snapshot(root), before);
 }
+
+#[test]
+fn the_command_line() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        crate::cli::Cli::try_parse_from(["edgeshare-gateway", "setup"].iter().chain(args))
+    };
+    let cli = parse(&[
+        "--ssid",
+        "Café Sol",
+        "--country",
+        "GB",
+        "--lan",
+        "wlan0",
+        "--dry-run",
+    ])
+    .unwrap();
+    let crate::cli::Command::Setup(args) = cli.command else {
+        panic!("not setup: {:?}", cli.command)
+    };
+    assert_eq!(args.ssid.as_deref(), Some("Café Sol"));
+    assert_eq!(args.lan.as_deref(), Some("wlan0"));
+    assert!(args.dry_run && !args.undo);
+    assert!(parse(&["--undo"]).is_ok());
+    // The SSID and the country are required, and --undo takes nothing else.
+    assert!(parse(&["--ssid", "x"]).is_err());
+    assert!(parse(&["--country", "GB"]).is_err());
+    assert!(parse(&["--undo", "--ssid", "x"]).is_err());
+    assert!(parse(&["--undo", "--dry-run"]).is_err());
+}
