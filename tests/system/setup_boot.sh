@@ -145,6 +145,22 @@ started=$(date +%s%3N)
 in_ct sh -c 'apt-get install -y -qq --no-install-recommends /root/debs/edgeshare-gateway_*.deb /root/debs/edgeshare-agent_*.deb' \
   >"$WORK/install.log" 2>&1 || fail "apt-get install failed: $(tail -30 "$WORK/install.log")"
 
+# Errors before anything is written: no Wi-Fi interface here (a veth is none) and none named;
+# a country the regulatory database does not know.
+etc_before=$(in_ct sh -c 'find /etc /var/lib/edgeshare -type f | sort | xargs sha256sum' | sha256sum)
+refused() { # EXPECTED-WORDS ARGS…: setup must fail, saying EXPECTED-WORDS
+  local expected=$1 out
+  shift
+  if out=$(in_ct edgeshare-gateway setup "$@" 2>&1); then fail "setup $* succeeded: $out"; fi
+  grep -qF "$expected" <<<"$out" || fail "setup $*: '$out' does not say '$expected'"
+  echo "setup $* → $out"
+}
+refused "name the access point's interface with --lan" --ssid "Café Sol" --country GB
+refused "GB, not UK" --ssid "Café Sol" --country UK --lan lan0
+refused "no such interface" --ssid "Café Sol" --country GB --lan wlan0
+[ "$(in_ct sh -c 'find /etc /var/lib/edgeshare -type f | sort | xargs sha256sum' | sha256sum)" = "$etc_before" ] ||
+  fail "a refused setup changed a file in /etc or /var/lib/edgeshare"
+
 in_ct "${SETUP[@]}" --dry-run >"$WORK/dry-run.out" || fail "setup --dry-run failed: $(cat "$WORK/dry-run.out")"
 mapfile -t FILES < <(sed -nE 's/^(create|replace|unchanged) +(\/[^ ]+) .*/\2/p' "$WORK/dry-run.out")
 [ "${#FILES[@]}" -ge 4 ] || fail "setup --dry-run listed ${#FILES[@]} files: $(cat "$WORK/dry-run.out")"
@@ -234,9 +250,13 @@ download http://10.99.0.3 $((2 * MB)) || fail "the client cannot download over I
 online=$(date +%s%3N)
 echo "FIGURE from a fresh booted system to a client online: 2 commands (apt-get install of the two packages; setup), $(((online - started) / 1000)).$(((online - started) % 1000 / 100)) s (the client's DHCP and login included)"
 # The gateway learns the client's IPv6 address when it talks to it over IPv6 (the portal).
-in_c curl -sS -m 5 -o /dev/null "http://[$ula]:8080/" || fail "the portal over IPv6"
-learned() { in_ct edgeshare-gateway clients --json | jq -e --arg a "$ipv6" '[.[].devices[].also[]?] | index($a)'; }
-wait_for 10 "the gateway learning the client's IPv6 address" learned
+# (With several SLAAC addresses, the one the client's own source selection uses.)
+source6=$(in_c curl -sS -m 5 -o /dev/null -w '%{local_ip}' "http://[$ula]:8080/") || fail "the portal over IPv6"
+learned() {
+  in_c curl -sS -m 2 -o /dev/null "http://[$ula]:8080/"
+  in_ct edgeshare-gateway clients --json | jq -e --arg a "$source6" '[.[].devices[].also[]?] | index($a)'
+}
+wait_for 20 "the gateway learning the client's IPv6 address $source6" learned
 download "http://[fd00:99::3]" $((2 * MB)) || fail "the client cannot download over IPv6"
 echo "downloaded 2 MiB over IPv4 and 2 MiB over IPv6"
 
