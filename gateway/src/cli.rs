@@ -256,9 +256,8 @@ fn setup(config_args: &ConfigArgs, args: SetupArgs) -> anyhow::Result<()> {
         for path in &undone.removed {
             println!("removed  {}", path.display());
         }
-        println!(
-            "every file is as it was before setup; the units stay as they are (`sudo systemctl disable --now hostapd dnsmasq edgeshare-gateway` to stop them)"
-        );
+        run_actions(&setup::undo_actions(&undone), &files::Written::default())?;
+        println!("every file is as it was before setup, and the units as they were");
         return Ok(());
     }
     let (Some(ssid), Some(country)) = (args.ssid, args.country) else {
@@ -339,39 +338,33 @@ fn setup(config_args: &ConfigArgs, args: SetupArgs) -> anyhow::Result<()> {
         println!("dry run: nothing was changed");
         return Ok(());
     }
-    let written = files::apply(root, &plan.files)?;
-    for action in &plan.actions {
-        let due = match &action.when {
-            setup::When::Always => true,
-            setup::When::Changed(paths) => paths.iter().any(|p| written.changed(p)),
-        };
-        if !due {
-            continue;
-        }
-        println!("run       {}", action.argv.join(" "));
-        let status = std::process::Command::new(&action.argv[0])
-            .args(&action.argv[1..])
-            .status()
-            .with_context(|| format!("running {}", action.argv[0]));
-        match status {
-            Ok(status) if status.success() => {}
-            failed if action.required => {
-                let why = match failed {
-                    Ok(status) => status.to_string(),
-                    Err(err) => format!("{err:#}"),
-                };
-                anyhow::bail!(
-                    "`{}` failed ({why}); the files are written: fix the cause and run setup again, or `edgeshare-gateway setup --undo`",
-                    action.argv.join(" ")
-                );
-            }
-            _ => eprintln!(
-                "warning: `{}` failed: see `journalctl -u {}` (a Wi-Fi radio that cannot be an access point?)",
-                action.argv.join(" "),
-                action.argv.last().map(String::as_str).unwrap_or_default()
-            ),
-        }
-    }
+    // The units' states before setup, for undo (kept from the first run only).
+    let before = files::Before {
+        lan: Some(plan.lan.clone()),
+        units: setup::UNITS
+            .iter()
+            .map(|unit| {
+                let state = std::process::Command::new("systemctl")
+                    .args(["is-enabled", unit])
+                    .output()
+                    .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                ((*unit).to_owned(), state)
+            })
+            .collect(),
+        running: setup::UNITS
+            .iter()
+            .filter(|unit| {
+                std::process::Command::new("systemctl")
+                    .args(["is-active", "--quiet", unit])
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+            .map(|unit| (*unit).to_owned())
+            .collect(),
+    };
+    let written = files::apply(root, &plan.files, &before)?;
+    run_actions(&plan.actions, &written)?;
     println!(
         "setup done: {} file(s) created, {} replaced, {} unchanged; `edgeshare-gateway setup --undo` puts them back",
         written.created.len(),
@@ -403,6 +396,50 @@ fn setup(config_args: &ConfigArgs, args: SetupArgs) -> anyhow::Result<()> {
             print: None,
         },
     )
+}
+
+/// Runs each action that is due after `written`: a required one that fails stops setup, any
+/// other is a warning.
+fn run_actions(
+    actions: &[crate::setup::Action],
+    written: &crate::setup::files::Written,
+) -> anyhow::Result<()> {
+    for action in actions {
+        let due = match &action.when {
+            crate::setup::When::Always => true,
+            crate::setup::When::Changed(paths) => paths.iter().any(|p| written.changed(p)),
+        };
+        if !due {
+            continue;
+        }
+        println!("run       {}", action.argv.join(" "));
+        let status = std::process::Command::new(&action.argv[0])
+            .args(&action.argv[1..])
+            .status()
+            .with_context(|| format!("running {}", action.argv[0]));
+        match status {
+            Ok(status) if status.success() => {}
+            failed if action.required => {
+                let why = match failed {
+                    Ok(status) => status.to_string(),
+                    Err(err) => format!("{err:#}"),
+                };
+                anyhow::bail!(
+                    "`{}` failed ({why}); the files are written: fix the cause and run setup again, or `edgeshare-gateway setup --undo`",
+                    action.argv.join(" ")
+                );
+            }
+            _ => {
+                let hint = if action.argv.iter().any(|word| word == "hostapd") {
+                    ": see `journalctl -u hostapd` (a Wi-Fi radio that cannot be an access point?)"
+                } else {
+                    ""
+                };
+                eprintln!("warning: `{}` failed{hint}", action.argv.join(" "));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<()> {

@@ -167,6 +167,13 @@ mapfile -t FILES < <(sed -nE 's/^(create|replace|unchanged) +(\/[^ ]+) .*/\2/p' 
 grep -q '^    dhcp-option=114,"http://10.66.0.1:8080/captive-portal/api"$' "$WORK/dry-run.out" ||
   fail "the dry run does not show dnsmasq's option 114: $(cat "$WORK/dry-run.out")"
 checksums "${FILES[@]}" >"$WORK/before"
+unit_states() {
+  local unit
+  for unit in hostapd dnsmasq edgeshare-portal-only edgeshare-gateway; do
+    echo "$unit $(in_ct systemctl is-enabled "$unit" || true) $(in_ct systemctl is-active "$unit" || true)"
+  done
+}
+unit_states >"$WORK/units-before"
 [ ! -e "$ROOT/etc/dnsmasq.d/edgeshare.conf" ] || fail "--dry-run wrote a file"
 echo "setup --dry-run: ${#FILES[@]} files shown, none written"
 
@@ -222,7 +229,8 @@ api=$(sed -n 's/^new_captive_portal=//p' "$WORK/lease.env")
 [[ $ipv4 == 10.66.0.* ]] || fail "the client's DHCP address: '$ipv4'"
 [ "$api" = "http://10.66.0.1:8080/captive-portal/api" ] || fail "option 114: '$api'"
 echo "IPv4 by DHCP: $ipv4; option 114: $api"
-global6() { in_c ip -j -6 addr show dev "$VETH_LAN" scope global | jq -r '.[].addr_info[]? | .local // empty | select(startswith("fd"))' | head -n1; }
+# Once its duplicate address detection is done: a tentative address is not used as a source.
+global6() { in_c ip -j -6 addr show dev "$VETH_LAN" scope global -tentative | jq -r '.[].addr_info[]? | .local // empty | select(startswith("fd"))' | head -n1; }
 has_global6() { [ -n "$(global6)" ] && in_c ip -6 route show default | grep -q via; }
 wait_for 30 "an IPv6 address and route from the router advertisements" has_global6
 ipv6=$(global6)
@@ -275,6 +283,10 @@ checksums "${FILES[@]}" | diff "$WORK/before" - || fail "setup --undo did not pu
 written=$(grep -cE '^(create|replace) ' "$WORK/dry-run.out")
 echo "FIGURE files: setup wrote $written ($(grep -c '^create ' "$WORK/dry-run.out") created, $(grep -c '^replace ' "$WORK/dry-run.out") replaced); setup --undo restored $(grep -c '^restored ' "$WORK/undo.out") and removed $(grep -c '^removed ' "$WORK/undo.out"): every checksum and mode as before"
 in_ct test ! -e /var/lib/edgeshare/setup || fail "setup's backups outlived --undo"
+unit_states | diff "$WORK/units-before" - || fail "setup --undo did not put the units back as they were"
+[ -z "$(in_ct ip -j addr show dev lan0 scope global | jq -r '.[].addr_info[]?.local // empty')" ] ||
+  fail "lan0 kept setup's addresses after --undo: $(in_ct ip addr show dev lan0)"
+echo "units after --undo as before setup: $(xargs <"$WORK/units-before"); lan0 has no global address"
 
 echo "FIGURE test duration: $(elapsed)"
 echo "setup_boot: ok"

@@ -21,6 +21,22 @@ pub const STATE: &str = "/var/lib/edgeshare/setup";
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub entries: Vec<Entry>,
+    /// The system as the first run found it, beyond its files.
+    #[serde(default)]
+    pub before: Before,
+}
+
+/// What undo needs besides the files to put the system back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Before {
+    /// The interface setup gave its addresses.
+    pub lan: Option<String>,
+    /// `systemctl is-enabled` of each unit setup enables ("enabled", "disabled", "masked").
+    pub units: std::collections::BTreeMap<String, String>,
+    /// The units of `units` that were running.
+    #[serde(default)]
+    pub running: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,10 +166,13 @@ type Contents = (Vec<u8>, u32);
 
 /// Writes every file of the plan that differs, backing up first what it replaces. If one
 /// cannot be written, those written before it in this run are put back as they were, and
-/// the error returned: all or nothing.
-pub fn apply(root: &Path, files: &[FileWrite]) -> anyhow::Result<Written> {
+/// the error returned: all or nothing. `before` is kept from the first run only.
+pub fn apply(root: &Path, files: &[FileWrite], before: &Before) -> anyhow::Result<Written> {
     let original = Manifest::load(root)?;
     let mut manifest = original.clone();
+    if manifest.entries.is_empty() {
+        manifest.before = before.clone();
+    }
     let mut written = Written::default();
     // What this run wrote, to put back on failure: each path and what it held before.
     let mut undo_log: Vec<(PathBuf, Option<Contents>)> = Vec::new();
@@ -232,6 +251,7 @@ fn backup_name(path: &Path) -> String {
 pub struct Undone {
     pub restored: Vec<PathBuf>,
     pub removed: Vec<PathBuf>,
+    pub before: Before,
 }
 
 /// Puts back every file setup replaced and removes those it created; then forgets the
@@ -243,7 +263,10 @@ pub fn undo(root: &Path) -> anyhow::Result<Undone> {
         "nothing to undo: {} has no record of files written by setup",
         manifest_path(root).display()
     );
-    let mut undone = Undone::default();
+    let mut undone = Undone {
+        before: manifest.before.clone(),
+        ..Undone::default()
+    };
     for entry in manifest.entries.iter().rev() {
         let path = under(root, &entry.path);
         match &entry.was {

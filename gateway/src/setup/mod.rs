@@ -454,6 +454,63 @@ pub fn plan(detected: &Detected, request: &Request) -> Result<Plan, SetupError> 
     })
 }
 
+/// The units setup enables; their state before it is kept for undo.
+pub const UNITS: [&str; 4] = [
+    "hostapd",
+    "dnsmasq",
+    "edgeshare-portal-only",
+    "edgeshare-gateway",
+];
+
+/// What undo runs once the files are back: the LAN interface loses the addresses setup gave
+/// it, the network managers and services re-read their restored files, and the units setup
+/// enabled or unmasked are disabled or masked again. Each a warning if it fails: the files,
+/// what matters at the next boot, are back already.
+pub fn undo_actions(undone: &files::Undone) -> Vec<Action> {
+    let warn = |words: &[&str]| Action {
+        argv: argv(words),
+        when: When::Always,
+        required: false,
+    };
+    let touched = |path: &str| {
+        undone
+            .restored
+            .iter()
+            .chain(&undone.removed)
+            .any(|p| p == Path::new(path))
+    };
+    let mut actions = Vec::new();
+    if let Some(lan) = &undone.before.lan {
+        actions.push(warn(&[
+            "ip", "address", "flush", "dev", lan, "scope", "global",
+        ]));
+    }
+    if touched(NM_CONF) {
+        actions.push(warn(&["systemctl", "reload", "NetworkManager"]));
+    }
+    if touched(DHCPCD_CONF) {
+        actions.push(warn(&["systemctl", "restart", "dhcpcd"]));
+    }
+    for unit in UNITS {
+        match undone.before.units.get(unit).map(String::as_str) {
+            Some("disabled") => actions.push(warn(&["systemctl", "disable", unit])),
+            Some("masked") => {
+                actions.push(warn(&["systemctl", "disable", unit]));
+                actions.push(warn(&["systemctl", "mask", unit]));
+            }
+            // Enabled before setup (or unknown): it stays so.
+            _ => {}
+        }
+        // Running before: again, with its restored configuration; else stopped as it was.
+        if undone.before.running.iter().any(|r| r == unit) {
+            actions.push(warn(&["systemctl", "try-restart", unit]));
+        } else {
+            actions.push(warn(&["systemctl", "stop", unit]));
+        }
+    }
+    actions
+}
+
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| (*w).to_owned()).collect()
 }

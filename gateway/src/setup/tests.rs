@@ -378,7 +378,7 @@ fn apply_backs_up_twice_is_idle_and_undo_restores() {
     assert_eq!(files::change_of(root, &plan[0]).unwrap(), Change::Replace);
     assert_eq!(files::change_of(root, &plan[1]).unwrap(), Change::Create);
 
-    let first = files::apply(root, &plan).unwrap();
+    let first = files::apply(root, &plan, &files::Before::default()).unwrap();
     assert_eq!(first.replaced, [PathBuf::from(HOSTAPD_CONF)]);
     assert_eq!(first.created, [PathBuf::from(DNSMASQ_CONF)]);
     let after = snapshot(root);
@@ -397,7 +397,7 @@ fn apply_backs_up_twice_is_idle_and_undo_restores() {
     assert_eq!(manifest.entries[1].was, Was::Created);
 
     // Twice: nothing written, the first backups kept.
-    let second = files::apply(root, &plan).unwrap();
+    let second = files::apply(root, &plan, &files::Before::default()).unwrap();
     assert!(second.created.is_empty() && second.replaced.is_empty());
     assert_eq!(second.unchanged.len(), 2);
     assert_eq!(snapshot(root), after);
@@ -405,7 +405,7 @@ fn apply_backs_up_twice_is_idle_and_undo_restores() {
 
     // A changed plan replaces our own file, but the backup is still the original's.
     let changed = [file(HOSTAPD_CONF, "interface=wlan1\n", 0o644)];
-    files::apply(root, &changed).unwrap();
+    files::apply(root, &changed, &files::Before::default()).unwrap();
     assert_eq!(Manifest::load(root).unwrap(), manifest);
 
     let undone = files::undo(root).unwrap();
@@ -435,7 +435,7 @@ fn a_file_that_cannot_be_written_leaves_nothing_half_done() {
         file(GATEWAY_TOML, "[lan]\n", 0o644),
         file(DNSMASQ_CONF, "interface=wlan0\n", 0o644),
     ];
-    let err = files::apply(root, &plan).unwrap_err();
+    let err = files::apply(root, &plan, &files::Before::default()).unwrap_err();
     assert!(
         format!("{err:#}").contains("nothing was changed"),
         "{err:#}"
@@ -467,12 +467,12 @@ fn a_planned_system_written_twice_then_undone() {
         detected
     };
     let first = plan(&read(root), &cafe()).unwrap();
-    let written = files::apply(root, &first.files).unwrap();
+    let written = files::apply(root, &first.files, &before_setup()).unwrap();
     assert_eq!(written.created.len(), 4, "{written:?}");
     assert_eq!(written.replaced, [PathBuf::from(GATEWAY_TOML)]);
     // The second run plans from what the first wrote: nothing to change, nothing restarted.
     let second = plan(&read(root), &cafe()).unwrap();
-    let again = files::apply(root, &second.files).unwrap();
+    let again = files::apply(root, &second.files, &files::Before::default()).unwrap();
     assert!(
         again.created.is_empty() && again.replaced.is_empty(),
         "{again:?}"
@@ -486,8 +486,44 @@ fn a_planned_system_written_twice_then_undone() {
         })
         .count();
     assert_eq!(restarts, 0);
-    files::undo(root).unwrap();
+    let undone = files::undo(root).unwrap();
     assert_eq!(snapshot(root), before);
+    // The first run's record of the system, not the second's.
+    assert_eq!(undone.before, before_setup());
+    let argvs: Vec<String> = undo_actions(&undone)
+        .iter()
+        .map(|a| a.argv.join(" "))
+        .collect();
+    assert_eq!(
+        argvs,
+        [
+            "ip address flush dev wlan0 scope global",
+            "systemctl reload NetworkManager",
+            "systemctl disable hostapd",
+            "systemctl mask hostapd",
+            "systemctl stop hostapd",
+            "systemctl try-restart dnsmasq",
+            "systemctl disable edgeshare-portal-only",
+            "systemctl stop edgeshare-portal-only",
+            "systemctl stop edgeshare-gateway",
+        ]
+    );
+}
+
+fn before_setup() -> files::Before {
+    files::Before {
+        lan: Some("wlan0".to_owned()),
+        units: [
+            ("hostapd", "masked"),
+            ("dnsmasq", "enabled"),
+            ("edgeshare-portal-only", "disabled"),
+            ("edgeshare-gateway", "enabled"),
+        ]
+        .into_iter()
+        .map(|(u, s)| (u.to_owned(), s.to_owned()))
+        .collect(),
+        running: vec!["dnsmasq".to_owned()],
+    }
 }
 
 #[test]
