@@ -1,17 +1,15 @@
-//! What [`super::plan`] needs to know of the system: read here, and nothing else does I/O.
+//! What [`super::plan`] needs to know of the system, read here so that the planner does no I/O.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Deserialize;
 
 use super::files::under;
 use super::{Detected, Interface, Stack};
-use crate::net::Network;
 
-/// Reads the system under `root` (`/`); interfaces and routes come from `ip`, which sees the
-/// running system whatever the root.
+/// Reads the system under `root` (`/`); the interfaces' addresses come from `ip`, which sees
+/// the running system whatever the root.
 pub fn detect(root: &Path) -> anyhow::Result<Detected> {
     let interfaces = interfaces(root)?;
     let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
@@ -49,84 +47,51 @@ pub fn detect(root: &Path) -> anyhow::Result<Detected> {
         stack,
         has_ifupdown,
         interfaces,
-        default_route: default_route()?,
+        default_route: default_route(root)?,
         machine_id,
         files,
     })
 }
 
-fn ip_json(args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let out = std::process::Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .context("running `ip` (is iproute2 installed?)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip -j {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(out.stdout)
-}
-
-/// Every interface but loopback, with its addresses; Wi-Fi ones have `/sys/class/net/X/wireless`.
+/// Every interface but loopback (`/sys/class/net`), with its addresses; Wi-Fi ones have a
+/// `wireless` folder there.
 fn interfaces(root: &Path) -> anyhow::Result<Vec<Interface>> {
-    Ok(parse_interfaces(&ip_json(&["address", "show"])?)
+    let sys = under(root, Path::new("/sys/class/net"));
+    let mut names: Vec<String> = std::fs::read_dir(&sys)
+        .with_context(|| format!("listing {}", sys.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name != "lo")
+        .collect();
+    names.sort();
+    names
         .into_iter()
-        .map(|(name, networks)| Interface {
-            wireless: under(root, Path::new("/sys/class/net"))
-                .join(&name)
-                .join("wireless")
-                .exists(),
-            name,
-            networks,
-        })
-        .collect())
-}
-
-fn parse_interfaces(json: &[u8]) -> Vec<(String, Vec<Network>)> {
-    #[derive(Deserialize)]
-    struct Link {
-        ifname: String,
-        #[serde(default)]
-        link_type: String,
-        #[serde(default)]
-        addr_info: Vec<AddrInfo>,
-    }
-    #[derive(Deserialize)]
-    struct AddrInfo {
-        local: Option<String>,
-        prefixlen: Option<u8>,
-    }
-    let links: Vec<Link> = serde_json::from_slice(json).unwrap_or_default();
-    links
-        .into_iter()
-        .filter(|l| l.link_type != "loopback")
-        .map(|l| {
-            let networks = l
-                .addr_info
-                .iter()
-                .filter_map(|a| {
-                    Some(Network {
-                        address: a.local.as_deref()?.parse().ok()?,
-                        prefix: a.prefixlen?,
-                    })
-                })
-                .collect();
-            (l.ifname, networks)
+        .map(|name| {
+            Ok(Interface {
+                wireless: sys.join(&name).join("wireless").exists(),
+                networks: crate::net::interface_networks(&name)?,
+                name,
+            })
         })
         .collect()
 }
 
-fn default_route() -> anyhow::Result<Option<String>> {
-    #[derive(Deserialize)]
-    struct Route {
-        dev: Option<String>,
-    }
-    let routes: Vec<Route> =
-        serde_json::from_slice(&ip_json(&["-4", "route", "show", "default"])?).unwrap_or_default();
-    Ok(routes.into_iter().find_map(|r| r.dev))
+/// The IPv4 default route's interface, from `/proc/net/route`.
+fn default_route(root: &Path) -> anyhow::Result<Option<String>> {
+    let path = under(root, Path::new("/proc/net/route"));
+    let table =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(default_route_in(&table))
+}
+
+/// The interface of the first route to 0.0.0.0/0 (destination and mask 00000000).
+fn default_route_in(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [iface, "00000000", _, _, _, _, _, "00000000", ..] => Some((*iface).to_owned()),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -134,15 +99,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interfaces_come_from_ip_json() {
-        let json = br#"[{"ifname":"lo","link_type":"loopback","addr_info":[{"local":"127.0.0.1","prefixlen":8}]},
-            {"ifname":"eth0","link_type":"ether","addr_info":[{"family":"inet","local":"192.168.1.20","prefixlen":24}]},
-            {"ifname":"wlan0","link_type":"ether","addr_info":[]}]"#;
-        let found = parse_interfaces(json);
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[0].0, "eth0");
-        assert_eq!(found[0].1[0].prefix, 24);
-        assert_eq!(found[1].0, "wlan0");
-        assert!(found[1].1.is_empty());
+    fn the_default_route_comes_from_proc_net_route() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     wlan0\t0042A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_in(table).as_deref(), Some("eth0"));
+        let no_default = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                          eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
+        assert_eq!(default_route_in(no_default), None);
     }
 }
