@@ -66,6 +66,45 @@ pub enum Command {
     /// start, and print them. For a gateway in a network namespace of its own (a container),
     /// whose limits are the host's: run this in the host's namespace.
     NeighbourLimits,
+    /// Turn this system into a hotspot: the Wi-Fi interface's addresses (kept from other
+    /// network managers), hostapd, dnsmasq (DHCP with the portal's address in option 114,
+    /// router advertisements, DNS), gateway.toml; then enable and start the units and print the
+    /// portal's address and a first code. Shows every change first; a second run changes
+    /// nothing; `--undo` puts every file back.
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// The Wi-Fi network's name (1 to 32 bytes).
+    #[arg(long, required_unless_present = "undo")]
+    pub ssid: Option<String>,
+    /// Where the Pi is, as the two-letter ISO 3166 code (GB, DE, US): it sets the channels
+    /// and power the radio may use.
+    #[arg(long, required_unless_present = "undo")]
+    pub country: Option<String>,
+    /// The Wi-Fi interface for the access point [default: the only Wi-Fi interface].
+    #[arg(long, value_name = "IFACE")]
+    pub lan: Option<String>,
+    /// The uplink [default: the interface of the default route].
+    #[arg(long, value_name = "IFACE")]
+    pub wan: Option<String>,
+    /// A WPA2 passphrase (8 to 63 characters) for the Wi-Fi; without it the network is open
+    /// and the portal is the gate. The environment keeps it out of `ps` and the history.
+    #[arg(long, env = "EDGESHARE_SETUP_PASSPHRASE", hide_env_values = true)]
+    pub passphrase: Option<String>,
+    /// Print the files and commands, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Put back every file setup replaced and remove those it created.
+    #[arg(long, conflicts_with_all = ["ssid", "country", "lan", "wan", "passphrase", "dry_run"])]
+    pub undo: bool,
+    /// Data allowance of the first code printed at the end, in MB.
+    #[arg(long, default_value_t = 500.0)]
+    pub code_mb: f64,
+    /// Hours the first code stays valid.
+    #[arg(long, default_value_t = 24.0)]
+    pub code_hours: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,7 +241,205 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Codes(command) => codes(&load()?, command),
         Command::Firewall(command) => firewall(&load()?, command),
         Command::NeighbourLimits => neighbour_limits(load()?.lan.max_clients),
+        Command::Setup(args) => setup(&cli.config, args),
     }
+}
+
+fn setup(config_args: &ConfigArgs, args: SetupArgs) -> anyhow::Result<()> {
+    use crate::setup::{self, files};
+    let root = Path::new("/");
+    if args.undo {
+        let undone = files::undo(root)?;
+        for path in &undone.restored {
+            println!("restored {}", path.display());
+        }
+        for path in &undone.removed {
+            println!("removed  {}", path.display());
+        }
+        run_actions(&setup::undo_actions(&undone), &files::Written::default())?;
+        println!("every file is as it was before setup, and the units as they were");
+        return Ok(());
+    }
+    let (Some(ssid), Some(country)) = (args.ssid, args.country) else {
+        anyhow::bail!("--ssid and --country are required");
+    };
+    let request = setup::Request {
+        ssid,
+        country,
+        lan: args.lan,
+        wan: args.wan,
+        passphrase: args.passphrase,
+    };
+    let detected = setup::detect::detect(root)?;
+    let plan = setup::plan(&detected, &request)?;
+    println!(
+        "network stack: {}; access point on {} ({} and {}/64), uplink {}",
+        plan.stack.name(),
+        plan.lan,
+        plan.ipv4,
+        plan.ula,
+        plan.wan
+    );
+    // The configuration as the daemon will read it, before anything is written.
+    let toml = plan
+        .file(setup::GATEWAY_TOML)
+        .context("the plan has no gateway.toml")?;
+    let env_file = config_args
+        .env_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/edgeshare/gateway.env"));
+    let scratch = std::env::temp_dir().join(format!("edgeshare-setup-{}.toml", std::process::id()));
+    std::fs::write(&scratch, &toml.content)
+        .with_context(|| format!("writing {}", scratch.display()))?;
+    let checked = edgeshare_shared::config::load_for_check::<GatewayConfig>(
+        &scratch,
+        env_file.exists().then_some(env_file.as_path()),
+    );
+    let _ = std::fs::remove_file(&scratch);
+    checked.with_context(|| {
+        format!(
+            "the {} setup would write is not usable; nothing was changed",
+            setup::GATEWAY_TOML
+        )
+    })?;
+    for file in &plan.files {
+        let change = files::change_of(root, file)?;
+        println!(
+            "{:<9} {} (mode {:o})",
+            change.as_str(),
+            file.path.display(),
+            file.mode
+        );
+        if args.dry_run && change != files::Change::Unchanged {
+            for line in file.content.lines() {
+                // The Wi-Fi passphrase is a secret: never on the screen or in a log.
+                match line.strip_prefix("wpa_passphrase=") {
+                    Some(_) => println!("    wpa_passphrase=(hidden)"),
+                    None => println!("    {line}"),
+                }
+            }
+        }
+    }
+    if args.dry_run {
+        for action in &plan.actions {
+            let when = match &action.when {
+                setup::When::Always => String::new(),
+                setup::When::Changed(paths) => format!(
+                    "   (if {} changed)",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            };
+            println!("run       {}{when}", action.argv.join(" "));
+        }
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    // The units' states before setup, for undo (kept from the first run only).
+    let before = files::Before {
+        lan: Some(plan.lan.clone()),
+        units: setup::UNITS
+            .iter()
+            .map(|unit| {
+                let state = std::process::Command::new("systemctl")
+                    .args(["is-enabled", unit])
+                    .output()
+                    .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                ((*unit).to_owned(), state)
+            })
+            .collect(),
+        running: setup::UNITS
+            .iter()
+            .filter(|unit| {
+                std::process::Command::new("systemctl")
+                    .args(["is-active", "--quiet", unit])
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+            .map(|unit| (*unit).to_owned())
+            .collect(),
+    };
+    let written = files::apply(root, &plan.files, &before)?;
+    run_actions(&plan.actions, &written)?;
+    println!(
+        "setup done: {} file(s) created, {} replaced, {} unchanged; `edgeshare-gateway setup --undo` puts them back",
+        written.created.len(),
+        written.replaced.len(),
+        written.unchanged.len()
+    );
+    println!(
+        "portal: {} (and http://[{}]:{}/)",
+        plan.portal_url(),
+        plan.ula,
+        plan.portal_port
+    );
+    let config: GatewayConfig = edgeshare_shared::config::load(
+        Path::new(setup::GATEWAY_TOML),
+        env_file.exists().then_some(env_file.as_path()),
+    )
+    .context("reading the configuration setup wrote")?;
+    println!(
+        "a first code ({} MB, {} h; more with `edgeshare-gateway codes create`):",
+        args.code_mb, args.code_hours
+    );
+    codes(
+        &config,
+        CodesCommand::Create {
+            mb: args.code_mb,
+            hours: args.code_hours,
+            no_expiry: false,
+            count: 1,
+            print: None,
+        },
+    )
+}
+
+/// Runs each action that is due after `written`: a required one that fails stops setup, any
+/// other is a warning.
+fn run_actions(
+    actions: &[crate::setup::Action],
+    written: &crate::setup::files::Written,
+) -> anyhow::Result<()> {
+    for action in actions {
+        let due = match &action.when {
+            crate::setup::When::Always => true,
+            crate::setup::When::Changed(paths) => paths.iter().any(|p| written.changed(p)),
+        };
+        if !due {
+            continue;
+        }
+        println!("run       {}", action.argv.join(" "));
+        let status = std::process::Command::new(&action.argv[0])
+            .args(&action.argv[1..])
+            .status()
+            .with_context(|| format!("running {}", action.argv[0]));
+        match status {
+            Ok(status) if status.success() => {}
+            failed if action.required => {
+                let why = match failed {
+                    Ok(status) => status.to_string(),
+                    Err(err) => format!("{err:#}"),
+                };
+                anyhow::bail!(
+                    "`{}` failed ({why}); the files are written: fix the cause and run setup again, or `edgeshare-gateway setup --undo`",
+                    action.argv.join(" ")
+                );
+            }
+            _ => {
+                let hint = if action.argv.iter().any(|word| word == "hostapd") {
+                    ": see `journalctl -u hostapd` (a Wi-Fi radio that cannot be an access point?)"
+                } else {
+                    ""
+                };
+                eprintln!("warning: `{}` failed{hint}", action.argv.join(" "));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn firewall(config: &GatewayConfig, command: FirewallCommand) -> anyhow::Result<()> {

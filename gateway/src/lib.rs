@@ -13,6 +13,7 @@
 //! - [`net`]: who a client is (MAC and IP); [`neigh`]: the kernel's neighbour-table limits.
 //! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
 //! - [`cutoff`]: resets a client's TCP connections at once when its access ends.
+//! - [`setup`]: `edgeshare-gateway setup`, the one-command hotspot (planned, then written).
 // Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
 #![deny(unsafe_code)]
 
@@ -36,4 +37,5 @@ mod netlink;
 pub mod own_codes;
 pub mod portal;
 pub mod report;
+pub mod setup;
 pub mod vouchers;

@@ -48,3 +48,70 @@ start_standin() {
   done
   fail "stand-in did not start within 10 s"
 }
+
+# debian_root_tar INCLUDE TAG LOG: prints the path of a Debian 12 (minbase) root tarball with the
+# packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists kept) and then
+# kept in /var/cache/edgeshare-tests under a name of INCLUDE and TAG.
+debian_root_tar() {
+  local include=$1 tag=$2 log=$3 cache=/var/cache/edgeshare-tests tar sources
+  tar=$cache/bookworm-amd64-$(echo "$include $tag" | md5sum | cut -c1-12).tar
+  if [ ! -s "$tar" ]; then
+    mkdir -p "$cache"
+    sources=/etc/apt/sources.list.d/debian.sources
+    [ -f "$sources" ] || sources=/etc/apt/sources.list
+    mmdebstrap --quiet --format=tar --variant=minbase --include="$include" \
+      --skip=cleanup/apt/lists,cleanup/apt/cache \
+      bookworm "$tar.tmp" - <"$sources" >"$log" 2>&1 ||
+      fail "mmdebstrap failed: $(tail -20 "$log")"
+    mv "$tar.tmp" "$tar"
+  fi
+  echo "$tar"
+}
+
+# wait_for SECONDS WHAT COMMAND…: retries COMMAND every 0.2 s until it succeeds.
+wait_for() {
+  local seconds=$1 what=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within $seconds s"
+    sleep 0.2
+  done
+}
+
+# boot_container ROOT MACHINE LOG NSPAWN_OPTIONS…: boots ROOT with systemd-nspawn (systemd as
+# PID 1, a private network), sets NSPAWN_PID and CT (the container's PID 1) and returns once
+# systemd's control socket answers. stop_container shuts it down.
+NSPAWN_PID=
+CT=
+boot_container() {
+  local root=$1 machine=$2 log=$3 i pid
+  shift 3
+  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --boot --directory="$root" \
+    --machine="$machine" --register=no --keep-unit --private-network "$@" \
+    --system-call-filter=bpf --console=passive </dev/null >>"$log" 2>&1 &
+  NSPAWN_PID=$!
+  CT=
+  for i in $(seq 1 100); do
+    for pid in $(pgrep -P "$NSPAWN_PID" || true); do
+      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] && CT=$pid
+    done
+    [ -n "$CT" ] && break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || fail "systemd-nspawn exited: $(tail -20 "$log")"
+    sleep 0.1
+  done
+  [ -n "$CT" ] || fail "no systemd in the container after 10 s"
+  wait_for 20 "systemd's control socket in the container" nsenter -t "$CT" -a test -S /run/systemd/private
+}
+
+stop_container() {
+  [ -n "$NSPAWN_PID" ] || return 0
+  if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+    # SIGTERM asks nspawn to shut the container down (systemd powers off); SIGKILL if stuck.
+    kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$NSPAWN_PID" 2>/dev/null || true
+  fi
+  wait "$NSPAWN_PID" 2>/dev/null || true
+  NSPAWN_PID=
+}
