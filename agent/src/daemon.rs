@@ -1,6 +1,6 @@
 //! `edgeshare-agent run`: every task of the daemon beside each other in one [`Supervisor`]
-//! (a JoinSet and a shutdown signal), stopped together within [`STOP_WITHIN`] on SIGTERM or
-//! SIGINT, with the spool flushed to disk last.
+//! (shared with the gateway), stopped together and joined within [`STOP_WITHIN`] on SIGTERM
+//! or SIGINT, with the spool flushed to disk last.
 //!
 //! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
 //! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster;
@@ -16,8 +16,8 @@ use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::backend::depin::DepinAuth;
 use edgeshare_shared::backend::telemetry::TelemetryClient;
+use edgeshare_shared::supervisor::{Supervisor, stopped};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 
 use crate::auth::StreamAuth;
 use crate::config::AgentConfig;
@@ -38,86 +38,6 @@ pub const STOP_WITHIN: Duration = Duration::from_millis(500);
 /// How often the spool's appends and head are made durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// The daemon's tasks and the signal that stops them.
-#[derive(Debug)]
-pub struct Supervisor {
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
-    stop: watch::Sender<bool>,
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Supervisor {
-    pub fn new() -> Self {
-        Supervisor {
-            tasks: JoinSet::new(),
-            stop: watch::channel(false).0,
-        }
-    }
-
-    /// A receiver that turns true when the daemon stops; each task watches one.
-    pub fn stopping(&self) -> watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
-    /// Runs `task` beside the others. It should return soon after [`Supervisor::stopping`]
-    /// turns true; an error it returns is logged.
-    pub fn spawn<F>(&mut self, name: &'static str, task: F)
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        self.tasks.spawn(async move { (name, task.await) });
-    }
-
-    /// Waits for `signal`, then stops every task (aborting any still running after
-    /// [`STOP_WITHIN`]). A task that ends early is logged; the others go on.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) {
-        tokio::pin!(signal);
-        loop {
-            tokio::select! {
-                () = &mut signal => break,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => log_end(done, false),
-            }
-        }
-        tracing::info!("stopping");
-        let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(STOP_WITHIN, async {
-            while let Some(done) = self.tasks.join_next().await {
-                log_end(done, true);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                left = self.tasks.len(),
-                "tasks still running at the stop deadline; aborting them"
-            );
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
-    }
-}
-
-fn log_end(
-    done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
-    stopping: bool,
-) {
-    match done {
-        Ok((name, Ok(()))) if stopping => tracing::debug!(task = name, "stopped"),
-        Ok((name, Ok(()))) => tracing::warn!(task = name, "task ended early"),
-        Ok((name, Err(err))) => tracing::error!(
-            task = name,
-            error = %edgeshare_shared::cli::describe(&err),
-            "task failed"
-        ),
-        Err(err) => tracing::error!(error = %err, "task panicked or was cancelled"),
-    }
-}
-
 /// Runs the agent until `signal` resolves. `ready` is called once everything listens.
 pub async fn run(
     config: AgentConfig,
@@ -129,7 +49,7 @@ pub async fn run(
     let metrics_addr = listener
         .local_addr()
         .context("reading the metrics address")?;
-    let mut supervisor = Supervisor::new();
+    let mut supervisor = Supervisor::new(STOP_WITHIN);
 
     let serve_metrics = metrics.clone();
     let mut stop = supervisor.stopping();
@@ -378,12 +298,6 @@ fn move_legacy_spool(legacy: &std::path::Path, dir: &std::path::Path) -> std::io
         let _ = std::fs::remove_dir(parent);
     }
     Ok(true)
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here, not across the caller's awaits.
-    let _ = stop.wait_for(|stop| *stop).await.map(drop);
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use edgeshare_shared::backend::depin::{Framing, ServerMessage, producer_url, redacted};
 use edgeshare_shared::retry::Backoff;
+use edgeshare_shared::supervisor::stopped;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -92,7 +93,7 @@ impl Link {
                 return;
             }
             let connected = tokio::select! {
-                () = crate::daemon::stopped(&mut shutdown) => return,
+                () = stopped(&mut shutdown) => return,
                 result = self.connect() => result,
             };
             let error = match connected {
@@ -131,7 +132,7 @@ impl Link {
             tracing::warn!(error = %error, retry_in = ?delay, "stream down; reconnecting");
             self.metrics.set_last_error(&error.to_string());
             tokio::select! {
-                () = crate::daemon::stopped(&mut shutdown) => return,
+                () = stopped(&mut shutdown) => return,
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -221,7 +222,7 @@ impl Link {
             let can_send = window.room() > 0 && lock(&self.outbox).has_unsent();
             let check = tokio::time::Instant::from_std(live.next_check());
             tokio::select! {
-                () = crate::daemon::stopped(shutdown) => {
+                () = stopped(shutdown) => {
                     // Best effort: tell the server we are going; unconfirmed messages stay
                     // in the spool for the next start.
                     let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;

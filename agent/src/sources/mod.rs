@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use edgeshare_shared::backend::depin::Reading;
 use edgeshare_shared::control::{self, ControlError, LiveUsage};
+use edgeshare_shared::supervisor::stopped;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
@@ -102,7 +103,7 @@ pub async fn run(config: SourceConfig, sink: Sink, mut shutdown: watch::Receiver
     };
     loop {
         tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             _ = ticker.tick() => {}
         }
         let now = OffsetDateTime::now_utc();
@@ -236,14 +237,14 @@ pub async fn run_gateway(
     let mut health = Health::default();
     loop {
         tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             _ = ticker.tick() => {}
         }
         let path = socket.clone();
         // A gateway that does not answer holds this call for its read timeout; stopping
         // does not wait for it.
         let reply = tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             reply = tokio::task::spawn_blocking(move || {
                 control::call(&path, &json!({"cmd": "usage"})).and_then(|value| {
                     serde_json::from_value::<LiveUsage>(value)
