@@ -8,7 +8,7 @@
 //! [`Supervisor::spawn`].
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,7 +23,7 @@ use crate::auth::StreamAuth;
 use crate::config::AgentConfig;
 use crate::link::{Link, LinkSettings};
 use crate::metrics::{self, Metrics};
-use crate::outbox::{Outbox, lock};
+use crate::outbox::{Outbox, OutboxHandle, OutboxOwner};
 use crate::sources::{self, Sink};
 use crate::spool::SpoolLimits;
 use crate::telemetry::TelemetrySettings;
@@ -104,7 +104,7 @@ pub async fn run(
         });
     }
 
-    let mut outbox_for_flush = None;
+    let mut outbox_owner = None;
     if let Some(stream) = &config.stream {
         metrics
             .stream_configured
@@ -137,8 +137,9 @@ pub async fn run(
             );
         }
         metrics.set_outbox(outbox.stats());
-        let outbox = Arc::new(Mutex::new(outbox));
-        outbox_for_flush = Some(outbox.clone());
+        let owner = OutboxOwner::spawn(outbox).context("starting the outbox's thread")?;
+        let outbox = owner.handle();
+        outbox_owner = Some(owner);
         let wake = Arc::new(Notify::new());
         let tls = edgeshare_shared::tls::client_config(config.http.ca_file.as_deref())
             .context("setting up TLS for the stream (http.ca_file)")?;
@@ -240,14 +241,8 @@ pub async fn run(
         tracing::warn!(error = %err, "cannot tell systemd the agent is stopping");
     }
 
-    if let Some(outbox) = outbox_for_flush {
-        let flushed = tokio::task::spawn_blocking(move || {
-            let mut outbox = lock(&outbox);
-            outbox.flush_all().map(|()| outbox.stats())
-        })
-        .await
-        .context("flushing the spool")?
-        .context("flushing the spool")?;
+    if let Some(owner) = outbox_owner {
+        let flushed = owner.close().await.context("flushing the spool")?;
         tracing::info!(
             waiting = flushed.depth,
             "spool flushed; waiting messages go first at the next start"
@@ -260,7 +255,7 @@ pub async fn run(
 /// Makes spool appends durable every [`SYNC_EVERY`] (batched fsyncs spare the SD card),
 /// and keeps the spool's figures in the metrics fresh.
 async fn sync_spool(
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: OutboxHandle,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -270,13 +265,7 @@ async fn sync_spool(
             () = stopped(&mut stop) => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let outbox = outbox.clone();
-        let synced = tokio::task::spawn_blocking(move || {
-            let mut outbox = lock(&outbox);
-            outbox.sync().map(|()| outbox.stats())
-        })
-        .await?;
-        match synced {
+        match outbox.sync().await {
             Ok(stats) => metrics.set_outbox(stats),
             Err(err) => {
                 tracing::error!(error = %err, "cannot sync the spool");
