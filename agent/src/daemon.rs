@@ -5,7 +5,8 @@
 //! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
 //! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster;
 //! with `[backend]`: the usage reporter. Further tasks are spawned beside them with
-//! [`Supervisor::spawn`].
+//! [`Supervisor::spawn`]. Beside the tasks, the outbox's own thread ([`OutboxOwner`]) does
+//! the spool's disk I/O; it is closed (everything flushed) and joined after the tasks.
 
 use std::future::Future;
 use std::sync::Arc;
