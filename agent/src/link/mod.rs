@@ -2,7 +2,8 @@
 //! access token in the URL, sends what the outbox holds (asking its owner through an
 //! [`OutboxHandle`]), in order, and counts a message delivered only once the server
 //! confirmed it ([`window`]); it notices a dead peer (no close frame, packets silently
-//! dropped) within `stream.dead_after`, and reconnects with jittered exponential backoff. Unconfirmed messages are sent again on the next connection.
+//! dropped) within `stream.dead_after`, and reconnects with jittered exponential backoff.
+//! Unconfirmed messages are sent again on the next connection.
 
 pub mod window;
 
