@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use edgeshare_shared::backend::depin::{DepinAuth, DepinTokens};
 use edgeshare_shared::backend::{BackendError, Rejection};
+use edgeshare_shared::supervisor::stopped;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
@@ -102,7 +103,7 @@ impl StreamAuth {
                 self.until_refresh().await.max(Duration::from_secs(1))
             };
             tokio::select! {
-                () = crate::daemon::stopped(&mut shutdown) => return,
+                () = stopped(&mut shutdown) => return,
                 () = tokio::time::sleep(wait) => {}
             }
             let has_tokens = self.tokens.lock().await.is_some();

@@ -1,14 +1,15 @@
 //! `edgeshare-agent run`: every task of the daemon beside each other in one [`Supervisor`]
-//! (a JoinSet and a shutdown signal), stopped together within [`STOP_WITHIN`] on SIGTERM or
-//! SIGINT, with the spool flushed to disk last.
+//! (shared with the gateway), stopped together and joined within [`STOP_WITHIN`] on SIGTERM
+//! or SIGINT, with the spool flushed to disk last.
 //!
 //! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
 //! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster;
 //! with `[backend]`: the usage reporter. Further tasks are spawned beside them with
-//! [`Supervisor::spawn`].
+//! [`Supervisor::spawn`]. Beside the tasks, the outbox's own thread ([`OutboxOwner`]) does
+//! the spool's disk I/O; it is closed (everything flushed) and joined after the tasks.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,14 +17,14 @@ use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::backend::depin::DepinAuth;
 use edgeshare_shared::backend::telemetry::TelemetryClient;
+use edgeshare_shared::supervisor::{Supervisor, stopped};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 
 use crate::auth::StreamAuth;
 use crate::config::AgentConfig;
 use crate::link::{Link, LinkSettings};
 use crate::metrics::{self, Metrics};
-use crate::outbox::{Outbox, lock};
+use crate::outbox::{Outbox, OutboxHandle, OutboxOwner};
 use crate::sources::{self, Sink};
 use crate::spool::SpoolLimits;
 use crate::telemetry::TelemetrySettings;
@@ -38,86 +39,6 @@ pub const STOP_WITHIN: Duration = Duration::from_millis(500);
 /// How often the spool's appends and head are made durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// The daemon's tasks and the signal that stops them.
-#[derive(Debug)]
-pub struct Supervisor {
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
-    stop: watch::Sender<bool>,
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Supervisor {
-    pub fn new() -> Self {
-        Supervisor {
-            tasks: JoinSet::new(),
-            stop: watch::channel(false).0,
-        }
-    }
-
-    /// A receiver that turns true when the daemon stops; each task watches one.
-    pub fn stopping(&self) -> watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
-    /// Runs `task` beside the others. It should return soon after [`Supervisor::stopping`]
-    /// turns true; an error it returns is logged.
-    pub fn spawn<F>(&mut self, name: &'static str, task: F)
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        self.tasks.spawn(async move { (name, task.await) });
-    }
-
-    /// Waits for `signal`, then stops every task (aborting any still running after
-    /// [`STOP_WITHIN`]). A task that ends early is logged; the others go on.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) {
-        tokio::pin!(signal);
-        loop {
-            tokio::select! {
-                () = &mut signal => break,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => log_end(done, false),
-            }
-        }
-        tracing::info!("stopping");
-        let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(STOP_WITHIN, async {
-            while let Some(done) = self.tasks.join_next().await {
-                log_end(done, true);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                left = self.tasks.len(),
-                "tasks still running at the stop deadline; aborting them"
-            );
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
-    }
-}
-
-fn log_end(
-    done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
-    stopping: bool,
-) {
-    match done {
-        Ok((name, Ok(()))) if stopping => tracing::debug!(task = name, "stopped"),
-        Ok((name, Ok(()))) => tracing::warn!(task = name, "task ended early"),
-        Ok((name, Err(err))) => tracing::error!(
-            task = name,
-            error = %edgeshare_shared::cli::describe(&err),
-            "task failed"
-        ),
-        Err(err) => tracing::error!(error = %err, "task panicked or was cancelled"),
-    }
-}
-
 /// Runs the agent until `signal` resolves. `ready` is called once everything listens.
 pub async fn run(
     config: AgentConfig,
@@ -129,7 +50,7 @@ pub async fn run(
     let metrics_addr = listener
         .local_addr()
         .context("reading the metrics address")?;
-    let mut supervisor = Supervisor::new();
+    let mut supervisor = Supervisor::new(STOP_WITHIN);
 
     let serve_metrics = metrics.clone();
     let mut stop = supervisor.stopping();
@@ -184,7 +105,7 @@ pub async fn run(
         });
     }
 
-    let mut outbox_for_flush = None;
+    let mut outbox_owner = None;
     if let Some(stream) = &config.stream {
         metrics
             .stream_configured
@@ -217,8 +138,9 @@ pub async fn run(
             );
         }
         metrics.set_outbox(outbox.stats());
-        let outbox = Arc::new(Mutex::new(outbox));
-        outbox_for_flush = Some(outbox.clone());
+        let owner = OutboxOwner::spawn(outbox).context("starting the outbox's thread")?;
+        let outbox = owner.handle();
+        outbox_owner = Some(owner);
         let wake = Arc::new(Notify::new());
         let tls = edgeshare_shared::tls::client_config(config.http.ca_file.as_deref())
             .context("setting up TLS for the stream (http.ca_file)")?;
@@ -320,14 +242,8 @@ pub async fn run(
         tracing::warn!(error = %err, "cannot tell systemd the agent is stopping");
     }
 
-    if let Some(outbox) = outbox_for_flush {
-        let flushed = tokio::task::spawn_blocking(move || {
-            let mut outbox = lock(&outbox);
-            outbox.flush_all().map(|()| outbox.stats())
-        })
-        .await
-        .context("flushing the spool")?
-        .context("flushing the spool")?;
+    if let Some(owner) = outbox_owner {
+        let flushed = owner.close().await.context("flushing the spool")?;
         tracing::info!(
             waiting = flushed.depth,
             "spool flushed; waiting messages go first at the next start"
@@ -340,7 +256,7 @@ pub async fn run(
 /// Makes spool appends durable every [`SYNC_EVERY`] (batched fsyncs spare the SD card),
 /// and keeps the spool's figures in the metrics fresh.
 async fn sync_spool(
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: OutboxHandle,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -350,13 +266,7 @@ async fn sync_spool(
             () = stopped(&mut stop) => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let outbox = outbox.clone();
-        let synced = tokio::task::spawn_blocking(move || {
-            let mut outbox = lock(&outbox);
-            outbox.sync().map(|()| outbox.stats())
-        })
-        .await?;
-        match synced {
+        match outbox.sync().await {
             Ok(stats) => metrics.set_outbox(stats),
             Err(err) => {
                 tracing::error!(error = %err, "cannot sync the spool");
@@ -378,12 +288,6 @@ fn move_legacy_spool(legacy: &std::path::Path, dir: &std::path::Path) -> std::io
         let _ = std::fs::remove_dir(parent);
     }
     Ok(true)
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here, not across the caller's awaits.
-    let _ = stop.wait_for(|stop| *stop).await.map(drop);
 }
 
 /// Resolves on SIGTERM or SIGINT.

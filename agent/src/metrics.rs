@@ -102,7 +102,8 @@ impl Default for Metrics {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch, as the `*_since` gauges hold them.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -119,43 +120,6 @@ impl Metrics {
 
     pub fn outbox(&self) -> OutboxStats {
         *self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The usage reporter's figures after a round (`ok`: the round succeeded).
-    pub fn store_usage(&self, totals: crate::usage::Totals, pending: u64, ok: bool) {
-        self.usage_reported_bytes
-            .store(totals.reported_bytes, Ordering::Relaxed);
-        self.usage_pending_bytes.store(pending, Ordering::Relaxed);
-        self.usage_written_off_bytes
-            .store(totals.written_off_bytes, Ordering::Relaxed);
-        self.usage_half_applied
-            .store(totals.half_applied, Ordering::Relaxed);
-        self.usage_uncredited_bytes
-            .store(totals.uncredited_bytes, Ordering::Relaxed);
-        if ok {
-            self.usage_failing_since.store(0, Ordering::Relaxed);
-        } else {
-            let _ = self.usage_failing_since.compare_exchange(
-                0,
-                unix_now(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// The account's credit against its usage log; `None` until there are two readings.
-    pub fn store_shortfall(&self, shortfall: Option<crate::usage::Shortfall>) {
-        let Some(s) = shortfall else {
-            return;
-        };
-        self.usage_credit_shortfall_points
-            .store(s.points, Ordering::Relaxed);
-        self.usage_credit_shortfall_bytes
-            .store(s.bytes, Ordering::Relaxed);
-        self.usage_credit_entries_missed
-            .store(s.entries_missed, Ordering::Relaxed);
-        self.usage_credit_reconciled.store(true, Ordering::Relaxed);
     }
 
     /// Records the latest error (already free of secrets: tokens never enter error texts).

@@ -11,26 +11,21 @@
 //! unconfirmed message go out again (at least once: the peer may see a message twice after a
 //! reconnect, never miss one within the spool's bound).
 //!
-//! No tokio here; the daemon wraps it in a mutex and does the (small, buffered) file I/O
-//! inline, and the fsyncs from a blocking task.
+//! No tokio in [`Outbox`]: plain calls that do file I/O. One thread owns it and serves the
+//! tasks' commands ([`owner`]), so that I/O never runs on the runtime's workers.
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use edgeshare_shared::backend::depin::Reading;
+pub use owner::{OutboxError, OutboxHandle, OutboxOwner};
 
 use crate::spool::{Appended, DiskSpool, Entry, Kind, Recovered, SpoolError, SpoolLimits};
 
+pub mod owner;
+
 /// Messages held in memory at most before they go to disk.
 pub const MEMORY_LIMIT: usize = 1000;
-
-/// Locks a shared outbox. Poisoning is ignored rather than taking every task down: no
-/// outbox method panics midway, so a poisoned lock means a caller panicked while holding
-/// the guard, with the outbox itself whole.
-pub fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
-    outbox.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Counters of what the outbox did, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -132,6 +132,7 @@ fn billing_line(n: &dyn Fn(&str) -> u64) -> String {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use crate::usage::{store_shortfall, store_usage};
     use std::sync::atomic::Ordering;
 
     #[test]
@@ -159,21 +160,27 @@ mod tests {
         m.usage_configured.store(true, Ordering::Relaxed);
         let report = render(&m.render());
         assert!(!report.contains("short"), "{report}");
-        m.store_shortfall(Some(crate::usage::Shortfall {
-            points: 35,
-            bytes: 36_700_000,
-            entries_missed: false,
-        }));
+        store_shortfall(
+            &m,
+            Some(crate::usage::Shortfall {
+                points: 35,
+                bytes: 36_700_000,
+                entries_missed: false,
+            }),
+        );
         let report = render(&m.render());
         assert!(
             report.contains("the account is 35 points and 36700000 bytes of bytesShared short"),
             "{report}"
         );
-        m.store_shortfall(Some(crate::usage::Shortfall {
-            points: 35,
-            bytes: 36_700_000,
-            entries_missed: true,
-        }));
+        store_shortfall(
+            &m,
+            Some(crate::usage::Shortfall {
+                points: 35,
+                bytes: 36_700_000,
+                entries_missed: true,
+            }),
+        );
         let report = render(&m.render());
         assert!(report.contains("at least 35 points"), "{report}");
         assert!(report.contains("may have been missed"), "{report}");
@@ -189,10 +196,10 @@ mod tests {
             half_applied: 1,
             uncredited_bytes: 4_800_000,
         };
-        m.store_usage(totals, 10, true);
+        store_usage(&m, totals, 10, true);
         let report = render(&m.render());
         assert!(report.contains("billing:  reporting; 1 report(s) applied only half by the backend, 4800000 bytes never credited"), "{report}");
-        m.store_usage(totals, 10, false);
+        store_usage(&m, totals, 10, false);
         m.set_last_error("usage reporter: cannot read the provider's code list: 500");
         let report = render(&m.render());
         assert!(report.contains("billing:  NOT REPORTING for"), "{report}");

@@ -25,6 +25,7 @@ use edgeshare_shared::backend::telemetry::TelemetryClient;
 use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::control::{self, ControlError, Flows};
 use edgeshare_shared::retry::Backoff;
+use edgeshare_shared::supervisor::stopped;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -224,7 +225,7 @@ pub async fn run(
         let at = book::next_read(now, settings.interval, settings.snapshot_interval);
         let wait = Duration::try_from(at - now).unwrap_or_default();
         tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             () = tokio::time::sleep(wait) => {}
         }
         // Dated by the read's planned time (a window's last read is at its end), unless the

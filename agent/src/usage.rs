@@ -43,7 +43,7 @@ use self::queue::Queue;
 pub use self::reconcile::Shortfall;
 use self::reconcile::{Account, Entry, Reconciler};
 use crate::config::AgentConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, unix_now};
 
 /// The cursor's file name in the agent's state directory.
 pub const CURSOR_FILE: &str = "usage-cursor.json";
@@ -436,7 +436,7 @@ impl Shell<'_> {
             let before = self.reconciler.shortfall();
             self.reconciler.observe(&page, account);
             let now = self.reconciler.shortfall();
-            self.metrics.store_shortfall(now);
+            store_shortfall(self.metrics, now);
             if let Some(s) = now.filter(|s| Some(*s) != before && (s.points > 0 || s.bytes > 0)) {
                 tracing::error!(
                     shortfall_points = s.points,
@@ -554,7 +554,12 @@ pub async fn run_reporter(
             }
             reconcile_at = tokio::time::Instant::now() + settings.reconcile_interval;
         }
-        metrics.store_usage(shell.reporter.totals(), shell.reporter.pending_total(), ok);
+        store_usage(
+            metrics,
+            shell.reporter.totals(),
+            shell.reporter.pending_total(),
+            ok,
+        );
         let wait = if ok {
             delays = settings.backoff.delays();
             let now = shell.now();
@@ -574,4 +579,55 @@ pub async fn run_reporter(
             () = &mut shutdown => return Ok(()),
         }
     }
+}
+
+// The reporter writes its figures into the metrics here, not through `Metrics` methods, so
+// that `metrics` (a leaf every task uses) does not depend on the reporter's types.
+
+/// The usage reporter's figures after a round (`ok`: the round succeeded).
+pub fn store_usage(metrics: &Metrics, totals: Totals, pending: u64, ok: bool) {
+    metrics
+        .usage_reported_bytes
+        .store(totals.reported_bytes, Ordering::Relaxed);
+    metrics
+        .usage_pending_bytes
+        .store(pending, Ordering::Relaxed);
+    metrics
+        .usage_written_off_bytes
+        .store(totals.written_off_bytes, Ordering::Relaxed);
+    metrics
+        .usage_half_applied
+        .store(totals.half_applied, Ordering::Relaxed);
+    metrics
+        .usage_uncredited_bytes
+        .store(totals.uncredited_bytes, Ordering::Relaxed);
+    if ok {
+        metrics.usage_failing_since.store(0, Ordering::Relaxed);
+    } else {
+        let _ = metrics.usage_failing_since.compare_exchange(
+            0,
+            unix_now(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The account's credit against its usage log; `None` until there are two readings.
+pub fn store_shortfall(metrics: &Metrics, shortfall: Option<Shortfall>) {
+    let Some(s) = shortfall else {
+        return;
+    };
+    metrics
+        .usage_credit_shortfall_points
+        .store(s.points, Ordering::Relaxed);
+    metrics
+        .usage_credit_shortfall_bytes
+        .store(s.bytes, Ordering::Relaxed);
+    metrics
+        .usage_credit_entries_missed
+        .store(s.entries_missed, Ordering::Relaxed);
+    metrics
+        .usage_credit_reconciled
+        .store(true, Ordering::Relaxed);
 }

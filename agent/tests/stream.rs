@@ -58,6 +58,7 @@ async fn streams_in_order(framing: &'static str, expected: &str) {
     let text = agent.metrics_text().await;
     assert!(!text.contains("token="), "{text}");
     let stopped = agent.stop().await;
+    eprintln!("{framing}: the daemon stopped {stopped:?} after the signal");
     assert!(stopped < Duration::from_secs(5), "stopped in {stopped:?}");
 }
 

@@ -1,17 +1,19 @@
 //! The producer WebSocket (contract 2) as a link that heals itself: it connects with a fresh
-//! access token in the URL, sends what the [`Outbox`] holds, in order, and counts a message
-//! delivered only once the server confirmed it ([`window`]); it notices a dead peer (no close
-//! frame, packets silently dropped) within `stream.dead_after`, and reconnects with jittered
-//! exponential backoff. Unconfirmed messages are sent again on the next connection.
+//! access token in the URL, sends what the outbox holds (asking its owner through an
+//! [`OutboxHandle`]), in order, and counts a message delivered only once the server
+//! confirmed it ([`window`]); it notices a dead peer (no close frame, packets silently
+//! dropped) within `stream.dead_after`, and reconnects with jittered exponential backoff.
+//! Unconfirmed messages are sent again on the next connection.
 
 pub mod window;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeshare_shared::backend::depin::{Framing, ServerMessage, producer_url, redacted};
 use edgeshare_shared::retry::Backoff;
+use edgeshare_shared::supervisor::stopped;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -20,8 +22,7 @@ use url::Url;
 
 use crate::auth::StreamAuth;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, lock};
-use crate::spool::SpoolError;
+use crate::outbox::{OutboxError, OutboxHandle};
 use window::{Liveness, Reconnect, Reply, Window};
 
 /// What the link needs to know.
@@ -61,7 +62,7 @@ enum LinkError {
     #[error("the server closed the stream{0}")]
     Closed(String),
     #[error(transparent)]
-    Spool(#[from] SpoolError),
+    Outbox(#[from] OutboxError),
 }
 
 enum End {
@@ -74,7 +75,7 @@ enum End {
 pub struct Link {
     pub settings: LinkSettings,
     pub auth: Arc<StreamAuth>,
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: OutboxHandle,
     /// Notified when a message is queued.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
@@ -92,7 +93,7 @@ impl Link {
                 return;
             }
             let connected = tokio::select! {
-                () = crate::daemon::stopped(&mut shutdown) => return,
+                () = stopped(&mut shutdown) => return,
                 result = self.connect() => result,
             };
             let error = match connected {
@@ -108,7 +109,7 @@ impl Link {
                     let confirmed = self.metrics.messages_confirmed.load(Ordering::Relaxed);
                     let end = self.session(ws, &mut shutdown).await;
                     self.metrics.connected.store(false, Ordering::Relaxed);
-                    if let Err(err) = lock(&self.outbox).set_online(false) {
+                    if let Err(err) = self.outbox.set_online(false).await {
                         tracing::error!(error = %err, "cannot move waiting messages to the spool");
                     }
                     let progressed =
@@ -131,7 +132,7 @@ impl Link {
             tracing::warn!(error = %error, retry_in = ?delay, "stream down; reconnecting");
             self.metrics.set_last_error(&error.to_string());
             tokio::select! {
-                () = crate::daemon::stopped(&mut shutdown) => return,
+                () = stopped(&mut shutdown) => return,
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -178,12 +179,12 @@ impl Link {
     /// One connection, until it is lost or the daemon stops.
     async fn session(&self, ws: Ws, shutdown: &mut watch::Receiver<bool>) -> End {
         let (mut sink, mut stream) = ws.split();
-        {
-            let mut outbox = lock(&self.outbox);
-            outbox.rewind();
-            if let Err(err) = outbox.set_online(true) {
-                return End::Lost(err.into());
-            }
+        let online = match self.outbox.rewind().await {
+            Ok(()) => self.outbox.set_online(true).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = online {
+            return End::Lost(err.into());
         }
         let framing = self.settings.framing;
         let mut window = Window::new(framing, self.settings.max_in_flight);
@@ -192,7 +193,7 @@ impl Link {
             // Send what may be sent, then a ping if one is needed.
             let mut out = Vec::new();
             if window.room() > 0 {
-                let batch = match lock(&self.outbox).next_batch(window.room()) {
+                let batch = match self.outbox.next_batch(window.room()).await {
                     Ok(batch) => batch,
                     Err(err) => return End::Lost(err.into()),
                 };
@@ -218,10 +219,14 @@ impl Link {
                     Ok(Ok(())) => Metrics::add(&self.metrics.messages_sent, count),
                 }
             }
-            let can_send = window.room() > 0 && lock(&self.outbox).has_unsent();
+            let can_send = window.room() > 0
+                && match self.outbox.has_unsent().await {
+                    Ok(unsent) => unsent,
+                    Err(err) => return End::Lost(err.into()),
+                };
             let check = tokio::time::Instant::from_std(live.next_check());
             tokio::select! {
-                () = crate::daemon::stopped(shutdown) => {
+                () = stopped(shutdown) => {
                     // Best effort: tell the server we are going; unconfirmed messages stay
                     // in the spool for the next start.
                     let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
@@ -251,7 +256,7 @@ impl Link {
                         }
                         Some(Ok(_)) => Reply::Nothing,
                     };
-                    if let Err(err) = self.apply(reply) {
+                    if let Err(err) = self.apply(reply).await {
                         return End::Lost(err);
                     }
                 }
@@ -259,7 +264,7 @@ impl Link {
         }
     }
 
-    fn apply(&self, reply: Reply) -> Result<(), LinkError> {
+    async fn apply(&self, reply: Reply) -> Result<(), LinkError> {
         let confirmed = match reply {
             Reply::Nothing => return Ok(()),
             Reply::Confirmed(seq) => seq,
@@ -278,15 +283,8 @@ impl Link {
                 return Ok(());
             }
         };
-        let mut outbox = lock(&self.outbox);
-        let before = outbox.stats().confirmed;
-        outbox.confirm_through(confirmed)?;
-        let stats = outbox.stats();
-        drop(outbox);
-        Metrics::add(
-            &self.metrics.messages_confirmed,
-            stats.confirmed.saturating_sub(before),
-        );
+        let (newly, stats) = self.outbox.confirm_through(confirmed).await?;
+        Metrics::add(&self.metrics.messages_confirmed, newly);
         self.metrics.set_outbox(stats);
         Ok(())
     }

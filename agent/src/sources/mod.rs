@@ -9,45 +9,49 @@ pub mod parse;
 pub mod system;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgeshare_shared::backend::depin::Reading;
 use edgeshare_shared::control::{self, ControlError, LiveUsage};
+use edgeshare_shared::supervisor::stopped;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{FileFormat, SourceConfig, SourceKind};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::OutboxHandle;
 use crate::spool::Kind;
 
 /// Where samples go.
 #[derive(Debug, Clone)]
 pub struct Sink {
     pub device_id: String,
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: OutboxHandle,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Sink {
     /// Queues one sample and wakes the link.
-    pub fn push(&self, kind: Kind, timestamp: OffsetDateTime, data: Map<String, Value>) {
+    pub async fn push(&self, kind: Kind, timestamp: OffsetDateTime, data: Map<String, Value>) {
         let reading = Reading {
             device_id: self.device_id.clone(),
             timestamp,
             data,
         };
-        let mut outbox = crate::outbox::lock(&self.outbox);
-        let pushed = outbox.push(kind, reading);
-        let stats = outbox.stats();
-        drop(outbox);
-        self.metrics.set_outbox(stats);
+        let pushed = self
+            .outbox
+            .push(kind, reading)
+            .await
+            .and_then(|(pushed, stats)| {
+                self.metrics.set_outbox(stats);
+                Ok((pushed?, stats))
+            });
         match pushed {
-            Ok(appended) if appended.refused > 0 => tracing::warn!(
+            Ok((appended, stats)) if appended.refused > 0 => tracing::warn!(
                 refused_total = stats.refused,
                 "spool full of usage messages: sensor sample refused"
             ),
@@ -102,7 +106,7 @@ pub async fn run(config: SourceConfig, sink: Sink, mut shutdown: watch::Receiver
     };
     loop {
         tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             _ = ticker.tick() => {}
         }
         let now = OffsetDateTime::now_utc();
@@ -135,7 +139,7 @@ pub async fn run(config: SourceConfig, sink: Sink, mut shutdown: watch::Receiver
         match sampled {
             Ok(data) => {
                 health.ok(&label);
-                sink.push(Kind::Sensor, now, data);
+                sink.push(Kind::Sensor, now, data).await;
             }
             Err(error) => health.failed(&label, &error, &sink.metrics),
         }
@@ -236,14 +240,14 @@ pub async fn run_gateway(
     let mut health = Health::default();
     loop {
         tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             _ = ticker.tick() => {}
         }
         let path = socket.clone();
         // A gateway that does not answer holds this call for its read timeout; stopping
         // does not wait for it.
         let reply = tokio::select! {
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
             reply = tokio::task::spawn_blocking(move || {
                 control::call(&path, &json!({"cmd": "usage"})).and_then(|value| {
                     serde_json::from_value::<LiveUsage>(value)
@@ -259,7 +263,7 @@ pub async fn run_gateway(
                 let at =
                     OffsetDateTime::from_unix_timestamp_nanos(i128::from(usage.at_ms) * 1_000_000)
                         .unwrap_or_else(|_| OffsetDateTime::now_utc());
-                sink.push(Kind::Usage, at, usage_data(&usage));
+                sink.push(Kind::Usage, at, usage_data(&usage)).await;
             }
             Ok(Err(ControlError::NotRunning { path })) => {
                 sink.metrics.gateway_present.store(false, Ordering::Relaxed);
