@@ -59,18 +59,6 @@ NSPAWN_PID=
 CT= # the container's PID 1
 T0=$(date +%s)
 
-stop_container() {
-  [ -n "$NSPAWN_PID" ] || return 0
-  if kill -0 "$NSPAWN_PID" 2>/dev/null; then
-    # SIGTERM asks nspawn to shut the container down (systemd powers off); SIGKILL if stuck.
-    kill -TERM "$NSPAWN_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$NSPAWN_PID" 2>/dev/null || true
-  fi
-  wait "$NSPAWN_PID" 2>/dev/null || true
-  NSPAWN_PID=
-}
-
 finish() {
   local status=$?
   if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
@@ -91,16 +79,6 @@ now_ms() { date +%s%3N; }
 in_ct() { nsenter -t "$CT" -a "$@"; }
 in_c() { ip netns exec "$NS_C" "$@"; }
 in_u() { ip netns exec "$NS_U" "$@"; }
-# wait_for SECONDS WHAT COMMAND…: retries COMMAND every 0.2 s until it succeeds.
-wait_for() {
-  local seconds=$1 what=$2 deadline
-  shift 2
-  deadline=$(($(date +%s) + seconds))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within $seconds s"
-    sleep 0.2
-  done
-}
 unit_prop() { in_ct systemctl show -p "$2" --value "$1"; }
 
 # ---- the Debian root: built once per package list, then kept in /var/cache ----
