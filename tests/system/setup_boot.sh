@@ -17,6 +17,13 @@
 #   (checksums and modes compared).
 # Figures: the commands and seconds from the booted system to the client online; the files
 # setup wrote and undo restored or removed.
+#
+# Two network stacks, one booted container each: ifupdown (Debian's, the uplink in
+# /etc/network/interfaces) and NetworkManager (Raspberry Pi OS Bookworm's, the uplink a
+# keyfile connection; ifupdown installed too, as setup gives the LAN its address with it).
+# On NetworkManager also: the LAN interface is unmanaged (setup's conf.d file) and keeps its
+# addresses across a restart of NetworkManager. `setup_boot.sh ifupdown|networkmanager` runs
+# one; without an argument both run, the packages built once.
 # Needs root, systemd-nspawn, mmdebstrap, dhclient (isc-dhcp-client), jq, curl; fails under
 # CI=true where one is missing, skips otherwise. Everything made here is removed on exit.
 set -euo pipefail
@@ -30,6 +37,12 @@ done
 for bin in edgeshare-gateway edgeshare-agent edgeshare-standin; do
   [ -x "$BIN_DIR/$bin" ] || fail "$BIN_DIR/$bin is missing: run cargo build --workspace --bins first"
 done
+
+STACK=${1:-both}
+case $STACK in
+  both | ifupdown | networkmanager) ;;
+  *) fail "usage: $0 [ifupdown|networkmanager] (both without an argument)" ;;
+esac
 
 MB=1048576
 ID=$$
@@ -46,7 +59,7 @@ finish() {
   local status=$?
   if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
     echo "--- the container's journal, last lines:" >&2
-    nsenter -t "$CT" -a journalctl --no-pager -n 60 -u edgeshare-gateway -u dnsmasq -u hostapd >&2 2>&1 || true
+    nsenter -t "$CT" -a journalctl --no-pager -n 60 -u edgeshare-gateway -u dnsmasq -u hostapd -u NetworkManager >&2 2>&1 || true
   fi
   cleanup_started
   stop_container
@@ -57,19 +70,72 @@ finish() {
 trap finish EXIT
 
 elapsed() { echo "$(($(date +%s) - T0)) s"; }
-step() { echo "== [$(elapsed)] $*"; }
+step() { echo "== [$STACK $(elapsed)] $*"; }
 in_ct() { nsenter -t "$CT" -a "$@"; }
 in_c() { ip netns exec "$NS_C" "$@"; }
 
+# The packages (packaging/deb/build), unless the run of both stacks built them already.
+DEBS=${SETUP_BOOT_DEBS:-}
+if [ -z "$DEBS" ]; then
+  step "packages (packaging/deb/build)"
+  DEBS=$WORK/debs
+  mkdir -p "$WORK/bin" "$DEBS"
+  for bin in edgeshare-gateway edgeshare-agent; do
+    strip -o "$WORK/bin/$bin" "$BIN_DIR/$bin"
+  done
+  # The man pages of this build's commands (setup's included).
+  cargo run --quiet --locked -p edgeshare-gen -- "$WORK/gen" >/dev/null
+  DEB_COMPRESSION=gzip bash packaging/deb/build amd64 "$WORK/bin" "$DEBS" "$WORK/gen" >/dev/null
+fi
+if [ "$STACK" = both ]; then
+  for stack in ifupdown networkmanager; do
+    SETUP_BOOT_DEBS=$DEBS bash "$0" "$stack" || fail "the $stack run failed"
+  done
+  echo "FIGURE test duration (both stacks): $(elapsed)"
+  echo "setup_boot: ok"
+  exit 0
+fi
+
 # ---- a Debian 12 root as a Pi would have it (the container has no network: the packages
-# setup configures, ifupdown, dnsmasq and hostapd, are in the root already) ----
-step "a Debian 12 root (minbase, systemd, ifupdown, dnsmasq, hostapd) in $ROOT"
-ROOT_TAR=$(debian_root_tar systemd,systemd-sysv,dbus,nftables,iproute2,adduser,procps,curl,netbase,ifupdown,dnsmasq,hostapd \
-  "setup v1" "$WORK/mmdebstrap.log")
+# setup configures, ifupdown, dnsmasq and hostapd, and NetworkManager, are in the root
+# already) ----
+INCLUDE=systemd,systemd-sysv,dbus,nftables,iproute2,adduser,procps,curl,netbase,ifupdown,dnsmasq,hostapd
+if [ "$STACK" = ifupdown ]; then
+  step "a Debian 12 root (minbase, systemd, ifupdown, dnsmasq, hostapd) in $ROOT"
+  ROOT_TAR=$(debian_root_tar "$INCLUDE" "setup v1" "$WORK/mmdebstrap.log")
+else
+  step "a Debian 12 root (minbase, systemd, ifupdown, dnsmasq, hostapd, network-manager) in $ROOT"
+  ROOT_TAR=$(debian_root_tar "$INCLUDE,network-manager" "setup NetworkManager v1" "$WORK/mmdebstrap.log")
+fi
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$ROOT_TAR"
 # The uplink as the provider has it before setup (a Pi's eth0 from its router).
-cat >"$ROOT/etc/network/interfaces" <<'EOF'
+if [ "$STACK" = networkmanager ]; then
+  [ -L "$ROOT/etc/systemd/system/multi-user.target.wants/NetworkManager.service" ] ||
+    fail "NetworkManager is not enabled in the root"
+  # Raspberry Pi OS's interfaces file: loopback only; NetworkManager has the uplink.
+  cat >"$ROOT/etc/network/interfaces" <<'EOF'
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+EOF
+  install -m 600 /dev/stdin "$ROOT/etc/NetworkManager/system-connections/wan0.nmconnection" <<'EOF'
+[connection]
+id=wan0
+type=ethernet
+interface-name=wan0
+
+[ipv4]
+method=manual
+address1=10.99.0.1/24,10.99.0.2
+
+[ipv6]
+method=manual
+address1=fd00:99::1/64,fd00:99::2
+EOF
+else
+  cat >"$ROOT/etc/network/interfaces" <<'EOF'
 source /etc/network/interfaces.d/*
 
 auto lo
@@ -84,16 +150,10 @@ iface wan0 inet6 static
     gateway fd00:99::2
     dad-attempts 0
 EOF
+fi
 echo "es-setup-test" >"$ROOT/etc/hostname"
-
-step "packages (packaging/deb/build)"
-mkdir -p "$WORK/bin" "$ROOT/root/debs"
-for bin in edgeshare-gateway edgeshare-agent; do
-  strip -o "$WORK/bin/$bin" "$BIN_DIR/$bin"
-done
-# The man pages of this build's commands (setup's included).
-cargo run --quiet --locked -p edgeshare-gen -- "$WORK/gen" >/dev/null
-DEB_COMPRESSION=gzip bash packaging/deb/build amd64 "$WORK/bin" "$ROOT/root/debs" "$WORK/gen" >/dev/null
+mkdir -p "$ROOT/root/debs"
+cp "$DEBS"/*.deb "$ROOT/root/debs/"
 
 # ---- boot, and the networks around the container ----
 step "boot: systemd as PID 1 in $MACHINE"
@@ -118,6 +178,14 @@ case $state in
   *) fail "the container did not finish booting: '$state'; $(tail -20 "$WORK/console.log")" ;;
 esac
 [ "$state" = running ] || echo "note: failed units in the container: $(in_ct systemctl --failed --no-legend --plain | awk '{print $1}' | xargs)"
+nm_state() { in_ct nmcli -t -f DEVICE,STATE device status | sed -n "s/^$1://p"; }
+if [ "$STACK" = networkmanager ]; then
+  # The uplink's default route (what setup takes for the uplink) comes with NetworkManager.
+  wait_for 30 "NetworkManager connecting wan0 ($(nm_state wan0))" test "$(nm_state wan0)" = connected
+  # Else that setup makes NetworkManager leave lan0 alone would prove nothing.
+  wait_for 30 "NetworkManager managing lan0 before setup" test "$(nm_state lan0)" != unmanaged
+  echo "before setup, NetworkManager has: wan0 $(nm_state wan0), lan0 $(nm_state lan0)"
+fi
 
 for address in 10.99.0.3:80 "[fd00:99::3]:80"; do
   out=$WORK/internet-$(echo "$address" | tr -cd '0-9a-f')
@@ -198,6 +266,22 @@ for unit in dnsmasq edgeshare-gateway; do
 done
 in_ct edgeshare-gateway check-config >/dev/null || fail "check-config refuses what setup wrote"
 echo "hostapd.conf as expected, the units enabled, dnsmasq and the gateway running"
+if [ "$STACK" = networkmanager ]; then
+  step "NetworkManager leaves lan0 alone, also once restarted"
+  lan_addresses() { in_ct ip -j addr show dev lan0 scope global | jq -r '[.[].addr_info[]? | select(.local) | "\(.local)/\(.prefixlen)"] | sort | join(" ")'; }
+  addresses=$(lan_addresses)
+  [[ $addresses == *10.66.0.1/24* && $addresses =~ fd[0-9a-f:]+/64 ]] ||
+    fail "lan0 does not have setup's addresses: '$addresses'"
+  [ "$(nm_state lan0)" = unmanaged ] || fail "NetworkManager manages lan0: $(in_ct nmcli device status)"
+  in_ct systemctl restart NetworkManager
+  # Until NetworkManager is done starting (its devices taken over or left alone).
+  in_ct nm-online -s -q -t 30 || fail "NetworkManager did not finish starting: $(in_ct nmcli device status)"
+  wait_for 30 "NetworkManager connecting wan0 again ($(nm_state wan0))" test "$(nm_state wan0)" = connected
+  [ "$(nm_state lan0)" = unmanaged ] || fail "NetworkManager manages lan0 once restarted: $(in_ct nmcli device status)"
+  [ "$(lan_addresses)" = "$addresses" ] || fail "lan0's addresses across NetworkManager's restart: '$addresses', then '$(lan_addresses)'"
+  in_ct nmcli device status | sed 's/^/  /'
+  echo "lan0 unmanaged, its addresses ($addresses) kept across NetworkManager's restart"
+fi
 
 step "the client: IPv4 by DHCP (option 114), IPv6 by router advertisements"
 cat >"$WORK/dhclient.conf" <<'EOF'
@@ -256,7 +340,7 @@ download() { # URL BYTES
 }
 download http://10.99.0.3 $((2 * MB)) || fail "the client cannot download over IPv4"
 online=$(date +%s%3N)
-echo "FIGURE from a fresh booted system to a client online: 2 commands (apt-get install of the two packages; setup), $(((online - started) / 1000)).$(((online - started) % 1000 / 100)) s (the client's DHCP and login included)"
+echo "FIGURE ($STACK) from a fresh booted system to a client online: 2 commands (apt-get install of the two packages; setup), $(((online - started) / 1000)).$(((online - started) % 1000 / 100)) s (the client's DHCP and login included)"
 # The gateway learns the client's IPv6 address when it talks to it over IPv6 (the portal).
 # (With several SLAAC addresses, the one the client's own source selection uses.)
 source6=$(in_c curl -sS -m 5 -o /dev/null -w '%{local_ip}' "http://[$ula]:8080/") || fail "the portal over IPv6"
@@ -281,12 +365,16 @@ in_ct edgeshare-gateway setup --undo >"$WORK/undo.out" || fail "setup --undo fai
 sed 's/^/  /' "$WORK/undo.out"
 checksums "${FILES[@]}" | diff "$WORK/before" - || fail "setup --undo did not put the files back"
 written=$(grep -cE '^(create|replace) ' "$WORK/dry-run.out")
-echo "FIGURE files: setup wrote $written ($(grep -c '^create ' "$WORK/dry-run.out") created, $(grep -c '^replace ' "$WORK/dry-run.out") replaced); setup --undo restored $(grep -c '^restored ' "$WORK/undo.out") and removed $(grep -c '^removed ' "$WORK/undo.out"): every checksum and mode as before"
+echo "FIGURE ($STACK) files: setup wrote $written ($(grep -c '^create ' "$WORK/dry-run.out") created, $(grep -c '^replace ' "$WORK/dry-run.out") replaced); setup --undo restored $(grep -c '^restored ' "$WORK/undo.out") and removed $(grep -c '^removed ' "$WORK/undo.out"): every checksum and mode as before"
 in_ct test ! -e /var/lib/edgeshare/setup || fail "setup's backups outlived --undo"
 unit_states | diff "$WORK/units-before" - || fail "setup --undo did not put the units back as they were"
 [ -z "$(in_ct ip -j addr show dev lan0 scope global | jq -r '.[].addr_info[]?.local // empty')" ] ||
   fail "lan0 kept setup's addresses after --undo: $(in_ct ip addr show dev lan0)"
 echo "units after --undo as before setup: $(xargs <"$WORK/units-before"); lan0 has no global address"
+if [ "$STACK" = networkmanager ]; then
+  wait_for 30 "NetworkManager managing lan0 again after --undo ($(nm_state lan0))" test "$(nm_state lan0)" != unmanaged
+  echo "NetworkManager manages lan0 again after --undo: $(nm_state lan0)"
+fi
 
-echo "FIGURE test duration: $(elapsed)"
-echo "setup_boot: ok"
+echo "FIGURE ($STACK) test duration: $(elapsed)"
+echo "setup_boot $STACK: ok"

@@ -486,7 +486,11 @@ pub fn undo_actions(undone: &files::Undone) -> Vec<Action> {
         ]));
     }
     if touched(NM_CONF) {
-        actions.push(warn(&["systemctl", "reload", "NetworkManager"]));
+        // A restart, not a reload: NetworkManager's ifupdown plugin (Debian's default, with
+        // `managed=false`) reads /etc/network/interfaces only when it starts, so once it has
+        // started with setup's stanza a reload leaves the interface unmanaged until the next
+        // boot. A restart keeps the connections NetworkManager has up.
+        actions.push(warn(&["systemctl", "try-restart", "NetworkManager"]));
     }
     if touched(DHCPCD_CONF) {
         actions.push(warn(&["systemctl", "restart", "dhcpcd"]));
