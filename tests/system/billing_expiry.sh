@@ -22,24 +22,7 @@ cd "$(dirname "$0")/../.."
 netns_fail() { fail "$@"; }
 
 CODES=${CODES:-1}
-BIN=${BIN:-$PWD/$BIN_DIR}
-STANDIN=$PWD/$BIN_DIR/edgeshare-standin
-[ "$(id -u)" = 0 ] || unavailable "needs root"
-for tool in curl jq tc nft; do
-  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-done
-for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
-  [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
-done
-
-began=$(date +%s)
-WORK=$(mktemp -d)
-keep_logs() {
-  mkdir -p "$ARTIFACTS/billing_expiry"
-  cp "$WORK"/*.log "$ARTIFACTS/billing_expiry/" 2>/dev/null
-  rm -rf "$WORK"
-}
-netns_exit_traps "" keep_logs
+real_binaries_test billing_expiry
 
 netns_testbed bx 16
 count=$(wc -w <<<"$CODES")

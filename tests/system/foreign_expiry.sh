@@ -26,24 +26,7 @@ cd "$(dirname "$0")/../.."
 netns_fail() { fail "$@"; }
 
 MINUTES=${MINUTES:-1}
-BIN=${BIN:-$PWD/$BIN_DIR}
-STANDIN=$PWD/$BIN_DIR/edgeshare-standin
-[ "$(id -u)" = 0 ] || unavailable "needs root"
-for tool in curl jq tc nft; do
-  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-done
-for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
-  [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
-done
-
-began=$(date +%s)
-WORK=$(mktemp -d)
-keep_logs() {
-  mkdir -p "$ARTIFACTS/foreign_expiry"
-  cp "$WORK"/*.log "$ARTIFACTS/foreign_expiry/" 2>/dev/null
-  rm -rf "$WORK"
-}
-netns_exit_traps "" keep_logs
+real_binaries_test foreign_expiry
 
 netns_testbed fx 16
 netns_add_clients cl 0 1

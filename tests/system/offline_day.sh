@@ -24,26 +24,9 @@ cd "$(dirname "$0")/../.."
 netns_fail() { fail "$@"; }
 
 OUTAGE=${OUTAGE:-90}
-BIN=${BIN:-$PWD/$BIN_DIR}
-STANDIN=$PWD/$BIN_DIR/edgeshare-standin
 BACKEND=http://10.99.0.2:8080
 MiB=1048576
-[ "$(id -u)" = 0 ] || unavailable "needs root"
-for tool in curl jq tc nft; do
-  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-done
-for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
-  [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
-done
-
-began=$(date +%s)
-WORK=$(mktemp -d)
-keep_logs() {
-  mkdir -p "$ARTIFACTS/offline_day"
-  cp "$WORK"/*.log "$WORK"/state/ledger/*.jsonl "$ARTIFACTS/offline_day/" 2>/dev/null
-  rm -rf "$WORK"
-}
-netns_exit_traps "" keep_logs
+real_binaries_test offline_day 'state/ledger/*.jsonl'
 
 netns_testbed od 16
 netns_add_clients cl 0 3
