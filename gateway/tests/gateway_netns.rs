@@ -1300,6 +1300,42 @@ fn past_1024_devices_each_has_a_neighbour_entry_and_logs_in() {
     );
 }
 
+/// Runs `meanwhile` once every address of `guessers` has sent wrong codes as fast as it can
+/// for `head_start`, and stops them after it: how many wrong codes they sent in all, and what
+/// `meanwhile` returned.
+fn while_guessing<R>(
+    bed: &Testbed,
+    guessers: &[String],
+    head_start: Duration,
+    meanwhile: impl FnOnce() -> R,
+) -> (u32, R) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let guessing: Vec<_> = guessers
+            .iter()
+            .map(|addr| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut sent = 0_u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        login_status_from(bed, addr, "ZZZZ9999");
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(head_start);
+        let outcome = meanwhile();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = guessing
+            .into_iter()
+            .map(|h| h.join().expect("a guessing thread"))
+            .sum();
+        (sent, outcome)
+    })
+}
+
 /// The portal's status for `code` posted from the client's device `source` (an interface;
 /// 0: no answer within 30 s).
 fn login_status_from(bed: &Testbed, source: &str, code: &str) -> u16 {
@@ -1384,23 +1420,7 @@ fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
     assert_eq!(crowd_ok, CROWD, "every valid login of the crowd succeeds");
 
     // 12 addresses guess as fast as they can while 12 other devices log in with valid codes.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (guesses, refused_valid) = std::thread::scope(|scope| {
-        let guessing: Vec<_> = guessers
-            .iter()
-            .map(|addr| {
-                let stop = &stop;
-                scope.spawn(move || {
-                    let mut sent = 0_u32;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        login_status_from(bed, addr, "ZZZZ9999");
-                        sent += 1;
-                    }
-                    sent
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(2));
+    let (guesses, refused_valid) = while_guessing(bed, &guessers, Duration::from_secs(2), || {
         let mut refused = 0;
         for (addr, code) in latecomers.iter().zip(&codes[CROWD..]) {
             let status = login_status_from(bed, addr, code);
@@ -1409,12 +1429,7 @@ fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
                 refused += 1;
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let guesses: u32 = guessing
-            .into_iter()
-            .map(|h| h.join().expect("a guessing thread"))
-            .sum();
-        (guesses, refused)
+        refused
     });
     println!(
         "valid logins refused while {GUESSERS} addresses guessed ({guesses} guesses): \
@@ -1727,24 +1742,8 @@ fn a_consumers_typo_is_never_refused_while_others_guess() {
     let guessers = add_devices(bed, 100, GUESSERS);
     let consumers = add_devices(bed, 150, CONSUMERS);
 
-    let stop = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
-    let (sent, refused) = std::thread::scope(|scope| {
-        let guessing: Vec<_> = guessers
-            .iter()
-            .map(|device| {
-                let stop = &stop;
-                scope.spawn(move || {
-                    let mut sent = 0_u32;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        login_status_from(bed, device, "ZZZZ9999");
-                        sent += 1;
-                    }
-                    sent
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(3));
+    let (sent, refused) = while_guessing(bed, &guessers, Duration::from_secs(3), || {
         let mut refused = 0;
         for (device, code) in consumers.iter().zip(&codes) {
             let typo = login_status_from(bed, device, "ZZZZ2345");
@@ -1754,12 +1753,7 @@ fn a_consumers_typo_is_never_refused_while_others_guess() {
                 refused += 1;
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let sent: u32 = guessing
-            .into_iter()
-            .map(|h| h.join().expect("a guessing thread"))
-            .sum();
-        (sent, refused)
+        refused
     });
     let seconds = started.elapsed().as_secs_f64();
     // Each code that reached the check is logged once with its outcome.
