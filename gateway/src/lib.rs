@@ -36,6 +36,7 @@ pub mod net;
 mod netlink;
 pub mod own_codes;
 pub mod portal;
+pub mod reconcile;
 pub mod report;
 pub mod setup;
 pub mod vouchers;

@@ -1,10 +1,13 @@
-//! The enforcer: keeps the kernel in step with what the core allows. Every tick the counter
-//! reading (`State::settle`) also tells which clients the kernel lets through; a client
-//! the core allows but the kernel lacks is added, one the kernel has but the core does not
-//! allow is removed, so an `allow` or `revoke` that failed heals itself at the next tick.
-//! Session quotas follow each session's devices; a vanished table is installed again.
+//! The enforcer: keeps the kernel in step with what the core allows. The kernel as the
+//! daemon knows it ([`Kernel`](crate::reconcile::Kernel): every counter reading and every change applied) and what the
+//! core wants give a plan ([`crate::reconcile`]); applying it changes only what differs, so a
+//! change that failed is planned again at the next tick and a tick where the two agree costs
+//! no kernel call. Session quotas follow each session's devices; a vanished table is
+//! installed again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use edgeshare_shared::code::AccessCode;
 
@@ -12,47 +15,117 @@ use super::quota_id;
 use super::state::State;
 use crate::codes::CodeStore;
 use crate::net::{Client, LARGEST_PACKET, Millis};
+use crate::reconcile::{Applied, Desired, Plan};
+
+/// How long the kernel keeps a client after its code's expiry. While the daemon runs, its
+/// tick (at most [`super::TICK`] after expiry) reads the client's last bytes and cuts it off;
+/// the kernel's own timeout, which would delete the element and its counter unread, is only
+/// the safety net for a daemon that is down.
+const KERNEL_GRACE: Duration = Duration::from_secs(2);
 
 impl State {
-    /// Keeps each session's kernel quota in step with its devices: set to the session's quota
-    /// and what it has used when they change, cleared when the session has none or has ended. A
-    /// quota left behind would block a captive device's DNS and portal too. Setting restarts
-    /// the kernel's count, so callers settle the counters first (they do before any action).
-    pub(super) fn sync_quotas(&mut self) {
-        let wanted = self.core.wanted_quotas();
-        let live: HashSet<&AccessCode> = wanted.iter().map(|q| &q.code).collect();
-        let gone: Vec<AccessCode> = self
-            .quotas
-            .keys()
-            .filter(|code| !live.contains(code))
-            .cloned()
-            .collect();
-        for quota in &wanted {
-            if self.quotas.get(&quota.code) == Some(&quota.clients) {
-                continue;
+    /// What the core wants the kernel to hold.
+    fn desired(&self) -> Desired {
+        Desired {
+            allowed: self.core.allowed().into_iter().collect(),
+            quotas: self.core.wanted_quotas(),
+        }
+    }
+
+    /// Puts the kernel in step with the core. A change to a client the kernel holds waits
+    /// for its counter to be read (the plan says so): the counters are read first, which
+    /// books its last bytes.
+    pub(super) fn enforce(&mut self, now: Millis, store: Option<&CodeStore>) {
+        if self.kernel.plan(&self.desired(), now).needs_reading {
+            self.settle(now, store);
+        }
+        // The reading may have ended sessions (and enforced them already).
+        let plan = self.kernel.plan(&self.desired(), now);
+        if plan.needs_reading {
+            tracing::warn!(
+                "the kernel counters could not be read: clients to cut off stay until the next tick"
+            );
+        }
+        self.carry_out(plan, now);
+    }
+
+    /// Applies a plan change by change, telling the kernel's record each one that went through;
+    /// one that fails is logged and planned again at the next tick. The connections of
+    /// clients taken out are reset after the quotas are set: a used-up quota still in place
+    /// would drop the challenge ACKs that bring the resets.
+    fn carry_out(&mut self, plan: Plan, now: Millis) {
+        if plan.is_empty() {
+            return;
+        }
+        let mut cut = Vec::new();
+        for client in &plan.remove {
+            match self.firewall.revoke(client) {
+                Ok(()) => {
+                    tracing::debug!(%client, "client taken out of the kernel");
+                    self.kernel.applied(Applied::Removed(client));
+                    cut.push(*client);
+                }
+                Err(err) => {
+                    tracing::error!(%client, error = %err, "cannot cut a client off; retrying at the next tick")
+                }
             }
+        }
+        for (client, until) in &plan.add {
+            match self
+                .firewall
+                .allow(client, now.until(*until) + KERNEL_GRACE)
+            {
+                Ok(()) => self.kernel.applied(Applied::Added(client, *until)),
+                Err(err) => {
+                    tracing::error!(%client, error = %err, "cannot let a client through; retrying at the next tick")
+                }
+            }
+        }
+        for quota in &plan.set_quotas {
             let id = quota_id(&quota.code);
             match self
                 .firewall
                 .set_quota(&id, &quota.clients, quota.limit_bytes, quota.used_bytes)
             {
-                Ok(()) => {
-                    self.quotas
-                        .insert(quota.code.clone(), quota.clients.clone());
-                }
+                Ok(()) => self.kernel.applied(Applied::QuotaSet(quota)),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot set a session's kernel quota; retrying at the next tick")
                 }
             }
         }
-        for code in gone {
-            match self.firewall.clear_quota(&quota_id(&code)) {
-                Ok(()) => {
-                    self.quotas.remove(&code);
-                }
+        for code in &plan.clear_quotas {
+            match self.firewall.clear_quota(&quota_id(code)) {
+                Ok(()) => self.kernel.applied(Applied::QuotaCleared(code)),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot clear a session's kernel quota; retrying at the next tick")
                 }
+            }
+        }
+        self.end_connections(&cut);
+        self.meters_follow_clients();
+    }
+
+    /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). A
+    /// client allowed again meanwhile is left alone.
+    fn end_connections(&self, clients: &[Client]) {
+        let Some(cutoff) = self.cutoff.as_ref().filter(|_| !clients.is_empty()) else {
+            return;
+        };
+        let allowed: HashSet<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
+        let ips: Vec<IpAddr> = clients
+            .iter()
+            .filter(|c| !allowed.contains(c))
+            .map(|c| c.ip)
+            .collect();
+        if ips.is_empty() {
+            return;
+        }
+        match cutoff.end_connections(&ips) {
+            Ok(connections) => {
+                tracing::info!(?ips, connections, "connections of clients cut off reset")
+            }
+            Err(err) => {
+                tracing::warn!(?ips, error = %err, "cannot reset the connections of clients cut off; each ends at its next segment")
             }
         }
     }
@@ -65,7 +138,7 @@ impl State {
             .core
             .near_quota(LARGEST_PACKET)
             .into_iter()
-            .filter(|code| self.quotas.contains_key(code))
+            .filter(|code| self.kernel.has_quota(code))
             .collect();
         if near.is_empty() {
             return;
@@ -97,48 +170,6 @@ impl State {
         }
     }
 
-    /// Puts the kernel in step with the core, as the last counter reading saw it (the
-    /// baselines hold a client for each element the kernel had then, plus those allowed
-    /// since): clients the core does not allow are cut off, clients it allows but the kernel
-    /// lacks are added. Clients already there are left alone: re-adding would restart their
-    /// counters and lose what they hold. Runs every tick, so a failed change heals itself;
-    /// it costs no kernel call while the two agree.
-    pub(super) fn enforce(&mut self, now: Millis) {
-        let allowed: HashMap<Client, Millis> = self.core.allowed().into_iter().collect();
-        let strangers: Vec<Client> = self
-            .baselines
-            .clients()
-            .filter(|client| !allowed.contains_key(*client))
-            .copied()
-            .collect();
-        let mut changed = false;
-        let mut cut = Vec::new();
-        for client in strangers {
-            tracing::info!(%client, "removing a client the sessions do not allow");
-            match self.firewall.revoke(&client) {
-                Ok(()) => {
-                    self.baselines.removed(&client);
-                    cut.push(client);
-                }
-                Err(err) => {
-                    tracing::error!(%client, error = %err, "cannot remove a client; retrying at the next tick")
-                }
-            }
-            changed = true;
-        }
-        for (client, until) in allowed {
-            if !self.baselines.contains(&client) {
-                tracing::info!(%client, "adding a client the kernel lacks");
-                self.allow(client, until, now);
-                changed = true;
-            }
-        }
-        self.end_connections(&cut);
-        if changed {
-            self.meters_follow_clients();
-        }
-    }
-
     /// Removes the kernel quotas of sessions without devices: those that ended while the
     /// daemon was down or before its state was saved. A quota left behind, used up, would
     /// keep a device from DNS and the portal.
@@ -150,7 +181,7 @@ impl State {
                 return;
             }
         };
-        let live: HashSet<String> = self.quotas.keys().map(quota_id).collect();
+        let live: HashSet<String> = self.kernel.quota_codes().map(quota_id).collect();
         for id in listed.keys().filter(|id| !live.contains(*id)) {
             if let Err(err) = self.firewall.clear_quota(id) {
                 tracing::error!(error = %err, "cannot clear a stale session quota");
@@ -160,7 +191,7 @@ impl State {
 
     /// Restores our table if someone removed it (a firewall reload, `nft flush ruleset`),
     /// with every online client back in it. Their counters restart at zero, which
-    /// [`State::settle`] treats as a reset; what they used since the last read is lost.
+    /// [`crate::reconcile::Kernel::read`] treats as a reset; what they used since the last read is lost.
     pub(super) fn repair(&mut self, now: Millis, store: Option<&CodeStore>) {
         match self.firewall.is_installed() {
             Ok(true) => {}
@@ -168,12 +199,10 @@ impl State {
                 tracing::warn!("our nftables table is gone (a firewall reload?); restoring it");
                 match self.firewall.install() {
                     Ok(()) => {
-                        // A fresh reading: the clients went with the table.
+                        // The clients and the quota objects went with the table.
+                        self.kernel.emptied();
                         self.settle(now, store);
-                        self.enforce(now);
-                        // The quota objects went with the table.
-                        self.quotas.clear();
-                        self.sync_quotas();
+                        self.enforce(now, store);
                     }
                     Err(err) => tracing::error!(error = %err, "cannot restore the nftables table"),
                 }

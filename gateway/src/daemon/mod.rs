@@ -34,7 +34,6 @@ use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter};
 
-use crate::audit::Audit;
 use crate::code_book::CodeBook;
 use crate::codes::{BackendCodes, CodeStore};
 use crate::config::{CodeSource, GatewayConfig};
@@ -256,7 +255,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let rebuild = saved.is_none();
     let (mut state, actions) =
         State::restored(policy(&config), saved, firewall, sessions_file, now);
-    state.flows.handover = handover::take(&state_dir.join(handover::FILE));
+    state
+        .meters
+        .keep_handover(handover::take(&state_dir.join(handover::FILE)));
     // Without the list the gateway's own connections get probed too: a few stray segments.
     let own = local_addresses().unwrap_or_default();
     state.cutoff = match Cutoff::open(own) {
@@ -304,9 +305,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         watch_neighbours(*lan, owner.clone());
     }
     let reports = owner.clone();
-    state.capture = start_capture(&config, move |report| reports.capture(report));
-    if state.capture.is_some() {
-        state.audit = Some(Audit::watching_lan_queue(&config.lan.interface));
+    if let Some(capture) = start_capture(&config, move |report| reports.capture(report)) {
+        state.meters.capture_started(capture, &config.lan.interface);
         state.meters_follow_clients();
     }
     let context = Context {

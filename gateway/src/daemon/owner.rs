@@ -31,7 +31,6 @@ use crate::firewall::{Firewall, FirewallError};
 use crate::neighbours::Entry;
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
-use crate::report::{self, Handover};
 use edgeshare_shared::code::redact;
 
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
@@ -413,7 +412,7 @@ fn handle(state: &mut State, context: &Context, command: Command) {
             rechecked(state, context, &code, outcome);
             let _ = reply.send(());
         }
-        Command::Capture(report) => state.capture_report(&report),
+        Command::Capture(report) => state.meters.capture_report(&report),
         Command::Neighbours(entries) => state.neighbours_changed(&entries, Millis::now()),
         Command::Firewall { firewall, reply } => {
             state.firewall = firewall;
@@ -465,13 +464,7 @@ fn rechecked(state: &mut State, context: &Context, code: &AccessCode, outcome: R
 fn stop(state: &mut State, context: &Context, remove_table: bool) {
     // Joins the capture thread (within its read timeout); its last tallies and the flows the
     // agent has not fetched are kept for the agent, as this run's.
-    if let Some(capture) = state.capture.take() {
-        state.flows.add(&capture.finish().flows);
-    }
-    let kept = Handover {
-        instance: context.started.0,
-        connections: state.flows.drain().iter().map(report::connection).collect(),
-    };
+    let kept = state.meters.finish(context.started.0);
     handover::save(&state.file.with_file_name(handover::FILE), &kept);
     let now = Millis::now();
     state.settle(now, None);
@@ -515,13 +508,7 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
         },
         Request::Flows => {
             // What the previous run kept comes first, under its own instance.
-            let (instance, connections) = match state.flows.handover.take() {
-                Some(kept) => (kept.instance, kept.connections),
-                None => (
-                    context.started.0,
-                    state.flows.drain().iter().map(report::connection).collect(),
-                ),
-            };
+            let (instance, connections) = state.meters.flows_for_agent(context.started.0);
             let flows = Flows {
                 connections,
                 instance: Some(instance),

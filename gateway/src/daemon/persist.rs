@@ -166,7 +166,7 @@ impl State {
     pub(super) fn raise_to_kernel_quotas(&mut self, now: Millis) -> Vec<Action> {
         match self.firewall.clients() {
             Ok(counters) => {
-                self.baselines.adopt(&counters::reading(&counters));
+                self.kernel.adopt(&counters::reading(&counters), now);
             }
             Err(err) => tracing::error!(error = %err, "cannot read the kernel counters"),
         }
@@ -291,7 +291,7 @@ impl State {
     pub(super) fn persisted(&self, now: Millis) -> Persisted {
         Persisted {
             core: self.core.snapshot(),
-            baselines: self.baselines.to_saved(),
+            baselines: self.kernel.counters().to_saved(),
             saved_at: now,
         }
     }

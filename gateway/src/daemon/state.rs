@@ -1,39 +1,30 @@
 //! The gateway's state and the accounting glue around the pure core: kernel counters in,
-//! the core's actions out to the firewall, the ledger and the local code store. Only the
-//! owner (`owner.rs`) holds a [`State`]; the enforcer (`enforce.rs`) and persistence
+//! the core's decisions out to the ledger and the local code store, and to the enforcer
+//! (`enforce.rs`), which plans the kernel's changes with [`crate::reconcile`] and applies
+//! them. Only the owner (`owner.rs`) holds a [`State`]; the enforcer and persistence
 //! (`persist.rs`) add their methods to it.
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::control::{ClientUsage, LiveUsage};
 use edgeshare_shared::ledger::{LedgerWriter, UsageUpdate};
 
+use super::meter::Meters;
 use super::persist::Persisted;
-use super::{TICK, session_id};
-use crate::audit::{Audit, DriftFound};
-use crate::capture::{Capture, Report};
+use super::session_id;
 use crate::codes::CodeStore;
 use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
 use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
-use crate::dashboard::view::{DeviceLive, Health, Live, Meters, SessionLive};
+use crate::dashboard::view::{DeviceLive, Health, Live, SessionLive};
 use crate::firewall::Firewall;
 use crate::neighbours::guard::{self, Guard, Online};
 use crate::neighbours::{Entry, NeighbourTable};
 use crate::net::{Client, Millis};
-use crate::report::{self, FlowBook, GatewayFigures};
-
-/// How long the kernel keeps a client after its code's expiry. While the daemon runs, its
-/// tick (at most [`TICK`] after expiry) reads the client's last bytes and cuts it off; the
-/// kernel's own timeout, which would delete the element and its counter unread, is only the
-/// safety net for a daemon that is down.
-const KERNEL_GRACE: Duration = Duration::from_secs(2);
-/// Most flow tallies kept for the agent between two of its `flows` requests.
-const FLOW_BOOK_LIMIT: usize = 50_000;
+use crate::reconcile::Kernel;
+use crate::report::GatewayFigures;
 
 /// Why [`State::login`] did not let a device in.
 #[derive(Debug)]
@@ -58,28 +49,18 @@ pub(super) struct State {
     /// Resets the TCP connections of clients cut off (`None` without CAP_NET_RAW, and in
     /// unit tests: they then end at their next segment).
     pub(super) cutoff: Option<Cutoff>,
-    /// Kernel byte counters of each allowed client when last read.
-    pub(super) baselines: Baselines,
+    /// What the kernel holds (clients, their counters when last read, session quotas), as
+    /// the enforcer plans its changes from.
+    pub(super) kernel: Kernel,
     /// Something worth saving changed since the last save.
     pub(super) dirty: bool,
     /// A session started or ended since the last save: save now, not at the next interval.
     pub(super) urgent: bool,
-    /// The devices each session's kernel quota was last set for.
-    pub(super) quotas: HashMap<AccessCode, Vec<Client>>,
     /// Where the state is saved (`sessions.json`).
     pub(super) file: PathBuf,
     pub(super) last_saved: Millis,
-    /// The capture meter (`None` when off or it could not start) and its comparison with
-    /// the kernel's counters.
-    pub(super) capture: Option<Capture>,
-    pub(super) audit: Option<Audit>,
-    /// Flow tallies waiting for the agent.
-    pub(super) flows: FlowBook,
-    /// Each online client's bytes at the last counter reading, and how long that reading
-    /// covered: the live rates of `usage`.
-    pub(super) rates: HashMap<Client, Usage>,
-    pub(super) rate_window: Duration,
-    pub(super) last_settle: Option<Millis>,
+    /// The capture meter and its audit, the flows for the agent, the live rates.
+    pub(super) meters: Meters,
     /// The usage ledger the agent reports from (`None` in tests that do not look at it).
     pub(super) ledger: Option<LedgerWriter>,
     /// Final records of ended sessions not yet in the ledger.
@@ -102,29 +83,24 @@ impl State {
         file: PathBuf,
         now: Millis,
     ) -> (State, Vec<Action>) {
-        let (core, actions, baselines) = match saved {
+        let (core, actions, kernel) = match saved {
             Some(saved) => {
                 let (core, actions) = Core::restore(policy, saved.core, saved.saved_at.min(now));
-                (core, actions, Baselines::from_saved(saved.baselines))
+                let kernel = Kernel::restored(Baselines::from_saved(saved.baselines));
+                (core, actions, kernel)
             }
-            None => (Core::new(policy), Vec::new(), Baselines::default()),
+            None => (Core::new(policy), Vec::new(), Kernel::default()),
         };
         let state = State {
             core,
             firewall,
             cutoff: None,
-            baselines,
+            kernel,
             dirty: true,
             urgent: false,
-            quotas: HashMap::new(),
             file,
             last_saved: now,
-            capture: None,
-            audit: None,
-            flows: FlowBook::new(FLOW_BOOK_LIMIT),
-            rates: HashMap::new(),
-            rate_window: TICK,
-            last_settle: None,
+            meters: Meters::new(),
             ledger: None,
             ledger_pending: Vec::new(),
             neighbours: None,
@@ -133,33 +109,20 @@ impl State {
         (state, actions)
     }
 
-    /// Carries out the core's actions on the firewall (and the local code store).
+    /// Carries out the core's decisions: the kernel is put in step with the sessions (see
+    /// [`State::enforce`]), ended sessions go to the ledger and the local code store.
     pub(super) fn apply(&mut self, actions: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
-        // Most ticks decide nothing; the quota sync below walks every session.
+        // Most ticks decide nothing; the enforcer's plan walks every session.
         if actions.is_empty() {
             return;
         }
         let mut ended = Vec::new();
-        let mut cut = Vec::new();
         for action in actions {
             match action {
-                Action::Allow { client, until } => {
-                    self.allow(client, until, now);
-                    self.urgent = true;
-                }
+                Action::Allow { .. } => self.urgent = true,
                 Action::Revoke { client, reason } => {
                     tracing::info!(%client, ?reason, "client cut off");
-                    match self.firewall.revoke(&client) {
-                        Ok(()) => {
-                            self.baselines.removed(&client);
-                            cut.push(client);
-                        }
-                        // Still in the baselines, so the enforcer tries again.
-                        Err(err) => {
-                            tracing::error!(%client, error = %err, "cannot cut a client off; retrying at the next tick")
-                        }
-                    }
-                    self.rates.remove(&client);
+                    self.meters.forget(&client);
                     self.urgent = true;
                 }
                 Action::SessionEnded {
@@ -186,9 +149,7 @@ impl State {
             }
         }
         self.dirty |= self.urgent;
-        self.sync_quotas();
-        self.end_connections(&cut);
-        self.meters_follow_clients();
+        self.enforce(now, store);
         if !self.ledger_pending.is_empty() {
             self.write_ledger(Vec::new());
         }
@@ -199,65 +160,18 @@ impl State {
         }
     }
 
-    /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). After
-    /// the quota sync: a used-up quota still in place would drop the challenge ACKs that
-    /// bring the resets. A client allowed again meanwhile is left alone.
-    pub(super) fn end_connections(&self, clients: &[Client]) {
-        let Some(cutoff) = self.cutoff.as_ref().filter(|_| !clients.is_empty()) else {
-            return;
-        };
-        let allowed: HashSet<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
-        let ips: Vec<IpAddr> = clients
-            .iter()
-            .filter(|c| !allowed.contains(c))
-            .map(|c| c.ip)
-            .collect();
-        if ips.is_empty() {
-            return;
-        }
-        match cutoff.end_connections(&ips) {
-            Ok(connections) => {
-                tracing::info!(?ips, connections, "connections of clients cut off reset")
-            }
-            Err(err) => {
-                tracing::warn!(?ips, error = %err, "cannot reset the connections of clients cut off; each ends at its next segment")
-            }
-        }
-    }
-
-    /// Lets a client through until `until` (plus [`KERNEL_GRACE`] in the kernel). Adding an
-    /// element restarts its kernel counter at zero, so its baseline does too (the caller has
-    /// settled the old counter first).
-    pub(super) fn allow(&mut self, client: Client, until: Millis, now: Millis) {
-        match self
-            .firewall
-            .allow(&client, now.until(until) + KERNEL_GRACE)
-        {
-            Ok(()) => {
-                self.baselines.started(client);
-            }
-            Err(err) => {
-                tracing::error!(%client, error = %err, "cannot let a client through; retrying at the next tick")
-            }
-        }
-    }
-
     /// Reads the kernel counters and hands the core the bytes since the last read. Called
-    /// before anything that may cut a client off (a tick, a kick, a revoke, a login that
-    /// moves a session), because a removed element takes its counter with it: bytes not
-    /// read before the cut would be lost.
-    /// Returns the clients the kernel lets through, or `None` if it could not be asked.
-    pub(super) fn settle(
-        &mut self,
-        now: Millis,
-        store: Option<&CodeStore>,
-    ) -> Option<HashSet<Client>> {
+    /// before the core decides anything that may cut a client off (a tick, a kick, a revoke,
+    /// a login that moves a session), so that the client's last bytes go to the session it
+    /// was in; the enforcer itself will not take out an element whose counter was not read
+    /// (see [`crate::reconcile`]).
+    pub(super) fn settle(&mut self, now: Millis, store: Option<&CodeStore>) {
         let started = std::time::Instant::now();
         let counters = match self.firewall.clients() {
             Ok(counters) => counters,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the kernel counters");
-                return None;
+                return;
             }
         };
         // The cost of a tick grows with the clients online; the benchmark reads this line.
@@ -267,23 +181,14 @@ impl State {
             "kernel counters read"
         );
         let reading = counters::reading(&counters);
-        let deltas = self.baselines.read(&reading);
+        let deltas = self.kernel.read(&reading, now);
         if !deltas.is_empty() {
             self.dirty = true;
         }
-        let present: HashSet<Client> = reading.iter().map(|(client, _)| *client).collect();
-        if let Some(last) = self.last_settle {
-            self.rate_window = last.until(now).max(Duration::from_millis(1));
-        }
-        self.last_settle = Some(now);
-        self.rates = deltas.iter().copied().collect();
-        if let Some(audit) = &mut self.audit {
-            let online: Vec<Client> = present.iter().copied().collect();
-            warn_drift(&audit.kernel(&deltas, &online));
-        }
+        let listed: Vec<Client> = reading.iter().map(|(client, _)| *client).collect();
+        self.meters.kernel_read(&deltas, &listed, now);
         let actions = self.core.record_usage(&deltas, now);
         self.apply(actions, now, store);
-        Some(present)
     }
 
     /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
@@ -293,8 +198,7 @@ impl State {
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
         self.learn_addresses(now, store);
-        self.enforce(now);
-        self.sync_quotas();
+        self.enforce(now, store);
     }
 
     /// Online devices' other addresses from the LAN's neighbour table (after the counters
@@ -331,32 +235,7 @@ impl State {
     /// Tells the capture meter and the audit which clients are let through now.
     pub(super) fn meters_follow_clients(&mut self) {
         let online: Vec<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
-        if let Some(audit) = &mut self.audit {
-            audit.set_online(&online);
-        }
-        if let Some(capture) = &self.capture {
-            capture.set_clients(online);
-        }
-    }
-
-    /// A report of the capture meter: checked against the kernel's counts, flows kept for
-    /// the agent.
-    pub(super) fn capture_report(&mut self, report: &Report) {
-        if report.kernel.drops > 0 {
-            tracing::warn!(
-                dropped = report.kernel.drops,
-                received = report.kernel.packets,
-                "the capture meter lost packets (its socket buffer was full): raise capture.buffer_bytes; billing is unaffected (the kernel counters bill)"
-            );
-        }
-        if let Some(audit) = &mut self.audit {
-            warn_drift(&audit.capture(
-                &report.batch.clients,
-                report.kernel,
-                report.batch.untracked_packets,
-            ));
-        }
-        self.flows.add(&report.batch.flows);
+        self.meters.follow(online);
     }
 
     /// What this gateway has used of each code, in all: every session of it the ledger
@@ -405,7 +284,7 @@ impl State {
         for session in self.core.sessions() {
             let id = session_id(&session.code, session.started_at);
             for device in session.devices {
-                let (up_rate, down_rate) = self.rate(&device.client);
+                let (up_rate, down_rate) = self.meters.rate(&device.client);
                 clients.push(ClientUsage {
                     mac: device.client.mac.to_string(),
                     ip: device.client.ip,
@@ -418,16 +297,9 @@ impl State {
             }
         }
         LiveUsage {
-            at_ms: self.last_settle.unwrap_or_default().0,
+            at_ms: self.meters.read_at().0,
             clients,
         }
-    }
-
-    /// A device's rates up and down, in bytes per second over the last counter interval.
-    fn rate(&self, client: &Client) -> (f64, f64) {
-        let window = self.rate_window.as_secs_f64();
-        let bytes = self.rates.get(client).copied().unwrap_or_default();
-        (bytes.up as f64 / window, bytes.down as f64 / window)
     }
 
     /// What the dashboard shows of the state: the sessions with their devices' rates, and
@@ -447,7 +319,7 @@ impl State {
                     .devices
                     .into_iter()
                     .map(|device| {
-                        let (up_rate, down_rate) = self.rate(&device.client);
+                        let (up_rate, down_rate) = self.meters.rate(&device.client);
                         DeviceLive {
                             mac: device.client.mac,
                             ip: device.client.ip,
@@ -462,25 +334,12 @@ impl State {
                 code: session.code,
             })
             .collect();
-        let meters = self.audit.as_ref().map(|audit| {
-            let totals = audit.totals();
-            Meters {
-                kernel_up: totals.kernel.up,
-                kernel_down: totals.kernel.down,
-                capture_up: totals.capture.up,
-                capture_down: totals.capture.down,
-                drift: audit.total_drift(),
-                explained_bytes: audit.explained,
-                capture_drops: audit.capture_drops,
-                lan_queue_drops: audit.lan_queue_drops,
-            }
-        });
         Live {
-            at_ms: self.last_settle.unwrap_or_default().0,
+            at_ms: self.meters.read_at().0,
             sessions,
             health: Health {
                 unattributed_bytes: self.core.unattributed_bytes(),
-                meters,
+                meters: self.meters.dashboard(),
                 ..Health::default()
             },
         }
@@ -507,29 +366,24 @@ impl State {
             online: billed.len(),
             unattributed_bytes: self.core.unattributed_bytes(),
             billed: &billed,
-            capture_interface: self.capture.as_ref().map(|_| capture_interface),
-            capture_buffer_bytes: self.capture.as_ref().map_or(0, |c| c.buffer_bytes),
-            flows_dropped: self.flows.dropped,
+            capture_interface: None,
+            capture_buffer_bytes: 0,
+            flows_dropped: 0,
         };
-        report::metrics_text(&figures, self.audit.as_ref())
+        self.meters.metrics(figures, capture_interface)
     }
 
     /// Picks up after a restart: the bytes the kernel counted while the daemon was down go
     /// to their sessions first, then the restored core's decisions are carried out (clients
-    /// still in the kernel are not re-added), then expiry and idle checks run at `now`.
+    /// still in the kernel keep their elements), then expiry and idle checks run at `now`.
     pub(super) fn resume(&mut self, restored: Vec<Action>, now: Millis, store: Option<&CodeStore>) {
-        let present = self.settle(now, store).unwrap_or_default();
-        let actions = restored
-            .into_iter()
-            .filter(|a| !matches!(a, Action::Allow { client, .. } if present.contains(client)))
-            .collect();
-        self.apply(actions, now, store);
+        self.settle(now, store);
+        self.apply(restored, now, store);
         let raised = self.raise_to_ledger(now);
         self.apply(raised, now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
-        self.enforce(now);
-        self.sync_quotas();
+        self.enforce(now, store);
         self.clear_stale_quotas();
     }
 
@@ -574,7 +428,7 @@ impl State {
             .flatten()
             .any(|action| match action {
                 Action::Allow { client, .. } | Action::Revoke { client, .. } => {
-                    self.baselines.contains(client)
+                    self.kernel.holds(client)
                 }
                 Action::SessionEnded { .. } => true,
             });
@@ -604,7 +458,7 @@ impl State {
         }
         self.apply(actions, now, store);
         for ((client, _), result) in logins.iter().zip(&mut results) {
-            if result.is_ok() && !self.baselines.contains(client) {
+            if result.is_ok() && !self.kernel.holds(client) {
                 // Told "online", the device would find nothing open: it leaves the
                 // session (which stays, for its next try).
                 let kicked = self.core.kick(client.mac, now);
@@ -706,20 +560,5 @@ fn log_neighbour_event(event: &guard::Event) {
                 "the holder of an address did not answer its probe: the address goes to the device that answers for it now"
             );
         }
-    }
-}
-
-fn warn_drift(found: &[DriftFound]) {
-    for drift in found {
-        let who = drift
-            .client
-            .map_or_else(|| "all clients".to_owned(), |c| c.to_string());
-        tracing::warn!(
-            client = %who,
-            kernel_bytes = drift.pair.kernel.total(),
-            capture_bytes = drift.pair.capture.total(),
-            drift_percent = drift.ratio * 100.0,
-            "the capture meter and the kernel counters disagree by more than 0.1% (billing follows the kernel counters)"
-        );
     }
 }

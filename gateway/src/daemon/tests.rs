@@ -157,7 +157,7 @@ fn the_flows_reply_names_the_gateways_run_and_its_idle_time() {
         instance: 1_764_999_000_000,
         connections: Vec::new(),
     };
-    state.flows.handover = Some(kept);
+    state.meters.keep_handover(Some(kept));
     let instance = |reply: Reply| match reply {
         Reply::Ok(value) => value["instance"].as_u64(),
         Reply::Error(err) => panic!("{err}"),
