@@ -235,6 +235,15 @@ impl Usage {
     pub fn total(self) -> u64 {
         self.up.saturating_add(self.down)
     }
+
+    /// The split of `total` bytes of which `up` were sent: the core keeps a total and the
+    /// upload, the ledger and the pages both directions.
+    pub fn of_total(total: u64, up: u64) -> Usage {
+        Usage {
+            up,
+            down: total.saturating_sub(up),
+        }
+    }
 }
 
 /// The session of one online device, for the portal's status page and RFC 8908 API.
@@ -745,7 +754,7 @@ impl Core {
         else {
             return actions;
         };
-        let down = session.used_bytes.saturating_sub(session.up_bytes);
+        let down = Usage::of_total(session.used_bytes, session.up_bytes).down;
         session.up_bytes = session.up_bytes.max(at_least.up);
         session.used_bytes = session.up_bytes.saturating_add(down.max(at_least.down));
         if session.used_bytes >= session.quota_bytes {

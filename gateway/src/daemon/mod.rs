@@ -15,6 +15,7 @@ mod dashboard;
 mod enforce;
 mod garden;
 mod handover;
+mod lan;
 mod meter;
 mod owner;
 mod persist;
@@ -46,6 +47,7 @@ use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use dashboard::DaemonSource;
 use garden::{garden_entries, resolve_garden, resolve_garden_later};
+use lan::Lan;
 use meter::start_capture;
 use owner::{Context, Owner};
 use persist::load_state;
@@ -73,6 +75,11 @@ fn quota_id(code: &AccessCode) -> String {
 /// A session's id in the ledger, logs and `usage`: its quota id and start, not the code.
 fn session_id(code: &AccessCode, started_at: Millis) -> String {
     format!("{}-{}", quota_id(code), started_at.0)
+}
+
+/// The start of the session a [`session_id`] names.
+fn session_start(id: &str) -> Option<Millis> {
+    Some(Millis(id.rsplit_once('-')?.1.parse().ok()?))
 }
 
 fn policy(config: &GatewayConfig) -> Policy {
@@ -282,8 +289,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .share_with_group(gid)
             .context("letting control.group read the usage ledger")?;
     }
-    state.ledger = Some(ledger);
-    state.neighbours = open_neighbour_table(&config.lan.interface);
+    state.books.with_ledger(ledger);
+    state.lan = Lan::opened(open_neighbour_table(&config.lan.interface));
     let store = match &codes {
         Codes::Local(store) => Some(store.clone()),
         Codes::Backend(_) => None,
@@ -301,8 +308,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     // Started after the resume: the bytes the kernel counted while the daemon was down have
     // no capture to compare with.
     let (owner, inbox) = Owner::new();
-    if let Some((_, lan)) = &state.neighbours {
-        watch_neighbours(*lan, owner.clone());
+    if let Some(lan) = state.lan.index() {
+        watch_neighbours(lan, owner.clone());
     }
     let reports = owner.clone();
     if let Some(capture) = start_capture(&config, move |report| reports.capture(report)) {

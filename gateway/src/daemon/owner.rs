@@ -465,7 +465,7 @@ fn stop(state: &mut State, context: &Context, remove_table: bool) {
     // Joins the capture thread (within its read timeout); its last tallies and the flows the
     // agent has not fetched are kept for the agent, as this run's.
     let kept = state.meters.finish(context.started.0);
-    handover::save(&state.file.with_file_name(handover::FILE), &kept);
+    handover::save(&state.books.beside(handover::FILE), &kept);
     let now = Millis::now();
     state.settle(now, None);
     // Logged by `save`: what the kernel counted since the last save still goes to its

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgeshare_shared::code::{AccessCode, redact};
-use edgeshare_shared::ledger::{UsageRecord, UsageUpdate};
+use edgeshare_shared::ledger::{LedgerWriter, UsageRecord, UsageUpdate};
 use serde::{Deserialize, Serialize};
 
 use super::state::State;
-use super::{quota_id, session_id};
+use super::{quota_id, session_id, session_start};
 use crate::codes::CodeStore;
 use crate::core::{Action, Core, EndReason, Recorded, Snapshot, Usage};
 use crate::counters;
@@ -37,16 +37,110 @@ pub(super) struct Persisted {
     pub(super) saved_at: Millis,
 }
 
-impl State {
-    /// Writes the state to disk now (temp file, fsync, rename). A failure is logged here;
-    /// only a login needs to act on it (see [`State::login`]).
-    pub(super) fn save(&mut self, now: Millis) -> std::io::Result<()> {
-        // The ledger first: should the daemon die between the two writes, the restored core
-        // is raised to the ledger's totals, never added to them (see `State::restored`).
-        let live = self.live_ledger_updates();
+/// What is written to disk and when: `sessions.json` and the usage ledger, with the
+/// ledger's final records that could not be written yet.
+pub(super) struct Books {
+    /// Where the state is saved (`sessions.json`).
+    file: PathBuf,
+    /// Something worth saving changed since the last save.
+    dirty: bool,
+    /// A session started or ended since the last save: save now, not at the next interval.
+    urgent: bool,
+    last_saved: Millis,
+    /// The usage ledger the agent reports from (`None` in tests that do not look at it).
+    ledger: Option<LedgerWriter>,
+    /// Final records of ended sessions not yet in the ledger.
+    pending: Vec<UsageUpdate>,
+}
+
+impl Books {
+    pub(super) fn new(file: PathBuf, now: Millis) -> Self {
+        Books {
+            file,
+            dirty: true,
+            urgent: false,
+            last_saved: now,
+            ledger: None,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(super) fn with_ledger(&mut self, ledger: LedgerWriter) {
+        self.ledger = Some(ledger);
+    }
+
+    /// The file of the state directory named `name` (beside `sessions.json`).
+    pub(super) fn beside(&self, name: &str) -> PathBuf {
+        self.file.with_file_name(name)
+    }
+
+    /// Usage changed: saved within [`SAVE_EVERY`].
+    pub(super) fn usage_changed(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A session started, ended or changed devices: saved at once.
+    pub(super) fn sessions_changed(&mut self) {
+        self.dirty = true;
+        self.urgent = true;
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_urgent(&self) -> bool {
+        self.urgent
+    }
+
+    fn due(&self, now: Millis) -> bool {
+        self.urgent || (self.dirty && self.last_saved.until(now) >= SAVE_EVERY)
+    }
+
+    /// A session's final record, written with the next ledger write.
+    pub(super) fn ended(&mut self, update: UsageUpdate) {
+        self.pending.push(update);
+        self.sessions_changed();
+    }
+
+    /// Writes the final records waiting, if any.
+    pub(super) fn write_finals(&mut self) {
+        if !self.pending.is_empty() {
+            self.write_ledger(Vec::new());
+        }
+    }
+
+    /// Appends the final records waiting and `live`, as one batch (one fsync). On failure (a
+    /// full disk, say) the final records wait for the next try; live totals need no retry,
+    /// the next save carries them (they are cumulative).
+    pub(super) fn write_ledger(&mut self, live: Vec<UsageUpdate>) {
+        let Some(ledger) = &mut self.ledger else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.pending);
+        let finals = batch.len();
+        batch.extend(live);
+        if let Err(err) = ledger.append(&batch) {
+            tracing::error!(error = %err, "cannot write the usage ledger; retrying at the next save");
+            batch.truncate(finals);
+            self.pending = batch;
+        }
+    }
+
+    /// Writes the ledger (`live`: every live session's totals), then `persisted` (temp file,
+    /// fsync, rename). The ledger first: should the daemon die between the two writes, the
+    /// restored core is raised to the ledger's totals, never added to them. A failure is
+    /// logged here; only a login needs to act on it (see [`State::logins`]).
+    fn save(
+        &mut self,
+        live: Vec<UsageUpdate>,
+        persisted: &Persisted,
+        now: Millis,
+    ) -> std::io::Result<()> {
         self.write_ledger(live);
-        let persisted = self.persisted(now);
-        let result = serde_json::to_vec(&persisted)
+        let result = serde_json::to_vec(persisted)
             .map_err(std::io::Error::other)
             .and_then(|json| edgeshare_shared::secret::write_private(&self.file, &json));
         match &result {
@@ -62,10 +156,47 @@ impl State {
         result
     }
 
+    /// Each session's latest ledger record.
+    fn latest_records(&self) -> Vec<&UsageRecord> {
+        self.ledger
+            .as_ref()
+            .map(|ledger| ledger.sessions().collect())
+            .unwrap_or_default()
+    }
+
+    /// A session's latest ledger record.
+    fn latest(&self, session: &str) -> Option<&UsageRecord> {
+        self.ledger.as_ref()?.latest(session)
+    }
+
+    /// Every session's figures the books hold, as `(session, code, bytes)`: the ledger's
+    /// latest records, then the final records not yet written.
+    pub(super) fn recorded(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.latest_records()
+            .into_iter()
+            .map(|r| (r.session.as_str(), r.code.as_str(), r.total()))
+            .chain(self.pending.iter().map(|u| {
+                (
+                    u.session.as_str(),
+                    u.code.as_str(),
+                    u.up.saturating_add(u.down),
+                )
+            }))
+    }
+}
+
+impl State {
+    /// Writes the state to disk now (see [`Books::save`]).
+    pub(super) fn save(&mut self, now: Millis) -> std::io::Result<()> {
+        let live = self.live_ledger_updates();
+        let persisted = self.persisted(now);
+        self.books.save(live, &persisted, now)
+    }
+
     /// Saves at once if a session started or ended (callers answer only after this, so what
     /// they confirm survives a crash), else if usage changed and the last save is old.
     pub(super) fn persist(&mut self, now: Millis) {
-        if self.urgent || (self.dirty && self.last_saved.until(now) >= SAVE_EVERY) {
+        if self.books.due(now) {
             // Logged by `save`; the next persist tries again.
             let _ = self.save(now);
         }
@@ -108,10 +239,7 @@ impl State {
     /// keeps its bytes. The local store's figures are raised to the ledger's, so that the
     /// code's remaining bytes count what the lost state had not yet written there.
     pub(super) fn rebuild_from_ledger(&mut self, now: Millis, store: Option<&CodeStore>) {
-        let Some(ledger) = &self.ledger else {
-            return;
-        };
-        let mut latest: Vec<&UsageRecord> = ledger.sessions().collect();
+        let mut latest = self.books.latest_records();
         if latest.is_empty() {
             // A first start: nothing to rebuild.
             return;
@@ -120,11 +248,9 @@ impl State {
         let recorded: Vec<Recorded> = latest
             .into_iter()
             .filter_map(|r| {
-                // The id is `<quota id>-<start in ms>` (see `session_id`).
-                let started_at = r.session.rsplit_once('-')?.1.parse().ok()?;
                 Some(Recorded {
                     code: AccessCode::parse(&r.code).ok()?,
-                    started_at: Millis(started_at),
+                    started_at: session_start(&r.session)?,
                     at: Millis(r.at_ms),
                     usage: Usage {
                         up: r.up,
@@ -153,8 +279,7 @@ impl State {
                 tracing::error!(error = %err, "cannot record the rebuilt sessions' usage in the code store");
             }
         }
-        self.dirty = true;
-        self.urgent = true;
+        self.books.sessions_changed();
     }
 
     /// Without saved state, what devices used after the ledger's last record (while the
@@ -194,10 +319,7 @@ impl State {
                 );
                 // The quota counts both directions together: what it adds is booked as
                 // download, which is most of what devices use.
-                let at_least = Usage {
-                    up: session.up_bytes,
-                    down: quota.used_bytes.saturating_sub(session.up_bytes),
-                };
+                let at_least = Usage::of_total(quota.used_bytes, session.up_bytes);
                 actions.extend(self.core.raise_usage(
                     &session.code,
                     session.started_at,
@@ -222,13 +344,10 @@ impl State {
     /// Raises each live session to its last ledger record where that is higher (see
     /// [`Core::raise_usage`]).
     pub(super) fn raise_to_ledger(&mut self, now: Millis) -> Vec<Action> {
-        let Some(ledger) = &self.ledger else {
-            return Vec::new();
-        };
         let mut actions = Vec::new();
         for session in self.core.sessions() {
             let id = session_id(&session.code, session.started_at);
-            let Some(record) = ledger.latest(&id) else {
+            let Some(record) = self.books.latest(&id) else {
                 continue;
             };
             let recorded = Usage {
@@ -260,32 +379,18 @@ impl State {
             .sessions()
             .into_iter()
             .filter(|s| s.used_bytes > 0)
-            .map(|s| UsageUpdate {
-                session: session_id(&s.code, s.started_at),
-                code: s.code.as_str().to_owned(),
-                up: s.up_bytes,
-                down: s.used_bytes.saturating_sub(s.up_bytes),
-                ended: None,
-                consumer: s.consumer,
+            .map(|s| {
+                let usage = Usage::of_total(s.used_bytes, s.up_bytes);
+                UsageUpdate {
+                    session: session_id(&s.code, s.started_at),
+                    code: s.code.as_str().to_owned(),
+                    up: usage.up,
+                    down: usage.down,
+                    ended: None,
+                    consumer: s.consumer,
+                }
             })
             .collect()
-    }
-
-    /// Appends the ended sessions' final records waiting in `ledger_pending`, and `live`, as
-    /// one batch (one fsync). On failure (a full disk, say) the final records wait for the
-    /// next try; live totals need no retry, the next save carries them (they are cumulative).
-    pub(super) fn write_ledger(&mut self, live: Vec<UsageUpdate>) {
-        let Some(ledger) = &mut self.ledger else {
-            return;
-        };
-        let mut batch = std::mem::take(&mut self.ledger_pending);
-        let finals = batch.len();
-        batch.extend(live);
-        if let Err(err) = ledger.append(&batch) {
-            tracing::error!(error = %err, "cannot write the usage ledger; retrying at the next save");
-            batch.truncate(finals);
-            self.ledger_pending = batch;
-        }
     }
 
     pub(super) fn persisted(&self, now: Millis) -> Persisted {

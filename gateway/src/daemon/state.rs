@@ -9,10 +9,11 @@ use std::path::PathBuf;
 
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::control::{ClientUsage, LiveUsage};
-use edgeshare_shared::ledger::{LedgerWriter, UsageUpdate};
+use edgeshare_shared::ledger::UsageUpdate;
 
+use super::lan::Lan;
 use super::meter::Meters;
-use super::persist::Persisted;
+use super::persist::{Books, Persisted};
 use super::session_id;
 use crate::codes::CodeStore;
 use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
@@ -20,8 +21,8 @@ use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, SessionLive};
 use crate::firewall::Firewall;
-use crate::neighbours::guard::{self, Guard, Online};
-use crate::neighbours::{Entry, NeighbourTable};
+use crate::neighbours::Entry;
+use crate::neighbours::guard::Online;
 use crate::net::{Client, Millis};
 use crate::reconcile::Kernel;
 use crate::report::GatewayFigures;
@@ -52,24 +53,12 @@ pub(super) struct State {
     /// What the kernel holds (clients, their counters when last read, session quotas), as
     /// the enforcer plans its changes from.
     pub(super) kernel: Kernel,
-    /// Something worth saving changed since the last save.
-    pub(super) dirty: bool,
-    /// A session started or ended since the last save: save now, not at the next interval.
-    pub(super) urgent: bool,
-    /// Where the state is saved (`sessions.json`).
-    pub(super) file: PathBuf,
-    pub(super) last_saved: Millis,
+    /// `sessions.json` and the usage ledger.
+    pub(super) books: Books,
     /// The capture meter and its audit, the flows for the agent, the live rates.
     pub(super) meters: Meters,
-    /// The usage ledger the agent reports from (`None` in tests that do not look at it).
-    pub(super) ledger: Option<LedgerWriter>,
-    /// Final records of ended sessions not yet in the ledger.
-    pub(super) ledger_pending: Vec<UsageUpdate>,
-    /// The LAN's neighbour table and the LAN's interface index, where devices' other
-    /// addresses are learned (`None` in tests, or when it cannot be opened).
-    pub(super) neighbours: Option<(NeighbourTable, u32)>,
-    /// Keeps another MAC from taking an online device's address while the device answers.
-    pub(super) guard: Guard,
+    /// The LAN's neighbour table, where devices' other addresses are learned, and its guard.
+    pub(super) lan: Lan,
 }
 
 impl State {
@@ -96,15 +85,9 @@ impl State {
             firewall,
             cutoff: None,
             kernel,
-            dirty: true,
-            urgent: false,
-            file,
-            last_saved: now,
+            books: Books::new(file, now),
             meters: Meters::new(),
-            ledger: None,
-            ledger_pending: Vec::new(),
-            neighbours: None,
-            guard: Guard::default(),
+            lan: Lan::default(),
         };
         (state, actions)
     }
@@ -119,11 +102,11 @@ impl State {
         let mut ended = Vec::new();
         for action in actions {
             match action {
-                Action::Allow { .. } => self.urgent = true,
+                Action::Allow { .. } => self.books.sessions_changed(),
                 Action::Revoke { client, reason } => {
                     tracing::info!(%client, ?reason, "client cut off");
                     self.meters.forget(&client);
-                    self.urgent = true;
+                    self.books.sessions_changed();
                 }
                 Action::SessionEnded {
                     code,
@@ -135,24 +118,20 @@ impl State {
                 } => {
                     let session = session_id(&code, started_at);
                     tracing::info!(%session, ?reason, used_bytes, up_bytes, "session ended");
-                    self.ledger_pending.push(UsageUpdate {
+                    self.books.ended(UsageUpdate {
                         session,
                         code: code.as_str().to_owned(),
                         up: up_bytes,
-                        down: used_bytes.saturating_sub(up_bytes),
+                        down: Usage::of_total(used_bytes, up_bytes).down,
                         ended: Some(reason.as_str().to_owned()),
                         consumer,
                     });
                     ended.push((code, used_bytes));
-                    self.urgent = true;
                 }
             }
         }
-        self.dirty |= self.urgent;
         self.enforce(now, store);
-        if !self.ledger_pending.is_empty() {
-            self.write_ledger(Vec::new());
-        }
+        self.books.write_finals();
         if let Some(store) = store {
             if let Err(err) = store.record_usage(&ended) {
                 tracing::error!(error = %err, "cannot record final usage in the code store");
@@ -183,7 +162,7 @@ impl State {
         let reading = counters::reading(&counters);
         let deltas = self.kernel.read(&reading, now);
         if !deltas.is_empty() {
-            self.dirty = true;
+            self.books.usage_changed();
         }
         let listed: Vec<Client> = reading.iter().map(|(client, _)| *client).collect();
         self.meters.kernel_read(&deltas, &listed, now);
@@ -206,30 +185,18 @@ impl State {
     /// as the guard lets the core see it: an online address another device claims stays
     /// its holder's, and the kernel's entry is pointed back at the holder and probed.
     fn learn_addresses(&mut self, now: Millis, store: Option<&CodeStore>) {
-        let Some((table, lan)) = &mut self.neighbours else {
+        let online = Online::new(self.core.online_clients());
+        let Some(seen) = self.lan.read(&online, now) else {
             return;
         };
-        let entries = match table.entries(*lan) {
-            Ok(entries) => entries,
-            // Learning waits for the next tick; nothing learned is dropped meanwhile.
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the LAN's neighbour table");
-                return;
-            }
-        };
-        let online = Online::new(self.core.online_clients());
-        let verdict = self.guard.observe(&entries, &online, now);
-        carry_out(&mut self.neighbours, &verdict);
-        let actions = self.core.learn_addresses(&verdict.seen, now);
+        let actions = self.core.learn_addresses(&seen, now);
         self.apply(actions, now, store);
     }
 
-    /// Neighbour entries the kernel says changed (see [`Guard::notified`]): a claim on an
-    /// online address is turned down now, not at the next tick.
+    /// Neighbour entries the kernel says changed (see [`Lan::notified`]).
     pub(super) fn neighbours_changed(&mut self, entries: &[Entry], now: Millis) {
         let online = Online::new(self.core.online_clients());
-        let verdict = self.guard.notified(entries, &online, now);
-        carry_out(&mut self.neighbours, &verdict);
+        self.lan.notified(entries, &online, now);
     }
 
     /// Tells the capture meter and the audit which clients are let through now.
@@ -251,17 +218,8 @@ impl State {
             let entry = sessions.entry(session).or_insert((code, 0));
             entry.1 = entry.1.max(bytes);
         };
-        if let Some(ledger) = &self.ledger {
-            for record in ledger.sessions() {
-                add(record.session.clone(), &record.code, record.total());
-            }
-        }
-        for update in &self.ledger_pending {
-            add(
-                update.session.clone(),
-                &update.code,
-                update.up.saturating_add(update.down),
-            );
+        for (session, code, bytes) in self.books.recorded() {
+            add(session.to_owned(), code, bytes);
         }
         for session in self.core.sessions() {
             add(
@@ -290,7 +248,7 @@ impl State {
                     ip: device.client.ip,
                     session: id.clone(),
                     up_bytes: device.up_bytes,
-                    down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                    down_bytes: Usage::of_total(device.used_bytes, device.up_bytes).down,
                     up_rate,
                     down_rate,
                 });
@@ -325,7 +283,7 @@ impl State {
                             ip: device.client.ip,
                             also: device.also,
                             up_bytes: device.up_bytes,
-                            down_bytes: device.used_bytes.saturating_sub(device.up_bytes),
+                            down_bytes: Usage::of_total(device.used_bytes, device.up_bytes).down,
                             up_rate,
                             down_rate,
                         }
@@ -351,15 +309,7 @@ impl State {
         let billed: Vec<(Client, Usage)> = sessions
             .iter()
             .flat_map(|s| &s.devices)
-            .map(|d| {
-                (
-                    d.client,
-                    Usage {
-                        up: d.up_bytes,
-                        down: d.used_bytes.saturating_sub(d.up_bytes),
-                    },
-                )
-            })
+            .map(|d| (d.client, Usage::of_total(d.used_bytes, d.up_bytes)))
             .collect();
         let figures = GatewayFigures {
             sessions: sessions.len(),
@@ -503,62 +453,12 @@ impl State {
         let Some(holder) = self.core.status_of(client.ip, now) else {
             return false;
         };
-        if self.guard.probing(client.ip, holder.mac) {
+        if self.lan.probing(client.ip, holder.mac) {
             return true;
         }
         if holder.mac == client.mac || holder.code == *code {
             return false;
         }
-        match self.guard.login(client, holder.mac, now) {
-            Ok(()) => false,
-            Err(verdict) => {
-                carry_out(&mut self.neighbours, &verdict);
-                true
-            }
-        }
-    }
-}
-
-/// The guard's probes (on the LAN's neighbour table, if open) and log lines.
-fn carry_out(neighbours: &mut Option<(NeighbourTable, u32)>, verdict: &guard::Verdict) {
-    if let Some((table, lan)) = neighbours {
-        for client in &verdict.probes {
-            if let Err(err) = table.probe(*lan, *client) {
-                // The guard sees the claim again at the next tick and probes again.
-                tracing::warn!(%client, error = %err, "cannot point the neighbour entry back at its online holder");
-            }
-        }
-    }
-    for event in &verdict.events {
-        log_neighbour_event(event);
-    }
-}
-
-fn log_neighbour_event(event: &guard::Event) {
-    match *event {
-        guard::Event::Claimed {
-            ip,
-            holder,
-            claimant,
-        } => tracing::warn!(
-            %ip,
-            %holder,
-            %claimant,
-            "a device claims an online device's address (neighbour spoofing, or a device that took over its address): the address stays with its holder while the holder answers the probe sent to it; this device is not logged again for {} minutes",
-            guard::ALERT_EVERY.as_secs() / 60
-        ),
-        guard::Event::Released {
-            ip,
-            holder,
-            claimant,
-        } => {
-            let claimant = claimant.map_or_else(|| "none yet".to_owned(), |mac| mac.to_string());
-            tracing::info!(
-                %ip,
-                %holder,
-                %claimant,
-                "the holder of an address did not answer its probe: the address goes to the device that answers for it now"
-            );
-        }
+        self.lan.login_waits(client, holder.mac, now)
     }
 }

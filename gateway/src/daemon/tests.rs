@@ -45,7 +45,7 @@ fn state(firewall: &MemoryFirewall, dir: &tempfile::TempDir) -> State {
     firewall_box.install().unwrap();
     let file = dir.path().join("sessions.json");
     let mut state = State::restored(Policy::default(), None, firewall_box, file, Millis(0)).0;
-    state.ledger = Some(ledger(dir));
+    state.books.with_ledger(ledger(dir));
     state
 }
 
@@ -76,7 +76,7 @@ fn restart(fw: &MemoryFirewall, dir: &tempfile::TempDir, saved: Persisted, now: 
         file,
         now,
     );
-    state.ledger = Some(ledger(dir));
+    state.books.with_ledger(ledger(dir));
     state.resume(actions, now, None);
     state
 }
@@ -112,7 +112,7 @@ fn kernel_counters_reach_the_core_as_deltas_and_the_quota_cuts_off() {
     fw.set_counters(&client(2), 700_000, 400_000);
     state.tick(Millis(4_000), None);
     assert!(fw.allowed().is_empty(), "over quota: cut off");
-    assert!(state.urgent, "a session change is saved at once");
+    assert!(state.books.is_urgent(), "a session change is saved at once");
 }
 
 #[test]
@@ -218,9 +218,9 @@ fn a_login_is_on_disk_before_it_is_confirmed() {
     fw.set_counters(&client(2), 10, 0);
     state.tick(Millis(2_000), None);
     state.persist(Millis(2_000));
-    assert!(state.dirty, "usage only: saved later");
+    assert!(state.books.is_dirty(), "usage only: saved later");
     state.persist(Millis(1_000 + SAVE_EVERY.as_millis() as u64));
-    assert!(!state.dirty);
+    assert!(!state.books.is_dirty());
 }
 
 /// A small tmpfs of the test's own, unmounted on drop: a disk that fills up.
@@ -377,7 +377,7 @@ fn with_sessions_json_damaged_the_ledger_rebuilds_what_was_used() {
         file,
         Millis(6_000),
     );
-    state.ledger = Some(ledger(&dir));
+    state.books.with_ledger(ledger(&dir));
     state.rebuild_from_ledger(Millis(6_000), Some(&store));
     state.resume(actions, Millis(6_000), Some(&store));
 
@@ -465,7 +465,7 @@ fn with_sessions_json_damaged_the_bytes_counted_while_down_are_kept() {
         file,
         Millis(6_000),
     );
-    state.ledger = Some(ledger(&dir));
+    state.books.with_ledger(ledger(&dir));
     state.rebuild_from_ledger(Millis(6_000), Some(&store));
     state.resume(actions, Millis(6_000), Some(&store));
     state.save(Millis(6_000)).unwrap();
@@ -693,7 +693,7 @@ fn the_ledger_is_exact_across_a_crash_between_its_write_and_the_state_save() {
     fw.set_counters(&client(2), 400, 3_000);
     state.tick(Millis(3_000), None);
     let live = state.live_ledger_updates();
-    state.write_ledger(live);
+    state.books.write_ledger(live);
     let id = session_id(&code("ABCD2345"), Millis(1_000));
     let last = ledger_latest(&dir);
     assert_eq!(
@@ -780,7 +780,7 @@ fn the_consumer_reaches_the_ledger_and_survives_a_restart_and_a_rebuild() {
         file,
         Millis(5_000),
     );
-    rebuilt.ledger = Some(ledger(&dir));
+    rebuilt.books.with_ledger(ledger(&dir));
     rebuilt.rebuild_from_ledger(Millis(5_000), None);
     rebuilt.resume(actions, Millis(5_000), None);
     let session = rebuilt
@@ -816,7 +816,7 @@ fn after_a_reboot_the_ledger_keeps_what_the_lost_counters_held() {
     fw.set_counters(&client(2), 700, 9_000);
     state.tick(Millis(3_000), None);
     let live = state.live_ledger_updates();
-    state.write_ledger(live);
+    state.books.write_ledger(live);
     drop(state);
     // A reboot: the kernel's table and its counters are gone.
     let rebooted = MemoryFirewall::new();
@@ -989,13 +989,13 @@ fn a_login_cannot_take_an_online_devices_address_until_its_holder_fails_a_probe(
         mac: Some(holder.mac),
         reach: Reach::Probing,
     };
-    state.guard.observe(&[probing], &online, Millis(4_500));
+    state.lan.observed(&[probing], &online, Millis(4_500));
     let failed = Entry {
         ip: holder.ip,
         mac: None,
         reach: Reach::Unanswered,
     };
-    state.guard.observe(&[failed], &online, Millis(5_500));
+    state.lan.observed(&[failed], &online, Millis(5_500));
     state
         .login(claimant, grant("EFGH2345", 10 * MB), Millis(6_000), None)
         .unwrap();
