@@ -2,6 +2,7 @@
 //!
 //! - [`core`]: the pure session logic (codes, devices, quota, expiry, idle); no I/O.
 //! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake;
+//!   [`reconcile`]: the plan of kernel changes that makes it hold what the sessions allow;
 //!   [`forwarding`]: the kernel's forwarding switches the daemon turns on once it is in place.
 //! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
 //! - [`codes`]: where codes are checked (the backend, or a local store); [`code_book`]: where

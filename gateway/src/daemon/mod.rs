@@ -1,11 +1,15 @@
 //! `edgeshare-gateway run`: the daemon around the pure session core. Where things are:
 //! - `owner.rs`: the one thread that owns the state; everything else sends it messages.
-//! - `state.rs`: the state and the accounting glue (kernel counters in, the core's actions
-//!   out); `enforce.rs`: keeps the kernel in step with the core; `persist.rs`:
-//!   `sessions.json`, the usage ledger and the rebuild when the saved state is lost.
+//! - `state.rs`: the state, made of the pure core and owned parts with private fields (the
+//!   kernel as known, [`crate::reconcile::Kernel`]; the meters, `meter.rs`; the books,
+//!   `persist.rs`; the LAN's neighbour table, `lan.rs`), and the accounting glue (kernel
+//!   counters in, the core's actions out); `enforce.rs`: plans the kernel's changes with
+//!   [`crate::reconcile`] and applies them; `persist.rs`: `sessions.json`, the usage ledger
+//!   and the rebuild when the saved state is lost.
 //! - `servers.rs`: the portal's gate, the control socket, the metrics endpoint;
 //!   `dashboard.rs`: what the provider's dashboard asks of the daemon.
-//! - `garden.rs`: the walled garden's hosts; `meter.rs`: the capture meter's start.
+//! - `garden.rs`: the walled garden's hosts; `meter.rs`: the capture meter, its audit, the
+//!   flows kept for the agent and the live rates; `lan.rs`: the neighbour table and guard.
 //! - here: [`run`], which wires them together, and what they share.
 //!
 //! The state is kept on disk so that a restart or `kill -9` keeps online clients online with
