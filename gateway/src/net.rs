@@ -71,6 +71,15 @@ pub struct Client {
     pub ip: IpAddr,
 }
 
+/// Client number `n` of the unit tests: MAC `02:00:00:00:00:n`, IP `10.66.0.n`.
+#[cfg(test)]
+pub(crate) fn test_client(n: u8) -> Client {
+    Client {
+        mac: Mac([2, 0, 0, 0, 0, n]),
+        ip: IpAddr::from([10, 66, 0, n]),
+    }
+}
+
 impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.mac, self.ip)

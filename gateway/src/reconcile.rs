@@ -202,14 +202,8 @@ pub enum Applied<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::test_client as client;
     use proptest::prelude::*;
-
-    fn client(n: u8) -> Client {
-        Client {
-            mac: format!("02:00:00:00:00:{n:02x}").parse().unwrap(),
-            ip: format!("10.66.0.{n}").parse().unwrap(),
-        }
-    }
 
     fn code(n: u8) -> AccessCode {
         let letter = char::from(b'A' + n);

@@ -15,16 +15,10 @@ use crate::codes::{CodeStore, Verdict};
 use crate::control::{Reply, Request};
 use crate::core::{Core, Grant, Policy, Refusal};
 use crate::firewall::{Call, Firewall, MemoryFirewall, SessionQuota};
+use crate::net::test_client as client;
 use crate::net::{Client, Millis};
 
 const MB: u64 = 1_048_576;
-
-fn client(n: u8) -> Client {
-    Client {
-        mac: format!("02:00:00:00:00:{n:02x}").parse().unwrap(),
-        ip: format!("10.66.0.{n}").parse().unwrap(),
-    }
-}
 
 fn code(text: &str) -> AccessCode {
     AccessCode::parse(text).unwrap()
