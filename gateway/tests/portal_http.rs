@@ -123,8 +123,12 @@ struct Running {
     gate: Arc<FakeGate>,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The portal under a supervisor, as the daemon runs it.
-    server: tokio::task::JoinHandle<Stopped>,
+    /// The portal under a supervisor, as the daemon runs it: how the stop went, and what
+    /// `serve` returned (an error if it never returned).
+    server: tokio::task::JoinHandle<(
+        Stopped,
+        Result<std::io::Result<()>, tokio::sync::oneshot::error::RecvError>,
+    )>,
 }
 
 /// The supervisor's wait for the portal's connections at the stop, in these tests.
@@ -166,12 +170,19 @@ async fn start_with(gate: FakeGate, tune: impl FnOnce(&mut PortalSettings)) -> R
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut supervisor = Supervisor::new(STOP_WITHIN);
     let (serving, tasks) = (Arc::clone(&gate), supervisor.spawner());
+    let (served, result) = tokio::sync::oneshot::channel();
     supervisor.spawn_essential("portal", async move {
-        Ok(portal::serve(listener, serving, settings, tasks).await?)
+        let _ = served.send(portal::serve(listener, serving, settings, tasks).await);
+        Ok(())
     });
-    let server = tokio::spawn(supervisor.run_until(async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(async move {
+        let stopped = supervisor
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (stopped, result.await)
+    });
     Running {
         addr,
         url,
@@ -239,8 +250,9 @@ impl Running {
         let result = tokio::time::timeout(Duration::from_secs(10), self.server)
             .await
             .expect("server stops after the shutdown signal");
-        let stopped = result.unwrap();
-        assert_eq!(stopped.failed, None, "the portal itself did not fail");
+        let (stopped, served) = result.unwrap();
+        served.expect("serve returned by itself").unwrap();
+        assert_eq!(stopped.failed, None);
         stopped
     }
 

@@ -3,7 +3,7 @@
 //! at the stop it accepts no more, each connection finishes the request it is answering
 //! (an idle one closes at once), and whatever is left at the supervisor's deadline is
 //! aborted and joined with the rest. `axum::serve` spawns its connections detached instead:
-//! one outlived the daemon's runtime if it was still open when the server was dropped.
+//! one still open when its server was aborted outlived the daemon's stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
