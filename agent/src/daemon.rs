@@ -2,10 +2,10 @@
 //! (shared with the gateway), stopped together and joined within [`STOP_WITHIN`] on SIGTERM
 //! or SIGINT, with the spool flushed to disk last.
 //!
-//! Tasks: the metrics endpoint; with `[stream]`: the link, its token refresher, each source,
-//! the gateway usage source and the spool's fsync tick; with `[telemetry]`: the flows poster;
-//! with `[backend]`: the usage reporter. Further tasks are spawned beside them with
-//! [`Supervisor::spawn`]. Beside the tasks, the outbox's own thread ([`OutboxOwner`]) does
+//! Tasks: the metrics endpoint (each of its connections a task too); with `[stream]`: the
+//! link, its token refresher, each source, the gateway usage source and the spool's fsync
+//! tick; with `[telemetry]`: the flows poster; with `[backend]`: the usage reporter. Further
+//! tasks are spawned beside them with [`Supervisor::spawn`]. Beside the tasks, the outbox's own thread ([`OutboxOwner`]) does
 //! the spool's disk I/O; it is closed (everything flushed) and joined after the tasks.
 
 use std::future::Future;
@@ -52,15 +52,10 @@ pub async fn run(
         .context("reading the metrics address")?;
     let mut supervisor = Supervisor::new(STOP_WITHIN);
 
-    let serve_metrics = metrics.clone();
-    let mut stop = supervisor.stopping();
+    let (serve_metrics, connections) = (metrics.clone(), supervisor.spawner());
     supervisor.spawn("metrics", async move {
-        let shutdown = async move {
-            stopped(&mut stop).await;
-        };
-        metrics::serve(listener, serve_metrics, shutdown)
-            .await
-            .context("serving metrics")
+        metrics::serve(listener, serve_metrics, connections).await;
+        Ok(())
     });
 
     let http = HttpClient::new(&config.http).context("setting up the HTTP client")?;

@@ -1,13 +1,13 @@
 //! Health and counters, served in Prometheus text format on `[metrics] listen` (local only
 //! by default) and read back by `edgeshare-agent status`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use edgeshare_shared::prometheus::{Exposition, Kind, read_label, read_value};
+use edgeshare_shared::supervisor::Spawner;
 
 use crate::outbox::OutboxStats;
 
@@ -368,12 +368,9 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (and `/` for a person with a browser) until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// Serves `GET /metrics` (and `/` for a person with a browser) until the stop; each
+/// connection is a task of `tasks`.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, tasks: Spawner) {
     use axum::routing::get;
     let handler = move || {
         let metrics = metrics.clone();
@@ -390,9 +387,7 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/metrics", get(handler.clone()))
         .route("/", get(handler));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    edgeshare_shared::serve::serve(listener, app, tasks, "metrics connection").await;
 }
 
 /// Binds the metrics listener; a clear error if the port is taken.

@@ -15,6 +15,7 @@ use edgeshare_gateway::dashboard::{self, Settings, Source};
 use edgeshare_gateway::net::{Mac, Millis, Network};
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::secret::Secret;
+use edgeshare_shared::supervisor::Supervisor;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, ORIGIN, RETRY_AFTER, SET_COOKIE};
 
@@ -154,12 +155,14 @@ async fn serve() -> Served {
             prefix: 32,
         }],
     };
-    tokio::spawn(dashboard::serve(
-        listener,
-        source.clone(),
-        settings,
-        std::future::pending(),
-    ));
+    // Under a supervisor, as the daemon runs it; never stopped.
+    let mut supervisor = Supervisor::new(std::time::Duration::from_secs(1));
+    let (serving, tasks) = (source.clone(), supervisor.spawner());
+    supervisor.spawn_essential("dashboard", async move {
+        dashboard::serve(listener, serving, settings, tasks).await;
+        Ok(())
+    });
+    tokio::spawn(supervisor.run_until(std::future::pending()));
     Served { base, source }
 }
 

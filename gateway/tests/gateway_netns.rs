@@ -2253,8 +2253,30 @@ fn restart_keeps_clients(signal: Signal) {
         "the online client's address passes (the check itself works)"
     );
     assert!(!second_client_reaches_upstream(bed), "the other is captive");
+    // The captive address holds a portal connection with half a request (a phone's
+    // connection opened ahead of use): the stop neither waits for it nor leaves it open.
+    let slow = bed.client.in_thread(|| {
+        use std::io::Write as _;
+        let source: IpAddr = "10.66.0.3".parse().expect("an address");
+        let mut stream = connect_from(source, portal_for(source)).expect("a portal connection");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 10.66.0.1\r\nX-Slow: ")
+            .expect("half a request");
+        stream
+    });
 
+    let stopping = Instant::now();
     gateway.stop(signal);
+    let took = stopping.elapsed();
+    println!("{signal:?} with a slow portal client connected: stopped in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the stop waited on a connection without a request: {took:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), || !held_open(&slow)),
+        "the slow client's connection outlived the daemon"
+    );
     assert!(
         gateway.table_exists(),
         "the table stays while the daemon is down"

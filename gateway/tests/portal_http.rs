@@ -15,6 +15,7 @@ use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::secret::Secret;
+use edgeshare_shared::supervisor::{Stopped, Supervisor};
 use reqwest::StatusCode;
 use reqwest::header::{
     ALLOW, CACHE_CONTROL, CONTENT_LANGUAGE, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION,
@@ -122,8 +123,16 @@ struct Running {
     gate: Arc<FakeGate>,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The portal under a supervisor, as the daemon runs it: how the stop went, and what
+    /// `serve` returned (an error if it never returned).
+    server: tokio::task::JoinHandle<(
+        Stopped,
+        Result<std::io::Result<()>, tokio::sync::oneshot::error::RecvError>,
+    )>,
 }
+
+/// The supervisor's wait for the portal's connections at the stop, in these tests.
+const STOP_WITHIN: Duration = Duration::from_secs(2);
 
 /// A client whose connections come from `source` (any 127.0.0.0/8 address is loopback).
 fn client_from(source: IpAddr) -> reqwest::Client {
@@ -159,14 +168,21 @@ async fn start_with(gate: FakeGate, tune: impl FnOnce(&mut PortalSettings)) -> R
     tune(&mut settings);
     let gate = Arc::new(gate);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(portal::serve(
-        listener,
-        Arc::clone(&gate),
-        settings,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let mut supervisor = Supervisor::new(STOP_WITHIN);
+    let (serving, tasks) = (Arc::clone(&gate), supervisor.spawner());
+    let (served, result) = tokio::sync::oneshot::channel();
+    supervisor.spawn_essential("portal", async move {
+        let _ = served.send(portal::serve(listener, serving, settings, tasks).await);
+        Ok(())
+    });
+    let server = tokio::spawn(async move {
+        let stopped = supervisor
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (stopped, result.await)
+    });
     Running {
         addr,
         url,
@@ -224,12 +240,20 @@ impl Running {
         Reply::from(request.send().await.unwrap()).await
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        self.stop_and_join().await;
+    }
+
+    /// Stops the portal; how the stop of its tasks went.
+    async fn stop_and_join(mut self) -> Stopped {
         let _ = self.stop.take().unwrap().send(());
         let result = tokio::time::timeout(Duration::from_secs(10), self.server)
             .await
             .expect("server stops after the shutdown signal");
-        result.unwrap().unwrap();
+        let (stopped, served) = result.unwrap();
+        served.expect("serve returned by itself").unwrap();
+        assert_eq!(stopped.failed, None);
+        stopped
     }
 
     /// The server still answers a normal request.
@@ -1030,6 +1054,87 @@ async fn a_dropped_login_still_completes_in_the_gate() {
         .await;
     assert_eq!(probe.status, StatusCode::NO_CONTENT);
     portal.stop().await;
+}
+
+/// At the stop, a login in flight is answered and the portal waits for it; a client holding
+/// a connection with half a request, or none yet, is cut off at once. Every connection's
+/// task is joined before the stop returns: none outlives the portal.
+#[tokio::test]
+async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined() {
+    let portal = start(|_| {}).await;
+    portal.gate.script(Redeem::Online(STATUS));
+    *portal.gate.delay.lock().unwrap() = Duration::from_millis(500);
+    let body = "code=ABCD2345";
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
+        portal.addr,
+        body.len()
+    );
+    let mut login = TcpStream::connect(portal.addr).await.unwrap();
+    login.write_all(request.as_bytes()).await.unwrap();
+    let mut trickling = TcpStream::connect(portal.addr).await.unwrap();
+    trickling
+        .write_all(b"GET / HTTP/1.1\r\nHost: 10.66.0.1\r\nUser-Agent: Moz")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(portal.addr).await.unwrap();
+    // The gate is working on the login when the stop comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gate = Arc::clone(&portal.gate);
+    let started = tokio::time::Instant::now();
+    let stopped = portal.stop_and_join().await;
+    let took = started.elapsed();
+    assert_eq!(Arc::strong_count(&gate), 1, "no task holds the portal");
+    // The login took its 500 ms; the others held nothing in flight and were not waited for.
+    assert!(took < STOP_WITHIN, "no wait for the deadline: {took:?}");
+    assert_eq!(stopped.aborted, Vec::<&str>::new());
+    // Joined means closed: each socket reads its end at once, nothing is left serving it.
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_millis(200), login.read_to_string(&mut reply))
+        .await
+        .expect("the login's connection is closed")
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "answered: {reply}");
+    assert!(reply.contains("Your code was accepted"), "{reply}");
+    for stream in [&mut trickling, &mut idle] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "closed by the time the stop returned");
+    }
+}
+
+/// A login still in the gate at the deadline is cut short: the stop takes the deadline, no
+/// longer, and neither the connection's task nor the redemption's outlives it.
+#[tokio::test]
+async fn at_the_deadline_a_stuck_login_is_aborted_and_joined() {
+    let portal = start(|_| {}).await;
+    *portal.gate.delay.lock().unwrap() = Duration::from_secs(60);
+    let body = "code=ABCD2345";
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
+        portal.addr,
+        body.len()
+    );
+    let mut login = TcpStream::connect(portal.addr).await.unwrap();
+    login.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gate = Arc::clone(&portal.gate);
+    let started = tokio::time::Instant::now();
+    let stopped = portal.stop_and_join().await;
+    let took = started.elapsed();
+    assert!(
+        took >= STOP_WITHIN && took < STOP_WITHIN + Duration::from_secs(1),
+        "the deadline, no longer: {took:?}"
+    );
+    assert_eq!(
+        stopped.aborted,
+        vec!["code redemption", "portal connection"]
+    );
+    assert_eq!(Arc::strong_count(&gate), 1, "no task holds the portal");
+    assert!(gate.redeemed.lock().unwrap().is_empty(), "cut short");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_millis(200), login.read_to_end(&mut rest));
+    assert!(read.await.is_ok(), "closed by the time the stop returned");
 }
 
 /// A client that sends no headers is disconnected after the header timeout, and meanwhile

@@ -4,6 +4,7 @@
 //! - [`ledger`]: the durable usage ledger the gateway writes and the agent reports from.
 //! - [`prometheus`]: the metrics endpoints' text format.
 //! - [`secret`]: a password/token type that never prints, and private atomic files.
+//! - [`serve`]: an HTTP server whose connections are supervised tasks.
 //! - [`supervisor`]: a daemon's named tasks, stopped together and all joined at shutdown.
 //! - [`systemd`]: `sd_notify` (readiness, watchdog, stopping) for `Type=notify` units.
 //!
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod prometheus;
 pub mod retry;
 pub mod secret;
+pub mod serve;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;

@@ -1,26 +1,55 @@
 //! A daemon's tasks side by side, stopped together: each task is spawned by name, watches one
-//! stop signal, and is joined at shutdown within a bounded wait; a task still running at the
-//! deadline is aborted (and joined) and named in the log, so no task outlives its daemon.
+//! stop signal, and is joined at shutdown within one bounded wait; a task still running at
+//! the deadline is aborted (and joined) and named in the log, so no task outlives its daemon.
+//!
+//! Besides the long-lived tasks, short-lived ones (a server's connections, a job one of them
+//! starts) are spawned from anywhere through a [`Spawner`] into the same set: at the stop they
+//! get what is left of the same wait, then are aborted and joined like the rest.
 //!
 //! The shape of mini-redis's and linkerd2-proxy's shutdown: one broadcast "stop", every task
 //! owned by one `JoinSet`, nothing detached.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinError, JoinSet};
+
+/// A short-lived task on its way to the supervisor's set.
+type Child = (&'static str, Pin<Box<dyn Future<Output = ()> + Send>>);
+
+/// What a task's end means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Runs until the stop; ending before it is logged, and the others go on.
+    Daemon,
+    /// Runs until the stop; ending before it (done, failed or panicked) stops the daemon.
+    Essential,
+    /// Ends by itself (a connection); only a panic is worth a log line.
+    Child,
+}
 
 /// The daemon's tasks and the signal that stops them.
 #[derive(Debug)]
 pub struct Supervisor {
     tasks: JoinSet<anyhow::Result<()>>,
-    /// The name of each running task, by tokio's task id: the id is what a `JoinError`
-    /// (panic, abort) carries.
-    names: HashMap<Id, &'static str>,
+    /// The name and kind of each running task, by tokio's task id: the id is what a
+    /// `JoinError` (panic, abort) carries.
+    names: HashMap<Id, (&'static str, Kind)>,
     stop: watch::Sender<bool>,
     stop_within: Duration,
+    /// Short-lived tasks sent by [`Spawner`]s, spawned into `tasks` as they come.
+    children: mpsc::UnboundedReceiver<Child>,
+    spawner: Spawner,
+}
+
+/// Spawns short-lived tasks into a [`Supervisor`]'s set from any task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    children: mpsc::UnboundedSender<Child>,
+    stop: watch::Receiver<bool>,
 }
 
 /// How the stop went, for the log and the tests.
@@ -28,16 +57,25 @@ pub struct Supervisor {
 pub struct Stopped {
     /// Tasks that had not finished at the deadline and were aborted, by name.
     pub aborted: Vec<&'static str>,
+    /// The essential task whose end stopped the daemon, if that is what stopped it.
+    pub failed: Option<&'static str>,
 }
 
 impl Supervisor {
     /// Tasks get `stop_within` to finish after the stop signal before they are aborted.
     pub fn new(stop_within: Duration) -> Self {
+        let (stop, stopping) = watch::channel(false);
+        let (sender, children) = mpsc::unbounded_channel();
         Supervisor {
             tasks: JoinSet::new(),
             names: HashMap::new(),
-            stop: watch::channel(false).0,
+            stop,
             stop_within,
+            children,
+            spawner: Spawner {
+                children: sender,
+                stop: stopping,
+            },
         }
     }
 
@@ -47,26 +85,58 @@ impl Supervisor {
         self.stop.subscribe()
     }
 
+    /// A handle that spawns short-lived tasks into this set (see [`Spawner::spawn`]).
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+
     /// Runs `task` beside the others. It should return soon after [`Supervisor::stopping`]
     /// turns true; an error it returns is logged.
     pub fn spawn<F>(&mut self, name: &'static str, task: F)
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let handle = self.tasks.spawn(task);
-        self.names.insert(handle.id(), name);
+        self.spawn_as(name, Kind::Daemon, task);
     }
 
-    /// Waits for `signal`, then signals every task to stop and joins them all; any still
-    /// running after the bounded wait is aborted, joined, and named. A task that ends before
-    /// the signal is logged; the others go on.
+    /// Like [`Supervisor::spawn`], for a task the daemon is no use without (a server): if it
+    /// ends before the stop, however it ends, every task is stopped and
+    /// [`Stopped::failed`] names it.
+    pub fn spawn_essential<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.spawn_as(name, Kind::Essential, task);
+    }
+
+    fn spawn_as<F>(&mut self, name: &'static str, kind: Kind, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), (name, kind));
+    }
+
+    fn spawn_child(&mut self, (name, task): Child) {
+        self.spawn_as(name, Kind::Child, async move {
+            task.await;
+            Ok(())
+        });
+    }
+
+    /// Waits for `signal` (or the end of an essential task), then signals every task to
+    /// stop and joins them all, the short-lived ones too; any still running after the one
+    /// bounded wait is aborted, joined, and named. Another task that ends before the signal
+    /// is logged; the others go on.
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Stopped {
         tokio::pin!(signal);
-        loop {
+        let mut failed = None;
+        while failed.is_none() {
             tokio::select! {
                 () = &mut signal => break,
+                Some(child) = self.children.recv() => self.spawn_child(child),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
-                    self.log_end(done, false);
+                    failed = self.log_end(done, false);
                 }
             }
         }
@@ -74,13 +144,30 @@ impl Supervisor {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.stop_within;
         loop {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
-                Ok(Some(done)) => self.log_end(done, true),
-                Ok(None) => return Stopped::default(),
-                Err(_) => break,
+            if self.tasks.is_empty() {
+                // A task's last act may have been to spawn one more.
+                match self.children.try_recv() {
+                    Ok(child) => self.spawn_child(child),
+                    Err(_) => {
+                        return Stopped {
+                            aborted: Vec::new(),
+                            failed,
+                        };
+                    }
+                }
+            }
+            tokio::select! {
+                Some(child) = self.children.recv() => self.spawn_child(child),
+                Some(done) = self.tasks.join_next_with_id() => {
+                    self.log_end(done, true);
+                }
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let mut aborted: Vec<&'static str> = self.names.values().copied().collect();
+        // Too late to start: what is still on its way is dropped unstarted.
+        self.children.close();
+        while self.children.try_recv().is_ok() {}
+        let mut aborted: Vec<&'static str> = self.names.values().map(|(name, _)| *name).collect();
         aborted.sort_unstable();
         tracing::warn!(
             tasks = ?aborted,
@@ -90,17 +177,28 @@ impl Supervisor {
         self.tasks.abort_all();
         // An aborted task ends at its next await; joining it here means none outlives us.
         while self.tasks.join_next().await.is_some() {}
-        Stopped { aborted }
+        Stopped { aborted, failed }
     }
 
-    fn log_end(&mut self, done: Result<(Id, anyhow::Result<()>), JoinError>, stopping: bool) {
+    /// Logs a task's end; the name of an essential task that ended before the stop.
+    fn log_end(
+        &mut self,
+        done: Result<(Id, anyhow::Result<()>), JoinError>,
+        stopping: bool,
+    ) -> Option<&'static str> {
         let id = match &done {
             Ok((id, _)) => *id,
             Err(err) => err.id(),
         };
-        let name = self.names.remove(&id).unwrap_or("?");
+        let (name, kind) = self.names.remove(&id).unwrap_or(("?", Kind::Daemon));
+        let essential = kind == Kind::Essential && !stopping;
         match done {
-            Ok((_, Ok(()))) if stopping => tracing::debug!(task = name, "stopped"),
+            Ok((_, Ok(()))) if stopping || kind == Kind::Child => {
+                tracing::debug!(task = name, "stopped");
+            }
+            Ok((_, Ok(()))) if essential => {
+                tracing::error!(task = name, "an essential task ended; stopping the daemon");
+            }
             Ok((_, Ok(()))) => tracing::warn!(task = name, "task ended early"),
             Ok((_, Err(err))) => tracing::error!(
                 task = name,
@@ -109,6 +207,24 @@ impl Supervisor {
             ),
             Err(err) => tracing::error!(task = name, error = %err, "task panicked"),
         }
+        essential.then_some(name)
+    }
+}
+
+impl Spawner {
+    /// Runs `task` in the supervisor's set: joined at the stop like the daemon's own tasks
+    /// (within the same wait, then aborted). It ends by itself; a panic is logged. Once the
+    /// supervisor has given up waiting, `task` is dropped unstarted.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let _ = self.children.send((name, Box::pin(task)));
+    }
+
+    /// A receiver that turns true when the daemon stops, as [`Supervisor::stopping`].
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
     }
 }
 
@@ -208,5 +324,83 @@ mod tests {
             done.load(Ordering::SeqCst),
             "still ran, then stopped on the signal"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_essential_task_that_fails_stops_the_others() {
+        let mut sup = Supervisor::new(WITHIN);
+        let done = Arc::new(AtomicBool::new(false));
+        let task = polite(&sup, Duration::from_millis(100), done.clone());
+        sup.spawn("polite", task);
+        sup.spawn_essential("server", async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            anyhow::bail!("cannot accept")
+        });
+        let started = tokio::time::Instant::now();
+        let stopped = sup.run_until(std::future::pending()).await;
+        assert_eq!(stopped.failed, Some("server"));
+        assert_eq!(stopped.aborted, Vec::<&str>::new());
+        assert!(done.load(Ordering::SeqCst), "told to stop, and joined");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(1_100),
+            "stopped at the failure, not at a signal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_tasks_spawned_from_a_task_are_joined_within_the_same_wait() {
+        let mut sup = Supervisor::new(WITHIN);
+        let spawner = sup.spawner();
+        let finished = Arc::new(AtomicBool::new(false));
+        let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+        let accepted = finished.clone();
+        let mut server_stop = sup.stopping();
+        sup.spawn_essential("server", async move {
+            // A request in flight that finishes after the signal, within the wait.
+            let mut stop = spawner.stopping();
+            spawner.spawn("connection", async move {
+                stopped(&mut stop).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                accepted.store(true, Ordering::SeqCst);
+            });
+            // A client that never lets go.
+            spawner.spawn("connection", async move {
+                let _alive = alive;
+                std::future::pending::<()>().await;
+            });
+            // The server itself stops at once; its connections are not its to wait for.
+            stopped(&mut server_stop).await;
+            Ok(())
+        });
+        let started = tokio::time::Instant::now();
+        let stopped = sup
+            .run_until(tokio::time::sleep(Duration::from_secs(1)))
+            .await;
+        assert_eq!(stopped.aborted, vec!["connection"], "the one that hung on");
+        assert_eq!(stopped.failed, None);
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the request in flight finished"
+        );
+        assert!(gone.await.is_err(), "the stuck connection was dropped");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1) + WITHIN,
+            "one wait for the tasks and their connections together"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_spawned_after_the_deadline_never_starts() {
+        let sup = Supervisor::new(WITHIN);
+        let spawner = sup.spawner();
+        let stopped = sup.run_until(std::future::ready(())).await;
+        assert_eq!(stopped, Stopped::default());
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        spawner.spawn("late", async move { flag.store(true, Ordering::SeqCst) });
+        tokio::task::yield_now().await;
+        assert!(!started.load(Ordering::SeqCst));
     }
 }

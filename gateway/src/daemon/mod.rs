@@ -10,7 +10,10 @@
 //!   `dashboard.rs`: what the provider's dashboard asks of the daemon.
 //! - `garden.rs`: the walled garden's hosts; `meter.rs`: the capture meter, its audit, the
 //!   flows kept for the agent and the live rates; `lan.rs`: the neighbour table and guard.
-//! - here: [`run`], which wires them together, and what they share.
+//! - here: [`run`], which wires them together as tasks of one `Supervisor` (shared with the
+//!   agent), and what they share. At SIGTERM or SIGINT, or when a server fails, every task
+//!   and every connection is stopped and joined within [`STOP_WITHIN`]; the owner's thread
+//!   stops last, saving the state.
 //!
 //! The state is kept on disk so that a restart or `kill -9` keeps online clients online with
 //! the quota they had, and the kernel's table outlives the daemon.
@@ -38,6 +41,7 @@ use edgeshare_shared::backend::HttpClient;
 use edgeshare_shared::backend::crowd::CrowdClient;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter};
+use edgeshare_shared::supervisor::{Supervisor, stopped};
 
 use crate::code_book::CodeBook;
 use crate::codes::{BackendCodes, CodeStore};
@@ -60,6 +64,11 @@ use state::State;
 
 /// How often kernel counters are read and the core ticks.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long every task together gets after SIGTERM or SIGINT to finish (a portal request in
+/// flight, a login being saved) before the rest are aborted and joined; then the state's
+/// owner saves the sessions. Well within systemd's `TimeoutStopSec` (15 s).
+const STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// Where codes are checked.
 #[derive(Debug)]
@@ -116,49 +125,46 @@ fn open_neighbour_table(lan: &str) -> Option<(NeighbourTable, u32)> {
 /// long at most.
 const NEIGHBOUR_BATCH: Duration = Duration::from_millis(10);
 
-/// Hands the changes of the LAN's neighbour entries (interface index `lan`) to the owner as
-/// the kernel tells them, in batches, so that a claim on an online device's address is
-/// turned down at once (see `Guard::notified`); without it, at the next tick.
-fn watch_neighbours(lan: u32, owner: Owner) {
-    let mut watch = match NeighbourWatch::open(lan) {
-        Ok(watch) => watch,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch the LAN's neighbour table: a device claiming an online device's address is turned down at the next tick, not at once");
+/// Hands the changes of the LAN's neighbour entries to the owner as the kernel tells them,
+/// in batches, until the stop, so that a claim on an online device's address is turned down
+/// at once (see `Guard::notified`); without it, at the next tick.
+async fn watch_neighbours(
+    mut watch: NeighbourWatch,
+    owner: Owner,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let changed = tokio::select! {
+            () = stopped(&mut stop) => return,
+            changed = watch.changed() => changed,
+        };
+        let mut batch = match changed {
+            Ok(batch) => batch,
+            // Notifications lost to a flood (ENOBUFS): the tick reads the table.
+            Err(err) => {
+                tracing::debug!(error = %err, "neighbour notifications lost");
+                continue;
+            }
+        };
+        while let Ok(more) = watch.waiting() {
+            if more.is_empty() {
+                break;
+            }
+            batch.extend(more);
+        }
+        // A claim (an advertisement or ARP taken) leaves the entry STALE or REACHABLE; the
+        // kernel's own probing and failures are the ticks' to read.
+        batch.retain(|entry| entry.reach == Reach::Answered);
+        if batch.is_empty() {
+            continue;
+        }
+        if !owner.neighbours(batch) {
             return;
         }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("neighbour-watch".to_owned())
-        .spawn(move || {
-            loop {
-                let mut batch = match watch.changed(true) {
-                    Ok(batch) => batch,
-                    // Notifications lost to a flood (ENOBUFS): the tick reads the table.
-                    Err(err) => {
-                        tracing::debug!(error = %err, "neighbour notifications lost");
-                        continue;
-                    }
-                };
-                while let Ok(more) = watch.changed(false) {
-                    if more.is_empty() {
-                        break;
-                    }
-                    batch.extend(more);
-                }
-                // A claim (an advertisement or ARP taken) leaves the entry STALE or
-                // REACHABLE; the kernel's own probing and failures are the ticks' to read.
-                batch.retain(|entry| entry.reach == Reach::Answered);
-                if batch.is_empty() {
-                    continue;
-                }
-                if !owner.neighbours(batch) {
-                    return;
-                }
-                std::thread::sleep(NEIGHBOUR_BATCH);
-            }
-        });
-    if let Err(err) = spawned {
-        tracing::warn!(error = %err, "cannot start the neighbour watcher: claims on online addresses are turned down at the next tick");
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(NEIGHBOUR_BATCH) => {}
+        }
     }
 }
 
@@ -312,8 +318,20 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     // Started after the resume: the bytes the kernel counted while the daemon was down have
     // no capture to compare with.
     let (owner, inbox) = Owner::new();
+    let mut supervisor = Supervisor::new(STOP_WITHIN);
     if let Some(lan) = state.lan.index() {
-        watch_neighbours(lan, owner.clone());
+        match NeighbourWatch::open(lan) {
+            Ok(watch) => {
+                let (owner, stop) = (owner.clone(), supervisor.stopping());
+                supervisor.spawn("neighbour watch", async move {
+                    watch_neighbours(watch, owner, stop).await;
+                    Ok(())
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the LAN's neighbour table: a device claiming an online device's address is turned down at the next tick, not at once");
+            }
+        }
     }
     let reports = owner.clone();
     if let Some(capture) = start_capture(&config, move |report| reports.capture(report)) {
@@ -345,34 +363,26 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let control_listener = control::bind(&config.control.socket, group)
         .with_context(|| format!("binding control.socket {}", config.control.socket.display()))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = if config.metrics.listen.is_empty() {
-        None
-    } else {
+    let tasks = supervisor.spawner();
+    if !config.metrics.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
             .await
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
-        Some(tokio::spawn(serve_metrics(
-            listener,
-            owner.clone(),
-            stop_rx.clone(),
-        )))
-    };
-    let dashboard_task =
-        match start_dashboard(&config, &codes, &owner, &portal_url, &ledger_dir).await? {
-            Some((listener, source, settings)) => {
-                let mut stop = stop_rx.clone();
-                Some(tokio::spawn(crate::dashboard::serve(
-                    listener,
-                    source,
-                    settings,
-                    async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    },
-                )))
-            }
-            None => None,
-        };
+        let (owner, tasks) = (owner.clone(), tasks.clone());
+        supervisor.spawn_essential("metrics endpoint", async move {
+            serve_metrics(listener, owner, tasks).await;
+            Ok(())
+        });
+    }
+    if let Some((listener, source, settings)) =
+        start_dashboard(&config, &codes, &owner, &portal_url, &ledger_dir).await?
+    {
+        let tasks = tasks.clone();
+        supervisor.spawn_essential("dashboard", async move {
+            crate::dashboard::serve(listener, source, settings, tasks).await;
+            Ok(())
+        });
+    }
     let settings = PortalSettings {
         url: portal_url.clone(),
         per_device_attempts: config.portal.attempts_per_device,
@@ -380,36 +390,46 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         window: Duration::from_secs(60),
         look: portal::Look::from_config(&config.portal),
     };
-    let watch_task = tokio::spawn(watch::watch_backend(
-        Arc::clone(&codes),
-        owner.clone(),
-        config.codes.recheck_every,
-        config.codes.list_refresh,
-        stop_rx.clone(),
-    ));
+    if let Codes::Backend(_) = &*codes {
+        let watching = watch::watch_backend(
+            Arc::clone(&codes),
+            owner.clone(),
+            config.codes.recheck_every,
+            config.codes.list_refresh,
+            supervisor.stopping(),
+        );
+        supervisor.spawn("code checks", async move {
+            watching.await;
+            Ok(())
+        });
+    }
     let gate = Arc::new(PortalGate {
         owner: owner.clone(),
         codes,
         margin: config.codes.expiry_margin,
     });
-    let mut portal_stop = stop_rx.clone();
-    let portal_task = tokio::spawn(portal::serve(portal_listener, gate, settings, async move {
-        let _ = portal_stop.wait_for(|stop| *stop).await;
-    }));
-    let garden_task = (!unresolved.is_empty()).then(|| {
-        tokio::spawn(resolve_garden_later(
+    let portal_tasks = tasks.clone();
+    supervisor.spawn_essential("portal", async move {
+        portal::serve(portal_listener, gate, settings, portal_tasks)
+            .await
+            .context("serving the portal")
+    });
+    if !unresolved.is_empty() {
+        // Ends by itself once every host resolved.
+        let resolving = resolve_garden_later(
             config.clone(),
             garden,
             unresolved,
             owner.clone(),
-            stop_rx.clone(),
-        ))
+            supervisor.stopping(),
+        );
+        tasks.spawn("walled garden", resolving);
+    }
+    let control_owner = owner.clone();
+    supervisor.spawn_essential("control socket", async move {
+        serve_control(control_listener, control_owner, tasks).await;
+        Ok(())
     });
-    let control_task = tokio::spawn(serve_control(
-        control_listener,
-        owner.clone(),
-        stop_rx.clone(),
-    ));
     tracing::info!(portal = %portal_url, lan = %config.lan.interface, "gateway running");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -420,32 +440,33 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if let Err(err) = notifier.ready(&ready) {
         tracing::warn!(error = %err, "cannot tell systemd that the gateway is ready");
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    let tell_stopping = || {
+        if let Err(err) = notifier.stopping("stopping: saving the sessions") {
+            tracing::warn!(error = %err, "cannot tell systemd that the gateway is stopping");
+        }
+    };
+    let signal = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tell_stopping();
+    };
+    let stopped = supervisor.run_until(signal).await;
+    if stopped.failed.is_some() {
+        tell_stopping();
     }
-
-    tracing::info!("stopping");
-    if let Err(err) = notifier.stopping("stopping: saving the sessions") {
-        tracing::warn!(error = %err, "cannot tell systemd that the gateway is stopping");
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), portal_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
-    if let Some(task) = metrics_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-    }
-    if let Some(task) = dashboard_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-    }
-    if let Some(task) = garden_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), watch_task).await;
+    // Last, once no task can ask it anything: the last counters are read and the sessions
+    // saved.
     owner.stop(config.firewall.remove_on_exit).await;
     if owner_thread.join().is_err() {
         tracing::error!("the state owner's thread panicked while stopping");
     }
     std::fs::remove_file(&config.control.socket).ok();
-    Ok(())
+    match stopped.failed {
+        Some(task) => anyhow::bail!(
+            "the gateway's {task} stopped working, so the gateway stopped (the sessions are saved; the log above says why)"
+        ),
+        None => Ok(()),
+    }
 }

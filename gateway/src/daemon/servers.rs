@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgeshare_shared::code::AccessCode;
+use edgeshare_shared::supervisor::{Spawner, stopped};
 
 use super::Codes;
 use super::owner::Owner;
@@ -74,14 +75,15 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this long about failing accepts; the rest are counted in it.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves the control socket until `stop` turns true.
+/// Serves the control socket until the stop; each connection is a task of `tasks`.
 pub(super) async fn serve_control(
     listener: tokio::net::UnixListener,
     owner: Owner,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    tasks: Spawner,
 ) {
     let open: Arc<Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>> =
         Arc::default();
+    let mut stop = tasks.stopping();
     let mut next_id = 0_u64;
     let mut backoff = Duration::ZERO;
     let mut last_logged: Option<tokio::time::Instant> = None;
@@ -89,7 +91,7 @@ pub(super) async fn serve_control(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         };
         let stream = match accepted {
             Ok((stream, _)) => {
@@ -123,9 +125,10 @@ pub(super) async fn serve_control(
         }
         let owner = owner.clone();
         let open = open.clone();
-        tokio::spawn(async move {
+        let stop = tasks.stopping();
+        tasks.spawn("control connection", async move {
             tokio::select! {
-                () = serve_control_connection(stream, owner) => {}
+                () = serve_control_connection(stream, owner, stop) => {}
                 _ = evicted => {}
             }
             open.lock()
@@ -135,14 +138,22 @@ pub(super) async fn serve_control(
     }
 }
 
-/// One request and its reply; a client silent for [`CONTROL_IDLE_TIMEOUT`] is dropped.
-async fn serve_control_connection(stream: tokio::net::UnixStream, owner: Owner) {
+/// One request and its reply; a client silent for [`CONTROL_IDLE_TIMEOUT`], or still silent
+/// at the stop, is dropped (a request read by then is answered).
+async fn serve_control_connection(
+    stream: tokio::net::UnixStream,
+    owner: Owner,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64));
-    let reply = match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)).await
-    {
+    let read = tokio::select! {
+        read = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)) => read,
+        () = stopped(&mut stop) => return,
+    };
+    let reply = match read {
         Err(_) => return,
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => owner.control(request).await,
@@ -156,12 +167,9 @@ async fn serve_control_connection(stream: tokio::net::UnixStream, owner: Owner) 
     let _ = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, write.write_all(text.as_bytes())).await;
 }
 
-/// Serves `GET /metrics` (Prometheus text) on `listen` until `stop`.
-pub(super) async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    owner: Owner,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Serves `GET /metrics` (Prometheus text) on `listener` until the stop; each connection is
+/// a task of `tasks`.
+pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, owner: Owner, tasks: Spawner) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -178,15 +186,7 @@ pub(super) async fn serve_metrics(
             }
         }),
     );
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %err, "the metrics endpoint failed");
-    }
+    edgeshare_shared::serve::serve(listener, app, tasks, "metrics connection").await;
 }
 
 impl PortalGate {

@@ -120,9 +120,6 @@ pub(super) async fn watch_backend(
     list_refresh: Duration,
     stop: watch::Receiver<bool>,
 ) {
-    let Codes::Backend(_) = &*codes else {
-        return;
-    };
     tokio::join!(
         refresh_list(
             Arc::clone(&codes),
@@ -186,7 +183,9 @@ async fn recheck_other_accounts(
     tokio::pin!(stopped);
     loop {
         tokio::select! {
-            () = &mut stopped => return,
+            // The checks under way are cut short (their answers would come too late to
+            // matter) and joined.
+            () = &mut stopped => break,
             Some(done) = running.join_next() => {
                 let Ok((code, outcome)) = done else { continue };
                 if let Some(tell) = rechecks.answered(&code, outcome, Millis::now()) {
@@ -195,7 +194,7 @@ async fn recheck_other_accounts(
             }
             _ = look.tick() => {
                 let Some(live) = owner.other_account_codes().await else {
-                    return;
+                    break;
                 };
                 let room = MAX_IN_FLIGHT.saturating_sub(running.len());
                 let (ask, lapsed) = rechecks.due(&live, Millis::now(), room);
@@ -215,6 +214,7 @@ async fn recheck_other_accounts(
             }
         }
     }
+    running.shutdown().await;
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::secret::Secret;
+use edgeshare_shared::supervisor::Spawner;
 use time::OffsetDateTime;
 
 use self::auth::{Auth, Refused};
@@ -123,7 +124,8 @@ impl<S> Dashboard<S> {
 type Shared<S> = State<Arc<Dashboard<S>>>;
 type Peer = ConnectInfo<SocketAddr>;
 
-/// The dashboard's routes; serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The dashboard's routes; each request needs its peer's `ConnectInfo<SocketAddr>`, as
+/// [`serve`] gives it.
 pub fn router<S: Source>(source: S, settings: Settings) -> Router {
     let dashboard = Arc::new(Dashboard {
         auth: Mutex::new(Auth::new(settings.password.expose())),
@@ -148,17 +150,16 @@ pub fn router<S: Source>(source: S, settings: Settings) -> Router {
         .with_state(dashboard)
 }
 
-/// Serves the dashboard on `listener` until `shutdown` resolves.
+/// Serves the dashboard on `listener` until the stop of `tasks`, each connection one of its
+/// tasks.
 pub async fn serve<S: Source>(
     listener: tokio::net::TcpListener,
     source: S,
     settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(source, settings).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    tasks: Spawner,
+) {
+    let app = router(source, settings);
+    edgeshare_shared::serve::serve(listener, app, tasks, "dashboard connection").await;
 }
 
 /// Before every request: peers on the LAN are refused, and so are posts from other sites;

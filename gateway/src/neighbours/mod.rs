@@ -19,6 +19,7 @@ pub mod limits;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
 
 use crate::net::{Client, Mac};
 use crate::netlink::{
@@ -116,46 +117,74 @@ impl NeighbourTable {
 
 /// The kernel's notifications of the neighbour entries that change (`RTMGRP_NEIGH`), so
 /// that a claim on an online device's address is seen when it is made, not at the next
-/// reading of the table.
+/// reading of the table. Read by a task: its own non-blocking socket (not a [`Socket`],
+/// which blocks up to its reply time-out), so that the daemon's stop ends the wait at once.
 #[derive(Debug)]
 pub struct NeighbourWatch {
-    socket: Socket,
+    socket: tokio::io::unix::AsyncFd<OwnedFd>,
+    buf: Vec<u8>,
     ifindex: u32,
 }
 
 /// The rtnetlink multicast group of neighbour changes.
 const RTMGRP_NEIGH: u32 = 0x4;
+/// A notification datagram holds a few entries; a dump's largest is 32 KiB.
+const WATCH_BUFFER: usize = 64 * 1024;
 
 impl NeighbourWatch {
-    /// Watches the entries of the interface with index `ifindex`.
+    /// Watches the entries of the interface with index `ifindex`. Needs the tokio runtime.
     pub fn open(ifindex: u32) -> io::Result<Self> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink::SocketAddrNetlink};
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, RTMGRP_NEIGH))?;
+        // Deprecated for types whose descriptor may change or close under it; an `OwnedFd`
+        // owned by the `AsyncFd` cannot, and the safe way (`register`) takes `unsafe`.
+        #[allow(deprecated)]
+        let socket = tokio::io::unix::AsyncFd::new(fd)?;
         Ok(NeighbourWatch {
-            socket: Socket::subscribed(None, RTMGRP_NEIGH)?,
+            socket,
+            buf: vec![0; WATCH_BUFFER],
             ifindex,
         })
     }
 
-    /// The entries that changed, from the notifications waiting; with `wait`, blocks for
-    /// the next one (up to the socket's time-out: then none). Entries deleted are not told.
+    /// The entries of the next notification, once one comes. Entries deleted are not told.
     /// A flood the socket could not hold is an error (`ENOBUFS`); the next call goes on.
-    pub fn changed(&mut self, wait: bool) -> io::Result<Vec<Entry>> {
-        let flags = if wait {
-            RecvFlags::empty()
-        } else {
-            RecvFlags::DONTWAIT
-        };
-        let datagram = match self.socket.recv(flags) {
-            Ok(datagram) => datagram,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Ok(Vec::new());
+    pub async fn changed(&mut self) -> io::Result<Vec<Entry>> {
+        loop {
+            let mut ready = self.socket.readable().await?;
+            let buf = &mut self.buf;
+            let received = ready.try_io(|socket| {
+                Ok(rustix::net::recv(socket.get_ref(), &mut buf[..], RecvFlags::empty())?.1)
+            });
+            if let Ok(len) = received {
+                return self.entries(len?);
             }
-            Err(err) => return Err(err),
-        };
+        }
+    }
+
+    /// The entries of the notifications already waiting, without waiting for one.
+    pub fn waiting(&mut self) -> io::Result<Vec<Entry>> {
+        match rustix::net::recv(
+            self.socket.get_ref(),
+            &mut self.buf[..],
+            RecvFlags::DONTWAIT,
+        ) {
+            Ok((_, len)) => self.entries(len),
+            Err(rustix::io::Errno::AGAIN) => Ok(Vec::new()),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    fn entries(&self, len: usize) -> io::Result<Vec<Entry>> {
+        let datagram = self.buf.get(..len).ok_or_else(|| {
+            io::Error::other(format!("a netlink notification of {len} bytes was cut"))
+        })?;
         let mut found = Vec::new();
         for reply in replies(datagram).map_err(io::Error::other)? {
             found.extend(entry(&reply, self.ifindex).map_err(io::Error::other)?);

@@ -114,6 +114,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use edgeshare_shared::code::{self, AccessCode, BadCode};
 use edgeshare_shared::secret::Secret;
+use edgeshare_shared::serve::FirstRequest;
+use edgeshare_shared::supervisor::{Spawner, stopped};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -309,12 +311,16 @@ const BACKEND_RETRY_SECONDS: u64 = 60;
 /// `ConnectInfo<SocketAddr>`: serve the router with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, as [`serve`] does.
 pub fn router<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> Router {
-    app(gate, settings).0
+    app(gate, settings, None).0
 }
 
 /// The router, and the portal behind it (whose `logins` announce each device that logs in).
-fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, Arc<Portal<G>>) {
-    let portal = Arc::new(Portal::new(gate, settings));
+fn app<G: Gate>(
+    gate: Arc<G>,
+    settings: PortalSettings,
+    tasks: Option<Spawner>,
+) -> (Router, Arc<Portal<G>>) {
+    let portal = Arc::new(Portal::new(gate, settings, tasks));
     let router = Router::new()
         .route("/", get(index::<G>))
         .route("/status", get(status::<G>))
@@ -331,8 +337,10 @@ fn app<G: Gate>(gate: Arc<G>, settings: PortalSettings) -> (Router, Arc<Portal<G
     (router, portal)
 }
 
-/// Serves the portal on an already-bound listener until `shutdown` resolves. The client's IP
-/// is the TCP peer's; its device, the MAC the gate finds for that IP ([`Gate::mac`]).
+/// Serves the portal on an already-bound listener until the stop of `tasks`, each connection
+/// one of its tasks: at the stop no connection is accepted, one waiting for a slot is
+/// closed, and each open one finishes the request it is answering. The client's IP is the
+/// TCP peer's; its device, the MAC the gate finds for that IP ([`Gate::mac`]).
 ///
 /// The portal faces every device on the LAN, so each connection is bounded: headers must
 /// arrive within [`HEADER_TIMEOUT`], a whole request is answered within [`REQUEST_TIMEOUT`]
@@ -346,15 +354,15 @@ pub async fn serve<G: Gate>(
     listener: tokio::net::TcpListener,
     gate: Arc<G>,
     settings: PortalSettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tasks: Spawner,
 ) -> std::io::Result<()> {
-    let (app, portal) = app(gate, settings);
+    let (app, portal) = app(gate, settings, Some(tasks.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // Open and waiting together: a connection is counted from its accept, while its
     // device is looked up and while it waits for a slot, to its end.
     let admitted = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS + MAX_WAITING));
     let per_device = PerDevice::default();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut stop = tasks.stopping();
     let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
@@ -367,7 +375,7 @@ pub async fn serve<G: Gate>(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = stopped(&mut stop) => return Ok(()),
         };
         let Ok(admission) = Arc::clone(&admitted).try_acquire_owned() else {
             if last_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -383,7 +391,8 @@ pub async fn serve<G: Gate>(
         let portal = Arc::clone(&portal);
         let slots = Arc::clone(&slots);
         let per_device = per_device.clone();
-        tokio::spawn(async move {
+        let mut stop = tasks.stopping();
+        tasks.spawn("portal connection", async move {
             let ip = client_ip(peer);
             let device = portal.device(ip).await;
             let own_slot = match per_device.take(device, ip) {
@@ -401,7 +410,11 @@ pub async fn serve<G: Gate>(
                     return;
                 }
             };
-            let slot = match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+            let waited = tokio::select! {
+                waited = tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()) => waited,
+                () = stopped(&mut stop) => return,
+            };
+            let slot = match waited {
                 Ok(Ok(slot)) => slot,
                 Ok(Err(_closed)) => return,
                 Err(_) => {
@@ -412,7 +425,7 @@ pub async fn serve<G: Gate>(
             // Subscribed once served: logins while it waited are not its business (its
             // requests are answered as the device is by then).
             let logged_in = portal.logins.subscribe();
-            serve_connection(stream, peer, device, app, portal, logged_in).await;
+            serve_connection(stream, peer, device, app, portal, logged_in, stop).await;
             drop(slot);
             drop(own_slot);
             drop(admission);
@@ -420,7 +433,8 @@ pub async fn serve<G: Gate>(
     }
 }
 
-/// One portal connection, until it ends; closed early (gracefully) once its device logs in.
+/// One portal connection, until it ends; closed early (gracefully) once its device logs in
+/// or the daemon stops.
 async fn serve_connection<G: Gate>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -428,11 +442,15 @@ async fn serve_connection<G: Gate>(
     app: Router,
     portal: Arc<Portal<G>>,
     mut logged_in: broadcast::Receiver<Device>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tower::ServiceExt as _;
     let replies = Arc::clone(&portal);
+    let first = FirstRequest::default();
+    let came = first.clone();
     let service = hyper::service::service_fn(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            came.came();
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(device);
             let app = app.clone();
@@ -459,9 +477,20 @@ async fn serve_connection<G: Gate>(
     let mut connection = std::pin::pin!(connection);
     let me = client_ip(peer);
     let mut closing = false;
+    let mut stopping = false;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
+            () = stopped(&mut stop), if !stopping => {
+                stopping = true;
+                if !first.has_come() {
+                    break Ok(());
+                }
+                if !closing {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
             login = logged_in.recv(), if !closing => {
                 // This device just logged in. Its other connections here were opened
                 // while it was captive (browsers open some ahead of use) and the
@@ -596,10 +625,13 @@ struct Portal<G> {
     logins: broadcast::Sender<Device>,
     /// Whether the form offers sign-in with a network account ([`Gate::accounts`]).
     accounts: bool,
+    /// Where a redemption runs, apart from its connection: the daemon's supervisor when
+    /// [`serve`] runs the portal (joined at the stop); the runtime for the router alone.
+    tasks: Option<Spawner>,
 }
 
 impl<G: Gate> Portal<G> {
-    fn new(gate: Arc<G>, settings: PortalSettings) -> Self {
+    fn new(gate: Arc<G>, settings: PortalSettings, tasks: Option<Spawner>) -> Self {
         let location = HeaderValue::from_str(&settings.url).unwrap_or_else(|_| {
             tracing::error!(url = %settings.url, "portal URL is not a valid header value; redirecting to /");
             HeaderValue::from_static("/")
@@ -630,6 +662,7 @@ impl<G: Gate> Portal<G> {
             url: settings.url,
             started: tokio::time::Instant::now(),
             logins: broadcast::channel(64).0,
+            tasks,
         }
     }
 
@@ -1033,20 +1066,26 @@ async fn login<G: Gate>(
     };
     let shown = redacted(code.as_str());
     let signed_in = account.is_some();
+    let (done, redeemed) = tokio::sync::oneshot::channel();
     let task = {
         let portal = Arc::clone(&portal);
-        tokio::spawn(async move {
+        async move {
             let outcome = portal.gate.redeem(ip, code, account).await;
             if outcome.is_failed_guess() {
                 portal.limiter().failed(attempt);
             } else {
                 portal.limiter().refund(attempt);
             }
-            outcome
-        })
+            let _ = done.send(outcome);
+        }
     };
-    let outcome = task.await.unwrap_or_else(|error| {
-        tracing::error!(client = %ip, %error, "code redemption task failed");
+    match &portal.tasks {
+        Some(tasks) => tasks.spawn("code redemption", task),
+        None => drop(tokio::spawn(task)),
+    }
+    // Dropped unfinished: it panicked, or the daemon stopped before it could run.
+    let outcome = redeemed.await.unwrap_or_else(|_| {
+        tracing::error!(client = %ip, "code redemption task failed");
         Redeem::Internal
     });
     if matches!(outcome, Redeem::Online(_)) {
