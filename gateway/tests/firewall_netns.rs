@@ -11,7 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use edgeshare_gateway::firewall::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, NetlinkFirewall, NftFirewall,
+    Change, ClientCounters, Firewall, FirewallConfig, FirewallError, NetlinkFirewall, NftFirewall,
     SessionQuota,
 };
 use edgeshare_gateway::forwarding;
@@ -1006,6 +1006,71 @@ fn session_quota_calls_are_checked(kind: Kind) {
     assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
 }
 
+/// A plan's changes in one batch: a client moved to another session's quota and the first
+/// session cleared in the same batch leave exactly what the same changes one by one would
+/// (each quota change's deletions follow the maps as the changes before it left them); a
+/// batch with a bad change applies none of them.
+fn a_batch_of_changes_is_applied_whole_or_not_at_all(kind: Kind) {
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let mut fw = firewall(&bed, config(), kind);
+    fw.install().expect("install");
+    let third = Client {
+        mac: "02:00:00:66:00:03".parse().expect("mac"),
+        ip: "10.66.0.3".parse().expect("ip"),
+    };
+    let allow = |client: Client| Change::Allow {
+        client,
+        timeout: Duration::from_secs(60),
+    };
+    let quota = |session: &str, clients: &[Client]| Change::SetQuota {
+        session: session.to_owned(),
+        clients: clients.to_vec(),
+        limit_bytes: MB,
+        used_bytes: 0,
+    };
+    fw.apply(&[
+        allow(client4()),
+        allow(third),
+        quota("s1", &[client4(), third]),
+        quota("s2", &[third]),
+        Change::ClearQuota("s1".to_owned()),
+    ])
+    .expect("one batch");
+    let clients: Vec<Client> = fw
+        .clients()
+        .expect("clients")
+        .iter()
+        .map(|c| c.client)
+        .collect();
+    assert_eq!(clients, [client4(), third]);
+    let quotas = fw.list_quotas().expect("quotas");
+    assert_eq!(quotas.keys().collect::<Vec<_>>(), ["s2"]);
+    let table = fw.config().table.clone();
+    let down4 = bed
+        .gw
+        .run_ok(&["nft", "list", "map", "inet", &table, "quota4_down"]);
+    assert!(
+        down4.contains("10.66.0.3") && down4.contains("q_s2") && !down4.contains("q_s1"),
+        "{down4}"
+    );
+    assert!(!down4.contains("10.66.0.2"), "cleared with s1: {down4}");
+
+    let refused = fw.apply(&[
+        Change::Revoke(client4()),
+        quota("not a session id", &[third]),
+    ]);
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        counters_of(&mut fw, &client4()).is_some(),
+        "the revoke in the refused batch was not applied"
+    );
+    let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 20_000);
+    assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
+}
+
 /// One `#[test]` per implementation for each behaviour test: `nft::NAME` and `netlink::NAME`.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
@@ -1037,6 +1102,7 @@ both!(
     session_quota_stops_a_full_speed_download_in_the_kernel,
     session_quota_counts_upload_and_download_of_all_its_clients,
     session_quota_calls_are_checked,
+    a_batch_of_changes_is_applied_whole_or_not_at_all,
 );
 
 // ---- the netlink firewall, cross-checked with nft's own listings ----

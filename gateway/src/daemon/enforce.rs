@@ -14,6 +14,7 @@ use edgeshare_shared::code::AccessCode;
 use super::quota_id;
 use super::state::State;
 use crate::codes::CodeStore;
+use crate::firewall::{Change, FirewallError};
 use crate::net::{Client, LARGEST_PACKET, Millis};
 use crate::reconcile::{Applied, Desired, Plan};
 
@@ -22,6 +23,61 @@ use crate::reconcile::{Applied, Desired, Plan};
 /// the kernel's own timeout, which would delete the element and its counter unread, is only
 /// the safety net for a daemon that is down.
 const KERNEL_GRACE: Duration = Duration::from_secs(2);
+/// Most changes in one netlink batch: a batch is one datagram, and the socket's send buffer
+/// (208 KiB by default) must hold it; a client's re-add is six messages of about 80 bytes.
+const BATCH_CHANGES: usize = 64;
+
+/// A plan's steps in the order they are applied: removals, additions, quotas set, cleared.
+fn plan_steps(plan: &Plan) -> Vec<Applied<'_>> {
+    let removed = plan.remove.iter().map(Applied::Removed);
+    let added = plan
+        .add
+        .iter()
+        .map(|(client, until)| Applied::Added(client, *until));
+    let set = plan.set_quotas.iter().map(Applied::QuotaSet);
+    let cleared = plan.clear_quotas.iter().map(Applied::QuotaCleared);
+    removed.chain(added).chain(set).chain(cleared).collect()
+}
+
+/// The firewall's changes for a plan's steps, in the same order.
+fn changes_of(plan: &Plan, now: Millis) -> Vec<Change> {
+    plan_steps(plan)
+        .into_iter()
+        .map(|step| match step {
+            Applied::Removed(client) => Change::Revoke(*client),
+            Applied::Added(client, until) => Change::Allow {
+                client: *client,
+                timeout: now.until(until) + KERNEL_GRACE,
+            },
+            Applied::QuotaSet(quota) => Change::SetQuota {
+                session: quota_id(&quota.code),
+                clients: quota.clients.clone(),
+                limit_bytes: quota.limit_bytes,
+                used_bytes: quota.used_bytes,
+            },
+            Applied::QuotaCleared(code) => Change::ClearQuota(quota_id(code)),
+        })
+        .collect()
+}
+
+/// A change the kernel refused, logged as what it meant; it is planned again at the next
+/// tick.
+fn log_refused(step: &Applied<'_>, err: &FirewallError) {
+    match step {
+        Applied::Removed(client) => {
+            tracing::error!(%client, error = %err, "cannot cut a client off; retrying at the next tick")
+        }
+        Applied::Added(client, _) => {
+            tracing::error!(%client, error = %err, "cannot let a client through; retrying at the next tick")
+        }
+        Applied::QuotaSet(_) => {
+            tracing::error!(error = %err, "cannot set a session's kernel quota; retrying at the next tick")
+        }
+        Applied::QuotaCleared(_) => {
+            tracing::error!(error = %err, "cannot clear a session's kernel quota; retrying at the next tick")
+        }
+    }
+}
 
 impl State {
     /// What the core wants the kernel to hold.
@@ -49,60 +105,51 @@ impl State {
         self.carry_out(plan, now);
     }
 
-    /// Applies a plan change by change, telling the kernel's record each one that went through;
-    /// one that fails is logged and planned again at the next tick. The connections of
-    /// clients taken out are reset after the quotas are set: a used-up quota still in place
-    /// would drop the challenge ACKs that bring the resets.
+    /// Applies a plan as netlink batches of up to [`BATCH_CHANGES`] changes, each atomic (a
+    /// batch the kernel refuses is applied again change by change, so that one bad change
+    /// holds back no other), telling the kernel's record each change that went through; one
+    /// that fails is logged and planned again at the next tick. The connections of clients
+    /// taken out are reset after the quotas are set: a used-up quota still in place would
+    /// drop the challenge ACKs that bring the resets.
     fn carry_out(&mut self, plan: Plan, now: Millis) {
         if plan.is_empty() {
             return;
         }
+        let changes = changes_of(&plan, now);
         let mut cut = Vec::new();
-        for client in &plan.remove {
-            match self.firewall.revoke(client) {
+        for (batch, changes) in plan_steps(&plan)
+            .chunks(BATCH_CHANGES)
+            .zip(changes.chunks(BATCH_CHANGES))
+        {
+            match self.firewall.apply(changes) {
                 Ok(()) => {
-                    tracing::debug!(%client, "client taken out of the kernel");
-                    self.kernel.applied(Applied::Removed(client));
-                    cut.push(*client);
+                    for step in batch {
+                        self.applied(step, &mut cut);
+                    }
                 }
-                Err(err) => {
-                    tracing::error!(%client, error = %err, "cannot cut a client off; retrying at the next tick")
+                Err(err) if changes.len() > 1 => {
+                    tracing::warn!(error = %err, "a batch of kernel changes was refused; applying them one by one");
+                    for (step, change) in batch.iter().zip(changes) {
+                        match self.firewall.apply(std::slice::from_ref(change)) {
+                            Ok(()) => self.applied(step, &mut cut),
+                            Err(err) => log_refused(step, &err),
+                        }
+                    }
                 }
-            }
-        }
-        for (client, until) in &plan.add {
-            match self
-                .firewall
-                .allow(client, now.until(*until) + KERNEL_GRACE)
-            {
-                Ok(()) => self.kernel.applied(Applied::Added(client, *until)),
-                Err(err) => {
-                    tracing::error!(%client, error = %err, "cannot let a client through; retrying at the next tick")
-                }
-            }
-        }
-        for quota in &plan.set_quotas {
-            let id = quota_id(&quota.code);
-            match self
-                .firewall
-                .set_quota(&id, &quota.clients, quota.limit_bytes, quota.used_bytes)
-            {
-                Ok(()) => self.kernel.applied(Applied::QuotaSet(quota)),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot set a session's kernel quota; retrying at the next tick")
-                }
-            }
-        }
-        for code in &plan.clear_quotas {
-            match self.firewall.clear_quota(&quota_id(code)) {
-                Ok(()) => self.kernel.applied(Applied::QuotaCleared(code)),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot clear a session's kernel quota; retrying at the next tick")
-                }
+                Err(err) => log_refused(&batch[0], &err),
             }
         }
         self.end_connections(&cut);
         self.meters_follow_clients();
+    }
+
+    /// A step of a plan the kernel took.
+    fn applied(&mut self, step: &Applied<'_>, cut: &mut Vec<Client>) {
+        if let Applied::Removed(client) = step {
+            tracing::debug!(%client, "client taken out of the kernel");
+            cut.push(**client);
+        }
+        self.kernel.applied(*step);
     }
 
     /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). A

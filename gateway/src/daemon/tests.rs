@@ -645,8 +645,9 @@ fn a_failed_allow_or_revoke_heals_at_the_next_tick_and_a_refused_login_is_not_on
     state.tick(Millis(3_000), None);
     assert!(fw.allowed().is_empty(), "healed at the next tick");
 
-    // The kernel refuses the device's elements: the login is refused, nothing online.
-    fw.fail_next(1);
+    // The kernel refuses the device's elements: the login is refused, nothing online. (Two
+    // failures: the batch of the login's changes, then the elements applied on their own.)
+    fw.fail_next(2);
     let refused = state.login(client(3), grant("EFGH2345", MB), Millis(4_000), None);
     assert!(
         matches!(refused, Err(LoginError::NotEnforced)),

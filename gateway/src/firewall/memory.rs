@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::listing::{Element, join};
 use super::rules::{MAX_QUOTA_BYTES, QuotaKey, quota_keys};
 use super::{
-    ClientCounters, Firewall, FirewallError, Operation, SessionQuota, kernel_timeout,
-    session_quota_name,
+    Change, ClientCounters, Firewall, FirewallError, Operation, SessionQuota, batch_operation,
+    kernel_timeout, session_quota_name,
 };
 use crate::net::Client;
 
@@ -267,7 +267,66 @@ impl MemoryFirewall {
     }
 }
 
+impl Call {
+    fn of(change: &Change) -> Call {
+        match change.clone() {
+            Change::Allow { client, timeout } => Call::Allow { client, timeout },
+            Change::Revoke(client) => Call::Revoke(client),
+            Change::SetQuota {
+                session,
+                clients,
+                limit_bytes,
+                used_bytes,
+            } => Call::SetQuota {
+                session,
+                clients,
+                limit_bytes,
+                used_bytes,
+            },
+            Change::ClearQuota(session) => Call::ClearQuota(session),
+        }
+    }
+}
+
 impl State {
+    /// One change of a batch already checked.
+    fn change(&mut self, change: &Change) {
+        match change {
+            Change::Allow { client, timeout } => {
+                let meter = Meter::new(kernel_timeout(*timeout));
+                self.up.insert(*client, meter);
+                self.down.insert(client.ip, meter);
+            }
+            Change::Revoke(client) => {
+                self.up.remove(client);
+                self.down.remove(&client.ip);
+            }
+            Change::SetQuota {
+                session,
+                clients,
+                limit_bytes,
+                used_bytes,
+            } => {
+                self.quota_keys.retain(|_, owner| owner != session);
+                for key in quota_keys(clients) {
+                    self.quota_keys.insert(key, session.clone());
+                }
+                let limit = (*limit_bytes).min(MAX_QUOTA_BYTES);
+                self.quotas.insert(
+                    session.clone(),
+                    SessionQuota {
+                        limit_bytes: limit,
+                        used_bytes: (*used_bytes).min(limit),
+                    },
+                );
+            }
+            Change::ClearQuota(session) => {
+                self.quota_keys.retain(|_, owner| owner != session);
+                self.quotas.remove(session);
+            }
+        }
+    }
+
     fn clear(&mut self) {
         self.installed = false;
         self.up.clear();
@@ -290,22 +349,25 @@ impl Firewall for MemoryFirewall {
             .installed)
     }
 
-    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError> {
-        let call = Call::Allow {
-            client: *client,
-            timeout,
+    /// One call recorded per change; an injected failure or a missing table fails the
+    /// whole batch before any change, as the kernel applies none of a refused batch.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
+        let Some((last, first)) = changes.split_last() else {
+            return Ok(());
         };
-        let mut state = self.begin(call, Operation::Allow(*client), true)?;
-        let meter = Meter::new(kernel_timeout(timeout));
-        state.up.insert(*client, meter);
-        state.down.insert(client.ip, meter);
-        Ok(())
-    }
-
-    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError> {
-        let mut state = self.begin(Call::Revoke(*client), Operation::Revoke(*client), true)?;
-        state.up.remove(client);
-        state.down.remove(&client.ip);
+        {
+            let mut state = self.state();
+            state.calls.extend(first.iter().map(Call::of));
+        }
+        let mut state = self.begin(Call::of(last), batch_operation(changes), true)?;
+        for change in changes {
+            if let Change::SetQuota { session, .. } | Change::ClearQuota(session) = change {
+                session_quota_name(session)?;
+            }
+        }
+        for change in changes {
+            state.change(change);
+        }
         Ok(())
     }
 
@@ -328,46 +390,6 @@ impl Firewall for MemoryFirewall {
     fn uninstall(&mut self) -> Result<(), FirewallError> {
         self.begin(Call::Uninstall, Operation::Uninstall, false)?
             .clear();
-        Ok(())
-    }
-
-    fn set_quota(
-        &mut self,
-        session: &str,
-        clients: &[Client],
-        limit_bytes: u64,
-        used_bytes: u64,
-    ) -> Result<(), FirewallError> {
-        let call = Call::SetQuota {
-            session: session.to_owned(),
-            clients: clients.to_vec(),
-            limit_bytes,
-            used_bytes,
-        };
-        let operation = Operation::SetQuota(session.to_owned());
-        let mut state = self.begin(call, operation, true)?;
-        session_quota_name(session)?;
-        state.quota_keys.retain(|_, owner| owner != session);
-        for key in quota_keys(clients) {
-            state.quota_keys.insert(key, session.to_owned());
-        }
-        state.quotas.insert(
-            session.to_owned(),
-            SessionQuota {
-                limit_bytes: limit_bytes.min(MAX_QUOTA_BYTES),
-                used_bytes: used_bytes.min(limit_bytes.min(MAX_QUOTA_BYTES)),
-            },
-        );
-        Ok(())
-    }
-
-    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
-        let call = Call::ClearQuota(session.to_owned());
-        let operation = Operation::ClearQuota(session.to_owned());
-        let mut state = self.begin(call, operation, true)?;
-        session_quota_name(session)?;
-        state.quota_keys.retain(|_, owner| owner != session);
-        state.quotas.remove(session);
         Ok(())
     }
 

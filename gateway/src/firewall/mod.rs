@@ -319,6 +319,8 @@ pub enum Operation {
     ListMap(&'static str),
     /// Opening the netlink socket ([`NetlinkFirewall::open`]).
     OpenSocket,
+    /// A batch of this many changes ([`Firewall::apply`]).
+    Apply(usize),
 }
 
 impl fmt::Display for Operation {
@@ -335,6 +337,7 @@ impl fmt::Display for Operation {
             Operation::ListQuotas => f.write_str("list the session quotas"),
             Operation::ListMap(map) => write!(f, "list map {map}"),
             Operation::OpenSocket => f.write_str("open the nf_tables netlink socket"),
+            Operation::Apply(count) => write!(f, "apply a batch of {count} changes"),
         }
     }
 }
@@ -437,7 +440,74 @@ impl FirewallError {
     }
 }
 
-/// The enforcement the daemon shell drives. Every call is one atomic change (or one read).
+/// One change of the kernel's per-client state (see [`Firewall::apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// [`Firewall::allow`].
+    Allow { client: Client, timeout: Duration },
+    /// [`Firewall::revoke`].
+    Revoke(Client),
+    /// [`Firewall::set_quota`].
+    SetQuota {
+        session: String,
+        clients: Vec<Client>,
+        limit_bytes: u64,
+        used_bytes: u64,
+    },
+    /// [`Firewall::clear_quota`].
+    ClearQuota(String),
+}
+
+impl Change {
+    /// What this change does, for an error naming it.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Change::Allow { client, .. } => Operation::Allow(*client),
+            Change::Revoke(client) => Operation::Revoke(*client),
+            Change::SetQuota { session, .. } => Operation::SetQuota(session.clone()),
+            Change::ClearQuota(session) => Operation::ClearQuota(session.clone()),
+        }
+    }
+}
+
+/// The operation of a batch of `changes`: the change's own when there is one.
+fn batch_operation(changes: &[Change]) -> Operation {
+    match changes {
+        [one] => one.operation(),
+        _ => Operation::Apply(changes.len()),
+    }
+}
+
+/// What the quota maps hold once `change` is applied to `existing` (the elements as listed
+/// before the batch): a batch of several quota changes builds each one's deletions from
+/// the maps as the changes before it in the batch left them.
+fn quota_elements_after(existing: &mut Vec<rules::QuotaElement>, change: &Change) {
+    match change {
+        Change::SetQuota {
+            session, clients, ..
+        } => {
+            let Some(name) = rules::quota_name(session) else {
+                return;
+            };
+            let keys = rules::quota_keys(clients);
+            existing.retain(|e| e.quota != name && !keys.contains(&e.key));
+            existing.extend(keys.into_iter().map(|key| rules::QuotaElement {
+                key,
+                quota: name.clone(),
+            }));
+        }
+        Change::ClearQuota(session) => {
+            if let Some(name) = rules::quota_name(session) {
+                existing.retain(|e| e.quota != name);
+            }
+        }
+        Change::Allow { .. } | Change::Revoke(_) => {}
+    }
+}
+
+/// The enforcement the daemon shell drives: reads, and batches of changes each applied
+/// atomically ([`Firewall::apply`]); `allow`, `revoke`, `set_quota` and `clear_quota` are
+/// batches of one.
 pub trait Firewall: Send {
     /// Creates or repairs our table in ONE atomic batch, idempotently: sets are added if
     /// missing and never flushed (online clients survive a daemon restart), chains are added
@@ -449,16 +519,26 @@ pub trait Firewall: Send {
     /// after `nft flush ruleset`, or `nft flush table`).
     fn is_installed(&mut self) -> Result<bool, FirewallError>;
 
+    /// Applies `changes` in order as one batch: all of them, or (on an error) none.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), FirewallError>;
+
     /// Lets `client` through for `timeout` (ceiled to whole seconds, at least 1 s, at most
     /// [`MAX_TIMEOUT`]): adds or replaces its elements in the upload set (MAC . IP) and the
     /// download set (IP). Replacing restarts the element counters at zero.
     ///
     /// The download set is keyed by IP alone: when a session moves to another MAC on the
     /// same IP, revoke the old client before allowing the new one, not after.
-    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError>;
+    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError> {
+        self.apply(&[Change::Allow {
+            client: *client,
+            timeout,
+        }])
+    }
 
     /// Stops `client` now; not an error if it is not allowed.
-    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError>;
+    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError> {
+        self.apply(&[Change::Revoke(*client)])
+    }
 
     /// Every allowed client with its time left and kernel counters, sorted by client.
     fn clients(&mut self) -> Result<Vec<ClientCounters>, FirewallError>;
@@ -486,11 +566,20 @@ pub trait Firewall: Send {
         clients: &[Client],
         limit_bytes: u64,
         used_bytes: u64,
-    ) -> Result<(), FirewallError>;
+    ) -> Result<(), FirewallError> {
+        self.apply(&[Change::SetQuota {
+            session: session.to_owned(),
+            clients: clients.to_vec(),
+            limit_bytes,
+            used_bytes,
+        }])
+    }
 
     /// Removes the session's quota and its clients' elements (they are no longer limited);
     /// not an error if the session has none.
-    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError>;
+    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
+        self.apply(&[Change::ClearQuota(session.to_owned())])
+    }
 
     /// Every session's quota and what it has used, by session id (one listing for all, as
     /// the daemon checks them every tick).

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -13,8 +12,8 @@ use super::rules::{
     self, CLIENTS4_DOWN, CLIENTS4_UP, CLIENTS6_DOWN, CLIENTS6_UP, FAMILY, QUOTA_MAPS, QuotaElement,
 };
 use super::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, Operation, SessionQuota, listing,
-    session_quota_name,
+    Change, ClientCounters, Firewall, FirewallConfig, FirewallError, Operation, SessionQuota,
+    batch_operation, listing,
 };
 use crate::net::Client;
 
@@ -109,7 +108,7 @@ impl NftFirewall {
         Ok(output)
     }
 
-    fn apply(&self, operation: Operation, batch: &Value) -> Result<(), FirewallError> {
+    fn run_batch(&self, operation: Operation, batch: &Value) -> Result<(), FirewallError> {
         let json = batch.to_string();
         self.run(&operation, &["-j", "-f", "-"], Some(json.as_bytes()))?;
         tracing::debug!(operation = %operation, "nft batch applied");
@@ -168,7 +167,7 @@ impl NftFirewall {
 impl Firewall for NftFirewall {
     fn install(&mut self) -> Result<(), FirewallError> {
         self.config.validate()?;
-        self.apply(Operation::Install, &rules::install_batch(&self.config))
+        self.run_batch(Operation::Install, &rules::install_batch(&self.config))
     }
 
     /// One `nft -j -t list table` (terse: without set elements, so it stays cheap with many
@@ -204,20 +203,23 @@ impl Firewall for NftFirewall {
         }
     }
 
-    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError> {
+    /// One `nft -j -f -` batch; four `nft -j list map` runs first (the quota maps) when
+    /// a session quota changes.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
         self.config.validate()?;
-        self.apply(
-            Operation::Allow(*client),
-            &rules::allow_batch(&self.config.table, client, timeout),
-        )
-    }
-
-    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError> {
-        self.config.validate()?;
-        self.apply(
-            Operation::Revoke(*client),
-            &rules::revoke_batch(&self.config.table, client),
-        )
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let quotas_change = changes
+            .iter()
+            .any(|c| matches!(c, Change::SetQuota { .. } | Change::ClearQuota(_)));
+        let existing = if quotas_change {
+            self.quota_elements()?
+        } else {
+            Vec::new()
+        };
+        let batch = rules::changes_batch(&self.config.table, changes, existing)?;
+        self.run_batch(batch_operation(changes), &batch)
     }
 
     /// Four `nft -j list set` runs, one per client set (each a process start plus, as
@@ -237,43 +239,9 @@ impl Firewall for NftFirewall {
 
     fn uninstall(&mut self) -> Result<(), FirewallError> {
         self.config.validate()?;
-        self.apply(
+        self.run_batch(
             Operation::Uninstall,
             &rules::uninstall_batch(&self.config.table),
-        )
-    }
-
-    /// Four `nft -j list map` runs (the quota maps), then one batch.
-    fn set_quota(
-        &mut self,
-        session: &str,
-        clients: &[Client],
-        limit_bytes: u64,
-        used_bytes: u64,
-    ) -> Result<(), FirewallError> {
-        self.config.validate()?;
-        let name = session_quota_name(session)?;
-        let existing = self.quota_elements()?;
-        self.apply(
-            Operation::SetQuota(session.to_owned()),
-            &rules::set_quota_batch(
-                &self.config.table,
-                &name,
-                clients,
-                (limit_bytes, used_bytes),
-                &existing,
-            ),
-        )
-    }
-
-    /// Four `nft -j list map` runs (the quota maps), then one batch.
-    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
-        self.config.validate()?;
-        let name = session_quota_name(session)?;
-        let existing = self.quota_elements()?;
-        self.apply(
-            Operation::ClearQuota(session.to_owned()),
-            &rules::clear_quota_batch(&self.config.table, &name, &existing),
         )
     }
 

@@ -559,6 +559,49 @@ fn set_ref(table: &str, set: &str) -> Value {
     json!({"family": FAMILY, "table": table, "name": set})
 }
 
+/// The batch of `changes` in order, each as its own batch would make it; `existing`: the
+/// quota maps' elements listed before (each quota change's deletions are built from the
+/// maps as the changes before it leave them).
+pub(crate) fn changes_batch(
+    table: &str,
+    changes: &[super::Change],
+    mut existing: Vec<QuotaElement>,
+) -> Result<Value, super::FirewallError> {
+    use super::Change;
+    let mut commands = Vec::new();
+    for change in changes {
+        let one = match change {
+            Change::Allow { client, timeout } => allow_batch(table, client, *timeout),
+            Change::Revoke(client) => revoke_batch(table, client),
+            Change::SetQuota {
+                session,
+                clients,
+                limit_bytes,
+                used_bytes,
+            } => {
+                let name = super::session_quota_name(session)?;
+                set_quota_batch(
+                    table,
+                    &name,
+                    clients,
+                    (*limit_bytes, *used_bytes),
+                    &existing,
+                )
+            }
+            Change::ClearQuota(session) => {
+                let name = super::session_quota_name(session)?;
+                clear_quota_batch(table, &name, &existing)
+            }
+        };
+        super::quota_elements_after(&mut existing, change);
+        if let Some(Value::Array(listed)) = one.get("nftables") {
+            // Each batch opens with its metainfo; the combined one has its own.
+            commands.extend(listed.iter().skip(1).cloned());
+        }
+    }
+    Ok(batch(commands))
+}
+
 fn batch(commands: Vec<Value>) -> Value {
     let mut all = Vec::with_capacity(commands.len() + 1);
     all.push(json!({"metainfo": {"json_schema_version": 1}}));

@@ -48,11 +48,11 @@ use super::rules::{
     QuotaKey,
 };
 use super::{
-    ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, Operation, SessionQuota,
-    kernel_timeout, session_quota_name,
+    Change, ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, Operation,
+    SessionQuota, batch_operation, kernel_timeout, quota_elements_after, session_quota_name,
 };
 use crate::net::Client;
-use elements::Change;
+use elements::Change as ElementChange;
 use message::Message;
 use socket::{Failure, Socket};
 
@@ -100,7 +100,11 @@ impl NetlinkFirewall {
         Ok(self.socket.insert(socket))
     }
 
-    fn apply(&mut self, operation: Operation, messages: Vec<Message>) -> Result<(), FirewallError> {
+    fn send_batch(
+        &mut self,
+        operation: Operation,
+        messages: Vec<Message>,
+    ) -> Result<(), FirewallError> {
         self.socket(&operation)?
             .apply(messages)
             .map_err(|f| failed(&operation, f))?;
@@ -212,7 +216,7 @@ fn client_batch(table: &str, client: &Client, steps: &[(bool, Option<Duration>)]
                 (down, elements::ip_key(client.ip)),
             ]
             .map(|(set, key)| {
-                let change = Change {
+                let change = ElementChange {
                     key,
                     timeout,
                     objref: None,
@@ -228,10 +232,10 @@ fn quota_elements(table: &str, keys: &[QuotaKey], quota: Option<&str>) -> Vec<Me
     QUOTA_MAPS
         .iter()
         .filter_map(|decl| {
-            let changes: Vec<Change<'_>> = keys
+            let changes: Vec<ElementChange<'_>> = keys
                 .iter()
                 .filter(|key| key.map() == decl.name)
-                .map(|key| Change {
+                .map(|key| ElementChange {
                     key: elements::quota_key(key),
                     timeout: None,
                     objref: quota,
@@ -339,16 +343,51 @@ impl Firewall for NetlinkFirewall {
         ))
     }
 
-    fn allow(&mut self, client: &Client, timeout: Duration) -> Result<(), FirewallError> {
+    /// One netlink batch; four quota-map dumps first when a session quota changes.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
         self.config().validate()?;
-        let batch = allow_batch(&self.config().table, client, timeout);
-        self.apply(Operation::Allow(*client), batch)
-    }
-
-    fn revoke(&mut self, client: &Client) -> Result<(), FirewallError> {
-        self.config().validate()?;
-        let batch = revoke_batch(&self.config().table, client);
-        self.apply(Operation::Revoke(*client), batch)
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let quotas_change = changes
+            .iter()
+            .any(|c| matches!(c, Change::SetQuota { .. } | Change::ClearQuota(_)));
+        let mut existing = if quotas_change {
+            self.quota_elements()?
+        } else {
+            Vec::new()
+        };
+        let table = self.config().table.clone();
+        let mut messages = Vec::new();
+        for change in changes {
+            match change {
+                Change::Allow { client, timeout } => {
+                    messages.extend(allow_batch(&table, client, *timeout));
+                }
+                Change::Revoke(client) => messages.extend(revoke_batch(&table, client)),
+                Change::SetQuota {
+                    session,
+                    clients,
+                    limit_bytes,
+                    used_bytes,
+                } => {
+                    let name = session_quota_name(session)?;
+                    messages.extend(set_quota_batch(
+                        &table,
+                        &name,
+                        clients,
+                        (*limit_bytes, *used_bytes),
+                        &existing,
+                    ));
+                }
+                Change::ClearQuota(session) => {
+                    let name = session_quota_name(session)?;
+                    messages.extend(clear_quota_batch(&table, &name, &existing));
+                }
+            }
+            quota_elements_after(&mut existing, change);
+        }
+        self.send_batch(batch_operation(changes), messages)
     }
 
     /// Four `GETSETELEM` dumps, one per client set. As with nft, the four are not one
@@ -365,36 +404,6 @@ impl Firewall for NetlinkFirewall {
     /// `nft -j` (see the module doc).
     fn uninstall(&mut self) -> Result<(), FirewallError> {
         self.nft.uninstall()
-    }
-
-    /// Four quota-map dumps, then one batch.
-    fn set_quota(
-        &mut self,
-        session: &str,
-        clients: &[Client],
-        limit_bytes: u64,
-        used_bytes: u64,
-    ) -> Result<(), FirewallError> {
-        self.config().validate()?;
-        let name = session_quota_name(session)?;
-        let existing = self.quota_elements()?;
-        let batch = set_quota_batch(
-            &self.config().table,
-            &name,
-            clients,
-            (limit_bytes, used_bytes),
-            &existing,
-        );
-        self.apply(Operation::SetQuota(session.to_owned()), batch)
-    }
-
-    /// Four quota-map dumps, then one batch.
-    fn clear_quota(&mut self, session: &str) -> Result<(), FirewallError> {
-        self.config().validate()?;
-        let name = session_quota_name(session)?;
-        let existing = self.quota_elements()?;
-        let batch = clear_quota_batch(&self.config().table, &name, &existing);
-        self.apply(Operation::ClearQuota(session.to_owned()), batch)
     }
 
     /// One `GETOBJ` dump of the table's quotas.
