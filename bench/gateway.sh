@@ -25,15 +25,18 @@
 #      side (the gateway binds a session to MAC+IP and treats one MAC as one device, so
 #      clients sharing a MAC would take each other's place), each logging in with its own
 #      code: all but the last BURST+COUNTED one after another (login latency), COUNTED more
-#      one after another with nft processes counted, then BURST at the same moment (time
+#      one after another with child processes counted, then BURST at the same moment (time
 #      until the last is online); then, all online and idle: the gateway's CPU over IDLE_S
-#      seconds, nft processes per tick, the time one reading of every kernel counter takes
+#      seconds, child processes per tick, the time one reading of every kernel counter takes
 #      (the daemon's debug line "kernel counters read"), its RSS (VmRSS, VmHWM).
 #
-# nft processes are counted, not assumed (a netlink firewall would start none): the gateway
-# finds `nft` on its PATH, first in a folder of ours where `nft` is a symbolic link to the real
-# one, swapped for a counting script (one line per exec, then the real nft) only while
-# counting, so that the latencies are measured without the script's cost.
+# The gateway's child processes are counted, not assumed (netlink starts none): every program
+# the daemon could start (CHILDREN: `grep -rn 'Command::new' gateway/src`: nft for the
+# firewall's install and removal, tc and ip that read the LAN queue and the addresses before
+# rtnetlink did, systemctl of the CLI) is found on its PATH first in a folder of ours, where
+# it is a symbolic link to the real one, swapped for a counting script (one line per exec,
+# then the real program) only while counting, so that the latencies are measured without the
+# script's cost.
 #
 # The kernel's neighbour table is one for all namespaces, and its limits (gc_thresh1/2/3) are
 # the host's: past 1,024 entries new ones are refused. `edgeshare-gateway neighbour-limits`
@@ -58,6 +61,7 @@ IDLE_S=${IDLE_S:-30}
 RATE=${RATE:-20mbit}
 QUOTA_MB=${QUOTA_MB:-2}
 EXPIRY_S=${EXPIRY_S:-3}
+CHILDREN=${CHILDREN:-nft tc ip systemctl}
 
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (network namespaces, nftables)" >&2; exit 1; }
 # The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
@@ -109,26 +113,38 @@ GW=("$BIN/edgeshare-gateway" --config "$WORK/gateway.toml")
 say "the host's neighbour-table limits, for lan.max_clients: edgeshare-gateway neighbour-limits"
 "${GW[@]}" neighbour-limits >&2
 NEIGH_RAISED=$(sysctl -n "${NEIGH_KEYS[@]}" | tr '\n' ' ')
-# The gateway's nft: a link to the real one, or the counting script while counting.
-REAL_NFT=$(command -v nft)
-mkdir "$WORK/bin"
-printf '#!/bin/sh\necho >>"%s"\nexec "%s" "$@"\n' "$WORK/nft-calls" "$REAL_NFT" >"$WORK/nft-count"
-chmod +x "$WORK/nft-count"
-: >"$WORK/nft-calls"
-nft_via() { # nft_via FILE: what the gateway runs as `nft` from now on (swapped atomically)
-  ln -sfn "$1" "$WORK/bin/nft.new"
-  mv -Tf "$WORK/bin/nft.new" "$WORK/bin/nft"
+# The gateway's programs: each a link to the real one, or to its counting script while
+# counting (one line with its name per exec in child-calls). A program not installed here is
+# one the gateway cannot start either.
+mkdir "$WORK/bin" "$WORK/count"
+: >"$WORK/child-calls"
+COUNTED_PROGRAMS=()
+for program in $CHILDREN; do
+  real=$(command -v "$program") || continue
+  printf '#!/bin/sh\necho %s >>"%s"\nexec "%s" "$@"\n' "$program" "$WORK/child-calls" "$real" >"$WORK/count/$program"
+  chmod +x "$WORK/count/$program"
+  COUNTED_PROGRAMS+=("$program")
+done
+children_via() { # children_via real|count: what the gateway runs from now on (each swapped atomically)
+  local program target
+  for program in "${COUNTED_PROGRAMS[@]}"; do
+    if [ "$1" = real ]; then target=$(command -v "$program"); else target=$WORK/count/$program; fi
+    ln -sfn "$target" "$WORK/bin/$program.new"
+    mv -Tf "$WORK/bin/$program.new" "$WORK/bin/$program"
+  done
 }
-nft_via "$REAL_NFT"
-nft_calls() { wc -l <"$WORK/nft-calls"; }
+children_via real
+child_calls() { wc -l <"$WORK/child-calls"; }
+# Which programs the calls since line FROM of child-calls were, e.g. "nft 3, tc 10".
+child_names() { tail -n +"$(($1 + 1))" "$WORK/child-calls" | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}'; }
 # Debug for the one line per reading of the kernel counters (its duration), info elsewhere.
 netns_start_gateway "$WORK/gateway.sock" "$WORK/gateway.log" env PATH="$WORK/bin:$PATH" \
   RUST_LOG=info,edgeshare_gateway::daemon::state=debug "${GW[@]}"
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$GATEWAY_PID/status"; }
-# CPU time of the gateway and its reaped children (nft), and of the gateway alone, in clock
-# ticks.
+# CPU time of the gateway and its reaped children (nft, …), and of the gateway alone, in
+# clock ticks.
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$GATEWAY_PID/stat"; }
 own_ticks() { awk '{print $14 + $15}' "/proc/$GATEWAY_PID/stat"; }
 codes() { # codes MB HOURS COUNT FILE
@@ -428,9 +444,11 @@ def cmd_report(results_file):
     per_tick = r["idle_calls"] / 10
     c = r["counted"]
     per_login = (r["counted_calls"] - per_tick * r["counted_s"]) / c["all"]["n"]
-    row("nft processes per login (ticks' own subtracted)", f(per_login), "", str(c["all"]["n"]))
-    row(f"nft processes per tick (1 s) with {r['online']} online and idle", f(per_tick), "", "10")
-    row(f"gateway CPU, {r['online']} online and idle (% of a core, with nft)",
+    row("child processes per login (ticks' own subtracted)", f(per_login), "", str(c["all"]["n"]))
+    row(f"child processes per tick (1 s) with {r['online']} online and idle", f(per_tick), "", "10")
+    out.append(f"  (counted: {r['children']}; started while logging in: {r['counted_names'] or 'none'}; "
+               f"while idle: {r['idle_names'] or 'none'})")
+    row(f"gateway CPU, {r['online']} online and idle (% of a core, with its children)",
         f(r["cpu_many"]))
     row("  the gateway process alone (% of a core)", f(r["cpu_own"]))
     reads = r["reads"]
@@ -552,15 +570,16 @@ sed -n "$((ONE_BY_ONE + 1)),$((ONE_BY_ONE + COUNTED))p" "$WORK/many" >"$WORK/cou
 tail -n "$BURST" "$WORK/many" >"$WORK/burst"
 say "4/4: $ONE_BY_ONE logins one after another"
 MANY_JSON=$(client 900 many "$WORK/one-by-one")
-say "4/4: $COUNTED logins one after another, nft processes counted"
-nft_via "$WORK/nft-count"
-calls_before=$(nft_calls)
+say "4/4: $COUNTED logins one after another, child processes counted"
+children_via count
+calls_before=$(child_calls)
 t0=$(date +%s.%N)
 COUNTED_JSON=$(client 300 many "$WORK/counted")
 t1=$(date +%s.%N)
-COUNTED_CALLS=$(($(nft_calls) - calls_before))
+COUNTED_CALLS=$(($(child_calls) - calls_before))
+COUNTED_NAMES=$(child_names "$calls_before")
 COUNTED_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-nft_via "$REAL_NFT"
+children_via real
 say "4/4: $BURST logins at the same moment"
 BURST_JSON=$(client 300 burst "$WORK/burst")
 # The logins the portal gave up on (408) may still be queued for the daemon, whose control
@@ -571,7 +590,7 @@ for _ in $(seq 1 120); do
 done
 [ -n "$ONLINE" ] || netns_fail "status did not answer within 120 s of the burst"
 ELEMENTS=$(in_ns "$NS_G" nft -j list set inet "es_bench_$ID" clients4_up | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add')
-say "4/4: $ONLINE online and idle: CPU over $IDLE_S s, then nft processes per tick over 10 s"
+say "4/4: $ONLINE online and idle: CPU over $IDLE_S s, then child processes per tick over 10 s"
 RSS_MANY=$(rss_kib)
 log_from=$(wc -l <"$WORK/gateway.log")
 ticks_before=$(cpu_ticks)
@@ -584,11 +603,12 @@ tail -n +"$((log_from + 1))" "$WORK/gateway.log" |
   sed -n 's/.*kernel counters read.*elapsed_us=\([0-9]*\).*/\1/p' >"$WORK/reads"
 [ -s "$WORK/reads" ] || netns_fail "no \"kernel counters read\" line in the gateway's log"
 READS_JSON=$(python3 -c 'import json, sys; print(json.dumps([int(x) / 1000 for x in open(sys.argv[1]).read().split()]))' "$WORK/reads")
-nft_via "$WORK/nft-count"
-calls_before=$(nft_calls)
+children_via count
+calls_before=$(child_calls)
 sleep 10
-IDLE_CALLS=$(($(nft_calls) - calls_before))
-nft_via "$REAL_NFT"
+IDLE_CALLS=$(($(child_calls) - calls_before))
+IDLE_NAMES=$(child_names "$calls_before")
+children_via real
 HWM_MANY=$(hwm_kib)
 
 # The table.
@@ -607,6 +627,8 @@ jq -n \
   --argjson cpu_own "$CPU_OWN" --argjson online "$ONLINE" --argjson elements "${ELEMENTS:-0}" \
   --argjson counted "$COUNTED_JSON" --argjson counted_calls "$COUNTED_CALLS" \
   --argjson counted_s "$COUNTED_S" --argjson idle_calls "$IDLE_CALLS" --argjson burst "$BURST_JSON" \
+  --arg counted_names "$COUNTED_NAMES" --arg idle_names "$IDLE_NAMES" \
+  --arg children "${COUNTED_PROGRAMS[*]}" \
   --argjson reads "$READS_JSON" \
   '$ARGS.named' >"$WORK/results.json"
 RESULT=bench/results/gateway-$(date -u +%F).txt

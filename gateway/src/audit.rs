@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use crate::capture::{KernelStats, Tally};
 use crate::core::Usage;
-use crate::net::{self, Client, LARGEST_PACKET};
+use crate::net::{Client, LARGEST_PACKET, QueueDrops};
 
 /// Drift above this share of the kernel's count is logged.
 pub const DRIFT_WARN_RATIO: f64 = 0.001;
@@ -91,14 +91,14 @@ pub fn explained_bytes(pair: &Pair, dropped_packets: u64) -> u64 {
 /// [`Audit::kernel_reading`] instead).
 #[derive(Debug)]
 struct LanQueue {
-    interface: String,
+    queue: QueueDrops,
     /// The last read failed (logged once until a read works again).
     failing: bool,
 }
 
 impl LanQueue {
     fn read(&mut self) -> Option<u64> {
-        match net::queue_drops(&self.interface) {
+        match self.queue.read() {
             Ok(counters) => {
                 self.failing = false;
                 Some(counters)
@@ -160,7 +160,7 @@ impl Audit {
     pub fn watching_lan_queue(lan_interface: &str) -> Audit {
         Audit {
             lan_queue: Some(LanQueue {
-                interface: lan_interface.to_owned(),
+                queue: QueueDrops::new(lan_interface),
                 failing: false,
             }),
             ..Audit::default()

@@ -3571,6 +3571,10 @@ fn drift_from_the_lan_queues_drops_is_explained_not_warned() {
         "limit",
         "30kb",
     ]);
+    // The gateway's first reading of the queue is its baseline (drops before it are not
+    // the audit's): one tick (1 s) passes before the download, so that all of its drops
+    // are the gateway's to count.
+    std::thread::sleep(Duration::from_millis(1500));
     let got = download(bed, 8 * MB);
     assert_eq!(got, 8 * MB, "the download completes");
     let metrics = || {
@@ -3622,6 +3626,114 @@ fn drift_from_the_lan_queues_drops_is_explained_not_warned() {
     );
     assert_eq!(explained, kernel - capture, "all of it explained:\n{text}");
     assert!(warnings.is_empty(), "no drift warning: {warnings:#?}");
+    // The gateway read the queue over rtnetlink: the drops it exports (since its first
+    // reading, before the download, of none) are the root's as `tc` shows them, once its
+    // next tick has read them.
+    let tc_drops = || root_qdisc_drops(&bed.gw, Testbed::GW_LAN_IF);
+    let exported = || {
+        get(
+            &metrics(),
+            "edgeshare_lan_queue_drops_total{interface=\"lan0\"}",
+        ) as u64
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || exported() == tc_drops()),
+        "the exported drops {} are tc's {}",
+        exported(),
+        tc_drops()
+    );
+}
+
+/// The drops of the root qdisc of `interface` as `tc -s -j qdisc show` reports them.
+fn root_qdisc_drops(ns: &Netns, interface: &str) -> u64 {
+    let json = ns.run_ok(&["tc", "-s", "-j", "qdisc", "show", "dev", interface]);
+    let qdiscs: Vec<Value> = serde_json::from_str(&json).expect("tc -j prints JSON");
+    qdiscs
+        .iter()
+        .find(|q| q["root"] == Value::Bool(true))
+        .map_or(0, |root| root["drops"].as_u64().expect("the root's drops"))
+}
+
+/// The gateway's readings of an interface over rtnetlink are what `tc` and `ip` show: the
+/// drops of a `tbf` root that a flood overran, and an IPv4 /24 and an IPv6 /64 (with the
+/// link-local address the kernel adds).
+#[test]
+fn the_netlink_readings_of_an_interface_are_what_tc_and_ip_show() {
+    if !support::require_root() {
+        return;
+    }
+    let ns = Netns::new("q");
+    ns.ip(&["link", "add", "q0", "type", "veth", "peer", "name", "q1"]);
+    ns.ip(&["link", "set", "q0", "up"]);
+    ns.ip(&["link", "set", "q1", "up"]);
+    ns.add_addr("q0", "10.88.0.1/24");
+    ns.add_addr("q0", "fd00:88::1/64");
+    // A neighbour that never answers, known for good: datagrams to it go out through q0's
+    // queue at once, with no ARP to wait for.
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.88.0.9",
+        "lladdr",
+        "02:00:00:88:00:09",
+        "dev",
+        "q0",
+        "nud",
+        "permanent",
+    ]);
+    ns.run_ok(&[
+        "tc", "qdisc", "add", "dev", "q0", "root", "tbf", "rate", "1mbit", "burst", "2kb", "limit",
+        "3kb",
+    ]);
+    ns.in_thread(|| {
+        let socket = std::net::UdpSocket::bind("10.88.0.1:0").expect("a UDP socket");
+        // 1,000 datagrams of 1,200 bytes at once: the 3 kB queue drops most of them.
+        for _ in 0..1000 {
+            let _ = socket.send_to(&[0; 1200], "10.88.0.9:9");
+        }
+    });
+    let read = || {
+        ns.in_thread(|| edgeshare_gateway::net::QueueDrops::new("q0").read())
+            .expect("the queue's drops over rtnetlink")
+    };
+    // IPv6's own packets (neighbour discovery, MLD) may be queued, and dropped, between two
+    // readings: compare while tc sees no change.
+    let mut seen = (0, 0);
+    let agree = wait_until(Duration::from_secs(5), || {
+        let before = root_qdisc_drops(&ns, "q0");
+        let ours = read();
+        seen = (ours, before);
+        before == root_qdisc_drops(&ns, "q0") && ours == before
+    });
+    assert!(agree, "netlink {} against tc {}", seen.0, seen.1);
+    assert!(seen.0 > 100, "the flood was dropped: {} drops", seen.0);
+    let networks = || {
+        ns.in_thread(|| edgeshare_gateway::net::interface_networks("q0"))
+            .expect("the addresses over rtnetlink")
+            .iter()
+            .map(|net| format!("{}/{}", net.address, net.prefix))
+            .collect::<Vec<String>>()
+    };
+    let ip_addr = || {
+        let json = ns.ip(&["-j", "addr", "show", "dev", "q0"]);
+        let links: Vec<Value> = serde_json::from_str(&json).expect("ip -j prints JSON");
+        links
+            .iter()
+            .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+            .collect::<Vec<String>>()
+    };
+    let mut seen = (Vec::new(), Vec::new());
+    let agree = wait_until(Duration::from_secs(5), || {
+        seen = (networks(), ip_addr());
+        seen.0 == seen.1
+    });
+    assert!(agree, "netlink {:?} against ip {:?}", seen.0, seen.1);
+    assert!(seen.0.contains(&"10.88.0.1/24".to_owned()), "{:?}", seen.0);
+    assert!(seen.0.contains(&"fd00:88::1/64".to_owned()), "{:?}", seen.0);
+    let none = ns.in_thread(|| edgeshare_gateway::net::interface_networks("nosuch0"));
+    let error = format!("{:#}", none.expect_err("no such interface"));
+    assert!(error.contains("nosuch0"), "{error}");
 }
 
 /// Counters in the client's own namespace (its own nftables table, independent of the

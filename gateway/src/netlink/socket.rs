@@ -66,6 +66,18 @@ impl Socket {
         })
     }
 
+    /// The index of interface `name` in the socket's network namespace (`SIOCGIFINDEX`, as
+    /// `if_nametoindex` asks it; any socket answers it), so that a name and the dump it
+    /// filters come from the same namespace, whatever `/sys` shows.
+    pub fn interface_index(&self, name: &str) -> io::Result<u32> {
+        rustix::net::netdevice::name_to_index(&self.fd, name).map_err(|errno| {
+            io::Error::new(
+                io::Error::from(errno).kind(),
+                format!("interface {name}: {errno}"),
+            )
+        })
+    }
+
     /// `count` fresh sequence numbers in a row; the first.
     pub fn take_seq(&mut self, count: u32) -> u32 {
         let first = self.seq.wrapping_add(1);

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::files::under;
 use super::{Detected, Interface, Stack};
 
-/// Reads the system under `root` (`/`); the interfaces' addresses come from `ip`, which sees
+/// Reads the system under `root` (`/`); the interfaces' addresses come from rtnetlink, which sees
 /// the running system whatever the root.
 pub fn detect(root: &Path) -> anyhow::Result<Detected> {
     let interfaces = interfaces(root)?;
