@@ -29,18 +29,16 @@ impl Lan {
         self.table.as_ref().map(|(_, lan)| *lan)
     }
 
-    /// Reads the table: its entries as the core may learn from them (see
-    /// [`State::learn_addresses`](super::state::State)); `None` if it cannot be read
-    /// (learning waits for the next tick; nothing learned is dropped meanwhile).
-    pub(super) fn read(&mut self, online: &Online, now: Millis) -> Option<Vec<Client>> {
+    /// Reads the table's entries; `None` without a table or if it cannot be read (learning
+    /// waits for the next tick; nothing learned is dropped meanwhile).
+    pub(super) fn entries(&mut self) -> Option<Vec<Entry>> {
         let (table, lan) = self.table.as_mut()?;
-        match table.entries(*lan) {
-            Ok(entries) => Some(self.observed(&entries, online, now)),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the LAN's neighbour table");
-                None
-            }
-        }
+        table
+            .entries(*lan)
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "cannot read the LAN's neighbour table"),
+            )
+            .ok()
     }
 
     /// Entries read from the table, as the guard lets the core see them.

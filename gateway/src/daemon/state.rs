@@ -20,7 +20,7 @@ use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
 use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, SessionLive};
-use crate::firewall::Firewall;
+use crate::firewall::{ClientCounters, Firewall};
 use crate::neighbours::Entry;
 use crate::neighbours::guard::Online;
 use crate::net::{Client, Millis};
@@ -145,21 +145,31 @@ impl State {
     /// was in; the enforcer itself will not take out an element whose counter was not read
     /// (see [`crate::reconcile`]).
     pub(super) fn settle(&mut self, now: Millis, store: Option<&CodeStore>) {
+        if let Some(counters) = self.read_counters() {
+            self.book(&counters, now, store);
+        }
+    }
+
+    /// Every element's counters (`None`, logged, if the kernel cannot be asked).
+    fn read_counters(&mut self) -> Option<Vec<ClientCounters>> {
         let started = std::time::Instant::now();
-        let counters = match self.firewall.clients() {
-            Ok(counters) => counters,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read the kernel counters");
-                return;
-            }
-        };
+        let counters = self
+            .firewall
+            .clients()
+            .inspect_err(|err| tracing::error!(error = %err, "cannot read the kernel counters"))
+            .ok()?;
         // The cost of a tick grows with the clients online; the benchmark reads this line.
         tracing::debug!(
             elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             entries = counters.len(),
             "kernel counters read"
         );
-        let reading = counters::reading(&counters);
+        Some(counters)
+    }
+
+    /// Hands the core the bytes of a counter reading at `now` since the last one.
+    fn book(&mut self, counters: &[ClientCounters], now: Millis, store: Option<&CodeStore>) {
+        let reading = counters::reading(counters);
         let deltas = self.kernel.read(&reading, now);
         if !deltas.is_empty() {
             self.books.usage_changed();
@@ -170,25 +180,33 @@ impl State {
         self.apply(actions, now, store);
     }
 
-    /// Usage first, then expiry and idle checks: bytes used just before expiry still count.
+    /// One tick, observe → plan → apply: the kernel is read first (every element's
+    /// counters, the LAN's neighbour table; the LAN queue's drops with the counters, by the
+    /// audit), then the core books the bytes and decides (usage first, then expiry and idle
+    /// checks: bytes used just before expiry still count; then the addresses the table
+    /// shows), and the enforcer plans and applies the kernel's changes.
     pub(super) fn tick(&mut self, now: Millis, store: Option<&CodeStore>) {
-        self.settle(now, store);
+        let counters = self.read_counters();
+        let neighbours = self.lan.entries();
+        if let Some(counters) = counters {
+            self.book(&counters, now, store);
+        }
         self.end_used_up(now, store);
         let actions = self.core.tick(now);
         self.apply(actions, now, store);
-        self.learn_addresses(now, store);
+        if let Some(entries) = neighbours {
+            self.learn_addresses(&entries, now, store);
+        }
         self.enforce(now, store);
     }
 
-    /// Online devices' other addresses from the LAN's neighbour table (after the counters
-    /// were read: an address a device stopped using is cut with its last bytes counted),
-    /// as the guard lets the core see it: an online address another device claims stays
-    /// its holder's, and the kernel's entry is pointed back at the holder and probed.
-    fn learn_addresses(&mut self, now: Millis, store: Option<&CodeStore>) {
+    /// Online devices' other addresses from the LAN's neighbour table (booked after the
+    /// counters: an address a device stopped using is cut with its last bytes counted), as
+    /// the guard lets the core see it: an online address another device claims stays its
+    /// holder's, and the kernel's entry is pointed back at the holder and probed.
+    fn learn_addresses(&mut self, entries: &[Entry], now: Millis, store: Option<&CodeStore>) {
         let online = Online::new(self.core.online_clients());
-        let Some(seen) = self.lan.read(&online, now) else {
-            return;
-        };
+        let seen = self.lan.observed(entries, &online, now);
         let actions = self.core.learn_addresses(&seen, now);
         self.apply(actions, now, store);
     }
