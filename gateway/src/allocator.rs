@@ -6,14 +6,15 @@
 //! watcher) made 9 on a 2-core machine, and with 200 logins their arenas grew by 1.2 MiB, as
 //! much as all of the daemon's other heap (bench/memory.sh). Its allocations are small and
 //! few (the capture's per-packet path makes none, each thread's tcache takes most of the
-//! rest), so sharing two arenas costs no measurable time.
+//! rest), so sharing the main arena costs no measurable time; a second one had kept 0.3 MiB
+//! more, idle.
 //!
 //! The only other unsafe code of the gateway is in `capture::socket`.
 #![allow(unsafe_code)]
 
-/// Most arenas: the main one and one more.
+/// Most arenas: the main one alone.
 #[cfg(target_env = "gnu")]
-const ARENAS: libc::c_int = 2;
+const ARENAS: libc::c_int = 1;
 
 /// Limits glibc's malloc to [`ARENAS`] arenas, unless `MALLOC_ARENA_MAX` in the environment
 /// says otherwise (glibc reads it itself). To be called before the daemon starts threads:
