@@ -185,6 +185,15 @@ fn to_stdout(print: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyho
 
 /// Threads for blocking work in the daemon (neighbour lookups, the code store).
 const BLOCKING_THREADS: usize = 8;
+/// Most threads running the daemon's tasks. Its work is waiting on sockets and on the state
+/// owner's thread (which applies every login), so more workers than this bring no speed,
+/// only a stack and a thread each (tokio starts one per core: 4 on a Pi 4).
+const WORKER_THREADS: usize = 2;
+
+/// The runtime's workers: one per core, [`WORKER_THREADS`] at most.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().min(WORKER_THREADS))
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     edgeshare_shared::logging::init(&cli.log);
@@ -205,11 +214,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = load()?;
+            crate::allocator::limit_arenas();
             // A crowd of logins runs a neighbour lookup each on the blocking pool: a few
             // threads serve it as well as hundreds, and each thread left over keeps its
             // stack and allocator arena (memory a Pi does not have to spare).
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .worker_threads(worker_threads())
                 .max_blocking_threads(BLOCKING_THREADS)
                 .build()
                 .context("starting the async runtime")?;

@@ -15,9 +15,12 @@
 //! - [`capture`]: the packet-capture meter that audits the kernel's byte counters.
 //! - [`cutoff`]: resets a client's TCP connections at once when its access ends.
 //! - [`setup`]: `edgeshare-gateway setup`, the one-command hotspot (planned, then written).
-// Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers.
+//! - [`allocator`]: the daemon's limit on glibc's malloc arenas.
+// Denied, not forbidden: the capture socket needs one getsockopt that no safe crate offers,
+// and the allocator's arena limit one mallopt.
 #![deny(unsafe_code)]
 
+pub mod allocator;
 pub mod audit;
 pub mod capture;
 pub mod cli;

@@ -1,8 +1,9 @@
 //! The capture socket: an AF_PACKET socket made here (pnet cannot size its receive buffer or
 //! read its drop count), handed to pnet for reading.
 //!
-//! The only unsafe code of the gateway is here: `getsockopt(PACKET_STATISTICS)` and
-//! `setsockopt(SO_ATTACH_FILTER)`, which neither rustix nor pnet offers.
+//! The gateway's only unsafe code but for `allocator`'s mallopt is here:
+//! `getsockopt(PACKET_STATISTICS)` and `setsockopt(SO_ATTACH_FILTER)`, which neither rustix
+//! nor pnet offers.
 #![allow(unsafe_code)]
 
 use std::io;
