@@ -314,6 +314,15 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's log lines at WARN or ERROR, for an assertion's message.
+    fn errors(&self) -> String {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// A new local code.
     fn create_code(&self, mb: f64, hours: f64) -> String {
         let out = self.cli_ok(&[
@@ -1417,7 +1426,12 @@ fn valid_codes_are_let_in_while_others_guess_and_a_crowd_is_not_an_attack() {
             .filter(|s| !matches!(s, 200 | 429))
             .collect::<Vec<_>>()
     );
-    assert_eq!(crowd_ok, CROWD, "every valid login of the crowd succeeds");
+    assert_eq!(
+        crowd_ok,
+        CROWD,
+        "every valid login of the crowd succeeds; the daemon's errors:\n{}",
+        gateway.errors()
+    );
 
     // 12 addresses guess as fast as they can while 12 other devices log in with valid codes.
     let (guesses, refused_valid) = while_guessing(bed, &guessers, Duration::from_secs(2), || {

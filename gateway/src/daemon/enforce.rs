@@ -23,9 +23,11 @@ use crate::reconcile::{Applied, Desired, Plan};
 /// the kernel's own timeout, which would delete the element and its counter unread, is only
 /// the safety net for a daemon that is down.
 const KERNEL_GRACE: Duration = Duration::from_secs(2);
-/// Most changes in one netlink batch: a batch is one datagram, and the socket's send buffer
-/// (208 KiB by default) must hold it; a client's re-add is six messages of about 80 bytes.
-const BATCH_CHANGES: usize = 64;
+/// Most changes in one netlink batch. The kernel acknowledges every message of a batch, and
+/// each acknowledgement takes about 768 bytes of the socket's receive buffer (208 KiB by
+/// default) until read: a change is up to ten messages (a session quota with its devices'
+/// keys), and 64 changes overflowed it (ENOBUFS, measured with a crowd of 80 logins).
+const BATCH_CHANGES: usize = 16;
 
 /// A plan's steps in the order they are applied: removals, additions, quotas set, cleared.
 fn plan_steps(plan: &Plan) -> Vec<Applied<'_>> {
@@ -92,11 +94,12 @@ impl State {
     /// for its counter to be read (the plan says so): the counters are read first, which
     /// books its last bytes.
     pub(super) fn enforce(&mut self, now: Millis, store: Option<&CodeStore>) {
-        if self.kernel.plan(&self.desired(), now).needs_reading {
+        let mut plan = self.kernel.plan(&self.desired(), now);
+        if plan.needs_reading {
             self.settle(now, store);
+            // The reading may have ended sessions (and enforced them already).
+            plan = self.kernel.plan(&self.desired(), now);
         }
-        // The reading may have ended sessions (and enforced them already).
-        let plan = self.kernel.plan(&self.desired(), now);
         if plan.needs_reading {
             tracing::warn!(
                 "the kernel counters could not be read: clients to cut off stay until the next tick"

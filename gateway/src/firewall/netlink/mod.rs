@@ -105,9 +105,13 @@ impl NetlinkFirewall {
         operation: Operation,
         messages: Vec<Message>,
     ) -> Result<(), FirewallError> {
-        self.socket(&operation)?
-            .apply(messages)
-            .map_err(|f| failed(&operation, f))?;
+        let applied = self.socket(&operation)?.apply(messages);
+        if let Err(Failure::Errno(libc::ENOBUFS | libc::ETIMEDOUT)) = applied {
+            // Answers were lost or are still on their way: a fresh socket at the next call,
+            // so that they cannot be taken for the answers to it.
+            self.socket = None;
+        }
+        applied.map_err(|f| failed(&operation, f))?;
         tracing::debug!(operation = %operation, "netlink batch applied");
         Ok(())
     }
