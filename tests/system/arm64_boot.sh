@@ -93,9 +93,9 @@ else
   [ -f "$sources" ] || sources=/etc/apt/sources.list
   began=$(date +%s)
   INITRAMFS_HOOK=$INITRAMFS_HOOK mmdebstrap --quiet --arch=arm64 --format=tar --variant=minbase \
-    --include="$INCLUDE" --setup-hook="$SETUP_HOOK" bookworm "$ROOT_TAR.tmp" - <"$sources" \
+    --include="$INCLUDE" --setup-hook="$SETUP_HOOK" bookworm "$ROOT_TAR.$$.tmp" - <"$sources" \
     >"$WORK/mmdebstrap.log" 2>&1 || fail "mmdebstrap failed: $(tail -20 "$WORK/mmdebstrap.log")"
-  mv "$ROOT_TAR.tmp" "$ROOT_TAR"
+  mv "$ROOT_TAR.$$.tmp" "$ROOT_TAR"
   echo "FIGURE arm64 root built (uncached): $(($(date +%s) - began)) s, $(stat -c %s "$ROOT_TAR") bytes"
 fi
 mkdir -p "$ROOT"
