@@ -12,8 +12,8 @@
 # The Debian root (mmdebstrap under qemu-user + binfmt: ~4 min on an idle 2-core machine,
 # 12.5 min on a loaded one) is built once per recipe (its hash names the tar) and
 # kept in /var/cache/edgeshare-tests; a run with it cached costs the VM's boot and test.
-# The release build is the one cross_arm.sh also makes (scripts/release, same target dir):
-# whichever runs second finds it done.
+# The release build is the one cross_arm.sh also makes (scripts/release, the same target dir
+# in /var/cache/edgeshare-tests, kept from run to run): whichever runs second finds it done.
 #
 # Needs root, mmdebstrap, qemu-system-aarch64, qemu-user-static with binfmt_misc (for a root
 # not yet cached), mkfs.ext4 and cargo-zigbuild (scripts/install-deps); fails under CI=true
@@ -31,6 +31,9 @@ done
 cross_env || unavailable "cargo-zigbuild is missing (bash scripts/install-deps)"
 
 TARGET=aarch64-unknown-linux-gnu
+# The builds' dependencies kept from run to run (CROSS_TARGET_DIR: scripts/release), shared with
+# cross_arm.sh.
+export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-/var/cache/edgeshare-tests/cross-target}
 # The whole VM run (boot, install, test, power off) is bounded; ~80 s on an idle 2-core
 # machine, several times that on a loaded one.
 VM_TIMEOUT=${ARM64_VM_TIMEOUT:-900}
@@ -93,9 +96,9 @@ else
   [ -f "$sources" ] || sources=/etc/apt/sources.list
   began=$(date +%s)
   INITRAMFS_HOOK=$INITRAMFS_HOOK mmdebstrap --quiet --arch=arm64 --format=tar --variant=minbase \
-    --include="$INCLUDE" --setup-hook="$SETUP_HOOK" bookworm "$ROOT_TAR.tmp" - <"$sources" \
+    --include="$INCLUDE" --setup-hook="$SETUP_HOOK" bookworm "$ROOT_TAR.$$.tmp" - <"$sources" \
     >"$WORK/mmdebstrap.log" 2>&1 || fail "mmdebstrap failed: $(tail -20 "$WORK/mmdebstrap.log")"
-  mv "$ROOT_TAR.tmp" "$ROOT_TAR"
+  mv "$ROOT_TAR.$$.tmp" "$ROOT_TAR"
   echo "FIGURE arm64 root built (uncached): $(($(date +%s) - began)) s, $(stat -c %s "$ROOT_TAR") bytes"
 fi
 mkdir -p "$ROOT"

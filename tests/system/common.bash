@@ -59,13 +59,49 @@ debian_root_tar() {
     mkdir -p "$cache"
     sources=/etc/apt/sources.list.d/debian.sources
     [ -f "$sources" ] || sources=/etc/apt/sources.list
+    # A name of this run's for the tar in the making: another run may be making the same.
     mmdebstrap --quiet --format=tar --variant=minbase --include="$include" \
       --skip=cleanup/apt/lists,cleanup/apt/cache \
-      bookworm "$tar.tmp" - <"$sources" >"$log" 2>&1 ||
+      bookworm "$tar.$$.tmp" - <"$sources" >"$log" 2>&1 ||
       fail "mmdebstrap failed: $(tail -20 "$log")"
-    mv "$tar.tmp" "$tar"
+    mv "$tar.$$.tmp" "$tar"
   fi
   echo "$tar"
+}
+
+# amd64_debs DIR REVISION…: puts the amd64 .debs (edgeshare-gateway and edgeshare-agent) of
+# each Debian REVISION, made by packaging/deb/build from this build's binaries (stripped), in
+# DIR/REVISION: copies of those tests/system/run made once for every test (SYSTEM_TEST_DEBS,
+# see tests/system/prepare.bash), or made here when the test runs alone.
+amd64_debs() {
+  local dir=$1 revision made bin
+  shift
+  if [ -n "${SYSTEM_TEST_DEBS:-}" ]; then
+    for revision in "$@"; do
+      [ -f "$SYSTEM_TEST_DEBS/$revision/made" ] || break
+      mkdir -p "$dir/$revision"
+      cp "$SYSTEM_TEST_DEBS/$revision"/*.deb "$dir/$revision/"
+      shift
+    done
+    [ "$#" != 0 ] || return 0
+  fi
+  made=$(mktemp -d)
+  mkdir "$made/bin"
+  for bin in edgeshare-gateway edgeshare-agent; do
+    [ -x "$BIN_DIR/$bin" ] || fail "$BIN_DIR/$bin is missing: run cargo build --workspace --bins first"
+    strip -o "$made/bin/$bin" "$BIN_DIR/$bin"
+  done
+  # The man pages and completions of this build's commands.
+  if [ -x "$BIN_DIR/edgeshare-gen" ]; then
+    "$BIN_DIR/edgeshare-gen" "$made/gen" >/dev/null
+  else
+    cargo run --quiet --locked -p edgeshare-gen -- "$made/gen" >/dev/null
+  fi
+  for revision in "$@"; do
+    DEB_COMPRESSION=gzip DEB_REVISION=$revision bash packaging/deb/build amd64 "$made/bin" "$dir/$revision" "$made/gen" >/dev/null ||
+      fail "packaging/deb/build amd64 (revision $revision) failed"
+  done
+  rm -rf "$made"
 }
 
 # wait_for SECONDS WHAT COMMAND…: retries COMMAND every 0.2 s until it succeeds.
@@ -80,17 +116,23 @@ wait_for() {
 }
 
 # boot_container ROOT MACHINE LOG NSPAWN_OPTIONS…: boots ROOT with systemd-nspawn (systemd as
-# PID 1, a private network), sets NSPAWN_PID and CT (the container's PID 1) and returns once
-# systemd's control socket answers. stop_container shuts it down.
+# PID 1, a private network, a cgroup of its own), sets NSPAWN_PID and CT (the container's
+# PID 1) and returns once systemd's control socket answers. stop_container shuts it down.
 NSPAWN_PID=
 CT=
+NSPAWN_MACHINE=
 boot_container() {
   local root=$1 machine=$2 log=$3 i pid
   shift 3
-  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --boot --directory="$root" \
-    --machine="$machine" --register=no --keep-unit --private-network "$@" \
-    --system-call-filter=bpf --console=passive </dev/null >>"$log" 2>&1 &
+  (
+    own_cgroup "$machine" || exit
+    export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+    exec systemd-nspawn --quiet --boot --directory="$root" \
+      --machine="$machine" --register=no --keep-unit --private-network "$@" \
+      --system-call-filter=bpf --console=passive
+  ) </dev/null >>"$log" 2>&1 &
   NSPAWN_PID=$!
+  NSPAWN_MACHINE=$machine
   CT=
   for i in $(seq 1 100); do
     for pid in $(pgrep -P "$NSPAWN_PID" || true); do
@@ -114,6 +156,44 @@ stop_container() {
   fi
   wait "$NSPAWN_PID" 2>/dev/null || true
   NSPAWN_PID=
+  drop_cgroup "$NSPAWN_MACHINE"
+}
+
+# cgroup_dirs NAME: the cgroup NAME under this shell's own, in each hierarchy systemd-nspawn
+# uses (systemd's v1 one and the unified one, or the one of cgroup v2).
+cgroup_dirs() {
+  local hierarchy path mount
+  while IFS=: read -r _ hierarchy path; do
+    case $hierarchy in
+      name=systemd) mount=/sys/fs/cgroup/systemd ;;
+      "") if [ -f /sys/fs/cgroup/cgroup.controllers ]; then mount=/sys/fs/cgroup; else mount=/sys/fs/cgroup/unified; fi ;;
+      *) continue ;;
+    esac
+    [ ! -d "$mount" ] || echo "$mount${path%/}/$1"
+  done </proc/self/cgroup
+}
+
+# own_cgroup NAME: moves this shell into the cgroups NAME (cgroup_dirs). With --keep-unit,
+# systemd-nspawn puts its container's "payload" and its "supervisor" under the cgroup it was
+# started in: two containers booted side by side from one cgroup (tests/system/run runs tests
+# in parallel) would share one payload, and each container's systemd would manage, and kill,
+# the other's processes.
+own_cgroup() {
+  local dir
+  for dir in $(cgroup_dirs "$1"); do
+    mkdir -p "$dir" && echo "$BASHPID" >"$dir/cgroup.procs" ||
+      { echo "cannot move into a cgroup of its own at $dir" >&2; return 1; }
+  done
+}
+
+# drop_cgroup NAME: removes the cgroups own_cgroup made (and those a container's systemd left
+# in them) once nothing runs in them.
+drop_cgroup() {
+  local dir
+  [ -n "$1" ] || return 0
+  for dir in $(cgroup_dirs "$1"); do
+    [ ! -d "$dir" ] || find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
 }
 
 # real_binaries_test NAME [EXTRA…]: the start shared by the tests of the real gateway, agent and

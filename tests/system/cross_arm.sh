@@ -25,6 +25,9 @@ done
 cross_env || unavailable "cargo-zigbuild is missing (bash scripts/install-deps)"
 
 TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"
+# The builds' dependencies kept from run to run (CROSS_TARGET_DIR: scripts/release), shared with
+# arm64_boot.sh: whichever runs second finds the aarch64 build done.
+export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-/var/cache/edgeshare-tests/cross-target}
 OUT=$ARTIFACTS/release
 VERSION=$(sed -nE 's/^version = "([^"]+)"/\1/p' Cargo.toml | head -n1)
 WORK=$(mktemp -d)
@@ -141,7 +144,7 @@ armv7=armv7-unknown-linux-gnueabihf
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="$(cross_runner $armv7)"
 began=$(date +%s)
 set +e
-cargo-zigbuild test --locked --target "$(cross_zig_target $armv7)" -p edgeshare-shared -p edgeshare-gateway --lib \
+CARGO_TARGET_DIR=$CROSS_TARGET_DIR cargo-zigbuild test --locked --target "$(cross_zig_target $armv7)" -p edgeshare-shared -p edgeshare-gateway --lib \
   -- --skip missing_nft_is_its_own_error >"$WORK/test.log" 2>&1
 status=$?
 set -e

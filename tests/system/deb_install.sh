@@ -37,14 +37,9 @@ trap purge_all EXIT
 ip netns add "$NS"
 in_ns() { ip netns exec "$NS" "$@"; }
 
-mkdir -p "$WORK/bin" "$WORK/debs"
-for bin in edgeshare-gateway edgeshare-agent; do
-  [ -x "$BIN_DIR/$bin" ] || fail "$BIN_DIR/$bin is missing: run cargo build --workspace --bins first"
-  strip -o "$WORK/bin/$bin" "$BIN_DIR/$bin"
-done
-DEB_COMPRESSION=gzip bash packaging/deb/build amd64 "$WORK/bin" "$WORK/debs" >"$WORK/built"
-GATEWAY_DEB=$(grep gateway "$WORK/built")
-AGENT_DEB=$(grep agent "$WORK/built")
+amd64_debs "$WORK/debs" 1
+GATEWAY_DEB=$(echo "$WORK"/debs/1/edgeshare-gateway_*.deb)
+AGENT_DEB=$(echo "$WORK"/debs/1/edgeshare-agent_*.deb)
 for deb in $GATEWAY_DEB $AGENT_DEB; do
   echo "$(basename "$deb"): $(stat -c %s "$deb") bytes, installed size $(dpkg-deb -f "$deb" Installed-Size) KiB"
   echo "  depends: $(dpkg-deb -f "$deb" Depends)"

@@ -23,7 +23,7 @@
 # keyfile connection; ifupdown installed too, as setup gives the LAN its address with it).
 # On NetworkManager also: the LAN interface is unmanaged (setup's conf.d file) and keeps its
 # addresses across a restart of NetworkManager. `setup_boot.sh ifupdown|networkmanager` runs
-# one; without an argument both run, the packages built once.
+# one; without an argument both run side by side, the packages built once.
 # Needs root, systemd-nspawn, mmdebstrap, dhclient (isc-dhcp-client), jq, curl; fails under
 # CI=true where one is missing, skips otherwise. Everything made here is removed on exit.
 set -euo pipefail
@@ -78,20 +78,25 @@ in_c() { ip netns exec "$NS_C" "$@"; }
 DEBS=${SETUP_BOOT_DEBS:-}
 if [ -z "$DEBS" ]; then
   step "packages (packaging/deb/build)"
-  DEBS=$WORK/debs
-  mkdir -p "$WORK/bin" "$DEBS"
-  for bin in edgeshare-gateway edgeshare-agent; do
-    strip -o "$WORK/bin/$bin" "$BIN_DIR/$bin"
-  done
-  # The man pages of this build's commands (setup's included).
-  cargo run --quiet --locked -p edgeshare-gen -- "$WORK/gen" >/dev/null
-  DEB_COMPRESSION=gzip bash packaging/deb/build amd64 "$WORK/bin" "$DEBS" "$WORK/gen" >/dev/null
+  amd64_debs "$WORK/debs" 1
+  DEBS=$WORK/debs/1
 fi
 if [ "$STACK" = both ]; then
+  # Side by side: each stack has its own container (and cgroup), namespaces and veths, named
+  # by its PID. Each one's output is printed whole once both are done.
+  declare -A runs=()
   for stack in ifupdown networkmanager; do
-    SETUP_BOOT_DEBS=$DEBS bash "$0" "$stack" || fail "the $stack run failed"
+    SETUP_BOOT_DEBS=$DEBS bash "$0" "$stack" >"$WORK/$stack.out" 2>&1 &
+    runs[$stack]=$!
+    STARTED_PIDS+=("$!")
   done
-  echo "FIGURE test duration (both stacks): $(elapsed)"
+  failed=()
+  for stack in ifupdown networkmanager; do
+    wait "${runs[$stack]}" || failed+=("$stack")
+    cat "$WORK/$stack.out"
+  done
+  [ "${#failed[@]}" = 0 ] || fail "the ${failed[*]} run failed"
+  echo "FIGURE test duration (both stacks, side by side): $(elapsed)"
   echo "setup_boot: ok"
   exit 0
 fi

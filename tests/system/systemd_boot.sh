@@ -55,8 +55,6 @@ VETH_LAN=esl$ID # host-side ends, at most 15 characters
 VETH_WAN=esw$ID
 WORK=$(mktemp -d /var/tmp/es-sd.XXXXXX)
 ROOT=$WORK/root
-NSPAWN_PID=
-CT= # the container's PID 1
 T0=$(date +%s)
 
 finish() {
@@ -97,9 +95,9 @@ if [ ! -s "$ROOT_TAR" ]; then
   mmdebstrap --quiet --format=tar --variant=minbase --include="$INCLUDE" \
     --skip=cleanup/apt/lists,cleanup/apt/cache \
     --customize-hook='chroot "$1" apt-get install --download-only -y -qq netbase' \
-    bookworm "$ROOT_TAR.tmp" - <"$sources" >"$WORK/mmdebstrap.log" 2>&1 ||
+    bookworm "$ROOT_TAR.$$.tmp" - <"$sources" >"$WORK/mmdebstrap.log" 2>&1 ||
     fail "mmdebstrap failed: $(tail -20 "$WORK/mmdebstrap.log")"
-  mv "$ROOT_TAR.tmp" "$ROOT_TAR"
+  mv "$ROOT_TAR.$$.tmp" "$ROOT_TAR"
 fi
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$ROOT_TAR"
@@ -132,18 +130,7 @@ echo "es-sd-test" >"$ROOT/etc/hostname"
 
 # ---- the packages: this revision, and a higher one for the upgrade ----
 step "packages (packaging/deb/build) of revisions 1 and 2"
-mkdir -p "$WORK/bin" "$ROOT/root/debs/1" "$ROOT/root/debs/2"
-for bin in edgeshare-gateway edgeshare-agent; do
-  strip -o "$WORK/bin/$bin" "$BIN_DIR/$bin"
-done
-if [ -x "$BIN_DIR/edgeshare-gen" ]; then
-  "$BIN_DIR/edgeshare-gen" "$WORK/gen" >/dev/null
-else
-  cargo run --quiet --locked -p edgeshare-gen -- "$WORK/gen" >/dev/null
-fi
-for revision in 1 2; do
-  DEB_COMPRESSION=gzip DEB_REVISION=$revision bash packaging/deb/build amd64 "$WORK/bin" "$ROOT/root/debs/$revision" "$WORK/gen" >/dev/null
-done
+amd64_debs "$ROOT/root/debs" 1 2
 ls "$ROOT"/root/debs/*/
 
 # ---- the networks around the container ----
@@ -180,22 +167,8 @@ start_standin_at "[fd00:99::3]:80" "$WORK/internet6"
 start_standin_at "[fd00:99::3]:8443" "$WORK/internet6-8443"
 
 boot() {
-  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --boot --directory="$ROOT" \
-    --machine="$MACHINE" --register=no --keep-unit --private-network \
-    --network-veth-extra="$VETH_LAN:lan0" --network-veth-extra="$VETH_WAN:wan0" \
-    --system-call-filter=bpf --console=passive </dev/null >>"$WORK/console.log" 2>&1 &
-  NSPAWN_PID=$!
-  local i pid
-  CT=
-  for i in $(seq 1 100); do
-    for pid in $(pgrep -P "$NSPAWN_PID" || true); do
-      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] && CT=$pid
-    done
-    [ -n "$CT" ] && break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || fail "systemd-nspawn exited: $(tail -20 "$WORK/console.log")"
-    sleep 0.1
-  done
-  [ -n "$CT" ] || fail "no systemd in the container after 10 s"
+  boot_container "$ROOT" "$MACHINE" "$WORK/console.log" \
+    --network-veth-extra="$VETH_LAN:lan0" --network-veth-extra="$VETH_WAN:wan0"
   # The container's veth ends join the bridges (its links come up as soon as they do).
   wait_for 10 "the container's veth ends" ip link show "$VETH_WAN"
   ip link set "$VETH_LAN" netns "$NS_C"
@@ -203,7 +176,6 @@ boot() {
   ip -n "$NS_C" link set "$VETH_LAN" master br0 up
   ip -n "$NS_U" link set "$VETH_WAN" master br0 up
   local state
-  wait_for 20 "systemd's control socket in the container" nsenter -t "$CT" -a test -S /run/systemd/private
   state=$(timeout 90 nsenter -t "$CT" -a systemctl is-system-running --wait 2>>"$WORK/console.log" || true)
   case $state in
     running | degraded) ;;
@@ -469,8 +441,7 @@ step "reboot of the container"
 in_ct systemctl reboot || true
 for _ in $(seq 1 300); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$NSPAWN_PID" 2>/dev/null && fail "the container did not shut down within 30 s"
-wait "$NSPAWN_PID" 2>/dev/null || true
-NSPAWN_PID=
+stop_container
 boot
 portal_only_at=$(unit_prop edgeshare-portal-only ActiveEnterTimestampMonotonic)
 networkd_at=$(unit_prop systemd-networkd ExecMainStartTimestampMonotonic)
