@@ -17,6 +17,10 @@ fn fault_once(s: &Standin, kind: FaultKind) {
     s.set_fault(Fault::new("/api/gateway/report-usage", kind).times(1));
 }
 
+async fn status_of(request: reqwest::RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
 #[tokio::test]
 async fn status500_respects_prefix_and_times() {
     let (s, token, code) = seeded().await;
@@ -310,12 +314,7 @@ async fn http_control_endpoints() {
     );
     let delay = json!({ "kind": "delay_after", "delay_ms": 50 });
     assert_eq!(
-        c.post(format!("{base}/__standin/faults"))
-            .json(&delay)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/faults")).json(&delay)).await,
         StatusCode::OK
     );
     let bad = json!({ "kind": "delay_before" });
@@ -337,21 +336,13 @@ async fn http_control_endpoints() {
         .unwrap();
     assert_eq!(get(&s, "/__standin/state", None).await.0, StatusCode::OK);
     assert_eq!(
-        c.delete(format!("{base}/__standin/faults"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.delete(format!("{base}/__standin/faults"))).await,
         StatusCode::OK
     );
     assert_eq!(get(&s, "/__standin/faults", None).await.1, json!([]));
 
     assert_eq!(
-        c.post(format!("{base}/__standin/expire-tokens"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/expire-tokens"))).await,
         StatusCode::OK
     );
     assert_eq!(
@@ -359,11 +350,7 @@ async fn http_control_endpoints() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        c.post(format!("{base}/__standin/drop-websockets"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/drop-websockets"))).await,
         StatusCode::OK
     );
     let (_, msgs) = get(&s, "/__standin/ws-messages", None).await;

@@ -503,13 +503,17 @@ async fn string_bytes_are_deducted_and_concatenated() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// A stand-in that purges an expired code `ttl` after its expiry.
+fn expiring_after(ttl: Duration) -> StandinConfig {
+    StandinConfig {
+        expired_code_ttl: ttl,
+        ..StandinConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn expired_code_answers_400_then_404() {
-    let (s, token) = start_as_provider(StandinConfig {
-        expired_code_ttl: Duration::from_millis(1000),
-        ..StandinConfig::default()
-    })
-    .await;
+    let (s, token) = start_as_provider(expiring_after(Duration::from_millis(1000))).await;
     // 0.0002 h = 720 ms.
     let (_, body) = make_codes(&s, &token, json!({ "totalMB": 10, "expireHours": 0.0002 })).await;
     let code = first_code(&body);
@@ -599,11 +603,7 @@ async fn bad_input_gets_json_errors() {
 /// `expireHours ? ... : null`), a code has `"expireAt": null`, never expires and is never purged.
 #[tokio::test]
 async fn codes_without_expire_hours_never_expire() {
-    let (s, token) = start_as_provider(StandinConfig {
-        expired_code_ttl: Duration::from_millis(200),
-        ..StandinConfig::default()
-    })
-    .await;
+    let (s, token) = start_as_provider(expiring_after(Duration::from_millis(200))).await;
     let mut forever = Vec::new();
     for body in [
         json!({ "totalMB": 10 }),
