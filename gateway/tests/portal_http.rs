@@ -256,11 +256,42 @@ impl Running {
         stopped
     }
 
+    /// Android's connectivity probe, as the client on loopback.
+    async fn android_probe(&self) -> Reply {
+        self.get_as_host("connectivitycheck.gstatic.com", "/generate_204")
+            .await
+    }
+
+    /// The client is online: the probe says so.
+    async fn assert_online(&self) {
+        assert_eq!(self.android_probe().await.status, StatusCode::NO_CONTENT);
+    }
+
+    /// A login with code ABCD2345 written on a raw connection, the reply left unread.
+    async fn raw_login(&self) -> TcpStream {
+        let body = "code=ABCD2345";
+        let request = format!(
+            "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    }
+
     /// The server still answers a normal request.
     async fn assert_alive(&self) {
         let reply = self.get("/").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
+}
+
+/// The connection reads its end at once: nothing is left serving it.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest));
+    assert!(read.await.is_ok(), "closed by the time the stop returned");
 }
 
 #[derive(Debug)]
@@ -383,10 +414,7 @@ async fn probes_redirect_while_captive_and_succeed_once_online() {
     }
     // And back: a client cut off is captive again at once.
     portal.gate.set_online(LOCALHOST, None);
-    portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await
-        .assert_redirect_to(&portal.url);
+    portal.android_probe().await.assert_redirect_to(&portal.url);
     portal.stop().await;
 }
 
@@ -545,10 +573,7 @@ async fn each_redemption_outcome_has_its_page() {
         std::fs::write(dir.join("success.html"), &reply.body).unwrap();
     }
     // Online now: the probes say so.
-    let probe = portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await;
-    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.assert_online().await;
     portal.stop().await;
 }
 
@@ -1030,14 +1055,7 @@ async fn a_dropped_login_still_completes_in_the_gate() {
     let portal = start(|_| {}).await;
     portal.gate.script(Redeem::Online(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(300);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut stream = TcpStream::connect(portal.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let stream = portal.raw_login().await;
     // Hang up while the gate is still working.
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(stream);
@@ -1049,10 +1067,7 @@ async fn a_dropped_login_still_completes_in_the_gate() {
     .await
     .expect("the redemption ran to the end");
     // The client is online although it never saw the success page.
-    let probe = portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await;
-    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.assert_online().await;
     portal.stop().await;
 }
 
@@ -1064,14 +1079,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
     let portal = start(|_| {}).await;
     portal.gate.script(Redeem::Online(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(500);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut login = TcpStream::connect(portal.addr).await.unwrap();
-    login.write_all(request.as_bytes()).await.unwrap();
+    let mut login = portal.raw_login().await;
     let mut trickling = TcpStream::connect(portal.addr).await.unwrap();
     trickling
         .write_all(b"GET / HTTP/1.1\r\nHost: 10.66.0.1\r\nUser-Agent: Moz")
@@ -1097,9 +1105,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
     assert!(reply.starts_with("HTTP/1.1 200"), "answered: {reply}");
     assert!(reply.contains("Your code was accepted"), "{reply}");
     for stream in [&mut trickling, &mut idle] {
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest));
-        assert!(read.await.is_ok(), "closed by the time the stop returned");
+        assert_closed(stream).await;
     }
 }
 
@@ -1109,14 +1115,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
 async fn at_the_deadline_a_stuck_login_is_aborted_and_joined() {
     let portal = start(|_| {}).await;
     *portal.gate.delay.lock().unwrap() = Duration::from_secs(60);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut login = TcpStream::connect(portal.addr).await.unwrap();
-    login.write_all(request.as_bytes()).await.unwrap();
+    let mut login = portal.raw_login().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gate = Arc::clone(&portal.gate);
     let started = tokio::time::Instant::now();
@@ -1132,9 +1131,7 @@ async fn at_the_deadline_a_stuck_login_is_aborted_and_joined() {
     );
     assert_eq!(Arc::strong_count(&gate), 1, "no task holds the portal");
     assert!(gate.redeemed.lock().unwrap().is_empty(), "cut short");
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_millis(200), login.read_to_end(&mut rest));
-    assert!(read.await.is_ok(), "closed by the time the stop returned");
+    assert_closed(&mut login).await;
 }
 
 /// A client that sends no headers is disconnected after the header timeout, and meanwhile
