@@ -21,6 +21,12 @@ fn check_text(text: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stderr)
 }
 
+/// `check-config` accepts `text` (exit 0).
+fn assert_accepted(text: &str) {
+    let (code, err) = check_text(text);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// `check-config` refuses `text` (exit 78), naming each of `expected`.
 fn assert_refused(text: &str, expected: &[&str]) {
     let (code, err) = check_text(text);
@@ -47,10 +53,9 @@ fn the_example_config_is_valid() {
 
 #[test]
 fn a_sensor_node_needs_only_device_and_stream() {
-    let (code, err) = check_text(
+    assert_accepted(
         "[device]\nid = \"d1\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\nframing = \"typed\"\n",
     );
-    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -121,10 +126,9 @@ fn the_usage_section_needs_the_backend_and_sane_values() {
     );
 
     // With [backend], [usage] may be left out: the defaults apply.
-    let (code, err) = check_text(
+    assert_accepted(
         "[device]\nid = \"d\"\n[backend]\nurl = \"http://127.0.0.1:1\"\nemail = \"e\"\npassword = \"p\"\n",
     );
-    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

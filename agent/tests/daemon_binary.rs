@@ -37,6 +37,13 @@ fn agent(config: &Path) -> Command {
     command
 }
 
+/// `run` at `verbosity`, its log piped.
+fn run(config: &Path, verbosity: &str) -> Command {
+    let mut command = agent(config);
+    command.arg(verbosity).arg("run").stderr(Stdio::piped());
+    command
+}
+
 /// `agent.toml` in `dir`, for the stand-in.
 fn write_config(standin: &Standin, dir: &Path, setup: &Setup) -> PathBuf {
     let config = dir.join("agent.toml");
@@ -110,13 +117,10 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
             }
         }
     });
-    let mut child = agent(&config)
-        .arg("-vv")
-        .arg("run")
+    let mut child = run(&config, "-vv")
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     assert!(
@@ -179,13 +183,7 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
             held.push(connection);
         }
     });
-    let mut child = agent(&config)
-        .arg("-v")
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run(&config, "-v").stdout(Stdio::null()).spawn().unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || async {
             !received(&standin).is_empty() && calls.load(std::sync::atomic::Ordering::SeqCst) > 0

@@ -28,14 +28,6 @@ fn check_text(text: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stderr)
 }
 
-/// `check-config` refuses `text` (exit 78), naming each of `expected`.
-fn assert_refused(text: &str, expected: &[&str]) {
-    let (code, err) = check_text(text);
-    assert_eq!(code, 78, "{err}");
-    let missing: Vec<_> = expected.iter().filter(|e| !err.contains(**e)).collect();
-    assert!(missing.is_empty(), "missing {missing:?} in:\n{err}");
-}
-
 #[test]
 fn the_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/gateway.example.toml");
@@ -346,4 +338,12 @@ fn a_dashboard_on_the_lans_network_is_refused_naming_the_key() {
     // Without a password the dashboard is off: nothing listens, nothing to refuse.
     let (code, err) = check_text(on_lan);
     assert_eq!(code, 0, "{err}");
+}
+
+/// `check-config` refuses `text` (exit 78), naming each of `expected`.
+fn assert_refused(text: &str, expected: &[&str]) {
+    let (code, err) = check_text(text);
+    assert_eq!(code, 78, "{err}");
+    let missing: Vec<_> = expected.iter().filter(|e| !err.contains(**e)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{err}");
 }

@@ -221,6 +221,14 @@ async fn get(served: &Served, cookie: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn get_without_session(served: &Served, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", served.base))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn post(served: &Served, cookie: &str, path: &str, body: &str) -> reqwest::Response {
     client()
         .post(format!("{}{path}", served.base))
@@ -262,18 +270,10 @@ async fn a_peer_on_the_lan_is_refused_even_with_the_password() {
 #[tokio::test]
 async fn without_a_login_nothing_is_shown_or_done() {
     let served = serve().await;
-    let overview = client()
-        .get(format!("{}/", served.base))
-        .send()
-        .await
-        .unwrap();
+    let overview = get_without_session(&served, "/").await;
     assert_eq!(overview.status(), StatusCode::SEE_OTHER);
     assert_eq!(overview.headers()[LOCATION], "login");
-    let live = client()
-        .get(format!("{}/live.json", served.base))
-        .send()
-        .await
-        .unwrap();
+    let live = get_without_session(&served, "/live.json").await;
     assert_eq!(live.status(), StatusCode::UNAUTHORIZED);
     let forged = post(
         &served,

@@ -17,12 +17,16 @@ use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
 
 fn device(standin: &Standin, paths: DepinPaths) -> DepinAuth {
+    account(standin, paths, "device-001", "Device@123")
+}
+
+fn account(standin: &Standin, paths: DepinPaths, name: &str, password: &str) -> DepinAuth {
     DepinAuth::new(
         &http(),
         &url(standin),
         paths,
-        "device-001".to_owned(),
-        Secret::new("Device@123"),
+        name.to_owned(),
+        Secret::new(password),
     )
 }
 
@@ -63,13 +67,7 @@ async fn login_gives_an_hour_long_access_token() {
 #[tokio::test]
 async fn wrong_password_is_bad_credentials() {
     let standin = standin().await;
-    let auth = DepinAuth::new(
-        &http(),
-        &url(&standin),
-        DepinPaths::default(),
-        "device-001".to_owned(),
-        Secret::new("nope"),
-    );
+    let auth = account(&standin, DepinPaths::default(), "device-001", "nope");
     let err = auth.login().await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::BadCredentials), "{err}");
 }
@@ -137,13 +135,7 @@ async fn a_stale_access_token_is_refreshed_and_a_refused_refresh_logs_in_again()
 #[tokio::test]
 async fn register_then_conflict() {
     let standin = standin().await;
-    let auth = DepinAuth::new(
-        &http(),
-        &url(&standin),
-        DepinPaths::default(),
-        "sensor-7".to_owned(),
-        Secret::new("Sensor@7"),
-    );
+    let auth = account(&standin, DepinPaths::default(), "sensor-7", "Sensor@7");
     let registered = auth.register("sensor-7").await.unwrap();
     assert!(!registered.user_id.is_empty());
     let body = &standin.received()[0].body;
