@@ -18,6 +18,14 @@ fn check(path: &Path) -> Output {
         .expect("run edgeshare-gateway")
 }
 
+/// `check-config` refuses `text` (exit 78), naming each of `expected`.
+fn assert_refused(text: &str, expected: &[&str]) {
+    let (code, err) = check_text(text);
+    assert_eq!(code, 78, "{err}");
+    let missing: Vec<_> = expected.iter().filter(|e| !err.contains(**e)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{err}");
+}
+
 fn check_text(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
@@ -338,12 +346,4 @@ fn a_dashboard_on_the_lans_network_is_refused_naming_the_key() {
     // Without a password the dashboard is off: nothing listens, nothing to refuse.
     let (code, err) = check_text(on_lan);
     assert_eq!(code, 0, "{err}");
-}
-
-/// `check-config` refuses `text` (exit 78), naming each of `expected`.
-fn assert_refused(text: &str, expected: &[&str]) {
-    let (code, err) = check_text(text);
-    assert_eq!(code, 78, "{err}");
-    let missing: Vec<_> = expected.iter().filter(|e| !err.contains(**e)).collect();
-    assert!(missing.is_empty(), "missing {missing:?} in:\n{err}");
 }

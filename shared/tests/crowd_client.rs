@@ -24,6 +24,10 @@ fn report(bytes: u64) -> UsageReport {
     }
 }
 
+fn account(standin: &Standin, email: &str, password: &str) -> CrowdClient {
+    CrowdClient::new(&http(), &crowd_config(standin, email, password))
+}
+
 /// A stand-in and this provider's client, signed in by a first call.
 async fn signed_in() -> (Standin, CrowdClient) {
     let standin = standin().await;
@@ -53,10 +57,7 @@ async fn login_and_me() {
 #[tokio::test]
 async fn wrong_password_is_bad_credentials_with_the_servers_text() {
     let standin = standin().await;
-    let client = CrowdClient::new(
-        &http(),
-        &crowd_config(&standin, "provider@example.com", "wrong"),
-    );
+    let client = account(&standin, "provider@example.com", "wrong");
     let err = client.me().await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::BadCredentials), "{err}");
     assert!(err.to_string().contains("Invalid credentials"), "{err}");
@@ -320,10 +321,7 @@ async fn a_slow_but_timely_reply_is_fine() {
 #[tokio::test]
 async fn a_consumer_account_is_forbidden() {
     let standin = standin().await;
-    let client = CrowdClient::new(
-        &http(),
-        &crowd_config(&standin, "consumer@example.com", "Consumer@123"),
-    );
+    let client = account(&standin, "consumer@example.com", "Consumer@123");
     let err = client.authorize_code(&code(CODE)).await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::Forbidden), "{err}");
 }

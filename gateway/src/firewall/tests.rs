@@ -153,6 +153,10 @@ fn counters(
     }
 }
 
+fn allowed(client: Client, timeout: Duration) -> Call {
+    Call::Allow { client, timeout }
+}
+
 fn element(key: QuotaKey, quota: &str) -> QuotaElement {
     QuotaElement {
         key,
@@ -986,26 +990,14 @@ fn memory_firewall_models_the_kernel_table() {
     assert_eq!(
         probe.calls(),
         vec![
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_secs(10)
-            },
+            allowed(client4(), Duration::from_secs(10)),
             Call::Install,
             Call::IsInstalled,
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_millis(9_200)
-            },
-            Call::Allow {
-                client: client6(),
-                timeout: Duration::from_secs(60)
-            },
+            allowed(client4(), Duration::from_millis(9_200)),
+            allowed(client6(), Duration::from_secs(60)),
             Call::Clients,
             Call::Install,
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_secs(30)
-            },
+            allowed(client4(), Duration::from_secs(30)),
             Call::Clients,
             Call::Revoke(client6()),
             Call::Revoke(client6()),
