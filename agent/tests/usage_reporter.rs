@@ -577,8 +577,7 @@ fn a_refused_report_is_not_retried_in_a_loop() {
 fn another_accounts_code_is_billed_exactly() {
     runtime().block_on(async {
         let standin = support::standin().await;
-        let admin = admin(&standin);
-        let codes = make_codes(&admin, &[10 * MIB]).await;
+        let codes = make_codes(&admin(&standin), &[10 * MIB]).await;
         let (_dir, mut settings, mut ledger) = reporter_files();
         // Long: only the session's end may send the remainder.
         settings.fraction_hold = Duration::from_secs(3600);
@@ -655,10 +654,9 @@ fn a_consumers_session_is_reported_with_its_consumer_id() {
 fn everything_reaches_the_backend_before_the_code_expires() {
     runtime().block_on(async {
         let standin = support::standin().await;
-        let provider = client(&standin);
         let lifetime = Duration::from_secs(14);
-        let codes =
-            vec![make_code(&provider, 50 * MIB, Some(lifetime.as_secs_f64() / 3600.0)).await];
+        let hours = lifetime.as_secs_f64() / 3600.0;
+        let codes = vec![make_code(&client(&standin), 50 * MIB, Some(hours)).await];
         let expires = tokio::time::Instant::now() + lifetime;
         let (_dir, mut settings, mut ledger) = reporter_files();
         settings.interval = Duration::from_secs(10);

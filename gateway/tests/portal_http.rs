@@ -210,6 +210,10 @@ impl Running {
         Reply::from(request.send().await.unwrap()).await
     }
 
+    async fn get_in(&self, path: &str, language: &str) -> Reply {
+        self.get_with(path, &[("accept-language", language)]).await
+    }
+
     async fn get_as_host(&self, host: &str, path: &str) -> Reply {
         let request = self.http.get(self.at(path)).header(HOST, host);
         Reply::from(request.send().await.unwrap()).await
@@ -285,6 +289,11 @@ impl Running {
         let reply = self.get("/").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
+}
+
+/// A provider's language file `name` in `dir`.
+fn write_locale(dir: &std::path::Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
 }
 
 /// The connection reads its end at once: nothing is left serving it.
@@ -1252,9 +1261,7 @@ async fn accept_language_picks_the_pages_language() {
     assert_language(&reply, "fr");
     // The status page in Spanish, updating itself.
     portal.gate.set_online(LOCALHOST, Some(STATUS));
-    let reply = portal
-        .get_with("/status", &[("accept-language", "es")])
-        .await;
+    let reply = portal.get_in("/status", "es").await;
     reply.assert_page(StatusCode::OK, "<dt>Datos restantes</dt><dd>512 MB</dd>");
     assert!(
         reply
@@ -1282,9 +1289,7 @@ async fn accept_language_picks_the_pages_language() {
 #[tokio::test]
 async fn a_language_link_is_remembered_in_a_cookie() {
     let portal = start(|_| {}).await;
-    let reply = portal
-        .get_with("/?lang=fr", &[("accept-language", "es")])
-        .await;
+    let reply = portal.get_in("/?lang=fr", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>Se connecter</h1>");
     assert_language(&reply, "fr");
     let cookie = reply.header(SET_COOKIE).unwrap();
@@ -1390,9 +1395,7 @@ async fn the_providers_name_logo_colours_and_terms() {
         .await
         .assert_redirect_to(&portal.url);
 
-    let terms = portal
-        .get_with("/terms", &[("accept-language", "es")])
-        .await;
+    let terms = portal.get_in("/terms", "es").await;
     terms.assert_page(StatusCode::OK, "<h1>Condiciones de uso</h1>");
     assert!(
         terms
@@ -1415,20 +1418,14 @@ async fn the_providers_name_logo_colours_and_terms() {
 #[tokio::test]
 async fn a_providers_language_file_adds_and_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sw.toml"),
+    write_locale(
+        dir.path(),
+        "sw.toml",
         "[language]\nname = \"Kiswahili\"\n[form]\ntitle = \"Ingia mtandaoni\"\nlabel = \"Nambari ya <siri>\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("es.toml"),
-        "form.title = \"¡Bienvenido!\"\n",
-    )
-    .unwrap();
+    );
+    write_locale(dir.path(), "es.toml", "form.title = \"¡Bienvenido!\"\n");
     let portal = start_branded(dir.path(), "").await;
-    let reply = portal
-        .get_with("/", &[("accept-language", "sw-KE, en;q=0.5")])
-        .await;
+    let reply = portal.get_in("/", "sw-KE, en;q=0.5").await;
     reply.assert_page(StatusCode::OK, "<h1>Ingia mtandaoni</h1>");
     assert_language(&reply, "sw");
     assert!(
@@ -1438,7 +1435,7 @@ async fn a_providers_language_file_adds_and_overrides() {
     );
     // What the file lacks is English.
     assert!(reply.body.contains("8 letters and digits"));
-    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    let reply = portal.get_in("/", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>¡Bienvenido!</h1>");
     assert!(reply.body.contains("Código de acceso"));
     assert!(reply.body.contains("lang=\"sw\">Kiswahili</a>"));
@@ -1448,7 +1445,7 @@ async fn a_providers_language_file_adds_and_overrides() {
 #[tokio::test]
 async fn a_bad_language_file_leaves_the_portal_serving() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("es.toml"), "form.title = \"{code}\"\n").unwrap();
+    write_locale(dir.path(), "es.toml", "form.title = \"{code}\"\n");
     std::fs::write(dir.path().join("fr.toml"), b"\xff\xfe garbage").unwrap();
     let config: edgeshare_gateway::config::GatewayConfig = toml::from_str(&format!(
         "[lan]\ninterface = \"wlan0\"\n[portal]\nlocales_dir = \"{}\"\n",
@@ -1469,7 +1466,7 @@ async fn a_bad_language_file_leaves_the_portal_serving() {
     assert!(shown[1].contains("fr.toml: cannot read"), "{shown:?}");
     // The daemon's way: logged, and the built-in texts serve.
     let portal = start(|settings| settings.look = portal::Look::from_config(&config.portal)).await;
-    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    let reply = portal.get_in("/", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>Conéctate</h1>");
     portal.stop().await;
 }

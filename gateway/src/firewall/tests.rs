@@ -153,6 +153,13 @@ fn counters(
     }
 }
 
+/// The key of a client set: source MAC . source address of `proto`.
+fn mac_and(proto: &str) -> Value {
+    json!({"concat": [
+        {"payload": {"protocol": "ether", "field": "saddr"}},
+        {"payload": {"protocol": proto, "field": "saddr"}}]})
+}
+
 fn allowed(client: Client, timeout: Duration) -> Call {
     Call::Allow { client, timeout }
 }
@@ -507,26 +514,17 @@ fn every_rule_says_why_and_uses_only_configured_values() {
             .collect()
     };
 
+    let not_in = |key: Value, set: &str| json!({"match": {"op": "!=", "left": key, "right": set}});
     // prerouting: one redirect per family with the negated MAC . IP lookup, garden and
     // local excluded.
     let pre = in_chain("prerouting");
     assert_eq!(pre.len(), 2);
     let expr6 = &pre[1]["expr"];
-    assert_eq!(
-        expr6[2],
-        json!({"match": {"op": "!=", "left": {"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@clients6_up"}})
-    );
+    assert_eq!(expr6[2], not_in(mac_and("ip6"), "@clients6_up"));
     assert_eq!(expr6[3]["match"]["right"], "@garden6_tcp");
     assert_eq!(expr6[5], json!({"redirect": {"port": 8080}}));
     let expr = &pre[0]["expr"];
-    assert_eq!(
-        expr[2],
-        json!({"match": {"op": "!=", "left": {"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@clients4_up"}})
-    );
+    assert_eq!(expr[2], not_in(mac_and("ip"), "@clients4_up"));
     assert_eq!(expr[1]["match"]["right"], 80);
     assert_eq!(expr[3]["match"]["right"], "@garden4_tcp");
     assert_eq!(
@@ -1088,18 +1086,13 @@ fn quota_rules_come_first_and_drop_once_used_up() {
     let lan =
         |dir: &str| json!({"match": {"op": "==", "left": {"meta": {"key": dir}}, "right": "lan0"}});
     let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
-    let mac_ip = |proto: &str| {
-        json!({"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": proto, "field": "saddr"}}]})
-    };
     let quota = |key: Value, map: &str| json!({"quota": {"map": {"key": key, "data": map}}});
     let drop = json!({"drop": null});
     assert_eq!(
         forward[0].expr,
         [
             lan("iifname"),
-            quota(mac_ip("ip"), "@quota4_up"),
+            quota(mac_and("ip"), "@quota4_up"),
             drop.clone()
         ]
     );
@@ -1119,7 +1112,7 @@ fn quota_rules_come_first_and_drop_once_used_up() {
         forward[2].expr,
         [
             lan("iifname"),
-            quota(mac_ip("ip6"), "@quota6_up"),
+            quota(mac_and("ip6"), "@quota6_up"),
             drop.clone()
         ]
     );

@@ -145,6 +145,11 @@ fn a_passphrase_makes_wpa2_and_a_private_file() {
     }
 }
 
+/// `text` as the file at `path`, as the machine has it.
+fn put(detected: &mut Detected, path: &str, text: &str) {
+    detected.files.insert(path.into(), text.to_owned());
+}
+
 fn plan_err(detected: &Detected, request: &Request) -> SetupError {
     plan(detected, request).unwrap_err()
 }
@@ -153,9 +158,7 @@ fn plan_err(detected: &Detected, request: &Request) -> SetupError {
 fn bullseye_gets_a_dhcpcd_block_that_a_second_run_replaces() {
     let mut detected = pi(Stack::Dhcpcd);
     let original = "hostname\nclientid\n# a comment\n";
-    detected
-        .files
-        .insert(DHCPCD_CONF.into(), original.to_owned());
+    put(&mut detected, DHCPCD_CONF, original);
     let first = plan(&detected, &cafe()).unwrap();
     let conf = text(&first, DHCPCD_CONF).to_owned();
     assert!(conf.starts_with(original));
@@ -181,9 +184,7 @@ fn bullseye_gets_a_dhcpcd_block_that_a_second_run_replaces() {
 fn gateway_toml_keeps_what_is_there_and_fills_in_the_interfaces() {
     let mut detected = pi(Stack::Ifupdown);
     let existing = "# my gateway\n[lan]\ninterface = \"wlan0\" # the AP\n\n[portal]\nport = 8081\n\n[codes]\nsource = \"local\"\n";
-    detected
-        .files
-        .insert(GATEWAY_TOML.into(), existing.to_owned());
+    put(&mut detected, GATEWAY_TOML, existing);
     let plan = plan(&detected, &cafe()).unwrap();
     let toml_text = text(&plan, GATEWAY_TOML);
     assert!(toml_text.starts_with("# my gateway\n[lan]\ninterface = \"wlan0\" # the AP\n"));
@@ -195,9 +196,7 @@ fn gateway_toml_keeps_what_is_there_and_fills_in_the_interfaces() {
     assert_eq!(plan.portal_port, 8081);
     assert!(text(&plan, DNSMASQ_CONF).contains("http://10.66.0.1:8081/captive-portal/api"));
 
-    detected
-        .files
-        .insert(GATEWAY_TOML.into(), "[lan\n".to_owned());
+    put(&mut detected, GATEWAY_TOML, "[lan\n");
     assert!(matches!(
         plan_err(&detected, &cafe()),
         SetupError::GatewayToml(_)
