@@ -644,7 +644,7 @@ async fn codes_without_expire_hours_never_expire() {
             (&control["expireAt"], &control["expired"]),
             (&json!(null), &json!(false))
         );
-        let (status, body) = authorize(&s, Some(&token), &code).await;
+        let (status, body) = authorize(&s, Some(&token), code).await;
         assert_eq!((status, &body["ok"]), (StatusCode::OK, &json!(true)));
         let (status, _) = report(&s, &token, code, json!(MIB)).await;
         assert_eq!(status, StatusCode::OK);

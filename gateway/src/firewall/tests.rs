@@ -822,6 +822,8 @@ fn terse_listing(config: &FirewallConfig) -> Value {
 
 #[test]
 fn completeness_check_spots_flushed_chains_and_missing_parts() {
+    /// Which objects of the complete listing to keep.
+    type Keep = dyn Fn(&Value) -> bool;
     let config = config();
     let expected = rules::rules(&config);
     let complete = terse_listing(&config);
@@ -834,7 +836,7 @@ fn completeness_check_spots_flushed_chains_and_missing_parts() {
         Ok(false)
     );
 
-    let without = |keep: &dyn Fn(&Value) -> bool| -> String {
+    let without = |keep: &Keep| -> String {
         let objects: Vec<Value> = complete["nftables"]
             .as_array()
             .expect("objects")
@@ -844,7 +846,7 @@ fn completeness_check_spots_flushed_chains_and_missing_parts() {
             .collect();
         json!({ "nftables": objects }).to_string()
     };
-    let incomplete: [(&str, &dyn Fn(&Value) -> bool); 5] = [
+    let incomplete: [(&str, &Keep); 5] = [
         // `nft flush table`: chains stay, rules go.
         ("flushed", &|o| o.get("rule").is_none()),
         ("one rule less", &|o| o["rule"]["chain"] != "postrouting"),
