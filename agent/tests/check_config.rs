@@ -21,6 +21,20 @@ fn check_text(text: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stderr)
 }
 
+/// `check-config` accepts `text` (exit 0).
+fn assert_accepted(text: &str) {
+    let (code, err) = check_text(text);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `check-config` refuses `text` (exit 78), naming each of `expected`.
+fn assert_refused(text: &str, expected: &[&str]) {
+    let (code, err) = check_text(text);
+    assert_eq!(code, 78, "{err}");
+    let missing: Vec<_> = expected.iter().filter(|e| !err.contains(**e)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{err}");
+}
+
 #[test]
 fn the_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.example.toml");
@@ -39,46 +53,30 @@ fn the_example_config_is_valid() {
 
 #[test]
 fn a_sensor_node_needs_only_device_and_stream() {
-    let (code, err) = check_text(
+    assert_accepted(
         "[device]\nid = \"d1\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\nframing = \"typed\"\n",
     );
-    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
 fn bad_files_name_their_keys() {
-    let (code, err) = check_text(
+    assert_refused(
         "[device]\nid = \"d1\"\n[stream]\nauth_url = \"not a url\"\nws_url = \"http://x/producer\"\nusername = \"u\"\npassword = \"p\"\nframing = \"xml\"\n",
-    );
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("line 4: stream.auth_url: relative URL without a base"),
-        "{err}"
-    );
-    assert!(
-        err.contains("line 5: stream.ws_url: must be a ws or wss URL"),
-        "{err}"
-    );
-    assert!(
-        err.contains("line 8: stream.framing: unknown variant `xml`"),
-        "{err}"
+        &[
+            "line 4: stream.auth_url: relative URL without a base",
+            "line 5: stream.ws_url: must be a ws or wss URL",
+            "line 8: stream.framing: unknown variant `xml`",
+        ],
     );
 
-    let (code, err) = check_text("[device]\nid = \"\"\n");
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("line 2: device.id: must not be empty"),
-        "{err}"
+    assert_refused(
+        "[device]\nid = \"\"\n",
+        &["line 2: device.id: must not be empty", "nothing to do"],
     );
-    assert!(err.contains("nothing to do"), "{err}");
 
-    let (code, err) = check_text(
+    assert_refused(
         "[device]\nid = \"d\"\n[telemetry]\nurl = \"http://x\"\nemail = \"e\"\npassword = \"p\"\n",
-    );
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("line 3: telemetry.tenant: is required but missing"),
-        "{err}"
+        &["line 3: telemetry.tenant: is required but missing"],
     );
 }
 
@@ -113,49 +111,39 @@ fn each_kind_of_mistake_names_its_key_and_line() {
 
 #[test]
 fn the_usage_section_needs_the_backend_and_sane_values() {
-    let (code, err) = check_text(
+    assert_refused(
         "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\n[usage]\nmin_report_bytes = 0\ninterval = \"0s\"\n",
-    );
-    assert_eq!(code, 78, "{err}");
-    assert!(err.contains("usage: reports go to [backend]"), "{err}");
-    assert!(
-        err.contains("usage.min_report_bytes: must be at least 1"),
-        "{err}"
-    );
-    assert!(
-        err.contains("usage.interval: must be longer than 0"),
-        "{err}"
+        &[
+            "usage: reports go to [backend]",
+            "usage.min_report_bytes: must be at least 1",
+            "usage.interval: must be longer than 0",
+        ],
     );
 
-    let (code, err) = check_text(
+    assert_refused(
         "[device]\nid = \"d\"\n[backend]\nurl = \"http://127.0.0.1:1\"\nemail = \"e\"\npassword = \"p\"\n[usage]\nledger = \"/tmp/l\"\ninterval = \"ten seconds\"\n",
+        &["line 9: usage.interval"],
     );
-    assert_eq!(code, 78, "{err}");
-    assert!(err.contains("line 9: usage.interval"), "{err}");
 
     // With [backend], [usage] may be left out: the defaults apply.
-    let (code, err) = check_text(
+    assert_accepted(
         "[device]\nid = \"d\"\n[backend]\nurl = \"http://127.0.0.1:1\"\nemail = \"e\"\npassword = \"p\"\n",
     );
-    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
 fn sources_are_checked_key_by_key() {
-    let (code, err) = check_text(
+    assert_refused(
         "[device]\nid = \"d\"\n[stream]\nauth_url = \"http://127.0.0.1:1\"\nws_url = \"ws://127.0.0.1:1/producer\"\nusername = \"u\"\npassword = \"p\"\ndead_after = \"10ms\"\n\n[[source]]\nkind = \"file\"\ninterval = \"1s\"\n\n[[source]]\nkind = \"command\"\nname = \"x\"\ncommand = []\ninterval = \"10ms\"\n\n[[source]]\nkind = \"sonar\"\ninterval = \"1s\"\n",
+        &[
+            "stream.dead_after: must be at least 1s",
+            "source.0.name: is required for this kind",
+            "source.0.path: is required for kind = \"file\"",
+            "source.1.command: must name a program",
+            "source.1.interval: must be at least 100ms",
+            "source.2.kind: unknown variant `sonar`",
+        ],
     );
-    assert_eq!(code, 78, "{err}");
-    for expected in [
-        "stream.dead_after: must be at least 1s",
-        "source.0.name: is required for this kind",
-        "source.0.path: is required for kind = \"file\"",
-        "source.1.command: must name a program",
-        "source.1.interval: must be at least 100ms",
-        "source.2.kind: unknown variant `sonar`",
-    ] {
-        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
-    }
 }
 
 /// A password TOML reads as a number (or a boolean) is refused by its key and line, and its

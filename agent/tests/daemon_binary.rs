@@ -4,9 +4,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use edgeshare_standin::Standin;
 use support::{Setup, config_text, received, standin, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeshare-agent");
@@ -19,18 +21,57 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn status(config: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("status")
-        .output()
-        .unwrap();
+fn status(config: &Path) -> (i32, String, String) {
+    let out = agent(config).arg("status").output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The binary with `config`, its arguments to follow.
+fn agent(config: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(config);
+    command
+}
+
+/// `run` at `verbosity`, its log piped.
+fn run(config: &Path, verbosity: &str) -> Command {
+    let mut command = agent(config);
+    command.arg(verbosity).arg("run").stderr(Stdio::piped());
+    command
+}
+
+/// `agent.toml` in `dir`, for the stand-in.
+fn write_config(standin: &Standin, dir: &Path, setup: &Setup) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, config_text(&standin.base_url(), dir, setup)).unwrap();
+    config
+}
+
+fn sigterm(child: &Child) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
+/// Sends SIGTERM and polls every `poll` until the process has exited, at most `limit`;
+/// returns how it exited and how long it took.
+async fn stop(child: &mut Child, limit: Duration, poll: Duration) -> (ExitStatus, Duration) {
+    let asked = Instant::now();
+    sigterm(child);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < limit,
+            "still running {limit:?} after SIGTERM"
+        );
+        tokio::time::sleep(poll).await;
+    };
+    (exit, asked.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,15 +117,10 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
             }
         }
     });
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("-vv")
-        .arg("run")
+    let mut child = run(&config, "-vv")
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     assert!(
@@ -105,20 +141,12 @@ async fn run_status_and_a_clean_stop_on_sigterm() {
     );
     assert!(report.contains("last error: none"), "{report}");
 
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    let asked = Instant::now();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let exit = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let took = asked.elapsed();
+    let (exit, took) = stop(
+        &mut child,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+    )
+    .await;
     let out = child.wait_with_output().unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(exit.success(), "{exit:?}: {logs}");
@@ -143,12 +171,7 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
         gateway_interval: "100ms",
         ..Setup::default()
     };
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        config_text(&standin.base_url(), dir.path(), &setup),
-    )
-    .unwrap();
+    let config = write_config(&standin, dir.path(), &setup);
     // The hung gateway: connections are accepted and kept, never answered.
     let gateway = std::os::unix::net::UnixListener::bind(dir.path().join("gw.sock")).unwrap();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -160,15 +183,7 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
             held.push(connection);
         }
     });
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("-v")
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run(&config, "-v").stdout(Stdio::null()).spawn().unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || async {
             !received(&standin).is_empty() && calls.load(std::sync::atomic::Ordering::SeqCst) > 0
@@ -176,20 +191,12 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
         .await,
         "the agent did not stream and call the gateway"
     );
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    let asked = Instant::now();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let exit = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(15),
-            "still running 15 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let took = asked.elapsed();
+    let (exit, took) = stop(
+        &mut child,
+        Duration::from_secs(15),
+        Duration::from_millis(5),
+    )
+    .await;
     let logs = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned();
     eprintln!("exited {took:?} after SIGTERM, with a gateway call hanging");
     assert!(exit.success(), "{exit:?}: {logs}");
@@ -205,15 +212,8 @@ async fn sigterm_ends_the_process_while_a_gateway_call_hangs() {
 async fn no_secret_in_the_logs_at_trace_level() {
     let standin = standin().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        config_text(&standin.base_url(), dir.path(), &Setup::default()),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let config = write_config(&standin, dir.path(), &Setup::default());
+    let child = agent(&config)
         .arg("run")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
@@ -224,8 +224,7 @@ async fn no_secret_in_the_logs_at_trace_level() {
         received(&standin).len() >= 3
     })
     .await;
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(streamed, "the binary did not stream: {logs}");

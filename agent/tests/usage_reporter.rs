@@ -22,6 +22,8 @@ use proptest::prelude::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod support;
+
 const MIB: u64 = 1 << 20;
 const REPORT: &str = "/api/gateway/report-usage";
 const LIST: &str = "/api/provider/codes";
@@ -191,6 +193,99 @@ struct Running {
     metrics: std::sync::Arc<Metrics>,
 }
 
+impl Running {
+    /// Stops the reporter and waits for it: it must end without an error.
+    async fn finish(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+/// What a case starts from: a stand-in, this provider's client, its codes, and a reporter's
+/// files (see [`reporter_files`]).
+type Case = (
+    Standin,
+    CrowdClient,
+    Vec<String>,
+    tempfile::TempDir,
+    ReporterSettings,
+    LedgerWriter,
+);
+
+/// A case with one code of this provider per quota.
+async fn case(quotas: &[u64]) -> Case {
+    let standin = support::standin().await;
+    let provider = client(&standin);
+    let codes = make_codes(&provider, quotas).await;
+    let (dir, settings, ledger) = reporter_files();
+    (standin, provider, codes, dir, settings, ledger)
+}
+
+/// A case with the [`mixed_codes`] of `quotas`.
+async fn mixed_case(quotas: &[u64]) -> Case {
+    let standin = support::standin().await;
+    let codes = mixed_codes(&standin, quotas).await;
+    let (dir, settings, ledger) = reporter_files();
+    let provider = client(&standin);
+    (standin, provider, codes, dir, settings, ledger)
+}
+
+/// Stops the reporter, then the stand-in.
+async fn end(running: Running, standin: Standin) {
+    running.finish().await;
+    standin.shutdown().await;
+}
+
+/// A reporter's own directory (kept while the value lives), its settings there, and the
+/// ledger the gateway writes.
+fn reporter_files() -> (tempfile::TempDir, ReporterSettings, LedgerWriter) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let ledger = open_ledger(&settings);
+    (dir, settings, ledger)
+}
+
+fn open_ledger(settings: &ReporterSettings) -> LedgerWriter {
+    LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap()
+}
+
+/// Writes every round of `sessions` at once.
+fn write_all(ledger: &mut LedgerWriter, codes: &[String], sessions: &[Session], start_ms: u64) {
+    let mut round = 0;
+    while write_round(ledger, codes, sessions, round, start_ms) {
+        round += 1;
+    }
+}
+
+/// Writes the rounds of `sessions` from `first` on, `pause` after each, as a gateway does
+/// while the reporter runs.
+async fn write_paced(
+    ledger: &mut LedgerWriter,
+    codes: &[String],
+    sessions: &[Session],
+    first: usize,
+    start_ms: u64,
+    pause: Duration,
+) {
+    let mut round = first;
+    while write_round(ledger, codes, sessions, round, start_ms) {
+        round += 1;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One ledger record of session `session` of `code`: `total` bytes, a tenth of them up.
+fn record(code: &str, session: &str, total: u64, ended: Option<&str>) -> UsageUpdate {
+    UsageUpdate {
+        session: format!("{code}-{session}"),
+        code: code.to_owned(),
+        up: total / 10,
+        down: total - total / 10,
+        ended: ended.map(str::to_owned),
+        consumer: None,
+    }
+}
+
 fn spawn_reporter(settings: &ReporterSettings, standin: &Standin) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let settings = settings.clone();
@@ -329,13 +424,6 @@ fn install(standin: &Standin, faults: &[(bool, FaultKind, u32)]) {
     }
 }
 
-async fn start_standin() -> Standin {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    edgeshare_standin::start(listener, StandinConfig::default())
-        .await
-        .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
@@ -346,20 +434,11 @@ proptest! {
         faults in faults(),
     ) {
         runtime().block_on(async {
-            let standin = start_standin().await;
-            let provider = client(&standin);
-            let codes = mixed_codes(&standin, &quotas).await;
-            let dir = tempfile::tempdir().unwrap();
-            let settings = settings(dir.path());
-            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let (standin, provider, codes, _dir, settings, mut ledger) = mixed_case(&quotas).await;
             install(&standin, &faults);
             let running = spawn_reporter(&settings, &standin);
             // The gateway writes while the agent reports.
-            let mut round = 0;
-            while write_round(&mut ledger, &codes, &sessions, round, 1_732_190_000_000) {
-                round += 1;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
+            write_paced(&mut ledger, &codes, &sessions, 0, 1_732_190_000_000, Duration::from_millis(30)).await;
             let want = expected(&quotas, &sessions);
             wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
             standin.clear_faults();
@@ -381,9 +460,7 @@ proptest! {
             let reported = running.metrics.usage_reported_bytes.load(Ordering::Relaxed);
             assert_eq!(reported, want.iter().sum::<u64>());
             assert_eq!(running.metrics.usage_pending_bytes.load(Ordering::Relaxed), 0);
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
-            standin.shutdown().await;
+            end(running, standin).await;
         });
     }
 
@@ -395,16 +472,8 @@ proptest! {
         kills in prop::collection::vec(0u64..400, 1..4),
     ) {
         runtime().block_on(async {
-            let standin = start_standin().await;
-            let provider = client(&standin);
-            let codes = mixed_codes(&standin, &quotas).await;
-            let dir = tempfile::tempdir().unwrap();
-            let settings = settings(dir.path());
-            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
-            let mut round = 0;
-            while write_round(&mut ledger, &codes, &sessions, round, 1_732_190_000_000) {
-                round += 1;
-            }
+            let (standin, provider, codes, _dir, settings, mut ledger) = mixed_case(&quotas).await;
+            write_all(&mut ledger, &codes, &sessions, 1_732_190_000_000);
             install(&standin, &faults);
             for after_ms in kills {
                 let running = spawn_reporter(&settings, &standin);
@@ -420,9 +489,7 @@ proptest! {
             let crashes = faults.iter().any(|(_, kind, _)| *kind == FaultKind::CrashBetweenSaves);
             check_logs(&[provider, admin(&standin)], &codes, &want, crashes).await;
             check_points(&standin, &codes, crashes);
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
-            standin.shutdown().await;
+            end(running, standin).await;
         });
     }
 }
@@ -444,18 +511,10 @@ fn each_fault_costs_no_byte_and_no_double() {
             // business; either way the bytes arrive once.
             (FaultKind::DelayBefore(TIMEOUT * 2), None),
         ] {
-            let standin = start_standin().await;
-            let provider = client(&standin);
-            let codes = make_codes(&provider, &[10 * MIB]).await;
-            let dir = tempfile::tempdir().unwrap();
-            let settings = settings(dir.path());
-            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let (standin, provider, codes, _dir, settings, mut ledger) = case(&[10 * MIB]).await;
             // 2 MiB in all: one report, whole MiB.
             let sessions = vec![(0, vec![MIB / 3, 2 * MIB - MIB / 3])];
-            let mut round = 0;
-            while write_round(&mut ledger, &codes, &sessions, round, 1) {
-                round += 1;
-            }
+            write_all(&mut ledger, &codes, &sessions, 1);
             standin.set_fault(Fault::new(REPORT, kind).times(1));
             let running = spawn_reporter(&settings, &standin);
             let want = expected(&[10 * MIB], &sessions);
@@ -464,9 +523,7 @@ fn each_fault_costs_no_byte_and_no_double() {
                 assert_eq!(count(&standin, REPORT), reports, "{kind:?}");
             }
             check_logs(&[provider], &codes, &want, false).await;
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
-            standin.shutdown().await;
+            end(running, standin).await;
         }
     });
 }
@@ -476,21 +533,11 @@ fn each_fault_costs_no_byte_and_no_double() {
 #[test]
 fn a_refused_report_is_not_retried_in_a_loop() {
     runtime().block_on(async {
-        let standin = start_standin().await;
+        let standin = support::standin().await;
         let provider = client(&standin);
-        let made = provider
-            .create_codes(&CreateCodes {
-                total_mb: 10.0,
-                count: 1,
-                // Already expired: the backend lists it, and refuses reports for it.
-                expire_hours: Some(-0.001),
-            })
-            .await
-            .unwrap();
-        let code = made[0].code.as_str().to_owned();
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        // Already expired: the backend lists it, and refuses reports for it.
+        let code = make_code(&provider, 10 * MIB, Some(-0.001)).await;
+        let (_dir, settings, mut ledger) = reporter_files();
         write_round(
             &mut ledger,
             std::slice::from_ref(&code),
@@ -518,9 +565,7 @@ fn a_refused_report_is_not_retried_in_a_loop() {
         let received = standin.received();
         let refused = received.iter().find(|r| r.path == REPORT).unwrap();
         assert_eq!(refused.status, Some(400));
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -531,31 +576,13 @@ fn a_refused_report_is_not_retried_in_a_loop() {
 #[test]
 fn another_accounts_code_is_billed_exactly() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let admin = CrowdClient::new(
-            &HttpClient::new(&HttpSettings {
-                timeout: TIMEOUT,
-                connect_timeout: Duration::from_secs(1),
-                ca_file: None,
-            })
-            .unwrap(),
-            &CrowdConfig {
-                url: standin.base_url().parse().unwrap(),
-                email: "admin@example.com".into(),
-                password: Secret::new("Admin@123"),
-            },
-        );
-        let codes = make_codes(&admin, &[10 * MIB]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = settings(dir.path());
+        let standin = support::standin().await;
+        let codes = make_codes(&admin(&standin), &[10 * MIB]).await;
+        let (_dir, mut settings, mut ledger) = reporter_files();
         // Long: only the session's end may send the remainder.
         settings.fraction_hold = Duration::from_secs(3600);
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
         let sessions = vec![(0, vec![MIB + 5, 2 * MIB + 7])];
-        let mut round = 0;
-        while write_round(&mut ledger, &codes, &sessions, round, 1) {
-            round += 1;
-        }
+        write_all(&mut ledger, &codes, &sessions, 1);
         let running = spawn_reporter(&settings, &standin);
         let want = expected(&[10 * MIB], &sessions);
         wait_exact(&standin, &codes, &want, &settings.cursor_file).await;
@@ -570,9 +597,7 @@ fn another_accounts_code_is_billed_exactly() {
             running.metrics.usage_half_applied.load(Ordering::Relaxed),
             0
         );
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -582,19 +607,13 @@ fn another_accounts_code_is_billed_exactly() {
 #[test]
 fn a_consumers_session_is_reported_with_its_consumer_id() {
     runtime().block_on(async {
-        let standin = start_standin().await;
+        let standin = support::standin().await;
         let consumer = standin.user("consumer@example.com").unwrap();
         let codes = make_codes(&client(&standin), &[20 * MIB]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let (_dir, settings, mut ledger) = reporter_files();
         let update = |session: &str, total: u64, ended: bool, who: Option<&str>| UsageUpdate {
-            session: format!("{}-{session}", codes[0]),
-            code: codes[0].clone(),
-            up: total / 10,
-            down: total - total / 10,
-            ended: ended.then(|| "kicked".to_owned()),
             consumer: who.map(str::to_owned),
+            ..record(&codes[0], session, total, ended.then_some("kicked"))
         };
         let signed_in = Some(consumer.id.as_str());
         ledger
@@ -623,9 +642,7 @@ fn a_consumers_session_is_reported_with_its_consumer_id() {
             .map(|r| r.body["bytes"].as_u64().unwrap())
             .sum();
         assert_eq!(named, 3 * MIB + 7, "only the consumer's bytes name it");
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -636,25 +653,15 @@ fn a_consumers_session_is_reported_with_its_consumer_id() {
 #[test]
 fn everything_reaches_the_backend_before_the_code_expires() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let provider = client(&standin);
+        let standin = support::standin().await;
         let lifetime = Duration::from_secs(14);
-        let made = provider
-            .create_codes(&CreateCodes {
-                total_mb: 50.0,
-                count: 1,
-                expire_hours: Some(lifetime.as_secs_f64() / 3600.0),
-            })
-            .await
-            .unwrap();
+        let hours = lifetime.as_secs_f64() / 3600.0;
+        let codes = vec![make_code(&client(&standin), 50 * MIB, Some(hours)).await];
         let expires = tokio::time::Instant::now() + lifetime;
-        let codes = vec![made[0].code.as_str().to_owned()];
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = settings(dir.path());
+        let (_dir, mut settings, mut ledger) = reporter_files();
         settings.interval = Duration::from_secs(10);
         settings.flush_ahead = Duration::from_secs(6);
         settings.fraction_hold = Duration::from_secs(3600);
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
         // Usage grows every half second until 3 s before the expiry (the gateway's margin),
         // when the session ends.
         let steps: Vec<u64> = (0..22).map(|i| 300_000 + i * 1_000).collect();
@@ -664,11 +671,15 @@ fn everything_reaches_the_backend_before_the_code_expires() {
         // reads it more often near the expiry.
         write_round(&mut ledger, &codes, &sessions, 0, 1);
         let running = spawn_reporter(&settings, &standin);
-        let mut round = 1;
-        while write_round(&mut ledger, &codes, &sessions, round, 1) {
-            round += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        write_paced(
+            &mut ledger,
+            &codes,
+            &sessions,
+            1,
+            1,
+            Duration::from_millis(500),
+        )
+        .await;
         assert!(
             tokio::time::Instant::now() < expires,
             "the session ended before the code"
@@ -686,9 +697,7 @@ fn everything_reaches_the_backend_before_the_code_expires() {
             .filter(|r| r.path == REPORT && r.status != Some(200))
             .count();
         assert_eq!(refused, 0);
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -698,12 +707,7 @@ fn everything_reaches_the_backend_before_the_code_expires() {
 #[test]
 fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let provider = client(&standin);
-        let codes = make_codes(&provider, &[20 * MIB]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let (standin, provider, codes, _dir, settings, mut ledger) = case(&[20 * MIB]).await;
         let running = spawn_reporter(&settings, &standin);
         // ~4.8 MiB at a time, to the code's end and 40 KiB past it (the kernel quota's
         // slack), the session ended for its quota.
@@ -713,14 +717,7 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
             total = (total + piece).min(20 * MIB + 40 * 1024);
             let ended = total == 20 * MIB + 40 * 1024;
             ledger
-                .append(&[UsageUpdate {
-                    session: format!("{}-1", codes[0]),
-                    code: codes[0].clone(),
-                    up: total / 10,
-                    down: total - total / 10,
-                    ended: ended.then(|| "quota used".to_owned()),
-                    consumer: None,
-                }])
+                .append(&[record(&codes[0], "1", total, ended.then_some("quota used"))])
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
@@ -732,9 +729,7 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
             me.points, me.bytes_shared
         );
         assert_eq!(me.points, 20.0);
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -746,13 +741,8 @@ fn a_20_mib_code_used_in_uneven_pieces_earns_20_points() {
 #[test]
 fn reports_the_backend_applied_only_half_are_found_not_resent() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let provider = client(&standin);
         let sizes: Vec<u64> = (2..8).map(|mib| mib * MIB).collect();
-        let codes = make_codes(&provider, &[10 * MIB; 6]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let (standin, provider, codes, _dir, settings, mut ledger) = case(&[10 * MIB; 6]).await;
         let sessions: Vec<Session> = sizes.iter().enumerate().map(|(i, b)| (i, vec![*b])).collect();
         write_round(&mut ledger, &codes, &sessions, 0, 1);
         standin.set_fault(Fault::new(REPORT, FaultKind::CrashBetweenSaves).times(3));
@@ -772,9 +762,7 @@ fn reports_the_backend_applied_only_half_are_found_not_resent() {
         assert_eq!(uncredited, uncredited_truth);
         let status = edgeshare_agent::status::render(&metrics.render());
         assert!(status.contains("3 report(s) applied only half"), "{status}");
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -785,24 +773,16 @@ fn reports_the_backend_applied_only_half_are_found_not_resent() {
 #[test]
 fn a_ledger_whose_numbers_went_back_is_read_again_and_nothing_is_lost() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let provider = client(&standin);
-        let codes = make_codes(&provider, &[20 * MIB]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let (standin, _, codes, _dir, settings, mut ledger) = case(&[20 * MIB]).await;
         // Many records, so that the cursor is well above what the new ledger will hold.
         for step in 1..=40 {
-            ledger
-                .append(&[UsageUpdate {
-                    session: format!("{}-1", codes[0]),
-                    code: codes[0].clone(),
-                    up: 0,
-                    down: step * MIB / 20,
-                    ended: (step == 40).then(|| "kicked".to_owned()),
-                    consumer: None,
-                }])
-                .unwrap();
+            let ended = (step == 40).then_some("kicked");
+            let down_only = UsageUpdate {
+                up: 0,
+                down: step * MIB / 20,
+                ..record(&codes[0], "1", step * MIB / 20, ended)
+            };
+            ledger.append(&[down_only]).unwrap();
         }
         let running = spawn_reporter(&settings, &standin);
         wait_exact(&standin, &codes, &[2 * MIB], &settings.cursor_file).await;
@@ -811,13 +791,11 @@ fn a_ledger_whose_numbers_went_back_is_read_again_and_nothing_is_lost() {
         for file in std::fs::read_dir(&settings.ledger).unwrap() {
             std::fs::remove_file(file.unwrap().path()).unwrap();
         }
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let mut ledger = open_ledger(&settings);
         // A new session of the same code, its numbers from 1 again.
         write_round(&mut ledger, &codes, &[(0, vec![3 * MIB])], 0, 2);
         wait_exact(&standin, &codes, &[5 * MIB], &settings.cursor_file).await;
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -906,7 +884,7 @@ proptest! {
         ),
     ) {
         runtime().block_on(async {
-            let standin = start_standin().await;
+            let standin = support::standin().await;
             let buyers = accounts_for_races(&standin);
             // Codes 0-2 this provider's, 3 and 4 the admin's, 5 the other provider's; big
             // enough for every session.
@@ -920,9 +898,7 @@ proptest! {
                 .map(|(_, who, _)| who.map(|i| buyers[i].clone()))
                 .collect();
             let sessions: Vec<Session> = sessions.into_iter().map(|(c, _, steps)| (c, steps)).collect();
-            let dir = tempfile::tempdir().unwrap();
-            let settings = settings(dir.path());
-            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let (_dir, settings, mut ledger) = reporter_files();
             let running = spawn_reporter(&settings, &standin);
             let mut round = 0;
             while write_round_as(&mut ledger, &codes, &sessions, &consumers, round, 1_732_190_000_000) {
@@ -943,9 +919,7 @@ proptest! {
                 assert_eq!(user.bytes_consumed, used, "consumer {i}");
             }
             assert_eq!(running.metrics.usage_half_applied.load(Ordering::Relaxed), 0);
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
-            standin.shutdown().await;
+            end(running, standin).await;
         });
     }
 }
@@ -961,11 +935,7 @@ async fn codes_due_at_once(
 ) -> Vec<String> {
     let codes = make_codes(&client(standin), &vec![500 * MIB; n]).await;
     let sessions: Vec<Session> = (0..n).map(|i| (i, vec![step; steps])).collect();
-    let mut round = 0;
-    while write_round(ledger, &codes, &sessions, round, 1) {
-        round += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    write_paced(ledger, &codes, &sessions, 0, 1, Duration::from_millis(100)).await;
     codes
 }
 
@@ -978,7 +948,7 @@ fn codes_reporting_at_once_points_against_the_whole_mebibytes() {
     runtime().block_on(async {
         for n in [3usize, 10] {
             // All at once, as the agent sent a round before.
-            let standin = start_standin().await;
+            let standin = support::standin().await;
             let provider = client(&standin);
             let codes = make_codes(&provider, &vec![500 * MIB; n]).await;
             let step = 5 * MIB + 12_345;
@@ -1007,10 +977,8 @@ fn codes_reporting_at_once_points_against_the_whole_mebibytes() {
             standin.shutdown().await;
 
             // The agent: one report per account in flight.
-            let standin = start_standin().await;
-            let dir = tempfile::tempdir().unwrap();
-            let settings = settings(dir.path());
-            let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+            let standin = support::standin().await;
+            let (_dir, settings, mut ledger) = reporter_files();
             let running = spawn_reporter(&settings, &standin);
             // 4 steps of 5 MiB + 12345 bytes per code, the session ended after the last.
             let codes = codes_due_at_once(&standin, &mut ledger, n, step, 4).await;
@@ -1026,9 +994,7 @@ fn codes_reporting_at_once_points_against_the_whole_mebibytes() {
                 me.lost_points
             );
             check_credit(&standin);
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
-            standin.shutdown().await;
+            end(running, standin).await;
         }
     });
 }
@@ -1041,19 +1007,13 @@ fn codes_reporting_at_once_points_against_the_whole_mebibytes() {
 #[test]
 fn reports_per_second_with_50_codes_online() {
     runtime().block_on(async {
-        let standin = start_standin().await;
-        let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let mut ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+        let standin = support::standin().await;
+        let (_dir, settings, mut ledger) = reporter_files();
         let codes = make_codes(&client(&standin), &[500 * MIB; 50]).await;
         let sessions: Vec<Session> = (0..50).map(|i| (i, vec![MIB; 40])).collect();
         write_round(&mut ledger, &codes, &sessions, 0, 1);
         let running = spawn_reporter(&settings, &standin);
-        let mut round = 1;
-        while write_round(&mut ledger, &codes, &sessions, round, 1) {
-            round += 1;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        write_paced(&mut ledger, &codes, &sessions, 1, 1, Duration::from_millis(25)).await;
         wait_exact(&standin, &codes, &[40 * MIB; 50], &settings.cursor_file).await;
         let reports: Vec<_> = standin
             .received()
@@ -1069,9 +1029,7 @@ fn reports_per_second_with_50_codes_online() {
             reports.len() as f64 / span,
         );
         check_credit(&standin);
-        running.stop.send(()).unwrap();
-        running.task.await.unwrap();
-        standin.shutdown().await;
+        end(running, standin).await;
     });
 }
 
@@ -1099,7 +1057,7 @@ fn two_agents_of_one_account_each_show_what_the_race_lost() {
             .into_iter()
             .map(|dir| {
                 let settings = settings(dir);
-                let ledger = LedgerWriter::open(&settings.ledger, LedgerLimits::default()).unwrap();
+                let ledger = open_ledger(&settings);
                 let running = spawn_reporter(&settings, &standin);
                 (settings, running, ledger)
             })
@@ -1152,8 +1110,7 @@ fn two_agents_of_one_account_each_show_what_the_race_lost() {
             );
         }
         for (_, running, _) in agents {
-            running.stop.send(()).unwrap();
-            running.task.await.unwrap();
+            running.finish().await;
         }
         standin.shutdown().await;
     });

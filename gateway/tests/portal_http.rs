@@ -210,6 +210,10 @@ impl Running {
         Reply::from(request.send().await.unwrap()).await
     }
 
+    async fn get_in(&self, path: &str, language: &str) -> Reply {
+        self.get_with(path, &[("accept-language", language)]).await
+    }
+
     async fn get_as_host(&self, host: &str, path: &str) -> Reply {
         let request = self.http.get(self.at(path)).header(HOST, host);
         Reply::from(request.send().await.unwrap()).await
@@ -256,11 +260,47 @@ impl Running {
         stopped
     }
 
+    /// Android's connectivity probe, as the client on loopback.
+    async fn android_probe(&self) -> Reply {
+        self.get_as_host("connectivitycheck.gstatic.com", "/generate_204")
+            .await
+    }
+
+    /// The client is online: the probe says so.
+    async fn assert_online(&self) {
+        assert_eq!(self.android_probe().await.status, StatusCode::NO_CONTENT);
+    }
+
+    /// A login with code ABCD2345 written on a raw connection, the reply left unread.
+    async fn raw_login(&self) -> TcpStream {
+        let body = "code=ABCD2345";
+        let request = format!(
+            "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    }
+
     /// The server still answers a normal request.
     async fn assert_alive(&self) {
         let reply = self.get("/").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
+}
+
+/// A provider's language file `name` in `dir`.
+fn write_locale(dir: &std::path::Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// The connection reads its end at once: nothing is left serving it.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest));
+    assert!(read.await.is_ok(), "closed by the time the stop returned");
 }
 
 #[derive(Debug)]
@@ -383,10 +423,7 @@ async fn probes_redirect_while_captive_and_succeed_once_online() {
     }
     // And back: a client cut off is captive again at once.
     portal.gate.set_online(LOCALHOST, None);
-    portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await
-        .assert_redirect_to(&portal.url);
+    portal.android_probe().await.assert_redirect_to(&portal.url);
     portal.stop().await;
 }
 
@@ -545,10 +582,7 @@ async fn each_redemption_outcome_has_its_page() {
         std::fs::write(dir.join("success.html"), &reply.body).unwrap();
     }
     // Online now: the probes say so.
-    let probe = portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await;
-    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.assert_online().await;
     portal.stop().await;
 }
 
@@ -1030,14 +1064,7 @@ async fn a_dropped_login_still_completes_in_the_gate() {
     let portal = start(|_| {}).await;
     portal.gate.script(Redeem::Online(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(300);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut stream = TcpStream::connect(portal.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let stream = portal.raw_login().await;
     // Hang up while the gate is still working.
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(stream);
@@ -1049,10 +1076,7 @@ async fn a_dropped_login_still_completes_in_the_gate() {
     .await
     .expect("the redemption ran to the end");
     // The client is online although it never saw the success page.
-    let probe = portal
-        .get_as_host("connectivitycheck.gstatic.com", "/generate_204")
-        .await;
-    assert_eq!(probe.status, StatusCode::NO_CONTENT);
+    portal.assert_online().await;
     portal.stop().await;
 }
 
@@ -1064,14 +1088,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
     let portal = start(|_| {}).await;
     portal.gate.script(Redeem::Online(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(500);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut login = TcpStream::connect(portal.addr).await.unwrap();
-    login.write_all(request.as_bytes()).await.unwrap();
+    let mut login = portal.raw_login().await;
     let mut trickling = TcpStream::connect(portal.addr).await.unwrap();
     trickling
         .write_all(b"GET / HTTP/1.1\r\nHost: 10.66.0.1\r\nUser-Agent: Moz")
@@ -1097,9 +1114,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
     assert!(reply.starts_with("HTTP/1.1 200"), "answered: {reply}");
     assert!(reply.contains("Your code was accepted"), "{reply}");
     for stream in [&mut trickling, &mut idle] {
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest));
-        assert!(read.await.is_ok(), "closed by the time the stop returned");
+        assert_closed(stream).await;
     }
 }
 
@@ -1109,14 +1124,7 @@ async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined()
 async fn at_the_deadline_a_stuck_login_is_aborted_and_joined() {
     let portal = start(|_| {}).await;
     *portal.gate.delay.lock().unwrap() = Duration::from_secs(60);
-    let body = "code=ABCD2345";
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{body}",
-        portal.addr,
-        body.len()
-    );
-    let mut login = TcpStream::connect(portal.addr).await.unwrap();
-    login.write_all(request.as_bytes()).await.unwrap();
+    let mut login = portal.raw_login().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gate = Arc::clone(&portal.gate);
     let started = tokio::time::Instant::now();
@@ -1132,9 +1140,7 @@ async fn at_the_deadline_a_stuck_login_is_aborted_and_joined() {
     );
     assert_eq!(Arc::strong_count(&gate), 1, "no task holds the portal");
     assert!(gate.redeemed.lock().unwrap().is_empty(), "cut short");
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_millis(200), login.read_to_end(&mut rest));
-    assert!(read.await.is_ok(), "closed by the time the stop returned");
+    assert_closed(&mut login).await;
 }
 
 /// A client that sends no headers is disconnected after the header timeout, and meanwhile
@@ -1255,9 +1261,7 @@ async fn accept_language_picks_the_pages_language() {
     assert_language(&reply, "fr");
     // The status page in Spanish, updating itself.
     portal.gate.set_online(LOCALHOST, Some(STATUS));
-    let reply = portal
-        .get_with("/status", &[("accept-language", "es")])
-        .await;
+    let reply = portal.get_in("/status", "es").await;
     reply.assert_page(StatusCode::OK, "<dt>Datos restantes</dt><dd>512 MB</dd>");
     assert!(
         reply
@@ -1285,9 +1289,7 @@ async fn accept_language_picks_the_pages_language() {
 #[tokio::test]
 async fn a_language_link_is_remembered_in_a_cookie() {
     let portal = start(|_| {}).await;
-    let reply = portal
-        .get_with("/?lang=fr", &[("accept-language", "es")])
-        .await;
+    let reply = portal.get_in("/?lang=fr", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>Se connecter</h1>");
     assert_language(&reply, "fr");
     let cookie = reply.header(SET_COOKIE).unwrap();
@@ -1393,9 +1395,7 @@ async fn the_providers_name_logo_colours_and_terms() {
         .await
         .assert_redirect_to(&portal.url);
 
-    let terms = portal
-        .get_with("/terms", &[("accept-language", "es")])
-        .await;
+    let terms = portal.get_in("/terms", "es").await;
     terms.assert_page(StatusCode::OK, "<h1>Condiciones de uso</h1>");
     assert!(
         terms
@@ -1418,20 +1418,14 @@ async fn the_providers_name_logo_colours_and_terms() {
 #[tokio::test]
 async fn a_providers_language_file_adds_and_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sw.toml"),
+    write_locale(
+        dir.path(),
+        "sw.toml",
         "[language]\nname = \"Kiswahili\"\n[form]\ntitle = \"Ingia mtandaoni\"\nlabel = \"Nambari ya <siri>\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("es.toml"),
-        "form.title = \"¡Bienvenido!\"\n",
-    )
-    .unwrap();
+    );
+    write_locale(dir.path(), "es.toml", "form.title = \"¡Bienvenido!\"\n");
     let portal = start_branded(dir.path(), "").await;
-    let reply = portal
-        .get_with("/", &[("accept-language", "sw-KE, en;q=0.5")])
-        .await;
+    let reply = portal.get_in("/", "sw-KE, en;q=0.5").await;
     reply.assert_page(StatusCode::OK, "<h1>Ingia mtandaoni</h1>");
     assert_language(&reply, "sw");
     assert!(
@@ -1441,7 +1435,7 @@ async fn a_providers_language_file_adds_and_overrides() {
     );
     // What the file lacks is English.
     assert!(reply.body.contains("8 letters and digits"));
-    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    let reply = portal.get_in("/", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>¡Bienvenido!</h1>");
     assert!(reply.body.contains("Código de acceso"));
     assert!(reply.body.contains("lang=\"sw\">Kiswahili</a>"));
@@ -1451,7 +1445,7 @@ async fn a_providers_language_file_adds_and_overrides() {
 #[tokio::test]
 async fn a_bad_language_file_leaves_the_portal_serving() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("es.toml"), "form.title = \"{code}\"\n").unwrap();
+    write_locale(dir.path(), "es.toml", "form.title = \"{code}\"\n");
     std::fs::write(dir.path().join("fr.toml"), b"\xff\xfe garbage").unwrap();
     let config: edgeshare_gateway::config::GatewayConfig = toml::from_str(&format!(
         "[lan]\ninterface = \"wlan0\"\n[portal]\nlocales_dir = \"{}\"\n",
@@ -1472,7 +1466,7 @@ async fn a_bad_language_file_leaves_the_portal_serving() {
     assert!(shown[1].contains("fr.toml: cannot read"), "{shown:?}");
     // The daemon's way: logged, and the built-in texts serve.
     let portal = start(|settings| settings.look = portal::Look::from_config(&config.portal)).await;
-    let reply = portal.get_with("/", &[("accept-language", "es")]).await;
+    let reply = portal.get_in("/", "es").await;
     reply.assert_page(StatusCode::OK, "<h1>Conéctate</h1>");
     portal.stop().await;
 }

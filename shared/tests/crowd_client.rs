@@ -10,7 +10,7 @@ use common::{CODE, count, crowd_config, http, http_with_timeout, provider, stand
 use edgeshare_shared::backend::crowd::{CreateCodes, CrowdClient, Role, UsageReport};
 use edgeshare_shared::backend::{BackendError, Rejection};
 use edgeshare_shared::code::AccessCode;
-use edgeshare_standin::{Fault, FaultKind, StandinConfig};
+use edgeshare_standin::{Fault, FaultKind, Standin, StandinConfig};
 
 fn code(text: &str) -> AccessCode {
     AccessCode::parse(text).unwrap()
@@ -22,6 +22,18 @@ fn report(bytes: u64) -> UsageReport {
         bytes,
         consumer_id: None,
     }
+}
+
+fn account(standin: &Standin, email: &str, password: &str) -> CrowdClient {
+    CrowdClient::new(&http(), &crowd_config(standin, email, password))
+}
+
+/// A stand-in and this provider's client, signed in by a first call.
+async fn signed_in() -> (Standin, CrowdClient) {
+    let standin = standin().await;
+    let client = provider(&standin, &http());
+    client.me().await.unwrap();
+    (standin, client)
 }
 
 #[tokio::test]
@@ -45,10 +57,7 @@ async fn login_and_me() {
 #[tokio::test]
 async fn wrong_password_is_bad_credentials_with_the_servers_text() {
     let standin = standin().await;
-    let client = CrowdClient::new(
-        &http(),
-        &crowd_config(&standin, "provider@example.com", "wrong"),
-    );
+    let client = account(&standin, "provider@example.com", "wrong");
     let err = client.me().await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::BadCredentials), "{err}");
     assert!(err.to_string().contains("Invalid credentials"), "{err}");
@@ -206,9 +215,7 @@ async fn an_expired_token_causes_one_new_login_and_the_call_succeeds() {
 
 #[tokio::test]
 async fn a_refused_relogin_is_not_retried_in_a_loop() {
-    let standin = standin().await;
-    let client = provider(&standin, &http());
-    client.me().await.unwrap();
+    let (standin, client) = signed_in().await;
     standin.set_fault(Fault::new("/api/auth/login", FaultKind::Status500));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     standin.expire_tokens();
@@ -220,9 +227,7 @@ async fn a_refused_relogin_is_not_retried_in_a_loop() {
 
 #[tokio::test]
 async fn refused_connections_are_unreachable_and_safe_to_retry() {
-    let standin = standin().await;
-    let client = provider(&standin, &http());
-    client.me().await.unwrap();
+    let (standin, client) = signed_in().await;
     standin.refuse_connections().await;
     let err = client.report_usage(&report(1_048_576)).await.unwrap_err();
     assert!(matches!(err, BackendError::Unreachable { .. }), "{err}");
@@ -272,9 +277,7 @@ async fn a_reply_slower_than_the_timeout_is_ambiguous_and_was_applied() {
 
 #[tokio::test]
 async fn a_dropped_connection_after_applying_is_ambiguous() {
-    let standin = standin().await;
-    let client = provider(&standin, &http());
-    client.me().await.unwrap();
+    let (standin, client) = signed_in().await;
     standin.set_fault(Fault::new("/api/gateway/report-usage", FaultKind::ApplyThenDrop).times(1));
     let err = client.report_usage(&report(1_048_576)).await.unwrap_err();
     assert!(err.is_ambiguous(), "{err}");
@@ -318,10 +321,7 @@ async fn a_slow_but_timely_reply_is_fine() {
 #[tokio::test]
 async fn a_consumer_account_is_forbidden() {
     let standin = standin().await;
-    let client = CrowdClient::new(
-        &http(),
-        &crowd_config(&standin, "consumer@example.com", "Consumer@123"),
-    );
+    let client = account(&standin, "consumer@example.com", "Consumer@123");
     let err = client.authorize_code(&code(CODE)).await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::Forbidden), "{err}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{http, standin, standin_with, url};
 use edgeshare_shared::backend::Rejection;
 use edgeshare_shared::backend::depin::{
-    DepinAuth, DepinPaths, Framing, Reading, ServerMessage, producer_url,
+    DepinAuth, DepinPaths, DepinTokens, Framing, Reading, ServerMessage, producer_url,
 };
 use edgeshare_shared::secret::Secret;
 use edgeshare_standin::{Standin, StandinConfig};
@@ -17,12 +17,24 @@ use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
 
 fn device(standin: &Standin, paths: DepinPaths) -> DepinAuth {
+    account(standin, paths, "device-001", "Device@123")
+}
+
+/// The seeded device's tokens.
+async fn logged_in(standin: &Standin) -> DepinTokens {
+    device(standin, DepinPaths::default())
+        .login()
+        .await
+        .unwrap()
+}
+
+fn account(standin: &Standin, paths: DepinPaths, name: &str, password: &str) -> DepinAuth {
     DepinAuth::new(
         &http(),
         &url(standin),
         paths,
-        "device-001".to_owned(),
-        Secret::new("Device@123"),
+        name.to_owned(),
+        Secret::new(password),
     )
 }
 
@@ -46,10 +58,7 @@ fn ws_url(standin: &Standin) -> url::Url {
 #[tokio::test]
 async fn login_gives_an_hour_long_access_token() {
     let standin = standin().await;
-    let tokens = device(&standin, DepinPaths::default())
-        .login()
-        .await
-        .unwrap();
+    let tokens = logged_in(&standin).await;
     let left = tokens.access_expires.unwrap() - OffsetDateTime::now_utc();
     assert!(
         left > time::Duration::minutes(59) && left <= time::Duration::hours(1),
@@ -63,13 +72,7 @@ async fn login_gives_an_hour_long_access_token() {
 #[tokio::test]
 async fn wrong_password_is_bad_credentials() {
     let standin = standin().await;
-    let auth = DepinAuth::new(
-        &http(),
-        &url(&standin),
-        DepinPaths::default(),
-        "device-001".to_owned(),
-        Secret::new("nope"),
-    );
+    let auth = account(&standin, DepinPaths::default(), "device-001", "nope");
     let err = auth.login().await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::BadCredentials), "{err}");
 }
@@ -137,13 +140,7 @@ async fn a_stale_access_token_is_refreshed_and_a_refused_refresh_logs_in_again()
 #[tokio::test]
 async fn register_then_conflict() {
     let standin = standin().await;
-    let auth = DepinAuth::new(
-        &http(),
-        &url(&standin),
-        DepinPaths::default(),
-        "sensor-7".to_owned(),
-        Secret::new("Sensor@7"),
-    );
+    let auth = account(&standin, DepinPaths::default(), "sensor-7", "Sensor@7");
     let registered = auth.register("sensor-7").await.unwrap();
     assert!(!registered.user_id.is_empty());
     let body = &standin.received()[0].body;
@@ -157,10 +154,7 @@ async fn register_then_conflict() {
 #[tokio::test]
 async fn both_framings_reach_the_platform_and_typed_ones_are_acked() {
     let standin = standin().await;
-    let tokens = device(&standin, DepinPaths::default())
-        .login()
-        .await
-        .unwrap();
+    let tokens = logged_in(&standin).await;
     let url = producer_url(&ws_url(&standin), &tokens.access);
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await

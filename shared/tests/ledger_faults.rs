@@ -69,68 +69,71 @@ fn empty_segments(dir: &Path) {
     }
 }
 
-/// Writes `rounds` growing totals of `session`, the agent polling after each.
-fn run_session(
-    dir: &Path,
-    session: &str,
-    bytes: u64,
-    rounds: u64,
-    truth: &mut HashMap<String, u64>,
-    agent: &mut Agent,
-    reader: &mut LedgerReader,
-) -> (u64, u64) {
-    let mut w = LedgerWriter::open(dir, LedgerLimits::default()).unwrap();
-    let (mut first, mut last) = (u64::MAX, 0);
-    for i in 1..=rounds {
-        let total = bytes * i / rounds;
-        for r in w.append(&[update(session, total)]).unwrap() {
-            first = first.min(r.seq);
-            last = last.max(r.seq);
+/// A gateway's ledger directory, what its sessions used, and the agent reading it.
+struct Card {
+    dir: tempfile::TempDir,
+    truth: HashMap<String, u64>,
+    agent: Agent,
+    reader: LedgerReader,
+}
+
+impl Card {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = LedgerReader::open(dir.path()).unwrap();
+        Card {
+            dir,
+            truth: HashMap::new(),
+            agent: Agent::default(),
+            reader,
         }
-        truth.insert(session.to_owned(), total);
-        agent.poll(reader);
     }
-    (first, last)
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `rounds` growing totals of `session`, the agent polling after each; returns the
+    /// first and last number the writer handed out.
+    fn run_session(&mut self, session: &str, bytes: u64, rounds: u64) -> (u64, u64) {
+        let mut w = LedgerWriter::open(self.dir.path(), LedgerLimits::default()).unwrap();
+        let (mut first, mut last) = (u64::MAX, 0);
+        for i in 1..=rounds {
+            let total = bytes * i / rounds;
+            for r in w.append(&[update(session, total)]).unwrap() {
+                first = first.min(r.seq);
+                last = last.max(r.seq);
+            }
+            self.truth.insert(session.to_owned(), total);
+            self.agent.poll(&mut self.reader);
+        }
+        (first, last)
+    }
+
+    /// Bytes the sessions used that the agent never saw.
+    fn lost(&self) -> u64 {
+        self.agent.lost(&self.truth)
+    }
 }
 
 #[test]
 fn an_emptied_segment_never_makes_the_sequence_go_back_and_no_usage_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut truth = HashMap::new();
-    let mut agent = Agent::default();
-    std::fs::create_dir_all(dir.path()).unwrap();
-    let mut reader = LedgerReader::open(dir.path()).unwrap();
+    let mut card = Card::new();
 
-    let (_, before) = run_session(
-        dir.path(),
-        "AAAA2345-1",
-        5 * MB,
-        12,
-        &mut truth,
-        &mut agent,
-        &mut reader,
-    );
+    let (_, before) = card.run_session("AAAA2345-1", 5 * MB, 12);
     // The card loses the segment's writes; the gateway restarts and a 20.9 MB session runs.
-    empty_segments(dir.path());
-    let (after, _) = run_session(
-        dir.path(),
-        "BBBB2345-1",
-        20_900_000,
-        10,
-        &mut truth,
-        &mut agent,
-        &mut reader,
-    );
-    let lost = agent.lost(&truth);
+    empty_segments(card.path());
+    let (after, _) = card.run_session("BBBB2345-1", 20_900_000, 10);
+    let lost = card.lost();
     println!(
         "ledger fault, segment emptied: numbers went on at {after} after {before} before; usage lost {lost} bytes of {}",
-        truth.values().sum::<u64>()
+        card.truth.values().sum::<u64>()
     );
     assert!(
         after > before,
         "the sequence went back: {after} after {before}"
     );
-    assert_eq!(agent.went_back, 0);
+    assert_eq!(card.agent.went_back, 0);
     assert_eq!(lost, 0);
 }
 
@@ -140,39 +143,20 @@ fn an_emptied_segment_never_makes_the_sequence_go_back_and_no_usage_is_lost() {
 #[test]
 fn numbers_handed_out_again_are_noticed_by_the_reader_and_no_usage_is_lost() {
     for (case, rounds_after) in [("ends below the cursor", 3), ("grew past the cursor", 30)] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut truth = HashMap::new();
-        let mut agent = Agent::default();
-        let mut reader = LedgerReader::open(dir.path()).unwrap();
-        let (_, before) = run_session(
-            dir.path(),
-            "AAAA2345-1",
-            5 * MB,
-            12,
-            &mut truth,
-            &mut agent,
-            &mut reader,
-        );
-        empty_segments(dir.path());
-        std::fs::remove_file(dir.path().join("seq.hwm")).unwrap();
+        let mut card = Card::new();
+        let (_, before) = card.run_session("AAAA2345-1", 5 * MB, 12);
+        empty_segments(card.path());
+        std::fs::remove_file(card.path().join("seq.hwm")).unwrap();
         // A millisecond later, so a record under a reused number differs in its time.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let (after, _) = run_session(
-            dir.path(),
-            "BBBB2345-1",
-            20_900_000,
-            rounds_after,
-            &mut truth,
-            &mut agent,
-            &mut reader,
-        );
-        let lost = agent.lost(&truth);
+        let (after, _) = card.run_session("BBBB2345-1", 20_900_000, rounds_after);
+        let lost = card.lost();
         println!(
             "ledger fault, segment and high-water mark lost ({case}): numbers restarted at {after} after {before}; the reader said so {} time(s); usage lost {lost} bytes",
-            agent.went_back
+            card.agent.went_back
         );
         assert!(after <= before, "{case}: the fault was not reproduced");
-        assert_eq!(agent.went_back, 1, "{case}");
+        assert_eq!(card.agent.went_back, 1, "{case}");
         assert_eq!(lost, 0, "{case}");
     }
 }

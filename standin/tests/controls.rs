@@ -8,24 +8,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgeshare_standin::{Fault, FaultKind, StandinConfig, TlsFiles};
+use edgeshare_standin::{Fault, FaultKind, Standin, StandinConfig, TlsFiles};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// `kind` once, on the next report.
+fn fault_once(s: &Standin, kind: FaultKind) {
+    s.set_fault(Fault::new("/api/gateway/report-usage", kind).times(1));
+}
+
+async fn status_of(request: reqwest::RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
 #[tokio::test]
 async fn status500_respects_prefix_and_times() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
+    let (s, token, code) = seeded().await;
     s.set_fault(Fault::new("/api/gateway", FaultKind::Status500).times(2));
     for _ in 0..2 {
         let (status, body) = report(&s, &token, &code, json!(MIB)).await;
         assert_eq!(
             (status, body),
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "error": "Injected fault" })
-            )
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "Injected fault")
         );
         // Other paths are not affected.
         assert_eq!(
@@ -60,30 +64,14 @@ async fn status500_respects_prefix_and_times() {
 
 #[tokio::test]
 async fn delay_before_delays_the_handler() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
-    s.set_fault(
-        Fault::new(
-            "/api/gateway/report-usage",
-            FaultKind::DelayBefore(Duration::from_millis(400)),
-        )
-        .times(1),
-    );
+    let (s, token, code) = seeded().await;
+    fault_once(&s, FaultKind::DelayBefore(Duration::from_millis(400)));
     let started = Instant::now();
-    let pending = tokio::spawn({
-        let (url, token, code) = (s.base_url(), token.clone(), code.clone());
-        async move {
-            client()
-                .post(format!("{url}/api/gateway/report-usage"))
-                .bearer_auth(token)
-                .json(&json!({ "code": code, "bytes": MIB }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let pending = tokio::spawn(report_status(
+        s.base_url(),
+        token.clone(),
+        json!({ "code": code, "bytes": MIB }),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         s.code(&code).unwrap().remaining_mb,
@@ -97,34 +85,21 @@ async fn delay_before_delays_the_handler() {
 
 #[tokio::test]
 async fn delay_after_is_applied_but_times_out() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
-    s.set_fault(
-        Fault::new(
-            "/api/gateway/report-usage",
-            FaultKind::DelayAfter(Duration::from_millis(800)),
-        )
-        .times(1),
-    );
-    let err = fresh_client(Duration::from_millis(250))
-        .post(format!("{}/api/gateway/report-usage", s.base_url()))
-        .bearer_auth(&token)
-        .json(&json!({ "code": code, "bytes": MIB }))
-        .send()
-        .await
-        .unwrap_err();
+    let (s, token, code) = seeded().await;
+    fault_once(&s, FaultKind::DelayAfter(Duration::from_millis(800)));
+    let err = report_fresh(
+        &s,
+        Duration::from_millis(250),
+        &token,
+        json!({ "code": code, "bytes": MIB }),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     // The ambiguous case: the client timed out, yet the report was applied.
     assert_eq!(s.code(&code).unwrap().remaining_mb, 499.0);
     // A patient client gets the reply after the delay.
-    s.set_fault(
-        Fault::new(
-            "/api/gateway/report-usage",
-            FaultKind::DelayAfter(Duration::from_millis(300)),
-        )
-        .times(1),
-    );
+    fault_once(&s, FaultKind::DelayAfter(Duration::from_millis(300)));
     let started = Instant::now();
     assert_eq!(
         report(&s, &token, &code, json!(MIB)).await.0,
@@ -136,17 +111,16 @@ async fn delay_after_is_applied_but_times_out() {
 
 #[tokio::test]
 async fn apply_then_drop_closes_without_reply() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
-    s.set_fault(Fault::new("/api/gateway/report-usage", FaultKind::ApplyThenDrop).times(1));
-    let err = fresh_client(Duration::from_secs(5))
-        .post(format!("{}/api/gateway/report-usage", s.base_url()))
-        .bearer_auth(&token)
-        .json(&json!({ "code": code, "bytes": 2 * MIB }))
-        .send()
-        .await
-        .unwrap_err();
+    let (s, token, code) = seeded().await;
+    fault_once(&s, FaultKind::ApplyThenDrop);
+    let err = report_fresh(
+        &s,
+        Duration::from_secs(5),
+        &token,
+        json!({ "code": code, "bytes": 2 * MIB }),
+    )
+    .await
+    .unwrap_err();
     assert!(!err.is_timeout(), "closed, not timed out: {err:?}");
     assert_eq!(s.code(&code).unwrap().remaining_mb, 498.0, "applied");
     let last = s.received().into_iter().last().unwrap();
@@ -210,21 +184,8 @@ async fn refuse_then_accept_on_the_same_port() {
 async fn expire_tokens_revokes_every_contract() {
     let s = start_default().await;
     let crowd = provider_token(&s).await;
-    let (_, depin) = post(
-        &s,
-        "/login",
-        None,
-        json!({ "username": "device-001", "password": "Device@123" }),
-    )
-    .await;
-    let (_, tele) = post(
-        &s,
-        "/auth/signin",
-        None,
-        json!({ "email": "edge@example.com", "password": "Edge@123" }),
-    )
-    .await;
-    let tele = tele["token"].as_str().unwrap();
+    let depin = depin_login(&s).await;
+    let tele = signin(&s, "edge@example.com", "Edge@123").await;
     assert_eq!(
         get(&s, "/api/auth/me", Some(&crowd)).await.0,
         StatusCode::OK
@@ -233,10 +194,7 @@ async fn expire_tokens_revokes_every_contract() {
     s.expire_tokens();
     assert_eq!(
         get(&s, "/api/auth/me", Some(&crowd)).await,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Token expired" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Token expired")
     );
     let (status, body) = post(
         &s,
@@ -247,18 +205,12 @@ async fn expire_tokens_revokes_every_contract() {
     .await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Token expired" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Token expired")
     );
-    let (status, body) = post(&s, "/auth/client-token", Some(tele), json!({})).await;
+    let (status, body) = post(&s, "/auth/client-token", Some(&tele), json!({})).await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Token expired" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Token expired")
     );
     // Logging in again gives a token that works.
     let fresh = provider_token(&s).await;
@@ -362,12 +314,7 @@ async fn http_control_endpoints() {
     );
     let delay = json!({ "kind": "delay_after", "delay_ms": 50 });
     assert_eq!(
-        c.post(format!("{base}/__standin/faults"))
-            .json(&delay)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/faults")).json(&delay)).await,
         StatusCode::OK
     );
     let bad = json!({ "kind": "delay_before" });
@@ -389,21 +336,13 @@ async fn http_control_endpoints() {
         .unwrap();
     assert_eq!(get(&s, "/__standin/state", None).await.0, StatusCode::OK);
     assert_eq!(
-        c.delete(format!("{base}/__standin/faults"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.delete(format!("{base}/__standin/faults"))).await,
         StatusCode::OK
     );
     assert_eq!(get(&s, "/__standin/faults", None).await.1, json!([]));
 
     assert_eq!(
-        c.post(format!("{base}/__standin/expire-tokens"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/expire-tokens"))).await,
         StatusCode::OK
     );
     assert_eq!(
@@ -411,11 +350,7 @@ async fn http_control_endpoints() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        c.post(format!("{base}/__standin/drop-websockets"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(c.post(format!("{base}/__standin/drop-websockets"))).await,
         StatusCode::OK
     );
     let (_, msgs) = get(&s, "/__standin/ws-messages", None).await;

@@ -13,14 +13,7 @@ use serde_json::json;
 #[tokio::test]
 async fn login_shapes() {
     let s = start_default().await;
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "provider@example.com", "password": "Provider@123" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let body = token_reply(try_login(&s, "provider@example.com", "Provider@123").await);
     assert_eq!(body["user"]["email"], "provider@example.com");
     assert_eq!(body["user"]["role"], "provider");
     assert_eq!(body["user"]["name"], "Demo Provider");
@@ -31,13 +24,7 @@ async fn login_shapes() {
     let ttl = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
     assert_eq!(ttl, 7 * 24 * 3600);
 
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "provider@example.com", "password": "wrong" }),
-    )
-    .await;
+    let (status, body) = try_login(&s, "provider@example.com", "wrong").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, json!({ "error": "Invalid credentials" }));
 
@@ -56,10 +43,8 @@ async fn login_shapes() {
 #[tokio::test]
 async fn register_shapes() {
     let s = start_default().await;
-    let (status, body) = post(
+    let (status, body) = register(
         &s,
-        "/api/auth/register",
-        None,
         json!({ "name": "C", "email": "c@example.com", "password": "pw" }),
     )
     .await;
@@ -68,10 +53,8 @@ async fn register_shapes() {
     assert_eq!(body["role"], "consumer");
     assert!(body["id"].is_string());
 
-    let (status, body) = post(
+    let (status, body) = register(
         &s,
-        "/api/auth/register",
-        None,
         json!({ "name": "P", "email": "p@example.com", "password": "pw", "role": "provider" }),
     )
     .await;
@@ -81,32 +64,21 @@ async fn register_shapes() {
     );
     login(&s, "p@example.com", "pw").await;
 
-    let (status, body) = post(
+    let (status, body) = register(
         &s,
-        "/api/auth/register",
-        None,
         json!({ "name": "C", "email": "c@example.com", "password": "pw" }),
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
     error_text(&body);
 
-    let (status, _) = post(
-        &s,
-        "/api/auth/register",
-        None,
+    for bad in [
         json!({ "email": "d@example.com" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = post(
-        &s,
-        "/api/auth/register",
-        None,
         json!({ "name": "D", "email": "d@example.com", "password": "pw", "role": "root" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    ] {
+        let (status, _) = register(&s, bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
 }
 
 #[tokio::test]
@@ -135,13 +107,7 @@ async fn me_and_token_errors() {
     let (status, _) = get(&s, "/api/auth/me", Some("not.a.jwt")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A token of another contract is not accepted.
-    let (_, depin) = post(
-        &s,
-        "/login",
-        None,
-        json!({ "username": "device-001", "password": "Device@123" }),
-    )
-    .await;
+    let depin = depin_login(&s).await;
     let (status, _) = get(&s, "/api/auth/me", depin["access_token"].as_str()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -150,10 +116,9 @@ async fn me_and_token_errors() {
 async fn create_and_list_codes() {
     let s = start_default().await;
     let token = provider_token(&s).await;
-    let (status, body) = post(
+    let (status, body) = make_codes(
         &s,
-        "/api/provider/codes",
-        Some(&token),
+        &token,
         json!({ "totalMB": 100, "count": 3, "expireHours": 24 }),
     )
     .await;
@@ -178,13 +143,7 @@ async fn create_and_list_codes() {
         assert!((23.9..=24.0).contains(&hours), "{hours}");
     }
 
-    let (status, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 1, "expireHours": 2 }),
-    )
-    .await;
+    let (status, body) = make_codes(&s, &token, json!({ "totalMB": 1, "expireHours": 2 })).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["codes"].as_array().unwrap().len(), 1);
 
@@ -194,35 +153,23 @@ async fn create_and_list_codes() {
         json!({}),
         json!({ "totalMB": 10, "count": 51 }),
     ] {
-        let (status, body) = post(&s, "/api/provider/codes", Some(&token), bad.clone()).await;
+        let (status, body) = make_codes(&s, &token, bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         error_text(&body);
     }
-    let (status, _) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 1, "count": 50 }),
-    )
-    .await;
+    let (status, _) = make_codes(&s, &token, json!({ "totalMB": 1, "count": 50 })).await;
     assert_eq!(status, StatusCode::OK);
 
     // Roles: a consumer is refused, an admin may.
-    let consumer = login(&s, "consumer@example.com", "Consumer@123").await;
-    let (status, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&consumer),
-        json!({ "totalMB": 1 }),
-    )
-    .await;
+    let consumer = consumer_token(&s).await;
+    let (status, body) = make_codes(&s, &consumer, json!({ "totalMB": 1 })).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     error_text(&body);
     let (status, _) = get(&s, "/api/provider/codes", Some(&consumer)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = get(&s, "/api/provider/codes", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let admin = login(&s, "admin@example.com", "Admin@123").await;
+    let admin = admin_token(&s).await;
     let admin_code = new_code(&s, &admin, 5.0).await;
 
     // The list is the caller's own, with remainingMB.
@@ -245,16 +192,8 @@ async fn create_and_list_codes() {
 
 #[tokio::test]
 async fn authorize_code_shapes() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
-    let (status, body) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&token),
-        json!({ "code": code }),
-    )
-    .await;
+    let (s, token, code) = seeded().await;
+    let (status, body) = authorize(&s, Some(&token), &code).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
@@ -263,52 +202,26 @@ async fn authorize_code_shapes() {
     let (status, body) = post(&s, "/api/gateway/authorize-code", Some(&token), json!({})).await;
     assert_eq!(
         (status, body),
-        (StatusCode::BAD_REQUEST, json!({ "error": "code required" }))
+        refusal(StatusCode::BAD_REQUEST, "code required")
     );
-    let (status, body) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&token),
-        json!({ "code": "ZZZZZZZZ" }),
-    )
-    .await;
+    let (status, body) = authorize(&s, Some(&token), "ZZZZZZZZ").await;
     assert_eq!(
         (status, body),
-        (StatusCode::NOT_FOUND, json!({ "error": "Invalid code" }))
+        refusal(StatusCode::NOT_FOUND, "Invalid code")
     );
-    let consumer = login(&s, "consumer@example.com", "Consumer@123").await;
-    let (status, _) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&consumer),
-        json!({ "code": code }),
-    )
-    .await;
+    let consumer = consumer_token(&s).await;
+    let (status, _) = authorize(&s, Some(&consumer), &code).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        None,
-        json!({ "code": code }),
-    )
-    .await;
+    let (status, _) = authorize(&s, None, &code).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let admin = login(&s, "admin@example.com", "Admin@123").await;
-    let (status, _) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&admin),
-        json!({ "code": code }),
-    )
-    .await;
+    let admin = admin_token(&s).await;
+    let (status, _) = authorize(&s, Some(&admin), &code).await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn report_usage_shapes_usage_log_and_consumer() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
+    let (s, token, code) = seeded().await;
     let consumer_id = s.user("consumer@example.com").unwrap().id;
     let (status, body) = post(
         &s,
@@ -333,24 +246,21 @@ async fn report_usage_shapes_usage_log_and_consumer() {
         let (status, body) = post(&s, "/api/gateway/report-usage", Some(&token), bad.clone()).await;
         assert_eq!(
             (status, body),
-            (
-                StatusCode::BAD_REQUEST,
-                json!({ "error": "code and bytes required" })
-            ),
+            refusal(StatusCode::BAD_REQUEST, "code and bytes required"),
             "{bad}"
         );
     }
     let (status, body) = report(&s, &token, "ZZZZZZZZ", json!(5)).await;
     assert_eq!(
         (status, body),
-        (StatusCode::NOT_FOUND, json!({ "error": "Invalid code" }))
+        refusal(StatusCode::NOT_FOUND, "Invalid code")
     );
-    let consumer = login(&s, "consumer@example.com", "Consumer@123").await;
+    let consumer = consumer_token(&s).await;
     let (status, _) = report(&s, &consumer, &code, json!(5)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Any provider or admin may report on any code: ownership is not checked.
-    let admin = login(&s, "admin@example.com", "Admin@123").await;
+    let admin = admin_token(&s).await;
     let (status, body) = report(&s, &admin, &code, json!(MIB)).await;
     assert_eq!(
         (status, &body["remainingMB"]),
@@ -399,27 +309,19 @@ async fn repeated_report_is_applied_twice() {
 
 #[tokio::test]
 async fn concurrent_reports_lose_updates() {
-    let s = start(StandinConfig {
+    let (s, token) = start_as_provider(StandinConfig {
         report_race_window: Duration::from_millis(300),
         // The accounts' race is the next test's.
         credit_race_window: Duration::ZERO,
         ..StandinConfig::default()
     })
     .await;
-    let token = provider_token(&s).await;
     let code = s.seed_codes()[0].clone();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..10 {
         let (url, token, code) = (s.base_url(), token.clone(), code.clone());
         tasks.spawn(async move {
-            client()
-                .post(format!("{url}/api/gateway/report-usage"))
-                .bearer_auth(token)
-                .json(&json!({ "code": code, "bytes": MIB }))
-                .send()
-                .await
-                .unwrap()
-                .status()
+            report_status(url, token, json!({ "code": code, "bytes": MIB })).await
         });
     }
     while let Some(status) = tasks.join_next().await {
@@ -442,12 +344,11 @@ async fn concurrent_reports_lose_updates() {
 #[tokio::test]
 async fn concurrent_reports_on_different_codes_lose_the_accounts_credit() {
     for (window, lossy) in [(Duration::from_millis(200), true), (Duration::ZERO, false)] {
-        let s = start(StandinConfig {
+        let (s, token) = start_as_provider(StandinConfig {
             credit_race_window: window,
             ..StandinConfig::default()
         })
         .await;
-        let token = provider_token(&s).await;
         let consumer = s.user("consumer@example.com").unwrap().id;
         let mut codes = Vec::new();
         for _ in 0..6 {
@@ -459,14 +360,12 @@ async fn concurrent_reports_on_different_codes_lose_the_accounts_credit() {
                 (s.base_url(), token.clone(), code.clone(), consumer.clone());
             let bytes = (i as u64 + 1) * MIB;
             tasks.spawn(async move {
-                client()
-                    .post(format!("{url}/api/gateway/report-usage"))
-                    .bearer_auth(token)
-                    .json(&json!({ "code": code, "bytes": bytes, "consumerId": consumer }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
+                report_status(
+                    url,
+                    token,
+                    json!({ "code": code, "bytes": bytes, "consumerId": consumer }),
+                )
+                .await
             });
         }
         while let Some(status) = tasks.join_next().await {
@@ -505,13 +404,12 @@ async fn concurrent_reports_on_different_codes_lose_the_accounts_credit() {
 /// The usage log lists the latest 200 entries, newest first, as the real service does.
 #[tokio::test]
 async fn the_usage_log_lists_the_latest_200_entries() {
-    let s = start(StandinConfig {
+    let (s, token) = start_as_provider(StandinConfig {
         report_race_window: Duration::ZERO,
         credit_race_window: Duration::ZERO,
         ..StandinConfig::default()
     })
     .await;
-    let token = provider_token(&s).await;
     let code = new_code(&s, &token, 300.0).await;
     for bytes in 1..=205u64 {
         let (status, _) = report(&s, &token, &code, json!(bytes)).await;
@@ -534,10 +432,7 @@ async fn overshoot_tolerance_and_clamping() {
     let (status, body) = report(&s, &token, &b, json!(MIB + 11_010)).await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "Not enough remaining MB" })
-        )
+        refusal(StatusCode::BAD_REQUEST, "Not enough remaining MB")
     );
     assert_eq!(s.code(&b).unwrap().remaining_mb, 1.0);
     // 0.0095 MB too much: accepted, clamped to 0.
@@ -548,13 +443,7 @@ async fn overshoot_tolerance_and_clamping() {
     );
     assert_eq!(s.code(&a).unwrap().remaining_mb, 0.0);
     // authorize-code does not check what is left.
-    let (status, body) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&token),
-        json!({ "code": a }),
-    )
-    .await;
+    let (status, body) = authorize(&s, Some(&token), &a).await;
     assert_eq!(
         (status, &body["ok"], &body["remainingMB"]),
         (StatusCode::OK, &json!(true), &json!(0))
@@ -571,9 +460,7 @@ async fn overshoot_tolerance_and_clamping() {
 
 #[tokio::test]
 async fn points_granularity_and_bytes_shared() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
+    let (s, token, code) = seeded().await;
     let (status, _) = report(&s, &token, &code, json!(MIB - 1)).await;
     assert_eq!(status, StatusCode::OK);
     let u = s.user("provider@example.com").unwrap();
@@ -589,18 +476,12 @@ async fn points_granularity_and_bytes_shared() {
     // The balance counts every byte, points or not.
     let expected = 500.0 - (3 * MIB + 4) as f64 / MIB as f64;
     assert!((s.code(&code).unwrap().remaining_mb - expected).abs() < 1e-9);
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(2), &json!(2 * MIB + 5))
-    );
+    assert_credit(&s, &token, json!(2), json!(2 * MIB + 5)).await;
 }
 
 #[tokio::test]
 async fn string_bytes_are_deducted_and_concatenated() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
+    let (s, token, code) = seeded().await;
     let (status, body) = report(&s, &token, &code, json!("2097152")).await;
     assert_eq!(
         (status, body),
@@ -622,60 +503,41 @@ async fn string_bytes_are_deducted_and_concatenated() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// A stand-in that purges an expired code `ttl` after its expiry.
+fn expiring_after(ttl: Duration) -> StandinConfig {
+    StandinConfig {
+        expired_code_ttl: ttl,
+        ..StandinConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn expired_code_answers_400_then_404() {
-    let s = start(StandinConfig {
-        expired_code_ttl: Duration::from_millis(1000),
-        ..StandinConfig::default()
-    })
-    .await;
-    let token = provider_token(&s).await;
+    let (s, token) = start_as_provider(expiring_after(Duration::from_millis(1000))).await;
     // 0.0002 h = 720 ms.
-    let (_, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "expireHours": 0.0002 }),
-    )
-    .await;
-    let code = body["codes"][0]["code"].as_str().unwrap().to_owned();
-    let authorize = || {
-        post(
-            &s,
-            "/api/gateway/authorize-code",
-            Some(&token),
-            json!({ "code": code }),
-        )
-    };
-    assert_eq!(authorize().await.0, StatusCode::OK);
+    let (_, body) = make_codes(&s, &token, json!({ "totalMB": 10, "expireHours": 0.0002 })).await;
+    let code = first_code(&body);
+    let ask = || authorize(&s, Some(&token), &code);
+    assert_eq!(ask().await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(
-        authorize().await,
-        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+        ask().await,
+        refusal(StatusCode::BAD_REQUEST, "Code expired")
     );
     assert_eq!(
         report(&s, &token, &code, json!(5)).await,
-        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+        refusal(StatusCode::BAD_REQUEST, "Code expired")
     );
     assert!(s.code(&code).unwrap().expired);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        authorize().await,
-        (StatusCode::NOT_FOUND, json!({ "error": "Invalid code" }))
-    );
+    assert_eq!(ask().await, refusal(StatusCode::NOT_FOUND, "Invalid code"));
     assert_eq!(
         report(&s, &token, &code, json!(5)).await.0,
         StatusCode::NOT_FOUND
     );
     assert!(s.code(&code).is_none());
     let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
-    assert!(
-        list["codes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["code"] != code.as_str())
-    );
+    assert!(!lists(&list, &code), "{code} listed");
 }
 
 #[tokio::test]
@@ -735,19 +597,14 @@ async fn bad_input_gets_json_errors() {
 /// `expireHours ? ... : null`), a code has `"expireAt": null`, never expires and is never purged.
 #[tokio::test]
 async fn codes_without_expire_hours_never_expire() {
-    let s = start(StandinConfig {
-        expired_code_ttl: Duration::from_millis(200),
-        ..StandinConfig::default()
-    })
-    .await;
-    let token = provider_token(&s).await;
+    let (s, token) = start_as_provider(expiring_after(Duration::from_millis(200))).await;
     let mut forever = Vec::new();
     for body in [
         json!({ "totalMB": 10 }),
         json!({ "totalMB": 10, "expireHours": null }),
         json!({ "totalMB": 10, "expireHours": 0 }),
     ] {
-        let (status, reply) = post(&s, "/api/provider/codes", Some(&token), body.clone()).await;
+        let (status, reply) = make_codes(&s, &token, body.clone()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let made = &reply["codes"][0];
         assert!(made.get("expireAt").is_some(), "{reply}");
@@ -755,14 +612,8 @@ async fn codes_without_expire_hours_never_expire() {
         forever.push(made["code"].as_str().unwrap().to_owned());
     }
     // Short-lived codes still work: 0.02 h is 72 s, -1 h is already expired.
-    let (_, short) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "expireHours": 0.02 }),
-    )
-    .await;
-    let short_code = short["codes"][0]["code"].as_str().unwrap().to_owned();
+    let (_, short) = make_codes(&s, &token, json!({ "totalMB": 10, "expireHours": 0.02 })).await;
+    let short_code = first_code(&short);
     let at = time::OffsetDateTime::parse(
         short["codes"][0]["expireAt"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
@@ -770,14 +621,8 @@ async fn codes_without_expire_hours_never_expire() {
     .unwrap();
     let secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
     assert!((70.0..=72.0).contains(&secs), "{secs}");
-    let (_, past) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "expireHours": -1 }),
-    )
-    .await;
-    let past_code = past["codes"][0]["code"].as_str().unwrap().to_owned();
+    let (_, past) = make_codes(&s, &token, json!({ "totalMB": 10, "expireHours": -1 })).await;
+    let past_code = first_code(&past);
 
     // Past the TTL of the expired code: it is purged, the ones without expiry are not.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -799,13 +644,7 @@ async fn codes_without_expire_hours_never_expire() {
             (&control["expireAt"], &control["expired"]),
             (&json!(null), &json!(false))
         );
-        let (status, body) = post(
-            &s,
-            "/api/gateway/authorize-code",
-            Some(&token),
-            json!({ "code": code }),
-        )
-        .await;
+        let (status, body) = authorize(&s, Some(&token), code).await;
         assert_eq!((status, &body["ok"]), (StatusCode::OK, &json!(true)));
         let (status, _) = report(&s, &token, code, json!(MIB)).await;
         assert_eq!(status, StatusCode::OK);
@@ -825,30 +664,27 @@ async fn expired_code_ttl_defaults_to_a_minute() {
     );
     let s = start_default().await;
     let token = provider_token(&s).await;
-    let (_, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "expireHours": -0.001 }),
-    )
-    .await;
-    let code = body["codes"][0]["code"].as_str().unwrap().to_owned();
+    let (_, body) = make_codes(&s, &token, json!({ "totalMB": 10, "expireHours": -0.001 })).await;
+    let code = first_code(&body);
     // 3.6 s past its expiry, within the minute: still 400, not yet 404.
-    let (status, body) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&token),
-        json!({ "code": code }),
-    )
-    .await;
+    let (status, body) = authorize(&s, Some(&token), &code).await;
     assert_eq!(
         (status, body),
-        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+        refusal(StatusCode::BAD_REQUEST, "Code expired")
     );
     assert_eq!(
         report(&s, &token, &code, json!(MIB)).await,
-        (StatusCode::BAD_REQUEST, json!({ "error": "Code expired" }))
+        refusal(StatusCode::BAD_REQUEST, "Code expired")
     );
+}
+
+/// Whether a `GET /api/provider/codes` reply lists `code`.
+fn lists(list: &serde_json::Value, code: &str) -> bool {
+    list["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["code"] == code)
 }
 
 /// The entry of `code` in a `GET /api/provider/codes` reply.
@@ -876,32 +712,25 @@ async fn add_fault_over_http(s: &edgeshare_standin::Standin, fault: serde_json::
 /// drops the connection without a reply.
 #[tokio::test]
 async fn crash_between_saves_debits_the_code_and_credits_nobody() {
-    let s = start_default().await;
-    let token = provider_token(&s).await;
-    let code = s.seed_codes()[0].clone();
+    let (s, token, code) = seeded().await;
     let consumer_id = s.user("consumer@example.com").unwrap().id;
     // Set over HTTP; with a prefix matching every path it still only hits report-usage.
     add_fault_over_http(&s, json!({ "kind": "crash_between_saves", "times": 1 })).await;
     let (_, faults) = get(&s, "/__standin/faults", None).await;
     assert_eq!(faults[0]["kind"], "crash_between_saves");
-    let (status, _) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&token),
-        json!({ "code": code }),
-    )
-    .await;
+    let (status, _) = authorize(&s, Some(&token), &code).await;
     assert_eq!(status, StatusCode::OK);
     let (_, before) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(before["logs"], json!([]));
 
-    let err = fresh_client(Duration::from_secs(5))
-        .post(format!("{}/api/gateway/report-usage", s.base_url()))
-        .bearer_auth(&token)
-        .json(&json!({ "code": code, "bytes": 3 * MIB, "consumerId": consumer_id }))
-        .send()
-        .await
-        .expect_err("no reply after the crash");
+    let err = report_fresh(
+        &s,
+        Duration::from_secs(5),
+        &token,
+        json!({ "code": code, "bytes": 3 * MIB, "consumerId": consumer_id }),
+    )
+    .await
+    .expect_err("no reply after the crash");
     assert!(
         !err.is_timeout(),
         "the connection is dropped at once: {err}"
@@ -914,8 +743,7 @@ async fn crash_between_saves_debits_the_code_and_credits_nobody() {
     let listed = listed_code(&list, &code);
     assert_eq!(listed["remainingMB"], 497);
     // Second save not made: no points, no bytesShared, no log, no bytesConsumed.
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!((&me["points"], &me["bytesShared"]), (&json!(0), &json!(0)));
+    assert_credit(&s, &token, json!(0), json!(0)).await;
     let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(usage, json!({ "totalBytes": 0, "logs": [] }));
     assert_eq!(s.user("consumer@example.com").unwrap().bytes_consumed, 0);
@@ -933,18 +761,15 @@ async fn crash_between_saves_debits_the_code_and_credits_nobody() {
         (status, body),
         (StatusCode::OK, json!({ "ok": true, "remainingMB": 495 }))
     );
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(2), &json!(2 * MIB))
-    );
+    assert_credit(&s, &token, json!(2), json!(2 * MIB)).await;
     s.set_fault(Fault::new("/api/gateway", FaultKind::CrashBetweenSaves).times(1));
-    let err = fresh_client(Duration::from_secs(5))
-        .post(format!("{}/api/gateway/report-usage", s.base_url()))
-        .bearer_auth(&token)
-        .json(&json!({ "code": code, "bytes": MIB }))
-        .send()
-        .await;
+    let err = report_fresh(
+        &s,
+        Duration::from_secs(5),
+        &token,
+        json!({ "code": code, "bytes": MIB }),
+    )
+    .await;
     assert!(err.is_err());
     assert_eq!(s.code(&code).unwrap().remaining_mb, 494.0);
     assert_eq!(s.user("provider@example.com").unwrap().points, 2);
@@ -954,12 +779,11 @@ async fn crash_between_saves_debits_the_code_and_credits_nobody() {
 /// the code's balance and the usage log with every report.
 #[tokio::test]
 async fn points_are_floor_of_each_report() {
-    let s = start(StandinConfig {
+    let (s, token) = start_as_provider(StandinConfig {
         report_race_window: Duration::ZERO,
         ..StandinConfig::default()
     })
     .await;
-    let token = provider_token(&s).await;
     // 19.99 MiB of a 20 MB code in ~4.8 MiB pieces: 4 + 4 + 4 + 5 = 17 points, not 19.
     let uneven = new_code(&s, &token, 20.0).await;
     let piece = 5_033_165; // 4.8 MiB
@@ -969,11 +793,7 @@ async fn points_are_floor_of_each_report() {
         let (status, _) = report(&s, &token, &uneven, json!(bytes)).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(17), &json!(total))
-    );
+    assert_credit(&s, &token, json!(17), json!(total)).await;
     let (_, usage) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(usage["logs"].as_array().unwrap().len(), 4);
     assert!((s.code(&uneven).unwrap().remaining_mb - 0.01).abs() < 1e-6);
@@ -984,11 +804,7 @@ async fn points_are_floor_of_each_report() {
         let (status, _) = report(&s, &token, &whole, json!(MIB)).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(17 + 20), &json!(total + 20 * MIB))
-    );
+    assert_credit(&s, &token, json!(17 + 20), json!(total + 20 * MIB)).await;
     assert_eq!(s.code(&whole).unwrap().remaining_mb, 0.0);
 
     // 0.5 MiB: no point, no bytesShared, but the code is debited and the log has it.
@@ -998,11 +814,7 @@ async fn points_are_floor_of_each_report() {
         (status, body),
         (StatusCode::OK, json!({ "ok": true, "remainingMB": 0.5 }))
     );
-    let (_, me) = get(&s, "/api/auth/me", Some(&token)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(37), &json!(total + 20 * MIB))
-    );
+    assert_credit(&s, &token, json!(37), json!(total + 20 * MIB)).await;
     let (_, after) = get(&s, "/api/provider/usage", Some(&token)).await;
     assert_eq!(after["logs"].as_array().unwrap().len(), 4 + 20 + 1);
     assert_eq!(after["logs"][0]["code"], half.as_str());
@@ -1019,23 +831,14 @@ async fn any_provider_may_authorize_and_report_any_code() {
     let s = start_default().await;
     let owner = provider_token(&s).await;
     let code = s.seed_codes()[0].clone();
-    let (status, _) = post(
-        &s,
-        "/api/auth/register",
-        None,
-        json!({ "name": "Roamer", "email": "roamer@example.com", "password": "pw", "role": "provider" }),
-    )
-    .await;
+    let roamer = json!({
+        "name": "Roamer", "email": "roamer@example.com", "password": "pw", "role": "provider"
+    });
+    let (status, _) = register(&s, roamer).await;
     assert_eq!(status, StatusCode::OK);
     let roamer = login(&s, "roamer@example.com", "pw").await;
 
-    let (status, body) = post(
-        &s,
-        "/api/gateway/authorize-code",
-        Some(&roamer),
-        json!({ "code": code }),
-    )
-    .await;
+    let (status, body) = authorize(&s, Some(&roamer), &code).await;
     assert_eq!(
         (status, body),
         (
@@ -1049,13 +852,8 @@ async fn any_provider_may_authorize_and_report_any_code() {
         (StatusCode::OK, json!({ "ok": true, "remainingMB": 498 }))
     );
     // The owner is credited, not the reporter.
-    let (_, me) = get(&s, "/api/auth/me", Some(&owner)).await;
-    assert_eq!(
-        (&me["points"], &me["bytesShared"]),
-        (&json!(2), &json!(2 * MIB))
-    );
-    let (_, me) = get(&s, "/api/auth/me", Some(&roamer)).await;
-    assert_eq!((&me["points"], &me["bytesShared"]), (&json!(0), &json!(0)));
+    assert_credit(&s, &owner, json!(2), json!(2 * MIB)).await;
+    assert_credit(&s, &roamer, json!(0), json!(0)).await;
     let (_, usage) = get(&s, "/api/provider/usage", Some(&owner)).await;
     assert_eq!(usage["totalBytes"], 2 * MIB);
     assert_eq!(usage["logs"][0]["code"], code.as_str());
@@ -1072,13 +870,7 @@ async fn any_provider_may_authorize_and_report_any_code() {
     let (_, list) = get(&s, "/api/provider/codes", Some(&roamer)).await;
     assert_eq!(list["codes"].as_array().unwrap().len(), 1);
     let (_, list) = get(&s, "/api/provider/codes", Some(&owner)).await;
-    assert!(
-        list["codes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["code"] != own.as_str())
-    );
+    assert!(!lists(&list, &own), "{own} listed");
     let (status, _) = report(&s, &owner, &own, json!(MIB)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.user("provider@example.com").unwrap().points, 2);
@@ -1114,14 +906,11 @@ async fn missing_token_deleted_user_and_wrong_role() {
     for (path, body) in calls.clone() {
         assert_eq!(
             call(path, body, None).await,
-            (
-                StatusCode::UNAUTHORIZED,
-                json!({ "error": "Missing token" })
-            ),
+            refusal(StatusCode::UNAUTHORIZED, "Missing token"),
             "{path}"
         );
     }
-    let consumer = login(&s, "consumer@example.com", "Consumer@123").await;
+    let consumer = consumer_token(&s).await;
     for (path, body) in calls.clone().into_iter().skip(1) {
         let (status, reply) = call(path, body, Some(consumer.clone())).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
@@ -1138,32 +927,23 @@ async fn missing_token_deleted_user_and_wrong_role() {
         .await
         .unwrap();
     assert_eq!(reply(resp).await.0, StatusCode::OK);
-    let admin = login(&s, "admin@example.com", "Admin@123").await;
+    let admin = admin_token(&s).await;
     assert!(s.delete_user("admin@example.com"));
     assert!(!s.delete_user("admin@example.com"));
     for token in [provider, admin] {
         for (path, body) in calls.clone() {
             assert_eq!(
                 call(path, body, Some(token.clone())).await,
-                (StatusCode::UNAUTHORIZED, json!({ "error": "Invalid user" })),
+                refusal(StatusCode::UNAUTHORIZED, "Invalid user"),
                 "{path}"
             );
         }
     }
     assert!(s.user("provider@example.com").is_none());
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "provider@example.com", "password": "Provider@123" }),
-    )
-    .await;
+    let (status, body) = try_login(&s, "provider@example.com", "Provider@123").await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Invalid credentials" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Invalid credentials")
     );
 }
 
@@ -1172,33 +952,15 @@ async fn missing_token_deleted_user_and_wrong_role() {
 async fn count_zero_makes_no_codes_and_over_fifty_is_refused() {
     let s = start_default().await;
     let token = provider_token(&s).await;
-    let (status, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "count": 0 }),
-    )
-    .await;
+    let (status, body) = make_codes(&s, &token, json!({ "totalMB": 10, "count": 0 })).await;
     assert_eq!((status, body), (StatusCode::OK, json!({ "codes": [] })));
-    let (status, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "count": 51 }),
-    )
-    .await;
+    let (status, body) = make_codes(&s, &token, json!({ "totalMB": 10, "count": 51 })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     error_text(&body);
     assert_eq!(s.codes().len(), 3, "the seeded ones only");
     let (_, list) = get(&s, "/api/provider/codes", Some(&token)).await;
     assert_eq!(list["codes"].as_array().unwrap().len(), 3);
-    let (status, body) = post(
-        &s,
-        "/api/provider/codes",
-        Some(&token),
-        json!({ "totalMB": 10, "count": 50 }),
-    )
-    .await;
+    let (status, body) = make_codes(&s, &token, json!({ "totalMB": 10, "count": 50 })).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["codes"].as_array().unwrap().len(), 50);
 }
@@ -1207,38 +969,21 @@ async fn count_zero_makes_no_codes_and_over_fifty_is_refused() {
 #[tokio::test]
 async fn emails_are_compared_exactly() {
     let s = start_default().await;
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "Provider@example.com", "password": "Provider@123" }),
-    )
-    .await;
+    let (status, body) = try_login(&s, "Provider@example.com", "Provider@123").await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Invalid credentials" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Invalid credentials")
     );
     // Another case is another account.
-    let (status, body) = post(
+    let (status, body) = register(
         &s,
-        "/api/auth/register",
-        None,
         json!({ "name": "P", "email": "Mixed@Example.com", "password": "pw", "role": "provider" }),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["email"], "Mixed@Example.com");
     login(&s, "Mixed@Example.com", "pw").await;
-    let (status, _) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "mixed@example.com", "password": "pw" }),
-    )
-    .await;
+    let (status, _) = try_login(&s, "mixed@example.com", "pw").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(s.user("mixed@example.com").is_none());
     assert!(s.user("Mixed@Example.com").is_some());
@@ -1259,10 +1004,7 @@ async fn report_errors_clamping_and_string_bytes() {
         }
         assert_eq!(
             post(&s, "/api/gateway/report-usage", Some(&token), body).await,
-            (
-                StatusCode::BAD_REQUEST,
-                json!({ "error": "code and bytes required" })
-            ),
+            refusal(StatusCode::BAD_REQUEST, "code and bytes required"),
             "{bytes:?}"
         );
     }
@@ -1277,10 +1019,7 @@ async fn report_errors_clamping_and_string_bytes() {
     // 0.011 MB too much: refused whole.
     assert_eq!(
         report(&s, &token, &code, json!(MIB + 11_535)).await,
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "Not enough remaining MB" })
-        )
+        refusal(StatusCode::BAD_REQUEST, "Not enough remaining MB")
     );
     assert_eq!(s.code(&code).unwrap().remaining_mb, 1.0);
     // 0.009 MB too much: clamped to 0.
@@ -1289,13 +1028,7 @@ async fn report_errors_clamping_and_string_bytes() {
         (StatusCode::OK, json!({ "ok": true, "remainingMB": 0 }))
     );
     assert_eq!(
-        post(
-            &s,
-            "/api/gateway/authorize-code",
-            Some(&token),
-            json!({ "code": code }),
-        )
-        .await,
+        authorize(&s, Some(&token), &code).await,
         (
             StatusCode::OK,
             json!({ "ok": true, "remainingMB": 0, "totalMB": 2, "redeemedBy": null })
@@ -1307,13 +1040,7 @@ async fn report_errors_clamping_and_string_bytes() {
 #[tokio::test]
 async fn me_has_exactly_the_contract_fields() {
     let s = start_default().await;
-    let (_, login_reply) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({ "email": "provider@example.com", "password": "Provider@123" }),
-    )
-    .await;
+    let (_, login_reply) = try_login(&s, "provider@example.com", "Provider@123").await;
     let token = login_reply["token"].as_str().unwrap();
     let (status, me) = get(&s, "/api/auth/me", Some(token)).await;
     assert_eq!(status, StatusCode::OK);

@@ -16,16 +16,20 @@ use tokio_tungstenite::tungstenite::{self, Message};
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn depin_login(s: &Standin) -> Value {
-    let (status, body) = post(
-        s,
-        "/login",
-        None,
-        json!({ "username": "device-001", "password": "Device@123" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+/// A POST to `path` under one of the two path sets (`prefix`), without a token.
+async fn post_at(s: &Standin, prefix: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    post(s, &format!("{prefix}{path}"), None, body).await
+}
+
+async fn access_token(s: &Standin) -> String {
+    depin_login(s).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn send_json(ws: &mut Ws, message: Value) {
+    ws.send(Message::text(message.to_string())).await.unwrap();
 }
 
 fn ws_url(s: &Standin, token: &str) -> String {
@@ -78,14 +82,9 @@ async fn refused_upgrade(url: String) -> (u16, Value) {
 #[tokio::test]
 async fn auth_on_both_path_sets() {
     let s = start_default().await;
+    let device = json!({ "username": "device-001", "password": "Device@123" });
     for (i, prefix) in ["", "/depin/api/auth"].into_iter().enumerate() {
-        let (status, body) = post(
-            &s,
-            &format!("{prefix}/login"),
-            None,
-            json!({ "username": "device-001", "password": "Device@123" }),
-        )
-        .await;
+        let (status, body) = post_at(&s, prefix, "/login", device.clone()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["user_id"], 1);
         let access = claims(body["access_token"].as_str().unwrap());
@@ -101,10 +100,10 @@ async fn auth_on_both_path_sets() {
         let ttl = |c: &Value| c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
         assert_eq!((ttl(&access), ttl(&refresh)), (3600, 7 * 24 * 3600));
 
-        let (status, body) = post(
+        let (status, body) = post_at(
             &s,
-            &format!("{prefix}/login"),
-            None,
+            prefix,
+            "/login",
             json!({ "username": "device-001", "password": "nope" }),
         )
         .await;
@@ -115,87 +114,50 @@ async fn auth_on_both_path_sets() {
                 json!({ "error": "Invalid credentials" })
             )
         );
-        let (status, _) = post(
-            &s,
-            &format!("{prefix}/login"),
-            None,
-            json!({ "username": "x" }),
-        )
-        .await;
+        let (status, _) = post_at(&s, prefix, "/login", json!({ "username": "x" })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
 
         // Refresh gives a new, working pair; an access token is not a refresh token.
-        let (_, pair) = post(
-            &s,
-            &format!("{prefix}/login"),
-            None,
-            json!({ "username": "device-001", "password": "Device@123" }),
-        )
-        .await;
-        let (status, body) = post(
-            &s,
-            &format!("{prefix}/refresh"),
-            None,
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await;
+        let (_, pair) = post_at(&s, prefix, "/login", device.clone()).await;
+        let refresh = json!({ "refresh_token": pair["refresh_token"] });
+        let (status, body) = post_at(&s, prefix, "/refresh", refresh).await;
         assert_eq!(status, StatusCode::OK);
         assert_ne!(body["access_token"], pair["access_token"]);
         assert!(body["refresh_token"].is_string());
         drop(connect(&s, body["access_token"].as_str().unwrap()).await);
         for bad in [pair["access_token"].clone(), json!("garbage")] {
-            let (status, body) = post(
-                &s,
-                &format!("{prefix}/refresh"),
-                None,
-                json!({ "refresh_token": bad }),
-            )
-            .await;
+            let (status, body) =
+                post_at(&s, prefix, "/refresh", json!({ "refresh_token": bad })).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED);
             error_text(&body);
         }
-        let (status, _) = post(&s, &format!("{prefix}/refresh"), None, json!({})).await;
+        let (status, _) = post_at(&s, prefix, "/refresh", json!({})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let name = format!("sensor-{i}");
         let register = json!({
             "username": name, "password": "pw", "role": "producer", "device_id": name,
         });
-        let (status, body) = post(&s, &format!("{prefix}/register"), None, register.clone()).await;
+        let (status, body) = post_at(&s, prefix, "/register", register.clone()).await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(body["username"], name.as_str());
         assert_eq!(body["role"], "producer");
         assert_eq!(body["device_id"], name.as_str());
         assert!(body["user_id"].as_u64().unwrap() > 1);
-        let (status, _) = post(&s, &format!("{prefix}/register"), None, register).await;
+        let (status, _) = post_at(&s, prefix, "/register", register).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        let (status, _) = post(
-            &s,
-            &format!("{prefix}/register"),
-            None,
-            json!({ "username": "y", "password": "pw" }),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        let (status, _) = post(
-            &s,
-            &format!("{prefix}/register"),
-            None,
-            json!({ "username": "y", "password": "pw", "role": "producer" }),
-        )
-        .await;
-        assert_eq!(
-            status,
-            StatusCode::BAD_REQUEST,
-            "a producer needs a device_id"
-        );
-        let (status, _) = post(
-            &s,
-            &format!("{prefix}/login"),
-            None,
-            json!({ "username": name, "password": "pw" }),
-        )
-        .await;
+        for (bad, why) in [
+            (json!({ "username": "y", "password": "pw" }), "no role"),
+            (
+                json!({ "username": "y", "password": "pw", "role": "producer" }),
+                "a producer needs a device_id",
+            ),
+        ] {
+            let (status, _) = post_at(&s, prefix, "/register", bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+        }
+        let own = json!({ "username": name, "password": "pw" });
+        let (status, _) = post_at(&s, prefix, "/login", own).await;
         assert_eq!(status, StatusCode::OK);
     }
 }
@@ -203,18 +165,11 @@ async fn auth_on_both_path_sets() {
 #[tokio::test]
 async fn producer_framings_acks_and_errors() {
     let s = start_default().await;
-    let token = depin_login(&s).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = access_token(&s).await;
     let mut ws = connect(&s, &token).await;
     // A bare message gets no reply: the first reply is the wrapped message's ack.
-    ws.send(Message::text(reading().to_string())).await.unwrap();
-    ws.send(Message::text(
-        json!({ "type": "data", "payload": reading() }).to_string(),
-    ))
-    .await
-    .unwrap();
+    send_json(&mut ws, reading()).await;
+    send_json(&mut ws, json!({ "type": "data", "payload": reading() })).await;
     let ack = next_json(&mut ws).await;
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["subscriberCount"], 0);
@@ -228,17 +183,13 @@ async fn producer_framings_acks_and_errors() {
     let err = next_json(&mut ws).await;
     assert_eq!(err["type"], "error");
     assert!(err["error"].is_string());
-    ws.send(Message::text(
-        json!({ "device_id": "device-001" }).to_string(),
-    ))
-    .await
-    .unwrap();
+    send_json(&mut ws, json!({ "device_id": "device-001" })).await;
     assert_eq!(next_json(&mut ws).await["type"], "error");
-    ws.send(Message::text(
-        json!({ "type": "data", "payload": { "device_id": "d" } }).to_string(),
-    ))
-    .await
-    .unwrap();
+    send_json(
+        &mut ws,
+        json!({ "type": "data", "payload": { "device_id": "d" } }),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "error");
     // Still open, and pings are answered.
     ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
@@ -251,11 +202,7 @@ async fn producer_framings_acks_and_errors() {
         matches!(pong, Message::Pong(ref p) if p.as_ref() == b"hi"),
         "{pong:?}"
     );
-    ws.send(Message::text(
-        json!({ "type": "data", "payload": reading() }).to_string(),
-    ))
-    .await
-    .unwrap();
+    send_json(&mut ws, json!({ "type": "data", "payload": reading() })).await;
     assert_eq!(next_json(&mut ws).await["type"], "ack");
     assert_eq!(s.open_websockets(), 1);
     ws.close(None).await.unwrap();
@@ -314,19 +261,12 @@ async fn upgrade_refused_without_a_valid_access_token() {
 #[tokio::test]
 async fn drop_websockets_ends_stream_without_close_frame() {
     let s = start_default().await;
-    let token = depin_login(&s).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = access_token(&s).await;
     let mut a = connect(&s, &token).await;
     let mut b = connect(&s, &token).await;
     // Make sure both are being served before dropping.
     for ws in [&mut a, &mut b] {
-        ws.send(Message::text(
-            json!({ "type": "data", "payload": reading() }).to_string(),
-        ))
-        .await
-        .unwrap();
+        send_json(ws, json!({ "type": "data", "payload": reading() })).await;
         assert_eq!(next_json(ws).await["type"], "ack");
     }
     assert_eq!(s.open_websockets(), 2);
@@ -348,10 +288,6 @@ async fn drop_websockets_ends_stream_without_close_frame() {
     assert_eq!(s.open_websockets(), 0);
     // New sockets still work.
     let mut c = connect(&s, &token).await;
-    c.send(Message::text(
-        json!({ "type": "data", "payload": reading() }).to_string(),
-    ))
-    .await
-    .unwrap();
+    send_json(&mut c, json!({ "type": "data", "payload": reading() })).await;
     assert_eq!(next_json(&mut c).await["type"], "ack");
 }

@@ -8,18 +8,6 @@ use edgeshare_standin::Standin;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-async fn signin(s: &Standin, email: &str, password: &str) -> String {
-    let (status, body) = post(
-        s,
-        "/auth/signin",
-        None,
-        json!({ "email": email, "password": password }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["token"].as_str().unwrap().to_owned()
-}
-
 async fn ingest(
     s: &Standin,
     path: &str,
@@ -57,30 +45,15 @@ fn snapshot() -> Value {
 #[tokio::test]
 async fn signin_and_client_token() {
     let s = start_default().await;
-    let (status, body) = post(
-        &s,
-        "/auth/signin",
-        None,
-        json!({ "email": "edge@example.com", "password": "Edge@123" }),
-    )
-    .await;
+    let (status, body) = try_signin(&s, "edge@example.com", "Edge@123").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user"]["email"], "edge@example.com");
     assert!(body["user"]["id"].is_string());
     let user_token = body["token"].as_str().unwrap().to_owned();
-    let (status, body) = post(
-        &s,
-        "/auth/signin",
-        None,
-        json!({ "email": "edge@example.com", "password": "x" }),
-    )
-    .await;
+    let (status, body) = try_signin(&s, "edge@example.com", "x").await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Invalid credentials" })
-        )
+        refusal(StatusCode::UNAUTHORIZED, "Invalid credentials")
     );
     let (status, _) = post(&s, "/auth/signin", None, json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -97,23 +70,17 @@ async fn signin_and_client_token() {
     );
     let client_token = body["token"].as_str().unwrap().to_owned();
 
-    let (status, _) = post(
-        &s,
-        "/auth/client-token",
-        Some(&user_token),
-        json!({ "tenantId": "tenant-edge" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = post(
-        &s,
-        "/auth/client-token",
-        Some(&user_token),
-        json!({ "tenantId": "tenant-other" }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    error_text(&body);
+    for (tenant, expected) in [
+        ("tenant-edge", StatusCode::OK),
+        ("tenant-other", StatusCode::FORBIDDEN),
+    ] {
+        let body = json!({ "tenantId": tenant });
+        let (status, body) = post(&s, "/auth/client-token", Some(&user_token), body).await;
+        assert_eq!(status, expected, "{tenant}");
+        if expected != StatusCode::OK {
+            error_text(&body);
+        }
+    }
     let (status, _) = post(&s, "/auth/client-token", None, json!({})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A client token cannot mint client tokens.

@@ -173,12 +173,17 @@ mod tests {
         Auth::new("correct horse battery")
     }
 
+    /// A login from `IP` with the right password: session `token`, form token `csrf`.
+    fn open(auth: &mut Auth, now: Millis, token: &str, csrf: &str) {
+        auth.log_in(IP, "correct horse battery", now, token.into(), csrf.into())
+            .unwrap();
+    }
+
     #[test]
     fn the_right_password_opens_a_login_whose_forms_need_its_csrf_token() {
         let mut auth = auth();
         let now = Millis(1_000_000);
-        auth.log_in(IP, "correct horse battery", now, "t1".into(), "c1".into())
-            .unwrap();
+        open(&mut auth, now, "t1", "c1");
         assert_eq!(auth.csrf("t1", now).as_deref(), Some("c1"));
         assert!(auth.check_form("t1", "c1", now));
         assert!(!auth.check_form("t1", "c2", now));
@@ -190,10 +195,8 @@ mod tests {
     fn logins_end_after_their_lifetime_and_at_log_out() {
         let mut auth = auth();
         let now = Millis(1_000_000);
-        auth.log_in(IP, "correct horse battery", now, "t1".into(), "c1".into())
-            .unwrap();
-        auth.log_in(IP, "correct horse battery", now, "t2".into(), "c2".into())
-            .unwrap();
+        open(&mut auth, now, "t1", "c1");
+        open(&mut auth, now, "t2", "c2");
         assert!(auth.csrf("t1", now.plus(LOGIN_LIFETIME)).is_none());
         auth.log_out("t2");
         assert!(auth.csrf("t2", now).is_none());
@@ -216,8 +219,7 @@ mod tests {
         ));
         assert!(auth.csrf("t", now).is_none());
         let later = now.plus(GUESS_WINDOW);
-        auth.log_in(IP, "correct horse battery", later, "t".into(), "c".into())
-            .unwrap();
+        open(&mut auth, later, "t", "c");
     }
 
     /// 40 wrong passwords from 20 addresses within seconds, two from each in turn: exactly

@@ -64,17 +64,11 @@ fn garden_entries_name_one_tcp_port_443_unless_given() {
 }
 
 fn client4() -> Client {
-    Client {
-        mac: mac("02:00:00:00:00:02"),
-        ip: ip("10.0.0.2"),
-    }
+    device("02:00:00:00:00:02", "10.0.0.2")
 }
 
 fn client6() -> Client {
-    Client {
-        mac: mac("02:00:00:00:00:06"),
-        ip: ip("fd00:66::2"),
-    }
+    device("02:00:00:00:00:06", "fd00:66::2")
 }
 
 fn config() -> FirewallConfig {
@@ -132,6 +126,78 @@ fn strings(value: &Value, out: &mut Vec<String>) {
         Value::Object(map) => map.values().for_each(|v| strings(v, out)),
         _ => {}
     }
+}
+
+/// A client by its MAC and IP as text.
+fn device(mac_text: &str, ip_text: &str) -> Client {
+    Client {
+        mac: mac(mac_text),
+        ip: ip(ip_text),
+    }
+}
+
+/// The counters of `client`, (bytes, packets) each way.
+fn counters(
+    client: Client,
+    expires_in_secs: u64,
+    (up_bytes, up_packets): (u64, u64),
+    (down_bytes, down_packets): (u64, u64),
+) -> ClientCounters {
+    ClientCounters {
+        client,
+        expires_in: Duration::from_secs(expires_in_secs),
+        up_bytes,
+        up_packets,
+        down_bytes,
+        down_packets,
+    }
+}
+
+/// The key of a client set: source MAC . source address of `proto`.
+fn mac_and(proto: &str) -> Value {
+    json!({"concat": [
+        {"payload": {"protocol": "ether", "field": "saddr"}},
+        {"payload": {"protocol": proto, "field": "saddr"}}]})
+}
+
+fn allowed(client: Client, timeout: Duration) -> Call {
+    Call::Allow { client, timeout }
+}
+
+fn element(key: QuotaKey, quota: &str) -> QuotaElement {
+    QuotaElement {
+        key,
+        quota: quota.to_owned(),
+    }
+}
+
+/// The rules of the forward chain, in order.
+fn forward_rules() -> Vec<rules::Rule> {
+    rules::rules(&config())
+        .into_iter()
+        .filter(|r| r.chain == "forward")
+        .collect()
+}
+
+/// The objects of the commands `verb kind`.
+fn objects<'a>(verbs: &[(&str, &str, &'a Value)], verb: &str, kind: &str) -> Vec<&'a Value> {
+    verbs
+        .iter()
+        .filter(|(v, k, _)| *v == verb && *k == kind)
+        .map(|(_, _, object)| *object)
+        .collect()
+}
+
+/// The strings of `batch` other than its verbs, family, table and the object `names`, sorted,
+/// each once.
+fn unusual_strings(batch: &Value, names: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    strings(batch, &mut found);
+    found.retain(|s| !["add", "delete", "inet", "es_test"].contains(&s.as_str()));
+    found.retain(|s| !names.contains(&s.as_str()));
+    found.sort();
+    found.dedup();
+    found
 }
 
 // ---- Cidr ----
@@ -295,21 +361,16 @@ fn config_is_validated_before_use() {
 
 #[test]
 fn kernel_timeouts_are_whole_seconds_rounded_up() {
-    assert_eq!(kernel_timeout(Duration::ZERO), Duration::from_secs(1));
-    assert_eq!(
-        kernel_timeout(Duration::from_millis(1)),
-        Duration::from_secs(1)
-    );
-    assert_eq!(
-        kernel_timeout(Duration::from_secs(2)),
-        Duration::from_secs(2)
-    );
-    assert_eq!(
-        kernel_timeout(Duration::from_millis(2001)),
-        Duration::from_secs(3)
-    );
-    assert_eq!(kernel_timeout(Duration::MAX), MAX_TIMEOUT);
-    assert_eq!(kernel_timeout(MAX_TIMEOUT), MAX_TIMEOUT);
+    for (asked, kernel) in [
+        (Duration::ZERO, Duration::from_secs(1)),
+        (Duration::from_millis(1), Duration::from_secs(1)),
+        (Duration::from_secs(2), Duration::from_secs(2)),
+        (Duration::from_millis(2001), Duration::from_secs(3)),
+        (Duration::MAX, MAX_TIMEOUT),
+        (MAX_TIMEOUT, MAX_TIMEOUT),
+    ] {
+        assert_eq!(kernel_timeout(asked), kernel, "{asked:?}");
+    }
 }
 
 // ---- batches ----
@@ -325,11 +386,7 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
     assert_eq!(verbs[0].2, &json!({"family": "inet", "name": "es_test"}));
 
     // Every set is added with its declaration; client sets count per element.
-    let sets: Vec<&Value> = verbs
-        .iter()
-        .filter(|(verb, kind, _)| *verb == "add" && *kind == "set")
-        .map(|(_, _, set)| *set)
-        .collect();
+    let sets: Vec<&Value> = objects(&verbs, "add", "set");
     assert_eq!(sets.len(), 8);
     let set = |name: &str| {
         *sets
@@ -337,16 +394,16 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
             .find(|s| s["name"] == name)
             .unwrap_or_else(|| panic!("set {name}"))
     };
-    assert_eq!(
-        set("clients4_up")["type"],
-        json!(["ether_addr", "ipv4_addr"])
-    );
-    assert_eq!(
-        set("clients6_up")["type"],
-        json!(["ether_addr", "ipv6_addr"])
-    );
-    assert_eq!(set("clients4_down")["type"], json!("ipv4_addr"));
-    assert_eq!(set("clients6_down")["type"], json!("ipv6_addr"));
+    for (name, kind) in [
+        ("clients4_up", json!(["ether_addr", "ipv4_addr"])),
+        ("clients6_up", json!(["ether_addr", "ipv6_addr"])),
+        ("clients4_down", json!("ipv4_addr")),
+        ("clients6_down", json!("ipv6_addr")),
+        ("garden4_tcp", json!(["ipv4_addr", "inet_service"])),
+        ("garden6_tcp", json!(["ipv6_addr", "inet_service"])),
+    ] {
+        assert_eq!(set(name)["type"], kind, "{name}");
+    }
     for name in [
         "clients4_up",
         "clients4_down",
@@ -361,14 +418,6 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
         assert_eq!(set(name)["flags"], json!(["interval"]), "{name}");
         assert!(set(name).get("stmt").is_none());
     }
-    assert_eq!(
-        set("garden4_tcp")["type"],
-        json!(["ipv4_addr", "inet_service"])
-    );
-    assert_eq!(
-        set("garden6_tcp")["type"],
-        json!(["ipv6_addr", "inet_service"])
-    );
 
     // Only the garden and DNS sets are flushed, and refilled (nested networks of one port
     // merged, bare hosts, each with its port; resolvers once each).
@@ -384,11 +433,7 @@ fn install_batch_creates_sets_without_flushing_clients_and_refills_chains() {
             .iter()
             .collect::<Vec<_>>()
     );
-    let elements: Vec<&Value> = verbs
-        .iter()
-        .filter(|(verb, kind, _)| *verb == "add" && *kind == "element")
-        .map(|(_, _, element)| *element)
-        .collect();
+    let elements: Vec<&Value> = objects(&verbs, "add", "element");
     assert_eq!(elements.len(), 4);
     assert_eq!(elements[0]["name"], "garden4_tcp");
     assert_eq!(
@@ -469,26 +514,17 @@ fn every_rule_says_why_and_uses_only_configured_values() {
             .collect()
     };
 
+    let not_in = |key: Value, set: &str| json!({"match": {"op": "!=", "left": key, "right": set}});
     // prerouting: one redirect per family with the negated MAC . IP lookup, garden and
     // local excluded.
     let pre = in_chain("prerouting");
     assert_eq!(pre.len(), 2);
     let expr6 = &pre[1]["expr"];
-    assert_eq!(
-        expr6[2],
-        json!({"match": {"op": "!=", "left": {"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@clients6_up"}})
-    );
+    assert_eq!(expr6[2], not_in(mac_and("ip6"), "@clients6_up"));
     assert_eq!(expr6[3]["match"]["right"], "@garden6_tcp");
     assert_eq!(expr6[5], json!({"redirect": {"port": 8080}}));
     let expr = &pre[0]["expr"];
-    assert_eq!(
-        expr[2],
-        json!({"match": {"op": "!=", "left": {"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@clients4_up"}})
-    );
+    assert_eq!(expr[2], not_in(mac_and("ip"), "@clients4_up"));
     assert_eq!(expr[1]["match"]["right"], 80);
     assert_eq!(expr[3]["match"]["right"], "@garden4_tcp");
     assert_eq!(
@@ -675,37 +711,14 @@ fn revoke_and_uninstall_batches_do_not_fail_on_absent_objects() {
 #[test]
 fn batches_carry_input_only_as_typed_values() {
     // A MAC and an IP go in as their canonical text, nothing else of the caller's.
-    let client = Client {
-        mac: mac("AA-BB-CC-DD-EE-FF"),
-        ip: ip("::ffff:10.0.0.2"),
-    };
-    let mut found = Vec::new();
-    strings(
-        &rules::allow_batch("es_test", &client, Duration::from_secs(5)),
-        &mut found,
-    );
-    let mut unusual: Vec<&String> = found
-        .iter()
-        .filter(|s| {
-            ![
-                "add",
-                "delete",
-                "inet",
-                "es_test",
-                "clients6_up",
-                "clients6_down",
-            ]
-            .contains(&s.as_str())
-        })
-        .collect();
-    unusual.sort();
-    unusual.dedup();
+    let client = device("AA-BB-CC-DD-EE-FF", "::ffff:10.0.0.2");
+    let names = ["clients6_up", "clients6_down"];
     assert_eq!(
-        unusual,
-        [
-            &"::ffff:10.0.0.2".to_owned(),
-            &"aa:bb:cc:dd:ee:ff".to_owned()
-        ]
+        unusual_strings(
+            &rules::allow_batch("es_test", &client, Duration::from_secs(5)),
+            &names
+        ),
+        ["::ffff:10.0.0.2", "aa:bb:cc:dd:ee:ff"]
     );
 }
 
@@ -735,26 +748,9 @@ fn captured_listings_become_client_counters() {
     assert_eq!(
         joined,
         vec![
-            ClientCounters {
-                client: client4(),
-                expires_in: Duration::from_secs(3599),
-                up_bytes: 3456,
-                up_packets: 12,
-                down_bytes: 98765,
-                down_packets: 20,
-            },
+            counters(client4(), 3599, (3456, 12), (98765, 20)),
             // No download element (yet, or any more): zero, not missing.
-            ClientCounters {
-                client: Client {
-                    mac: mac("02:00:00:00:00:03"),
-                    ip: ip("10.0.0.3"),
-                },
-                expires_in: Duration::from_secs(7),
-                up_bytes: 0,
-                up_packets: 0,
-                down_bytes: 0,
-                down_packets: 0,
-            },
+            counters(device("02:00:00:00:00:03", "10.0.0.3"), 7, (0, 0), (0, 0)),
         ],
         "10.0.0.9 has no upload element and no MAC: left out"
     );
@@ -763,17 +759,7 @@ fn captured_listings_become_client_counters() {
         listing::up_elements(LIST6_UP, "clients6_up").expect("v6 up"),
         listing::down_elements(LIST6_DOWN, "clients6_down").expect("v6 down"),
     );
-    assert_eq!(
-        v6,
-        vec![ClientCounters {
-            client: client6(),
-            expires_in: Duration::from_secs(118),
-            up_bytes: 240,
-            up_packets: 3,
-            down_bytes: 400,
-            down_packets: 4,
-        }]
-    );
+    assert_eq!(v6, vec![counters(client6(), 118, (240, 3), (400, 4))]);
     assert_eq!(
         listing::up_elements(LIST_EMPTY, "clients6_up"),
         Ok(Vec::new())
@@ -836,6 +822,8 @@ fn terse_listing(config: &FirewallConfig) -> Value {
 
 #[test]
 fn completeness_check_spots_flushed_chains_and_missing_parts() {
+    /// Which objects of the complete listing to keep.
+    type Keep = dyn Fn(&Value) -> bool;
     let config = config();
     let expected = rules::rules(&config);
     let complete = terse_listing(&config);
@@ -848,7 +836,7 @@ fn completeness_check_spots_flushed_chains_and_missing_parts() {
         Ok(false)
     );
 
-    let without = |keep: &dyn Fn(&Value) -> bool| -> String {
+    let without = |keep: &Keep| -> String {
         let objects: Vec<Value> = complete["nftables"]
             .as_array()
             .expect("objects")
@@ -858,33 +846,22 @@ fn completeness_check_spots_flushed_chains_and_missing_parts() {
             .collect();
         json!({ "nftables": objects }).to_string()
     };
-    // `nft flush table`: chains stay, rules go.
-    let flushed = without(&|o| o.get("rule").is_none());
-    assert_eq!(
-        listing::is_complete(&flushed, "es_test", &expected),
-        Ok(false)
-    );
-    let one_rule_less = without(&|o| o["rule"]["chain"] != "postrouting");
-    assert_eq!(
-        listing::is_complete(&one_rule_less, "es_test", &expected),
-        Ok(false)
-    );
-    let no_chain = without(&|o| o["chain"]["name"] != "input");
-    assert_eq!(
-        listing::is_complete(&no_chain, "es_test", &expected),
-        Ok(false)
-    );
-    let no_set = without(&|o| o["set"]["name"] != "clients6_down");
-    assert_eq!(
-        listing::is_complete(&no_set, "es_test", &expected),
-        Ok(false)
-    );
-    // A table from before the quota maps: install again.
-    let no_map = without(&|o| o["map"]["name"] != "quota6_down");
-    assert_eq!(
-        listing::is_complete(&no_map, "es_test", &expected),
-        Ok(false)
-    );
+    let incomplete: [(&str, &Keep); 5] = [
+        // `nft flush table`: chains stay, rules go.
+        ("flushed", &|o| o.get("rule").is_none()),
+        ("one rule less", &|o| o["rule"]["chain"] != "postrouting"),
+        ("no chain", &|o| o["chain"]["name"] != "input"),
+        ("no set", &|o| o["set"]["name"] != "clients6_down"),
+        // A table from before the quota maps: install again.
+        ("no map", &|o| o["map"]["name"] != "quota6_down"),
+    ];
+    for (what, keep) in incomplete {
+        assert_eq!(
+            listing::is_complete(&without(keep), "es_test", &expected),
+            Ok(false),
+            "{what}"
+        );
+    }
     assert!(listing::is_complete("not json", "es_test", &expected).is_err());
 
     let tables = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": "ip", "name": "es_test", "handle": 1}}, {"table": {"family": "inet", "name": "mine", "handle": 2}}]}"#;
@@ -983,23 +960,13 @@ fn memory_firewall_models_the_kernel_table() {
 
     assert!(probe.set_counters(&client4(), 1_000, 20_000));
     assert!(probe.set_packets(&client4(), 10, 20));
-    let unknown = Client {
-        mac: mac("02:00:00:00:00:99"),
-        ip: ip("10.0.0.99"),
-    };
+    let unknown = device("02:00:00:00:00:99", "10.0.0.99");
     assert!(!probe.set_counters(&unknown, 1, 1));
     let clients = firewall.clients().expect("clients");
     assert_eq!(clients.len(), 2);
     assert_eq!(
         clients[0],
-        ClientCounters {
-            client: client4(),
-            expires_in: Duration::from_secs(10),
-            up_bytes: 1_000,
-            up_packets: 10,
-            down_bytes: 20_000,
-            down_packets: 20,
-        }
+        counters(client4(), 10, (1_000, 10), (20_000, 20))
     );
 
     // install again keeps clients (sets are never flushed).
@@ -1023,26 +990,14 @@ fn memory_firewall_models_the_kernel_table() {
     assert_eq!(
         probe.calls(),
         vec![
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_secs(10)
-            },
+            allowed(client4(), Duration::from_secs(10)),
             Call::Install,
             Call::IsInstalled,
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_millis(9_200)
-            },
-            Call::Allow {
-                client: client6(),
-                timeout: Duration::from_secs(60)
-            },
+            allowed(client4(), Duration::from_millis(9_200)),
+            allowed(client6(), Duration::from_secs(60)),
             Call::Clients,
             Call::Install,
-            Call::Allow {
-                client: client4(),
-                timeout: Duration::from_secs(30)
-            },
+            allowed(client4(), Duration::from_secs(30)),
             Call::Clients,
             Call::Revoke(client6()),
             Call::Revoke(client6()),
@@ -1105,11 +1060,7 @@ fn firewalls_are_usable_as_trait_objects() {
 fn install_batch_adds_quota_maps_without_flushing_them() {
     let batch = rules::install_batch(&config());
     let verbs = verbs(&batch);
-    let maps: Vec<&Value> = verbs
-        .iter()
-        .filter(|(verb, kind, _)| *verb == "add" && *kind == "map")
-        .map(|(_, _, map)| *map)
-        .collect();
+    let maps: Vec<&Value> = objects(&verbs, "add", "map");
     assert_eq!(
         maps,
         [
@@ -1133,25 +1084,17 @@ fn install_batch_adds_quota_maps_without_flushing_them() {
 
 #[test]
 fn quota_rules_come_first_and_drop_once_used_up() {
-    let forward: Vec<rules::Rule> = rules::rules(&config())
-        .into_iter()
-        .filter(|r| r.chain == "forward")
-        .collect();
+    let forward = forward_rules();
     let lan =
         |dir: &str| json!({"match": {"op": "==", "left": {"meta": {"key": dir}}, "right": "lan0"}});
     let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
-    let mac_ip = |proto: &str| {
-        json!({"concat": [
-            {"payload": {"protocol": "ether", "field": "saddr"}},
-            {"payload": {"protocol": proto, "field": "saddr"}}]})
-    };
     let quota = |key: Value, map: &str| json!({"quota": {"map": {"key": key, "data": map}}});
     let drop = json!({"drop": null});
     assert_eq!(
         forward[0].expr,
         [
             lan("iifname"),
-            quota(mac_ip("ip"), "@quota4_up"),
+            quota(mac_and("ip"), "@quota4_up"),
             drop.clone()
         ]
     );
@@ -1171,7 +1114,7 @@ fn quota_rules_come_first_and_drop_once_used_up() {
         forward[2].expr,
         [
             lan("iifname"),
-            quota(mac_ip("ip6"), "@quota6_up"),
+            quota(mac_and("ip6"), "@quota6_up"),
             drop.clone()
         ]
     );
@@ -1227,41 +1170,23 @@ fn session_ids_become_plain_quota_names() {
 }
 
 fn other4() -> Client {
-    Client {
-        mac: mac("02:00:00:00:00:03"),
-        ip: ip("10.0.0.3"),
-    }
+    device("02:00:00:00:00:03", "10.0.0.3")
 }
 
 #[test]
 fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
     let existing = [
         // Ours from before: a device no longer in the session, and one still in it.
-        QuotaElement {
-            key: QuotaKey::Up(other4()),
-            quota: "q_s1".to_owned(),
-        },
-        QuotaElement {
-            key: QuotaKey::Down(other4().ip),
-            quota: "q_s1".to_owned(),
-        },
-        QuotaElement {
-            key: QuotaKey::Up(client4()),
-            quota: "q_s1".to_owned(),
-        },
+        element(QuotaKey::Up(other4()), "q_s1"),
+        element(QuotaKey::Down(other4().ip), "q_s1"),
+        element(QuotaKey::Up(client4()), "q_s1"),
         // The IPv6 client's IP counted against another session: it moves.
-        QuotaElement {
-            key: QuotaKey::Down(client6().ip),
-            quota: "q_s2".to_owned(),
-        },
+        element(QuotaKey::Down(client6().ip), "q_s2"),
         // Another session's device: left alone.
-        QuotaElement {
-            key: QuotaKey::Up(Client {
-                mac: mac("02:00:00:00:00:09"),
-                ip: ip("10.0.0.9"),
-            }),
-            quota: "q_s2".to_owned(),
-        },
+        element(
+            QuotaKey::Up(device("02:00:00:00:00:09", "10.0.0.9")),
+            "q_s2",
+        ),
     ];
     let batch = rules::set_quota_batch(
         "es_test",
@@ -1308,14 +1233,8 @@ fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
 #[test]
 fn clear_quota_batch_does_not_fail_on_an_absent_quota() {
     let existing = [
-        QuotaElement {
-            key: QuotaKey::Up(client4()),
-            quota: "q_s1".to_owned(),
-        },
-        QuotaElement {
-            key: QuotaKey::Down(client4().ip),
-            quota: "q_s2".to_owned(),
-        },
+        element(QuotaKey::Up(client4()), "q_s1"),
+        element(QuotaKey::Down(client4().ip), "q_s2"),
     ];
     let batch = rules::clear_quota_batch("es_test", "q_s1", &existing);
     assert_eq!(
@@ -1331,35 +1250,14 @@ fn clear_quota_batch_does_not_fail_on_an_absent_quota() {
 
 #[test]
 fn quota_batches_carry_input_only_as_typed_values() {
-    let client = Client {
-        mac: mac("AA-BB-CC-DD-EE-FF"),
-        ip: ip("10.0.0.2"),
-    };
-    let mut found = Vec::new();
-    strings(
-        &rules::set_quota_batch("es_test", "q_s-1", &[client], (5, 0), &[]),
-        &mut found,
-    );
-    let mut unusual: Vec<&String> = found
-        .iter()
-        .filter(|s| {
-            ![
-                "add",
-                "delete",
-                "inet",
-                "es_test",
-                "quota4_up",
-                "quota4_down",
-                "q_s-1",
-            ]
-            .contains(&s.as_str())
-        })
-        .collect();
-    unusual.sort();
-    unusual.dedup();
+    let client = device("AA-BB-CC-DD-EE-FF", "10.0.0.2");
+    let names = ["quota4_up", "quota4_down", "q_s-1"];
     assert_eq!(
-        unusual,
-        [&"10.0.0.2".to_owned(), &"aa:bb:cc:dd:ee:ff".to_owned()]
+        unusual_strings(
+            &rules::set_quota_batch("es_test", "q_s-1", &[client], (5, 0), &[]),
+            &names
+        ),
+        ["10.0.0.2", "aa:bb:cc:dd:ee:ff"]
     );
 }
 
@@ -1372,22 +1270,13 @@ const LIST_QUOTAS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "re
 fn captured_quota_listings_are_read() {
     assert_eq!(
         listing::quota_map_elements(LIST_QUOTA4_UP, "quota4_up"),
-        Ok(vec![QuotaElement {
-            key: QuotaKey::Up(client4()),
-            quota: "q_s1".to_owned()
-        }])
+        Ok(vec![element(QuotaKey::Up(client4()), "q_s1")])
     );
     assert_eq!(
         listing::quota_map_elements(LIST_QUOTA6_DOWN, "quota6_down"),
         Ok(vec![
-            QuotaElement {
-                key: QuotaKey::Down(ip("fd00:66::2")),
-                quota: "q_s1".to_owned()
-            },
-            QuotaElement {
-                key: QuotaKey::Down(ip("fd00:66::3")),
-                quota: "q_s2".to_owned()
-            }
+            element(QuotaKey::Down(ip("fd00:66::2")), "q_s1"),
+            element(QuotaKey::Down(ip("fd00:66::3")), "q_s2")
         ])
     );
     assert_eq!(
@@ -1501,10 +1390,7 @@ fn memory_firewall_models_session_quotas() {
 
 #[test]
 fn mid_connection_tcp_of_clients_no_longer_allowed_is_reset_and_nothing_else_is() {
-    let forward: Vec<rules::Rule> = rules::rules(&config())
-        .into_iter()
-        .filter(|r| r.chain == "forward")
-        .collect();
+    let forward = forward_rules();
     let n = forward.len();
     let reset = |dir: &str| {
         json!([

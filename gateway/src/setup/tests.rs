@@ -145,18 +145,27 @@ fn a_passphrase_makes_wpa2_and_a_private_file() {
     }
 }
 
+/// `text` as the file at `path`, as the machine has it.
+fn put(detected: &mut Detected, path: &str, text: &str) {
+    detected.files.insert(path.into(), text.to_owned());
+}
+
+/// A Pi with `stack` whose file at `path` holds `existing`, and the café's plan for it.
+fn planned_over(stack: Stack, path: &str, existing: &str) -> (Detected, Plan) {
+    let mut detected = pi(stack);
+    put(&mut detected, path, existing);
+    let plan = plan(&detected, &cafe()).unwrap();
+    (detected, plan)
+}
+
 fn plan_err(detected: &Detected, request: &Request) -> SetupError {
     plan(detected, request).unwrap_err()
 }
 
 #[test]
 fn bullseye_gets_a_dhcpcd_block_that_a_second_run_replaces() {
-    let mut detected = pi(Stack::Dhcpcd);
     let original = "hostname\nclientid\n# a comment\n";
-    detected
-        .files
-        .insert(DHCPCD_CONF.into(), original.to_owned());
-    let first = plan(&detected, &cafe()).unwrap();
+    let (mut detected, first) = planned_over(Stack::Dhcpcd, DHCPCD_CONF, original);
     let conf = text(&first, DHCPCD_CONF).to_owned();
     assert!(conf.starts_with(original));
     assert!(conf.contains("interface wlan0\n    static ip_address=10.66.0.1/24\n"));
@@ -179,12 +188,8 @@ fn bullseye_gets_a_dhcpcd_block_that_a_second_run_replaces() {
 
 #[test]
 fn gateway_toml_keeps_what_is_there_and_fills_in_the_interfaces() {
-    let mut detected = pi(Stack::Ifupdown);
     let existing = "# my gateway\n[lan]\ninterface = \"wlan0\" # the AP\n\n[portal]\nport = 8081\n\n[codes]\nsource = \"local\"\n";
-    detected
-        .files
-        .insert(GATEWAY_TOML.into(), existing.to_owned());
-    let plan = plan(&detected, &cafe()).unwrap();
+    let (mut detected, plan) = planned_over(Stack::Ifupdown, GATEWAY_TOML, existing);
     let toml_text = text(&plan, GATEWAY_TOML);
     assert!(toml_text.starts_with("# my gateway\n[lan]\ninterface = \"wlan0\" # the AP\n"));
     let config: crate::config::GatewayConfig = toml::from_str(toml_text).unwrap();
@@ -195,9 +200,7 @@ fn gateway_toml_keeps_what_is_there_and_fills_in_the_interfaces() {
     assert_eq!(plan.portal_port, 8081);
     assert!(text(&plan, DNSMASQ_CONF).contains("http://10.66.0.1:8081/captive-portal/api"));
 
-    detected
-        .files
-        .insert(GATEWAY_TOML.into(), "[lan\n".to_owned());
+    put(&mut detected, GATEWAY_TOML, "[lan\n");
     assert!(matches!(
         plan_err(&detected, &cafe()),
         SetupError::GatewayToml(_)

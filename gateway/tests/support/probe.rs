@@ -427,7 +427,13 @@ fn read_until_stall(stream: &mut TcpStream) -> (u64, bool) {
     }
 }
 
-fn tcp_sink(bind: SocketAddr, reply_bytes: u64, stall: Duration) -> i32 {
+/// Binds `bind`, reports it ready, and hands each accepted connection (with its peer and the
+/// listening address) to `serve` on a thread of its own; returns only when binding or
+/// accepting fails.
+fn accept_each(
+    bind: SocketAddr,
+    serve: impl Fn(TcpStream, SocketAddr, SocketAddr) + Copy + Send + 'static,
+) -> i32 {
     let listener = match TcpListener::bind(bind) {
         Ok(listener) => listener,
         Err(e) => return failed("bind", e),
@@ -435,24 +441,28 @@ fn tcp_sink(bind: SocketAddr, reply_bytes: u64, stall: Duration) -> i32 {
     let local = listener.local_addr().unwrap_or(bind);
     report(&Event::Ready { local });
     loop {
-        let (mut stream, peer) = match listener.accept() {
+        let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => return failed("accept", e),
         };
-        std::thread::spawn(move || {
-            let _ = stream.set_read_timeout(Some(stall));
-            let _ = stream.set_write_timeout(Some(stall));
-            let (received, eof) = read_until_stall(&mut stream);
-            let sent = write_until_stall(&mut stream, reply_bytes);
-            let _ = stream.shutdown(Shutdown::Write);
-            report(&Event::Transferred {
-                peer,
-                sent,
-                received,
-                eof,
-            });
-        });
+        std::thread::spawn(move || serve(stream, peer, local));
     }
+}
+
+fn tcp_sink(bind: SocketAddr, reply_bytes: u64, stall: Duration) -> i32 {
+    accept_each(bind, move |mut stream, peer, _| {
+        let _ = stream.set_read_timeout(Some(stall));
+        let _ = stream.set_write_timeout(Some(stall));
+        let (received, eof) = read_until_stall(&mut stream);
+        let sent = write_until_stall(&mut stream, reply_bytes);
+        let _ = stream.shutdown(Shutdown::Write);
+        report(&Event::Transferred {
+            peer,
+            sent,
+            received,
+            eof,
+        });
+    })
 }
 
 fn tcp_transfer(to: SocketAddr, bytes: u64, connect_timeout: Duration, stall: Duration) -> i32 {
@@ -499,39 +509,27 @@ fn drain(stream: &mut TcpStream) -> io::Result<u64> {
 }
 
 fn tcp_listen(bind: SocketAddr, reply_bytes: u64) -> i32 {
-    let listener = match TcpListener::bind(bind) {
-        Ok(listener) => listener,
-        Err(e) => return failed("bind", e),
-    };
-    let local = listener.local_addr().unwrap_or(bind);
-    report(&Event::Ready { local });
-    loop {
-        let (mut stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) => return failed("accept", e),
-        };
-        std::thread::spawn(move || {
-            let local = stream.local_addr().unwrap_or(local);
-            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-            let outcome = drain(&mut stream).and_then(|received| {
-                let sent = write_bytes(&mut stream, reply_bytes)?;
-                stream.shutdown(Shutdown::Write)?;
-                Ok((received, sent))
-            });
-            match outcome {
-                Ok((received, sent)) => report(&Event::Accepted {
-                    peer,
-                    local,
-                    received,
-                    sent,
-                }),
-                Err(e) => {
-                    failed("serve", e);
-                }
-            }
+    accept_each(bind, move |mut stream, peer, listening| {
+        let local = stream.local_addr().unwrap_or(listening);
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        let outcome = drain(&mut stream).and_then(|received| {
+            let sent = write_bytes(&mut stream, reply_bytes)?;
+            stream.shutdown(Shutdown::Write)?;
+            Ok((received, sent))
         });
-    }
+        match outcome {
+            Ok((received, sent)) => report(&Event::Accepted {
+                peer,
+                local,
+                received,
+                sent,
+            }),
+            Err(e) => {
+                failed("serve", e);
+            }
+        }
+    })
 }
 
 fn udp_echo(bind: SocketAddr) -> i32 {
