@@ -94,18 +94,20 @@ impl State {
     /// for its counter to be read (the plan says so): the counters are read first, which
     /// books its last bytes.
     pub(super) fn enforce(&mut self, now: Millis, store: Option<&CodeStore>) {
-        let mut plan = self.kernel.plan(&self.desired(), now);
+        let mut desired = self.desired();
+        let mut plan = self.kernel.plan(&desired, now);
         if plan.needs_reading {
             self.settle(now, store);
             // The reading may have ended sessions (and enforced them already).
-            plan = self.kernel.plan(&self.desired(), now);
+            desired = self.desired();
+            plan = self.kernel.plan(&desired, now);
         }
         if plan.needs_reading {
             tracing::warn!(
                 "the kernel counters could not be read: clients to cut off stay until the next tick"
             );
         }
-        self.carry_out(plan, now);
+        self.carry_out(plan, &desired, now);
     }
 
     /// Applies a plan as netlink batches of up to [`BATCH_CHANGES`] changes, each atomic (a
@@ -114,7 +116,7 @@ impl State {
     /// that fails is logged and planned again at the next tick. The connections of clients
     /// taken out are reset after the quotas are set: a used-up quota still in place would
     /// drop the challenge ACKs that bring the resets.
-    fn carry_out(&mut self, plan: Plan, now: Millis) {
+    fn carry_out(&mut self, plan: Plan, desired: &Desired, now: Millis) {
         if plan.is_empty() {
             return;
         }
@@ -142,8 +144,9 @@ impl State {
                 Err(err) => log_refused(&batch[0], &err),
             }
         }
-        self.end_connections(&cut);
-        self.meters_follow_clients();
+        self.end_connections(&cut, desired);
+        self.meters
+            .follow(desired.allowed.keys().copied().collect());
     }
 
     /// A step of a plan the kernel took.
@@ -156,15 +159,14 @@ impl State {
     }
 
     /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). A
-    /// client allowed again meanwhile is left alone.
-    fn end_connections(&self, clients: &[Client]) {
+    /// client the sessions allow again (`desired`, as the plan was made) is left alone.
+    fn end_connections(&self, clients: &[Client], desired: &Desired) {
         let Some(cutoff) = self.cutoff.as_ref().filter(|_| !clients.is_empty()) else {
             return;
         };
-        let allowed: HashSet<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
         let ips: Vec<IpAddr> = clients
             .iter()
-            .filter(|c| !allowed.contains(c))
+            .filter(|c| !desired.allowed.contains_key(c))
             .map(|c| c.ip)
             .collect();
         if ips.is_empty() {
