@@ -298,7 +298,7 @@ mod tests {
                 .state(wall);
             assert_eq!(
                 (
-                    portal == crate::codes::Verdict::UsedUp,
+                    portal == crate::codes::Verdict::Refused(crate::refusal::Refusal::UsedUp),
                     listed == CodeState::UsedUp
                 ),
                 (is_used_up, is_used_up),

@@ -21,24 +21,19 @@ use serde::{Deserialize, Serialize};
 use crate::core::Grant;
 use crate::net::{LARGEST_PACKET, Millis};
 use crate::own_codes::{OwnCode, OwnCodes, OwnCodesFile};
+use crate::refusal::Refusal;
 
 /// What a code source says about a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Granted(Grant),
-    Invalid,
-    Expired,
-    UsedUp,
-    Revoked,
-    /// Another account's code, on a gateway that does not serve them
-    /// (`codes.serve_other_accounts` off).
-    NotOurs,
+    /// Invalid, expired, used up, revoked; another account's on a gateway that does not
+    /// serve them ([`Refusal::NotOurs`]); or, with the backend unreachable, not in the
+    /// provider's last code list ([`Refusal::Unlisted`]: another account's, or made since).
+    Refused(Refusal),
     /// The backend is unreachable, and the provider's last code list has this code: what
     /// it may carry depends on this gateway's usage of it (see [`crate::own_codes`]).
     Offline(OwnCode),
-    /// The backend is unreachable and its last list does not have this code (another
-    /// account's, or made since): it cannot be checked now.
-    OfflineUnlisted,
     /// The source could not be asked (backend down, misconfigured account); the reason is
     /// for the log, not for the consumer.
     Unreachable(String),
@@ -257,10 +252,10 @@ impl CodeStore {
             Err(e) => return Verdict::Unreachable(e.to_string()),
         };
         match codes.into_iter().find(|c| &c.code == code) {
-            None => Verdict::Invalid,
-            Some(c) if c.revoked => Verdict::Revoked,
-            Some(c) if c.expires_at <= now => Verdict::Expired,
-            Some(c) if used_up(c.remaining_bytes()) => Verdict::UsedUp,
+            None => Verdict::Refused(Refusal::Invalid),
+            Some(c) if c.revoked => Verdict::Refused(Refusal::Revoked),
+            Some(c) if c.expires_at <= now => Verdict::Refused(Refusal::Expired),
+            Some(c) if used_up(c.remaining_bytes()) => Verdict::Refused(Refusal::UsedUp),
             Some(c) => Verdict::Granted(Grant {
                 remaining_bytes: c.remaining_bytes(),
                 expires_at: Some(c.expires_at),
@@ -484,7 +479,7 @@ impl BackendCodes {
                 tracing::info!(error = %err, "cannot check a code with the backend: the provider's last code list decides");
                 return match self.own().find(code) {
                     Some(own) => Verdict::Offline(own.clone()),
-                    None => Verdict::OfflineUnlisted,
+                    None => Verdict::Refused(Refusal::Unlisted),
                 };
             }
             Err(err) => return refusal(err),
@@ -492,7 +487,7 @@ impl BackendCodes {
         let remaining_bytes = authorized.remaining_bytes();
         if used_up(remaining_bytes) {
             // The backend says ok to a code with nothing left; a gateway must not.
-            return Verdict::UsedUp;
+            return Verdict::Refused(Refusal::UsedUp);
         }
         let listed = self.client.list_codes().await;
         self.link.heard(&listed, now);
@@ -516,7 +511,7 @@ impl BackendCodes {
             Some(expire_at_ms) => {
                 grant_before_expiry(code, remaining_bytes, expire_at_ms, self.expiry_margin, now)
             }
-            None if !self.serve_other_accounts => Verdict::NotOurs,
+            None if !self.serve_other_accounts => Verdict::Refused(Refusal::NotOurs),
             None => {
                 tracing::info!(
                     code = %redact(code.as_str()),
@@ -562,7 +557,7 @@ pub(crate) fn grant_before_expiry(
     let margin = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX);
     let expires_at = expire_at_ms.map(|at| Millis(at.saturating_sub(margin)));
     if expires_at.is_some_and(|at| at <= now) {
-        return Verdict::Expired;
+        return Verdict::Refused(Refusal::Expired);
     }
     Verdict::Granted(Grant {
         code: code.clone(),
@@ -583,8 +578,8 @@ fn usable_id(id: &str) -> bool {
 fn refusal(err: BackendError) -> Verdict {
     match err.rejection() {
         // An expired code answers 400 "Code expired" until the database deletes it, then 404.
-        Some(Rejection::NotFound) => Verdict::Invalid,
-        Some(Rejection::CodeExpired) => Verdict::Expired,
+        Some(Rejection::NotFound) => Verdict::Refused(Refusal::Invalid),
+        Some(Rejection::CodeExpired) => Verdict::Refused(Refusal::Expired),
         _ => {
             tracing::warn!(error = %err, "cannot check a code with the backend");
             Verdict::Unreachable(err.to_string())
@@ -628,10 +623,10 @@ mod tests {
         );
         assert_eq!(
             granted(Some(115_000)),
-            Verdict::Expired,
+            Verdict::Refused(Refusal::Expired),
             "inside the margin"
         );
-        assert_eq!(granted(Some(90_000)), Verdict::Expired);
+        assert_eq!(granted(Some(90_000)), Verdict::Refused(Refusal::Expired));
         assert_eq!(
             granted(None),
             Verdict::Granted(Grant {
@@ -687,16 +682,22 @@ mod tests {
         let made = store.create(1000, Duration::from_secs(60), 3, now).unwrap();
         assert_eq!(
             store.check(&AccessCode::parse("ZZZZ9999").unwrap(), now),
-            Verdict::Invalid
+            Verdict::Refused(Refusal::Invalid)
         );
         assert_eq!(
             store.check(&made[0].code, Millis(1_060_000)),
-            Verdict::Expired
+            Verdict::Refused(Refusal::Expired)
         );
         store.revoke(&made[1].code).unwrap();
-        assert_eq!(store.check(&made[1].code, now), Verdict::Revoked);
+        assert_eq!(
+            store.check(&made[1].code, now),
+            Verdict::Refused(Refusal::Revoked)
+        );
         store.record_usage(&[(made[2].code.clone(), 1000)]).unwrap();
-        assert_eq!(store.check(&made[2].code, now), Verdict::UsedUp);
+        assert_eq!(
+            store.check(&made[2].code, now),
+            Verdict::Refused(Refusal::UsedUp)
+        );
         assert!(matches!(
             store.revoke(&AccessCode::parse("ZZZZ9999").unwrap()),
             Err(StoreError::NotFound(_))
@@ -743,7 +744,7 @@ mod tests {
 
     /// Other accounts' codes are refused by default, served (flagged, re-checkable) with
     /// `serve_other_accounts`; with the backend unreachable the provider's kept list
-    /// decides (own codes [`Verdict::Offline`], others [`Verdict::OfflineUnlisted`]), the
+    /// decides (own codes [`Verdict::Offline`], others [`Refusal::Unlisted`]), the
     /// link says since when, and the kept list survives a restart (a new `BackendCodes`).
     #[tokio::test]
     async fn other_accounts_codes_and_the_kept_list_when_the_backend_is_down() {
@@ -789,7 +790,10 @@ mod tests {
             )
         };
         let now = Millis::now();
-        assert_eq!(gateway(false).check(&foreign, now).await, Verdict::NotOurs);
+        assert_eq!(
+            gateway(false).check(&foreign, now).await,
+            Verdict::Refused(Refusal::NotOurs)
+        );
         let serving = gateway(true);
         match serving.check(&foreign, now).await {
             Verdict::Granted(grant) => {
@@ -846,7 +850,7 @@ mod tests {
         }
         assert_eq!(
             after_restart.check(&foreign, before).await,
-            Verdict::OfflineUnlisted
+            Verdict::Refused(Refusal::Unlisted)
         );
         assert!(
             after_restart

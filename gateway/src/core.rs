@@ -60,6 +60,7 @@ use edgeshare_shared::code::AccessCode;
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Client, Mac, Millis};
+use crate::refusal::Refusal;
 
 /// How long an ended code is refused at most when the code itself expires later (or never):
 /// by then the ledger has long reported the session's usage to the backend.
@@ -114,22 +115,6 @@ pub struct Grant {
     /// the shell asks the backend about it again while its session lasts
     /// ([`Core::other_account_codes`]).
     pub other_account: bool,
-}
-
-/// Why a code the source accepted is refused all the same; the text is fit for a consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
-#[serde(rename_all = "snake_case")]
-pub enum Refusal {
-    #[error("This code has no data left.")]
-    UsedUp,
-    #[error("This code has expired.")]
-    Expired,
-    #[error("This code has been cancelled.")]
-    Revoked,
-    /// The code's session counts for another account, or for none: a code is billed as
-    /// one, so it counts for one account (see the module documentation).
-    #[error("This code is in use with another account, or without one.")]
-    OtherAccount,
 }
 
 /// Why a device lost access, or why a session ended.

@@ -4,7 +4,8 @@
 //! - [`firewall`]: the nftables table that enforces it, behind a trait with an in-memory fake;
 //!   [`reconcile`]: the plan of kernel changes that makes it hold what the sessions allow;
 //!   [`forwarding`]: the kernel's forwarding switches the daemon turns on once it is in place.
-//! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908.
+//! - [`portal`]: the HTTP portal consumers meet, OS captive probes, RFC 8908; [`refusal`]:
+//!   why a device is not let in, one type from the code's check to the portal's page.
 //! - [`codes`]: where codes are checked (the backend, or a local store); [`code_book`]: where
 //!   a provider makes, lists and revokes them (the CLI and the dashboard); [`own_codes`]: the
 //!   provider's code list kept for when the backend is unreachable.
@@ -41,6 +42,7 @@ mod netlink;
 pub mod own_codes;
 pub mod portal;
 pub mod reconcile;
+pub mod refusal;
 pub mod report;
 pub mod setup;
 pub mod vouchers;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::{Verdict, grant_before_expiry};
 use crate::net::Millis;
+use crate::refusal::Refusal;
 
 /// One of the provider's codes as the list gave it, with this gateway's usage of it then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +103,7 @@ pub fn offline_verdict(entry: &OwnCode, used_here: u64, margin: Duration, now: M
         margin,
         now,
     ) {
-        Verdict::Granted(_) if left == 0 => Verdict::UsedUp,
+        Verdict::Granted(_) if left == 0 => Verdict::Refused(Refusal::UsedUp),
         verdict => verdict,
     }
 }
@@ -184,7 +185,10 @@ mod tests {
         assert_eq!(granted(offline_verdict(&e, 100, MARGIN, Millis(0))), 600);
         // 150 more used here after the list was read: not in it.
         assert_eq!(granted(offline_verdict(&e, 250, MARGIN, Millis(0))), 450);
-        assert_eq!(offline_verdict(&e, 700, MARGIN, Millis(0)), Verdict::UsedUp);
+        assert_eq!(
+            offline_verdict(&e, 700, MARGIN, Millis(0)),
+            Verdict::Refused(Refusal::UsedUp)
+        );
     }
 
     #[test]
@@ -204,11 +208,11 @@ mod tests {
         }
         assert_eq!(
             offline_verdict(&e, 0, MARGIN, Millis(85_000)),
-            Verdict::Expired
+            Verdict::Refused(Refusal::Expired)
         );
         assert_eq!(
             offline_verdict(&entry(10, 0, 0, Some(1)), 0, MARGIN, Millis(5)),
-            Verdict::Expired,
+            Verdict::Refused(Refusal::Expired),
             "expired before used up"
         );
     }
@@ -286,7 +290,7 @@ mod tests {
                     prop_assert!(grant.remaining_bytes > 0);
                     grant.remaining_bytes
                 }
-                Verdict::UsedUp => 0,
+                Verdict::Refused(Refusal::UsedUp) => 0,
                 other => return Err(TestCaseError::fail(format!("{other:?}"))),
             };
             if elsewhere == 0 || unreported_at_sync == 0 {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
+use edgeshare_gateway::refusal::Refusal;
 use edgeshare_shared::code::AccessCode;
 use edgeshare_shared::secret::Secret;
 use edgeshare_shared::supervisor::{Stopped, Supervisor};
@@ -54,7 +55,7 @@ impl FakeGate {
     fn new() -> Self {
         FakeGate {
             online: Mutex::new(HashMap::new()),
-            next: Mutex::new(Redeem::Invalid),
+            next: Mutex::new(Err(Refusal::Invalid)),
             delay: Mutex::new(Duration::ZERO),
             redeemed: Mutex::new(Vec::new()),
             accounts_given: Mutex::new(Vec::new()),
@@ -86,7 +87,7 @@ impl Gate for FakeGate {
             .unwrap()
             .push((ip, code.as_str().to_owned()));
         let outcome = *self.next.lock().unwrap();
-        if let Redeem::Online(status) = outcome {
+        if let Ok(status) = outcome {
             self.set_online(ip, Some(status));
         }
         outcome
@@ -513,39 +514,44 @@ async fn each_redemption_outcome_has_its_page() {
     // (outcome, status, text in the alert, Retry-After)
     let cases = [
         (
-            Redeem::Invalid,
+            Err(Refusal::Invalid),
             StatusCode::FORBIDDEN,
             "That code is not valid",
             None,
         ),
-        (Redeem::Expired, StatusCode::FORBIDDEN, "has expired", None),
         (
-            Redeem::UsedUp,
+            Err(Refusal::Expired),
+            StatusCode::FORBIDDEN,
+            "has expired",
+            None,
+        ),
+        (
+            Err(Refusal::UsedUp),
             StatusCode::FORBIDDEN,
             "data is used up",
             None,
         ),
         (
-            Redeem::Revoked,
+            Err(Refusal::Revoked),
             StatusCode::FORBIDDEN,
             "cancelled by the Wi-Fi provider",
             None,
         ),
         (
-            Redeem::BackendUnreachable,
+            Err(Refusal::BackendUnreachable),
             StatusCode::SERVICE_UNAVAILABLE,
             "Can't check codes right now — the provider's connection to the code service is \
              down; try again in a minute",
             Some("60"),
         ),
         (
-            Redeem::UnknownDevice,
+            Err(Refusal::UnknownDevice),
             StatusCode::CONFLICT,
             "Reconnect to the Wi-Fi and try again",
             None,
         ),
         (
-            Redeem::Internal,
+            Err(Refusal::Internal),
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
             None,
@@ -560,7 +566,7 @@ async fn each_redemption_outcome_has_its_page() {
         // What was typed comes back, for fixing a typo.
         assert!(reply.body.contains("value=\"abcd-2345\""), "{outcome:?}");
         assert!(reply.body.contains("aria-invalid=\"true\""));
-        if let (Some(dir), Redeem::Invalid) = (&pages, outcome) {
+        if let (Some(dir), Err(Refusal::Invalid)) = (&pages, outcome) {
             std::fs::write(dir.join("error.html"), &reply.body).unwrap();
         }
     }
@@ -573,7 +579,7 @@ async fn each_redemption_outcome_has_its_page() {
             .all(|(ip, code)| *ip == LOCALHOST && code == "ABCD2345")
     );
 
-    portal.gate.script(Redeem::Online(STATUS));
+    portal.gate.script(Ok(STATUS));
     let reply = portal.post_code(&portal.http, "ABCD 2345").await;
     reply.assert_page(StatusCode::OK, "Your code was accepted");
     assert!(reply.body.contains("<dd>512 MB</dd>"));
@@ -619,7 +625,7 @@ async fn malformed_codes_are_explained_and_escaped() {
 
     // Malformed codes never reached the gate and did not count as guesses.
     assert!(portal.gate.redeemed.lock().unwrap().is_empty());
-    portal.gate.script(Redeem::Invalid);
+    portal.gate.script(Err(Refusal::Invalid));
     let reply = portal.post_code(&portal.http, "ABCD2345").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     portal.stop().await;
@@ -632,7 +638,7 @@ async fn too_many_wrong_codes_are_refused_with_a_wait() {
         settings.global_attempts = 4;
     })
     .await;
-    portal.gate.script(Redeem::Invalid);
+    portal.gate.script(Err(Refusal::Invalid));
     for _ in 0..4 {
         let reply = portal.post_code(&portal.http, "ABCD2345").await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
@@ -681,9 +687,9 @@ async fn too_many_wrong_codes_are_refused_with_a_wait() {
 async fn successes_and_outages_do_not_count_as_guesses() {
     let portal = start(|settings| settings.per_device_attempts = 2).await;
     for outcome in [
-        Redeem::Online(STATUS),
-        Redeem::BackendUnreachable,
-        Redeem::UnknownDevice,
+        Ok(STATUS),
+        Err(Refusal::BackendUnreachable),
+        Err(Refusal::UnknownDevice),
     ] {
         portal.gate.script(outcome);
         for _ in 0..4 {
@@ -738,7 +744,7 @@ async fn the_account_fields_are_offered_only_where_accounts_are() {
 #[tokio::test]
 async fn a_consumer_signs_in_with_the_code() {
     let portal = start_with_accounts(|_| {}).await;
-    portal.gate.script(Redeem::Online(STATUS));
+    portal.gate.script(Ok(STATUS));
     let reply = portal
         .post_account("abcd 2345", &format!(" {EMAIL} "), PASSWORD)
         .await;
@@ -778,25 +784,25 @@ async fn each_account_outcome_has_its_page() {
     // (outcome, status, text in the alert, Retry-After)
     let cases = [
         (
-            Redeem::WrongAccount,
+            Err(Refusal::WrongAccount),
             StatusCode::FORBIDDEN,
             "Wrong email or password",
             None,
         ),
         (
-            Redeem::NotConsumer,
+            Err(Refusal::NotConsumer),
             StatusCode::FORBIDDEN,
             "provider&#39;s or administrator&#39;s account",
             None,
         ),
         (
-            Redeem::AccountUnreachable,
+            Err(Refusal::AccountUnreachable),
             StatusCode::SERVICE_UNAVAILABLE,
             "Can&#39;t check your account right now",
             Some("60"),
         ),
         (
-            Redeem::OtherAccount,
+            Err(Refusal::OtherAccount),
             StatusCode::CONFLICT,
             "already in use on this Wi-Fi with another account, or without one",
             None,
@@ -811,7 +817,7 @@ async fn each_account_outcome_has_its_page() {
         portal.gate.script(outcome);
         let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
         reply.assert_alert(status, text);
-        if let (Some(dir), Redeem::WrongAccount) = (&pages, outcome) {
+        if let (Some(dir), Err(Refusal::WrongAccount)) = (&pages, outcome) {
             std::fs::write(dir.join("error-account.html"), &reply.body).unwrap();
         }
         assert_eq!(reply.header(RETRY_AFTER), retry, "{outcome:?}");
@@ -839,9 +845,9 @@ async fn each_account_outcome_has_its_page() {
 async fn wrong_passwords_count_as_guesses() {
     let portal = start_with_accounts(|settings| settings.per_device_attempts = 3).await;
     for outcome in [
-        Redeem::NotConsumer,
-        Redeem::AccountUnreachable,
-        Redeem::OtherAccount,
+        Err(Refusal::NotConsumer),
+        Err(Refusal::AccountUnreachable),
+        Err(Refusal::OtherAccount),
     ] {
         portal.gate.script(outcome);
         for _ in 0..4 {
@@ -849,7 +855,7 @@ async fn wrong_passwords_count_as_guesses() {
             assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{outcome:?}");
         }
     }
-    portal.gate.script(Redeem::WrongAccount);
+    portal.gate.script(Err(Refusal::WrongAccount));
     let tried = portal.gate.redeemed.lock().unwrap().len();
     for _ in 0..3 {
         let reply = portal.post_account("ABCD2345", EMAIL, PASSWORD).await;
@@ -890,7 +896,7 @@ async fn account_fields_are_both_or_neither_and_refused_where_there_are_no_accou
 
     // Local codes: no accounts; a form that carries one anyway is refused, not ignored.
     let local = start(|_| {}).await;
-    local.gate.script(Redeem::Online(STATUS));
+    local.gate.script(Ok(STATUS));
     let reply = local.post_account("ABCD2345", EMAIL, PASSWORD).await;
     reply.assert_alert(
         StatusCode::BAD_REQUEST,
@@ -1062,7 +1068,7 @@ async fn rfc_8908_api_both_ways() {
 #[tokio::test]
 async fn a_dropped_login_still_completes_in_the_gate() {
     let portal = start(|_| {}).await;
-    portal.gate.script(Redeem::Online(STATUS));
+    portal.gate.script(Ok(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(300);
     let stream = portal.raw_login().await;
     // Hang up while the gate is still working.
@@ -1086,7 +1092,7 @@ async fn a_dropped_login_still_completes_in_the_gate() {
 #[tokio::test]
 async fn at_the_stop_a_login_in_flight_is_answered_and_every_connection_joined() {
     let portal = start(|_| {}).await;
-    portal.gate.script(Redeem::Online(STATUS));
+    portal.gate.script(Ok(STATUS));
     *portal.gate.delay.lock().unwrap() = Duration::from_millis(500);
     let mut login = portal.raw_login().await;
     let mut trickling = TcpStream::connect(portal.addr).await.unwrap();
@@ -1179,7 +1185,7 @@ async fn logging_in_closes_the_devices_other_connections() {
     let other_socket = tokio::net::TcpSocket::new_v4().unwrap();
     other_socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let other_device = other_socket.connect(server.addr).await.unwrap();
-    server.gate.script(Redeem::Online(STATUS));
+    server.gate.script(Ok(STATUS));
     let reply = server.post_code(&server.http, "ABCD2345").await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -1244,7 +1250,7 @@ async fn accept_language_picks_the_pages_language() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("<html lang=\"en\">"), "{raw}");
     // Errors too.
-    portal.gate.script(Redeem::Expired);
+    portal.gate.script(Err(Refusal::Expired));
     let reply = Reply::from(
         portal
             .http

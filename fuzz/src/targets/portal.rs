@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use edgeshare_gateway::net::Mac;
 use edgeshare_gateway::portal::{self, Account, ClientStatus, Gate, PortalSettings, Redeem};
+use edgeshare_gateway::refusal::Refusal;
 use edgeshare_shared::code::AccessCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
@@ -45,23 +46,23 @@ impl Gate for FuzzGate {
     async fn redeem(&self, _ip: IpAddr, code: AccessCode, account: Option<Account>) -> Redeem {
         if account.is_some() {
             return match code.as_str().as_bytes().get(1).copied().unwrap_or(0) % 5 {
-                0 => Redeem::Online(STATUS),
-                1 => Redeem::WrongAccount,
-                2 => Redeem::NotConsumer,
-                3 => Redeem::AccountUnreachable,
-                _ => Redeem::OtherAccount,
+                0 => Ok(STATUS),
+                1 => Err(Refusal::WrongAccount),
+                2 => Err(Refusal::NotConsumer),
+                3 => Err(Refusal::AccountUnreachable),
+                _ => Err(Refusal::OtherAccount),
             };
         }
         match code.as_str().bytes().next().unwrap_or(0) % 9 {
-            0 => Redeem::Online(STATUS),
-            1 => Redeem::Invalid,
-            2 => Redeem::Expired,
-            3 => Redeem::UsedUp,
-            4 => Redeem::Revoked,
-            5 => Redeem::NotOurs,
-            6 => Redeem::BackendUnreachable,
-            7 => Redeem::UnknownDevice,
-            _ => Redeem::Online(ClientStatus {
+            0 => Ok(STATUS),
+            1 => Err(Refusal::Invalid),
+            2 => Err(Refusal::Expired),
+            3 => Err(Refusal::UsedUp),
+            4 => Err(Refusal::Revoked),
+            5 => Err(Refusal::NotOurs),
+            6 => Err(Refusal::BackendUnreachable),
+            7 => Err(Refusal::UnknownDevice),
+            _ => Ok(ClientStatus {
                 code_expires: false,
                 ..STATUS
             }),
@@ -517,7 +518,7 @@ mod tests {
              application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        // 'B' picks `Redeem::Revoked`.
+        // 'B' picks `Err(Refusal::Revoked)`.
         assert_eq!(portal.statuses(login.as_bytes()), Ok(vec![403]));
         let two = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\nPUT / HTTP/1.1\r\n\r\n";
         assert!(!portal.statuses(two).unwrap().is_empty());

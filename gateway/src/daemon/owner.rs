@@ -20,7 +20,7 @@ use edgeshare_shared::control::Flows;
 use edgeshare_shared::systemd::Notifier;
 use tokio::sync::oneshot;
 
-use super::state::{LoginError, State};
+use super::state::State;
 use super::{TICK, handover};
 use crate::capture::Report;
 use crate::codes::{BackendLink, CodeStore, Recheck};
@@ -31,6 +31,7 @@ use crate::firewall::{Firewall, FirewallError};
 use crate::neighbours::Entry;
 use crate::net::{Client, Millis};
 use crate::portal::ClientStatus;
+use crate::refusal::Refusal;
 use edgeshare_shared::code::redact;
 
 /// Wake this long after a code's expiry, so that by the clock the core reads it has passed.
@@ -49,7 +50,7 @@ pub(super) enum Command {
     Login {
         client: Client,
         grant: Grant,
-        reply: oneshot::Sender<Result<ClientStatus, LoginError>>,
+        reply: oneshot::Sender<Result<ClientStatus, Refusal>>,
     },
     /// What is left for the device at `ip`, if it is online.
     Status {
@@ -138,17 +139,15 @@ impl Owner {
         answer.await.ok()
     }
 
-    pub async fn login(
-        &self,
-        client: Client,
-        grant: Grant,
-    ) -> Option<Result<ClientStatus, LoginError>> {
+    /// Lets `client` in with `grant`; a daemon stopping refuses it as [`Refusal::Internal`].
+    pub async fn login(&self, client: Client, grant: Grant) -> Result<ClientStatus, Refusal> {
         self.ask(|reply| Command::Login {
             client,
             grant,
             reply,
         })
         .await
+        .unwrap_or(Err(Refusal::Internal))
     }
 
     pub async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {
@@ -315,7 +314,7 @@ const LOGIN_BATCH: usize = 256;
 type PendingLogin = (
     Client,
     Grant,
-    oneshot::Sender<Result<ClientStatus, LoginError>>,
+    oneshot::Sender<Result<ClientStatus, Refusal>>,
 );
 
 /// Takes the logins waiting right behind the first (a crowd arriving), up to
@@ -349,7 +348,7 @@ fn login(state: &mut State, context: &Context, logins: Vec<PendingLogin>) {
     let results = state.logins(waiting, now, context.store.as_ref());
     for ((client, result), reply) in clients.into_iter().zip(results).zip(replies) {
         let answer =
-            result.and_then(|()| status_of(state, client.ip, now).ok_or(LoginError::NotEnforced));
+            result.and_then(|()| status_of(state, client.ip, now).ok_or(Refusal::NotEnforced));
         let _ = reply.send(answer);
     }
 }

@@ -11,12 +11,11 @@ use edgeshare_shared::supervisor::{Spawner, stopped};
 
 use super::Codes;
 use super::owner::Owner;
-use super::state::LoginError;
 use crate::codes::{SignIn, Verdict};
 use crate::control::{self, Reply, Request};
-use crate::core::Refusal;
 use crate::net::{Client, Millis};
 use crate::portal::{Account, ClientStatus, Gate, Redeem};
+use crate::refusal::Refusal;
 
 /// The portal's view of the daemon.
 pub(super) struct PortalGate {
@@ -191,18 +190,18 @@ pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, owner: Owne
 
 impl PortalGate {
     /// Signs a consumer in before their code is redeemed: the account's id, or the refusal.
-    async fn sign_in(&self, account: &Account) -> Result<String, Redeem> {
+    async fn sign_in(&self, account: &Account) -> Result<String, Refusal> {
         let Codes::Backend(backend) = &*self.codes else {
             // The portal offers accounts only with backend codes (`accounts`).
-            return Err(Redeem::Internal);
+            return Err(Refusal::Internal);
         };
         match backend.sign_in(&account.email, &account.password).await {
             SignIn::Consumer(id) => Ok(id),
-            SignIn::WrongCredentials => Err(Redeem::WrongAccount),
-            SignIn::NotConsumer => Err(Redeem::NotConsumer),
+            SignIn::WrongCredentials => Err(Refusal::WrongAccount),
+            SignIn::NotConsumer => Err(Refusal::NotConsumer),
             SignIn::Unreachable(reason) => {
                 tracing::warn!(%reason, "consumer sign-in failed");
-                Err(Redeem::AccountUnreachable)
+                Err(Refusal::AccountUnreachable)
             }
         }
     }
@@ -212,16 +211,13 @@ impl Gate for PortalGate {
     async fn redeem(&self, ip: IpAddr, code: AccessCode, account: Option<Account>) -> Redeem {
         let Some(mac) = lookup_mac(ip).await else {
             tracing::info!(%ip, "no MAC for this client in the neighbour table");
-            return Redeem::UnknownDevice;
+            return Err(Refusal::UnknownDevice);
         };
         let client = Client { mac, ip };
         // The credentials go no further than the sign-in: only the account's id is kept.
         let signed_in = account.is_some();
         let consumer = match account {
-            Some(account) => match self.sign_in(&account).await {
-                Ok(id) => Some(id),
-                Err(refused) => return refused,
-            },
+            Some(account) => Some(self.sign_in(&account).await?),
             None => None,
         };
         // Whether the code was admitted from the provider's kept list (backend unreachable).
@@ -237,9 +233,7 @@ impl Gate for PortalGate {
             Codes::Backend(backend) => match backend.check(&code, Millis::now()).await {
                 // What the list said less what this gateway has used of the code since.
                 Verdict::Offline(own) => {
-                    let Some(used) = self.owner.used_by_code().await else {
-                        return Redeem::Internal;
-                    };
+                    let used = self.owner.used_by_code().await.ok_or(Refusal::Internal)?;
                     from_kept_list = true;
                     crate::own_codes::offline_verdict(
                         &own,
@@ -253,44 +247,30 @@ impl Gate for PortalGate {
         };
         let grant = match verdict {
             Verdict::Granted(grant) => crate::core::Grant { consumer, ..grant },
-            Verdict::Invalid => return Redeem::Invalid,
-            Verdict::Expired => return Redeem::Expired,
-            Verdict::UsedUp => return Redeem::UsedUp,
-            Verdict::Revoked => return Redeem::Revoked,
-            Verdict::NotOurs => return Redeem::NotOurs,
-            Verdict::OfflineUnlisted => return Redeem::Unlisted,
+            Verdict::Refused(refusal) => return Err(refusal),
             // Turned into a verdict above.
-            Verdict::Offline(_) => return Redeem::Internal,
+            Verdict::Offline(_) => return Err(Refusal::Internal),
             Verdict::Unreachable(reason) => {
                 tracing::warn!(%reason, "code check failed");
-                return Redeem::BackendUnreachable;
+                return Err(Refusal::BackendUnreachable);
             }
         };
-        match self.owner.login(client, grant).await {
-            Some(Ok(status)) => {
-                tracing::info!(%client, account = signed_in, from_kept_list, "client online");
-                Redeem::Online(status)
+        let login = self.owner.login(client, grant).await;
+        match &login {
+            Ok(_) => {
+                tracing::info!(%client, account = signed_in, from_kept_list, "client online")
             }
-            Some(Err(LoginError::Refused(Refusal::UsedUp))) => Redeem::UsedUp,
-            Some(Err(LoginError::Refused(Refusal::Expired))) => Redeem::Expired,
-            Some(Err(LoginError::Refused(Refusal::Revoked))) => Redeem::Revoked,
-            Some(Err(LoginError::Refused(Refusal::OtherAccount))) => Redeem::OtherAccount,
-            Some(Err(LoginError::NotSaved)) => {
-                tracing::error!(%client, "login refused: it could not be saved");
-                Redeem::NotSaved
+            Err(refusal @ (Refusal::NotSaved | Refusal::NotEnforced)) => {
+                tracing::error!(%client, reason = %refusal, "login refused");
             }
             // The page asks the device to reconnect and try again: by then the holder has
             // answered its probe (the address is not this device's) or failed it.
-            Some(Err(LoginError::AddressHeld)) => {
+            Err(Refusal::AddressHeld) => {
                 tracing::info!(%client, "login refused for now: an online device of another session holds this address and is being probed");
-                Redeem::UnknownDevice
             }
-            Some(Err(LoginError::NotEnforced)) => {
-                tracing::error!(%client, "login refused: the kernel did not let the device through");
-                Redeem::Internal
-            }
-            None => Redeem::Internal,
+            Err(_) => {}
         }
+        login
     }
 
     async fn status(&self, ip: IpAddr) -> Option<ClientStatus> {

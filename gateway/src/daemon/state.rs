@@ -16,7 +16,7 @@ use super::meter::Meters;
 use super::persist::{Books, Persisted};
 use super::session_id;
 use crate::codes::CodeStore;
-use crate::core::{Action, Core, Grant, Policy, Refusal, Usage};
+use crate::core::{Action, Core, Grant, Policy, Usage};
 use crate::counters::{self, Baselines};
 use crate::cutoff::Cutoff;
 use crate::dashboard::view::{DeviceLive, Health, Live, SessionLive};
@@ -25,23 +25,8 @@ use crate::neighbours::Entry;
 use crate::neighbours::guard::Online;
 use crate::net::{Client, Millis};
 use crate::reconcile::Kernel;
+use crate::refusal::Refusal;
 use crate::report::GatewayFigures;
-
-/// Why [`State::login`] did not let a device in.
-#[derive(Debug)]
-pub(super) enum LoginError {
-    /// The core refused the code.
-    Refused(Refusal),
-    /// The state could not be saved; nothing changed.
-    NotSaved,
-    /// The kernel did not take the device's elements; the login is undone (the enforcer
-    /// retries whatever else it changed at the next tick).
-    NotEnforced,
-    /// Its address is held by an online device that is being probed, or by one of another
-    /// session that has not failed its probe yet (see [`crate::neighbours::guard`]): the
-    /// device may try again shortly.
-    AddressHeld,
-}
 
 /// The core and the firewall, always changed together.
 pub(super) struct State {
@@ -364,10 +349,10 @@ impl State {
         grant: Grant,
         now: Millis,
         store: Option<&CodeStore>,
-    ) -> Result<(), LoginError> {
+    ) -> Result<(), Refusal> {
         self.logins(vec![(client, grant)], now, store)
             .pop()
-            .unwrap_or(Err(LoginError::NotSaved))
+            .unwrap_or(Err(Refusal::NotSaved))
     }
 
     /// Devices log in with their codes, in order; one result each. Each login is saved to
@@ -383,7 +368,7 @@ impl State {
         logins: Vec<(Client, Grant)>,
         now: Millis,
         store: Option<&CodeStore>,
-    ) -> Vec<Result<(), LoginError>> {
+    ) -> Vec<Result<(), Refusal>> {
         let held: Vec<bool> = logins
             .iter()
             .map(|(client, grant)| self.address_held(*client, &grant.code, now))
@@ -410,7 +395,7 @@ impl State {
             self.core = before;
             return accepted
                 .into_iter()
-                .map(|result| result.and(Err(LoginError::NotSaved)))
+                .map(|result| result.and(Err(Refusal::NotSaved)))
                 .collect();
         }
         let mut results = Vec::with_capacity(logins.len());
@@ -431,7 +416,7 @@ impl State {
                 // session (which stays, for its next try).
                 let kicked = self.core.kick(client.mac, now);
                 self.apply(kicked, now, store);
-                *result = Err(LoginError::NotEnforced);
+                *result = Err(Refusal::NotEnforced);
             }
         }
         // The kernel's new baselines; the logins themselves are already on disk.
@@ -446,17 +431,15 @@ impl State {
         logins: &[(Client, Grant)],
         held: &[bool],
         now: Millis,
-    ) -> Vec<Result<Vec<Action>, LoginError>> {
+    ) -> Vec<Result<Vec<Action>, Refusal>> {
         logins
             .iter()
             .zip(held)
             .map(|((client, grant), &held)| {
                 if held {
-                    return Err(LoginError::AddressHeld);
+                    return Err(Refusal::AddressHeld);
                 }
-                self.core
-                    .accept_code(*client, grant.clone(), now)
-                    .map_err(LoginError::Refused)
+                self.core.accept_code(*client, grant.clone(), now)
             })
             .collect()
     }

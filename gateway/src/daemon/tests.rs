@@ -9,14 +9,15 @@ use edgeshare_shared::ledger::{LedgerLimits, LedgerWriter, UsageRecord};
 
 use super::owner::{Context, handle_control};
 use super::persist::{Persisted, SAVE_EVERY, load_state};
-use super::state::{LoginError, State};
+use super::state::State;
 use super::{quota_id, session_id};
 use crate::codes::{CodeStore, Verdict};
 use crate::control::{Reply, Request};
-use crate::core::{Core, Grant, Policy, Refusal};
+use crate::core::{Core, Grant, Policy};
 use crate::firewall::{Call, Firewall, MemoryFirewall, SessionQuota};
 use crate::net::test_client as client;
 use crate::net::{Client, Millis};
+use crate::refusal::Refusal;
 
 const MB: u64 = 1_048_576;
 
@@ -280,7 +281,7 @@ fn a_login_that_cannot_be_saved_is_refused_and_undone() {
     disk.fill();
     let calls = fw.calls().len();
     let refused = state.login(client(2), grant("BBBB2345", 50 * MB), Millis(3_000), None);
-    assert!(matches!(refused, Err(LoginError::NotSaved)), "{refused:?}");
+    assert!(matches!(refused, Err(Refusal::NotSaved)), "{refused:?}");
     let changed: Vec<Call> = fw.calls()[calls..]
         .iter()
         .filter(|c| !matches!(c, Call::Clients | Call::IsInstalled | Call::ListQuotas))
@@ -649,10 +650,7 @@ fn a_failed_allow_or_revoke_heals_at_the_next_tick_and_a_refused_login_is_not_on
     // failures: the batch of the login's changes, then the elements applied on their own.)
     fw.fail_next(2);
     let refused = state.login(client(3), grant("EFGH2345", MB), Millis(4_000), None);
-    assert!(
-        matches!(refused, Err(LoginError::NotEnforced)),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(Refusal::NotEnforced)), "{refused:?}");
     assert!(
         state.core.status_of(client(3).ip, Millis(4_000)).is_none(),
         "the login is undone"
@@ -791,7 +789,7 @@ fn the_consumer_reaches_the_ledger_and_survives_a_restart_and_a_rebuild() {
     };
     assert!(matches!(
         rebuilt.login(client(4), other, Millis(6_000), None),
-        Err(LoginError::Refused(Refusal::OtherAccount))
+        Err(Refusal::OtherAccount)
     ));
     let actions = rebuilt.core.revoke_code(&code("EFGH2345"), Millis(6_000));
     rebuilt.apply(actions, Millis(6_000), None);
@@ -955,10 +953,7 @@ fn a_login_cannot_take_an_online_devices_address_until_its_holder_fails_a_probe(
         ip: holder.ip,
     };
     let refused = state.login(claimant, grant("EFGH2345", 10 * MB), Millis(2_000), None);
-    assert!(
-        matches!(refused, Err(LoginError::AddressHeld)),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(Refusal::AddressHeld)), "{refused:?}");
     assert_eq!(
         fw.allowed(),
         vec![holder],
@@ -967,10 +962,7 @@ fn a_login_cannot_take_an_online_devices_address_until_its_holder_fails_a_probe(
     // While the holder is probed the table names it for the address, whoever is at the
     // portal: a login the portal found the holder's MAC for waits too.
     let refused = state.login(holder, grant("EFGH2345", 10 * MB), Millis(2_500), None);
-    assert!(
-        matches!(refused, Err(LoginError::AddressHeld)),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(Refusal::AddressHeld)), "{refused:?}");
     assert_eq!(
         state.core.sessions()[0].code,
         code("ABCD2345"),

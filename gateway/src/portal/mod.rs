@@ -126,6 +126,7 @@ use self::i18n::{Msg, Tr};
 use self::limiter::Wait;
 use self::pages::{Field, LOGO_PATH, Online, Typed, View};
 use crate::net::{Mac, Millis};
+use crate::refusal::Refusal;
 
 pub use self::devices::{MAX_ADDRESSES_PER_DEVICE, MAX_CONNECTIONS_PER_DEVICE};
 pub use self::form::{MAX_BODY_BYTES, MAX_CODE_CHARS, MAX_EMAIL_CHARS, MAX_PASSWORD_CHARS};
@@ -165,77 +166,16 @@ pub struct Account {
     pub password: Secret,
 }
 
-/// The outcome of a code redemption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redeem {
-    Online(ClientStatus),
-    /// No such code.
-    Invalid,
-    Expired,
-    /// Its data is used up.
-    UsedUp,
-    /// The provider revoked it.
-    Revoked,
-    /// Another provider's code, on a gateway that accepts only its own.
-    NotOurs,
-    /// The code service is unreachable and the code is not among the provider's own codes
-    /// known before: it cannot be checked now.
-    Unlisted,
-    /// The code service cannot be reached (backend down, or the gateway's uplink).
-    BackendUnreachable,
-    /// No MAC is known for this IP.
-    UnknownDevice,
-    /// The gateway could not save the login (its disk is full or failing): not let through.
-    NotSaved,
-    Internal,
-    /// The backend refused the account's email and password.
-    WrongAccount,
-    /// The account is a provider's or an admin's, not a consumer's.
-    NotConsumer,
-    /// The account could not be checked (backend down, or the gateway's uplink).
-    AccountUnreachable,
-    /// The code's session counts for another account, or for none.
-    OtherAccount,
-}
+/// The outcome of a code redemption: online with what the device has left, or why not. The
+/// refusal is the one the code's check, the core or the daemon gave: the page is chosen
+/// from it as it is ([`redeem_reply`]).
+pub type Redeem = Result<ClientStatus, Refusal>;
 
-impl Redeem {
-    /// The outcome as a log field.
-    fn label(&self) -> &'static str {
-        match self {
-            Redeem::Online(_) => "online",
-            Redeem::Invalid => "invalid",
-            Redeem::Expired => "expired",
-            Redeem::UsedUp => "used_up",
-            Redeem::Revoked => "revoked",
-            Redeem::NotOurs => "not_ours",
-            Redeem::Unlisted => "unlisted",
-            Redeem::BackendUnreachable => "backend_unreachable",
-            Redeem::UnknownDevice => "unknown_device",
-            Redeem::NotSaved => "not_saved",
-            Redeem::Internal => "internal",
-            Redeem::WrongAccount => "wrong_account",
-            Redeem::NotConsumer => "not_consumer",
-            Redeem::AccountUnreachable => "account_unreachable",
-            Redeem::OtherAccount => "other_account",
-        }
-    }
-
-    /// Whether this outcome is a wrong guess that counts against the client: a wrong code,
-    /// or a wrong password (so passwords cannot be tried through the portal faster than
-    /// codes). Successes and failures that are not the client's doing give their limiter
-    /// slot back.
-    fn is_failed_guess(&self) -> bool {
-        matches!(
-            self,
-            Redeem::Invalid
-                | Redeem::Expired
-                | Redeem::UsedUp
-                | Redeem::Revoked
-                | Redeem::NotOurs
-                // Checked against the provider's kept list: a guess all the same.
-                | Redeem::Unlisted
-                | Redeem::WrongAccount
-        )
+/// A redemption's outcome as a log field.
+fn label(outcome: &Redeem) -> &'static str {
+    match outcome {
+        Ok(_) => "online",
+        Err(refusal) => refusal.label(),
     }
 }
 
@@ -1071,7 +1011,7 @@ async fn login<G: Gate>(
         let portal = Arc::clone(&portal);
         async move {
             let outcome = portal.gate.redeem(ip, code, account).await;
-            if outcome.is_failed_guess() {
+            if outcome.is_err_and(Refusal::is_failed_guess) {
                 portal.limiter().failed(attempt);
             } else {
                 portal.limiter().refund(attempt);
@@ -1086,15 +1026,15 @@ async fn login<G: Gate>(
     // Dropped unfinished: it panicked, or the daemon stopped before it could run.
     let outcome = redeemed.await.unwrap_or_else(|_| {
         tracing::error!(client = %ip, "code redemption task failed");
-        Redeem::Internal
+        Err(Refusal::Internal)
     });
-    if matches!(outcome, Redeem::Online(_)) {
+    if outcome.is_ok() {
         // No receiver (tests serving the router alone) is fine.
         let _ = portal.logins.send(device);
     }
     tracing::info!(
         client = %ip,
-        outcome = outcome.label(),
+        outcome = label(&outcome),
         code = %shown,
         account = signed_in,
         "code redemption"
@@ -1134,20 +1074,23 @@ fn redeem_reply(
     typed: Typed<'_>,
     email: Option<&str>,
 ) -> Response {
-    let (status, text, field) = match outcome {
-        Redeem::Online(status) => {
+    let refusal = match outcome {
+        Ok(status) => {
             let page = pages::online(view, &status, Online::JustNow(email));
             return html(StatusCode::OK, view, page);
         }
-        Redeem::Invalid => (StatusCode::FORBIDDEN, Msg::ErrorInvalid, Field::Code),
-        Redeem::Expired => (StatusCode::FORBIDDEN, Msg::ErrorExpired, Field::Code),
-        Redeem::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp, Field::Code),
-        Redeem::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked, Field::Code),
-        Redeem::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs, Field::Code),
-        Redeem::BackendUnreachable | Redeem::AccountUnreachable | Redeem::Unlisted => {
-            let (msg, field) = match outcome {
-                Redeem::AccountUnreachable => (Msg::ErrorAccountDown, Field::Account),
-                Redeem::Unlisted => (Msg::ErrorUnlisted, Field::Code),
+        Err(refusal) => refusal,
+    };
+    let (status, text, field) = match refusal {
+        Refusal::Invalid => (StatusCode::FORBIDDEN, Msg::ErrorInvalid, Field::Code),
+        Refusal::Expired => (StatusCode::FORBIDDEN, Msg::ErrorExpired, Field::Code),
+        Refusal::UsedUp => (StatusCode::FORBIDDEN, Msg::ErrorUsedUp, Field::Code),
+        Refusal::Revoked => (StatusCode::FORBIDDEN, Msg::ErrorRevoked, Field::Code),
+        Refusal::NotOurs => (StatusCode::FORBIDDEN, Msg::ErrorNotOurs, Field::Code),
+        Refusal::BackendUnreachable | Refusal::AccountUnreachable | Refusal::Unlisted => {
+            let (msg, field) = match refusal {
+                Refusal::AccountUnreachable => (Msg::ErrorAccountDown, Field::Account),
+                Refusal::Unlisted => (Msg::ErrorUnlisted, Field::Code),
                 _ => (Msg::ErrorBackendDown, Field::Code),
             };
             let page = pages::form(view, Some((view.tr.t(msg), field)), typed);
@@ -1156,24 +1099,28 @@ fn redeem_reply(
                 BACKEND_RETRY_SECONDS,
             );
         }
-        Redeem::UnknownDevice => (StatusCode::CONFLICT, Msg::ErrorUnknownDevice, Field::Code),
-        Redeem::NotSaved => (
+        // The page asks the device to reconnect and try again: a held address is free
+        // again once its holder has answered its probe or failed it.
+        Refusal::UnknownDevice | Refusal::AddressHeld => {
+            (StatusCode::CONFLICT, Msg::ErrorUnknownDevice, Field::Code)
+        }
+        Refusal::NotSaved => (
             StatusCode::SERVICE_UNAVAILABLE,
             Msg::ErrorNotSaved,
             Field::Code,
         ),
-        Redeem::Internal => (
+        Refusal::NotEnforced | Refusal::Internal => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Msg::ErrorInternal,
             Field::Code,
         ),
-        Redeem::WrongAccount => (
+        Refusal::WrongAccount => (
             StatusCode::FORBIDDEN,
             Msg::ErrorWrongAccount,
             Field::Account,
         ),
-        Redeem::NotConsumer => (StatusCode::FORBIDDEN, Msg::ErrorNotConsumer, Field::Account),
-        Redeem::OtherAccount => (StatusCode::CONFLICT, Msg::ErrorOtherAccount, Field::Account),
+        Refusal::NotConsumer => (StatusCode::FORBIDDEN, Msg::ErrorNotConsumer, Field::Account),
+        Refusal::OtherAccount => (StatusCode::CONFLICT, Msg::ErrorOtherAccount, Field::Account),
     };
     html(
         status,
@@ -1367,23 +1314,30 @@ mod tests {
             other_account: false,
         };
         for (outcome, counts) in [
-            (Redeem::Online(status), false),
-            (Redeem::Invalid, true),
-            (Redeem::Expired, true),
-            (Redeem::UsedUp, true),
-            (Redeem::Revoked, true),
-            (Redeem::NotOurs, true),
-            (Redeem::Unlisted, true),
-            (Redeem::BackendUnreachable, false),
-            (Redeem::UnknownDevice, false),
-            (Redeem::NotSaved, false),
-            (Redeem::Internal, false),
-            (Redeem::WrongAccount, true),
-            (Redeem::NotConsumer, false),
-            (Redeem::AccountUnreachable, false),
-            (Redeem::OtherAccount, false),
+            (Ok(status), false),
+            (Err(Refusal::Invalid), true),
+            (Err(Refusal::Expired), true),
+            (Err(Refusal::UsedUp), true),
+            (Err(Refusal::Revoked), true),
+            (Err(Refusal::NotOurs), true),
+            (Err(Refusal::Unlisted), true),
+            (Err(Refusal::BackendUnreachable), false),
+            (Err(Refusal::UnknownDevice), false),
+            (Err(Refusal::AddressHeld), false),
+            (Err(Refusal::NotSaved), false),
+            (Err(Refusal::NotEnforced), false),
+            (Err(Refusal::Internal), false),
+            (Err(Refusal::WrongAccount), true),
+            (Err(Refusal::NotConsumer), false),
+            (Err(Refusal::AccountUnreachable), false),
+            (Err(Refusal::OtherAccount), false),
         ] {
-            assert_eq!(outcome.is_failed_guess(), counts, "{outcome:?}");
+            let outcome: Redeem = outcome;
+            assert_eq!(
+                outcome.is_err_and(Refusal::is_failed_guess),
+                counts,
+                "{outcome:?}"
+            );
         }
     }
 
