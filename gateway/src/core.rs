@@ -952,6 +952,15 @@ impl Core {
             })
     }
 
+    /// How many devices are online: a phone with an IPv4 address and two IPv6 ones is one
+    /// device (three of [`Core::allowed`]'s clients).
+    pub fn online_devices(&self) -> usize {
+        self.sessions
+            .values()
+            .map(|session| session.devices.len())
+            .sum()
+    }
+
     /// Every online device with its access deadline, sorted by client: what the kernel's set
     /// should hold (for reconciling with it).
     pub fn allowed(&self) -> Vec<(Client, Millis)> {
@@ -1681,6 +1690,8 @@ mod tests {
         let actions = core.learn_addresses(&seen(&[(2, 9), (1, 6), (1, 1), (1, 5)]), at(1));
         assert_eq!(actions, [allow(v6(5), until), allow(v6(6), until)]);
         assert_eq!(session(&core, 0).devices[0].also, [any_ip(5), any_ip(6)]);
+        // Three addresses, one device online (the provider's `status`).
+        assert_eq!((core.allowed().len(), core.online_devices()), (3, 1));
 
         // Bytes over IPv6 are the device's; the portal finds it by any of its addresses.
         core.record_usage(&[(v6(6), down(700)), (phone, down(300))], at(2));
@@ -1711,6 +1722,7 @@ mod tests {
         let actions = core.accept_code(laptop, good(0), at(4)).unwrap();
         assert_eq!(actions[0], revoke(v6(7), EndReason::Moved));
         assert_eq!(session(&core, 0).devices[0].also, [any_ip(5)]);
+        assert_eq!(core.online_devices(), 2);
 
         // A kick cuts every address of the device.
         let actions = core.kick(mac(1), at(5));

@@ -492,7 +492,7 @@ pub(super) fn handle_control(state: &mut State, context: &Context, request: Requ
                 "codes": context.codes,
                 "uptime_seconds": context.started.until(now).as_secs(),
                 "sessions": sessions.len(),
-                "online_devices": state.core.allowed().len(),
+                "online_devices": state.core.online_devices(),
                 "unattributed_bytes": state.core.unattributed_bytes(),
                 "backend": context.backend.as_ref().map(|link| backend_text(link.down_since())),
             }))
