@@ -50,7 +50,7 @@ use crate::control;
 use crate::core::Policy;
 use crate::cutoff::Cutoff;
 use crate::firewall::{Firewall, GardenEntry, NetlinkFirewall};
-use crate::neighbours::{NeighbourTable, NeighbourWatch, Reach, interface_index};
+use crate::neighbours::{NeighbourTable, NeighbourWatch, Reach};
 use crate::net::{Millis, interface_ipv4, local_addresses};
 use crate::portal::{self, PortalSettings};
 use dashboard::DaemonSource;
@@ -112,7 +112,10 @@ fn firewall_for(config: &GatewayConfig, garden: Vec<GardenEntry>) -> Box<dyn Fir
 /// The LAN's neighbour table, where devices' other addresses are learned. Without it the
 /// gateway still works, each device on the address it logged in with.
 fn open_neighbour_table(lan: &str) -> Option<(NeighbourTable, u32)> {
-    let opened = interface_index(lan).and_then(|index| Ok((NeighbourTable::open()?, index)));
+    let opened = NeighbourTable::open().and_then(|table| {
+        let index = table.interface_index(lan)?;
+        Ok((table, index))
+    });
     opened
         .inspect_err(|err| {
             tracing::warn!(error = %err, "cannot read the neighbour table of lan.interface {lan}: devices are let through on the address they logged in with only (no IPv6 besides it)");

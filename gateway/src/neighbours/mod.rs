@@ -85,6 +85,12 @@ impl NeighbourTable {
         })
     }
 
+    /// The index of interface `name`, for [`NeighbourTable::read`] and
+    /// [`NeighbourTable::entries`].
+    pub fn interface_index(&self, name: &str) -> io::Result<u32> {
+        self.socket.interface_index(name)
+    }
+
     /// Every neighbour with a known MAC and an address worth letting through (see
     /// [`usable`]), on the interface with index `ifindex`, or on every interface with 0.
     pub fn read(&mut self, ifindex: u32) -> io::Result<Vec<Client>> {
@@ -224,14 +230,6 @@ pub fn lookup_mac(ip: IpAddr) -> Option<Mac> {
         .inspect_err(|err| tracing::warn!(error = %err, "cannot read the neighbour table"))
         .ok()?;
     found.into_iter().find(|c| c.ip == ip).map(|c| c.mac)
-}
-
-/// The index of interface `name`, for [`NeighbourTable::read`].
-pub fn interface_index(name: &str) -> io::Result<u32> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::other(format!("interface {name}: index {:?}", text.trim())))
 }
 
 /// `RTM_GETNEIGH` dump of every family.
