@@ -7,8 +7,9 @@
 //! listings, the allow batch, four map listings, the quota batch), every tick four or more.
 //! Over netlink the same work is a handful of `send`/`recv` calls on one socket.
 //!
-//! What goes over netlink, each change one batch the kernel applies atomically, the
-//! messages byte for byte what nft sends for the same change (see `tests`):
+//! What goes over netlink, each change one batch the kernel applies atomically, its
+//! messages as nft sends them for the same change (`tests` compares recorded ones byte for
+//! byte):
 //! - `allow`, `revoke`: `NEWSETELEM`/`DELSETELEM` in one batch (`elements`).
 //! - `clients`: four `GETSETELEM` dumps, keys and counters read back (`elements`).
 //! - `set_quota`, `clear_quota`, `list_quotas`: quota objects (`objects`) and quota-map
