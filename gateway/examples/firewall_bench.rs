@@ -1,6 +1,7 @@
-//! Times the firewall calls the daemon makes per login and per tick, for [`NetlinkFirewall`]
-//! and for [`NftFirewall`] (a benchmark: it prints a table and asserts nothing). Run it as
-//! root in a network namespace of its own, as `bench/firewall.sh` does:
+//! Times the firewall calls the daemon makes per login and per tick, over netlink
+//! ([`NetlinkFirewall`]; a benchmark: it prints a table and asserts only that the listings
+//! are complete). Run it as root in a network namespace of its own, as `bench/firewall.sh`
+//! does:
 //!
 //! ```text
 //! unshare --net target/release/examples/firewall_bench [CLIENTS...]
@@ -8,14 +9,14 @@
 //!
 //! For each client count (default 1000 and 2000) it installs a fresh table, allows that many
 //! clients (each an upload and a download element), then times one more allow and one
-//! `clients()` listing for each implementation (wall time: the median of `ROUNDS` calls;
-//! CPU: this process's and its children's, the nft processes', over the `ROUNDS` calls, per
-//! call, from `/proc/self/stat` in 10 ms ticks), and removes the table.
+//! `clients()` listing (wall time: the median of `ROUNDS` calls; CPU: this process's and its
+//! children's over the `ROUNDS` calls, per call, from `/proc/self/stat` in 10 ms ticks), and
+//! removes the table.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use edgeshare_gateway::firewall::{Firewall, FirewallConfig, NetlinkFirewall, NftFirewall};
+use edgeshare_gateway::firewall::{Firewall, FirewallConfig, NetlinkFirewall};
 use edgeshare_gateway::net::{Client, Mac};
 
 const ROUNDS: usize = 21;
@@ -89,39 +90,34 @@ fn main() {
     let mut config = FirewallConfig::new("lan0");
     config.table = TABLE.to_owned();
     println!(
-        "{:>8}  {:<8}  {:>10}  {:>10}  {:>14}  {:>14}",
-        "clients", "firewall", "allow", "allow CPU", "clients()", "clients() CPU"
+        "{:>8}  {:>10}  {:>10}  {:>14}  {:>14}",
+        "clients", "allow", "allow CPU", "clients()", "clients() CPU"
     );
     for count in counts {
-        let mut netlink = NetlinkFirewall::new(config.clone());
-        let mut nft = NftFirewall::new(config.clone());
-        netlink.install().expect("install");
+        let mut firewall = NetlinkFirewall::new(config.clone());
+        firewall.install().expect("install");
         for n in 0..count {
-            netlink
+            firewall
                 .allow(&client(n), Duration::from_secs(3600))
                 .expect("allow");
         }
         let extra = client(count);
-        let firewalls: [(&str, &mut dyn Firewall); 2] =
-            [("netlink", &mut netlink), ("nft", &mut nft)];
-        for (name, firewall) in firewalls {
-            let allow = time(|| {
-                firewall
-                    .allow(&extra, Duration::from_secs(3600))
-                    .expect("allow")
-            });
-            let listing = time(|| {
-                let listed = firewall.clients().expect("clients");
-                assert_eq!(listed.len() as u32, count + 1, "every client listed");
-            });
-            println!(
-                "{count:>8}  {name:<8}  {:>10}  {:>10}  {:>14}  {:>14}",
-                ms(allow.0),
-                cpu_ms(allow.1),
-                ms(listing.0),
-                cpu_ms(listing.1)
-            );
-        }
-        netlink.uninstall().expect("uninstall");
+        let allow = time(|| {
+            firewall
+                .allow(&extra, Duration::from_secs(3600))
+                .expect("allow")
+        });
+        let listing = time(|| {
+            let listed = firewall.clients().expect("clients");
+            assert_eq!(listed.len() as u32, count + 1, "every client listed");
+        });
+        println!(
+            "{count:>8}  {:>10}  {:>10}  {:>14}  {:>14}",
+            ms(allow.0),
+            cpu_ms(allow.1),
+            ms(listing.0),
+            cpu_ms(listing.1)
+        );
+        firewall.uninstall().expect("uninstall");
     }
 }

@@ -19,7 +19,7 @@ use crate::code_book::{CodeBook, CodeRow, Order};
 use crate::codes::CodeStore;
 use crate::config::{CodeSource, GatewayConfig};
 use crate::control::{self, Request};
-use crate::firewall::{Firewall, GardenEntry, NftFirewall};
+use crate::firewall::{GardenEntry, NftFirewall};
 use crate::neighbours::limits;
 use crate::net::Mac;
 use crate::vouchers::{self, Sheet, Voucher};

@@ -1,13 +1,14 @@
 //! The nftables firewall against the real kernel: real `nft`, real netlink, real veth pairs,
 //! three network namespaces (client — gw — up, see `support::Testbed`), traffic from
-//! `std::net` probes. Each behaviour test runs twice, once per implementation
-//! (`nft::NAME` with [`NftFirewall`], `netlink::NAME` with [`NetlinkFirewall`]; see
-//! `both!` at the end). Needs root; skips with a message when not root, fails when not root
-//! in CI.
+//! `std::net` probes. The behaviour tests drive [`NetlinkFirewall`], what the daemon runs
+//! (netlink per login and per tick; `nft -j` through [`NftFirewall`] to install and
+//! uninstall); what it leaves in the kernel is cross-checked with nft's own listings
+//! (`nft -j list`), and [`NftFirewall`]'s errors are nft's. Needs root; skips with a
+//! message when not root, fails when not root in CI.
 
 mod support;
 
-use std::ops::{Deref, DerefMut};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use edgeshare_gateway::firewall::{
@@ -59,70 +60,33 @@ fn config() -> FirewallConfig {
     }
 }
 
-/// Which implementation a behaviour test drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Nft,
-    Netlink,
-}
-
-/// A firewall of either kind, with its configuration at hand.
-struct Fw {
-    inner: Box<dyn Firewall>,
-    config: FirewallConfig,
-}
-
-impl Fw {
-    fn config(&self) -> &FirewallConfig {
-        &self.config
-    }
-}
-
-impl Deref for Fw {
-    type Target = dyn Firewall;
-    fn deref(&self) -> &Self::Target {
-        &*self.inner
-    }
-}
-
-impl DerefMut for Fw {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut *self.inner
-    }
-}
-
 /// The firewall of the bed's gateway namespace: nft runs there through `ip netns exec`, the
 /// netlink socket is opened from a thread inside it. The gateway's own forwarding switches
 /// are turned on there, as the daemon does beside its firewall (this module has none).
-fn firewall(bed: &Testbed, config: FirewallConfig, kind: Kind) -> Fw {
+fn firewall(bed: &Testbed, config: FirewallConfig) -> NetlinkFirewall {
     bed.gw
         .in_thread(|| forwarding::turn_on(std::path::Path::new("/proc/sys"), config.wan.as_deref()))
         .expect("forwarding on in gw");
-    let nft = bed.gw.command_prefix("nft");
-    let inner: Box<dyn Firewall> = match kind {
-        Kind::Nft => Box::new(NftFirewall::with_command(config.clone(), nft)),
-        Kind::Netlink => {
-            let mut fw = NetlinkFirewall::with_command(config.clone(), nft);
-            bed.gw
-                .in_thread(|| fw.open())
-                .expect("netlink socket in gw");
-            Box::new(fw)
-        }
-    };
-    Fw { inner, config }
+    let mut fw = NetlinkFirewall::with_command(config, bed.gw.command_prefix("nft"));
+    bed.gw
+        .in_thread(|| fw.open())
+        .expect("netlink socket in gw");
+    fw
 }
 
-/// Is this the refusal of a call that needs our table when there is none (nft's exit
-/// status, or the kernel's ENOENT over netlink)?
+/// Is this the refusal of a call that needs our table when there is none (the kernel's
+/// ENOENT over netlink)?
 fn no_table(result: Result<impl std::fmt::Debug, FirewallError>) -> bool {
-    match result {
-        Err(FirewallError::Refused { stderr, .. }) => stderr.contains("No such file or directory"),
-        Err(FirewallError::Netlink { errno, .. }) => errno == libc::ENOENT,
-        _ => false,
-    }
+    matches!(
+        result,
+        Err(FirewallError::Netlink {
+            errno: libc::ENOENT,
+            ..
+        })
+    )
 }
 
-fn counters_of(firewall: &mut Fw, client: &Client) -> Option<ClientCounters> {
+fn counters_of(firewall: &mut NetlinkFirewall, client: &Client) -> Option<ClientCounters> {
     firewall
         .clients()
         .expect("clients")
@@ -153,12 +117,13 @@ fn ping_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn captive_client_gets_dns_the_garden_and_the_portal_only(kind: Kind) {
+#[test]
+fn captive_client_gets_dns_the_garden_and_the_portal_only() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     println!(
         "{}",
@@ -287,12 +252,13 @@ fn captive_client_gets_dns_the_garden_and_the_portal_only(kind: Kind) {
     );
 }
 
-fn gateway_and_lan_are_closed_to_everything_else(kind: Kind) {
+#[test]
+fn gateway_and_lan_are_closed_to_everything_else() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     let _gw_ssh = bed.gw.tcp_listen("[::]:2222".parse().expect("addr"), 0);
     let _portal = bed.gw.tcp_listen("[::]:8080".parse().expect("addr"), 0);
@@ -348,12 +314,13 @@ fn gateway_and_lan_are_closed_to_everything_else(kind: Kind) {
     }
 }
 
-fn allowed_client_passes_is_counted_and_revoked(kind: Kind) {
+#[test]
+fn allowed_client_passes_is_counted_and_revoked() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     const UP4: u64 = 200_000;
     const DOWN4: u64 = 300_000;
@@ -446,12 +413,13 @@ fn allowed_client_passes_is_counted_and_revoked(kind: Kind) {
     assert!(fw.clients().expect("clients").is_empty());
 }
 
-fn only_the_allowed_mac_passes_with_the_allowed_ip(kind: Kind) {
+#[test]
+fn only_the_allowed_mac_passes_with_the_allowed_ip() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     fw.allow(&client4(), Duration::from_secs(60))
@@ -473,12 +441,13 @@ fn only_the_allowed_mac_passes_with_the_allowed_ip(kind: Kind) {
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-fn kernel_timeout_closes_access_by_itself(kind: Kind) {
+#[test]
+fn kernel_timeout_closes_access_by_itself() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -500,13 +469,14 @@ fn kernel_timeout_closes_access_by_itself(kind: Kind) {
     assert_eq!(counters_of(&mut fw, &client4()), None);
 }
 
-fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
+#[test]
+fn install_is_idempotent_keeps_clients_and_replaces_the_garden() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone(), kind);
+    let mut fw = firewall(&bed, config.clone());
     fw.install().expect("install");
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 1_000);
     let _garden = bed.up.tcp_listen(sock(Testbed::up_extra_v4(), 443), 0);
@@ -516,7 +486,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
         .tcp_send(sock(Testbed::up_v4(), 443), 5_000, OPEN)
         .expect("allowed");
     let before = counters_of(&mut fw, &client4()).expect("counters");
-    let listing = |fw: &Fw| {
+    let listing = |fw: &NetlinkFirewall| {
         bed.gw.run_ok(&[
             "nft",
             "list",
@@ -547,7 +517,7 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
     assert!(bed.client.tcp_connects(garden, OPEN));
     let mut no_garden = config.clone();
     no_garden.garden.clear();
-    firewall(&bed, no_garden, kind)
+    firewall(&bed, no_garden)
         .install()
         .expect("install without garden");
     assert!(
@@ -557,18 +527,19 @@ fn install_is_idempotent_keeps_clients_and_replaces_the_garden(kind: Kind) {
     let mut nested = config;
     nested.garden.push("10.77.0.130".parse().expect("host"));
     nested.garden.push("fd00:77::/64".parse().expect("v6 net"));
-    firewall(&bed, nested, kind)
+    firewall(&bed, nested)
         .install()
         .expect("install with nested garden");
     assert!(bed.client.tcp_connects(garden, OPEN));
 }
 
-fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table(kind: Kind) {
+#[test]
+fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     let table = fw.config().table.clone();
     let _https = bed.up.tcp_listen(sock(Testbed::up_v4(), 443), 0);
     let target = sock(Testbed::up_v4(), 443);
@@ -600,14 +571,15 @@ fn flushes_are_detected_and_repaired_and_uninstall_removes_the_table(kind: Kind)
     assert!(bed.client.tcp_connects(target, OPEN));
 }
 
-fn nat_masquerades_on_the_wan_interface(kind: Kind) {
+#[test]
+fn nat_masquerades_on_the_wan_interface() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let mut config = config();
     config.nat = true;
-    let mut fw = firewall(&bed, config, kind);
+    let mut fw = firewall(&bed, config);
     fw.install().expect("install");
     // IPv6 likewise (NAT66 on the uplink's address): what the README promises a LAN on a
     // unique local prefix behind a single-address uplink.
@@ -629,23 +601,23 @@ fn nat_masquerades_on_the_wan_interface(kind: Kind) {
     }
 }
 
-fn bad_batches_are_refused_with_the_kernels_reason(kind: Kind) {
+#[test]
+fn bad_batches_are_refused_with_the_kernels_reason() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
-    // Allowing before the table exists: nft (or the kernel's errno) says why, and the error
-    // names the client.
+    let mut fw = firewall(&bed, config());
+    // Allowing before the table exists: the kernel's errno says why, and the error names the
+    // client.
     let err = fw
         .allow(&client4(), Duration::from_secs(5))
         .expect_err("no table yet");
     let message = err.to_string();
     assert!(message.contains("10.66.0.2"), "{message}");
     assert!(message.contains("No such file or directory"), "{message}");
-    match (kind, &err) {
-        (Kind::Nft, FirewallError::Refused { .. }) => {}
-        (Kind::Netlink, FirewallError::Netlink { errno, .. }) => assert_eq!(*errno, libc::ENOENT),
+    match &err {
+        FirewallError::Netlink { errno, .. } => assert_eq!(*errno, libc::ENOENT),
         other => panic!("{other:?}"),
     }
 }
@@ -669,7 +641,7 @@ fn without_netbase_the_install_error_is_nfts_own_and_names_the_package() {
         ]
         .map(std::ffi::OsString::from),
     );
-    let mut fw = NftFirewall::with_command(config(), command);
+    let fw = NftFirewall::with_command(config(), command);
     let err = fw.install().expect_err("nft cannot resolve protocol names");
     let message = err.to_string();
     let FirewallError::Refused { stderr, .. } = &err else {
@@ -698,7 +670,7 @@ const MB: u64 = 1_000_000;
 
 /// What the client elements counted for `clients` (upload + download): the IP bytes the
 /// forward chain let through, after the quota rules.
-fn forwarded(fw: &mut Fw, clients: &[Client]) -> u64 {
+fn forwarded(fw: &mut NetlinkFirewall, clients: &[Client]) -> u64 {
     clients
         .iter()
         .filter_map(|c| counters_of(fw, c))
@@ -706,7 +678,7 @@ fn forwarded(fw: &mut Fw, clients: &[Client]) -> u64 {
         .sum()
 }
 
-fn quota_of(fw: &mut Fw, session: &str) -> Option<SessionQuota> {
+fn quota_of(fw: &mut NetlinkFirewall, session: &str) -> Option<SessionQuota> {
     fw.list_quotas().expect("list_quotas").remove(session)
 }
 
@@ -731,13 +703,14 @@ fn become_device(bed: &Testbed, mac: &str, old_ip: &str, new_ip: &str) {
     bed.gw.ip(&["neigh", "flush", "dev", Testbed::GW_LAN_IF]);
 }
 
-fn session_quota_stops_a_full_speed_download_in_the_kernel(kind: Kind) {
+#[test]
+fn session_quota_stops_a_full_speed_download_in_the_kernel() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
     let config = config();
-    let mut fw = firewall(&bed, config.clone(), kind);
+    let mut fw = firewall(&bed, config.clone());
     fw.install().expect("install");
     let _sink = bed
         .up
@@ -764,7 +737,7 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel(kind: Kind) {
         .expect("connects");
     let took = started.elapsed().saturating_sub(STALL);
 
-    let mut fw = firewall(&bed, config, kind);
+    let mut fw = firewall(&bed, config);
     let counted = counters_of(&mut fw, &client4()).expect("counters");
     let through = counted.up_bytes + counted.down_bytes;
     let quota = quota_of(&mut fw, "sess-1").expect("quota");
@@ -842,12 +815,13 @@ fn session_quota_stops_a_full_speed_download_in_the_kernel(kind: Kind) {
     assert_eq!(free.map(|s| s.received), Ok(200 * MB));
 }
 
-fn session_quota_counts_upload_and_download_of_all_its_clients(kind: Kind) {
+#[test]
+fn session_quota_counts_upload_and_download_of_all_its_clients() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     const MAC_B: &str = "02:00:00:66:00:03";
     let device_a = client4();
@@ -972,12 +946,13 @@ fn session_quota_counts_upload_and_download_of_all_its_clients(kind: Kind) {
     assert!(!listed.contains("quota q_"), "{listed}");
 }
 
-fn session_quota_calls_are_checked(kind: Kind) {
+#[test]
+fn session_quota_calls_are_checked() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     assert!(no_table(fw.set_quota("s", &[client4()], MB, 0)));
     fw.install().expect("install");
     assert!(matches!(
@@ -1010,12 +985,13 @@ fn session_quota_calls_are_checked(kind: Kind) {
 /// session cleared in the same batch leave exactly what the same changes one by one would
 /// (each quota change's deletions follow the maps as the changes before it left them); a
 /// batch with a bad change applies none of them.
-fn a_batch_of_changes_is_applied_whole_or_not_at_all(kind: Kind) {
+#[test]
+fn a_batch_of_changes_is_applied_whole_or_not_at_all() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut fw = firewall(&bed, config(), kind);
+    let mut fw = firewall(&bed, config());
     fw.install().expect("install");
     let third = Client {
         mac: "02:00:00:66:00:03".parse().expect("mac"),
@@ -1071,40 +1047,6 @@ fn a_batch_of_changes_is_applied_whole_or_not_at_all(kind: Kind) {
     assert!(bed.client.tcp_connects(sock(Testbed::up_v4(), 443), OPEN));
 }
 
-/// One `#[test]` per implementation for each behaviour test: `nft::NAME` and `netlink::NAME`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod nft {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Kind::Nft)
-            })*
-        }
-        mod netlink {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Kind::Netlink)
-            })*
-        }
-    };
-}
-
-both!(
-    captive_client_gets_dns_the_garden_and_the_portal_only,
-    gateway_and_lan_are_closed_to_everything_else,
-    allowed_client_passes_is_counted_and_revoked,
-    only_the_allowed_mac_passes_with_the_allowed_ip,
-    kernel_timeout_closes_access_by_itself,
-    install_is_idempotent_keeps_clients_and_replaces_the_garden,
-    flushes_are_detected_and_repaired_and_uninstall_removes_the_table,
-    nat_masquerades_on_the_wan_interface,
-    bad_batches_are_refused_with_the_kernels_reason,
-    session_quota_stops_a_full_speed_download_in_the_kernel,
-    session_quota_counts_upload_and_download_of_all_its_clients,
-    session_quota_calls_are_checked,
-    a_batch_of_changes_is_applied_whole_or_not_at_all,
-);
-
 // ---- the netlink firewall, cross-checked with nft's own listings ----
 
 /// `nft -j list KIND inet TABLE NAME` in the bed's gateway, parsed.
@@ -1159,8 +1101,7 @@ fn netlink_changes_are_exactly_what_nft_lists() {
     let bed = Testbed::new();
     let config = config();
     let table = config.table.clone();
-    let mut fw = firewall(&bed, config.clone(), Kind::Netlink);
-    let mut nft = firewall(&bed, config, Kind::Nft);
+    let mut fw = firewall(&bed, config);
     fw.install().expect("install");
     let third = Client {
         mac: "02:00:00:66:00:03".parse().expect("mac"),
@@ -1247,22 +1188,39 @@ fn netlink_changes_are_exactly_what_nft_lists() {
     }
     let v4 = ours.iter().find(|c| c.client == client4()).expect("v4");
     assert!(v4.up_bytes > 50_000 && v4.down_bytes > 20_000, "{v4:?}");
-    // And nft's listing read by NftFirewall agrees (times may tick over between the two).
-    let theirs = nft.clients().expect("nft clients");
-    let counts = |all: &[ClientCounters]| -> Vec<_> {
-        all.iter()
-            .map(|c| {
-                (
-                    c.client,
-                    c.up_bytes,
-                    c.up_packets,
-                    c.down_bytes,
-                    c.down_packets,
-                )
-            })
-            .collect()
-    };
-    assert_eq!(counts(&ours), counts(&theirs));
+    // And nft's listings, joined per client (each upload element with the download element
+    // of its IP), are exactly NetlinkFirewall's clients.
+    let mut theirs: Vec<_> = up4
+        .iter()
+        .chain(&up6)
+        .map(|up| {
+            let (mac, ip) = up.0.split_once('.').expect("MAC . IP");
+            let client = Client {
+                mac: mac.parse().expect("listed MAC"),
+                ip: ip.parse().expect("listed IP"),
+            };
+            let (down_bytes, down_packets) = down4
+                .iter()
+                .chain(&down6)
+                .find(|down| down.0 == ip)
+                .map_or((0, 0), |down| (down.3, down.4));
+            (client, up.3, up.4, down_bytes, down_packets)
+        })
+        .collect();
+    theirs.sort();
+    let counts: Vec<_> = ours
+        .iter()
+        .map(|c| {
+            (
+                c.client,
+                c.up_bytes,
+                c.up_packets,
+                c.down_bytes,
+                c.down_packets,
+            )
+        })
+        .collect();
+    assert_eq!(counts, theirs);
 
     // Allowing again replaces the elements: counters start at zero, the new timeout holds.
     fw.allow(&client4(), Duration::from_secs(90))
@@ -1332,24 +1290,27 @@ fn netlink_changes_are_exactly_what_nft_lists() {
         map("quota6_down"),
         [format!("{}:q_s1", Testbed::client_v6())]
     );
-    let quotas = nft_list(&bed, &["quotas", "table", "inet", &table]);
-    let mut nft_quotas: Vec<(String, u64, u64, bool)> = quotas["nftables"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|o| o.get("quota"))
-        .map(|q| {
-            (
-                q["name"].as_str().expect("name").to_owned(),
-                q["bytes"].as_u64().expect("bytes"),
-                q["used"].as_u64().expect("used"),
-                q["inv"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
-    nft_quotas.sort();
+    let nft_quotas = || -> Vec<(String, u64, u64, bool)> {
+        let quotas = nft_list(&bed, &["quotas", "table", "inet", &table]);
+        let mut all: Vec<_> = quotas["nftables"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|o| o.get("quota"))
+            .map(|q| {
+                (
+                    q["name"].as_str().expect("name").to_owned(),
+                    q["bytes"].as_u64().expect("bytes"),
+                    q["used"].as_u64().expect("used"),
+                    q["inv"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
     assert_eq!(
-        nft_quotas,
+        nft_quotas(),
         [
             ("q_s1".to_owned(), 5 * MB, 2 * MB, true),
             ("q_s2".to_owned(), MB, 0, true)
@@ -1360,7 +1321,21 @@ fn netlink_changes_are_exactly_what_nft_lists() {
         .expect("allowed");
     let ours = fw.list_quotas().expect("netlink quotas");
     assert!(ours["s1"].used_bytes > 2 * MB + 10_000, "{ours:?}");
-    assert_eq!(ours, nft.list_quotas().expect("nft quotas"));
+    // What nft lists, by session, is what NetlinkFirewall reads.
+    let theirs: BTreeMap<String, SessionQuota> = nft_quotas()
+        .into_iter()
+        .map(|(name, limit_bytes, used_bytes, _)| {
+            let session = name.strip_prefix("q_").expect("a session quota");
+            (
+                session.to_owned(),
+                SessionQuota {
+                    limit_bytes,
+                    used_bytes,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(ours, theirs);
 
     // Moving a client and clearing a session leave exactly what is asked.
     fw.set_quota("s2", &[third, client4()], MB, 0)
@@ -1435,58 +1410,40 @@ fn runs(count: &std::path::Path) -> usize {
     std::fs::read_to_string(count).map_or(0, |text| text.lines().count())
 }
 
-/// The firewall calls of one login (allow, then the session's quota) and of one daemon
-/// tick (counters, quotas, the install check), counted in `nft` runs for each
-/// implementation: none for NetlinkFirewall.
+/// The firewall calls of one login (allow, then the session's quota), of one daemon tick
+/// (counters, quotas, the install check) and of one logout, counted in `nft` runs: none;
+/// the install and the uninstall one each.
 #[test]
 fn netlink_runs_no_nft_per_login_or_per_tick() {
     if !support::require_root() {
         return;
     }
     let bed = Testbed::new();
-    let mut table = Vec::new();
-    for kind in [Kind::Nft, Kind::Netlink] {
-        let dir = tempfile::tempdir().expect("dir");
-        let (command, count) = counting_nft(dir.path(), bed.gw.name());
-        let config = config();
-        let mut fw: Fw = match kind {
-            Kind::Nft => Fw {
-                inner: Box::new(NftFirewall::with_command(config.clone(), command)),
-                config,
-            },
-            Kind::Netlink => {
-                let mut netlink = NetlinkFirewall::with_command(config.clone(), command);
-                bed.gw.in_thread(|| netlink.open()).expect("socket");
-                Fw {
-                    inner: Box::new(netlink),
-                    config,
-                }
-            }
-        };
-        fw.install().expect("install");
-        let install = runs(&count);
-        fw.allow(&client4(), Duration::from_secs(60))
-            .expect("allow");
-        fw.set_quota("s", &[client4()], MB, 0).expect("quota");
-        let login = runs(&count) - install;
-        fw.clients().expect("clients");
-        fw.list_quotas().expect("quotas");
-        assert!(fw.is_installed().expect("check"));
-        let tick = runs(&count) - install - login;
-        fw.revoke(&client4()).expect("revoke");
-        fw.clear_quota("s").expect("clear");
-        let logout = runs(&count) - install - login - tick;
-        fw.uninstall().expect("uninstall");
-        table.push((kind, install, login, tick, logout));
-    }
-    println!("nft processes    install  login  tick  logout");
-    for (kind, install, login, tick, logout) in &table {
-        let kind = format!("{kind:?}");
-        println!("{kind:<16} {install:>7} {login:>6} {tick:>5} {logout:>7}");
-    }
-    assert_eq!(table[1], (Kind::Netlink, 1, 0, 0, 0));
-    assert!(
-        table[0].2 > 0 && table[0].3 > 0,
-        "the wrapper counts nft's runs"
+    let dir = tempfile::tempdir().expect("dir");
+    let (command, count) = counting_nft(dir.path(), bed.gw.name());
+    let mut fw = NetlinkFirewall::with_command(config(), command);
+    bed.gw.in_thread(|| fw.open()).expect("socket");
+    fw.install().expect("install");
+    let install = runs(&count);
+    fw.allow(&client4(), Duration::from_secs(60))
+        .expect("allow");
+    fw.set_quota("s", &[client4()], MB, 0).expect("quota");
+    let login = runs(&count) - install;
+    fw.clients().expect("clients");
+    fw.list_quotas().expect("quotas");
+    assert!(fw.is_installed().expect("check"));
+    let tick = runs(&count) - install - login;
+    fw.revoke(&client4()).expect("revoke");
+    fw.clear_quota("s").expect("clear");
+    let logout = runs(&count) - install - login - tick;
+    fw.uninstall().expect("uninstall");
+    let uninstall = runs(&count) - install - login - tick - logout;
+    println!(
+        "nft processes: install {install}, login {login}, tick {tick}, logout {logout}, uninstall {uninstall}"
+    );
+    assert_eq!(
+        (install, login, tick, logout, uninstall),
+        (1, 0, 0, 0, 1),
+        "the wrapper counts nft's runs: one to install, one to uninstall, none between"
     );
 }

@@ -37,11 +37,11 @@ pub enum Call {
     ListQuotas,
 }
 
-/// An in-memory firewall that behaves like the kernel's table as [`super::NftFirewall`]
+/// An in-memory firewall that behaves like the kernel's table as [`super::NetlinkFirewall`]
 /// drives it: sets survive `install`, allowing replaces a client's elements and restarts
 /// their counters, the download side is keyed by IP, timeouts are ceiled to whole seconds,
-/// calls before `install` fail as nft would. It never reads a clock: [`advance`] moves its
-/// time.
+/// calls before `install` fail (no such table). It never reads a clock: [`advance`] moves
+/// its time.
 ///
 /// Clones share one state, so a test keeps a clone to look in while the shell owns another.
 ///

@@ -1,13 +1,13 @@
 //! Enforcement: the nftables table that keeps captive clients on the portal and lets
 //! allowed clients through, behind the small [`Firewall`] trait.
 //!
-//! Three implementations: [`NetlinkFirewall`] (what the daemon runs) speaks to the kernel
-//! over netlink for every per-login and per-tick call and runs `nft` only to install and
-//! uninstall the table; [`NftFirewall`] runs the real `nft` for everything (JSON on stdin,
-//! one atomic batch per change); [`MemoryFirewall`] records calls for unit tests of the
-//! daemon shell. nft's batches are built by pure functions (`rules`) and its listings read
-//! by pure functions (`listing`), the netlink messages likewise (`netlink`), so all are
-//! unit-tested without a kernel.
+//! Two implementations: [`NetlinkFirewall`] (what the daemon runs) speaks to the kernel
+//! over netlink for every per-login and per-tick call, and installs and uninstalls the
+//! table with [`NftFirewall`] (the real `nft`, JSON on stdin, one atomic batch each; the
+//! CLI's `firewall install` and `firewall remove` use it alone); [`MemoryFirewall`] records
+//! calls for unit tests of the daemon shell. nft's batches are built by pure functions
+//! (`rules`), the netlink messages and the reading of their replies likewise (`netlink`,
+//! `listing`), so all are unit-tested without a kernel.
 //!
 //! What this module does not do: it does not turn IP forwarding on (the daemon does, once
 //! the table is in place, with [`crate::forwarding`]: `net.ipv4.ip_forward=1`, the uplink's
@@ -277,7 +277,7 @@ fn valid_table_name(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCounters {
     pub client: Client,
-    /// Until the kernel removes the client (whole seconds, rounded down by nft).
+    /// Until the kernel removes the client (whole seconds, rounded down, as nft lists it).
     pub expires_in: Duration,
     /// What the client sent that was forwarded (IP bytes and packets).
     pub up_bytes: u64,
@@ -372,11 +372,6 @@ pub enum FirewallError {
         status: ExitStatus,
         stderr: String,
     },
-    #[error("cannot {operation}: unexpected nft output: {detail}")]
-    Listing {
-        operation: Operation,
-        detail: String,
-    },
     /// The kernel refused a netlink request (or the netlink socket could not be opened).
     #[error(
         "cannot {operation}: the kernel said {} over netlink{}",
@@ -432,7 +427,6 @@ impl FirewallError {
             FirewallError::NftNotFound { operation, .. }
             | FirewallError::Spawn { operation, .. }
             | FirewallError::Refused { operation, .. }
-            | FirewallError::Listing { operation, .. }
             | FirewallError::Netlink { operation, .. }
             | FirewallError::Reply { operation, .. }
             | FirewallError::Injected { operation } => Some(operation),
@@ -475,33 +469,6 @@ fn batch_operation(changes: &[Change]) -> Operation {
     match changes {
         [one] => one.operation(),
         _ => Operation::Apply(changes.len()),
-    }
-}
-
-/// What the quota maps hold once `change` is applied to `existing` (the elements as listed
-/// before the batch): a batch of several quota changes builds each one's deletions from
-/// the maps as the changes before it in the batch left them.
-fn quota_elements_after(existing: &mut Vec<rules::QuotaElement>, change: &Change) {
-    match change {
-        Change::SetQuota {
-            session, clients, ..
-        } => {
-            let Some(name) = rules::quota_name(session) else {
-                return;
-            };
-            let keys = rules::quota_keys(clients);
-            existing.retain(|e| e.quota != name && !keys.contains(&e.key));
-            existing.extend(keys.into_iter().map(|key| rules::QuotaElement {
-                key,
-                quota: name.clone(),
-            }));
-        }
-        Change::ClearQuota(session) => {
-            if let Some(name) = rules::quota_name(session) {
-                existing.retain(|e| e.quota != name);
-            }
-        }
-        Change::Allow { .. } | Change::Revoke(_) => {}
     }
 }
 

@@ -1,13 +1,15 @@
-//! The nft JSON batches, built from typed values only (validated names, `Mac`, `IpAddr`,
-//! `u16`, whole seconds): no nft text is ever assembled here. Pure functions, no I/O.
+//! Our table as data: its sets, maps, chains and rules (which `netlink::check` compares the
+//! kernel's with), the nft JSON batches that install and remove it, and the names and keys
+//! of the per-client elements and session quotas (which `netlink` sends). Built from typed
+//! values only (validated names, `Mac`, `IpAddr`, `u16`): no nft text is ever assembled
+//! here. Pure functions, no I/O.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::FirewallConfig;
 use super::cidr::{GardenEntry, garden_cover};
-use super::{FirewallConfig, kernel_timeout};
 use crate::net::Client;
 
 pub(crate) const FAMILY: &str = "inet";
@@ -559,49 +561,6 @@ fn set_ref(table: &str, set: &str) -> Value {
     json!({"family": FAMILY, "table": table, "name": set})
 }
 
-/// The batch of `changes` in order, each as its own batch would make it; `existing`: the
-/// quota maps' elements listed before (each quota change's deletions are built from the
-/// maps as the changes before it leave them).
-pub(crate) fn changes_batch(
-    table: &str,
-    changes: &[super::Change],
-    mut existing: Vec<QuotaElement>,
-) -> Result<Value, super::FirewallError> {
-    use super::Change;
-    let mut commands = Vec::new();
-    for change in changes {
-        let one = match change {
-            Change::Allow { client, timeout } => allow_batch(table, client, *timeout),
-            Change::Revoke(client) => revoke_batch(table, client),
-            Change::SetQuota {
-                session,
-                clients,
-                limit_bytes,
-                used_bytes,
-            } => {
-                let name = super::session_quota_name(session)?;
-                set_quota_batch(
-                    table,
-                    &name,
-                    clients,
-                    (*limit_bytes, *used_bytes),
-                    &existing,
-                )
-            }
-            Change::ClearQuota(session) => {
-                let name = super::session_quota_name(session)?;
-                clear_quota_batch(table, &name, &existing)
-            }
-        };
-        super::quota_elements_after(&mut existing, change);
-        if let Some(Value::Array(listed)) = one.get("nftables") {
-            // Each batch opens with its metainfo; the combined one has its own.
-            commands.extend(listed.iter().skip(1).cloned());
-        }
-    }
-    Ok(batch(commands))
-}
-
 fn batch(commands: Vec<Value>) -> Value {
     let mut all = Vec::with_capacity(commands.len() + 1);
     all.push(json!({"metainfo": {"json_schema_version": 1}}));
@@ -723,57 +682,6 @@ pub(crate) fn client_sets(ip: IpAddr) -> (&'static str, &'static str) {
     }
 }
 
-fn up_key(client: &Client) -> Value {
-    json!({"concat": [client.mac.to_string(), client.ip.to_string()]})
-}
-
-fn down_key(client: &Client) -> Value {
-    json!(client.ip.to_string())
-}
-
-fn element_command(verb: &str, table: &str, set: &str, key: Value, timeout: Option<u64>) -> Value {
-    let mut element = set_ref(table, set);
-    element["elem"] = match timeout {
-        Some(secs) => json!([{"elem": {"val": key, "timeout": secs}}]),
-        None => json!([key]),
-    };
-    json!({ verb: {"element": element} })
-}
-
-/// Add (so the delete cannot fail), delete, add with the new timeout: a replacement that does
-/// not depend on whether the kernel updates the timeout of an element added twice (older
-/// kernels do not).
-pub(crate) fn allow_batch(table: &str, client: &Client, timeout: Duration) -> Value {
-    let secs = kernel_timeout(timeout).as_secs();
-    client_batch(
-        table,
-        client,
-        &[("add", Some(secs)), ("delete", None), ("add", Some(secs))],
-    )
-}
-
-/// Add (a no-op if present, so the delete cannot fail) then delete: revoking a client that
-/// is not there is not an error. (nft 1.0.6 has no `destroy`.)
-pub(crate) fn revoke_batch(table: &str, client: &Client) -> Value {
-    client_batch(table, client, &[("add", Some(1)), ("delete", None)])
-}
-
-/// One batch applying each `(verb, timeout)` step to the client's elements in its upload
-/// and download sets, in that order.
-fn client_batch(table: &str, client: &Client, steps: &[(&str, Option<u64>)]) -> Value {
-    let (up, down) = client_sets(client.ip);
-    let commands = steps
-        .iter()
-        .flat_map(|(verb, timeout)| {
-            [
-                element_command(verb, table, up, up_key(client), *timeout),
-                element_command(verb, table, down, down_key(client), *timeout),
-            ]
-        })
-        .collect();
-    batch(commands)
-}
-
 /// Add then delete the table: removing a table that is not there is not an error.
 pub(crate) fn uninstall_batch(table: &str) -> Value {
     batch(vec![
@@ -817,13 +725,6 @@ impl QuotaKey {
             QuotaKey::Down(IpAddr::V6(_)) => QUOTA6_DOWN,
         }
     }
-
-    fn value(&self) -> Value {
-        match self {
-            QuotaKey::Up(client) => up_key(client),
-            QuotaKey::Down(ip) => json!(ip.to_string()),
-        }
-    }
 }
 
 /// One element of a quota map: a client key and the quota object it counts against.
@@ -845,44 +746,6 @@ pub(crate) fn quota_keys(clients: &[Client]) -> Vec<QuotaKey> {
     keys
 }
 
-/// `quota NAME { over BYTES bytes used USED bytes }` (`used` at most `bytes`: nft refuses
-/// a quota used beyond its limit).
-fn quota_object(table: &str, name: &str, bytes: u64, used: u64) -> Value {
-    let bytes = bytes.min(MAX_QUOTA_BYTES);
-    json!({"quota": {
-        "family": FAMILY,
-        "table": table,
-        "name": name,
-        "bytes": bytes,
-        "used": used.min(bytes),
-        "inv": true,
-    }})
-}
-
-/// One command per quota map that has keys among `keys`: `verb` with the keys
-/// (`delete`) or key-to-quota pairs (`add`, with `quota`).
-fn quota_elements(verb: &str, table: &str, keys: &[QuotaKey], quota: Option<&str>) -> Vec<Value> {
-    QUOTA_MAPS
-        .iter()
-        .filter_map(|decl| {
-            let elems: Vec<Value> = keys
-                .iter()
-                .filter(|key| key.map() == decl.name)
-                .map(|key| match quota {
-                    Some(quota) => json!([key.value(), quota]),
-                    None => key.value(),
-                })
-                .collect();
-            if elems.is_empty() {
-                return None;
-            }
-            let mut element = set_ref(table, decl.name);
-            element["elem"] = Value::Array(elems);
-            Some(json!({ verb: {"element": element} }))
-        })
-        .collect()
-}
-
 /// The elements to delete before the quota object `name` can be deleted or `keys` added:
 /// those counting against `name`, and those of `keys` counting against another quota (a
 /// map element cannot be re-added with a new quota).
@@ -899,48 +762,4 @@ pub(crate) fn stale_keys(
     stale.sort();
     stale.dedup();
     stale
-}
-
-/// Gives the session's quota object `name` a fresh limit of `bytes` with `used` already used,
-/// and makes exactly `clients` count against it, in one batch: the object is added (updated
-/// if there, so the delete cannot fail), the elements pointing at it or at the clients' keys
-/// (`existing`, as just listed) are deleted, the object is deleted and added again (which
-/// replaces what it has used), and the clients' elements are added.
-pub(crate) fn set_quota_batch(
-    table: &str,
-    name: &str,
-    clients: &[Client],
-    (bytes, used): (u64, u64),
-    existing: &[QuotaElement],
-) -> Value {
-    let keys = quota_keys(clients);
-    let mut commands = vec![json!({"add": quota_object(table, name, bytes, used)})];
-    commands.extend(quota_elements(
-        "delete",
-        table,
-        &stale_keys(name, &keys, existing),
-        None,
-    ));
-    commands.push(json!({"delete": quota_object_ref(table, name)}));
-    commands.push(json!({"add": quota_object(table, name, bytes, used)}));
-    commands.extend(quota_elements("add", table, &keys, Some(name)));
-    batch(commands)
-}
-
-/// Removes the session's quota object `name` and every element pointing at it (`existing`,
-/// as just listed); not an error if there is none.
-pub(crate) fn clear_quota_batch(table: &str, name: &str, existing: &[QuotaElement]) -> Value {
-    let mut commands = vec![json!({"add": quota_object(table, name, 0, 0)})];
-    commands.extend(quota_elements(
-        "delete",
-        table,
-        &stale_keys(name, &[], existing),
-        None,
-    ));
-    commands.push(json!({"delete": quota_object_ref(table, name)}));
-    batch(commands)
-}
-
-fn quota_object_ref(table: &str, name: &str) -> Value {
-    json!({"quota": {"family": FAMILY, "table": table, "name": name}})
 }

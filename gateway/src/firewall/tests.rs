@@ -1,7 +1,6 @@
 //! Unit tests of the firewall module: batches, listings, CIDRs, the in-memory firewall.
 //! (The real kernel is exercised by `tests/firewall_netns.rs`.)
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::cidr::minimal_cover;
 use super::listing::{self, Element};
-use super::rules::{self, CHAINS, QUOTA_MAPS, QuotaElement, QuotaKey, SETS};
+use super::rules::{self, CHAINS, QuotaElement, QuotaKey};
 use super::*;
 use crate::net::{Client, Mac};
 
@@ -118,16 +117,6 @@ fn verbs(batch: &Value) -> Vec<(&str, &str, &Value)> {
         .collect()
 }
 
-/// Every string anywhere in a JSON value.
-fn strings(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
-        _ => {}
-    }
-}
-
 /// A client by its MAC and IP as text.
 fn device(mac_text: &str, ip_text: &str) -> Client {
     Client {
@@ -186,18 +175,6 @@ fn objects<'a>(verbs: &[(&str, &str, &'a Value)], verb: &str, kind: &str) -> Vec
         .filter(|(v, k, _)| *v == verb && *k == kind)
         .map(|(_, _, object)| *object)
         .collect()
-}
-
-/// The strings of `batch` other than its verbs, family, table and the object `names`, sorted,
-/// each once.
-fn unusual_strings(batch: &Value, names: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    strings(batch, &mut found);
-    found.retain(|s| !["add", "delete", "inet", "es_test"].contains(&s.as_str()));
-    found.retain(|s| !names.contains(&s.as_str()));
-    found.sort();
-    found.dedup();
-    found
 }
 
 // ---- Cidr ----
@@ -637,69 +614,7 @@ fn every_rule_says_why_and_uses_only_configured_values() {
 }
 
 #[test]
-fn allow_batch_replaces_both_elements_with_a_ceiled_timeout() {
-    let batch = rules::allow_batch("es_test", &client4(), Duration::from_millis(3_600_500));
-    let verbs = verbs(&batch);
-    let plan: Vec<(&str, &Value)> = verbs
-        .iter()
-        .map(|(verb, kind, element)| {
-            assert_eq!(*kind, "element");
-            assert_eq!(element["table"], "es_test");
-            assert_eq!(element["family"], "inet");
-            (*verb, &element["name"])
-        })
-        .collect();
-    let up = json!("clients4_up");
-    let down = json!("clients4_down");
-    assert_eq!(
-        plan,
-        [
-            ("add", &up),
-            ("add", &down),
-            ("delete", &up),
-            ("delete", &down),
-            ("add", &up),
-            ("add", &down)
-        ]
-    );
-    let up_elem = json!({"concat": ["02:00:00:00:00:02", "10.0.0.2"]});
-    assert_eq!(
-        verbs[4].2["elem"],
-        json!([{"elem": {"val": up_elem, "timeout": 3601}}])
-    );
-    assert_eq!(
-        verbs[5].2["elem"],
-        json!([{"elem": {"val": "10.0.0.2", "timeout": 3601}}])
-    );
-    assert_eq!(verbs[2].2["elem"], json!([up_elem]));
-    assert_eq!(verbs[3].2["elem"], json!(["10.0.0.2"]));
-
-    let batch = rules::allow_batch("es_test", &client6(), Duration::ZERO);
-    let verbs = self::verbs(&batch);
-    assert_eq!(verbs[4].2["name"], "clients6_up");
-    assert_eq!(verbs[5].2["name"], "clients6_down");
-    assert_eq!(
-        verbs[4].2["elem"],
-        json!([{"elem": {"val": {"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "timeout": 1}}])
-    );
-}
-
-#[test]
-fn revoke_and_uninstall_batches_do_not_fail_on_absent_objects() {
-    let batch = rules::revoke_batch("es_test", &client4());
-    let plan: Vec<(&str, String)> = verbs(&batch)
-        .iter()
-        .map(|(verb, _, element)| (*verb, element["name"].as_str().expect("name").to_owned()))
-        .collect();
-    assert_eq!(
-        plan,
-        [
-            ("add", "clients4_up".to_owned()),
-            ("add", "clients4_down".to_owned()),
-            ("delete", "clients4_up".to_owned()),
-            ("delete", "clients4_down".to_owned()),
-        ]
-    );
+fn the_uninstall_batch_does_not_fail_on_an_absent_table() {
     let batch = rules::uninstall_batch("es_test");
     let plan: Vec<(&str, &str)> = verbs(&batch)
         .iter()
@@ -708,169 +623,42 @@ fn revoke_and_uninstall_batches_do_not_fail_on_absent_objects() {
     assert_eq!(plan, [("add", "table"), ("delete", "table")]);
 }
 
-#[test]
-fn batches_carry_input_only_as_typed_values() {
-    // A MAC and an IP go in as their canonical text, nothing else of the caller's.
-    let client = device("AA-BB-CC-DD-EE-FF", "::ffff:10.0.0.2");
-    let names = ["clients6_up", "clients6_down"];
-    assert_eq!(
-        unusual_strings(
-            &rules::allow_batch("es_test", &client, Duration::from_secs(5)),
-            &names
-        ),
-        ["::ffff:10.0.0.2", "aa:bb:cc:dd:ee:ff"]
-    );
-}
-
 // ---- listings ----
 
-const LIST4_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients4_up", "table": "t", "type": ["ether_addr", "ipv4_addr"], "handle": 1, "flags": ["timeout"], "elem": [{"elem": {"val": {"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "timeout": 3600, "expires": 3599, "counter": {"packets": 12, "bytes": 3456}}}, {"elem": {"val": {"concat": ["02:00:00:00:00:03", "10.0.0.3"]}, "timeout": 60, "expires": 7, "counter": {"packets": 0, "bytes": 0}}}], "stmt": [{"counter": null}]}}]}"#;
-const LIST4_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients4_down", "table": "t", "type": "ipv4_addr", "handle": 2, "flags": ["timeout"], "elem": [{"elem": {"val": "10.0.0.2", "timeout": 3600, "expires": 3599, "counter": {"packets": 20, "bytes": 98765}}}, {"elem": {"val": "10.0.0.9", "timeout": 3600, "expires": 3599, "counter": {"packets": 1, "bytes": 60}}}], "stmt": [{"counter": null}]}}]}"#;
-const LIST6_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_up", "table": "t", "type": ["ether_addr", "ipv6_addr"], "handle": 3, "flags": ["timeout"], "elem": [{"elem": {"val": {"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "timeout": 120, "expires": 118, "counter": {"packets": 3, "bytes": 240}}}], "stmt": [{"counter": null}]}}]}"#;
-const LIST6_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_down", "table": "t", "type": "ipv6_addr", "handle": 4, "flags": ["timeout"], "elem": [{"elem": {"val": "fd00:66::2", "timeout": 120, "expires": 118, "counter": {"packets": 4, "bytes": 400}}}], "stmt": [{"counter": null}]}}]}"#;
-const LIST_EMPTY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "clients6_up", "table": "t", "type": ["ether_addr", "ipv6_addr"], "handle": 3, "flags": ["timeout"], "stmt": [{"counter": null}]}}]}"#;
+fn listed<K>(key: K, expires_secs: u64, bytes: u64, packets: u64) -> Element<K> {
+    Element {
+        key,
+        expires: Some(Duration::from_secs(expires_secs)),
+        bytes,
+        packets,
+    }
+}
 
 #[test]
-fn captured_listings_become_client_counters() {
-    let up = listing::up_elements(LIST4_UP, "clients4_up").expect("v4 up");
-    assert_eq!(
-        up[0],
-        Element {
-            key: client4(),
-            expires: Some(Duration::from_secs(3599)),
-            bytes: 3456,
-            packets: 12,
-        }
-    );
-    let down = listing::down_elements(LIST4_DOWN, "clients4_down").expect("v4 down");
-    assert_eq!(down.len(), 2);
+fn listed_elements_become_client_counters() {
+    let other = device("02:00:00:00:00:03", "10.0.0.3");
+    let up = vec![listed(client4(), 3599, 3456, 12), listed(other, 7, 0, 0)];
+    let down = vec![
+        listed(client4().ip, 3599, 98765, 20),
+        listed(ip("10.0.0.9"), 3599, 60, 1),
+    ];
     let joined = listing::join(up, down);
     assert_eq!(
         joined,
         vec![
             counters(client4(), 3599, (3456, 12), (98765, 20)),
             // No download element (yet, or any more): zero, not missing.
-            counters(device("02:00:00:00:00:03", "10.0.0.3"), 7, (0, 0), (0, 0)),
+            counters(other, 7, (0, 0), (0, 0)),
         ],
         "10.0.0.9 has no upload element and no MAC: left out"
     );
 
     let v6 = listing::join(
-        listing::up_elements(LIST6_UP, "clients6_up").expect("v6 up"),
-        listing::down_elements(LIST6_DOWN, "clients6_down").expect("v6 down"),
+        vec![listed(client6(), 118, 240, 3)],
+        vec![listed(client6().ip, 118, 400, 4)],
     );
     assert_eq!(v6, vec![counters(client6(), 118, (240, 3), (400, 4))]);
-    assert_eq!(
-        listing::up_elements(LIST_EMPTY, "clients6_up"),
-        Ok(Vec::new())
-    );
-}
-
-#[test]
-fn unexpected_listings_are_errors_not_zeros() {
-    let no_counter = LIST6_DOWN.replace(r#", "counter": {"packets": 4, "bytes": 400}"#, "");
-    let bad_key = LIST6_DOWN.replace(r#""val": "fd00:66::2""#, r#""val": "not-an-ip""#);
-    let bare = LIST6_DOWN.replace(
-        r#"{"elem": {"val": "fd00:66::2", "timeout": 120, "expires": 118, "counter": {"packets": 4, "bytes": 400}}}"#,
-        r#""fd00:66::2""#,
-    );
-    for text in [
-        no_counter.as_str(),
-        bad_key.as_str(),
-        bare.as_str(),
-        "",
-        "{}",
-        "[1]",
-        "{\"nftables\": 3}",
-    ] {
-        assert!(
-            listing::down_elements(text, "clients6_down").is_err(),
-            "{text}"
-        );
-    }
-    assert!(
-        listing::down_elements(LIST6_DOWN, "clients4_down").is_err(),
-        "wrong set"
-    );
-    let three = LIST6_UP.replace(r#""fd00:66::2"]"#, r#""fd00:66::2", "x"]"#);
-    assert!(listing::up_elements(&three, "clients6_up").is_err());
-}
-
-/// A terse listing (`nft -j -t list table`) of the table as `install` makes it.
-fn terse_listing(config: &FirewallConfig) -> Value {
-    let table = config.table.as_str();
-    let mut objects = vec![
-        json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
-        json!({"table": {"family": "inet", "name": table, "handle": 1}}),
-    ];
-    for set in &SETS {
-        objects.push(json!({"set": {"family": "inet", "name": set.name, "table": table}}));
-    }
-    for map in &QUOTA_MAPS {
-        objects.push(
-            json!({"map": {"family": "inet", "name": map.name, "table": table, "map": "quota"}}),
-        );
-    }
-    for chain in &CHAINS {
-        objects.push(json!({"chain": {"family": "inet", "table": table, "name": chain.name, "hook": chain.hook, "prio": chain.priority}}));
-    }
-    for rule in rules::rules(config) {
-        objects.push(json!({"rule": {"family": "inet", "table": table, "chain": rule.chain, "expr": rule.expr}}));
-    }
-    json!({ "nftables": objects })
-}
-
-#[test]
-fn completeness_check_spots_flushed_chains_and_missing_parts() {
-    /// Which objects of the complete listing to keep.
-    type Keep = dyn Fn(&Value) -> bool;
-    let config = config();
-    let expected = rules::rules(&config);
-    let complete = terse_listing(&config);
-    assert_eq!(
-        listing::is_complete(&complete.to_string(), "es_test", &expected),
-        Ok(true)
-    );
-    assert_eq!(
-        listing::is_complete(&complete.to_string(), "other", &expected),
-        Ok(false)
-    );
-
-    let without = |keep: &Keep| -> String {
-        let objects: Vec<Value> = complete["nftables"]
-            .as_array()
-            .expect("objects")
-            .iter()
-            .filter(|o| keep(o))
-            .cloned()
-            .collect();
-        json!({ "nftables": objects }).to_string()
-    };
-    let incomplete: [(&str, &Keep); 5] = [
-        // `nft flush table`: chains stay, rules go.
-        ("flushed", &|o| o.get("rule").is_none()),
-        ("one rule less", &|o| o["rule"]["chain"] != "postrouting"),
-        ("no chain", &|o| o["chain"]["name"] != "input"),
-        ("no set", &|o| o["set"]["name"] != "clients6_down"),
-        // A table from before the quota maps: install again.
-        ("no map", &|o| o["map"]["name"] != "quota6_down"),
-    ];
-    for (what, keep) in incomplete {
-        assert_eq!(
-            listing::is_complete(&without(keep), "es_test", &expected),
-            Ok(false),
-            "{what}"
-        );
-    }
-    assert!(listing::is_complete("not json", "es_test", &expected).is_err());
-
-    let tables = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": "ip", "name": "es_test", "handle": 1}}, {"table": {"family": "inet", "name": "mine", "handle": 2}}]}"#;
-    assert_eq!(listing::has_table(tables, "mine"), Ok(true));
-    assert_eq!(
-        listing::has_table(tables, "es_test"),
-        Ok(false),
-        "family matters"
-    );
+    assert_eq!(listing::join(Vec::new(), Vec::new()), Vec::new());
 }
 
 // ---- errors ----
@@ -895,7 +683,7 @@ fn errors_name_the_operation() {
 
 #[test]
 fn missing_nft_is_its_own_error() {
-    let mut firewall = NftFirewall::with_command(
+    let firewall = NftFirewall::with_command(
         FirewallConfig::new("lan0"),
         vec!["/nonexistent/edgeshare-test/nft".into()],
     );
@@ -906,7 +694,7 @@ fn missing_nft_is_its_own_error() {
         other => panic!("{other:?}"),
     }
     // An invalid configuration never reaches nft.
-    let mut bad =
+    let bad =
         NftFirewall::with_command(FirewallConfig::new("a/b"), vec!["/nonexistent/nft".into()]);
     assert!(matches!(
         bad.install(),
@@ -917,21 +705,33 @@ fn missing_nft_is_its_own_error() {
 #[test]
 fn nft_refusals_carry_stderr_and_the_operation() {
     // `false` stands in for an nft that refuses: exit status 1, no output.
-    let mut firewall = NftFirewall::with_command(FirewallConfig::new("lan0"), vec!["false".into()]);
-    match firewall.allow(&client4(), Duration::from_secs(5)) {
+    let firewall = NftFirewall::with_command(FirewallConfig::new("lan0"), vec!["false".into()]);
+    match firewall.install() {
         Err(FirewallError::Refused {
             operation, status, ..
         }) => {
-            assert_eq!(operation, Operation::Allow(client4()));
+            assert_eq!(operation, Operation::Install);
             assert!(!status.success());
         }
         other => panic!("{other:?}"),
     }
-    // A listing that is not nft's JSON is reported as such.
-    let mut firewall = NftFirewall::with_command(FirewallConfig::new("lan0"), vec!["true".into()]);
-    match firewall.clients() {
-        Err(FirewallError::Listing { operation, .. }) => {
-            assert_eq!(operation, Operation::ListSet("clients4_up"));
+    // nft's own words, whatever its exit status, are the error's.
+    let refusing = [
+        "sh",
+        "-c",
+        "cat >/dev/null; echo 'Error: no table' >&2; exit 3",
+        "nft",
+    ];
+    let firewall = NftFirewall::with_command(
+        FirewallConfig::new("lan0"),
+        refusing.iter().map(Into::into).collect(),
+    );
+    match firewall.uninstall() {
+        Err(FirewallError::Refused {
+            operation, stderr, ..
+        }) => {
+            assert_eq!(operation, Operation::Uninstall);
+            assert_eq!(stderr, "Error: no table");
         }
         other => panic!("{other:?}"),
     }
@@ -1046,7 +846,7 @@ fn memory_firewall_fails_on_request_and_can_be_flushed() {
 fn firewalls_are_usable_as_trait_objects() {
     let mut boxed: Vec<Box<dyn Firewall>> = vec![
         Box::new(MemoryFirewall::new()),
-        Box::new(NftFirewall::new(FirewallConfig::new("lan0"))),
+        Box::new(NetlinkFirewall::new(FirewallConfig::new("lan0"))),
     ];
     assert!(boxed[0].install().is_ok());
     fn is_send<T: Send>(_: &T) {}
@@ -1174,7 +974,7 @@ fn other4() -> Client {
 }
 
 #[test]
-fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
+fn set_quota_moves_only_the_right_elements() {
     let existing = [
         // Ours from before: a device no longer in the session, and one still in it.
         element(QuotaKey::Up(other4()), "q_s1"),
@@ -1188,129 +988,41 @@ fn set_quota_batch_recreates_the_object_and_moves_only_the_right_elements() {
             "q_s2",
         ),
     ];
-    let batch = rules::set_quota_batch(
-        "es_test",
-        "q_s1",
-        &[client4(), client6(), client4()],
-        (1_000_000, 400_000),
-        &existing,
-    );
-    let quota = |bytes: u64, used: u64| json!({"family": "inet", "table": "es_test", "name": "q_s1", "bytes": bytes, "used": used, "inv": true});
-    let element = |map: &str, elem: Value| json!({"family": "inet", "table": "es_test", "name": map, "elem": elem});
+    let keys = rules::quota_keys(&[client4(), client6(), client4()]);
     assert_eq!(
-        commands(&batch),
+        keys,
         [
-            json!({"add": {"quota": quota(1_000_000, 400_000)}}),
-            json!({"delete": {"element": element("quota4_up", json!([
-                {"concat": ["02:00:00:00:00:02", "10.0.0.2"]},
-                {"concat": ["02:00:00:00:00:03", "10.0.0.3"]}]))}}),
-            json!({"delete": {"element": element("quota4_down", json!(["10.0.0.3"]))}}),
-            json!({"delete": {"element": element("quota6_down", json!(["fd00:66::2"]))}}),
-            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
-            json!({"add": {"quota": quota(1_000_000, 400_000)}}),
-            json!({"add": {"element": element("quota4_up", json!([
-                [{"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "q_s1"]]))}}),
-            json!({"add": {"element": element("quota4_down", json!([["10.0.0.2", "q_s1"]]))}}),
-            json!({"add": {"element": element("quota6_up", json!([
-                [{"concat": ["02:00:00:00:00:06", "fd00:66::2"]}, "q_s1"]]))}}),
-            json!({"add": {"element": element("quota6_down", json!([["fd00:66::2", "q_s1"]]))}}),
+            QuotaKey::Up(client4()),
+            QuotaKey::Up(client6()),
+            QuotaKey::Down(client4().ip),
+            QuotaKey::Down(client6().ip),
         ]
     );
-
-    // Nothing listed, no clients, a huge quota: no element commands, the limit clamped, and
-    // what was used at most the limit (nft refuses more).
-    let batch = rules::set_quota_batch("es_test", "q_s1", &[], (u64::MAX, u64::MAX), &[]);
+    let in_map = |keys: &[QuotaKey], map: &str| -> Vec<QuotaKey> {
+        keys.iter().copied().filter(|k| k.map() == map).collect()
+    };
+    let stale = rules::stale_keys("q_s1", &keys, &existing);
     assert_eq!(
-        commands(&batch),
+        in_map(&stale, "quota4_up"),
+        [QuotaKey::Up(client4()), QuotaKey::Up(other4())]
+    );
+    assert_eq!(in_map(&stale, "quota4_down"), [QuotaKey::Down(other4().ip)]);
+    assert!(in_map(&stale, "quota6_up").is_empty());
+    assert_eq!(
+        in_map(&stale, "quota6_down"),
+        [QuotaKey::Down(client6().ip)]
+    );
+    assert_eq!(stale.len(), 4);
+
+    // Clearing deletes the session's own elements only; nothing listed, nothing to delete.
+    assert_eq!(
+        rules::stale_keys("q_s2", &[], &existing),
         [
-            json!({"add": {"quota": quota(i64::MAX as u64, i64::MAX as u64)}}),
-            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
-            json!({"add": {"quota": quota(i64::MAX as u64, i64::MAX as u64)}}),
+            QuotaKey::Up(device("02:00:00:00:00:09", "10.0.0.9")),
+            QuotaKey::Down(client6().ip),
         ]
     );
-}
-
-#[test]
-fn clear_quota_batch_does_not_fail_on_an_absent_quota() {
-    let existing = [
-        element(QuotaKey::Up(client4()), "q_s1"),
-        element(QuotaKey::Down(client4().ip), "q_s2"),
-    ];
-    let batch = rules::clear_quota_batch("es_test", "q_s1", &existing);
-    assert_eq!(
-        commands(&batch),
-        [
-            json!({"add": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1", "bytes": 0, "used": 0, "inv": true}}}),
-            json!({"delete": {"element": {"family": "inet", "table": "es_test", "name": "quota4_up", "elem": [
-                {"concat": ["02:00:00:00:00:02", "10.0.0.2"]}]}}}),
-            json!({"delete": {"quota": {"family": "inet", "table": "es_test", "name": "q_s1"}}}),
-        ]
-    );
-}
-
-#[test]
-fn quota_batches_carry_input_only_as_typed_values() {
-    let client = device("AA-BB-CC-DD-EE-FF", "10.0.0.2");
-    let names = ["quota4_up", "quota4_down", "q_s-1"];
-    assert_eq!(
-        unusual_strings(
-            &rules::set_quota_batch("es_test", "q_s-1", &[client], (5, 0), &[]),
-            &names
-        ),
-        ["10.0.0.2", "aa:bb:cc:dd:ee:ff"]
-    );
-}
-
-const LIST_QUOTA4_UP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota4_up", "table": "t", "type": ["ether_addr", "ipv4_addr"], "handle": 3, "map": "quota", "elem": [[{"concat": ["02:00:00:00:00:02", "10.0.0.2"]}, "q_s1"]]}}]}"#;
-const LIST_QUOTA6_DOWN: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota6_down", "table": "t", "type": "ipv6_addr", "handle": 4, "map": "quota", "elem": [["fd00:66::2", "q_s1"], ["fd00:66::3", "q_s2"]]}}]}"#;
-const LIST_QUOTA_EMPTY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"map": {"family": "inet", "name": "quota4_down", "table": "t", "type": "ipv4_addr", "handle": 4, "map": "quota"}}]}"#;
-const LIST_QUOTAS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"quota": {"family": "inet", "name": "q_s1", "table": "t", "handle": 2, "bytes": 1000000, "used": 1000000, "inv": true}}, {"quota": {"family": "inet", "name": "q_s2", "table": "t", "handle": 5, "bytes": 500, "used": 12, "inv": true}}]}"#;
-
-#[test]
-fn captured_quota_listings_are_read() {
-    assert_eq!(
-        listing::quota_map_elements(LIST_QUOTA4_UP, "quota4_up"),
-        Ok(vec![element(QuotaKey::Up(client4()), "q_s1")])
-    );
-    assert_eq!(
-        listing::quota_map_elements(LIST_QUOTA6_DOWN, "quota6_down"),
-        Ok(vec![
-            element(QuotaKey::Down(ip("fd00:66::2")), "q_s1"),
-            element(QuotaKey::Down(ip("fd00:66::3")), "q_s2")
-        ])
-    );
-    assert_eq!(
-        listing::quota_map_elements(LIST_QUOTA_EMPTY, "quota4_down"),
-        Ok(vec![])
-    );
-    assert!(listing::quota_map_elements(LIST_QUOTA_EMPTY, "quota4_up").is_err());
-    assert!(
-        listing::quota_map_elements(
-            LIST_QUOTA4_UP.replace("\"q_s1\"", "7").as_str(),
-            "quota4_up"
-        )
-        .is_err()
-    );
-    assert!(listing::quota_map_elements("nope", "quota4_up").is_err());
-
-    let quotas = listing::quotas(LIST_QUOTAS, "t").unwrap();
-    assert_eq!(
-        quotas.get("s2"),
-        Some(&SessionQuota {
-            limit_bytes: 500,
-            used_bytes: 12
-        })
-    );
-    assert_eq!(
-        quotas.get("s1"),
-        Some(&SessionQuota {
-            limit_bytes: 1_000_000,
-            used_bytes: 1_000_000
-        })
-    );
-    assert_eq!(quotas.len(), 2, "{quotas:?}");
-    assert_eq!(listing::quotas(LIST_QUOTAS, "other"), Ok(BTreeMap::new()));
-    assert!(listing::quotas(&LIST_QUOTAS.replace("\"used\"", "\"x\""), "t").is_err());
+    assert!(rules::stale_keys("q_s1", &keys, &[]).is_empty());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! hooks (`GETCHAIN` dump) and, chain by chain, its rules in order, each known by the
 //! comment nft stored with it (`GETRULE` dump, `NFTA_RULE_USERDATA`).
 //!
-//! Comparing comments, not just counts as nft's listing did, also catches a rule of ours
+//! Comparing comments, not just counting rules per chain, also catches a rule of ours
 //! replaced by someone else's. The rules' expressions are not compared: they are nft's
 //! translation of ours, and a chain holding exactly our comments in our order was filled by
 //! our install batch (a flushed or edited chain loses or gains rules).

@@ -7,15 +7,16 @@
 //! listings, the allow batch, four map listings, the quota batch), every tick four or more.
 //! Over netlink the same work is a handful of `send`/`recv` calls on one socket.
 //!
-//! What goes over netlink, with the same semantics as [`NftFirewall`] (same batches, in the
-//! same order, each applied atomically; same listings):
+//! What goes over netlink, each change one batch the kernel applies atomically, its
+//! messages as nft sends them for the same change (`tests` compares recorded ones byte for
+//! byte):
 //! - `allow`, `revoke`: `NEWSETELEM`/`DELSETELEM` in one batch (`elements`).
 //! - `clients`: four `GETSETELEM` dumps, keys and counters read back (`elements`).
 //! - `set_quota`, `clear_quota`, `list_quotas`: quota objects (`objects`) and quota-map
 //!   elements with an object reference (`elements`).
 //! - `is_installed`: four small reads compared with what `install` puts there (`check`).
 //!
-//! What still runs `nft -j` (through [`NftFirewall`]): `install` and `uninstall`, once per
+//! What runs `nft -j` (through [`NftFirewall`]): `install` and `uninstall`, once per
 //! start, stop, repair or garden update. The install batch holds every rule of the table:
 //! payload offsets, meta keys, conntrack states, set lookups, quota maps, the port
 //! redirect, masquerade, interval sets with merged prefixes. nft compiles those into kernel
@@ -49,7 +50,7 @@ use super::rules::{
 };
 use super::{
     Change, ClientCounters, Firewall, FirewallConfig, FirewallError, NftFirewall, Operation,
-    SessionQuota, batch_operation, kernel_timeout, quota_elements_after, session_quota_name,
+    SessionQuota, batch_operation, kernel_timeout, session_quota_name,
 };
 use crate::net::Client;
 use elements::Change as ElementChange;
@@ -208,8 +209,8 @@ fn failed(operation: &Operation, failure: Failure) -> FirewallError {
     }
 }
 
-/// The client steps of `rules::client_batch` as netlink messages: each `(add, timeout)` on
-/// the client's upload element, then on its download element.
+/// One message per step and element: each `(add, timeout)` on the client's upload element,
+/// then on its download element.
 fn client_batch(table: &str, client: &Client, steps: &[(bool, Option<Duration>)]) -> Vec<Message> {
     let (up, down) = rules::client_sets(client.ip);
     steps
@@ -231,7 +232,8 @@ fn client_batch(table: &str, client: &Client, steps: &[(bool, Option<Duration>)]
         .collect()
 }
 
-/// One request per quota map with keys among `keys`, as `rules::quota_elements` makes them.
+/// One request per quota map with keys among `keys`: deletions of the keys (`quota`
+/// `None`), or additions pointing them at the quota object `quota`.
 fn quota_elements(table: &str, keys: &[QuotaKey], quota: Option<&str>) -> Vec<Message> {
     QUOTA_MAPS
         .iter()
@@ -251,8 +253,9 @@ fn quota_elements(table: &str, keys: &[QuotaKey], quota: Option<&str>) -> Vec<Me
         .collect()
 }
 
-/// The batch of `rules::allow_batch`: add (so the delete cannot fail), delete, add with the
-/// timeout, which restarts the element counters at zero on every kernel.
+/// Add (so the delete cannot fail), delete, add with the timeout: a replacement that
+/// restarts the element counters at zero and does not depend on whether the kernel updates
+/// the timeout of an element added twice (older kernels do not).
 fn allow_batch(table: &str, client: &Client, timeout: Duration) -> Vec<Message> {
     let timeout = Some(kernel_timeout(timeout));
     client_batch(
@@ -262,8 +265,8 @@ fn allow_batch(table: &str, client: &Client, timeout: Duration) -> Vec<Message> 
     )
 }
 
-/// The batch of `rules::revoke_batch`: add (a no-op if present) then delete, so revoking a
-/// client that is not there is not an error on kernels without `DESTROYSETELEM`.
+/// Add (a no-op if present) then delete, so revoking a client that is not there is not an
+/// error on kernels without `DESTROYSETELEM`.
 fn revoke_batch(table: &str, client: &Client) -> Vec<Message> {
     client_batch(
         table,
@@ -272,7 +275,11 @@ fn revoke_batch(table: &str, client: &Client) -> Vec<Message> {
     )
 }
 
-/// The batch of `rules::set_quota_batch`.
+/// Gives the session's quota object `name` a fresh limit of `bytes` with `used` already used,
+/// and makes exactly `clients` count against it, in one batch: the object is added (updated
+/// if there, so the delete cannot fail), the elements pointing at it or at the clients' keys
+/// (`existing`, as just listed) are deleted, the object is deleted and added again (which
+/// replaces what it has used), and the clients' elements are added.
 fn set_quota_batch(
     table: &str,
     name: &str,
@@ -293,7 +300,8 @@ fn set_quota_batch(
     messages
 }
 
-/// The batch of `rules::clear_quota_batch`.
+/// Removes the session's quota object `name` and every element pointing at it (`existing`,
+/// as just listed); not an error if there is none.
 fn clear_quota_batch(table: &str, name: &str, existing: &[QuotaElement]) -> Vec<Message> {
     let mut messages = vec![objects::add(table, name, 0, 0)];
     messages.extend(quota_elements(
@@ -303,6 +311,33 @@ fn clear_quota_batch(table: &str, name: &str, existing: &[QuotaElement]) -> Vec<
     ));
     messages.push(objects::delete(table, name));
     messages
+}
+
+/// What the quota maps hold once `change` is applied to `existing` (the elements as listed
+/// before the batch): a batch of several quota changes builds each one's deletions from
+/// the maps as the changes before it in the batch left them.
+fn quota_elements_after(existing: &mut Vec<QuotaElement>, change: &Change) {
+    match change {
+        Change::SetQuota {
+            session, clients, ..
+        } => {
+            let Some(name) = rules::quota_name(session) else {
+                return;
+            };
+            let keys = rules::quota_keys(clients);
+            existing.retain(|e| e.quota != name && !keys.contains(&e.key));
+            existing.extend(keys.into_iter().map(|key| QuotaElement {
+                key,
+                quota: name.clone(),
+            }));
+        }
+        Change::ClearQuota(session) => {
+            if let Some(name) = rules::quota_name(session) {
+                existing.retain(|e| e.quota != name);
+            }
+        }
+        Change::Allow { .. } | Change::Revoke(_) => {}
+    }
 }
 
 impl Firewall for NetlinkFirewall {

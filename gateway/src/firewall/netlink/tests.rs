@@ -220,6 +220,10 @@ fn quota_objects_and_map_elements_are_what_nft_sends() {
             .any(|w| w == (i64::MAX as u64).to_be_bytes()),
         "clamped"
     );
+    // What was used is at most the limit (nft refuses more): both carry the same number.
+    let limit = 5000u64.to_be_bytes();
+    let bytes = objects::add("t", "q_x", 5000, 9000).request(1);
+    assert_eq!(bytes.windows(8).filter(|w| *w == limit).count(), 2);
 
     let session = client("02:00:00:00:00:02", "10.0.0.2");
     let messages = batch_bytes(set_quota_batch("t", "q_s", &[session], (5000, 0), &[]), 20);
