@@ -70,7 +70,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tower::ServiceExt as _;
     let first = FirstRequest::default();
@@ -84,19 +84,49 @@ async fn connection(
     );
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopped(&mut stop) => {
-            if !first.has_come() {
-                return;
-            }
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
+    if let Err(err) = drive(connection, &first, stop, std::future::pending()).await {
         tracing::debug!(client = %peer, error = %err, "connection ended");
+    }
+}
+
+/// Drives one HTTP/1 connection to its end. At the stop, or once `close` is done, it is
+/// closed gracefully (the reply in progress is finished first); at the stop, one whose
+/// first request has not come is dropped instead (see [`FirstRequest`]).
+pub async fn drive<I, S, B>(
+    connection: hyper::server::conn::http1::Connection<I, S>,
+    first: &FirstRequest,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    close: impl Future<Output = ()>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut close = std::pin::pin!(close);
+    let mut closing = false;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = stopped(&mut stop), if !stopping => {
+                stopping = true;
+                if !first.has_come() {
+                    return Ok(());
+                }
+                if !closing {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            () = close.as_mut(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

@@ -382,7 +382,7 @@ async fn serve_connection<G: Gate>(
     app: Router,
     portal: Arc<Portal<G>>,
     mut logged_in: broadcast::Receiver<Device>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tower::ServiceExt as _;
     let replies = Arc::clone(&portal);
@@ -414,47 +414,29 @@ async fn serve_connection<G: Gate>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
     let me = client_ip(peer);
-    let mut closing = false;
-    let mut stopping = false;
-    let result = loop {
-        tokio::select! {
-            result = connection.as_mut() => break result,
-            () = stopped(&mut stop), if !stopping => {
-                stopping = true;
-                if !first.has_come() {
-                    break Ok(());
+    // Once this device logs in, its other connections here were opened while it was
+    // captive (browsers open some ahead of use) and the kernel's redirect holds them to the
+    // portal: they are closed, so the browser reaches the real sites on new ones. A reply
+    // in progress (the success page) is finished first.
+    let logs_in = async {
+        loop {
+            let close = match logged_in.recv().await {
+                Ok(who) => who == device,
+                // Logins were missed (a crowd logging in): close only if this device is
+                // among them. Closing on a guess closed waiting phones' connections
+                // before their request was read.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    portal.gate.status(me).await.is_some()
                 }
-                if !closing {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-            login = logged_in.recv(), if !closing => {
-                // This device just logged in. Its other connections here were opened
-                // while it was captive (browsers open some ahead of use) and the
-                // kernel's redirect holds them to the portal: close them, so the
-                // browser reaches the real sites on new ones. A reply in progress
-                // (the success page) is finished first.
-                let close = match login {
-                    Ok(who) => who == device,
-                    // Logins were missed (a crowd logging in): close only if this device is
-                    // among them. Closing on a guess closed waiting phones' connections
-                    // before their request was read.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        portal.gate.status(me).await.is_some()
-                    }
-                    Err(broadcast::error::RecvError::Closed) => false,
-                };
-                if close {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            };
+            if close {
+                return;
             }
         }
     };
-    if let Err(err) = result {
+    if let Err(err) = edgeshare_shared::serve::drive(connection, &first, stop, logs_in).await {
         tracing::debug!(client = %peer.ip(), error = %err, "portal connection ended");
     }
 }
