@@ -1,4 +1,5 @@
-//! The nftables firewall against the real kernel: real `nft`, real netlink, real veth pairs,
+//! The nftables firewall (and the capture meter that audits its counters) against the real
+//! kernel: real `nft`, real netlink, real veth pairs,
 //! three network namespaces (client — gw — up, see `support::Testbed`), traffic from
 //! `std::net` probes. The behaviour tests drive [`NetlinkFirewall`], what the daemon runs
 //! (netlink per login and per tick; `nft -j` through [`NftFirewall`] to install and
@@ -1446,4 +1447,102 @@ fn netlink_runs_no_nft_per_login_or_per_tick() {
         (1, 0, 0, 0, 1),
         "the wrapper counts nft's runs: one to install, one to uninstall, none between"
     );
+}
+
+/// The capture meter judges each frame by the clients allowed when the kernel received it,
+/// not when its thread got to it (on a loaded Pi, frames wait in its socket): frames that
+/// arrived before the kernel's change and are read after it count by the list before,
+/// both when a client is let in and when it is cut off.
+#[test]
+fn the_capture_judges_each_frame_by_the_clients_allowed_when_it_arrived() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::SystemTime;
+
+    use edgeshare_gateway::capture::{Capture, CaptureSettings};
+    if !support::require_root() {
+        return;
+    }
+    let bed = Testbed::new();
+    let (reports_tx, reports) = std::sync::mpsc::channel();
+    // While set, the capture thread is held in its report: frames queue in its socket.
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = Arc::clone(&hold);
+    let capture = bed
+        .gw
+        .in_thread(|| {
+            Capture::start(
+                CaptureSettings {
+                    interface: Testbed::GW_LAN_IF.to_owned(),
+                    buffer_bytes: 1 << 20,
+                    local: vec![Testbed::gw_lan_v4(), Testbed::gw_lan_v6()],
+                    max_flows: 64,
+                    max_clients: 16,
+                    flow_idle: Duration::from_secs(60),
+                    report_every: Duration::from_millis(100),
+                },
+                move |report| {
+                    drop(reports_tx.send(report));
+                    while held.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                },
+            )
+        })
+        .expect("the capture starts in the gateway's namespace");
+    // The client's upload bytes the capture counted in the reports of the next `wait`.
+    let counted = |wait: Duration| -> u64 {
+        let until = Instant::now() + wait;
+        let mut up = 0;
+        while let Ok(report) = reports.recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            up += report
+                .batch
+                .clients
+                .iter()
+                .filter(|(client, _)| *client == client4())
+                .map(|(_, tally)| tally.up_bytes)
+                .sum::<u64>();
+        }
+        up
+    };
+    let send = || {
+        let (sent, _) = bed.client.udp_scatter(&[sock(Testbed::up_v4(), 9); 4]);
+        assert_eq!(sent, 4, "the client sends its datagrams");
+    };
+    // Well within `capture::follow::LATE`, and long enough for a loaded machine's probes.
+    let ahead = Duration::from_secs(2);
+
+    for (before, after) in [(vec![], vec![client4()]), (vec![client4()], vec![])] {
+        capture.set_clients(before.clone(), SystemTime::now());
+        counted(Duration::from_millis(300));
+        hold.store(true, Ordering::Relaxed);
+        // Held by its next report.
+        counted(Duration::from_millis(300));
+        let change = Instant::now() + ahead;
+        capture.set_clients(after.clone(), SystemTime::now() + ahead);
+        send();
+        assert!(
+            Instant::now() + Duration::from_millis(500) < change,
+            "the datagrams were sent well before the change (the machine is very slow)"
+        );
+        // Read only after the change: they still count by the list before it.
+        std::thread::sleep(change.saturating_duration_since(Instant::now()) + ahead / 4);
+        hold.store(false, Ordering::Relaxed);
+        let early = counted(Duration::from_millis(500));
+        send();
+        let late = counted(Duration::from_millis(500));
+        println!(
+            "{} then {} clients allowed from 2 s on, the frames before read after it: {early} \
+             bytes counted before, {late} after",
+            before.len(),
+            after.len()
+        );
+        assert_eq!(
+            (early > 0, late > 0),
+            (!before.is_empty(), !after.is_empty()),
+            "each frame is judged by the list of its arrival time"
+        );
+    }
+    capture.finish();
 }

@@ -7,6 +7,7 @@
 //! a [`Report`]: the clients' tallies since the last one, the flows that changed, and the
 //! kernel's count of frames the socket dropped (a meter that loses packets must say so).
 
+pub mod follow;
 pub mod meter;
 pub mod parse;
 mod socket;
@@ -15,8 +16,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use follow::{ClientsFrom, Pending};
 pub use meter::{Batch, Flow, FlowKey, Tally};
 use meter::{Meter, MeterConfig};
 use socket::CaptureSocket;
@@ -52,9 +54,9 @@ pub struct Report {
 
 struct Shared {
     stop: AtomicBool,
-    /// Set when `clients` holds a new list; checked per packet (one relaxed load).
+    /// Set when `clients` holds new lists; checked per packet (one relaxed load).
     clients_changed: AtomicBool,
-    clients: Mutex<Vec<Client>>,
+    clients: Mutex<Vec<ClientsFrom>>,
 }
 
 /// The running capture thread.
@@ -105,13 +107,14 @@ impl Capture {
         })
     }
 
-    /// The clients the firewall lets through now (after every change).
-    pub fn set_clients(&self, clients: Vec<Client>) {
-        *self
-            .shared
+    /// The clients the firewall lets through from `at` on, the wall-clock time its table
+    /// took them (see [`follow`]: frames that arrived before are judged by the list before).
+    pub fn set_clients(&self, clients: Vec<Client>, at: SystemTime) {
+        self.shared
             .clients
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = clients;
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ClientsFrom { clients, at });
         self.shared.clients_changed.store(true, Ordering::Release);
     }
 }
@@ -147,23 +150,40 @@ fn run(
 ) -> Meter {
     let mut next_report = Instant::now() + settings.report_every;
     let mut failing = false;
+    let mut pending = Pending::default();
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.clients_changed.swap(false, Ordering::Acquire) {
-            let clients = shared
+            let received = Instant::now();
+            for list in shared
                 .clients
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            meter.set_clients(&clients);
+                .drain(..)
+            {
+                pending.push(list, received);
+            }
         }
-        match socket.next() {
-            Ok(frame) => {
+        // Frames are stamped only while a list waits for its time.
+        match socket.next(!pending.is_empty()) {
+            Ok((frame, stamp)) => {
                 failing = false;
+                if !pending.is_empty() {
+                    // A frame without a stamp is taken as arriving now.
+                    let stamp = stamp.unwrap_or_else(SystemTime::now);
+                    if let Some(clients) = pending.due(stamp, Instant::now()) {
+                        meter.set_clients(&clients);
+                    }
+                }
                 if let Some(packet) = parse::parse(frame) {
                     meter.observe(&packet, Millis::now());
                 }
             }
-            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                // Nothing queued: every list of the past is due.
+                if let Some(clients) = pending.due(SystemTime::now(), Instant::now()) {
+                    meter.set_clients(&clients);
+                }
+            }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => {
                 // The interface went down, say: keep trying, say so once per streak.

@@ -2,13 +2,13 @@
 //! read its drop count), handed to pnet for reading.
 //!
 //! The gateway's only unsafe code but for `allocator`'s mallopt is here:
-//! `getsockopt(PACKET_STATISTICS)` and `setsockopt(SO_ATTACH_FILTER)`, which neither rustix
-//! nor pnet offers.
+//! `getsockopt(PACKET_STATISTICS)`, `setsockopt(SO_ATTACH_FILTER)` and
+//! `ioctl(SIOCGSTAMP)`, which neither rustix nor pnet offers.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
 use rustix::net::{AddressFamily, SocketType, sockopt};
@@ -27,6 +27,9 @@ const READ_BUFFER: usize = 256;
 const SO_ATTACH_FILTER: libc::c_int = 26;
 /// The classic BPF instruction `ret #k`: accept the packet, at most `k` bytes of it.
 const BPF_RET_K: u16 = 0x06;
+/// `SIOCGSTAMP` from asm-generic/sockios.h (`SIOCGSTAMP_OLD`: a `timeval` of the C
+/// library's `time_t`); the libc crate does not export it for glibc targets.
+const SIOCGSTAMP: libc::c_ulong = 0x8906;
 
 /// The kernel's own count of what reached the socket, since the last reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,6 +116,9 @@ impl CaptureSocket {
             socket_fd: Some(fd),
             ..pnet_datalink::Config::default()
         };
+        // The first SIOCGSTAMP turns the socket's timestamps on and finds none yet; frames
+        // from now on carry the time they arrived.
+        let _ = arrival_stamp(fd);
         // On failure pnet has closed the descriptor.
         match pnet_datalink::channel(&iface, config)? {
             Channel::Ethernet(tx, rx) => Ok(CaptureSocket {
@@ -128,9 +134,18 @@ impl CaptureSocket {
         }
     }
 
-    /// The next frame, or an error of kind `TimedOut` after the read timeout.
-    pub fn next(&mut self) -> io::Result<&[u8]> {
-        self.rx.next()
+    /// The next frame, or an error of kind `TimedOut` after the read timeout; with
+    /// `stamped`, also the wall-clock time the kernel received it (one more system call;
+    /// `None` if the kernel has no time for it).
+    pub fn next(&mut self, stamped: bool) -> io::Result<(&[u8], Option<SystemTime>)> {
+        let fd = self.fd;
+        let frame = self.rx.next()?;
+        let stamp = if stamped {
+            arrival_stamp(fd).ok()
+        } else {
+            None
+        };
+        Ok((frame, stamp))
     }
 
     /// What the kernel counted since the last call (reading resets its counters). Drops
@@ -160,6 +175,28 @@ impl CaptureSocket {
             drops: u64::from(stats.tp_drops),
         })
     }
+}
+
+/// When the kernel received the frame last read from the socket `fd` (the kernel stamps
+/// frames on arrival, before the firewall sees them).
+fn arrival_stamp(fd: RawFd) -> io::Result<SystemTime> {
+    let mut stamp = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: `fd` is an open socket; `stamp` is valid for the write of one `timeval`,
+    // which is what SIOCGSTAMP writes.
+    let result = unsafe { libc::ioctl(fd, SIOCGSTAMP as _, &raw mut stamp) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seconds = u64::try_from(stamp.tv_sec).map_err(io::Error::other)?;
+    let micros = u64::try_from(stamp.tv_usec).map_err(io::Error::other)?;
+    if seconds == 0 {
+        // Received before timestamps were on.
+        return Err(io::Error::other("the frame has no arrival time"));
+    }
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_micros(micros))
 }
 
 /// Attaches the one-instruction filter `ret #snaplen` to the socket `fd`.

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use edgeshare_shared::code::AccessCode;
 
@@ -144,9 +144,10 @@ impl State {
                 Err(err) => log_refused(&batch[0], &err),
             }
         }
+        let applied_at = SystemTime::now();
         self.end_connections(&cut, desired);
         self.meters
-            .follow(desired.allowed.keys().copied().collect());
+            .follow(desired.allowed.keys().copied().collect(), applied_at);
     }
 
     /// A step of a plan the kernel took.

@@ -3,7 +3,7 @@
 //! online device's live rates over the last counter reading.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use edgeshare_shared::backend::telemetry::Connection;
 
@@ -80,13 +80,14 @@ impl Meters {
         self.rates.remove(client);
     }
 
-    /// Tells the capture meter and the audit which clients are let through now.
-    pub(super) fn follow(&mut self, online: Vec<Client>) {
+    /// Tells the capture meter and the audit which clients are let through from `at` on,
+    /// when the kernel's table took them.
+    pub(super) fn follow(&mut self, online: Vec<Client>, at: SystemTime) {
         if let Some(audit) = &mut self.audit {
             audit.set_online(&online);
         }
         if let Some(capture) = &self.capture {
-            capture.set_clients(online);
+            capture.set_clients(online, at);
         }
     }
 

@@ -205,7 +205,7 @@ impl State {
     /// Tells the capture meter and the audit which clients are let through now.
     pub(super) fn meters_follow_clients(&mut self) {
         let online: Vec<Client> = self.core.allowed().into_iter().map(|(c, _)| c).collect();
-        self.meters.follow(online);
+        self.meters.follow(online, std::time::SystemTime::now());
     }
 
     /// What this gateway has used of each code, in all: every session of it the ledger
