@@ -27,8 +27,11 @@ mod support;
 const MIB: u64 = 1 << 20;
 const REPORT: &str = "/api/gateway/report-usage";
 const LIST: &str = "/api/provider/codes";
-/// Client timeout: short, so that faults cost little time.
+/// The reporter's client timeout: short, so that faults cost little time.
 const TIMEOUT: Duration = Duration::from_millis(200);
+/// The test's own calls (making codes, reading what was credited): they set up and check,
+/// and are not under test, so a loaded machine must not fail them.
+const TEST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request still on its way after the client gave up is applied within this.
 const SETTLE: Duration = Duration::from_millis(700);
 /// A code's remainder waits this long after its sessions ended: longer than the gateway
@@ -45,13 +48,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The provider's account, for the test's own calls.
 fn client(standin: &Standin) -> CrowdClient {
     account(standin, "provider@example.com", "Provider@123")
 }
 
+/// An account for the test's own calls.
 fn account(standin: &Standin, email: &str, password: &str) -> CrowdClient {
+    account_with(standin, email, password, TEST_CALL_TIMEOUT)
+}
+
+fn account_with(standin: &Standin, email: &str, password: &str, timeout: Duration) -> CrowdClient {
     let http = HttpClient::new(&HttpSettings {
-        timeout: TIMEOUT,
+        timeout,
         connect_timeout: Duration::from_secs(1),
         ca_file: None,
     })
@@ -289,7 +298,7 @@ fn record(code: &str, session: &str, total: u64, ended: Option<&str>) -> UsageUp
 fn spawn_reporter(settings: &ReporterSettings, standin: &Standin) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let settings = settings.clone();
-    let client = client(standin);
+    let client = account_with(standin, "provider@example.com", "Provider@123", TIMEOUT);
     let metrics = std::sync::Arc::new(Metrics::default());
     let counting = metrics.clone();
     let task = tokio::spawn(async move {
