@@ -19,14 +19,8 @@
 # (scripts/install-deps). Where one is missing it says so and passes, except under CI=true,
 # where it fails. Binaries come from target/debug (built by scripts/test). Traffic stays in the
 # namespaces made here; all of them, and every process started, are removed on exit.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. tests/system/common.bash
-# The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
-# the daemons and the clean-up.
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 [ "$(id -u)" = 0 ] || unavailable "needs root (network namespaces, nftables)"
 for tool in ip nft curl jq base64; do

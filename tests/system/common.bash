@@ -195,39 +195,3 @@ drop_cgroup() {
     [ ! -d "$dir" ] || find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
 }
-
-# real_binaries_test NAME [EXTRA…]: the start shared by the tests of the real gateway, agent and
-# stand-in in namespaces (scripts/lib/netns.bash sourced): root, curl, jq, tc and nft present,
-# the binaries built (BIN may name another build's, to compare with), WORK made, and on exit
-# WORK's logs (and the files EXTRA names, globs under WORK) kept in $ARTIFACTS/NAME and WORK
-# removed. Sets BIN, STANDIN, WORK and began.
-real_binaries_test() {
-  KEEP_AS=$1
-  shift
-  KEEP_EXTRA=("$@")
-  BIN=${BIN:-$PWD/$BIN_DIR}
-  STANDIN=$PWD/$BIN_DIR/edgeshare-standin
-  [ "$(id -u)" = 0 ] || unavailable "needs root"
-  local tool bin
-  for tool in curl jq tc nft; do
-    command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-  done
-  for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
-    [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
-  done
-  # shellcheck disable=SC2034 # for the caller
-  began=$(date +%s)
-  WORK=$(mktemp -d)
-  netns_exit_traps "" keep_test_logs
-}
-
-keep_test_logs() {
-  local glob kept=()
-  for glob in "${KEEP_EXTRA[@]}"; do
-    # shellcheck disable=SC2206 # the glob is meant to expand
-    kept+=("$WORK"/$glob)
-  done
-  mkdir -p "$ARTIFACTS/$KEEP_AS"
-  cp "$WORK"/*.log "${kept[@]}" "$ARTIFACTS/$KEEP_AS/" 2>/dev/null
-  rm -rf "$WORK"
-}
