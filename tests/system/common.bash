@@ -31,6 +31,14 @@ unavailable() {
   exit 0
 }
 
+# cargo_on_path: cargo where rustup installed it (~/.cargo), for the tests that run it.
+cargo_on_path() {
+  if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+}
+
 # start_standin OUTFILE ARGS…: starts the stand-in on a free loopback port, waits until it
 # listens and sets STANDIN_URL and STANDIN_PID.
 start_standin() {
@@ -49,11 +57,13 @@ start_standin() {
   fail "stand-in did not start within 10 s"
 }
 
-# debian_root_tar INCLUDE TAG LOG: prints the path of a Debian 12 (minbase) root tarball with the
-# packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists kept) and then
-# kept in /var/cache/edgeshare-tests under a name of INCLUDE and TAG.
+# debian_root_tar INCLUDE TAG LOG [OPTION…]: prints the path of a Debian 12 (minbase) root
+# tarball with the packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists
+# kept, and its further OPTIONs, such as a hook) and then kept in /var/cache/edgeshare-tests
+# under a name of INCLUDE and TAG (a root built with other OPTIONs needs another TAG).
 debian_root_tar() {
   local include=$1 tag=$2 log=$3 cache=/var/cache/edgeshare-tests tar sources
+  shift 3
   tar=$cache/bookworm-amd64-$(echo "$include $tag" | md5sum | cut -c1-12).tar
   if [ ! -s "$tar" ]; then
     mkdir -p "$cache"
@@ -61,7 +71,7 @@ debian_root_tar() {
     [ -f "$sources" ] || sources=/etc/apt/sources.list
     # A name of this run's for the tar in the making: another run may be making the same.
     mmdebstrap --quiet --format=tar --variant=minbase --include="$include" \
-      --skip=cleanup/apt/lists,cleanup/apt/cache \
+      --skip=cleanup/apt/lists,cleanup/apt/cache "$@" \
       bookworm "$tar.$$.tmp" - <"$sources" >"$log" 2>&1 ||
       fail "mmdebstrap failed: $(tail -20 "$log")"
     mv "$tar.$$.tmp" "$tar"

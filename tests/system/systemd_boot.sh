@@ -85,20 +85,9 @@ unit_prop() { in_ct systemctl show -p "$2" --value "$1"; }
 # must resolve it from the package's Depends (Recommends, hostapd and dnsmasq, are not installed:
 # no network in there).
 INCLUDE=systemd,systemd-sysv,dbus,nftables,iproute2,adduser,procps,curl
-CACHE=/var/cache/edgeshare-tests
-ROOT_TAR=$CACHE/bookworm-amd64-$(echo "$INCLUDE netbase-cached v1" | md5sum | cut -c1-12).tar
 step "a Debian 12 root (minbase + systemd) in $ROOT"
-if [ ! -s "$ROOT_TAR" ]; then
-  mkdir -p "$CACHE"
-  sources=/etc/apt/sources.list.d/debian.sources
-  [ -f "$sources" ] || sources=/etc/apt/sources.list
-  mmdebstrap --quiet --format=tar --variant=minbase --include="$INCLUDE" \
-    --skip=cleanup/apt/lists,cleanup/apt/cache \
-    --customize-hook='chroot "$1" apt-get install --download-only -y -qq netbase' \
-    bookworm "$ROOT_TAR.$$.tmp" - <"$sources" >"$WORK/mmdebstrap.log" 2>&1 ||
-    fail "mmdebstrap failed: $(tail -20 "$WORK/mmdebstrap.log")"
-  mv "$ROOT_TAR.$$.tmp" "$ROOT_TAR"
-fi
+ROOT_TAR=$(debian_root_tar "$INCLUDE" "netbase-cached v1" "$WORK/mmdebstrap.log" \
+  --customize-hook='chroot "$1" apt-get install --download-only -y -qq netbase')
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$ROOT_TAR"
 [ ! -e "$ROOT/etc/protocols" ] || fail "the root has netbase already; the test of Depends would prove nothing"
