@@ -686,7 +686,8 @@ pub(crate) mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_every_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, limits) = spool_holding(dir.path(), &[entry(1, Kind::Sensor), entry(2, Kind::Usage)]);
+        let (mut spool, limits) =
+            spool_holding(dir.path(), &[entry(1, Kind::Sensor), entry(2, Kind::Usage)]);
         spool.sync().unwrap();
         drop(spool);
         let path = std::fs::read_dir(dir.path())
@@ -783,7 +784,10 @@ pub(crate) mod tests {
     #[test]
     fn confirming_everything_leaves_no_segment_and_seq_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, limits) = spool_holding(dir.path(), &[entry(1, Kind::Sensor), entry(2, Kind::Sensor)]);
+        let (mut spool, limits) = spool_holding(
+            dir.path(),
+            &[entry(1, Kind::Sensor), entry(2, Kind::Sensor)],
+        );
         spool.confirm_through(2).unwrap();
         spool.sync().unwrap();
         assert!(spool.is_empty());
