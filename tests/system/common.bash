@@ -169,6 +169,44 @@ stop_container() {
   drop_cgroup "$NSPAWN_MACHINE"
 }
 
+# container_test TAG VETH UNIT…: the start shared by the tests that boot a Debian root in a
+# container. Sets the names, unique to this shell's PID, of the machine (MACHINE: es-TAG-PID),
+# of the client's and the upstream's namespaces (NS_C, NS_U) and of the veths' host-side ends
+# (VETH_LAN, VETH_WAN: VETH, l or w, PID; at most 15 characters), WORK (under /var/tmp: the
+# root is large) with ROOT in it, and T0. On exit: the journal of the UNITs printed if the
+# test failed, then the container stopped and the namespaces, the processes started and WORK
+# removed.
+# shellcheck disable=SC2034 # for the caller
+container_test() {
+  local id=$$
+  MACHINE=es-$1-$id
+  NS_C=es-$1-c-$id
+  NS_U=es-$1-u-$id
+  VETH_LAN=$2l$id
+  VETH_WAN=$2w$id
+  WORK=$(mktemp -d "/var/tmp/es-$1.XXXXXX")
+  ROOT=$WORK/root
+  T0=$(date +%s)
+  shift 2
+  CONTAINER_UNITS=("$@")
+  trap finish_container_test EXIT
+}
+
+# finish_container_test: container_test's EXIT trap.
+finish_container_test() {
+  local status=$? unit journal=()
+  if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
+    for unit in "${CONTAINER_UNITS[@]}"; do journal+=(-u "$unit"); done
+    echo "--- the container's journal (${CONTAINER_UNITS[*]}), last lines:" >&2
+    nsenter -t "$CT" -a journalctl --no-pager -n 60 "${journal[@]}" >&2 2>&1 || true
+  fi
+  stop_container
+  ip netns del "$NS_C" 2>/dev/null || true
+  ip netns del "$NS_U" 2>/dev/null || true
+  cleanup_started
+  rm -rf "$WORK"
+}
+
 # cgroup_dirs NAME: the cgroup NAME under this shell's own, in each hierarchy systemd-nspawn
 # uses (systemd's v1 one and the unified one, or the one of cgroup v2).
 cgroup_dirs() {

@@ -47,29 +47,7 @@ done
 
 MB=1048576
 QUOTA_MB=60
-ID=$$
-MACHINE=es-sd-$ID
-NS_C=es-sd-c-$ID
-NS_U=es-sd-u-$ID
-VETH_LAN=esl$ID # host-side ends, at most 15 characters
-VETH_WAN=esw$ID
-WORK=$(mktemp -d /var/tmp/es-sd.XXXXXX)
-ROOT=$WORK/root
-T0=$(date +%s)
-
-finish() {
-  local status=$?
-  if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
-    echo "--- the container's journal (edgeshare units), last lines:" >&2
-    nsenter -t "$CT" -a journalctl --no-pager -n 60 -u edgeshare-gateway -u edgeshare-agent -u edgeshare-portal-only >&2 2>&1 || true
-  fi
-  stop_container
-  ip netns del "$NS_C" 2>/dev/null || true
-  ip netns del "$NS_U" 2>/dev/null || true
-  cleanup_started
-  rm -rf "$WORK"
-}
-trap finish EXIT
+container_test sd es edgeshare-gateway edgeshare-agent edgeshare-portal-only
 
 elapsed() { echo "$(($(date +%s) - T0)) s"; }
 step() { echo "== [$(elapsed)] $*"; }
