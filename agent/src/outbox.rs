@@ -231,11 +231,17 @@ mod tests {
             .0
     }
 
+    /// An outbox in `dir` as [`open`] makes it, with its link up.
+    fn online(dir: &Path, memory_limit: usize) -> Outbox {
+        let mut out = open(dir, memory_limit);
+        out.set_online(true).unwrap();
+        out
+    }
+
     #[test]
     fn online_messages_stay_in_memory_and_offline_ones_go_to_disk_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = open(dir.path(), 100);
-        out.set_online(true).unwrap();
+        let mut out = online(dir.path(), 100);
         for n in 1..=3 {
             out.push(Kind::Sensor, reading(n)).unwrap();
         }
@@ -267,8 +273,7 @@ mod tests {
     #[test]
     fn a_stream_that_keeps_pace_writes_nothing_to_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = open(dir.path(), 100);
-        out.set_online(true).unwrap();
+        let mut out = online(dir.path(), 100);
         for n in 1..=50 {
             out.push(Kind::Sensor, reading(n)).unwrap();
             let sent = out.next_batch(10).unwrap();
@@ -283,8 +288,7 @@ mod tests {
     #[test]
     fn a_slow_link_spills_to_disk_without_reordering() {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = open(dir.path(), 3);
-        out.set_online(true).unwrap();
+        let mut out = online(dir.path(), 3);
         for n in 1..=10 {
             out.push(Kind::Sensor, reading(n)).unwrap();
         }
@@ -315,8 +319,7 @@ mod tests {
         out.push(Kind::Sensor, reading(5)).unwrap();
         out.flush_all().unwrap();
         drop(out);
-        let mut out = open(dir.path(), 100);
-        out.set_online(true).unwrap();
+        let mut out = online(dir.path(), 100);
         assert_eq!(ns(&out.next_batch(10).unwrap()), vec![3, 4, 5]);
         out.push(Kind::Sensor, reading(6)).unwrap();
         assert_eq!(ns(&out.next_batch(10).unwrap()), vec![6]);

@@ -619,6 +619,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// A spool in `dir` with room to spare (1 MiB) holding `entries`, and its limits, to open
+    /// it again with.
+    fn spool_holding(dir: &Path, entries: &[Entry]) -> (DiskSpool, SpoolLimits) {
+        let limits = SpoolLimits::with_max_bytes(1 << 20);
+        let (mut spool, _) = DiskSpool::open(dir, limits).unwrap();
+        spool.append(entries).unwrap();
+        (spool, limits)
+    }
+
     fn seqs(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.seq).collect()
     }
@@ -677,11 +686,8 @@ pub(crate) mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_every_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits::with_max_bytes(1 << 20);
-        let (mut spool, _) = DiskSpool::open(dir.path(), limits).unwrap();
-        spool
-            .append(&[entry(1, Kind::Sensor), entry(2, Kind::Usage)])
-            .unwrap();
+        let (mut spool, limits) =
+            spool_holding(dir.path(), &[entry(1, Kind::Sensor), entry(2, Kind::Usage)]);
         spool.sync().unwrap();
         drop(spool);
         let path = std::fs::read_dir(dir.path())
@@ -778,11 +784,10 @@ pub(crate) mod tests {
     #[test]
     fn confirming_everything_leaves_no_segment_and_seq_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits::with_max_bytes(1 << 20);
-        let (mut spool, _) = DiskSpool::open(dir.path(), limits).unwrap();
-        spool
-            .append(&[entry(1, Kind::Sensor), entry(2, Kind::Sensor)])
-            .unwrap();
+        let (mut spool, limits) = spool_holding(
+            dir.path(),
+            &[entry(1, Kind::Sensor), entry(2, Kind::Sensor)],
+        );
         spool.confirm_through(2).unwrap();
         spool.sync().unwrap();
         assert!(spool.is_empty());

@@ -135,6 +135,25 @@ mod tests {
     use crate::usage::{store_shortfall, store_usage};
     use std::sync::atomic::Ordering;
 
+    /// The metrics of an agent whose usage reporter is configured.
+    fn billing_configured() -> Metrics {
+        let m = Metrics::default();
+        m.usage_configured.store(true, Ordering::Relaxed);
+        m
+    }
+
+    /// The report once the reporter found the account 35 points and 36,700,000 bytes short,
+    /// with or without usage log entries missed.
+    fn report_short(m: &Metrics, entries_missed: bool) -> String {
+        let shortfall = crate::usage::Shortfall {
+            points: 35,
+            bytes: 36_700_000,
+            entries_missed,
+        };
+        store_shortfall(m, Some(shortfall));
+        render(&m.render())
+    }
+
     #[test]
     fn the_report_reads_the_exposition() {
         let m = Metrics::default();
@@ -156,40 +175,22 @@ mod tests {
 
     #[test]
     fn a_credit_shortfall_is_shown_with_its_size() {
-        let m = Metrics::default();
-        m.usage_configured.store(true, Ordering::Relaxed);
+        let m = billing_configured();
         let report = render(&m.render());
         assert!(!report.contains("short"), "{report}");
-        store_shortfall(
-            &m,
-            Some(crate::usage::Shortfall {
-                points: 35,
-                bytes: 36_700_000,
-                entries_missed: false,
-            }),
-        );
-        let report = render(&m.render());
+        let report = report_short(&m, false);
         assert!(
             report.contains("the account is 35 points and 36700000 bytes of bytesShared short"),
             "{report}"
         );
-        store_shortfall(
-            &m,
-            Some(crate::usage::Shortfall {
-                points: 35,
-                bytes: 36_700_000,
-                entries_missed: true,
-            }),
-        );
-        let report = render(&m.render());
+        let report = report_short(&m, true);
         assert!(report.contains("at least 35 points"), "{report}");
         assert!(report.contains("may have been missed"), "{report}");
     }
 
     #[test]
     fn a_reporter_that_cannot_report_says_so() {
-        let m = Metrics::default();
-        m.usage_configured.store(true, Ordering::Relaxed);
+        let m = billing_configured();
         let totals = crate::usage::Totals {
             reported_bytes: 0,
             written_off_bytes: 0,

@@ -281,7 +281,7 @@ pub fn metrics_text(figures: &GatewayFigures<'_>, audit: Option<&Audit>) -> Stri
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::IpAddr;
 
     use super::*;
@@ -289,7 +289,8 @@ mod tests {
     use crate::core::Usage;
     use crate::net::Mac;
 
-    fn flow(port: u16, last_seen: u64, ended: bool) -> Flow {
+    /// A TCP flow from client port `port`, seen for `last_seen` ms, with traffic both ways.
+    pub(crate) fn flow(port: u16, last_seen: u64, ended: bool) -> Flow {
         Flow {
             key: FlowKey {
                 protocol: PROTO_TCP,

@@ -226,25 +226,16 @@ impl Gateway {
 
     /// Runs a CLI command (15 s at most) and returns its output, whatever its exit status.
     fn cli(&self, args: &[&str]) -> Output {
-        let (status, stdout, stderr) =
-            support::run_with_timeout(&mut self.command(args), Duration::from_secs(15));
-        Output {
-            status: status.unwrap_or_else(|| panic!("edgeshare-gateway {args:?} timed out")),
-            stdout: stdout.into_bytes(),
-            stderr: stderr.into_bytes(),
-        }
+        support::output_within(
+            &mut self.command(args),
+            Duration::from_secs(15),
+            &format!("edgeshare-gateway {args:?}"),
+        )
     }
 
     /// Runs a CLI command that must succeed; its stdout.
     fn cli_ok(&self, args: &[&str]) -> String {
-        let output = self.cli(args);
-        assert!(
-            output.status.success(),
-            "edgeshare-gateway {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        support::success_stdout(&self.cli(args), &format!("edgeshare-gateway {args:?}"))
     }
 
     /// Starts `run` (its output appended to the log) and waits until `status` answers.

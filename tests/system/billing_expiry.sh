@@ -13,13 +13,8 @@
 #
 # Needs root (namespaces, nftables), curl, jq, tc; the binaries built
 # (cargo build --workspace --bins). Cleans up on any exit.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-# shellcheck source=tests/system/common.bash
-. tests/system/common.bash
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 CODES=${CODES:-1}
 real_binaries_test billing_expiry

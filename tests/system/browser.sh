@@ -19,14 +19,8 @@
 # (scripts/install-deps). Where one is missing it says so and passes, except under CI=true,
 # where it fails. Binaries come from target/debug (built by scripts/test). Traffic stays in the
 # namespaces made here; all of them, and every process started, are removed on exit.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. tests/system/common.bash
-# The testbed (client — gateway — upstream namespaces), the gateway's configuration, starting
-# the daemons and the clean-up.
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 [ "$(id -u)" = 0 ] || unavailable "needs root (network namespaces, nftables)"
 for tool in ip nft curl jq base64; do
@@ -250,6 +244,17 @@ png_ok() { # FILE: a PNG, and not an empty one
   [ "$(stat -c %s "$1")" -gt 2000 ] || fail "$1 is suspiciously small"
 }
 
+# submit_code HEADING WHAT: submits the portal's code form and waits up to 10 s for the page
+# headed HEADING; fails with WHAT and the page's text if it does not come.
+submit_code() {
+  wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
+  for _ in $(seq 1 100); do
+    [ "$(run_js 'return document.querySelector("h1") ? document.querySelector("h1").textContent : ""' | jq -r .)" = "$1" ] && break
+    sleep 0.1
+  done
+  [ "$(text_of h1)" = "$1" ] || fail "$2: $(text_of main)"
+}
+
 echo "browser: Chromium $("$CHROMIUM" --version 2>/dev/null | awk '{print $2}') in $NS_C, portal $PORTAL"
 new_session true
 login "${CODES[0]}" "$OUT/portal-success.png" "$OUT/portal-form.png"
@@ -301,12 +306,7 @@ wd POST "/session/$SID/element/$(el 'a[href="/terms"]')/click" '{}' >/dev/null
 text_of main | grep -q "No spam, no attacks on other networks." || fail "terms text: $(text_of main)"
 go "$PORTAL"
 wd POST "/session/$SID/element/$(el 'input#code')/value" "$(jq -nc --arg t "${CODES[2]}" '{text: $t}')" >/dev/null
-wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
-for _ in $(seq 1 100); do
-  [ "$(run_js 'return document.querySelector("h1") ? document.querySelector("h1").textContent : ""' | jq -r .)" = "Vous êtes connecté" ] && break
-  sleep 0.1
-done
-[ "$(text_of h1)" = "Vous êtes connecté" ] || fail "French success page: $(text_of main)"
+submit_code "Vous êtes connecté" "French success page"
 # The codes were made a few minutes ago (more on a busy machine): their hour has begun.
 text_of dl | tr '\n' ' ' | grep -Eq "^Données restantes (50|49) Mo Temps restant (5[5-9] min|1 h) $" ||
   fail "French data and time left: $(text_of dl | tr '\n' ' ')"
@@ -354,12 +354,7 @@ new_session true
 go "${PORTAL}?code=${VOUCHERS[0]}"
 [ "$(run_js 'return document.querySelector("input#code").value' | jq -r .)" = "${VOUCHERS[0]}" ] ||
   fail "the voucher's link did not fill the code in"
-wd POST "/session/$SID/element/$(el 'form[action="/login"] button[type=submit]')/click" '{}' >/dev/null
-for _ in $(seq 1 100); do
-  [ "$(run_js 'return document.querySelector("h1") ? document.querySelector("h1").textContent : ""' | jq -r .)" = "You are online" ] && break
-  sleep 0.1
-done
-[ "$(text_of h1)" = "You are online" ] || fail "logging in from a voucher's link: $(text_of main)"
+submit_code "You are online" "logging in from a voucher's link"
 wd DELETE "/session/$SID" >/dev/null
 echo "browser: vouchers in $OUT/vouchers.html, .png and .pdf; a voucher's link logged a phone in"
 # The provider's dashboard, from the gateway itself (it listens on its loopback only), with

@@ -30,13 +30,8 @@
 # Needs root, coturn, curl, jq and the aiortc venv (bash scripts/install-deps makes it; this
 # script makes it if it is missing and PyPI is reachable). Every namespace is made here and
 # removed on exit; about two minutes.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-# shellcheck source=tests/system/common.bash
-. tests/system/common.bash
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 CALLS=${CALLS:-10}
 B_MB=${B_MB:-11}

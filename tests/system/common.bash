@@ -31,6 +31,14 @@ unavailable() {
   exit 0
 }
 
+# cargo_on_path: cargo where rustup installed it (~/.cargo), for the tests that run it.
+cargo_on_path() {
+  if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+}
+
 # start_standin OUTFILE ARGS…: starts the stand-in on a free loopback port, waits until it
 # listens and sets STANDIN_URL and STANDIN_PID.
 start_standin() {
@@ -49,11 +57,13 @@ start_standin() {
   fail "stand-in did not start within 10 s"
 }
 
-# debian_root_tar INCLUDE TAG LOG: prints the path of a Debian 12 (minbase) root tarball with the
-# packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists kept) and then
-# kept in /var/cache/edgeshare-tests under a name of INCLUDE and TAG.
+# debian_root_tar INCLUDE TAG LOG [OPTION…]: prints the path of a Debian 12 (minbase) root
+# tarball with the packages INCLUDE (comma-separated), built once with mmdebstrap (apt's lists
+# kept, and its further OPTIONs, such as a hook) and then kept in /var/cache/edgeshare-tests
+# under a name of INCLUDE and TAG (a root built with other OPTIONs needs another TAG).
 debian_root_tar() {
   local include=$1 tag=$2 log=$3 cache=/var/cache/edgeshare-tests tar sources
+  shift 3
   tar=$cache/bookworm-amd64-$(echo "$include $tag" | md5sum | cut -c1-12).tar
   if [ ! -s "$tar" ]; then
     mkdir -p "$cache"
@@ -61,7 +71,7 @@ debian_root_tar() {
     [ -f "$sources" ] || sources=/etc/apt/sources.list
     # A name of this run's for the tar in the making: another run may be making the same.
     mmdebstrap --quiet --format=tar --variant=minbase --include="$include" \
-      --skip=cleanup/apt/lists,cleanup/apt/cache \
+      --skip=cleanup/apt/lists,cleanup/apt/cache "$@" \
       bookworm "$tar.$$.tmp" - <"$sources" >"$log" 2>&1 ||
       fail "mmdebstrap failed: $(tail -20 "$log")"
     mv "$tar.$$.tmp" "$tar"
@@ -159,6 +169,44 @@ stop_container() {
   drop_cgroup "$NSPAWN_MACHINE"
 }
 
+# container_test TAG VETH UNIT…: the start shared by the tests that boot a Debian root in a
+# container. Sets the names, unique to this shell's PID, of the machine (MACHINE: es-TAG-PID),
+# of the client's and the upstream's namespaces (NS_C, NS_U) and of the veths' host-side ends
+# (VETH_LAN, VETH_WAN: VETH, l or w, PID; at most 15 characters), WORK (under /var/tmp: the
+# root is large) with ROOT in it, and T0. On exit: the journal of the UNITs printed if the
+# test failed, then the container stopped and the namespaces, the processes started and WORK
+# removed.
+# shellcheck disable=SC2034 # for the caller
+container_test() {
+  local id=$$
+  MACHINE=es-$1-$id
+  NS_C=es-$1-c-$id
+  NS_U=es-$1-u-$id
+  VETH_LAN=$2l$id
+  VETH_WAN=$2w$id
+  WORK=$(mktemp -d "/var/tmp/es-$1.XXXXXX")
+  ROOT=$WORK/root
+  T0=$(date +%s)
+  shift 2
+  CONTAINER_UNITS=("$@")
+  trap finish_container_test EXIT
+}
+
+# finish_container_test: container_test's EXIT trap.
+finish_container_test() {
+  local status=$? unit journal=()
+  if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
+    for unit in "${CONTAINER_UNITS[@]}"; do journal+=(-u "$unit"); done
+    echo "--- the container's journal (${CONTAINER_UNITS[*]}), last lines:" >&2
+    nsenter -t "$CT" -a journalctl --no-pager -n 60 "${journal[@]}" >&2 2>&1 || true
+  fi
+  stop_container
+  ip netns del "$NS_C" 2>/dev/null || true
+  ip netns del "$NS_U" 2>/dev/null || true
+  cleanup_started
+  rm -rf "$WORK"
+}
+
 # cgroup_dirs NAME: the cgroup NAME under this shell's own, in each hierarchy systemd-nspawn
 # uses (systemd's v1 one and the unified one, or the one of cgroup v2).
 cgroup_dirs() {
@@ -194,40 +242,4 @@ drop_cgroup() {
   for dir in $(cgroup_dirs "$1"); do
     [ ! -d "$dir" ] || find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-}
-
-# real_binaries_test NAME [EXTRA…]: the start shared by the tests of the real gateway, agent and
-# stand-in in namespaces (scripts/lib/netns.bash sourced): root, curl, jq, tc and nft present,
-# the binaries built (BIN may name another build's, to compare with), WORK made, and on exit
-# WORK's logs (and the files EXTRA names, globs under WORK) kept in $ARTIFACTS/NAME and WORK
-# removed. Sets BIN, STANDIN, WORK and began.
-real_binaries_test() {
-  KEEP_AS=$1
-  shift
-  KEEP_EXTRA=("$@")
-  BIN=${BIN:-$PWD/$BIN_DIR}
-  STANDIN=$PWD/$BIN_DIR/edgeshare-standin
-  [ "$(id -u)" = 0 ] || unavailable "needs root"
-  local tool bin
-  for tool in curl jq tc nft; do
-    command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-  done
-  for bin in "$BIN/edgeshare-gateway" "$BIN/edgeshare-agent" "$STANDIN"; do
-    [ -x "$bin" ] || fail "$bin is missing (cargo build --workspace --bins)"
-  done
-  # shellcheck disable=SC2034 # for the caller
-  began=$(date +%s)
-  WORK=$(mktemp -d)
-  netns_exit_traps "" keep_test_logs
-}
-
-keep_test_logs() {
-  local glob kept=()
-  for glob in "${KEEP_EXTRA[@]}"; do
-    # shellcheck disable=SC2206 # the glob is meant to expand
-    kept+=("$WORK"/$glob)
-  done
-  mkdir -p "$ARTIFACTS/$KEEP_AS"
-  cp "$WORK"/*.log "${kept[@]}" "$ARTIFACTS/$KEEP_AS/" 2>/dev/null
-  rm -rf "$WORK"
 }

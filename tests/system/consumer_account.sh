@@ -12,44 +12,18 @@
 #
 #   DOWNLOAD=N   bytes the client downloads (default 5 MiB + 12345)
 #
-# Needs root (namespaces, nftables), curl, jq; the binaries built
+# Needs root (namespaces, nftables), curl, jq, tc; the binaries built
 # (cargo build --workspace --bins). Cleans up on any exit.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-# shellcheck source=tests/system/common.bash
-. tests/system/common.bash
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 DOWNLOAD=${DOWNLOAD:-$((5 * 1048576 + 12345))}
-case $BIN_DIR in
-/*) BIN=$BIN_DIR ;;
-*) BIN=$PWD/$BIN_DIR ;;
-esac
-[ "$(id -u)" = 0 ] || unavailable "needs root"
-for tool in curl jq nft; do
-  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-done
-for bin in edgeshare-gateway edgeshare-agent edgeshare-standin; do
-  [ -x "$BIN/$bin" ] || fail "$BIN/$bin is missing (cargo build --workspace --bins)"
-done
-
-began=$(date +%s)
-WORK=$(mktemp -d)
-keep_logs() {
-  if [ "$1" != 0 ]; then
-    mkdir -p "$ARTIFACTS/consumer_account"
-    cp "$WORK"/*.log "$WORK"/state/ledger/*.jsonl "$ARTIFACTS/consumer_account/" 2>/dev/null
-  fi
-  rm -rf "$WORK"
-}
-netns_exit_traps "" keep_logs
+real_binaries_test consumer_account 'state/ledger/*.jsonl'
 
 netns_testbed ca
 BACKEND=http://10.99.0.2:8080
-netns_start_standin "$NS_U" "$WORK/backend" "$BIN/edgeshare-standin" --listen 10.99.0.2:8080
-netns_start_standin "$NS_U" "$WORK/internet" "$BIN/edgeshare-standin" --listen 10.99.0.3:80
+netns_start_standin "$NS_U" "$WORK/backend" "$STANDIN" --listen 10.99.0.2:8080
+netns_start_standin "$NS_U" "$WORK/internet" "$STANDIN" --listen 10.99.0.3:80
 
 netns_start_billing "$WORK" "es_ca_$$" consumer-test 9466 1s
 

@@ -7,10 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/system/common.bash
-if [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
+cargo_on_path
 
 fuzz_bin="$BIN_DIR/edgeshare-fuzz"
 if [ ! -x "$fuzz_bin" ]; then

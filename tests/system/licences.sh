@@ -8,10 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/system/common.bash
-if [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
+cargo_on_path
 
 metadata="$ARTIFACTS/cargo-metadata.json"
 # The graph covers every platform's dependencies (Windows ones too), which a Linux build never

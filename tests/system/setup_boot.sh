@@ -45,29 +45,7 @@ case $STACK in
 esac
 
 MB=1048576
-ID=$$
-MACHINE=es-setup-$ID
-NS_C=es-setup-c-$ID
-NS_U=es-setup-u-$ID
-VETH_LAN=essl$ID # host-side ends, at most 15 characters
-VETH_WAN=essw$ID
-WORK=$(mktemp -d /var/tmp/es-setup.XXXXXX)
-ROOT=$WORK/root
-T0=$(date +%s)
-
-finish() {
-  local status=$?
-  if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
-    echo "--- the container's journal, last lines:" >&2
-    nsenter -t "$CT" -a journalctl --no-pager -n 60 -u edgeshare-gateway -u dnsmasq -u hostapd -u NetworkManager >&2 2>&1 || true
-  fi
-  cleanup_started
-  stop_container
-  ip netns del "$NS_C" 2>/dev/null || true
-  ip netns del "$NS_U" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap finish EXIT
+container_test setup ess edgeshare-gateway dnsmasq hostapd NetworkManager
 
 elapsed() { echo "$(($(date +%s) - T0)) s"; }
 step() { echo "== [$STACK $(elapsed)] $*"; }

@@ -47,29 +47,7 @@ done
 
 MB=1048576
 QUOTA_MB=60
-ID=$$
-MACHINE=es-sd-$ID
-NS_C=es-sd-c-$ID
-NS_U=es-sd-u-$ID
-VETH_LAN=esl$ID # host-side ends, at most 15 characters
-VETH_WAN=esw$ID
-WORK=$(mktemp -d /var/tmp/es-sd.XXXXXX)
-ROOT=$WORK/root
-T0=$(date +%s)
-
-finish() {
-  local status=$?
-  if [ "$status" -ne 0 ] && [ -n "$CT" ] && kill -0 "$CT" 2>/dev/null; then
-    echo "--- the container's journal (edgeshare units), last lines:" >&2
-    nsenter -t "$CT" -a journalctl --no-pager -n 60 -u edgeshare-gateway -u edgeshare-agent -u edgeshare-portal-only >&2 2>&1 || true
-  fi
-  stop_container
-  ip netns del "$NS_C" 2>/dev/null || true
-  ip netns del "$NS_U" 2>/dev/null || true
-  cleanup_started
-  rm -rf "$WORK"
-}
-trap finish EXIT
+container_test sd es edgeshare-gateway edgeshare-agent edgeshare-portal-only
 
 elapsed() { echo "$(($(date +%s) - T0)) s"; }
 step() { echo "== [$(elapsed)] $*"; }
@@ -85,20 +63,9 @@ unit_prop() { in_ct systemctl show -p "$2" --value "$1"; }
 # must resolve it from the package's Depends (Recommends, hostapd and dnsmasq, are not installed:
 # no network in there).
 INCLUDE=systemd,systemd-sysv,dbus,nftables,iproute2,adduser,procps,curl
-CACHE=/var/cache/edgeshare-tests
-ROOT_TAR=$CACHE/bookworm-amd64-$(echo "$INCLUDE netbase-cached v1" | md5sum | cut -c1-12).tar
 step "a Debian 12 root (minbase + systemd) in $ROOT"
-if [ ! -s "$ROOT_TAR" ]; then
-  mkdir -p "$CACHE"
-  sources=/etc/apt/sources.list.d/debian.sources
-  [ -f "$sources" ] || sources=/etc/apt/sources.list
-  mmdebstrap --quiet --format=tar --variant=minbase --include="$INCLUDE" \
-    --skip=cleanup/apt/lists,cleanup/apt/cache \
-    --customize-hook='chroot "$1" apt-get install --download-only -y -qq netbase' \
-    bookworm "$ROOT_TAR.$$.tmp" - <"$sources" >"$WORK/mmdebstrap.log" 2>&1 ||
-    fail "mmdebstrap failed: $(tail -20 "$WORK/mmdebstrap.log")"
-  mv "$ROOT_TAR.$$.tmp" "$ROOT_TAR"
-fi
+ROOT_TAR=$(debian_root_tar "$INCLUDE" "netbase-cached v1" "$WORK/mmdebstrap.log" \
+  --customize-hook='chroot "$1" apt-get install --download-only -y -qq netbase')
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$ROOT_TAR"
 [ ! -e "$ROOT/etc/protocols" ] || fail "the root has netbase already; the test of Depends would prove nothing"

@@ -23,46 +23,21 @@
 # Needs root (namespaces, nftables), curl, jq, tc, tcpdump; the binaries built
 # (cargo build -p edgeshare-gateway -p edgeshare-agent -p edgeshare-standin --bins).
 # Cleans up on any exit.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-# shellcheck source=tests/system/common.bash
-. tests/system/common.bash
-# shellcheck source=scripts/lib/netns.bash
-. scripts/lib/netns.bash
-netns_fail() { fail "$@"; }
+# shellcheck source=tests/system/netns.bash
+. "$(dirname "$0")/netns.bash"
 
 SIZE=${SIZE:-60000000}
 RATE=${RATE:-24mbit}
 TOKEN_TTL=${TOKEN_TTL:-60s}
 WINDOW=10 # snapshot_interval, seconds
-case ${BIN:-$BIN_DIR} in
-/*) BIN=${BIN:-$BIN_DIR} ;;
-*) BIN=$PWD/${BIN:-$BIN_DIR} ;;
-esac
-[ "$(id -u)" = 0 ] || unavailable "needs root"
-for tool in curl jq tc nft tcpdump; do
-  command -v "$tool" >/dev/null || unavailable "$tool is missing (bash scripts/install-deps)"
-done
-for bin in edgeshare-gateway edgeshare-agent edgeshare-standin; do
-  [ -x "$BIN/$bin" ] || fail "$BIN/$bin is missing (cargo build --workspace --bins)"
-done
-
-began=$(date +%s)
-WORK=$(mktemp -d)
-keep_logs() {
-  if [ "$1" != 0 ]; then
-    mkdir -p "$ARTIFACTS/telemetry_restarts"
-    cp "$WORK"/*.log "$WORK"/*.json "$ARTIFACTS/telemetry_restarts/" 2>/dev/null
-  fi
-  rm -rf "$WORK"
-}
-netns_exit_traps "" keep_logs
+real_binaries_test telemetry_restarts '*.json'
+command -v tcpdump >/dev/null || unavailable "tcpdump is missing (bash scripts/install-deps)"
 
 netns_testbed tr
 in_ns "$NS_U" tc qdisc add dev u0 root tbf rate "$RATE" burst 64kb latency 200ms
-netns_start_standin "$NS_U" "$WORK/backend" "$BIN/edgeshare-standin" --listen 10.99.0.2:8080 \
+netns_start_standin "$NS_U" "$WORK/backend" "$STANDIN" --listen 10.99.0.2:8080 \
   --client-token-ttl "$TOKEN_TTL"
-netns_start_standin "$NS_U" "$WORK/internet" "$BIN/edgeshare-standin" --listen 10.99.0.3:80
+netns_start_standin "$NS_U" "$WORK/internet" "$STANDIN" --listen 10.99.0.3:80
 BACKEND=http://10.99.0.2:8080
 
 # The gateway with local codes; flows idle after 15 s (2 min shipped) to keep the test short.

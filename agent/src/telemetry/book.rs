@@ -507,7 +507,7 @@ impl Live {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -545,7 +545,7 @@ mod tests {
         }
     }
 
-    fn active(gid: &str, port: u16, bytes_in: u64) -> Connection {
+    pub(in crate::telemetry) fn active(gid: &str, port: u16, bytes_in: u64) -> Connection {
         flow(gid, port, bytes_in, FlowStatus::Active)
     }
 

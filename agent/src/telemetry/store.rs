@@ -122,26 +122,12 @@ pub fn load(path: &Path, limits: Limits) -> (FlowBook, Option<StoreError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgeshare_shared::backend::telemetry::{Connection, FlowStatus, Protocol};
+    use crate::telemetry::book::tests::active;
+    use edgeshare_shared::backend::telemetry::Connection;
 
+    /// A reading of one flow with `bytes_in` so far (the flow book's fixture).
     fn reading(bytes_in: u64) -> Connection {
-        let at = time::macros::datetime!(2026-11-21 12:00:00 UTC);
-        Connection {
-            id: "g1".into(),
-            source_ip: "10.66.0.2".parse().unwrap(),
-            dest_ip: "192.0.2.1".parse().unwrap(),
-            source_port: 40000,
-            dest_port: 443,
-            protocol: Protocol::Tcp,
-            status: FlowStatus::Active,
-            start_time: at,
-            last_activity: at,
-            duration: None,
-            bytes_in,
-            bytes_out: 0,
-            packets_in: 0,
-            packets_out: 0,
-        }
+        active("g1", 40000, bytes_in)
     }
 
     #[test]

@@ -1095,6 +1095,20 @@ mod tests {
         Reporter::new(Cursor::default(), policy(), 0)
     }
 
+    /// The last report of CODE is applied: nothing of it is left pending, and the `unbilled`
+    /// bytes its credit could not cover are written off, in one notice.
+    fn applied_with_the_rest_written_off(r: &mut Reporter, unbilled: u64) {
+        r.on_outcome(CODE, Outcome::Applied, 0);
+        assert_eq!(r.pending(CODE), 0);
+        assert_eq!(
+            r.take_notices(),
+            [Notice::Unbilled {
+                code: CODE.into(),
+                bytes: unbilled
+            }]
+        );
+    }
+
     /// Codes that never expire, with what they have left.
     fn left(codes: &[(&str, f64)]) -> HashMap<String, CodeInfo> {
         with_expiry(codes, Expiry::Never)
@@ -1243,15 +1257,7 @@ mod tests {
         r.on_outcome(CODE, Outcome::Applied, 0);
         let codes = left(&[(CODE, (MIB - 700_000) as f64 / MB)]);
         assert_eq!(r.plan(0, &codes, None), [send(MIB - 700_000, Some("bob"))]);
-        r.on_outcome(CODE, Outcome::Applied, 0);
-        assert_eq!(r.pending(CODE), 0);
-        assert_eq!(
-            r.take_notices(),
-            [Notice::Unbilled {
-                code: CODE.into(),
-                bytes: 600_000 - (MIB - 700_000)
-            }]
-        );
+        applied_with_the_rest_written_off(&mut r, 600_000 - (MIB - 700_000));
     }
 
     #[test]
@@ -1511,15 +1517,7 @@ mod tests {
             r.take_notices().is_empty(),
             "nothing written off before it is applied"
         );
-        r.on_outcome(CODE, Outcome::Applied, 0);
-        assert_eq!(r.pending(CODE), 0);
-        assert_eq!(
-            r.take_notices(),
-            [Notice::Unbilled {
-                code: CODE.into(),
-                bytes: 5 * MIB - 1_572_864
-            }]
-        );
+        applied_with_the_rest_written_off(&mut r, 5 * MIB - 1_572_864);
         // Later usage on the spent code is written off without a report.
         r.ingest(&[rec(2, "ABCD2345-2", 2 * MIB, true)]);
         assert!(r.plan(0, &left(&[(CODE, 0.0)]), None).is_empty());

@@ -49,31 +49,16 @@ pub(super) fn take(path: &Path) -> Option<Handover> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgeshare_shared::backend::telemetry::{Connection, FlowStatus, Protocol};
+    use crate::report::connection;
+    use crate::report::tests::flow;
 
     #[test]
     fn a_handover_is_read_back_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
-        let at = time::macros::datetime!(2026-11-21 12:00:00 UTC);
         let handover = Handover {
             instance: 42,
-            connections: vec![Connection {
-                id: "f1".into(),
-                source_ip: "10.66.0.2".parse().unwrap(),
-                dest_ip: "192.0.2.1".parse().unwrap(),
-                source_port: 40000,
-                dest_port: 443,
-                protocol: Protocol::Tcp,
-                status: FlowStatus::Active,
-                start_time: at,
-                last_activity: at,
-                duration: Some(0),
-                bytes_in: 7,
-                bytes_out: 1,
-                packets_in: 1,
-                packets_out: 1,
-            }],
+            connections: vec![connection(&flow(40000, 0, false))],
         };
         save(&path, &handover);
         assert_eq!(take(&path), Some(handover));

@@ -143,6 +143,29 @@ pub fn run_with_timeout(
     )
 }
 
+/// Runs `command` (killed at `timeout`) and returns its output, whatever its exit status;
+/// panics saying "`what` timed out" if it was killed.
+pub fn output_within(command: &mut Command, timeout: Duration, what: &str) -> Output {
+    let (status, stdout, stderr) = run_with_timeout(command, timeout);
+    Output {
+        status: status.unwrap_or_else(|| panic!("{what} timed out")),
+        stdout: stdout.into_bytes(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// The stdout of `output`, the run of `what`, which must have succeeded: panics with its exit
+/// status and stderr otherwise.
+pub fn success_stdout(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -298,26 +321,16 @@ impl Netns {
         let (program, rest) = args.split_first().expect("a command");
         let mut command = self.command(program);
         command.args(rest);
-        let (status, stdout, stderr) = run_with_timeout(&mut command, Duration::from_secs(10));
-        let status = status.unwrap_or_else(|| panic!("{args:?} in {} timed out", self.name));
-        Output {
-            status,
-            stdout: stdout.into_bytes(),
-            stderr: stderr.into_bytes(),
-        }
+        output_within(
+            &mut command,
+            Duration::from_secs(10),
+            &format!("{args:?} in {}", self.name),
+        )
     }
 
     /// Runs `args` in here; panics with its stderr if it fails; returns its stdout.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "{args:?} in {} failed ({}): {}",
-            self.name,
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        success_stdout(&self.run(args), &format!("{args:?} in {}", self.name))
     }
 
     /// `ip -n NAME args…` (no exec needed); panics on failure; returns stdout.
@@ -327,13 +340,7 @@ impl Netns {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
-        assert!(
-            output.status.success(),
-            "ip -n {} {args:?} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        success_stdout(&output, &format!("ip -n {} {args:?}", self.name))
     }
 
     /// `ip -n NAME -batch -` with `commands`, one per line (thousands of links and addresses
