@@ -44,7 +44,9 @@ pub struct Desired {
 /// removals first, then additions, then the session quotas (whose maps name the clients).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Clients to take out; their counters were read at this instant.
+    /// Clients to take out, their counters read at this instant: the sessions no longer
+    /// allow them (a client whose deadline moves is added again instead), so each is cut
+    /// off, and its TCP connections are reset once the plan's quotas are set.
     pub remove: Vec<Client>,
     /// Clients to let through (again) until their session's deadline. A client the kernel
     /// holds is added again only to move its deadline, on a reading at this instant (its
@@ -337,6 +339,9 @@ mod tests {
                     booked += kernel.read(&mut known, now);
                 }
                 let plan = known.plan(&desired, now);
+                // What is taken out is cut off (its connections reset): never a client the
+                // sessions still allow.
+                prop_assert!(plan.remove.iter().all(|c| !desired.allowed.contains_key(c)));
                 prop_assert_eq!(kernel.apply(&plan, &mut known), 0, "a plan took out unread bytes: {:?}", plan);
                 if fresh {
                     prop_assert!(!plan.needs_reading);

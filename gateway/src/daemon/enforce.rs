@@ -145,7 +145,7 @@ impl State {
             }
         }
         let applied_at = SystemTime::now();
-        self.end_connections(&cut, desired);
+        self.end_connections(&cut);
         self.meters
             .follow(desired.allowed.keys().copied().collect(), applied_at);
     }
@@ -159,20 +159,13 @@ impl State {
         self.kernel.applied(*step);
     }
 
-    /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]). A
-    /// client the sessions allow again (`desired`, as the plan was made) is left alone.
-    fn end_connections(&self, clients: &[Client], desired: &Desired) {
+    /// Resets the TCP connections of `clients`, just cut off (see [`crate::cutoff`]): the
+    /// plan's removals that the kernel took.
+    fn end_connections(&self, clients: &[Client]) {
         let Some(cutoff) = self.cutoff.as_ref().filter(|_| !clients.is_empty()) else {
             return;
         };
-        let ips: Vec<IpAddr> = clients
-            .iter()
-            .filter(|c| !desired.allowed.contains_key(c))
-            .map(|c| c.ip)
-            .collect();
-        if ips.is_empty() {
-            return;
-        }
+        let ips: Vec<IpAddr> = clients.iter().map(|c| c.ip).collect();
         match cutoff.end_connections(&ips) {
             Ok(connections) => {
                 tracing::info!(?ips, connections, "connections of clients cut off reset")
