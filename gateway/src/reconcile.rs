@@ -105,7 +105,9 @@ impl Kernel {
     pub fn read(&mut self, reading: &[(Client, Usage)], now: Millis) -> Vec<(Client, Usage)> {
         // The same clients as before: each listed one was held, and as many are held.
         let held_before = self.counters.clients().count();
-        let all_held = reading.iter().all(|(client, _)| self.counters.contains(client));
+        let all_held = reading
+            .iter()
+            .all(|(client, _)| self.counters.contains(client));
         let deltas = self.counters.read(reading);
         if !all_held || self.counters.clients().count() != held_before {
             self.in_step = None;
@@ -449,7 +451,10 @@ mod tests {
         known.read(&[], Millis(7));
         assert!(!known.in_step(7));
         known.planned(7, &Plan::default());
-        known.read(&[(client(1), Usage::default()), (client(2), Usage::default())], Millis(8));
+        known.read(
+            &[(client(1), Usage::default()), (client(2), Usage::default())],
+            Millis(8),
+        );
         assert!(!known.in_step(7));
     }
 

@@ -173,10 +173,7 @@ impl<'a> Attributes<'a> {
     }
 
     pub fn get(&self, kind: u16) -> Option<&'a [u8]> {
-        self.list()
-            .rev()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| *v)
+        self.list().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
     }
 
     /// Every attribute of type `kind`, in order.
