@@ -54,6 +54,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgeshare_shared::code::AccessCode;
@@ -408,7 +409,13 @@ pub struct Core {
     sessions: BTreeMap<AccessCode, Session>,
     ended: BTreeMap<AccessCode, Ended>,
     unattributed_bytes: u64,
+    /// See [`Core::revision`].
+    revision: u64,
 }
+
+/// The next [`Core::revision`], one count for every core of the process: a core put back
+/// from a clone keeps the revision it had, and no later change anywhere reuses it.
+static NEXT_REVISION: AtomicU64 = AtomicU64::new(1);
 
 /// The earlier of two optional deadlines, `None` meaning never.
 fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
@@ -425,7 +432,25 @@ impl Core {
             sessions: BTreeMap::new(),
             ended: BTreeMap::new(),
             unattributed_bytes: 0,
+            revision: NEXT_REVISION.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Names what the kernel should hold ([`Core::allowed`], and the devices of each of
+    /// [`Core::wanted_quotas`]): two calls that return the same revision see the same. It
+    /// changes with every call that returns actions, because those are the only ones that
+    /// change it (the actions say how; the property tests check both).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Passes on the actions a call decided, noting a new [`Core::revision`] if there are
+    /// any.
+    fn decided(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        if !actions.is_empty() {
+            self.revision = NEXT_REVISION.fetch_add(1, Ordering::Relaxed);
+        }
+        actions
     }
 
     pub fn policy(&self) -> &Policy {
@@ -567,7 +592,7 @@ impl Core {
             client,
             until: expires_at,
         });
-        Ok(actions)
+        Ok(self.decided(actions))
     }
 
     /// Before `client` joins the session of `code`: every other device holding its MAC or its
@@ -662,7 +687,7 @@ impl Core {
                 Some((_, false)) => {}
             }
         }
-        actions
+        self.decided(actions)
     }
 
     /// Expiry and idle checks; call about once a second, after `record_usage`. Ends sessions
@@ -691,7 +716,7 @@ impl Core {
                 });
             }
         }
-        actions
+        self.decided(actions)
     }
 
     /// The operator kicks a device: it is revoked now. Its session stays, so the consumer may
@@ -707,7 +732,7 @@ impl Core {
                 !kicked
             });
         }
-        actions
+        self.decided(actions)
     }
 
     /// The kernel's hard stop for the session of `code` is used up: it drops the session's
@@ -717,7 +742,7 @@ impl Core {
     pub fn quota_reached(&mut self, code: &AccessCode, now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
         self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
-        actions
+        self.decided(actions)
     }
 
     /// After a restart, the usage ledger may hold more for a session than the restored
@@ -745,7 +770,7 @@ impl Core {
         if session.used_bytes >= session.quota_bytes {
             self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
         }
-        actions
+        self.decided(actions)
     }
 
     /// The code was revoked (by the operator or the backend): every device out, the session
@@ -770,7 +795,7 @@ impl Core {
                 },
             );
         }
-        actions
+        self.decided(actions)
     }
 
     /// The codes of live sessions of other accounts' codes, whose expiry is unknown: the
@@ -789,7 +814,7 @@ impl Core {
     pub fn code_expired(&mut self, code: &AccessCode, now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
         self.end_session(code, EndReason::Expired, now, &mut actions);
-        actions
+        self.decided(actions)
     }
 
     /// The source says `code` has `left` bytes left: the session's quota never grows, and
@@ -805,7 +830,7 @@ impl Core {
         if session.used_bytes >= session.quota_bytes {
             self.end_session(code, EndReason::QuotaUsed, now, &mut actions);
         }
-        actions
+        self.decided(actions)
     }
 
     /// Every device of the session of `code` is logged out (`Kicked`); the session stays, so
@@ -817,7 +842,7 @@ impl Core {
                 device.revoke(EndReason::Kicked, &mut actions);
             }
         }
-        actions
+        self.decided(actions)
     }
 
     /// Ends the session of `code`: revokes its devices, reports its usage once, and remembers
@@ -860,14 +885,16 @@ impl Core {
     /// portal bound it. Read the counters before carrying out the revokes.
     pub fn learn_addresses(&mut self, seen: &[Client], _now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
-        let mut by_mac: HashMap<Mac, Vec<IpAddr>> = HashMap::new();
-        for client in seen {
-            by_mac.entry(client.mac).or_default().push(client.ip);
-        }
-        for ips in by_mac.values_mut() {
-            ips.sort();
-            ips.dedup();
-        }
+        // By MAC, then address (one sorted list rather than a list per MAC: this runs every
+        // tick over the whole table).
+        let mut seen = seen.to_vec();
+        seen.sort();
+        seen.dedup();
+        let used_by = |mac: Mac| {
+            let from = seen.partition_point(|client| client.mac < mac);
+            let to = seen.partition_point(|client| client.mac <= mac);
+            &seen[from..to]
+        };
         // Who holds each address now: an address is learned only if free.
         let mut held: HashMap<IpAddr, Mac> = self
             .sessions
@@ -880,9 +907,9 @@ impl Core {
             let until = session.expires_at;
             for device in &mut session.devices {
                 let mac = device.client.mac;
-                let used = by_mac.get(&mac).map_or(&[][..], Vec::as_slice);
+                let used = used_by(mac);
                 device.also.retain(|ip| {
-                    let keep = used.contains(ip);
+                    let keep = used.iter().any(|client| client.ip == *ip);
                     if !keep {
                         held.remove(ip);
                         actions.push(Action::Revoke {
@@ -892,7 +919,7 @@ impl Core {
                     }
                     keep
                 });
-                for &ip in used {
+                for &Client { ip, .. } in used {
                     if device.also.len() >= MAX_ADDRESSES_PER_DEVICE {
                         break;
                     }
@@ -913,7 +940,7 @@ impl Core {
                 }
             }
         }
-        actions
+        self.decided(actions)
     }
 
     /// Every address of every online device, each with a number for its session (the same
@@ -977,6 +1004,16 @@ impl Core {
             .collect();
         allowed.sort();
         allowed
+    }
+
+    /// The earliest deadline of [`Core::allowed`] (`None` without devices), without
+    /// building it.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.sessions
+            .values()
+            .filter(|session| !session.devices.is_empty())
+            .map(|session| session.expires_at)
+            .min()
     }
 
     /// The kernel quotas the sessions want: one for each session with devices, by code.
@@ -2572,6 +2609,14 @@ mod tests {
         }
     }
 
+    /// The devices of each kernel quota the core wants.
+    fn quota_devices(core: &Core) -> Vec<(AccessCode, Vec<Client>)> {
+        core.wanted_quotas()
+            .into_iter()
+            .map(|quota| (quota.code, quota.clients))
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -2589,6 +2634,7 @@ mod tests {
                 accounts: HashMap::new(),
             };
             for op in ops {
+                let before = (core.revision(), core.allowed(), quota_devices(&core));
                 let actions = match op {
                     Op::Accept { code: n, mac: m, ip: i, remaining, expires_in, consumer } => {
                         let expires = expires_in.map(|s| now.plus(Duration::from_secs(s)));
@@ -2651,6 +2697,16 @@ mod tests {
                 };
                 world.apply(&actions)?;
                 world.check(&core, now)?;
+                // An unchanged revision, an unchanged kernel wanted (what the enforcer's
+                // shortcut relies on).
+                if core.revision() == before.0 {
+                    prop_assert_eq!(&core.allowed(), &before.1);
+                    prop_assert_eq!(&quota_devices(&core), &before.2);
+                }
+                prop_assert_eq!(
+                    core.next_expiry(),
+                    core.allowed().iter().map(|(_, until)| *until).min()
+                );
             }
         }
 

@@ -30,6 +30,10 @@ pub struct Kernel {
     quotas: HashMap<AccessCode, Vec<Client>>,
     /// When the counters were last read.
     read_at: Option<Millis>,
+    /// The revision of the desired state (see [`Kernel::in_step`]) the last plan was made
+    /// for, if that plan changed nothing and nothing the daemon knows of the kernel changed
+    /// since.
+    in_step: Option<u64>,
 }
 
 /// What the core wants the kernel to hold: each allowed client with its session's deadline,
@@ -101,7 +105,15 @@ impl Kernel {
     /// A reading of every element's counters at `now`: what each client used since the last
     /// one (see [`Baselines::read`]). The kernel holds exactly the clients listed.
     pub fn read(&mut self, reading: &[(Client, Usage)], now: Millis) -> Vec<(Client, Usage)> {
+        // The same clients as before: each listed one was held, and as many are held.
+        let held_before = self.counters.clients().count();
+        let all_held = reading
+            .iter()
+            .all(|(client, _)| self.counters.contains(client));
         let deltas = self.counters.read(reading);
+        if !all_held || self.counters.clients().count() != held_before {
+            self.in_step = None;
+        }
         self.deadlines
             .retain(|client, _| self.counters.contains(client));
         self.read_at = Some(now);
@@ -110,6 +122,7 @@ impl Kernel {
 
     /// Takes a reading as it is, counting nothing (see [`Baselines::adopt`]).
     pub fn adopt(&mut self, reading: &[(Client, Usage)], now: Millis) {
+        self.in_step = None;
         self.counters.adopt(reading);
         self.deadlines
             .retain(|client, _| self.counters.contains(client));
@@ -118,6 +131,7 @@ impl Kernel {
 
     /// The table was installed afresh: it holds nothing.
     pub fn emptied(&mut self) {
+        self.in_step = None;
         self.counters.adopt(&[]);
         self.deadlines.clear();
         self.quotas.clear();
@@ -125,6 +139,7 @@ impl Kernel {
 
     /// One change of a plan went through.
     pub fn applied(&mut self, change: Applied<'_>) {
+        self.in_step = None;
         match change {
             Applied::Removed(client) => {
                 self.counters.removed(client);
@@ -142,6 +157,22 @@ impl Kernel {
                 self.quotas.remove(code);
             }
         }
+    }
+
+    /// Whether the kernel is known to hold what the desired state of `revision` wants, so
+    /// that its plan would change nothing: the last plan was made for that revision and
+    /// changed nothing nor waited for a reading, and since then no change was applied and no
+    /// reading found other clients held. A revision names one desired state (the core's
+    /// [`crate::core::Core::revision`]); a plan depends on the time only through whether a
+    /// reading is fresh, which matters only to a plan that changes something. An idle
+    /// gateway's tick thus skips building and comparing every session's desired state.
+    pub fn in_step(&self, revision: u64) -> bool {
+        self.in_step == Some(revision)
+    }
+
+    /// `plan` was made for the desired state of `revision`, and is about to be applied.
+    pub fn planned(&mut self, revision: u64, plan: &Plan) {
+        self.in_step = (plan.is_empty() && !plan.needs_reading).then_some(revision);
     }
 
     /// The plan that makes the kernel hold what is desired, at `now` (see the module doc).
@@ -368,6 +399,68 @@ mod tests {
             booked += kernel.read(&mut known, Millis(1_000));
             prop_assert_eq!(booked, counted, "every counted byte is booked");
         }
+    }
+
+    proptest! {
+        /// A kernel said to be in step with a desired state plans nothing for it, whatever
+        /// came between: readings (fresh or not), elements the kernel dropped by itself (a
+        /// timeout), other desired states planned and applied. And once a fresh plan is
+        /// applied, the kernel is in step with its desired state.
+        #[test]
+        fn in_step_means_an_empty_plan(
+            states in prop::collection::vec(sessions(), 3),
+            steps in prop::collection::vec((0usize..3, any::<bool>(), prop::option::of(1u8..12)), 1..30),
+        ) {
+            let desired: Vec<Desired> = states.iter().map(|s| desired_from(s)).collect();
+            // Equal states share a revision, as the core's may.
+            let revision = |i: usize| desired.iter().position(|d| *d == desired[i]).unwrap_or(i) as u64;
+            let mut kernel = ModelKernel::default();
+            let mut known = Kernel::default();
+            for (step, (wanted, fresh, dropped)) in steps.into_iter().enumerate() {
+                let now = Millis(step as u64 + 100);
+                if let Some(n) = dropped {
+                    kernel.elements.remove(&client(n));
+                }
+                if fresh {
+                    kernel.read(&mut known, now);
+                }
+                for (i, state) in desired.iter().enumerate() {
+                    if known.in_step(revision(i)) {
+                        let plan = known.plan(state, now);
+                        prop_assert!(plan.is_empty() && !plan.needs_reading, "{:?}", plan);
+                    }
+                }
+                let plan = known.plan(&desired[wanted], now);
+                known.planned(revision(wanted), &plan);
+                kernel.apply(&plan, &mut known);
+                if fresh {
+                    let again = known.plan(&desired[wanted], now);
+                    known.planned(revision(wanted), &again);
+                    prop_assert!(known.in_step(revision(wanted)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reading_of_other_clients_ends_the_step() {
+        let mut known = Kernel::default();
+        known.applied(Applied::Added(&client(1), Millis(10)));
+        known.read(&[(client(1), Usage::default())], Millis(5));
+        known.planned(7, &Plan::default());
+        assert!(known.in_step(7));
+        assert!(!known.in_step(8));
+        // The same clients, other counters: still in step.
+        known.read(&[(client(1), Usage { up: 5, down: 5 })], Millis(6));
+        assert!(known.in_step(7));
+        known.read(&[], Millis(7));
+        assert!(!known.in_step(7));
+        known.planned(7, &Plan::default());
+        known.read(
+            &[(client(1), Usage::default()), (client(2), Usage::default())],
+            Millis(8),
+        );
+        assert!(!known.in_step(7));
     }
 
     #[test]

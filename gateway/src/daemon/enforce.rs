@@ -92,8 +92,13 @@ impl State {
 
     /// Puts the kernel in step with the core. A change to a client the kernel holds waits
     /// for its counter to be read (the plan says so): the counters are read first, which
-    /// books its last bytes.
+    /// books its last bytes. Nothing is planned while the kernel is known to be in step
+    /// with the core's revision (see [`crate::reconcile::Kernel::in_step`]): an idle tick
+    /// of a full gateway costs no walk over its sessions.
     pub(super) fn enforce(&mut self, now: Millis, store: Option<&CodeStore>) {
+        if self.kernel.in_step(self.core.revision()) {
+            return;
+        }
         let mut desired = self.desired();
         let mut plan = self.kernel.plan(&desired, now);
         if plan.needs_reading {
@@ -107,6 +112,7 @@ impl State {
                 "the kernel counters could not be read: clients to cut off stay until the next tick"
             );
         }
+        self.kernel.planned(self.core.revision(), &plan);
         self.carry_out(plan, &desired, now);
     }
 

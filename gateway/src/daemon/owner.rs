@@ -236,12 +236,7 @@ impl Inbox {
 /// to a tick later; never sooner than [`MIN_WAKE`], so a deadline that cannot be cleared
 /// does not spin.
 fn expiry_wake(state: &State, now: Instant) -> Option<Instant> {
-    let until = state
-        .core
-        .allowed()
-        .into_iter()
-        .map(|(_, until)| until)
-        .min()?;
+    let until = state.core.next_expiry()?;
     Some(now + (Millis::now().until(until) + EXPIRY_MARGIN).max(MIN_WAKE))
 }
 

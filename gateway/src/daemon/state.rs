@@ -198,7 +198,8 @@ impl State {
 
     /// Neighbour entries the kernel says changed (see [`Lan::notified`]).
     pub(super) fn neighbours_changed(&mut self, entries: &[Entry], now: Millis) {
-        let online = Online::new(self.core.online_clients());
+        let devices: Vec<(usize, Client)> = self.core.online_clients().collect();
+        let online = Online::for_entries(&devices, entries);
         self.lan.notified(entries, &online, now);
     }
 

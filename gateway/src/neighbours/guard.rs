@@ -72,6 +72,25 @@ impl Online {
         online
     }
 
+    /// [`Online::new`] cut down to what [`Guard::notified`] looks at for `entries`: the
+    /// holders of their addresses and every address of those holders and of the entries'
+    /// MACs, so each lookup finds what the whole would give. Notifications come in small
+    /// batches, many a second while a full LAN's entries go stale, and building the whole
+    /// for each cost more than the rest of an idle gateway's work.
+    pub fn for_entries(devices: &[(usize, Client)], entries: &[Entry]) -> Online {
+        let holders: Vec<Mac> = devices
+            .iter()
+            .filter(|(_, client)| entries.iter().any(|entry| entry.ip == client.ip))
+            .map(|(_, client)| client.mac)
+            .collect();
+        Online::new(devices.iter().copied().filter(|(_, client)| {
+            holders.contains(&client.mac)
+                || entries
+                    .iter()
+                    .any(|entry| entry.ip == client.ip || entry.mac == Some(client.mac))
+        }))
+    }
+
     fn same_session(&self, a: Mac, b: Mac) -> bool {
         match (self.session.get(&a), self.session.get(&b)) {
             (Some(a), Some(b)) => a == b,
@@ -759,6 +778,35 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+
+        /// Notifications judged against the devices that concern them only come out as
+        /// against all of them: the same probes, log lines and contests, whoever holds what
+        /// (a MAC even in two sessions).
+        #[test]
+        fn notified_against_the_concerned_devices_as_against_all(
+            devices in prop::collection::vec((0usize..3, 1u8..6, 1u8..8), 0..12),
+            batches in prop::collection::vec(
+                (0u64..2_500, prop::collection::vec((1u8..8, 1u8..8), 1..4)),
+                1..12,
+            ),
+        ) {
+            let devices: Vec<(usize, Client)> =
+                devices.into_iter().map(|(s, m, i)| (s, client(m, i))).collect();
+            let all = Online::new(devices.iter().copied());
+            let mut whole = Guard::default();
+            let mut cut = Guard::default();
+            let mut now = T0;
+            for (advance, batch) in batches {
+                now = now.plus(Duration::from_millis(advance));
+                let entries: Vec<Entry> =
+                    batch.into_iter().map(|(m, i)| entry(m, i, Answered)).collect();
+                let concerned = Online::for_entries(&devices, &entries);
+                prop_assert_eq!(
+                    whole.notified(&entries, &all, now),
+                    cut.notified(&entries, &concerned, now)
+                );
             }
         }
 

@@ -124,12 +124,21 @@ pub(crate) fn replies(mut data: &[u8]) -> Result<Vec<Reply<'_>>, String> {
 /// [`Attributes::get`]; [`Attributes::all`] keeps them all, in order).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Attributes<'a> {
-    list: Vec<(u16, &'a [u8])>,
+    /// The first [`INLINE_ATTRIBUTES`] (`inline[..inline_len]`), then the rest: a dump of
+    /// thousands of set elements parses a few levels of attributes per element, each
+    /// without a heap allocation.
+    inline: [(u16, &'a [u8]); INLINE_ATTRIBUTES],
+    inline_len: usize,
+    more: Vec<(u16, &'a [u8])>,
 }
+
+/// Attributes of one level kept inline: more than a set element, a neighbour entry or a
+/// counter has.
+const INLINE_ATTRIBUTES: usize = 8;
 
 impl<'a> Attributes<'a> {
     pub fn parse(mut data: &'a [u8]) -> Result<Self, String> {
-        let mut list = Vec::new();
+        let mut attributes = Attributes::default();
         while data.len() >= 4 {
             let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
             let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
@@ -139,27 +148,37 @@ impl<'a> Attributes<'a> {
                     data.len()
                 ));
             }
-            list.push((kind, &data[4..len]));
+            attributes.push((kind, &data[4..len]));
             data = data.get(align4(len)..).unwrap_or_default();
         }
         if !data.is_empty() {
             return Err(format!("{} stray bytes after the attributes", data.len()));
         }
-        Ok(Attributes { list })
+        Ok(attributes)
+    }
+
+    fn push(&mut self, attribute: (u16, &'a [u8])) {
+        match self.inline.get_mut(self.inline_len) {
+            Some(slot) => {
+                *slot = attribute;
+                self.inline_len += 1;
+            }
+            None => self.more.push(attribute),
+        }
+    }
+
+    /// Every attribute, in order.
+    fn list(&self) -> impl DoubleEndedIterator<Item = &(u16, &'a [u8])> {
+        self.inline[..self.inline_len].iter().chain(&self.more)
     }
 
     pub fn get(&self, kind: u16) -> Option<&'a [u8]> {
-        self.list
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| *v)
+        self.list().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
     }
 
     /// Every attribute of type `kind`, in order.
     pub fn all(&self, kind: u16) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.list
-            .iter()
+        self.list()
             .filter(move |(k, _)| *k == kind)
             .map(|(_, v)| *v)
     }

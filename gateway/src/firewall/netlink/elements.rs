@@ -183,11 +183,11 @@ pub(super) fn parse_dump<T>(
 /// The element's counter: one expression in `NFTA_SET_ELEM_EXPR`, or one of a list in
 /// `NFTA_SET_ELEM_EXPRESSIONS` (the kernel uses the list when a set has several).
 fn counter(element: &Attributes<'_>) -> Result<Option<(u64, u64)>, String> {
-    let mut expressions: Vec<&[u8]> = element.all(ELEM_EXPR).collect();
-    if let Some(list) = element.get(ELEM_EXPRESSIONS) {
-        expressions.extend(Attributes::parse(list)?.all(LIST_ELEM));
-    }
-    for expression in expressions {
+    let list = match element.get(ELEM_EXPRESSIONS) {
+        Some(list) => Attributes::parse(list)?,
+        None => Attributes::default(),
+    };
+    for expression in element.all(ELEM_EXPR).chain(list.all(LIST_ELEM)) {
         let expression = Attributes::parse(expression)?;
         if expression.str(EXPR_NAME, "expression name")? != "counter" {
             continue;
