@@ -15,25 +15,15 @@ use super::{
 };
 use crate::net::Client;
 
-/// One call made on a [`MemoryFirewall`], with its arguments as given.
+/// One call made on a [`MemoryFirewall`], with its arguments as given; a batch is recorded
+/// as one [`Call::Change`] per change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Install,
     IsInstalled,
-    Allow {
-        client: Client,
-        timeout: Duration,
-    },
-    Revoke(Client),
+    Change(Change),
     Clients,
     Uninstall,
-    SetQuota {
-        session: String,
-        clients: Vec<Client>,
-        limit_bytes: u64,
-        used_bytes: u64,
-    },
-    ClearQuota(String),
     ListQuotas,
 }
 
@@ -267,27 +257,6 @@ impl MemoryFirewall {
     }
 }
 
-impl Call {
-    fn of(change: &Change) -> Call {
-        match change.clone() {
-            Change::Allow { client, timeout } => Call::Allow { client, timeout },
-            Change::Revoke(client) => Call::Revoke(client),
-            Change::SetQuota {
-                session,
-                clients,
-                limit_bytes,
-                used_bytes,
-            } => Call::SetQuota {
-                session,
-                clients,
-                limit_bytes,
-                used_bytes,
-            },
-            Change::ClearQuota(session) => Call::ClearQuota(session),
-        }
-    }
-}
-
 impl State {
     /// One change of a batch already checked.
     fn change(&mut self, change: &Change) {
@@ -357,9 +326,9 @@ impl Firewall for MemoryFirewall {
         };
         {
             let mut state = self.state();
-            state.calls.extend(first.iter().map(Call::of));
+            state.calls.extend(first.iter().cloned().map(Call::Change));
         }
-        let mut state = self.begin(Call::of(last), batch_operation(changes), true)?;
+        let mut state = self.begin(Call::Change(last.clone()), batch_operation(changes), true)?;
         for change in changes {
             if let Change::SetQuota { session, .. } | Change::ClearQuota(session) = change {
                 session_quota_name(session)?;

@@ -150,7 +150,7 @@ fn mac_and(proto: &str) -> Value {
 }
 
 fn allowed(client: Client, timeout: Duration) -> Call {
-    Call::Allow { client, timeout }
+    Call::Change(Change::Allow { client, timeout })
 }
 
 fn element(key: QuotaKey, quota: &str) -> QuotaElement {
@@ -799,8 +799,8 @@ fn memory_firewall_models_the_kernel_table() {
             Call::Install,
             allowed(client4(), Duration::from_secs(30)),
             Call::Clients,
-            Call::Revoke(client6()),
-            Call::Revoke(client6()),
+            Call::Change(Change::Revoke(client6())),
+            Call::Change(Change::Revoke(client6())),
             Call::Clients,
         ]
     );
@@ -1087,12 +1087,12 @@ fn memory_firewall_models_session_quotas() {
         fw.calls()[1..4],
         [
             Call::Install,
-            Call::SetQuota {
+            Call::Change(Change::SetQuota {
                 session: "s1".to_owned(),
                 clients: vec![client4(), client6()],
                 limit_bytes: 1_000,
                 used_bytes: 0,
-            },
+            }),
             Call::ListQuotas,
         ]
     );
