@@ -23,7 +23,8 @@ use std::os::fd::OwnedFd;
 
 use crate::net::{Client, Mac};
 use crate::netlink::{
-    Attributes, NLM_F_ACK, NLM_F_DUMP, RecvFlags, Reply, Socket, attribute, replies, request,
+    Attributes, NLM_F_ACK, NLM_F_DUMP, RecvFlags, Reply, Socket, attribute, ne_u32, replies,
+    request,
 };
 
 const RTM_NEWNEIGH: u16 = 28;
@@ -249,11 +250,9 @@ fn entry(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Entry>, String> {
     if reply.kind != RTM_NEWNEIGH {
         return Ok(None);
     }
-    let payload = reply.payload;
-    let header = payload
-        .get(..NDMSG_LEN)
-        .ok_or("a neighbour message shorter than its ndmsg")?;
-    let on = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let (header, attributes) =
+        reply.split(NDMSG_LEN, "a neighbour message shorter than its ndmsg")?;
+    let on = ne_u32(header, 4);
     let state = u16::from_ne_bytes([header[8], header[9]]);
     let reach = if state & NUD_ANSWERED != 0 {
         Reach::Answered
@@ -267,7 +266,7 @@ fn entry(reply: &Reply<'_>, ifindex: u32) -> Result<Option<Entry>, String> {
     if ifindex != 0 && on != ifindex {
         return Ok(None);
     }
-    let attributes = Attributes::parse(&payload[NDMSG_LEN..])?;
+    let attributes = Attributes::parse(attributes)?;
     let Some(dst) = attributes.get(NDA_DST) else {
         return Ok(None);
     };

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
-use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, request};
+use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, ne_u32, request};
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
@@ -104,16 +104,16 @@ fn network(reply: &Reply<'_>, ifindex: Option<u32>) -> Result<Option<Network>, S
     if reply.kind != RTM_NEWADDR {
         return Ok(None);
     }
-    let header = reply
-        .payload
-        .get(..IFADDRMSG_LEN)
-        .ok_or("an address message shorter than its ifaddrmsg")?;
+    let (header, attributes) = reply.split(
+        IFADDRMSG_LEN,
+        "an address message shorter than its ifaddrmsg",
+    )?;
     let (family, prefix) = (header[0], header[1]);
-    let on = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let on = ne_u32(header, 4);
     if ifindex.is_some_and(|index| index != on) || !matches!(family, AF_INET | AF_INET6) {
         return Ok(None);
     }
-    let attributes = Attributes::parse(&reply.payload[IFADDRMSG_LEN..])?;
+    let attributes = Attributes::parse(attributes)?;
     let raw = attributes
         .get(IFA_LOCAL)
         .or_else(|| attributes.get(IFA_ADDRESS))

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, request};
+use crate::netlink::{Attributes, NLM_F_DUMP, Reply, Socket, ne_u32, request};
 
 const RTM_NEWQDISC: u16 = 36;
 const RTM_GETQDISC: u16 = 38;
@@ -125,17 +125,11 @@ fn root_drops(reply: &Reply<'_>, ifindex: u32) -> Result<Option<u64>, String> {
     if reply.kind != RTM_NEWQDISC {
         return Ok(None);
     }
-    let header = reply
-        .payload
-        .get(..TCMSG_LEN)
-        .ok_or("a qdisc message shorter than its tcmsg")?;
-    let word = |at: usize| {
-        u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    if word(4) != ifindex || word(12) != TC_H_ROOT {
+    let (header, attributes) = reply.split(TCMSG_LEN, "a qdisc message shorter than its tcmsg")?;
+    if ne_u32(header, 4) != ifindex || ne_u32(header, 12) != TC_H_ROOT {
         return Ok(None);
     }
-    let attributes = Attributes::parse(&reply.payload[TCMSG_LEN..])?;
+    let attributes = Attributes::parse(attributes)?;
     let (stats, at, what) = if attributes.get(TCA_STATS2).is_some() {
         let stats2 = attributes.nested(TCA_STATS2, "TCA_STATS2")?;
         let queue = stats2.required(TCA_STATS_QUEUE, "TCA_STATS_QUEUE")?;

@@ -60,6 +60,12 @@ pub(crate) fn request(kind: u16, flags: u16, seq: u32, fixed: &[u8], attributes:
     bytes
 }
 
+/// The native-endian `u32` at `at` of a fixed header (one [`Reply::split`] gave, so long
+/// enough).
+pub(crate) fn ne_u32(header: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+}
+
 /// One message of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reply<'a> {
@@ -71,6 +77,16 @@ pub(crate) struct Reply<'a> {
 }
 
 impl<'a> Reply<'a> {
+    /// The message's fixed header of `len` bytes (an `ndmsg`, `ifaddrmsg`, `tcmsg`,
+    /// `nfgenmsg`) and the attributes after it; `too_short` is the error of a message
+    /// without room for the header.
+    pub fn split(&self, len: usize, too_short: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+        if self.payload.len() < len {
+            return Err(too_short.to_owned());
+        }
+        Ok(self.payload.split_at(len))
+    }
+
     /// For `NLMSG_ERROR`: the errno (0 for an acknowledgement) and the sequence number of
     /// the request it answers (the echoed header's).
     pub fn error(&self) -> Result<(i32, u32), String> {
@@ -102,7 +118,7 @@ pub(crate) fn replies(mut data: &[u8]) -> Result<Vec<Reply<'_>>, String> {
             .get(..NLMSG_HDRLEN)
             .ok_or_else(|| format!("{} stray bytes after the last message", data.len()))?;
         let field = |at: usize| [header[at], header[at + 1]];
-        let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let len = ne_u32(header, 0) as usize;
         if len < NLMSG_HDRLEN || len > data.len() {
             return Err(format!(
                 "message length {len} with {} bytes left",
@@ -112,7 +128,7 @@ pub(crate) fn replies(mut data: &[u8]) -> Result<Vec<Reply<'_>>, String> {
         out.push(Reply {
             kind: u16::from_ne_bytes(field(4)),
             flags: u16::from_ne_bytes(field(6)),
-            seq: u32::from_ne_bytes([header[8], header[9], header[10], header[11]]),
+            seq: ne_u32(header, 8),
             payload: &data[NLMSG_HDRLEN..len],
         });
         data = data.get(align4(len)..).unwrap_or_default();

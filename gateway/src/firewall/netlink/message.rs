@@ -166,9 +166,7 @@ pub(super) fn nft_kind(reply: &Reply<'_>) -> Option<u16> {
 
 /// An nf_tables message's attributes (after the `nfgenmsg`).
 pub(super) fn nft_attributes<'a>(reply: &Reply<'a>) -> Result<Attributes<'a>, String> {
-    let data = reply
-        .payload
-        .get(NFGENMSG_LEN..)
-        .ok_or("nf_tables message shorter than its nfgenmsg")?;
-    Attributes::parse(data)
+    let (_, attributes) =
+        reply.split(NFGENMSG_LEN, "nf_tables message shorter than its nfgenmsg")?;
+    Attributes::parse(attributes)
 }
