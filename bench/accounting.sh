@@ -69,20 +69,7 @@ fi
 # shellcheck source=scripts/lib/netns.bash
 . scripts/lib/netns.bash
 bench_prepare ip nft jq curl python3 iperf3
-ID=$$
-WORK=$(mktemp -d)
-after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run
-  if [ "$1" != 0 ]; then
-    mkdir -p artifacts/bench-accounting
-    cp "$WORK"/*.log "$WORK"/*.json "$WORK"/*.jsonl artifacts/bench-accounting/ 2>/dev/null
-    echo "bench: failed; logs in artifacts/bench-accounting/" >&2
-  fi
-  rm -rf "$WORK"
-}
-netns_exit_traps "" after_cleanup
-trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
-netns_fail() { echo "bench: $*" >&2; exit 1; }
-say() { printf 'bench: %s\n' "$*" >&2; }
+bench_work artifacts/bench-accounting
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 netns_testbed acct 16

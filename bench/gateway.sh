@@ -70,8 +70,7 @@ CHILDREN=${CHILDREN:-nft tc ip systemctl}
 . scripts/lib/netns.bash
 bench_prepare ip nft tc jq python3
 [ "$CLIENTS" -gt $((BURST + COUNTED)) ] || { echo "bench: CLIENTS must be more than BURST + COUNTED" >&2; exit 1; }
-ID=$$
-WORK=$(mktemp -d)
+bench_work artifacts/bench
 NEIGH_KEYS=()
 for family in ipv4 ipv6; do
   for n in 1 2 3; do
@@ -89,19 +88,7 @@ restore_neigh() { # the host's neighbour-table limits as they were, unless chang
     i=$((i + 1))
   done
 }
-after_cleanup() { # after the clean-up, given the exit status: the logs of a failed run
-  [ -z "$NEIGH_RAISED" ] || restore_neigh
-  if [ "$1" != 0 ]; then
-    mkdir -p artifacts/bench
-    cp "$WORK"/*.log "$WORK"/*.jsonl "$WORK"/*.json artifacts/bench/ 2>/dev/null
-    echo "bench: failed; logs in artifacts/bench/" >&2
-  fi
-  rm -rf "$WORK"
-}
-netns_exit_traps "" after_cleanup
-trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
-netns_fail() { echo "bench: $*" >&2; exit 1; }
-say() { printf 'bench: %s\n' "$*" >&2; }
+BENCH_AFTER_CLEANUP=restore_neigh
 
 netns_testbed bench 16
 say "network namespaces $NS_C, $NS_G, $NS_U"

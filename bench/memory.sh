@@ -30,20 +30,7 @@ read -r LABEL_BEFORE LABEL_AFTER <<<"${LABELS:-before after}"
 . scripts/lib/netns.bash
 bench_prepare ip nft jq curl python3
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "bench: BASELINE $BASELINE is not a program" >&2; exit 1; }
-ID=$$
-WORK=$(mktemp -d)
-after_cleanup() { # keeps the logs of a failed run, removes the work folder
-  if [ "$1" != 0 ]; then
-    mkdir -p artifacts/bench
-    cp "$WORK"/*.log artifacts/bench/ 2>/dev/null
-    echo "bench: failed; logs in artifacts/bench/" >&2
-  fi
-  rm -rf "$WORK"
-}
-netns_exit_traps "" after_cleanup
-trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
-netns_fail() { echo "bench: $*" >&2; exit 1; }
-say() { printf 'bench: %s\n' "$*" >&2; }
+bench_work artifacts/bench
 
 netns_testbed mem 16
 say "network namespaces $NS_C, $NS_G, $NS_U; $CLIENTS clients"

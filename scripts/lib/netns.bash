@@ -72,6 +72,33 @@ bench_prepare() {
   done
 }
 
+# bench_work ARTIFACTS: a benchmark's run id ($ID), work folder ($WORK), messages (`say`,
+# and `netns_fail` prefixed "bench:") and exit traps: on exit the namespaces go, then
+# BENCH_AFTER_CLEANUP runs if the script named one, then a failed run's logs are kept in
+# ARTIFACTS and the work folder is removed.
+bench_work() {
+  BENCH_ARTIFACTS=$1
+  ID=$$
+  WORK=$(mktemp -d)
+  netns_exit_traps "" bench_after_cleanup
+  trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+  # shellcheck disable=SC2317 # both called by the benchmark after this
+  netns_fail() { echo "bench: $*" >&2; exit 1; }
+  # shellcheck disable=SC2317
+  say() { printf 'bench: %s\n' "$*" >&2; }
+}
+
+# bench_after_cleanup STATUS: the exit trap bench_work sets, after the clean-up.
+bench_after_cleanup() {
+  [ -z "${BENCH_AFTER_CLEANUP:-}" ] || "$BENCH_AFTER_CLEANUP"
+  if [ "$1" != 0 ]; then
+    mkdir -p "$BENCH_ARTIFACTS"
+    cp "$WORK"/*.log "$WORK"/*.json "$WORK"/*.jsonl "$BENCH_ARTIFACTS"/ 2>/dev/null
+    echo "bench: failed; logs in $BENCH_ARTIFACTS/" >&2
+  fi
+  rm -rf "$WORK"
+}
+
 # netns_track_pid PID…: records processes for netns_cleanup to end.
 netns_track_pid() {
   NETNS_PIDS+=("$@")
