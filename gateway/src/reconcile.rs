@@ -105,15 +105,15 @@ impl Kernel {
     /// A reading of every element's counters at `now`: what each client used since the last
     /// one (see [`Baselines::read`]). The kernel holds exactly the clients listed.
     pub fn read(&mut self, reading: &[(Client, Usage)], now: Millis) -> Vec<(Client, Usage)> {
-        // The same clients as before: each listed one was held, and as many are held.
-        let held_before = self.counters.clients().count();
-        let all_held = reading
-            .iter()
-            .all(|(client, _)| self.counters.contains(client));
-        let deltas = self.counters.read(reading);
-        if !all_held || self.counters.clients().count() != held_before {
+        // The same clients as before (a reading lists each once): as many, each one held.
+        let same_clients = reading.len() == self.counters.clients().count()
+            && reading
+                .iter()
+                .all(|(client, _)| self.counters.contains(client));
+        if !same_clients {
             self.in_step = None;
         }
+        let deltas = self.counters.read(reading);
         self.deadlines
             .retain(|client, _| self.counters.contains(client));
         self.read_at = Some(now);

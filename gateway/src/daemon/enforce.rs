@@ -41,25 +41,22 @@ fn plan_steps(plan: &Plan) -> Vec<Applied<'_>> {
     removed.chain(added).chain(set).chain(cleared).collect()
 }
 
-/// The firewall's changes for a plan's steps, in the same order.
-fn changes_of(plan: &Plan, now: Millis) -> Vec<Change> {
-    plan_steps(plan)
-        .into_iter()
-        .map(|step| match step {
-            Applied::Removed(client) => Change::Revoke(*client),
-            Applied::Added(client, until) => Change::Allow {
-                client: *client,
-                timeout: now.until(until) + KERNEL_GRACE,
-            },
-            Applied::QuotaSet(quota) => Change::SetQuota {
-                session: quota_id(&quota.code),
-                clients: quota.clients.clone(),
-                limit_bytes: quota.limit_bytes,
-                used_bytes: quota.used_bytes,
-            },
-            Applied::QuotaCleared(code) => Change::ClearQuota(quota_id(code)),
-        })
-        .collect()
+/// The firewall's change for a plan's step.
+fn change_of(step: &Applied<'_>, now: Millis) -> Change {
+    match *step {
+        Applied::Removed(client) => Change::Revoke(*client),
+        Applied::Added(client, until) => Change::Allow {
+            client: *client,
+            timeout: now.until(until) + KERNEL_GRACE,
+        },
+        Applied::QuotaSet(quota) => Change::SetQuota {
+            session: quota_id(&quota.code),
+            clients: quota.clients.clone(),
+            limit_bytes: quota.limit_bytes,
+            used_bytes: quota.used_bytes,
+        },
+        Applied::QuotaCleared(code) => Change::ClearQuota(quota_id(code)),
+    }
 }
 
 /// A change the kernel refused, logged as what it meant; it is planned again at the next
@@ -126,9 +123,10 @@ impl State {
         if plan.is_empty() {
             return;
         }
-        let changes = changes_of(&plan, now);
+        let steps = plan_steps(&plan);
+        let changes: Vec<Change> = steps.iter().map(|step| change_of(step, now)).collect();
         let mut cut = Vec::new();
-        for (batch, changes) in plan_steps(&plan)
+        for (batch, changes) in steps
             .chunks(BATCH_CHANGES)
             .zip(changes.chunks(BATCH_CHANGES))
         {
